@@ -1,0 +1,388 @@
+"""The invoke protocol's messages and their framing, with no I/O (docs/protocol.md).
+
+A message is a head frame, then zero or more data frames:
+
+    frame = uvarint(body length) | body           body length in 1..max_frame_size
+    head  = msgpack map (see Invoke, Result, ErrorReply)
+    data  = raw bytes of the streamed tensors (ext 2 in the head), concatenated in
+            the order they appear in the head, split into frames of any size
+
+``encode_message`` turns a message into frames; ``MessageReader`` turns bytes,
+fed in pieces of any size, back into messages. Both enforce ``WireLimits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from p2pnet.core.tensor import (
+    STREAMED_TENSOR_EXT,
+    TENSOR_EXT,
+    decode_inline_tensor,
+    decode_tensor_header,
+    encode_inline_tensor,
+    encode_tensor_header,
+    normalize_array,
+)
+from p2pnet.core.varint import encode_uvarint, try_decode_uvarint
+from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "EncodedMessage",
+    "ErrorReply",
+    "Invoke",
+    "Message",
+    "MessageReader",
+    "Result",
+    "WireLimits",
+    "encode_message",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_ID: Final = (1 << 64) - 1
+Tensors = Mapping[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WireLimits:
+    """Sizes one side accepts and produces.
+
+    max_frame_size: largest frame body, head or data.
+    max_message_size: largest message, head plus streamed tensor data.
+    inline_tensor_bytes: numeric tensors up to this size travel inside the head; larger
+        ones stream in data frames of ``chunk_size`` bytes.
+    """
+
+    max_frame_size: int = 4 << 20
+    max_message_size: int = 256 << 20
+    inline_tensor_bytes: int = 64 << 10
+    chunk_size: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.chunk_size <= self.max_frame_size:
+            raise ValueError("chunk_size must be in 1..max_frame_size")
+        if not 0 <= self.inline_tensor_bytes < self.max_frame_size:
+            raise ValueError("inline_tensor_bytes must be below max_frame_size")
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Request: run ``model_id`` on ``inputs`` within ``deadline_ms`` of receipt."""
+
+    request_id: int
+    model_id: str
+    inputs: Tensors
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Successful reply to the Invoke with the same request_id."""
+
+    request_id: int
+    outputs: Tensors
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """Failed reply: a stable code (p2pnet.errors) and a message for a person."""
+
+    request_id: int
+    code: str
+    message: str
+
+
+Message = Invoke | Result | ErrorReply
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedMessage:
+    """A message ready to send: the head frame, then data frames on demand."""
+
+    head_frame: bytes
+    streamed: tuple[npt.NDArray[Any], ...]
+    chunk_size: int
+    size: int = field(default=0)
+
+    def frames(self) -> Iterator[bytes]:
+        """Frames in order, each with its length prefix."""
+        yield self.head_frame
+        for arr in self.streamed:
+            data = memoryview(arr.reshape(-1).view(np.uint8))
+            for start in range(0, len(data), self.chunk_size):
+                chunk = data[start : start + self.chunk_size]
+                yield encode_uvarint(len(chunk)) + chunk
+
+
+def encode_message(message: Message, limits: WireLimits = WireLimits()) -> EncodedMessage:
+    """Encode ``message`` into frames, checking every limit before anything is sent.
+
+    Raises:
+        InvalidInputError: a tensor p2pnet cannot send (dtype, rank).
+        PayloadTooLargeError: the head or the whole message is over ``limits``.
+    """
+    streamed: list[npt.NDArray[Any]] = []
+    head: dict[str, Any] = {"v": PROTOCOL_VERSION}
+    if isinstance(message, Invoke):
+        head |= {
+            "type": "invoke",
+            "id": message.request_id,
+            "model": message.model_id,
+            "deadline_ms": message.deadline_ms,
+            "inputs": _encode_tensors(message.inputs, limits, streamed),
+        }
+    elif isinstance(message, Result):
+        head |= {
+            "type": "result",
+            "id": message.request_id,
+            "outputs": _encode_tensors(message.outputs, limits, streamed),
+        }
+    else:
+        head |= {
+            "type": "error",
+            "id": message.request_id,
+            "code": message.code,
+            "message": message.message,
+        }
+    body = msgpack.packb(head, use_bin_type=True)
+    if len(body) > limits.max_frame_size:
+        raise PayloadTooLargeError(
+            f"message head is {len(body)} bytes; the frame limit is {limits.max_frame_size} "
+            "(string tensors and many small tensors travel in the head)"
+        )
+    size = len(body) + sum(arr.nbytes for arr in streamed)
+    if size > limits.max_message_size:
+        raise PayloadTooLargeError(
+            f"message is {size} bytes; the limit is {limits.max_message_size} bytes"
+        )
+    return EncodedMessage(
+        encode_uvarint(len(body)) + body, tuple(streamed), limits.chunk_size, size
+    )
+
+
+def _encode_tensors(
+    tensors: Tensors, limits: WireLimits, streamed: list[npt.NDArray[Any]]
+) -> dict[str, msgpack.ExtType]:
+    out: dict[str, msgpack.ExtType] = {}
+    for name, value in tensors.items():
+        arr = normalize_array(name, value)
+        if arr.dtype.kind == "O" or arr.nbytes <= limits.inline_tensor_bytes:
+            out[name] = msgpack.ExtType(TENSOR_EXT, encode_inline_tensor(arr))
+        else:
+            out[name] = msgpack.ExtType(STREAMED_TENSOR_EXT, encode_tensor_header(arr))
+            streamed.append(arr)
+    return out
+
+
+class MessageReader:
+    """Bytes in, messages out: the receiving half of the invoke protocol.
+
+    Feed bytes with ``receive_data`` in pieces of any size; ``next_message`` returns
+    each complete message once, or None when it needs more bytes. After an error the
+    reader is unusable: the stream must be closed, since framing is lost.
+    """
+
+    def __init__(self, limits: WireLimits = WireLimits()) -> None:
+        self._limits = limits
+        self._buf = bytearray()
+        self._pending: Message | None = None
+        # Streamed tensor buffers still to fill: byte views, and progress in the current one.
+        self._targets: list[memoryview] = []
+        self._target_offset = 0
+        self._frame_left = 0  # data bytes still owed by the current data frame
+        self._message_bytes = 0
+
+    @property
+    def at_message_boundary(self) -> bool:
+        """True when no part of a message is buffered (so end of stream here is clean)."""
+        return not self._buf and self._pending is None
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._frame_left and not self._buf:
+            # Fast path: the bytes belong to a data frame; copy them straight into place.
+            data = memoryview(data)
+            taken = self._fill_targets(data[: self._frame_left])
+            self._frame_left -= taken
+            data = data[taken:]
+        self._buf += data
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None if more bytes are needed.
+
+        Raises:
+            RemoteProtocolError: malformed bytes, unknown message type or version.
+            PayloadTooLargeError: a frame or message over the limits.
+        """
+        while True:
+            if self._pending is None:
+                body = self._take_frame()
+                if body is None:
+                    return None
+                self._message_bytes = len(body)
+                message = self._decode_head(body)
+                if not self._targets:
+                    return message
+                self._pending = message
+                continue
+            if self._frame_left:
+                taken = self._fill_targets(memoryview(self._buf)[: self._frame_left])
+                del self._buf[:taken]
+                self._frame_left -= taken
+                if self._frame_left:
+                    return None
+            if not self._targets:
+                message, self._pending = self._pending, None
+                return message
+            length = self._take_frame_length()
+            if length is None:
+                return None
+            remaining = sum(len(t) for t in self._targets) - self._target_offset
+            if length > remaining:
+                raise RemoteProtocolError(
+                    f"data frame of {length} bytes, but only {remaining} tensor bytes remain"
+                )
+            self._frame_left = length
+
+    def _fill_targets(self, data: memoryview) -> int:
+        taken = 0
+        while taken < len(data) and self._targets:
+            target = self._targets[0]
+            n = min(len(target) - self._target_offset, len(data) - taken)
+            target[self._target_offset : self._target_offset + n] = data[taken : taken + n]
+            taken += n
+            self._target_offset += n
+            if self._target_offset == len(target):
+                self._targets.pop(0)
+                self._target_offset = 0
+        return taken
+
+    def _frame_length(self) -> tuple[int, int] | None:
+        """(body length, prefix length) of the frame at the buffer's start, or None."""
+        parsed = try_decode_uvarint(self._buf)
+        if parsed is None:
+            return None
+        length, prefix = parsed
+        if length == 0:
+            raise RemoteProtocolError("empty frame")
+        if length > self._limits.max_frame_size:
+            raise PayloadTooLargeError(
+                f"frame of {length} bytes; this side accepts at most "
+                f"{self._limits.max_frame_size} bytes per frame"
+            )
+        return length, prefix
+
+    def _take_frame_length(self) -> int | None:
+        parsed = self._frame_length()
+        if parsed is None:
+            return None
+        length, prefix = parsed
+        del self._buf[:prefix]
+        return length
+
+    def _take_frame(self) -> bytes | None:
+        parsed = self._frame_length()
+        if parsed is None or len(self._buf) < sum(parsed):
+            return None
+        length, prefix = parsed
+        body = bytes(self._buf[prefix : prefix + length])
+        del self._buf[: prefix + length]
+        return body
+
+    def _decode_head(self, body: bytes) -> Message:
+        streamed: list[npt.NDArray[Any]] = []
+
+        def ext_hook(code: int, payload: bytes) -> Any:
+            if code == TENSOR_EXT:
+                return decode_inline_tensor(payload, self._limits.max_message_size)
+            if code == STREAMED_TENSOR_EXT:
+                header, end = decode_tensor_header(payload, self._limits.max_message_size)
+                if end != len(payload):
+                    raise RemoteProtocolError("streamed tensor header has trailing bytes")
+                if header.is_string:
+                    raise RemoteProtocolError("string tensors cannot be streamed")
+                self._message_bytes += header.nbytes
+                if self._message_bytes > self._limits.max_message_size:
+                    raise PayloadTooLargeError(
+                        f"message declares over {self._limits.max_message_size} bytes of "
+                        "tensor data, more than this side accepts"
+                    )
+                arr = np.empty(header.shape, dtype=header.dtype)
+                streamed.append(arr)
+                return arr
+            raise RemoteProtocolError(f"unknown msgpack extension type {code}")
+
+        try:
+            head = msgpack.unpackb(body, ext_hook=ext_hook, raw=False, strict_map_key=True)
+        except (RemoteProtocolError, PayloadTooLargeError):
+            raise
+        except Exception as exc:  # msgpack raises many types for malformed input
+            raise RemoteProtocolError(f"message head is not valid msgpack: {exc}") from None
+        message = _message_from_head(head)
+        carried: Tensors = (
+            message.inputs
+            if isinstance(message, Invoke)
+            else message.outputs
+            if isinstance(message, Result)
+            else {}
+        )
+        carried_ids = {id(t) for t in carried.values()}
+        if any(id(arr) not in carried_ids for arr in streamed):
+            raise RemoteProtocolError("streamed tensor outside the message's tensor map")
+        self._targets = [memoryview(arr.reshape(-1).view(np.uint8)) for arr in streamed if arr.size]
+        self._target_offset = 0
+        return message
+
+
+def _message_from_head(head: object) -> Message:
+    if not isinstance(head, dict):
+        raise RemoteProtocolError(f"message head is a {type(head).__name__}, not a map")
+    version = head.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"message version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})"
+        )
+    kind = head.get("type")
+    request_id = _field(head, "id", int)
+    if not 0 <= request_id <= MAX_ID:
+        raise RemoteProtocolError(f"request id {request_id} is out of range")
+    if kind == "invoke":
+        deadline_ms = _field(head, "deadline_ms", int)
+        if deadline_ms <= 0:
+            raise RemoteProtocolError(f"deadline_ms must be positive, got {deadline_ms}")
+        return Invoke(
+            request_id,
+            _field(head, "model", str),
+            _tensor_map(head, "inputs"),
+            deadline_ms,
+        )
+    if kind == "result":
+        return Result(request_id, _tensor_map(head, "outputs"))
+    if kind == "error":
+        return ErrorReply(request_id, _field(head, "code", str), _field(head, "message", str))
+    raise RemoteProtocolError(f"unknown message type {kind!r}")
+
+
+def _field(head: dict[str, Any], key: str, kind: type) -> Any:
+    value = head.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RemoteProtocolError(
+            f"message field {key!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _tensor_map(head: dict[str, Any], key: str) -> dict[str, npt.NDArray[Any]]:
+    value = _field(head, key, dict)
+    for name, tensor in value.items():
+        if not isinstance(tensor, np.ndarray):
+            raise RemoteProtocolError(
+                f"{key}[{name!r}] must be a tensor extension, got {type(tensor).__name__}"
+            )
+    return value

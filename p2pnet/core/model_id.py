@@ -1,0 +1,50 @@
+"""Model IDs: CIDv1, raw codec, sha2-256, base32 text (``bafkrei...``) of a model file's bytes.
+
+Identical files served by different peers share one ID, and anyone holding the
+bytes can check them against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+from multiformats import CID, multihash
+
+from p2pnet.errors import InvalidModelIdError
+
+__all__ = ["model_id_from_digest", "model_id_of_bytes", "parse_model_id"]
+
+MODEL_ID_PREFIX: Final = "bafkrei"
+
+
+def model_id_from_digest(sha256_digest: bytes) -> str:
+    """The model ID of a file whose SHA-256 digest is ``sha256_digest``."""
+    if len(sha256_digest) != 32:
+        raise ValueError("a sha2-256 digest is 32 bytes")
+    return str(CID("base32", 1, "raw", multihash.wrap(sha256_digest, "sha2-256")))
+
+
+def model_id_of_bytes(data: bytes) -> str:
+    """The model ID of ``data``."""
+    return model_id_from_digest(hashlib.sha256(data).digest())
+
+
+def parse_model_id(text: str) -> str:
+    """Check that ``text`` is a model ID and return it in canonical form.
+
+    Raises:
+        InvalidModelIdError: not a CID, or not CIDv1 raw sha2-256.
+    """
+    try:
+        cid = CID.decode(text.strip())
+    except Exception as exc:  # multiformats raises several unrelated types for bad text
+        raise InvalidModelIdError(
+            f"{text!r} is not a model ID (expected a CID like bafkrei...): {exc}"
+        ) from None
+    if cid.version != 1 or cid.codec.name != "raw" or cid.hashfun.name != "sha2-256":
+        raise InvalidModelIdError(
+            f"{text!r} is a CIDv{cid.version} {cid.codec.name}/{cid.hashfun.name}; model IDs "
+            "are CIDv1 raw sha2-256 (bafkrei...)"
+        )
+    return str(cid.set(base="base32"))

@@ -1,0 +1,233 @@
+"""Every error p2pnet raises, in one hierarchy that says whose fault it is.
+
+    P2PNetError                      base; ``code`` is the stable wire code
+    ├── UsageError                   the caller's fault: fix the call, the file, the config
+    │   ├── ConfigError              bad configuration or identity file; cannot listen
+    │   ├── InvalidAddressError      text that is not a usable peer multiaddr
+    │   ├── ModelFileError           a model file that cannot be read or is not valid ONNX
+    │   ├── InvalidModelIdError      text that is not a model ID (a CIDv1)     [invalid_model_id]
+    │   ├── UnknownModelError        the peer does not serve that model ID     [unknown_model]
+    │   ├── InvalidInputError        inputs do not match the model's schema    [invalid_input]
+    │   └── PayloadTooLargeError     a message over the agreed size limit      [payload_too_large]
+    ├── PeerError                    the remote peer's fault
+    │   ├── ModelExecutionError      the model failed while running            [model_failed]
+    │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
+    │   └── InternalPeerError        the peer hit a bug                        [internal]
+    ├── ProtocolError                bytes that break the wire protocol
+    │   ├── RemoteProtocolError      the other side sent them
+    │   └── LocalProtocolError       the other side says we sent them          [protocol_error]
+    ├── NetworkError                 nobody's fault: the path between peers
+    │   ├── PeerUnreachableError     could not connect
+    │   └── ConnectionLostError      the connection broke during a call
+    └── DeadlineExceededError        the call's time budget ran out            [deadline_exceeded]
+
+An error raised on a serving peer travels to the caller as ``code`` plus
+``message`` (see docs/protocol.md) and is raised there as the class of that
+code, with ``peer`` set to the peer that reported it. Raised locally,
+``peer`` is None.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ConfigError",
+    "ConnectionLostError",
+    "DeadlineExceededError",
+    "InternalPeerError",
+    "InvalidAddressError",
+    "InvalidInputError",
+    "InvalidModelIdError",
+    "LocalProtocolError",
+    "ModelExecutionError",
+    "ModelFileError",
+    "NetworkError",
+    "P2PNetError",
+    "PayloadTooLargeError",
+    "PeerBusyError",
+    "PeerError",
+    "PeerUnreachableError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "UnknownModelError",
+    "UsageError",
+    "error_from_wire",
+    "wire_code_for",
+]
+
+
+class P2PNetError(Exception):
+    """Base of every p2pnet error.
+
+    Attributes:
+        code: stable machine-readable code, the same on the wire and in ``--json`` output.
+        peer: the peer ID (base58 text) that reported the error, or None if raised locally.
+    """
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, peer: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.peer = peer
+
+    def __str__(self) -> str:
+        if self.peer is None:
+            return self.message
+        return f"{self.message} (reported by peer {self.peer})"
+
+
+class UsageError(P2PNetError):
+    """The caller's fault: the call, a file or the configuration is wrong."""
+
+    code = "usage"
+
+
+class ConfigError(UsageError):
+    """Configuration, identity file or address that cannot be used."""
+
+    code = "config"
+
+
+class InvalidAddressError(UsageError):
+    """Text that is not a usable multiaddr or peer ID."""
+
+    code = "invalid_address"
+
+
+class ModelFileError(UsageError):
+    """A model file that cannot be read, or is not a valid ONNX model."""
+
+    code = "model_file"
+
+
+class InvalidModelIdError(UsageError):
+    """Text that is not a model ID (CIDv1, raw codec, sha2-256)."""
+
+    code = "invalid_model_id"
+
+
+class UnknownModelError(UsageError):
+    """The peer does not serve the requested model ID."""
+
+    code = "unknown_model"
+
+
+class InvalidInputError(UsageError):
+    """Inputs that do not match the model's schema (name, dtype, rank or fixed dimension)."""
+
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(UsageError):
+    """A message larger than the limit the receiving side accepts."""
+
+    code = "payload_too_large"
+
+
+class PeerError(P2PNetError):
+    """The remote peer's fault."""
+
+    code = "peer"
+
+
+class ModelExecutionError(PeerError):
+    """The model raised while running on valid-by-schema inputs."""
+
+    code = "model_failed"
+
+
+class PeerBusyError(PeerError):
+    """The peer refused the call because it is at its concurrency limit."""
+
+    code = "busy"
+
+
+class InternalPeerError(PeerError):
+    """The serving peer hit an unexpected failure of its own."""
+
+    code = "internal"
+
+
+class ProtocolError(P2PNetError):
+    """Bytes on the wire that break the protocol."""
+
+    code = "protocol"
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent bytes that break the protocol (malformed, truncated, oversized)."""
+
+    code = "remote_protocol"
+
+
+class LocalProtocolError(ProtocolError):
+    """The other side reports that the bytes we sent break the protocol."""
+
+    code = "protocol_error"
+
+
+class NetworkError(P2PNetError):
+    """The path between peers failed; nobody's protocol was broken."""
+
+    code = "network"
+
+
+class PeerUnreachableError(NetworkError):
+    """Could not open a connection or stream to the peer."""
+
+    code = "unreachable"
+
+
+class ConnectionLostError(NetworkError):
+    """The connection or stream broke before the call completed."""
+
+    code = "connection_lost"
+
+
+class DeadlineExceededError(P2PNetError):
+    """The call's time budget ran out before a result arrived."""
+
+    code = "deadline_exceeded"
+
+
+# Codes a serving peer may put in an error message, and the class the caller raises for each.
+_WIRE_CODES: dict[str, type[P2PNetError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidModelIdError,
+        UnknownModelError,
+        InvalidInputError,
+        PayloadTooLargeError,
+        ModelExecutionError,
+        PeerBusyError,
+        InternalPeerError,
+        LocalProtocolError,
+        DeadlineExceededError,
+    )
+}
+
+def wire_code_for(error: P2PNetError) -> str:
+    """The code a serving peer sends for ``error``: what the *caller* should raise.
+
+    A server that received malformed bytes raised RemoteProtocolError locally; the
+    caller must see it as its own fault, LocalProtocolError.
+    """
+    if isinstance(error, ProtocolError):
+        return LocalProtocolError.code
+    if error.code in _WIRE_CODES:
+        return error.code
+    return InternalPeerError.code
+
+
+def error_from_wire(code: str, message: str, peer: str) -> P2PNetError:
+    """Build the exception a caller raises for an error message received from ``peer``.
+
+    An unknown code (from a newer peer) becomes InternalPeerError with the code kept
+    in the message, so nothing is lost.
+    """
+    cls = _WIRE_CODES.get(code)
+    if cls is None:
+        return InternalPeerError(f"[{code}] {message}", peer=peer)
+    return cls(message, peer=peer)

@@ -1,0 +1,42 @@
+"""What the invoke server and client share: the protocol ID and message I/O on a stream."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from p2pnet.core.messages import EncodedMessage, Message, MessageReader
+from p2pnet.errors import ConnectionLostError
+from p2pnet.net.host import Stream
+
+__all__ = ["INVOKE_PROTOCOL", "read_message", "write_message"]
+
+INVOKE_PROTOCOL: Final = "/p2pnet/invoke/1.0.0"
+
+
+async def write_message(stream: Stream, encoded: EncodedMessage) -> None:
+    """Send every frame of ``encoded``.
+
+    Raises:
+        ConnectionLostError: the stream broke.
+    """
+    for frame in encoded.frames():
+        await stream.write(frame)
+
+
+async def read_message(stream: Stream, reader: MessageReader) -> Message | None:
+    """The next message on ``stream``, or None at a clean end of stream.
+
+    Raises:
+        RemoteProtocolError, PayloadTooLargeError: the peer broke the protocol.
+        ConnectionLostError: the stream broke, or ended in the middle of a message.
+    """
+    while (message := reader.next_message()) is None:
+        data = await stream.read()
+        if not data:
+            if reader.at_message_boundary:
+                return None
+            raise ConnectionLostError(
+                f"peer {stream.peer_id} closed the stream in the middle of a message"
+            )
+        reader.receive_data(data)
+    return message

@@ -1,0 +1,178 @@
+"""The serving side of ``/p2pnet/invoke/1.0.0``: answer Invoke messages with model outputs.
+
+One inbound stream carries any number of calls, one after another. A bad call
+gets an error reply and the stream stays usable; bytes that break the framing
+get an error reply and the stream is closed. Nothing a caller sends can stop the
+server from serving others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from p2pnet.core.messages import (
+    EncodedMessage,
+    ErrorReply,
+    Invoke,
+    Message,
+    MessageReader,
+    Result,
+    WireLimits,
+    encode_message,
+)
+from p2pnet.core.model_id import parse_model_id
+from p2pnet.errors import (
+    ConnectionLostError,
+    P2PNetError,
+    PayloadTooLargeError,
+    ProtocolError,
+    RemoteProtocolError,
+    UnknownModelError,
+    wire_code_for,
+)
+from p2pnet.invoke.protocol import read_message, write_message
+from p2pnet.net.host import Stream
+from p2pnet.runtime.onnx_model import OnnxModel
+
+__all__ = ["InvokeServer", "ServerStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerStats:
+    """Counters a running server keeps, for status output and tests."""
+
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+class InvokeServer:
+    """Serves ``models`` (model ID -> model) to any peer that opens an invoke stream.
+
+    Args:
+        models: the served models; the mapping may change while serving.
+        limits: sizes accepted from callers and used for replies.
+        max_deadline: cap, in seconds, on the deadline a caller may ask for.
+        idle_timeout: seconds a stream may wait for its next message before it is closed.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, OnnxModel],
+        *,
+        limits: WireLimits = WireLimits(),
+        max_deadline: float = 300.0,
+        idle_timeout: float = 300.0,
+        drain_timeout: float = 2.0,
+    ) -> None:
+        self.models = models
+        self.limits = limits
+        self.max_deadline = max_deadline
+        self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self.stats = ServerStats()
+
+    async def handle_stream(self, stream: Stream) -> None:
+        """Answer calls on ``stream`` until the caller closes it or breaks the protocol."""
+        reader = MessageReader(self.limits)
+        while True:
+            try:
+                with trio.move_on_after(self.idle_timeout):
+                    message = await read_message(stream, reader)
+                    if message is None:
+                        await stream.close()
+                        return
+                if message is None:  # idle too long
+                    log.debug("closing idle invoke stream from %s", stream.peer_id)
+                    await stream.close()
+                    return
+            except (ProtocolError, PayloadTooLargeError) as exc:
+                self.stats.count_error(wire_code_for(exc))
+                log.info("invoke stream from %s broke the protocol: %s", stream.peer_id, exc)
+                await self._reject_stream(stream, exc)
+                return
+            except ConnectionLostError as exc:
+                log.debug("invoke stream from %s: %s", stream.peer_id, exc)
+                await stream.reset()
+                return
+            reply = await self.answer(message, stream.peer_id)
+            try:
+                await write_message(stream, self._encode_reply(reply))
+            except ConnectionLostError as exc:
+                log.debug("caller %s went away before its reply: %s", stream.peer_id, exc)
+                await stream.reset()
+                return
+
+    async def answer(self, message: Message, caller: str) -> Result | ErrorReply:
+        """The reply to one message from ``caller``: a Result or an ErrorReply."""
+        if not isinstance(message, Invoke):
+            exc: P2PNetError = RemoteProtocolError(
+                f"expected an invoke message, got {type(message).__name__}"
+            )
+            return self._error_reply(message.request_id, exc)
+        self.stats.calls += 1
+        try:
+            model = self._model(message.model_id)
+            timeout = min(message.deadline_ms / 1000, self.max_deadline)
+            outputs = await model.run(message.inputs, timeout=timeout)
+        except P2PNetError as exc:
+            log.debug("call %d from %s failed: %s", message.request_id, caller, exc)
+            return self._error_reply(message.request_id, exc)
+        except Exception as exc:
+            log.exception("call %d from %s hit a bug", message.request_id, caller)
+            return ErrorReply(message.request_id, "internal", f"internal error: {exc!r}")
+        return Result(message.request_id, outputs)
+
+    def _model(self, model_id: str) -> OnnxModel:
+        model = self.models.get(model_id)
+        if model is not None:
+            return model
+        canonical = parse_model_id(model_id)  # raises InvalidModelIdError for non-IDs
+        model = self.models.get(canonical)
+        if model is not None:
+            return model
+        served = ", ".join(f"{m.info.name} {mid}" for mid, m in list(self.models.items())[:5])
+        raise UnknownModelError(
+            f"this peer does not serve model {canonical}; it serves: {served or 'nothing'}"
+        )
+
+    def _error_reply(self, request_id: int, exc: P2PNetError) -> ErrorReply:
+        code = wire_code_for(exc)
+        self.stats.count_error(code)
+        return ErrorReply(request_id, code, exc.message)
+
+    def _encode_reply(self, reply: Result | ErrorReply) -> EncodedMessage:
+        try:
+            return encode_message(reply, self.limits)
+        except P2PNetError as exc:
+            return encode_message(
+                self._error_reply(
+                    reply.request_id,
+                    type(exc)(f"the model's outputs cannot be sent: {exc.message}"),
+                ),
+                self.limits,
+            )
+
+    async def _reject_stream(self, stream: Stream, exc: P2PNetError) -> None:
+        """Tell the caller why, then end the stream: its framing can no longer be trusted.
+
+        The caller may still be sending; its data is read and dropped for up to
+        ``drain_timeout`` seconds so that it sees our error instead of a reset.
+        """
+        reply = ErrorReply(0, wire_code_for(exc), exc.message)
+        try:
+            await write_message(stream, encode_message(reply, self.limits))
+            with trio.move_on_after(self.drain_timeout):
+                while await stream.read():
+                    pass
+        except ConnectionLostError:
+            pass
+        await stream.reset()

@@ -1,0 +1,250 @@
+"""The libp2p host as p2pnet sees it: open streams to peers, serve protocols, nothing more.
+
+This module and its siblings in ``p2pnet.net`` are the only code that touches
+py-libp2p. Its exceptions are translated here into p2pnet errors, and every
+workaround for its behaviour is here, each with a comment naming what it works
+around.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from p2pnet.errors import (
+    ConfigError,
+    ConnectionLostError,
+    InvalidAddressError,
+    PeerUnreachableError,
+)
+from p2pnet.net.identity import KeyPair, peer_id_of
+
+__all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
+
+log = logging.getLogger(__name__)
+
+# py-libp2p reads at most this much per call; larger reads do not return more.
+READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """Where to reach a peer: its ID and the transport addresses to dial (may be empty)."""
+
+    peer_id: str
+    addrs: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if not self.addrs:
+            return self.peer_id
+        return f"{self.addrs[0]}/p2p/{self.peer_id}"
+
+
+def parse_peer_address(text: str) -> PeerAddress:
+    """Parse ``/ip4/.../tcp/N/p2p/<peer-id>`` (or a bare peer ID) into a PeerAddress.
+
+    Raises:
+        InvalidAddressError: not a multiaddr ending in /p2p/<peer-id>, nor a peer ID.
+    """
+    text = text.strip()
+    if not text.startswith("/"):
+        try:
+            return PeerAddress(str(ID.from_base58(text)))
+        except Exception:
+            raise InvalidAddressError(
+                f"{text!r} is neither a multiaddr (/ip4/127.0.0.1/tcp/4001/p2p/12D3...) "
+                "nor a peer ID (12D3...)"
+            ) from None
+    try:
+        addr = multiaddr.Multiaddr(text)
+        peer_id = addr.get_peer_id()
+    except Exception as exc:
+        raise InvalidAddressError(f"{text!r} is not a valid multiaddr: {exc}") from None
+    if peer_id is None:
+        raise InvalidAddressError(
+            f"{text!r} has no /p2p/<peer-id> part; p2pnet needs it to authenticate the peer"
+        )
+    transport = str(addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}")))
+    return PeerAddress(str(peer_id), (transport,) if transport else ())
+
+
+class Stream:
+    """A bidirectional byte stream to one peer, speaking one protocol."""
+
+    def __init__(self, raw: INetStream, peer_id: str) -> None:
+        self._raw = raw
+        self.peer_id = peer_id
+
+    async def read(self) -> bytes:
+        """Some bytes (at most READ_SIZE), or b"" at a clean end of stream.
+
+        Raises:
+            ConnectionLostError: the stream was reset or the connection broke.
+        """
+        try:
+            return await self._raw.read(READ_SIZE)
+        except StreamEOF:
+            # py-libp2p raises at end of stream instead of returning b"".
+            return b""
+        except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLostError(
+                f"stream to peer {self.peer_id} broke while reading: {exc or type(exc).__name__}"
+            ) from None
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``.
+
+        Raises:
+            ConnectionLostError: the stream was closed, reset, or the connection broke.
+        """
+        try:
+            await self._raw.write(data)
+        except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLostError(
+                f"stream to peer {self.peer_id} broke while writing: {exc or type(exc).__name__}"
+            ) from None
+
+    async def close(self) -> None:
+        """Close both directions; never raises (a broken stream is already closed)."""
+        try:
+            await self._raw.close()
+        except Exception as exc:  # closing a broken stream fails in transport-specific ways
+            log.debug("closing stream to %s: %r", self.peer_id, exc)
+
+    async def reset(self) -> None:
+        """Abort the stream, telling the peer; never raises."""
+        try:
+            await self._raw.reset()
+        except Exception as exc:  # as in close()
+            log.debug("resetting stream to %s: %r", self.peer_id, exc)
+
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+class Host:
+    """A running libp2p host: its identity, its addresses, its streams."""
+
+    def __init__(self, raw: IHost, identity: KeyPair) -> None:
+        self._raw = raw
+        self.peer_id = peer_id_of(identity)
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs others can dial, ``/p2p/<peer-id>`` included."""
+        return [str(a) for a in self._raw.get_addrs()]
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol`` with ``handler``, one call per inbound stream.
+
+        The handler is guarded: whatever it raises is logged and the stream reset,
+        because py-libp2p lets a handler's exception escape into the host's nursery
+        and take the whole host down.
+        """
+
+        async def guarded(raw: INetStream) -> None:
+            stream = Stream(raw, str(raw.muxed_conn.peer_id))
+            try:
+                await handler(stream)
+            except Exception:
+                log.exception("handler for %s failed on a stream from %s", protocol, stream.peer_id)
+                await stream.reset()
+
+        self._raw.set_stream_handler(TProtocol(protocol), guarded)
+
+    async def open_stream(self, peer: PeerAddress, protocol: str) -> Stream:
+        """Open a stream to ``peer`` speaking ``protocol``, dialling it first if needed.
+
+        Raises:
+            PeerUnreachableError: no connection could be made, or the peer does not
+                speak ``protocol``.
+        """
+        peer_id = ID.from_base58(peer.peer_id)
+        if peer.addrs:
+            addrs = [multiaddr.Multiaddr(a) for a in peer.addrs]
+            # py-libp2p's swarm keeps a "negative cache" of peers whose dial failed and
+            # refuses to dial them again for a while, even at new addresses: clear it
+            # when the caller gives us addresses.
+            self._raw.get_network().unblock_peer(peer_id)  # type: ignore[attr-defined]
+            try:
+                await self._raw.connect(PeerInfo(peer_id, addrs))
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # swarm and transport raise many unrelated types
+                raise PeerUnreachableError(
+                    f"cannot connect to peer {peer}: {_reason(exc)}; check that it is running "
+                    "and that the address is right"
+                ) from None
+        try:
+            raw = await self._raw.new_stream(peer_id, [TProtocol(protocol)])
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise PeerUnreachableError(
+                f"cannot open a {protocol} stream to peer {peer}: {_reason(exc)}"
+            ) from None
+        return Stream(raw, peer.peer_id)
+
+    def is_connected(self, peer_id: str) -> bool:
+        conns = self._raw.get_network().get_connections(ID.from_base58(peer_id))  # type: ignore[attr-defined]
+        return any(not c.is_closed for c in conns)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost message of an exception chain, which says what actually failed."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} ({cause})"
+    return text
+
+
+@asynccontextmanager
+async def open_host(
+    identity: KeyPair,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+    *,
+    dial_timeout: float = 10.0,
+) -> AsyncIterator[Host]:
+    """Run a libp2p host (TCP, Noise, Yamux) listening on ``listen`` until the block exits.
+
+    mDNS, UPnP and bootstrap discovery stay off: nothing is dialled or announced that
+    the caller did not ask for.
+
+    Raises:
+        InvalidAddressError: a listen address that is not a multiaddr.
+        ConfigError: the host cannot listen (address in use, not local, ...).
+    """
+    try:
+        listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
+    except Exception as exc:
+        raise InvalidAddressError(f"bad listen address in {list(listen)}: {exc}") from None
+    raw = new_host(
+        key_pair=identity,
+        enable_mDNS=False,
+        enable_upnp=False,
+        # With the default of 3 connections per peer, py-libp2p's swarm waits a fixed
+        # 250 ms ("happy eyeballs") on every dial for a second connection; one
+        # connection per peer removes the wait. Yamux multiplexes all our streams on it.
+        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout),
+    )
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(raw.run(listen_addrs))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {list(listen)}: {exc.strerror or exc}") from None
+        yield Host(raw, identity)

@@ -1,0 +1,196 @@
+"""ONNX models: identity and schema from the file, execution in onnxruntime off the trio thread."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import trio
+
+from p2pnet.core.model_id import model_id_from_digest
+from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
+from p2pnet.core.tensor import dtype_name
+from p2pnet.errors import (
+    DeadlineExceededError,
+    InternalPeerError,
+    ModelExecutionError,
+    ModelFileError,
+)
+
+__all__ = ["ModelInfo", "OnnxModel", "inspect_model"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a model file is: its ID, where it lies, its size and its I/O schema."""
+
+    model_id: str
+    path: Path
+    size: int
+    schema: ModelSchema
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            **self.schema.to_dict(),
+        }
+
+
+def _file_model_id(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return model_id_from_digest(digest.digest()), size
+
+
+def _tensor_spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise ModelFileError(
+            f"{path}: {value.name!r} is an ONNX {kind}, not a tensor; p2pnet serves models whose "
+            "inputs and outputs are tensors (for scikit-learn classifiers, convert with "
+            "options={'zipmap': False})"
+        )
+    tensor_type = value.type.tensor_type
+    elem = tensor_type.elem_type
+    if elem == onnx.TensorProto.STRING:
+        dtype = "string"
+    else:
+        try:
+            dtype = dtype_name(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)))
+        except Exception:
+            raise ModelFileError(
+                f"{path}: tensor {value.name!r} has ONNX element type "
+                f"{onnx.TensorProto.DataType.Name(elem)}, which p2pnet cannot carry"
+            ) from None
+    shape: tuple[Dim, ...] = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in tensor_type.shape.dim
+    )
+    return TensorSpec(value.name, dtype, shape)
+
+
+def inspect_model(path: str | Path) -> ModelInfo:
+    """Read a model file: its ID (CID of the bytes), size, and schema from the ONNX graph.
+
+    Raises:
+        ModelFileError: the file cannot be read or is not an ONNX model with tensor I/O.
+    """
+    path = Path(path)
+    try:
+        model_id, size = _file_model_id(path)
+        model = onnx.load(str(path), load_external_data=False)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
+        raise ModelFileError(f"{path} is not an ONNX model: {exc}") from None
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    schema = ModelSchema(
+        inputs=tuple(_tensor_spec(v, path) for v in graph.input if v.name not in initializers),
+        outputs=tuple(_tensor_spec(v, path) for v in graph.output),
+    )
+    if not schema.inputs or not schema.outputs:
+        raise ModelFileError(f"{path}: the ONNX graph declares no inputs or no outputs")
+    return ModelInfo(model_id, path.resolve(), size, schema)
+
+
+class OnnxModel:
+    """A loaded model: one onnxruntime session, at most ``max_concurrency`` runs at a time."""
+
+    def __init__(self, info: ModelInfo, *, max_concurrency: int = 2, threads: int = 0) -> None:
+        """Load the session for ``info`` (threads=0 lets onnxruntime choose).
+
+        Raises:
+            ModelFileError: onnxruntime cannot load the model.
+        """
+        self.info = info
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(
+                str(info.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ModelFileError(f"onnxruntime cannot load {info.path}: {exc}") from None
+        self._output_names = [spec.name for spec in info.schema.outputs]
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> OnnxModel:
+        """Inspect and load a model file in one step (see inspect_model, __init__)."""
+        return cls(inspect_model(path), **kwargs)
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id
+
+    def run_sync(self, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+        """Check inputs and run the model in the calling thread.
+
+        Raises:
+            InvalidInputError: inputs that do not match the schema.
+            ModelExecutionError: onnxruntime failed on them.
+        """
+        return self._run_checked(check_inputs(self.info.schema, inputs))
+
+    def _run_checked(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        try:
+            outputs = self._session.run(self._output_names, inputs)
+        except Exception as exc:  # onnxruntime's pybind errors have no common base we can import
+            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise ModelExecutionError(
+                f"model {self.info.name} ({self.model_id}) failed: {message}"
+            ) from None
+        result: dict[str, npt.NDArray[Any]] = {}
+        for name, value in zip(self._output_names, outputs, strict=True):
+            if not isinstance(value, np.ndarray):
+                raise InternalPeerError(
+                    f"model {self.info.name} produced a {type(value).__name__} for {name!r}"
+                )
+            result[name] = value
+        return result
+
+    async def run(
+        self, inputs: Mapping[str, Any], *, timeout: float = math.inf
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Check inputs, then run the model in a worker thread within ``timeout`` seconds.
+
+        The time spent waiting for a free slot counts toward the timeout. A run that
+        overruns is abandoned: its thread finishes in the background and keeps its slot
+        until then, so the concurrency limit holds.
+
+        Raises:
+            InvalidInputError: inputs that do not match the schema.
+            ModelExecutionError: onnxruntime failed on them.
+            DeadlineExceededError: no result within ``timeout``.
+        """
+        checked = check_inputs(self.info.schema, inputs)
+        with trio.move_on_after(timeout) as scope:
+            return await trio.to_thread.run_sync(
+                self._run_checked, checked, abandon_on_cancel=True, limiter=self._limiter
+            )
+        assert scope.cancelled_caught
+        raise DeadlineExceededError(
+            f"model {self.info.name} ({self.model_id}) did not finish within "
+            f"{timeout * 1000:.0f} ms (waiting for a free slot included)"
+        )
