@@ -208,6 +208,7 @@ _WIRE_CODES: dict[str, type[P2PNetError]] = {
     )
 }
 
+
 def wire_code_for(error: P2PNetError) -> str:
     """The code a serving peer sends for ``error``: what the *caller* should raise.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -9,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy.typing as npt
+import trio
 
 from p2pnet.core.messages import WireLimits
 from p2pnet.errors import ConfigError, UsageError
@@ -20,6 +22,8 @@ from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
 from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel
 
 __all__ = ["Peer"]
+
+log = logging.getLogger(__name__)
 
 
 class Peer:
@@ -37,6 +41,8 @@ class Peer:
         listen: multiaddrs to listen on. The default listens on loopback only.
         limits: message and frame sizes, for requests and replies alike.
         max_concurrency: default number of concurrent runs per served model.
+        shutdown_grace: seconds to wait, when the peer stops, for model runs still in
+            progress (onnxruntime aborts the process if it exits during a run).
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class Peer:
         listen: list[str] | tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",),
         limits: WireLimits = WireLimits(),
         max_concurrency: int = 2,
+        shutdown_grace: float = 30.0,
     ) -> None:
         self._identity = identity or generate_identity()
         self._listen = tuple(listen)
@@ -56,6 +63,7 @@ class Peer:
         self._host: Host | None = None
         self._client: InvokeClient | None = None
         self._stack: AsyncExitStack | None = None
+        self.shutdown_grace = shutdown_grace
 
     @property
     def peer_id(self) -> str:
@@ -67,11 +75,24 @@ class Peer:
         return self._host.addrs if self._host else []
 
     @property
+    def host(self) -> Host:
+        """The running libp2p host.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        if self._host is None:
+            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
+        return self._host
+
+    @property
     def models(self) -> Mapping[str, OnnxModel]:
         """Served models by model ID."""
         return self._models
 
-    def serve(self, model: str | Path | OnnxModel, *, max_concurrency: int | None = None) -> ModelInfo:
+    def serve(
+        self, model: str | Path | OnnxModel, *, max_concurrency: int | None = None
+    ) -> ModelInfo:
         """Serve a model (an ONNX file, or one already loaded) under its content ID.
 
         Serving the same file twice is a no-op. Works before and after the peer starts.
@@ -127,3 +148,11 @@ class Peer:
                 await stack.__aexit__(exc_type, exc, tb)
         finally:
             self._host = None
+            with trio.CancelScope(shield=True):
+                for model in self._models.values():
+                    if not await model.wait_idle(self.shutdown_grace):
+                        log.warning(
+                            "model %s is still running after %.0f s; exiting now may abort it",
+                            model.info.name,
+                            self.shutdown_grace,
+                        )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 import numpy as np
@@ -115,7 +115,7 @@ class EncodedMessage:
         """Frames in order, each with its length prefix."""
         yield self.head_frame
         for arr in self.streamed:
-            data = memoryview(arr.reshape(-1).view(np.uint8))
+            data = arr.reshape(-1).view(np.uint8).data
             for start in range(0, len(data), self.chunk_size):
                 chunk = data[start : start + self.chunk_size]
                 yield encode_uvarint(len(chunk)) + chunk
@@ -335,7 +335,7 @@ class MessageReader:
         carried_ids = {id(t) for t in carried.values()}
         if any(id(arr) not in carried_ids for arr in streamed):
             raise RemoteProtocolError("streamed tensor outside the message's tensor map")
-        self._targets = [memoryview(arr.reshape(-1).view(np.uint8)) for arr in streamed if arr.size]
+        self._targets = [arr.reshape(-1).view(np.uint8).data for arr in streamed if arr.size]
         self._target_offset = 0
         return message
 
@@ -385,4 +385,4 @@ def _tensor_map(head: dict[str, Any], key: str) -> dict[str, npt.NDArray[Any]]:
             raise RemoteProtocolError(
                 f"{key}[{name!r}] must be a tensor extension, got {type(tensor).__name__}"
             )
-    return value
+    return cast(dict[str, npt.NDArray[Any]], value)

@@ -48,9 +48,7 @@ class ModelSchema:
         }
 
 
-def check_inputs(
-    schema: ModelSchema, inputs: Mapping[str, Any]
-) -> dict[str, npt.NDArray[Any]]:
+def check_inputs(schema: ModelSchema, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     """Check ``inputs`` against ``schema``; return them as arrays ready for the model.
 
     Every input must be present, none extra, each with the schema's dtype and rank,

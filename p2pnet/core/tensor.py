@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2pnet.core.varint import decode_uvarint, encode_uvarint
-from p2pnet.errors import InvalidInputError, RemoteProtocolError
+from p2pnet.errors import InvalidInputError, PayloadTooLargeError, RemoteProtocolError
 
 __all__ = [
     "DTYPE_CODES",
@@ -134,7 +134,8 @@ def normalize_array(name: str, value: object) -> npt.NDArray[np.generic]:
             f"tensor {name!r} has dtype {arr.dtype}, which p2pnet cannot send; supported: "
             + ", ".join(dtype_name(dt) for dt in DTYPE_CODES.values())
         )
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    return arr.astype(arr.dtype.newbyteorder("<"), order="C", copy=False)
 
 
 def _dtype_code(arr: npt.NDArray[np.generic]) -> int:
@@ -154,19 +155,21 @@ def encode_inline_tensor(arr: npt.NDArray[np.generic]) -> bytes:
     if arr.dtype.kind == "O":
         parts = [header]
         for v in arr.ravel():
-            raw = v.encode()
+            raw = str(v).encode()
             parts.append(encode_uvarint(len(raw)))
             parts.append(raw)
         return b"".join(parts)
     return header + arr.tobytes()
 
 
-def decode_tensor_header(payload: bytes | memoryview, max_elements: int) -> tuple[TensorHeader, int]:
+def decode_tensor_header(
+    payload: bytes | memoryview, max_elements: int
+) -> tuple[TensorHeader, int]:
     """Parse a tensor header at the start of ``payload``; return it and its byte length.
 
     Raises:
-        RemoteProtocolError: unknown dtype, too many dimensions, truncated header,
-            or more than ``max_elements`` elements.
+        RemoteProtocolError: unknown dtype, too many dimensions, truncated header.
+        PayloadTooLargeError: more than ``max_elements`` elements.
     """
     if len(payload) < 2:
         raise RemoteProtocolError("tensor header truncated: needs dtype and ndim bytes")
@@ -183,7 +186,7 @@ def decode_tensor_header(payload: bytes | memoryview, max_elements: int) -> tupl
     for d in shape:
         size *= d
     if size > max_elements:
-        raise RemoteProtocolError(
+        raise PayloadTooLargeError(
             f"tensor of shape {shape} has {size} elements; this side accepts at most {max_elements}"
         )
     return TensorHeader(code, shape), end

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 class ServerStats:
     """Counters a running server keeps, for status output and tests."""
 
+    streams: int = 0
     calls: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -82,6 +83,7 @@ class InvokeServer:
 
     async def handle_stream(self, stream: Stream) -> None:
         """Answer calls on ``stream`` until the caller closes it or breaks the protocol."""
+        self.stats.streams += 1
         reader = MessageReader(self.limits)
         while True:
             try:

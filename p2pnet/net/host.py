@@ -9,6 +9,7 @@ around.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # py-libp2p reads at most this much per call; larger reads do not return more.
 READ_SIZE = 1 << 20
+# Longest a close or reset may take before the stream is given up on.
+CLOSE_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,25 +113,37 @@ class Stream:
             ConnectionLostError: the stream was closed, reset, or the connection broke.
         """
         try:
-            await self._raw.write(data)
+            # Shielded: py-libp2p writes each Yamux frame as one Noise message straight
+            # to the TCP socket, and a cancellation part-way through a socket write
+            # leaves half a message on the wire, which breaks the whole connection
+            # (every later stream on it fails in multistream-select). A write is at
+            # most one chunk (WireLimits.chunk_size), so the shield is short.
+            with trio.CancelScope(shield=True):
+                await self._raw.write(data)
         except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLostError(
                 f"stream to peer {self.peer_id} broke while writing: {exc or type(exc).__name__}"
             ) from None
 
     async def close(self) -> None:
-        """Close both directions; never raises (a broken stream is already closed)."""
-        try:
-            await self._raw.close()
-        except Exception as exc:  # closing a broken stream fails in transport-specific ways
-            log.debug("closing stream to %s: %r", self.peer_id, exc)
+        """Close both directions; never raises (a broken stream is already closed).
+
+        Works even in a cancelled scope: the closing frame is written shielded (see
+        write) and given at most CLOSE_TIMEOUT seconds.
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._raw.close()
+            except Exception as exc:  # closing a broken stream fails in transport-specific ways
+                log.debug("closing stream to %s: %r", self.peer_id, exc)
 
     async def reset(self) -> None:
-        """Abort the stream, telling the peer; never raises."""
-        try:
-            await self._raw.reset()
-        except Exception as exc:  # as in close()
-            log.debug("resetting stream to %s: %r", self.peer_id, exc)
+        """Abort the stream, telling the peer; never raises. Works when cancelled, as close."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                await self._raw.reset()
+            except Exception as exc:  # as in close()
+                log.debug("resetting stream to %s: %r", self.peer_id, exc)
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
@@ -197,9 +212,42 @@ class Host:
             ) from None
         return Stream(raw, peer.peer_id)
 
-    def is_connected(self, peer_id: str) -> bool:
-        conns = self._raw.get_network().get_connections(ID.from_base58(peer_id))  # type: ignore[attr-defined]
-        return any(not c.is_closed for c in conns)
+    def connection_count(self, peer_id: str) -> int:
+        """Open connections to ``peer_id``."""
+        network = self._raw.get_network()
+        conns = network.get_connections(ID.from_base58(peer_id))
+        return sum(1 for c in conns if not c.is_closed)
+
+
+def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Fail if a fixed TCP listen port is taken.
+
+    py-libp2p sets SO_REUSEPORT on its listeners (for hole punching), so a second
+    peer on a taken port starts without error and the kernel splits incoming
+    connections between the two. A probe bind without SO_REUSEPORT still fails on a
+    taken port, which turns that into a clear error.
+    """
+    for addr in addrs:
+        protocols = [p.name for p in addr.protocols()]
+        if "tcp" not in protocols or int(addr.value_for_protocol("tcp")) == 0:
+            continue
+        family = socket.AF_INET6 if "ip6" in protocols else socket.AF_INET
+        host = addr.value_for_protocol("ip6" if family == socket.AF_INET6 else "ip4")
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, int(addr.value_for_protocol("tcp"))))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only non-group exception inside nested groups, or None if there are several."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -233,6 +281,7 @@ async def open_host(
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
         raise InvalidAddressError(f"bad listen address in {list(listen)}: {exc}") from None
+    _check_tcp_ports_free(listen_addrs)
     raw = new_host(
         key_pair=identity,
         enable_mDNS=False,
@@ -242,9 +291,23 @@ async def open_host(
         # connection per peer removes the wait. Yamux multiplexes all our streams on it.
         connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout),
     )
-    async with AsyncExitStack() as stack:
-        try:
-            await stack.enter_async_context(raw.run(listen_addrs))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {list(listen)}: {exc.strerror or exc}") from None
-        yield Host(raw, identity)
+    try:
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(raw.run(listen_addrs))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {list(listen)}: {exc.strerror or exc}"
+                ) from None
+            # py-libp2p's AutoConnector dials peers from the peerstore (any address any
+            # peer ever told us about) whenever there are fewer than 50 connections.
+            # p2pnet dials only what it is asked to: stop it before anything connects.
+            await raw.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+            yield Host(raw, identity)
+    except BaseExceptionGroup as group:
+        # py-libp2p's host.run() wraps whatever the block raises in one exception group
+        # per nursery it runs; hand a lone error back to the caller as itself.
+        leaf = _sole_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None

@@ -23,6 +23,7 @@ from p2pnet.errors import (
     InternalPeerError,
     ModelExecutionError,
     ModelFileError,
+    PeerBusyError,
 )
 
 __all__ = ["ModelInfo", "OnnxModel", "inspect_model"]
@@ -114,9 +115,13 @@ def inspect_model(path: str | Path) -> ModelInfo:
 
 
 class OnnxModel:
-    """A loaded model: one onnxruntime session, at most ``max_concurrency`` runs at a time."""
+    """A loaded model: one onnxruntime session, at most ``max_concurrency`` runs at a time
+    and at most ``max_queue`` more waiting for a slot; callers beyond that are refused.
+    """
 
-    def __init__(self, info: ModelInfo, *, max_concurrency: int = 2, threads: int = 0) -> None:
+    def __init__(
+        self, info: ModelInfo, *, max_concurrency: int = 2, max_queue: int = 64, threads: int = 0
+    ) -> None:
         """Load the session for ``info`` (threads=0 lets onnxruntime choose).
 
         Raises:
@@ -134,6 +139,8 @@ class OnnxModel:
             raise ModelFileError(f"onnxruntime cannot load {info.path}: {exc}") from None
         self._output_names = [spec.name for spec in info.schema.outputs]
         self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._max_in_flight = max_concurrency + max_queue
+        self._in_flight = 0
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> OnnxModel:
@@ -170,6 +177,22 @@ class OnnxModel:
             result[name] = value
         return result
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress (abandoned ones included); False on timeout.
+
+        Call before the process exits: onnxruntime aborts the whole process if the
+        interpreter shuts down while one of its runs is still going in a thread.
+        """
+        tokens = [object() for _ in range(int(self._limiter.total_tokens))]
+        acquired = []
+        with trio.move_on_after(timeout):
+            for token in tokens:
+                await self._limiter.acquire_on_behalf_of(token)
+                acquired.append(token)
+        for token in acquired:
+            self._limiter.release_on_behalf_of(token)
+        return len(acquired) == len(tokens)
+
     async def run(
         self, inputs: Mapping[str, Any], *, timeout: float = math.inf
     ) -> dict[str, npt.NDArray[Any]]:
@@ -183,12 +206,23 @@ class OnnxModel:
             InvalidInputError: inputs that do not match the schema.
             ModelExecutionError: onnxruntime failed on them.
             DeadlineExceededError: no result within ``timeout``.
+            PeerBusyError: ``max_queue`` calls are already waiting.
         """
         checked = check_inputs(self.info.schema, inputs)
-        with trio.move_on_after(timeout) as scope:
-            return await trio.to_thread.run_sync(
-                self._run_checked, checked, abandon_on_cancel=True, limiter=self._limiter
+        if self._in_flight >= self._max_in_flight:
+            raise PeerBusyError(
+                f"model {self.info.name} has {self._in_flight} calls running or queued, its "
+                "limit; retry later or call another peer serving it"
             )
+        self._in_flight += 1
+        try:
+            with trio.move_on_after(timeout) as scope:
+                # (trio-typing's stubs, pulled in by py-libp2p, predate abandon_on_cancel)
+                return await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                    self._run_checked, checked, abandon_on_cancel=True, limiter=self._limiter
+                )
+        finally:
+            self._in_flight -= 1
         assert scope.cancelled_caught
         raise DeadlineExceededError(
             f"model {self.info.name} ({self.model_id}) did not finish within "

@@ -1,0 +1,295 @@
+"""The ``p2pnet`` command: thin argument parsing over ``Peer`` and the runtime (docs/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from p2pnet import __version__
+from p2pnet.config import default_identity_path
+from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.tensor import dtype_name
+from p2pnet.errors import InvalidInputError, P2PNetError, UsageError
+from p2pnet.logs import configure_logging
+from p2pnet.net.identity import KeyPair, load_or_create_identity, peer_id_of
+from p2pnet.peer import Peer
+from p2pnet.runtime.onnx_model import ModelInfo, inspect_model
+
+__all__ = ["main", "parse_input"]
+
+log = logging.getLogger(__name__)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_DTYPES = {
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "string",
+}  # fmt: skip
+
+
+def parse_input(spec: str) -> tuple[str, npt.NDArray[Any]]:
+    """Parse one ``--input`` value into (name, array).
+
+    Forms: ``NAME=@FILE.npy`` (a NumPy file, never unpickled), ``NAME=JSON`` (numbers
+    become float32, the common model input; strings a string tensor),
+    ``NAME:DTYPE=JSON`` (explicit dtype), and ``NAME=TEXT`` for anything that is not
+    JSON (a string tensor of shape [1]).
+
+    Raises:
+        InvalidInputError: a malformed spec, unreadable file or value that does not fit the dtype.
+    """
+    name, sep, value = spec.partition("=")
+    if not sep or not name:
+        raise InvalidInputError(
+            f"--input {spec!r}: expected NAME=VALUE, NAME=@FILE.npy or NAME:DTYPE=VALUE"
+        )
+    name, _, dtype = name.partition(":")
+    if dtype and dtype not in _DTYPES:
+        raise InvalidInputError(
+            f"--input {spec!r}: unknown dtype {dtype!r}; one of {sorted(_DTYPES)}"
+        )
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(
+                f"--input {name}: cannot load {path} as a .npy file: {exc}"
+            ) from None
+        return name, arr.astype(dtype, copy=False) if dtype and dtype != "string" else arr
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        data = [value]
+    if isinstance(data, (int, float, str, bool)):
+        data = [data]
+    if dtype == "string" or _all_strings(data):
+        return name, np.array(data, dtype=object)
+    try:
+        arr = np.array(data)
+        if dtype:
+            return name, arr.astype(dtype)
+        if arr.dtype.kind in "fiu":
+            return name, arr.astype(np.float32)
+        return name, arr
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(f"--input {name}: {value!r} is not a tensor: {exc}") from None
+
+
+def _all_strings(data: Any) -> bool:
+    if isinstance(data, list):
+        return bool(data) and all(_all_strings(v) for v in data)
+    return isinstance(data, str)
+
+
+def _identity(args: argparse.Namespace) -> tuple[KeyPair, Path, bool]:
+    path = Path(args.identity) if args.identity else default_identity_path()
+    identity, created = load_or_create_identity(path)
+    if created:
+        log.info("created a new peer identity at %s", path)
+    return identity, path, created
+
+
+def _tensor_json(arr: npt.NDArray[Any]) -> dict[str, Any]:
+    return {"dtype": dtype_name(arr), "shape": list(arr.shape), "data": arr.tolist()}
+
+
+def _schema_table(info: ModelInfo) -> Table:
+    table = Table(title=f"{info.name} ({info.size:,} bytes)", title_justify="left")
+    for column in ("", "name", "dtype", "shape"):
+        table.add_column(column)
+    for kind, specs in (("input", info.schema.inputs), ("output", info.schema.outputs)):
+        for spec in specs:
+            dims = ", ".join("?" if d is None else str(d) for d in spec.shape)
+            table.add_row(kind, spec.name, spec.dtype, f"[{dims}]")
+    return table
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    identity, path, created = _identity(args)
+    if args.json:
+        print(
+            json.dumps({"peer_id": peer_id_of(identity), "identity": str(path), "created": created})
+        )
+    else:
+        out.print(peer_id_of(identity))
+        err.print(f"identity: {path}" + (" (new)" if created else ""))
+    return 0
+
+
+def cmd_model_inspect(args: argparse.Namespace) -> int:
+    infos = [inspect_model(p) for p in args.files]
+    if args.json:
+        data = [info.to_dict() for info in infos]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+    else:
+        for info in infos:
+            out.print(info.model_id)
+            out.print(_schema_table(info))
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    identity, _, _ = _identity(args)
+    async with Peer(identity, listen=args.listen, max_concurrency=args.max_concurrency) as peer:
+        for path in args.serve:
+            peer.serve(path)
+        out.print(f"peer {peer.peer_id}")
+        for addr in peer.addrs:
+            out.print(f"listening {addr}")
+        for model_id, model in peer.models.items():
+            out.print(f"serving {model_id} {model.info.name}")
+        out.print("ready (Ctrl-C to stop)", style="bold")
+        sys.stdout.flush()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                err.print(f"{signal.Signals(signum).name}: stopping")
+                break
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    trio.run(_serve, args)
+    err.print("stopped")
+    return 0
+
+
+async def _call(args: argparse.Namespace) -> dict[str, npt.NDArray[Any]]:
+    model_id = parse_model_id(args.model)
+    inputs = dict(parse_input(spec) for spec in args.input)
+    identity, _, _ = _identity(args)
+    async with Peer(identity, listen=args.listen) as peer:
+        return await peer.invoke(args.address, model_id, inputs, timeout=args.timeout)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    outputs = trio.run(_call, args)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if args.json:
+        print(json.dumps({name: _tensor_json(arr) for name, arr in outputs.items()}))
+        return 0
+    table = Table(title=f"{elapsed_ms:.0f} ms", title_justify="left")
+    for column in ("output", "dtype", "shape", "value"):
+        table.add_column(column)
+    with np.printoptions(threshold=20, edgeitems=3, precision=4, suppress=True):
+        for name, arr in outputs.items():
+            table.add_row(name, dtype_name(arr), str(list(arr.shape)), str(arr))
+    out.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pnet", description="A peer-to-peer network for AI models."
+    )
+    parser.add_argument("--version", action="version", version=f"p2pnet {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (-vv adds py-libp2p warnings, -vvv everything)",
+    )
+    common.add_argument(
+        "--identity", metavar="FILE", help=f"peer key file (default {default_identity_path()})"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("id", parents=[common], help="create or show this peer's identity")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_id)
+
+    model = sub.add_parser("model", help="work with model files")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    p = model_sub.add_parser(
+        "inspect", parents=[common], help="model ID (CID), size, inputs and outputs of ONNX files"
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_model_inspect)
+
+    p = sub.add_parser("peer", parents=[common], help="run a peer that serves models until Ctrl-C")
+    p.add_argument(
+        "--serve",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="ONNX file to serve (repeatable)",
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="address to listen on (repeatable; default /ip4/127.0.0.1/tcp/0)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="concurrent runs per model (default 2)",
+    )
+    p.set_defaults(func=cmd_peer)
+
+    p = sub.add_parser(
+        "call", parents=[common], help="call a model on a peer and print its outputs"
+    )
+    p.add_argument("address", help="the peer: /ip4/.../tcp/PORT/p2p/12D3...")
+    p.add_argument("model", help="model ID (bafkrei...)")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input: NAME=@file.npy, NAME=JSON, NAME:DTYPE=JSON or NAME=text (repeatable)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up after this long (default 30)",
+    )
+    p.add_argument(
+        "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_call)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    if getattr(args, "listen", None) is None and args.command in ("peer", "call"):
+        args.listen = ["/ip4/127.0.0.1/tcp/0"]
+    if args.command == "peer" and args.max_concurrency < 1:
+        parser.error("--max-concurrency must be at least 1")
+    try:
+        return int(args.func(args))
+    except P2PNetError as exc:
+        err.print(f"[bold red]error[/]: {exc}", soft_wrap=True)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

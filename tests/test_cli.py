@@ -1,0 +1,211 @@
+"""The p2pnet command as a user runs it: real processes, real output, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2pnet.cli import main, parse_input
+from p2pnet.errors import InvalidInputError
+
+
+def p2pnet(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pnet.cli", *args],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def env(config_home: Path) -> dict[str, str]:
+    return os.environ | {"XDG_CONFIG_HOME": str(config_home), "COLUMNS": "200"}
+
+
+class RunningPeer:
+    def __init__(self, proc: subprocess.Popen[str], lines: list[str]) -> None:
+        self.proc = proc
+        self.lines = lines
+        self.address = next(line.split()[1] for line in lines if line.startswith("listening"))
+        self.models = {
+            m.group(2): m.group(1)
+            for line in lines
+            if (m := re.match(r"serving (\S+) (\S+)", line))
+        }
+
+
+def start_peer(env: dict[str, str], *args: str) -> RunningPeer:
+    """Start `p2pnet peer` and wait for its "ready" line (up to 60 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pnet.cli", "peer", "--listen", "/ip4/127.0.0.1/tcp/0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line.strip()) for line in stdout], daemon=True
+    ).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while not seen or not seen[-1].startswith("ready"):
+        try:
+            seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            proc.kill()
+            pytest.fail(f"peer not ready in 60 s; exit {proc.wait()}; output {seen}")
+    return RunningPeer(proc, seen)
+
+
+@pytest.fixture
+def running_peer(env: dict[str, str], models: dict[str, Path]) -> Iterator[RunningPeer]:
+    peer = start_peer(env, "--serve", str(models["iris"]), "--serve", str(models["sentiment"]))
+    yield peer
+    if peer.proc.poll() is None:
+        peer.proc.kill()
+        peer.proc.wait()
+
+
+def test_id_creates_a_private_key_once(env: dict[str, str], config_home: Path) -> None:
+    first = json.loads(p2pnet("id", "--json", env=env).stdout)
+    second = json.loads(p2pnet("id", "--json", env=env).stdout)
+    assert first["created"] and not second["created"]
+    assert first["peer_id"] == second["peer_id"]
+    key = config_home / "p2pnet" / "identity.key"
+    assert first["identity"] == str(key)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_model_inspect_json(env: dict[str, str], models: dict[str, Path]) -> None:
+    result = p2pnet("model", "inspect", "--json", str(models["iris"]), env=env)
+    info = json.loads(result.stdout)
+    assert info["model_id"].startswith("bafkrei") and info["size"] == models["iris"].stat().st_size
+    assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, 4]}]
+
+
+def test_model_inspect_of_a_file_that_is_not_onnx(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\xff" * 20)
+    result = p2pnet("model", "inspect", str(bad), env=env)
+    assert result.returncode == 2 and "is not an ONNX model" in result.stderr
+
+
+def test_serve_call_and_stop_with_ctrl_c(env: dict[str, str], running_peer: RunningPeer) -> None:
+    result = p2pnet(
+        "call", running_peer.address, running_peer.models["iris"], "--json",
+        "--input", "x=[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outputs = json.loads(result.stdout)
+    assert outputs["label"] == {"dtype": "int64", "shape": [2], "data": [0, 2]}
+
+    result = p2pnet(
+        "call",
+        running_peer.address,
+        running_peer.models["sentiment"],
+        "--input",
+        "text=I love it, works great",
+        env=env,
+    )
+    assert result.returncode == 0 and "positive" in result.stdout
+
+    running_peer.proc.send_signal(signal.SIGINT)
+    assert running_peer.proc.wait(timeout=30) == 0
+    assert running_peer.proc.stderr is not None
+    assert "stopped" in running_peer.proc.stderr.read()
+
+
+def test_call_errors_say_what_is_wrong_and_exit_non_zero(
+    env: dict[str, str], running_peer: RunningPeer, tmp_path: Path
+) -> None:
+    iris = running_peer.models["iris"]
+    result = p2pnet("call", running_peer.address, iris, "--input", "x=[[1, 2, 3]]", env=env)
+    assert result.returncode == 2
+    assert "size 3 on axis 1; the model expects 4" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))
+    result = p2pnet("call", running_peer.address, iris, "--input", f"x=@{npy}", "--json", env=env)
+    assert json.loads(result.stdout)["label"]["data"] == [0]
+
+    dead = re.sub(r"/tcp/\d+/", "/tcp/1/", running_peer.address)
+    result = p2pnet("call", dead, iris, "--input", "x=[[1, 2, 3, 4]]", "--timeout", "10", env=env)
+    assert result.returncode == 1 and "cannot connect to peer" in result.stderr
+
+
+def test_a_taken_port_is_an_error_not_a_shared_port(
+    env: dict[str, str], running_peer: RunningPeer
+) -> None:
+    port = re.search(r"/tcp/(\d+)/", running_peer.address).group(1)  # type: ignore[union-attr]
+    result = p2pnet("peer", "--listen", f"/ip4/127.0.0.1/tcp/{port}", env=env, timeout=30)
+    assert result.returncode == 2 and "Address already in use" in result.stderr
+
+
+def test_sigterm_stops_a_peer_cleanly(env: dict[str, str], models: dict[str, Path]) -> None:
+    peer = start_peer(env, "--serve", str(models["identity"]))
+    peer.proc.send_signal(signal.SIGTERM)
+    assert peer.proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "name", "dtype", "value"),
+    [
+        ("x=[[1.5, 2]]", "x", "float32", [[1.5, 2.0]]),
+        ("n=[1, 2]", "n", "float32", [1.0, 2.0]),
+        ("n:int64=[1, 2]", "n", "int64", [1, 2]),
+        ("x:float64=[1]", "x", "float64", [1.0]),
+        ("b:bool=[true, false]", "b", "bool", [True, False]),
+        ("text=I love it", "text", "object", ["I love it"]),
+        ('text=["a", "b"]', "text", "object", ["a", "b"]),
+        ("t:string=[1]", "t", "object", [1]),
+        ("v=3", "v", "float32", [3.0]),
+    ],
+)
+def test_parse_input_forms(spec: str, name: str, dtype: str, value: object) -> None:
+    parsed_name, arr = parse_input(spec)
+    assert parsed_name == name and arr.dtype == np.dtype(dtype) and arr.tolist() == value
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("novalue", "expected NAME=VALUE"),
+        ("x:complex=[1]", "unknown dtype 'complex'"),
+        ("x=@/nonexistent.npy", "cannot load"),
+        ("x=[[1, 2], [3]]", "is not a tensor"),
+    ],
+)
+def test_parse_input_errors(spec: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        parse_input(spec)
+
+
+def test_main_returns_2_for_usage_errors(
+    config_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "call",
+                "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWEtJQnzCAiTpqs1bC1qZy9auioRn9RmZsZYtGpjuJZzzi",
+                "not-a-cid",
+            ]
+        )
+        == 2
+    )
+    assert "is not a model ID" in capsys.readouterr().err
