@@ -289,3 +289,15 @@ async def test_a_bad_message_type_on_a_stream_is_answered_and_the_stream_stays_u
         await stream.write(frame)
     good = await read_message(stream, reader)
     assert good is not None and good.request_id == 6 and not isinstance(good, ErrorReply)
+
+
+async def test_a_stream_the_server_closed_while_idle_is_replaced_transparently(
+    server: Peer, client: Peer
+) -> None:
+    server.server.idle_timeout = 0.2
+    await call(client, server, "iris", {"x": IRIS_ROW})
+    (idle,) = client._client._idle[server.peer_id]  # type: ignore[union-attr]
+    assert await idle.stream.read() == b""  # the server closed it after 0.2 s idle
+    out = await call(client, server, "iris", {"x": IRIS_ROW})
+    assert out["label"].tolist() == [0]
+    assert server.server.stats.streams == 2

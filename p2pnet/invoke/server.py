@@ -87,13 +87,13 @@ class InvokeServer:
         reader = MessageReader(self.limits)
         while True:
             try:
-                with trio.move_on_after(self.idle_timeout):
+                with trio.move_on_after(self.idle_timeout) as idle:
                     message = await read_message(stream, reader)
-                    if message is None:
-                        await stream.close()
-                        return
-                if message is None:  # idle too long
+                if idle.cancelled_caught:
                     log.debug("closing idle invoke stream from %s", stream.peer_id)
+                    await stream.close()
+                    return
+                if message is None:  # the caller closed the stream
                     await stream.close()
                     return
             except (ProtocolError, PayloadTooLargeError) as exc:
