@@ -12,7 +12,14 @@
     ├── PeerError                    the remote peer's fault
     │   ├── ModelExecutionError      the model failed while running            [model_failed]
     │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
-    │   └── InternalPeerError        the peer hit a bug                        [internal]
+    │   ├── InternalPeerError        the peer hit a bug                        [internal]
+    │   └── InvalidRecordError       a capability record that must not be used
+    │       ├── MalformedRecordError     not a record: bad encoding or fields  [malformed_record]
+    │       ├── RecordTooLargeError      over the size limit                   [record_too_large]
+    │       ├── ForgedRecordError        signature does not verify             [forged_record]
+    │       ├── RecordKeyMismatchError   signing key is not the peer ID's key  [record_key_mismatch]
+    │       ├── ExpiredRecordError       past its expiry                       [expired_record]
+    │       └── StaleRecordError         older sequence than one already held  [stale_record]
     ├── ProtocolError                bytes that break the wire protocol
     │   ├── RemoteProtocolError      the other side sent them
     │   └── LocalProtocolError       the other side says we sent them          [protocol_error]
@@ -35,11 +42,15 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "DeadlineExceededError",
+    "ExpiredRecordError",
+    "ForgedRecordError",
     "InternalPeerError",
     "InvalidAddressError",
     "InvalidInputError",
     "InvalidModelIdError",
+    "InvalidRecordError",
     "LocalProtocolError",
+    "MalformedRecordError",
     "ModelExecutionError",
     "ModelFileError",
     "NetworkError",
@@ -49,7 +60,10 @@ __all__ = [
     "PeerError",
     "PeerUnreachableError",
     "ProtocolError",
+    "RecordKeyMismatchError",
+    "RecordTooLargeError",
     "RemoteProtocolError",
+    "StaleRecordError",
     "UnknownModelError",
     "UsageError",
     "error_from_wire",
@@ -148,6 +162,48 @@ class InternalPeerError(PeerError):
     """The serving peer hit an unexpected failure of its own."""
 
     code = "internal"
+
+
+class InvalidRecordError(PeerError):
+    """A signed capability record that must not be used; the publisher's fault."""
+
+    code = "invalid_record"
+
+
+class MalformedRecordError(InvalidRecordError):
+    """Bytes that do not decode to a capability record, or a record with bad fields."""
+
+    code = "malformed_record"
+
+
+class RecordTooLargeError(InvalidRecordError):
+    """A record over the size limit."""
+
+    code = "record_too_large"
+
+
+class ForgedRecordError(InvalidRecordError):
+    """A record whose signature does not verify."""
+
+    code = "forged_record"
+
+
+class RecordKeyMismatchError(InvalidRecordError):
+    """A record signed by a key that is not the one its peer ID names."""
+
+    code = "record_key_mismatch"
+
+
+class ExpiredRecordError(InvalidRecordError):
+    """A record past its expiry time."""
+
+    code = "expired_record"
+
+
+class StaleRecordError(InvalidRecordError):
+    """A record with an older sequence number than one already held for the same key."""
+
+    code = "stale_record"
 
 
 class ProtocolError(P2PNetError):

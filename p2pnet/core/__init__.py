@@ -6,4 +6,8 @@
                   encode_message, MessageReader         the invoke protocol's frames and messages
     schema.py     TensorSpec, ModelSchema, check_inputs a model's I/O and the checks on inputs
     model_id.py   model_id_of_bytes, parse_model_id     CIDv1 raw sha2-256 model IDs
+    peer_id.py    peer_id_from_public_key, ...          libp2p peer IDs of Ed25519 keys
+    records.py    CapabilityRecord, sign_record,        signed capability records: canonical
+                  verify_record, supersedes             encoding, envelope, verification
+    kad/          the sans-IO Kademlia core (its own __init__ maps it)
 """
