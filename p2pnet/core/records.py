@@ -22,11 +22,11 @@ from typing import Any, Final
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
-from nacl.bindings import crypto_core_ed25519_is_valid_point
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
