@@ -13,6 +13,9 @@
     │   ├── ModelExecutionError      the model failed while running            [model_failed]
     │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
     │   ├── InternalPeerError        the peer hit a bug                        [internal]
+    │   ├── StoreLimitError          a peer asked this node to store more than it allows
+    │   │   ├── StoreFullError           the store or a key's provider list is full
+    │   │   └── ProviderQuotaError       one provider announces too many keys here
     │   └── InvalidRecordError       a capability record that must not be used
     │       ├── MalformedRecordError     not a record: bad encoding or fields  [malformed_record]
     │       ├── RecordTooLargeError      over the size limit                   [record_too_large]
@@ -60,10 +63,13 @@ __all__ = [
     "PeerError",
     "PeerUnreachableError",
     "ProtocolError",
+    "ProviderQuotaError",
     "RecordKeyMismatchError",
     "RecordTooLargeError",
     "RemoteProtocolError",
     "StaleRecordError",
+    "StoreFullError",
+    "StoreLimitError",
     "UnknownModelError",
     "UsageError",
     "error_from_wire",
@@ -162,6 +168,24 @@ class InternalPeerError(PeerError):
     """The serving peer hit an unexpected failure of its own."""
 
     code = "internal"
+
+
+class StoreLimitError(PeerError):
+    """A peer asked this node to store more than one of its limits allows."""
+
+    code = "store_limit"
+
+
+class StoreFullError(StoreLimitError):
+    """The store, or the key's provider list, is at its size limit."""
+
+    code = "store_full"
+
+
+class ProviderQuotaError(StoreLimitError):
+    """One provider already announces as many keys as this node keeps per provider."""
+
+    code = "provider_quota"
 
 
 class InvalidRecordError(PeerError):
