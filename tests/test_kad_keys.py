@@ -41,10 +41,15 @@ def test_key_is_sha256_of_the_bytes_big_endian() -> None:
 
 
 def test_model_and_task_keys_are_the_documented_bytes() -> None:
-    assert key_for_model(MODEL) == b"/p2pnet/model/" + MODEL.encode()
+    # multihashes, as go/js kad-dht require of provider keys
+    hello = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"  # CID of b"hello"
+    assert key_for_model(hello) == b"\x12\x20" + hashlib.sha256(b"hello").digest()
     assert key_for_model(MODEL.upper()) == key_for_model(MODEL)  # canonical text
-    assert key_for_task("emotion") == b"/p2pnet/task/emotion"
-    assert key_for_task("résumé") == "/p2pnet/task/résumé".encode()
+    assert key_for_task("emotion") == b"\x12\x20" + hashlib.sha256(b"/p2pnet/task/emotion").digest()
+    assert (
+        key_for_task("résumé")
+        == b"\x12\x20" + hashlib.sha256("/p2pnet/task/résumé".encode()).digest()
+    )
     with pytest.raises(InvalidModelIdError):
         key_for_model("not-a-cid")
     with pytest.raises(UsageError):

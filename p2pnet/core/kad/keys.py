@@ -16,12 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, NewType
 
+from multiformats import CID
+
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.errors import UsageError
 
 __all__ = [
     "KEY_BITS",
-    "MODEL_KEY_PREFIX",
+    "SHA256_MULTIHASH_PREFIX",
     "TASK_KEY_PREFIX",
     "Key",
     "PeerInfo",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 KEY_BITS: Final = 256
-MODEL_KEY_PREFIX: Final = b"/p2pnet/model/"
+SHA256_MULTIHASH_PREFIX: Final = b"\x12\x20"  # multihash code sha2-256, length 32
 TASK_KEY_PREFIX: Final = b"/p2pnet/task/"
 
 Key = NewType("Key", int)
@@ -104,30 +106,32 @@ def random_preimage_in_bucket(
 
 
 def key_for_model(model_id: str) -> bytes:
-    """The DHT key under which providers of ``model_id`` are announced.
+    """The DHT key under which providers of ``model_id`` are announced: the multihash of
+    the model ID's CID (``12 20`` + the sha2-256 of the model file), as IPFS announces a CID.
 
-    Exactly ``b"/p2pnet/model/" + canonical model ID as ASCII``, e.g.
-    ``b"/p2pnet/model/bafkrei..."``; its position is the sha256 of those bytes.
+    go- and js-libp2p kad-dht nodes accept only multihash keys in ADD_PROVIDER and
+    GET_PROVIDERS, so the key is one; it is also what anyone holding the file computes.
 
     Raises:
         InvalidModelIdError: ``model_id`` is not a model ID.
     """
-    return MODEL_KEY_PREFIX + parse_model_id(model_id).encode("ascii")
+    return bytes(CID.decode(parse_model_id(model_id)).digest)
 
 
 def key_for_task(task: str) -> bytes:
     """The DHT key under which peers serving a model for ``task`` are announced.
 
-    Exactly ``b"/p2pnet/task/" + task as UTF-8``, e.g. ``b"/p2pnet/task/emotion"``. The
-    text is used as given (case and spaces matter), so callers should use canonical
-    task tags.
+    The sha2-256 multihash (``12 20`` + digest) of ``b"/p2pnet/task/" + task as UTF-8``:
+    a multihash, as other kad-dht implementations require of provider keys, whose
+    preimage keeps task keys apart from model keys. The text is used as given (case and
+    spaces matter), so callers should use canonical task tags.
 
     Raises:
         UsageError: ``task`` is empty.
     """
     if not task:
         raise UsageError("a task tag cannot be empty")
-    return TASK_KEY_PREFIX + task.encode("utf-8")
+    return SHA256_MULTIHASH_PREFIX + hashlib.sha256(TASK_KEY_PREFIX + task.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True, slots=True)
