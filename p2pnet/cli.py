@@ -144,17 +144,19 @@ def cmd_model_inspect(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     identity, _, _ = _identity(args)
-    async with Peer(identity, listen=args.listen, max_concurrency=args.max_concurrency) as peer:
-        for path in args.serve:
-            peer.serve(path)
-        out.print(f"peer {peer.peer_id}")
-        for addr in peer.addrs:
-            out.print(f"listening {addr}")
-        for model_id, model in peer.models.items():
-            out.print(f"serving {model_id} {model.info.name}")
-        out.print("ready (Ctrl-C to stop)", style="bold")
-        sys.stdout.flush()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Signals are caught before "ready" is printed: a supervisor that stops the peer as
+    # soon as it is ready must get a clean shutdown, not the default handler's kill.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Peer(identity, listen=args.listen, max_concurrency=args.max_concurrency) as peer:
+            for path in args.serve:
+                peer.serve(path)
+            out.print(f"peer {peer.peer_id}")
+            for addr in peer.addrs:
+                out.print(f"listening {addr}")
+            for model_id, model in peer.models.items():
+                out.print(f"serving {model_id} {model.info.name}")
+            out.print("ready (Ctrl-C to stop)", style="bold")
+            sys.stdout.flush()
             async for signum in signals:
                 err.print(f"{signal.Signals(signum).name}: stopping")
                 break

@@ -8,12 +8,15 @@ around.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import libp2p.stream_muxer.yamux.yamux as _yamux
 import multiaddr
 import trio
 from libp2p import new_host
@@ -23,6 +26,7 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as _NOISE_MAX_PLAINTEXT
 
 from p2pnet.errors import (
     ConfigError,
@@ -41,6 +45,21 @@ READ_SIZE = 1 << 20
 # Longest a close or reset may take before the stream is given up on.
 CLOSE_TIMEOUT = 1.0
 
+# py-libp2p 0.8.1 throughput tuning, measured in docs/benchmarks.md ("Invoke").
+# Yamux sends data frames of 65536 bytes (its 12-byte header included), but one Noise
+# message carries at most 65519 bytes of plaintext, so every full frame went out as two
+# Noise messages, and each costs a trip through py-libp2p's locks and the scheduler.
+# Frames of four Noise messages' worth (262076 bytes) stay within Yamux's initial 256 KiB
+# window, which is the only bound go- and js-yamux put on a received frame (rust-yamux
+# accepts up to 1 MiB). py-libp2p reads the constant at each write; only what we send
+# changes.
+_yamux.MAX_MESSAGE_SIZE = 4 * _NOISE_MAX_PLAINTEXT
+# py-libp2p's PY_YAMUX_RELEASE_ON_READ (on by default) sends a WINDOW_UPDATE frame after
+# every read: one extra frame per small message and per 64 KiB of bulk data. Off, credit
+# goes back per half window, as go-yamux does. Read at call time; a value set by the
+# user wins.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
 
 @dataclass(frozen=True, slots=True)
 class PeerAddress:
@@ -55,8 +74,12 @@ class PeerAddress:
         return f"{self.addrs[0]}/p2p/{self.peer_id}"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_peer_address(text: str) -> PeerAddress:
     """Parse ``/ip4/.../tcp/N/p2p/<peer-id>`` (or a bare peer ID) into a PeerAddress.
+
+    Results are cached: parsing costs ~0.15 ms, and Peer.invoke parses its address
+    argument on every call.
 
     Raises:
         InvalidAddressError: not a multiaddr ending in /p2p/<peer-id>, nor a peer ID.
@@ -211,6 +234,14 @@ class Host:
                 f"cannot open a {protocol} stream to peer {peer}: {_reason(exc)}"
             ) from None
         return Stream(raw, peer.peer_id)
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """Transport addresses known for ``peer_id`` (from dialling it or from identify)."""
+        try:
+            addrs = self._raw.get_peerstore().addrs(ID.from_base58(peer_id))
+        except Exception:  # py-libp2p raises PeerStoreError for an unknown peer
+            return []
+        return [str(a) for a in addrs]
 
     def connection_count(self, peer_id: str) -> int:
         """Open connections to ``peer_id``."""
