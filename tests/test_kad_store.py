@@ -9,15 +9,16 @@ from hypothesis import strategies as st
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import PeerInfo
 from p2pnet.core.kad.ratelimit import RateLimiter
-from p2pnet.core.kad.store import (
+from p2pnet.core.kad.store import ProviderStore, StoredValue, ValueStore
+from p2pnet.errors import (
+    MalformedRecordError,
+    PeerError,
     ProviderQuotaError,
-    ProviderStore,
-    StoredValue,
+    RecordTooLargeError,
+    StaleRecordError,
     StoreFullError,
     StoreLimitError,
-    ValueStore,
 )
-from p2pnet.errors import MalformedRecordError, PeerError, RecordTooLargeError, StaleRecordError
 
 ALICE = PeerInfo("alice", b"\x00\x24alice", ("/ip4/10.0.0.1/tcp/1",))
 BOB = PeerInfo("bob", b"\x00\x24bob", ("/ip4/10.0.0.2/tcp/1",))

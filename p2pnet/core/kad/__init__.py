@@ -6,9 +6,13 @@
                   PingOldest, Evicted, Ignored                        bucket asks for a ping
     lookup.py     ClosestPeersLookup, LookupStats                     the iterative lookup
     store.py      ProviderStore, ValueStore, RecordValidator,         what a node stores for
-                  StoredValue, StoreLimitError and subclasses         others, with limits
+                  StoredValue                                         others, with limits
     jobs.py       RepublishSchedule                                   when our records are due
     ratelimit.py  RateLimiter                                         per-peer token buckets
+    wire.py       KadMessage, KadPeer, KadRecord, MessageType,        the kad-dht RPC messages
+                  ConnectionType, KadLimits, KadMessageReader,        and their framing
+                  encode_kad_message, peer_id_bytes, peer_id_text     (dht.proto -> dht_pb2.py
+                                                                      via scripts/gen_proto.sh)
 
 Nothing here does I/O, reads a clock or draws randomness of its own: the DHT service
 sends the requests these objects ask for and reports back, passing ``now`` in.
@@ -35,40 +39,51 @@ from p2pnet.core.kad.routing import (
     Refreshed,
     RoutingTable,
 )
-from p2pnet.core.kad.store import (
-    ProviderQuotaError,
-    ProviderStore,
-    RecordValidator,
-    StoredValue,
-    StoreFullError,
-    StoreLimitError,
-    ValueStore,
+from p2pnet.core.kad.store import ProviderStore, RecordValidator, StoredValue, ValueStore
+from p2pnet.core.kad.wire import (
+    ConnectionType,
+    KadLimits,
+    KadMessage,
+    KadMessageReader,
+    KadPeer,
+    KadRecord,
+    MessageType,
+    encode_kad_message,
+    peer_id_bytes,
+    peer_id_text,
 )
 
 __all__ = [
     "Added",
     "ClosestPeersLookup",
+    "ConnectionType",
     "Evicted",
     "Ignored",
+    "KadLimits",
+    "KadMessage",
+    "KadMessageReader",
+    "KadPeer",
+    "KadRecord",
     "Key",
     "LookupStats",
+    "MessageType",
     "PeerInfo",
     "PingOldest",
-    "ProviderQuotaError",
     "ProviderStore",
     "RateLimiter",
     "RecordValidator",
     "Refreshed",
     "RepublishSchedule",
     "RoutingTable",
-    "StoreFullError",
-    "StoreLimitError",
     "StoredValue",
     "ValueStore",
     "bucket_index",
     "closest_peers",
     "distance",
+    "encode_kad_message",
     "key_for_model",
     "key_for_task",
     "key_of",
+    "peer_id_bytes",
+    "peer_id_text",
 ]

@@ -19,17 +19,13 @@ from p2pnet.errors import (
     RecordTooLargeError,
     StaleRecordError,
     StoreFullError,
-    StoreLimitError,
 )
 
 __all__ = [
     "DEFAULT_PROVIDER_TTL",
     "DEFAULT_VALUE_TTL",
-    "ProviderQuotaError",
     "ProviderStore",
     "RecordValidator",
-    "StoreFullError",
-    "StoreLimitError",
     "StoredValue",
     "ValueStore",
 ]
