@@ -1,9 +1,14 @@
-"""``Peer``: the one object a user holds. Identity + host + served models + invoke client."""
+"""``Peer``: the one object a user holds.
+
+Identity + libp2p host + served models (invoke server) + DHT node + describe server +
+discovery (find and call by task or model) + invoke client. No logic of its own:
+it wires the services together and runs their background work.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -11,9 +16,13 @@ from typing import Any
 
 import numpy.typing as npt
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pnet.core.messages import WireLimits
-from p2pnet.errors import ConfigError, UsageError
+from p2pnet.dht.node import DhtConfig, DhtNode
+from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
+from p2pnet.discovery.service import ModelFinder, Offer, RecordPublisher
+from p2pnet.errors import ConfigError, UnknownModelError, UsageError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
@@ -41,6 +50,9 @@ class Peer:
         listen: multiaddrs to listen on. The default listens on loopback only.
         limits: message and frame sizes, for requests and replies alike.
         max_concurrency: default number of concurrent runs per served model.
+        bootstrap: multiaddrs (with /p2p/) of peers to join the DHT through; none
+            makes this peer the first of its swarm.
+        dht: DHT parameters.
         shutdown_grace: seconds to wait, when the peer stops, for model runs still in
             progress (onnxruntime aborts the process if it exits during a run).
     """
@@ -52,6 +64,8 @@ class Peer:
         listen: list[str] | tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",),
         limits: WireLimits = WireLimits(),
         max_concurrency: int = 2,
+        bootstrap: Sequence[str] = (),
+        dht: DhtConfig = DhtConfig(),
         shutdown_grace: float = 30.0,
     ) -> None:
         self._identity = identity or generate_identity()
@@ -64,6 +78,13 @@ class Peer:
         self._client: InvokeClient | None = None
         self._stack: AsyncExitStack | None = None
         self.shutdown_grace = shutdown_grace
+        self._bootstrap = [parse_peer_address(a) for a in bootstrap]
+        self._dht_config = dht
+        self.dht: DhtNode | None = None
+        self.finder: ModelFinder | None = None
+        self._nursery: trio.Nursery | None = None
+        signing_key = Ed25519PrivateKey.from_private_bytes(self._identity.private_key.to_bytes())
+        self.publisher = RecordPublisher(signing_key, self.peer_id, lambda: self.addrs)
 
     @property
     def peer_id(self) -> str:
@@ -91,19 +112,94 @@ class Peer:
         return self._models
 
     def serve(
-        self, model: str | Path | OnnxModel, *, max_concurrency: int | None = None
+        self,
+        model: str | Path | OnnxModel,
+        *,
+        tasks: Sequence[str] = (),
+        max_concurrency: int | None = None,
     ) -> ModelInfo:
-        """Serve a model (an ONNX file, or one already loaded) under its content ID.
+        """Serve a model (an ONNX file, or one already loaded) under its content ID, and
+        publish a signed record of it for ``tasks`` (tags like "sentiment-analysis").
 
-        Serving the same file twice is a no-op. Works before and after the peer starts.
+        Works before and after the peer starts; once running, the model and its tasks
+        are announced in the DHT in the background.
 
         Raises:
             ModelFileError: the file cannot be read or loaded.
+            UsageError: a task tag that is not lower-case letters, digits and '-'.
         """
         if not isinstance(model, OnnxModel):
             model = OnnxModel.load(model, max_concurrency=max_concurrency or self._max_concurrency)
+        self.publisher.add(model.info, tasks)
         self._models.setdefault(model.model_id, model)
+        if self._nursery is not None:
+            self._nursery.start_soon(self.announce)
         return model.info
+
+    async def announce(self) -> int:
+        """Announce every served model and task in the DHT now; returns the number of
+        peers that took announcements. The DHT renews them before they expire."""
+        if self.dht is None:
+            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
+        return sum([await self.dht.provide(key) for key in self.publisher.keys()])
+
+    async def find(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        count: int = 20,
+        timeout: float = 10.0,
+    ) -> list[Offer]:
+        """Verified offers of ``task`` or ``model`` in the swarm, best first.
+
+        Raises:
+            UsageError: not running, or not exactly one of task and model.
+        """
+        return await self._running_finder().find(
+            task=task, model=model, count=count, timeout=timeout
+        )
+
+    async def call(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Find a provider of ``task`` or ``model`` and call it, failing over to the next
+        provider if one cannot be reached, is busy or too slow.
+
+        Raises:
+            UnknownModelError: nobody offers it. Otherwise as ``invoke``.
+        """
+        _, outputs = await self.call_with_offer(inputs, task=task, model=model, timeout=timeout)
+        return outputs
+
+    async def call_with_offer(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
+        """As ``call``, also returning the offer (which model, which peer) that answered."""
+        return await self._running_finder().call(inputs, task=task, model=model, timeout=timeout)
+
+    def _running_finder(self) -> ModelFinder:
+        if self.finder is None:
+            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
+        return self.finder
+
+    async def _run_local(
+        self, model_id: str, inputs: Mapping[str, Any], timeout: float
+    ) -> dict[str, npt.NDArray[Any]]:
+        model = self._models.get(model_id)
+        if model is None:
+            raise UnknownModelError(f"this peer does not serve model {model_id}")
+        return await model.run(inputs, timeout=timeout)
 
     async def invoke(
         self,
@@ -128,10 +224,36 @@ class Peer:
         if self._stack is not None:
             raise ConfigError("this Peer is already running")
         async with AsyncExitStack() as stack:
-            self._host = await stack.enter_async_context(open_host(self._identity, self._listen))
-            self._host.set_stream_handler(INVOKE_PROTOCOL, self.server.handle_stream)
-            self._client = InvokeClient(self._host, limits=self._limits)
+            host = await stack.enter_async_context(open_host(self._identity, self._listen))
+            self._host = host
+            host.set_stream_handler(INVOKE_PROTOCOL, self.server.handle_stream)
+            describe_server = DescribeServer(self.publisher.envelopes)
+            host.set_stream_handler(DESCRIBE_PROTOCOL, describe_server.handle_stream)
+            self._client = InvokeClient(host, limits=self._limits)
             stack.push_async_callback(self._client.aclose)
+            describer = DescribeClient(host)
+            stack.push_async_callback(describer.aclose)
+            self.dht = DhtNode(host, self._dht_config)
+            self.dht.start()
+            stack.push_async_callback(self.dht.aclose)
+            self.finder = ModelFinder(
+                self.peer_id,
+                self.dht,
+                describer,
+                self._client,
+                lambda: [self.publisher.record(mid) for mid in self._models],
+                self._run_local,
+            )
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+            self._nursery = nursery
+            self.dht.attach(nursery)
+            await nursery.start(self.dht.run_maintenance)
+            if self._bootstrap:
+                joined = await self.dht.bootstrap(self._bootstrap)
+                log.info("joined the swarm: %d peers in the routing table", joined)
+            if self._models:
+                nursery.start_soon(self.announce)
             self._stack = stack.pop_all()
         return self
 
@@ -143,6 +265,9 @@ class Peer:
     ) -> None:
         stack, self._stack = self._stack, None
         self._client = None
+        self._nursery = None
+        self.finder = None
+        self.dht = None
         try:
             if stack is not None:
                 await stack.__aexit__(exc_type, exc, tb)

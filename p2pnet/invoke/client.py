@@ -34,7 +34,8 @@ from p2pnet.errors import (
     error_from_wire,
 )
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
-from p2pnet.net.host import Host, PeerAddress, Stream
+from p2pnet.net.host import PeerAddress
+from p2pnet.net.interfaces import ByteStream, StreamHost
 
 __all__ = ["InvokeClient"]
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 class _Channel:
     """An invoke stream and the reader that keeps its framing state."""
 
-    stream: Stream
+    stream: ByteStream
     reader: MessageReader
     reused: bool = False
 
@@ -60,7 +61,7 @@ class InvokeClient:
     """
 
     def __init__(
-        self, host: Host, *, limits: WireLimits = WireLimits(), max_idle_streams: int = 8
+        self, host: StreamHost, *, limits: WireLimits = WireLimits(), max_idle_streams: int = 8
     ) -> None:
         self._host = host
         self._limits = limits

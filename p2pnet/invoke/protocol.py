@@ -6,14 +6,14 @@ from typing import Final
 
 from p2pnet.core.messages import EncodedMessage, Message, MessageReader
 from p2pnet.errors import ConnectionLostError
-from p2pnet.net.host import Stream
+from p2pnet.net.interfaces import ByteStream
 
 __all__ = ["INVOKE_PROTOCOL", "read_message", "write_message"]
 
 INVOKE_PROTOCOL: Final = "/p2pnet/invoke/1.0.0"
 
 
-async def write_message(stream: Stream, encoded: EncodedMessage) -> None:
+async def write_message(stream: ByteStream, encoded: EncodedMessage) -> None:
     """Send every frame of ``encoded``.
 
     Raises:
@@ -23,7 +23,7 @@ async def write_message(stream: Stream, encoded: EncodedMessage) -> None:
         await stream.write(frame)
 
 
-async def read_message(stream: Stream, reader: MessageReader) -> Message | None:
+async def read_message(stream: ByteStream, reader: MessageReader) -> Message | None:
     """The next message on ``stream``, or None at a clean end of stream.
 
     Raises:

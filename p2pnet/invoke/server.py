@@ -35,7 +35,7 @@ from p2pnet.errors import (
     wire_code_for,
 )
 from p2pnet.invoke.protocol import read_message, write_message
-from p2pnet.net.host import Stream
+from p2pnet.net.interfaces import ByteStream
 from p2pnet.runtime.onnx_model import OnnxModel
 
 __all__ = ["InvokeServer", "ServerStats"]
@@ -81,7 +81,7 @@ class InvokeServer:
         self.drain_timeout = drain_timeout
         self.stats = ServerStats()
 
-    async def handle_stream(self, stream: Stream) -> None:
+    async def handle_stream(self, stream: ByteStream) -> None:
         """Answer calls on ``stream`` until the caller closes it or breaks the protocol."""
         self.stats.streams += 1
         reader = MessageReader(self.limits)
@@ -163,7 +163,7 @@ class InvokeServer:
                 self.limits,
             )
 
-    async def _reject_stream(self, stream: Stream, exc: P2PNetError) -> None:
+    async def _reject_stream(self, stream: ByteStream, exc: P2PNetError) -> None:
         """Tell the caller why, then end the stream: its framing can no longer be trusted.
 
         The caller may still be sending; its data is read and dropped for up to

@@ -35,6 +35,7 @@ from p2pnet.errors import (
     PeerUnreachableError,
 )
 from p2pnet.net.identity import KeyPair, peer_id_of
+from p2pnet.net.logs import inherit_libp2p_log_level
 
 __all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
 
@@ -313,6 +314,7 @@ async def open_host(
     except Exception as exc:
         raise InvalidAddressError(f"bad listen address in {list(listen)}: {exc}") from None
     _check_tcp_ports_free(listen_addrs)
+    inherit_libp2p_log_level()
     raw = new_host(
         key_pair=identity,
         enable_mDNS=False,

@@ -13,7 +13,7 @@ import os
 
 import libp2p
 
-__all__ = ["LIBP2P_DIR", "Libp2pRecordFilter", "set_libp2p_log_level"]
+__all__ = ["LIBP2P_DIR", "Libp2pRecordFilter", "inherit_libp2p_log_level", "set_libp2p_log_level"]
 
 LIBP2P_DIR = os.path.dirname(libp2p.__file__) + os.sep
 
@@ -31,12 +31,26 @@ class Libp2pRecordFilter(logging.Filter):
         return True
 
 
+def inherit_libp2p_log_level() -> None:
+    """Make every ``libp2p.*`` logger follow the ``libp2p`` logger's level again.
+
+    Some py-libp2p modules give their logger a level of its own (the auto-connector
+    logs at INFO whatever ``libp2p`` is set to), and a record that passes its own
+    logger's level reaches every handler up the tree. Call again after py-libp2p
+    imported more modules (``open_host`` does).
+    """
+    for name, child in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("libp2p.") and isinstance(child, logging.Logger):
+            child.setLevel(logging.NOTSET)
+
+
 def set_libp2p_log_level(level: int) -> None:
     """Let py-libp2p's ``libp2p.*`` records of ``level`` and above reach the root handlers.
 
     Use ``logging.CRITICAL + 1`` to silence it entirely. Records py-libp2p sends through
     the root logger are not covered here; add a ``Libp2pRecordFilter`` to the handler.
     """
+    inherit_libp2p_log_level()
     logger = logging.getLogger("libp2p")
     logger.handlers.clear()
     logger.addHandler(logging.NullHandler())

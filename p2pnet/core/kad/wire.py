@@ -387,7 +387,6 @@ _PB_TYPE: Final = {t: cast(dht_pb2.Message.MessageType, t.value) for t in Messag
 _PB_CONNECTION: Final = {c: cast(dht_pb2.Message.ConnectionType, c.value) for c in ConnectionType}
 
 
-
 def _check_key(what: str, key: bytes, limits: KadLimits) -> None:
     if len(key) > limits.max_key_bytes:
         raise PayloadTooLargeError(

@@ -1,0 +1,502 @@
+"""A DHT node: drives the sans-IO Kademlia core (``p2pnet.core.kad``) over streams.
+
+It speaks the libp2p kad-dht messages (``p2pnet.core.kad.wire``) on
+``/p2pnet/kad/1.0.0`` over any ``StreamHost``: the libp2p host in production, the
+in-memory network in tests and simulations. Time comes from trio's clock, so a
+``MockClock`` runs the same code in virtual time.
+
+The node answers FIND_NODE, GET_PROVIDERS, ADD_PROVIDER and PING; it looks up the
+closest peers to a key, announces and finds providers, refreshes its routing table
+and republishes what it provides before it expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from p2pnet.core.kad.jobs import RepublishSchedule
+from p2pnet.core.kad.keys import PeerInfo, key_of, random_preimage_in_bucket
+from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
+from p2pnet.core.kad.ratelimit import RateLimiter
+from p2pnet.core.kad.routing import PingOldest, RoutingTable
+from p2pnet.core.kad.store import ProviderStore
+from p2pnet.core.kad.wire import (
+    KadMessage,
+    KadMessageReader,
+    KadPeer,
+    MessageType,
+    encode_kad_message,
+    peer_id_bytes,
+)
+from p2pnet.errors import (
+    ConnectionLostError,
+    InvalidAddressError,
+    P2PNetError,
+    PayloadTooLargeError,
+    ProtocolError,
+    RemoteProtocolError,
+    StoreLimitError,
+)
+from p2pnet.net.host import PeerAddress
+from p2pnet.net.interfaces import ByteStream, StreamHost
+
+if TYPE_CHECKING:
+    # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
+    from trio_typing import TaskStatus
+
+__all__ = ["KAD_PROTOCOL", "DhtConfig", "DhtNode", "LookupResult"]
+
+log = logging.getLogger(__name__)
+
+KAD_PROTOCOL = "/p2pnet/kad/1.0.0"
+# Tries to find a random key in a bucket to refresh: enough for buckets 244..255.
+REFRESH_SEARCH_TRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    """Parameters of a DHT node; the defaults follow the kad-dht spec where it has one.
+
+    k: replication parameter (bucket size, lookup width, providers announced to).
+    alpha: requests in flight per lookup.
+    rpc_timeout: seconds one request may take, stream opening included.
+    provider_ttl: how long a provider announcement is kept (spec: 24 h... 48 h).
+    republish_interval: how often our own announcements are renewed (< provider_ttl).
+    refresh_interval: a bucket not looked into for this long gets a random lookup.
+    maintenance_interval: how often expiry, republishing and refresh run.
+    add_provider_rate, add_provider_burst: per-peer rate of ADD_PROVIDER we accept.
+    """
+
+    k: int = 20
+    alpha: int = 3
+    rpc_timeout: float = 5.0
+    max_queries: int = 200
+    provider_ttl: float = 24 * 3600.0
+    republish_interval: float = 11 * 3600.0
+    refresh_interval: float = 10 * 60.0
+    maintenance_interval: float = 60.0
+    add_provider_rate: float = 10.0
+    add_provider_burst: float = 100.0
+    max_idle_streams: int = 2
+
+
+@dataclass
+class LookupResult:
+    """What a lookup found and what it cost."""
+
+    peers: list[PeerInfo]
+    stats: LookupStats
+    providers: list[PeerInfo] = field(default_factory=list)
+
+
+@dataclass
+class _Channel:
+    stream: ByteStream
+    reader: KadMessageReader
+
+
+class DhtNode:
+    """One peer's DHT: routing table, provider store, and the protocol over ``host``."""
+
+    def __init__(
+        self, host: StreamHost, config: DhtConfig = DhtConfig(), *, rng: random.Random | None = None
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.local = PeerInfo(host.peer_id, peer_id_bytes(host.peer_id))
+        self.table = RoutingTable(self.local.key, k=config.k)
+        self.providers = ProviderStore(max_providers_per_key=config.k)
+        self.republish = RepublishSchedule(config.republish_interval, config.provider_ttl)
+        self.rng = rng or random.Random()
+        self._add_provider_limiter = RateLimiter(
+            config.add_provider_rate, config.add_provider_burst
+        )
+        self._idle: dict[str, list[_Channel]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.requests_served = 0
+        self.requests_dropped = 0
+
+    # --- serving --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Answer ``/p2pnet/kad/1.0.0`` streams from now on."""
+        self.host.set_stream_handler(KAD_PROTOCOL, self.handle_stream)
+
+    async def run_maintenance(
+        self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Expire, republish and refresh every ``maintenance_interval`` seconds, forever."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.maintenance_interval)
+            await self.maintain()
+
+    async def maintain(self) -> None:
+        """One round of upkeep: drop expired providers, republish what is due, refresh."""
+        now = trio.current_time()
+        self.providers.expire(now)
+        for key in self.republish.due(now):
+            if await self._announce(key) > 0:
+                self.republish.published(key, trio.current_time())
+            else:
+                self.republish.failed(key, trio.current_time())
+        await self.refresh(now)
+
+    async def refresh(self, now: float, *, everything: bool = False) -> None:
+        """Look into buckets not refreshed for ``refresh_interval`` (all, if ``everything``).
+
+        Peers learn of others only by talking to them, so a bucket nobody we talk to
+        falls in stays empty unless we look there: each stale far bucket gets a lookup
+        for a random key inside it. A random key in a near bucket takes ~2**(256 - index)
+        tries to find, so those are refreshed by the lookup of our own key, which walks
+        through them anyway.
+        """
+        interval = 0.0 if everything else self.config.refresh_interval
+        stale = self.table.stale_buckets(now, interval)
+        if not stale:
+            return
+        await self.find_closest(self.local.key)
+        for index in sorted(stale, reverse=True):
+            target = random_preimage_in_bucket(
+                key_of(self.local.key), index, self.rng, max_attempts=REFRESH_SEARCH_TRIES
+            )
+            if target is not None:
+                await self.find_closest(target)
+            self.table.mark_refreshed(index, trio.current_time())
+
+    async def handle_stream(self, stream: ByteStream) -> None:
+        """Answer requests on one inbound stream until the peer closes it."""
+        reader = KadMessageReader()
+        while True:
+            try:
+                request = await _read(stream, reader)
+            except (ProtocolError, PayloadTooLargeError) as exc:
+                log.info("kad stream from %s broke the protocol: %s", stream.peer_id, exc)
+                await stream.reset()
+                return
+            except ConnectionLostError:
+                await stream.reset()
+                return
+            if request is None:
+                await stream.close()
+                return
+            self._saw(stream.peer_id)
+            response = self.answer(request, stream.peer_id, trio.current_time())
+            if response is None:
+                self.requests_dropped += 1
+                continue  # the spec has no error reply: drop the request, keep the stream
+            self.requests_served += 1
+            try:
+                await stream.write(encode_kad_message(response))
+            except ConnectionLostError:
+                await stream.reset()
+                return
+
+    def answer(self, request: KadMessage, sender: str, now: float) -> KadMessage | None:
+        """The response to ``request`` from ``sender``, or None to drop it."""
+        kind = request.type
+        if kind is MessageType.PING:
+            return KadMessage(MessageType.PING)
+        if kind is MessageType.FIND_NODE:
+            return KadMessage(
+                MessageType.FIND_NODE, request.key, closer_peers=self._closer(request.key, sender)
+            )
+        if kind is MessageType.GET_PROVIDERS:
+            providers = [_kad_peer(p) for p in self.providers.get(request.key, now)]
+            return KadMessage(
+                MessageType.GET_PROVIDERS,
+                request.key,
+                closer_peers=self._closer(request.key, sender),
+                provider_peers=tuple(providers),
+            )
+        if kind is MessageType.ADD_PROVIDER:
+            self._store_providers(request, sender, now)
+            return None  # ADD_PROVIDER has no response in the spec
+        log.debug("dropping %s from %s: not supported", kind.name, sender)
+        return None
+
+    def _store_providers(self, request: KadMessage, sender: str, now: float) -> None:
+        if not self._add_provider_limiter.allow(sender, now):
+            log.info("ADD_PROVIDER from %s over its rate limit: dropped", sender)
+            return
+        for provider in request.provider_peers:
+            if provider.peer_id != sender:
+                # A peer may only announce itself (spec: "the provider must be the sender").
+                log.info(
+                    "ADD_PROVIDER from %s names another peer %s: ignored", sender, provider.peer_id
+                )
+                continue
+            addrs = provider.addrs or tuple(self.host.peer_addrs(sender))
+            try:
+                self.providers.add(
+                    request.key, _peer_info(provider.peer_id, addrs), now, self.config.provider_ttl
+                )
+            except StoreLimitError as exc:
+                log.info("ADD_PROVIDER from %s refused: %s", sender, exc)
+
+    def _closer(self, key: bytes, requester: str) -> tuple[KadPeer, ...]:
+        peers = self.table.closest(key_of(key), self.config.k + 1)
+        return tuple(_kad_peer(p) for p in peers if p.peer_id != requester)[: self.config.k]
+
+    def _saw(self, peer_id: str) -> None:
+        """A peer talked to us: it may go into the routing table, if we can dial it back."""
+        addrs = tuple(self.host.peer_addrs(peer_id))
+        if not addrs:
+            return
+        try:
+            self._update(_peer_info(peer_id, addrs))
+        except InvalidAddressError:
+            pass
+
+    def _update(self, peer: PeerInfo) -> None:
+        decision = self.table.update(peer, trio.current_time())
+        if isinstance(decision, PingOldest):
+            self._spawn(self._ping_oldest, decision)
+
+    async def _ping_oldest(self, decision: PingOldest) -> None:
+        alive = await self.ping(decision.oldest)
+        self.table.on_ping_result(decision.oldest, alive, trio.current_time())
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Give the node a nursery for background work (pinging the oldest peer of a full
+        bucket). Without one, full buckets simply keep their old peers."""
+        self._nursery = nursery
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def ping(self, peer: PeerInfo) -> bool:
+        """True if ``peer`` answers a PING within the RPC timeout."""
+        try:
+            await self._rpc(peer, KadMessage(MessageType.PING))
+        except (P2PNetError, trio.TooSlowError):
+            return False
+        return True
+
+    async def bootstrap(self, peers: Sequence[PeerAddress]) -> int:
+        """Join through ``peers``: learn them, look up our own key, then refresh every
+        bucket so that each part of the keyspace has peers we know.
+
+        Returns the number of peers in the routing table afterwards.
+        """
+        for address in peers:
+            if address.peer_id == self.local.peer_id:
+                continue
+            peer = _peer_info(address.peer_id, address.addrs)
+            try:
+                response = await self._rpc(peer, KadMessage(MessageType.FIND_NODE, self.local.key))
+            except (P2PNetError, trio.TooSlowError) as exc:
+                log.warning("bootstrap peer %s did not answer: %s", address, exc)
+                continue
+            self._update(peer)
+            log.debug("bootstrap peer %s named %d peers", address, len(response.closer_peers))
+        await self.refresh(trio.current_time(), everything=True)
+        return len(self.table)
+
+    async def find_closest(self, key: bytes) -> LookupResult:
+        """The k peers closest to ``key`` that answered, by an iterative FIND_NODE lookup."""
+        lookup = await self._iterate(key, KadMessage(MessageType.FIND_NODE, key))
+        return LookupResult(lookup.result(), lookup.stats)
+
+    async def provide(self, key: bytes) -> int:
+        """Announce this node as a provider of ``key`` to the k closest peers, and keep
+        announcing it before it expires. Returns how many peers took the announcement."""
+        self.providers.add(key, self._self_info(), trio.current_time(), self.config.provider_ttl)
+        count = await self._announce(key)
+        self.republish.add(key, trio.current_time())
+        if count:
+            self.republish.published(key, trio.current_time())
+        return count
+
+    async def find_providers(self, key: bytes, count: int = 20) -> LookupResult:
+        """Providers of ``key``: ours first, then an iterative GET_PROVIDERS lookup that
+        stops once ``count`` distinct providers are known."""
+        found: dict[str, PeerInfo] = {
+            p.peer_id: p for p in self.providers.get(key, trio.current_time())
+        }
+
+        def collect(peer: PeerInfo, response: KadMessage) -> bool:
+            for provider in self._peer_infos(response.provider_peers, keep_self=True):
+                found.setdefault(provider.peer_id, provider)
+            return len(found) >= count
+
+        lookup = None
+        if len(found) < count:
+            lookup = await self._iterate(key, KadMessage(MessageType.GET_PROVIDERS, key), collect)
+        stats = lookup.stats if lookup else LookupStats(0, 0, 0, 0, 0)
+        return LookupResult(lookup.result() if lookup else [], stats, list(found.values())[:count])
+
+    async def _announce(self, key: bytes) -> int:
+        closest = (await self.find_closest(key)).peers
+        request = KadMessage(
+            MessageType.ADD_PROVIDER, key, provider_peers=(_kad_peer(self._self_info()),)
+        )
+        delivered = 0
+
+        async def send(peer: PeerInfo) -> None:
+            nonlocal delivered
+            try:
+                await self._send(peer, request)
+                delivered += 1
+            except (P2PNetError, trio.TooSlowError) as exc:
+                log.debug("ADD_PROVIDER to %s failed: %s", peer.peer_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in closest:
+                nursery.start_soon(send, peer)
+        return delivered
+
+    def _self_info(self) -> PeerInfo:
+        return _peer_info(self.local.peer_id, tuple(_transport_part(a) for a in self.host.addrs))
+
+    def _peer_infos(self, peers: Sequence[KadPeer], *, keep_self: bool = False) -> list[PeerInfo]:
+        out = []
+        for peer in peers:
+            if peer.peer_id == self.local.peer_id and not keep_self:
+                continue
+            try:
+                out.append(_peer_info(peer.peer_id, peer.addrs))
+            except InvalidAddressError:
+                continue
+        return out
+
+    async def _iterate(
+        self,
+        target: bytes,
+        request: KadMessage,
+        on_response: Callable[[PeerInfo, KadMessage], bool] | None = None,
+    ) -> ClosestPeersLookup:
+        """Run one iterative lookup for ``target``, sending ``request`` to each peer asked."""
+        config = self.config
+        lookup = ClosestPeersLookup(
+            target,
+            self.table.closest(key_of(target), config.k),
+            now=trio.current_time(),
+            k=config.k,
+            alpha=config.alpha,
+            rpc_timeout=config.rpc_timeout,
+            max_queries=config.max_queries,
+            local_key=self.local.key,
+        )
+        done_send, done_receive = trio.open_memory_channel[None](float("inf"))
+
+        async def query(peer: PeerInfo) -> None:
+            try:
+                response = await self._rpc(peer, request)
+            except (P2PNetError, trio.TooSlowError) as exc:
+                log.debug("%s to %s failed: %s", request.type.name, peer.peer_id, exc)
+                lookup.on_failure(peer, trio.current_time())
+                self.table.record_failure(peer, trio.current_time())
+            else:
+                self._update(peer)
+                lookup.on_success(
+                    peer, self._peer_infos(response.closer_peers), trio.current_time()
+                )
+                if on_response is not None and on_response(peer, response):
+                    lookup.stop()
+            done_send.send_nowait(None)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                for peer in lookup.next_queries(trio.current_time()):
+                    nursery.start_soon(query, peer)
+                if lookup.is_finished:
+                    break
+                timeout_at = lookup.next_timeout()
+                with trio.move_on_at(timeout_at if timeout_at is not None else float("inf")):
+                    await done_receive.receive()
+            nursery.cancel_scope.cancel()
+        return lookup
+
+    async def _rpc(self, peer: PeerInfo, request: KadMessage) -> KadMessage:
+        """Send ``request`` to ``peer`` and return its response of the same type.
+
+        Raises:
+            PeerUnreachableError, ConnectionLostError, RemoteProtocolError, trio.TooSlowError.
+        """
+        with trio.fail_after(self.config.rpc_timeout):
+            channel = await self._checkout(peer)
+            try:
+                await channel.stream.write(encode_kad_message(request))
+                response = await _read(channel.stream, channel.reader)
+            except BaseException:
+                await channel.stream.reset()
+                raise
+            if response is None:
+                await channel.stream.reset()
+                raise ConnectionLostError(
+                    f"peer {peer.peer_id} closed the kad stream without answering"
+                )
+            if response.type is not request.type:
+                await channel.stream.reset()
+                raise RemoteProtocolError(
+                    f"peer {peer.peer_id} answered {request.type.name} with {response.type.name}"
+                )
+            await self._checkin(channel)
+            return response
+
+    async def _send(self, peer: PeerInfo, message: KadMessage) -> None:
+        """Send a message that has no response (ADD_PROVIDER)."""
+        with trio.fail_after(self.config.rpc_timeout):
+            channel = await self._checkout(peer)
+            try:
+                await channel.stream.write(encode_kad_message(message))
+            except BaseException:
+                await channel.stream.reset()
+                raise
+            await self._checkin(channel)
+
+    async def _checkout(self, peer: PeerInfo) -> _Channel:
+        idle = self._idle.get(peer.peer_id)
+        if idle:
+            return idle.pop()
+        stream = await self.host.open_stream(PeerAddress(peer.peer_id, peer.addrs), KAD_PROTOCOL)
+        return _Channel(stream, KadMessageReader())
+
+    async def _checkin(self, channel: _Channel) -> None:
+        idle = self._idle.setdefault(channel.stream.peer_id, [])
+        if len(idle) < self.config.max_idle_streams:
+            idle.append(channel)
+        else:
+            await channel.stream.close()
+
+    async def aclose(self) -> None:
+        """Close idle streams. Nothing is withdrawn: announcements simply expire."""
+        for channels in self._idle.values():
+            for channel in channels:
+                await channel.stream.close()
+        self._idle.clear()
+
+
+async def _read(stream: ByteStream, reader: KadMessageReader) -> KadMessage | None:
+    while (message := reader.next_message()) is None:
+        data = await stream.read()
+        if not data:
+            if reader.at_message_boundary:
+                return None
+            raise ConnectionLostError(f"peer {stream.peer_id} closed a kad stream mid-message")
+        reader.receive_data(data)
+    return message
+
+
+def _transport_part(addr: str) -> str:
+    """``/ip4/.../tcp/N`` of ``/ip4/.../tcp/N/p2p/<id>``: kad messages carry the ID apart."""
+    head, sep, _ = addr.partition("/p2p/")
+    return head if sep else addr
+
+
+def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
+    return PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(_transport_part(a) for a in addrs))
+
+
+def _kad_peer(peer: PeerInfo) -> KadPeer:
+    return KadPeer(peer.peer_id, peer.addrs)

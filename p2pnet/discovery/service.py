@@ -1,0 +1,299 @@
+"""Discovery: publish our capability records, find others' by model or task, call with failover.
+
+Publishing: each served model gets a signed CapabilityRecord (re-signed before it
+expires) served on ``/p2pnet/describe/1.0.0``, and this peer is announced in the DHT
+as a provider of the model's key and of each of its task keys.
+
+Finding: one DHT provider lookup for the key, then one describe round trip per
+provider (concurrently), keeping only records that verify. Offers are ranked by
+measured latency and recent failures (``p2pnet.core.ranking``); a call tries them in
+that order and fails over when a provider cannot be reached or gives up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+import onnxruntime
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
+from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.ranking import ProviderStatsTable
+from p2pnet.core.records import CapabilityRecord, sign_record
+from p2pnet.dht.node import DhtNode
+from p2pnet.discovery.describe import DescribeClient
+from p2pnet.errors import (
+    DeadlineExceededError,
+    NetworkError,
+    P2PNetError,
+    PeerBusyError,
+    UnknownModelError,
+    UsageError,
+)
+from p2pnet.invoke.client import InvokeClient
+from p2pnet.net.host import PeerAddress
+from p2pnet.runtime.onnx_model import ModelInfo
+
+__all__ = ["ModelFinder", "Offer", "RecordPublisher"]
+
+log = logging.getLogger(__name__)
+
+
+class RecordPublisher:
+    """Signed records of the models this peer serves, kept fresh.
+
+    Args:
+        signing_key: the peer's identity key.
+        peer_id: the peer's ID (must be the key's).
+        addrs: returns the peer's current full multiaddrs.
+        ttl: seconds a record is valid; it is re-signed once less than half remains.
+        clock: wall clock (unix seconds), for expiry.
+    """
+
+    def __init__(
+        self,
+        signing_key: Ed25519PrivateKey,
+        peer_id: str,
+        addrs: Callable[[], Sequence[str]],
+        *,
+        ttl: float = 24 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = signing_key
+        self._peer_id = peer_id
+        self._addrs = addrs
+        self._ttl = ttl
+        self._clock = clock
+        self._models: dict[str, tuple[ModelInfo, tuple[str, ...]]] = {}
+        self._signed: dict[str, tuple[CapabilityRecord, bytes]] = {}
+        self._seq = 0
+
+    def add(self, info: ModelInfo, tasks: Sequence[str]) -> CapabilityRecord:
+        """Publish ``info`` under ``tasks``; returns the signed record.
+
+        Raises:
+            UsageError: a task tag that is not lower-case letters, digits and '-'.
+        """
+        self._models[info.model_id] = (info, tuple(dict.fromkeys(tasks)))
+        self._signed.pop(info.model_id, None)
+        return self._record(info.model_id)[0]
+
+    def keys(self) -> list[bytes]:
+        """DHT keys to announce: every model's, and every task's."""
+        out: dict[bytes, None] = {}
+        for model_id, (_, tasks) in self._models.items():
+            out[key_for_model(model_id)] = None
+            for task in tasks:
+                out[key_for_task(task)] = None
+        return list(out)
+
+    def record(self, model_id: str) -> CapabilityRecord:
+        """The current signed record of ``model_id`` (re-signed where due)."""
+        return self._record(model_id)[0]
+
+    def envelopes(self) -> list[bytes]:
+        """Signed envelopes of every published model, re-signed where due."""
+        return [self._record(model_id)[1] for model_id in self._models]
+
+    def _record(self, model_id: str) -> tuple[CapabilityRecord, bytes]:
+        now = self._clock()
+        signed = self._signed.get(model_id)
+        addrs = tuple(a.partition("/p2p/")[0] for a in self._addrs())
+        if (
+            signed is not None
+            and signed[0].expires_at - now > self._ttl / 2
+            and signed[0].addrs == addrs
+        ):
+            return signed
+        info, tasks = self._models[model_id]
+        # seq: milliseconds since the epoch, so a restarted peer never reuses one.
+        self._seq = max(self._seq + 1, int(now * 1000))
+        try:
+            record = CapabilityRecord(
+                model_id=model_id,
+                peer_id=self._peer_id,
+                schema=info.schema,
+                tasks=tasks,
+                name=info.name[:128],
+                version="",
+                runtime=f"onnxruntime/{onnxruntime.__version__}",
+                addrs=addrs,
+                seq=self._seq,
+                expires_at=int(now + self._ttl),
+            )
+        except ValueError as exc:
+            raise UsageError(f"cannot publish model {info.name}: {exc}") from None
+        signed = (record, sign_record(record, self._key))
+        self._signed[model_id] = signed
+        return signed
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A verified record of a provider, with how fast it answered the describe request."""
+
+    record: CapabilityRecord
+    address: PeerAddress
+    rtt: float
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "model_id": r.model_id,
+            "name": r.name,
+            "peer_id": r.peer_id,
+            "tasks": list(r.tasks),
+            "addrs": list(r.addrs),
+            "runtime": r.runtime,
+            "rtt_ms": round(self.rtt * 1000, 3),
+            **r.schema.to_dict(),
+        }
+
+
+class ModelFinder:
+    """Finds models through the DHT and calls them, failing over between providers."""
+
+    def __init__(
+        self,
+        local_peer_id: str,
+        dht: DhtNode,
+        describer: DescribeClient,
+        invoker: InvokeClient,
+        local_records: Callable[[], Sequence[CapabilityRecord]],
+        local_run: Callable[
+            [str, Mapping[str, Any], float], Awaitable[dict[str, npt.NDArray[Any]]]
+        ],
+    ) -> None:
+        self._local_peer_id = local_peer_id
+        self._dht = dht
+        self._describer = describer
+        self._invoker = invoker
+        self._local_records = local_records
+        self._local_run = local_run
+        self.stats = ProviderStatsTable()
+
+    async def find(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        count: int = 20,
+        timeout: float = 10.0,
+    ) -> list[Offer]:
+        """Verified offers for ``task`` or ``model``, best first (see module docstring).
+
+        Raises:
+            UsageError: neither or both of task and model given.
+            InvalidModelIdError: ``model`` is not a model ID.
+        """
+        if (task is None) == (model is None):
+            raise UsageError("find needs exactly one of task= or model=")
+        models: tuple[str, ...] = ()
+        tasks: tuple[str, ...] = ()
+        if model is not None:
+            models = (parse_model_id(model),)
+            key = key_for_model(models[0])
+        else:
+            assert task is not None
+            tasks = (task,)
+            key = key_for_task(task)
+        offers: list[Offer] = []
+        with trio.move_on_after(timeout):
+            providers = (await self._dht.find_providers(key, count)).providers
+
+            async def ask(provider: PeerInfo) -> None:
+                offers.extend(await self._describe(provider, models, tasks, timeout))
+
+            async with trio.open_nursery() as nursery:
+                for provider in providers:
+                    nursery.start_soon(ask, provider)
+        ranked = {
+            s.peer_id: i
+            for i, s in enumerate(
+                self.stats.rank(
+                    dict.fromkeys(o.record.peer_id for o in offers), trio.current_time()
+                )
+            )
+        }
+        return sorted(offers, key=lambda o: ranked[o.record.peer_id])
+
+    async def _describe(
+        self, provider: PeerInfo, models: tuple[str, ...], tasks: tuple[str, ...], timeout: float
+    ) -> list[Offer]:
+        address = PeerAddress(provider.peer_id, provider.addrs)
+        if provider.peer_id == self._local_peer_id:
+            return [
+                Offer(r, address, 0.0)
+                for r in self._local_records()
+                if (not models or r.model_id in models) and (not tasks or set(tasks) & set(r.tasks))
+            ]
+        try:
+            result = await self._describer.describe(
+                address, models=models, tasks=tasks, timeout=timeout
+            )
+        except P2PNetError as exc:
+            log.info("provider %s did not describe itself: %s", provider.peer_id, exc)
+            self.stats.record_failure(provider.peer_id, trio.current_time())
+            return []
+        for rejected in result.rejected:
+            log.warning(
+                "provider %s sent a record that fails a check: %s", provider.peer_id, rejected.error
+            )
+        self.stats.record_latency(provider.peer_id, result.rtt)
+        addrs = tuple(
+            dict.fromkeys(provider.addrs + tuple(a for r in result.records for a in r.addrs))
+        )
+        return [Offer(r, PeerAddress(provider.peer_id, addrs), result.rtt) for r in result.records]
+
+    async def call(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
+        """Find providers, then call the best; on a failure that another provider may not
+        share (unreachable, connection lost, busy, too slow), try the next.
+
+        Returns the offer that answered and the outputs.
+
+        Raises:
+            UnknownModelError: no provider found.
+            The last provider's error when all fail; errors that are the caller's
+            (InvalidInputError...) or the model's (ModelExecutionError) at once.
+        """
+        deadline = trio.current_time() + timeout
+        offers = await self.find(task=task, model=model, timeout=timeout / 2)
+        if not offers:
+            wanted = f"task {task!r}" if task is not None else f"model {model}"
+            raise UnknownModelError(
+                f"no peer in the swarm offers {wanted}; check the bootstrap peers"
+            )
+        last_error: P2PNetError | None = None
+        for offer in offers:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                break
+            try:
+                if offer.record.peer_id == self._local_peer_id:
+                    outputs = await self._local_run(offer.record.model_id, inputs, remaining)
+                else:
+                    outputs = await self._invoker.invoke(
+                        offer.address, offer.record.model_id, inputs, timeout=remaining
+                    )
+            except (NetworkError, PeerBusyError, DeadlineExceededError) as exc:
+                log.info("provider %s failed, trying the next: %s", offer.record.peer_id, exc)
+                self.stats.record_failure(offer.record.peer_id, trio.current_time())
+                last_error = exc
+                continue
+            self.stats.record_success(offer.record.peer_id, offer.rtt, trio.current_time())
+            return offer, outputs
+        raise last_error or DeadlineExceededError(f"no provider answered within {timeout:g} s")

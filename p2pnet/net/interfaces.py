@@ -1,0 +1,109 @@
+"""What services need from a host and its streams, as protocols both hosts satisfy.
+
+The DHT node and the invoke server and client are written against these, so the same
+code runs on the libp2p host (``host.Host``, ``host.Stream``) and on the in-memory
+network (``memory.MemoryHost``, ``memory.MemoryStream``). mypy checks that both
+implementations conform (the ``TYPE_CHECKING`` block at the end of this module).
+
+This module imports nothing from py-libp2p at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from p2pnet.net.host import PeerAddress
+
+__all__ = ["ByteStream", "ByteStreamHandler", "StreamHost"]
+
+
+class ByteStream(Protocol):
+    """A bidirectional, reliable, ordered byte stream to one peer.
+
+    ``close`` ends the sending direction only (the peer reads b"" after the data sent
+    before it); this side can still read what the peer sends. ``reset`` aborts both
+    directions and discards what the peer has not read yet.
+    """
+
+    @property
+    def peer_id(self) -> str:
+        """The peer at the other end."""
+        ...
+
+    async def read(self) -> bytes:
+        """Some bytes, or b"" at a clean end of stream.
+
+        Raises:
+            ConnectionLostError: the stream was reset or the connection broke.
+        """
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``.
+
+        Raises:
+            ConnectionLostError: this side closed the stream, or it was reset or broke.
+        """
+        ...
+
+    async def close(self) -> None:
+        """End the sending direction; never raises, works in a cancelled scope."""
+        ...
+
+    async def reset(self) -> None:
+        """Abort the stream, telling the peer; never raises, works in a cancelled scope."""
+        ...
+
+
+ByteStreamHandler = Callable[[ByteStream], Awaitable[None]]
+"""Serves one inbound stream; what it raises is logged and the stream reset."""
+
+
+class StreamHost(Protocol):
+    """A running host: an identity, addresses, inbound protocol handlers, outbound streams."""
+
+    @property
+    def peer_id(self) -> str:
+        """This host's peer ID (``12D3KooW...``)."""
+        ...
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs others can dial, ``/p2p/<peer-id>`` included."""
+        ...
+
+    def set_stream_handler(self, protocol: str, handler: ByteStreamHandler) -> None:
+        """Serve ``protocol`` with ``handler``, one call per inbound stream."""
+        ...
+
+    async def open_stream(self, peer: PeerAddress, protocol: str) -> ByteStream:
+        """Open a stream to ``peer`` speaking ``protocol``, connecting first if needed.
+
+        Raises:
+            PeerUnreachableError: no connection could be made, or the peer does not
+                speak ``protocol``.
+        """
+        ...
+
+    def connection_count(self, peer_id: str) -> int:
+        """Open connections to ``peer_id``."""
+        ...
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """Transport addresses this host knows for ``peer_id`` (no ``/p2p/`` part); may be empty."""
+        ...
+
+
+if TYPE_CHECKING:
+    from p2pnet.net.host import Host, Stream
+    from p2pnet.net.memory import MemoryHost, MemoryStream
+
+    def _both_implementations_conform(
+        host: Host, stream: Stream, memory_host: MemoryHost, memory_stream: MemoryStream
+    ) -> None:
+        """Never called: mypy checks these assignments."""
+        hosts: list[StreamHost] = [host, memory_host]
+        streams: list[ByteStream] = [stream, memory_stream]
+        del hosts, streams
