@@ -22,6 +22,7 @@ from p2pnet import __version__
 from p2pnet.config import default_identity_path
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.tensor import dtype_name
+from p2pnet.discovery.service import Offer
 from p2pnet.errors import InvalidInputError, P2PNetError, UsageError
 from p2pnet.logs import configure_logging
 from p2pnet.net.identity import KeyPair, load_or_create_identity, peer_id_of
@@ -147,14 +148,26 @@ async def _serve(args: argparse.Namespace) -> None:
     # Signals are caught before "ready" is printed: a supervisor that stops the peer as
     # soon as it is ready must get a clean shutdown, not the default handler's kill.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Peer(identity, listen=args.listen, max_concurrency=args.max_concurrency) as peer:
-            for path in args.serve:
-                peer.serve(path)
-            out.print(f"peer {peer.peer_id}")
+        peer = Peer(
+            identity,
+            listen=args.listen,
+            max_concurrency=args.max_concurrency,
+            bootstrap=args.bootstrap,
+        )
+        tasks_of: dict[str, list[str]] = {}
+        for path, tasks in args.serve:
+            info = peer.serve(path, tasks=args.task + tasks)
+            tasks_of[info.model_id] = args.task + tasks
+        async with peer:
+            role = " (bootstrap)" if args.role == "bootstrap" else ""
+            out.print(f"peer {peer.peer_id}{role}")
             for addr in peer.addrs:
                 out.print(f"listening {addr}")
             for model_id, model in peer.models.items():
-                out.print(f"serving {model_id} {model.info.name}")
+                tasks = ",".join(tasks_of.get(model_id, []))
+                out.print(f"serving {model_id} {model.info.name} {tasks}".rstrip())
+            if peer.models:
+                out.print(f"announced to {await peer.announce()} peers")
             out.print("ready (Ctrl-C to stop)", style="bold")
             sys.stdout.flush()
             async for signum in signals:
@@ -168,22 +181,43 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _call(args: argparse.Namespace) -> dict[str, npt.NDArray[Any]]:
-    model_id = parse_model_id(args.model)
+def _discovery_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(task, model ID) from --task/--model; exactly one is set."""
+    if (args.task is None) == (args.model is None):
+        raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
+    if not args.bootstrap:
+        raise UsageError(
+            "finding models needs a swarm to ask: give --bootstrap /ip4/.../tcp/PORT/p2p/12D3..."
+        )
+    return args.task, parse_model_id(args.model) if args.model is not None else None
+
+
+async def _call(args: argparse.Namespace) -> tuple[str, dict[str, npt.NDArray[Any]]]:
     inputs = dict(parse_input(spec) for spec in args.input)
     identity, _, _ = _identity(args)
-    async with Peer(identity, listen=args.listen) as peer:
-        return await peer.invoke(args.address, model_id, inputs, timeout=args.timeout)
+    if args.target:
+        if len(args.target) != 2 or args.task is not None or args.model is not None:
+            raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
+        address, model_id = args.target[0], parse_model_id(args.target[1])
+        async with Peer(identity, listen=args.listen) as peer:
+            outputs = await peer.invoke(address, model_id, inputs, timeout=args.timeout)
+        return f"{model_id} on {address.rsplit('/', 1)[-1]}", outputs
+    task, model = _discovery_target(args)
+    async with Peer(identity, listen=args.listen, bootstrap=args.bootstrap) as peer:
+        offer, outputs = await peer.call_with_offer(
+            inputs, task=task, model=model, timeout=args.timeout
+        )
+    return f"{offer.record.name} {offer.record.model_id} on {offer.record.peer_id}", outputs
 
 
 def cmd_call(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    outputs = trio.run(_call, args)
+    served_by, outputs = trio.run(_call, args)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if args.json:
         print(json.dumps({name: _tensor_json(arr) for name, arr in outputs.items()}))
         return 0
-    table = Table(title=f"{elapsed_ms:.0f} ms", title_justify="left")
+    table = Table(title=f"{served_by} ({elapsed_ms:.0f} ms)", title_justify="left")
     for column in ("output", "dtype", "shape", "value"):
         table.add_column(column)
     with np.printoptions(threshold=20, edgeitems=3, precision=4, suppress=True):
@@ -191,6 +225,56 @@ def cmd_call(args: argparse.Namespace) -> int:
             table.add_row(name, dtype_name(arr), str(list(arr.shape)), str(arr))
     out.print(table)
     return 0
+
+
+async def _find(args: argparse.Namespace) -> list[Offer]:
+    task, model = _discovery_target(args)
+    identity, _, _ = _identity(args)
+    async with Peer(identity, listen=args.listen, bootstrap=args.bootstrap) as peer:
+        return await peer.find(task=task, model=model, timeout=args.timeout)
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    offers = trio.run(_find, args)
+    if args.json:
+        print(json.dumps([offer.to_dict() for offer in offers], indent=2))
+        return 0 if offers else 1
+    if not offers:
+        err.print("no peer offers it")
+        return 1
+    out.print(f"{len(offers)} offer(s), best first")
+    for offer in offers:
+        r = offer.record
+        out.print(f"\n[bold]{r.name}[/]  {r.model_id}  {offer.rtt * 1000:.1f} ms")
+        out.print(f"  tasks    {', '.join(r.tasks) or '-'}")
+        out.print(f"  peer     {r.peer_id}")
+        for addr in r.addrs:
+            out.print(f"  address  {addr}/p2p/{r.peer_id}")
+        out.print(f"  inputs   {', '.join(t.describe() for t in r.schema.inputs)}")
+        out.print(f"  outputs  {', '.join(t.describe() for t in r.schema.outputs)}")
+    return 0
+
+
+class _ServeAction(argparse.Action):
+    """``--serve FILE``: appends [FILE, tasks] to ``serve``; ``--task`` fills the tasks."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        served = list(getattr(namespace, "serve", None) or [])
+        served.append((values, []))
+        namespace.serve = served
+
+
+class _TaskAction(argparse.Action):
+    """``--task TAG``: a task of the last ``--serve`` model, or of all if none came yet."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        served = getattr(namespace, "serve", None) or []
+        if served:
+            served[-1][1].append(values)
+        else:
+            namespace.task = [*(getattr(namespace, "task", None) or []), values]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("peer", parents=[common], help="run a peer that serves models until Ctrl-C")
     p.add_argument(
         "--serve",
-        action="append",
+        action=_ServeAction,
         default=[],
         metavar="FILE",
         help="ONNX file to serve (repeatable)",
@@ -245,13 +329,62 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="concurrent runs per model (default 2)",
     )
+    p.add_argument(
+        "--task",
+        action=_TaskAction,
+        default=[],
+        metavar="TAG",
+        help="task the model of the --serve before it is announced for, e.g. "
+        "sentiment-analysis (repeatable; before any --serve: for every model)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="peer to join the swarm through (repeatable); none starts a new swarm",
+    )
+    p.add_argument(
+        "--role",
+        choices=("peer", "bootstrap"),
+        default="peer",
+        help="bootstrap: a DHT peer that others join through (every peer is a DHT server)",
+    )
     p.set_defaults(func=cmd_peer)
 
-    p = sub.add_parser(
-        "call", parents=[common], help="call a model on a peer and print its outputs"
+    discovery = argparse.ArgumentParser(add_help=False)
+    discovery.add_argument("--task", metavar="TAG", help="find the model by task")
+    discovery.add_argument("--model", metavar="MODEL_ID", help="find the model by its ID")
+    discovery.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a peer of the swarm to ask (repeatable)",
     )
-    p.add_argument("address", help="the peer: /ip4/.../tcp/PORT/p2p/12D3...")
-    p.add_argument("model", help="model ID (bafkrei...)")
+    discovery.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up after this long (default 30)",
+    )
+    discovery.add_argument(
+        "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
+    )
+    discovery.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "call",
+        parents=[common, discovery],
+        help="call a model on a given peer, or found by task or ID, and print its outputs",
+    )
+    p.add_argument(
+        "target",
+        nargs="*",
+        metavar="ADDRESS MODEL_ID",
+        help="the peer (/ip4/.../tcp/PORT/p2p/12D3...) and the model ID (bafkrei...)",
+    )
     p.add_argument(
         "--input",
         "-i",
@@ -260,18 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an input: NAME=@file.npy, NAME=JSON, NAME:DTYPE=JSON or NAME=text (repeatable)",
     )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="give up after this long (default 30)",
-    )
-    p.add_argument(
-        "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser(
+        "find",
+        parents=[common, discovery],
+        help="find models in the swarm by task or ID: providers, schemas, latency",
+    )
+    p.set_defaults(func=cmd_find)
     return parser
 
 
@@ -280,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    if getattr(args, "listen", None) is None and args.command in ("peer", "call"):
+    if getattr(args, "listen", None) is None and args.command in ("peer", "call", "find"):
         args.listen = ["/ip4/127.0.0.1/tcp/0"]
     if args.command == "peer" and args.max_concurrency < 1:
         parser.error("--max-concurrency must be at least 1")

@@ -1,9 +1,12 @@
-"""The p2pnet demo: a local two-peer swarm where one peer calls the other's models.
+"""The p2pnet demo: a local swarm where peers find each other's models through the DHT.
 
-Starts a serving peer as its own process (``p2pnet peer``) on 127.0.0.1, calls its
-iris and sentiment models from a second peer in this process, shows what a bad
-call looks like, then stops the serving peer with SIGINT. Nothing leaves this
-machine. Usage: python scripts/demo.py [--models build/models]
+Starts a bootstrap peer and a serving peer as processes of their own (``p2pnet
+peer``) on 127.0.0.1; the serving peer joins through the bootstrap peer and
+announces its iris and sentiment models by task. A third peer, in this process,
+joins the same way, finds the models by task (knowing no address but the
+bootstrap peer's), calls them, shows what a bad call looks like, and the two
+processes are stopped with SIGINT. Nothing leaves this machine.
+Usage: python scripts/demo.py [--models build/models]
 """
 
 from __future__ import annotations
@@ -31,53 +34,56 @@ REPO = Path(__file__).resolve().parent.parent
 console = Console(highlight=False, soft_wrap=True)
 
 
-def start_serving_peer(
-    models: Path, identity: Path
-) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
-    """Run `p2pnet peer` in its own process; return it, its address and {name: model ID}."""
-    command = [
-        sys.executable, "-m", "p2pnet.cli", "peer",
-        "--identity", str(identity),
-        "--listen", "/ip4/127.0.0.1/tcp/0",
-        "--serve", str(models / "iris.onnx"),
-        "--serve", str(models / "sentiment.onnx"),
-    ]  # fmt: skip
-    console.print(
-        "[dim]$ p2pnet peer --serve iris.onnx --serve sentiment.onnx "
-        "--listen /ip4/127.0.0.1/tcp/0[/]"
-    )
+def start_peer(args: list[str], shown: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Run `p2pnet peer ARGS` in its own process; return it and its output up to "ready"."""
+    console.print(f"[dim]$ p2pnet peer {shown}[/]")
+    command = [sys.executable, "-m", "p2pnet.cli", "peer", "--listen", "/ip4/127.0.0.1/tcp/0"]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"}
+        command + args, stdout=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"}
     )
     assert proc.stdout is not None
-    address, model_ids = "", {}
+    lines: list[str] = []
     deadline = time.monotonic() + 30
     for line in proc.stdout:
         console.print(f"[dim]  {line.rstrip()}[/]")
-        if m := re.match(r"listening (\S+)", line):
-            address = address or m.group(1)
-        if m := re.match(r"serving (\S+) (\S+)", line):
-            model_ids[m.group(2)] = m.group(1)
+        lines.append(line)
         if line.startswith("ready") or time.monotonic() > deadline:
             break
-    if not address:
+    if not any(line.startswith("ready") for line in lines):
         proc.kill()
-        raise SystemExit("the serving peer did not start; run it by hand to see why")
-    return proc, address, model_ids
+        raise SystemExit("a peer did not start; run the command above by hand to see why")
+    return proc, lines
 
 
-async def call_models(address: str, model_ids: dict[str, str]) -> None:
-    async with Peer() as client:
-        console.print(f"\ncalling peer from a second peer {client.peer_id}\n")
+def address_of(lines: list[str]) -> str:
+    return next(m.group(1) for line in lines if (m := re.match(r"listening (\S+)", line)))
+
+
+async def call_models(bootstrap: str) -> None:
+    async with Peer(bootstrap=[bootstrap]) as client:
+        console.print(f"\na third peer {client.peer_id} joins through the bootstrap peer\n")
+        offers = await client.find(task="iris-species")
+        table = Table(title="p2pnet find --task iris-species (DHT lookup + signed record)")
+        for column in ("model", "peer", "input", "latency"):
+            table.add_column(column)
+        for offer in offers:
+            r = offer.record
+            table.add_row(
+                f"{r.name} {r.model_id[:16]}...", f"{r.peer_id[:16]}...",
+                r.schema.inputs[0].describe(), f"{offer.rtt * 1000:.1f} ms",
+            )  # fmt: skip
+        console.print(table)
+        address = str(offers[0].address)
+        iris_id = offers[0].record.model_id
         iris = np.array(
             [[5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 4.2, 1.5], [6.7, 3.0, 5.2, 2.3]], np.float32
         )
         species = ["setosa", "versicolor", "virginica"]
         started = time.perf_counter()
-        out = await client.invoke(address, model_ids["iris"], {"x": iris})
+        out = await client.call({"x": iris}, task="iris-species")
         first_ms = (time.perf_counter() - started) * 1000
         table = Table(
-            title=f"iris on the remote peer (first call {first_ms:.1f} ms, includes dialling)"
+            title=f"call --task iris-species ({first_ms:.1f} ms: lookup, describe, dial, call)"
         )
         for column in ("measurements", "species", "p"):
             table.add_column(column)
@@ -92,10 +98,13 @@ async def call_models(address: str, model_ids: dict[str, str]) -> None:
             "My order arrived broken, I want a refund",
             "Fast delivery and friendly support",
         ]
-        out = await client.invoke(
-            address, model_ids["sentiment"], {"text": np.array(messages, dtype=object)}
+        offer, out = await client.call_with_offer(
+            {"text": np.array(messages, dtype=object)}, task="sentiment-analysis"
         )
-        table = Table(title="sentiment on the remote peer (a string tensor in, labels out)")
+        table = Table(
+            title=f"call --task sentiment-analysis: {offer.record.name} on "
+            f"{offer.record.peer_id[:16]}... (a string tensor in, labels out)"
+        )
         for column in ("message", "label", "p"):
             table.add_column(column)
         for text, label, probs in zip(messages, out["label"], out["probabilities"], strict=True):
@@ -105,7 +114,7 @@ async def call_models(address: str, model_ids: dict[str, str]) -> None:
         latencies = []
         for _ in range(200):
             started = time.perf_counter()
-            await client.invoke(address, model_ids["iris"], {"x": iris[:1]})
+            await client.invoke(address, iris_id, {"x": iris[:1]})
             latencies.append((time.perf_counter() - started) * 1000)
         console.print(
             f"200 warm calls on the open connection: p50 {statistics.median(latencies):.2f} ms, "
@@ -116,11 +125,20 @@ async def call_models(address: str, model_ids: dict[str, str]) -> None:
             "\na call with the wrong shape gets a precise error, and the peer keeps serving:"
         )
         try:
-            await client.invoke(address, model_ids["iris"], {"x": np.zeros((1, 3), np.float32)})
+            await client.invoke(address, iris_id, {"x": np.zeros((1, 3), np.float32)})
         except P2PNetError as exc:
             console.print(f"  [red]{type(exc).__name__}[/]: {exc}")
-        out = await client.invoke(address, model_ids["iris"], {"x": iris[:1]})
+        out = await client.invoke(address, iris_id, {"x": iris[:1]})
         console.print(f"  next call: {species[int(out['label'][0])]}")
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def main() -> None:
@@ -128,22 +146,33 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=REPO / "build" / "models")
     args = parser.parse_args()
     started = time.monotonic()
+    procs: list[subprocess.Popen[str]] = []
+    codes: list[int] = []
     with tempfile.TemporaryDirectory(prefix="p2pnet-demo-") as tmp:
-        proc, address, model_ids = start_serving_peer(args.models, Path(tmp) / "server.key")
         try:
-            trio.run(call_models, address, model_ids)
+            boot, lines = start_peer(
+                ["--role", "bootstrap", "--identity", f"{tmp}/boot.key"],
+                "--role bootstrap --listen /ip4/127.0.0.1/tcp/0",
+            )
+            procs.append(boot)
+            bootstrap = address_of(lines)
+            server, _ = start_peer(
+                [
+                    "--identity", f"{tmp}/server.key", "--bootstrap", bootstrap,
+                    "--serve", str(args.models / "iris.onnx"), "--task", "iris-species",
+                    "--serve", str(args.models / "sentiment.onnx"),
+                    "--task", "sentiment-analysis",
+                ],
+                "--serve iris.onnx --serve sentiment.onnx --task iris-species "
+                "--task sentiment-analysis --bootstrap <the bootstrap peer>",
+            )  # fmt: skip
+            procs.append(server)
+            trio.run(call_models, bootstrap)
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                code = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-    console.print(
-        f"\nserving peer stopped (exit {code}); demo took {time.monotonic() - started:.1f} s"
-    )
-    if code != 0:
-        raise SystemExit(code)
+            codes = [stop(proc) for proc in reversed(procs)]
+    console.print(f"\npeers stopped (exit {codes}); demo took {time.monotonic() - started:.1f} s")
+    if any(codes):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

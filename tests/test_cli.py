@@ -209,3 +209,39 @@ def test_main_returns_2_for_usage_errors(
         == 2
     )
     assert "is not a model ID" in capsys.readouterr().err
+
+
+def test_find_and_call_by_task_through_a_bootstrap_peer(
+    env: dict[str, str], models: dict[str, Path], tmp_path: Path
+) -> None:
+    boot = start_peer(env | {"XDG_CONFIG_HOME": str(tmp_path / "boot")}, "--role", "bootstrap")
+    server = start_peer(
+        env | {"XDG_CONFIG_HOME": str(tmp_path / "server")},
+        "--serve", str(models["sentiment"]), "--task", "sentiment-analysis",
+        "--bootstrap", boot.address,
+    )  # fmt: skip
+    try:
+        assert any(line.startswith("announced to") for line in server.lines)
+        found = p2pnet(
+            "find", "--task", "sentiment-analysis", "--bootstrap", boot.address, "--json", env=env
+        )
+        assert found.returncode == 0, found.stderr
+        (offer,) = json.loads(found.stdout)
+        assert offer["model_id"] == server.models["sentiment"]
+        assert offer["tasks"] == ["sentiment-analysis"]
+        assert offer["inputs"] == [{"name": "text", "dtype": "string", "shape": [None]}]
+
+        called = p2pnet(
+            "call", "--task", "sentiment-analysis", "-i", "text=I love it, works great",
+            "--bootstrap", boot.address, "--json", env=env,
+        )  # fmt: skip
+        assert json.loads(called.stdout)["label"]["data"] == ["positive"]
+
+        missing = p2pnet("find", "--task", "translation", "--bootstrap", boot.address, env=env)
+        assert missing.returncode == 1 and "no peer offers it" in missing.stderr
+        no_swarm = p2pnet("find", "--task", "translation", env=env)
+        assert no_swarm.returncode == 2 and "--bootstrap" in no_swarm.stderr
+    finally:
+        for peer in (server, boot):
+            peer.proc.send_signal(signal.SIGINT)
+            assert peer.proc.wait(timeout=30) == 0
