@@ -8,6 +8,7 @@ it wires the services together and runs their background work.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -19,6 +20,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pnet.core.messages import WireLimits
+from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import ModelFinder, Offer, RecordPublisher
@@ -233,7 +235,9 @@ class Peer:
             stack.push_async_callback(self._client.aclose)
             describer = DescribeClient(host)
             stack.push_async_callback(describer.aclose)
-            self.dht = DhtNode(host, self._dht_config)
+            self.dht = DhtNode(
+                host, self._dht_config, validator=CapabilityRecordValidator(time.time)
+            )
             self.dht.start()
             stack.push_async_callback(self.dht.aclose)
             self.finder = ModelFinder(

@@ -9,12 +9,22 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from trio.testing import MockClock
 
 from p2pnet.core.kad.keys import key_for_model, key_for_task
-from p2pnet.core.kad.wire import KadMessage, KadPeer, MessageType, encode_kad_message
+from p2pnet.core.kad.store import ValueStore
+from p2pnet.core.kad.wire import KadMessage, KadPeer, KadRecord, MessageType, encode_kad_message
+from p2pnet.core.peer_id import peer_id_from_public_key
+from p2pnet.core.records import (
+    CapabilityRecord,
+    CapabilityRecordValidator,
+    record_key,
+    sign_record,
+)
+from p2pnet.core.schema import ModelSchema
 from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode
-from p2pnet.errors import ConnectionLostError
+from p2pnet.errors import ConnectionLostError, ForgedRecordError
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
 
@@ -190,3 +200,51 @@ async def test_thousand_peers(network: MemoryNetwork, autojump_clock: MockClock)
     ]
     assert all(r.providers for r in results)
     assert max(r.stats.hops for r in results) <= math.log2(1000)
+
+
+def _signed_record(identity_seed: int, seq: int = 1) -> tuple[str, bytes, bytes]:
+    """A real Ed25519 identity's peer ID, the DHT key of its record of MODEL, the record."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes([identity_seed]) * 32)
+    peer_id = peer_id_from_public_key(key.public_key().public_bytes_raw())
+    record = CapabilityRecord(
+        model_id=MODEL, peer_id=peer_id, schema=ModelSchema((), ()), tasks=("sentiment-analysis",),
+        name="m", version="1", runtime="onnxruntime", addrs=(), seq=seq, expires_at=2**40,
+    )  # fmt: skip
+    return peer_id, record_key(MODEL, peer_id), sign_record(record, key)
+
+
+async def test_put_and_get_signed_records(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    validator = CapabilityRecordValidator(lambda: 1_000.0)
+    swarm = await build_swarm(network, 30)
+    for node in swarm.nodes:
+        node.validator, node.values = validator, ValueStore(validator)
+    peer_id, key, value = _signed_record(7)
+    publisher = DhtNode(network.add_host(peer_id), validator=validator)
+    publisher.start()
+    await publisher.bootstrap([swarm.address(0)])
+    assert await publisher.put_value(key, value) == 20
+    assert await swarm.nodes[17].get_value(key) == value
+    _, _, newer = _signed_record(7, seq=2)
+    await publisher.put_value(key, newer)
+    assert await swarm.nodes[3].get_value(key) == newer
+    assert await swarm.nodes[3].get_value(record_key(MODEL, swarm.hosts[1].peer_id)) is None
+
+
+async def test_forged_and_misfiled_values_are_not_stored(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    validator = CapabilityRecordValidator(lambda: 1_000.0)
+    swarm = await build_swarm(network, 3)
+    for node in swarm.nodes:
+        node.validator, node.values = validator, ValueStore(validator)
+    _, key, value = _signed_record(9)
+    forged = value[:-1] + bytes([value[-1] ^ 1])
+    attacker = network.add_host()
+    for k, v in [(key, forged), (b"/p2pnet/record/other", value), (b"/elsewhere/x", value)]:
+        put = KadMessage(MessageType.PUT_VALUE, k, KadRecord(k, v))
+        assert await _send_raw(attacker, swarm.address(0), encode_kad_message(put)) == "nothing"
+    assert swarm.nodes[0].values is not None and len(swarm.nodes[0].values) == 0
+    with pytest.raises(ForgedRecordError):
+        await DhtNode(attacker, validator=validator).put_value(key, forged)

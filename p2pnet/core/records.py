@@ -15,7 +15,7 @@ so one record has exactly one encoding and one envelope (Ed25519 is deterministi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -488,3 +488,46 @@ def _check_int(field: str, value: object, maximum: int) -> None:
         raise ValueError(f"{field} must be an int, not {type(value).__name__}")
     if not 0 <= value <= maximum:
         raise ValueError(f"{field} is {value}; it must be in 0..{maximum}")
+
+
+RECORD_KEY_PREFIX: Final = b"/p2pnet/record/"
+
+
+def record_key(model_id: str, peer_id: str) -> bytes:
+    """The DHT value key of ``peer_id``'s record for ``model_id``:
+    ``b"/p2pnet/record/" + model ID + b"/" + peer ID`` (ASCII)."""
+    return RECORD_KEY_PREFIX + f"{model_id}/{peer_id}".encode("ascii")
+
+
+class CapabilityRecordValidator:
+    """The DHT's validator for values under ``/p2pnet/record/``: a signed envelope whose
+    record verifies and names the model and peer of its key; the highest ``seq`` wins.
+
+    ``clock`` gives the wall-clock time (unix seconds) that expiry is checked against.
+    """
+
+    def __init__(self, clock: Callable[[], float], *, max_size: int = MAX_RECORD_SIZE) -> None:
+        self._clock = clock
+        self._max_size = max_size
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        """Raises an ``InvalidRecordError`` subclass if ``value`` must not be stored."""
+        self._record(key, value)
+
+    def select(self, key: bytes, values: Sequence[bytes]) -> int:
+        """Index of the value with the highest ``seq`` (the first of equals)."""
+        seqs = [self._record(key, v).seq for v in values]
+        return seqs.index(max(seqs))
+
+    def _record(self, key: bytes, value: bytes) -> CapabilityRecord:
+        if not key.startswith(RECORD_KEY_PREFIX):
+            raise MalformedRecordError(
+                f"DHT key {key[:40]!r} is not in the /p2pnet/record/ namespace"
+            )
+        record = verify_record(value, now=self._clock(), max_size=self._max_size)
+        if key != record_key(record.model_id, record.peer_id):
+            raise MalformedRecordError(
+                f"the record of peer {record.peer_id} for model {record.model_id} is stored "
+                f"under another key, {key[:80]!r}"
+            )
+        return record

@@ -25,11 +25,12 @@ from p2pnet.core.kad.keys import PeerInfo, key_of, random_preimage_in_bucket
 from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
 from p2pnet.core.kad.ratelimit import RateLimiter
 from p2pnet.core.kad.routing import PingOldest, RoutingTable
-from p2pnet.core.kad.store import ProviderStore
+from p2pnet.core.kad.store import ProviderStore, RecordValidator, ValueStore
 from p2pnet.core.kad.wire import (
     KadMessage,
     KadMessageReader,
     KadPeer,
+    KadRecord,
     MessageType,
     encode_kad_message,
     peer_id_bytes,
@@ -37,11 +38,13 @@ from p2pnet.core.kad.wire import (
 from p2pnet.errors import (
     ConnectionLostError,
     InvalidAddressError,
+    InvalidRecordError,
     P2PNetError,
     PayloadTooLargeError,
     ProtocolError,
     RemoteProtocolError,
     StoreLimitError,
+    UsageError,
 )
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
@@ -70,7 +73,9 @@ class DhtConfig:
     republish_interval: how often our own announcements are renewed (< provider_ttl).
     refresh_interval: a bucket not looked into for this long gets a random lookup.
     maintenance_interval: how often expiry, republishing and refresh run.
-    add_provider_rate, add_provider_burst: per-peer rate of ADD_PROVIDER we accept.
+    value_ttl: how long a stored value is kept.
+    add_provider_rate, add_provider_burst: per-peer rate of ADD_PROVIDER and PUT_VALUE
+        we accept.
     """
 
     k: int = 20
@@ -78,6 +83,7 @@ class DhtConfig:
     rpc_timeout: float = 5.0
     max_queries: int = 200
     provider_ttl: float = 24 * 3600.0
+    value_ttl: float = 24 * 3600.0
     republish_interval: float = 11 * 3600.0
     refresh_interval: float = 10 * 60.0
     maintenance_interval: float = 60.0
@@ -105,13 +111,22 @@ class DhtNode:
     """One peer's DHT: routing table, provider store, and the protocol over ``host``."""
 
     def __init__(
-        self, host: StreamHost, config: DhtConfig = DhtConfig(), *, rng: random.Random | None = None
+        self,
+        host: StreamHost,
+        config: DhtConfig = DhtConfig(),
+        *,
+        validator: RecordValidator | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``validator`` decides which PUT_VALUE records are stored; without one every
+        PUT_VALUE is dropped (p2pnet keeps no value it cannot check)."""
         self.host = host
         self.config = config
         self.local = PeerInfo(host.peer_id, peer_id_bytes(host.peer_id))
         self.table = RoutingTable(self.local.key, k=config.k)
         self.providers = ProviderStore(max_providers_per_key=config.k)
+        self.validator = validator
+        self.values = ValueStore(validator) if validator is not None else None
         self.republish = RepublishSchedule(config.republish_interval, config.provider_ttl)
         self.rng = rng or random.Random()
         self._add_provider_limiter = RateLimiter(
@@ -218,6 +233,14 @@ class DhtNode:
         if kind is MessageType.ADD_PROVIDER:
             self._store_providers(request, sender, now)
             return None  # ADD_PROVIDER has no response in the spec
+        if kind is MessageType.GET_VALUE:
+            held = self.values.get(request.key, now) if self.values is not None else None
+            record = KadRecord(request.key, held.value) if held is not None else None
+            return KadMessage(
+                MessageType.GET_VALUE, request.key, record, self._closer(request.key, sender)
+            )
+        if kind is MessageType.PUT_VALUE:
+            return request if self._store_value(request, sender, now) else None
         log.debug("dropping %s from %s: not supported", kind.name, sender)
         return None
 
@@ -239,6 +262,21 @@ class DhtNode:
                 )
             except StoreLimitError as exc:
                 log.info("ADD_PROVIDER from %s refused: %s", sender, exc)
+
+    def _store_value(self, request: KadMessage, sender: str, now: float) -> bool:
+        record = request.record
+        if self.values is None or record is None or record.key != request.key:
+            log.info("PUT_VALUE from %s dropped: no validator, or no record for its key", sender)
+            return False
+        if not self._add_provider_limiter.allow(sender, now):
+            log.info("PUT_VALUE from %s over its rate limit: dropped", sender)
+            return False
+        try:
+            self.values.put(record.key, record.value, sender, now, self.config.value_ttl)
+        except (InvalidRecordError, StoreLimitError) as exc:
+            log.info("PUT_VALUE from %s refused: %s", sender, exc)
+            return False
+        return True
 
     def _closer(self, key: bytes, requester: str) -> tuple[KadPeer, ...]:
         peers = self.table.closest(key_of(key), self.config.k + 1)
@@ -334,6 +372,62 @@ class DhtNode:
             lookup = await self._iterate(key, KadMessage(MessageType.GET_PROVIDERS, key), collect)
         stats = lookup.stats if lookup else LookupStats(0, 0, 0, 0, 0)
         return LookupResult(lookup.result() if lookup else [], stats, list(found.values())[:count])
+
+    async def put_value(self, key: bytes, value: bytes) -> int:
+        """Store ``value`` under ``key`` here and on the k closest peers; returns how many
+        peers stored it (they echo the request only once it is validated and stored).
+
+        Raises:
+            UsageError: this node has no validator.
+            InvalidRecordError: ``value`` does not pass our own validator.
+        """
+        if self.values is None:
+            raise UsageError("this DHT node has no validator, so it stores no values")
+        self.values.put(key, value, self.local.peer_id, trio.current_time(), self.config.value_ttl)
+        request = KadMessage(MessageType.PUT_VALUE, key, KadRecord(key, value))
+        stored = 0
+
+        async def put(peer: PeerInfo) -> None:
+            nonlocal stored
+            try:
+                await self._rpc(peer, request)
+                stored += 1
+            except (P2PNetError, trio.TooSlowError) as exc:
+                log.debug("PUT_VALUE to %s failed: %s", peer.peer_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in (await self.find_closest(key)).peers:
+                nursery.start_soon(put, peer)
+        return stored
+
+    async def get_value(self, key: bytes, *, quorum: int = 3) -> bytes | None:
+        """The best valid value for ``key``: ours if we hold one, else from an iterative
+        GET_VALUE lookup that stops once ``quorum`` valid values arrived. Invalid values
+        are dropped and logged.
+
+        Raises:
+            UsageError: this node has no validator.
+        """
+        if self.values is None or self.validator is None:
+            raise UsageError("this DHT node has no validator, so it reads no values")
+        validator = self.validator
+        found: list[bytes] = []
+        held = self.values.get(key, trio.current_time())
+        if held is not None:
+            found.append(held.value)
+
+        def collect(peer: PeerInfo, response: KadMessage) -> bool:
+            if response.record is not None and response.record.key == key:
+                try:
+                    validator.validate(key, response.record.value)
+                    found.append(response.record.value)
+                except InvalidRecordError as exc:
+                    log.warning("peer %s sent an invalid value: %s", peer.peer_id, exc)
+            return len(found) >= quorum
+
+        if len(found) < quorum:
+            await self._iterate(key, KadMessage(MessageType.GET_VALUE, key), collect)
+        return found[validator.select(key, found)] if found else None
 
     async def _announce(self, key: bytes) -> int:
         closest = (await self.find_closest(key)).peers
