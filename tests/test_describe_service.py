@@ -221,7 +221,7 @@ async def test_a_stream_the_server_closed_while_idle_is_replaced_transparently(
 ) -> None:
     swarm.server.idle_timeout = 0.2
     await swarm.client.describe(swarm.address)
-    (idle,) = swarm.client._idle[swarm.server_host.peer_id]
+    (idle,) = swarm.client._pool.idle(swarm.server_host.peer_id)
     assert await idle.stream.read() == b""  # the server closed it after 0.2 s idle
     result = await swarm.client.describe(swarm.address)
     assert len(result.records) == 3
@@ -387,7 +387,7 @@ async def test_a_peer_sending_more_than_its_reply_loses_the_stream(swarm: Swarm)
     serve_raw(swarm, chatty)
     result = await swarm.client.describe(swarm.address)
     assert len(result.records) == 3
-    assert swarm.server_host.peer_id not in swarm.client._idle  # reset, not kept for reuse
+    assert swarm.client._pool.idle(swarm.server_host.peer_id) == []  # reset, not kept
 
 
 # --- a bad caller: an error reply, then the stream ends; the server keeps serving ----------

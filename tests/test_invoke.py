@@ -296,7 +296,7 @@ async def test_a_stream_the_server_closed_while_idle_is_replaced_transparently(
 ) -> None:
     server.server.idle_timeout = 0.2
     await call(client, server, "iris", {"x": IRIS_ROW})
-    (idle,) = client._client._idle[server.peer_id]  # type: ignore[union-attr]
+    (idle,) = client._client._pool.idle(server.peer_id)  # type: ignore[union-attr]
     assert await idle.stream.read() == b""  # the server closed it after 0.2 s idle
     out = await call(client, server, "iris", {"x": IRIS_ROW})
     assert out["label"].tolist() == [0]

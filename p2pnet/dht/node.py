@@ -46,6 +46,7 @@ from p2pnet.errors import (
     StoreLimitError,
     UsageError,
 )
+from p2pnet.net.channels import StreamPool, read_message
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
@@ -101,12 +102,6 @@ class LookupResult:
     providers: list[PeerInfo] = field(default_factory=list)
 
 
-@dataclass
-class _Channel:
-    stream: ByteStream
-    reader: KadMessageReader
-
-
 class DhtNode:
     """One peer's DHT: routing table, provider store, and the protocol over ``host``."""
 
@@ -132,7 +127,9 @@ class DhtNode:
         self._add_provider_limiter = RateLimiter(
             config.add_provider_rate, config.add_provider_burst
         )
-        self._idle: dict[str, list[_Channel]] = {}
+        self._pool: StreamPool[KadMessageReader] = StreamPool(
+            host, KAD_PROTOCOL, KadMessageReader, max_idle=config.max_idle_streams
+        )
         self._nursery: trio.Nursery | None = None
         self.requests_served = 0
         self.requests_dropped = 0
@@ -190,7 +187,7 @@ class DhtNode:
         reader = KadMessageReader()
         while True:
             try:
-                request = await _read(stream, reader)
+                request = await read_message(stream, reader)
             except (ProtocolError, PayloadTooLargeError) as exc:
                 log.info("kad stream from %s broke the protocol: %s", stream.peer_id, exc)
                 await stream.reset()
@@ -518,10 +515,10 @@ class DhtNode:
             PeerUnreachableError, ConnectionLostError, RemoteProtocolError, trio.TooSlowError.
         """
         with trio.fail_after(self.config.rpc_timeout):
-            channel = await self._checkout(peer)
+            channel = await self._pool.checkout(PeerAddress(peer.peer_id, peer.addrs))
             try:
                 await channel.stream.write(encode_kad_message(request))
-                response = await _read(channel.stream, channel.reader)
+                response = await read_message(channel.stream, channel.reader)
             except BaseException:
                 await channel.stream.reset()
                 raise
@@ -535,51 +532,23 @@ class DhtNode:
                 raise RemoteProtocolError(
                     f"peer {peer.peer_id} answered {request.type.name} with {response.type.name}"
                 )
-            await self._checkin(channel)
+            await self._pool.checkin(channel)
             return response
 
     async def _send(self, peer: PeerInfo, message: KadMessage) -> None:
         """Send a message that has no response (ADD_PROVIDER)."""
         with trio.fail_after(self.config.rpc_timeout):
-            channel = await self._checkout(peer)
+            channel = await self._pool.checkout(PeerAddress(peer.peer_id, peer.addrs))
             try:
                 await channel.stream.write(encode_kad_message(message))
             except BaseException:
                 await channel.stream.reset()
                 raise
-            await self._checkin(channel)
-
-    async def _checkout(self, peer: PeerInfo) -> _Channel:
-        idle = self._idle.get(peer.peer_id)
-        if idle:
-            return idle.pop()
-        stream = await self.host.open_stream(PeerAddress(peer.peer_id, peer.addrs), KAD_PROTOCOL)
-        return _Channel(stream, KadMessageReader())
-
-    async def _checkin(self, channel: _Channel) -> None:
-        idle = self._idle.setdefault(channel.stream.peer_id, [])
-        if len(idle) < self.config.max_idle_streams:
-            idle.append(channel)
-        else:
-            await channel.stream.close()
+            await self._pool.checkin(channel)
 
     async def aclose(self) -> None:
         """Close idle streams. Nothing is withdrawn: announcements simply expire."""
-        for channels in self._idle.values():
-            for channel in channels:
-                await channel.stream.close()
-        self._idle.clear()
-
-
-async def _read(stream: ByteStream, reader: KadMessageReader) -> KadMessage | None:
-    while (message := reader.next_message()) is None:
-        data = await stream.read()
-        if not data:
-            if reader.at_message_boundary:
-                return None
-            raise ConnectionLostError(f"peer {stream.peer_id} closed a kad stream mid-message")
-        reader.receive_data(data)
-    return message
+        await self._pool.aclose()
 
 
 def _transport_part(addr: str) -> str:

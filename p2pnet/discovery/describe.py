@@ -29,7 +29,6 @@ from p2pnet.core.describe import (
     DEFAULT_DESCRIBE_LIMITS,
     DescribeErrorReply,
     DescribeLimits,
-    DescribeMessage,
     DescribeReader,
     DescribeRequest,
     RecordsReply,
@@ -59,6 +58,7 @@ from p2pnet.errors import (
     error_from_wire,
     wire_code_for,
 )
+from p2pnet.net.channels import StreamPool, read_message
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
@@ -81,25 +81,6 @@ _MAX_ERROR_MESSAGE: Final = 1000
 # replies with more than this many records are verified in a worker thread.
 _VERIFY_INLINE_MAX: Final = 16
 _TASK: Final = re.compile(r"[a-z0-9][a-z0-9-]*")  # as p2pnet.core.records checks record tags
-
-
-async def _read_message(stream: ByteStream, reader: DescribeReader) -> DescribeMessage | None:
-    """The next message on ``stream``, or None at a clean end of stream.
-
-    Raises:
-        RemoteProtocolError, PayloadTooLargeError: the peer broke the protocol.
-        ConnectionLostError: the stream broke, or ended in the middle of a message.
-    """
-    while (message := reader.next_message()) is None:
-        data = await stream.read()
-        if not data:
-            if reader.at_message_boundary:
-                return None
-            raise ConnectionLostError(
-                f"peer {stream.peer_id} closed the describe stream in the middle of a message"
-            )
-        reader.receive_data(data)
-    return message
 
 
 # --- server --------------------------------------------------------------------------------
@@ -170,7 +151,7 @@ class DescribeServer:
         while True:
             try:
                 with trio.move_on_after(self.idle_timeout) as idle:
-                    message = await _read_message(stream, reader)
+                    message = await read_message(stream, reader)
                 if idle.cancelled_caught:
                     log.debug("closing idle describe stream from %s", stream.peer_id)
                     await stream.close()
@@ -315,15 +296,6 @@ class DescribeResult:
     rtt: float
 
 
-@dataclass
-class _Channel:
-    """A describe stream and the reader that keeps its framing state."""
-
-    stream: ByteStream
-    reader: DescribeReader
-    reused: bool = False
-
-
 class DescribeClient:
     """Fetches and verifies other peers' capability records through ``host``.
 
@@ -343,11 +315,11 @@ class DescribeClient:
         clock: Callable[[], float] = time.time,
         max_idle_streams: int = 2,
     ) -> None:
-        self._host = host
         self._limits = limits
         self._clock = clock
-        self._max_idle = max_idle_streams
-        self._idle: dict[str, list[_Channel]] = {}
+        self._pool: StreamPool[DescribeReader] = StreamPool(
+            host, DESCRIBE_PROTOCOL, lambda: DescribeReader(limits), max_idle=max_idle_streams
+        )
 
     async def describe(
         self,
@@ -381,11 +353,11 @@ class DescribeClient:
         frame = encode_describe_message(request, self._limits)  # fails here, before any I/O
         with trio.move_on_after(timeout):
             for attempt in itertools.count():
-                channel = await self._checkout(peer)
+                channel = await self._pool.checkout(peer)
                 try:
                     start = trio.current_time()
                     await channel.stream.write(frame)
-                    reply = await _read_message(channel.stream, channel.reader)
+                    reply = await read_message(channel.stream, channel.reader)
                     rtt = trio.current_time() - start
                     if reply is None:
                         raise ConnectionLostError(
@@ -412,7 +384,7 @@ class DescribeClient:
                         f"peer {peer.peer_id} answered a describe request with a "
                         f"{type(reply).__name__}"
                     )
-                await self._checkin(channel)
+                await self._pool.checkin(channel)
                 if len(reply.records) <= _VERIFY_INLINE_MAX:
                     return self._verify(peer.peer_id, request, reply.records, rtt)
                 return await trio.to_thread.run_sync(
@@ -480,36 +452,9 @@ class DescribeClient:
             rtt=rtt,
         )
 
-    async def _checkout(self, peer: PeerAddress) -> _Channel:
-        idle = self._idle.get(peer.peer_id)
-        if idle:
-            channel = idle.pop()
-            channel.reused = True
-            if not idle:
-                del self._idle[peer.peer_id]
-            return channel
-        stream = await self._host.open_stream(peer, DESCRIBE_PROTOCOL)
-        return _Channel(stream, DescribeReader(self._limits))
-
-    async def _checkin(self, channel: _Channel) -> None:
-        if not channel.reader.at_message_boundary:
-            # The peer sent more than its reply: the stream cannot carry another request.
-            await channel.stream.reset()
-            return
-        idle = self._idle.setdefault(channel.stream.peer_id, [])
-        if len(idle) < self._max_idle:
-            idle.append(channel)
-        else:
-            await channel.stream.close()
-            if not idle:
-                del self._idle[channel.stream.peer_id]
-
     async def aclose(self) -> None:
         """Close every idle stream."""
-        for channels in self._idle.values():
-            for channel in channels:
-                await channel.stream.close()
-        self._idle.clear()
+        await self._pool.aclose()
 
 
 def _check_task(tag: str) -> str:

@@ -11,7 +11,6 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
@@ -34,21 +33,13 @@ from p2pnet.errors import (
     error_from_wire,
 )
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
+from p2pnet.net.channels import Channel, StreamPool
 from p2pnet.net.host import PeerAddress
-from p2pnet.net.interfaces import ByteStream, StreamHost
+from p2pnet.net.interfaces import StreamHost
 
 __all__ = ["InvokeClient"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Channel:
-    """An invoke stream and the reader that keeps its framing state."""
-
-    stream: ByteStream
-    reader: MessageReader
-    reused: bool = False
 
 
 class InvokeClient:
@@ -63,10 +54,10 @@ class InvokeClient:
     def __init__(
         self, host: StreamHost, *, limits: WireLimits = WireLimits(), max_idle_streams: int = 8
     ) -> None:
-        self._host = host
         self._limits = limits
-        self._max_idle = max_idle_streams
-        self._idle: dict[str, list[_Channel]] = {}
+        self._pool: StreamPool[MessageReader] = StreamPool(
+            host, INVOKE_PROTOCOL, lambda: MessageReader(limits), max_idle=max_idle_streams
+        )
         self._ids = itertools.count(1)
 
     async def invoke(
@@ -99,7 +90,7 @@ class InvokeClient:
         encode_message(Invoke(request_id, model_id, inputs, 1), self._limits)
         with trio.move_on_at(deadline):
             for attempt in itertools.count():
-                channel = await self._checkout(peer)
+                channel = await self._pool.checkout(peer)
                 remaining_ms = max(1, math.ceil((deadline - trio.current_time()) * 1000))
                 request = encode_message(
                     Invoke(request_id, model_id, inputs, remaining_ms), self._limits
@@ -119,7 +110,7 @@ class InvokeClient:
                     await channel.stream.reset()
                     raise
                 if in_sync:
-                    await self._checkin(channel)
+                    await self._pool.checkin(channel)
                 else:
                     await channel.stream.reset()
                 return self._outputs(reply, request_id, channel.stream.peer_id)
@@ -139,7 +130,9 @@ class InvokeClient:
             )
         return dict(reply.outputs)
 
-    async def _exchange(self, channel: _Channel, request: EncodedMessage) -> tuple[Message, bool]:
+    async def _exchange(
+        self, channel: Channel[MessageReader], request: EncodedMessage
+    ) -> tuple[Message, bool]:
         """Send ``request``, return the reply and whether the stream can carry another call."""
         if not request.streamed:
             await write_message(channel.stream, request)
@@ -162,7 +155,7 @@ class InvokeClient:
             nursery.cancel_scope.cancel()
         return reply, sent
 
-    async def _read_reply(self, channel: _Channel) -> Message:
+    async def _read_reply(self, channel: Channel[MessageReader]) -> Message:
         reply = await read_message(channel.stream, channel.reader)
         if reply is None:
             raise ConnectionLostError(
@@ -170,25 +163,6 @@ class InvokeClient:
             )
         return reply
 
-    async def _checkout(self, peer: PeerAddress) -> _Channel:
-        idle = self._idle.get(peer.peer_id)
-        if idle:
-            channel = idle.pop()
-            channel.reused = True
-            return channel
-        stream = await self._host.open_stream(peer, INVOKE_PROTOCOL)
-        return _Channel(stream, MessageReader(self._limits))
-
-    async def _checkin(self, channel: _Channel) -> None:
-        idle = self._idle.setdefault(channel.stream.peer_id, [])
-        if len(idle) < self._max_idle:
-            idle.append(channel)
-        else:
-            await channel.stream.close()
-
     async def aclose(self) -> None:
         """Close every idle stream."""
-        for channels in self._idle.values():
-            for channel in channels:
-                await channel.stream.close()
-        self._idle.clear()
+        await self._pool.aclose()

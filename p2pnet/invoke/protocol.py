@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from p2pnet.core.messages import EncodedMessage, Message, MessageReader
-from p2pnet.errors import ConnectionLostError
+from p2pnet.net import channels
 from p2pnet.net.interfaces import ByteStream
 
 __all__ = ["INVOKE_PROTOCOL", "read_message", "write_message"]
@@ -24,19 +24,6 @@ async def write_message(stream: ByteStream, encoded: EncodedMessage) -> None:
 
 
 async def read_message(stream: ByteStream, reader: MessageReader) -> Message | None:
-    """The next message on ``stream``, or None at a clean end of stream.
-
-    Raises:
-        RemoteProtocolError, PayloadTooLargeError: the peer broke the protocol.
-        ConnectionLostError: the stream broke, or ended in the middle of a message.
-    """
-    while (message := reader.next_message()) is None:
-        data = await stream.read()
-        if not data:
-            if reader.at_message_boundary:
-                return None
-            raise ConnectionLostError(
-                f"peer {stream.peer_id} closed the stream in the middle of a message"
-            )
-        reader.receive_data(data)
-    return message
+    """The next invoke message on ``stream``, or None at a clean end of stream (see
+    ``p2pnet.net.channels.read_message`` for the errors)."""
+    return await channels.read_message(stream, reader)
