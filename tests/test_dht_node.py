@@ -244,7 +244,7 @@ async def test_forged_and_misfiled_values_are_not_stored(
     attacker = network.add_host()
     for k, v in [(key, forged), (b"/p2pnet/record/other", value), (b"/elsewhere/x", value)]:
         put = KadMessage(MessageType.PUT_VALUE, k, KadRecord(k, v))
-        assert await _send_raw(attacker, swarm.address(0), encode_kad_message(put)) == "nothing"
+        assert await _send_raw(attacker, swarm.address(0), encode_kad_message(put)) == "reset"
     assert swarm.nodes[0].values is not None and len(swarm.nodes[0].values) == 0
     with pytest.raises(ForgedRecordError):
         await DhtNode(attacker, validator=validator).put_value(key, forged)

@@ -202,7 +202,12 @@ class DhtNode:
             response = self.answer(request, stream.peer_id, trio.current_time())
             if response is None:
                 self.requests_dropped += 1
-                continue  # the spec has no error reply: drop the request, keep the stream
+                if request.type is MessageType.ADD_PROVIDER:
+                    continue  # ADD_PROVIDER has no response: ignore it, keep the stream
+                # The spec has no error reply. Resetting the stream tells the sender at once
+                # (as go and js do) instead of leaving it to its timeout.
+                await stream.reset()
+                return
             self.requests_served += 1
             try:
                 await stream.write(encode_kad_message(response))
@@ -514,37 +519,48 @@ class DhtNode:
         Raises:
             PeerUnreachableError, ConnectionLostError, RemoteProtocolError, trio.TooSlowError.
         """
-        with trio.fail_after(self.config.rpc_timeout):
-            channel = await self._pool.checkout(PeerAddress(peer.peer_id, peer.addrs))
-            try:
-                await channel.stream.write(encode_kad_message(request))
-                response = await read_message(channel.stream, channel.reader)
-            except BaseException:
-                await channel.stream.reset()
-                raise
-            if response is None:
-                await channel.stream.reset()
-                raise ConnectionLostError(
-                    f"peer {peer.peer_id} closed the kad stream without answering"
-                )
-            if response.type is not request.type:
-                await channel.stream.reset()
-                raise RemoteProtocolError(
-                    f"peer {peer.peer_id} answered {request.type.name} with {response.type.name}"
-                )
-            await self._pool.checkin(channel)
-            return response
+        response = await self._exchange(peer, request, expect_response=True)
+        assert response is not None
+        if response.type is not request.type:
+            raise RemoteProtocolError(
+                f"peer {peer.peer_id} answered {request.type.name} with {response.type.name}"
+            )
+        return response
 
     async def _send(self, peer: PeerInfo, message: KadMessage) -> None:
         """Send a message that has no response (ADD_PROVIDER)."""
+        await self._exchange(peer, message, expect_response=False)
+
+    async def _exchange(
+        self, peer: PeerInfo, message: KadMessage, *, expect_response: bool
+    ) -> KadMessage | None:
+        address = PeerAddress(peer.peer_id, peer.addrs)
+        frame = encode_kad_message(message)
         with trio.fail_after(self.config.rpc_timeout):
-            channel = await self._pool.checkout(PeerAddress(peer.peer_id, peer.addrs))
-            try:
-                await channel.stream.write(encode_kad_message(message))
-            except BaseException:
-                await channel.stream.reset()
-                raise
-            await self._pool.checkin(channel)
+            while True:
+                channel = await self._pool.checkout(address)
+                try:
+                    await channel.stream.write(frame)
+                    response = None
+                    if expect_response:
+                        response = await read_message(channel.stream, channel.reader)
+                        if response is None:
+                            raise ConnectionLostError(
+                                f"peer {peer.peer_id} closed the kad stream without answering"
+                            )
+                except ConnectionLostError:
+                    await channel.stream.reset()
+                    # Peers close kad streams that stay idle (js-libp2p after 10 s,
+                    # go-libp2p after a minute): a reused stream that broke is no failure
+                    # of the peer, so try again, on a fresh stream once the pool is empty.
+                    if channel.reused:
+                        continue
+                    raise
+                except BaseException:
+                    await channel.stream.reset()
+                    raise
+                await self._pool.checkin(channel)
+                return response
 
     async def aclose(self) -> None:
         """Close idle streams. Nothing is withdrawn: announcements simply expire."""
