@@ -58,7 +58,7 @@ from p2pnet.errors import (
     error_from_wire,
     wire_code_for,
 )
-from p2pnet.net.channels import StreamPool, read_message
+from p2pnet.net.channels import StreamPool, read_message, read_request
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
@@ -150,14 +150,8 @@ class DescribeServer:
         reader = DescribeReader(self.limits)
         while True:
             try:
-                with trio.move_on_after(self.idle_timeout) as idle:
-                    message = await read_message(stream, reader)
-                if idle.cancelled_caught:
-                    log.debug("closing idle describe stream from %s", stream.peer_id)
-                    await stream.close()
-                    return
-                if message is None:  # the caller closed the stream
-                    await stream.close()
+                message = await read_request(stream, reader, self.idle_timeout)
+                if message is None:  # closed by the caller, or idle too long
                     return
                 if not isinstance(message, DescribeRequest):
                     raise RemoteProtocolError(

@@ -34,7 +34,8 @@ from p2pnet.errors import (
     UnknownModelError,
     wire_code_for,
 )
-from p2pnet.invoke.protocol import read_message, write_message
+from p2pnet.invoke.protocol import write_message
+from p2pnet.net.channels import read_request
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.runtime.onnx_model import OnnxModel
 
@@ -87,14 +88,8 @@ class InvokeServer:
         reader = MessageReader(self.limits)
         while True:
             try:
-                with trio.move_on_after(self.idle_timeout) as idle:
-                    message = await read_message(stream, reader)
-                if idle.cancelled_caught:
-                    log.debug("closing idle invoke stream from %s", stream.peer_id)
-                    await stream.close()
-                    return
-                if message is None:  # the caller closed the stream
-                    await stream.close()
+                message: Message | None = await read_request(stream, reader, self.idle_timeout)
+                if message is None:  # closed by the caller, or idle too long
                     return
             except (ProtocolError, PayloadTooLargeError) as exc:
                 self.stats.count_error(wire_code_for(exc))

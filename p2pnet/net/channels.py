@@ -7,15 +7,20 @@ so clients reuse streams: one stream carries one request at a time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+import trio
 
 from p2pnet.errors import ConnectionLostError
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
-__all__ = ["Channel", "MessageSource", "StreamPool", "read_message"]
+__all__ = ["Channel", "MessageSource", "StreamPool", "read_message", "read_request"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T", covariant=True)
 R = TypeVar("R", bound="MessageSource[object]")
@@ -49,6 +54,25 @@ async def read_message(stream: ByteStream, reader: MessageSource[T]) -> T | None
                 f"peer {stream.peer_id} closed the stream in the middle of a message"
             )
         reader.receive_data(data)
+    return message
+
+
+async def read_request(
+    stream: ByteStream, reader: MessageSource[T], idle_timeout: float
+) -> T | None:
+    """The next request on a server's stream, or None once the caller closed the stream
+    or sent nothing for ``idle_timeout`` seconds; the stream is closed in both cases.
+
+    Raises:
+        As read_message.
+    """
+    with trio.move_on_after(idle_timeout) as idle:
+        message = await read_message(stream, reader)
+    if idle.cancelled_caught:
+        log.debug("closing a stream from %s idle for %.0f s", stream.peer_id, idle_timeout)
+    if message is None or idle.cancelled_caught:
+        await stream.close()
+        return None
     return message
 
 
