@@ -248,3 +248,22 @@ async def test_forged_and_misfiled_values_are_not_stored(
     assert swarm.nodes[0].values is not None and len(swarm.nodes[0].values) == 0
     with pytest.raises(ForgedRecordError):
         await DhtNode(attacker, validator=validator).put_value(key, forged)
+
+
+async def test_idle_inbound_streams_are_closed_and_requesters_reconnect(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    swarm = await build_swarm(network, 3, DhtConfig(stream_idle_timeout=60.0))
+    asker = network.add_host()
+    stream = await asker.open_stream(swarm.address(0), KAD_PROTOCOL)
+    await stream.write(encode_kad_message(KadMessage(MessageType.PING)))
+    assert await stream.read()  # the PING echoed
+    started = trio.current_time()
+    assert await stream.read() == b""  # then closed by the server, idle
+    assert 59.9 < trio.current_time() - started < 61.0
+    # A node whose pooled stream was closed that way still reaches the peer.
+    node = swarm.nodes[1]
+    peer = next(p for p in node.table if p.peer_id == swarm.hosts[0].peer_id)
+    assert await node.ping(peer)
+    await trio.sleep(120)
+    assert await node.ping(peer)

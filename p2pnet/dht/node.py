@@ -46,7 +46,7 @@ from p2pnet.errors import (
     StoreLimitError,
     UsageError,
 )
-from p2pnet.net.channels import StreamPool, read_message
+from p2pnet.net.channels import StreamPool, read_message, read_request
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
@@ -77,6 +77,10 @@ class DhtConfig:
     value_ttl: how long a stored value is kept.
     add_provider_rate, add_provider_burst: per-peer rate of ADD_PROVIDER and PUT_VALUE
         we accept.
+    max_idle_streams: finished outbound streams kept per peer for reuse.
+    stream_idle_timeout: an inbound stream with no request for this long is closed, as
+        go-libp2p-kad-dht does after a minute (each costs a waiting task; a requester
+        whose pooled stream was closed retries on a fresh one).
     """
 
     k: int = 20
@@ -91,6 +95,7 @@ class DhtConfig:
     add_provider_rate: float = 10.0
     add_provider_burst: float = 100.0
     max_idle_streams: int = 2
+    stream_idle_timeout: float = 60.0
 
 
 @dataclass
@@ -183,11 +188,12 @@ class DhtNode:
             self.table.mark_refreshed(index, trio.current_time())
 
     async def handle_stream(self, stream: ByteStream) -> None:
-        """Answer requests on one inbound stream until the peer closes it."""
+        """Answer requests on one inbound stream until the peer closes it or leaves it
+        idle for ``stream_idle_timeout`` seconds."""
         reader = KadMessageReader()
         while True:
             try:
-                request = await read_message(stream, reader)
+                request = await read_request(stream, reader, self.config.stream_idle_timeout)
             except (ProtocolError, PayloadTooLargeError) as exc:
                 log.info("kad stream from %s broke the protocol: %s", stream.peer_id, exc)
                 await stream.reset()
@@ -195,8 +201,7 @@ class DhtNode:
             except ConnectionLostError:
                 await stream.reset()
                 return
-            if request is None:
-                await stream.close()
+            if request is None:  # closed by the peer, or idle too long: read_request closed it
                 return
             self._saw(stream.peer_id)
             response = self.answer(request, stream.peer_id, trio.current_time())

@@ -66,13 +66,13 @@ async def read_request(
     Raises:
         As read_message.
     """
+    message = None
     with trio.move_on_after(idle_timeout) as idle:
         message = await read_message(stream, reader)
     if idle.cancelled_caught:
         log.debug("closing a stream from %s idle for %.0f s", stream.peer_id, idle_timeout)
-    if message is None or idle.cancelled_caught:
+    if message is None:
         await stream.close()
-        return None
     return message
 
 
