@@ -887,12 +887,8 @@ def render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     # Piped output (CI logs) gets the width of a wide terminal, not rich's 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=150)
-    labels = {
-        "real": "p2pnet, loopback",
-        "baseline": "KadDHT, loopback",
-        "memory": "p2pnet, in-memory",
-    }
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    labels = {"real": "p2pnet real", "baseline": "KadDHT real", "memory": "p2pnet memory"}
     rows = [
         (labels[scenario], n, r)
         for scenario in ("real", "baseline", "memory")
