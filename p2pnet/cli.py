@@ -143,6 +143,90 @@ def cmd_model_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def cmd_model_import(args: argparse.Namespace) -> int:
+    from p2pnet.runtime.convert import import_model, parse_input_decl
+
+    report = import_model(
+        args.source,
+        args.out,
+        framework=args.framework,
+        inputs=[parse_input_decl(spec) for spec in args.input],
+        output_names=args.output,
+        opset=args.opset,
+        tolerance=args.tolerance,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    check = report.verification
+    out.print(report.info.model_id)
+    out.print(_schema_table(report.info))
+    out.print(
+        f"from {report.source} ({report.source_kind}) by {report.exporter}, opset {report.opset}"
+    )
+    shapes = ", ".join(f"{k} {list(v)}" for k, v in report.sample_shapes.items())
+    source = "PyTorch" if report.framework == "torch" else "scikit-learn"
+    out.print(
+        f"checked against {source} on {shapes}: max abs deviation {check.max_abs:.3g} "
+        f"(tolerance {check.tolerance:g})"
+    )
+    for c in check.comparisons:
+        if c.is_label:
+            out.print(f"  {c.name}: {_figure(c.agreement, '.1%')} equal")
+        else:
+            out.print(f"  {c.name}: max abs deviation {_figure(c.max_abs, '.3g')}")
+    for name in check.unchecked:
+        out.print(f"  {name}: not checked (the source model has no such output)")
+    return 0
+
+
+def cmd_model_quantize(args: argparse.Namespace) -> int:
+    from p2pnet.runtime.convert import quantize_model
+
+    report = quantize_model(args.source, args.out, runs=args.runs, weight_type=args.weight_type)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    before, after = report.before, report.after
+    shapes = ", ".join(f"{k} {list(v)}" for k, v in report.sample_shapes.items())
+    table = Table(
+        title=f"dynamic int8 quantization ({report.weight_type} weights, "
+        f"{report.quantized_weights} weight tensors)",
+        title_justify="left",
+    )
+    for column in ("", "before", "after", "change"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "size", f"{before.size:,} B", f"{after.size:,} B", f"{report.size_ratio - 1:+.1%}"
+    )
+    table.add_row(
+        f"latency p50 ({report.runs} runs)",
+        f"{before.p50_ms:.3f} ms",
+        f"{after.p50_ms:.3f} ms",
+        f"{report.speedup:.2f}x faster",
+    )
+    out.print(table)
+    deviations = Table(title=f"outputs on the same inputs ({shapes})", title_justify="left")
+    for column in ("output", "dtype", "max abs dev", "mean abs dev", "same argmax/label"):
+        deviations.add_column(column, justify="left" if column in ("output", "dtype") else "right")
+    for c in report.outputs:
+        deviations.add_row(
+            c.name,
+            c.dtype,
+            _figure(c.max_abs, ".4g"),
+            _figure(c.mean_abs, ".4g"),
+            _figure(c.agreement, ".1%"),
+        )
+    out.print(deviations)
+    out.print(f"before  {before.model_id}  {before.path}")
+    out.print(f"after   {after.model_id}  {after.path}")
+    return 0
+
+
 async def _serve(args: argparse.Namespace) -> None:
     identity, _, _ = _identity(args)
     # Signals are caught before "ready" is printed: a supervisor that stops the peer as
@@ -154,17 +238,15 @@ async def _serve(args: argparse.Namespace) -> None:
             max_concurrency=args.max_concurrency,
             bootstrap=args.bootstrap,
         )
-        tasks_of: dict[str, list[str]] = {}
         for path, tasks in args.serve:
-            info = peer.serve(path, tasks=args.task + tasks)
-            tasks_of[info.model_id] = args.task + tasks
+            peer.serve(path, tasks=args.task + tasks)
         async with peer:
             role = " (bootstrap)" if args.role == "bootstrap" else ""
             out.print(f"peer {peer.peer_id}{role}")
             for addr in peer.addrs:
                 out.print(f"listening {addr}")
             for model_id, model in peer.models.items():
-                tasks = ",".join(tasks_of.get(model_id, []))
+                tasks = ",".join(peer.publisher.record(model_id).tasks)  # an adapter's own too
                 out.print(f"serving {model_id} {model.info.name} {tasks}".rstrip())
             if peer.models:
                 out.print(f"announced to {await peer.announce()} peers")
@@ -308,13 +390,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_model_inspect)
 
+    p = model_sub.add_parser(
+        "import",
+        parents=[common],
+        help="convert a PyTorch or scikit-learn model to ONNX, checked against the original",
+        description="Convert a TorchScript file (torch.jit.save), an exported program "
+        "(torch.export.save, .pt2) or a pickled scikit-learn estimator or Pipeline to ONNX, "
+        "check it (ONNX checker, a run in p2pnet's runtime, the same sample inputs through "
+        "the original model) and write it. WARNING: --from sklearn unpickles SRC, which runs "
+        "code from the file: import only files you trust. Needs: pip install 'p2pnet[models]'.",
+    )
+    p.add_argument("source", metavar="SRC", help="the model file to convert")
+    p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write (replaced if present)")
+    p.add_argument(
+        "--from",
+        dest="framework",
+        required=True,
+        choices=("torch", "sklearn"),
+        help="torch: TorchScript or exported program; sklearn: joblib/pickle file (runs code "
+        "from the file when loaded: trusted files only)",
+    )
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        required=True,
+        metavar="NAME:DTYPE:SHAPE",
+        help="a model input, e.g. x:float32:N,4 (a number is a fixed size, a name a symbolic "
+        "one, ? any size); repeatable, in the order the model takes them",
+    )
+    p.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name of the model's next output (repeatable, in order; default: output, "
+        "output_0.. for PyTorch, label/probabilities or variable for scikit-learn)",
+    )
+    p.add_argument(
+        "--opset", type=int, default=18, metavar="N", help="ONNX opset to target (default 18)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        metavar="TOL",
+        help="fail if an output deviates from the original's by more than TOL x max(1, |value|) "
+        "(default 1e-4)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_model_import)
+
+    p = model_sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="dynamic int8 quantization of an ONNX model: size, latency and deviation",
+        description="Quantize an ONNX model's weights to 8 bits (onnxruntime dynamic "
+        "quantization) and compare both models on the same sample inputs: file size, median "
+        "latency, output deviation and, for classifiers, agreeing labels.",
+    )
+    p.add_argument("source", metavar="IN.onnx")
+    p.add_argument("out", metavar="OUT.onnx", help="the quantized model (replaced if present)")
+    p.add_argument(
+        "--runs", type=int, default=50, metavar="N", help="timed runs per model (default 50)"
+    )
+    p.add_argument(
+        "--weight-type",
+        choices=("qint8", "quint8"),
+        default="qint8",
+        help="weight encoding (default qint8: faster on x86, same deviation)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_model_quantize)
+
     p = sub.add_parser("peer", parents=[common], help="run a peer that serves models until Ctrl-C")
     p.add_argument(
         "--serve",
         action=_ServeAction,
         default=[],
         metavar="FILE",
-        help="ONNX file to serve (repeatable)",
+        help="ONNX file or adapter manifest (.json, docs/adapters.md) to serve (repeatable)",
     )
     p.add_argument(
         "--listen",

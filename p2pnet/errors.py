@@ -8,6 +8,8 @@
     │   ├── InvalidModelIdError      text that is not a model ID (a CIDv1)     [invalid_model_id]
     │   ├── UnknownModelError        the peer does not serve that model ID     [unknown_model]
     │   ├── InvalidInputError        inputs do not match the model's schema    [invalid_input]
+    │   ├── PipelineSpecError        a pipeline spec that cannot run           [pipeline_spec]
+    │   │   └── SchemaMismatchError      its steps' models do not fit together  [schema_mismatch]
     │   └── PayloadTooLargeError     a message over the agreed size limit      [payload_too_large]
     ├── PeerError                    the remote peer's fault
     │   ├── ModelExecutionError      the model failed while running            [model_failed]
@@ -62,11 +64,13 @@ __all__ = [
     "PeerBusyError",
     "PeerError",
     "PeerUnreachableError",
+    "PipelineSpecError",
     "ProtocolError",
     "ProviderQuotaError",
     "RecordKeyMismatchError",
     "RecordTooLargeError",
     "RemoteProtocolError",
+    "SchemaMismatchError",
     "StaleRecordError",
     "StoreFullError",
     "StoreLimitError",
@@ -138,6 +142,19 @@ class InvalidInputError(UsageError):
     """Inputs that do not match the model's schema (name, dtype, rank or fixed dimension)."""
 
     code = "invalid_input"
+
+
+class PipelineSpecError(UsageError):
+    """A pipeline spec that cannot run: bad fields, unknown steps or inputs, a cycle."""
+
+    code = "pipeline_spec"
+
+
+class SchemaMismatchError(PipelineSpecError):
+    """A pipeline whose steps' models do not fit: an output feeds an input of another
+    dtype, rank or size, or a model input is left unfed."""
+
+    code = "schema_mismatch"
 
 
 class PayloadTooLargeError(UsageError):
@@ -285,6 +302,9 @@ _WIRE_CODES: dict[str, type[P2PNetError]] = {
         InternalPeerError,
         LocalProtocolError,
         DeadlineExceededError,
+        # A peer forwarding a pipeline reports the next hop's network failures.
+        PeerUnreachableError,
+        ConnectionLostError,
     )
 }
 

@@ -30,7 +30,9 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.host import Host, PeerAddress, open_host, parse_peer_address
 from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
+from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel
+from p2pnet.runtime.served import ServedModel
 
 __all__ = ["Peer"]
 
@@ -74,7 +76,7 @@ class Peer:
         self._listen = tuple(listen)
         self._limits = limits
         self._max_concurrency = max_concurrency
-        self._models: dict[str, OnnxModel] = {}
+        self._models: dict[str, ServedModel] = {}
         self.server = InvokeServer(self._models, limits=limits)
         self._host: Host | None = None
         self._client: InvokeClient | None = None
@@ -109,19 +111,21 @@ class Peer:
         return self._host
 
     @property
-    def models(self) -> Mapping[str, OnnxModel]:
+    def models(self) -> Mapping[str, ServedModel]:
         """Served models by model ID."""
         return self._models
 
     def serve(
         self,
-        model: str | Path | OnnxModel,
+        model: str | Path | ServedModel,
         *,
         tasks: Sequence[str] = (),
         max_concurrency: int | None = None,
     ) -> ModelInfo:
-        """Serve a model (an ONNX file, or one already loaded) under its content ID, and
-        publish a signed record of it for ``tasks`` (tags like "sentiment-analysis").
+        """Serve a model under its content ID: an ONNX file, an adapter manifest (a
+        ``.json`` file naming a Python function, docs/adapters.md), or a model already
+        loaded (OnnxModel, CallableModel); and publish a signed record of it for
+        ``tasks`` (tags like "sentiment-analysis"; none given: an adapter's own).
 
         Works before and after the peer starts; once running, the model and its tasks
         are announced in the DHT in the background.
@@ -130,8 +134,14 @@ class Peer:
             ModelFileError: the file cannot be read or loaded.
             UsageError: a task tag that is not lower-case letters, digits and '-'.
         """
-        if not isinstance(model, OnnxModel):
-            model = OnnxModel.load(model, max_concurrency=max_concurrency or self._max_concurrency)
+        if isinstance(model, str | Path):
+            limit = max_concurrency or self._max_concurrency
+            if Path(model).suffix.lower() == ".json":
+                model = CallableModel.load(model, max_concurrency=limit)
+            else:
+                model = OnnxModel.load(model, max_concurrency=limit)
+        if not tasks and isinstance(model, CallableModel):
+            tasks = model.manifest.tasks
         self.publisher.add(model.info, tasks)
         self._models.setdefault(model.model_id, model)
         if self._nursery is not None:

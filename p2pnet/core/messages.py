@@ -37,16 +37,23 @@ __all__ = [
     "PROTOCOL_VERSION",
     "EncodedMessage",
     "ErrorReply",
+    "Forward",
+    "ForwardResult",
+    "Hop",
     "Invoke",
     "Message",
     "MessageReader",
     "Result",
+    "TraceEntry",
     "WireLimits",
     "encode_message",
 ]
 
 PROTOCOL_VERSION: Final = 1
 MAX_ID: Final = (1 << 64) - 1
+MAX_HOPS: Final = 16
+MAX_HOP_PROVIDERS: Final = 8
+MAX_HOP_ADDRS: Final = 16
 Tensors = Mapping[str, npt.NDArray[Any]]
 
 
@@ -99,7 +106,53 @@ class ErrorReply:
     message: str
 
 
-Message = Invoke | Result | ErrorReply
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One step of a forwarded pipeline: run ``model_id`` on the first of ``providers``
+    (peer ID, multiaddrs) that answers, feeding model input -> tensor name from
+    ``inputs``; then keep only the tensors named in ``keep`` (the step's outputs are
+    named ``<step>.<output>``)."""
+
+    step: str
+    model_id: str
+    providers: tuple[tuple[str, tuple[str, ...]], ...]
+    inputs: Mapping[str, str]
+    keep: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Request: run ``hops[0]`` here, then forward the rest to the next hop's peer and
+    reply with what the last hop kept (docs/pipelines.md)."""
+
+    request_id: int
+    hops: tuple[Hop, ...]
+    tensors: Tensors
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    """Which peer ran which model for a step of a forwarded pipeline, and how long the
+    run took there (as that peer reports it)."""
+
+    step: str
+    model_id: str
+    peer_id: str
+    run_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """Successful reply to a Forward: the tensors the last hop kept, and one trace entry
+    per hop in order."""
+
+    request_id: int
+    outputs: Tensors
+    trace: tuple[TraceEntry, ...]
+
+
+Message = Invoke | Result | ErrorReply | Forward | ForwardResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +196,30 @@ def encode_message(message: Message, limits: WireLimits = WireLimits()) -> Encod
             "type": "result",
             "id": message.request_id,
             "outputs": _encode_tensors(message.outputs, limits, streamed),
+        }
+    elif isinstance(message, Forward):
+        head |= {
+            "type": "forward",
+            "id": message.request_id,
+            "deadline_ms": message.deadline_ms,
+            "hops": [
+                {
+                    "step": h.step,
+                    "model": h.model_id,
+                    "providers": [[peer, list(addrs)] for peer, addrs in h.providers],
+                    "inputs": dict(h.inputs),
+                    "keep": list(h.keep),
+                }
+                for h in message.hops
+            ],
+            "tensors": _encode_tensors(message.tensors, limits, streamed),
+        }
+    elif isinstance(message, ForwardResult):
+        head |= {
+            "type": "forward_result",
+            "id": message.request_id,
+            "outputs": _encode_tensors(message.outputs, limits, streamed),
+            "trace": [[t.step, t.model_id, t.peer_id, t.run_ms] for t in message.trace],
         }
     else:
         head |= {
@@ -329,7 +406,9 @@ class MessageReader:
             message.inputs
             if isinstance(message, Invoke)
             else message.outputs
-            if isinstance(message, Result)
+            if isinstance(message, Result | ForwardResult)
+            else message.tensors
+            if isinstance(message, Forward)
             else {}
         )
         carried_ids = {id(t) for t in carried.values()}
@@ -366,7 +445,65 @@ def _message_from_head(head: object) -> Message:
         return Result(request_id, _tensor_map(head, "outputs"))
     if kind == "error":
         return ErrorReply(request_id, _field(head, "code", str), _field(head, "message", str))
+    if kind == "forward":
+        deadline_ms = _field(head, "deadline_ms", int)
+        if deadline_ms <= 0:
+            raise RemoteProtocolError(f"deadline_ms must be positive, got {deadline_ms}")
+        hops = _field(head, "hops", list)
+        if not 1 <= len(hops) <= MAX_HOPS:
+            raise RemoteProtocolError(f"a forward carries 1..{MAX_HOPS} hops, got {len(hops)}")
+        return Forward(
+            request_id, tuple(_hop(h) for h in hops), _tensor_map(head, "tensors"), deadline_ms
+        )
+    if kind == "forward_result":
+        trace = _field(head, "trace", list)
+        if len(trace) > MAX_HOPS:
+            raise RemoteProtocolError(f"a trace has at most {MAX_HOPS} entries")
+        return ForwardResult(
+            request_id, _tensor_map(head, "outputs"), tuple(_trace_entry(t) for t in trace)
+        )
     raise RemoteProtocolError(f"unknown message type {kind!r}")
+
+
+def _hop(raw: object) -> Hop:
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError(f"a hop must be a map, got {type(raw).__name__}")
+    providers = _field(raw, "providers", list)
+    if not 1 <= len(providers) <= MAX_HOP_PROVIDERS:
+        raise RemoteProtocolError(f"a hop names 1..{MAX_HOP_PROVIDERS} providers")
+    parsed: list[tuple[str, tuple[str, ...]]] = []
+    for p in providers:
+        if (
+            not isinstance(p, list)
+            or len(p) != 2
+            or not isinstance(p[0], str)
+            or not isinstance(p[1], list)
+            or len(p[1]) > MAX_HOP_ADDRS
+            or not all(isinstance(a, str) for a in p[1])
+        ):
+            raise RemoteProtocolError("a hop provider must be [peer ID, [multiaddr, ...]]")
+        parsed.append((p[0], tuple(p[1])))
+    inputs = _field(raw, "inputs", dict)
+    keep = _field(raw, "keep", list)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()):
+        raise RemoteProtocolError("hop inputs must map text to text")
+    if not all(isinstance(k, str) for k in keep):
+        raise RemoteProtocolError("hop keep must be a list of text")
+    return Hop(
+        _field(raw, "step", str), _field(raw, "model", str), tuple(parsed), inputs, tuple(keep)
+    )
+
+
+def _trace_entry(raw: object) -> TraceEntry:
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 4
+        or not all(isinstance(x, str) for x in raw[:3])
+        or not isinstance(raw[3], int | float)
+        or isinstance(raw[3], bool)
+    ):
+        raise RemoteProtocolError("a trace entry must be [step, model, peer, run_ms]")
+    return TraceEntry(raw[0], raw[1], raw[2], float(raw[3]))
 
 
 def _field(head: dict[str, Any], key: str, kind: type) -> Any:

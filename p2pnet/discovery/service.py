@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
-import onnxruntime
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -122,8 +121,8 @@ class RecordPublisher:
                 schema=info.schema,
                 tasks=tasks,
                 name=info.name[:128],
-                version="",
-                runtime=f"onnxruntime/{onnxruntime.__version__}",
+                version=info.version,
+                runtime=info.runtime,
                 addrs=addrs,
                 seq=self._seq,
                 expires_at=int(now + self._ttl),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 import trio
@@ -19,6 +19,9 @@ import trio
 from p2pnet.core.messages import (
     EncodedMessage,
     ErrorReply,
+    Forward,
+    ForwardResult,
+    Hop,
     Invoke,
     Message,
     MessageReader,
@@ -40,6 +43,8 @@ from p2pnet.net.interfaces import StreamHost
 __all__ = ["InvokeClient"]
 
 log = logging.getLogger(__name__)
+
+_ReplyT = TypeVar("_ReplyT", Result, ForwardResult)
 
 
 class InvokeClient:
@@ -85,18 +90,58 @@ class InvokeClient:
             RemoteProtocolError, LocalProtocolError: one side broke the protocol.
         """
         request_id = next(self._ids)
+
+        def request(deadline_ms: int) -> Invoke:
+            return Invoke(request_id, model_id, inputs, deadline_ms)
+
+        reply = await self._call(peer, request, timeout, f"model {model_id}")
+        return dict(self._reply(reply, Result, request_id, peer.peer_id).outputs)
+
+    async def forward(
+        self,
+        peer: PeerAddress,
+        hops: tuple[Hop, ...],
+        tensors: Mapping[str, Any],
+        *,
+        timeout: float = 30.0,
+    ) -> ForwardResult:
+        """Send a forwarded pipeline to ``peer``, which runs ``hops[0]`` and passes the
+        rest on; returns what the last hop kept, with the trace of who ran what.
+
+        Raises:
+            As ``invoke``; errors of later hops arrive as the error of their step.
+        """
+        request_id = next(self._ids)
+
+        def request(deadline_ms: int) -> Forward:
+            return Forward(request_id, hops, tensors, deadline_ms)
+
+        reply = await self._call(peer, request, timeout, f"step {hops[0].step!r}")
+        return self._reply(reply, ForwardResult, request_id, peer.peer_id)
+
+    async def _call(
+        self,
+        peer: PeerAddress,
+        request: Callable[[int], Message],
+        timeout: float,
+        what: str,
+    ) -> Message:
+        """Send ``request(deadline_ms)`` on a pooled stream to ``peer``; return the reply.
+
+        ``timeout`` (seconds) covers everything: dialling, sending, queueing and
+        running on the peer, receiving. The peer is told the time left when the
+        request leaves.
+        """
         deadline = trio.current_time() + timeout
         # Encode once up front: inputs that cannot be sent fail here, before any I/O.
-        encode_message(Invoke(request_id, model_id, inputs, 1), self._limits)
+        encode_message(request(1), self._limits)
         with trio.move_on_at(deadline):
             for attempt in itertools.count():
                 channel = await self._pool.checkout(peer)
                 remaining_ms = max(1, math.ceil((deadline - trio.current_time()) * 1000))
-                request = encode_message(
-                    Invoke(request_id, model_id, inputs, remaining_ms), self._limits
-                )
+                encoded = encode_message(request(remaining_ms), self._limits)
                 try:
-                    reply, in_sync = await self._exchange(channel, request)
+                    reply, in_sync = await self._exchange(channel, encoded)
                 except ConnectionLostError:
                     await channel.stream.reset()
                     # A reused stream may have been closed by the peer while idle; that
@@ -113,22 +158,22 @@ class InvokeClient:
                     await self._pool.checkin(channel)
                 else:
                     await channel.stream.reset()
-                return self._outputs(reply, request_id, channel.stream.peer_id)
+                return reply
         raise DeadlineExceededError(
-            f"no reply from peer {peer.peer_id} for model {model_id} within {timeout:g} s"
+            f"no reply from peer {peer.peer_id} for {what} within {timeout:g} s"
         )
 
-    def _outputs(
-        self, reply: Message, request_id: int, peer_id: str
-    ) -> dict[str, npt.NDArray[Any]]:
+    def _reply(
+        self, reply: Message, expected: type[_ReplyT], request_id: int, peer_id: str
+    ) -> _ReplyT:
         if isinstance(reply, ErrorReply):
             raise error_from_wire(reply.code, reply.message, peer_id)
-        if not isinstance(reply, Result) or reply.request_id != request_id:
+        if not isinstance(reply, expected) or reply.request_id != request_id:
             raise RemoteProtocolError(
                 f"peer {peer_id} answered request {request_id} with "
                 f"{type(reply).__name__} {reply.request_id}"
             )
-        return dict(reply.outputs)
+        return reply
 
     async def _exchange(
         self, channel: Channel[MessageReader], request: EncodedMessage

@@ -37,7 +37,7 @@ from p2pnet.errors import (
 from p2pnet.invoke.protocol import write_message
 from p2pnet.net.channels import read_request
 from p2pnet.net.interfaces import ByteStream
-from p2pnet.runtime.onnx_model import OnnxModel
+from p2pnet.runtime.served import ServedModel
 
 __all__ = ["InvokeServer", "ServerStats"]
 
@@ -68,7 +68,7 @@ class InvokeServer:
 
     def __init__(
         self,
-        models: Mapping[str, OnnxModel],
+        models: Mapping[str, ServedModel],
         *,
         limits: WireLimits = WireLimits(),
         max_deadline: float = 300.0,
@@ -128,7 +128,7 @@ class InvokeServer:
             return ErrorReply(message.request_id, "internal", f"internal error: {exc!r}")
         return Result(message.request_id, outputs)
 
-    def _model(self, model_id: str) -> OnnxModel:
+    def _model(self, model_id: str) -> ServedModel:
         model = self.models.get(model_id)
         if model is not None:
             return model

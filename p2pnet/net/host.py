@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 READ_SIZE = 1 << 20
 # Longest a close or reset may take before the stream is given up on.
 CLOSE_TIMEOUT = 1.0
+# Longest closing every connection may take when a host stops.
+HOST_CLOSE_TIMEOUT = 5.0
 
 # py-libp2p 0.8.1 throughput tuning, measured in docs/benchmarks.md ("Invoke").
 # Yamux sends data frames of 65536 bytes (its 12-byte header included), but one Noise
@@ -336,7 +338,16 @@ async def open_host(
             # peer ever told us about) whenever there are fewer than 50 connections.
             # p2pnet dials only what it is asked to: stop it before anything connects.
             await raw.get_network().auto_connector.stop()  # type: ignore[attr-defined]
-            yield Host(raw, identity)
+            try:
+                yield Host(raw, identity)
+            finally:
+                # Leaving host.run() stops the swarm by cancelling it, and its clean-up
+                # then closes each connection inside the cancelled scope: the first
+                # await raises, and the sockets stay open, so peers never learn that we
+                # left (their calls to us hang until their deadline). Swarm.close()
+                # first, shielded, closes every connection for real.
+                with trio.CancelScope(shield=True), trio.move_on_after(HOST_CLOSE_TIMEOUT):
+                    await raw.get_network().close()
     except BaseExceptionGroup as group:
         # py-libp2p's host.run() wraps whatever the block raises in one exception group
         # per nursery it runs; hand a lone error back to the caller as itself.

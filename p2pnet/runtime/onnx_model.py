@@ -13,34 +13,35 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-import trio
 
 from p2pnet.core.model_id import model_id_from_digest
 from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
 from p2pnet.core.tensor import dtype_name
-from p2pnet.errors import (
-    DeadlineExceededError,
-    InternalPeerError,
-    ModelExecutionError,
-    ModelFileError,
-    PeerBusyError,
-)
+from p2pnet.errors import InternalPeerError, ModelExecutionError, ModelFileError
+from p2pnet.runtime.served import RunSlots
 
-__all__ = ["ModelInfo", "OnnxModel", "inspect_model"]
+__all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model"]
+
+# What capability records of ONNX models say in their ``runtime`` field.
+ONNX_RUNTIME = f"onnxruntime/{ort.__version__}"
 
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What a model file is: its ID, where it lies, its size and its I/O schema."""
+    """What a model file is: its ID, where it lies, its size and its I/O schema; its name
+    (the file's stem unless given), version and runtime, as its capability record says."""
 
     model_id: str
     path: Path
     size: int
     schema: ModelSchema
+    name: str = ""
+    version: str = ""
+    runtime: str = ONNX_RUNTIME
 
-    @property
-    def name(self) -> str:
-        return self.path.stem
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.path.stem)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,9 +139,7 @@ class OnnxModel:
         except Exception as exc:
             raise ModelFileError(f"onnxruntime cannot load {info.path}: {exc}") from None
         self._output_names = [spec.name for spec in info.schema.outputs]
-        self._limiter = trio.CapacityLimiter(max_concurrency)
-        self._max_in_flight = max_concurrency + max_queue
-        self._in_flight = 0
+        self._slots = RunSlots(max_concurrency, max_queue)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> OnnxModel:
@@ -183,15 +182,7 @@ class OnnxModel:
         Call before the process exits: onnxruntime aborts the whole process if the
         interpreter shuts down while one of its runs is still going in a thread.
         """
-        tokens = [object() for _ in range(int(self._limiter.total_tokens))]
-        acquired = []
-        with trio.move_on_after(timeout):
-            for token in tokens:
-                await self._limiter.acquire_on_behalf_of(token)
-                acquired.append(token)
-        for token in acquired:
-            self._limiter.release_on_behalf_of(token)
-        return len(acquired) == len(tokens)
+        return await self._slots.wait_idle(timeout)
 
     async def run(
         self, inputs: Mapping[str, Any], *, timeout: float = math.inf
@@ -209,22 +200,6 @@ class OnnxModel:
             PeerBusyError: ``max_queue`` calls are already waiting.
         """
         checked = check_inputs(self.info.schema, inputs)
-        if self._in_flight >= self._max_in_flight:
-            raise PeerBusyError(
-                f"model {self.info.name} has {self._in_flight} calls running or queued, its "
-                "limit; retry later or call another peer serving it"
-            )
-        self._in_flight += 1
-        try:
-            with trio.move_on_after(timeout) as scope:
-                # (trio-typing's stubs, pulled in by py-libp2p, predate abandon_on_cancel)
-                return await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                    self._run_checked, checked, abandon_on_cancel=True, limiter=self._limiter
-                )
-        finally:
-            self._in_flight -= 1
-        assert scope.cancelled_caught
-        raise DeadlineExceededError(
-            f"model {self.info.name} ({self.model_id}) did not finish within "
-            f"{timeout * 1000:.0f} ms (waiting for a free slot included)"
+        return await self._slots.run(
+            self._run_checked, checked, timeout=timeout, name=self.info.name, model_id=self.model_id
         )

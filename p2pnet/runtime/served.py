@@ -1,0 +1,107 @@
+"""What every served model is, whatever runs it: the ``ServedModel`` interface that the
+invoke server and ``Peer`` use, and ``RunSlots``, the worker-thread runner with
+concurrency, queue and deadline limits that ONNX and Python models share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import numpy.typing as npt
+import trio
+
+from p2pnet.errors import DeadlineExceededError, PeerBusyError
+
+if TYPE_CHECKING:
+    from p2pnet.runtime.onnx_model import ModelInfo
+
+__all__ = ["RunSlots", "ServedModel"]
+
+_A = TypeVar("_A")
+_R = TypeVar("_R")
+
+
+class ServedModel(Protocol):
+    """A model a peer can serve: ``OnnxModel`` (onnxruntime) or ``CallableModel`` (Python)."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """ID, name, version, runtime and I/O schema: what the capability record says."""
+        ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    async def run(
+        self, inputs: Mapping[str, Any], *, timeout: float = math.inf
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Check ``inputs`` against the schema and run within ``timeout`` seconds.
+
+        Raises:
+            InvalidInputError, ModelExecutionError, DeadlineExceededError, PeerBusyError.
+        """
+        ...
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress (abandoned ones included); False on timeout."""
+        ...
+
+
+class RunSlots:
+    """Runs calls in worker threads: at most ``max_concurrency`` at a time and at most
+    ``max_queue`` more waiting for a slot; callers beyond that are refused as busy.
+    """
+
+    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._max_in_flight = max_concurrency + max_queue
+        self._in_flight = 0
+
+    async def run(
+        self, fn: Callable[[_A], _R], arg: _A, *, timeout: float, name: str, model_id: str
+    ) -> _R:
+        """``fn(arg)`` in a worker thread within ``timeout`` seconds.
+
+        The time spent waiting for a free slot counts toward the timeout. A run that
+        overruns is abandoned: its thread finishes in the background and keeps its slot
+        until then, so the concurrency limit holds. ``name`` and ``model_id`` name the
+        model in error messages.
+
+        Raises:
+            DeadlineExceededError: no result within ``timeout``.
+            PeerBusyError: ``max_queue`` calls are already waiting.
+            Whatever ``fn`` raises.
+        """
+        if self._in_flight >= self._max_in_flight:
+            raise PeerBusyError(
+                f"model {name} has {self._in_flight} calls running or queued, its "
+                "limit; retry later or call another peer serving it"
+            )
+        self._in_flight += 1
+        try:
+            with trio.move_on_after(timeout) as scope:
+                # (trio-typing's stubs, pulled in by py-libp2p, predate abandon_on_cancel)
+                return await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                    fn, arg, abandon_on_cancel=True, limiter=self._limiter
+                )
+        finally:
+            self._in_flight -= 1
+        assert scope.cancelled_caught
+        raise DeadlineExceededError(
+            f"model {name} ({model_id}) did not finish within "
+            f"{timeout * 1000:.0f} ms (waiting for a free slot included)"
+        )
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress (abandoned ones included); False on timeout."""
+        tokens = [object() for _ in range(int(self._limiter.total_tokens))]
+        acquired = []
+        with trio.move_on_after(timeout):
+            for token in tokens:
+                await self._limiter.acquire_on_behalf_of(token)
+                acquired.append(token)
+        for token in acquired:
+            self._limiter.release_on_behalf_of(token)
+        return len(acquired) == len(tokens)
