@@ -31,6 +31,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build.build_all(tmp_path_factory.mktemp("models"))  # type: ignore[attr-defined, no-any-return]
 
 
+@pytest.fixture(scope="session")
+def cs_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> path of the customer-service models (emotion, retrieval, reply), built by
+    scripts/build_cs_models.py (about 15 s on 2 cores)."""
+    build = load_script("scripts/build_cs_models.py")
+    return build.build_all(tmp_path_factory.mktemp("cs_models"))  # type: ignore[attr-defined, no-any-return]
+
+
 @pytest.fixture
 def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private $XDG_CONFIG_HOME, so tests never touch the user's keys."""

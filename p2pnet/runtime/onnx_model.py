@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,6 +93,23 @@ def _tensor_spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
     return TensorSpec(value.name, dtype, shape)
 
 
+@functools.cache
+def _extensions_library() -> str | None:
+    """The onnxruntime-extensions custom-op library (domain ai.onnx.contrib: tokenizers and
+    string ops), or None if the package is not installed.
+
+    Found without importing the package, whose __init__ takes seconds (it imports its
+    converters); its get_library_path() returns this same file.
+    """
+    spec = importlib.util.find_spec("onnxruntime_extensions")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            library = Path(folder) / f"_extensions_pydll{suffix}"
+            if library.is_file():
+                return str(library)
+    return None
+
+
 def inspect_model(path: str | Path) -> ModelInfo:
     """Read a model file: its ID (CID of the bytes), size, and schema from the ONNX graph.
 
@@ -132,6 +152,10 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
+        extensions = _extensions_library()
+        if extensions is not None:
+            # Always: about 2 ms once per process, then ~0.1 ms per session (measured).
+            options.register_custom_ops_library(extensions)
         try:
             self._session = ort.InferenceSession(
                 str(info.path), options, providers=["CPUExecutionProvider"]
