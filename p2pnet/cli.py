@@ -166,21 +166,23 @@ def cmd_model_import(args: argparse.Namespace) -> int:
     out.print(report.info.model_id)
     out.print(_schema_table(report.info))
     out.print(
-        f"from {report.source} ({report.source_kind}) by {report.exporter}, opset {report.opset}"
+        f"from {report.source} ({report.source_kind}) by {report.exporter}, opset {report.opset}",
+        markup=False,
     )
     shapes = ", ".join(f"{k} {list(v)}" for k, v in report.sample_shapes.items())
     source = "PyTorch" if report.framework == "torch" else "scikit-learn"
     out.print(
         f"checked against {source} on {shapes}: max abs deviation {check.max_abs:.3g} "
-        f"(tolerance {check.tolerance:g})"
+        f"(tolerance {check.tolerance:g})",
+        markup=False,
     )
     for c in check.comparisons:
         if c.is_label:
-            out.print(f"  {c.name}: {_figure(c.agreement, '.1%')} equal")
+            out.print(f"  {c.name}: {_figure(c.agreement, '.1%')} equal", markup=False)
         else:
-            out.print(f"  {c.name}: max abs deviation {_figure(c.max_abs, '.3g')}")
+            out.print(f"  {c.name}: max abs deviation {_figure(c.max_abs, '.3g')}", markup=False)
     for name in check.unchecked:
-        out.print(f"  {name}: not checked (the source model has no such output)")
+        out.print(f"  {name}: not checked (the source model has no such output)", markup=False)
     return 0
 
 
@@ -222,8 +224,8 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
             _figure(c.agreement, ".1%"),
         )
     out.print(deviations)
-    out.print(f"before  {before.model_id}  {before.path}")
-    out.print(f"after   {after.model_id}  {after.path}")
+    out.print(f"before  {before.model_id}  {before.path}", markup=False)
+    out.print(f"after   {after.model_id}  {after.path}", markup=False)
     return 0
 
 

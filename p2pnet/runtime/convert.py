@@ -912,10 +912,12 @@ def _time_runs(
     return outputs, durations
 
 
-def _int8_initializers(path: Path) -> set[str]:
-    model = onnx.load(str(path), load_external_data=False)
-    small = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    return {init.name for init in model.graph.initializer if init.data_type in small}
+def _replaced_weights(source: Path, quantized: Path) -> int:
+    """How many float initializers of ``source`` the quantizer replaced by 8-bit ones."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    before = onnx.load(str(source), load_external_data=False).graph.initializer
+    after = {init.name for init in onnx.load(str(quantized)).graph.initializer}
+    return sum(1 for init in before if init.data_type in floats and init.name not in after)
 
 
 def _keep_output_types(source: Path, quantized: Path) -> None:
@@ -952,9 +954,9 @@ def quantize_model(
     and measure both models on the same sample inputs (see sample_inputs; symbolic
     dimensions are ``dynamic_size``).
 
-    QInt8 weights are the default: on x86 CPUs with AVX-512 VNNI or AVX2 they run
-    MatMulInteger with u8 activations and s8 weights, about twice as fast as QUInt8
-    weights at the same deviation (docs/cli.md has the measurements).
+    QInt8 weights are the default: onnxruntime runs them against u8 activations, its
+    fast integer path on x86; QUInt8 weights were slower in every case measured, at
+    about the same deviation (docs/cli.md has the figures).
 
     Raises:
         UsageError: bad arguments, or a model without weights quantization applies to.
@@ -988,7 +990,7 @@ def quantize_model(
                     f"onnxruntime cannot quantize {source}: {_first_line(exc)}"
                 ) from None
         _keep_output_types(source, tmp)
-        quantized = len(_int8_initializers(tmp) - _int8_initializers(source))
+        quantized = _replaced_weights(source, tmp)
         if quantized == 0:
             raise UsageError(
                 f"{source} has no weights that dynamic int8 quantization applies to (its "
