@@ -179,6 +179,32 @@ def test_import_sklearn_text_pipeline(
     assert got["label"].tolist() == [1, 0] and got["scores"].shape == (2, 2)
 
 
+class _TwoInTwoOut(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, x: Any, ids: Any) -> tuple[Any, Any]:
+        return x * ids.to(x.dtype), (x.sum(dim=1) > 0).to(torch.int64)
+
+
+def test_import_several_inputs_and_outputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    script = tmp_path / "two.pt"  # traced, not scripted: torch.jit.trace files work too
+    example = (torch.randn(2, 3), torch.ones(2, 3, dtype=torch.int64))
+    torch.jit.save(torch.jit.trace(_TwoInTwoOut(), example), str(script))
+    report = run_json(
+        capsys, "model", "import", str(script), str(tmp_path / "two.onnx"), "--from", "torch",
+        "-i", "x:float32:batch,3", "-i", "ids:int64:batch,3",
+    )  # fmt: skip
+    assert report["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", 3]},
+        {"name": "ids", "dtype": "int64", "shape": ["batch", 3]},
+    ]
+    assert [(o["name"], o["dtype"]) for o in report["outputs"]] == [
+        ("output_0", "float32"), ("output_1", "int64"),
+    ]  # fmt: skip
+    floats, labels = report["check"]["outputs"]
+    assert floats["max_abs"] < 1e-6 and labels["max_abs"] is None and labels["agreement"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("source", "framework", "inputs", "message"),
     [
@@ -294,6 +320,7 @@ def digits_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains the MLP first (about 3 s)
 def test_quantize_shrinks_the_model_and_keeps_its_answers(
     capsys: pytest.CaptureFixture[str], digits_mlp: Path, tmp_path: Path
 ) -> None:

@@ -440,7 +440,12 @@ def _torch_load(torch: ModuleType, path: Path) -> tuple[Any, str]:
 
 def _torch_flatten(value: Any, torch: ModuleType) -> list[npt.NDArray[Any]]:
     if isinstance(value, torch.Tensor):
-        return [value.detach().cpu().numpy()]
+        try:
+            return [value.detach().cpu().numpy()]
+        except (TypeError, RuntimeError) as exc:  # bfloat16, complex32, quantized ...
+            raise ModelFileError(
+                f"the model returns a {value.dtype} tensor, which p2pnet cannot carry: {exc}"
+            ) from None
     if isinstance(value, (tuple, list)):
         return [arr for item in value for arr in _torch_flatten(item, torch)]
     raise ModelFileError(
