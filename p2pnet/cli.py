@@ -23,10 +23,11 @@ from p2pnet.config import default_identity_path
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.tensor import dtype_name
 from p2pnet.discovery.service import Offer
-from p2pnet.errors import InvalidInputError, P2PNetError, UsageError
+from p2pnet.errors import DeadlineExceededError, InvalidInputError, P2PNetError, UsageError
 from p2pnet.logs import configure_logging
 from p2pnet.net.identity import KeyPair, load_or_create_identity, peer_id_of
 from p2pnet.peer import Peer
+from p2pnet.pipeline import Pipeline, PipelineResult
 from p2pnet.runtime.onnx_model import ModelInfo, inspect_model
 
 __all__ = ["main", "parse_input"]
@@ -301,14 +302,18 @@ def cmd_call(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({name: _tensor_json(arr) for name, arr in outputs.items()}))
         return 0
-    table = Table(title=f"{served_by} ({elapsed_ms:.0f} ms)", title_justify="left")
+    out.print(_outputs_table(f"{served_by} ({elapsed_ms:.0f} ms)", outputs))
+    return 0
+
+
+def _outputs_table(title: str, outputs: dict[str, npt.NDArray[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
     for column in ("output", "dtype", "shape", "value"):
         table.add_column(column)
     with np.printoptions(threshold=20, edgeitems=3, precision=4, suppress=True):
         for name, arr in outputs.items():
             table.add_row(name, dtype_name(arr), str(list(arr.shape)), str(arr))
-    out.print(table)
-    return 0
+    return table
 
 
 async def _find(args: argparse.Namespace) -> list[Offer]:
@@ -336,6 +341,58 @@ def cmd_find(args: argparse.Namespace) -> int:
             out.print(f"  address  {addr}/p2p/{r.peer_id}")
         out.print(f"  inputs   {', '.join(t.describe() for t in r.schema.inputs)}")
         out.print(f"  outputs  {', '.join(t.describe() for t in r.schema.outputs)}")
+    return 0
+
+
+def cmd_pipeline_check(args: argparse.Namespace) -> int:
+    pipeline = Pipeline.from_file(args.spec)
+    spec = pipeline.spec
+    if args.json:
+        print(json.dumps({"pipeline": spec.name, "steps": [s.name for s in spec.steps]}))
+        return 0
+    out.print(f"[bold]{spec.name}[/]: {len(spec.steps)} steps, checked")
+    for step in spec.steps:
+        fed = ", ".join(f"{name}={ref}" for name, ref in step.inputs.items())
+        out.print(f"  {step.name:<12} {step.target}  <- {fed}")
+    out.print("  outputs      " + ", ".join(f"{n}={r}" for n, r in spec.outputs.items()))
+    return 0
+
+
+async def _pipeline_run(args: argparse.Namespace) -> PipelineResult:
+    pipeline = Pipeline.from_file(args.spec)
+    inputs = dict(parse_input(spec) for spec in args.input)
+    pipeline.check_inputs(inputs)  # the caller's mistakes before any network work
+    if not args.bootstrap:
+        raise UsageError(
+            "a pipeline finds its models in a swarm: give --bootstrap /ip4/.../tcp/PORT/p2p/..."
+        )
+    identity, _, _ = _identity(args)
+    async with Peer(identity, listen=args.listen, bootstrap=args.bootstrap) as peer:
+        with trio.fail_after(args.timeout):
+            return await pipeline.run(peer, inputs, mode=args.mode)
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    try:
+        result = trio.run(_pipeline_run, args)
+    except trio.TooSlowError:
+        raise DeadlineExceededError(
+            f"the pipeline did not finish within {args.timeout:g} s"
+        ) from None
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    steps = Table(
+        title=f"{args.spec} ({result.mode}, {result.total_ms:.0f} ms)", title_justify="left"
+    )
+    for column in ("step", "model", "peer", "ms", "failed over"):
+        steps.add_column(column, justify="right" if column == "ms" else "left")
+    for t in result.steps:
+        failed = ", ".join(f"{p[:12]}… ({code})" for p, code in t.failed) or "-"
+        model = f"{t.model_name} {t.model_id[:16]}…"
+        steps.add_row(t.step, model, t.peer_id, f"{t.ms:.1f}", failed)
+    out.print(steps)
+    out.print(_outputs_table("outputs", result.outputs))
     return 0
 
 
@@ -559,6 +616,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="find models in the swarm by task or ID: providers, schemas, latency",
     )
     p.set_defaults(func=cmd_find)
+
+    pipeline = sub.add_parser("pipeline", help="run models on different peers as one pipeline")
+    pipeline_sub = pipeline.add_subparsers(
+        dest="pipeline_command", required=True, metavar="COMMAND"
+    )
+    p = pipeline_sub.add_parser(
+        "check", parents=[common], help="check a pipeline spec without running it"
+    )
+    p.add_argument("spec", type=Path, metavar="SPEC", help="the spec (YAML or JSON)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_pipeline_check)
+    p = pipeline_sub.add_parser(
+        "run",
+        parents=[common, discovery],
+        help="find a provider for every step, check the schemas, run, and show who ran what",
+    )
+    p.add_argument("spec", type=Path, metavar="SPEC", help="the spec (YAML or JSON)")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline input, as for 'p2pnet call' (repeatable)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("orchestrated", "forwarded"),
+        default="orchestrated",
+        help="orchestrated: this peer calls every step (independent steps at once); "
+        "forwarded: each step's peer sends the tensors on to the next step's peer",
+    )
+    p.set_defaults(func=cmd_pipeline_run)
     return parser
 
 
@@ -567,7 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    if getattr(args, "listen", None) is None and args.command in ("peer", "call", "find"):
+    if getattr(args, "listen", None) is None and args.command in (
+        "peer",
+        "call",
+        "find",
+        "pipeline",
+    ):
         args.listen = ["/ip4/127.0.0.1/tcp/0"]
     if args.command == "peer" and args.max_concurrency < 1:
         parser.error("--max-concurrency must be at least 1")

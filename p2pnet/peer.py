@@ -7,6 +7,7 @@ it wires the services together and runs their background work.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ import numpy.typing as npt
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pnet.core.messages import WireLimits
+from p2pnet.core.messages import Forward, WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
@@ -30,6 +31,7 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.host import Host, PeerAddress, open_host, parse_peer_address
 from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
+from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel
 from p2pnet.runtime.served import ServedModel
@@ -59,6 +61,9 @@ class Peer:
         dht: DHT parameters.
         shutdown_grace: seconds to wait, when the peer stops, for model runs still in
             progress (onnxruntime aborts the process if it exits during a run).
+        forward: pass forwarded pipelines on to the next step's peer (see
+            docs/pipelines.md); False still runs a forwarded step served here when it
+            is the last one.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class Peer:
         bootstrap: Sequence[str] = (),
         dht: DhtConfig = DhtConfig(),
         shutdown_grace: float = 30.0,
+        forward: bool = True,
     ) -> None:
         self._identity = identity or generate_identity()
         self._listen = tuple(listen)
@@ -82,6 +88,7 @@ class Peer:
         self._client: InvokeClient | None = None
         self._stack: AsyncExitStack | None = None
         self.shutdown_grace = shutdown_grace
+        self._forward = forward
         self._bootstrap = [parse_peer_address(a) for a in bootstrap]
         self._dht_config = dht
         self.dht: DhtNode | None = None
@@ -168,7 +175,7 @@ class Peer:
         Raises:
             UsageError: not running, or not exactly one of task and model.
         """
-        return await self._running_finder().find(
+        return await self.running_finder.find(
             task=task, model=model, count=count, timeout=timeout
         )
 
@@ -198,12 +205,29 @@ class Peer:
         timeout: float = 30.0,
     ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
         """As ``call``, also returning the offer (which model, which peer) that answered."""
-        return await self._running_finder().call(inputs, task=task, model=model, timeout=timeout)
+        return await self.running_finder.call(inputs, task=task, model=model, timeout=timeout)
 
-    def _running_finder(self) -> ModelFinder:
+    @property
+    def running_finder(self) -> ModelFinder:
+        """The discovery service of the running peer.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
         if self.finder is None:
             raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
         return self.finder
+
+    @property
+    def client(self) -> InvokeClient:
+        """The invoke client of the running peer.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        if self._client is None:
+            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
+        return self._client
 
     async def _run_local(
         self, model_id: str, inputs: Mapping[str, Any], timeout: float
@@ -241,8 +265,20 @@ class Peer:
             host.set_stream_handler(INVOKE_PROTOCOL, self.server.handle_stream)
             describe_server = DescribeServer(self.publisher.envelopes)
             host.set_stream_handler(DESCRIBE_PROTOCOL, describe_server.handle_stream)
-            self._client = InvokeClient(host, limits=self._limits)
-            stack.push_async_callback(self._client.aclose)
+            client = self._client = InvokeClient(host, limits=self._limits)
+            stack.push_async_callback(client.aclose)
+            self.server.local_peer_id = self.peer_id
+
+            async def answer_here(message: Forward) -> Any:
+                return await self.server.answer(message, self.peer_id)
+
+            if self._forward:
+                self.server.forwarder = functools.partial(
+                    forward_on,
+                    local_peer_id=self.peer_id,
+                    client=client,
+                    answer_here=answer_here,
+                )
             describer = DescribeClient(host)
             stack.push_async_callback(describer.aclose)
             self.dht = DhtNode(

@@ -13,10 +13,14 @@ from hypothesis.extra import numpy as hnp
 
 from p2pnet.core.messages import (
     ErrorReply,
+    Forward,
+    ForwardResult,
+    Hop,
     Invoke,
     Message,
     MessageReader,
     Result,
+    TraceEntry,
     WireLimits,
     encode_message,
 )
@@ -40,6 +44,21 @@ def _message(vector: dict[str, Any]) -> Message:
         return Invoke(vector["request_id"], vector["model"], tensors, vector["deadline_ms"])
     if vector["type"] == "Result":
         return Result(vector["request_id"], tensors)
+    if vector["type"] == "Forward":
+        hops = tuple(
+            Hop(
+                h["step"],
+                h["model"],
+                tuple((peer, tuple(addrs)) for peer, addrs in h["providers"]),
+                h["inputs"],
+                tuple(h["keep"]),
+            )
+            for h in vector["hops"]
+        )
+        return Forward(vector["request_id"], hops, tensors, vector["deadline_ms"])
+    if vector["type"] == "ForwardResult":
+        trace = tuple(TraceEntry(*t) for t in vector["trace"])
+        return ForwardResult(vector["request_id"], tensors, trace)
     return ErrorReply(vector["request_id"], vector["code"], vector["message"])
 
 
@@ -64,14 +83,25 @@ def assert_same(a: Message, b: Message) -> None:
     if isinstance(a, ErrorReply):
         assert a == b
         return
-    ta = a.inputs if isinstance(a, Invoke) else a.outputs
-    tb = b.inputs if isinstance(b, Invoke) else b.outputs
+    ta, tb = _tensors_of(a), _tensors_of(b)
     assert list(ta) == list(tb)
     for name in ta:
         assert ta[name].dtype == tb[name].dtype and ta[name].shape == tb[name].shape
         assert ta[name].tolist() == tb[name].tolist()
     if isinstance(a, Invoke):
         assert (a.model_id, a.deadline_ms) == (b.model_id, b.deadline_ms)  # type: ignore[union-attr]
+    if isinstance(a, Forward):
+        assert (a.hops, a.deadline_ms) == (b.hops, b.deadline_ms)  # type: ignore[union-attr]
+    if isinstance(a, ForwardResult):
+        assert a.trace == b.trace  # type: ignore[union-attr]
+
+
+def _tensors_of(m: Message) -> Any:
+    if isinstance(m, Invoke):
+        return m.inputs
+    if isinstance(m, Forward):
+        return m.tensors
+    return m.outputs  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["name"])
@@ -130,6 +160,55 @@ def test_invoke_round_trip(
     for name, arr in inputs.items():
         assert decoded.inputs[name].shape == arr.shape
         assert decoded.inputs[name].tobytes() == arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+
+
+names = st.text(min_size=1, max_size=6)
+hops = st.lists(
+    st.builds(
+        Hop,
+        names,
+        names,
+        st.lists(st.tuples(names, st.lists(names, max_size=2).map(tuple)), min_size=1, max_size=3)
+        .map(tuple),
+        st.dictionaries(names, names, max_size=3),
+        st.lists(names, max_size=3).map(tuple),
+    ),
+    min_size=1,
+    max_size=4,
+).map(tuple)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hops, tensors, st.integers(1, 1 << 31), st.sampled_from([0, 1, 7]))
+def test_forward_round_trip(
+    hop_list: tuple[Hop, ...], carried: dict[str, np.ndarray], deadline: int, step: int
+) -> None:
+    (decoded,) = _decode_all(_encode(Forward(9, hop_list, carried, deadline)), step=step)
+    assert isinstance(decoded, Forward)
+    assert decoded.hops == hop_list and decoded.deadline_ms == deadline
+    assert list(decoded.tensors) == list(carried)
+
+
+@pytest.mark.parametrize(
+    ("hop", "error"),
+    [
+        ({"step": "a", "model": "m", "providers": [], "inputs": {}, "keep": []}, "1..8 providers"),
+        ({"step": "a", "model": "m", "providers": [["p"]], "inputs": {}, "keep": []}, "provider"),
+        (
+            {"step": "a", "model": "m", "providers": [["p", []]], "inputs": {"x": 1}, "keep": []},
+            "text",
+        ),
+        ({"step": 1, "model": "m", "providers": [["p", []]], "inputs": {}, "keep": []}, "'step'"),
+        ("hop", "a hop must be a map"),
+    ],
+)
+def test_malformed_forward_is_a_protocol_error(hop: object, error: str) -> None:
+    head = {"v": 1, "type": "forward", "id": 1, "deadline_ms": 5, "hops": [hop], "tensors": {}}
+    with pytest.raises(RemoteProtocolError, match=error):
+        _read(_frame(head))
+    head["hops"] = [hop] * 17
+    with pytest.raises(RemoteProtocolError, match=r"1\.\.16 hops"):
+        _read(_frame(head))
 
 
 @settings(max_examples=300)

@@ -190,7 +190,10 @@ def test_schema_mismatches(step: str, schema: ModelSchema, message: str | None) 
 
 def test_fixed_sizes_must_agree() -> None:
     doc = spec_with(inputs__text="string[2]")
-    schemas = {**SCHEMAS, "emotion": ModelSchema((s("text", "string", 3),), SCHEMAS["emotion"].outputs)}
+    schemas = {
+        **SCHEMAS,
+        "emotion": ModelSchema((s("text", "string", 3),), SCHEMAS["emotion"].outputs),
+    }
     with pytest.raises(SchemaMismatchError, match="size 2 on axis 0 does not fit"):
         check_schemas(parse_pipeline(doc), schemas)
 
@@ -224,10 +227,15 @@ def test_bad_tensor_types(text: str) -> None:
         parse_tensor_type(text)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4)
-                    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
 def test_any_document_is_a_spec_or_a_spec_error(doc: object) -> None:
     try:
         parse_pipeline(doc)

@@ -276,6 +276,24 @@ class ModelFinder:
             raise UnknownModelError(
                 f"no peer in the swarm offers {wanted}; check the bootstrap peers"
             )
+        return await self.call_offers(offers, inputs, deadline - trio.current_time())
+
+    async def call_offers(
+        self,
+        offers: Sequence[Offer],
+        inputs: Mapping[str, Any],
+        timeout: float,
+        failures: list[tuple[Offer, P2PNetError]] | None = None,
+    ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
+        """Call the offers in order until one answers, moving on after a failure that
+        another provider may not share (unreachable, connection lost, busy, too slow);
+        each such failure is appended to ``failures``.
+
+        Raises:
+            The last provider's error when all fail; errors that are the caller's
+            (InvalidInputError...) or the model's (ModelExecutionError) at once.
+        """
+        deadline = trio.current_time() + timeout
         last_error: P2PNetError | None = None
         for offer in offers:
             remaining = deadline - trio.current_time()
@@ -291,6 +309,8 @@ class ModelFinder:
             except (NetworkError, PeerBusyError, DeadlineExceededError) as exc:
                 log.info("provider %s failed, trying the next: %s", offer.record.peer_id, exc)
                 self.stats.record_failure(offer.record.peer_id, trio.current_time())
+                if failures is not None:
+                    failures.append((offer, exc))
                 last_error = exc
                 continue
             self.stats.record_success(offer.record.peer_id, offer.rtt, trio.current_time())

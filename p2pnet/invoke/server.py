@@ -9,7 +9,8 @@ server from serving others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -17,16 +18,21 @@ import trio
 from p2pnet.core.messages import (
     EncodedMessage,
     ErrorReply,
+    Forward,
+    ForwardResult,
     Invoke,
     Message,
     MessageReader,
     Result,
+    TraceEntry,
     WireLimits,
     encode_message,
 )
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.errors import (
     ConnectionLostError,
+    DeadlineExceededError,
+    InvalidInputError,
     P2PNetError,
     PayloadTooLargeError,
     ProtocolError,
@@ -42,6 +48,9 @@ from p2pnet.runtime.served import ServedModel
 __all__ = ["InvokeServer", "ServerStats"]
 
 log = logging.getLogger(__name__)
+
+# Sends a Forward on to the first provider of its first hop that answers.
+Forwarder = Callable[[Forward], Awaitable[ForwardResult]]
 
 
 @dataclass
@@ -64,6 +73,9 @@ class InvokeServer:
         limits: sizes accepted from callers and used for replies.
         max_deadline: cap, in seconds, on the deadline a caller may ask for.
         idle_timeout: seconds a stream may wait for its next message before it is closed.
+        local_peer_id: this peer's ID, for the trace of forwarded pipelines.
+        forwarder: passes forwarded pipelines on to their next hop; None refuses to
+            forward (a pipeline whose last hop is here still runs).
     """
 
     def __init__(
@@ -74,12 +86,16 @@ class InvokeServer:
         max_deadline: float = 300.0,
         idle_timeout: float = 300.0,
         drain_timeout: float = 2.0,
+        local_peer_id: str = "",
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.models = models
         self.limits = limits
         self.max_deadline = max_deadline
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
+        self.local_peer_id = local_peer_id
+        self.forwarder = forwarder
         self.stats = ServerStats()
 
     async def handle_stream(self, stream: ByteStream) -> None:
@@ -108,25 +124,71 @@ class InvokeServer:
                 await stream.reset()
                 return
 
-    async def answer(self, message: Message, caller: str) -> Result | ErrorReply:
-        """The reply to one message from ``caller``: a Result or an ErrorReply."""
-        if not isinstance(message, Invoke):
-            exc: P2PNetError = RemoteProtocolError(
-                f"expected an invoke message, got {type(message).__name__}"
+    async def answer(
+        self, message: Message, caller: str
+    ) -> Result | ForwardResult | ErrorReply:
+        """The reply to one message from ``caller``: a Result (ForwardResult for a
+        Forward) or an ErrorReply."""
+        if not isinstance(message, Invoke | Forward):
+            return self._error_reply(
+                message.request_id,
+                RemoteProtocolError(f"expected an invoke message, got {type(message).__name__}"),
             )
-            return self._error_reply(message.request_id, exc)
         self.stats.calls += 1
         try:
+            if isinstance(message, Forward):
+                return await self._forward(message)
             model = self._model(message.model_id)
             timeout = min(message.deadline_ms / 1000, self.max_deadline)
-            outputs = await model.run(message.inputs, timeout=timeout)
+            return Result(message.request_id, await model.run(message.inputs, timeout=timeout))
         except P2PNetError as exc:
             log.debug("call %d from %s failed: %s", message.request_id, caller, exc)
             return self._error_reply(message.request_id, exc)
         except Exception as exc:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
             return ErrorReply(message.request_id, "internal", f"internal error: {exc!r}")
-        return Result(message.request_id, outputs)
+
+    async def _forward(self, message: Forward) -> ForwardResult:
+        """Run the first hop here, then hand the rest to the forwarder."""
+        hop, *rest = message.hops
+        deadline = trio.current_time() + min(message.deadline_ms / 1000, self.max_deadline)
+        missing = [t for t in hop.inputs.values() if t not in message.tensors]
+        if missing:
+            raise InvalidInputError(
+                f"step {hop.step!r} takes tensor {missing[0]!r}, which the request does not carry"
+            )
+        model = self._model(hop.model_id)
+        started = trio.current_time()
+        try:
+            outputs = await model.run(
+                {name: message.tensors[t] for name, t in hop.inputs.items()},
+                timeout=deadline - started,
+            )
+        except P2PNetError as exc:
+            raise type(exc)(f"step {hop.step!r}: {exc.message}") from None
+        own = TraceEntry(
+            hop.step, model.model_id, self.local_peer_id, (trio.current_time() - started) * 1000
+        )
+        available = {**message.tensors, **{f"{hop.step}.{k}": v for k, v in outputs.items()}}
+        unknown = [name for name in hop.keep if name not in available]
+        if unknown:
+            raise InvalidInputError(
+                f"step {hop.step!r} is to pass on {unknown[0]!r}, which no earlier step produced"
+            )
+        kept = {name: available[name] for name in hop.keep}
+        if not rest:
+            return ForwardResult(message.request_id, kept, (own,))
+        if self.forwarder is None:
+            raise UnknownModelError("this peer does not forward pipelines to other peers")
+        remaining_ms = math.ceil((deadline - trio.current_time()) * 1000)
+        if remaining_ms <= 0:
+            raise DeadlineExceededError(
+                f"the deadline passed at step {hop.step!r}, before step {rest[0].step!r}"
+            )
+        downstream = await self.forwarder(
+            Forward(message.request_id, tuple(rest), kept, remaining_ms)
+        )
+        return ForwardResult(message.request_id, downstream.outputs, (own, *downstream.trace))
 
     def _model(self, model_id: str) -> ServedModel:
         model = self.models.get(model_id)
@@ -146,7 +208,7 @@ class InvokeServer:
         self.stats.count_error(code)
         return ErrorReply(request_id, code, exc.message)
 
-    def _encode_reply(self, reply: Result | ErrorReply) -> EncodedMessage:
+    def _encode_reply(self, reply: Result | ForwardResult | ErrorReply) -> EncodedMessage:
         try:
             return encode_message(reply, self.limits)
         except P2PNetError as exc:

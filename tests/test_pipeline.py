@@ -1,0 +1,239 @@
+"""Pipelines across real peers on 127.0.0.1: plan, run orchestrated and forwarded,
+failover, and errors that stop a pipeline before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import pytest
+import trio
+from onnx import TensorProto, helper
+
+from p2pnet import Peer
+from p2pnet.errors import (
+    InvalidInputError,
+    ModelExecutionError,
+    SchemaMismatchError,
+    UnknownModelError,
+)
+from p2pnet.pipeline import Pipeline
+from p2pnet.runtime.onnx_model import OnnxModel
+
+X = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+
+# plus1(x) and times2(x) are independent; add(a, b) needs both: y = (x + 1) + 2x.
+SPEC: dict[str, Any] = {
+    "pipeline": "arith",
+    "inputs": {"x": "float32[n]"},
+    "steps": {
+        "plus1": {"task": "plus-one", "inputs": {"x": "input.x"}, "deadline": 10},
+        "times2": {"task": "times-two", "inputs": {"x": "input.x"}, "deadline": 10},
+        "add": {"task": "add", "inputs": {"a": "plus1.y", "b": "times2.y"}, "deadline": 10},
+    },
+    "outputs": {"y": "add.y", "plus1": "plus1.y"},
+}
+
+
+def _model(path: Path, nodes: list[onnx.NodeProto], inputs: list[str], dtype: int) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info(n, dtype, ["n"]) for n in inputs],
+        [helper.make_tensor_value_info("y", dtype, ["n"])],
+        initializer=[
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def arith(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("arith")
+    f, i = TensorProto.FLOAT, TensorProto.INT64
+    return {
+        "plus1": _model(d / "plus1.onnx", [helper.make_node("Add", ["x", "one"], ["y"])], ["x"], f),
+        "times2": _model(
+            d / "times2.onnx", [helper.make_node("Mul", ["x", "two"], ["y"])], ["x"], f
+        ),
+        "add": _model(d / "add.onnx", [helper.make_node("Add", ["a", "b"], ["y"])], ["a", "b"], f),
+        "add_int": _model(
+            d / "add_int.onnx", [helper.make_node("Add", ["a", "b"], ["y"])], ["a", "b"], i
+        ),
+    }
+
+
+@pytest.fixture
+async def swarm(arith: dict[str, Path]) -> AsyncIterator[list[Peer]]:
+    """Peer 0 bootstraps and calls; peers 1, 2, 3 serve plus1, times2, add."""
+    async with AsyncExitStack() as stack:
+        boot = await stack.enter_async_context(Peer())
+        peers = [boot]
+        for _ in range(3):
+            peers.append(await stack.enter_async_context(Peer(bootstrap=[boot.addrs[0]])))
+        for peer, name, task in zip(
+            peers[1:], ("plus1", "times2", "add"), ("plus-one", "times-two", "add"), strict=True
+        ):
+            peer.serve(arith[name], tasks=[task])
+            assert await peer.announce() > 0
+        yield peers
+
+
+def expected(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return (x + 1) + 2 * x
+
+
+@pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
+async def test_three_peer_pipeline_with_provenance(swarm: list[Peer], mode: str) -> None:
+    pipeline = Pipeline.from_dict(SPEC)
+    result = await pipeline.run(swarm[0], {"x": X}, mode=mode)  # type: ignore[arg-type]
+    np.testing.assert_allclose(result.outputs["y"], expected(X))
+    np.testing.assert_allclose(result.outputs["plus1"], X + 1)
+    by_step = {t.step: t for t in result.steps}
+    assert set(by_step) == {"plus1", "times2", "add"}
+    for i, step in enumerate(("plus1", "times2", "add"), start=1):
+        assert by_step[step].peer_id == swarm[i].peer_id
+        assert by_step[step].model_id == next(iter(swarm[i].models))
+        assert by_step[step].model_name == step
+    assert result.steps[-1].step == "add"
+    # Forwarded: each serving peer ran exactly one step and only peer 1 was called by us.
+    for peer in swarm[1:]:
+        assert peer.server.stats.calls == 1
+
+
+async def test_the_caller_may_serve_a_step_itself(
+    swarm: list[Peer], arith: dict[str, Path]
+) -> None:
+    swarm[0].serve(arith["plus1"], tasks=["plus-one"])
+    await swarm[0].announce()
+    pipeline = Pipeline.from_dict(SPEC)
+    plan = await pipeline.plan(swarm[0])
+    offers = plan.steps["plus1"].offers
+    assert {o.record.peer_id for o in offers} == {swarm[0].peer_id, swarm[1].peer_id}
+    local_first = sorted(offers, key=lambda o: o.record.peer_id != swarm[0].peer_id)
+    plan = _with_offers(plan, "plus1", local_first)
+    for mode in ("orchestrated", "forwarded"):
+        result = await pipeline.run(swarm[0], {"x": X}, mode=mode, plan=plan)  # type: ignore[arg-type]
+        np.testing.assert_allclose(result.outputs["y"], expected(X))
+        assert {t.step: t.peer_id for t in result.steps}["plus1"] == swarm[0].peer_id
+
+
+class HangingModel(OnnxModel):
+    """Served like a model; a call blocks until the peer is killed."""
+
+    started: trio.Event
+
+    async def run(self, inputs: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+        self.started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+def _with_offers(plan: Any, step: str, offers: Any) -> Any:
+    steps = dict(plan.steps)
+    steps[step] = dataclasses.replace(steps[step], offers=tuple(offers))
+    return dataclasses.replace(plan, steps=steps)
+
+
+@pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
+async def test_a_provider_killed_mid_run_fails_over(
+    swarm: list[Peer], arith: dict[str, Path], mode: str
+) -> None:
+    """A second provider of 'times-two' is ranked first; it is killed while it runs the
+    step, and the pipeline finishes on the other provider."""
+    hanging = HangingModel.load(arith["times2"])
+    hanging.started = trio.Event()
+    async with trio.open_nursery() as nursery:
+        kill = trio.Event()
+        ready = trio.Event()
+        doomed: list[Peer] = []
+
+        async def run_doomed_peer() -> None:
+            # Leaving the block closes the host and its connections mid-call, as the
+            # operating system does for a process that is killed.
+            async with Peer(bootstrap=[swarm[0].addrs[0]], shutdown_grace=0) as peer:
+                peer.serve(hanging, tasks=["times-two"])
+                await peer.announce()
+                doomed.append(peer)
+                ready.set()
+                await kill.wait()
+
+        nursery.start_soon(run_doomed_peer)
+        await ready.wait()
+        pipeline = Pipeline.from_dict(SPEC)
+        plan = await pipeline.plan(swarm[0])
+        offers = plan.steps["times2"].offers
+        assert {o.record.peer_id for o in offers} == {swarm[2].peer_id, doomed[0].peer_id}
+        dying_first = sorted(offers, key=lambda o: o.record.peer_id != doomed[0].peer_id)
+        plan = _with_offers(plan, "times2", dying_first)
+
+        async def kill_when_it_runs() -> None:
+            await hanging.started.wait()
+            kill.set()
+
+        nursery.start_soon(kill_when_it_runs)
+        result = await pipeline.run(swarm[0], {"x": X}, mode=mode, plan=plan)  # type: ignore[arg-type]
+    np.testing.assert_allclose(result.outputs["y"], expected(X))
+    times2 = next(t for t in result.steps if t.step == "times2")
+    assert times2.peer_id == swarm[2].peer_id
+    if mode == "orchestrated":
+        assert times2.failed and times2.failed[0][0] == doomed[0].peer_id
+
+
+async def test_schema_mismatch_is_found_before_anything_runs(
+    swarm: list[Peer], arith: dict[str, Path]
+) -> None:
+    doc = {**SPEC, "steps": {**SPEC["steps"], "add": {**SPEC["steps"]["add"], "task": "add-int"}}}
+    swarm[3].serve(arith["add_int"], tasks=["add-int"])
+    await swarm[3].announce()
+    with pytest.raises(SchemaMismatchError, match=r"plus1.y -> add.a: float32 does not fit"):
+        await Pipeline.from_dict(doc).run(swarm[0], {"x": X})
+    assert all(p.server.stats.calls == 0 for p in swarm)
+
+
+async def test_unknown_task_and_bad_inputs_stop_before_anything_runs(swarm: list[Peer]) -> None:
+    doc = {**SPEC, "steps": {**SPEC["steps"], "add": {**SPEC["steps"]["add"], "task": "nope"}}}
+    with pytest.raises(UnknownModelError, match="step 'add': no peer in the swarm offers"):
+        await Pipeline.from_dict(doc).run(swarm[0], {"x": X})
+    pipeline = Pipeline.from_dict(SPEC)
+    with pytest.raises(InvalidInputError, match="missing 'x'"):
+        await pipeline.run(swarm[0], {"y": X})
+    with pytest.raises(InvalidInputError, match="has dtype float64"):
+        await pipeline.run(swarm[0], {"x": X.astype(np.float64)})
+    assert all(p.server.stats.calls == 0 for p in swarm)
+
+
+@pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
+async def test_a_failing_step_is_named_and_peers_keep_serving(
+    swarm: list[Peer], models: dict[str, Path], mode: str
+) -> None:
+    """reshape3 fails at run time unless len(x) is a multiple of 3."""
+    swarm[3].serve(models["reshape3"], tasks=["reshape-three"])
+    await swarm[3].announce()
+    doc = {
+        "inputs": {"x": "float32[n]"},
+        "steps": {
+            "plus1": SPEC["steps"]["plus1"],
+            "reshape": {"task": "reshape-three", "inputs": {"x": "plus1.y"}},
+        },
+        "outputs": {"y": "reshape.y"},
+    }
+    pipeline = Pipeline.from_dict(doc)
+    result = await pipeline.run(swarm[0], {"x": X}, mode=mode)  # type: ignore[arg-type]
+    np.testing.assert_allclose(result.outputs["y"], (X + 1).reshape(3, 1))
+    with pytest.raises(ModelExecutionError, match="step 'reshape'") as failed:
+        await pipeline.run(swarm[0], {"x": np.ones(4, np.float32)}, mode=mode)  # type: ignore[arg-type]
+    assert failed.value.peer in {swarm[1].peer_id, swarm[3].peer_id}
+    result = await Pipeline.from_dict(SPEC).run(swarm[0], {"x": X}, mode=mode)  # type: ignore[arg-type]
+    np.testing.assert_allclose(result.outputs["y"], expected(X))
