@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,models]'
 	touch $(STAMP)
 
-build/models/.built: $(STAMP) scripts/build_models.py
+build/models/.built: $(STAMP) scripts/build_models.py scripts/build_cs_models.py scripts/data/customer_service/*.tsv
 	$(BIN)/python scripts/build_models.py --out build/models
+	$(BIN)/python scripts/build_cs_models.py --out build/models
 	touch $@
 
 models: build/models/.built
@@ -26,6 +27,8 @@ test: $(STAMP)
 
 bench: models
 	$(BIN)/python scripts/bench/invoke.py --models build/models --out build/bench
+	$(BIN)/python scripts/bench/dht.py --out build/bench
+	$(BIN)/python scripts/bench/pipeline.py --models build/models --out build/bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pnet tests scripts

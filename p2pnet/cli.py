@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p2pnet import __version__
@@ -669,7 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except P2PNetError as exc:
-        err.print(f"[bold red]error[/]: {exc}", soft_wrap=True)
+        # escape: messages hold brackets ("float32[n]", "p2pnet[models]") that rich
+        # would otherwise take for markup and drop.
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         return 130

@@ -1,23 +1,26 @@
-"""The p2pnet demo: a local swarm where peers find each other's models through the DHT.
+"""The p2pnet demo: a customer-service pipeline across a local swarm of five peers.
 
-Starts a bootstrap peer and a serving peer as processes of their own (``p2pnet
-peer``) on 127.0.0.1; the serving peer joins through the bootstrap peer and
-announces its iris and sentiment models by task. A third peer, in this process,
-joins the same way, finds the models by task (knowing no address but the
-bootstrap peer's), calls them, shows what a bad call looks like, and the two
-processes are stopped with SIGINT. Nothing leaves this machine.
+Five ``p2pnet peer`` processes on 127.0.0.1, each serving different models:
+
+  peer 1  bootstrap; serves the ticket router (a Python function behind an adapter)
+  peer 2  emotion-analysis   (MiniLM embeddings + a trained classifier)
+  peer 3  kb-retrieval       (MiniLM sentence embeddings over the shop's help articles)
+  peer 4  reply-generation
+  peer 5  reply-generation and emotion-analysis again: a second provider
+
+A sixth peer, in this process, joins through peer 1 knowing no other address, finds
+a provider for every step of examples/customer_service.yaml through the DHT, checks
+the schemas, and runs the pipeline on three customer messages, showing each step's
+result and which peer and model produced it. Then it runs one message forwarded
+(peer to peer, not through the caller), kills peer 4 and runs again to show the
+failover to peer 5, and stops every peer with SIGINT. Nothing leaves this machine.
+
 Usage: python scripts/demo.py [--models build/models]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import signal
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,150 +31,131 @@ from rich.console import Console
 from rich.table import Table
 
 from p2pnet import Peer
-from p2pnet.errors import P2PNetError
+from p2pnet.localswarm import PeerProcess, start_peer
+from p2pnet.pipeline import Pipeline, PipelineResult
 
 REPO = Path(__file__).resolve().parent.parent
+SPEC = REPO / "examples" / "customer_service.yaml"
+ADAPTER = REPO / "examples" / "adapters" / "ticket_router.json"
+MESSAGES = [
+    "My order arrived broken, I want a refund",
+    "Where is my parcel? It was supposed to be here three days ago",
+    "Thanks a lot, the new headphones are great!",
+]
 console = Console(highlight=False, soft_wrap=True)
 
 
-def start_peer(args: list[str], shown: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """Run `p2pnet peer ARGS` in its own process; return it and its output up to "ready"."""
-    console.print(f"[dim]$ p2pnet peer {shown}[/]")
-    command = [sys.executable, "-m", "p2pnet.cli", "peer", "--listen", "/ip4/127.0.0.1/tcp/0"]
-    proc = subprocess.Popen(
-        command + args, stdout=subprocess.PIPE, text=True, env=os.environ | {"COLUMNS": "200"}
+def short(text: str, n: int = 14) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def show(result: PipelineResult, names: dict[str, str], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("step", "model", "peer", "ms", "failed over"):
+        table.add_column(column, justify="right" if column == "ms" else "left")
+    for t in result.steps:
+        failed = ", ".join(f"{names.get(p, short(p))} ({code})" for p, code in t.failed)
+        table.add_row(
+            t.step, f"{t.model_name} {short(t.model_id, 16)}", names.get(t.peer_id, t.peer_id),
+            f"{t.ms:.1f}", failed or "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+def show_outputs(result: PipelineResult, row: int = 0) -> None:
+    out = {k: str(v[row]) for k, v in result.outputs.items()}
+    console.print(
+        f"  emotion [bold]{out['emotion']}[/]   article [bold]{out['article']}[/]   "
+        f"priority [bold]{out['priority']}[/] -> queue {out['queue']}"
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 30
-    for line in proc.stdout:
-        console.print(f"[dim]  {line.rstrip()}[/]")
-        lines.append(line)
-        if line.startswith("ready") or time.monotonic() > deadline:
-            break
-    if not any(line.startswith("ready") for line in lines):
-        proc.kill()
-        raise SystemExit("a peer did not start; run the command above by hand to see why")
-    return proc, lines
+    console.print(f"  reply   [green]{out['reply']}[/]\n")
 
 
-def address_of(lines: list[str]) -> str:
-    return next(m.group(1) for line in lines if (m := re.match(r"listening (\S+)", line)))
-
-
-async def call_models(bootstrap: str) -> None:
-    async with Peer(bootstrap=[bootstrap]) as client:
-        console.print(f"\na third peer {client.peer_id} joins through the bootstrap peer\n")
-        offers = await client.find(task="iris-species")
-        table = Table(title="p2pnet find --task iris-species (DHT lookup + signed record)")
-        for column in ("model", "peer", "input", "latency"):
-            table.add_column(column)
-        for offer in offers:
-            r = offer.record
-            table.add_row(
-                f"{r.name} {r.model_id[:16]}...", f"{r.peer_id[:16]}...",
-                r.schema.inputs[0].describe(), f"{offer.rtt * 1000:.1f} ms",
-            )  # fmt: skip
-        console.print(table)
-        address = str(offers[0].address)
-        iris_id = offers[0].record.model_id
-        iris = np.array(
-            [[5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 4.2, 1.5], [6.7, 3.0, 5.2, 2.3]], np.float32
+async def run_pipeline(bootstrap: str, peers: dict[str, PeerProcess]) -> None:
+    names = {p.peer_id: name for name, p in peers.items()}
+    pipeline = Pipeline.from_file(SPEC)
+    console.print(f"\n[bold]p2pnet pipeline check[/] {SPEC.relative_to(REPO)}: ", end="")
+    console.print(", ".join(f"{s.name} ({s.target})" for s in pipeline.spec.steps))
+    async with Peer(bootstrap=[bootstrap]) as caller:
+        names[caller.peer_id] = "caller"
+        t0 = time.perf_counter()
+        plan = await pipeline.plan(caller)
+        console.print(
+            f"a sixth peer joined through peer 1 and planned in "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms "
+            "(one DHT lookup per step, signed records checked, schemas matched):"
         )
-        species = ["setosa", "versicolor", "virginica"]
-        started = time.perf_counter()
-        out = await client.call({"x": iris}, task="iris-species")
-        first_ms = (time.perf_counter() - started) * 1000
-        table = Table(
-            title=f"call --task iris-species ({first_ms:.1f} ms: lookup, describe, dial, call)"
-        )
-        for column in ("measurements", "species", "p"):
-            table.add_column(column)
-        for row, label, probs in zip(iris, out["label"], out["probabilities"], strict=True):
-            table.add_row(
-                ", ".join(f"{v:.1f}" for v in row), species[int(label)], f"{probs.max():.2f}"
+        for name, step in plan.steps.items():
+            providers = ", ".join(names.get(o.record.peer_id, "?") for o in step.offers)
+            console.print(
+                f"  {name:<9} {step.model_name:<14} {short(step.model_id, 20)}  on {providers}"
             )
-        console.print(table)
 
-        messages = [
-            "I love it, works great",
-            "My order arrived broken, I want a refund",
-            "Fast delivery and friendly support",
-        ]
-        offer, out = await client.call_with_offer(
-            {"text": np.array(messages, dtype=object)}, task="sentiment-analysis"
-        )
-        table = Table(
-            title=f"call --task sentiment-analysis: {offer.record.name} on "
-            f"{offer.record.peer_id[:16]}... (a string tensor in, labels out)"
-        )
-        for column in ("message", "label", "p"):
-            table.add_column(column)
-        for text, label, probs in zip(messages, out["label"], out["probabilities"], strict=True):
-            table.add_row(text, str(label), f"{probs.max():.2f}")
-        console.print(table)
+        for i, message in enumerate(MESSAGES, start=1):
+            console.print(f'\n[bold]message {i}[/]: "{message}"')
+            result = await pipeline.run(
+                caller, {"text": np.array([message], dtype=object)}, plan=plan
+            )
+            show(result, names, f"orchestrated, {result.total_ms:.0f} ms")
+            show_outputs(result)
 
-        latencies = []
-        for _ in range(200):
-            started = time.perf_counter()
-            await client.invoke(address, iris_id, {"x": iris[:1]})
-            latencies.append((time.perf_counter() - started) * 1000)
+        message = np.array([MESSAGES[0]], dtype=object)
+        result = await pipeline.run(caller, {"text": message}, mode="forwarded", plan=plan)
         console.print(
-            f"200 warm calls on the open connection: p50 {statistics.median(latencies):.2f} ms, "
-            f"p95 {np.percentile(latencies, 95):.2f} ms"
+            "[bold]forwarded[/]: the caller sends the plan to the first step's peer; "
+            "each peer passes the tensors on to the next"
         )
+        show(result, names, f"forwarded, {result.total_ms:.0f} ms (run times as each peer reports)")
 
-        console.print(
-            "\na call with the wrong shape gets a precise error, and the peer keeps serving:"
-        )
-        try:
-            await client.invoke(address, iris_id, {"x": np.zeros((1, 3), np.float32)})
-        except P2PNetError as exc:
-            console.print(f"  [red]{type(exc).__name__}[/]: {exc}")
-        out = await client.invoke(address, iris_id, {"x": iris[:1]})
-        console.print(f"  next call: {species[int(out['label'][0])]}")
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+        console.print("[bold]peer 4 is killed[/] (SIGKILL); the same plan runs again:")
+        peers["peer 4"].kill()
+        result = await pipeline.run(caller, {"text": message}, plan=plan)
+        show(result, names, f"orchestrated after a crash, {result.total_ms:.0f} ms")
+        show_outputs(result)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--models", type=Path, default=REPO / "build" / "models")
     args = parser.parse_args()
     started = time.monotonic()
-    procs: list[subprocess.Popen[str]] = []
-    codes: list[int] = []
+    m = {name: str(args.models / f"{name}.onnx") for name in ("emotion", "retrieval", "reply")}
+    layout = {
+        "peer 2": ["--serve", m["emotion"], "--task", "emotion-analysis"],
+        "peer 3": ["--serve", m["retrieval"], "--task", "kb-retrieval"],
+        "peer 4": ["--serve", m["reply"], "--task", "reply-generation"],
+        "peer 5": [
+            "--serve", m["reply"], "--task", "reply-generation",
+            "--serve", m["emotion"], "--task", "emotion-analysis",
+        ],
+    }  # fmt: skip
+    peers: dict[str, PeerProcess] = {}
+    codes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="p2pnet-demo-") as tmp:
         try:
-            boot, lines = start_peer(
-                ["--role", "bootstrap", "--identity", f"{tmp}/boot.key"],
-                "--role bootstrap --listen /ip4/127.0.0.1/tcp/0",
+            console.print("[dim]$ p2pnet peer --role bootstrap --serve ticket_router.json[/]")
+            boot = start_peer(
+                ["--role", "bootstrap", "--serve", str(ADAPTER)], identity=Path(tmp) / "1.key"
             )
-            procs.append(boot)
-            bootstrap = address_of(lines)
-            server, _ = start_peer(
-                [
-                    "--identity", f"{tmp}/server.key", "--bootstrap", bootstrap,
-                    "--serve", str(args.models / "iris.onnx"), "--task", "iris-species",
-                    "--serve", str(args.models / "sentiment.onnx"),
-                    "--task", "sentiment-analysis",
-                ],
-                "--serve iris.onnx --serve sentiment.onnx --task iris-species "
-                "--task sentiment-analysis --bootstrap <the bootstrap peer>",
-            )  # fmt: skip
-            procs.append(server)
-            trio.run(call_models, bootstrap)
+            peers["peer 1"] = boot
+            for name, serve in layout.items():
+                shown = " ".join(Path(a).name if a.endswith(".onnx") else a for a in serve)
+                console.print(f"[dim]$ p2pnet peer {shown} --bootstrap <peer 1>[/]")
+                peers[name] = start_peer(
+                    [*serve, "--bootstrap", boot.address], identity=Path(tmp) / f"{name[-1]}.key"
+                )
+            for name, peer in peers.items():
+                console.print(f"[dim]  {name}: {peer.peer_id}[/]")
+            trio.run(run_pipeline, boot.address, peers)
         finally:
-            codes = [stop(proc) for proc in reversed(procs)]
-    console.print(f"\npeers stopped (exit {codes}); demo took {time.monotonic() - started:.1f} s")
-    if any(codes):
+            for name, peer in reversed(peers.items()):
+                if peer.process.poll() is None:
+                    codes[name] = peer.stop()
+    console.print(
+        f"peers stopped with SIGINT (exit codes {list(codes.values())}); "
+        f"the demo took {time.monotonic() - started:.1f} s"
+    )
+    if any(codes.values()):
         raise SystemExit(1)
 
 

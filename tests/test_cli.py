@@ -211,6 +211,21 @@ def test_main_returns_2_for_usage_errors(
     assert "is not a model ID" in capsys.readouterr().err
 
 
+def test_error_messages_keep_their_brackets(
+    config_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Messages are printed as text, not as rich markup that would eat '[...]'."""
+    assert main(["pipeline", "run", "missing.yaml", "--input", "x:floatx[1]=[1]"]) == 2
+    assert "cannot read pipeline missing.yaml" in capsys.readouterr().err
+    spec = config_home.parent / "p.yaml"
+    spec.write_text(
+        "inputs: {x: 'float32[n]'}\nsteps: {a: {task: t, inputs: {x: input.x}}}\n"
+        "outputs: {y: a.y}\n"
+    )
+    assert main(["pipeline", "run", str(spec), "--input", "x:int64=[1]"]) == 2
+    assert "float32[n]" in capsys.readouterr().err
+
+
 def test_find_and_call_by_task_through_a_bootstrap_peer(
     env: dict[str, str], models: dict[str, Path], tmp_path: Path
 ) -> None:
