@@ -67,7 +67,14 @@ OPENERS = {
     "sadness": "I am really sorry to hear that, and I want to put it right for you. ",
     "worry": "Don't worry, this can be sorted out. ",
 }
-CLOSING = " If anything is still unclear, just reply to this message."
+# ... and after it, per emotion label (unknown labels: the neutral one).
+CLOSINGS = {
+    "anger": " If this does not solve it, reply to this message and a team lead will take over.",
+    "gratitude": " Thanks again for shopping with us!",
+    "neutral": " If anything is still unclear, just reply to this message.",
+    "sadness": " We hope this makes things a little better.",
+    "worry": " If you are still unsure, reply to this message and we will check it for you.",
+}
 
 # Each model's doc_string (what `p2pnet model inspect` and ONNX viewers show).
 DOCS = {
@@ -77,7 +84,8 @@ DOCS = {
     "articles; text string [N] -> article string [N] (best article id), answer string [N] (its "
     "answer), passages string [N,3] (top-3 answers, best first), scores float32 [N,3] (cosines)",
     "reply": "reply: fixed template; emotion string [N], answer string [N] -> reply string [N] "
-    "= opener for the emotion + answer + a closing line (no learning, no generation)",
+    "= opener for the emotion + answer + closing line for the emotion (no learning, no "
+    "generation)",
 }
 
 
@@ -131,7 +139,7 @@ def _encoder_bytes(quantize: bool) -> bytes:
     normalisation are part of the graph, so the output equals sentence-transformers'
     encode(normalize_embeddings=True). Exported with torch.onnx's TorchScript exporter
     (dynamo=False), which is deterministic and takes ~2 s here; quantize=True applies
-    onnxruntime's dynamic int8 quantization to the weights.
+    onnxruntime's dynamic int8 quantization (per-channel weights).
     """
     import torch
     from transformers import AutoModel
@@ -178,7 +186,8 @@ def _encoder_bytes(quantize: bool) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = pathlib.Path(tmp, "fp32.onnx"), pathlib.Path(tmp, "int8.onnx")
         src.write_bytes(data)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        # Per-channel weights: closer to float32 than per-tensor (docs/models.md).
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
         return dst.read_bytes()
 
 
@@ -416,10 +425,10 @@ def build_retrieval(quantize: bool = True) -> onnx.ModelProto:
 
 
 def build_reply(quantize: bool = True) -> onnx.ModelProto:
-    """reply: opener(emotion) + answer + closing line (DOCS["reply"]).
+    """reply: opener(emotion) + answer + closing(emotion) (DOCS["reply"]).
 
-    The opener is a fixed sentence per emotion label (LabelEncoder; the neutral one for
-    unknown labels), the closing line is the same for all. No learning, no generation.
+    Opener and closing line are fixed sentences per emotion label (two LabelEncoders; the
+    neutral ones for unknown labels), joined with StringConcat. No learning, no generation.
     """
     del quantize
     nodes = [
@@ -432,6 +441,15 @@ def build_reply(quantize: bool = True) -> onnx.ModelProto:
             values_strings=list(OPENERS.values()),
             default_string=OPENERS["neutral"],
         ),
+        helper.make_node(
+            "LabelEncoder",
+            ["emotion"],
+            ["closing"],
+            domain="ai.onnx.ml",
+            keys_strings=list(CLOSINGS),
+            values_strings=list(CLOSINGS.values()),
+            default_string=CLOSINGS["neutral"],
+        ),
         helper.make_node("StringConcat", ["opener", "answer"], ["opened"]),
         helper.make_node("StringConcat", ["opened", "closing"], ["reply"]),
     ]
@@ -440,7 +458,7 @@ def build_reply(quantize: bool = True) -> onnx.ModelProto:
         helper.make_tensor_value_info("answer", TensorProto.STRING, ["N"]),
     ]
     outputs = [helper.make_tensor_value_info("reply", TensorProto.STRING, ["N"])]
-    inits = [_const("closing", CLOSING, object)]
+    inits: list[TensorProto] = []
     opsets = {"": REPLY_OPSET, "ai.onnx.ml": base.ML_OPSET}
     return _model(build_reply, nodes, inputs, outputs, inits, opsets)
 
