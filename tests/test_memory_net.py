@@ -511,3 +511,34 @@ def test_an_idle_host_costs_well_under_two_kilobytes() -> None:
         tracemalloc.stop()
     # ~540 B measured, of which ~250 B is peer_id's encoding cache (bounded, not per host).
     assert per_host < 1024, per_host
+
+
+async def test_stream_pool_closes_streams_idle_too_long(
+    network: MemoryNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Idle pooled streams are closed after max_idle_time: the caller, not the server's
+    idle timeout, ends them, and nothing idle is held forever."""
+    from p2pnet.core.messages import MessageReader
+    from p2pnet.net.channels import StreamPool
+
+    server, client = network.add_host(), network.add_host()
+    closed = trio.Event()
+
+    async def serve_until_closed(stream: ByteStream) -> None:
+        await echo(stream)
+        closed.set()
+
+    server.set_stream_handler(ECHO, serve_until_closed)
+    pool: StreamPool[MessageReader] = StreamPool(client, ECHO, MessageReader, max_idle_time=10)
+    first = await pool.checkout(address(server))
+    await pool.checkin(first)
+    await trio.sleep(5)
+    again = await pool.checkout(address(server))
+    assert again is first and again.reused  # still fresh: reused
+    await pool.checkin(again)
+    await trio.sleep(11)
+    fresh = await pool.checkout(address(server))
+    assert fresh is not first and not fresh.reused
+    with trio.fail_after(1):
+        await closed.wait()  # the expired stream was closed, and the server saw it
+    assert pool.idle(server.peer_id) == []

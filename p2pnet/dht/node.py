@@ -133,7 +133,12 @@ class DhtNode:
             config.add_provider_rate, config.add_provider_burst
         )
         self._pool: StreamPool[KadMessageReader] = StreamPool(
-            host, KAD_PROTOCOL, KadMessageReader, max_idle=config.max_idle_streams
+            host,
+            KAD_PROTOCOL,
+            KadMessageReader,
+            max_idle=config.max_idle_streams,
+            # Ours close before the other side's close them (same timeout for both).
+            max_idle_time=config.stream_idle_timeout * 0.8,
         )
         self._nursery: trio.Nursery | None = None
         self.requests_served = 0

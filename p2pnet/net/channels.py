@@ -84,6 +84,7 @@ class Channel(Generic[R]):
     stream: ByteStream
     reader: R
     reused: bool = False
+    idle_since: float = 0.0
 
 
 class StreamPool(Generic[R]):
@@ -94,16 +95,27 @@ class StreamPool(Generic[R]):
         protocol: the protocol ID.
         new_reader: makes the reader of a new stream.
         max_idle: finished streams kept per peer; more are closed.
+        max_idle_time: seconds a finished stream is kept; older ones are closed when the
+            pool is next used. Keep it below the server's idle timeout, so that we close
+            streams before the server does and never reuse a stream it is closing.
     """
 
     def __init__(
-        self, host: StreamHost, protocol: str, new_reader: Callable[[], R], *, max_idle: int = 2
+        self,
+        host: StreamHost,
+        protocol: str,
+        new_reader: Callable[[], R],
+        *,
+        max_idle: int = 2,
+        max_idle_time: float = 240.0,
     ) -> None:
         self._host = host
         self._protocol = protocol
         self._new_reader = new_reader
         self._max_idle = max_idle
+        self._max_idle_time = max_idle_time
         self._idle: dict[str, list[Channel[R]]] = {}
+        self._next_prune = 0.0
 
     def idle(self, peer_id: str) -> list[Channel[R]]:
         """The idle channels kept for ``peer_id`` (a copy)."""
@@ -115,6 +127,7 @@ class StreamPool(Generic[R]):
         Raises:
             PeerUnreachableError: no stream could be opened.
         """
+        await self._prune()
         idle = self._idle.get(peer.peer_id)
         if idle:
             channel = idle.pop()
@@ -133,9 +146,28 @@ class StreamPool(Generic[R]):
             return
         idle = self._idle.setdefault(channel.stream.peer_id, [])
         if len(idle) < self._max_idle:
+            channel.idle_since = trio.current_time()
             idle.append(channel)
             return
         await channel.stream.close()
+
+    async def _prune(self) -> None:
+        """Close the streams idle for longer than ``max_idle_time``; runs at most twice
+        per ``max_idle_time``, so that a busy pool does not scan on every request."""
+        now = trio.current_time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self._max_idle_time / 2
+        expired: list[Channel[R]] = []
+        for peer_id in list(self._idle):
+            keep = [c for c in self._idle[peer_id] if now - c.idle_since < self._max_idle_time]
+            expired += [c for c in self._idle[peer_id] if now - c.idle_since >= self._max_idle_time]
+            if keep:
+                self._idle[peer_id] = keep
+            else:
+                del self._idle[peer_id]
+        for channel in expired:
+            await channel.stream.close()
 
     async def aclose(self) -> None:
         """Close every idle stream."""
