@@ -80,8 +80,9 @@ CLOSINGS = {
 DOCS = {
     "emotion": "emotion: MiniLM sentence embedding + logistic regression; text string [N] -> "
     "label string [N], scores float32 [N,5] (softmax; class order: " + ", ".join(EMOTIONS) + ")",
-    "retrieval": "retrieval: MiniLM sentence embedding, cosine similarity to 34 knowledge-base "
-    "articles; text string [N] -> article string [N] (best article id), answer string [N] (its "
+    "retrieval": "retrieval: MiniLM sentence embedding, cosine similarity to the knowledge-base "
+    "articles of scripts/data/customer_service/kb.tsv; text string [N] -> article string [N] "
+    "(best article id), answer string [N] (its "
     "answer), passages string [N,3] (top-3 answers, best first), scores float32 [N,3] (cosines)",
     "reply": "reply: fixed template; emotion string [N], answer string [N] -> reply string [N] "
     "= opener for the emotion + answer + closing line for the emotion (no learning, no "
@@ -510,8 +511,29 @@ def heldout_quality(paths: dict[str, pathlib.Path]) -> dict[str, Any]:
     }
 
 
-def latency_ms(paths: dict[str, pathlib.Path], repeat: int = 3) -> dict[str, dict[str, float]]:
-    """Per-message latency (one message per run, default session options): median and p90."""
+def _per_message_ms(sess: Any, feed: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+    """Run every input once per round; the round with the lowest median counts (other
+    processes on a shared machine only ever add time). Median and p90, in ms."""
+    sess.run(None, feed[0])  # warm-up
+    best: list[float] = []
+    for _ in range(rounds):
+        times = []
+        for inputs in feed:
+            start = time.perf_counter()
+            sess.run(None, inputs)
+            times.append((time.perf_counter() - start) * 1000)
+        times.sort()
+        if not best or statistics.median(times) < statistics.median(best):
+            best = times
+    return {
+        "median": round(statistics.median(best), 3),
+        "p90": round(best[int(0.9 * len(best))], 3),
+    }
+
+
+def latency_ms(paths: dict[str, pathlib.Path], rounds: int = 5) -> dict[str, Any]:
+    """Per-message latency over the held-out messages, one message per run, with
+    onnxruntime's default threads and with one thread; and session creation time."""
     _, (texts, emotions, _) = message_data()
     answers = [a["answer"] for a in kb_articles()]
     feeds: dict[str, list[dict[str, np.ndarray]]] = {
@@ -522,20 +544,15 @@ def latency_ms(paths: dict[str, pathlib.Path], repeat: int = 3) -> dict[str, dic
             for i, e in enumerate(emotions)
         ],
     }
-    result = {}
+    result: dict[str, Any] = {}
     for name, feed in feeds.items():
+        start = time.perf_counter()
         sess = session(paths[name])
-        sess.run(None, feed[0])  # warm-up
-        times = []
-        for _ in range(repeat):
-            for inputs in feed:
-                start = time.perf_counter()
-                sess.run(None, inputs)
-                times.append((time.perf_counter() - start) * 1000)
-        times.sort()
+        load_ms = (time.perf_counter() - start) * 1000
         result[name] = {
-            "median": round(statistics.median(times), 3),
-            "p90": round(times[int(0.9 * len(times))], 3),
+            "session_create_ms": round(load_ms, 1),
+            "default_threads": _per_message_ms(sess, feed, rounds),
+            "one_thread": _per_message_ms(session(paths[name], threads=1), feed, rounds),
         }
     return result
 
@@ -557,15 +574,11 @@ def emotion_tfidf_baseline() -> dict[str, Any]:
     data = model.SerializeToString(deterministic=True)
     sess = session(model)
     label = sess.run(["label"], {"text": np.array(test_texts, dtype=str)})[0]
-    times = []
-    for text in test_texts:
-        start = time.perf_counter()
-        sess.run(None, {"text": np.array([text])})
-        times.append((time.perf_counter() - start) * 1000)
+    feed = [{"text": np.array([text])} for text in test_texts]
     return {
         "size": len(data),
         "heldout_accuracy": float(np.mean(label == test_emotions)),
-        "latency_ms_median": round(statistics.median(times), 3),
+        "latency_ms_per_message": _per_message_ms(sess, feed, rounds=5),
     }
 
 
