@@ -4,13 +4,15 @@ forwarded, against the same models run one after another in one process (the flo
 Usage: python scripts/bench/pipeline.py [--models build/models] [--out build/bench]
                                         [--runs 50] [--quick]
 
-Four ``p2pnet peer`` processes on 127.0.0.1: a bootstrap peer and one peer each for
-emotion-analysis, kb-retrieval and reply-generation. The caller, a peer in this
+Four ``p2pnet peer`` processes on 127.0.0.1: a bootstrap peer (also serving the
+ticket-routing adapter) and one peer each for emotion-analysis, kb-retrieval and
+reply-generation. The caller, a peer in this
 process, joins through the bootstrap peer, plans the pipeline once (DHT lookups,
 describe, schema check: timed as "plan"), then runs it on customer messages from
 scripts/data/customer_service/messages.tsv, one message at a time:
 
-  floor         the three models in this process with onnxruntime, one after another
+  floor         the four steps in this process (onnxruntime, the adapter's function),
+                one after another
   orchestrated  this peer calls the three steps (emotion and retrieval at once)
   forwarded     the inputs go to the emotion peer, which forwards to retrieval, then
                 reply; the result comes back along the chain
@@ -48,9 +50,12 @@ from _common import REPO_ROOT, git_state, machine_info
 from p2pnet.localswarm import PeerProcess, start_peer
 from p2pnet.peer import Peer
 from p2pnet.pipeline import Pipeline
+from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import OnnxModel
 
 SPEC = REPO_ROOT / "examples" / "customer_service.yaml"
+ADAPTER = REPO_ROOT / "examples" / "adapters" / "ticket_router.json"
+OUTPUTS = ("emotion", "article", "reply", "priority", "queue")
 CS_MODELS = {
     "emotion": "emotion-analysis",
     "retrieval": "kb-retrieval",
@@ -135,17 +140,25 @@ def summary(samples_ms: list[float]) -> dict[str, float]:
 def floor(
     paths: dict[str, Path], texts: list[str], warmup: int
 ) -> tuple[dict[str, Any], list[Any]]:
-    """The three models in this process, one after another, per message."""
+    """The four steps in this process, one after another, per message."""
     emotion, retrieval, reply = (
         OnnxModel.load(paths[n]) for n in ("emotion", "retrieval", "reply")
     )
+    router = CallableModel.load(ADAPTER)
 
     def run(text: str) -> dict[str, Any]:
         x = np.array([text], dtype=object)
         e = emotion.run_sync({"text": x})
         r = retrieval.run_sync({"text": x})
         out = reply.run_sync({"emotion": e["label"], "answer": r["answer"]})
-        return {"emotion": e["label"], "article": r["article"], "reply": out["reply"]}
+        route = router.run_sync({"emotion": e["label"], "article": r["article"]})
+        return {
+            "emotion": e["label"],
+            "article": r["article"],
+            "reply": out["reply"],
+            "priority": route["priority"],
+            "queue": route["queue"],
+        }
 
     for text in texts[:warmup]:
         run(text)
@@ -189,7 +202,7 @@ async def measure(
 
             stats, results = await timed(len(texts), warmup, call)
             mismatches = sum(
-                any(r.outputs[k].tolist() != e[k].tolist() for k in ("emotion", "article", "reply"))
+                any(r.outputs[k].tolist() != e[k].tolist() for k in OUTPUTS)
                 for r, e in zip(results, expected, strict=True)
             )
             figures[mode] = {**stats, "mismatches_vs_floor": mismatches}
@@ -226,7 +239,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2pnet-bench-") as tmp:
         synthetic = build_synthetic(Path(tmp))
         try:
-            boot = start_peer(["--role", "bootstrap"], identity=Path(tmp) / "boot.key")
+            boot = start_peer(
+                ["--role", "bootstrap", "--serve", str(ADAPTER)], identity=Path(tmp) / "boot.key"
+            )
             peers.append(boot)
             extra = {"emotion": "expand", "retrieval": "reduce"}
             for name, task in CS_MODELS.items():
@@ -278,9 +293,9 @@ def render(report: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "how" else "right")
     base = report["floor"]["p50_ms"]
     for key, label in (
-        ("floor", "floor: 3 models in one process"),
-        ("orchestrated", "orchestrated, 3 peers"),
-        ("forwarded", "forwarded, 3 peers"),
+        ("floor", "floor: 4 steps in one process"),
+        ("orchestrated", "orchestrated, 4 peers"),
+        ("forwarded", "forwarded, 4 peers"),
     ):
         r = report[key]
         same = "-" if key == "floor" else f"{r['n'] - r['mismatches_vs_floor']}/{r['n']}"
