@@ -201,6 +201,21 @@ def _const(name: str, value: Any, dtype: Any = None) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name=name)
 
 
+def tokenizer_node(text: str, token_ids: str) -> onnx.NodeProto:
+    """BertTokenizer for all-MiniLM-L6-v2: one text [1] -> token_ids int64 [L], with
+    [CLS] and [SEP], at most MAX_TOKENS (the other three outputs are unused)."""
+    return helper.make_node(
+        "BertTokenizer",
+        [text],
+        [token_ids, f"{token_ids}_types", f"{token_ids}_mask", f"{token_ids}_offsets"],
+        domain=CONTRIB,
+        vocab_file=(_minilm_dir() / "vocab.txt").read_text(encoding="utf-8"),
+        do_lower_case=1,
+        strip_accents=1,  # the HF tokenizer strips accents when lower-casing
+        max_length=MAX_TOKENS,
+    )
+
+
 def _embed_nodes(quantize: bool) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Nodes mapping ``text`` string [N] to ``embedding`` float32 [N, 384], and initializers.
 
@@ -210,20 +225,10 @@ def _embed_nodes(quantize: bool) -> tuple[list[onnx.NodeProto], list[TensorProto
     encoder = onnx.load_from_string(_encoder_bytes(quantize))
     encoder = onnx.compose.add_prefix(encoder, "enc/")
     enc_graph = encoder.graph
-    vocab = (_minilm_dir() / "vocab.txt").read_text(encoding="utf-8")
     body_nodes = [
         helper.make_node("Unsqueeze", ["i", "axes0"], ["i1"]),
         helper.make_node("Gather", ["text", "i1"], ["one_text"], axis=0),
-        helper.make_node(
-            "BertTokenizer",
-            ["one_text"],
-            ["token_ids", "token_types", "token_mask", "token_offsets"],
-            domain=CONTRIB,
-            vocab_file=vocab,
-            do_lower_case=1,
-            strip_accents=1,  # the HF tokenizer strips accents when lower-casing
-            max_length=MAX_TOKENS,
-        ),
+        tokenizer_node("one_text", "token_ids"),
         helper.make_node("Unsqueeze", ["token_ids", "axes0"], [enc_graph.input[0].name]),
         *enc_graph.node,
         helper.make_node("Identity", [enc_graph.output[0].name], ["one_embedding"]),

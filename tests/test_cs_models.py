@@ -191,6 +191,36 @@ async def test_async_run_and_edge_cases(loaded: dict[str, OnnxModel]) -> None:
     assert out["article"][1] == "refund-status"
 
 
+def test_tokenizer_matches_hugging_face() -> None:
+    """The in-graph BertTokenizer gives the token IDs of the model's own HF tokenizer."""
+    from onnx import TensorProto, helper
+    from transformers import AutoTokenizer
+
+    graph = helper.make_graph(
+        [build.tokenizer_node("text", "ids")],
+        "tokenize",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, [1])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
+    session = build.session(helper.make_model(graph, opset_imports=opsets))
+    reference = AutoTokenizer.from_pretrained(str(build._minilm_dir()))
+    texts = [m["text"] for m in _rows("messages.tsv")] + build.kb_texts(build.kb_articles())
+    texts += ["Crème brûlée, naïve café: ÜBER-cool!! 😀 £20 ½ 東京", "", "word " * 400]
+    for text in texts:
+        ids = session.run(["ids"], {"text": np.array([text])})[0].tolist()
+        assert ids == reference(text, truncation=True, max_length=256)["input_ids"], text
+
+
+def test_batch_equals_one_at_a_time(loaded: dict[str, OnnxModel]) -> None:
+    texts = ["Where is my refund?", "Thanks a lot, the sofa is perfect!", "Do you ship to Norway?"]
+    batch = loaded["retrieval"].run_sync({"text": np.array(texts)})
+    for i, text in enumerate(texts):
+        one = loaded["retrieval"].run_sync({"text": np.array([text])})
+        assert one["article"][0] == batch["article"][i]
+        np.testing.assert_allclose(one["scores"][0], batch["scores"][i], rtol=1e-6)
+
+
 def test_heldout_quality_floor(cs_models: dict[str, Path]) -> None:
     quality = build.heldout_quality(cs_models)
     assert quality["heldout_messages"] == 85
