@@ -12,8 +12,9 @@ A sixth peer, in this process, joins through peer 1 knowing no other address, fi
 a provider for every step of examples/customer_service.yaml through the DHT, checks
 the schemas, and runs the pipeline on three customer messages, showing each step's
 result and which peer and model produced it. Then it runs one message forwarded
-(peer to peer, not through the caller), kills peer 4 and runs again to show the
-failover to peer 5, and stops every peer with SIGINT. Nothing leaves this machine.
+(peer to peer, not through the caller), kills the peer that served the reply and
+runs again to show the failover to the other reply provider, and stops every peer
+with SIGINT. Nothing leaves this machine.
 
 Usage: python scripts/demo.py [--models build/models]
 """
@@ -107,8 +108,10 @@ async def run_pipeline(bootstrap: str, peers: dict[str, PeerProcess]) -> None:
         )
         show(result, names, f"forwarded, {result.total_ms:.0f} ms (run times as each peer reports)")
 
-        console.print("[bold]peer 4 is killed[/] (SIGKILL); the same plan runs again:")
-        peers["peer 4"].kill()
+        # Kill whichever peer served the reply step: the next run must fail over.
+        victim = names[next(t.peer_id for t in result.steps if t.step == "reply")]
+        console.print(f"[bold]{victim} is killed[/] (SIGKILL); the same plan runs again:")
+        peers[victim].kill()
         result = await pipeline.run(caller, {"text": message}, plan=plan)
         show(result, names, f"orchestrated after a crash, {result.total_ms:.0f} ms")
         show_outputs(result)

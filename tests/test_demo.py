@@ -1,0 +1,30 @@
+"""scripts/demo.py (what `make demo` runs): five peers, the pipeline on three messages,
+forwarded once, a crash with failover, clean shutdown."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_demo_runs_the_pipeline_and_stops_cleanly(cs_models: dict[str, Path]) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--models",
+         str(cs_models["emotion"].parent)],
+        capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert out.count("orchestrated,") == 3
+    assert "forwarded," in out
+    assert "article refund-request" in out  # the broken-order message finds the refund article
+    # The reply peer is killed; the step fails over to the other reply provider.
+    assert re.search(r"peer [45] \((unreachable|connection_lost)\)", out), out
+    assert "peers stopped with SIGINT (exit codes [0, 0, 0, 0])" in out
