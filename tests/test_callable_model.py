@@ -37,16 +37,21 @@ REPO = Path(__file__).resolve().parent.parent
 ROUTER = REPO / "examples" / "adapters" / "ticket_router.json"
 
 TICKETS = {
-    "emotion": np.array(["anger", "frustration", "worry", "joy", "neutral", "sarcasm"], object),
-    "article": np.array(
-        ["refund-policy", "damaged-item", "damaged-item", "shipping", "refund-policy", "faq"],
+    "emotion": np.array(
+        ["anger", "frustration", "worry", "joy", "neutral", "sarcasm", "sadness", "gratitude"],
         object,
     ),
-}
+    "article": np.array(
+        ["refund-policy", "damaged-item", "damaged-item", "shipping", "refund-policy", "faq",
+         "damaged-item", "feedback"],
+        object,
+    ),
+}  # fmt: skip
 ROUTED = {
-    "priority": ["urgent", "urgent", "normal", "low", "normal", "normal"],
-    "queue": ["escalations", "escalations", "returns", "support", "billing", "support"],
-}
+    "priority": ["urgent", "urgent", "normal", "low", "normal", "normal", "urgent", "low"],
+    "queue": ["escalations", "escalations", "returns", "support", "billing", "support",
+              "escalations", "support"],
+}  # fmt: skip
 
 # A test adapter whose behaviour the `mode` input picks.
 PROBE_SOURCE = """

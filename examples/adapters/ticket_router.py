@@ -1,12 +1,14 @@
 """Ticket router: a plain rule, served as a p2pnet adapter (see ticket_router.json).
 
-emotion (anger, frustration, worry, neutral, joy; anything else counts as neutral) and
+emotion (the emotion model's anger, gratitude, neutral, sadness, worry; also frustration
+and joy; anything else counts as neutral) and
 article (the help article a ticket matched, e.g. "refund-policy") -> priority and queue.
 """
 
 from typing import Any
 
-UPSET = {"anger", "frustration"}
+UPSET = {"anger", "frustration", "sadness"}
+PLEASED = {"joy", "gratitude"}
 SENSITIVE = ("refund", "damaged")
 
 
@@ -17,7 +19,7 @@ def route(inputs: dict[str, Any]) -> dict[str, list[str]]:
         sensitive = any(word in article for word in SENSITIVE)
         if emotion in UPSET and sensitive:
             priority = "urgent"
-        elif emotion == "joy" and not sensitive:
+        elif emotion in PLEASED and not sensitive:
             priority = "low"
         else:
             priority = "normal"
