@@ -7,6 +7,7 @@
     │   ├── ModelFileError           a model file that cannot be read or is not valid ONNX
     │   ├── InvalidModelIdError      text that is not a model ID (a CIDv1)     [invalid_model_id]
     │   ├── UnknownModelError        the peer does not serve that model ID     [unknown_model]
+    │   ├── PermissionDeniedError    the model is not served to this caller    [permission_denied]
     │   ├── InvalidInputError        inputs do not match the model's schema    [invalid_input]
     │   ├── PipelineSpecError        a pipeline spec that cannot run           [pipeline_spec]
     │   │   └── SchemaMismatchError      its steps' models do not fit together  [schema_mismatch]
@@ -64,6 +65,7 @@ __all__ = [
     "PeerBusyError",
     "PeerError",
     "PeerUnreachableError",
+    "PermissionDeniedError",
     "PipelineSpecError",
     "ProtocolError",
     "ProviderQuotaError",
@@ -136,6 +138,13 @@ class UnknownModelError(UsageError):
     """The peer does not serve the requested model ID."""
 
     code = "unknown_model"
+
+
+class PermissionDeniedError(UsageError):
+    """The peer serves the model, but not to this caller: it is not on the model's
+    access list."""
+
+    code = "permission_denied"
 
 
 class InvalidInputError(UsageError):
@@ -295,6 +304,7 @@ _WIRE_CODES: dict[str, type[P2PNetError]] = {
     for cls in (
         InvalidModelIdError,
         UnknownModelError,
+        PermissionDeniedError,
         InvalidInputError,
         PayloadTooLargeError,
         ModelExecutionError,

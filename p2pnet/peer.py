@@ -20,17 +20,20 @@ import numpy.typing as npt
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pnet.access import AccessPolicy
 from p2pnet.core.messages import Forward, WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import ModelFinder, Offer, RecordPublisher
-from p2pnet.errors import ConfigError, UnknownModelError, UsageError
+from p2pnet.errors import ConfigError, InvalidAddressError, UnknownModelError, UsageError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
+from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
 from p2pnet.net.host import Host, PeerAddress, open_host, parse_peer_address
 from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
+from p2pnet.net.pnet import SwarmKey, load_swarm_key
 from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel
@@ -64,6 +67,12 @@ class Peer:
         forward: pass forwarded pipelines on to the next step's peer (see
             docs/pipelines.md); False still runs a forwarded step served here when it
             is the last one.
+        swarm_key: a private network's key (a SwarmKey, or the path of a swarm key
+            file): only peers with the same key connect (docs/networking.md).
+            Bootstrap addresses may be ``/dnsaddr/`` names, resolved when it starts.
+        announce: multiaddrs to put in this peer's capability records instead of its
+            listen addresses (e.g. a public address in front of a port forward);
+            relayed addresses from NAT traversal are added to them.
     """
 
     def __init__(
@@ -77,25 +86,35 @@ class Peer:
         dht: DhtConfig = DhtConfig(),
         shutdown_grace: float = 30.0,
         forward: bool = True,
+        swarm_key: SwarmKey | str | Path | None = None,
+        announce: Sequence[str] = (),
     ) -> None:
         self._identity = identity or generate_identity()
         self._listen = tuple(listen)
         self._limits = limits
         self._max_concurrency = max_concurrency
         self._models: dict[str, ServedModel] = {}
-        self.server = InvokeServer(self._models, limits=limits)
+        self.access = AccessPolicy(peer_id_of(self._identity))
+        self.server = InvokeServer(self._models, limits=limits, access=self.access)
+        self.swarm_key = (
+            swarm_key
+            if swarm_key is None or isinstance(swarm_key, SwarmKey)
+            else load_swarm_key(swarm_key)
+        )
+        self._announce = tuple(_announce_addr(a) for a in announce)
         self._host: Host | None = None
         self._client: InvokeClient | None = None
         self._stack: AsyncExitStack | None = None
         self.shutdown_grace = shutdown_grace
         self._forward = forward
-        self._bootstrap = [parse_peer_address(a) for a in bootstrap]
+        self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
+        self._bootstrap_dns = [a for a in bootstrap if is_dnsaddr(a)]
         self._dht_config = dht
         self.dht: DhtNode | None = None
         self.finder: ModelFinder | None = None
         self._nursery: trio.Nursery | None = None
         signing_key = Ed25519PrivateKey.from_private_bytes(self._identity.private_key.to_bytes())
-        self.publisher = RecordPublisher(signing_key, self.peer_id, lambda: self.addrs)
+        self.publisher = RecordPublisher(signing_key, self.peer_id, lambda: self.announced_addrs)
 
     @property
     def peer_id(self) -> str:
@@ -105,6 +124,15 @@ class Peer:
     def addrs(self) -> list[str]:
         """Full multiaddrs of this peer (``.../p2p/<peer-id>``); empty until started."""
         return self._host.addrs if self._host else []
+
+    @property
+    def announced_addrs(self) -> list[str]:
+        """The addresses this peer's records carry: ``announce`` (plus relayed addresses)
+        if given, else ``addrs``."""
+        if not self._announce:
+            return self.addrs
+        relayed = [a for a in self.addrs if "/p2p-circuit" in a]
+        return [f"{a}/p2p/{self.peer_id}" for a in self._announce] + relayed
 
     @property
     def host(self) -> Host:
@@ -128,6 +156,7 @@ class Peer:
         *,
         tasks: Sequence[str] = (),
         max_concurrency: int | None = None,
+        allow: Sequence[str] | None = None,
     ) -> ModelInfo:
         """Serve a model under its content ID: an ONNX file, an adapter manifest (a
         ``.json`` file naming a Python function, docs/adapters.md), or a model already
@@ -136,6 +165,10 @@ class Peer:
 
         Works before and after the peer starts; once running, the model and its tasks
         are announced in the DHT in the background.
+
+        ``allow`` (peer IDs) serves the model to those peers only (and to this one):
+        others get PermissionDeniedError, and its record is described to allowed peers
+        only (docs/networking.md). None serves it to everyone.
 
         Raises:
             ModelFileError: the file cannot be read or loaded.
@@ -149,6 +182,8 @@ class Peer:
                 model = OnnxModel.load(model, max_concurrency=limit)
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
+        if allow is not None:
+            self.access.restrict(model.model_id, allow)
         self.publisher.add(model.info, tasks)
         self._models.setdefault(model.model_id, model)
         if self._nursery is not None:
@@ -260,10 +295,12 @@ class Peer:
         if self._stack is not None:
             raise ConfigError("this Peer is already running")
         async with AsyncExitStack() as stack:
-            host = await stack.enter_async_context(open_host(self._identity, self._listen))
+            host = await stack.enter_async_context(
+                open_host(self._identity, self._listen, swarm_key=self.swarm_key)
+            )
             self._host = host
             host.set_stream_handler(INVOKE_PROTOCOL, self.server.handle_stream)
-            describe_server = DescribeServer(self.publisher.envelopes)
+            describe_server = DescribeServer(self.publisher.envelopes, permits=self.access.permits)
             host.set_stream_handler(DESCRIBE_PROTOCOL, describe_server.handle_stream)
             client = self._client = InvokeClient(host, limits=self._limits)
             stack.push_async_callback(client.aclose)
@@ -299,6 +336,9 @@ class Peer:
             self._nursery = nursery
             self.dht.attach(nursery)
             await nursery.start(self.dht.run_maintenance)
+            if self._bootstrap_dns:
+                self._bootstrap += await resolve_bootstrap(self._bootstrap_dns)
+                self._bootstrap_dns = []
             if self._bootstrap:
                 joined = await self.dht.bootstrap(self._bootstrap)
                 log.info("joined the swarm: %d peers in the routing table", joined)
@@ -331,3 +371,21 @@ class Peer:
                             model.info.name,
                             self.shutdown_grace,
                         )
+
+def _announce_addr(text: str) -> str:
+    """An ``announce`` address without its /p2p/ part.
+
+    Raises:
+        InvalidAddressError: not a multiaddr.
+    """
+    import multiaddr
+
+    text = text.strip()
+    head, sep, tail = text.rpartition("/p2p/")
+    if sep and "/" not in tail:  # a trailing /p2p/<peer-id>
+        text = head
+    try:
+        multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise InvalidAddressError(f"announce address {text!r} is not a multiaddr: {exc}") from None
+    return text

@@ -122,6 +122,9 @@ class DescribeServer:
         idle_timeout: seconds a stream may wait for its next request before it is closed.
         drain_timeout: seconds to read and drop what a caller still sends after a
             request that broke the protocol, so that it sees the error reply.
+        permits: ``permits(model_id, caller_peer_id)`` says whether the caller may call
+            the model (p2pnet.access); records of models it may not are left out of
+            the reply. None: every record goes to everyone.
     """
 
     def __init__(
@@ -131,8 +134,10 @@ class DescribeServer:
         limits: DescribeLimits = DEFAULT_DESCRIBE_LIMITS,
         idle_timeout: float = 300.0,
         drain_timeout: float = 2.0,
+        permits: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.records_provider = records_provider
+        self.permits = permits
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
@@ -166,14 +171,16 @@ class DescribeServer:
                 await stream.reset()
                 return
             try:
-                await stream.write(self._reply_frame(message))
+                await stream.write(self._reply_frame(message, stream.peer_id))
             except ConnectionLostError as exc:
                 log.debug("caller %s went away before its reply: %s", stream.peer_id, exc)
                 await stream.reset()
                 return
 
-    def answer(self, request: DescribeRequest) -> RecordsReply:
-        """The reply to ``request``: this peer's matching records that fit one reply.
+    def answer(self, request: DescribeRequest, caller: str | None = None) -> RecordsReply:
+        """The reply to ``request`` from ``caller``: this peer's matching records that
+        the caller may use (see ``permits``; an unnamed caller is on no access list),
+        as many as fit one reply.
 
         Raises:
             Whatever ``records_provider`` raises.
@@ -183,6 +190,7 @@ class DescribeServer:
             envelope
             for envelope, record in self._decode_all(self.records_provider())
             if request.matches(record)
+            and (self.permits is None or self.permits(record.model_id, caller or ""))
         ]
         reply, left_out = fit_records_reply(matching, self.limits)
         if left_out:
@@ -198,9 +206,9 @@ class DescribeServer:
         self.stats.records_sent += len(reply.records)
         return reply
 
-    def _reply_frame(self, request: DescribeRequest) -> bytes:
+    def _reply_frame(self, request: DescribeRequest, caller: str) -> bytes:
         try:
-            return encode_describe_message(self.answer(request), self.limits)
+            return encode_describe_message(self.answer(request, caller), self.limits)
         except Exception as exc:
             log.exception("answering a describe request failed")
             error = InternalPeerError(f"this peer failed to list its records: {exc!r}")

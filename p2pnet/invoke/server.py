@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from p2pnet.access import AccessPolicy
 from p2pnet.core.messages import (
     EncodedMessage,
     ErrorReply,
@@ -35,6 +36,7 @@ from p2pnet.errors import (
     InvalidInputError,
     P2PNetError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ProtocolError,
     RemoteProtocolError,
     UnknownModelError,
@@ -76,6 +78,7 @@ class InvokeServer:
         local_peer_id: this peer's ID, for the trace of forwarded pipelines.
         forwarder: passes forwarded pipelines on to their next hop; None refuses to
             forward (a pipeline whose last hop is here still runs).
+        access: per-model access lists (p2pnet.access); None serves every model to all.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class InvokeServer:
         drain_timeout: float = 2.0,
         local_peer_id: str = "",
         forwarder: Forwarder | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.models = models
         self.limits = limits
@@ -96,6 +100,7 @@ class InvokeServer:
         self.drain_timeout = drain_timeout
         self.local_peer_id = local_peer_id
         self.forwarder = forwarder
+        self.access = access
         self.stats = ServerStats()
 
     async def handle_stream(self, stream: ByteStream) -> None:
@@ -137,8 +142,8 @@ class InvokeServer:
         self.stats.calls += 1
         try:
             if isinstance(message, Forward):
-                return await self._forward(message)
-            model = self._model(message.model_id)
+                return await self._forward(message, caller)
+            model = self._model(message.model_id, caller)
             timeout = min(message.deadline_ms / 1000, self.max_deadline)
             return Result(message.request_id, await model.run(message.inputs, timeout=timeout))
         except P2PNetError as exc:
@@ -148,7 +153,7 @@ class InvokeServer:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
             return ErrorReply(message.request_id, "internal", f"internal error: {exc!r}")
 
-    async def _forward(self, message: Forward) -> ForwardResult:
+    async def _forward(self, message: Forward, caller: str) -> ForwardResult:
         """Run the first hop here, then hand the rest to the forwarder."""
         hop, *rest = message.hops
         deadline = trio.current_time() + min(message.deadline_ms / 1000, self.max_deadline)
@@ -157,7 +162,10 @@ class InvokeServer:
             raise InvalidInputError(
                 f"step {hop.step!r} takes tensor {missing[0]!r}, which the request does not carry"
             )
-        model = self._model(hop.model_id)
+        try:
+            model = self._model(hop.model_id, caller)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(f"step {hop.step!r}: {exc.message}") from None
         started = trio.current_time()
         try:
             outputs = await model.run(
@@ -190,15 +198,21 @@ class InvokeServer:
         )
         return ForwardResult(message.request_id, downstream.outputs, (own, *downstream.trace))
 
-    def _model(self, model_id: str) -> ServedModel:
+    def _model(self, model_id: str, caller: str) -> ServedModel:
         model = self.models.get(model_id)
+        if model is None:
+            canonical = parse_model_id(model_id)  # raises InvalidModelIdError for non-IDs
+            model = self.models.get(canonical)
         if model is not None:
+            if self.access is not None:
+                self.access.check(model.model_id, caller, model.info.name)
             return model
-        canonical = parse_model_id(model_id)  # raises InvalidModelIdError for non-IDs
-        model = self.models.get(canonical)
-        if model is not None:
-            return model
-        served = ", ".join(f"{m.info.name} {mid}" for mid, m in list(self.models.items())[:5])
+        visible = [
+            (mid, m)
+            for mid, m in self.models.items()
+            if self.access is None or self.access.permits(mid, caller)
+        ]
+        served = ", ".join(f"{m.info.name} {mid}" for mid, m in visible[:5])
         raise UnknownModelError(
             f"this peer does not serve model {canonical}; it serves: {served or 'nothing'}"
         )

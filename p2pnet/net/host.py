@@ -36,6 +36,7 @@ from p2pnet.errors import (
 )
 from p2pnet.net.identity import KeyPair, peer_id_of
 from p2pnet.net.logs import inherit_libp2p_log_level
+from p2pnet.net.pnet import PnetHandshakeError, SwarmKey, psk_for, recent_failure
 
 __all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
 
@@ -178,9 +179,17 @@ StreamHandler = Callable[[Stream], Awaitable[None]]
 class Host:
     """A running libp2p host: its identity, its addresses, its streams."""
 
-    def __init__(self, raw: IHost, identity: KeyPair) -> None:
+    def __init__(
+        self,
+        raw: IHost,
+        identity: KeyPair,
+        swarm_key: SwarmKey | None = None,
+        psk: str | None = None,
+    ) -> None:
         self._raw = raw
         self.peer_id = peer_id_of(identity)
+        self.swarm_key = swarm_key
+        self._psk = psk  # what py-libp2p got: p2pnet.net.pnet keeps handshake failures in it
 
     @property
     def addrs(self) -> list[str]:
@@ -213,6 +222,8 @@ class Host:
                 speak ``protocol``.
         """
         peer_id = ID.from_base58(peer.peer_id)
+        if peer.addrs and self.swarm_key is not None:
+            peer = _without_quic(peer)
         if peer.addrs:
             addrs = [multiaddr.Multiaddr(a) for a in peer.addrs]
             # py-libp2p's swarm keeps a "negative cache" of peers whose dial failed and
@@ -225,8 +236,7 @@ class Host:
                 raise
             except Exception as exc:  # swarm and transport raise many unrelated types
                 raise PeerUnreachableError(
-                    f"cannot connect to peer {peer}: {_reason(exc)}; check that it is running "
-                    "and that the address is right"
+                    f"cannot connect to peer {peer}: {self._dial_failure(exc, peer)}"
                 ) from None
         try:
             raw = await self._raw.new_stream(peer_id, [TProtocol(protocol)])
@@ -237,6 +247,35 @@ class Host:
                 f"cannot open a {protocol} stream to peer {peer}: {_reason(exc)}"
             ) from None
         return Stream(raw, peer.peer_id)
+
+    def _dial_failure(self, exc: BaseException, peer: PeerAddress) -> str:
+        """Why a dial failed, saying so when a private network is the likely cause."""
+        chain = _chain(exc)
+        pnet = next((e for e in chain if isinstance(e, PnetHandshakeError)), None)
+        if pnet is not None:
+            return str(pnet)
+        # py-libp2p's dial error keeps only "failed after 3 attempts"; the private network
+        # layer remembers why its handshakes failed.
+        for addr in peer.addrs:
+            try:
+                ma = multiaddr.Multiaddr(addr)
+                ip = ma.value_for_protocol("ip6" if "/ip6/" in addr else "ip4")
+                failure = recent_failure(self._psk, str(ip), int(ma.value_for_protocol("tcp")))
+            except Exception:  # not an ip/tcp address
+                continue
+            if failure is not None:
+                return failure
+        if any("security" in str(e) or "multiselect" in str(e).lower() for e in chain):
+            if self.swarm_key is None:
+                return (
+                    f"the handshake failed ({_reason(exc)}); the other side may be in a "
+                    "private network (give its swarm key with --swarm-key or --swarm)"
+                )
+            return (
+                f"the handshake failed ({_reason(exc)}); the other side may be in a private "
+                f"network with a different swarm key (this peer's: {self.swarm_key.fingerprint})"
+            )
+        return f"{_reason(exc)}; check that it is running and that the address is right"
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """Transport addresses known for ``peer_id`` (from dialling it or from identify)."""
@@ -284,6 +323,51 @@ def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None
     return exc
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, its causes and contexts, and the members of exception groups, in order."""
+    out: list[BaseException] = []
+    todo = [exc]
+    while todo and len(out) < 64:
+        e = todo.pop(0)
+        if any(e is seen for seen in out):
+            continue
+        out.append(e)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(c for c in (e.__cause__, e.__context__) if c is not None)
+    return out
+
+
+def _check_no_quic(addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Refuse QUIC listen addresses on a private-network host.
+
+    py-libp2p 0.8.1 does not apply the pre-shared key to QUIC connections (a peer
+    without the key connects), and the spec's QUIC protector (pnet/QUIC.md) is not
+    implemented there.
+    """
+    for addr in addrs:
+        if any(p.name.startswith("quic") for p in addr.protocols()):
+            raise ConfigError(
+                f"cannot listen on {addr} with a swarm key: py-libp2p does not apply the "
+                "private network key to QUIC, so anyone could connect; use TCP addresses"
+            )
+
+
+def _without_quic(peer: PeerAddress) -> PeerAddress:
+    """``peer`` without its QUIC addresses, which a private-network host must not dial.
+
+    Raises:
+        ConfigError: QUIC addresses only.
+    """
+    kept = tuple(a for a in peer.addrs if "/quic" not in a)
+    if not kept:
+        raise ConfigError(
+            f"cannot dial {peer} with a swarm key: py-libp2p does not apply the private "
+            "network key to QUIC; give a TCP address of the peer"
+        )
+    return PeerAddress(peer.peer_id, kept)
+
+
 def _reason(exc: BaseException) -> str:
     """The innermost message of an exception chain, which says what actually failed."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -301,22 +385,29 @@ async def open_host(
     listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
     *,
     dial_timeout: float = 10.0,
+    swarm_key: SwarmKey | None = None,
 ) -> AsyncIterator[Host]:
     """Run a libp2p host (TCP, Noise, Yamux) listening on ``listen`` until the block exits.
 
     mDNS, UPnP and bootstrap discovery stay off: nothing is dialled or announced that
-    the caller did not ask for.
+    the caller did not ask for. With ``swarm_key``, every connection carries the
+    private network layer (p2pnet.net.pnet): only peers with the same key connect.
 
     Raises:
         InvalidAddressError: a listen address that is not a multiaddr.
-        ConfigError: the host cannot listen (address in use, not local, ...).
+        ConfigError: the host cannot listen (address in use, not local, QUIC with a
+            swarm key, ...).
     """
+
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
         raise InvalidAddressError(f"bad listen address in {list(listen)}: {exc}") from None
+    if swarm_key is not None:
+        _check_no_quic(listen_addrs)
     _check_tcp_ports_free(listen_addrs)
     inherit_libp2p_log_level()
+    psk = psk_for(swarm_key) if swarm_key is not None else None
     raw = new_host(
         key_pair=identity,
         enable_mDNS=False,
@@ -325,6 +416,8 @@ async def open_host(
         # 250 ms ("happy eyeballs") on every dial for a second connection; one
         # connection per peer removes the wait. Yamux multiplexes all our streams on it.
         connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout),
+        # py-libp2p's own psk layer is not the spec's cipher: p2pnet.net.pnet replaces it.
+        psk=psk,
     )
     try:
         async with AsyncExitStack() as stack:
@@ -339,7 +432,7 @@ async def open_host(
             # p2pnet dials only what it is asked to: stop it before anything connects.
             await raw.get_network().auto_connector.stop()  # type: ignore[attr-defined]
             try:
-                yield Host(raw, identity)
+                yield Host(raw, identity, swarm_key, psk)
             finally:
                 # Leaving host.run() stops the swarm by cancelling it, and its clean-up
                 # then closes each connection inside the cancelled scope: the first
