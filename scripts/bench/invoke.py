@@ -34,7 +34,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import select
 import statistics
 import subprocess
@@ -47,6 +46,9 @@ from typing import Any
 
 import numpy as np
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info
 
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
@@ -405,41 +407,6 @@ async def run(
 # ---------------------------------------------------------------- report
 
 
-def machine_info() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "cpu_model": cpu_model,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "libp2p": version("libp2p"),
-        "onnxruntime": version("onnxruntime"),
-        "trio": version("trio"),
-        "numpy": version("numpy"),
-        "msgpack": version("msgpack"),
-        "p2pnet": version("p2pnet"),
-    }
-
-
 def render(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -509,7 +476,7 @@ def main() -> None:
     started = time.perf_counter()
     paths = ensure_models(args.models)
     plan = Plan.for_mode(args.quick)
-    machine = machine_info()
+    machine = machine_info("onnxruntime", "numpy", "msgpack")
     proc, child = start_child(args.models)
     try:
         result = trio.run(run, plan, paths, child, proc.pid)
