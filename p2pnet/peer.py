@@ -33,6 +33,7 @@ from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
 from p2pnet.net.host import Host, PeerAddress, open_host, parse_peer_address
 from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
+from p2pnet.net.nat import DEFAULT_NAT, NatConfig
 from p2pnet.net.pnet import SwarmKey, load_swarm_key
 from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
@@ -67,6 +68,11 @@ class Peer:
         forward: pass forwarded pipelines on to the next step's peer (see
             docs/pipelines.md); False still runs a forwarded step served here when it
             is the last one.
+        nat: NAT traversal (docs/networking.md): whether this peer is reachable is asked
+            of its bootstrap peers (AutoNAT); unless public it reserves a relay slot on
+            them and announces the relayed address; relayed connections are upgraded to
+            direct ones by hole punching. ``NatConfig(relay_service=True)`` makes it a
+            relay (bootstrap peers); None turns all of it off.
         swarm_key: a private network's key (a SwarmKey, or the path of a swarm key
             file): only peers with the same key connect (docs/networking.md).
             Bootstrap addresses may be ``/dnsaddr/`` names, resolved when it starts.
@@ -86,6 +92,7 @@ class Peer:
         dht: DhtConfig = DhtConfig(),
         shutdown_grace: float = 30.0,
         forward: bool = True,
+        nat: NatConfig | None = DEFAULT_NAT,
         swarm_key: SwarmKey | str | Path | None = None,
         announce: Sequence[str] = (),
     ) -> None:
@@ -107,6 +114,7 @@ class Peer:
         self._stack: AsyncExitStack | None = None
         self.shutdown_grace = shutdown_grace
         self._forward = forward
+        self._nat = nat
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._bootstrap_dns = [a for a in bootstrap if is_dnsaddr(a)]
         self._dht_config = dht
@@ -296,7 +304,7 @@ class Peer:
             raise ConfigError("this Peer is already running")
         async with AsyncExitStack() as stack:
             host = await stack.enter_async_context(
-                open_host(self._identity, self._listen, swarm_key=self.swarm_key)
+                open_host(self._identity, self._listen, nat=self._nat, swarm_key=self.swarm_key)
             )
             self._host = host
             host.set_stream_handler(INVOKE_PROTOCOL, self.server.handle_stream)
@@ -342,10 +350,31 @@ class Peer:
             if self._bootstrap:
                 joined = await self.dht.bootstrap(self._bootstrap)
                 log.info("joined the swarm: %d peers in the routing table", joined)
+                await self._join_nat()
             if self._models:
                 nursery.start_soon(self.announce)
             self._stack = stack.pop_all()
         return self
+
+    async def _join_nat(self) -> None:
+        """Reachability and relay slots through the bootstrap peers we are connected
+        to, before anything is announced (the records carry the relayed address)."""
+        host = self.host
+        if host.nat is None:
+            return
+        connected = [b.peer_id for b in self._bootstrap if host.connection_count(b.peer_id)]
+        with trio.move_on_after(10.0):
+            await host.nat.join(connected)
+
+    @property
+    def reachability(self) -> str:
+        """"public", "private" or "unknown" (before joining, or nobody answered)."""
+        nat = self._host.nat if self._host else None
+        return nat.reachability.value if nat else "unknown"
+
+    def path(self, peer_id: str) -> str | None:
+        """How this peer is connected to ``peer_id``: "direct", "relayed", or None."""
+        return self.host.path(peer_id)
 
     async def __aexit__(
         self,

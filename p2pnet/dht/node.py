@@ -578,9 +578,13 @@ class DhtNode:
 
 
 def _transport_part(addr: str) -> str:
-    """``/ip4/.../tcp/N`` of ``/ip4/.../tcp/N/p2p/<id>``: kad messages carry the ID apart."""
-    head, sep, _ = addr.partition("/p2p/")
-    return head if sep else addr
+    """``/ip4/.../tcp/N`` of ``/ip4/.../tcp/N/p2p/<id>``: kad messages carry the ID apart.
+
+    Only the last /p2p/ part goes: a relayed address keeps its relay's
+    (``.../p2p/<relay>/p2p-circuit``).
+    """
+    head, sep, tail = addr.rpartition("/p2p/")
+    return head if sep and "/" not in tail else addr
 
 
 def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:

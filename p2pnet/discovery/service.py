@@ -104,7 +104,9 @@ class RecordPublisher:
     def _record(self, model_id: str) -> tuple[CapabilityRecord, bytes]:
         now = self._clock()
         signed = self._signed.get(model_id)
-        addrs = tuple(a.partition("/p2p/")[0] for a in self._addrs())
+        # Only our own /p2p/<id> goes: a relayed address keeps /p2p/<relay>/p2p-circuit.
+        own = f"/p2p/{self._peer_id}"
+        addrs = tuple(a.removesuffix(own) for a in self._addrs())
         if (
             signed is not None
             and signed[0].expires_at - now > self._ttl / 2

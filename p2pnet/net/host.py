@@ -36,6 +36,7 @@ from p2pnet.errors import (
 )
 from p2pnet.net.identity import KeyPair, peer_id_of
 from p2pnet.net.logs import inherit_libp2p_log_level
+from p2pnet.net.nat import NatConfig, NatTraversal, is_circuit_addr
 from p2pnet.net.pnet import PnetHandshakeError, SwarmKey, psk_for, recent_failure
 
 __all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
@@ -190,11 +191,22 @@ class Host:
         self.peer_id = peer_id_of(identity)
         self.swarm_key = swarm_key
         self._psk = psk  # what py-libp2p got: p2pnet.net.pnet keeps handshake failures in it
+        # NAT traversal (reachability, relays, hole punching), when open_host got a config.
+        self.nat: NatTraversal | None = None
 
     @property
     def addrs(self) -> list[str]:
-        """Full multiaddrs others can dial, ``/p2p/<peer-id>`` included."""
+        """Full multiaddrs others can dial, ``/p2p/<peer-id>`` included; with NAT
+        traversal, the announced ones (relayed addresses of a private peer first)."""
+        if self.nat is not None:
+            return [f"{a}/p2p/{self.peer_id}" for a in self.nat.announce_addrs()]
         return [str(a) for a in self._raw.get_addrs()]
+
+    def path(self, peer_id: str) -> str | None:
+        """How this host is connected to ``peer_id``: "direct", "relayed", or None."""
+        if self.nat is not None:
+            return self.nat.path(peer_id)
+        return "direct" if self.connection_count(peer_id) else None
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol`` with ``handler``, one call per inbound stream.
@@ -231,7 +243,12 @@ class Host:
             # when the caller gives us addresses.
             self._raw.get_network().unblock_peer(peer_id)  # type: ignore[attr-defined]
             try:
-                await self._raw.connect(PeerInfo(peer_id, addrs))
+                if self.nat is not None and any(is_circuit_addr(a) for a in addrs):
+                    # py-libp2p's connect() skips relayed addresses: NatTraversal dials
+                    # them, racing the direct ones.
+                    await self.nat.connect(peer.peer_id, peer.addrs)
+                else:
+                    await self._raw.connect(PeerInfo(peer_id, addrs))
             except trio.Cancelled:
                 raise
             except Exception as exc:  # swarm and transport raise many unrelated types
@@ -290,20 +307,6 @@ class Host:
         network = self._raw.get_network()
         conns = network.get_connections(ID.from_base58(peer_id))
         return sum(1 for c in conns if not c.is_closed)
-
-    def connections(self) -> list[tuple[str, str]]:
-        """(peer ID, remote transport address) of every open connection; a relayed
-        connection's address holds ``/p2p-circuit``."""
-        out = []
-        for conn in self._raw.get_network().get_connections():
-            if conn.is_closed:
-                continue
-            try:
-                addrs = [str(a) for a in conn.get_transport_addresses()]
-            except Exception:  # a transport that does not know its addresses
-                addrs = []
-            out.append((str(conn.muxed_conn.peer_id), addrs[0] if addrs else ""))
-        return sorted(out)
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
@@ -400,6 +403,7 @@ async def open_host(
     *,
     dial_timeout: float = 10.0,
     swarm_key: SwarmKey | None = None,
+    nat: NatConfig | None = None,
 ) -> AsyncIterator[Host]:
     """Run a libp2p host (TCP, Noise, Yamux) listening on ``listen`` until the block exits.
 
@@ -445,8 +449,16 @@ async def open_host(
             # peer ever told us about) whenever there are fewer than 50 connections.
             # p2pnet dials only what it is asked to: stop it before anything connects.
             await raw.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+            traversal = None
+            if nat is not None:
+                traversal = NatTraversal(raw, nat)
+                services = await stack.enter_async_context(trio.open_nursery())
+                stack.callback(services.cancel_scope.cancel)
+                await services.start(traversal.run)
             try:
-                yield Host(raw, identity, swarm_key, psk)
+                host = Host(raw, identity, swarm_key, psk)
+                host.nat = traversal
+                yield host
             finally:
                 # Leaving host.run() stops the swarm by cancelling it, and its clean-up
                 # then closes each connection inside the cancelled scope: the first

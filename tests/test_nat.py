@@ -1,0 +1,205 @@
+"""NAT traversal: reachability (AutoNAT), relayed dials (circuit relay v2), hole punching.
+
+The loopback tests run everywhere. The namespace tests build a small internet with NAT
+routers (tests/netns/harness.py) and run every peer as its own process inside it: a
+public bootstrap peer (`p2pnet peer --role bootstrap`, DHT + relay) and two peers, each
+behind its own MASQUERADE router. They need root, `ip` and `iptables`; they are skipped,
+saying why, only where `ip netns add` fails.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import numpy as np
+import pytest
+import trio
+from netns.harness import NetnsUnavailable, Process, Topology, start_agent, start_bootstrap
+
+from p2pnet.discovery.service import RecordPublisher
+from p2pnet.net.host import PeerAddress
+from p2pnet.net.nat import NatConfig, Reachability
+from p2pnet.peer import Peer
+
+# -- loopback --------------------------------------------------------------------------
+
+
+async def test_autonat_says_public_when_the_dial_back_reaches_us() -> None:
+    async with Peer() as boot, Peer(bootstrap=boot.addrs) as peer:
+        nat = peer.host.nat
+        assert nat is not None
+        with trio.fail_after(10):
+            await nat.checked.wait()
+        assert peer.reachability == "public"
+        assert nat.public_addrs, "the address the dial-back reached"
+        assert all("/p2p-circuit" not in a for a in peer.addrs)
+
+
+async def test_autonat_dial_back_opens_a_new_connection() -> None:
+    # py-libp2p's own AutoNAT dials back with host.connect(), which returns the open
+    # connection the request came on: every asker was told it is public. Ours must
+    # reach the address given, and a closed port means private.
+    async with Peer() as boot, Peer() as peer:
+        nat = peer.host.nat
+        assert nat is not None
+        await peer.host.open_stream(PeerAddress(boot.peer_id, tuple(boot.addrs)), "/ipfs/id/1.0.0")
+        closed = trio.socket.socket()
+        await closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nothing listens there now
+        nat._dial_back_candidates = lambda: [  # type: ignore[method-assign]
+            multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")
+        ]
+        assert await nat.check_reachability([boot.peer_id]) is Reachability.PRIVATE
+
+
+async def test_a_private_peer_is_called_through_its_relay_then_directly() -> None:
+    relay_config = NatConfig(relay_service=True, reachability="public")
+    async with (
+        Peer(nat=relay_config) as relay,
+        Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="private")) as hidden,
+        Peer(nat=NatConfig(reachability="public")) as caller,
+    ):
+        circuit = [a for a in hidden.addrs if "/p2p-circuit" in a]
+        assert circuit == [f"{relay.addrs[0]}/p2p-circuit/p2p/{hidden.peer_id}"]
+        # Given only the relayed address, the caller connects through the relay...
+        address = PeerAddress(hidden.peer_id, (circuit[0].removesuffix(f"/p2p/{hidden.peer_id}"),))
+        stream = await caller.host.open_stream(address, "/ipfs/id/1.0.0")
+        await stream.close()
+        assert caller.path(hidden.peer_id) == "relayed"
+        # ...and the hidden peer upgrades the connection (here a plain dial back works).
+        nat = hidden.host.nat
+        assert nat is not None
+        assert await nat.wait_direct(caller.peer_id, 10.0)
+        assert caller.path(hidden.peer_id) == "direct"
+
+
+def test_records_and_dht_keep_relayed_addresses(models: dict[str, Path]) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from p2pnet.dht.node import _transport_part
+    from p2pnet.net.identity import generate_identity, peer_id_of
+    from p2pnet.runtime.onnx_model import inspect_model
+
+    identity = generate_identity()
+    me = peer_id_of(identity)
+    relay = peer_id_of(generate_identity())
+    circuit = f"/ip4/10.77.0.2/tcp/4001/p2p/{relay}/p2p-circuit"
+    assert _transport_part(f"{circuit}/p2p/{me}") == circuit
+    assert _transport_part(circuit) == circuit
+    assert _transport_part(f"/ip4/10.0.0.1/tcp/1/p2p/{me}") == "/ip4/10.0.0.1/tcp/1"
+    key = Ed25519PrivateKey.from_private_bytes(identity.private_key.to_bytes())
+    publisher = RecordPublisher(
+        key, me, lambda: [f"{circuit}/p2p/{me}", f"/ip4/10.80.0.2/tcp/4001/p2p/{me}"]
+    )
+    record = publisher.add(inspect_model(models["iris"]), ["iris-species"])
+    assert record.addrs == (circuit, "/ip4/10.80.0.2/tcp/4001")
+
+
+# -- network namespaces ---------------------------------------------------------------
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def _topology(*nats: str) -> Topology:
+    try:
+        return Topology.create(nats)
+    except NetnsUnavailable as exc:
+        pytest.skip(f"network namespaces unavailable here: {exc}")
+
+
+def _wait_private(agent: Process, timeout: float = 10.0) -> dict[str, Any]:
+    """The agent's info once AutoNAT said private."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = agent.request({"op": "info"})
+        if info["reachability"] == "private" or time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
+
+
+def _swarm(
+    topo: Topology, procs: list[Process], models: dict[str, Path], config_home: Path
+) -> tuple[Process, dict[str, Any], Process, dict[str, Any]]:
+    boot, boot_addr = start_bootstrap(topo.boot, str(config_home))
+    procs.append(boot)
+    agents = []
+    for node, model, task in zip(
+        topo.natted, ("iris", "identity"), ("nat-iris", "nat-echo"), strict=True
+    ):
+        agent, ready = start_agent(
+            node,
+            "--listen", f"/ip4/{node.ip}/tcp/4001",
+            "--bootstrap", boot_addr,
+            "--serve", str(models[model]),
+            "--task", task,
+        )  # fmt: skip
+        procs.append(agent)
+        agents.append((agent, ready))
+    (a, ready_a), (b, ready_b) = agents
+    return a, ready_a, b, ready_b
+
+
+@pytest.mark.slow
+def test_two_peers_behind_nats_call_each_other_relayed_then_direct(
+    models: dict[str, Path], procs: list[Process], tmp_path: Path
+) -> None:
+    topo = _topology("cone", "cone")
+    try:
+        a, ready_a, b, ready_b = _swarm(topo, procs, models, tmp_path / "config")
+        for agent in (a, b):
+            info = _wait_private(agent)
+            assert info["reachability"] == "private"
+            assert "/p2p-circuit/" in info["addrs"][0], "the relayed address comes first"
+
+        # Each finds the other's model through the DHT and calls it.
+        ab = a.request({"op": "call", "task": "nat-echo", "x": [1.0, 2.0, 3.0]})
+        ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
+        assert ab["peer"] == ready_b["peer_id"] and ba["peer"] == ready_a["peer_id"]
+        # The first connection between them went through the relay; hole punching
+        # then gave a direct one, which later calls use.
+        upgraded = a.request({"op": "wait_direct", "peer": ready_b["peer_id"], "timeout": 15})
+        assert upgraded["direct"], upgraded
+        assert upgraded["history"][0] == "relayed"
+        assert "direct" in upgraded["history"]
+        again = a.request({"op": "call", "task": "nat-echo", "x": [4.0]})
+        assert again["path"] == "direct"
+        back = b.request({"op": "call", "task": "nat-iris", "x": [[6.0, 3.0, 4.8, 1.8]]})
+        assert back["path"] == "direct"
+    finally:
+        for proc in procs:
+            proc.stop()
+        topo.close()
+
+
+@pytest.mark.slow
+def test_calls_go_through_the_relay_when_hole_punching_is_blocked(
+    models: dict[str, Path], procs: list[Process], tmp_path: Path
+) -> None:
+    # Behind the symmetric NAT every connection gets a random port: the address the
+    # other peer dials for the hole punch is never the mapped one.
+    topo = _topology("cone", "symmetric")
+    try:
+        a, _, b, ready_b = _swarm(topo, procs, models, tmp_path / "config")
+        ab = a.request({"op": "call", "task": "nat-echo", "x": [1.0, 2.0]})
+        assert ab["path"] == "relayed"
+        ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
+        assert ba["path"] == "relayed"
+        stuck = a.request({"op": "wait_direct", "peer": ready_b["peer_id"], "timeout": 6})
+        assert not stuck["direct"] and stuck["history"] == ["relayed"]
+        again = a.request({"op": "call", "task": "nat-echo", "x": np.arange(3.0).tolist()})
+        assert again["path"] == "relayed"
+    finally:
+        for proc in procs:
+            proc.stop()
+        topo.close()
