@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import os
 import signal
+import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from p2pnet import __version__
-from p2pnet.config import default_identity_path
+from p2pnet.config import config_path, default_identity_path, load_swarm
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.tensor import dtype_name
 from p2pnet.discovery.service import Offer
-from p2pnet.errors import DeadlineExceededError, InvalidInputError, P2PNetError, UsageError
+from p2pnet.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    InvalidInputError,
+    P2PNetError,
+    PeerUnreachableError,
+    UsageError,
+)
 from p2pnet.logs import configure_logging
 from p2pnet.net.identity import KeyPair, load_or_create_identity, peer_id_of
 from p2pnet.net.nat import NatConfig
@@ -232,7 +243,20 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_swarm(args: argparse.Namespace) -> None:
+    """Fold ``--swarm NAME`` (config.toml) into ``args.bootstrap`` and ``args.swarm_key``:
+    the swarm's bootstrap peers come after those given, ``--swarm-key`` wins over its key."""
+    if getattr(args, "swarm", None):
+        swarm = load_swarm(args.swarm)
+        args.bootstrap = [*args.bootstrap, *swarm.bootstrap]
+        if args.swarm_key is None and swarm.swarm_key is not None:
+            args.swarm_key = str(swarm.swarm_key)
+
+
 async def _serve(args: argparse.Namespace) -> None:
+    from p2pnet.status import keep_status
+
+    _apply_swarm(args)
     identity, _, _ = _identity(args)
     # Signals are caught before "ready" is printed: a supervisor that stops the peer as
     # soon as it is ready must get a clean shutdown, not the default handler's kill.
@@ -242,26 +266,43 @@ async def _serve(args: argparse.Namespace) -> None:
             listen=args.listen,
             max_concurrency=args.max_concurrency,
             bootstrap=args.bootstrap,
+            swarm_key=args.swarm_key,
+            announce=args.announce,
             # A bootstrap peer is also a circuit relay for peers behind NATs.
             nat=NatConfig(relay_service=args.role == "bootstrap", reachability=args.reachability),
         )
-        for path, tasks in args.serve:
-            peer.serve(path, tasks=args.task + tasks)
+        for path, tasks, allow in args.serve:
+            allowed = args.allow + allow if allow is not None or args.allow else None
+            peer.serve(path, tasks=args.task + tasks, allow=allowed)
         async with peer:
             role = " (bootstrap)" if args.role == "bootstrap" else ""
             out.print(f"peer {peer.peer_id}{role}")
             for addr in peer.addrs:
                 out.print(f"listening {addr}")
+            if args.announce:
+                for addr in peer.announced_addrs:
+                    out.print(f"announcing {addr}")
+            if peer.swarm_key is not None:
+                out.print(f"private network, swarm key {peer.swarm_key.fingerprint}")
             for model_id, model in peer.models.items():
                 tasks = ",".join(peer.publisher.record(model_id).tasks)  # an adapter's own too
                 out.print(f"serving {model_id} {model.info.name} {tasks}".rstrip())
+                allowed = peer.access.allowed(model_id)
+                if allowed is not None:
+                    out.print(f"  only for {', '.join(sorted(allowed)) or 'this peer'}")
             if peer.models:
                 out.print(f"announced to {await peer.announce()} peers")
-            out.print("ready (Ctrl-C to stop)", style="bold")
-            sys.stdout.flush()
-            async for signum in signals:
-                err.print(f"{signal.Signals(signum).name}: stopping")
-                break
+            async with trio.open_nursery() as nursery:
+                status_path = await nursery.start(
+                    functools.partial(keep_status, peer, role=args.role, swarm=args.swarm)
+                )
+                log.info("status in %s", status_path)
+                out.print("ready (Ctrl-C to stop)", style="bold")
+                sys.stdout.flush()
+                async for signum in signals:
+                    err.print(f"{signal.Signals(signum).name}: stopping")
+                    break
+                nursery.cancel_scope.cancel()
 
 
 def cmd_peer(args: argparse.Namespace) -> int:
@@ -276,23 +317,43 @@ def _discovery_target(args: argparse.Namespace) -> tuple[str | None, str | None]
         raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
     if not args.bootstrap:
         raise UsageError(
-            "finding models needs a swarm to ask: give --bootstrap /ip4/.../tcp/PORT/p2p/12D3..."
+            "finding models needs a swarm to ask: give --bootstrap /ip4/.../tcp/PORT/p2p/12D3... "
+            "or --swarm NAME"
         )
     return args.task, parse_model_id(args.model) if args.model is not None else None
 
 
+@asynccontextmanager
+async def _discovery_peer(args: argparse.Namespace, identity: KeyPair) -> AsyncIterator[Peer]:
+    """A peer for find, call and pipeline run: joins through the bootstrap peers, serves
+    nothing.
+
+    Raises:
+        PeerUnreachableError: no bootstrap peer answered (the warnings say why).
+    """
+    async with Peer(
+        identity, listen=args.listen, bootstrap=args.bootstrap, swarm_key=args.swarm_key
+    ) as peer:
+        if peer.dht is not None and len(peer.dht.table) == 0:
+            raise PeerUnreachableError(
+                "could not join the swarm: no bootstrap peer answered (see the warnings above)"
+            )
+        yield peer
+
+
 async def _call(args: argparse.Namespace) -> tuple[str, dict[str, npt.NDArray[Any]]]:
     inputs = dict(parse_input(spec) for spec in args.input)
+    _apply_swarm(args)
     identity, _, _ = _identity(args)
     if args.target:
         if len(args.target) != 2 or args.task is not None or args.model is not None:
             raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
         address, model_id = args.target[0], parse_model_id(args.target[1])
-        async with Peer(identity, listen=args.listen) as peer:
+        async with Peer(identity, listen=args.listen, swarm_key=args.swarm_key) as peer:
             outputs = await peer.invoke(address, model_id, inputs, timeout=args.timeout)
         return f"{model_id} on {address.rsplit('/', 1)[-1]}", outputs
     task, model = _discovery_target(args)
-    async with Peer(identity, listen=args.listen, bootstrap=args.bootstrap) as peer:
+    async with _discovery_peer(args, identity) as peer:
         offer, outputs = await peer.call_with_offer(
             inputs, task=task, model=model, timeout=args.timeout
         )
@@ -321,9 +382,10 @@ def _outputs_table(title: str, outputs: dict[str, npt.NDArray[Any]]) -> Table:
 
 
 async def _find(args: argparse.Namespace) -> list[Offer]:
+    _apply_swarm(args)
     task, model = _discovery_target(args)
     identity, _, _ = _identity(args)
-    async with Peer(identity, listen=args.listen, bootstrap=args.bootstrap) as peer:
+    async with _discovery_peer(args, identity) as peer:
         return await peer.find(task=task, model=model, timeout=args.timeout)
 
 
@@ -366,12 +428,13 @@ async def _pipeline_run(args: argparse.Namespace) -> PipelineResult:
     pipeline = Pipeline.from_file(args.spec)
     inputs = dict(parse_input(spec) for spec in args.input)
     pipeline.check_inputs(inputs)  # the caller's mistakes before any network work
+    _apply_swarm(args)
     if not args.bootstrap:
         raise UsageError(
             "a pipeline finds its models in a swarm: give --bootstrap /ip4/.../tcp/PORT/p2p/..."
         )
     identity, _, _ = _identity(args)
-    async with Peer(identity, listen=args.listen, bootstrap=args.bootstrap) as peer:
+    async with _discovery_peer(args, identity) as peer:
         with trio.fail_after(args.timeout):
             return await pipeline.run(peer, inputs, mode=args.mode)
 
@@ -400,13 +463,92 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_swarm_key_new(args: argparse.Namespace) -> int:
+    from p2pnet.net.pnet import format_swarm_key, generate_swarm_key
+
+    key = generate_swarm_key()
+    if args.out:
+        path = Path(args.out)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} exists; a swarm key is never overwritten") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(format_swarm_key(key))
+        err.print(f"swarm key {key.fingerprint} written to {path}", markup=False)
+        return 0
+    # `p2pnet swarm-key new > grid.key`: the shell created the file with the umask's
+    # mode (often 0644), which load_swarm_key refuses; make it the owner's alone.
+    with_stdout = sys.stdout.fileno()
+    info = os.fstat(with_stdout)
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+        os.fchmod(with_stdout, 0o600)
+    elif sys.stdout.isatty():
+        err.print("the key goes to the terminal: redirect it, e.g. > grid.key", markup=False)
+    sys.stdout.write(format_swarm_key(key))
+    sys.stdout.flush()
+    err.print(f"swarm key {key.fingerprint}", markup=False)
+    return 0
+
+
+def cmd_swarm_key_fingerprint(args: argparse.Namespace) -> int:
+    from p2pnet.net.pnet import load_swarm_key
+
+    print(load_swarm_key(args.file).fingerprint)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from p2pnet.status import read_statuses
+
+    statuses = [s for s in read_statuses() if args.pid is None or s.data.get("pid") == args.pid]
+    if args.json:
+        print(json.dumps([s.data | {"age_s": round(s.age, 1)} for s in statuses], indent=2))
+        return 0 if statuses else 1
+    if not statuses:
+        err.print("no running peer on this machine (p2pnet peer writes its status when ready)")
+        return 1
+    for i, st in enumerate(statuses):
+        d = st.data
+        if i:
+            out.print()
+        role = " (bootstrap)" if d.get("role") == "bootstrap" else ""
+        out.print(f"[bold]peer {d['peer_id']}[/]{role}  pid {d['pid']}")
+        if st.stale:
+            out.print(f"  [bold red]not updated for {st.age:.0f} s: the peer may be hung[/]")
+        swarm = d.get("swarm") or "-"
+        key = d.get("swarm_key_fingerprint")
+        out.print(f"  swarm        {swarm}" + (f", private (key {key})" if key else ""))
+        for addr in d.get("listen_addrs", []):
+            out.print(f"  listening    {addr}", markup=False)
+        if d.get("announced_addrs") != d.get("listen_addrs"):
+            for addr in d.get("announced_addrs", []):
+                out.print(f"  announcing   {addr}", markup=False)
+        out.print(f"  reachability {d.get('reachability', 'unknown')}")
+        c = d["connections"]
+        out.print(
+            f"  connections  {c['total']} ({c['direct']} direct, {c['relayed']} relayed)"
+        )
+        out.print(f"  routing      {d.get('routing_table', 0)} peers in the DHT routing table")
+        for m in d.get("models", []):
+            tasks = ", ".join(m["tasks"]) or "-"
+            out.print(f"  serving      {m['name']} {m['model_id']}  tasks {tasks}", markup=False)
+            if m.get("allow") is not None:
+                allowed = ", ".join(m["allow"]) or "this peer only"
+                out.print(f"               only for {allowed}", markup=False)
+    return 0
+
+
 class _ServeAction(argparse.Action):
-    """``--serve FILE``: appends [FILE, tasks] to ``serve``; ``--task`` fills the tasks."""
+    """``--serve FILE``: appends (FILE, tasks, allow) to ``serve``; ``--task`` fills the
+    tasks, ``--allow`` the access list (None: everyone)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:  # fmt: skip
         served = list(getattr(namespace, "serve", None) or [])
-        served.append((values, []))
+        served.append([values, [], None])
         namespace.serve = served
 
 
@@ -420,6 +562,20 @@ class _TaskAction(argparse.Action):
             served[-1][1].append(values)
         else:
             namespace.task = [*(getattr(namespace, "task", None) or []), values]
+
+
+class _AllowAction(argparse.Action):
+    """``--allow PEER[,PEER...]``: the peers the last ``--serve`` model is served to, or
+    every model's if none came yet."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        peers = [p.strip() for p in str(values).split(",") if p.strip()]
+        served = getattr(namespace, "serve", None) or []
+        if served:
+            served[-1][2] = [*(served[-1][2] or []), *peers]
+        else:
+            namespace.allow = [*(getattr(namespace, "allow", None) or []), *peers]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,6 +593,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--identity", metavar="FILE", help=f"peer key file (default {default_identity_path()})"
+    )
+    grid = argparse.ArgumentParser(add_help=False)
+    grid.add_argument(
+        "--swarm",
+        metavar="NAME",
+        help=f"join the swarm [swarms.NAME] of {config_path()}: its bootstrap peers and "
+        "swarm key (default: none, nothing is dialled that is not named)",
+    )
+    grid.add_argument(
+        "--swarm-key",
+        metavar="FILE",
+        help="a private network's key file (p2pnet swarm-key new): only peers with the same "
+        "key connect; TCP only",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -527,7 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_model_quantize)
 
-    p = sub.add_parser("peer", parents=[common], help="run a peer that serves models until Ctrl-C")
+    p = sub.add_parser(
+        "peer", parents=[common, grid], help="run a peer that serves models until Ctrl-C"
+    )
     p.add_argument(
         "--serve",
         action=_ServeAction,
@@ -577,9 +748,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: ask the bootstrap peers whether they can dial this peer back (default); "
         "private: always reserve a relay slot on them",
     )
+    p.add_argument(
+        "--allow",
+        action=_AllowAction,
+        default=[],
+        metavar="PEER,...",
+        help="serve the model of the --serve before it only to these peer IDs (repeatable; "
+        "before any --serve: every model); others get permission_denied",
+    )
+    p.add_argument(
+        "--announce",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="address to put in this peer's records instead of the listen addresses "
+        "(repeatable), e.g. a public address forwarded to --listen",
+    )
     p.set_defaults(func=cmd_peer)
 
-    discovery = argparse.ArgumentParser(add_help=False)
+    discovery = argparse.ArgumentParser(add_help=False, parents=[grid])
     discovery.add_argument("--task", metavar="TAG", help="find the model by task")
     discovery.add_argument("--model", metavar="MODEL_ID", help="find the model by its ID")
     discovery.add_argument(
@@ -661,6 +848,30 @@ def build_parser() -> argparse.ArgumentParser:
         "forwarded: each step's peer sends the tensors on to the next step's peer",
     )
     p.set_defaults(func=cmd_pipeline_run)
+    keys = sub.add_parser("swarm-key", help="private network keys")
+    keys_sub = keys.add_subparsers(dest="swarm_key_command", required=True, metavar="COMMAND")
+    p = keys_sub.add_parser(
+        "new",
+        parents=[common],
+        help="a new random swarm key file on stdout (p2pnet swarm-key new > grid.key)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write it to FILE (mode 0600, never replaced)")
+    p.set_defaults(func=cmd_swarm_key_new)
+    p = keys_sub.add_parser(
+        "fingerprint", parents=[common], help="a key file's fingerprint, to compare keys"
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_swarm_key_fingerprint)
+
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="what the peers running on this machine are doing",
+    )
+    p.add_argument("--pid", type=int, metavar="PID", help="only the peer of this process")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
     return parser
 
 

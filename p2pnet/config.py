@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["config_dir", "default_identity_path"]
+from p2pnet.errors import ConfigError
+
+__all__ = [
+    "SwarmConfig",
+    "config_dir",
+    "config_path",
+    "default_identity_path",
+    "load_swarm",
+    "load_swarms",
+    "runtime_dir",
+]
 
 
 def config_dir() -> Path:
@@ -17,3 +29,115 @@ def config_dir() -> Path:
 def default_identity_path() -> Path:
     """The peer identity key used when none is named."""
     return config_dir() / "identity.key"
+
+
+# --- config.toml: named swarms ---------------------------------------------------------------
+
+_SWARM_KEYS = ("bootstrap", "swarm_key")
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    """A named swarm from the config file.
+
+    bootstrap: multiaddrs (``.../p2p/<peer-id>`` or ``/dnsaddr/...``) to join through.
+    swarm_key: the private network's key file, or None for an open swarm.
+    """
+
+    name: str
+    bootstrap: tuple[str, ...]
+    swarm_key: Path | None = None
+
+
+def config_path() -> Path:
+    """The configuration file: ``config.toml`` in the configuration directory."""
+    return config_dir() / "config.toml"
+
+
+def load_swarms(path: Path | None = None) -> dict[str, SwarmConfig]:
+    """The ``[swarms.NAME]`` tables of the config file (none if there is no file).
+
+    ::
+
+        [swarms.lab]
+        bootstrap = ["/ip4/10.0.0.5/tcp/4001/p2p/12D3KooW...", "/dnsaddr/boot.lab.example"]
+        swarm_key = "lab.key"          # optional; relative to the config directory
+
+    Raises:
+        ConfigError: the file is not TOML, or a table or value is wrong; the message
+            names the file, the table and the key (and the line, for TOML errors).
+    """
+    path = path or config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    swarms = data.get("swarms", {})
+    if not isinstance(swarms, dict):
+        raise ConfigError(f"{path}: 'swarms' must be a table of [swarms.NAME] tables")
+    return {name: _swarm(path, name, table) for name, table in swarms.items()}
+
+
+def _swarm(path: Path, name: str, table: object) -> SwarmConfig:
+    where = f"{path}: [swarms.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f'{where} must be a table (bootstrap = [...], swarm_key = "...")')
+    unknown = sorted(set(table) - set(_SWARM_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; a swarm has: {', '.join(_SWARM_KEYS)}"
+        )
+    bootstrap = table.get("bootstrap", [])
+    if not isinstance(bootstrap, list) or not all(isinstance(a, str) for a in bootstrap):
+        raise ConfigError(f"{where}: bootstrap must be a list of multiaddr strings")
+    from p2pnet.errors import InvalidAddressError
+    from p2pnet.net.host import parse_peer_address
+
+    for i, addr in enumerate(bootstrap):
+        if addr.strip().startswith("/dnsaddr/"):
+            continue
+        try:
+            parse_peer_address(addr)
+        except InvalidAddressError as exc:
+            raise ConfigError(f"{where}: bootstrap[{i}]: {exc}") from None
+        if not addr.strip().startswith("/"):
+            raise ConfigError(
+                f"{where}: bootstrap[{i}] {addr!r} is a bare peer ID; give its address "
+                "(/ip4/.../tcp/PORT/p2p/12D3...) or a /dnsaddr/ name"
+            )
+    key = table.get("swarm_key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ConfigError(f"{where}: swarm_key must be the path of a swarm key file")
+    key_path = None
+    if key is not None:
+        key_path = Path(key).expanduser()
+        if not key_path.is_absolute():
+            key_path = path.parent / key_path
+    return SwarmConfig(name, tuple(bootstrap), key_path)
+
+
+def load_swarm(name: str, path: Path | None = None) -> SwarmConfig:
+    """The swarm called ``name`` in the config file.
+
+    Raises:
+        ConfigError: no such swarm (the message lists those there are), or a bad file.
+    """
+    path = path or config_path()
+    swarms = load_swarms(path)
+    if name not in swarms:
+        known = ", ".join(sorted(swarms)) or f"none; add a [swarms.{name}] table to {path}"
+        raise ConfigError(f"no swarm {name!r} in {path}; swarms there: {known}")
+    return swarms[name]
+
+
+def runtime_dir() -> Path:
+    """Where running peers leave their status files: ``$XDG_RUNTIME_DIR/p2pnet``, or
+    ``run/`` in the configuration directory (not created here)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "p2pnet" if base else config_dir() / "run"

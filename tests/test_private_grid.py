@@ -3,11 +3,14 @@ that only connect to peers with the same key."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import nacl.bindings
 import numpy as np
@@ -17,7 +20,7 @@ import trio
 from p2pnet import Peer
 from p2pnet.errors import ConfigError, PeerUnreachableError
 from p2pnet.net.host import open_host, parse_peer_address
-from p2pnet.net.identity import generate_identity
+from p2pnet.net.identity import generate_identity, peer_id_of
 from p2pnet.net.pnet import (
     SwarmKey,
     format_swarm_key,
@@ -235,3 +238,256 @@ def test_measure_handshake_overhead() -> None:
     keyed = trio.run(setup_times, key, 20)
     print(f"setup p50 without key {plain[10] * 1000:.1f} ms, with key {keyed[10] * 1000:.1f} ms")
     assert keyed[10] < 1.0
+
+
+# --- swarms in config.toml ---------------------------------------------------------------
+
+PEER_A = "12D3KooWEtJQnzCAiTpqs1bC1qZy9auioRn9RmZsZYtGpjuJZzzi"
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_swarms_config(tmp_path: Path) -> None:
+    from p2pnet.config import load_swarm, load_swarms
+
+    path = _config(
+        tmp_path,
+        f"""
+[swarms.lab]
+bootstrap = ["/ip4/10.0.0.5/tcp/4001/p2p/{PEER_A}", "/dnsaddr/boot.lab.example"]
+swarm_key = "lab.key"
+
+[swarms.open]
+bootstrap = []
+""",
+    )
+    swarms = load_swarms(path)
+    assert sorted(swarms) == ["lab", "open"]
+    lab = load_swarm("lab", path)
+    assert lab.bootstrap[1] == "/dnsaddr/boot.lab.example"
+    assert lab.swarm_key == tmp_path / "lab.key"  # relative to the config file
+    assert swarms["open"].swarm_key is None
+    assert load_swarms(tmp_path / "missing.toml") == {}
+    with pytest.raises(
+        ConfigError, match=r"no swarm 'lba' in .*config.toml; swarms there: lab, open"
+    ):
+        load_swarm("lba", path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[swarms.lab\n", r"config.toml is not valid TOML: .*line 1"),
+        ("swarms = 3\n", r"'swarms' must be a table"),
+        ("[swarms]\nlab = 3\n", r"\[swarms.lab\] must be a table"),
+        ("[swarms.lab]\nbootstrp = []\n", r"\[swarms.lab\]: unknown key 'bootstrp'; a swarm has"),
+        ("[swarms.lab]\nbootstrap = '/ip4/1.2.3.4'\n", r"bootstrap must be a list of multiaddr"),
+        (
+            "[swarms.lab]\nbootstrap = ['/ip4/1.2.3.4/tcp/1']\n",
+            r"\[swarms.lab\]: bootstrap\[0\]: .* has no /p2p/<peer-id> part",
+        ),
+        (f"[swarms.lab]\nbootstrap = ['{PEER_A}']\n", r"bootstrap\[0\] .* is a bare peer ID"),
+        ("[swarms.lab]\nswarm_key = 1\n", r"swarm_key must be the path of a swarm key file"),
+    ],
+)
+def test_swarms_config_errors_are_precise(tmp_path: Path, text: str, message: str) -> None:
+    from p2pnet.config import load_swarms
+
+    with pytest.raises(ConfigError, match=message):
+        load_swarms(_config(tmp_path, text))
+
+
+# --- /dnsaddr/ -----------------------------------------------------------------------------
+
+
+class FakeDns:
+    """dnspython's async resolver, answering TXT queries from a dict; no network."""
+
+    def __init__(self, records: dict[str, list[str]], fail: bool = False) -> None:
+        self.records = records
+        self.fail = fail
+        self.asked: list[str] = []
+
+    async def resolve(self, name: str, rdtype: str) -> list[Any]:
+        import dns.resolver
+
+        self.asked.append(name)
+        if self.fail:
+            raise dns.resolver.NoNameservers("All nameservers failed to answer the query")
+        if name not in self.records:
+            raise dns.resolver.NXDOMAIN()
+        return [SimpleNamespace(strings=(t.encode(),)) for t in self.records[name]]
+
+
+async def test_dnsaddr_resolution_with_a_fake_resolver() -> None:
+    from p2pnet.net.dnsaddr import resolve_bootstrap, resolve_dnsaddr
+
+    peer_b = peer_id_of(generate_identity())
+    fake = FakeDns(
+        {
+            "_dnsaddr.boot.example": [
+                f"dnsaddr=/ip4/10.0.0.1/tcp/4001/p2p/{PEER_A}",
+                "dnsaddr=/dnsaddr/eu.boot.example",
+                "some other TXT record",
+            ],
+            "_dnsaddr.eu.boot.example": [
+                f"dnsaddr=/ip4/10.0.0.2/tcp/4001/p2p/{peer_b}",
+                f"dnsaddr=/ip6/::1/tcp/4001/p2p/{peer_b}",
+            ],
+        }
+    )
+    found = await resolve_dnsaddr("/dnsaddr/boot.example", txt_resolver=fake)
+    assert {p.peer_id: p.addrs for p in found} == {
+        PEER_A: ("/ip4/10.0.0.1/tcp/4001",),
+        peer_b: ("/ip4/10.0.0.2/tcp/4001", "/ip6/::1/tcp/4001"),
+    }
+    assert fake.asked == ["_dnsaddr.boot.example", "_dnsaddr.eu.boot.example"]
+    only_a = await resolve_dnsaddr(f"/dnsaddr/boot.example/p2p/{PEER_A}", txt_resolver=fake)
+    assert [p.peer_id for p in only_a] == [PEER_A]
+    mixed = await resolve_bootstrap(
+        [f"/ip4/127.0.0.1/tcp/1/p2p/{peer_b}", "/dnsaddr/eu.boot.example"], txt_resolver=fake
+    )
+    assert [p.peer_id for p in mixed] == [peer_b, peer_b]
+    with pytest.raises(PeerUnreachableError, match=r"lists no peers .*_dnsaddr.nowhere.example"):
+        await resolve_dnsaddr("/dnsaddr/nowhere.example", txt_resolver=fake)
+    with pytest.raises(PeerUnreachableError, match="need DNS: check the network"):
+        await resolve_dnsaddr("/dnsaddr/boot.example", txt_resolver=FakeDns({}, fail=True))
+
+
+# --- announce and status -------------------------------------------------------------------
+
+
+async def test_announced_addresses_and_status(models: dict[str, Path], tmp_path: Path) -> None:
+    from p2pnet.status import keep_status, read_statuses, snapshot
+
+    key = generate_swarm_key()
+    async with (
+        Peer(swarm_key=key, announce=["/ip4/203.0.113.7/tcp/4001"]) as peer,
+        Peer(swarm_key=key, bootstrap=[peer.addrs[0]]) as other,
+    ):
+        info = peer.serve(models["iris"], tasks=["iris-species"], allow=[other.peer_id])
+        record = peer.publisher.record(info.model_id)
+        assert record.addrs[0] == "/ip4/203.0.113.7/tcp/4001"
+        assert "/ip4/127.0.0.1" not in " ".join(record.addrs)
+        data = snapshot(peer, role="bootstrap", swarm="lab")
+        assert data["peer_id"] == peer.peer_id and data["swarm"] == "lab"
+        assert data["swarm_key_fingerprint"] == key.fingerprint
+        assert data["announced_addrs"][0] == f"/ip4/203.0.113.7/tcp/4001/p2p/{peer.peer_id}"
+        assert data["models"] == [
+            {
+                "model_id": info.model_id,
+                "name": "iris",
+                "tasks": ["iris-species"],
+                "allow": [other.peer_id],
+            }
+        ]
+        assert data["connections"]["total"] >= 1
+        assert data["connections"]["peers"][0]["peer_id"] == other.peer_id
+        assert data["connections"]["relayed"] == 0
+        assert data["routing_table"] == 1
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(
+                functools.partial(keep_status, peer, interval=0.1, path=tmp_path / "peer-1.json")
+            )
+            assert path.stat().st_mode & 0o777 == 0o600
+            (status,) = list(read_statuses(tmp_path))
+            assert status.data["peer_id"] == peer.peer_id and not status.stale
+            nursery.cancel_scope.cancel()
+        assert not path.exists()  # removed when the peer stops
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def test_cli_private_grid_swarm_config_access_lists_and_status(
+    config_home: Path, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from test_cli import p2pnet, start_peer
+
+    env = os.environ | {
+        "XDG_CONFIG_HOME": str(config_home),
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "COLUMNS": "200",
+    }
+    key = tmp_path / "grid.key"
+    with key.open("w") as out:  # as `p2pnet swarm-key new > grid.key` with umask 022
+        made = subprocess.run(
+            [sys.executable, "-m", "p2pnet.cli", "swarm-key", "new"],
+            stdout=out, stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    assert made.returncode == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert re.fullmatch(r"/key/swarm/psk/1\.0\.0/\n/base16/\n[0-9a-f]{64}\n", key.read_text())
+    fingerprint = p2pnet("swarm-key", "fingerprint", str(key), env=env).stdout.strip()
+    assert fingerprint in made.stderr
+
+    caller = json.loads(p2pnet("id", "--json", env=env).stdout)["peer_id"]
+    boot = start_peer(
+        env | {"XDG_CONFIG_HOME": str(tmp_path / "boot")},
+        "--role", "bootstrap", "--swarm-key", str(key),
+    )  # fmt: skip
+    server = start_peer(
+        env | {"XDG_CONFIG_HOME": str(tmp_path / "server")},
+        "--swarm-key", str(key), "--bootstrap", boot.address,
+        "--serve", str(models["sentiment"]), "--task", "sentiment-analysis", "--allow", caller,
+        "--serve", str(models["iris"]), "--task", "iris-species",
+    )  # fmt: skip
+    try:
+        assert f"private network, swarm key {fingerprint}" in server.lines
+        (config_home / "p2pnet").mkdir(parents=True, exist_ok=True)
+        (config_home / "p2pnet" / "config.toml").write_text(
+            f'[swarms.grid]\nbootstrap = ["{boot.address}"]\nswarm_key = "{key}"\n'
+        )
+        found = p2pnet("find", "--swarm", "grid", "--task", "sentiment-analysis", "--json", env=env)
+        assert found.returncode == 0, found.stderr
+        assert [o["name"] for o in json.loads(found.stdout)] == ["sentiment"]
+        called = p2pnet(
+            "call", "--swarm", "grid", "--task", "iris-species", "-i", "x=[[5.1, 3.5, 1.4, 0.2]]",
+            "--json", env=env,
+        )  # fmt: skip
+        assert called.returncode == 0, called.stderr
+        assert json.loads(called.stdout)["label"]["data"] == [0]
+
+        status = p2pnet("status", "--json", env=env)
+        assert status.returncode == 0, status.stderr
+        by_role = {s["role"]: s for s in json.loads(status.stdout)}
+        assert by_role["bootstrap"]["swarm_key_fingerprint"] == fingerprint
+        served = {m["name"]: m for m in by_role["peer"]["models"]}
+        assert served["sentiment"]["allow"] == [caller] and served["iris"]["allow"] is None
+        assert by_role["peer"]["connections"]["total"] >= 1
+        text = p2pnet("status", env=env).stdout
+        assert f"only for {caller}" in text and "peers in the DHT routing table" in text
+
+        # An outsider (no key; another identity) is told why, fast, and exits 1.
+        outsider_env = env | {"XDG_CONFIG_HOME": str(tmp_path / "outsider")}
+        started = time.monotonic()
+        outsider = p2pnet(
+            "find", "--task", "iris-species", "--bootstrap", boot.address, env=outsider_env
+        )
+        assert time.monotonic() - started < 20  # process start included
+        assert outsider.returncode == 1
+        assert "handshake failed" in outsider.stderr and "private network" in outsider.stderr
+        assert "could not join the swarm" in outsider.stderr
+
+        unknown = p2pnet("find", "--swarm", "nope", "--task", "x", env=env)
+        assert unknown.returncode == 2 and "no swarm 'nope'" in unknown.stderr
+        quic = p2pnet(
+            "peer", "--swarm-key", str(key), "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", env=env
+        )
+        assert quic.returncode == 2 and "QUIC" in quic.stderr
+    finally:
+        for peer in (server, boot):
+            peer.proc.send_signal(signal.SIGINT)
+            assert peer.proc.wait(timeout=30) == 0
+    gone = p2pnet("status", env=env)
+    assert gone.returncode == 1 and "no running peer" in gone.stderr

@@ -308,6 +308,20 @@ class Host:
         conns = network.get_connections(ID.from_base58(peer_id))
         return sum(1 for c in conns if not c.is_closed)
 
+    def connections(self) -> list[tuple[str, str]]:
+        """(peer ID, remote transport address) of every open connection; a relayed
+        connection's address holds ``/p2p-circuit``."""
+        out = []
+        for conn in self._raw.get_network().get_connections():
+            if conn.is_closed:
+                continue
+            try:
+                addrs = [str(a) for a in conn.get_transport_addresses()]
+            except Exception:  # a transport that does not know its addresses
+                addrs = []
+            out.append((str(conn.muxed_conn.peer_id), addrs[0] if addrs else ""))
+        return sorted(out)
+
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
     """Fail if a fixed TCP listen port is taken.
