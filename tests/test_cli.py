@@ -252,6 +252,23 @@ def test_find_and_call_by_task_through_a_bootstrap_peer(
         )  # fmt: skip
         assert json.loads(called.stdout)["label"]["data"] == ["positive"]
 
+        spec = tmp_path / "one-step.yaml"
+        spec.write_text(
+            "inputs: {text: 'string[N]'}\n"
+            "steps: {mood: {task: sentiment-analysis, inputs: {text: input.text}}}\n"
+            "outputs: {label: mood.label}\n"
+        )
+        for mode in ("orchestrated", "forwarded"):
+            ran = p2pnet(
+                "pipeline", "run", str(spec), "-i", "text=I love it, works great",
+                "--bootstrap", boot.address, "--mode", mode, "--json", env=env,
+            )  # fmt: skip
+            assert ran.returncode == 0, ran.stderr
+            result = json.loads(ran.stdout)
+            assert result["outputs"] == {"label": ["positive"]}
+            (step,) = result["steps"]
+            assert step["model_id"] == server.models["sentiment"] and step["step"] == "mood"
+
         missing = p2pnet("find", "--task", "translation", "--bootstrap", boot.address, env=env)
         assert missing.returncode == 1 and "no peer offers it" in missing.stderr
         no_swarm = p2pnet("find", "--task", "translation", env=env)
