@@ -872,6 +872,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
+    from p2pnet.simulate.cli import add_simulate_parser
+
+    add_simulate_parser(sub, common)
     return parser
 
 

@@ -71,12 +71,15 @@ if TYPE_CHECKING:
 
     from p2pnet.net.host import PeerAddress
 
-__all__ = ["Latency", "MemoryHost", "MemoryNetwork", "MemoryStream"]
+__all__ = ["Latency", "MemoryHost", "MemoryNetwork", "MemoryStream", "Transmit"]
 
 log = logging.getLogger(__name__)
 
 Latency = Callable[[str, str], float]
 """One-way delay in seconds from the first peer ID to the second."""
+
+Transmit = Callable[[str, str, int], float]
+"""Seconds it takes to send a number of bytes from the first peer ID to the second."""
 
 # As host.READ_SIZE (not imported from there: host.py loads py-libp2p).
 READ_SIZE: Final = 1 << 20
@@ -97,6 +100,11 @@ class MemoryNetwork:
         connect_rtts: extra round trips for the first open between two hosts (dial,
             security and muxer handshakes); 0 by default.
         dial_timeout: seconds an open across a partition waits before it fails.
+        transmit: ``transmit(src, dst, size)``: extra seconds a write of ``size`` bytes
+            takes (size / bandwidth); none by default. There is no queueing: writes on
+            different streams do not wait for each other.
+
+    ``messages_sent`` and ``bytes_sent`` count the writes of data on every stream.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class MemoryNetwork:
         open_rtts: float = 1.0,
         connect_rtts: float = 0.0,
         dial_timeout: float = 10.0,
+        transmit: Transmit | None = None,
     ) -> None:
         self._fixed_latency: float | None = None
         self._latency: Latency | None = None
@@ -117,7 +126,10 @@ class MemoryNetwork:
         self.open_rtts = _delay("open_rtts", open_rtts)
         self.connect_rtts = _delay("connect_rtts", connect_rtts)
         self.dial_timeout = _delay("dial_timeout", dial_timeout)
+        self.transmit = transmit
         self.streams_opened = 0
+        self.messages_sent = 0  # writes of data, on every stream
+        self.bytes_sent = 0
         self._rng = random.Random(seed)
         self._hosts: dict[str, MemoryHost] = {}
         self._partitions: list[tuple[frozenset[str], frozenset[str]]] = []
@@ -600,7 +612,9 @@ class MemoryStream:
         if data and other._broken is None:  # a reset end drops what it is sent
             if type(data) is not bytes:
                 data = bytes(data)  # the caller may reuse its buffer
-            arrives = self._arrival(network)
+            network.messages_sent += 1
+            network.bytes_sent += len(data)
+            arrives = self._arrival(network, len(data))
             if other._inbox is None:
                 other._inbox = deque()
             other._inbox.append((arrives, data))
@@ -633,9 +647,12 @@ class MemoryStream:
             self._detach()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _arrival(self, network: MemoryNetwork) -> float:
+    def _arrival(self, network: MemoryNetwork, size: int = 0) -> float:
         """When something sent now arrives at the other end: never before earlier sends."""
-        arrives = trio.current_time() + network.one_way_latency(self._host.peer_id, self.peer_id)
+        src, dst = self._host.peer_id, self.peer_id
+        arrives = trio.current_time() + network.one_way_latency(src, dst)
+        if size and network.transmit is not None:
+            arrives += _delay("transmit", network.transmit(src, dst, size))
         self._last_sent_at = arrives = max(arrives, self._last_sent_at)
         return arrives
 

@@ -62,7 +62,6 @@ __all__ = [
     "generate_swarm_key",
     "load_swarm_key",
     "parse_swarm_key",
-    "protect_relayed_dials",
     "psk_for",
     "recent_failure",
     "xsalsa20_stream",
@@ -394,26 +393,6 @@ def recent_failure(psk: str | None, host: str, port: int) -> str | None:
     if isinstance(psk, _SwarmPsk):
         return psk.protector.recent_failure((host, port))
     return None
-
-
-def protect_relayed_dials(network: Any, psk: str) -> None:
-    """Put the PSK layer on outbound relayed connections of ``network`` (a swarm) too.
-
-    py-libp2p 0.8.1 applies ``psk`` to an outbound connection in its dial functions,
-    before ``upgrade_outbound_raw_conn``, and to an inbound one inside
-    ``upgrade_inbound_raw_conn``. A relayed (circuit v2) dial calls
-    ``upgrade_outbound_raw_conn`` directly, so the dialling side spoke in the clear
-    while the listening side expected the PSK layer, and every relayed connection in
-    a private network failed. Connections that already carry the layer are left alone.
-    """
-    upgrade = network.upgrade_outbound_raw_conn
-
-    async def protected(raw_conn: Any, peer_id: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(raw_conn, PnetConnection):
-            raw_conn = _protect(raw_conn, psk)
-        return await upgrade(raw_conn, peer_id, *args, **kwargs)
-
-    network.upgrade_outbound_raw_conn = protected
 
 
 _upstream_protect = _swarm_module.new_protected_conn  # type: ignore[attr-defined]

@@ -1,0 +1,21 @@
+"""Local multi-peer simulations: scenario files, two engines, figures and reports.
+
+    scenario.py       Scenario, load_scenario, ScenarioError: the TOML format, checked (pure)
+    plan.py           make_plan: who joins through whom, serves, misbehaves; timed events (pure)
+    metrics.py        QueryRecord, ChurnRecord, FreshRecord, summarize: figures (pure)
+    swarm.py          SimSwarm: peers (real DhtNode, records, describe), honest or adversarial
+    memory_engine.py  run_memory: every peer on a MemoryNetwork, virtual time
+    libp2p_engine.py  run_libp2p: real hosts on 127.0.0.1 over worker processes
+    runner.py         run_scenario: every size of a scenario on an engine, one report
+    report.py         render (rich), write_json, write_plots (matplotlib, optional)
+    cli.py            the ``p2pnet simulate`` sub-command
+    procstats.py      process memory and CPU, machine description
+    workers.py        JsonLinesWorker: a child process driven over JSON lines
+
+docs/simulations.md describes the format, the engines and measured results.
+"""
+
+from p2pnet.simulate.runner import run_scenario
+from p2pnet.simulate.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+
+__all__ = ["Scenario", "ScenarioError", "load_scenario", "parse_scenario", "run_scenario"]

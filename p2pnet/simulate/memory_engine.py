@@ -1,0 +1,314 @@
+"""The in-memory engine: every peer of a run in this process, on a ``MemoryNetwork``, in
+virtual time (``MockClock(autojump_threshold=0)``); the real DHT, record and describe code.
+
+The same seed gives the same result in a process with the same ``PYTHONHASHSEED``
+(the CLI runs each size in a child process with it fixed): peer identities, latencies,
+the plan and trio's scheduling order are all drawn from the seed.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import trio
+from trio.testing import MockClock
+
+from p2pnet.core.kad.keys import key_for_task
+from p2pnet.net.memory import MemoryHost, MemoryNetwork
+from p2pnet.simulate.metrics import summarize
+from p2pnet.simulate.plan import FORGER, SYBIL, make_plan
+from p2pnet.simulate.procstats import peak_rss_kb, rss_kb
+from p2pnet.simulate.scenario import Scenario
+from p2pnet.simulate.swarm import SimSwarm, grind_peer_ids, kad_peer
+
+__all__ = ["EPOCH", "Progress", "run_memory"]
+
+log = logging.getLogger(__name__)
+
+EPOCH: Final = 1_800_000_000.0  # the unix time a simulated run starts at
+GC_THRESHOLDS: Final = (10_000, 10, 10)  # fewer full collections (see scripts/bench/dht.py)
+
+Progress = Callable[[str, float, float], None]
+"""progress(phase, done, total): phases bootstrap (peers), publish (peers), run (seconds)."""
+
+
+def run_memory(
+    scenario: Scenario, n: int, seed: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run ``scenario`` with ``n`` initial peers; the result as a JSON-ready dict."""
+    seed = scenario.seed if seed is None else seed
+    # trio shuffles each batch of runnable tasks with a module-level Random; seeding it
+    # makes the schedule, and so the run, reproducible.
+    trio._core._run._r.seed(seed)  # type: ignore[attr-defined]
+    old = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        return trio.run(
+            _run, scenario, n, seed, progress or _no_progress, clock=MockClock(autojump_threshold=0)
+        )
+    finally:
+        gc.set_threshold(*old)
+
+
+def _no_progress(phase: str, done: float, total: float) -> None:
+    pass
+
+
+async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dict[str, Any]:
+    wall0 = time.perf_counter()
+    rss0 = rss_kb()
+    plan = make_plan(scenario, n, seed)
+    model = scenario.network
+    net_rng = random.Random(seed * 31 + 7)
+    access: dict[str, float] = {}
+    bandwidth: dict[str, float] = {}
+    jitter = model.jitter_ms / 1e3
+    loss = model.loss
+    resend = model.retransmit_ms / 1e3
+
+    def latency(src: str, dst: str) -> float:
+        delay = (access[src] + access[dst]) / 2
+        if jitter:
+            delay += net_rng.uniform(0.0, jitter)
+        if loss and net_rng.random() < loss:
+            delay += resend
+        return delay
+
+    def transmit(src: str, dst: str, size: int) -> float:
+        return size * 8 / (min(bandwidth[src], bandwidth[dst]) * 1e6)
+
+    out: dict[str, Any] = {"engine": "memory", "n": n, "seed": seed}
+    async with (
+        MemoryNetwork(
+            latency=latency,
+            seed=seed,
+            connect_rtts=1.0,
+            transmit=transmit if model.bandwidth_mbps is not None else None,
+        ) as network,
+        trio.open_nursery() as nursery,
+    ):
+        swarm = SimSwarm(
+            scenario, plan, seed, nursery, wall_clock=lambda: EPOCH + trio.current_time()
+        )
+        sybil_ids: dict[int, str] = {}
+        if plan.sybils:
+            bits = scenario.adversaries.sybil_prefix_bits or (n.bit_length() + 6)
+            t = time.perf_counter()
+            ids = grind_peer_ids(
+                key_for_task(plan.target_task), len(plan.sybils), bits, random.Random(seed)
+            )
+            sybil_ids = dict(zip(plan.sybils, ids, strict=True))
+            out["sybil_prefix_bits"] = bits
+            out["sybil_grind_s"] = round(time.perf_counter() - t, 2)
+
+        def new_host(index: int) -> MemoryHost:
+            peer_id = sybil_ids.get(index) or swarm.peer_id(index)
+            host = network.add_host(peer_id)
+            access[peer_id] = model.latency_ms.sample(net_rng) / 1e3
+            if model.bandwidth_mbps is not None:
+                bandwidth[peer_id] = max(0.01, model.bandwidth_mbps.sample(net_rng))
+            return host
+
+        hosts: dict[int, MemoryHost] = {}
+        for index in [*range(n), *plan.sybils]:
+            hosts[index] = new_host(index)
+            swarm.add(index, hosts[index])
+        swarm.set_fellows(tuple(kad_peer(hosts[i]) for i in plan.sybils))
+
+        # Bootstrap, batch after batch.
+        t0, cpu0 = trio.current_time(), time.process_time()
+        joined = 1
+        failed = 0
+        total_joins = sum(len(b) for b in plan.batches)
+        progress("bootstrap", 0, total_joins)
+        for batch in plan.batches:
+            results: list[bool] = []
+
+            async def join(i: int, into: list[bool]) -> None:
+                into.append(await swarm.join(i, plan.via[i]))
+
+            async with trio.open_nursery() as batch_nursery:
+                for i in batch:
+                    batch_nursery.start_soon(join, i, results)
+            failed += results.count(False)
+            joined += len(batch)
+            progress("bootstrap", joined - 1, total_joins)
+        gc.collect()
+        tables = [len(p.node.table) for p in swarm.peers.values()]
+        out["bootstrap"] = {
+            "virtual_s": round(trio.current_time() - t0, 3),
+            "wall_s": round(time.perf_counter() - wall0, 2),
+            "cpu_s_per_join": round((time.process_time() - cpu0) / max(1, total_joins), 4),
+            "joins_failed": failed,
+            "table_mean": round(sum(tables) / len(tables), 2),
+            "table_min": min(tables),
+            "messages_per_peer": round(network.messages_sent / len(hosts), 1),
+            "kbytes_per_peer": round(network.bytes_sent / len(hosts) / 1024, 2),
+        }
+        rss_boot = rss_kb()
+
+        # Publishing: providers, then forgers (whose forgeries name providers).
+        publishers = sorted(plan.providers) + sorted(
+            i for i, r in plan.roles.items() if r == FORGER
+        )
+        progress("publish", 0, len(publishers))
+        t1 = trio.current_time()
+        taken: list[int] = []
+
+        async def publish(i: int) -> None:
+            taken.append(await swarm.publish(i))
+            progress("publish", len(taken), len(publishers))
+
+        async with trio.open_nursery() as pub_nursery:
+            for i in publishers:
+                pub_nursery.start_soon(publish, i)
+        out["publish"] = {
+            "virtual_s": round(trio.current_time() - t1, 3),
+            "publishers": len(publishers),
+            "announcements_mean": round(sum(taken) / max(1, len(taken)), 2),
+        }
+
+        # The run phase: the plan's events, on time.
+        messages0, bytes0 = network.messages_sent, network.bytes_sent
+        start = trio.current_time()
+        alive = {i for i in hosts if i < n or i in sybil_ids}
+        alive_at: list[tuple[float, int]] = [(0.0, len(alive))]
+        in_flight = 0
+        wall_run = time.perf_counter()
+
+        def prober() -> int | None:
+            candidates = swarm.alive_local()
+            return candidates[swarm.rng.randrange(len(candidates))] if candidates else None
+
+        async def run_event(
+            kind: str, index: int, via: int, task: str, model_: int, t: float
+        ) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            try:
+                if kind == "query":
+                    if swarm.peers[index].alive:
+                        await swarm.query(index, task, t)
+                elif kind == "join":
+                    hosts[index] = new_host(index)
+                    swarm.add(index, hosts[index])
+                    await swarm.join(index, via, kind="join", t=t)
+                elif kind == "rejoin":
+                    hosts[index].restart()
+                    await swarm.restart(index, hosts[index], via, t)
+                elif kind in ("leave", "crash"):
+                    host = hosts[index]
+
+                    async def stop() -> None:
+                        host.crash()
+
+                    await swarm.leave(index, crash=kind == "crash", t=t, stop=stop)
+                elif kind == "publish":
+                    await swarm.publish_fresh(index, model_, task, t, prober)
+            finally:
+                in_flight -= 1
+
+        progress("run", 0, scenario.duration)
+        next_report = 0.0
+        for event in plan.events:
+            await trio.sleep_until(start + event.t)
+            if event.kind in ("join", "rejoin"):
+                alive.add(event.peer)
+            elif event.kind in ("leave", "crash"):
+                alive.discard(event.peer)
+            if event.kind != "query" and event.kind != "publish":
+                alive_at.append((event.t, len(alive)))
+            nursery.start_soon(
+                run_event, event.kind, event.peer, event.via, event.task, event.model, event.t
+            )
+            if event.t >= next_report:
+                progress("run", event.t, scenario.duration)
+                next_report = event.t + scenario.interval / 4
+        await trio.sleep_until(start + scenario.duration)
+        limit = (
+            trio.current_time()
+            + max(scenario.workload.query_timeout, scenario.freshness.probe_timeout)
+            + 30.0
+        )
+        while in_flight and trio.current_time() < limit:
+            await trio.sleep(0.5)
+        progress("run", scenario.duration, scenario.duration)
+        alive_at.append((scenario.duration, len(alive)))
+        run_messages = network.messages_sent - messages0
+        run_bytes = network.bytes_sent - bytes0
+        peer_seconds = max(1e-9, len(alive) * scenario.duration) if scenario.duration else 0.0
+        out["metrics"] = summarize(
+            swarm.queries,
+            swarm.churn,
+            swarm.fresh,
+            duration=scenario.duration,
+            interval=scenario.interval,
+            alive_at=alive_at,
+            task_of_interest=plan.target_task if plan.sybils else "",
+        )
+        out["traffic"] = {
+            "run_messages_per_peer_s": round(run_messages / peer_seconds, 3)
+            if peer_seconds
+            else None,
+            "run_bytes_per_peer_s": round(run_bytes / peer_seconds, 1) if peer_seconds else None,
+            "messages_total": network.messages_sent,
+            "bytes_total": network.bytes_sent,
+            "kad_requests_served_per_peer": round(
+                sum(p.node.requests_served for p in swarm.peers.values()) / len(swarm.peers), 1
+            ),
+        }
+        out["adversaries"] = {
+            "forgers": sum(1 for r in plan.roles.values() if r == FORGER),
+            "droppers": scenario.adversaries.droppers,
+            "corruptors": scenario.adversaries.corruptors,
+            "sybils": sum(1 for r in plan.roles.values() if r == SYBIL),
+            "forged_records_rejected": out["metrics"]["summary"]["records_rejected"],
+            "forged_records_accepted": out["metrics"]["summary"]["forged_accepted"],
+            "forged_values_sent": swarm.forged_values_sent,
+            "forged_values_stored": swarm.forged_values_stored,
+        }
+        out["peers_final"] = len(alive)
+        out["resources"] = {
+            "wall_s": round(time.perf_counter() - wall0, 2),
+            "run_wall_s": round(time.perf_counter() - wall_run, 2),
+            "virtual_s": round(trio.current_time(), 2),
+            "rss_peak_mb": round(peak_rss_kb() / 1024, 1),
+            "rss_per_peer_kb": round((rss_boot - rss0) / len(hosts), 1),
+        }
+        nursery.cancel_scope.cancel()
+    return out
+
+
+def main() -> None:
+    """``python -m p2pnet.simulate.memory_engine SCENARIO --peers N --seed S``: one run, in
+    a process of its own; progress and the result as JSON lines on stdout."""
+    import argparse
+    import json
+    import sys
+
+    from p2pnet.simulate.scenario import load_scenario
+
+    parser = argparse.ArgumentParser(description="one run of the in-memory simulation engine")
+    parser.add_argument("scenario")
+    parser.add_argument("--peers", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    scenario = load_scenario(args.scenario).with_seed(args.seed)
+
+    def progress(phase: str, done: float, total: float) -> None:
+        sys.stdout.write(json.dumps({"progress": [phase, done, total]}) + "\n")
+        sys.stdout.flush()
+
+    result = run_memory(scenario, args.peers, args.seed, progress)
+    sys.stdout.write(json.dumps({"result": result}) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Figures of a simulation run from what the engine recorded (pure: no I/O, no clock).
+
+An engine records one ``QueryRecord`` per discovery query, one ``ChurnRecord`` per join,
+departure or restart, and one ``FreshRecord`` per new record; ``summarize`` turns them
+into the run's summary and its per-interval series, as plain JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "ChurnRecord",
+    "FreshRecord",
+    "QueryRecord",
+    "percentile",
+    "summarize",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRecord:
+    """One discovery: find_providers for a task key, then describe every provider found.
+
+    t: start, seconds into the run phase. ok: at least one verified record of an honest
+    provider of the task. latency: seconds until the answer (or the timeout).
+    hops, queries: of the DHT lookup. providers: peers the lookup named. offers: verified
+    records kept. rejected: records that failed verification (forged, misfiled...).
+    forged_accepted: kept records that no honest peer signed: must always be 0.
+    """
+
+    t: float
+    peer: int
+    task: str
+    ok: bool
+    latency: float
+    hops: int = 0
+    queries: int = 0
+    providers: int = 0
+    offers: int = 0
+    rejected: int = 0
+    forged_accepted: int = 0
+    error: str = ""
+    probe: bool = False  # a freshness probe, not part of the query load
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnRecord:
+    t: float
+    kind: str  # join | rejoin | leave | crash
+    peer: int
+    ok: bool = True  # a join that bootstrapped
+
+
+@dataclass(frozen=True, slots=True)
+class FreshRecord:
+    """A new record: published at ``t``; ``findable_s`` after it a probe first found it
+    (None: not within the probe timeout). ``announced``: peers that took the announcement."""
+
+    t: float
+    peer: int
+    task: str
+    announced: int
+    findable_s: float | None
+    probes: int
+
+
+def percentile(samples: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0..1) by linear interpolation; None without samples."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    pos = q * (len(ordered) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 3)
+
+
+def _latency_figures(records: Sequence[QueryRecord], prefix: str = "") -> dict[str, Any]:
+    ok = [r for r in records if r.ok]
+    lat = [r.latency for r in ok]
+    hops = [r.hops for r in ok if r.queries]
+    return {
+        f"{prefix}queries": len(records),
+        f"{prefix}succeeded": len(ok),
+        f"{prefix}success_rate": round(len(ok) / len(records), 6) if records else None,
+        f"{prefix}latency_p50_ms": _ms(percentile(lat, 0.50)),
+        f"{prefix}latency_p95_ms": _ms(percentile(lat, 0.95)),
+        f"{prefix}latency_p99_ms": _ms(percentile(lat, 0.99)),
+        f"{prefix}latency_mean_ms": _ms(statistics.fmean(lat)) if lat else None,
+        f"{prefix}hops_mean": round(statistics.fmean(hops), 3) if hops else None,
+        f"{prefix}hops_p95": percentile([float(h) for h in hops], 0.95) if hops else None,
+        f"{prefix}hops_max": max(hops) if hops else None,
+    }
+
+
+def summarize(
+    queries: Iterable[QueryRecord],
+    churn: Iterable[ChurnRecord],
+    fresh: Iterable[FreshRecord],
+    *,
+    duration: float,
+    interval: float,
+    alive_at: Sequence[tuple[float, int]] = (),
+    task_of_interest: str = "",
+) -> dict[str, Any]:
+    """Summary figures and per-interval series of one run.
+
+    alive_at: (time, live peers) samples, for the series. task_of_interest: also report
+    the figures of queries for that task alone (the sybils' target).
+    """
+    every = list(queries)
+    load = sorted((q for q in every if not q.probe), key=lambda q: (q.t, q.peer))
+    churn = sorted(churn, key=lambda c: (c.t, c.peer))
+    fresh = sorted(fresh, key=lambda f: f.t)
+    summary: dict[str, Any] = _latency_figures(load)
+    summary["queries_mean"] = (
+        round(statistics.fmean([q.queries for q in load if q.ok and q.queries]), 3)
+        if any(q.ok and q.queries for q in load)
+        else None
+    )
+    summary["timeouts"] = sum(1 for q in load if q.error == "timeout")
+    summary["records_rejected"] = sum(q.rejected for q in load)
+    summary["forged_accepted"] = sum(q.forged_accepted for q in every)
+    if task_of_interest:
+        target = [q for q in load if q.task == task_of_interest]
+        other = [q for q in load if q.task != task_of_interest]
+        summary["target_task"] = task_of_interest
+        summary.update(_latency_figures(target, "target_"))
+        summary.update(_latency_figures(other, "other_"))
+    kinds = {"join": "joins", "rejoin": "rejoins", "leave": "leaves", "crash": "crashes"}
+    for kind, plural in kinds.items():
+        summary[plural] = sum(1 for c in churn if c.kind == kind)
+    summary["joins_failed"] = sum(1 for c in churn if c.kind in ("join", "rejoin") and not c.ok)
+    found = [f.findable_s for f in fresh if f.findable_s is not None]
+    summary["new_records"] = len(fresh)
+    summary["new_records_found"] = len(found)
+    summary["findable_p50_s"] = _round(percentile(found, 0.5))
+    summary["findable_max_s"] = _round(max(found)) if found else None
+
+    series = []
+    steps = max(1, math.ceil(duration / interval)) if duration > 0 else 0
+    alive_sorted = sorted(alive_at)
+    for i in range(steps):
+        start, end = i * interval, min(duration, (i + 1) * interval)
+        in_q = [q for q in load if start <= q.t < end]
+        in_c = [c for c in churn if start <= c.t < end]
+        row: dict[str, Any] = {"start_s": round(start, 3), "end_s": round(end, 3)}
+        figures = _latency_figures(in_q)
+        for key in ("queries", "succeeded", "success_rate", "latency_p50_ms", "latency_p95_ms"):
+            row[key] = figures[key]
+        for kind, plural in kinds.items():
+            row[plural] = sum(1 for c in in_c if c.kind == kind)
+        live = [n for t, n in alive_sorted if t <= end]
+        row["alive"] = live[-1] if live else None
+        series.append(row)
+    return {
+        "summary": summary,
+        "intervals": series,
+        "latencies_ms": [round(q.latency * 1e3, 3) for q in load if q.ok],
+        "churn_events": [asdict(c) for c in churn],
+        "fresh": [asdict(f) for f in fresh],
+    }
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)

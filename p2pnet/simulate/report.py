@@ -1,0 +1,200 @@
+"""Reports of a simulation: a rich summary table, JSON, and PNG plots (matplotlib).
+
+matplotlib is optional: ``write_plots`` raises ``PlotsUnavailableError`` with the command
+that installs it, and everything else works without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.table import Table
+
+from p2pnet.errors import UsageError
+
+__all__ = ["PlotsUnavailableError", "json_path", "render", "write_json", "write_plots"]
+
+MATPLOTLIB_PIN: Final = "matplotlib==3.11.2"
+
+
+class PlotsUnavailableError(UsageError):
+    """PNG plots were asked for and matplotlib is not installed."""
+
+
+def _fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{suffix}"
+    if isinstance(value, int):
+        return f"{value:,}{suffix}"
+    return str(value)
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    """Print the summary table (one row per swarm size) and, for a single run, its
+    figures over time."""
+    scenario = report["scenario"]
+    engine = report["engine"]
+    clock = "virtual" if engine == "memory" else "wall"
+    table = Table(
+        title=f"{scenario['name']} on the {engine} engine, seed {report['seed']} "
+        f"({scenario['duration_s']:g} s run phase, {clock} time)",
+        title_justify="left",
+    )
+    columns = (
+        "peers", "success", "p50 ms", "p95 ms", "p99 ms", "hops", "findable s",
+        "forged accepted", "joins/leaves/crashes", "msgs/peer/s", "KB/peer/s",
+        "RSS/peer KB", "wall s",
+    )  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="right")
+    for run in report["runs"]:
+        s = run["metrics"]["summary"]
+        traffic = run.get("traffic", {})
+        rate = s["success_rate"]
+        success = "-" if rate is None else f"{rate * 100:.1f}% of {s['queries']}"
+        forged = s["forged_accepted"]
+        forged_cell = f"[green]{forged}[/]" if forged == 0 else f"[bold red]{forged}[/]"
+        bps = traffic.get("run_bytes_per_peer_s")
+        table.add_row(
+            _fmt(run["n"]),
+            success,
+            _fmt(s["latency_p50_ms"]),
+            _fmt(s["latency_p95_ms"]),
+            _fmt(s["latency_p99_ms"]),
+            _fmt(s["hops_mean"], 2),
+            _fmt(s["findable_p50_s"], 2),
+            forged_cell,
+            f"{s['joins']}/{s['leaves']}/{s['crashes']}",
+            _fmt(traffic.get("run_messages_per_peer_s"), 2),
+            "-" if bps is None else _fmt(bps / 1024, 2),
+            _fmt(run["resources"].get("rss_per_peer_kb")),
+            _fmt(run["resources"].get("wall_s")),
+        )
+    console.print(table)
+    for run in report["runs"]:
+        s = run["metrics"]["summary"]
+        if "target_task" in s:
+            console.print(
+                f"  {run['n']:,} peers: sybil target [bold]{s['target_task']}[/]: success "
+                f"{_pct(s['target_success_rate'])} of {s['target_queries']}; other tasks "
+                f"{_pct(s['other_success_rate'])} of {s['other_queries']}"
+            )
+        adv = run.get("adversaries", {})
+        if adv.get("forgers"):
+            console.print(
+                f"  {run['n']:,} peers: {adv['forgers']} forgers: "
+                f"{adv['forged_records_rejected']} forged records rejected, "
+                f"{adv['forged_records_accepted']} accepted; forged DHT values stored "
+                f"{adv['forged_values_stored']} of {adv['forged_values_sent']} sent"
+            )
+    if len(report["runs"]) == 1:
+        run = report["runs"][0]
+        over = Table(title="over time", title_justify="left")
+        for col in ("from s", "to s", "queries", "success", "p50 ms", "p95 ms", "alive",
+                    "joins", "leaves", "crashes"):  # fmt: skip
+            over.add_column(col, justify="right")
+        for row in run["metrics"]["intervals"]:
+            over.add_row(
+                _fmt(row["start_s"], 0),
+                _fmt(row["end_s"], 0),
+                _fmt(row["queries"]),
+                _pct(row["success_rate"]),
+                _fmt(row["latency_p50_ms"]),
+                _fmt(row["latency_p95_ms"]),
+                _fmt(row["alive"]),
+                _fmt(row["joins"] + row["rejoins"]),
+                _fmt(row["leaves"]),
+                _fmt(row["crashes"]),
+            )
+        console.print(over)
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+def json_path(report: dict[str, Any], out: Path) -> Path:
+    return out / f"{report['scenario']['name']}-{report['engine']}-seed{report['seed']}.json"
+
+
+def write_json(report: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = json_path(report, out)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path
+
+
+def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Path]:
+    """latency CDF and success over time (churn marked) as PNGs in ``out``.
+
+    Raises:
+        PlotsUnavailableError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotsUnavailableError(
+            f"PNG plots need matplotlib: pip install {MATPLOTLIB_PIN} (the JSON report was written)"
+        ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['scenario']['name']}-{report['engine']}"
+    clock = "virtual" if report["engine"] == "memory" else "wall-clock"
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run in report["runs"]:
+        lat = sorted(run["metrics"]["latencies_ms"])
+        if lat:
+            ys = [(i + 1) / len(lat) for i in range(len(lat))]
+            ax.step(lat, ys, where="post", label=f"{run['n']:,} peers")
+    ax.set_xlabel(f"discovery latency, ms ({clock})")
+    ax.set_ylabel("fraction of successful queries")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{report['scenario']['name']}: latency CDF ({report['engine']} engine)")
+    fig.tight_layout()
+    path = out / f"{stem}-latency-cdf.png"
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    marks = {"crash": ("tab:red", "crash"), "leave": ("tab:orange", "leave"),
+             "join": ("tab:green", "join"), "rejoin": ("tab:blue", "restart")}  # fmt: skip
+    for run in report["runs"]:
+        rows = [r for r in run["metrics"]["intervals"] if r["success_rate"] is not None]
+        xs = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
+        ax.plot(xs, [r["success_rate"] * 100 for r in rows], marker="o", ms=3,
+                label=f"success, {run['n']:,} peers")  # fmt: skip
+    last = report["runs"][-1]
+    seen: set[str] = set()
+    for event in last["metrics"]["churn_events"]:
+        color, label = marks.get(event["kind"], ("grey", event["kind"]))
+        ax.axvline(event["t"], color=color, alpha=0.35, lw=0.8,
+                   label=None if label in seen else label)  # fmt: skip
+        seen.add(label)
+    ax.set_xlabel(f"seconds into the run ({clock})")
+    ax.set_ylabel("discovery success, %")
+    low = min(
+        [r["success_rate"] * 100 for run in report["runs"] for r in run["metrics"]["intervals"]
+         if r["success_rate"] is not None] or [0.0]
+    )  # fmt: skip
+    ax.set_ylim(max(0.0, min(low, 90.0) - 5), 101)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7, ncol=2)
+    ax.set_title(f"{report['scenario']['name']}: success over time, churn marked")
+    fig.tight_layout()
+    path = out / f"{stem}-success.png"
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    paths.append(path)
+    return paths

@@ -1,0 +1,452 @@
+"""Scenario files: what a simulation runs, parsed from TOML and checked (pure).
+
+The format is described in docs/simulations.md; ``load_scenario(path)`` reads a file,
+``parse_scenario(dict)`` checks a parsed table. Every mistake is a ``ScenarioError``
+naming the field (``peers.count``, ``network.latency_ms.sigma``...).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from p2pnet.errors import UsageError
+
+__all__ = [
+    "ENGINES",
+    "Adversaries",
+    "Churn",
+    "DhtParams",
+    "Distribution",
+    "Freshness",
+    "NatMix",
+    "NetworkModel",
+    "Scenario",
+    "ScenarioError",
+    "Workload",
+    "load_scenario",
+    "parse_scenario",
+]
+
+ENGINES: Final = ("memory", "libp2p")
+_TASK_CHARS: Final = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class ScenarioError(UsageError):
+    """A scenario file that cannot be run as written; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """A random quantity: ``fixed`` (value), ``uniform`` (low, high), ``normal`` (mean, sd;
+    clamped at 0) or ``lognormal`` (median, sigma). A bare number in the file is fixed."""
+
+    kind: str = "fixed"
+    a: float = 0.0  # value | low | mean | median
+    b: float = 0.0  # - | high | sd | sigma
+
+    def sample(self, rng: random.Random) -> float:
+        if self.kind == "fixed":
+            return self.a
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        if self.kind == "normal":
+            return max(0.0, rng.gauss(self.a, self.b))
+        return self.a * math.exp(rng.gauss(0.0, self.b))  # lognormal
+
+    @property
+    def mean(self) -> float:
+        if self.kind == "fixed":
+            return self.a
+        if self.kind == "uniform":
+            return (self.a + self.b) / 2
+        if self.kind == "normal":
+            return self.a
+        return self.a * math.exp(self.b * self.b / 2)
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.a:g}"
+        if self.kind == "uniform":
+            return f"uniform {self.a:g}..{self.b:g}"
+        if self.kind == "normal":
+            return f"normal {self.a:g}±{self.b:g}"
+        return f"lognormal median {self.a:g}, sigma {self.b:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkModel:
+    """Links. Each peer draws a one-way access delay from ``latency_ms``; a message from a
+    to b takes (d_a + d_b) / 2 plus up to ``jitter_ms``; with probability ``loss`` it is
+    lost once and resent ``retransmit_ms`` later (streams are reliable, as TCP).
+    ``bandwidth_mbps`` (per peer, drawn once) adds size / min(bw_a, bw_b) to a message."""
+
+    latency_ms: Distribution = Distribution("fixed", 10.0)
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    retransmit_ms: float = 200.0
+    bandwidth_mbps: Distribution | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Models served and the discovery queries made."""
+
+    models: int = 10
+    providers: int = 3  # peers serving each model
+    tasks: tuple[tuple[str, float], ...] = (("sentiment-analysis", 1.0),)  # name, weight
+    query_rate: float = 1.0  # discovery queries per second, whole swarm (Poisson)
+    query_timeout: float = 10.0
+    providers_sought: int = 20  # find_providers(count=...)
+
+
+@dataclass(frozen=True, slots=True)
+class Churn:
+    """Peers joining and leaving during the run (Poisson processes, whole swarm)."""
+
+    join_rate: float = 0.0  # new peers per second
+    leave_rate: float = 0.0  # departures per second
+    crash_fraction: float = 1.0  # of departures: crashes (the rest leave gracefully)
+    rejoin_after: float = 0.0  # crashed peers come back after this long (0: never)
+    providers_leave: bool = True  # providers may leave too
+
+
+@dataclass(frozen=True, slots=True)
+class NatMix:
+    """Fractions of peers behind each kind of NAT (declared; see ``unsupported``)."""
+
+    public: float = 1.0
+    cone: float = 0.0
+    symmetric: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Adversaries:
+    """Misbehaving peers, chosen among the initial peers (sybils are added)."""
+
+    forgers: int = 0  # announce tasks, serve forged records, PUT_VALUE forged records
+    droppers: int = 0  # accept DHT requests and never answer
+    corruptors: int = 0  # answer DHT requests with corrupted bytes
+    sybils: int = 0  # extra peers with IDs ground near sybil_target's key; hide providers
+    sybil_target: str = ""  # a task (default: the first task)
+    sybil_prefix_bits: int = 0  # 0: log2(peers) + 6
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """New records published during the run, and how often peers look for them."""
+
+    new_records: int = 0
+    probe_interval: float = 1.0
+    probe_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DhtParams:
+    k: int = 20
+    alpha: int = 3
+    rpc_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One simulation: a swarm (or several sizes of it), a workload, faults, a duration."""
+
+    name: str
+    description: str = ""
+    seed: int = 1
+    peers: tuple[int, ...] = (100,)  # one run per size
+    join_batch: int = 100
+    duration: float = 60.0  # seconds of the run phase, after bootstrap and publishing
+    interval: float = 10.0  # width of the per-interval metrics
+    network: NetworkModel = field(default_factory=NetworkModel)
+    workload: Workload = field(default_factory=Workload)
+    churn: Churn = field(default_factory=Churn)
+    nat: NatMix = field(default_factory=NatMix)
+    adversaries: Adversaries = field(default_factory=Adversaries)
+    freshness: Freshness = field(default_factory=Freshness)
+    dht: DhtParams = field(default_factory=DhtParams)
+    libp2p_peers: int = 0  # the libp2p engine's swarm size (0: the smallest of ``peers``)
+    source: str = ""
+
+    def with_seed(self, seed: int | None) -> Scenario:
+        return self if seed is None else replace(self, seed=seed)
+
+    def unsupported(self, engine: str) -> list[str]:
+        """Why ``engine`` cannot run this scenario as written (empty: it can)."""
+        why = []
+        if self.nat.cone or self.nat.symmetric:
+            why.append(
+                "nat: peers behind NATs are not modelled by either engine yet (p2pnet has "
+                "no relay or hole punching); set nat.public = 1.0"
+            )
+        if engine == "libp2p":
+            if self.adversaries.sybils:
+                why.append(
+                    "adversaries.sybils: the libp2p engine cannot grind real key pairs near "
+                    "a key in reasonable time; run sybil scenarios with --engine memory"
+                )
+            if self.network.loss or self.network.jitter_ms or self.network.bandwidth_mbps:
+                why.append(
+                    "network: the libp2p engine runs on loopback and applies no latency, "
+                    "loss or bandwidth model; remove network.loss, jitter_ms and "
+                    "bandwidth_mbps (latency_ms is ignored there)"
+                )
+        return why
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file.
+
+    Raises:
+        ScenarioError: unreadable, not TOML, or a field out of range (named).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
+    scenario = parse_scenario(data, default_name=path.stem)
+    return replace(scenario, source=str(path))
+
+
+def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenario:
+    """Check a parsed scenario table; see docs/simulations.md for the fields."""
+    top = _Table(data, "")
+    peers_t = top.table("peers")
+    counts = peers_t.get("steps")
+    if counts is None:
+        sizes: tuple[int, ...] = (peers_t.get_int("count", 100, 2, 100_000),)
+    else:
+        if not isinstance(counts, list) or not counts:
+            raise ScenarioError("peers.steps must be a non-empty list of peer counts")
+        sizes = tuple(_int_in(f"peers.steps[{i}]", c, 2, 100_000) for i, c in enumerate(counts))
+    net_t = top.table("network")
+    latency = net_t.dist("latency_ms", None) or Distribution("fixed", 10.0)
+    bandwidth = net_t.dist("bandwidth_mbps", None)
+    network = NetworkModel(
+        latency_ms=latency,
+        jitter_ms=net_t.get_float("jitter_ms", 0.0, 0.0, 10_000.0),
+        loss=net_t.get_float("loss", 0.0, 0.0, 0.5),
+        retransmit_ms=net_t.get_float("retransmit_ms", 200.0, 0.0, 60_000.0),
+        bandwidth_mbps=bandwidth,
+    )
+    if bandwidth is not None and bandwidth.kind != "fixed" and bandwidth.a <= 0:
+        raise ScenarioError("network.bandwidth_mbps must be positive")
+    work_t = top.table("workload")
+    tasks = work_t.tasks()
+    workload = Workload(
+        models=work_t.get_int("models", 10, 1, 10_000),
+        providers=work_t.get_int("providers", 3, 1, 1_000),
+        tasks=tasks,
+        query_rate=work_t.get_float("query_rate", 1.0, 0.0, 10_000.0),
+        query_timeout=work_t.get_float("query_timeout", 10.0, 0.1, 3600.0),
+        providers_sought=work_t.get_int("providers_sought", 20, 1, 100),
+    )
+    churn_t = top.table("churn")
+    churn = Churn(
+        join_rate=churn_t.get_float("join_rate", 0.0, 0.0, 1000.0),
+        leave_rate=churn_t.get_float("leave_rate", 0.0, 0.0, 1000.0),
+        crash_fraction=churn_t.get_float("crash_fraction", 1.0, 0.0, 1.0),
+        rejoin_after=churn_t.get_float("rejoin_after", 0.0, 0.0, 1e6),
+        providers_leave=churn_t.get_bool("providers_leave", True),
+    )
+    nat_t = top.table("nat")
+    nat = NatMix(
+        public=nat_t.get_float("public", 1.0, 0.0, 1.0),
+        cone=nat_t.get_float("cone", 0.0, 0.0, 1.0),
+        symmetric=nat_t.get_float("symmetric", 0.0, 0.0, 1.0),
+    )
+    if abs(nat.public + nat.cone + nat.symmetric - 1.0) > 1e-9:
+        raise ScenarioError("nat: public + cone + symmetric must add up to 1")
+    adv_t = top.table("adversaries")
+    adversaries = Adversaries(
+        forgers=adv_t.get_int("forgers", 0, 0, 10_000),
+        droppers=adv_t.get_int("droppers", 0, 0, 10_000),
+        corruptors=adv_t.get_int("corruptors", 0, 0, 10_000),
+        sybils=adv_t.get_int("sybils", 0, 0, 1_000),
+        sybil_target=adv_t.get_str("sybil_target", tasks[0][0]),
+        sybil_prefix_bits=adv_t.get_int("sybil_prefix_bits", 0, 0, 28),
+    )
+    if adversaries.sybils and adversaries.sybil_target not in dict(tasks):
+        raise ScenarioError(
+            f"adversaries.sybil_target {adversaries.sybil_target!r} is not one of the "
+            f"workload's tasks ({', '.join(dict(tasks))})"
+        )
+    fresh_t = top.table("freshness")
+    freshness = Freshness(
+        new_records=fresh_t.get_int("new_records", 0, 0, 1000),
+        probe_interval=fresh_t.get_float("probe_interval", 1.0, 0.01, 3600.0),
+        probe_timeout=fresh_t.get_float("probe_timeout", 60.0, 0.1, 36_000.0),
+    )
+    dht_t = top.table("dht")
+    dht = DhtParams(
+        k=dht_t.get_int("k", 20, 2, 100),
+        alpha=dht_t.get_int("alpha", 3, 1, 20),
+        rpc_timeout=dht_t.get_float("rpc_timeout", 5.0, 0.1, 600.0),
+    )
+    scenario = Scenario(
+        name=top.get_str("name", default_name),
+        description=top.get_str("description", ""),
+        seed=top.get_int("seed", 1, 0, 2**63 - 1),
+        peers=sizes,
+        join_batch=peers_t.get_int("join_batch", 100, 1, 100_000),
+        duration=top.get_float("duration", 60.0, 0.0, 7 * 86400.0),
+        interval=top.get_float("interval", 10.0, 0.1, 86400.0),
+        network=network,
+        workload=workload,
+        churn=churn,
+        nat=nat,
+        adversaries=adversaries,
+        freshness=freshness,
+        dht=dht,
+        libp2p_peers=peers_t.get_int("libp2p", 0, 0, 10_000),
+    )
+    smallest = min(sizes)
+    bad = adversaries.forgers + adversaries.droppers + adversaries.corruptors
+    if bad + workload.providers >= smallest:
+        raise ScenarioError(
+            f"peers: {smallest} peers cannot hold {bad} adversaries and {workload.providers} "
+            "providers per model besides the first peer; add peers"
+        )
+    for t in (top, peers_t, net_t, work_t, churn_t, nat_t, adv_t, fresh_t, dht_t):
+        t.check_unknown()
+    return scenario
+
+
+class _Table:
+    """A TOML table with typed, bounded getters that name the field in their errors."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ScenarioError(f"{prefix.rstrip('.')} must be a table")
+        self.data = data
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def table(self, key: str) -> _Table:
+        value = self.get(key)
+        return _Table({} if value is None else value, f"{self.prefix}{key}.")
+
+    def get_int(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.get(key)
+        return default if value is None else _int_in(self.name(key), value, low, high)
+
+    def get_float(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key)
+        return default if value is None else _float_in(self.name(key), value, low, high)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ScenarioError(f"{self.name(key)} must be true or false, not {value!r}")
+        return value
+
+    def get_str(self, key: str, default: str) -> str:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ScenarioError(f"{self.name(key)} must be a string, not {value!r}")
+        return value
+
+    def dist(self, key: str, default: Distribution | None) -> Distribution | None:
+        value = self.get(key)
+        where = self.name(key)
+        if value is None:
+            return default
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return Distribution("fixed", _float_in(where, value, 0.0, 1e9))
+        if not isinstance(value, Mapping):
+            raise ScenarioError(
+                f"{where} must be a number or a table such as "
+                '{ dist = "lognormal", median = 40, sigma = 0.5 }'
+            )
+        kind = value.get("dist", "fixed")
+        fields = {
+            "fixed": ("value",),
+            "uniform": ("low", "high"),
+            "normal": ("mean", "sd"),
+            "lognormal": ("median", "sigma"),
+        }
+        if kind not in fields:
+            raise ScenarioError(f"{where}.dist must be one of {', '.join(fields)}, not {kind!r}")
+        unknown = set(value) - {"dist", *fields[kind]}
+        if unknown:
+            raise ScenarioError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        args = []
+        for name in fields[kind]:
+            if name not in value:
+                raise ScenarioError(f"{where}.{name} is missing (dist = {kind!r})")
+            args.append(_float_in(f"{where}.{name}", value[name], 0.0, 1e9))
+        if kind == "uniform" and args[0] > args[1]:
+            raise ScenarioError(f"{where}: low must not exceed high")
+        return Distribution(kind, args[0], args[1] if len(args) > 1 else 0.0)
+
+    def tasks(self) -> tuple[tuple[str, float], ...]:
+        value = self.get("tasks")
+        where = self.name("tasks")
+        if value is None:
+            return Workload().tasks
+        if isinstance(value, list):
+            value = dict.fromkeys(value, 1.0)
+        if not isinstance(value, Mapping) or not value:
+            raise ScenarioError(
+                f'{where} must be a table of task = weight, e.g. {{ "sentiment-analysis" = 2 }}'
+            )
+        out = []
+        for name, weight in value.items():
+            if not name or not set(name) <= _TASK_CHARS or name[0] == "-":
+                raise ScenarioError(
+                    f"{where}: {name!r} is not a task tag (lower case letters, digits, '-')"
+                )
+            out.append((name, _float_in(f"{where}.{name}", weight, 0.0, 1e9)))
+        if sum(w for _, w in out) <= 0:
+            raise ScenarioError(f"{where}: at least one weight must be positive")
+        return tuple(out)
+
+    def check_unknown(self) -> None:
+        unknown = set(self.data) - self.used
+        if unknown:
+            raise ScenarioError(
+                f"unknown field(s) in {self.prefix.rstrip('.') or 'the scenario'}: "
+                f"{', '.join(sorted(unknown))}"
+            )
+
+
+def _int_in(where: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ScenarioError(f"{where} must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise ScenarioError(f"{where} = {value} is out of range {low}..{high}")
+    return value
+
+
+def _float_in(where: str, value: Any, low: float, high: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ScenarioError(f"{where} must be a number, not {value!r}")
+    number = float(value)
+    if not (low <= number <= high):
+        raise ScenarioError(f"{where} = {number:g} is out of range {low:g}..{high:g}")
+    return number

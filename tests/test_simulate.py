@@ -1,0 +1,224 @@
+"""Simulations (p2pnet.simulate): scenario files, both engines on the smoke scenario, the
+memory engine's determinism, and adversaries whose forged records are never accepted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import tomllib
+from typing import Any
+
+import pytest
+import trio
+
+from p2pnet.cli import main as cli_main
+from p2pnet.net.memory import MemoryNetwork
+from p2pnet.simulate.metrics import QueryRecord, percentile, summarize
+from p2pnet.simulate.plan import make_plan
+from p2pnet.simulate.report import PlotsUnavailableError, write_plots
+from p2pnet.simulate.runner import run_scenario
+from p2pnet.simulate.scenario import ScenarioError, load_scenario, parse_scenario
+from p2pnet.simulate.swarm import grind_peer_ids
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SIMULATIONS = REPO_ROOT / "simulations"
+SMOKE = SIMULATIONS / "smoke.toml"
+
+
+def _without_wall_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's result minus what depends on the machine (wall time, memory)."""
+    run = json.loads(json.dumps(run))
+    run.pop("resources")
+    for key in ("wall_s", "cpu_s_per_join"):
+        run["bootstrap"].pop(key)
+    return run
+
+
+def test_every_shipped_scenario_parses() -> None:
+    names = set()
+    for path in sorted(SIMULATIONS.glob("*.toml")):
+        scenario = load_scenario(path)
+        names.add(scenario.name)
+        assert scenario.unsupported("memory") == [], path
+        plan = make_plan(scenario, min(scenario.peers))
+        assert plan.events or scenario.duration == 0
+    assert {"smoke", "scale", "churn", "adversarial"} <= names
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"peers": {"count": 1}}, "peers.count = 1 is out of range"),
+        ({"peers": {"cout": 10}}, "unknown field(s) in peers: cout"),
+        ({"network": {"latency_ms": {"dist": "pareto"}}}, "network.latency_ms.dist must be"),
+        ({"network": {"latency_ms": {"dist": "uniform", "low": 5}}}, "latency_ms.high is missing"),
+        ({"network": {"loss": 0.9}}, "network.loss = 0.9 is out of range"),
+        ({"workload": {"tasks": {"Bad Task": 1}}}, "is not a task tag"),
+        ({"nat": {"public": 0.5}}, "must add up to 1"),
+        ({"adversaries": {"sybils": 3, "sybil_target": "nope"}}, "is not one of the workload"),
+        ({"churn": {"crash_fraction": "most"}}, "churn.crash_fraction must be a number"),
+    ],
+)
+def test_scenario_mistakes_name_the_field(change: dict[str, Any], message: str) -> None:
+    data = tomllib.loads(SMOKE.read_text())
+    for table, fields in change.items():
+        data.setdefault(table, {}).update(fields)
+    with pytest.raises(ScenarioError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_scenario(data)
+
+
+def test_nat_and_libp2p_limits_are_refused_with_a_reason() -> None:
+    data = tomllib.loads(SMOKE.read_text())
+    data["nat"] = {"public": 0.3, "cone": 0.5, "symmetric": 0.2}
+    scenario = parse_scenario(data)
+    with pytest.raises(ScenarioError, match="NATs are not modelled"):
+        run_scenario(scenario, engine="memory", in_process=True)
+    lossy = parse_scenario({**tomllib.loads(SMOKE.read_text()), "network": {"loss": 0.01}})
+    assert any("loss" in why for why in lossy.unsupported("libp2p"))
+
+
+def test_plans_are_drawn_from_the_seed() -> None:
+    scenario = load_scenario(SIMULATIONS / "churn.toml")
+    a, b = make_plan(scenario, 200, seed=3), make_plan(scenario, 200, seed=3)
+    assert a.events == b.events and a.via == b.via and a.models == b.models
+    assert make_plan(scenario, 200, seed=4).events != a.events
+    kinds = {e.kind for e in a.events}
+    assert {"query", "join", "leave", "crash", "rejoin", "publish"} <= kinds
+    # Queries come from live honest peers only.
+    gone: set[int] = set()
+    for e in a.events:
+        if e.kind in ("leave", "crash"):
+            gone.add(e.peer)
+        elif e.kind in ("join", "rejoin"):
+            gone.discard(e.peer)
+        elif e.kind == "query":
+            assert e.peer not in gone and a.role(e.peer) == "honest"
+
+
+def test_metrics_percentiles_and_intervals() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    records = [
+        QueryRecord(
+            t=float(i), peer=i, task="a", ok=i % 4 != 0, latency=0.1 * (i + 1), hops=2, queries=10
+        )
+        for i in range(20)
+    ]
+    result = summarize(records, [], [], duration=20.0, interval=5.0)
+    summary = result["summary"]
+    assert summary["queries"] == 20 and summary["succeeded"] == 15
+    assert summary["success_rate"] == 0.75
+    assert [row["queries"] for row in result["intervals"]] == [5, 5, 5, 5]
+    assert summary["latency_p50_ms"] <= summary["latency_p95_ms"] <= summary["latency_p99_ms"]
+
+
+def test_sybil_ids_are_ground_near_the_key() -> None:
+    import hashlib
+    import random
+
+    from p2pnet.core.kad.wire import peer_id_bytes
+
+    target = b"\x12\x20" + bytes(32)
+    ids = grind_peer_ids(target, 5, 10, random.Random(1))
+    goal = int.from_bytes(hashlib.sha256(target).digest()) >> 246
+    for peer_id in ids:
+        position = int.from_bytes(hashlib.sha256(peer_id_bytes(peer_id)).digest())
+        assert position >> 246 == goal
+
+
+async def test_memory_network_counts_traffic_and_applies_bandwidth(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with MemoryNetwork(latency=0.01, transmit=lambda s, d, size: size / 1000.0) as net:
+        a, b = net.add_host(), net.add_host()
+        received: list[float] = []
+
+        async def handler(stream: Any) -> None:
+            await stream.read()
+            received.append(trio.current_time())
+
+        b.set_stream_handler("/x", handler)
+        from p2pnet.net.host import PeerAddress
+
+        stream = await a.open_stream(PeerAddress(b.peer_id), "/x")
+        sent = trio.current_time()
+        await stream.write(b"x" * 500)  # 0.5 s at 1,000 bytes/s, plus 10 ms
+        await trio.sleep(1)
+        assert received and received[0] - sent == pytest.approx(0.51)
+        assert (net.messages_sent, net.bytes_sent) == (1, 500)
+
+
+def test_memory_smoke_is_deterministic() -> None:
+    scenario = load_scenario(SMOKE)
+    first = run_scenario(scenario, engine="memory", in_process=True)
+    second = run_scenario(scenario, engine="memory", in_process=True)
+    (run,) = first["runs"]
+    assert _without_wall_figures(run) == _without_wall_figures(second["runs"][0])
+    summary = run["metrics"]["summary"]
+    assert run["bootstrap"]["joins_failed"] == 0
+    assert summary["queries"] > 20 and summary["success_rate"] == 1.0
+    assert summary["forged_accepted"] == 0 and summary["records_rejected"] > 0
+    assert summary["new_records_found"] == summary["new_records"] > 0
+    assert summary["latency_p50_ms"] > 0 and summary["hops_mean"] >= 1
+    assert run["traffic"]["run_bytes_per_peer_s"] > 0
+    assert run["resources"]["rss_per_peer_kb"] > 0
+
+
+def test_adversaries_forged_records_are_never_accepted() -> None:
+    data = tomllib.loads((SIMULATIONS / "adversarial.toml").read_text())
+    data["peers"] = {"count": 50, "join_batch": 25}
+    data["adversaries"].update(forgers=3, droppers=3, corruptors=2, sybils=6)
+    data["duration"] = 10
+    scenario = parse_scenario(data)
+    report = run_scenario(scenario, engine="memory", in_process=True)
+    (run,) = report["runs"]
+    summary, adversaries = run["metrics"]["summary"], run["adversaries"]
+    assert summary["queries"] > 25
+    assert summary["forged_accepted"] == 0
+    assert summary["records_rejected"] > 0
+    assert adversaries["forged_values_sent"] > 0 and adversaries["forged_values_stored"] == 0
+    assert summary["target_task"] == "sentiment-analysis" and summary["target_queries"] > 0
+    # Honest peers still find the other tasks most of the time.
+    assert summary["other_success_rate"] >= 0.7
+
+
+@pytest.mark.slow
+def test_libp2p_smoke(tmp_path: pathlib.Path) -> None:
+    scenario = load_scenario(SMOKE)
+    report = run_scenario(scenario, engine="libp2p", log_dir=tmp_path)
+    (run,) = report["runs"]
+    summary = run["metrics"]["summary"]
+    assert run["n"] == scenario.libp2p_peers and run["bootstrap"]["joins_failed"] == 0
+    assert summary["queries"] > 10 and summary["success_rate"] >= 0.9
+    assert summary["forged_accepted"] == 0 and summary["records_rejected"] > 0
+    assert run["adversaries"]["forged_values_stored"] == 0
+
+
+def test_cli_writes_json_and_plots(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(
+        ["simulate", str(SMOKE), "--seed", "7", "--peers", "20", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "smoke-memory-seed7.json").read_text())
+    assert report["seed"] == 7 and report["runs"][0]["n"] == 20
+    assert (tmp_path / "smoke-memory-latency-cdf.png").stat().st_size > 1000
+    assert (tmp_path / "smoke-memory-success.png").stat().st_size > 1000
+    assert "smoke on the memory engine" in capsys.readouterr().out
+
+
+def test_plots_without_matplotlib_say_how_to_get_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    report = {"scenario": {"name": "x"}, "engine": "memory", "runs": []}
+    with pytest.raises(PlotsUnavailableError, match="pip install matplotlib=="):
+        write_plots(report, tmp_path)
+
+
+def test_scenario_seed_override_is_kept() -> None:
+    scenario = load_scenario(SMOKE)
+    assert dataclasses.replace(scenario, seed=5) == scenario.with_seed(5)
