@@ -479,6 +479,13 @@ def test_cli_private_grid_swarm_config_access_lists_and_status(
         assert "handshake failed" in outsider.stderr and "private network" in outsider.stderr
         assert "could not join the swarm" in outsider.stderr
 
+        # The bootstrap peer's own identity: a usage error that says so.
+        same = p2pnet(
+            "find", "--task", "iris-species", "--swarm-key", str(key), "--bootstrap", boot.address,
+            env=env | {"XDG_CONFIG_HOME": str(tmp_path / "boot")},
+        )  # fmt: skip
+        assert same.returncode == 2 and "the bootstrap peer is this peer's own ID" in same.stderr
+
         unknown = p2pnet("find", "--swarm", "nope", "--task", "x", env=env)
         assert unknown.returncode == 2 and "no swarm 'nope'" in unknown.stderr
         quic = p2pnet(
@@ -491,3 +498,26 @@ def test_cli_private_grid_swarm_config_access_lists_and_status(
             assert peer.proc.wait(timeout=30) == 0
     gone = p2pnet("status", env=env)
     assert gone.returncode == 1 and "no running peer" in gone.stderr
+
+
+async def test_relayed_connections_inside_a_private_grid() -> None:
+    """A private peer reachable only through a relay of the grid: the relayed
+    connection carries the PSK layer on both sides (py-libp2p left the dialling side's
+    relayed connections without it), and its status counts it as relayed."""
+    from p2pnet.net.host import PeerAddress
+    from p2pnet.net.nat import NatConfig
+    from p2pnet.status import snapshot
+
+    key = generate_swarm_key()
+    relay_config = NatConfig(relay_service=True, reachability="public")
+    async with Peer(swarm_key=key, nat=relay_config) as relay:
+        private = Peer(
+            swarm_key=key, bootstrap=[relay.addrs[0]], nat=NatConfig(reachability="private")
+        )
+        async with private, Peer(swarm_key=key) as caller:
+            (circuit,) = [a for a in private.addrs if "/p2p-circuit" in a]
+            address = PeerAddress(private.peer_id, (circuit.rpartition("/p2p/")[0],))
+            stream = await caller.host.open_stream(address, "/p2pnet/describe/1.0.0")
+            await stream.close()
+            assert caller.path(private.peer_id) == "relayed"
+            assert snapshot(caller)["connections"]["relayed"] == 1
