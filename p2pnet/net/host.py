@@ -37,7 +37,13 @@ from p2pnet.errors import (
 from p2pnet.net.identity import KeyPair, peer_id_of
 from p2pnet.net.logs import inherit_libp2p_log_level
 from p2pnet.net.nat import NatConfig, NatTraversal, is_circuit_addr
-from p2pnet.net.pnet import PnetHandshakeError, SwarmKey, psk_for, recent_failure
+from p2pnet.net.pnet import (
+    PnetHandshakeError,
+    SwarmKey,
+    protect_relayed_dials,
+    psk_for,
+    recent_failure,
+)
 
 __all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
 
@@ -451,6 +457,8 @@ async def open_host(
         # py-libp2p's own psk layer is not the spec's cipher: p2pnet.net.pnet replaces it.
         psk=psk,
     )
+    if psk is not None:
+        protect_relayed_dials(raw.get_network(), psk)
     try:
         async with AsyncExitStack() as stack:
             try:

@@ -1,498 +1,430 @@
-"""The libp2p host as p2pnet sees it: open streams to peers, serve protocols, nothing more.
+"""Private networks: libp2p's pre-shared key (PSK v1) around every TCP connection.
 
-This module and its siblings in ``p2pnet.net`` are the only code that touches
-py-libp2p. Its exceptions are translated here into p2pnet errors, and every
-workaround for its behaviour is here, each with a comment naming what it works
-around.
+Spec: libp2p/specs pnet/Private-Networks-PSK-V1.md. Each side sends a random 24-byte
+nonce, then everything it writes is XORed with the XSalsa20 key stream of (PSK, its
+nonce); it decrypts what it reads with the stream of (PSK, the other side's nonce).
+The layer sits under the security handshake (Noise): a peer with another key, or with
+none, never gets as far as Noise.
+
+py-libp2p 0.8.1 has a ``psk=`` parameter, but its ``security/pnet/psk_conn.py`` uses
+Salsa20 with an 8-byte nonce, not XSalsa20 with a 24-byte one: it cannot talk to
+go-libp2p, js-libp2p or rust-libp2p private networks, and it reads the key as 64 hex
+characters rather than the swarm key file. p2pnet keeps py-libp2p's hook (the swarm
+wraps each raw connection, inbound and outbound, with ``new_protected_conn(conn, psk)``
+before the security upgrade) and puts the spec's cipher behind it: a host opened with
+a SwarmKey passes a ``_SwarmPsk`` as ``psk``, and the hook installed here wraps its
+connections in ``PnetConnection``; any other ``psk`` still goes to py-libp2p's own.
+
+The spec has no key check: a mismatch shows as garbage. Every libp2p TCP connection
+starts with the multistream-select header (``\\x13/multistream/1.0.0\\n``), so the
+first 20 bytes read are checked against it: another key or a peer with no key fails
+at once with PnetHandshakeError instead of feeding garbage to multistream-select,
+and a peer that sends too little fails after ``handshake_timeout`` seconds. Nothing
+on the wire differs from the spec.
+
+Key file (what go-libp2p and js-libp2p read; ``swarm.key`` in IPFS)::
+
+    /key/swarm/psk/1.0.0/
+    /base16/
+    <64 hex digits>
+
+``/base64/`` and ``/bin/`` encodings are read too; ``format_swarm_key`` writes base16.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
+import base64
+import binascii
+import hashlib
 import os
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+import stat
+import struct
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
-import libp2p.stream_muxer.yamux.yamux as _yamux
-import multiaddr
+import libp2p.network.swarm as _swarm_module
 import trio
-from libp2p import new_host
-from libp2p.abc import IHost, INetStream
-from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig
-from libp2p.network.stream.exceptions import StreamEOF, StreamError
-from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
-from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as _NOISE_MAX_PLAINTEXT
+from Crypto.Cipher import Salsa20
+from libp2p.abc import IRawConnection
+from libp2p.connection_types import ConnectionType
+from multiaddr import Multiaddr
 
-from p2pnet.errors import (
-    ConfigError,
-    ConnectionLostError,
-    InvalidAddressError,
-    PeerUnreachableError,
-)
-from p2pnet.net.identity import KeyPair, peer_id_of
-from p2pnet.net.logs import inherit_libp2p_log_level
-from p2pnet.net.nat import NatConfig, NatTraversal, is_circuit_addr
-from p2pnet.net.pnet import (
-    PnetHandshakeError,
-    SwarmKey,
-    protect_relayed_dials,
-    psk_for,
-    recent_failure,
-)
+from p2pnet.errors import ConfigError
 
-__all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
+__all__ = [
+    "KEY_HEADER",
+    "PnetConnection",
+    "PnetHandshakeError",
+    "SwarmKey",
+    "format_swarm_key",
+    "generate_swarm_key",
+    "load_swarm_key",
+    "parse_swarm_key",
+    "protect_relayed_dials",
+    "psk_for",
+    "recent_failure",
+    "xsalsa20_stream",
+]
 
-log = logging.getLogger(__name__)
-
-# py-libp2p reads at most this much per call; larger reads do not return more.
-READ_SIZE = 1 << 20
-# Longest a close or reset may take before the stream is given up on.
-CLOSE_TIMEOUT = 1.0
-# Longest closing every connection may take when a host stops.
-HOST_CLOSE_TIMEOUT = 5.0
-
-# py-libp2p 0.8.1 throughput tuning, measured in docs/benchmarks.md ("Invoke").
-# Yamux sends data frames of 65536 bytes (its 12-byte header included), but one Noise
-# message carries at most 65519 bytes of plaintext, so every full frame went out as two
-# Noise messages, and each costs a trip through py-libp2p's locks and the scheduler.
-# Frames of four Noise messages' worth (262076 bytes) stay within Yamux's initial 256 KiB
-# window, which is the only bound go- and js-yamux put on a received frame (rust-yamux
-# accepts up to 1 MiB). py-libp2p reads the constant at each write; only what we send
-# changes.
-_yamux.MAX_MESSAGE_SIZE = 4 * _NOISE_MAX_PLAINTEXT
-# py-libp2p's PY_YAMUX_RELEASE_ON_READ (on by default) sends a WINDOW_UPDATE frame after
-# every read: one extra frame per small message and per 64 KiB of bulk data. Off, credit
-# goes back per half window, as go-yamux does. Read at call time; a value set by the
-# user wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+KEY_HEADER: Final = "/key/swarm/psk/1.0.0/"
+NONCE_SIZE: Final = 24
+KEY_SIZE: Final = 32
+# What every libp2p TCP connection sends first: the multistream-select 1.0.0 header.
+_FIRST_PLAINTEXT: Final = b"\x13/multistream/1.0.0\n"
+# Seconds the other side has to send its nonce and first bytes.
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
+# Seconds after a failed handshake during which dials to the same address fail at once.
+DEFAULT_RETRY_WINDOW: Final = 3.0
 
 
 @dataclass(frozen=True, slots=True)
-class PeerAddress:
-    """Where to reach a peer: its ID and the transport addresses to dial (may be empty)."""
+class SwarmKey:
+    """A private network's 32-byte pre-shared key.
 
-    peer_id: str
-    addrs: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        if not self.addrs:
-            return self.peer_id
-        return f"{self.addrs[0]}/p2p/{self.peer_id}"
-
-
-@functools.lru_cache(maxsize=1024)
-def parse_peer_address(text: str) -> PeerAddress:
-    """Parse ``/ip4/.../tcp/N/p2p/<peer-id>`` (or a bare peer ID) into a PeerAddress.
-
-    Results are cached: parsing costs ~0.15 ms, and Peer.invoke parses its address
-    argument on every call.
-
-    Raises:
-        InvalidAddressError: not a multiaddr ending in /p2p/<peer-id>, nor a peer ID.
+    ``repr`` and ``str`` never show the key; ``fingerprint`` names it safely.
     """
-    text = text.strip()
-    if not text.startswith("/"):
-        try:
-            return PeerAddress(str(ID.from_base58(text)))
-        except Exception:
-            raise InvalidAddressError(
-                f"{text!r} is neither a multiaddr (/ip4/127.0.0.1/tcp/4001/p2p/12D3...) "
-                "nor a peer ID (12D3...)"
-            ) from None
-    try:
-        addr = multiaddr.Multiaddr(text)
-        peer_id = addr.get_peer_id()
-    except Exception as exc:
-        raise InvalidAddressError(f"{text!r} is not a valid multiaddr: {exc}") from None
-    if peer_id is None:
-        raise InvalidAddressError(
-            f"{text!r} has no /p2p/<peer-id> part; p2pnet needs it to authenticate the peer"
-        )
-    transport = str(addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}")))
-    return PeerAddress(str(peer_id), (transport,) if transport else ())
 
+    key: bytes
 
-class Stream:
-    """A bidirectional byte stream to one peer, speaking one protocol."""
-
-    def __init__(self, raw: INetStream, peer_id: str) -> None:
-        self._raw = raw
-        self.peer_id = peer_id
-
-    async def read(self) -> bytes:
-        """Some bytes (at most READ_SIZE), or b"" at a clean end of stream.
-
-        Raises:
-            ConnectionLostError: the stream was reset or the connection broke.
-        """
-        try:
-            return await self._raw.read(READ_SIZE)
-        except StreamEOF:
-            # py-libp2p raises at end of stream instead of returning b"".
-            return b""
-        except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLostError(
-                f"stream to peer {self.peer_id} broke while reading: {exc or type(exc).__name__}"
-            ) from None
-
-    async def write(self, data: bytes) -> None:
-        """Send ``data``.
-
-        Raises:
-            ConnectionLostError: the stream was closed, reset, or the connection broke.
-        """
-        try:
-            # Shielded: py-libp2p writes each Yamux frame as one Noise message straight
-            # to the TCP socket, and a cancellation part-way through a socket write
-            # leaves half a message on the wire, which breaks the whole connection
-            # (every later stream on it fails in multistream-select). A write is at
-            # most one chunk (WireLimits.chunk_size), so the shield is short.
-            with trio.CancelScope(shield=True):
-                await self._raw.write(data)
-        except (StreamError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionLostError(
-                f"stream to peer {self.peer_id} broke while writing: {exc or type(exc).__name__}"
-            ) from None
-
-    async def close(self) -> None:
-        """Close both directions; never raises (a broken stream is already closed).
-
-        Works even in a cancelled scope: the closing frame is written shielded (see
-        write) and given at most CLOSE_TIMEOUT seconds.
-        """
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-            try:
-                await self._raw.close()
-            except Exception as exc:  # closing a broken stream fails in transport-specific ways
-                log.debug("closing stream to %s: %r", self.peer_id, exc)
-
-    async def reset(self) -> None:
-        """Abort the stream, telling the peer; never raises. Works when cancelled, as close."""
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-            try:
-                await self._raw.reset()
-            except Exception as exc:  # as in close()
-                log.debug("resetting stream to %s: %r", self.peer_id, exc)
-
-
-StreamHandler = Callable[[Stream], Awaitable[None]]
-
-
-class Host:
-    """A running libp2p host: its identity, its addresses, its streams."""
-
-    def __init__(
-        self,
-        raw: IHost,
-        identity: KeyPair,
-        swarm_key: SwarmKey | None = None,
-        psk: str | None = None,
-    ) -> None:
-        self._raw = raw
-        self.peer_id = peer_id_of(identity)
-        self.swarm_key = swarm_key
-        self._psk = psk  # what py-libp2p got: p2pnet.net.pnet keeps handshake failures in it
-        # NAT traversal (reachability, relays, hole punching), when open_host got a config.
-        self.nat: NatTraversal | None = None
+    def __post_init__(self) -> None:
+        if len(self.key) != KEY_SIZE:
+            raise ConfigError(f"a swarm key has {KEY_SIZE} bytes, not {len(self.key)}")
 
     @property
-    def addrs(self) -> list[str]:
-        """Full multiaddrs others can dial, ``/p2p/<peer-id>`` included; with NAT
-        traversal, the announced ones (relayed addresses of a private peer first)."""
-        if self.nat is not None:
-            return [f"{a}/p2p/{self.peer_id}" for a in self.nat.announce_addrs()]
-        return [str(a) for a in self._raw.get_addrs()]
+    def fingerprint(self) -> str:
+        """16 hex digits that name the key without revealing it (p2pnet's own scheme:
+        SHA-256 of a fixed label and the key, truncated), to compare keys across peers."""
+        return hashlib.sha256(b"p2pnet swarm key fingerprint\0" + self.key).hexdigest()[:16]
 
-    def path(self, peer_id: str) -> str | None:
-        """How this host is connected to ``peer_id``: "direct", "relayed", or None."""
-        if self.nat is not None:
-            return self.nat.path(peer_id)
-        return "direct" if self.connection_count(peer_id) else None
+    def __repr__(self) -> str:
+        return f"SwarmKey(fingerprint={self.fingerprint})"
 
-    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
-        """Serve ``protocol`` with ``handler``, one call per inbound stream.
-
-        The handler is guarded: whatever it raises is logged and the stream reset,
-        because py-libp2p lets a handler's exception escape into the host's nursery
-        and take the whole host down.
-        """
-
-        async def guarded(raw: INetStream) -> None:
-            stream = Stream(raw, str(raw.muxed_conn.peer_id))
-            try:
-                await handler(stream)
-            except Exception:
-                log.exception("handler for %s failed on a stream from %s", protocol, stream.peer_id)
-                await stream.reset()
-
-        self._raw.set_stream_handler(TProtocol(protocol), guarded)
-
-    async def open_stream(self, peer: PeerAddress, protocol: str) -> Stream:
-        """Open a stream to ``peer`` speaking ``protocol``, dialling it first if needed.
-
-        Raises:
-            PeerUnreachableError: no connection could be made, or the peer does not
-                speak ``protocol``.
-        """
-        peer_id = ID.from_base58(peer.peer_id)
-        if peer.addrs and self.swarm_key is not None:
-            peer = _without_quic(peer)
-        if peer.addrs:
-            addrs = [multiaddr.Multiaddr(a) for a in peer.addrs]
-            # py-libp2p's swarm keeps a "negative cache" of peers whose dial failed and
-            # refuses to dial them again for a while, even at new addresses: clear it
-            # when the caller gives us addresses.
-            self._raw.get_network().unblock_peer(peer_id)  # type: ignore[attr-defined]
-            try:
-                if self.nat is not None and any(is_circuit_addr(a) for a in addrs):
-                    # py-libp2p's connect() skips relayed addresses: NatTraversal dials
-                    # them, racing the direct ones.
-                    await self.nat.connect(peer.peer_id, peer.addrs)
-                else:
-                    await self._raw.connect(PeerInfo(peer_id, addrs))
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # swarm and transport raise many unrelated types
-                raise PeerUnreachableError(
-                    f"cannot connect to peer {peer}: {self._dial_failure(exc, peer)}"
-                ) from None
-        try:
-            raw = await self._raw.new_stream(peer_id, [TProtocol(protocol)])
-        except trio.Cancelled:
-            raise
-        except Exception as exc:
-            raise PeerUnreachableError(
-                f"cannot open a {protocol} stream to peer {peer}: {_reason(exc)}"
-            ) from None
-        return Stream(raw, peer.peer_id)
-
-    def _dial_failure(self, exc: BaseException, peer: PeerAddress) -> str:
-        """Why a dial failed, saying so when a private network is the likely cause."""
-        chain = _chain(exc)
-        pnet = next((e for e in chain if isinstance(e, PnetHandshakeError)), None)
-        if pnet is not None:
-            return str(pnet)
-        # py-libp2p's dial error keeps only "failed after 3 attempts"; the private network
-        # layer remembers why its handshakes failed.
-        for addr in peer.addrs:
-            try:
-                ma = multiaddr.Multiaddr(addr)
-                ip = ma.value_for_protocol("ip6" if "/ip6/" in addr else "ip4")
-                failure = recent_failure(self._psk, str(ip), int(ma.value_for_protocol("tcp")))
-            except Exception:  # not an ip/tcp address
-                continue
-            if failure is not None:
-                return failure
-        if any("security" in str(e) or "multiselect" in str(e).lower() for e in chain):
-            if self.swarm_key is None:
-                return (
-                    f"the handshake failed ({_reason(exc)}); the other side may be in a "
-                    "private network (give its swarm key with --swarm-key or --swarm)"
-                )
-            return (
-                f"the handshake failed ({_reason(exc)}); the other side may be in a private "
-                f"network with a different swarm key (this peer's: {self.swarm_key.fingerprint})"
-            )
-        return f"{_reason(exc)}; check that it is running and that the address is right"
-
-    def peer_addrs(self, peer_id: str) -> list[str]:
-        """Transport addresses known for ``peer_id`` (from dialling it or from identify)."""
-        try:
-            addrs = self._raw.get_peerstore().addrs(ID.from_base58(peer_id))
-        except Exception:  # py-libp2p raises PeerStoreError for an unknown peer
-            return []
-        return [str(a) for a in addrs]
-
-    def connection_count(self, peer_id: str) -> int:
-        """Open connections to ``peer_id``."""
-        network = self._raw.get_network()
-        conns = network.get_connections(ID.from_base58(peer_id))
-        return sum(1 for c in conns if not c.is_closed)
-
-    def connections(self) -> list[tuple[str, str]]:
-        """(peer ID, remote transport address) of every open connection; a relayed
-        connection's address holds ``/p2p-circuit``."""
-        out = []
-        for conn in self._raw.get_network().get_connections():
-            if conn.is_closed:
-                continue
-            try:
-                addrs = [str(a) for a in conn.get_transport_addresses()]
-            except Exception:  # a transport that does not know its addresses
-                addrs = []
-            out.append((str(conn.muxed_conn.peer_id), addrs[0] if addrs else ""))
-        return sorted(out)
+    __str__ = __repr__
 
 
-def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
-    """Fail if a fixed TCP listen port is taken.
-
-    py-libp2p sets SO_REUSEPORT on its listeners (for hole punching), so a second
-    peer on a taken port starts without error and the kernel splits incoming
-    connections between the two. A probe bind without SO_REUSEPORT still fails on a
-    taken port, which turns that into a clear error.
-    """
-    for addr in addrs:
-        protocols = [p.name for p in addr.protocols()]
-        if "tcp" not in protocols or int(addr.value_for_protocol("tcp")) == 0:
-            continue
-        family = socket.AF_INET6 if "ip6" in protocols else socket.AF_INET
-        host = addr.value_for_protocol("ip6" if family == socket.AF_INET6 else "ip4")
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, int(addr.value_for_protocol("tcp"))))
-            except OSError as exc:
-                raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+def generate_swarm_key() -> SwarmKey:
+    """A new random swarm key."""
+    return SwarmKey(os.urandom(KEY_SIZE))
 
 
-def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only non-group exception inside nested groups, or None if there are several."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        if len(exc.exceptions) != 1:
-            return None
-        exc = exc.exceptions[0]
-    return exc
+def format_swarm_key(key: SwarmKey) -> str:
+    """The key file text: header, ``/base16/``, 64 lower-case hex digits, newline."""
+    return f"{KEY_HEADER}\n/base16/\n{key.key.hex()}\n"
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc``, its causes and contexts, and the members of exception groups, in order."""
-    out: list[BaseException] = []
-    todo = [exc]
-    while todo and len(out) < 64:
-        e = todo.pop(0)
-        if any(e is seen for seen in out):
-            continue
-        out.append(e)
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        todo.extend(c for c in (e.__cause__, e.__context__) if c is not None)
-    return out
-
-
-def _check_no_quic(addrs: Sequence[multiaddr.Multiaddr]) -> None:
-    """Refuse QUIC listen addresses on a private-network host.
-
-    py-libp2p 0.8.1 does not apply the pre-shared key to QUIC connections (a peer
-    without the key connects), and the spec's QUIC protector (pnet/QUIC.md) is not
-    implemented there.
-    """
-    for addr in addrs:
-        if any(p.name.startswith("quic") for p in addr.protocols()):
-            raise ConfigError(
-                f"cannot listen on {addr} with a swarm key: py-libp2p does not apply the "
-                "private network key to QUIC, so anyone could connect; use TCP addresses"
-            )
-
-
-def _without_quic(peer: PeerAddress) -> PeerAddress:
-    """``peer`` without its QUIC addresses, which a private-network host must not dial.
+def parse_swarm_key(data: bytes, source: str = "swarm key") -> SwarmKey:
+    """Read a swarm key file's bytes (base16, base64 or bin encoding).
 
     Raises:
-        ConfigError: QUIC addresses only.
+        ConfigError: not a swarm key file, naming what is wrong.
     """
-    kept = tuple(a for a in peer.addrs if "/quic" not in a)
-    if not kept:
+    header, sep, rest = data.partition(b"\n")
+    if header.rstrip(b"\r") != KEY_HEADER.encode():
         raise ConfigError(
-            f"cannot dial {peer} with a swarm key: py-libp2p does not apply the private "
-            "network key to QUIC; give a TCP address of the peer"
+            f"{source} is not a swarm key file: its first line must be {KEY_HEADER!r} "
+            "(create one with: p2pnet swarm-key new > grid.key)"
         )
-    return PeerAddress(peer.peer_id, kept)
+    encoding, sep, body = rest.partition(b"\n")
+    encoding = encoding.rstrip(b"\r")
+    if not sep:
+        raise ConfigError(f"{source}: missing the encoding line (/base16/, /base64/ or /bin/)")
+    if encoding == b"/bin/":
+        key = body[:KEY_SIZE]
+        if len(key) != KEY_SIZE or body[KEY_SIZE:] not in (b"", b"\n", b"\r\n"):
+            raise ConfigError(f"{source}: a /bin/ key is exactly {KEY_SIZE} bytes")
+        return SwarmKey(key)
+    text = body.strip()
+    try:
+        if encoding == b"/base16/":
+            key = bytes.fromhex(text.decode("ascii"))
+        elif encoding == b"/base64/":
+            key = base64.b64decode(text, validate=True)
+        else:
+            raise ConfigError(
+                f"{source}: unknown key encoding {encoding.decode(errors='replace')!r}; "
+                "one of /base16/, /base64/, /bin/"
+            )
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ConfigError(
+            f"{source}: the key is not valid {encoding.decode().strip('/')}"
+        ) from None
+    if len(key) != KEY_SIZE:
+        raise ConfigError(f"{source}: the key has {len(key)} bytes; a swarm key has {KEY_SIZE}")
+    return SwarmKey(key)
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost message of an exception chain, which says what actually failed."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text} ({cause})"
-    return text
-
-
-@asynccontextmanager
-async def open_host(
-    identity: KeyPair,
-    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
-    *,
-    dial_timeout: float = 10.0,
-    swarm_key: SwarmKey | None = None,
-    nat: NatConfig | None = None,
-) -> AsyncIterator[Host]:
-    """Run a libp2p host (TCP, Noise, Yamux) listening on ``listen`` until the block exits.
-
-    mDNS, UPnP and bootstrap discovery stay off: nothing is dialled or announced that
-    the caller did not ask for. With ``swarm_key``, every connection carries the
-    private network layer (p2pnet.net.pnet): only peers with the same key connect.
+def load_swarm_key(path: Path | str) -> SwarmKey:
+    """Read a swarm key file, refusing one that other users can read or write.
 
     Raises:
-        InvalidAddressError: a listen address that is not a multiaddr.
-        ConfigError: the host cannot listen (address in use, not local, QUIC with a
-            swarm key, ...).
+        ConfigError: unreadable, accessible by others (as identity keys), or malformed.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read swarm key {path}: {exc.strerror or exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"swarm key {path} is accessible by other users (mode {stat.filemode(mode)}); "
+            f"anyone who reads it can join the private network; run: chmod 600 {path}"
+        )
+    return parse_swarm_key(data, f"swarm key {path}")
+
+
+# --- XSalsa20 ------------------------------------------------------------------------------
+
+
+def _rotl(v: int, c: int) -> int:
+    return ((v << c) & 0xFFFFFFFF) | (v >> (32 - c))
+
+
+def _hsalsa20(key: bytes, nonce16: bytes) -> bytes:
+    """HSalsa20 (XSalsa20 paper, section 2): the subkey for the last 8 nonce bytes."""
+    s = struct.unpack("<4I", b"expand 32-byte k")
+    k = struct.unpack("<8I", key)
+    n = struct.unpack("<4I", nonce16)
+    x = [s[0], *k[:4], s[1], *n, s[2], *k[4:], s[3]]
+
+    def quarter(a: int, b: int, c: int, d: int) -> None:
+        x[b] ^= _rotl((x[a] + x[d]) & 0xFFFFFFFF, 7)
+        x[c] ^= _rotl((x[b] + x[a]) & 0xFFFFFFFF, 9)
+        x[d] ^= _rotl((x[c] + x[b]) & 0xFFFFFFFF, 13)
+        x[a] ^= _rotl((x[d] + x[c]) & 0xFFFFFFFF, 18)
+
+    for _ in range(10):
+        quarter(0, 4, 8, 12)
+        quarter(5, 9, 13, 1)
+        quarter(10, 14, 2, 6)
+        quarter(15, 3, 7, 11)
+        quarter(0, 1, 2, 3)
+        quarter(5, 6, 7, 4)
+        quarter(10, 11, 8, 9)
+        quarter(15, 12, 13, 14)
+    return struct.pack("<8I", x[0], x[5], x[10], x[15], x[6], x[7], x[8], x[9])
+
+
+def xsalsa20_stream(key: bytes, nonce: bytes) -> Any:
+    """An XSalsa20 cipher: ``.encrypt(data)`` XORs the next key stream bytes into data.
+
+    XSalsa20 is Salsa20 keyed with HSalsa20(key, nonce[:16]) and nonce[16:]; the
+    Salsa20 part is pycryptodome's (a py-libp2p dependency), which keeps its position
+    across calls. Checked against libsodium's XSalsa20 in tests/test_private_grid.py.
+    """
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"XSalsa20 takes a {NONCE_SIZE}-byte nonce")
+    return Salsa20.new(key=_hsalsa20(key, nonce[:16]), nonce=nonce[16:])
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+class PnetHandshakeError(ConnectionError):
+    """The other side is not in this private network: it has another swarm key, or none."""
+
+
+class _Protector:
+    """One host's key, handshake timeout and recent handshake failures.
+
+    py-libp2p retries a failed dial three times (after 0.1, 0.2 and 0.4 s); a private
+    network handshake that failed fails again, and one that timed out would time out
+    again, so a dial to an address whose handshake failed less than
+    ``retry_window`` seconds ago fails at once with the same error. The failures are
+    also how the host names the cause: py-libp2p's dial error drops it.
     """
 
-    try:
-        listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
-    except Exception as exc:
-        raise InvalidAddressError(f"bad listen address in {list(listen)}: {exc}") from None
-    if swarm_key is not None:
-        _check_no_quic(listen_addrs)
-    _check_tcp_ports_free(listen_addrs)
-    inherit_libp2p_log_level()
-    psk = psk_for(swarm_key) if swarm_key is not None else None
-    raw = new_host(
-        key_pair=identity,
-        enable_mDNS=False,
-        enable_upnp=False,
-        # With the default of 3 connections per peer, py-libp2p's swarm waits a fixed
-        # 250 ms ("happy eyeballs") on every dial for a second connection; one
-        # connection per peer removes the wait. Yamux multiplexes all our streams on it.
-        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout),
-        # py-libp2p's own psk layer is not the spec's cipher: p2pnet.net.pnet replaces it.
-        psk=psk,
-    )
-    if psk is not None:
-        protect_relayed_dials(raw.get_network(), psk)
-    try:
-        async with AsyncExitStack() as stack:
+    def __init__(self, key: SwarmKey, handshake_timeout: float, retry_window: float) -> None:
+        self.key = key
+        self.handshake_timeout = handshake_timeout
+        self.retry_window = retry_window
+        self._failures: dict[tuple[str, int], tuple[float, str]] = {}
+
+    def record_failure(self, remote: tuple[str, int] | None, message: str) -> None:
+        if remote is None:
+            return
+        now = time.monotonic()
+        self._failures = {a: f for a, f in self._failures.items() if now - f[0] < self.retry_window}
+        self._failures[(remote[0], remote[1])] = (now, message)
+
+    def recent_failure(self, remote: tuple[str, int] | None) -> str | None:
+        """The message of a handshake with ``remote`` that failed within the window."""
+        failure = self._failures.get((remote[0], remote[1])) if remote else None
+        if failure is None or time.monotonic() - failure[0] >= self.retry_window:
+            return None
+        return failure[1]
+
+
+class PnetConnection(IRawConnection):
+    """A raw connection (TCP) with the PSK layer on it."""
+
+    def __init__(self, conn: IRawConnection, protector: _Protector) -> None:
+        self._conn = conn
+        self._protector = protector
+        self._key = protector.key
+        self.is_initiator = conn.is_initiator
+        self._out_nonce = os.urandom(NONCE_SIZE)
+        self._write_cipher = xsalsa20_stream(self._key.key, self._out_nonce)
+        self._nonce_sent = False
+        self._read_cipher: Any = None
+        self._pending = b""  # decrypted bytes read during the handshake, not yet returned
+        self._write_lock = trio.Lock()
+        self._refused = protector.recent_failure(self._remote()) if conn.is_initiator else None
+
+    def _remote(self) -> tuple[str, int] | None:
+        try:
+            return self._conn.get_remote_address()
+        except Exception:  # a transport without addresses
+            return None
+
+    async def _send_nonce(self) -> None:
+        async with self._write_lock:
+            if not self._nonce_sent:
+                self._nonce_sent = True
+                await self._conn.write(self._out_nonce)
+
+    async def write(self, data: bytes) -> None:
+        if self._refused is not None:
+            raise PnetHandshakeError(self._refused)
+        async with self._write_lock:
+            encrypted = self._write_cipher.encrypt(data)
+            if not self._nonce_sent:
+                self._nonce_sent = True
+                encrypted = self._out_nonce + encrypted  # one write, one TCP segment
+            await self._conn.write(encrypted)
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._read_cipher is None:
+            if self._refused is not None:
+                raise PnetHandshakeError(self._refused)
             try:
-                await stack.enter_async_context(raw.run(listen_addrs))
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot listen on {list(listen)}: {exc.strerror or exc}"
-                ) from None
-            # py-libp2p's AutoConnector dials peers from the peerstore (any address any
-            # peer ever told us about) whenever there are fewer than 50 connections.
-            # p2pnet dials only what it is asked to: stop it before anything connects.
-            await raw.get_network().auto_connector.stop()  # type: ignore[attr-defined]
-            traversal = None
-            if nat is not None:
-                traversal = NatTraversal(raw, nat)
-                services = await stack.enter_async_context(trio.open_nursery())
-                stack.callback(services.cancel_scope.cancel)
-                await services.start(traversal.run)
-            try:
-                host = Host(raw, identity, swarm_key, psk)
-                host.nat = traversal
-                yield host
-            finally:
-                # Leaving host.run() stops the swarm by cancelling it, and its clean-up
-                # then closes each connection inside the cancelled scope: the first
-                # await raises, and the sockets stay open, so peers never learn that we
-                # left (their calls to us hang until their deadline). Swarm.close()
-                # first, shielded, closes every connection for real.
-                with trio.CancelScope(shield=True), trio.move_on_after(HOST_CLOSE_TIMEOUT):
-                    await raw.get_network().close()
-    except BaseExceptionGroup as group:
-        # py-libp2p's host.run() wraps whatever the block raises in one exception group
-        # per nursery it runs; hand a lone error back to the caller as itself.
-        leaf = _sole_leaf(group)
-        if leaf is None:
-            raise
-        raise leaf from None
+                await self._handshake()
+            except PnetHandshakeError as exc:
+                self._protector.record_failure(self._remote(), str(exc))
+                raise
+        if self._pending:
+            size = len(self._pending) if n is None or n < 0 else n
+            out, self._pending = self._pending[:size], self._pending[size:]
+            return out
+        data = await self._conn.read(n)
+        if not data:
+            return b""
+        return bytes(self._read_cipher.encrypt(data))
+
+    async def _handshake(self) -> None:
+        """Read the other side's nonce and check the first bytes it sends."""
+        # Send ours first: a listener's first move is to read, and the other side may
+        # be waiting for our bytes before it sends more.
+        await self._send_nonce()
+        need = NONCE_SIZE + len(_FIRST_PLAINTEXT)
+        timeout = self._protector.handshake_timeout
+        fingerprint = self._key.fingerprint
+        received = b""
+        with trio.move_on_after(timeout) as scope:
+            while len(received) < need:
+                chunk = await self._conn.read(need - len(received))
+                if not chunk:
+                    break
+                received += chunk
+                if received.startswith(_FIRST_PLAINTEXT):
+                    # A multistream-select header in the clear instead of a nonce.
+                    raise PnetHandshakeError(
+                        "private network handshake failed: the other side is in no private "
+                        f"network (it has no swarm key; this peer's key: {fingerprint})"
+                    )
+        if len(received) < need:
+            why = (
+                f"sent only {len(received)} bytes in {timeout:g} s"
+                if scope.cancelled_caught
+                else f"closed the connection after {len(received)} bytes"
+            )
+            raise PnetHandshakeError(
+                f"private network handshake failed: the other side {why}; it may have "
+                f"no swarm key or a different one (this peer's key: {fingerprint})"
+            )
+        cipher = xsalsa20_stream(self._key.key, received[:NONCE_SIZE])
+        first = bytes(cipher.encrypt(received[NONCE_SIZE:]))
+        if first != _FIRST_PLAINTEXT:
+            raise PnetHandshakeError(
+                "private network handshake failed: the other side is in a private network "
+                f"with a different swarm key, or in none (this peer's key: {fingerprint})"
+            )
+        self._read_cipher = cipher
+        self._pending = first
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self._conn.get_remote_address()
+
+    def get_transport_addresses(self) -> list[Multiaddr]:
+        return self._conn.get_transport_addresses()
+
+    def get_connection_type(self) -> ConnectionType:
+        return self._conn.get_connection_type()
+
+
+class _SwarmPsk(str):
+    """What a p2pnet host passes to py-libp2p as ``psk``: a str, as py-libp2p expects,
+    carrying the host's _Protector for the hook below. Its text is the key's
+    fingerprint, never the key: nothing that logs it leaks the key."""
+
+    protector: _Protector
+
+    def __new__(cls, protector: _Protector) -> _SwarmPsk:
+        self = super().__new__(cls, protector.key.fingerprint)
+        self.protector = protector
+        return self
+
+
+def psk_for(
+    key: SwarmKey,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    retry_window: float = DEFAULT_RETRY_WINDOW,
+) -> str:
+    """The ``psk`` argument for py-libp2p's new_host that puts ``key`` on a host."""
+    return _SwarmPsk(_Protector(key, handshake_timeout, retry_window))
+
+
+def recent_failure(psk: str | None, host: str, port: int) -> str | None:
+    """Why the handshake with ``host:port`` failed within the retry window, if it did."""
+    if isinstance(psk, _SwarmPsk):
+        return psk.protector.recent_failure((host, port))
+    return None
+
+
+def protect_relayed_dials(network: Any, psk: str) -> None:
+    """Put the PSK layer on outbound relayed connections of ``network`` (a swarm) too.
+
+    py-libp2p 0.8.1 applies ``psk`` to an outbound connection in its dial functions,
+    before ``upgrade_outbound_raw_conn``, and to an inbound one inside
+    ``upgrade_inbound_raw_conn``. A relayed (circuit v2) dial calls
+    ``upgrade_outbound_raw_conn`` directly, so the dialling side spoke in the clear
+    while the listening side expected the PSK layer, and every relayed connection in
+    a private network failed. Connections that already carry the layer are left alone.
+    """
+    upgrade = network.upgrade_outbound_raw_conn
+
+    async def protected(raw_conn: Any, peer_id: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(raw_conn, PnetConnection):
+            raw_conn = _protect(raw_conn, psk)
+        return await upgrade(raw_conn, peer_id, *args, **kwargs)
+
+    network.upgrade_outbound_raw_conn = protected
+
+
+_upstream_protect = _swarm_module.new_protected_conn  # type: ignore[attr-defined]
+
+
+def _protect(conn: Any, psk: str) -> Any:
+    if isinstance(psk, _SwarmPsk):
+        return PnetConnection(conn, psk.protector)
+    return _upstream_protect(conn, psk)
+
+
+# py-libp2p's swarm calls this module-level name for every raw connection of a host
+# with a psk (see the module docstring); hosts without one never reach it.
+_swarm_module.new_protected_conn = _protect  # type: ignore[attr-defined]
