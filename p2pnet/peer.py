@@ -365,6 +365,17 @@ class Peer:
         connected = [b.peer_id for b in self._bootstrap if host.connection_count(b.peer_id)]
         with trio.move_on_after(10.0):
             await host.nat.join(connected)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._announce_after_check, host.addrs)
+
+    async def _announce_after_check(self, announced: list[str]) -> None:
+        """Announce again once AutoNAT answered, if that changed our addresses (a public
+        peer drops its relayed ones): DHT provider records carry them."""
+        nat = self.host.nat
+        assert nat is not None
+        await nat.checked.wait()
+        if self._models and self.host.addrs != announced:
+            await self.announce()
 
     @property
     def reachability(self) -> str:

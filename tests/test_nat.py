@@ -118,12 +118,12 @@ def _topology(*nats: str) -> Topology:
         pytest.skip(f"network namespaces unavailable here: {exc}")
 
 
-def _wait_private(agent: Process, timeout: float = 10.0) -> dict[str, Any]:
-    """The agent's info once AutoNAT said private."""
+def _wait_reachability(agent: Process, verdict: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The agent's info once AutoNAT gave ``verdict`` (or the timeout passed)."""
     deadline = time.monotonic() + timeout
     while True:
         info = agent.request({"op": "info"})
-        if info["reachability"] == "private" or time.monotonic() > deadline:
+        if info["reachability"] == verdict or time.monotonic() > deadline:
             return info
         time.sleep(0.1)
 
@@ -158,7 +158,7 @@ def test_two_peers_behind_nats_call_each_other_relayed_then_direct(
     try:
         a, ready_a, b, ready_b = _swarm(topo, procs, models, tmp_path / "config")
         for agent in (a, b):
-            info = _wait_private(agent)
+            info = _wait_reachability(agent, "private")
             assert info["reachability"] == "private"
             assert "/p2p-circuit/" in info["addrs"][0], "the relayed address comes first"
 
@@ -199,6 +199,36 @@ def test_calls_go_through_the_relay_when_hole_punching_is_blocked(
         assert not stuck["direct"] and stuck["history"] == ["relayed"]
         again = a.request({"op": "call", "task": "nat-echo", "x": np.arange(3.0).tolist()})
         assert again["path"] == "relayed"
+    finally:
+        for proc in procs:
+            proc.stop()
+        topo.close()
+
+
+@pytest.mark.slow
+def test_a_peer_behind_a_port_forward_announces_its_public_address(
+    models: dict[str, Path], procs: list[Process], tmp_path: Path
+) -> None:
+    # The peer listens on its LAN address; only identify tells it its public IP. The
+    # AutoNAT dial-back at that IP with its listen port succeeds (port 4001 is
+    # forwarded), so it announces that address, and no relay.
+    topo = _topology("forwarded", "cone")
+    try:
+        a, ready_a, b, _ = _swarm(topo, procs, models, tmp_path / "config")
+        info = _wait_reachability(a, "public")
+        assert info["reachability"] == "public"
+        public = f"/ip4/{topo.natted[0].public_ip}/tcp/4001/p2p/{ready_a['peer_id']}"
+        assert info["addrs"][0] == public, info["addrs"]
+        assert not any("/p2p-circuit" in addr for addr in info["addrs"])
+        # Others find it at that address, and end up connected directly. (A peer that
+        # joined the DHT while it was still unsure may reach it through the relay
+        # first: the peer it went through may still name the relayed address.)
+        offers = b.request({"op": "find", "task": "nat-iris"})["offers"]
+        assert offers[0]["addrs"][0] == public.removesuffix(f"/p2p/{ready_a['peer_id']}")
+        ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
+        assert ba["peer"] == ready_a["peer_id"]
+        direct = b.request({"op": "wait_direct", "peer": ready_a["peer_id"], "timeout": 10})
+        assert direct["direct"], direct
     finally:
         for proc in procs:
             proc.stop()

@@ -324,14 +324,15 @@ class NatTraversal:
     def announce_addrs(self) -> list[str]:
         """Transport addresses (no /p2p/<self>) others should dial us at, best first.
 
-        PUBLIC: the listen addresses and those an AutoNAT dial-back reached. PRIVATE:
+        PUBLIC: the addresses an AutoNAT dial-back reached, then the listen addresses
+        (for peers on the same LAN). PRIVATE:
         relayed addresses first, then the listen addresses (for peers on the same LAN).
         Addresses only observed by others (identify) are not announced unless a
         dial-back confirmed them: behind a NAT they name a port mapping that belongs to
         one outbound connection.
         """
         listen = [str(a) for a in self._raw.get_transport_addrs()]
-        direct = list(dict.fromkeys(listen + self.public_addrs))
+        direct = list(dict.fromkeys(self.public_addrs + listen))
         if self.reachability is Reachability.PUBLIC:
             return direct
         return list(dict.fromkeys(self.circuit_addrs() + direct))
@@ -373,7 +374,9 @@ class NatTraversal:
         """
         if self.config.reachability != "auto":
             return self.reachability
-        candidates = [a.to_bytes() for a in self._dial_back_candidates()]
+        addrs = self._dial_back_candidates()
+        log.debug("asking %s to dial us back at %s", list(servers), [str(a) for a in addrs])
+        candidates = [a.to_bytes() for a in addrs]
         reached: list[str] = []
         failures = 0
 

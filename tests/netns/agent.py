@@ -40,8 +40,10 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-# peer ID -> the paths our connection to it took, in order ("relayed", "direct", None).
+# peer ID -> the paths our connection to it took, in order ("relayed", "direct", None),
+# and when each was first seen (time.monotonic() seconds).
 HISTORY: dict[str, list[str | None]] = {}
+SEEN_AT: dict[str, list[float]] = {}
 
 
 async def watch_paths(peer: Peer) -> None:
@@ -53,6 +55,7 @@ async def watch_paths(peer: Peer) -> None:
             seen = HISTORY.setdefault(pid, [])
             if (not seen and path is not None) or (seen and seen[-1] != path):
                 seen.append(path)
+                SEEN_AT.setdefault(pid, []).append(time.monotonic())
         await trio.sleep(0.01)
 
 
@@ -115,6 +118,12 @@ async def handle(peer: Peer, cmd: dict[str, Any]) -> dict[str, Any]:
         return {
             "mb_per_s": 2 * x.nbytes * rounds / seconds / 1e6,
             "path": peer.path(offer.record.peer_id),
+        }
+    if op == "history":
+        times = SEEN_AT.get(cmd["peer"], [])
+        return {
+            "paths": HISTORY.get(cmd["peer"], []),
+            "ms": [(t - times[0]) * 1000 for t in times],
         }
     if op == "disconnect":
         from libp2p.peer.id import ID

@@ -14,7 +14,8 @@ even after a failure::
 Router kinds: "cone" (iptables MASQUERADE, which keeps source ports where it can:
 TCP hole punching works) and "symmetric" (MASQUERADE --random-fully: every connection
 gets a random port, so a peer cannot predict its mapped address and hole punching
-fails). Both drop unsolicited packets from outside, as home routers do.
+fails), "forwarded" (a cone NAT whose TCP port 4001 is forwarded to the peer's port
+4001). All drop other unsolicited packets from outside, as home routers do.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Node:
 
     ns: str
     ip: str
+    # Behind a NAT: the router's public address.
+    public_ip: str | None = None
 
     def argv(self, *argv: str) -> list[str]:
         """``argv`` run inside this namespace."""
@@ -94,7 +97,7 @@ class Topology:
         cls, nats: Sequence[str] = ("cone", "cone"), public: int = 1, prefix: str | None = None
     ) -> Topology:
         """A bootstrap node, ``public`` public nodes and one node behind a router of each
-        kind in ``nats`` ("cone" or "symmetric").
+        kind in ``nats`` ("cone", "symmetric" or "forwarded").
 
         Raises:
             NetnsUnavailable: namespaces cannot be created here.
@@ -156,12 +159,12 @@ class Topology:
             self._wire(node.ns, "eth0", node.ip, 10 + i)
             self.public.append(node)
         for i, kind in enumerate(nats):
-            if kind not in ("cone", "symmetric"):
+            if kind not in ("cone", "symmetric", "forwarded"):
                 raise ValueError(f"unknown NAT kind {kind!r}")
             router = self._ns(f"r{i}")
             self._wire(router, "wan", f"{BRIDGE_NET}.{100 + i}", 100 + i)
             lan_net = f"10.{80 + i}.0"
-            node = Node(self._ns(f"n{i}"), f"{lan_net}.2")
+            node = Node(self._ns(f"n{i}"), f"{lan_net}.2", f"{BRIDGE_NET}.{100 + i}")
             _run(
                 "ip",
                 "link",
@@ -197,6 +200,14 @@ class Topology:
             if kind == "symmetric":
                 masquerade.append("--random-fully")
             self._in(router, *masquerade)
+            if kind == "forwarded":
+                # A port forward, as on a router set up for a server: TCP port 4001 of
+                # the router's public address goes to the peer's port 4001.
+                self._in(router, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "wan",
+                         "-p", "tcp", "--dport", "4001", "-j", "DNAT",
+                         "--to-destination", f"{node.ip}:4001")  # fmt: skip
+                self._in(router, "iptables", "-A", "FORWARD", "-i", "wan", "-p", "tcp",
+                         "-d", node.ip, "--dport", "4001", "-j", "ACCEPT")  # fmt: skip
             # Like most home routers: unsolicited packets from outside are dropped
             # (not answered with a reset), so a hole-punch SYN that arrives before the
             # other side's own SYN opened the mapping is lost, not refused, and the
