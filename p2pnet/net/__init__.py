@@ -8,6 +8,9 @@
     memory.py     MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
                                                           interface, for tests and simulations
     logs.py       set_libp2p_log_level, Libp2pRecordFilter  py-libp2p's logging, quiet by default
+    nat.py        NatTraversal, NatConfig, Reachability   NAT traversal: AutoNAT, circuit relay
+                                                          v2 (relay and reservations), relayed
+                                                          dials, DCUtR hole punching
 
 Every workaround for py-libp2p behaviour lives here with a comment naming it.
 """
