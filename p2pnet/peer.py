@@ -412,6 +412,7 @@ class Peer:
                             self.shutdown_grace,
                         )
 
+
 def _announce_addr(text: str) -> str:
     """An ``announce`` address without its /p2p/ part.
 

@@ -436,7 +436,6 @@ async def open_host(
         ConfigError: the host cannot listen (address in use, not local, QUIC with a
             swarm key, ...).
     """
-
     try:
         listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
