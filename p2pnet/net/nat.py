@@ -68,6 +68,8 @@ DIAL_BACK_TIMEOUT = 3.0
 AUTONAT_TIMEOUT = DIAL_BACK_TIMEOUT + 3.0
 # Longest a plain direct dial may take before hole punching starts.
 UNILATERAL_TIMEOUT = 1.0
+# Dial-backs one peer may ask of us per minute.
+AUTONAT_REQUESTS_PER_MINUTE = 4
 # At most this many connected peers are asked for a dial-back.
 MAX_AUTONAT_SERVERS = 4
 
@@ -180,13 +182,19 @@ class _DCUtR(DCUtRProtocol):
 
     DRIVE_INTERVAL = 0.25
 
+    def __init__(self, host: IHost, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        # Peers a hole punch is being driven towards (plain dial included).
+        self._driving: set[ID] = set()
+
     async def _auto_drive_loop(self) -> None:
         while True:
             await trio.sleep(self.DRIVE_INTERVAL)
             network: Any = self.host.get_network()
             for peer_id, conns in list(network.connections.items()):
                 if (
-                    peer_id in self._in_progress
+                    peer_id in self._driving
+                    or peer_id in self._in_progress
                     or peer_id in self._direct_connections
                     or self._hole_punch_attempts.get(peer_id, 0) >= MAX_HOLE_PUNCH_ATTEMPTS
                 ):
@@ -199,9 +207,9 @@ class _DCUtR(DCUtRProtocol):
                 ):
                     continue
                 if self._nursery is not None:
+                    # Marked until the attempt is over, so that no tick starts another.
+                    self._driving.add(peer_id)
                     self._nursery.start_soon(self._drive, peer_id)
-                    # Marked here so the next tick does not start a second session.
-                    self._in_progress.add(peer_id)
 
     async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
         """A plain direct dial before hole punching (spec step 0), for UNILATERAL_TIMEOUT.
@@ -223,11 +231,12 @@ class _DCUtR(DCUtRProtocol):
         return await self._verify_direct_connection(peer_id)
 
     async def _drive(self, peer_id: ID) -> None:
-        self._in_progress.discard(peer_id)
         try:
             await self.initiate_hole_punch(peer_id)
         except Exception as exc:  # a failed hole punch leaves the relayed connection
             log.debug("hole punch to %s failed: %r", peer_id, exc)
+        finally:
+            self._driving.discard(peer_id)
 
 
 async def _dial_back(host: IHost, peer_id: ID, addr: multiaddr.Multiaddr) -> None:
@@ -284,6 +293,8 @@ class NatTraversal:
         self._nursery: trio.Nursery | None = None
         # Set when the reachability check started by join() has an answer.
         self.checked = trio.Event()
+        # Asking peer -> when it asked for dial-backs (trio time), for the rate limit.
+        self._autonat_asked: dict[str, list[float]] = {}
         # What identify tells other peers our addresses are: the announced ones, so that
         # peers that learn us from a DHT node reach us through our relay. Not through
         # py-libp2p's addrs_factory: BasicHost.get_addrs() then strips "the" /p2p/ part
@@ -297,6 +308,24 @@ class NatTraversal:
         """Serve the relay (stop side, and hop if configured), AutoNAT and DCUtR."""
 
         async def autonat_handler(stream: Any) -> None:
+            # py-libp2p's AutoNAT server answers every request: at most
+            # AUTONAT_REQUESTS_PER_MINUTE dial-backs per asking peer.
+            asker = str(stream.muxed_conn.peer_id)
+            now = trio.current_time()
+            recent = [t for t in self._autonat_asked.get(asker, []) if now - t < 60.0]
+            if len(recent) >= AUTONAT_REQUESTS_PER_MINUTE:
+                log.info("AutoNAT request from %s over its rate limit: refused", asker)
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    try:
+                        await stream.reset()
+                    except Exception as exc:  # already gone
+                        log.debug("resetting AutoNAT stream: %r", exc)
+                return
+            self._autonat_asked[asker] = [*recent, now]
+            if len(self._autonat_asked) > 1024:
+                self._autonat_asked = {
+                    k: v for k, v in self._autonat_asked.items() if now - v[-1] < 60.0
+                }
             try:
                 await self._autonat.handle_stream(stream)
             except Exception:  # py-libp2p lets a handler's exception end the host
