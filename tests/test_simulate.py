@@ -76,7 +76,11 @@ def test_nat_and_libp2p_limits_are_refused_with_a_reason() -> None:
     with pytest.raises(ScenarioError, match="NATs are not modelled"):
         run_scenario(scenario, engine="memory", in_process=True)
     lossy = parse_scenario({**tomllib.loads(SMOKE.read_text()), "network": {"loss": 0.01}})
-    assert any("loss" in why for why in lossy.unsupported("libp2p"))
+    assert lossy.unsupported("libp2p") == []
+    assert any("loss" in note for note in lossy.notes("libp2p")) and not lossy.notes("memory")
+    sybils = parse_scenario({**tomllib.loads(SMOKE.read_text()), "adversaries": {"sybils": 2}})
+    with pytest.raises(ScenarioError, match="cannot grind real key pairs"):
+        run_scenario(sybils, engine="libp2p")
 
 
 def test_plans_are_drawn_from_the_seed() -> None:

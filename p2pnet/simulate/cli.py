@@ -100,6 +100,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             peers=args.peers,
             progress=step,
             log_dir=(args.out / "logs") if args.out else None,
+            on_run=(lambda partial: write_json(partial, args.out)) if args.out else None,
         )
     if args.json:
         import json

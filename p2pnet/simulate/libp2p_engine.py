@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 START_TIMEOUT: Final = 120.0
 STEP_TIMEOUT: Final = 300.0
 WORKER_LIFETIME: Final = 3600.0
+# Peers joining at once. A join dials its bootstrap peer and then most of the swarm;
+# 100 at once through one peer took longer than the RPC timeout on 2 cores (each new
+# connection costs a Noise handshake and two multistream negotiations of CPU).
+JOIN_BATCH: Final = 10
 RUN_START_DELAY: Final = 1.5  # seconds between the run command and its start, for every worker
 
 
@@ -67,7 +71,7 @@ def run_libp2p(
         raise ScenarioError("the libp2p engine needs a scenario file (its workers read it)")
     seed = scenario.seed if seed is None else seed
     progress = progress or (lambda phase, done, total: None)
-    plan = make_plan(scenario, n, seed, initial_via=True)
+    plan = make_plan(scenario, n, seed, initial_via=True, max_batch=JOIN_BATCH)
     w = min(workers_for(plan.total), n)
     log_dir.mkdir(parents=True, exist_ok=True)
     wall0 = time.perf_counter()
@@ -233,7 +237,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
     # Peers leave on purpose here: py-libp2p's errors about dialling them are expected.
     set_libp2p_log_level(logging.CRITICAL + 1)
     scenario = load_scenario(path).with_seed(seed)
-    plan = make_plan(scenario, n, seed, initial_via=True)
+    plan = make_plan(scenario, n, seed, initial_via=True, max_batch=JOIN_BATCH)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     buffer = b""
 

@@ -70,12 +70,18 @@ class Plan:
 
 
 def make_plan(
-    scenario: Scenario, n: int, seed: int | None = None, *, initial_via: bool = False
+    scenario: Scenario,
+    n: int,
+    seed: int | None = None,
+    *,
+    initial_via: bool = False,
+    max_batch: int | None = None,
 ) -> Plan:
     """The plan of one run with ``n`` initial peers.
 
     initial_via: peers that join during the run do so through initial peers only (the
     libp2p engine's workers know the addresses of those alone).
+    max_batch: at most this many peers join at once during the bootstrap.
     """
     seed = scenario.seed if seed is None else seed
     rng = random.Random(seed * 1_000_003 + n)
@@ -108,9 +114,8 @@ def make_plan(
 
     # Bootstrap: batches of join_batch; each peer through a random earlier peer.
     order = list(range(1, n)) + sybils
-    batches = [
-        order[i : i + scenario.join_batch] for i in range(0, len(order), scenario.join_batch)
-    ]
+    width = min(scenario.join_batch, max_batch or scenario.join_batch)
+    batches = [order[i : i + width] for i in range(0, len(order), width)]
     via: dict[int, int] = {}
     joined = [0]
     for batch in batches:

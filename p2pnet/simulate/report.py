@@ -76,6 +76,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             _fmt(run["resources"].get("wall_s")),
         )
     console.print(table)
+    for note in report.get("notes", ()):
+        console.print(f"  note: {note}")
     for run in report["runs"]:
         s = run["metrics"]["summary"]
         if "target_task" in s:

@@ -12,6 +12,7 @@ import datetime
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,9 +47,11 @@ def run_scenario(
     progress: Progress | None = None,
     in_process: bool = False,
     log_dir: Path | None = None,
+    on_run: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
     """Every run of ``scenario`` on ``engine``; progress(phase, done, total) per step,
-    with phase prefixed by the size (``"1000: bootstrap"``).
+    with phase prefixed by the size (``"1000: bootstrap"``); ``on_run(report so far)``
+    after each size (the CLI writes the JSON then, so a long run keeps what it measured).
 
     Raises:
         ScenarioError: the engine cannot run this scenario (the message says why).
@@ -60,7 +63,8 @@ def run_scenario(
         raise ScenarioError(f"the {engine} engine cannot run this scenario: " + "; ".join(why))
     scenario = scenario.with_seed(seed)
     started = datetime.datetime.now(datetime.UTC)
-    runs = []
+    runs: list[dict[str, Any]] = []
+    report = _report(scenario, engine, started, runs)
     for n in sizes_for(scenario, engine, peers):
 
         def step(phase: str, done: float, total: float, n: int = n) -> None:
@@ -76,6 +80,14 @@ def run_scenario(
             runs.append(run_memory(scenario, n, scenario.seed, step))
         else:
             runs.append(_memory_child(scenario, n, step, log_dir))
+        if on_run is not None:
+            on_run(report)
+    return report
+
+
+def _report(
+    scenario: Scenario, engine: str, started: datetime.datetime, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "scenario": {
             "name": scenario.name,
@@ -93,6 +105,7 @@ def run_scenario(
             },
         },
         "engine": engine,
+        "notes": scenario.notes(engine),
         "seed": scenario.seed,
         "date": started.isoformat(timespec="seconds"),
         "machine": machine_info(),

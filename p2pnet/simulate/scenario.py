@@ -191,13 +191,19 @@ class Scenario:
                     "adversaries.sybils: the libp2p engine cannot grind real key pairs near "
                     "a key in reasonable time; run sybil scenarios with --engine memory"
                 )
-            if self.network.loss or self.network.jitter_ms or self.network.bandwidth_mbps:
-                why.append(
-                    "network: the libp2p engine runs on loopback and applies no latency, "
-                    "loss or bandwidth model; remove network.loss, jitter_ms and "
-                    "bandwidth_mbps (latency_ms is ignored there)"
-                )
         return why
+
+    def notes(self, engine: str) -> list[str]:
+        """Parts of the scenario that ``engine`` runs without (reported, not refused)."""
+        net = self.network
+        if engine == "libp2p" and (
+            net.loss or net.jitter_ms or net.bandwidth_mbps or net.latency_ms.mean
+        ):
+            return [
+                "network: the libp2p engine runs on loopback; latency_ms, jitter_ms, loss "
+                "and bandwidth_mbps are not applied"
+            ]
+        return []
 
 
 # --- parsing ---------------------------------------------------------------------------------

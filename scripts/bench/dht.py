@@ -52,15 +52,11 @@ import dataclasses
 import datetime
 import functools
 import gc
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import random
-import resource
-import select
 import statistics
 import subprocess
 import sys
@@ -78,6 +74,14 @@ from p2pnet.core.kad.keys import key_for_task
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.net.host import Host, PeerAddress
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.simulate.procstats import (
+    machine_info,
+    pct,
+    peak_rss_kb,
+    process_cpu_seconds,
+    rss_kb,
+)
+from p2pnet.simulate.workers import JsonLinesWorker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TASK = "dht-bench-task"
@@ -133,36 +137,6 @@ class Plan:
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def rss_kb() -> int:
-    """Resident set size of this process in KiB (Linux /proc), else peak RSS."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return peak_rss_kb()
-
-
-def peak_rss_kb() -> int:
-    """Peak resident set size of this process in KiB (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc; 0.0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def pct(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ms_stats(prefix: str, seconds: Sequence[float], out: dict[str, Any]) -> None:
@@ -466,52 +440,15 @@ async def _find_all(
 # ---------------------------------------------------------------- real peers: parent side
 
 
-class Worker:
-    """A worker process and its JSON-lines pipe, every read under a deadline."""
+class Worker(JsonLinesWorker):
+    """A worker process (this file with --worker) and its JSON-lines pipe."""
 
     def __init__(self, impl: str, n: int, seed: int, log_path: Path) -> None:
         self.n = n
-        self._log = log_path.open("w")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, __file__, "--worker", impl, "--peers", str(n), "--seed", str(seed)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
+            log_path,
         )
-        self.ready: dict[str, Any] = {}
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-
-    def receive(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            raise RuntimeError(
-                f"worker {self.proc.pid} sent nothing within {timeout:.0f} s "
-                f"(exit code {self.proc.poll()}); see {self._log.name}"
-            )
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    def call(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        self.send(message)
-        return self.receive(timeout)
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None and self.proc.stdin:
-                self.send({"cmd": "quit"})
-                self.proc.stdin.close()
-            self.proc.wait(timeout=15)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 def run_real(impl: str, n: int, plan: Plan, seed: int, log_dir: Path) -> dict[str, Any]:
@@ -833,43 +770,6 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any
             }
         )
     return checks
-
-
-def machine_info() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    try:
-        mem_total_mb = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        mem_total_mb = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "cpu_model": cpu_model,
-        "memory_mb": mem_total_mb,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "libp2p": version("libp2p"),
-        "trio": version("trio"),
-        "p2pnet": version("p2pnet"),
-    }
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
