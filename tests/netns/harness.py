@@ -187,7 +187,7 @@ class Topology:
             self._in(node.ns, "ip", "addr", "add", f"{node.ip}/24", "dev", "eth0")
             self._in(node.ns, "ip", "link", "set", "eth0", "up")
             self._in(node.ns, "ip", "route", "add", "default", "via", f"{lan_net}.1")
-            self._in(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            self._in(router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
             masquerade = [
                 "iptables",
                 "-t",
