@@ -6,16 +6,20 @@ Every peer runs ``NatTraversal`` inside its host:
 - AutoNAT: after joining, the peer asks the peers it is connected to (its bootstrap
   peers, never anyone else) to dial it back at its listen addresses and at the
   addresses they observed it at (identify). A dial-back that succeeds proves the peer
-  PUBLIC at that address; dial-backs that fail say PRIVATE.
+  PUBLIC at that address (then announced); dial-backs that fail say PRIVATE.
 - Relay: a bootstrap peer runs the relay service (circuit relay v2 "hop") with the
-  limits of ``RelayServiceLimits``. A private peer reserves a slot on its bootstrap
-  peers and announces ``<relay-addr>/p2p/<relay>/p2p-circuit/p2p/<self>`` first.
+  limits of ``RelayServiceLimits``. Unless configured public, a peer reserves a slot
+  on its bootstrap peers at once and announces
+  ``<relay-addr>/p2p/<relay>/p2p-circuit/p2p/<self>`` first; a PUBLIC verdict drops
+  the reservations.
 - Dialling: ``connect`` dials a peer's direct addresses and, if it has circuit
   addresses, its relays too (the relay after a short head start for the direct
   dial): the first connection that works is used.
-- DCUtR: while a connection is relayed, both ends try to upgrade it (py-libp2p's
-  DCUtR drives that every 2 s); py-libp2p opens new streams on a direct connection
-  when there is one, and closes the relayed one a minute after the upgrade.
+- DCUtR: while a connection is relayed, the peer that was dialled through the relay
+  starts a hole punch (looked at every 0.25 s; a plain dial first, then TCP
+  simultaneous open, three attempts at most); py-libp2p opens new streams on a
+  direct connection when there is one, and closes the relayed one a minute after
+  the upgrade.
 
 Workarounds for py-libp2p 0.8.1 are here, each with a comment naming what it
 works around.
