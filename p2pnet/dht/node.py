@@ -208,22 +208,33 @@ class DhtNode:
                 return
             if request is None:  # closed by the peer, or idle too long: read_request closed it
                 return
-            self._saw(stream.peer_id)
-            response = self.answer(request, stream.peer_id, trio.current_time())
-            if response is None:
-                self.requests_dropped += 1
-                if request.type is MessageType.ADD_PROVIDER:
-                    continue  # ADD_PROVIDER has no response: ignore it, keep the stream
-                # The spec has no error reply. Resetting the stream tells the sender at once
-                # (as go and js do) instead of leaving it to its timeout.
-                await stream.reset()
+            keep_open = await self._reply(stream, request)
+            # An idle stream waits up to a minute for its next request: it must not hold
+            # the last request and response meanwhile (at 10,000 peers, ~100 such
+            # streams per peer held ~1,000 peer records each).
+            del request
+            if not keep_open:
                 return
-            self.requests_served += 1
-            try:
-                await stream.write(encode_kad_message(response))
-            except ConnectionLostError:
-                await stream.reset()
-                return
+
+    async def _reply(self, stream: ByteStream, request: KadMessage) -> bool:
+        """Answer one request on ``stream``; False once the stream is done with."""
+        self._saw(stream.peer_id)
+        response = self.answer(request, stream.peer_id, trio.current_time())
+        if response is None:
+            self.requests_dropped += 1
+            if request.type is MessageType.ADD_PROVIDER:
+                return True  # ADD_PROVIDER has no response: ignore it, keep the stream
+            # The spec has no error reply. Resetting the stream tells the sender at once
+            # (as go and js do) instead of leaving it to its timeout.
+            await stream.reset()
+            return False
+        self.requests_served += 1
+        try:
+            await stream.write(encode_kad_message(response))
+        except ConnectionLostError:
+            await stream.reset()
+            return False
+        return True
 
     def answer(self, request: KadMessage, sender: str, now: float) -> KadMessage | None:
         """The response to ``request`` from ``sender``, or None to drop it."""
