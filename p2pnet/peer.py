@@ -195,7 +195,7 @@ class Peer:
         self.publisher.add(model.info, tasks)
         self._models.setdefault(model.model_id, model)
         if self._nursery is not None:
-            self._nursery.start_soon(self.announce)
+            self._nursery.start_soon(self._announce_reachable)
         return model.info
 
     async def announce(self) -> int:
@@ -364,9 +364,19 @@ class Peer:
             return
         connected = [b.peer_id for b in self._bootstrap if host.connection_count(b.peer_id)]
         with trio.move_on_after(10.0):
-            await host.nat.join(connected)
+            # A peer that serves nothing (find, call) needs no relay slot: nobody
+            # dials it. serve() reserves one later if needed.
+            await host.nat.join(connected, reserve=bool(self._models))
         if self._nursery is not None:
             self._nursery.start_soon(self._announce_after_check, host.addrs)
+
+    async def _announce_reachable(self) -> None:
+        """Announce, after reserving relay slots if this is the first model served."""
+        nat = self.host.nat if self._host else None
+        if nat is not None:
+            with trio.move_on_after(10.0):
+                await nat.reserve_relays()
+        await self.announce()
 
     async def _announce_after_check(self, announced: list[str]) -> None:
         """Announce again once AutoNAT answered, if that changed our addresses (a public

@@ -57,25 +57,45 @@ async def test_autonat_dial_back_opens_a_new_connection() -> None:
         assert await nat.check_reachability([boot.peer_id]) is Reachability.PRIVATE
 
 
-async def test_a_private_peer_is_called_through_its_relay_then_directly() -> None:
+async def test_a_private_peer_is_called_through_its_relay_then_directly(
+    models: dict[str, Path],
+) -> None:
+    relay_config = NatConfig(relay_service=True, reachability="public")
+    async with Peer(nat=relay_config) as relay:
+        hidden = Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="private"))
+        hidden.serve(models["iris"])
+        async with hidden, Peer(nat=NatConfig(reachability="public")) as caller:
+            await _called_through_relay_then_directly(relay, hidden, caller)
+
+
+async def test_a_peer_that_serves_nothing_takes_no_relay_slot(models: dict[str, Path]) -> None:
     relay_config = NatConfig(relay_service=True, reachability="public")
     async with (
         Peer(nat=relay_config) as relay,
-        Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="private")) as hidden,
-        Peer(nat=NatConfig(reachability="public")) as caller,
+        Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="private")) as client,
     ):
-        circuit = [a for a in hidden.addrs if "/p2p-circuit" in a]
-        assert circuit == [f"{relay.addrs[0]}/p2p-circuit/p2p/{hidden.peer_id}"]
-        # Given only the relayed address, the caller connects through the relay...
-        address = PeerAddress(hidden.peer_id, (circuit[0].removesuffix(f"/p2p/{hidden.peer_id}"),))
-        stream = await caller.host.open_stream(address, "/ipfs/id/1.0.0")
-        await stream.close()
-        assert caller.path(hidden.peer_id) == "relayed"
-        # ...and the hidden peer upgrades the connection (here a plain dial back works).
-        nat = hidden.host.nat
-        assert nat is not None
-        assert await nat.wait_direct(caller.peer_id, 10.0)
-        assert caller.path(hidden.peer_id) == "direct"
+        assert not any("/p2p-circuit" in a for a in client.addrs)
+        client.serve(models["iris"])  # now others must reach it: it reserves one
+        with trio.fail_after(10):
+            while not any("/p2p-circuit" in a for a in client.addrs):
+                await trio.sleep(0.01)
+
+
+async def _called_through_relay_then_directly(relay: Peer, hidden: Peer, caller: Peer) -> None:
+    """Given only its relayed address, the caller reaches ``hidden`` through ``relay``,
+    then directly."""
+    circuit = [a for a in hidden.addrs if "/p2p-circuit" in a]
+    assert circuit == [f"{relay.addrs[0]}/p2p-circuit/p2p/{hidden.peer_id}"]
+    # Given only the relayed address, the caller connects through the relay...
+    address = PeerAddress(hidden.peer_id, (circuit[0].removesuffix(f"/p2p/{hidden.peer_id}"),))
+    stream = await caller.host.open_stream(address, "/ipfs/id/1.0.0")
+    await stream.close()
+    assert caller.path(hidden.peer_id) == "relayed"
+    # ...and the hidden peer upgrades the connection (here a plain dial back works).
+    nat = hidden.host.nat
+    assert nat is not None
+    assert await nat.wait_direct(caller.peer_id, 15.0)
+    assert caller.path(hidden.peer_id) == "direct"
 
 
 def test_records_and_dht_keep_relayed_addresses(models: dict[str, Path]) -> None:

@@ -216,10 +216,13 @@ class _DCUtR(DCUtRProtocol):
                     self._nursery.start_soon(self._drive, peer_id)
 
     async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
-        """A plain direct dial before hole punching (spec step 0), for UNILATERAL_TIMEOUT.
+        """A plain direct dial before hole punching (spec step 0).
 
-        py-libp2p gives it the whole hole-punch dial timeout, and a peer behind a NAT
-        that drops unsolicited packets makes it wait all of it before every punch.
+        py-libp2p waits for it the whole hole-punch dial timeout, and a peer behind a
+        NAT that drops unsolicited packets makes it wait all of it before every punch;
+        cut at that, a slow dial (a loaded machine, a long path) is lost. Here the dials
+        go on in the background (up to the dial timeout) and hole punching starts after
+        UNILATERAL_TIMEOUT; whichever gives a direct connection first wins.
         """
         try:
             addrs = [
@@ -227,11 +230,12 @@ class _DCUtR(DCUtRProtocol):
             ]
         except Exception:  # PeerStoreError for an unknown peer
             return False
-        if addrs:
+        if addrs and self._nursery is not None:
+            for addr in addrs:
+                self._nursery.start_soon(self._dial_peer, peer_id, addr)
             with trio.move_on_after(UNILATERAL_TIMEOUT):
-                async with trio.open_nursery() as nursery:
-                    for addr in addrs:
-                        nursery.start_soon(self._dial_peer, peer_id, addr)
+                while not await self._verify_direct_connection(peer_id):
+                    await trio.sleep(0.05)
         return await self._verify_direct_connection(peer_id)
 
     async def _drive(self, peer_id: ID) -> None:
@@ -297,6 +301,8 @@ class NatTraversal:
         self._nursery: trio.Nursery | None = None
         # Set when the reachability check started by join() has an answer.
         self.checked = trio.Event()
+        # Peers to reserve relay slots on (the bootstrap peers given to join()).
+        self.relay_candidates: list[str] = []
         # Asking peer -> when it asked for dial-backs (trio time), for the rate limit.
         self._autonat_asked: dict[str, list[float]] = {}
         # What identify tells other peers our addresses are: the announced ones, so that
@@ -496,18 +502,17 @@ class NatTraversal:
             self.relays.clear()
             self._addrs_changed()
 
-    async def join(self, peers: Sequence[str]) -> None:
-        """After connecting to ``peers`` (bootstrap peers): reserve a relay slot on each
-        of them at once (a few ms) unless configured public, then find out in the
-        background whether we are reachable (AutoNAT: up to AUTONAT_TIMEOUT behind a NAT
-        that drops unsolicited packets); a PUBLIC verdict drops the reservations."""
+    async def join(self, peers: Sequence[str], *, reserve: bool = True) -> None:
+        """After connecting to ``peers`` (bootstrap peers): unless configured public (or
+        ``reserve`` is False), reserve a relay slot on each of them at once (a few ms);
+        then find out in the background whether we are reachable (AutoNAT: up to
+        AUTONAT_TIMEOUT behind a NAT that drops unsolicited packets). A PUBLIC verdict
+        drops the reservations."""
         if self._nursery is None:
             raise RuntimeError("NatTraversal is not running")
-        if self.config.reachability != "public":
-            async with trio.open_nursery() as nursery:
-                for peer in dict.fromkeys(peers):
-                    if peer not in self.relays:
-                        nursery.start_soon(self.reserve, peer)
+        self.relay_candidates = list(dict.fromkeys(peers))
+        if reserve:
+            await self.reserve_relays()
         self.checked = trio.Event()
 
         async def check() -> None:
@@ -517,6 +522,16 @@ class NatTraversal:
                 self.checked.set()
 
         self._nursery.start_soon(check)
+
+    async def reserve_relays(self) -> None:
+        """Reserve a slot on each relay candidate (the bootstrap peers given to ``join``)
+        we hold none on yet, unless we are (or are configured) public."""
+        if self.reachability is Reachability.PUBLIC:
+            return
+        async with trio.open_nursery() as nursery:
+            for peer in self.relay_candidates:
+                if peer not in self.relays:
+                    nursery.start_soon(self.reserve, peer)
 
     # -- dialling ------------------------------------------------------------------
 
