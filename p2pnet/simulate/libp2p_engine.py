@@ -41,12 +41,15 @@ __all__ = ["run_libp2p", "workers_for"]
 log = logging.getLogger(__name__)
 
 START_TIMEOUT: Final = 120.0
-STEP_TIMEOUT: Final = 300.0
+STEP_TIMEOUT: Final = 900.0
 WORKER_LIFETIME: Final = 3600.0
 # Peers joining at once. A join dials its bootstrap peer and then most of the swarm;
 # 100 at once through one peer took longer than the RPC timeout on 2 cores (each new
 # connection costs a Noise handshake and two multistream negotiations of CPU).
 JOIN_BATCH: Final = 10
+# A join on a busy 2-core machine took over a minute (connections, Noise, multistream):
+# give it time rather than count a slow machine as failed joins.
+JOIN_TIMEOUT: Final = 600.0
 RUN_START_DELAY: Final = 1.5  # seconds between the run command and its start, for every worker
 
 
@@ -247,7 +250,9 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
 
     with trio.move_on_after(WORKER_LIFETIME):
         async with trio.open_nursery() as nursery:
-            swarm = SimSwarm(scenario, plan, seed, nursery, wall_clock=time.time)
+            swarm = SimSwarm(
+                scenario, plan, seed, nursery, wall_clock=time.time, join_timeout=JOIN_TIMEOUT
+            )
             stops: dict[int, Callable[[], Awaitable[None]]] = {}
 
             async def start_host(g: int) -> Host:

@@ -172,6 +172,7 @@ class SimSwarm:
         *,
         wall_clock: Callable[[], float],
         maintenance: bool = True,
+        join_timeout: float = 120.0,
     ) -> None:
         self.scenario = scenario
         self.plan = plan
@@ -179,6 +180,7 @@ class SimSwarm:
         self.nursery = nursery
         self.wall_clock = wall_clock
         self.maintenance = maintenance
+        self.join_timeout = join_timeout  # a join is a dozen lookups: seconds of CPU on real hosts
         self.rng = random.Random(seed * 7919 + plan.n)
         dht = scenario.dht
         self.config = DhtConfig(k=dht.k, alpha=dht.alpha, rpc_timeout=dht.rpc_timeout)
@@ -266,7 +268,7 @@ class SimSwarm:
     async def join(self, index: int, via: int, *, kind: str = "", t: float = 0.0) -> bool:
         """Bootstrap peer ``index`` through peer ``via``; records a churn event if ``kind``."""
         ok = False
-        with trio.move_on_after(max(60.0, 12 * self.config.rpc_timeout)):
+        with trio.move_on_after(self.join_timeout):
             try:
                 await self.peers[index].node.bootstrap([self.addresses[via]])
                 ok = len(self.peers[index].node.table) > 0
