@@ -104,6 +104,8 @@ def main() -> None:
             ports = iter(range(4001, 5000))
 
             def agent(node: Any, *extra: str) -> tuple[Any, dict[str, Any]]:
+                if os.environ.get("P2PNET_BENCH_VERBOSE"):
+                    extra = (*extra, "-v")
                 # A new port for every peer: a stopped peer's connections linger in
                 # TIME_WAIT, and a fixed port that is still bound is refused.
                 listen = f"/ip4/{node.ip}/tcp/{next(ports)}"

@@ -26,6 +26,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -247,11 +248,14 @@ class Process:
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.argv = argv
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: nobody reads a pipe while the process runs, and a
+            # process blocks once it has written a pipe's worth (64 KiB) of logs.
+            stderr=self._stderr,
             text=True,
             env={**os.environ, **(env or {})},
         )
@@ -277,13 +281,18 @@ class Process:
             chunk = os.read(fd, 65536)
             if not chunk:
                 self.proc.wait(5)
-                err = self.proc.stderr.read() if self.proc.stderr else ""
+                err = self.stderr()
                 raise RuntimeError(f"{self.argv[4:7]} exited {self.proc.returncode}: {err[-2000:]}")
             self._buffer += chunk
         raw, _, self._buffer = self._buffer.partition(b"\n")
         line = raw.decode()
         self.lines.append(line)
         return line
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def read_until(self, prefix: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -327,6 +336,10 @@ def start_agent(node: Node, *args: str, timeout: float = 30.0) -> tuple[Process,
     proc = Process(node.argv(sys.executable, AGENT, *args))
     try:
         ready = json.loads(proc.read_until('{"event": "ready"', timeout))
+    except TimeoutError as exc:
+        proc.stop()
+        err = proc.stderr()
+        raise TimeoutError(f"{exc}; its stderr: {err[-3000:]}") from None
     except BaseException:
         proc.stop()
         raise
