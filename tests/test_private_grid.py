@@ -500,7 +500,7 @@ def test_cli_private_grid_swarm_config_access_lists_and_status(
     assert gone.returncode == 1 and "no running peer" in gone.stderr
 
 
-async def test_relayed_connections_inside_a_private_grid() -> None:
+async def test_relayed_connections_inside_a_private_grid(models: dict[str, Path]) -> None:
     """A private peer reachable only through a relay of the grid: the relayed
     connection carries the PSK layer on both sides (py-libp2p left the dialling side's
     relayed connections without it), and its status counts it as relayed."""
@@ -514,6 +514,7 @@ async def test_relayed_connections_inside_a_private_grid() -> None:
         private = Peer(
             swarm_key=key, bootstrap=[relay.addrs[0]], nat=NatConfig(reachability="private")
         )
+        private.serve(models["iris"])  # only a peer that serves something takes a relay slot
         async with private, Peer(swarm_key=key) as caller:
             (circuit,) = [a for a in private.addrs if "/p2p-circuit" in a]
             address = PeerAddress(private.peer_id, (circuit.rpartition("/p2p/")[0],))
