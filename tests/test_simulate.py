@@ -167,7 +167,9 @@ def test_memory_smoke_is_deterministic() -> None:
     assert summary["new_records_found"] == summary["new_records"] > 0
     assert summary["latency_p50_ms"] > 0 and summary["hops_mean"] >= 1
     assert run["traffic"]["run_bytes_per_peer_s"] > 0
-    assert run["resources"]["rss_per_peer_kb"] > 0
+    # In-process runs share the interpreter's heap: RSS growth can be negative (the first
+    # run already grew it), so only its presence is checked here.
+    assert isinstance(run["resources"]["rss_per_peer_kb"], float | int)
 
 
 def test_adversaries_forged_records_are_never_accepted() -> None:
