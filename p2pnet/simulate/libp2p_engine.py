@@ -236,7 +236,8 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
     from p2pnet.net.logs import set_libp2p_log_level
     from p2pnet.simulate.swarm import SimSwarm
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    debug = bool(os.environ.get("P2PNET_SIM_DEBUG"))  # INFO logs in the worker logs
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)
     # Peers leave on purpose here: py-libp2p's errors about dialling them are expected.
     set_libp2p_log_level(logging.CRITICAL + 1)
     scenario = load_scenario(path).with_seed(seed)
