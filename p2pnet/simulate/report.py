@@ -178,21 +178,34 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
         ax.plot(xs, [r["success_rate"] * 100 for r in rows], marker="o", ms=3,
                 label=f"success, {run['n']:,} peers")  # fmt: skip
     last = report["runs"][-1]
-    seen: set[str] = set()
-    for event in last["metrics"]["churn_events"]:
-        color, label = marks.get(event["kind"], ("grey", event["kind"]))
-        ax.axvline(event["t"], color=color, alpha=0.35, lw=0.8,
-                   label=None if label in seen else label)  # fmt: skip
-        seen.add(label)
+    events = last["metrics"]["churn_events"]
+    rates = [
+        r["success_rate"] * 100
+        for run in report["runs"]
+        for r in run["metrics"]["intervals"]
+        if r["success_rate"] is not None
+    ]
+    bottom = max(0.0, min(min(rates, default=0.0), 90.0) - 5)
+    if len(events) <= 60:  # few events: a line across the plot each
+        seen: set[str] = set()
+        for event in events:
+            color, label = marks.get(event["kind"], ("grey", event["kind"]))
+            legend = None if label in seen else label
+            ax.axvline(event["t"], color=color, alpha=0.35, lw=0.8, label=legend)
+            seen.add(label)
+        ax.set_ylim(bottom, 101)
+    else:  # many: a row of ticks per kind, under the curve
+        first_row = bottom - len(marks) * 2.5
+        for row, (kind, (color, label)) in enumerate(marks.items()):
+            ts = [e["t"] for e in events if e["kind"] == kind]
+            if ts:
+                y = first_row + 1.25 + row * 2.5
+                ax.plot(ts, [y] * len(ts), "|", color=color, ms=5, label=f"{label} ({len(ts)})")
+        ax.set_ylim(first_row, 101)
     ax.set_xlabel(f"seconds into the run ({clock})")
     ax.set_ylabel("discovery success, %")
-    low = min(
-        [r["success_rate"] * 100 for run in report["runs"] for r in run["metrics"]["intervals"]
-         if r["success_rate"] is not None] or [0.0]
-    )  # fmt: skip
-    ax.set_ylim(max(0.0, min(low, 90.0) - 5), 101)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=7, ncol=2)
+    ax.legend(loc="lower left" if len(events) <= 60 else "center left", fontsize=7, ncol=2)
     ax.set_title(f"{report['scenario']['name']}: success over time, churn marked")
     fig.tight_layout()
     path = out / f"{stem}-success.png"
