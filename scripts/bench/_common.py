@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from p2pnet.simulate import procstats
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def machine_info(*packages: str) -> dict[str, Any]:
-    """CPU, load, Python and the versions of ``packages`` (p2pnet, libp2p, trio always)."""
-
-    def version(dist: str) -> str:
+    """CPU, memory, load, Python, and the versions of p2pnet, libp2p, trio and
+    ``packages``."""
+    info = procstats.machine_info()
+    for name in packages:
         try:
-            return importlib.metadata.version(dist)
+            info[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "cpu_model": cpu_model,
-        "load_average_at_start": list(os.getloadavg()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **{name: version(name) for name in ("p2pnet", "libp2p", "trio", *packages)},
-    }
+            info[name] = "not installed"
+    return info
 
 
 def git_state() -> dict[str, Any]:

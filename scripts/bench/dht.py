@@ -83,7 +83,9 @@ from p2pnet.simulate.procstats import (
 )
 from p2pnet.simulate.workers import JsonLinesWorker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, git_state
+
 TASK = "dht-bench-task"
 LATENCY_S = 0.010  # one way, in-memory network
 K = DhtConfig().k
@@ -863,24 +865,6 @@ def render(report: dict[str, Any]) -> None:
         f"libp2p {m['libp2p']}, trio {m['trio']}; {report['date']}; p2pnet at "
         f"{report['git']['commit']}{' (modified)' if report['git']['modified'] else ''}"
     )
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and whether p2pnet/ had uncommitted changes (read-only git)."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
-        "modified": bool(git("status", "--porcelain", "--", "p2pnet")),
-    }
 
 
 def main() -> None:
