@@ -246,10 +246,21 @@ class SimSwarm:
         if peer.envelopes:
             self._serve_records(peer)
         if self.maintenance:
-            scope = trio.CancelScope()
-            peer.scope = scope
-            offset = self.rng.uniform(0, self.config.maintenance_interval)
-            self.nursery.start_soon(self._maintain, peer.node, scope, offset)
+            self._start_maintenance(peer)
+
+    def _start_maintenance(self, peer: SimPeer) -> None:
+        scope = trio.CancelScope()
+        peer.scope = scope
+        offset = self.rng.uniform(0, self.config.maintenance_interval)
+        self.nursery.start_soon(self._maintain, peer.node, scope, offset)
+
+    def start_maintenance(self) -> None:
+        """Start the upkeep of every live peer (those added with ``maintenance=False``)
+        and of every peer added from now on."""
+        self.maintenance = True
+        for peer in self.peers.values():
+            if peer.alive and peer.scope is None:
+                self._start_maintenance(peer)
 
     async def _maintain(self, node: DhtNode, scope: trio.CancelScope, offset: float) -> None:
         with scope:
