@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,7 @@ from p2pnet.core.pipeline import (
     parse_pipeline,
 )
 from p2pnet.core.schema import ModelSchema, check_inputs
-from p2pnet.discovery.service import Offer
+from p2pnet.discovery.service import ModelFinder, Offer
 from p2pnet.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -49,18 +49,51 @@ from p2pnet.errors import (
     error_from_wire,
 )
 from p2pnet.invoke.client import InvokeClient
+from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.host import PeerAddress
 
-if TYPE_CHECKING:
-    from p2pnet.peer import Peer
-
-__all__ = ["Mode", "Pipeline", "PipelineResult", "Plan", "StepPlan", "StepTrace", "forward_on"]
+__all__ = [
+    "Mode",
+    "Pipeline",
+    "PipelinePeer",
+    "PipelineResult",
+    "Plan",
+    "StepPlan",
+    "StepTrace",
+    "forward_on",
+]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["orchestrated", "forwarded"]
 MAX_SPEC_BYTES: Final = 1 << 20
 MAX_HOP_PROVIDERS: Final = 8
+
+
+class PipelinePeer(Protocol):
+    """What a pipeline runs from: a running ``p2pnet.Peer``, or a simulated peer
+    (p2pnet.simulate) with the same discovery and invoke services."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def running_finder(self) -> ModelFinder: ...
+
+    @property
+    def client(self) -> InvokeClient: ...
+
+    @property
+    def server(self) -> InvokeServer: ...
+
+    async def find(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        count: int = 20,
+        timeout: float = 10.0,
+    ) -> list[Offer]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +160,7 @@ class PipelineResult:
 
 
 class Pipeline:
-    """A checked pipeline spec, ready to plan and run on a ``Peer``::
+    """A checked pipeline spec, ready to plan and run on a ``Peer`` (any ``PipelinePeer``)::
 
     pipeline = Pipeline.from_file("examples/customer_service.yaml")
     result = await pipeline.run(peer, {"text": np.array(["..."], dtype=object)})
@@ -168,7 +201,7 @@ class Pipeline:
         except PipelineSpecError as exc:
             raise PipelineSpecError(f"{path}: {exc.message}") from None
 
-    async def plan(self, peer: Peer, *, timeout: float = 10.0) -> Plan:
+    async def plan(self, peer: PipelinePeer, *, timeout: float = 10.0) -> Plan:
         """Find providers for every step (concurrently), choose a model per step, and
         check that the models fit together. Nothing runs.
 
@@ -239,7 +272,7 @@ class Pipeline:
 
     async def run(
         self,
-        peer: Peer,
+        peer: PipelinePeer,
         inputs: Mapping[str, Any],
         *,
         mode: Mode = "orchestrated",
@@ -267,7 +300,7 @@ class Pipeline:
         return PipelineResult(outputs, traces, mode, (trio.current_time() - started) * 1000)
 
     async def _run_orchestrated(
-        self, peer: Peer, plan: Plan, values: dict[Ref, npt.NDArray[Any]]
+        self, peer: PipelinePeer, plan: Plan, values: dict[Ref, npt.NDArray[Any]]
     ) -> tuple[dict[str, npt.NDArray[Any]], list[StepTrace]]:
         finder = peer.running_finder
         done = {s.name: trio.Event() for s in self.spec.steps}
@@ -311,7 +344,7 @@ class Pipeline:
         return {name: values[ref] for name, ref in self.spec.outputs.items()}, traces
 
     async def _run_forwarded(
-        self, peer: Peer, plan: Plan, values: dict[Ref, npt.NDArray[Any]]
+        self, peer: PipelinePeer, plan: Plan, values: dict[Ref, npt.NDArray[Any]]
     ) -> tuple[dict[str, npt.NDArray[Any]], list[StepTrace]]:
         keeps = forward_plan(self.spec)
         hops = tuple(
