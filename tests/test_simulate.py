@@ -10,6 +10,7 @@ import sys
 import tomllib
 from typing import Any
 
+import numpy as np
 import pytest
 import trio
 
@@ -20,6 +21,7 @@ from p2pnet.simulate.plan import make_plan
 from p2pnet.simulate.report import PlotsUnavailableError, write_plots
 from p2pnet.simulate.runner import run_scenario
 from p2pnet.simulate.scenario import ScenarioError, load_scenario, parse_scenario
+from p2pnet.simulate.standins import expected_outputs, stand_in_schema
 from p2pnet.simulate.swarm import grind_peer_ids
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -66,19 +68,23 @@ def test_scenario_mistakes_name_the_field(change: dict[str, Any], message: str) 
     for table, fields in change.items():
         data.setdefault(table, {}).update(fields)
     with pytest.raises(ScenarioError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_scenario(data)
+        parse_scenario(data, base_dir=SIMULATIONS)
 
 
 def test_nat_and_libp2p_limits_are_refused_with_a_reason() -> None:
     data = tomllib.loads(SMOKE.read_text())
     data["nat"] = {"public": 0.3, "cone": 0.5, "symmetric": 0.2}
-    scenario = parse_scenario(data)
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
     with pytest.raises(ScenarioError, match="NATs are not modelled"):
         run_scenario(scenario, engine="memory", in_process=True)
-    lossy = parse_scenario({**tomllib.loads(SMOKE.read_text()), "network": {"loss": 0.01}})
+    lossy = parse_scenario(
+        {**tomllib.loads(SMOKE.read_text()), "network": {"loss": 0.01}}, base_dir=SIMULATIONS
+    )
     assert lossy.unsupported("libp2p") == []
     assert any("loss" in note for note in lossy.notes("libp2p")) and not lossy.notes("memory")
-    sybils = parse_scenario({**tomllib.loads(SMOKE.read_text()), "adversaries": {"sybils": 2}})
+    sybils = parse_scenario(
+        {**tomllib.loads(SMOKE.read_text()), "adversaries": {"sybils": 2}}, base_dir=SIMULATIONS
+    )
     with pytest.raises(ScenarioError, match="cannot grind real key pairs"):
         run_scenario(sybils, engine="libp2p")
 
@@ -167,6 +173,10 @@ def test_memory_smoke_is_deterministic() -> None:
     assert summary["new_records_found"] == summary["new_records"] > 0
     assert summary["latency_p50_ms"] > 0 and summary["hops_mean"] >= 1
     assert run["traffic"]["run_bytes_per_peer_s"] > 0
+    # The customer-service pipeline, from random peers, on stand-in models.
+    assert summary["pipeline_runs"] >= 5 and summary["pipeline_success_rate"] == 1.0
+    assert summary["pipeline_correct"] == summary["pipeline_runs"]
+    assert summary["invocation_calls"] >= 4 * summary["pipeline_runs"]
     # In-process runs share the interpreter's heap: RSS growth can be negative (the first
     # run already grew it), so only its presence is checked here.
     assert isinstance(run["resources"]["rss_per_peer_kb"], float | int)
@@ -177,7 +187,7 @@ def test_adversaries_forged_records_are_never_accepted() -> None:
     data["peers"] = {"count": 50, "join_batch": 25}
     data["adversaries"].update(forgers=3, droppers=3, corruptors=2, sybils=6)
     data["duration"] = 10
-    scenario = parse_scenario(data)
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
     report = run_scenario(scenario, engine="memory", in_process=True)
     (run,) = report["runs"]
     summary, adversaries = run["metrics"]["summary"], run["adversaries"]
@@ -200,6 +210,67 @@ def test_libp2p_smoke(tmp_path: pathlib.Path) -> None:
     assert summary["queries"] > 10 and summary["success_rate"] >= 0.9
     assert summary["forged_accepted"] == 0 and summary["records_rejected"] > 0
     assert run["adversaries"]["forged_values_stored"] == 0
+    assert summary["pipeline_runs"] >= 3 and summary["pipeline_wrong"] == 0
+    assert summary["pipeline_success_rate"] >= 0.9
+
+
+def test_stand_ins_take_the_schema_the_spec_implies() -> None:
+    spec = load_scenario(SMOKE).pipeline.spec
+    assert spec is not None and spec.name == "customer-service"
+    emotion = stand_in_schema(spec, spec.step("emotion"))
+    assert [t.name for t in emotion.inputs] == ["text"]
+    assert [(t.name, t.dtype) for t in emotion.outputs] == [("label", "string")]
+    retrieve = stand_in_schema(spec, spec.step("retrieve"))
+    assert [t.name for t in retrieve.outputs] == ["answer", "article"]  # what later steps use
+    out = expected_outputs(spec, {"text": np.array(["hi", "no"])})
+    assert out["priority"][1] == (
+        "route.priority(article=retrieve.article(text=no),emotion=emotion.label(text=no))"
+    )
+
+
+def test_pipeline_under_churn_forwarded_gives_correct_results() -> None:
+    data = tomllib.loads(SMOKE.read_text())
+    data["duration"] = 20
+    data["churn"].update(leave_rate=0.4, join_rate=0.2, providers_leave=True, rejoin_after=5)
+    data["pipeline"].update(mode="forwarded", rate=1.0)
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
+    (run,) = run_scenario(scenario, engine="memory", in_process=True)["runs"]
+    summary = run["metrics"]["summary"]
+    assert summary["crashes"] + summary["leaves"] >= 5
+    assert summary["pipeline_runs"] >= 10 and summary["pipeline_wrong"] == 0
+    assert summary["pipeline_success_rate"] >= 0.8
+    # Each run's chain crosses peers (a hop served by the forwarding peer itself is no call).
+    assert summary["invocation_calls"] > summary["pipeline_succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [
+        ({"rate": 1.0}, "pipeline.spec is missing"),
+        ({"spec": "../examples/customer_service.yaml", "mode": "relay"}, "pipeline.mode must"),
+        ({"spec": "../examples/customer_service.yaml", "run_ms": {"no": 1}}, "no is not a step"),
+        ({"spec": "missing.yaml"}, "pipeline.spec: "),
+    ],
+)
+def test_pipeline_mistakes_name_the_field(pipeline: dict[str, Any], message: str) -> None:
+    data = tomllib.loads(SMOKE.read_text())
+    data["pipeline"] = pipeline
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario(data, base_dir=SIMULATIONS)
+
+
+def test_simulated_pipelines_find_steps_by_task(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "p.yaml"
+    model = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    spec.write_text(
+        "pipeline: p\ninputs:\n  x: string[N]\nsteps:\n  a:\n    model: "
+        + model
+        + "\n    inputs:\n      x: input.x\noutputs:\n  y: a.y\n"
+    )
+    data = tomllib.loads(SMOKE.read_text())
+    data["pipeline"] = {"spec": str(spec)}
+    with pytest.raises(ScenarioError, match="names a model ID"):
+        parse_scenario(data)
 
 
 def test_cli_writes_json_and_plots(

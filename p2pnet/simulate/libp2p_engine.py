@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from p2pnet.simulate.memory_engine import Progress
-from p2pnet.simulate.metrics import ChurnRecord, FreshRecord, QueryRecord, summarize
+from p2pnet.simulate.metrics import (
+    ChurnRecord,
+    FreshRecord,
+    InvocationRecord,
+    PipelineRecord,
+    QueryRecord,
+    summarize,
+)
 from p2pnet.simulate.plan import FORGER, Plan, make_plan
 from p2pnet.simulate.procstats import rss_kb
 from p2pnet.simulate.scenario import Scenario, ScenarioError, load_scenario
@@ -151,7 +158,12 @@ def run_libp2p(
             elapsed = scenario.duration - max(0.0, deadline - time.monotonic())
             progress("run", min(elapsed, scenario.duration), scenario.duration)
         limit = (
-            max(scenario.workload.query_timeout, scenario.freshness.probe_timeout) + STEP_TIMEOUT
+            max(
+                scenario.workload.query_timeout,
+                scenario.freshness.probe_timeout,
+                scenario.pipeline.timeout if scenario.pipeline.spec else 0.0,
+            )
+            + STEP_TIMEOUT
         )
         results = [worker.receive(limit) for worker in workers]
         progress("run", scenario.duration, scenario.duration)
@@ -165,6 +177,8 @@ def run_libp2p(
             duration=scenario.duration,
             interval=scenario.interval,
             alive_at=_alive_at(plan, n),
+            pipelines=[PipelineRecord(**p) for r in results for p in r["pipelines"]],
+            invocations=[InvocationRecord(**c) for r in results for c in r["invocations"]],
         )
         stats = [worker.call({"cmd": "stats"}, STEP_TIMEOUT) for worker in workers]
         peers = sum(len(s["tables"]) for s in stats)
@@ -335,6 +349,8 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
                             "queries": [asdict(q) for q in swarm.queries],
                             "churn": [asdict(c) for c in swarm.churn],
                             "fresh": [asdict(f) for f in swarm.fresh],
+                            "pipelines": [asdict(p) for p in swarm.pipelines],
+                            "invocations": [asdict(c) for c in swarm.invocations],
                         }
                     )
                 elif kind == "stats":
@@ -381,7 +397,11 @@ async def _run_events(
             await swarm.leave(g, crash=kind == "crash", t=t, stop=stops[g])
         elif kind == "publish":
             await swarm.publish_fresh(g, model, task, t, prober)
+        elif kind == "pipeline":
+            if swarm.peers[g].alive:
+                await swarm.run_pipeline(g, model, t)
 
+    swarm.run_started = start
     async with trio.open_nursery() as nursery:
         for e in plan.events:
             if e.peer % w != j:

@@ -189,6 +189,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         # The run phase: the plan's events, on time.
         messages0, bytes0 = network.messages_sent, network.bytes_sent
         start = trio.current_time()
+        swarm.run_started = start
         alive = {i for i in hosts if i < n or i in sybil_ids}
         alive_at: list[tuple[float, int]] = [(0.0, len(alive))]
         in_flight = 0
@@ -223,6 +224,9 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
                     await swarm.leave(index, crash=kind == "crash", t=t, stop=stop)
                 elif kind == "publish":
                     await swarm.publish_fresh(index, model_, task, t, prober)
+                elif kind == "pipeline":
+                    if swarm.peers[index].alive:
+                        await swarm.run_pipeline(index, model_, t)
             finally:
                 in_flight -= 1
 
@@ -245,7 +249,11 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         await trio.sleep_until(start + scenario.duration)
         limit = (
             trio.current_time()
-            + max(scenario.workload.query_timeout, scenario.freshness.probe_timeout)
+            + max(
+                scenario.workload.query_timeout,
+                scenario.freshness.probe_timeout,
+                scenario.pipeline.timeout if scenario.pipeline.spec else 0.0,
+            )
             + 30.0
         )
         while in_flight and trio.current_time() < limit:
@@ -263,6 +271,8 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             interval=scenario.interval,
             alive_at=alive_at,
             task_of_interest=plan.target_task if plan.sybils else "",
+            pipelines=swarm.pipelines,
+            invocations=swarm.invocations,
         )
         out["traffic"] = {
             "run_messages_per_peer_s": round(run_messages / peer_seconds, 3)

@@ -1,8 +1,10 @@
 """Figures of a simulation run from what the engine recorded (pure: no I/O, no clock).
 
 An engine records one ``QueryRecord`` per discovery query, one ``ChurnRecord`` per join,
-departure or restart, and one ``FreshRecord`` per new record; ``summarize`` turns them
-into the run's summary and its per-interval series, as plain JSON-ready dicts.
+departure or restart, one ``FreshRecord`` per new record, one ``PipelineRecord`` per
+pipeline run and one ``InvocationRecord`` per call a peer makes to another (pipeline
+steps, forwarded hops); ``summarize`` turns them into the run's summary and its
+per-interval series, as plain JSON-ready dicts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 __all__ = [
     "ChurnRecord",
     "FreshRecord",
+    "InvocationRecord",
+    "PipelineRecord",
     "QueryRecord",
     "percentile",
     "summarize",
@@ -69,6 +73,38 @@ class FreshRecord:
     probes: int
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineRecord:
+    """One run of the scenario's pipeline from peer ``peer``, started at ``t``.
+
+    ok: every output came back. correct: and equal to what the stand-in models give
+    without a network. latency: seconds, plan included. failovers: providers that failed
+    before another answered (orchestrated runs; a forwarded run reports only its result).
+    error: the error class when not ok (``timeout``: the run's own timeout).
+    """
+
+    t: float
+    peer: int
+    ok: bool
+    latency: float
+    correct: bool = False
+    failovers: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRecord:
+    """One call from peer ``peer`` to another peer's invoke server: ``kind`` invoke (one
+    model) or forward (a forwarded pipeline's next hop); ``error`` the error code."""
+
+    t: float
+    peer: int
+    kind: str
+    ok: bool
+    latency: float
+    error: str = ""
+
+
 def percentile(samples: Sequence[float], q: float) -> float | None:
     """The q-quantile (0..1) by linear interpolation; None without samples."""
     if not samples:
@@ -111,12 +147,17 @@ def summarize(
     interval: float,
     alive_at: Sequence[tuple[float, int]] = (),
     task_of_interest: str = "",
+    pipelines: Iterable[PipelineRecord] = (),
+    invocations: Iterable[InvocationRecord] = (),
 ) -> dict[str, Any]:
     """Summary figures and per-interval series of one run.
 
     alive_at: (time, live peers) samples, for the series. task_of_interest: also report
-    the figures of queries for that task alone (the sybils' target).
+    the figures of queries for that task alone (the sybils' target). pipelines,
+    invocations: add ``pipeline_*`` and ``invocation_*`` figures when not empty.
     """
+    runs = sorted(pipelines, key=lambda r: (r.t, r.peer))
+    calls = sorted(invocations, key=lambda r: (r.t, r.peer))
     every = list(queries)
     load = sorted((q for q in every if not q.probe), key=lambda q: (q.t, q.peer))
     churn = sorted(churn, key=lambda c: (c.t, c.peer))
@@ -146,6 +187,16 @@ def summarize(
     summary["findable_p50_s"] = _round(percentile(found, 0.5))
     summary["findable_max_s"] = _round(max(found)) if found else None
 
+    if runs:
+        summary.update(_outcome_figures(runs, "pipeline_"))
+        summary["pipeline_correct"] = sum(1 for r in runs if r.correct)
+        summary["pipeline_wrong"] = sum(1 for r in runs if r.ok and not r.correct)
+        summary["pipeline_failovers"] = sum(r.failovers for r in runs)
+        summary["pipeline_errors"] = _error_counts(runs)
+    if calls:
+        summary.update(_outcome_figures(calls, "invocation_", "calls"))
+        summary["invocation_errors"] = _error_counts(calls)
+
     series = []
     steps = max(1, math.ceil(duration / interval)) if duration > 0 else 0
     alive_sorted = sorted(alive_at)
@@ -159,6 +210,10 @@ def summarize(
             row[key] = figures[key]
         for kind, plural in kinds.items():
             row[plural] = sum(1 for c in in_c if c.kind == kind)
+        if runs:
+            in_p = _outcome_figures([r for r in runs if start <= r.t < end], "pipeline_")
+            for key in ("pipeline_runs", "pipeline_success_rate", "pipeline_latency_p50_ms"):
+                row[key] = in_p[key]
         live = [n for t, n in alive_sorted if t <= end]
         row["alive"] = live[-1] if live else None
         series.append(row)
@@ -166,9 +221,32 @@ def summarize(
         "summary": summary,
         "intervals": series,
         "latencies_ms": [round(q.latency * 1e3, 3) for q in load if q.ok],
+        "pipeline_latencies_ms": [round(r.latency * 1e3, 3) for r in runs if r.ok],
         "churn_events": [asdict(c) for c in churn],
         "fresh": [asdict(f) for f in fresh],
     }
+
+
+def _outcome_figures(
+    records: Sequence[PipelineRecord | InvocationRecord], prefix: str, noun: str = "runs"
+) -> dict[str, Any]:
+    lat = [r.latency for r in records if r.ok]
+    return {
+        f"{prefix}{noun}": len(records),
+        f"{prefix}succeeded": len(lat),
+        f"{prefix}success_rate": round(len(lat) / len(records), 6) if records else None,
+        f"{prefix}latency_p50_ms": _ms(percentile(lat, 0.50)),
+        f"{prefix}latency_p95_ms": _ms(percentile(lat, 0.95)),
+        f"{prefix}latency_p99_ms": _ms(percentile(lat, 0.99)),
+    }
+
+
+def _error_counts(records: Iterable[PipelineRecord | InvocationRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in records:
+        if not r.ok:
+            counts[r.error] = counts.get(r.error, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:

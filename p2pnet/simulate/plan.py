@@ -31,7 +31,8 @@ class Event:
 
     kind: ``query`` (peer looks for task), ``join`` / ``rejoin`` (peer joins through
     ``via``), ``leave`` (graceful), ``crash``, ``publish`` (peer starts serving new model
-    ``model`` under a task of its own, then others probe for it).
+    ``model`` under a task of its own, then others probe for it), ``pipeline`` (peer runs
+    the scenario's pipeline; ``model`` numbers the run).
     """
 
     t: float
@@ -47,6 +48,7 @@ class ModelPlan:
     index: int
     task: str
     providers: tuple[int, ...]
+    step: str = ""  # the pipeline step this model serves (a stand-in), if any
 
 
 @dataclass
@@ -111,6 +113,11 @@ def make_plan(
         ModelPlan(j, tasks[j % len(tasks)], tuple(sorted(rng.sample(honest, work.providers))))
         for j in range(work.models)
     ]
+    # The pipeline's steps: one stand-in model each, on their own providers.
+    spec = scenario.pipeline.spec
+    for step in spec.steps if spec is not None else ():
+        chosen = tuple(sorted(rng.sample(honest, scenario.pipeline.providers)))
+        models.append(ModelPlan(len(models), step.task or "", chosen, step.name))
 
     # Bootstrap: batches of join_batch; each peer through a random earlier peer.
     order = list(range(1, n)) + sybils
@@ -172,6 +179,11 @@ def _run_events(
     leaves = _poisson_times(random.Random(rng.random()), churn.leave_rate, duration)
     publishes = [duration * (i + 0.5) / fresh.new_records for i in range(fresh.new_records)]
     pick = random.Random(rng.random())
+    pipelines = (
+        _poisson_times(random.Random(rng.random()), scenario.pipeline.rate, duration)
+        if scenario.pipeline.spec is not None
+        else []
+    )
 
     providers = {p for m in models for p in m.providers}
     alive_honest: list[int] = list(honest)  # sorted; queries come from these
@@ -186,9 +198,12 @@ def _run_events(
         timeline.append((t, 2, "leave", -1))
     for t in publishes:
         timeline.append((t, 0, "publish", -1))
+    for t in pipelines:
+        timeline.append((t, 4, "pipeline", -1))
     heapq.heapify(timeline)
     events: list[Event] = []
     fresh_index = len(models)
+    runs = 0
     cumulative = []
     total_w = 0.0
     for w in weights:
@@ -208,6 +223,12 @@ def _run_events(
             peer = alive_honest[pick.randrange(len(alive_honest))]
             task = tasks[bisect.bisect_right(cumulative, pick.random() * total_w)]
             events.append(Event(t, "query", peer, task=task))
+        elif kind == "pipeline":
+            if not alive_honest:
+                continue
+            peer = alive_honest[pick.randrange(len(alive_honest))]
+            events.append(Event(t, "pipeline", peer, model=runs))
+            runs += 1
         elif kind in ("join", "rejoin"):
             if kind == "join":
                 peer = next_peer

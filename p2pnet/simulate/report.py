@@ -86,6 +86,24 @@ def render(report: dict[str, Any], console: Console) -> None:
                 f"{_pct(s['target_success_rate'])} of {s['target_queries']}; other tasks "
                 f"{_pct(s['other_success_rate'])} of {s['other_queries']}"
             )
+        if "pipeline_runs" in s:
+            pipe = report["scenario"].get("pipeline", {})
+            console.print(
+                f"  {run['n']:,} peers: pipeline [bold]{pipe.get('name', '?')}[/] "
+                f"({pipe.get('mode', '?')}): success {_pct(s['pipeline_success_rate'])} of "
+                f"{s['pipeline_runs']:,}, p50 / p95 {_fmt(s['pipeline_latency_p50_ms'])} / "
+                f"{_fmt(s['pipeline_latency_p95_ms'])} ms, wrong results "
+                f"{s['pipeline_wrong']}, failovers {s['pipeline_failovers']}"
+                + (f", errors {s['pipeline_errors']}" if s["pipeline_errors"] else "")
+            )
+        if "invocation_calls" in s:
+            console.print(
+                f"  {run['n']:,} peers: calls between peers: success "
+                f"{_pct(s['invocation_success_rate'])} of {s['invocation_calls']:,}, p50 / p95 "
+                f"{_fmt(s['invocation_latency_p50_ms'])} / "
+                f"{_fmt(s['invocation_latency_p95_ms'])} ms"
+                + (f", errors {s['invocation_errors']}" if s["invocation_errors"] else "")
+            )
         adv = run.get("adversaries", {})
         if adv.get("forgers"):
             console.print(
@@ -97,10 +115,23 @@ def render(report: dict[str, Any], console: Console) -> None:
     if len(report["runs"]) == 1:
         run = report["runs"][0]
         over = Table(title="over time", title_justify="left")
+        pipelines = "pipeline_runs" in run["metrics"]["summary"]
         for col in ("from s", "to s", "queries", "success", "p50 ms", "p95 ms", "alive",
                     "joins", "leaves", "crashes"):  # fmt: skip
             over.add_column(col, justify="right")
+        if pipelines:
+            for col in ("pipelines", "pipeline success", "pipeline p50 ms"):
+                over.add_column(col, justify="right")
         for row in run["metrics"]["intervals"]:
+            extra = (
+                (
+                    _fmt(row["pipeline_runs"]),
+                    _pct(row["pipeline_success_rate"]),
+                    _fmt(row["pipeline_latency_p50_ms"]),
+                )
+                if pipelines
+                else ()
+            )
             over.add_row(
                 _fmt(row["start_s"], 0),
                 _fmt(row["end_s"], 0),
@@ -112,6 +143,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                 _fmt(row["joins"] + row["rejoins"]),
                 _fmt(row["leaves"]),
                 _fmt(row["crashes"]),
+                *extra,
             )
         console.print(over)
 
@@ -132,7 +164,8 @@ def write_json(report: dict[str, Any], out: Path) -> Path:
 
 
 def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Path]:
-    """latency CDF and success over time (churn marked) as PNGs in ``out``.
+    """Latency CDF, success over time (churn marked) and hops vs swarm size as PNGs in
+    ``out``.
 
     Raises:
         PlotsUnavailableError: matplotlib is not installed.
@@ -156,9 +189,13 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
         lat = sorted(run["metrics"]["latencies_ms"])
         if lat:
             ys = [(i + 1) / len(lat) for i in range(len(lat))]
-            ax.step(lat, ys, where="post", label=f"{run['n']:,} peers")
-    ax.set_xlabel(f"discovery latency, ms ({clock})")
-    ax.set_ylabel("fraction of successful queries")
+            ax.step(lat, ys, where="post", label=f"discovery, {run['n']:,} peers")
+        runs = sorted(run["metrics"].get("pipeline_latencies_ms", ()))
+        if runs:
+            ys = [(i + 1) / len(runs) for i in range(len(runs))]
+            ax.step(runs, ys, where="post", ls="--", label=f"pipeline, {run['n']:,} peers")
+    ax.set_xlabel(f"latency, ms ({clock})")
+    ax.set_ylabel("fraction of successful ones")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -176,14 +213,22 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
         rows = [r for r in run["metrics"]["intervals"] if r["success_rate"] is not None]
         xs = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
         ax.plot(xs, [r["success_rate"] * 100 for r in rows], marker="o", ms=3,
-                label=f"success, {run['n']:,} peers")  # fmt: skip
+                label=f"discovery, {run['n']:,} peers")  # fmt: skip
+        piped = [
+            r for r in run["metrics"]["intervals"] if r.get("pipeline_success_rate") is not None
+        ]
+        if piped:
+            ax.plot([(r["start_s"] + r["end_s"]) / 2 for r in piped],
+                    [r["pipeline_success_rate"] * 100 for r in piped], marker="s", ms=3,
+                    ls="--", label=f"pipeline, {run['n']:,} peers")  # fmt: skip
     last = report["runs"][-1]
     events = last["metrics"]["churn_events"]
     rates = [
-        r["success_rate"] * 100
+        r[key] * 100
         for run in report["runs"]
         for r in run["metrics"]["intervals"]
-        if r["success_rate"] is not None
+        for key in ("success_rate", "pipeline_success_rate")
+        if r.get(key) is not None
     ]
     bottom = max(0.0, min(min(rates, default=0.0), 90.0) - 5)
     if len(events) <= 60:  # few events: a line across the plot each
@@ -203,7 +248,7 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
                 ax.plot(ts, [y] * len(ts), "|", color=color, ms=5, label=f"{label} ({len(ts)})")
         ax.set_ylim(first_row, 101)
     ax.set_xlabel(f"seconds into the run ({clock})")
-    ax.set_ylabel("discovery success, %")
+    ax.set_ylabel("success, %")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left" if len(events) <= 60 else "center left", fontsize=7, ncol=2)
     ax.set_title(f"{report['scenario']['name']}: success over time, churn marked")
@@ -212,4 +257,27 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     paths.append(path)
+
+    sized = [r for r in report["runs"] if r["metrics"]["summary"]["hops_mean"] is not None]
+    if sized:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ns = [r["n"] for r in sized]
+        summaries = [r["metrics"]["summary"] for r in sized]
+        ax.plot(ns, [s["hops_mean"] for s in summaries], marker="o", label="mean")
+        ax.plot(ns, [s["hops_p95"] for s in summaries], marker="^", ls="--", label="p95")
+        ax.plot(ns, [s["hops_max"] for s in summaries], marker="v", ls=":", label="max")
+        if len(ns) > 1:
+            ax.set_xscale("log")
+        ax.set_xticks(ns, [f"{n:,}" for n in ns])
+        ax.set_xlabel("peers")
+        ax.set_ylabel("hops per lookup")
+        ax.set_ylim(0, max(s["hops_max"] for s in summaries) + 1)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+        ax.set_title(f"{report['scenario']['name']}: hops vs swarm size ({report['engine']})")
+        fig.tight_layout()
+        path = out / f"{stem}-hops.png"
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        paths.append(path)
     return paths

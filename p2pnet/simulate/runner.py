@@ -103,6 +103,7 @@ def _report(
                 "leave_rate": scenario.churn.leave_rate,
                 "crash_fraction": scenario.churn.crash_fraction,
             },
+            **_pipeline_summary(scenario),
         },
         "engine": engine,
         "notes": scenario.notes(engine),
@@ -111,6 +112,22 @@ def _report(
         "machine": machine_info(),
         "network": "127.0.0.1 and in-memory only",
         "runs": runs,
+    }
+
+
+def _pipeline_summary(scenario: Scenario) -> dict[str, Any]:
+    load = scenario.pipeline
+    if load.spec is None:
+        return {}
+    return {
+        "pipeline": {
+            "name": load.spec.name,
+            "spec": load.spec_path,
+            "mode": load.mode,
+            "rate": load.rate,
+            "providers": load.providers,
+            "run_ms": {s.name: load.run_s(s.name) * 1000 for s in load.spec.steps},
+        }
     }
 
 

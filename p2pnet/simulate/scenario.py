@@ -13,9 +13,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from p2pnet.errors import UsageError
+
+if TYPE_CHECKING:
+    from p2pnet.core.pipeline import PipelineSpec
 
 __all__ = [
     "ENGINES",
@@ -26,6 +29,7 @@ __all__ = [
     "Freshness",
     "NatMix",
     "NetworkModel",
+    "PipelineLoad",
     "Scenario",
     "ScenarioError",
     "Workload",
@@ -147,6 +151,25 @@ class Freshness:
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineLoad:
+    """A pipeline run from random live peers during the run phase, each of its steps
+    served by a stand-in model (p2pnet.simulate.standins) on ``providers`` peers."""
+
+    spec_path: str = ""  # empty: no pipeline load
+    spec: PipelineSpec | None = None  # read by load_scenario
+    rate: float = 1.0  # runs per second, whole swarm (Poisson)
+    mode: str = "orchestrated"  # or "forwarded"
+    providers: int = 3  # peers serving each step's model
+    run_ms: tuple[tuple[str, float], ...] = ()  # a step's model run time; others: default
+    default_run_ms: float = 5.0
+    rows: int = 1  # rows (messages) per run
+    timeout: float = 30.0  # a whole run: plan and steps
+
+    def run_s(self, step: str) -> float:
+        return dict(self.run_ms).get(step, self.default_run_ms) / 1000
+
+
+@dataclass(frozen=True, slots=True)
 class DhtParams:
     k: int = 20
     alpha: int = 3
@@ -171,6 +194,7 @@ class Scenario:
     adversaries: Adversaries = field(default_factory=Adversaries)
     freshness: Freshness = field(default_factory=Freshness)
     dht: DhtParams = field(default_factory=DhtParams)
+    pipeline: PipelineLoad = field(default_factory=PipelineLoad)
     libp2p_peers: int = 0  # the libp2p engine's swarm size (0: the smallest of ``peers``)
     source: str = ""
 
@@ -182,8 +206,9 @@ class Scenario:
         why = []
         if self.nat.cone or self.nat.symmetric:
             why.append(
-                "nat: peers behind NATs are not modelled by either engine yet (p2pnet has "
-                "no relay or hole punching); set nat.public = 1.0"
+                "nat: peers behind NATs are not modelled by either engine yet (p2pnet's "
+                "relay and hole punching are measured on network namespaces instead: "
+                "tests/test_nat.py, scripts/bench/nat.py); set nat.public = 1.0"
             )
         if engine == "libp2p":
             if self.adversaries.sybils:
@@ -224,12 +249,42 @@ def load_scenario(path: str | Path) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
-    scenario = parse_scenario(data, default_name=path.stem)
+    scenario = parse_scenario(data, default_name=path.stem, base_dir=path.parent)
     return replace(scenario, source=str(path))
 
 
-def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenario:
-    """Check a parsed scenario table; see docs/simulations.md for the fields."""
+def _read_pipeline(load: PipelineLoad, base: Path) -> PipelineLoad:
+    """``load`` with its spec read (a path relative to the scenario's folder) and checked
+    against the other pipeline fields."""
+    from p2pnet.errors import PipelineSpecError
+    from p2pnet.pipeline.executor import Pipeline
+
+    spec_file = base / load.spec_path
+    try:
+        spec = Pipeline.from_file(spec_file).spec
+    except PipelineSpecError as exc:
+        raise ScenarioError(f"pipeline.spec: {exc.message}") from None
+    by_model = [s.name for s in spec.steps if s.task is None]
+    if by_model:
+        raise ScenarioError(
+            f"pipeline.spec: step {by_model[0]!r} names a model ID; a simulated pipeline "
+            "finds each step's stand-in model by task"
+        )
+    steps = {s.name for s in spec.steps}
+    unknown = sorted(set(dict(load.run_ms)) - steps)
+    if unknown:
+        raise ScenarioError(
+            f"pipeline.run_ms: {', '.join(unknown)} is not a step of {spec_file} "
+            f"(its steps: {', '.join(sorted(steps))})"
+        )
+    return replace(load, spec=spec)
+
+
+def parse_scenario(
+    data: Mapping[str, Any], *, default_name: str = "scenario", base_dir: Path = Path(".")
+) -> Scenario:
+    """Check a parsed scenario table; see docs/simulations.md for the fields. A pipeline
+    spec (``pipeline.spec``) is read from its path relative to ``base_dir``."""
     top = _Table(data, "")
     peers_t = top.table("peers")
     counts = peers_t.get("steps")
@@ -297,6 +352,25 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         probe_interval=fresh_t.get_float("probe_interval", 1.0, 0.01, 3600.0),
         probe_timeout=fresh_t.get_float("probe_timeout", 60.0, 0.1, 36_000.0),
     )
+    pipe_t = top.table("pipeline")
+    pipeline = PipelineLoad(
+        spec_path=pipe_t.get_str("spec", ""),
+        rate=pipe_t.get_float("rate", 1.0, 0.0, 10_000.0),
+        mode=pipe_t.get_str("mode", "orchestrated"),
+        providers=pipe_t.get_int("providers", 3, 1, 1_000),
+        run_ms=pipe_t.run_times(),
+        default_run_ms=pipe_t.get_float("default_run_ms", 5.0, 0.0, 3_600_000.0),
+        rows=pipe_t.get_int("rows", 1, 1, 10_000),
+        timeout=pipe_t.get_float("timeout", 30.0, 0.1, 3600.0),
+    )
+    if pipe_t.data and not pipeline.spec_path:
+        raise ScenarioError("pipeline.spec is missing: the pipeline file to run (YAML/JSON)")
+    if pipeline.mode not in ("orchestrated", "forwarded"):
+        raise ScenarioError(
+            f"pipeline.mode must be orchestrated or forwarded, not {pipeline.mode!r}"
+        )
+    if pipeline.spec_path:
+        pipeline = _read_pipeline(pipeline, base_dir)
     dht_t = top.table("dht")
     dht = DhtParams(
         k=dht_t.get_int("k", 20, 2, 100),
@@ -318,16 +392,18 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         adversaries=adversaries,
         freshness=freshness,
         dht=dht,
+        pipeline=pipeline,
         libp2p_peers=peers_t.get_int("libp2p", 0, 0, 10_000),
     )
     smallest = min(sizes)
     bad = adversaries.forgers + adversaries.droppers + adversaries.corruptors
-    if bad + workload.providers >= smallest:
+    providers = max(workload.providers, pipeline.providers if pipeline.spec_path else 0)
+    if bad + providers >= smallest:
         raise ScenarioError(
-            f"peers: {smallest} peers cannot hold {bad} adversaries and {workload.providers} "
+            f"peers: {smallest} peers cannot hold {bad} adversaries and {providers} "
             "providers per model besides the first peer; add peers"
         )
-    for t in (top, peers_t, net_t, work_t, churn_t, nat_t, adv_t, fresh_t, dht_t):
+    for t in (top, peers_t, net_t, work_t, churn_t, nat_t, adv_t, fresh_t, dht_t, pipe_t):
         t.check_unknown()
     return scenario
 
@@ -431,6 +507,19 @@ class _Table:
         if sum(w for _, w in out) <= 0:
             raise ScenarioError(f"{where}: at least one weight must be positive")
         return tuple(out)
+
+    def run_times(self) -> tuple[tuple[str, float], ...]:
+        """``run_ms``: a step's model run time in milliseconds, as step = ms."""
+        value = self.get("run_ms")
+        where = self.name("run_ms")
+        if value is None:
+            return ()
+        if not isinstance(value, Mapping):
+            raise ScenarioError(f"{where} must be a table of step = milliseconds")
+        return tuple(
+            (str(step), _float_in(f"{where}.{step}", ms, 0.0, 3_600_000.0))
+            for step, ms in value.items()
+        )
 
     def check_unknown(self) -> None:
         unknown = set(self.data) - self.used

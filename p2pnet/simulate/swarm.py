@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import msgpack
+import numpy as np
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -37,12 +38,23 @@ from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.errors import ConnectionLostError, P2PNetError, PayloadTooLargeError, ProtocolError
+from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.net.channels import read_request
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
-from p2pnet.simulate.metrics import ChurnRecord, FreshRecord, QueryRecord
-from p2pnet.simulate.plan import CORRUPTOR, DROPPER, FORGER, HONEST, SYBIL, Plan
+from p2pnet.pipeline.executor import Mode, Pipeline
+from p2pnet.runtime.served import ServedModel
+from p2pnet.simulate.app import SimApp
+from p2pnet.simulate.metrics import (
+    ChurnRecord,
+    FreshRecord,
+    InvocationRecord,
+    PipelineRecord,
+    QueryRecord,
+)
+from p2pnet.simulate.plan import CORRUPTOR, DROPPER, FORGER, HONEST, SYBIL, ModelPlan, Plan
 from p2pnet.simulate.scenario import Scenario
+from p2pnet.simulate.standins import StandInModel, expected_outputs, stand_in_info
 
 __all__ = ["SimPeer", "SimSwarm", "grind_peer_ids", "honest_key", "model_id"]
 
@@ -158,6 +170,9 @@ class SimPeer:
     describer: DescribeClient | None = None
     scope: trio.CancelScope | None = None  # its background work
     alive: bool = True
+    models: dict[str, ServedModel] = field(default_factory=dict)  # served (stand-ins)
+    records: list[CapabilityRecord] = field(default_factory=list)  # of ``models``
+    app: SimApp | None = None  # invoke server and client, finder: made when first needed
 
 
 class SimSwarm:
@@ -190,6 +205,11 @@ class SimSwarm:
         self.queries: list[QueryRecord] = []
         self.churn: list[ChurnRecord] = []
         self.fresh: list[FreshRecord] = []
+        self.run_started = 0.0  # trio time of the run phase's start (for invocation times)
+        self.pipelines: list[PipelineRecord] = []
+        self.invocations: list[InvocationRecord] = []
+        spec = scenario.pipeline.spec
+        self.pipeline = Pipeline(spec) if spec is not None else None
         self.forged_values_sent = 0
         self.forged_values_stored = 0
         self.forged_served = 0
@@ -199,15 +219,20 @@ class SimSwarm:
         self.legit: set[tuple[str, str]] = set()
         for m in plan.models:
             for p in m.providers:
-                self._legit(p, m.index, m.task)
+                self._legit(p, self._model_id(m), m.task)
         for e in plan.events:
             if e.kind == "publish":
-                self._legit(e.peer, e.model, e.task)
+                self._legit(e.peer, model_id(e.model), e.task)
 
-    def _legit(self, peer: int, model: int, task: str) -> None:
+    def _legit(self, peer: int, model: str, task: str) -> None:
         pid = self.peer_id(peer)
         self.task_providers.setdefault(task, set()).add(pid)
-        self.legit.add((pid, model_id(model)))
+        self.legit.add((pid, model))
+
+    def _model_id(self, m: ModelPlan) -> str:
+        if m.step and self.pipeline is not None:
+            return stand_in_info(self.pipeline.spec, self.pipeline.spec.step(m.step)).model_id
+        return model_id(m.index)
 
     def peer_id(self, peer: int) -> str:
         return peer_id_of_key(honest_key(self.seed, peer))
@@ -244,7 +269,7 @@ class SimSwarm:
         peer.node.start()
         peer.node.attach(self.nursery)
         if peer.envelopes:
-            self._serve_records(peer)
+            self._serve(peer)
         if self.maintenance:
             self._start_maintenance(peer)
 
@@ -304,13 +329,18 @@ class SimSwarm:
                 await peer.node.aclose()
                 if peer.describer is not None:
                     await peer.describer.aclose()
+                if peer.app is not None:
+                    await peer.app.aclose()
         await stop()
 
     async def restart(self, index: int, host: StreamHost, via: int, t: float) -> bool:
         """Peer ``index`` comes back on ``host`` (same identity, empty tables) and rejoins."""
         old = self.peers[index]
         node = self._node(old.role, host, index)
-        peer = SimPeer(index, old.role, host, node, old.key, old.envelopes)
+        peer = SimPeer(
+            index, old.role, host, node, old.key, old.envelopes, models=old.models,
+            records=old.records,
+        )  # fmt: skip
         self.peers[index] = peer
         self.addresses[index] = _address(host)
         self._start(peer)
@@ -339,10 +369,55 @@ class SimSwarm:
         )
         return sign_record(record, peer.key)
 
-    def _serve_records(self, peer: SimPeer) -> None:
+    def _add_stand_in(self, peer: SimPeer, m: ModelPlan) -> None:
+        """Peer serves the stand-in model of pipeline step ``m.step``: signed record and
+        the model itself."""
+        assert peer.key is not None and self.pipeline is not None
+        spec = self.pipeline.spec
+        info = stand_in_info(spec, spec.step(m.step))
+        record = CapabilityRecord(
+            model_id=info.model_id,
+            peer_id=peer.host.peer_id,
+            schema=info.schema,
+            tasks=(m.task,) if m.task else (),
+            name=info.name,
+            version=info.version,
+            runtime=info.runtime,
+            addrs=tuple(_transport(a) for a in peer.host.addrs),
+            seq=1,
+            expires_at=int(self.wall_clock()) + RECORD_TTL,
+        )
+        peer.envelopes.append(sign_record(record, peer.key))
+        peer.records.append(record)
+        run_s = self.scenario.pipeline.run_s(m.step)
+        peer.models[info.model_id] = StandInModel(info, m.step, run_s)
+
+    def _serve(self, peer: SimPeer) -> None:
+        """Answer describe requests with the peer's records and, if it serves models,
+        invoke requests."""
         envelopes = peer.envelopes
         server = DescribeServer(lambda: envelopes)
         peer.host.set_stream_handler(DESCRIBE_PROTOCOL, server.handle_stream)
+        if peer.models:
+            peer.host.set_stream_handler(INVOKE_PROTOCOL, self._app(peer).server.handle_stream)
+
+    def _app(self, peer: SimPeer) -> SimApp:
+        if peer.app is None:
+            records = peer.records
+
+            def record(kind: str, ok: bool, seconds: float, error: str) -> None:
+                t = trio.current_time() - seconds - self.run_started
+                self.invocations.append(InvocationRecord(t, peer.index, kind, ok, seconds, error))
+
+            peer.app = SimApp(
+                peer.host,
+                peer.node,
+                peer.models,
+                lambda: records,
+                wall_clock=self.wall_clock,
+                record=record,
+            )
+        return peer.app
 
     async def publish(self, index: int) -> int:
         """Peer ``index`` serves its planned models (or, a forger, its forgeries) and
@@ -352,14 +427,18 @@ class SimSwarm:
         if peer.role == HONEST:
             for m in self.plan.models:
                 if index in m.providers:
-                    peer.envelopes.append(self._sign(peer, m.index, m.task))
-                    tasks.append(m.task)
+                    if m.step:
+                        self._add_stand_in(peer, m)
+                    else:
+                        peer.envelopes.append(self._sign(peer, m.index, m.task))
+                    if m.task:
+                        tasks.append(m.task)
         elif peer.role == FORGER:
             tasks = [t for t, _ in self.scenario.workload.tasks]
             peer.envelopes.extend(self._forgeries(peer))
         if not tasks:
             return 0
-        self._serve_records(peer)
+        self._serve(peer)
         taken = 0
         for task in dict.fromkeys(tasks):
             with trio.move_on_after(120.0):
@@ -481,7 +560,7 @@ class SimSwarm:
         fresh = self.scenario.freshness
         start = trio.current_time()
         peer.envelopes.append(self._sign(peer, model, task))
-        self._serve_records(peer)
+        self._serve(peer)
         announced = 0
         with trio.move_on_after(fresh.probe_timeout):
             announced = await peer.node.provide(key_for_task(task))
@@ -498,10 +577,53 @@ class SimSwarm:
             await trio.sleep(fresh.probe_interval)
         self.fresh.append(FreshRecord(t, index, task, announced, findable, probes))
 
+    async def run_pipeline(self, index: int, run: int, t: float) -> PipelineRecord:
+        """Peer ``index`` runs the scenario's pipeline (run number ``run``: the inputs);
+        recorded and returned."""
+        assert self.pipeline is not None
+        load = self.scenario.pipeline
+        inputs = pipeline_inputs(self.pipeline, run, load.rows)
+        app = self._app(self.peers[index])
+        start = trio.current_time()
+        ok = correct = False
+        failovers = 0
+        error = "timeout"
+        with trio.move_on_after(load.timeout):
+            try:
+                mode: Mode = "forwarded" if load.mode == "forwarded" else "orchestrated"
+                result = await self.pipeline.run(app, inputs, mode=mode)
+            except P2PNetError as exc:
+                error = exc.code
+            else:
+                ok, error = True, ""
+                failovers = sum(len(s.failed) for s in result.steps)
+                expected = expected_outputs(self.pipeline.spec, inputs)
+                correct = all(
+                    np.array_equal(result.outputs[name], value) for name, value in expected.items()
+                )
+        record = PipelineRecord(
+            t, index, ok, trio.current_time() - start, correct, failovers, error
+        )
+        self.pipelines.append(record)
+        return record
+
     def alive_local(self, *, honest: bool = True) -> list[int]:
         return sorted(
             i for i, p in self.peers.items() if p.alive and (not honest or p.role == HONEST)
         )
+
+
+def pipeline_inputs(pipeline: Pipeline, run: int, rows: int) -> dict[str, np.ndarray]:
+    """The inputs of run ``run``: ``rows`` rows per declared input; strings name the run,
+    numbers are the run number."""
+    out: dict[str, np.ndarray] = {}
+    for name, declared in pipeline.spec.inputs.items():
+        if declared is None or declared.dtype == "string":
+            out[name] = np.array([f"{name} {run}.{i}" for i in range(rows)], dtype=np.str_)
+        else:
+            shape = tuple(rows if d is None or isinstance(d, str) else d for d in declared.shape)
+            out[name] = np.full(shape, run % 128, dtype=declared.dtype)
+    return out
 
 
 def _record(model: int, peer_id: str, task: str, expires_at: int) -> CapabilityRecord:
