@@ -7,6 +7,7 @@ it wires the services together and runs their background work.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -33,7 +34,7 @@ from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
 from p2pnet.net.host import Host, PeerAddress, open_host, parse_peer_address
 from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
-from p2pnet.net.nat import DEFAULT_NAT, NatConfig
+from p2pnet.net.nat import DEFAULT_NAT, NatConfig, Reachability
 from p2pnet.net.pnet import SwarmKey, load_swarm_key
 from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
@@ -326,9 +327,11 @@ class Peer:
                 )
             describer = DescribeClient(host)
             stack.push_async_callback(describer.aclose)
-            self.dht = DhtNode(
-                host, self._dht_config, validator=CapabilityRecordValidator(time.time)
-            )
+            dht_config = self._dht_config
+            if self._nat is not None and self._nat.reachability == "private":
+                # Known to be undialable: a DHT client from the start (see become_client).
+                dht_config = dataclasses.replace(dht_config, client=True)
+            self.dht = DhtNode(host, dht_config, validator=CapabilityRecordValidator(time.time))
             self.dht.start()
             stack.push_async_callback(self.dht.aclose)
             self.finder = ModelFinder(
@@ -384,6 +387,10 @@ class Peer:
         nat = self.host.nat
         assert nat is not None
         await nat.checked.wait()
+        if nat.reachability is Reachability.PRIVATE and self.dht is not None:
+            # Others cannot dial us: as go-libp2p-kad-dht does, stay out of their routing
+            # tables, where we would stall their lookups (simulations/nat.toml measures it).
+            self.dht.become_client()
         if self._models and self.host.addrs != announced:
             await self.announce()
 

@@ -121,6 +121,39 @@ async def test_announcements_expire_unless_republished(
         nursery.cancel_scope.cancel()
 
 
+async def test_client_mode_peers_use_the_dht_but_stay_out_of_routing_tables(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    swarm = await build_swarm(network, 30)
+    clients = []
+    for i in range(5):  # peers nobody could dial back (behind NATs)
+        host = network.add_host()
+        node = DhtNode(host, DhtConfig(client=True), rng=random.Random(100 + i))
+        node.start()
+        await node.bootstrap([swarm.address(i)])
+        assert len(node.table) > 0  # it knows the swarm...
+        clients.append(node)
+    assert await clients[0].provide(TASK_KEY) == 20  # ...announces through it...
+    found = await clients[1].find_providers(TASK_KEY, count=1)  # ...and looks up through it
+    assert [p.peer_id for p in found.providers] == [clients[0].host.peer_id]
+    client_ids = {c.host.peer_id for c in clients}
+    for node in swarm.nodes:  # but no server ever lists a client
+        assert not client_ids & {p.peer_id for p in node.table}
+    await swarm.nodes[0].find_closest(clients[2].host.peer_id.encode())
+    assert network.streams_opened > 0 and not any(c.requests_served for c in clients)
+    # A server that turns out unreachable switches: its handler goes, new peers skip it.
+    late = swarm.nodes[29]
+    late.become_client()
+    served = late.requests_served
+    newcomer = DhtNode(network.add_host(), DhtConfig(), rng=random.Random(200))
+    newcomer.start()
+    await newcomer.bootstrap([swarm.address(0)])
+    await late.find_closest(newcomer.local.key)  # late's requests reach the newcomer
+    assert newcomer.requests_served > 0
+    assert late.host.peer_id not in {p.peer_id for p in newcomer.table}
+    assert late.requests_served == served
+
+
 async def _send_raw(host: MemoryHost, target: PeerAddress, data: bytes) -> bytes | str:
     """Send raw bytes on a kad stream; what came back: bytes, "reset", or "nothing"."""
     stream = await host.open_stream(target, KAD_PROTOCOL)

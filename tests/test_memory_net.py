@@ -542,3 +542,52 @@ async def test_stream_pool_closes_streams_idle_too_long(
     with trio.fail_after(1):
         await closed.wait()  # the expired stream was closed, and the server saw it
     assert pool.idle(server.peer_id) == []
+
+
+# --- NATs -------------------------------------------------------------------------------
+
+
+async def _rtt(stream: ByteStream) -> float:
+    start = trio.current_time()
+    await stream.write(b"x")
+    assert await stream.read() == b"x"
+    return trio.current_time() - start
+
+
+async def test_nat_reached_through_its_relay_then_directly_after_hole_punching(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with MemoryNetwork(latency=L, holepunch_s=1.0) as network:
+        caller, relay, cone, symmetric, hidden = (network.add_host() for _ in range(5))
+        for host in (caller, cone, symmetric, hidden):
+            host.set_stream_handler(ECHO, echo)
+        network.set_nat(cone.peer_id, "cone")
+        network.set_nat(symmetric.peer_id, "symmetric")
+        network.set_nat(hidden.peer_id, "cone")
+        network.reserve(cone.peer_id, relay.peer_id)
+        network.reserve(symmetric.peer_id, relay.peer_id)
+
+        # Relayed at first: every message crosses the relay (two legs each way).
+        to_cone = await caller.open_stream(address(cone), ECHO)
+        assert network.is_relayed(caller.peer_id, cone.peer_id)
+        assert await _rtt(to_cone) == pytest.approx(4 * L)
+        await trio.sleep(1.0)  # hole punching succeeds towards a cone NAT
+        assert not network.is_relayed(caller.peer_id, cone.peer_id)
+        assert await _rtt(to_cone) == pytest.approx(2 * L)
+
+        to_symmetric = await caller.open_stream(address(symmetric), ECHO)
+        await trio.sleep(1.0)  # and never towards a symmetric one
+        assert network.is_relayed(caller.peer_id, symmetric.peer_id)
+        assert await _rtt(to_symmetric) == pytest.approx(4 * L)
+
+        # No reservation: the dial goes unanswered, unless the NATed peer dialled first.
+        start = trio.current_time()
+        with pytest.raises(PeerUnreachableError, match="holds no relay reservation"):
+            await caller.open_stream(address(hidden), ECHO)
+        assert trio.current_time() - start == pytest.approx(network.dial_timeout)
+        await hidden.open_stream(address(caller), ECHO)
+        back = await caller.open_stream(address(hidden), ECHO)
+        assert not network.is_relayed(caller.peer_id, hidden.peer_id)
+        assert await _rtt(back) == pytest.approx(2 * L)
+        assert network.nat_stats.relayed == 2 and network.nat_stats.punched == 1
+        assert network.nat_stats.punch_failed == 1 and network.nat_stats.unreachable == 1

@@ -81,6 +81,35 @@ async def test_a_peer_that_serves_nothing_takes_no_relay_slot(models: dict[str, 
                 await trio.sleep(0.01)
 
 
+async def test_a_private_peer_runs_the_dht_as_a_client(models: dict[str, Path]) -> None:
+    relay_config = NatConfig(relay_service=True, reachability="public")
+    async with Peer(nat=relay_config) as relay:
+        hidden = Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="private"))
+        hidden.serve(models["iris"], tasks=["nat-iris"])
+        async with hidden:
+            assert hidden.dht is not None and relay.dht is not None
+            with trio.fail_after(10):
+                while not hidden.dht.config.client:
+                    await trio.sleep(0.01)
+            caller = Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="public"))
+            async with caller:
+                # Its model is found and called (through the relay)...
+                with trio.fail_after(20):
+                    while not (offers := await caller.find(task="nat-iris")):
+                        await trio.sleep(0.1)
+                assert offers[0].record.peer_id == hidden.peer_id
+                x = np.zeros((1, 4), dtype=np.float32)
+                outputs = await caller.invoke(
+                    offers[0].address, offers[0].record.model_id, {"x": x}
+                )
+                assert outputs["probabilities"].shape == (1, 3)
+                # ...but no routing table lists it: nobody would get an answer.
+                for peer in (relay, caller):
+                    assert peer.dht is not None
+                    assert hidden.peer_id not in {p.peer_id for p in peer.dht.table}
+                assert hidden.dht.requests_served == 0
+
+
 async def _called_through_relay_then_directly(relay: Peer, hidden: Peer, caller: Peer) -> None:
     """Given only its relayed address, the caller reaches ``hidden`` through ``relay``,
     then directly."""

@@ -12,6 +12,7 @@ and republishes what it provides before it expires.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,6 +78,10 @@ class DhtConfig:
     value_ttl: how long a stored value is kept.
     add_provider_rate, add_provider_burst: per-peer rate of ADD_PROVIDER and PUT_VALUE
         we accept.
+    client: client mode (as go-libp2p-kad-dht's, for peers others cannot dial, e.g.
+        behind a NAT): look up, announce and store through others, but answer no
+        request; peers that know it does not serve the DHT protocol keep it out of
+        their routing tables.
     max_idle_streams: finished outbound streams kept per peer for reuse.
     stream_idle_timeout: an inbound stream with no request for this long is closed, as
         go-libp2p-kad-dht does after a minute (each costs a waiting task; a requester
@@ -96,6 +101,7 @@ class DhtConfig:
     add_provider_burst: float = 100.0
     max_idle_streams: int = 2
     stream_idle_timeout: float = 60.0
+    client: bool = False
 
 
 @dataclass
@@ -147,8 +153,17 @@ class DhtNode:
     # --- serving --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Answer ``/p2pnet/kad/1.0.0`` streams from now on."""
-        self.host.set_stream_handler(KAD_PROTOCOL, self.handle_stream)
+        """Answer ``/p2pnet/kad/1.0.0`` streams from now on (not in client mode)."""
+        if not self.config.client:
+            self.host.set_stream_handler(KAD_PROTOCOL, self.handle_stream)
+
+    def become_client(self) -> None:
+        """Switch to client mode (we turned out not to be reachable): stop answering;
+        peers that identify us from now on leave us out of their routing tables, and
+        those that already had us drop us when we stop answering."""
+        if not self.config.client:
+            self.config = dataclasses.replace(self.config, client=True)
+            self.host.remove_stream_handler(KAD_PROTOCOL)
 
     async def run_maintenance(
         self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -306,9 +321,10 @@ class DhtNode:
         return tuple(_kad_peer(p) for p in peers if p.peer_id != requester)[: self.config.k]
 
     def _saw(self, peer_id: str) -> None:
-        """A peer talked to us: it may go into the routing table, if we can dial it back."""
+        """A peer talked to us: it may go into the routing table, if we can dial it back
+        and it serves the DHT (a client-mode peer does not)."""
         addrs = tuple(self.host.peer_addrs(peer_id))
-        if not addrs:
+        if not addrs or self.host.supports(peer_id, KAD_PROTOCOL) is False:
             return
         try:
             self._update(_peer_info(peer_id, addrs))

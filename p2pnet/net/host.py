@@ -232,6 +232,10 @@ class Host:
 
         self._raw.set_stream_handler(TProtocol(protocol), guarded)
 
+    def remove_stream_handler(self, protocol: str) -> None:
+        """Stop serving ``protocol``; identify sent from now on no longer lists it."""
+        self._raw.remove_stream_handler(TProtocol(protocol))
+
     async def open_stream(self, peer: PeerAddress, protocol: str) -> Stream:
         """Open a stream to ``peer`` speaking ``protocol``, dialling it first if needed.
 
@@ -307,6 +311,15 @@ class Host:
         except Exception:  # py-libp2p raises PeerStoreError for an unknown peer
             return []
         return [str(a) for a in addrs]
+
+    def supports(self, peer_id: str, protocol: str) -> bool | None:
+        """Whether ``peer_id`` serves ``protocol``, from its identify message; None before
+        identify has told us anything."""
+        try:
+            protocols = self._raw.get_peerstore().get_protocols(ID.from_base58(peer_id))
+        except Exception:  # py-libp2p raises PeerStoreError for an unknown peer
+            return None
+        return (protocol in protocols) if protocols else None
 
     def connection_count(self, peer_id: str) -> int:
         """Open connections to ``peer_id``."""

@@ -78,6 +78,10 @@ class StreamHost(Protocol):
         """Serve ``protocol`` with ``handler``, one call per inbound stream."""
         ...
 
+    def remove_stream_handler(self, protocol: str) -> None:
+        """Stop serving ``protocol``: new streams for it are refused."""
+        ...
+
     async def open_stream(self, peer: PeerAddress, protocol: str) -> ByteStream:
         """Open a stream to ``peer`` speaking ``protocol``, connecting first if needed.
 
@@ -93,6 +97,11 @@ class StreamHost(Protocol):
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """Transport addresses this host knows for ``peer_id`` (no ``/p2p/`` part); may be empty."""
+        ...
+
+    def supports(self, peer_id: str, protocol: str) -> bool | None:
+        """Whether ``peer_id`` serves ``protocol`` as far as this host knows (identify);
+        None when it does not know yet."""
         ...
 
 

@@ -39,6 +39,16 @@ Faults (streams never lose bytes; a crashed or cut-off peer is the fault model):
   ``dial_timeout``; open streams stall (reads wait, writes are buffered, resets held)
   and carry on after the heal, as TCP does across a short outage.
 
+NATs (``network.set_nat(peer_id, "cone" | "symmetric")``), as p2pnet traverses them
+(docs/networking.md, "NAT traversal"), modelled rather than run: a host behind a NAT
+can open streams to anyone, and anyone it is connected to can open streams back; a
+host with no connection to it reaches it only through the relay it holds a
+reservation on (``network.reserve(peer_id, relay_id)``), every message then crossing
+the relay (latency to the relay plus from it), and after ``holepunch_s`` the pair is
+direct if neither side is behind a symmetric NAT (and a ``holepunch_success`` draw
+succeeds). Without a reservation the open fails after ``dial_timeout``, as a dial to a
+NAT that drops unsolicited packets does.
+
 Addresses are ``/memory/<n>/p2p/<peer-id>`` (``n`` = the host's index). The ``multiaddr``
 package parses them and ``parse_peer_address`` round-trips them, and no py-libp2p
 transport can dial ``/memory``: an address that leaks from a simulation into a real
@@ -55,6 +65,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -71,7 +82,15 @@ if TYPE_CHECKING:
 
     from p2pnet.net.host import PeerAddress
 
-__all__ = ["Latency", "MemoryHost", "MemoryNetwork", "MemoryStream", "Transmit"]
+__all__ = [
+    "NAT_KINDS",
+    "Latency",
+    "MemoryHost",
+    "MemoryNetwork",
+    "MemoryStream",
+    "NatStats",
+    "Transmit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +102,19 @@ Transmit = Callable[[str, str, int], float]
 
 # As host.READ_SIZE (not imported from there: host.py loads py-libp2p).
 READ_SIZE: Final = 1 << 20
+NAT_KINDS: Final = ("public", "cone", "symmetric")
+
+
+@dataclass
+class NatStats:
+    """What the NAT model did: connections set up through a relay, of those the ones
+    hole punching made direct and the ones it could not, and opens that failed because
+    the NATed host held no relay reservation."""
+
+    relayed: int = 0
+    punched: int = 0
+    punch_failed: int = 0
+    unreachable: int = 0
 
 
 class MemoryNetwork:
@@ -103,6 +135,9 @@ class MemoryNetwork:
         transmit: ``transmit(src, dst, size)``: extra seconds a write of ``size`` bytes
             takes (size / bandwidth); none by default. There is no queueing: writes on
             different streams do not wait for each other.
+        holepunch_s: seconds from a relayed connection to a direct one (NATs, above).
+        holepunch_success: probability that hole punching between two hosts, neither
+            behind a symmetric NAT, succeeds.
 
     ``messages_sent`` and ``bytes_sent`` count the writes of data on every stream.
     """
@@ -116,6 +151,8 @@ class MemoryNetwork:
         connect_rtts: float = 0.0,
         dial_timeout: float = 10.0,
         transmit: Transmit | None = None,
+        holepunch_s: float = 1.3,
+        holepunch_success: float = 1.0,
     ) -> None:
         self._fixed_latency: float | None = None
         self._latency: Latency | None = None
@@ -127,6 +164,14 @@ class MemoryNetwork:
         self.connect_rtts = _delay("connect_rtts", connect_rtts)
         self.dial_timeout = _delay("dial_timeout", dial_timeout)
         self.transmit = transmit
+        self.holepunch_s = _delay("holepunch_s", holepunch_s)
+        if not 0.0 <= holepunch_success <= 1.0:
+            raise ValueError(f"holepunch_success must be in 0..1, got {holepunch_success}")
+        self.holepunch_success = holepunch_success
+        self.nat_stats = NatStats()
+        self._nat: dict[str, str] = {}  # peer ID -> cone | symmetric (others are public)
+        self._reservations: dict[str, str] = {}  # NATed peer ID -> its relay's
+        self._relayed: dict[frozenset[str], str] = {}  # pair -> the relay between them
         self.streams_opened = 0
         self.messages_sent = 0  # writes of data, on every stream
         self.bytes_sent = 0
@@ -241,11 +286,72 @@ class MemoryNetwork:
         return MappingProxyType(self._hosts)
 
     def one_way_latency(self, src: str, dst: str) -> float:
-        """The delay of one message from peer ``src`` to peer ``dst``, in seconds."""
+        """The delay of one message from peer ``src`` to peer ``dst``, in seconds (through
+        their relay while their connection is relayed)."""
+        if self._relayed and (relay := self._relayed.get(frozenset((src, dst)))):
+            return self._direct_latency(src, relay) + self._direct_latency(relay, dst)
+        return self._direct_latency(src, dst)
+
+    def _direct_latency(self, src: str, dst: str) -> float:
         if self._latency is None:
             assert self._fixed_latency is not None
             return self._fixed_latency
         return _delay("latency", self._latency(src, dst))
+
+    # --- NATs -------------------------------------------------------------------------
+
+    def set_nat(self, peer_id: str, kind: str) -> None:
+        """Put ``peer_id`` behind a NAT of ``kind`` (one of NAT_KINDS; public: none)."""
+        if kind not in NAT_KINDS:
+            raise ValueError(f"NAT kind must be one of {', '.join(NAT_KINDS)}, not {kind!r}")
+        if kind == "public":
+            self._nat.pop(peer_id, None)
+        else:
+            self._nat[peer_id] = kind
+
+    def nat_of(self, peer_id: str) -> str:
+        return self._nat.get(peer_id, "public")
+
+    def reserve(self, peer_id: str, relay_id: str) -> None:
+        """``peer_id`` holds a reservation on relay ``relay_id``: peers not connected to
+        it reach it through that relay."""
+        if relay_id in self._nat:
+            raise ValueError(f"relay {relay_id} is behind a NAT itself")
+        self._reservations[peer_id] = relay_id
+
+    def is_relayed(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self._relayed
+
+    async def _through_nat(self, src: MemoryHost, dst: MemoryHost, peer: PeerAddress) -> None:
+        """``src`` has no connection to NATed ``dst``: go through ``dst``'s relay (and
+        schedule hole punching), or fail as an unanswered dial."""
+        relay_id = self._reservations.get(dst.peer_id)
+        relay = self._hosts.get(relay_id) if relay_id else None
+        if relay is None or not relay._alive:
+            self.nat_stats.unreachable += 1
+            await trio.sleep(self.dial_timeout)
+            raise PeerUnreachableError(
+                f"cannot connect to peer {peer}: no answer within {self.dial_timeout:g} s "
+                "(simulated NAT: the peer holds no relay reservation)"
+            )
+        pair = frozenset((src.peer_id, dst.peer_id))
+        self._relayed[pair] = relay.peer_id
+        self.nat_stats.relayed += 1
+        punchable = "symmetric" not in (self.nat_of(src.peer_id), self.nat_of(dst.peer_id))
+        ok = punchable and (
+            self.holepunch_success >= 1 or self._rng.random() < self.holepunch_success
+        )
+        self._nursery_or_raise().start_soon(self._hole_punch, pair, relay.peer_id, ok)
+
+    async def _hole_punch(self, pair: frozenset[str], relay_id: str, ok: bool) -> None:
+        await trio.sleep(self.holepunch_s)
+        if self._relayed.get(pair) != relay_id:
+            return  # reconnected meanwhile
+        if ok:
+            del self._relayed[pair]
+            self.nat_stats.punched += 1
+        else:
+            self.nat_stats.punch_failed += 1
 
     # --- partitions -------------------------------------------------------------------
 
@@ -311,6 +417,9 @@ class MemoryNetwork:
                 f"cannot connect to peer {peer}: no answer within {self.dial_timeout:g} s "
                 "(simulated partition); check that it is running and that the address is right"
             )
+        connected = src._connections is not None and dst.peer_id in src._connections
+        if self._nat and not connected and dst.peer_id in self._nat and dst._alive:
+            await self._through_nat(src, dst, peer)
         rtt = self.one_way_latency(src.peer_id, dst.peer_id) + self.one_way_latency(
             dst.peer_id, src.peer_id
         )
@@ -320,7 +429,6 @@ class MemoryNetwork:
                 f"cannot connect to peer {peer}: connection refused (the peer is down); "
                 "check that it is running and that the address is right"
             )
-        connected = src._connections is not None and dst.peer_id in src._connections
         await trio.sleep(rtt * (self.open_rtts + (0 if connected else self.connect_rtts)))
         # Anything may have happened during the handshake.
         nursery = self._nursery_or_raise()
@@ -432,6 +540,11 @@ class MemoryHost:
             self._handlers = {}
         self._handlers[protocol] = handler
 
+    def remove_stream_handler(self, protocol: str) -> None:
+        """Stop serving ``protocol``: opens for it fail as "protocol not supported"."""
+        if self._handlers is not None:
+            self._handlers.pop(protocol, None)
+
     async def open_stream(self, peer: PeerAddress, protocol: str) -> MemoryStream:
         """Open a stream to ``peer`` speaking ``protocol``.
 
@@ -450,6 +563,14 @@ class MemoryHost:
         """1 if a stream was opened between this host and ``peer_id`` since either last
         crashed, else 0."""
         return int(self._connections is not None and peer_id in self._connections)
+
+    def supports(self, peer_id: str, protocol: str) -> bool | None:
+        """Whether ``peer_id`` has a handler for ``protocol`` (identify, instantly);
+        None for a peer this host has no connection to."""
+        if self._connections is None or peer_id not in self._connections:
+            return None
+        handlers = self._network._hosts[peer_id]._handlers
+        return handlers is not None and protocol in handlers
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """The ``/memory/<n>`` address of ``peer_id`` if connected to it, else []."""
@@ -652,7 +773,14 @@ class MemoryStream:
         src, dst = self._host.peer_id, self.peer_id
         arrives = trio.current_time() + network.one_way_latency(src, dst)
         if size and network.transmit is not None:
-            arrives += _delay("transmit", network.transmit(src, dst, size))
+            relay = network._relayed.get(frozenset((src, dst))) if network._relayed else None
+            if relay is None:
+                arrives += _delay("transmit", network.transmit(src, dst, size))
+            else:  # the slower of the two legs
+                arrives += _delay(
+                    "transmit",
+                    max(network.transmit(src, relay, size), network.transmit(relay, dst, size)),
+                )
         self._last_sent_at = arrives = max(arrives, self._last_sent_at)
         return arrives
 
