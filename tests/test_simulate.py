@@ -71,12 +71,13 @@ def test_scenario_mistakes_name_the_field(change: dict[str, Any], message: str) 
         parse_scenario(data, base_dir=SIMULATIONS)
 
 
-def test_nat_and_libp2p_limits_are_refused_with_a_reason() -> None:
+def test_libp2p_engine_limits_are_refused_with_a_reason() -> None:
     data = tomllib.loads(SMOKE.read_text())
     data["nat"] = {"public": 0.3, "cone": 0.5, "symmetric": 0.2}
     scenario = parse_scenario(data, base_dir=SIMULATIONS)
-    with pytest.raises(ScenarioError, match="NATs are not modelled"):
-        run_scenario(scenario, engine="memory", in_process=True)
+    assert scenario.unsupported("memory") == []
+    with pytest.raises(ScenarioError, match="nothing is behind a NAT"):
+        run_scenario(scenario, engine="libp2p")
     lossy = parse_scenario(
         {**tomllib.loads(SMOKE.read_text()), "network": {"loss": 0.01}}, base_dir=SIMULATIONS
     )
@@ -87,6 +88,34 @@ def test_nat_and_libp2p_limits_are_refused_with_a_reason() -> None:
     )
     with pytest.raises(ScenarioError, match="cannot grind real key pairs"):
         run_scenario(sybils, engine="libp2p")
+
+
+@pytest.mark.parametrize("dht_client", [False, True])
+def test_nat_mix_relays_punches_holes_and_client_mode_keeps_lookups_working(
+    dht_client: bool,
+) -> None:
+    data = tomllib.loads(SMOKE.read_text())
+    data["nat"] = {"public": 0.3, "cone": 0.5, "symmetric": 0.2, "dht_client": dht_client}
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
+    plan = make_plan(scenario, 40)
+    assert plan.relays == [0, 1, 2] and not set(plan.relays) & set(plan.nat)
+    assert all(plan.via[p] in plan.relays for p in plan.via)  # everyone joins through them
+    (run,) = run_scenario(scenario, engine="memory", in_process=True)["runs"]
+    nat, summary = run["nat"], run["metrics"]["summary"]
+    assert nat["cone"] > 0 and nat["symmetric"] > 0
+    # NATed providers are reached through their relay; cone pairs go direct, not
+    # those with a symmetric NAT on either side.
+    assert nat["relayed_connections"] > 0
+    assert nat["hole_punched"] > 0 and nat["hole_punch_failed"] > 0
+    assert summary["pipeline_wrong"] == 0
+    if dht_client:
+        # Nobody lists an undialable peer: no lookup waits on one.
+        assert nat["unreachable_dials"] == 0
+        assert summary["success_rate"] == 1.0 and summary["pipeline_success_rate"] == 1.0
+    else:
+        # NATed peers that serve nothing sit in routing tables, and dials to them hang.
+        assert nat["unreachable_dials"] > 100
+        assert summary["success_rate"] < 0.9
 
 
 def test_plans_are_drawn_from_the_seed() -> None:

@@ -24,7 +24,7 @@ from p2pnet.simulate.metrics import summarize
 from p2pnet.simulate.plan import FORGER, SYBIL, make_plan
 from p2pnet.simulate.procstats import peak_rss_kb, rss_kb
 from p2pnet.simulate.scenario import Scenario
-from p2pnet.simulate.swarm import SimSwarm, grind_peer_ids, kad_peer
+from p2pnet.simulate.swarm import SimPeer, SimSwarm, grind_peer_ids, kad_peer
 
 __all__ = ["EPOCH", "Progress", "run_memory"]
 
@@ -90,6 +90,8 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             seed=seed,
             connect_rtts=1.0,
             transmit=transmit if model.bandwidth_mbps is not None else None,
+            holepunch_s=scenario.nat.holepunch_s,
+            holepunch_success=scenario.nat.holepunch_success,
         ) as network,
         trio.open_nursery() as nursery,
     ):
@@ -117,12 +119,22 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         def new_host(index: int) -> MemoryHost:
             peer_id = sybil_ids.get(index) or swarm.peer_id(index)
             host = network.add_host(peer_id)
+            if index in plan.nat:
+                network.set_nat(peer_id, plan.nat[index])
             access[peer_id] = model.latency_ms.sample(net_rng) / 1e3
             if model.bandwidth_mbps is not None:
                 bandwidth[peer_id] = max(0.01, model.bandwidth_mbps.sample(net_rng))
             return host
 
         hosts: dict[int, MemoryHost] = {}
+
+        def reserve_relay(peer: SimPeer) -> None:
+            # A NATed peer that serves reserves a slot on a relay, as Peer does.
+            if peer.index in plan.nat:
+                relay = plan.relays[peer.index % len(plan.relays)]
+                network.reserve(peer.host.peer_id, hosts[relay].peer_id)
+
+        swarm.on_serve = reserve_relay
         for index in [*range(n), *plan.sybils]:
             hosts[index] = new_host(index)
             swarm.add(index, hosts[index])
@@ -295,6 +307,18 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             "forged_values_sent": swarm.forged_values_sent,
             "forged_values_stored": swarm.forged_values_stored,
         }
+        if plan.relays:
+            kinds = [plan.nat.get(i, "public") for i in hosts]
+            out["nat"] = {
+                "relays": len(plan.relays),
+                "public": kinds.count("public"),
+                "cone": kinds.count("cone"),
+                "symmetric": kinds.count("symmetric"),
+                "relayed_connections": network.nat_stats.relayed,
+                "hole_punched": network.nat_stats.punched,
+                "hole_punch_failed": network.nat_stats.punch_failed,
+                "unreachable_dials": network.nat_stats.unreachable,
+            }
         out["peers_final"] = len(alive)
         out["resources"] = {
             "wall_s": round(time.perf_counter() - wall0, 2),

@@ -62,6 +62,8 @@ class Plan:
     events: list[Event]
     target_task: str = ""
     sybils: list[int] = field(default_factory=list)
+    relays: list[int] = field(default_factory=list)  # public bootstrap peers that relay
+    nat: dict[int, str] = field(default_factory=dict)  # peers behind a NAT: cone | symmetric
 
     def role(self, peer: int) -> str:
         return self.roles.get(peer, HONEST)
@@ -90,8 +92,11 @@ def make_plan(
     adv = scenario.adversaries
     work = scenario.workload
 
-    # Roles: adversaries among peers 1..n-1; sybils are extra peers.
-    others = list(range(1, n))
+    # With a NAT mix, the first peers are public bootstrap peers and relays; everyone
+    # joins through them.
+    relays = list(range(min(scenario.nat.relays, n))) if scenario.nat.modelled else []
+    # Roles: adversaries among peers 1..n-1 (relays excepted); sybils are extra peers.
+    others = list(range(max(1, len(relays)), n))
     rng.shuffle(others)
     roles: dict[int, str] = {}
     for role, count in (
@@ -125,15 +130,28 @@ def make_plan(
     batches = [order[i : i + width] for i in range(0, len(order), width)]
     via: dict[int, int] = {}
     joined = [0]
+    joined_relays = [0] if relays else []
     for batch in batches:
+        pool = joined_relays or joined
         for p in batch:
-            via[p] = joined[rng.randrange(len(joined))]
+            via[p] = pool[rng.randrange(len(pool))]
         joined += batch
+        joined_relays += [p for p in batch if p < len(relays)]
 
     events = _run_events(
-        scenario, rng, n, len(sybils), honest, roles, tasks, weights, models, initial_via
+        scenario, rng, n, len(sybils), honest, roles, tasks, weights, models, initial_via, relays
     )
     total = n + len(sybils) + sum(1 for e in events if e.kind == "join")
+    nat: dict[int, str] = {}
+    if relays:
+        mix = scenario.nat
+        draw = random.Random(seed * 7_000_003 + n)
+        for p in range(total):
+            u = draw.random()
+            if p in relays or p in sybils:
+                continue
+            if u >= mix.public:
+                nat[p] = "cone" if u < mix.public + mix.cone else "symmetric"
     return Plan(
         n=n,
         total=total,
@@ -144,6 +162,8 @@ def make_plan(
         events=events,
         target_task=adv.sybil_target or tasks[0],
         sybils=sybils,
+        relays=relays,
+        nat=nat,
     )
 
 
@@ -169,6 +189,7 @@ def _run_events(
     weights: list[float],
     models: list[ModelPlan],
     initial_via: bool,
+    relays: list[int],
 ) -> list[Event]:
     churn, work, fresh = scenario.churn, scenario.workload, scenario.freshness
     duration = scenario.duration
@@ -233,14 +254,21 @@ def _run_events(
             if kind == "join":
                 peer = next_peer
                 next_peer += 1
-            pool = alive_any[: bisect.bisect_left(alive_any, n)] if initial_via else alive_any
+            if relays:
+                pool = relays  # they never leave
+            elif initial_via:
+                pool = alive_any[: bisect.bisect_left(alive_any, n)]
+            else:
+                pool = alive_any
             via = pool[pick.randrange(len(pool))]  # never empty: peer 0 never leaves
             events.append(Event(t, kind, peer, via=via))
             bisect.insort(alive_any, peer)
             bisect.insort(alive_honest, peer)
         elif kind == "leave":
             candidates = [
-                p for p in alive_honest if p != 0 and (churn.providers_leave or p not in providers)
+                p
+                for p in alive_honest
+                if p != 0 and p not in relays and (churn.providers_leave or p not in providers)
             ]
             if not candidates:
                 continue

@@ -122,11 +122,21 @@ class Churn:
 
 @dataclass(frozen=True, slots=True)
 class NatMix:
-    """Fractions of peers behind each kind of NAT (declared; see ``unsupported``)."""
+    """Fractions of peers behind each kind of NAT, and how NAT traversal behaves (the
+    memory engine's model: p2pnet.net.memory). The first ``relays`` peers are public
+    bootstrap peers that relay; a NATed peer that serves models reserves a slot on one."""
 
     public: float = 1.0
     cone: float = 0.0
     symmetric: float = 0.0
+    relays: int = 3
+    holepunch_success: float = 1.0  # between peers neither behind a symmetric NAT
+    holepunch_s: float = 1.3  # from relayed to direct
+    dht_client: bool = False  # NATed peers run the DHT in client mode
+
+    @property
+    def modelled(self) -> bool:
+        return bool(self.cone or self.symmetric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,13 +214,13 @@ class Scenario:
     def unsupported(self, engine: str) -> list[str]:
         """Why ``engine`` cannot run this scenario as written (empty: it can)."""
         why = []
-        if self.nat.cone or self.nat.symmetric:
-            why.append(
-                "nat: peers behind NATs are not modelled by either engine yet (p2pnet's "
-                "relay and hole punching are measured on network namespaces instead: "
-                "tests/test_nat.py, scripts/bench/nat.py); set nat.public = 1.0"
-            )
         if engine == "libp2p":
+            if self.nat.modelled:
+                why.append(
+                    "nat: the libp2p engine runs every peer on 127.0.0.1, where nothing is "
+                    "behind a NAT; run NAT mixes with --engine memory (real NAT traversal "
+                    "is measured in network namespaces: scripts/bench/nat.py)"
+                )
             if self.adversaries.sybils:
                 why.append(
                     "adversaries.sybils: the libp2p engine cannot grind real key pairs near "
@@ -329,6 +339,10 @@ def parse_scenario(
         public=nat_t.get_float("public", 1.0, 0.0, 1.0),
         cone=nat_t.get_float("cone", 0.0, 0.0, 1.0),
         symmetric=nat_t.get_float("symmetric", 0.0, 0.0, 1.0),
+        relays=nat_t.get_int("relays", 3, 1, 1_000),
+        holepunch_success=nat_t.get_float("holepunch_success", 1.0, 0.0, 1.0),
+        holepunch_s=nat_t.get_float("holepunch_s", 1.3, 0.0, 600.0),
+        dht_client=nat_t.get_bool("dht_client", False),
     )
     if abs(nat.public + nat.cone + nat.symmetric - 1.0) > 1e-9:
         raise ScenarioError("nat: public + cone + symmetric must add up to 1")
@@ -398,6 +412,8 @@ def parse_scenario(
     smallest = min(sizes)
     bad = adversaries.forgers + adversaries.droppers + adversaries.corruptors
     providers = max(workload.providers, pipeline.providers if pipeline.spec_path else 0)
+    if nat.modelled and nat.relays >= smallest:
+        raise ScenarioError(f"nat.relays = {nat.relays} leaves no other peer of {smallest}")
     if bad + providers >= smallest:
         raise ScenarioError(
             f"peers: {smallest} peers cannot hold {bad} adversaries and {providers} "

@@ -9,6 +9,7 @@ provider found, keeping only records that verify.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -206,6 +207,8 @@ class SimSwarm:
         self.churn: list[ChurnRecord] = []
         self.fresh: list[FreshRecord] = []
         self.run_started = 0.0  # trio time of the run phase's start (for invocation times)
+        # Called when a peer starts serving (records, models): e.g. to reserve a relay.
+        self.on_serve: Callable[[SimPeer], None] | None = None
         self.pipelines: list[PipelineRecord] = []
         self.invocations: list[InvocationRecord] = []
         spec = scenario.pipeline.spec
@@ -254,9 +257,11 @@ class SimSwarm:
         cls: type[DhtNode] = {
             DROPPER: DropperNode, CORRUPTOR: CorruptorNode, SYBIL: SybilNode,
         }.get(role, DhtNode)  # fmt: skip
+        # NATed peers run the DHT in client mode if the scenario says so.
+        client = self.scenario.nat.dht_client and index in self.plan.nat
         node = cls(
             host,
-            self.config,
+            dataclasses.replace(self.config, client=True) if client else self.config,
             validator=self.validator,
             rng=random.Random(self.seed * 100_003 + index),
         )
@@ -400,6 +405,8 @@ class SimSwarm:
         peer.host.set_stream_handler(DESCRIBE_PROTOCOL, server.handle_stream)
         if peer.models:
             peer.host.set_stream_handler(INVOKE_PROTOCOL, self._app(peer).server.handle_stream)
+        if self.on_serve is not None:
+            self.on_serve(peer)
 
     def _app(self, peer: SimPeer) -> SimApp:
         if peer.app is None:
