@@ -138,9 +138,17 @@ def make_plan(
         joined += batch
         joined_relays += [p for p in batch if p < len(relays)]
 
+    # Pipeline callers: honest peers serving no model, kept for the whole run.
+    callers: list[int] = []
+    if spec is not None and scenario.pipeline.callers:
+        serving = {p for m in models for p in m.providers} | set(relays) | {0}
+        pool = [p for p in honest if p not in serving]
+        count = min(scenario.pipeline.callers, len(pool))
+        callers = sorted(random.Random(seed * 9_000_011 + n).sample(pool, count))
     events = _run_events(
-        scenario, rng, n, len(sybils), honest, roles, tasks, weights, models, initial_via, relays
-    )
+        scenario, rng, n, len(sybils), honest, roles, tasks, weights, models, initial_via,
+        relays, callers,
+    )  # fmt: skip
     total = n + len(sybils) + sum(1 for e in events if e.kind == "join")
     nat: dict[int, str] = {}
     if relays:
@@ -190,6 +198,7 @@ def _run_events(
     models: list[ModelPlan],
     initial_via: bool,
     relays: list[int],
+    callers: list[int],
 ) -> list[Event]:
     churn, work, fresh = scenario.churn, scenario.workload, scenario.freshness
     duration = scenario.duration
@@ -245,9 +254,12 @@ def _run_events(
             task = tasks[bisect.bisect_right(cumulative, pick.random() * total_w)]
             events.append(Event(t, "query", peer, task=task))
         elif kind == "pipeline":
-            if not alive_honest:
+            if callers:
+                peer = callers[pick.randrange(len(callers))]
+            elif alive_honest:
+                peer = alive_honest[pick.randrange(len(alive_honest))]
+            else:
                 continue
-            peer = alive_honest[pick.randrange(len(alive_honest))]
             events.append(Event(t, "pipeline", peer, model=runs))
             runs += 1
         elif kind in ("join", "rejoin"):
@@ -268,7 +280,10 @@ def _run_events(
             candidates = [
                 p
                 for p in alive_honest
-                if p != 0 and p not in relays and (churn.providers_leave or p not in providers)
+                if p != 0
+                and p not in relays
+                and p not in callers
+                and (churn.providers_leave or p not in providers)
             ]
             if not candidates:
                 continue

@@ -132,7 +132,7 @@ class NatMix:
     relays: int = 3
     holepunch_success: float = 1.0  # between peers neither behind a symmetric NAT
     holepunch_s: float = 1.3  # from relayed to direct
-    dht_client: bool = False  # NATed peers run the DHT in client mode
+    dht_client: bool = True  # NATed peers run the DHT in client mode (as Peer does)
 
     @property
     def modelled(self) -> bool:
@@ -174,6 +174,8 @@ class PipelineLoad:
     default_run_ms: float = 5.0
     rows: int = 1  # rows (messages) per run
     timeout: float = 30.0  # a whole run: plan and steps
+    plan_ttl: float = 0.0  # a peer reuses its plan this long (0: plans every run)
+    callers: int = 0  # runs come from this many peers, which stay (0: any live peer)
 
     def run_s(self, step: str) -> float:
         return dict(self.run_ms).get(step, self.default_run_ms) / 1000
@@ -342,7 +344,7 @@ def parse_scenario(
         relays=nat_t.get_int("relays", 3, 1, 1_000),
         holepunch_success=nat_t.get_float("holepunch_success", 1.0, 0.0, 1.0),
         holepunch_s=nat_t.get_float("holepunch_s", 1.3, 0.0, 600.0),
-        dht_client=nat_t.get_bool("dht_client", False),
+        dht_client=nat_t.get_bool("dht_client", True),
     )
     if abs(nat.public + nat.cone + nat.symmetric - 1.0) > 1e-9:
         raise ScenarioError("nat: public + cone + symmetric must add up to 1")
@@ -376,6 +378,8 @@ def parse_scenario(
         default_run_ms=pipe_t.get_float("default_run_ms", 5.0, 0.0, 3_600_000.0),
         rows=pipe_t.get_int("rows", 1, 1, 10_000),
         timeout=pipe_t.get_float("timeout", 30.0, 0.1, 3600.0),
+        plan_ttl=pipe_t.get_float("plan_ttl", 0.0, 0.0, 86400.0),
+        callers=pipe_t.get_int("callers", 0, 0, 100_000),
     )
     if pipe_t.data and not pipeline.spec_path:
         raise ScenarioError("pipeline.spec is missing: the pipeline file to run (YAML/JSON)")
