@@ -7,8 +7,8 @@ from simulated peers exactly as from real ones.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 import trio
@@ -27,6 +27,8 @@ from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.served import ServedModel
 
 __all__ = ["CallRecorder", "RecordingInvokeClient", "SimApp"]
+
+_T = TypeVar("_T")
 
 CallRecorder = Callable[[str, bool, float, str], None]
 """record(kind, ok, seconds, error code): one call to another peer's invoke server."""
@@ -47,14 +49,9 @@ class RecordingInvokeClient(InvokeClient):
         *,
         timeout: float = 30.0,
     ) -> dict[str, npt.NDArray[Any]]:
-        start = trio.current_time()
-        try:
-            outputs = await super().invoke(peer, model_id, inputs, timeout=timeout)
-        except P2PNetError as exc:
-            self._record("invoke", False, trio.current_time() - start, exc.code)
-            raise
-        self._record("invoke", True, trio.current_time() - start, "")
-        return outputs
+        return await self._recorded(
+            "invoke", super().invoke(peer, model_id, inputs, timeout=timeout)
+        )
 
     async def forward(
         self,
@@ -64,13 +61,18 @@ class RecordingInvokeClient(InvokeClient):
         *,
         timeout: float = 30.0,
     ) -> ForwardResult:
+        return await self._recorded(
+            "forward", super().forward(peer, hops, tensors, timeout=timeout)
+        )
+
+    async def _recorded(self, kind: str, call: Awaitable[_T]) -> _T:
         start = trio.current_time()
         try:
-            result = await super().forward(peer, hops, tensors, timeout=timeout)
+            result = await call
         except P2PNetError as exc:
-            self._record("forward", False, trio.current_time() - start, exc.code)
+            self._record(kind, False, trio.current_time() - start, exc.code)
             raise
-        self._record("forward", True, trio.current_time() - start, "")
+        self._record(kind, True, trio.current_time() - start, "")
         return result
 
 
