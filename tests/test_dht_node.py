@@ -26,6 +26,7 @@ from p2pnet.core.schema import ModelSchema
 from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode
 from p2pnet.errors import ConnectionLostError, ForgedRecordError
 from p2pnet.net.host import PeerAddress
+from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
 
 MODEL = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
@@ -101,6 +102,28 @@ async def test_lookups_route_around_crashed_peers(
         for n in alive
     ]
     assert all(found)
+
+
+async def test_a_lookup_stalled_by_silent_peers_returns_what_it_found_by_its_timeout(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    swarm = await build_swarm(network, 60)
+    await swarm.nodes[2].provide(TASK_KEY)
+
+    async def silent(stream: ByteStream) -> None:
+        await trio.sleep_forever()  # takes the request, never answers
+
+    for node in swarm.nodes[10:60:2]:  # every other peer stops answering
+        node.host.set_stream_handler(KAD_PROTOCOL, silent)
+    asker = swarm.nodes[11]
+    start = trio.current_time()
+    stalled = await asker.find_providers(TASK_KEY, count=20)  # waits on the silent ones
+    assert trio.current_time() - start >= DhtConfig().rpc_timeout
+    start = trio.current_time()
+    bounded = await asker.find_providers(TASK_KEY, count=20, timeout=1.0)
+    assert trio.current_time() - start <= 1.0 + 1e-9
+    assert [p.peer_id for p in bounded.providers] == [swarm.hosts[2].peer_id]
+    assert [p.peer_id for p in stalled.providers] == [swarm.hosts[2].peer_id]
 
 
 async def test_announcements_expire_unless_republished(

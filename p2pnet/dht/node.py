@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -394,9 +395,13 @@ class DhtNode:
             self.republish.published(key, trio.current_time())
         return count
 
-    async def find_providers(self, key: bytes, count: int = 20) -> LookupResult:
+    async def find_providers(
+        self, key: bytes, count: int = 20, *, timeout: float = math.inf
+    ) -> LookupResult:
         """Providers of ``key``: ours first, then an iterative GET_PROVIDERS lookup that
-        stops once ``count`` distinct providers are known."""
+        stops once ``count`` distinct providers are known, or after ``timeout`` seconds
+        with the providers found by then (a lookup slowed by peers that never answer
+        still returns what it learnt)."""
         found: dict[str, PeerInfo] = {
             p.peer_id: p for p in self.providers.get(key, trio.current_time())
         }
@@ -408,7 +413,12 @@ class DhtNode:
 
         lookup = None
         if len(found) < count:
-            lookup = await self._iterate(key, KadMessage(MessageType.GET_PROVIDERS, key), collect)
+            lookup = await self._iterate(
+                key,
+                KadMessage(MessageType.GET_PROVIDERS, key),
+                collect,
+                deadline=trio.current_time() + timeout,
+            )
         stats = lookup.stats if lookup else LookupStats(0, 0, 0, 0, 0)
         return LookupResult(lookup.result() if lookup else [], stats, list(found.values())[:count])
 
@@ -507,8 +517,11 @@ class DhtNode:
         target: bytes,
         request: KadMessage,
         on_response: Callable[[PeerInfo, KadMessage], bool] | None = None,
+        *,
+        deadline: float = math.inf,
     ) -> ClosestPeersLookup:
-        """Run one iterative lookup for ``target``, sending ``request`` to each peer asked."""
+        """Run one iterative lookup for ``target``, sending ``request`` to each peer asked,
+        until it finishes or ``deadline`` (trio time) passes."""
         config = self.config
         lookup = ClosestPeersLookup(
             target,
@@ -542,10 +555,10 @@ class DhtNode:
             while True:
                 for peer in lookup.next_queries(trio.current_time()):
                     nursery.start_soon(query, peer)
-                if lookup.is_finished:
+                if lookup.is_finished or trio.current_time() >= deadline:
                     break
                 timeout_at = lookup.next_timeout()
-                with trio.move_on_at(timeout_at if timeout_at is not None else float("inf")):
+                with trio.move_on_at(min(deadline, math.inf if timeout_at is None else timeout_at)):
                     await done_receive.receive()
             nursery.cancel_scope.cancel()
         return lookup

@@ -207,7 +207,9 @@ class ModelFinder:
             key = key_for_task(task)
         offers: list[Offer] = []
         with trio.move_on_after(timeout):
-            providers = (await self._dht.find_providers(key, count)).providers
+            # The lookup gets half the time: providers it found by then are described,
+            # even if peers on its path never answered.
+            providers = (await self._dht.find_providers(key, count, timeout=timeout / 2)).providers
 
             async def ask(provider: PeerInfo) -> None:
                 offers.extend(await self._describe(provider, models, tasks, timeout))

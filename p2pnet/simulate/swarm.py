@@ -519,7 +519,9 @@ class SimSwarm:
         error = "timeout"
         with trio.move_on_after(work.query_timeout):
             try:
-                found = await peer.node.find_providers(key_for_task(task), work.providers_sought)
+                found = await peer.node.find_providers(
+                    key_for_task(task), work.providers_sought, timeout=work.query_timeout / 2
+                )
             except P2PNetError as exc:
                 error = type(exc).__name__
             else:
