@@ -6,7 +6,8 @@ its phases over JSON lines (``JsonLinesWorker``): start (hosts up, addresses bac
 addresses (everyone's), join (a bootstrap batch), publish, run (each worker plays its
 peers' events from a common start time and sends back what it recorded), stats.
 Peers that join during the run do so through initial peers; a peer that leaves stops
-its host; a restarted peer comes back on a new port with the same identity.
+its host; a restarted peer comes back with the same identity on its old port (a new
+one if another socket took it meanwhile).
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
     """Run this worker's peers; obey JSON commands on stdin, answer on stdout."""
     from libp2p.crypto.ed25519 import create_new_key_pair
 
+    from p2pnet.errors import ConfigError
     from p2pnet.net.host import PeerAddress, open_host
     from p2pnet.net.logs import set_libp2p_log_level
     from p2pnet.simulate.swarm import SimSwarm
@@ -269,6 +271,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
                 scenario, plan, seed, nursery, wall_clock=time.time, join_timeout=JOIN_TIMEOUT
             )
             stops: dict[int, Callable[[], Awaitable[None]]] = {}
+            listen: dict[int, str] = {}  # a restarted peer listens where it did before
 
             async def start_host(g: int) -> Host:
                 material = hashlib.sha256(b"p2pnet simulation peer %d %d" % (seed, g)).digest()
@@ -276,15 +279,23 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
                 stop = trio.Event()
                 stopped = trio.Event()
 
-                async def run_host(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                async def run_host(
+                    where: str, *, task_status: Any = trio.TASK_STATUS_IGNORED
+                ) -> None:
                     try:
-                        async with open_host(identity) as host:
+                        async with open_host(identity, (where,)) as host:
+                            listen[g] = host.addrs[0].partition("/p2p/")[0]
                             task_status.started(host)
                             await stop.wait()
                     finally:
                         stopped.set()
 
-                host: Host = await nursery.start(run_host)
+                any_port = "/ip4/127.0.0.1/tcp/0"
+                try:
+                    host: Host = await nursery.start(run_host, listen.get(g, any_port))
+                except ConfigError:  # the old port was taken meanwhile: a new one
+                    stopped = trio.Event()
+                    host = await nursery.start(run_host, any_port)
 
                 async def stop_host() -> None:
                     stop.set()
