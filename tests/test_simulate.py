@@ -110,12 +110,14 @@ def test_nat_mix_relays_punches_holes_and_client_mode_keeps_lookups_working(
     assert summary["pipeline_wrong"] == 0
     if dht_client:
         # Nobody lists an undialable peer: no lookup waits on one.
-        assert nat["unreachable_dials"] == 0
+        assert nat["unreachable_dials"] == 0 and run["bootstrap"]["joins_failed"] == 0
         assert summary["success_rate"] == 1.0 and summary["pipeline_success_rate"] == 1.0
+        assert summary["latency_p50_ms"] < 1000
     else:
-        # NATed peers that serve nothing sit in routing tables, and dials to them hang.
-        assert nat["unreachable_dials"] > 100
-        assert summary["success_rate"] < 0.9
+        # NATed peers that serve nothing sit in routing tables and dials to them hang:
+        # joins fail, and lookups answer only when their half of the query time is up.
+        assert nat["unreachable_dials"] > 100 and run["bootstrap"]["joins_failed"] > 0
+        assert summary["latency_p50_ms"] >= 5000
 
 
 def test_plans_are_drawn_from_the_seed() -> None:
