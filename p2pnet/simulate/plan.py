@@ -154,9 +154,10 @@ def make_plan(
     if relays:
         mix = scenario.nat
         draw = random.Random(seed * 7_000_003 + n)
+        public = set(relays) | set(sybils)
         for p in range(total):
             u = draw.random()
-            if p in relays or p in sybils:
+            if p in public:
                 continue
             if u >= mix.public:
                 nat[p] = "cone" if u < mix.public + mix.cone else "symmetric"
