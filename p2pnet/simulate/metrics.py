@@ -125,12 +125,7 @@ def _latency_figures(records: Sequence[QueryRecord], prefix: str = "") -> dict[s
     lat = [r.latency for r in ok]
     hops = [r.hops for r in ok if r.queries]
     return {
-        f"{prefix}queries": len(records),
-        f"{prefix}succeeded": len(ok),
-        f"{prefix}success_rate": round(len(ok) / len(records), 6) if records else None,
-        f"{prefix}latency_p50_ms": _ms(percentile(lat, 0.50)),
-        f"{prefix}latency_p95_ms": _ms(percentile(lat, 0.95)),
-        f"{prefix}latency_p99_ms": _ms(percentile(lat, 0.99)),
+        **_outcome_figures(records, prefix, "queries"),
         f"{prefix}latency_mean_ms": _ms(statistics.fmean(lat)) if lat else None,
         f"{prefix}hops_mean": round(statistics.fmean(hops), 3) if hops else None,
         f"{prefix}hops_p95": percentile([float(h) for h in hops], 0.95) if hops else None,
@@ -228,7 +223,9 @@ def summarize(
 
 
 def _outcome_figures(
-    records: Sequence[PipelineRecord | InvocationRecord], prefix: str, noun: str = "runs"
+    records: Sequence[QueryRecord | PipelineRecord | InvocationRecord],
+    prefix: str,
+    noun: str = "runs",
 ) -> dict[str, Any]:
     lat = [r.latency for r in records if r.ok]
     return {
