@@ -67,7 +67,7 @@ def stand_in_info(spec: PipelineSpec, step: StepSpec, variant: int = 0) -> Model
     )
 
 
-def _rows(step: str, schema: ModelSchema, arrays: Mapping[str, npt.NDArray[Any]]) -> int:
+def _rows(schema: ModelSchema, arrays: Mapping[str, npt.NDArray[Any]]) -> int:
     for spec in schema.inputs:
         return int(arrays[spec.name].shape[0]) if arrays[spec.name].ndim else 1
     return 0
@@ -78,7 +78,7 @@ def compute(
 ) -> dict[str, npt.NDArray[Any]]:
     """The stand-in's outputs for checked inputs: row i of output ``o`` is
     ``step.o(input=value, ...)`` over the inputs' row i."""
-    rows = _rows(step, schema, arrays)
+    rows = _rows(schema, arrays)
     names = [s.name for s in schema.inputs]
     described = [",".join(f"{name}={arrays[name][i]}" for name in names) for i in range(rows)]
     return {
