@@ -27,7 +27,7 @@ from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import ModelFinder, Offer, RecordPublisher
-from p2pnet.errors import ConfigError, InvalidAddressError, UnknownModelError, UsageError
+from p2pnet.errors import ConfigError, InvalidAddressError, UsageError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
@@ -39,7 +39,7 @@ from p2pnet.net.pnet import SwarmKey, load_swarm_key
 from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel
-from p2pnet.runtime.served import ServedModel
+from p2pnet.runtime.served import ServedModel, run_served
 
 __all__ = ["Peer"]
 
@@ -276,10 +276,7 @@ class Peer:
     async def _run_local(
         self, model_id: str, inputs: Mapping[str, Any], timeout: float
     ) -> dict[str, npt.NDArray[Any]]:
-        model = self._models.get(model_id)
-        if model is None:
-            raise UnknownModelError(f"this peer does not serve model {model_id}")
-        return await model.run(inputs, timeout=timeout)
+        return await run_served(self._models, model_id, inputs, timeout)
 
     async def invoke(
         self,

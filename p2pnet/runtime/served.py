@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy.typing as npt
 import trio
 
-from p2pnet.errors import DeadlineExceededError, PeerBusyError
+from p2pnet.errors import DeadlineExceededError, PeerBusyError, UnknownModelError
 
 if TYPE_CHECKING:
     from p2pnet.runtime.onnx_model import ModelInfo
 
-__all__ = ["RunSlots", "ServedModel"]
+__all__ = ["RunSlots", "ServedModel", "run_served"]
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -105,3 +105,17 @@ class RunSlots:
         for token in acquired:
             self._limiter.release_on_behalf_of(token)
         return len(acquired) == len(tokens)
+
+
+async def run_served(
+    models: Mapping[str, ServedModel], model_id: str, inputs: Mapping[str, Any], timeout: float
+) -> dict[str, npt.NDArray[Any]]:
+    """Run ``model_id`` from this peer's ``models`` (a call that needs no network).
+
+    Raises:
+        UnknownModelError: this peer does not serve ``model_id``; else as ``ServedModel.run``.
+    """
+    model = models.get(model_id)
+    if model is None:
+        raise UnknownModelError(f"this peer does not serve model {model_id}")
+    return await model.run(inputs, timeout=timeout)

@@ -18,13 +18,13 @@ from p2pnet.core.records import CapabilityRecord
 from p2pnet.dht.node import DhtNode
 from p2pnet.discovery.describe import DescribeClient
 from p2pnet.discovery.service import ModelFinder, Offer
-from p2pnet.errors import P2PNetError, UnknownModelError
+from p2pnet.errors import P2PNetError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import StreamHost
 from p2pnet.pipeline.executor import forward_on
-from p2pnet.runtime.served import ServedModel
+from p2pnet.runtime.served import ServedModel, run_served
 
 __all__ = ["CallRecorder", "RecordingInvokeClient", "SimApp"]
 
@@ -121,10 +121,7 @@ class SimApp:
     async def _run_local(
         self, model_id: str, inputs: Mapping[str, Any], timeout: float
     ) -> dict[str, npt.NDArray[Any]]:
-        model = self._models.get(model_id)
-        if model is None:
-            raise UnknownModelError(f"this peer does not serve model {model_id}")
-        return await model.run(inputs, timeout=timeout)
+        return await run_served(self._models, model_id, inputs, timeout)
 
     async def aclose(self) -> None:
         await self.client.aclose()
