@@ -362,19 +362,34 @@ class SimSwarm:
 
     def _sign(self, peer: SimPeer, model: int, task: str) -> bytes:
         assert peer.key is not None
-        record = CapabilityRecord(
-            model_id=model_id(model),
+        record = self._own_record(
+            peer, model_id(model), SCHEMA, (task,), f"sim-model-{model}", "1", "onnxruntime"
+        )
+        return sign_record(record, peer.key)
+
+    def _own_record(
+        self,
+        peer: SimPeer,
+        model: str,
+        schema: ModelSchema,
+        tasks: tuple[str, ...],
+        name: str,
+        version: str,
+        runtime: str,
+    ) -> CapabilityRecord:
+        """The capability record ``peer`` publishes for ``model`` (unsigned)."""
+        return CapabilityRecord(
+            model_id=model,
             peer_id=peer.host.peer_id,
-            schema=SCHEMA,
-            tasks=(task,),
-            name=f"sim-model-{model}",
-            version="1",
-            runtime="onnxruntime",
+            schema=schema,
+            tasks=tasks,
+            name=name,
+            version=version,
+            runtime=runtime,
             addrs=tuple(_transport(a) for a in peer.host.addrs),
             seq=1,
             expires_at=int(self.wall_clock()) + RECORD_TTL,
         )
-        return sign_record(record, peer.key)
 
     def _add_stand_in(self, peer: SimPeer, m: ModelPlan) -> None:
         """Peer serves the stand-in model of pipeline step ``m.step``: signed record and
@@ -382,17 +397,9 @@ class SimSwarm:
         assert peer.key is not None and self.pipeline is not None
         spec = self.pipeline.spec
         info = stand_in_info(spec, spec.step(m.step))
-        record = CapabilityRecord(
-            model_id=info.model_id,
-            peer_id=peer.host.peer_id,
-            schema=info.schema,
-            tasks=(m.task,) if m.task else (),
-            name=info.name,
-            version=info.version,
-            runtime=info.runtime,
-            addrs=tuple(_transport(a) for a in peer.host.addrs),
-            seq=1,
-            expires_at=int(self.wall_clock()) + RECORD_TTL,
+        tasks = (m.task,) if m.task else ()
+        record = self._own_record(
+            peer, info.model_id, info.schema, tasks, info.name, info.version, info.runtime
         )
         peer.envelopes.append(sign_record(record, peer.key))
         peer.records.append(record)
