@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from p2pnet.core.address import parse_peer_address
 from p2pnet.errors import PermissionDeniedError
 
 __all__ = ["AccessPolicy", "parse_allow_list"]
@@ -25,8 +26,6 @@ def parse_allow_list(peers: Iterable[str]) -> frozenset[str]:
     Raises:
         InvalidAddressError: an entry that is not a peer ID.
     """
-    from p2pnet.net.host import parse_peer_address  # libp2p, only when lists are made
-
     out: set[str] = set()
     for entry in peers:
         for text in entry.split(","):

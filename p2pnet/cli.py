@@ -26,6 +26,7 @@ from rich.table import Table
 from p2pnet import __version__
 from p2pnet.config import config_path, default_identity_path, load_swarm
 from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.tensor import dtype_name
 from p2pnet.discovery.service import Offer
 from p2pnet.errors import (
@@ -37,11 +38,11 @@ from p2pnet.errors import (
     UsageError,
 )
 from p2pnet.logs import configure_logging
-from p2pnet.net.identity import KeyPair, load_or_create_identity, peer_id_of
+from p2pnet.net.identity import Identity, load_or_create_identity, peer_id_of
 from p2pnet.net.nat import NatConfig
 from p2pnet.peer import Peer
 from p2pnet.pipeline import Pipeline, PipelineResult
-from p2pnet.runtime.onnx_model import ModelInfo, inspect_model
+from p2pnet.runtime.onnx_model import inspect_model
 
 __all__ = ["main", "parse_input"]
 
@@ -110,7 +111,7 @@ def _all_strings(data: Any) -> bool:
     return isinstance(data, str)
 
 
-def _identity(args: argparse.Namespace) -> tuple[KeyPair, Path, bool]:
+def _identity(args: argparse.Namespace) -> tuple[Identity, Path, bool]:
     path = Path(args.identity) if args.identity else default_identity_path()
     identity, created = load_or_create_identity(path)
     if created:
@@ -324,7 +325,7 @@ def _discovery_target(args: argparse.Namespace) -> tuple[str | None, str | None]
 
 
 @asynccontextmanager
-async def _discovery_peer(args: argparse.Namespace, identity: KeyPair) -> AsyncIterator[Peer]:
+async def _discovery_peer(args: argparse.Namespace, identity: Identity) -> AsyncIterator[Peer]:
     """A peer for find, call and pipeline run: joins through the bootstrap peers, serves
     nothing.
 

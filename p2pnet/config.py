@@ -96,8 +96,8 @@ def _swarm(path: Path, name: str, table: object) -> SwarmConfig:
     bootstrap = table.get("bootstrap", [])
     if not isinstance(bootstrap, list) or not all(isinstance(a, str) for a in bootstrap):
         raise ConfigError(f"{where}: bootstrap must be a list of multiaddr strings")
+    from p2pnet.core.address import parse_peer_address
     from p2pnet.errors import InvalidAddressError
-    from p2pnet.net.host import parse_peer_address
 
     for i, addr in enumerate(bootstrap):
         if addr.strip().startswith("/dnsaddr/"):

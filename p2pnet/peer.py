@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy.typing as npt
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pnet.access import AccessPolicy
+from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
 from p2pnet.core.messages import Forward, WireLimits
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
@@ -32,13 +33,13 @@ from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
-from p2pnet.net.host import Host, PeerAddress, open_host, parse_peer_address
-from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
+from p2pnet.net.host import Host, open_host
+from p2pnet.net.identity import Identity, generate_identity
 from p2pnet.net.nat import DEFAULT_NAT, NatConfig, Reachability
 from p2pnet.net.pnet import SwarmKey, load_swarm_key
 from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
-from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel
+from p2pnet.runtime.onnx_model import OnnxModel
 from p2pnet.runtime.served import ServedModel, run_served
 
 __all__ = ["Peer"]
@@ -84,7 +85,7 @@ class Peer:
 
     def __init__(
         self,
-        identity: KeyPair | None = None,
+        identity: Identity | None = None,
         *,
         listen: list[str] | tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",),
         limits: WireLimits = WireLimits(),
@@ -102,7 +103,7 @@ class Peer:
         self._limits = limits
         self._max_concurrency = max_concurrency
         self._models: dict[str, ServedModel] = {}
-        self.access = AccessPolicy(peer_id_of(self._identity))
+        self.access = AccessPolicy(self._identity.peer_id)
         self.server = InvokeServer(self._models, limits=limits, access=self.access)
         self.swarm_key = (
             swarm_key
@@ -122,12 +123,13 @@ class Peer:
         self.dht: DhtNode | None = None
         self.finder: ModelFinder | None = None
         self._nursery: trio.Nursery | None = None
-        signing_key = Ed25519PrivateKey.from_private_bytes(self._identity.private_key.to_bytes())
-        self.publisher = RecordPublisher(signing_key, self.peer_id, lambda: self.announced_addrs)
+        self.publisher = RecordPublisher(
+            self._identity.signing_key, self.peer_id, lambda: self.announced_addrs
+        )
 
     @property
     def peer_id(self) -> str:
-        return peer_id_of(self._identity)
+        return self._identity.peer_id
 
     @property
     def addrs(self) -> list[str]:
@@ -435,10 +437,7 @@ def _announce_addr(text: str) -> str:
     """
     import multiaddr
 
-    text = text.strip()
-    head, sep, tail = text.rpartition("/p2p/")
-    if sep and "/" not in tail:  # a trailing /p2p/<peer-id>
-        text = head
+    text = split_peer_id(text.strip())[0]
     try:
         multiaddr.Multiaddr(text)
     except Exception as exc:

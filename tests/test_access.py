@@ -14,6 +14,7 @@ import pytest
 
 from p2pnet import Peer
 from p2pnet.access import AccessPolicy, parse_allow_list
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import ErrorReply, Forward, ForwardResult, Hop, Invoke
 from p2pnet.discovery.describe import DescribeClient
 from p2pnet.errors import (
@@ -24,7 +25,6 @@ from p2pnet.errors import (
     error_from_wire,
 )
 from p2pnet.invoke.server import InvokeServer
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.identity import generate_identity, peer_id_of
 from p2pnet.pipeline import Pipeline
 from p2pnet.runtime.onnx_model import OnnxModel

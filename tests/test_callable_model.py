@@ -22,6 +22,7 @@ import trio.testing
 
 from p2pnet import Peer
 from p2pnet.core.model_id import model_id_of_bytes
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.errors import (
     DeadlineExceededError,
@@ -31,7 +32,7 @@ from p2pnet.errors import (
     PeerBusyError,
 )
 from p2pnet.runtime.callable_model import PYTHON_RUNTIME, CallableModel, read_manifest
-from p2pnet.runtime.onnx_model import ONNX_RUNTIME, ModelInfo
+from p2pnet.runtime.onnx_model import ONNX_RUNTIME
 
 REPO = Path(__file__).resolve().parent.parent
 ROUTER = REPO / "examples" / "adapters" / "ticket_router.json"
@@ -376,6 +377,8 @@ def test_p2pnet_peer_serves_an_adapter_manifest(config_home: Path) -> None:
 
 def test_model_info_names_and_runtimes() -> None:
     schema = ModelSchema((TensorSpec("x", "float32", (None,)),), (TensorSpec("y", "int64", ()),))
-    onnx_info = ModelInfo(model_id_of_bytes(b"graph"), Path("m/iris.onnx"), 5, schema)
+    onnx_info = ModelInfo(
+        model_id_of_bytes(b"graph"), Path("m/iris.onnx"), 5, schema, runtime=ONNX_RUNTIME
+    )
     assert (onnx_info.name, onnx_info.version, onnx_info.runtime) == ("iris", "", ONNX_RUNTIME)
     assert ONNX_RUNTIME.startswith("onnxruntime/") and PYTHON_RUNTIME.startswith("python/")

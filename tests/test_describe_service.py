@@ -12,6 +12,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.describe import (
     DescribeErrorReply,
     DescribeReader,
@@ -39,8 +40,8 @@ from p2pnet.errors import (
     StaleRecordError,
     UsageError,
 )
-from p2pnet.net.host import Host, PeerAddress, Stream, open_host, parse_peer_address
-from p2pnet.net.identity import KeyPair, generate_identity, peer_id_of
+from p2pnet.net.host import Host, Stream, open_host
+from p2pnet.net.identity import Identity, generate_identity, peer_id_of
 from p2pnet.runtime.onnx_model import inspect_model
 
 TASKS = {
@@ -51,12 +52,17 @@ TASKS = {
 HOUR = 3600
 
 
-def signing_key(identity: KeyPair) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(identity.private_key.to_bytes())
+def signing_key(identity: Identity) -> Ed25519PrivateKey:
+    return identity.signing_key
 
 
 def make_record(
-    identity: KeyPair, path: Path, tasks: tuple[str, ...], *, expires_in: float = HOUR, seq: int = 1
+    identity: Identity,
+    path: Path,
+    tasks: tuple[str, ...],
+    *,
+    expires_in: float = HOUR,
+    seq: int = 1,
 ) -> CapabilityRecord:
     info = inspect_model(path)
     return CapabilityRecord(
@@ -73,13 +79,13 @@ def make_record(
     )
 
 
-def sign(identity: KeyPair, record: CapabilityRecord) -> bytes:
+def sign(identity: Identity, record: CapabilityRecord) -> bytes:
     return sign_record(record, signing_key(identity))
 
 
 @dataclass
 class Swarm:
-    server_identity: KeyPair
+    server_identity: Identity
     server_host: Host
     client_host: Host
     server: DescribeServer

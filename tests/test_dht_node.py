@@ -12,6 +12,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from trio.testing import MockClock
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.kad.keys import key_for_model, key_for_task
 from p2pnet.core.kad.store import ValueStore
 from p2pnet.core.kad.wire import KadMessage, KadPeer, KadRecord, MessageType, encode_kad_message
@@ -25,7 +26,6 @@ from p2pnet.core.records import (
 from p2pnet.core.schema import ModelSchema
 from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode
 from p2pnet.errors import ConnectionLostError, ForgedRecordError
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
 

@@ -1,15 +1,10 @@
 """Length-prefixed frames: exact bytes, any split of the input, every rejection path."""
 
-import ast
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import p2pnet.core.describe
-import p2pnet.core.framing
-import p2pnet.core.ranking
 from p2pnet.core.framing import FrameReader, encode_frame
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
@@ -137,19 +132,3 @@ def test_random_bytes_raise_only_protocol_errors(data: bytes, limit: int, empty:
             assert len(frame) <= limit
     except (RemoteProtocolError, PayloadTooLargeError):
         pass
-
-
-def test_core_modules_do_no_io() -> None:
-    for module in (p2pnet.core.framing, p2pnet.core.describe, p2pnet.core.ranking):
-        tree = ast.parse(Path(module.__file__ or "").read_text())
-        imported = {
-            alias.name.split(".")[0]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Import)
-            for alias in node.names
-        } | {
-            (node.module or "").split(".")[0]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom)
-        }
-        assert not imported & {"libp2p", "trio", "time", "socket", "os", "datetime"}, module

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from p2pnet import Peer, WireLimits
+from p2pnet.core.address import parse_peer_address
 from p2pnet.core.messages import ErrorReply, Invoke, MessageReader, encode_message
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import (
@@ -26,7 +27,7 @@ from p2pnet.errors import (
     UnknownModelError,
 )
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
-from p2pnet.net.host import Stream, parse_peer_address
+from p2pnet.net.host import Stream
 
 IRIS_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
 MISSING_ID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"

@@ -20,13 +20,13 @@ import trio
 import trio.testing
 from libp2p.peer.id import ID
 
+from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.kad.keys import key_of
 from p2pnet.core.peer_id import is_valid_peer_id
 from p2pnet.errors import ConnectionLostError, PeerUnreachableError, UnknownModelError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
-from p2pnet.net.host import PeerAddress, parse_peer_address
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
 from p2pnet.runtime.onnx_model import OnnxModel

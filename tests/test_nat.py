@@ -20,8 +20,8 @@ import pytest
 import trio
 from netns.harness import NetnsUnavailable, Process, Topology, start_agent, start_bootstrap
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.discovery.service import RecordPublisher
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.nat import NatConfig, Reachability
 from p2pnet.peer import Peer
 
@@ -128,7 +128,6 @@ async def _called_through_relay_then_directly(relay: Peer, hidden: Peer, caller:
 
 
 def test_records_and_dht_keep_relayed_addresses(models: dict[str, Path]) -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from p2pnet.dht.node import _transport_part
     from p2pnet.net.identity import generate_identity, peer_id_of
@@ -141,7 +140,7 @@ def test_records_and_dht_keep_relayed_addresses(models: dict[str, Path]) -> None
     assert _transport_part(f"{circuit}/p2p/{me}") == circuit
     assert _transport_part(circuit) == circuit
     assert _transport_part(f"/ip4/10.0.0.1/tcp/1/p2p/{me}") == "/ip4/10.0.0.1/tcp/1"
-    key = Ed25519PrivateKey.from_private_bytes(identity.private_key.to_bytes())
+    key = identity.signing_key
     publisher = RecordPublisher(
         key, me, lambda: [f"{circuit}/p2p/{me}", f"/ip4/10.80.0.2/tcp/4001/p2p/{me}"]
     )

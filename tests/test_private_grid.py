@@ -18,8 +18,9 @@ import pytest
 import trio
 
 from p2pnet import Peer
+from p2pnet.core.address import parse_peer_address
 from p2pnet.errors import ConfigError, PeerUnreachableError
-from p2pnet.net.host import open_host, parse_peer_address
+from p2pnet.net.host import open_host
 from p2pnet.net.identity import generate_identity, peer_id_of
 from p2pnet.net.pnet import (
     SwarmKey,
@@ -504,7 +505,7 @@ async def test_relayed_connections_inside_a_private_grid(models: dict[str, Path]
     """A private peer reachable only through a relay of the grid: the relayed
     connection carries the PSK layer on both sides (py-libp2p left the dialling side's
     relayed connections without it), and its status counts it as relayed."""
-    from p2pnet.net.host import PeerAddress
+    from p2pnet.core.address import PeerAddress
     from p2pnet.net.nat import NatConfig
     from p2pnet.status import snapshot
 

@@ -181,7 +181,7 @@ async def test_memory_network_counts_traffic_and_applies_bandwidth(
             received.append(trio.current_time())
 
         b.set_stream_handler("/x", handler)
-        from p2pnet.net.host import PeerAddress
+        from p2pnet.core.address import PeerAddress
 
         stream = await a.open_stream(PeerAddress(b.peer_id), "/x")
         sent = trio.current_time()

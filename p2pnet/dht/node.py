@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import PeerInfo, key_of, random_preimage_in_bucket
 from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
@@ -49,7 +50,6 @@ from p2pnet.errors import (
     UsageError,
 )
 from p2pnet.net.channels import StreamPool, read_message, read_request
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
 if TYPE_CHECKING:
@@ -499,7 +499,7 @@ class DhtNode:
         return delivered
 
     def _self_info(self) -> PeerInfo:
-        return _peer_info(self.local.peer_id, tuple(_transport_part(a) for a in self.host.addrs))
+        return _peer_info(self.local.peer_id, tuple(transport_part(a) for a in self.host.addrs))
 
     def _peer_infos(self, peers: Sequence[KadPeer], *, keep_self: bool = False) -> list[PeerInfo]:
         out = []
@@ -617,18 +617,8 @@ class DhtNode:
         await self._pool.aclose()
 
 
-def _transport_part(addr: str) -> str:
-    """``/ip4/.../tcp/N`` of ``/ip4/.../tcp/N/p2p/<id>``: kad messages carry the ID apart.
-
-    Only the last /p2p/ part goes: a relayed address keeps its relay's
-    (``.../p2p/<relay>/p2p-circuit``).
-    """
-    head, sep, tail = addr.rpartition("/p2p/")
-    return head if sep and "/" not in tail else addr
-
-
 def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
-    return PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(_transport_part(a) for a in addrs))
+    return PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(transport_part(a) for a in addrs))
 
 
 def _kad_peer(peer: PeerInfo) -> KadPeer:

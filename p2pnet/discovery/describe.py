@@ -25,6 +25,7 @@ from typing import Final
 import msgpack
 import trio
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.describe import (
     DEFAULT_DESCRIBE_LIMITS,
     DescribeErrorReply,
@@ -59,7 +60,6 @@ from p2pnet.errors import (
     wire_code_for,
 )
 from p2pnet.net.channels import StreamPool, read_message, read_request
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
 __all__ = [

@@ -22,8 +22,10 @@ import numpy.typing as npt
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.ranking import ProviderStatsTable
 from p2pnet.core.records import CapabilityRecord, sign_record
 from p2pnet.dht.node import DhtNode
@@ -37,8 +39,6 @@ from p2pnet.errors import (
     UsageError,
 )
 from p2pnet.invoke.client import InvokeClient
-from p2pnet.net.host import PeerAddress
-from p2pnet.runtime.onnx_model import ModelInfo
 
 __all__ = ["ModelFinder", "Offer", "RecordPublisher"]
 
@@ -105,8 +105,7 @@ class RecordPublisher:
         now = self._clock()
         signed = self._signed.get(model_id)
         # Only our own /p2p/<id> goes: a relayed address keeps /p2p/<relay>/p2p-circuit.
-        own = f"/p2p/{self._peer_id}"
-        addrs = tuple(a.removesuffix(own) for a in self._addrs())
+        addrs = tuple(transport_part(a) for a in self._addrs())
         if (
             signed is not None
             and signed[0].expires_at - now > self._ttl / 2

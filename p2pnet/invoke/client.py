@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 import trio
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import (
     EncodedMessage,
     ErrorReply,
@@ -37,7 +38,6 @@ from p2pnet.errors import (
 )
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
 from p2pnet.net.channels import Channel, StreamPool
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import StreamHost
 
 __all__ = ["InvokeClient"]

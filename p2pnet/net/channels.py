@@ -14,8 +14,8 @@ from typing import Generic, Protocol, TypeVar
 
 import trio
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.errors import ConnectionLostError
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
 __all__ = ["Channel", "MessageSource", "StreamPool", "read_message", "read_request"]

@@ -14,8 +14,8 @@ from typing import Any
 import multiaddr
 import trio
 
+from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.errors import InvalidAddressError, PeerUnreachableError
-from p2pnet.net.host import PeerAddress, parse_peer_address
 
 __all__ = ["is_dnsaddr", "resolve_bootstrap", "resolve_dnsaddr"]
 

@@ -8,19 +8,18 @@ around.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 
 import libp2p.stream_muxer.yamux.yamux as _yamux
 import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
@@ -28,24 +27,26 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as _NOISE_MAX_PLAINTEXT
 
+from p2pnet.core.address import PeerAddress, with_peer_id
+from p2pnet.core.identity import Identity
 from p2pnet.errors import (
     ConfigError,
     ConnectionLostError,
     InvalidAddressError,
     PeerUnreachableError,
 )
-from p2pnet.net.identity import KeyPair, peer_id_of
 from p2pnet.net.logs import inherit_libp2p_log_level
 from p2pnet.net.nat import NatConfig, NatTraversal, is_circuit_addr
 from p2pnet.net.pnet import (
     PnetHandshakeError,
     SwarmKey,
+    install_pnet_hook,
     protect_relayed_dials,
     psk_for,
     recent_failure,
 )
 
-__all__ = ["Host", "PeerAddress", "Stream", "StreamHandler", "open_host", "parse_peer_address"]
+__all__ = ["Host", "Stream", "StreamHandler", "open_host", "tune_libp2p"]
 
 log = logging.getLogger(__name__)
 
@@ -56,65 +57,6 @@ CLOSE_TIMEOUT = 1.0
 # Longest closing every connection may take when a host stops.
 HOST_CLOSE_TIMEOUT = 5.0
 
-# py-libp2p 0.8.1 throughput tuning, measured in docs/benchmarks.md ("Invoke").
-# Yamux sends data frames of 65536 bytes (its 12-byte header included), but one Noise
-# message carries at most 65519 bytes of plaintext, so every full frame went out as two
-# Noise messages, and each costs a trip through py-libp2p's locks and the scheduler.
-# Frames of four Noise messages' worth (262076 bytes) stay within Yamux's initial 256 KiB
-# window, which is the only bound go- and js-yamux put on a received frame (rust-yamux
-# accepts up to 1 MiB). py-libp2p reads the constant at each write; only what we send
-# changes.
-_yamux.MAX_MESSAGE_SIZE = 4 * _NOISE_MAX_PLAINTEXT
-# py-libp2p's PY_YAMUX_RELEASE_ON_READ (on by default) sends a WINDOW_UPDATE frame after
-# every read: one extra frame per small message and per 64 KiB of bulk data. Off, credit
-# goes back per half window, as go-yamux does. Read at call time; a value set by the
-# user wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAddress:
-    """Where to reach a peer: its ID and the transport addresses to dial (may be empty)."""
-
-    peer_id: str
-    addrs: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        if not self.addrs:
-            return self.peer_id
-        return f"{self.addrs[0]}/p2p/{self.peer_id}"
-
-
-@functools.lru_cache(maxsize=1024)
-def parse_peer_address(text: str) -> PeerAddress:
-    """Parse ``/ip4/.../tcp/N/p2p/<peer-id>`` (or a bare peer ID) into a PeerAddress.
-
-    Results are cached: parsing costs ~0.15 ms, and Peer.invoke parses its address
-    argument on every call.
-
-    Raises:
-        InvalidAddressError: not a multiaddr ending in /p2p/<peer-id>, nor a peer ID.
-    """
-    text = text.strip()
-    if not text.startswith("/"):
-        try:
-            return PeerAddress(str(ID.from_base58(text)))
-        except Exception:
-            raise InvalidAddressError(
-                f"{text!r} is neither a multiaddr (/ip4/127.0.0.1/tcp/4001/p2p/12D3...) "
-                "nor a peer ID (12D3...)"
-            ) from None
-    try:
-        addr = multiaddr.Multiaddr(text)
-        peer_id = addr.get_peer_id()
-    except Exception as exc:
-        raise InvalidAddressError(f"{text!r} is not a valid multiaddr: {exc}") from None
-    if peer_id is None:
-        raise InvalidAddressError(
-            f"{text!r} has no /p2p/<peer-id> part; p2pnet needs it to authenticate the peer"
-        )
-    transport = str(addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}")))
-    return PeerAddress(str(peer_id), (transport,) if transport else ())
 
 
 class Stream:
@@ -189,12 +131,12 @@ class Host:
     def __init__(
         self,
         raw: IHost,
-        identity: KeyPair,
+        identity: Identity,
         swarm_key: SwarmKey | None = None,
         psk: str | None = None,
     ) -> None:
         self._raw = raw
-        self.peer_id = peer_id_of(identity)
+        self.peer_id = identity.peer_id
         self.swarm_key = swarm_key
         self._psk = psk  # what py-libp2p got: p2pnet.net.pnet keeps handshake failures in it
         # NAT traversal (reachability, relays, hole punching), when open_host got a config.
@@ -205,7 +147,7 @@ class Host:
         """Full multiaddrs others can dial, ``/p2p/<peer-id>`` included; with NAT
         traversal, the announced ones (relayed addresses of a private peer first)."""
         if self.nat is not None:
-            return [f"{a}/p2p/{self.peer_id}" for a in self.nat.announce_addrs()]
+            return [with_peer_id(a, self.peer_id) for a in self.nat.announce_addrs()]
         return [str(a) for a in self._raw.get_addrs()]
 
     def path(self, peer_id: str) -> str | None:
@@ -342,6 +284,30 @@ class Host:
         return sorted(out)
 
 
+def tune_libp2p() -> None:
+    """Apply p2pnet's settings of py-libp2p module globals; idempotent.
+
+    ``open_host`` calls it before it builds a host, so importing p2pnet changes
+    nothing in py-libp2p: only opening a p2pnet host does (for every host in the
+    process, since these are module globals). Measured in docs/benchmarks.md ("Invoke").
+    """
+    # Yamux sends data frames of 65536 bytes (its 12-byte header included), but one Noise
+    # message carries at most 65519 bytes of plaintext, so every full frame went out as
+    # two Noise messages, and each costs a trip through py-libp2p's locks and the
+    # scheduler. Frames of four Noise messages' worth (262076 bytes) stay within Yamux's
+    # initial 256 KiB window, which is the only bound go- and js-yamux put on a received
+    # frame (rust-yamux accepts up to 1 MiB). py-libp2p reads the constant at each write;
+    # only what we send changes.
+    _yamux.MAX_MESSAGE_SIZE = 4 * _NOISE_MAX_PLAINTEXT
+    # py-libp2p's PY_YAMUX_RELEASE_ON_READ (on by default) sends a WINDOW_UPDATE frame
+    # after every read: one extra frame per small message and per 64 KiB of bulk data.
+    # Off, credit goes back per half window, as go-yamux does. Read at call time; a
+    # value set by the user wins.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    # py-libp2p's own psk layer is not the spec's cipher: p2pnet.net.pnet replaces it.
+    install_pnet_hook()
+
+
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
     """Fail if a fixed TCP listen port is taken.
 
@@ -431,7 +397,7 @@ def _reason(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def open_host(
-    identity: KeyPair,
+    identity: Identity,
     listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
     *,
     dial_timeout: float = 10.0,
@@ -456,10 +422,11 @@ async def open_host(
     if swarm_key is not None:
         _check_no_quic(listen_addrs)
     _check_tcp_ports_free(listen_addrs)
+    tune_libp2p()
     inherit_libp2p_log_level()
     psk = psk_for(swarm_key) if swarm_key is not None else None
     raw = new_host(
-        key_pair=identity,
+        key_pair=create_new_key_pair(identity.seed),
         enable_mDNS=False,
         enable_upnp=False,
         # With the default of 3 connections per peer, py-libp2p's swarm waits a fixed

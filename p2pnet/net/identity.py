@@ -1,7 +1,5 @@
-"""Peer identity: an Ed25519 libp2p key pair, kept in a file readable by its owner only.
-
-File format: the libp2p ``PrivateKey`` protobuf (key type + key bytes), as written by
-py-libp2p's ``PrivateKey.serialize()``.
+"""Peer identity on disk: an Ed25519 key (``p2pnet.core.identity``) in a file readable by
+its owner only, in libp2p's ``PrivateKey`` protobuf (what py-libp2p writes).
 """
 
 from __future__ import annotations
@@ -10,28 +8,30 @@ import os
 import stat
 from pathlib import Path
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair, KeyType
-from libp2p.crypto.serialization import deserialize_private_key
-from libp2p.peer.id import ID
-
+from p2pnet.core.identity import Identity
 from p2pnet.errors import ConfigError
 
-__all__ = ["KeyPair", "generate_identity", "load_identity", "load_or_create_identity", "peer_id_of"]
+__all__ = [
+    "Identity",
+    "generate_identity",
+    "load_identity",
+    "load_or_create_identity",
+    "peer_id_of",
+]
 
 
-def generate_identity() -> KeyPair:
-    """A new random Ed25519 key pair."""
-    return create_new_key_pair()
+def generate_identity() -> Identity:
+    """A new random Ed25519 identity."""
+    return Identity.from_seed(os.urandom(32))
 
 
-def peer_id_of(identity: KeyPair) -> str:
-    """The base58 peer ID (``12D3KooW...``) of a key pair."""
-    return str(ID.from_pubkey(identity.public_key))
+def peer_id_of(identity: Identity) -> str:
+    """The base58 peer ID (``12D3KooW...``) of an identity."""
+    return identity.peer_id
 
 
-def load_identity(path: Path) -> KeyPair:
-    """Read a key pair from ``path``.
+def load_identity(path: Path) -> Identity:
+    """Read an identity from ``path``.
 
     Raises:
         ConfigError: unreadable, readable by others than its owner, or not an Ed25519 key.
@@ -47,18 +47,15 @@ def load_identity(path: Path) -> KeyPair:
             f"run: chmod 600 {path}"
         )
     try:
-        private_key = deserialize_private_key(data)
-    except Exception as exc:  # protobuf and key parsers raise assorted types
+        return Identity.from_protobuf(data)
+    except ValueError as exc:
         raise ConfigError(f"identity {path} is not a libp2p private key: {exc}") from None
-    if private_key.get_type() != KeyType.Ed25519:
-        raise ConfigError(f"identity {path} holds a {private_key.get_type().name} key; use Ed25519")
-    return KeyPair(private_key, private_key.get_public_key())
 
 
-def load_or_create_identity(path: Path) -> tuple[KeyPair, bool]:
+def load_or_create_identity(path: Path) -> tuple[Identity, bool]:
     """Load the key at ``path``, or create it (mode 0600, parent 0700) if it does not exist.
 
-    Returns the key pair and whether it was created.
+    Returns the identity and whether it was created.
 
     Raises:
         ConfigError: the file exists but cannot be used, or cannot be created.
@@ -70,7 +67,7 @@ def load_or_create_identity(path: Path) -> tuple[KeyPair, bool]:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(identity.private_key.serialize())
+            f.write(identity.to_protobuf())
     except FileExistsError:
         # Another process created it between our check and our open: use theirs.
         return load_identity(path), False

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from p2pnet.net.host import PeerAddress
+    from p2pnet.core.address import PeerAddress
 
 __all__ = ["ByteStream", "ByteStreamHandler", "StreamHost"]
 

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from p2pnet.core.address import transport_part
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
 from p2pnet.errors import ConnectionLostError, PeerUnreachableError
 from p2pnet.net.interfaces import ByteStreamHandler
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
     # annotations; there, nursery.start() is typed against trio_typing's TaskStatus.
     from trio_typing import TaskStatus
 
-    from p2pnet.net.host import PeerAddress
+    from p2pnet.core.address import PeerAddress
 
 __all__ = [
     "NAT_KINDS",
@@ -397,7 +398,7 @@ class MemoryNetwork:
             or dst is src
             or (
                 peer.addrs
-                and all(a.partition("/p2p/")[0] != dst.transport_addr for a in peer.addrs)
+                and all(transport_part(a) != dst.transport_addr for a in peer.addrs)
             )
         ):
             await trio.lowlevel.checkpoint()

@@ -51,6 +51,8 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2pnet.core.address import transport_part, with_peer_id
+
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
     from trio_typing import TaskStatus
@@ -310,9 +312,11 @@ class NatTraversal:
         # py-libp2p's addrs_factory: BasicHost.get_addrs() then strips "the" /p2p/ part
         # of each address by the first peer ID in it, which turns a relayed address
         # into the relay's own. The instance's get_addrs() is replaced instead.
-        own = f"/p2p/{raw.get_id()}"
+        own = str(raw.get_id())
         raw_any: Any = raw
-        raw_any.get_addrs = lambda: [multiaddr.Multiaddr(a + own) for a in self.announce_addrs()]
+        raw_any.get_addrs = lambda: [
+            multiaddr.Multiaddr(with_peer_id(a, own)) for a in self.announce_addrs()
+        ]
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the relay (stop side, and hop if configured), AutoNAT and DCUtR."""
@@ -483,8 +487,7 @@ class NatTraversal:
             )
         except Exception:  # PeerStoreError for an unknown peer
             pass
-        own = f"/p2p/{relay_id}"
-        return list(dict.fromkeys(a.partition(own)[0] for a in addrs if "/ip" in a))[:2]
+        return list(dict.fromkeys(transport_part(a) for a in addrs if "/ip" in a))[:2]
 
     def _addrs_changed(self) -> None:
         """Tell connected peers our new addresses (identify push), in the background."""
@@ -554,7 +557,9 @@ class NatTraversal:
         """
         pid = ID.from_base58(peer_id)
         direct = [multiaddr.Multiaddr(a) for a in addrs if not is_circuit_addr(a)]
-        relayed = [multiaddr.Multiaddr(_with_peer(a, peer_id)) for a in addrs if is_circuit_addr(a)]
+        relayed = [
+            multiaddr.Multiaddr(with_peer_id(a, peer_id)) for a in addrs if is_circuit_addr(a)
+        ]
         if self.path(peer_id) is not None:
             return
         if not relayed:
@@ -632,10 +637,6 @@ def _conn_path(conn: Any) -> str:
     if kind == ConnectionType.RELAYED:
         return "relayed"
     return "direct" if kind == ConnectionType.DIRECT or actual else "relayed"
-
-
-def _with_peer(addr: str, peer_id: str) -> str:
-    return addr if addr.endswith(f"/p2p/{peer_id}") else f"{addr}/p2p/{peer_id}"
 
 
 def _ip_of(addr: multiaddr.Multiaddr) -> tuple[str, str] | None:

@@ -60,6 +60,7 @@ __all__ = [
     "SwarmKey",
     "format_swarm_key",
     "generate_swarm_key",
+    "install_pnet_hook",
     "load_swarm_key",
     "parse_swarm_key",
     "protect_relayed_dials",
@@ -416,15 +417,20 @@ def protect_relayed_dials(network: Any, psk: str) -> None:
     network.upgrade_outbound_raw_conn = protected
 
 
-_upstream_protect = _swarm_module.new_protected_conn  # type: ignore[attr-defined]
-
-
 def _protect(conn: Any, psk: str) -> Any:
     if isinstance(psk, _SwarmPsk):
         return PnetConnection(conn, psk.protector)
     return _upstream_protect(conn, psk)
 
 
-# py-libp2p's swarm calls this module-level name for every raw connection of a host
-# with a psk (see the module docstring); hosts without one never reach it.
-_swarm_module.new_protected_conn = _protect  # type: ignore[attr-defined]
+_upstream_protect = _swarm_module.new_protected_conn  # type: ignore[attr-defined]
+
+
+def install_pnet_hook() -> None:
+    """Route py-libp2p's PSK hook to this module; idempotent (``open_host`` calls it).
+
+    py-libp2p's swarm calls the module-level ``new_protected_conn`` for every raw
+    connection of a host with a psk (see the module docstring); hosts without one never
+    reach it, and other ``psk`` values still go to py-libp2p's own layer.
+    """
+    _swarm_module.new_protected_conn = _protect  # type: ignore[attr-defined]

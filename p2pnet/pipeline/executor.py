@@ -25,6 +25,7 @@ import numpy.typing as npt
 import trio
 import yaml
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import ErrorReply, Forward, ForwardResult, Hop
 from p2pnet.core.pipeline import (
     INPUT,
@@ -50,7 +51,6 @@ from p2pnet.errors import (
 )
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.server import InvokeServer
-from p2pnet.net.host import PeerAddress
 
 __all__ = [
     "Mode",

@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from p2pnet.core.model_id import model_id_of_bytes
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
 from p2pnet.core.tensor import DTYPE_CODES, MAX_NDIM, dtype_name, normalize_array
 from p2pnet.errors import InvalidInputError, ModelExecutionError, ModelFileError
-from p2pnet.runtime.onnx_model import ModelInfo
 from p2pnet.runtime.served import RunSlots
 
 __all__ = [

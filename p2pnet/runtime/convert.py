@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, TensorSpec
 from p2pnet.core.tensor import DTYPE_CODES, dtype_name
 from p2pnet.errors import (
@@ -44,7 +45,7 @@ from p2pnet.errors import (
     P2PNetError,
     UsageError,
 )
-from p2pnet.runtime.onnx_model import ModelInfo, OnnxModel, inspect_model
+from p2pnet.runtime.onnx_model import OnnxModel, inspect_model
 
 __all__ = [
     "DEFAULT_OPSET",

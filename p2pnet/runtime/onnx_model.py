@@ -8,7 +8,6 @@ import importlib.machinery
 import importlib.util
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from p2pnet.core.model_id import model_id_from_digest
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
 from p2pnet.core.tensor import dtype_name
 from p2pnet.errors import InternalPeerError, ModelExecutionError, ModelFileError
@@ -27,33 +27,6 @@ __all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model"]
 
 # What capability records of ONNX models say in their ``runtime`` field.
 ONNX_RUNTIME = f"onnxruntime/{ort.__version__}"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What a model file is: its ID, where it lies, its size and its I/O schema; its name
-    (the file's stem unless given), version and runtime, as its capability record says."""
-
-    model_id: str
-    path: Path
-    size: int
-    schema: ModelSchema
-    name: str = ""
-    version: str = ""
-    runtime: str = ONNX_RUNTIME
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", self.path.stem)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "name": self.name,
-            "path": str(self.path),
-            "size": self.size,
-            **self.schema.to_dict(),
-        }
 
 
 def _file_model_id(path: Path) -> tuple[str, int]:
@@ -132,7 +105,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
     )
     if not schema.inputs or not schema.outputs:
         raise ModelFileError(f"{path}: the ONNX graph declares no inputs or no outputs")
-    return ModelInfo(model_id, path.resolve(), size, schema)
+    return ModelInfo(model_id, path.resolve(), size, schema, runtime=ONNX_RUNTIME)
 
 
 class OnnxModel:

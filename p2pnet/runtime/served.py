@@ -15,7 +15,7 @@ import trio
 from p2pnet.errors import DeadlineExceededError, PeerBusyError, UnknownModelError
 
 if TYPE_CHECKING:
-    from p2pnet.runtime.onnx_model import ModelInfo
+    from p2pnet.core.model_info import ModelInfo
 
 __all__ = ["RunSlots", "ServedModel", "run_served"]
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 import trio
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import Forward, ForwardResult, Hop, Result
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.dht.node import DhtNode
@@ -21,7 +22,6 @@ from p2pnet.discovery.service import ModelFinder, Offer
 from p2pnet.errors import P2PNetError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.server import InvokeServer
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import StreamHost
 from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.served import ServedModel, run_served

@@ -245,10 +245,10 @@ def _alive_at(plan: Plan, n: int) -> list[tuple[float, int]]:
 
 async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
     """Run this worker's peers; obey JSON commands on stdin, answer on stdout."""
-    from libp2p.crypto.ed25519 import create_new_key_pair
-
+    from p2pnet.core.address import PeerAddress, transport_part
+    from p2pnet.core.identity import Identity
     from p2pnet.errors import ConfigError
-    from p2pnet.net.host import PeerAddress, open_host
+    from p2pnet.net.host import open_host
     from p2pnet.net.logs import set_libp2p_log_level
     from p2pnet.simulate.swarm import SimSwarm
 
@@ -275,7 +275,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
 
             async def start_host(g: int) -> Host:
                 material = hashlib.sha256(b"p2pnet simulation peer %d %d" % (seed, g)).digest()
-                identity = create_new_key_pair(material)
+                identity = Identity.from_seed(material)
                 stop = trio.Event()
                 stopped = trio.Event()
 
@@ -284,7 +284,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
                 ) -> None:
                     try:
                         async with open_host(identity, (where,)) as host:
-                            listen[g] = host.addrs[0].partition("/p2p/")[0]
+                            listen[g] = transport_part(host.addrs[0])
                             task_status.started(host)
                             await stop.wait()
                     finally:

@@ -23,10 +23,10 @@ import numpy.typing as npt
 import trio
 
 from p2pnet.core.model_id import model_id_of_bytes
+from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pipeline import INPUT, PipelineSpec, Ref, StepSpec
 from p2pnet.core.schema import ModelSchema, TensorSpec, check_inputs
 from p2pnet.errors import DeadlineExceededError, PeerBusyError
-from p2pnet.runtime.onnx_model import ModelInfo
 
 __all__ = ["StandInModel", "expected_outputs", "stand_in_info", "stand_in_schema"]
 

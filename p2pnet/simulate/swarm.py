@@ -22,6 +22,7 @@ import numpy as np
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.kad.keys import PeerInfo, key_for_task, key_of
 from p2pnet.core.kad.wire import (
     KadMessage,
@@ -41,7 +42,6 @@ from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, Describ
 from p2pnet.errors import ConnectionLostError, P2PNetError, PayloadTooLargeError, ProtocolError
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.net.channels import read_request
-from p2pnet.net.host import PeerAddress
 from p2pnet.net.interfaces import ByteStream, StreamHost
 from p2pnet.pipeline.executor import Mode, Pipeline
 from p2pnet.pipeline.executor import Plan as PipelinePlan
@@ -386,7 +386,7 @@ class SimSwarm:
             name=name,
             version=version,
             runtime=runtime,
-            addrs=tuple(_transport(a) for a in peer.host.addrs),
+            addrs=tuple(transport_part(a) for a in peer.host.addrs),
             seq=1,
             expires_at=int(self.wall_clock()) + RECORD_TTL,
         )
@@ -669,14 +669,9 @@ def _task_of(envelope: bytes) -> str:
     return decode_record(payload).tasks[0]
 
 
-def _transport(addr: str) -> str:
-    head, sep, _ = addr.partition("/p2p/")
-    return head if sep else addr
-
-
 def _address(host: StreamHost) -> PeerAddress:
-    return PeerAddress(host.peer_id, tuple(_transport(a) for a in host.addrs))
+    return PeerAddress(host.peer_id, tuple(transport_part(a) for a in host.addrs))
 
 
 def kad_peer(host: StreamHost) -> KadPeer:
-    return KadPeer(host.peer_id, tuple(_transport(a) for a in host.addrs))
+    return KadPeer(host.peer_id, tuple(transport_part(a) for a in host.addrs))

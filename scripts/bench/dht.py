@@ -70,9 +70,10 @@ from typing import Any
 import trio
 from trio.testing import MockClock
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.kad.keys import key_for_task
 from p2pnet.dht.node import DhtConfig, DhtNode
-from p2pnet.net.host import Host, PeerAddress
+from p2pnet.net.host import Host
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.procstats import (
     machine_info,

@@ -50,10 +50,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.server import InvokeServer
-from p2pnet.net.host import READ_SIZE, PeerAddress
+from p2pnet.net.host import READ_SIZE
 from p2pnet.peer import Peer
 from p2pnet.runtime.onnx_model import OnnxModel
 

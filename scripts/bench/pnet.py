@@ -18,7 +18,8 @@ import time
 import trio
 
 import p2pnet.net.logs  # noqa: F401  (quiet py-libp2p)
-from p2pnet.net.host import Stream, open_host, parse_peer_address
+from p2pnet.core.address import parse_peer_address
+from p2pnet.net.host import Stream, open_host
 from p2pnet.net.identity import generate_identity
 from p2pnet.net.pnet import SwarmKey
 

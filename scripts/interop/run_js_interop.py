@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.kad.wire import (
     KadMessage,
@@ -65,8 +65,8 @@ from p2pnet.core.records import (
 from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode
 from p2pnet.errors import ConnectionLostError
-from p2pnet.net.host import Host, PeerAddress, Stream, open_host, parse_peer_address
-from p2pnet.net.identity import KeyPair, generate_identity
+from p2pnet.net.host import Host, Stream, open_host
+from p2pnet.net.identity import Identity, generate_identity
 from p2pnet.net.logs import set_libp2p_log_level
 
 HERE = Path(__file__).resolve().parent
@@ -193,7 +193,7 @@ async def run_js_node(node_bin: str, stderr_path: Path) -> AsyncIterator[JsNode]
 @dataclass
 class P2pnetPeer:
     name: str
-    identity: KeyPair
+    identity: Identity
     host: Host
     node: DhtNode
 
@@ -830,7 +830,7 @@ async def run_checks(
 
 def capability_record(peer: P2pnetPeer, model_id: str) -> tuple[bytes, bytes]:
     """A signed capability record of ``peer`` for ``model_id``: (DHT key, value)."""
-    signing_key = Ed25519PrivateKey.from_private_bytes(peer.identity.private_key.to_bytes())
+    signing_key = peer.identity.signing_key
     now = time.time()
     record = CapabilityRecord(
         model_id=model_id,
