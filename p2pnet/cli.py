@@ -333,21 +333,12 @@ async def _discovery_peer(args: argparse.Namespace, identity: Identity) -> Async
         PeerUnreachableError: no bootstrap peer answered (the warnings say why).
     """
     async with Peer(
-        identity, listen=args.listen, bootstrap=args.bootstrap, swarm_key=args.swarm_key
+        identity,
+        listen=args.listen,
+        bootstrap=args.bootstrap,
+        swarm_key=args.swarm_key,
+        require_join=True,
     ) as peer:
-        if peer.dht is not None and len(peer.dht.table) == 0:
-            if args.bootstrap and all(
-                not a.strip().startswith("/dnsaddr/") and a.rstrip("/").endswith(peer.peer_id)
-                for a in args.bootstrap
-            ):
-                raise UsageError(
-                    f"the bootstrap peer is this peer's own ID ({peer.peer_id}): this command "
-                    "uses the identity of the peer it is to join; give it another with "
-                    "--identity FILE"
-                )
-            raise PeerUnreachableError(
-                "could not join the swarm: no bootstrap peer answered (see the warnings above)"
-            )
         yield peer
 
 

@@ -28,7 +28,7 @@ from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import ModelFinder, Offer, RecordPublisher
-from p2pnet.errors import ConfigError, InvalidAddressError, UsageError
+from p2pnet.errors import ConfigError, InvalidAddressError, PeerUnreachableError, UsageError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
@@ -41,6 +41,7 @@ from p2pnet.pipeline.executor import forward_on
 from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import OnnxModel
 from p2pnet.runtime.served import ServedModel, run_served
+from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
 
 __all__ = ["Peer"]
 
@@ -81,6 +82,8 @@ class Peer:
         announce: multiaddrs to put in this peer's capability records instead of its
             listen addresses (e.g. a public address in front of a port forward);
             relayed addresses from NAT traversal are added to them.
+        require_join: starting fails unless the peer joins the swarm through its bootstrap
+            peers (for peers that only find and call: alone, they find nothing).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Peer:
         nat: NatConfig | None = DEFAULT_NAT,
         swarm_key: SwarmKey | str | Path | None = None,
         announce: Sequence[str] = (),
+        require_join: bool = False,
     ) -> None:
         self._identity = identity or generate_identity()
         self._listen = tuple(listen)
@@ -119,7 +123,9 @@ class Peer:
         self._nat = nat
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._bootstrap_dns = [a for a in bootstrap if is_dnsaddr(a)]
+        self._bootstrap_given = tuple(bootstrap)
         self._dht_config = dht
+        self._require_join = require_join
         self.dht: DhtNode | None = None
         self.finder: ModelFinder | None = None
         self._nursery: trio.Nursery | None = None
@@ -353,10 +359,36 @@ class Peer:
                 joined = await self.dht.bootstrap(self._bootstrap)
                 log.info("joined the swarm: %d peers in the routing table", joined)
                 await self._join_nat()
+            if self._require_join and len(self.dht.table) == 0:
+                self._raise_not_joined()
             if self._models:
                 nursery.start_soon(self.announce)
             self._stack = stack.pop_all()
         return self
+
+    def _raise_not_joined(self) -> None:
+        """Why a peer that had to join did not.
+
+        Raises:
+            UsageError: no bootstrap peer given, or every one is this peer itself.
+            PeerUnreachableError: no bootstrap peer answered (the log says why).
+        """
+        if not self._bootstrap and not self._bootstrap_given:
+            raise UsageError(
+                "finding models needs a swarm to ask: give a bootstrap peer "
+                "(/ip4/.../tcp/PORT/p2p/12D3...) or a named swarm"
+            )
+        if all(
+            not is_dnsaddr(a) and parse_peer_address(a).peer_id == self.peer_id
+            for a in self._bootstrap_given
+        ):
+            raise UsageError(
+                f"the bootstrap peer is this peer's own ID ({self.peer_id}): use another "
+                "identity than the peer it is to join (--identity FILE)"
+            )
+        raise PeerUnreachableError(
+            "could not join the swarm: no bootstrap peer answered (see the warnings above)"
+        )
 
     async def _join_nat(self) -> None:
         """Reachability and relay slots through the bootstrap peers we are connected
@@ -392,6 +424,47 @@ class Peer:
             self.dht.become_client()
         if self._models and self.host.addrs != announced:
             await self.announce()
+
+    def status(self) -> PeerStatus:
+        """What this peer is doing now: addresses, models, connections, DHT, calls.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        host = self.host
+        models = tuple(
+            ServedModelStatus(
+                model_id,
+                model.info.name,
+                self.publisher.record(model_id).tasks,
+                None
+                if (allowed := self.access.allowed(model_id)) is None
+                else tuple(sorted(allowed)),
+            )
+            for model_id, model in self._models.items()
+        )
+        connections = tuple(
+            ConnectionStatus(
+                peer_id,
+                addr,
+                host.path(peer_id) or ("relayed" if "/p2p-circuit" in addr else "direct"),
+            )
+            for peer_id, addr in host.connections()
+        )
+        dht = self.dht
+        return PeerStatus(
+            peer_id=self.peer_id,
+            listen_addrs=tuple(self.addrs),
+            announced_addrs=tuple(self.announced_addrs),
+            reachability=host.reachability,
+            swarm_key_fingerprint=self.swarm_key.fingerprint if self.swarm_key else None,
+            models=models,
+            connections=connections,
+            routing_table=len(dht.table) if dht is not None else 0,
+            dht_mode="client" if dht is not None and dht.config.client else "server",
+            calls_served=self.server.stats.calls,
+            call_errors=dict(self.server.stats.errors),
+        )
 
     @property
     def reachability(self) -> str:

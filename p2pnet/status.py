@@ -1,4 +1,5 @@
-"""What a running ``p2pnet peer`` is doing, for ``p2pnet status``.
+"""What a peer is doing: ``PeerStatus`` (typed, from ``Peer.status()``), and the status
+files through which ``p2pnet status`` shows the peers running on this machine.
 
 A running peer writes a JSON status file, ``peer-<pid>.json`` in
 ``$XDG_RUNTIME_DIR/p2pnet/`` (else ``run/`` in the configuration directory), when it
@@ -14,9 +15,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +33,98 @@ if TYPE_CHECKING:
 
     from p2pnet.peer import Peer
 
-__all__ = ["PeerStatus", "read_statuses", "snapshot", "status_file", "write_status"]
+__all__ = [
+    "ConnectionStatus",
+    "PeerStatus",
+    "ServedModelStatus",
+    "StatusFile",
+    "keep_status",
+    "read_statuses",
+    "snapshot",
+    "status_file",
+    "write_status",
+]
 
 log = logging.getLogger(__name__)
 
 # Seconds between updates of a running peer's file.
 UPDATE_INTERVAL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModelStatus:
+    """One served model: its ID and name, the tasks it is announced for, and the peers it
+    is served to (None: everyone)."""
+
+    model_id: str
+    name: str
+    tasks: tuple[str, ...]
+    allow: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """One open connection: the peer, its remote address, and "direct" or "relayed"."""
+
+    peer_id: str
+    addr: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """What a running peer is doing: ``Peer.status()``. The CLI's ``peer`` and ``status``
+    commands and the status file render this, and nothing else of the peer.
+
+    reachability: "public", "private" or "unknown" (as far as AutoNAT could tell).
+    dht_mode: "server" (answers DHT requests) or "client" (undialable: asks only).
+    calls_served, call_errors: invoke calls answered, and error replies by wire code.
+    """
+
+    peer_id: str
+    listen_addrs: tuple[str, ...]
+    announced_addrs: tuple[str, ...]
+    reachability: str
+    swarm_key_fingerprint: str | None
+    models: tuple[ServedModelStatus, ...]
+    connections: tuple[ConnectionStatus, ...]
+    routing_table: int
+    dht_mode: str
+    calls_served: int = 0
+    call_errors: Mapping[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (docs/networking.md, "Status")."""
+        paths = [c.path for c in self.connections]
+        return {
+            "peer_id": self.peer_id,
+            "swarm_key_fingerprint": self.swarm_key_fingerprint,
+            "listen_addrs": list(self.listen_addrs),
+            "announced_addrs": list(self.announced_addrs),
+            "reachability": self.reachability,
+            "models": [
+                {
+                    "model_id": m.model_id,
+                    "name": m.name,
+                    "tasks": list(m.tasks),
+                    "allow": list(m.allow) if m.allow is not None else None,
+                }
+                for m in self.models
+            ],
+            "connections": {
+                "total": len(paths),
+                "direct": paths.count("direct"),
+                "relayed": paths.count("relayed"),
+                "peers": [
+                    {"peer_id": c.peer_id, "addr": c.addr, "path": c.path}
+                    for c in self.connections
+                ],
+            },
+            "routing_table": self.routing_table,
+            "dht_mode": self.dht_mode,
+            "calls_served": self.calls_served,
+            "call_errors": dict(self.call_errors),
+        }
 
 
 def status_file(pid: int | None = None, directory: Path | None = None) -> Path:
@@ -46,47 +133,15 @@ def status_file(pid: int | None = None, directory: Path | None = None) -> Path:
 
 
 def snapshot(peer: Peer, *, role: str = "peer", swarm: str | None = None) -> dict[str, Any]:
-    """A running peer's status as a JSON-able dict (see docs/networking.md, "Status")."""
-    host = peer.host
-    path_of = getattr(peer, "path", None)  # NAT traversal knows direct vs relayed
-    connections = []
-    for peer_id, addr in host.connections():
-        kind = "relayed" if "/p2p-circuit" in addr else "direct"
-        if path_of is not None:
-            with suppress(Exception):
-                kind = path_of(peer_id) or kind
-        connections.append({"peer_id": peer_id, "addr": addr, "path": kind})
-    models = []
-    for model_id, model in peer.models.items():
-        allowed = peer.access.allowed(model_id)
-        models.append(
-            {
-                "model_id": model_id,
-                "name": model.info.name,
-                "tasks": list(peer.publisher.record(model_id).tasks),
-                "allow": sorted(allowed) if allowed is not None else None,
-            }
-        )
-    key = peer.swarm_key
+    """A running peer's status file contents: ``peer.status()`` as JSON, with this
+    process, the time, and how the peer was started (role, named swarm)."""
     return {
         "version": __version__,
         "pid": os.getpid(),
         "updated_at": time.time(),
-        "peer_id": peer.peer_id,
         "role": role,
         "swarm": swarm,
-        "swarm_key_fingerprint": key.fingerprint if key is not None else None,
-        "listen_addrs": peer.addrs,
-        "announced_addrs": peer.announced_addrs,
-        "reachability": getattr(peer, "reachability", "unknown"),
-        "models": models,
-        "connections": {
-            "total": len(connections),
-            "direct": sum(1 for c in connections if c["path"] == "direct"),
-            "relayed": sum(1 for c in connections if c["path"] == "relayed"),
-            "peers": connections,
-        },
-        "routing_table": len(peer.dht.table) if peer.dht is not None else 0,
+        **peer.status().to_dict(),
     }
 
 
@@ -136,7 +191,7 @@ async def keep_status(
 
 
 @dataclass(frozen=True, slots=True)
-class PeerStatus:
+class StatusFile:
     """One status file: its data, and whether its process is alive and its data recent."""
 
     path: Path
@@ -160,7 +215,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_statuses(directory: Path | None = None) -> Iterator[PeerStatus]:
+def read_statuses(directory: Path | None = None) -> Iterator[StatusFile]:
     """The status files of running peers, oldest process first; files of processes that
     exited without removing theirs (killed) are skipped."""
     directory = directory or runtime_dir()
@@ -173,4 +228,4 @@ def read_statuses(directory: Path | None = None) -> Iterator[PeerStatus]:
             continue  # being replaced, or not ours
         alive = _alive(pid)
         if alive:
-            yield PeerStatus(path, data, alive, max(0.0, time.time() - data["updated_at"]))
+            yield StatusFile(path, data, alive, max(0.0, time.time() - data["updated_at"]))

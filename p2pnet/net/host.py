@@ -150,6 +150,11 @@ class Host:
             return [with_peer_id(a, self.peer_id) for a in self.nat.announce_addrs()]
         return [str(a) for a in self._raw.get_addrs()]
 
+    @property
+    def reachability(self) -> str:
+        """"public", "private" or "unknown" (no NAT traversal, or nobody answered yet)."""
+        return self.nat.reachability.value if self.nat is not None else "unknown"
+
     def path(self, peer_id: str) -> str | None:
         """How this host is connected to ``peer_id``: "direct", "relayed", or None."""
         if self.nat is not None:

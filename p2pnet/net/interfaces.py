@@ -104,6 +104,19 @@ class StreamHost(Protocol):
         None when it does not know yet."""
         ...
 
+    def connections(self) -> list[tuple[str, str]]:
+        """(peer ID, remote address) of every open connection, sorted."""
+        ...
+
+    def path(self, peer_id: str) -> str | None:
+        """How this host reaches ``peer_id``: "direct", "relayed", or None (no connection)."""
+        ...
+
+    @property
+    def reachability(self) -> str:
+        """Whether others can dial this host: "public", "private" or "unknown"."""
+        ...
+
 
 if TYPE_CHECKING:
     from p2pnet.net.host import Host, Stream

@@ -579,6 +579,23 @@ class MemoryHost:
             return []
         return [self._network._hosts[peer_id].transport_addr]
 
+    def connections(self) -> list[tuple[str, str]]:
+        """(peer ID, ``/memory/<n>`` address) of every host connected to this one."""
+        hosts = self._network._hosts
+        return sorted((p, hosts[p].transport_addr) for p in self._connections or ())
+
+    def path(self, peer_id: str) -> str | None:
+        """"relayed" while the NAT model routes ``peer_id`` through a relay, else "direct";
+        None without a connection."""
+        if not self.connection_count(peer_id):
+            return None
+        return "relayed" if self._network.is_relayed(self.peer_id, peer_id) else "direct"
+
+    @property
+    def reachability(self) -> str:
+        """"private" behind a modelled NAT, else "public"."""
+        return "public" if self._network.nat_of(self.peer_id) == "public" else "private"
+
     def crash(self) -> None:
         """Stop as a killed process would; see the module docstring. No-op if crashed."""
         if not self._alive:
