@@ -34,12 +34,11 @@ from p2pnet.errors import (
     DeadlineExceededError,
     InvalidInputError,
     P2PNetError,
-    PeerUnreachableError,
     UsageError,
 )
 from p2pnet.logs import configure_logging
 from p2pnet.net.identity import Identity, load_or_create_identity, peer_id_of
-from p2pnet.net.nat import NatConfig
+from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
 from p2pnet.pipeline import Pipeline, PipelineResult
 from p2pnet.runtime.onnx_model import inspect_model
@@ -285,12 +284,11 @@ async def _serve(args: argparse.Namespace) -> None:
                     out.print(f"announcing {addr}")
             if peer.swarm_key is not None:
                 out.print(f"private network, swarm key {peer.swarm_key.fingerprint}")
-            for model_id, model in peer.models.items():
-                tasks = ",".join(peer.publisher.record(model_id).tasks)  # an adapter's own too
-                out.print(f"serving {model_id} {model.info.name} {tasks}".rstrip())
-                allowed = peer.access.allowed(model_id)
-                if allowed is not None:
-                    out.print(f"  only for {', '.join(sorted(allowed)) or 'this peer'}")
+            for served in peer.status().models:
+                tasks = ",".join(served.tasks)
+                out.print(f"serving {served.model_id} {served.name} {tasks}".rstrip())
+                if served.allow is not None:
+                    out.print(f"  only for {', '.join(served.allow) or 'this peer'}")
             if peer.models:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:
@@ -465,7 +463,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm_key_new(args: argparse.Namespace) -> int:
-    from p2pnet.net.pnet import format_swarm_key, generate_swarm_key
+    from p2pnet.net.swarm_key import format_swarm_key, generate_swarm_key
 
     key = generate_swarm_key()
     if args.out:
@@ -495,7 +493,7 @@ def cmd_swarm_key_new(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm_key_fingerprint(args: argparse.Namespace) -> int:
-    from p2pnet.net.pnet import load_swarm_key
+    from p2pnet.net.swarm_key import load_swarm_key
 
     print(load_swarm_key(args.file).fingerprint)
     return 0

@@ -1,70 +1,74 @@
 """``Peer``: the one object a user holds.
 
-Identity + libp2p host + served models (invoke server) + DHT node + describe server +
-discovery (find and call by task or model) + invoke client. No logic of its own:
-it wires the services together and runs their background work.
+A peer is an identity, a host and the services ``p2pnet.services.PeerServices`` builds
+on it. ``Peer`` opens the host (a libp2p host unless given one, e.g. a memory host),
+has the services built, runs their background work, joins the swarm and announces
+what it serves. It has no logic of its own beyond that lifecycle.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 import trio
 
-from p2pnet.access import AccessPolicy
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
-from p2pnet.core.messages import Forward, WireLimits
+from p2pnet.core.identity import Identity
+from p2pnet.core.messages import WireLimits
 from p2pnet.core.model_info import ModelInfo
-from p2pnet.core.records import CapabilityRecordValidator
-from p2pnet.dht.node import DhtConfig, DhtNode
-from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
-from p2pnet.discovery.service import ModelFinder, Offer, RecordPublisher
+from p2pnet.dht.node import DhtConfig
+from p2pnet.discovery.service import ModelFinder, Offer
 from p2pnet.errors import ConfigError, InvalidAddressError, PeerUnreachableError, UsageError
-from p2pnet.invoke.client import InvokeClient
-from p2pnet.invoke.protocol import INVOKE_PROTOCOL
-from p2pnet.invoke.server import InvokeServer
+from p2pnet.invoke.local import Invokers
 from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
-from p2pnet.net.host import Host, open_host
-from p2pnet.net.identity import Identity, generate_identity
-from p2pnet.net.nat import DEFAULT_NAT, NatConfig, Reachability
-from p2pnet.net.pnet import SwarmKey, load_swarm_key
-from p2pnet.pipeline.executor import forward_on
-from p2pnet.runtime.callable_model import CallableModel
-from p2pnet.runtime.onnx_model import OnnxModel
-from p2pnet.runtime.served import ServedModel, run_served
-from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
+from p2pnet.net.identity import generate_identity
+from p2pnet.net.interfaces import StreamHost
+from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig, Reachability
+from p2pnet.net.swarm_key import SwarmKey, load_swarm_key
+from p2pnet.runtime.catalogue import ModelCatalogue
+from p2pnet.runtime.served import ServedModel
+from p2pnet.services import DEFAULT_LISTEN, PeerConfig, PeerHooks, PeerServices
+from p2pnet.status import PeerStatus
+
+if TYPE_CHECKING:
+    # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
+    from trio_typing import TaskStatus
+
+    from p2pnet.net.nat import NatTraversal
 
 __all__ = ["Peer"]
 
 log = logging.getLogger(__name__)
 
+_NOT_RUNNING = "the peer is not running: use it inside 'async with Peer(...)'"
+
 
 class Peer:
     """A p2pnet peer: serves models to others and calls theirs.
 
-    Use it as an async context manager (trio)::
+    Use it as an async context manager (trio), or run it in a nursery with
+    ``await nursery.start(peer.run)``::
 
         async with Peer(listen=["/ip4/127.0.0.1/tcp/0"]) as peer:
             peer.serve("iris.onnx")
             outputs = await peer.invoke(address, model_id, {"x": array})
 
     Args:
-        identity: the peer's key pair; None makes a new one for this run only
-            (the CLI passes the persistent one from the config directory).
+        identity: the peer's key; None makes a new one for this run only (the CLI
+            passes the persistent one from the config directory).
         listen: multiaddrs to listen on. The default listens on loopback only.
         limits: message and frame sizes, for requests and replies alike.
         max_concurrency: default number of concurrent runs per served model.
-        bootstrap: multiaddrs (with /p2p/) of peers to join the DHT through; none
-            makes this peer the first of its swarm.
+        bootstrap: multiaddrs (with /p2p/) of peers to join the DHT through, or
+            ``/dnsaddr/`` names, resolved when it starts; none makes this peer the first
+            of its swarm.
         dht: DHT parameters.
         shutdown_grace: seconds to wait, when the peer stops, for model runs still in
             progress (onnxruntime aborts the process if it exits during a run).
@@ -78,19 +82,28 @@ class Peer:
             relay (bootstrap peers); None turns all of it off.
         swarm_key: a private network's key (a SwarmKey, or the path of a swarm key
             file): only peers with the same key connect (docs/networking.md).
-            Bootstrap addresses may be ``/dnsaddr/`` names, resolved when it starts.
         announce: multiaddrs to put in this peer's capability records instead of its
             listen addresses (e.g. a public address in front of a port forward);
             relayed addresses from NAT traversal are added to them.
         require_join: starting fails unless the peer joins the swarm through its bootstrap
             peers (for peers that only find and call: alone, they find nothing).
+        host: a running host to use instead of opening a libp2p host (``listen``,
+            ``nat`` and ``swarm_key`` are then the host's business): a memory host
+            (``p2pnet.net.memory``) runs the same peer in tests and simulations.
+        clock: the wall clock (unix seconds) records are signed and checked with.
+        hooks: observers and simulated adversaries (``p2pnet.services.PeerHooks``).
+        upkeep: run the DHT's upkeep (expiry, republishing, refresh) from the start;
+            False leaves it to ``start_upkeep`` (simulations start it once their swarm
+            is built).
+        idle_streams: finished streams kept per peer for reuse by the invoke and
+            describe clients (None: 8 and 2).
     """
 
     def __init__(
         self,
         identity: Identity | None = None,
         *,
-        listen: list[str] | tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",),
+        listen: Sequence[str] = DEFAULT_LISTEN,
         limits: WireLimits = WireLimits(),
         max_concurrency: int = 2,
         bootstrap: Sequence[str] = (),
@@ -101,71 +114,126 @@ class Peer:
         swarm_key: SwarmKey | str | Path | None = None,
         announce: Sequence[str] = (),
         require_join: bool = False,
+        host: StreamHost | None = None,
+        clock: Callable[[], float] = time.time,
+        hooks: PeerHooks | None = None,
+        upkeep: bool = True,
+        idle_streams: int | None = None,
     ) -> None:
         self._identity = identity or generate_identity()
-        self._listen = tuple(listen)
-        self._limits = limits
-        self._max_concurrency = max_concurrency
-        self._models: dict[str, ServedModel] = {}
-        self.access = AccessPolicy(self._identity.peer_id)
-        self.server = InvokeServer(self._models, limits=limits, access=self.access)
-        self.swarm_key = (
-            swarm_key
-            if swarm_key is None or isinstance(swarm_key, SwarmKey)
-            else load_swarm_key(swarm_key)
+        if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
+            swarm_key = load_swarm_key(swarm_key)
+        self.config = PeerConfig(
+            listen=tuple(listen),
+            bootstrap=tuple(bootstrap),
+            announce=tuple(_announce_addr(a) for a in announce),
+            limits=limits,
+            max_concurrency=max_concurrency,
+            dht=dht,
+            shutdown_grace=shutdown_grace,
+            forward=forward,
+            nat=nat,
+            swarm_key=swarm_key,
+            require_join=require_join,
+            clock=clock,
+            upkeep=upkeep,
+            idle_streams=idle_streams,
         )
-        self._announce = tuple(_announce_addr(a) for a in announce)
-        self._host: Host | None = None
-        self._client: InvokeClient | None = None
-        self._stack: AsyncExitStack | None = None
-        self.shutdown_grace = shutdown_grace
-        self._forward = forward
-        self._nat = nat
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
-        self._bootstrap_dns = [a for a in bootstrap if is_dnsaddr(a)]
-        self._bootstrap_given = tuple(bootstrap)
-        self._dht_config = dht
-        self._require_join = require_join
-        self.dht: DhtNode | None = None
-        self.finder: ModelFinder | None = None
+        self._given_host = host
+        self._hooks = hooks or PeerHooks()
+        self.catalogue = ModelCatalogue(self._identity.peer_id)
+        self._services: PeerServices | None = None
+        self._nat: NatTraversal | None = None
         self._nursery: trio.Nursery | None = None
-        self.publisher = RecordPublisher(
-            self._identity.signing_key, self.peer_id, lambda: self.announced_addrs
-        )
+        self._stack: AsyncExitStack | None = None
+
+    # --- what it is ----------------------------------------------------------------------
 
     @property
     def peer_id(self) -> str:
         return self._identity.peer_id
 
     @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def swarm_key(self) -> SwarmKey | None:
+        return self.config.swarm_key
+
+    @property
     def addrs(self) -> list[str]:
         """Full multiaddrs of this peer (``.../p2p/<peer-id>``); empty until started."""
-        return self._host.addrs if self._host else []
+        return self._services.host.addrs if self._services else []
 
     @property
     def announced_addrs(self) -> list[str]:
         """The addresses this peer's records carry: ``announce`` (plus relayed addresses)
         if given, else ``addrs``."""
-        if not self._announce:
-            return self.addrs
-        relayed = [a for a in self.addrs if "/p2p-circuit" in a]
-        return [f"{a}/p2p/{self.peer_id}" for a in self._announce] + relayed
-
-    @property
-    def host(self) -> Host:
-        """The running libp2p host.
-
-        Raises:
-            UsageError: the peer is not running.
-        """
-        if self._host is None:
-            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
-        return self._host
+        return self._services.addresses.current() if self._services else []
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
         """Served models by model ID."""
-        return self._models
+        return self.catalogue.models
+
+    @property
+    def services(self) -> PeerServices:
+        """The services of the running peer (for programs that embed a peer).
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        if self._services is None:
+            raise UsageError(_NOT_RUNNING)
+        return self._services
+
+    @property
+    def host(self) -> StreamHost:
+        """The running host.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        return self.services.host
+
+    @property
+    def finder(self) -> ModelFinder:
+        """The running peer's discovery: find models, call them with failover.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        return self.services.finder
+
+    @property
+    def invokers(self) -> Invokers:
+        """The running peer's invokers: its own models, or another peer's.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        return self.services.invokers
+
+    def status(self) -> PeerStatus:
+        """What this peer is doing now: addresses, models, connections, DHT, calls.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        return self.services.status()
+
+    @property
+    def reachability(self) -> str:
+        """ "public", "private" or "unknown" (before joining, or nobody answered)."""
+        return self._services.host.reachability if self._services else "unknown"
+
+    def path(self, peer_id: str) -> str | None:
+        """How this peer is connected to ``peer_id``: "direct", "relayed", or None."""
+        return self.host.path(peer_id)
+
+    # --- serving -------------------------------------------------------------------------
 
     def serve(
         self,
@@ -191,28 +259,30 @@ class Peer:
             ModelFileError: the file cannot be read or loaded.
             UsageError: a task tag that is not lower-case letters, digits and '-'.
         """
+        from p2pnet.runtime.callable_model import CallableModel
+
         if isinstance(model, str | Path):
-            limit = max_concurrency or self._max_concurrency
+            limit = max_concurrency or self.config.max_concurrency
             if Path(model).suffix.lower() == ".json":
                 model = CallableModel.load(model, max_concurrency=limit)
             else:
+                from p2pnet.runtime.onnx_model import OnnxModel
+
                 model = OnnxModel.load(model, max_concurrency=limit)
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
-        if allow is not None:
-            self.access.restrict(model.model_id, allow)
-        self.publisher.add(model.info, tasks)
-        self._models.setdefault(model.model_id, model)
+        info = self.catalogue.add(model, tasks, allow)
         if self._nursery is not None:
             self._nursery.start_soon(self._announce_reachable)
-        return model.info
+        return info
 
     async def announce(self) -> int:
         """Announce every served model and task in the DHT now; returns the number of
         peers that took announcements. The DHT renews them before they expire."""
-        if self.dht is None:
-            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
-        return sum([await self.dht.provide(key) for key in self.publisher.keys()])
+        dht = self.services.dht
+        return sum([await dht.provide(key) for key in self.catalogue.keys()])
+
+    # --- calling -------------------------------------------------------------------------
 
     async def find(
         self,
@@ -227,9 +297,7 @@ class Peer:
         Raises:
             UsageError: not running, or not exactly one of task and model.
         """
-        return await self.running_finder.find(
-            task=task, model=model, count=count, timeout=timeout
-        )
+        return await self.finder.find(task=task, model=model, count=count, timeout=timeout)
 
     async def call(
         self,
@@ -257,34 +325,7 @@ class Peer:
         timeout: float = 30.0,
     ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
         """As ``call``, also returning the offer (which model, which peer) that answered."""
-        return await self.running_finder.call(inputs, task=task, model=model, timeout=timeout)
-
-    @property
-    def running_finder(self) -> ModelFinder:
-        """The discovery service of the running peer.
-
-        Raises:
-            UsageError: the peer is not running.
-        """
-        if self.finder is None:
-            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
-        return self.finder
-
-    @property
-    def client(self) -> InvokeClient:
-        """The invoke client of the running peer.
-
-        Raises:
-            UsageError: the peer is not running.
-        """
-        if self._client is None:
-            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
-        return self._client
-
-    async def _run_local(
-        self, model_id: str, inputs: Mapping[str, Any], timeout: float
-    ) -> dict[str, npt.NDArray[Any]]:
-        return await run_served(self._models, model_id, inputs, timeout)
+        return await self.finder.call(inputs, task=task, model=model, timeout=timeout)
 
     async def invoke(
         self,
@@ -294,77 +335,101 @@ class Peer:
         *,
         timeout: float = 30.0,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Call ``model_id`` on ``peer`` (a multiaddr with /p2p/, or a connected peer's ID).
+        """Call ``model_id`` on ``peer`` (a multiaddr with /p2p/, or a connected peer's ID;
+        this peer's own ID runs it here).
 
         Raises:
             See InvokeClient.invoke; also InvalidAddressError for a bad address and
             UsageError when the peer is not started.
         """
-        if self._client is None:
-            raise UsageError("the peer is not running: use it inside 'async with Peer(...)'")
+        invokers = self.invokers
         address = peer if isinstance(peer, PeerAddress) else parse_peer_address(peer)
-        return await self._client.invoke(address, model_id, inputs, timeout=timeout)
+        return await invokers.to(address.peer_id).invoke(
+            address, model_id, inputs, timeout=timeout
+        )
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[Peer] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the peer until cancelled: ``await nursery.start(peer.run)`` returns once it
+        has started (joined, listening) and gives the peer back."""
+        async with self:
+            task_status.started(self)
+            await trio.sleep_forever()
 
     async def __aenter__(self) -> Peer:
         if self._stack is not None:
             raise ConfigError("this Peer is already running")
+        config = self.config
         async with AsyncExitStack() as stack:
-            host = await stack.enter_async_context(
-                open_host(self._identity, self._listen, nat=self._nat, swarm_key=self.swarm_key)
-            )
-            self._host = host
-            host.set_stream_handler(INVOKE_PROTOCOL, self.server.handle_stream)
-            describe_server = DescribeServer(self.publisher.envelopes, permits=self.access.permits)
-            host.set_stream_handler(DESCRIBE_PROTOCOL, describe_server.handle_stream)
-            client = self._client = InvokeClient(host, limits=self._limits)
-            stack.push_async_callback(client.aclose)
-            self.server.local_peer_id = self.peer_id
+            host = self._given_host
+            if host is None:
+                from p2pnet.net.host import open_host
 
-            async def answer_here(message: Forward) -> Any:
-                return await self.server.answer(message, self.peer_id)
-
-            if self._forward:
-                self.server.forwarder = functools.partial(
-                    forward_on,
-                    local_peer_id=self.peer_id,
-                    client=client,
-                    answer_here=answer_here,
+                opened = await stack.enter_async_context(
+                    open_host(
+                        self._identity, config.listen, nat=config.nat, swarm_key=config.swarm_key
+                    )
                 )
-            describer = DescribeClient(host)
-            stack.push_async_callback(describer.aclose)
-            dht_config = self._dht_config
-            if self._nat is not None and self._nat.reachability == "private":
-                # Known to be undialable: a DHT client from the start (see become_client).
-                dht_config = dataclasses.replace(dht_config, client=True)
-            self.dht = DhtNode(host, dht_config, validator=CapabilityRecordValidator(time.time))
-            self.dht.start()
-            stack.push_async_callback(self.dht.aclose)
-            self.finder = ModelFinder(
-                self.peer_id,
-                self.dht,
-                describer,
-                self._client,
-                lambda: [self.publisher.record(mid) for mid in self._models],
-                self._run_local,
-            )
+                self._nat = opened.nat
+                host = opened
+            # Closed after the background work below has stopped.
+            stack.push_async_callback(self._close_services)
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
+            services = PeerServices(
+                host, self._identity, config, self.catalogue, nursery, self._hooks
+            )
+            services.start()
+            self._services = services
             self._nursery = nursery
-            self.dht.attach(nursery)
-            await nursery.start(self.dht.run_maintenance)
-            if self._bootstrap_dns:
-                self._bootstrap += await resolve_bootstrap(self._bootstrap_dns)
-                self._bootstrap_dns = []
-            if self._bootstrap:
-                joined = await self.dht.bootstrap(self._bootstrap)
+            if config.upkeep:
+                await nursery.start(services.dht.run_maintenance)
+            bootstrap = list(self._bootstrap)
+            dns = [a for a in config.bootstrap if is_dnsaddr(a)]
+            if dns:
+                bootstrap += await resolve_bootstrap(dns)
+            if bootstrap:
+                joined = await self.join(bootstrap)
                 log.info("joined the swarm: %d peers in the routing table", joined)
-                await self._join_nat()
-            if self._require_join and len(self.dht.table) == 0:
+            if config.require_join and len(services.dht.table) == 0:
                 self._raise_not_joined()
-            if self._models:
+            if self.catalogue.models:
                 nursery.start_soon(self.announce)
             self._stack = stack.pop_all()
         return self
+
+    async def join(self, peers: Sequence[PeerAddress]) -> int:
+        """Join the swarm through ``peers``: fill the DHT routing table through them and,
+        with NAT traversal, learn whether others can dial this peer (reserving relay slots
+        on them if not). Returns the number of peers in the routing table.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        joined = await self.services.dht.bootstrap(peers)
+        await self._join_nat(peers)
+        return joined
+
+    def start_upkeep(self, delay: float = 0.0) -> None:
+        """Start the DHT's upkeep ``delay`` seconds from now (peers made with
+        ``upkeep=False``).
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        dht = self.services.dht
+        assert self._nursery is not None
+
+        async def upkeep() -> None:
+            await trio.sleep(delay)
+            await dht.run_maintenance()
+
+        self._nursery.start_soon(upkeep)
+
+    async def _close_services(self) -> None:
+        if self._services is not None:
+            await self._services.aclose()
 
     def _raise_not_joined(self) -> None:
         """Why a peer that had to join did not.
@@ -373,14 +438,14 @@ class Peer:
             UsageError: no bootstrap peer given, or every one is this peer itself.
             PeerUnreachableError: no bootstrap peer answered (the log says why).
         """
-        if not self._bootstrap and not self._bootstrap_given:
+        given = self.config.bootstrap
+        if not given:
             raise UsageError(
                 "finding models needs a swarm to ask: give a bootstrap peer "
                 "(/ip4/.../tcp/PORT/p2p/12D3...) or a named swarm"
             )
         if all(
-            not is_dnsaddr(a) and parse_peer_address(a).peer_id == self.peer_id
-            for a in self._bootstrap_given
+            not is_dnsaddr(a) and parse_peer_address(a).peer_id == self.peer_id for a in given
         ):
             raise UsageError(
                 f"the bootstrap peer is this peer's own ID ({self.peer_id}): use another "
@@ -390,91 +455,39 @@ class Peer:
             "could not join the swarm: no bootstrap peer answered (see the warnings above)"
         )
 
-    async def _join_nat(self) -> None:
-        """Reachability and relay slots through the bootstrap peers we are connected
-        to, before anything is announced (the records carry the relayed address)."""
-        host = self.host
-        if host.nat is None:
+    async def _join_nat(self, peers: Sequence[PeerAddress]) -> None:
+        """Reachability and relay slots through the given peers we are connected to,
+        before anything is announced (the records carry the relayed address)."""
+        nat = self._nat
+        if nat is None:
             return
-        connected = [b.peer_id for b in self._bootstrap if host.connection_count(b.peer_id)]
+        host = self.host
+        connected = [p.peer_id for p in peers if host.connection_count(p.peer_id)]
         with trio.move_on_after(10.0):
             # A peer that serves nothing (find, call) needs no relay slot: nobody
             # dials it. serve() reserves one later if needed.
-            await host.nat.join(connected, reserve=bool(self._models))
+            await nat.join(connected, reserve=bool(self.catalogue.models))
         if self._nursery is not None:
-            self._nursery.start_soon(self._announce_after_check, host.addrs)
+            self._nursery.start_soon(self._announce_after_check, nat, host.addrs)
 
     async def _announce_reachable(self) -> None:
         """Announce, after reserving relay slots if this is the first model served."""
-        nat = self.host.nat if self._host else None
-        if nat is not None:
+        if self._nat is not None:
             with trio.move_on_after(10.0):
-                await nat.reserve_relays()
+                await self._nat.reserve_relays()
         await self.announce()
 
-    async def _announce_after_check(self, announced: list[str]) -> None:
+    async def _announce_after_check(self, nat: NatTraversal, announced: list[str]) -> None:
         """Announce again once AutoNAT answered, if that changed our addresses (a public
         peer drops its relayed ones): DHT provider records carry them."""
-        nat = self.host.nat
-        assert nat is not None
         await nat.checked.wait()
-        if nat.reachability is Reachability.PRIVATE and self.dht is not None:
+        services = self.services
+        if nat.reachability is Reachability.PRIVATE:
             # Others cannot dial us: as go-libp2p-kad-dht does, stay out of their routing
             # tables, where we would stall their lookups (simulations/nat.toml measures it).
-            self.dht.become_client()
-        if self._models and self.host.addrs != announced:
+            services.dht.become_client()
+        if self.catalogue.models and services.host.addrs != announced:
             await self.announce()
-
-    def status(self) -> PeerStatus:
-        """What this peer is doing now: addresses, models, connections, DHT, calls.
-
-        Raises:
-            UsageError: the peer is not running.
-        """
-        host = self.host
-        models = tuple(
-            ServedModelStatus(
-                model_id,
-                model.info.name,
-                self.publisher.record(model_id).tasks,
-                None
-                if (allowed := self.access.allowed(model_id)) is None
-                else tuple(sorted(allowed)),
-            )
-            for model_id, model in self._models.items()
-        )
-        connections = tuple(
-            ConnectionStatus(
-                peer_id,
-                addr,
-                host.path(peer_id) or ("relayed" if "/p2p-circuit" in addr else "direct"),
-            )
-            for peer_id, addr in host.connections()
-        )
-        dht = self.dht
-        return PeerStatus(
-            peer_id=self.peer_id,
-            listen_addrs=tuple(self.addrs),
-            announced_addrs=tuple(self.announced_addrs),
-            reachability=host.reachability,
-            swarm_key_fingerprint=self.swarm_key.fingerprint if self.swarm_key else None,
-            models=models,
-            connections=connections,
-            routing_table=len(dht.table) if dht is not None else 0,
-            dht_mode="client" if dht is not None and dht.config.client else "server",
-            calls_served=self.server.stats.calls,
-            call_errors=dict(self.server.stats.errors),
-        )
-
-    @property
-    def reachability(self) -> str:
-        """"public", "private" or "unknown" (before joining, or nobody answered)."""
-        nat = self._host.nat if self._host else None
-        return nat.reachability.value if nat else "unknown"
-
-    def path(self, peer_id: str) -> str | None:
-        """How this peer is connected to ``peer_id``: "direct", "relayed", or None."""
-        return self.host.path(peer_id)
 
     async def __aexit__(
         self,
@@ -483,22 +496,20 @@ class Peer:
         tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
-        self._client = None
         self._nursery = None
-        self.finder = None
-        self.dht = None
         try:
             if stack is not None:
                 await stack.__aexit__(exc_type, exc, tb)
         finally:
-            self._host = None
+            self._services = None
+            self._nat = None
             with trio.CancelScope(shield=True):
-                for model in self._models.values():
-                    if not await model.wait_idle(self.shutdown_grace):
+                for model in self.catalogue.models.values():
+                    if not await model.wait_idle(self.config.shutdown_grace):
                         log.warning(
                             "model %s is still running after %.0f s; exiting now may abort it",
                             model.info.name,
-                            self.shutdown_grace,
+                            self.config.shutdown_grace,
                         )
 
 

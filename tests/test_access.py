@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from p2pnet import Peer
-from p2pnet.access import AccessPolicy, parse_allow_list
+from p2pnet.core.access import AccessPolicy, parse_allow_list
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import ErrorReply, Forward, ForwardResult, Hop, Invoke
 from p2pnet.discovery.describe import DescribeClient
@@ -24,6 +24,7 @@ from p2pnet.errors import (
     UsageError,
     error_from_wire,
 )
+from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.identity import generate_identity, peer_id_of
 from p2pnet.pipeline import Pipeline
@@ -33,6 +34,7 @@ TEXTS = np.array(["I love it, works great", "broken on arrival, terrible"], dtyp
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
 ALICE = peer_id_of(generate_identity())
 MALLORY = peer_id_of(generate_identity())
+SERVER = peer_id_of(generate_identity())
 
 
 def test_permission_denied_is_a_usage_error_with_its_wire_code() -> None:
@@ -60,7 +62,7 @@ async def test_invoke_server_checks_plain_calls_and_forwarded_steps(
     iris = OnnxModel.load(models["iris"])
     policy = AccessPolicy()
     policy.restrict(iris.model_id, [ALICE])
-    server = InvokeServer({iris.model_id: iris}, access=policy)
+    server = InvokeServer(LocalInvoker(SERVER, {iris.model_id: iris}, access=policy))
     call = Invoke(1, iris.model_id, {"x": IRIS}, 5000)
     assert not isinstance(await server.answer(call, ALICE), ErrorReply)
     denied = await server.answer(call, MALLORY)

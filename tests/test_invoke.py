@@ -85,7 +85,7 @@ async def test_repeated_calls_reuse_one_connection_and_one_stream(
 ) -> None:
     for _ in range(20):
         await call(client, server, "iris", {"x": IRIS_ROW})
-    assert server.server.stats.streams == 1
+    assert server.services.invoke_server.stats.streams == 1
     assert client.host.connection_count(server.peer_id) == 1
 
 
@@ -159,7 +159,7 @@ async def test_request_over_the_callers_own_limit_fails_before_sending(server: P
         with pytest.raises(PayloadTooLargeError, match="the limit is 1048576") as info:
             await call(small_client, server, "identity", {"x": np.zeros(1 << 20, np.float32)})
         assert info.value.peer is None
-    assert server.server.stats.calls == 0
+    assert server.status().calls_served == 0
 
 
 async def test_request_over_the_servers_limit_is_refused_by_the_server(
@@ -295,10 +295,10 @@ async def test_a_bad_message_type_on_a_stream_is_answered_and_the_stream_stays_u
 async def test_a_stream_the_server_closed_while_idle_is_replaced_transparently(
     server: Peer, client: Peer
 ) -> None:
-    server.server.idle_timeout = 0.2
+    server.services.invoke_server.idle_timeout = 0.2
     await call(client, server, "iris", {"x": IRIS_ROW})
-    (idle,) = client._client._pool.idle(server.peer_id)  # type: ignore[union-attr]
+    (idle,) = client.services.remote._pool.idle(server.peer_id)
     assert await idle.stream.read() == b""  # the server closed it after 0.2 s idle
     out = await call(client, server, "iris", {"x": IRIS_ROW})
     assert out["label"].tolist() == [0]
-    assert server.server.stats.streams == 2
+    assert server.services.invoke_server.stats.streams == 2

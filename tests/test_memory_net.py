@@ -25,6 +25,7 @@ from p2pnet.core.kad.keys import key_of
 from p2pnet.core.peer_id import is_valid_peer_id
 from p2pnet.errors import ConnectionLostError, PeerUnreachableError, UnknownModelError
 from p2pnet.invoke.client import InvokeClient
+from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.interfaces import ByteStream
@@ -438,9 +439,10 @@ async def test_invoke_server_and_client_over_the_memory_network(models: dict[str
     # to the next deadline while trio waits for the thread.
     iris = OnnxModel.load(models["iris"])
     identity = OnnxModel.load(models["identity"])
-    server = InvokeServer({iris.model_id: iris, identity.model_id: identity})
     async with MemoryNetwork(latency=0.001, seed=1) as network:
         caller, serving = network.add_host(), network.add_host()
+        models = {iris.model_id: iris, identity.model_id: identity}
+        server = InvokeServer(LocalInvoker(serving.peer_id, models))
         serving.set_stream_handler(INVOKE_PROTOCOL, server.handle_stream)
         client = InvokeClient(caller)
         peer = parse_peer_address(serving.addrs[0])

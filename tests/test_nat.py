@@ -22,7 +22,7 @@ from netns.harness import NetnsUnavailable, Process, Topology, start_agent, star
 
 from p2pnet.core.address import PeerAddress
 from p2pnet.discovery.service import RecordPublisher
-from p2pnet.net.nat import NatConfig, Reachability
+from p2pnet.net.nat_config import NatConfig, Reachability
 from p2pnet.peer import Peer
 
 # -- loopback --------------------------------------------------------------------------
@@ -87,9 +87,8 @@ async def test_a_private_peer_runs_the_dht_as_a_client(models: dict[str, Path]) 
         hidden = Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="private"))
         hidden.serve(models["iris"], tasks=["nat-iris"])
         async with hidden:
-            assert hidden.dht is not None and relay.dht is not None
             with trio.fail_after(10):
-                while not hidden.dht.config.client:
+                while hidden.status().dht_mode != "client":
                     await trio.sleep(0.01)
             caller = Peer(bootstrap=relay.addrs, nat=NatConfig(reachability="public"))
             async with caller:
@@ -105,9 +104,8 @@ async def test_a_private_peer_runs_the_dht_as_a_client(models: dict[str, Path]) 
                 assert outputs["probabilities"].shape == (1, 3)
                 # ...but no routing table lists it: nobody would get an answer.
                 for peer in (relay, caller):
-                    assert peer.dht is not None
-                    assert hidden.peer_id not in {p.peer_id for p in peer.dht.table}
-                assert hidden.dht.requests_served == 0
+                    assert hidden.peer_id not in {p.peer_id for p in peer.services.dht.table}
+                assert hidden.services.dht.requests_served == 0
 
 
 async def _called_through_relay_then_directly(relay: Peer, hidden: Peer, caller: Peer) -> None:

@@ -109,7 +109,7 @@ async def test_three_peer_pipeline_with_provenance(swarm: list[Peer], mode: str)
     assert result.steps[-1].step == "add"
     # Forwarded: each serving peer ran exactly one step and only peer 1 was called by us.
     for peer in swarm[1:]:
-        assert peer.server.stats.calls == 1
+        assert peer.status().calls_served == 1
 
 
 async def test_the_caller_may_serve_a_step_itself(
@@ -199,7 +199,7 @@ async def test_schema_mismatch_is_found_before_anything_runs(
     await swarm[3].announce()
     with pytest.raises(SchemaMismatchError, match=r"plus1.y -> add.a: float32 does not fit"):
         await Pipeline.from_dict(doc).run(swarm[0], {"x": X})
-    assert all(p.server.stats.calls == 0 for p in swarm)
+    assert all(p.status().calls_served == 0 for p in swarm)
 
 
 async def test_unknown_task_and_bad_inputs_stop_before_anything_runs(swarm: list[Peer]) -> None:
@@ -211,7 +211,7 @@ async def test_unknown_task_and_bad_inputs_stop_before_anything_runs(swarm: list
         await pipeline.run(swarm[0], {"y": X})
     with pytest.raises(InvalidInputError, match="has dtype float64"):
         await pipeline.run(swarm[0], {"x": X.astype(np.float64)})
-    assert all(p.server.stats.calls == 0 for p in swarm)
+    assert all(p.status().calls_served == 0 for p in swarm)
 
 
 @pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])

@@ -22,13 +22,13 @@ from p2pnet.core.address import parse_peer_address
 from p2pnet.errors import ConfigError, PeerUnreachableError
 from p2pnet.net.host import open_host
 from p2pnet.net.identity import generate_identity, peer_id_of
-from p2pnet.net.pnet import (
+from p2pnet.net.pnet import xsalsa20_stream
+from p2pnet.net.swarm_key import (
     SwarmKey,
     format_swarm_key,
     generate_swarm_key,
     load_swarm_key,
     parse_swarm_key,
-    xsalsa20_stream,
 )
 
 TEXTS = np.array(["I love it, works great", "broken on arrival, terrible"], dtype=object)
@@ -371,7 +371,7 @@ async def test_announced_addresses_and_status(models: dict[str, Path], tmp_path:
         Peer(swarm_key=key, bootstrap=[peer.addrs[0]]) as other,
     ):
         info = peer.serve(models["iris"], tasks=["iris-species"], allow=[other.peer_id])
-        record = peer.publisher.record(info.model_id)
+        record = peer.services.publisher.record(info.model_id)
         assert record.addrs[0] == "/ip4/203.0.113.7/tcp/4001"
         assert "/ip4/127.0.0.1" not in " ".join(record.addrs)
         data = snapshot(peer, role="bootstrap", swarm="lab")
@@ -506,7 +506,7 @@ async def test_relayed_connections_inside_a_private_grid(models: dict[str, Path]
     connection carries the PSK layer on both sides (py-libp2p left the dialling side's
     relayed connections without it), and its status counts it as relayed."""
     from p2pnet.core.address import PeerAddress
-    from p2pnet.net.nat import NatConfig
+    from p2pnet.net.nat_config import NatConfig
     from p2pnet.status import snapshot
 
     key = generate_swarm_key()

@@ -22,7 +22,7 @@ from p2pnet.simulate.report import PlotsUnavailableError, write_plots
 from p2pnet.simulate.runner import run_scenario
 from p2pnet.simulate.scenario import ScenarioError, load_scenario, parse_scenario
 from p2pnet.simulate.standins import expected_outputs, stand_in_schema
-from p2pnet.simulate.swarm import grind_peer_ids
+from p2pnet.simulate.adversaries import grind_peer_ids
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SIMULATIONS = REPO_ROOT / "simulations"

@@ -49,14 +49,21 @@ from p2pnet.errors import (
     StoreLimitError,
     UsageError,
 )
-from p2pnet.net.channels import StreamPool, read_message, read_request
+from p2pnet.net.channels import Channel, StreamPool, read_message, read_request
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
     from trio_typing import TaskStatus
 
-__all__ = ["KAD_PROTOCOL", "DhtConfig", "DhtNode", "LookupResult"]
+__all__ = [
+    "KAD_PROTOCOL",
+    "DhtConfig",
+    "DhtNode",
+    "KadOverride",
+    "LookupResult",
+    "RequestInterceptor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,8 @@ class DhtConfig:
         behind a NAT): look up, announce and store through others, but answer no
         request; peers that know it does not serve the DHT protocol keep it out of
         their routing tables.
+    seed: seeds the node's random choices (keys to refresh buckets with), for
+        reproducible simulations; None: unpredictable.
     max_idle_streams: finished outbound streams kept per peer for reuse.
     stream_idle_timeout: an inbound stream with no request for this long is closed, as
         go-libp2p-kad-dht does after a minute (each costs a waiting task; a requester
@@ -103,6 +112,19 @@ class DhtConfig:
     max_idle_streams: int = 2
     stream_idle_timeout: float = 60.0
     client: bool = False
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KadOverride:
+    """What to answer a request with instead of the node's own answer (None: nothing)."""
+
+    response: KadMessage | None
+
+
+RequestInterceptor = Callable[[KadMessage, str], KadOverride | None]
+"""``intercept(request, sender)``: a ``KadOverride`` to answer in the node's place, or
+None to let the node answer."""
 
 
 @dataclass
@@ -124,9 +146,14 @@ class DhtNode:
         *,
         validator: RecordValidator | None = None,
         rng: random.Random | None = None,
+        nursery: trio.Nursery | None = None,
+        intercept: RequestInterceptor | None = None,
     ) -> None:
         """``validator`` decides which PUT_VALUE records are stored; without one every
-        PUT_VALUE is dropped (p2pnet keeps no value it cannot check)."""
+        PUT_VALUE is dropped (p2pnet keeps no value it cannot check). ``nursery`` runs
+        background work (pinging the oldest peer of a full bucket); without one, full
+        buckets simply keep their old peers. ``intercept`` may answer requests in the
+        node's place (simulated adversaries do)."""
         self.host = host
         self.config = config
         self.local = PeerInfo(host.peer_id, peer_id_bytes(host.peer_id))
@@ -147,7 +174,8 @@ class DhtNode:
             # Ours close before the other side's close them (same timeout for both).
             max_idle_time=config.stream_idle_timeout * 0.8,
         )
-        self._nursery: trio.Nursery | None = None
+        self._nursery = nursery
+        self._intercept = intercept
         self.requests_served = 0
         self.requests_dropped = 0
 
@@ -254,6 +282,10 @@ class DhtNode:
 
     def answer(self, request: KadMessage, sender: str, now: float) -> KadMessage | None:
         """The response to ``request`` from ``sender``, or None to drop it."""
+        if self._intercept is not None:
+            override = self._intercept(request, sender)
+            if override is not None:
+                return override.response
         kind = request.type
         if kind is MessageType.PING:
             return KadMessage(MessageType.PING)
@@ -345,17 +377,12 @@ class DhtNode:
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        """Give the node a nursery for background work (pinging the oldest peer of a full
-        bucket). Without one, full buckets simply keep their old peers."""
-        self._nursery = nursery
-
     # --- requests ----------------------------------------------------------------------------
 
     async def ping(self, peer: PeerInfo) -> bool:
         """True if ``peer`` answers a PING within the RPC timeout."""
         try:
-            await self._rpc(peer, KadMessage(MessageType.PING))
+            await self.request(peer, KadMessage(MessageType.PING))
         except (P2PNetError, trio.TooSlowError):
             return False
         return True
@@ -371,7 +398,8 @@ class DhtNode:
                 continue
             peer = _peer_info(address.peer_id, address.addrs)
             try:
-                response = await self._rpc(peer, KadMessage(MessageType.FIND_NODE, self.local.key))
+                find_self = KadMessage(MessageType.FIND_NODE, self.local.key)
+                response = await self.request(peer, find_self)
             except (P2PNetError, trio.TooSlowError) as exc:
                 log.warning("bootstrap peer %s did not answer: %s", address, exc)
                 continue
@@ -439,7 +467,7 @@ class DhtNode:
         async def put(peer: PeerInfo) -> None:
             nonlocal stored
             try:
-                await self._rpc(peer, request)
+                await self.request(peer, request)
                 stored += 1
             except (P2PNetError, trio.TooSlowError) as exc:
                 log.debug("PUT_VALUE to %s failed: %s", peer.peer_id, exc)
@@ -537,7 +565,7 @@ class DhtNode:
 
         async def query(peer: PeerInfo) -> None:
             try:
-                response = await self._rpc(peer, request)
+                response = await self.request(peer, request)
             except (P2PNetError, trio.TooSlowError) as exc:
                 log.debug("%s to %s failed: %s", request.type.name, peer.peer_id, exc)
                 lookup.on_failure(peer, trio.current_time())
@@ -563,8 +591,8 @@ class DhtNode:
             nursery.cancel_scope.cancel()
         return lookup
 
-    async def _rpc(self, peer: PeerInfo, request: KadMessage) -> KadMessage:
-        """Send ``request`` to ``peer`` and return its response of the same type.
+    async def request(self, peer: PeerInfo, request: KadMessage) -> KadMessage:
+        """Send one ``request`` to ``peer`` and return its response of the same type.
 
         Raises:
             PeerUnreachableError, ConnectionLostError, RemoteProtocolError, trio.TooSlowError.
@@ -584,33 +612,21 @@ class DhtNode:
     async def _exchange(
         self, peer: PeerInfo, message: KadMessage, *, expect_response: bool
     ) -> KadMessage | None:
-        address = PeerAddress(peer.peer_id, peer.addrs)
         frame = encode_kad_message(message)
+
+        async def exchange(channel: Channel[KadMessageReader]) -> KadMessage | None:
+            await channel.stream.write(frame)
+            if not expect_response:
+                return None
+            response = await read_message(channel.stream, channel.reader)
+            if response is None:
+                raise ConnectionLostError(
+                    f"peer {peer.peer_id} closed the kad stream without answering"
+                )
+            return response
+
         with trio.fail_after(self.config.rpc_timeout):
-            while True:
-                channel = await self._pool.checkout(address)
-                try:
-                    await channel.stream.write(frame)
-                    response = None
-                    if expect_response:
-                        response = await read_message(channel.stream, channel.reader)
-                        if response is None:
-                            raise ConnectionLostError(
-                                f"peer {peer.peer_id} closed the kad stream without answering"
-                            )
-                except ConnectionLostError:
-                    await channel.stream.reset()
-                    # Peers close kad streams that stay idle (js-libp2p after 10 s,
-                    # go-libp2p after a minute): a reused stream that broke is no failure
-                    # of the peer, so try again, on a fresh stream once the pool is empty.
-                    if channel.reused:
-                        continue
-                    raise
-                except BaseException:
-                    await channel.stream.reset()
-                    raise
-                await self._pool.checkin(channel)
-                return response
+            return await self._pool.request(PeerAddress(peer.peer_id, peer.addrs), exchange)
 
     async def aclose(self) -> None:
         """Close idle streams. Nothing is withdrawn: announcements simply expire."""

@@ -14,7 +14,6 @@ the same model. Refused records are reported with their error, never returned.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
@@ -59,7 +58,7 @@ from p2pnet.errors import (
     error_from_wire,
     wire_code_for,
 )
-from p2pnet.net.channels import StreamPool, read_message, read_request
+from p2pnet.net.channels import Channel, StreamPool, read_message, read_request
 from p2pnet.net.interfaces import ByteStream, StreamHost
 
 __all__ = [
@@ -123,7 +122,7 @@ class DescribeServer:
         drain_timeout: seconds to read and drop what a caller still sends after a
             request that broke the protocol, so that it sees the error reply.
         permits: ``permits(model_id, caller_peer_id)`` says whether the caller may call
-            the model (p2pnet.access); records of models it may not are left out of
+            the model (p2pnet.core.access); records of models it may not are left out of
             the reply. None: every record goes to everyone.
     """
 
@@ -353,45 +352,36 @@ class DescribeClient:
             tuple(parse_model_id(m) for m in models), tuple(_check_task(t) for t in tasks)
         )
         frame = encode_describe_message(request, self._limits)  # fails here, before any I/O
-        with trio.move_on_after(timeout):
-            for attempt in itertools.count():
-                channel = await self._pool.checkout(peer)
-                try:
-                    start = trio.current_time()
-                    await channel.stream.write(frame)
-                    reply = await read_message(channel.stream, channel.reader)
-                    rtt = trio.current_time() - start
-                    if reply is None:
-                        raise ConnectionLostError(
-                            f"peer {peer.peer_id} closed the describe stream without replying"
-                        )
-                except ConnectionLostError:
-                    await channel.stream.reset()
-                    # A reused stream may have been closed by the peer while idle; that
-                    # is no failure of this call, so try once more on a fresh stream.
-                    if channel.reused and attempt == 0:
-                        log.debug("idle describe stream to %s was closed; retrying", peer.peer_id)
-                        continue
-                    raise
-                except BaseException:
-                    # Cancelled, or a protocol error: the stream's framing is unknown now.
-                    await channel.stream.reset()
-                    raise
-                if isinstance(reply, DescribeErrorReply):
-                    await channel.stream.close()
-                    raise error_from_wire(reply.code, reply.message, peer.peer_id)
-                if not isinstance(reply, RecordsReply):
-                    await channel.stream.reset()
-                    raise RemoteProtocolError(
-                        f"peer {peer.peer_id} answered a describe request with a "
-                        f"{type(reply).__name__}"
-                    )
-                await self._pool.checkin(channel)
-                if len(reply.records) <= _VERIFY_INLINE_MAX:
-                    return self._verify(peer.peer_id, request, reply.records, rtt)
-                return await trio.to_thread.run_sync(
-                    self._verify, peer.peer_id, request, reply.records, rtt
+
+        async def exchange(
+            channel: Channel[DescribeReader],
+        ) -> tuple[RecordsReply | DescribeErrorReply, float]:
+            start = trio.current_time()
+            await channel.stream.write(frame)
+            reply = await read_message(channel.stream, channel.reader)
+            rtt = trio.current_time() - start
+            if reply is None:
+                raise ConnectionLostError(
+                    f"peer {peer.peer_id} closed the describe stream without replying"
                 )
+            if isinstance(reply, DescribeErrorReply):
+                channel.in_step = False  # a peer that failed to answer is not asked again
+            elif not isinstance(reply, RecordsReply):
+                raise RemoteProtocolError(
+                    f"peer {peer.peer_id} answered a describe request with a "
+                    f"{type(reply).__name__}"
+                )
+            return reply, rtt
+
+        with trio.move_on_after(timeout):
+            reply, rtt = await self._pool.request(peer, exchange)
+            if isinstance(reply, DescribeErrorReply):
+                raise error_from_wire(reply.code, reply.message, peer.peer_id)
+            if len(reply.records) <= _VERIFY_INLINE_MAX:
+                return self._verify(peer.peer_id, request, reply.records, rtt)
+            return await trio.to_thread.run_sync(
+                self._verify, peer.peer_id, request, reply.records, rtt
+            )
         raise DeadlineExceededError(
             f"no describe reply from peer {peer.peer_id} within {timeout:g} s"
         )

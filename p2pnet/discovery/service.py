@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy.typing as npt
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pnet.core.address import PeerAddress, transport_part
+from p2pnet.core.identity import Identity
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
+from p2pnet.core.kad.lookup import LookupStats
 from p2pnet.core.model_id import parse_model_id
-from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.ranking import ProviderStatsTable
 from p2pnet.core.records import CapabilityRecord, sign_record
 from p2pnet.dht.node import DhtNode
-from p2pnet.discovery.describe import DescribeClient
+from p2pnet.discovery.describe import DescribeClient, RejectedRecord
 from p2pnet.errors import (
     DeadlineExceededError,
     NetworkError,
@@ -38,87 +38,78 @@ from p2pnet.errors import (
     UnknownModelError,
     UsageError,
 )
-from p2pnet.invoke.client import InvokeClient
+from p2pnet.invoke.local import Invokers
+from p2pnet.runtime.catalogue import ModelCatalogue
 
-__all__ = ["ModelFinder", "Offer", "RecordPublisher"]
+__all__ = ["ModelFinder", "Offer", "RecordPublisher", "Search"]
 
 log = logging.getLogger(__name__)
 
 
 class RecordPublisher:
-    """Signed records of the models this peer serves, kept fresh.
+    """Signed records of the models in ``catalogue``, kept fresh.
 
     Args:
-        signing_key: the peer's identity key.
-        peer_id: the peer's ID (must be the key's).
-        addrs: returns the peer's current full multiaddrs.
+        catalogue: what this peer serves, under which tasks.
+        identity: the peer's key (and peer ID), which signs its records.
+        addrs: returns the peer's current full multiaddrs (what records carry).
         ttl: seconds a record is valid; it is re-signed once less than half remains.
         clock: wall clock (unix seconds), for expiry.
     """
 
     def __init__(
         self,
-        signing_key: Ed25519PrivateKey,
-        peer_id: str,
+        catalogue: ModelCatalogue,
+        identity: Identity,
         addrs: Callable[[], Sequence[str]],
         *,
         ttl: float = 24 * 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._key = signing_key
-        self._peer_id = peer_id
+        self._catalogue = catalogue
+        self._identity = identity
         self._addrs = addrs
         self._ttl = ttl
         self._clock = clock
-        self._models: dict[str, tuple[ModelInfo, tuple[str, ...]]] = {}
         self._signed: dict[str, tuple[CapabilityRecord, bytes]] = {}
         self._seq = 0
 
-    def add(self, info: ModelInfo, tasks: Sequence[str]) -> CapabilityRecord:
-        """Publish ``info`` under ``tasks``; returns the signed record.
-
-        Raises:
-            UsageError: a task tag that is not lower-case letters, digits and '-'.
-        """
-        self._models[info.model_id] = (info, tuple(dict.fromkeys(tasks)))
-        self._signed.pop(info.model_id, None)
-        return self._record(info.model_id)[0]
-
     def keys(self) -> list[bytes]:
         """DHT keys to announce: every model's, and every task's."""
-        out: dict[bytes, None] = {}
-        for model_id, (_, tasks) in self._models.items():
-            out[key_for_model(model_id)] = None
-            for task in tasks:
-                out[key_for_task(task)] = None
-        return list(out)
+        return self._catalogue.keys()
 
     def record(self, model_id: str) -> CapabilityRecord:
         """The current signed record of ``model_id`` (re-signed where due)."""
         return self._record(model_id)[0]
 
+    def records(self) -> list[CapabilityRecord]:
+        """The current records of every served model."""
+        return [self._record(info.model_id)[0] for info, _ in self._catalogue.entries()]
+
     def envelopes(self) -> list[bytes]:
         """Signed envelopes of every published model, re-signed where due."""
-        return [self._record(model_id)[1] for model_id in self._models]
+        return [self._record(info.model_id)[1] for info, _ in self._catalogue.entries()]
 
     def _record(self, model_id: str) -> tuple[CapabilityRecord, bytes]:
         now = self._clock()
         signed = self._signed.get(model_id)
+        tasks = self._catalogue.tasks(model_id)
         # Only our own /p2p/<id> goes: a relayed address keeps /p2p/<relay>/p2p-circuit.
         addrs = tuple(transport_part(a) for a in self._addrs())
         if (
             signed is not None
             and signed[0].expires_at - now > self._ttl / 2
             and signed[0].addrs == addrs
+            and signed[0].tasks == tasks
         ):
             return signed
-        info, tasks = self._models[model_id]
+        info = self._catalogue.models[model_id].info
         # seq: milliseconds since the epoch, so a restarted peer never reuses one.
         self._seq = max(self._seq + 1, int(now * 1000))
         try:
             record = CapabilityRecord(
                 model_id=model_id,
-                peer_id=self._peer_id,
+                peer_id=self._identity.peer_id,
                 schema=info.schema,
                 tasks=tasks,
                 name=info.name[:128],
@@ -130,9 +121,27 @@ class RecordPublisher:
             )
         except ValueError as exc:
             raise UsageError(f"cannot publish model {info.name}: {exc}") from None
-        signed = (record, sign_record(record, self._key))
+        signed = (record, sign_record(record, self._identity.signing_key))
         self._signed[model_id] = signed
         return signed
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """What one ``ModelFinder.search`` found and what it took.
+
+    offers: verified offers, best first.
+    providers: how many providers the DHT lookup named.
+    rejected: records providers sent that failed verification.
+    lookup: the DHT lookup's cost (None if it did not finish in time).
+    complete: False when the time ran out before every provider was asked.
+    """
+
+    offers: list[Offer]
+    providers: int
+    rejected: tuple[RejectedRecord, ...]
+    lookup: LookupStats | None
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,25 +167,27 @@ class Offer:
 
 
 class ModelFinder:
-    """Finds models through the DHT and calls them, failing over between providers."""
+    """Finds models through the DHT and calls them, failing over between providers.
+
+    Args:
+        dht: the DHT node that finds providers.
+        describer: fetches and verifies providers' records.
+        invokers: runs a model on this peer or calls another.
+        publisher: this peer's own records (this peer may be one of the providers).
+    """
 
     def __init__(
         self,
-        local_peer_id: str,
         dht: DhtNode,
         describer: DescribeClient,
-        invoker: InvokeClient,
-        local_records: Callable[[], Sequence[CapabilityRecord]],
-        local_run: Callable[
-            [str, Mapping[str, Any], float], Awaitable[dict[str, npt.NDArray[Any]]]
-        ],
+        invokers: Invokers,
+        publisher: RecordPublisher,
     ) -> None:
-        self._local_peer_id = local_peer_id
+        self._local_peer_id = invokers.local.peer_id
         self._dht = dht
         self._describer = describer
-        self._invoker = invoker
-        self._local_records = local_records
-        self._local_run = local_run
+        self._invokers = invokers
+        self._publisher = publisher
         self.stats = ProviderStatsTable()
 
     async def find(
@@ -193,6 +204,21 @@ class ModelFinder:
             UsageError: neither or both of task and model given.
             InvalidModelIdError: ``model`` is not a model ID.
         """
+        return (await self.search(task=task, model=model, count=count, timeout=timeout)).offers
+
+    async def search(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        count: int = 20,
+        timeout: float = 10.0,
+    ) -> Search:
+        """``find``, with what it took: providers named, records refused, lookup cost.
+
+        Raises:
+            As ``find``.
+        """
         if (task is None) == (model is None):
             raise UsageError("find needs exactly one of task= or model=")
         models: tuple[str, ...] = ()
@@ -205,16 +231,20 @@ class ModelFinder:
             tasks = (task,)
             key = key_for_task(task)
         offers: list[Offer] = []
-        with trio.move_on_after(timeout):
+        rejected: list[RejectedRecord] = []
+        lookup = None
+        with trio.move_on_after(timeout) as scope:
             # The lookup gets half the time: providers it found by then are described,
             # even if peers on its path never answered.
-            providers = (await self._dht.find_providers(key, count, timeout=timeout / 2)).providers
+            lookup = await self._dht.find_providers(key, count, timeout=timeout / 2)
 
             async def ask(provider: PeerInfo) -> None:
-                offers.extend(await self._describe(provider, models, tasks, timeout))
+                found, refused = await self._describe(provider, models, tasks, timeout)
+                offers.extend(found)
+                rejected.extend(refused)
 
             async with trio.open_nursery() as nursery:
-                for provider in providers:
+                for provider in lookup.providers:
                     nursery.start_soon(ask, provider)
         ranked = {
             s.peer_id: i
@@ -224,18 +254,24 @@ class ModelFinder:
                 )
             )
         }
-        return sorted(offers, key=lambda o: ranked[o.record.peer_id])
+        return Search(
+            offers=sorted(offers, key=lambda o: ranked[o.record.peer_id]),
+            providers=len(lookup.providers) if lookup is not None else 0,
+            rejected=tuple(rejected),
+            lookup=lookup.stats if lookup is not None else None,
+            complete=not scope.cancelled_caught,
+        )
 
     async def _describe(
         self, provider: PeerInfo, models: tuple[str, ...], tasks: tuple[str, ...], timeout: float
-    ) -> list[Offer]:
+    ) -> tuple[list[Offer], tuple[RejectedRecord, ...]]:
         address = PeerAddress(provider.peer_id, provider.addrs)
         if provider.peer_id == self._local_peer_id:
             return [
                 Offer(r, address, 0.0)
-                for r in self._local_records()
+                for r in self._publisher.records()
                 if (not models or r.model_id in models) and (not tasks or set(tasks) & set(r.tasks))
-            ]
+            ], ()
         try:
             result = await self._describer.describe(
                 address, models=models, tasks=tasks, timeout=timeout
@@ -243,7 +279,7 @@ class ModelFinder:
         except P2PNetError as exc:
             log.info("provider %s did not describe itself: %s", provider.peer_id, exc)
             self.stats.record_failure(provider.peer_id, trio.current_time())
-            return []
+            return [], ()
         for rejected in result.rejected:
             log.warning(
                 "provider %s sent a record that fails a check: %s", provider.peer_id, rejected.error
@@ -252,7 +288,8 @@ class ModelFinder:
         addrs = tuple(
             dict.fromkeys(provider.addrs + tuple(a for r in result.records for a in r.addrs))
         )
-        return [Offer(r, PeerAddress(provider.peer_id, addrs), result.rtt) for r in result.records]
+        address = PeerAddress(provider.peer_id, addrs)
+        return [Offer(r, address, result.rtt) for r in result.records], result.rejected
 
     async def call(
         self,
@@ -302,13 +339,11 @@ class ModelFinder:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
                 break
+            invoker = self._invokers.to(offer.record.peer_id)
             try:
-                if offer.record.peer_id == self._local_peer_id:
-                    outputs = await self._local_run(offer.record.model_id, inputs, remaining)
-                else:
-                    outputs = await self._invoker.invoke(
-                        offer.address, offer.record.model_id, inputs, timeout=remaining
-                    )
+                outputs = await invoker.invoke(
+                    offer.address, offer.record.model_id, inputs, timeout=remaining
+                )
             except (NetworkError, PeerBusyError, DeadlineExceededError) as exc:
                 log.info("provider %s failed, trying the next: %s", offer.record.peer_id, exc)
                 self.stats.record_failure(offer.record.peer_id, trio.current_time())

@@ -1,8 +1,9 @@
-"""The calling side of ``/p2pnet/invoke/1.0.0``.
+"""The calling side of ``/p2pnet/invoke/1.0.0``: the remote implementation of ``Invoker``.
 
 Opening a libp2p stream costs ~10 ms of CPU in py-libp2p, a round trip on an open
-one ~1 ms, so the client keeps finished streams per peer and reuses them: one
-stream carries one call at a time, concurrent calls use more streams.
+one ~1 ms, so the client keeps finished streams per peer and reuses them
+(``p2pnet.net.channels.StreamPool``): one stream carries one call at a time,
+concurrent calls use more streams.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy.typing as npt
@@ -22,7 +23,6 @@ from p2pnet.core.messages import (
     ErrorReply,
     Forward,
     ForwardResult,
-    Hop,
     Invoke,
     Message,
     MessageReader,
@@ -33,6 +33,7 @@ from p2pnet.core.messages import (
 from p2pnet.errors import (
     ConnectionLostError,
     DeadlineExceededError,
+    P2PNetError,
     RemoteProtocolError,
     error_from_wire,
 )
@@ -40,30 +41,42 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
 from p2pnet.net.channels import Channel, StreamPool
 from p2pnet.net.interfaces import StreamHost
 
-__all__ = ["InvokeClient"]
+__all__ = ["CallObserver", "InvokeClient"]
 
 log = logging.getLogger(__name__)
 
 _ReplyT = TypeVar("_ReplyT", Result, ForwardResult)
+_T = TypeVar("_T")
+
+
+CallObserver = Callable[[str, bool, float, str], None]
+"""``observe(kind, ok, seconds, error code)`` after each call: kind "invoke" or "forward"."""
 
 
 class InvokeClient:
-    """Calls models on other peers through ``host``.
+    """Calls models on other peers through ``host``: the remote side of ``Invoker``.
 
     Args:
         host: the local libp2p host.
         limits: sizes accepted in replies and used for requests.
         max_idle_streams: finished streams kept per peer for reuse.
+        observe: told the outcome and duration of every call (simulations record them).
     """
 
     def __init__(
-        self, host: StreamHost, *, limits: WireLimits = WireLimits(), max_idle_streams: int = 8
+        self,
+        host: StreamHost,
+        *,
+        limits: WireLimits = WireLimits(),
+        max_idle_streams: int = 8,
+        observe: CallObserver | None = None,
     ) -> None:
         self._limits = limits
         self._pool: StreamPool[MessageReader] = StreamPool(
             host, INVOKE_PROTOCOL, lambda: MessageReader(limits), max_idle=max_idle_streams
         )
         self._ids = itertools.count(1)
+        self._observe = observe
 
     async def invoke(
         self,
@@ -94,19 +107,18 @@ class InvokeClient:
         def request(deadline_ms: int) -> Invoke:
             return Invoke(request_id, model_id, inputs, deadline_ms)
 
-        reply = await self._call(peer, request, timeout, f"model {model_id}")
-        return dict(self._reply(reply, Result, request_id, peer.peer_id).outputs)
+        async def call() -> dict[str, npt.NDArray[Any]]:
+            reply = await self._call(peer, request, timeout, f"model {model_id}")
+            return dict(self._reply(reply, Result, request_id, peer.peer_id).outputs)
+
+        return await self._observed("invoke", call())
 
     async def forward(
-        self,
-        peer: PeerAddress,
-        hops: tuple[Hop, ...],
-        tensors: Mapping[str, Any],
-        *,
-        timeout: float = 30.0,
+        self, peer: PeerAddress, message: Forward, *, timeout: float = 30.0
     ) -> ForwardResult:
-        """Send a forwarded pipeline to ``peer``, which runs ``hops[0]`` and passes the
-        rest on; returns what the last hop kept, with the trace of who ran what.
+        """Send a forwarded pipeline to ``peer``, which runs its first hop and passes the
+        rest on; returns what the last hop kept, with the trace of who ran what. The
+        request ID and deadline are this call's, not ``message``'s.
 
         Raises:
             As ``invoke``; errors of later hops arrive as the error of their step.
@@ -114,19 +126,32 @@ class InvokeClient:
         request_id = next(self._ids)
 
         def request(deadline_ms: int) -> Forward:
-            return Forward(request_id, hops, tensors, deadline_ms)
+            return Forward(request_id, message.hops, message.tensors, deadline_ms)
 
-        reply = await self._call(peer, request, timeout, f"step {hops[0].step!r}")
-        return self._reply(reply, ForwardResult, request_id, peer.peer_id)
+        async def call() -> ForwardResult:
+            reply = await self._call(peer, request, timeout, f"step {message.hops[0].step!r}")
+            return self._reply(reply, ForwardResult, request_id, peer.peer_id)
+
+        return await self._observed("forward", call())
+
+    async def _observed(self, kind: str, call: Awaitable[_T]) -> _T:
+        """``await call``, telling ``observe`` how it went."""
+        if self._observe is None:
+            return await call
+        started = trio.current_time()
+        try:
+            result = await call
+        except P2PNetError as exc:
+            self._observe(kind, False, trio.current_time() - started, exc.code)
+            raise
+        self._observe(kind, True, trio.current_time() - started, "")
+        return result
 
     async def _call(
-        self,
-        peer: PeerAddress,
-        request: Callable[[int], Message],
-        timeout: float,
-        what: str,
+        self, peer: PeerAddress, request: Callable[[int], Message], timeout: float, what: str
     ) -> Message:
-        """Send ``request(deadline_ms)`` on a pooled stream to ``peer``; return the reply.
+        """Send ``request(deadline_ms)`` on a pooled stream to ``peer``; return the reply
+        (an ErrorReply included: the stream stays usable after one).
 
         ``timeout`` (seconds) covers everything: dialling, sending, queueing and
         running on the peer, receiving. The peer is told the time left when the
@@ -135,30 +160,14 @@ class InvokeClient:
         deadline = trio.current_time() + timeout
         # Encode once up front: inputs that cannot be sent fail here, before any I/O.
         encode_message(request(1), self._limits)
+
+        async def exchange(channel: Channel[MessageReader]) -> Message:
+            remaining_ms = max(1, math.ceil((deadline - trio.current_time()) * 1000))
+            encoded = encode_message(request(remaining_ms), self._limits)
+            return await self._exchange(channel, encoded)
+
         with trio.move_on_at(deadline):
-            for attempt in itertools.count():
-                channel = await self._pool.checkout(peer)
-                remaining_ms = max(1, math.ceil((deadline - trio.current_time()) * 1000))
-                encoded = encode_message(request(remaining_ms), self._limits)
-                try:
-                    reply, in_sync = await self._exchange(channel, encoded)
-                except ConnectionLostError:
-                    await channel.stream.reset()
-                    # A reused stream may have been closed by the peer while idle; that
-                    # is no failure of this call, so try once more on a fresh stream.
-                    if channel.reused and attempt == 0:
-                        log.debug("idle stream to %s was closed; retrying", peer.peer_id)
-                        continue
-                    raise
-                except BaseException:
-                    # Cancelled, or a protocol error: the stream's framing is unknown now.
-                    await channel.stream.reset()
-                    raise
-                if in_sync:
-                    await self._pool.checkin(channel)
-                else:
-                    await channel.stream.reset()
-                return reply
+            return await self._pool.request(peer, exchange)
         raise DeadlineExceededError(
             f"no reply from peer {peer.peer_id} for {what} within {timeout:g} s"
         )
@@ -175,13 +184,12 @@ class InvokeClient:
             )
         return reply
 
-    async def _exchange(
-        self, channel: Channel[MessageReader], request: EncodedMessage
-    ) -> tuple[Message, bool]:
-        """Send ``request``, return the reply and whether the stream can carry another call."""
+    async def _exchange(self, channel: Channel[MessageReader], request: EncodedMessage) -> Message:
+        """Send ``request`` and return the reply; a stream that cannot carry another call
+        is marked out of step."""
         if not request.streamed:
             await write_message(channel.stream, request)
-            return await self._read_reply(channel), True
+            return await self._read_reply(channel)
         # A large request: read while writing, so that a peer rejecting it early (too
         # large, unknown model) is heard at once instead of after the whole upload.
         sent = False
@@ -198,7 +206,8 @@ class InvokeClient:
             nursery.start_soon(send)
             reply = await self._read_reply(channel)
             nursery.cancel_scope.cancel()
-        return reply, sent
+        channel.in_step = sent
+        return reply
 
     async def _read_reply(self, channel: Channel[MessageReader]) -> Message:
         reply = await read_message(channel.stream, channel.reader)

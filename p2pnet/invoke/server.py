@@ -9,13 +9,11 @@ server from serving others.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
 
-from p2pnet.access import AccessPolicy
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import (
     EncodedMessage,
     ErrorReply,
@@ -25,34 +23,25 @@ from p2pnet.core.messages import (
     Message,
     MessageReader,
     Result,
-    TraceEntry,
     WireLimits,
     encode_message,
 )
-from p2pnet.core.model_id import parse_model_id
 from p2pnet.errors import (
     ConnectionLostError,
-    DeadlineExceededError,
-    InvalidInputError,
     P2PNetError,
     PayloadTooLargeError,
-    PermissionDeniedError,
     ProtocolError,
     RemoteProtocolError,
-    UnknownModelError,
     wire_code_for,
 )
+from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.protocol import write_message
 from p2pnet.net.channels import read_request
 from p2pnet.net.interfaces import ByteStream
-from p2pnet.runtime.served import ServedModel
 
 __all__ = ["InvokeServer", "ServerStats"]
 
 log = logging.getLogger(__name__)
-
-# Sends a Forward on to the first provider of its first hop that answers.
-Forwarder = Callable[[Forward], Awaitable[ForwardResult]]
 
 
 @dataclass
@@ -68,40 +57,31 @@ class ServerStats:
 
 
 class InvokeServer:
-    """Serves ``models`` (model ID -> model) to any peer that opens an invoke stream.
+    """Answers any peer that opens an invoke stream, running calls through ``local``.
 
     Args:
-        models: the served models; the mapping may change while serving.
+        local: runs the models this peer serves (and forwarded pipelines' hops), with
+            their access lists.
         limits: sizes accepted from callers and used for replies.
-        max_deadline: cap, in seconds, on the deadline a caller may ask for.
         idle_timeout: seconds a stream may wait for its next message before it is closed.
-        local_peer_id: this peer's ID, for the trace of forwarded pipelines.
-        forwarder: passes forwarded pipelines on to their next hop; None refuses to
-            forward (a pipeline whose last hop is here still runs).
-        access: per-model access lists (p2pnet.access); None serves every model to all.
+        drain_timeout: seconds to read and drop what a caller still sends after bytes
+            that broke the protocol, so that it sees the error reply.
     """
 
     def __init__(
         self,
-        models: Mapping[str, ServedModel],
+        local: LocalInvoker,
         *,
         limits: WireLimits = WireLimits(),
-        max_deadline: float = 300.0,
         idle_timeout: float = 300.0,
         drain_timeout: float = 2.0,
-        local_peer_id: str = "",
-        forwarder: Forwarder | None = None,
-        access: AccessPolicy | None = None,
     ) -> None:
-        self.models = models
+        self.local = local
         self.limits = limits
-        self.max_deadline = max_deadline
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
-        self.local_peer_id = local_peer_id
-        self.forwarder = forwarder
-        self.access = access
         self.stats = ServerStats()
+        self._here = PeerAddress(local.peer_id)
 
     async def handle_stream(self, stream: ByteStream) -> None:
         """Answer calls on ``stream`` until the caller closes it or breaks the protocol."""
@@ -140,82 +120,22 @@ class InvokeServer:
                 RemoteProtocolError(f"expected an invoke message, got {type(message).__name__}"),
             )
         self.stats.calls += 1
+        timeout = message.deadline_ms / 1000
         try:
             if isinstance(message, Forward):
-                return await self._forward(message, caller)
-            model = self._model(message.model_id, caller)
-            timeout = min(message.deadline_ms / 1000, self.max_deadline)
-            return Result(message.request_id, await model.run(message.inputs, timeout=timeout))
+                return await self.local.forward(
+                    self._here, message, timeout=timeout, caller=caller
+                )
+            outputs = await self.local.invoke(
+                self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
+            )
+            return Result(message.request_id, outputs)
         except P2PNetError as exc:
             log.debug("call %d from %s failed: %s", message.request_id, caller, exc)
             return self._error_reply(message.request_id, exc)
         except Exception as exc:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
             return ErrorReply(message.request_id, "internal", f"internal error: {exc!r}")
-
-    async def _forward(self, message: Forward, caller: str) -> ForwardResult:
-        """Run the first hop here, then hand the rest to the forwarder."""
-        hop, *rest = message.hops
-        deadline = trio.current_time() + min(message.deadline_ms / 1000, self.max_deadline)
-        missing = [t for t in hop.inputs.values() if t not in message.tensors]
-        if missing:
-            raise InvalidInputError(
-                f"step {hop.step!r} takes tensor {missing[0]!r}, which the request does not carry"
-            )
-        try:
-            model = self._model(hop.model_id, caller)
-        except PermissionDeniedError as exc:
-            raise PermissionDeniedError(f"step {hop.step!r}: {exc.message}") from None
-        started = trio.current_time()
-        try:
-            outputs = await model.run(
-                {name: message.tensors[t] for name, t in hop.inputs.items()},
-                timeout=deadline - started,
-            )
-        except P2PNetError as exc:
-            raise type(exc)(f"step {hop.step!r}: {exc.message}") from None
-        own = TraceEntry(
-            hop.step, model.model_id, self.local_peer_id, (trio.current_time() - started) * 1000
-        )
-        available = {**message.tensors, **{f"{hop.step}.{k}": v for k, v in outputs.items()}}
-        unknown = [name for name in hop.keep if name not in available]
-        if unknown:
-            raise InvalidInputError(
-                f"step {hop.step!r} is to pass on {unknown[0]!r}, which no earlier step produced"
-            )
-        kept = {name: available[name] for name in hop.keep}
-        if not rest:
-            return ForwardResult(message.request_id, kept, (own,))
-        if self.forwarder is None:
-            raise UnknownModelError("this peer does not forward pipelines to other peers")
-        remaining_ms = math.ceil((deadline - trio.current_time()) * 1000)
-        if remaining_ms <= 0:
-            raise DeadlineExceededError(
-                f"the deadline passed at step {hop.step!r}, before step {rest[0].step!r}"
-            )
-        downstream = await self.forwarder(
-            Forward(message.request_id, tuple(rest), kept, remaining_ms)
-        )
-        return ForwardResult(message.request_id, downstream.outputs, (own, *downstream.trace))
-
-    def _model(self, model_id: str, caller: str) -> ServedModel:
-        model = self.models.get(model_id)
-        if model is None:
-            canonical = parse_model_id(model_id)  # raises InvalidModelIdError for non-IDs
-            model = self.models.get(canonical)
-        if model is not None:
-            if self.access is not None:
-                self.access.check(model.model_id, caller, model.info.name)
-            return model
-        visible = [
-            (mid, m)
-            for mid, m in self.models.items()
-            if self.access is None or self.access.permits(mid, caller)
-        ]
-        served = ", ".join(f"{m.info.name} {mid}" for mid, m in visible[:5])
-        raise UnknownModelError(
-            f"this peer does not serve model {canonical}; it serves: {served or 'nothing'}"
-        )
 
     def _error_reply(self, request_id: int, exc: P2PNetError) -> ErrorReply:
         code = wire_code_for(exc)

@@ -2,13 +2,16 @@
 sans-IO reader, and keep finished streams per peer for the next request.
 
 Opening a stream costs ~10 ms of CPU in py-libp2p, a round trip on an open one ~1 ms,
-so clients reuse streams: one stream carries one request at a time.
+so clients reuse streams: one stream carries one request at a time. ``StreamPool.request``
+is the one exchange loop the DHT, invoke and describe clients share: take a pooled
+stream, run the exchange, retry on another stream when a reused one turns out closed,
+put the stream back when it is still in step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", covariant=True)
 R = TypeVar("R", bound="MessageSource[object]")
+Out = TypeVar("Out")
 
 
 class MessageSource(Protocol[T]):
@@ -79,12 +83,15 @@ async def read_request(
 @dataclass
 class Channel(Generic[R]):
     """A stream and the reader that keeps its framing state; ``reused`` if it carried
-    an earlier request (the peer may have closed it while it was idle)."""
+    an earlier request (the peer may have closed it while it was idle). An exchange sets
+    ``in_step`` to False when the stream can carry no further request (a reply it did
+    not wait for may still come)."""
 
     stream: ByteStream
     reader: R
     reused: bool = False
     idle_since: float = 0.0
+    in_step: bool = True
 
 
 class StreamPool(Generic[R]):
@@ -137,6 +144,44 @@ class StreamPool(Generic[R]):
             return channel
         stream = await self._host.open_stream(peer, self._protocol)
         return Channel(stream, self._new_reader())
+
+    async def request(
+        self, peer: PeerAddress, exchange: Callable[[Channel[R]], Awaitable[Out]]
+    ) -> Out:
+        """``exchange(channel)`` on a pooled stream to ``peer``, or a new one.
+
+        Peers close streams that stay idle (go-libp2p after a minute, js-libp2p after
+        10 s, ours after their idle timeout), so a reused stream that breaks is no
+        failure of the peer: the exchange is tried again on the next pooled stream, and
+        on a new one once none is left. A new stream that breaks, or any other error,
+        ends the request; the stream is reset, since its framing is unknown. After the
+        exchange the stream goes back to the pool (unless the exchange took it out of
+        step).
+
+        Raises:
+            PeerUnreachableError: no stream could be opened.
+            ConnectionLostError: a new stream broke.
+            Whatever ``exchange`` raises.
+        """
+        while True:
+            channel = await self.checkout(peer)
+            try:
+                result = await exchange(channel)
+            except ConnectionLostError:
+                await channel.stream.reset()
+                if channel.reused:
+                    log.debug("idle %s stream to %s was closed; retrying", self._protocol, peer)
+                    continue
+                raise
+            except BaseException:
+                # Cancelled, or a protocol error: the stream's framing is unknown now.
+                await channel.stream.reset()
+                raise
+            if channel.in_step:
+                await self.checkin(channel)
+            else:
+                await channel.stream.reset()
+            return result
 
     async def checkin(self, channel: Channel[R]) -> None:
         """Keep a channel whose exchange completed; reset it if bytes are left over in

@@ -36,15 +36,16 @@ from p2pnet.errors import (
     PeerUnreachableError,
 )
 from p2pnet.net.logs import inherit_libp2p_log_level
-from p2pnet.net.nat import NatConfig, NatTraversal, is_circuit_addr
+from p2pnet.net.nat import NatTraversal
+from p2pnet.net.nat_config import NatConfig, is_circuit_addr
 from p2pnet.net.pnet import (
     PnetHandshakeError,
-    SwarmKey,
     install_pnet_hook,
     protect_relayed_dials,
     psk_for,
     recent_failure,
 )
+from p2pnet.net.swarm_key import SwarmKey
 
 __all__ = ["Host", "Stream", "StreamHandler", "open_host", "tune_libp2p"]
 

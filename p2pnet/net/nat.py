@@ -27,11 +27,9 @@ works around.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import libp2p.network.swarm as _swarm_module
 import multiaddr
@@ -52,19 +50,19 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2pnet.core.address import transport_part, with_peer_id
+from p2pnet.net.nat_config import (
+    DEFAULT_NAT,
+    NatConfig,
+    Reachability,
+    RelayServiceLimits,
+    is_circuit_addr,
+)
 
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
     from trio_typing import TaskStatus
 
-__all__ = [
-    "DEFAULT_NAT",
-    "NatConfig",
-    "NatTraversal",
-    "Reachability",
-    "RelayServiceLimits",
-    "is_circuit_addr",
-]
+__all__ = ["NatTraversal"]
 
 log = logging.getLogger(__name__)
 
@@ -80,66 +78,15 @@ AUTONAT_REQUESTS_PER_MINUTE = 4
 MAX_AUTONAT_SERVERS = 4
 
 
-class Reachability(enum.Enum):
-    """Whether other peers can dial this one directly."""
-
-    UNKNOWN = "unknown"
-    PUBLIC = "public"
-    PRIVATE = "private"
-
-
-@dataclass(frozen=True, slots=True)
-class RelayServiceLimits:
-    """What a relay (a bootstrap peer) grants. go-libp2p's defaults allow 2 minutes and
-    128 KiB per circuit, enough for hole punching only; model calls need more, so a
-    relayed call may last 10 minutes and carry 64 MiB each way together."""
-
-    max_reservations: int = 128
-    reservation_ttl: int = 3600
-    circuits_per_peer: int = 16
-    circuit_duration: int = 600
-    circuit_bytes: int = 64 * 1024 * 1024
-
-    def to_libp2p(self) -> RelayLimits:
-        return RelayLimits(
-            duration=self.circuit_duration,
-            data=self.circuit_bytes,
-            max_circuit_conns=self.circuits_per_peer,
-            max_reservations=self.max_reservations,
-            reservation_ttl=self.reservation_ttl,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class NatConfig:
-    """NAT traversal settings of a peer.
-
-    Args:
-        reachability: "auto" asks connected peers (AutoNAT); "public" or "private"
-            skips the question.
-        relay_service: serve as a relay for private peers (bootstrap peers do).
-        relay_limits: the relay service's limits.
-        hole_punching: upgrade relayed connections to direct ones (DCUtR).
-        relay_head_start: seconds a direct dial has before a peer's relays are dialled
-            as well.
-        hole_punch_timeout: seconds one hole-punch dial may take.
-    """
-
-    reachability: Literal["auto", "public", "private"] = "auto"
-    relay_service: bool = False
-    relay_limits: RelayServiceLimits = RelayServiceLimits()
-    hole_punching: bool = True
-    relay_head_start: float = 0.3
-    hole_punch_timeout: int = 3
-
-
-# Every peer's default: AutoNAT, relay slots when private, hole punching.
-DEFAULT_NAT: Final = NatConfig()
-
-
-def is_circuit_addr(addr: str | multiaddr.Multiaddr) -> bool:
-    """Whether ``addr`` goes through a relay (has a /p2p-circuit part)."""
-    return "/p2p-circuit" in str(addr)
+def _relay_limits(limits: RelayServiceLimits) -> RelayLimits:
+    """``limits`` as py-libp2p's relay takes them."""
+    return RelayLimits(
+        duration=limits.circuit_duration,
+        data=limits.circuit_bytes,
+        max_circuit_conns=limits.circuits_per_peer,
+        max_reservations=limits.max_reservations,
+        reservation_ttl=limits.reservation_ttl,
+    )
 
 
 class _AutoNatService(AutoNATService):
@@ -279,7 +226,7 @@ class NatTraversal:
     Start it with ``await nursery.start(nat.run)`` once the host listens.
     """
 
-    def __init__(self, raw: IHost, config: NatConfig = NatConfig()) -> None:
+    def __init__(self, raw: IHost, config: NatConfig = DEFAULT_NAT) -> None:
         self._raw = raw
         self.config = config
         self.reachability = (
@@ -291,7 +238,7 @@ class NatTraversal:
         self.public_addrs: list[str] = []
         # Relays we hold a reservation on -> their transport addresses.
         self.relays: dict[str, list[str]] = {}
-        limits = config.relay_limits.to_libp2p()
+        limits = _relay_limits(config.relay_limits)
         self._protocol = CircuitV2Protocol(raw, limits=limits, allow_hop=config.relay_service)
         # STOP only: with CLIENT set, py-libp2p's transport makes a reservation on the
         # relay before every relayed dial (the dialling side needs none).

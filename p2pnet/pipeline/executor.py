@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -25,8 +25,8 @@ import numpy.typing as npt
 import trio
 import yaml
 
-from p2pnet.core.address import PeerAddress
-from p2pnet.core.messages import ErrorReply, Forward, ForwardResult, Hop
+from p2pnet.core.forwarding import step_error
+from p2pnet.core.messages import Forward, Hop
 from p2pnet.core.pipeline import (
     INPUT,
     PipelineSpec,
@@ -39,18 +39,13 @@ from p2pnet.core.pipeline import (
 from p2pnet.core.schema import ModelSchema, check_inputs
 from p2pnet.discovery.service import ModelFinder, Offer
 from p2pnet.errors import (
-    DeadlineExceededError,
     InvalidInputError,
-    NetworkError,
     P2PNetError,
-    PeerBusyError,
     PipelineSpecError,
     SchemaMismatchError,
     UnknownModelError,
-    error_from_wire,
 )
-from p2pnet.invoke.client import InvokeClient
-from p2pnet.invoke.server import InvokeServer
+from p2pnet.invoke.local import Invokers, send_forward
 
 __all__ = [
     "Mode",
@@ -60,7 +55,6 @@ __all__ = [
     "Plan",
     "StepPlan",
     "StepTrace",
-    "forward_on",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,29 +65,17 @@ MAX_HOP_PROVIDERS: Final = 8
 
 
 class PipelinePeer(Protocol):
-    """What a pipeline runs from: a running ``p2pnet.Peer``, or a simulated peer
-    (p2pnet.simulate) with the same discovery and invoke services."""
+    """What a pipeline runs from: a running ``p2pnet.Peer`` (simulations run real ones)."""
 
     @property
-    def peer_id(self) -> str: ...
+    def finder(self) -> ModelFinder:
+        """Finds each step's providers and calls them, failing over."""
+        ...
 
     @property
-    def running_finder(self) -> ModelFinder: ...
-
-    @property
-    def client(self) -> InvokeClient: ...
-
-    @property
-    def server(self) -> InvokeServer: ...
-
-    async def find(
-        self,
-        *,
-        task: str | None = None,
-        model: str | None = None,
-        count: int = 20,
-        timeout: float = 10.0,
-    ) -> list[Offer]: ...
+    def invokers(self) -> Invokers:
+        """Where a forwarded run starts: this peer, or the first step's provider."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +194,9 @@ class Pipeline:
         found: dict[str, list[Offer]] = {}
 
         async def find(step: StepSpec) -> None:
-            found[step.name] = await peer.find(task=step.task, model=step.model, timeout=timeout)
+            found[step.name] = await peer.finder.find(
+                task=step.task, model=step.model, timeout=timeout
+            )
 
         async with trio.open_nursery() as nursery:
             for step in self.spec.steps:
@@ -302,7 +286,7 @@ class Pipeline:
     async def _run_orchestrated(
         self, peer: PipelinePeer, plan: Plan, values: dict[Ref, npt.NDArray[Any]]
     ) -> tuple[dict[str, npt.NDArray[Any]], list[StepTrace]]:
-        finder = peer.running_finder
+        finder = peer.finder
         done = {s.name: trio.Event() for s in self.spec.steps}
         traces: list[StepTrace] = []
         failure: list[P2PNetError] = []
@@ -319,7 +303,7 @@ class Pipeline:
                     step_plan.offers[: step.failover], step_inputs, step.deadline, failures
                 )
             except P2PNetError as exc:
-                failure.append(_step_error(step, exc))
+                failure.append(step_error(step.name, exc))
                 cancel.cancel()
                 return
             for name, arr in outputs.items():
@@ -365,12 +349,7 @@ class Pipeline:
         tensors = {str(r): values[r] for r in sorted(first_needs)}
         deadline_s = sum(s.deadline for s in self.spec.steps)
         message = Forward(0, hops, tensors, max(1, int(deadline_s * 1000)))
-        result = await forward_on(
-            message,
-            peer.peer_id,
-            peer.client,
-            lambda m: peer.server.answer(m, peer.peer_id),
-        )
+        result = await send_forward(peer.invokers, message)
         names = {p.model_id: p.model_name for p in plan.steps.values()}
         traces = [
             StepTrace(t.step, t.model_id, names.get(t.model_id, "?"), t.peer_id, t.run_ms)
@@ -378,54 +357,6 @@ class Pipeline:
         ]
         outputs = {name: result.outputs[str(ref)] for name, ref in self.spec.outputs.items()}
         return outputs, traces
-
-
-async def forward_on(
-    message: Forward,
-    local_peer_id: str,
-    client: InvokeClient,
-    answer_here: Callable[[Forward], Awaitable[Any]],
-) -> ForwardResult:
-    """Send ``message`` to the first provider of its first hop that answers (this peer
-    itself when it is one), moving on after a failure another provider may not share.
-
-    Used by a caller to start a forwarded pipeline, and by each peer on the chain to
-    pass it on.
-
-    Raises:
-        The last provider's error, its message naming the step.
-    """
-    hop = message.hops[0]
-    deadline = trio.current_time() + message.deadline_ms / 1000
-    last: P2PNetError | None = None
-    for peer_id, addrs in hop.providers:
-        remaining = deadline - trio.current_time()
-        if remaining <= 0:
-            break
-        try:
-            if peer_id == local_peer_id:
-                reply = await answer_here(message)
-                if isinstance(reply, ErrorReply):
-                    raise error_from_wire(reply.code, reply.message, peer_id)
-                assert isinstance(reply, ForwardResult)
-                return reply
-            return await client.forward(
-                PeerAddress(peer_id, addrs), message.hops, message.tensors, timeout=remaining
-            )
-        except (NetworkError, PeerBusyError) as exc:
-            log.info("step %r: provider %s failed, trying the next: %s", hop.step, peer_id, exc)
-            last = _step_error(hop, exc)
-    raise last or DeadlineExceededError(
-        f"step {hop.step!r}: the pipeline's deadline passed before it could run"
-    )
-
-
-def _step_error(step: StepSpec | Hop, exc: P2PNetError) -> P2PNetError:
-    """``exc`` with the step named in its message (once), same class and reporting peer."""
-    name = step.step if isinstance(step, Hop) else step.name
-    if exc.message.startswith("step "):
-        return exc
-    return type(exc)(f"step {name!r}: {exc.message}", peer=exc.peer)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no types

@@ -306,7 +306,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
 
             for g in range(n):
                 if g % w == j:
-                    swarm.add(g, await start_host(g))
+                    await swarm.add(g, await start_host(g))
             reply(
                 {
                     "ready": True,
@@ -369,8 +369,10 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
                     reply(
                         {
                             "rss_kb": rss_kb(),
-                            "tables": [len(p.node.table) for p in live],
-                            "requests_served": sum(p.node.requests_served for p in live),
+                            "tables": [len(p.node.table) for p in live if p.node is not None],
+                            "requests_served": sum(
+                                p.node.requests_served for p in live if p.node is not None
+                            ),
                             "forged_values_sent": swarm.forged_values_sent,
                             "forged_values_stored": swarm.forged_values_stored,
                         }
@@ -400,7 +402,7 @@ async def _run_events(
             if swarm.peers[g].alive:
                 await swarm.query(g, task, t)
         elif kind == "join":
-            swarm.add(g, await start_host(g))
+            await swarm.add(g, await start_host(g))
             await swarm.join(g, via, kind="join", t=t)
         elif kind == "rejoin":
             await swarm.restart(g, await start_host(g), via, t)

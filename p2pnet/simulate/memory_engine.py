@@ -20,11 +20,12 @@ from trio.testing import MockClock
 
 from p2pnet.core.kad.keys import key_for_task
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
+from p2pnet.simulate.adversaries import grind_peer_ids
 from p2pnet.simulate.metrics import summarize
 from p2pnet.simulate.plan import FORGER, SYBIL, make_plan
 from p2pnet.simulate.procstats import peak_rss_kb, rss_kb
 from p2pnet.simulate.scenario import Scenario
-from p2pnet.simulate.swarm import SimPeer, SimSwarm, grind_peer_ids, kad_peer
+from p2pnet.simulate.swarm import SimPeer, SimSwarm, kad_peer
 
 __all__ = ["EPOCH", "Progress", "run_memory"]
 
@@ -95,16 +96,6 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         ) as network,
         trio.open_nursery() as nursery,
     ):
-        # Upkeep starts with the run: the bootstrap squeezes the growth of a swarm into
-        # minutes of virtual time, and its peers' first refreshes would repeat the joins.
-        swarm = SimSwarm(
-            scenario,
-            plan,
-            seed,
-            nursery,
-            wall_clock=lambda: EPOCH + trio.current_time(),
-            maintenance=False,
-        )
         sybil_ids: dict[int, str] = {}
         if plan.sybils:
             bits = scenario.adversaries.sybil_prefix_bits or (n.bit_length() + 6)
@@ -134,10 +125,20 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
                 relay = plan.relays[peer.index % len(plan.relays)]
                 network.reserve(peer.host.peer_id, hosts[relay].peer_id)
 
-        swarm.on_serve = reserve_relay
+        # Upkeep starts with the run: the bootstrap squeezes the growth of a swarm into
+        # minutes of virtual time, and its peers' first refreshes would repeat the joins.
+        swarm = SimSwarm(
+            scenario,
+            plan,
+            seed,
+            nursery,
+            wall_clock=lambda: EPOCH + trio.current_time(),
+            maintenance=False,
+            on_serve=reserve_relay,
+        )
         for index in [*range(n), *plan.sybils]:
             hosts[index] = new_host(index)
-            swarm.add(index, hosts[index])
+            await swarm.add(index, hosts[index])
         swarm.set_fellows(tuple(kad_peer(hosts[i]) for i in plan.sybils))
 
         # Bootstrap, batch after batch.
@@ -162,7 +163,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             # again (with 10,000 peers each one took seconds).
             gc.freeze()
         gc.collect()
-        tables = [len(p.node.table) for p in swarm.peers.values()]
+        tables = [len(p.node.table) for p in swarm.peers.values() if p.node is not None]
         out["bootstrap"] = {
             "virtual_s": round(trio.current_time() - t0, 3),
             "wall_s": round(time.perf_counter() - wall0, 2),
@@ -222,7 +223,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
                         await swarm.query(index, task, t)
                 elif kind == "join":
                     hosts[index] = new_host(index)
-                    swarm.add(index, hosts[index])
+                    await swarm.add(index, hosts[index])
                     await swarm.join(index, via, kind="join", t=t)
                 elif kind == "rejoin":
                     hosts[index].restart()
@@ -294,7 +295,9 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             "messages_total": network.messages_sent,
             "bytes_total": network.bytes_sent,
             "kad_requests_served_per_peer": round(
-                sum(p.node.requests_served for p in swarm.peers.values()) / len(swarm.peers), 1
+                sum(p.node.requests_served for p in swarm.peers.values() if p.node is not None)
+                / len(swarm.peers),
+                1,
             ),
         }
         out["adversaries"] = {

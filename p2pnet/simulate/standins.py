@@ -28,7 +28,13 @@ from p2pnet.core.pipeline import INPUT, PipelineSpec, Ref, StepSpec
 from p2pnet.core.schema import ModelSchema, TensorSpec, check_inputs
 from p2pnet.errors import DeadlineExceededError, PeerBusyError
 
-__all__ = ["StandInModel", "expected_outputs", "stand_in_info", "stand_in_schema"]
+__all__ = [
+    "CatalogueModel",
+    "StandInModel",
+    "expected_outputs",
+    "stand_in_info",
+    "stand_in_schema",
+]
 
 ROWS = "n"  # the symbolic batch dimension of every stand-in tensor
 
@@ -147,3 +153,32 @@ class StandInModel:
                 await trio.sleep(0.01)
             return True
         return False
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogueModel:
+    """A model of the scenario's catalogue: peers serve it, announce it and describe it;
+    discovery queries never call it, and a call would get zeros."""
+
+    info: ModelInfo
+
+    @classmethod
+    def of(cls, model_id: str, name: str, schema: ModelSchema) -> CatalogueModel:
+        return cls(ModelInfo(model_id, Path(f"{name}.sim"), 0, schema, name, "1", "onnxruntime"))
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id
+
+    async def run(
+        self, inputs: Mapping[str, Any], *, timeout: float = math.inf
+    ) -> dict[str, npt.NDArray[Any]]:
+        arrays = check_inputs(self.info.schema, inputs)
+        rows = _rows(self.info.schema, arrays)
+        return {
+            out.name: np.zeros(rows, dtype=object if out.dtype == "string" else out.dtype)
+            for out in self.info.schema.outputs
+        }
+
+    async def wait_idle(self, timeout: float) -> bool:
+        return True

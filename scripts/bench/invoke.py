@@ -53,7 +53,6 @@ from _common import machine_info
 from p2pnet.core.address import PeerAddress
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
-from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.host import READ_SIZE
 from p2pnet.peer import Peer
 from p2pnet.runtime.onnx_model import OnnxModel
@@ -156,7 +155,7 @@ async def child_main(models_dir: Path) -> None:
     paths = ensure_models(models_dir)
     async with Peer() as peer:
         ids = {name: peer.serve(path).model_id for name, path in paths.items()}
-        server = InvokeServer(peer.models)
+        server = peer.services.invoke_server
 
         async def handle_tcp(sock: trio.SocketStream) -> None:
             try:

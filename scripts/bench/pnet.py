@@ -21,7 +21,7 @@ import p2pnet.net.logs  # noqa: F401  (quiet py-libp2p)
 from p2pnet.core.address import parse_peer_address
 from p2pnet.net.host import Stream, open_host
 from p2pnet.net.identity import generate_identity
-from p2pnet.net.pnet import SwarmKey
+from p2pnet.net.swarm_key import SwarmKey
 
 KEY = SwarmKey(bytes(range(32)))  # a fixed key: both processes must agree
 

@@ -29,7 +29,7 @@ import trio
 
 from p2pnet.errors import P2PNetError
 from p2pnet.net.logs import set_libp2p_log_level
-from p2pnet.net.nat import NatConfig
+from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
 
 IRIS = [[5.1, 3.5, 1.4, 0.2]]

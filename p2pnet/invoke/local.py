@@ -1,0 +1,212 @@
+"""Calling a model wherever it is served: the ``Invoker`` interface, its local side, and
+the execution of forwarded pipelines.
+
+``Invoker`` has two implementations: ``LocalInvoker`` runs the models this peer serves
+(no network), ``InvokeClient`` (``client.py``) calls another peer. ``Invokers`` picks
+the one for a peer ID. A forwarded pipeline runs its hops where the providers are:
+``LocalInvoker.forward`` runs the first hop here, asks ``p2pnet.core.forwarding`` what
+follows, and hands the next hop to ``send_forward``, which tries that hop's providers
+in order, through whichever invoker reaches each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy.typing as npt
+import trio
+
+from p2pnet.core.access import AccessPolicy
+from p2pnet.core.address import PeerAddress
+from p2pnet.core.forwarding import after_hop, hop_inputs, step_error, with_trace
+from p2pnet.core.messages import Forward, ForwardResult, TraceEntry
+from p2pnet.core.model_id import parse_model_id
+from p2pnet.errors import (
+    DeadlineExceededError,
+    NetworkError,
+    P2PNetError,
+    PeerBusyError,
+    PermissionDeniedError,
+    UnknownModelError,
+)
+from p2pnet.runtime.served import ServedModel
+
+__all__ = ["Invoker", "Invokers", "LocalInvoker", "send_forward"]
+
+log = logging.getLogger(__name__)
+
+
+class Invoker(Protocol):
+    """Runs a model on a peer, or a forwarded pipeline starting there."""
+
+    async def invoke(
+        self,
+        peer: PeerAddress,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float = 30.0,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The outputs of ``model_id`` on ``inputs``, run by ``peer``."""
+        ...
+
+    async def forward(
+        self, peer: PeerAddress, message: Forward, *, timeout: float = 30.0
+    ) -> ForwardResult:
+        """What the last hop of ``message`` keeps, ``peer`` running the first hop."""
+        ...
+
+
+class LocalInvoker:
+    """Runs the models this peer serves, for itself or for a caller.
+
+    Args:
+        peer_id: this peer's ID (the caller of its own calls, and its trace entries).
+        models: the served models by model ID; the mapping may change while serving.
+        access: per-model access lists; None serves every model to everyone.
+        onward: reaches other peers, for forwarded pipelines whose next hop is
+            elsewhere; None: this peer passes no pipeline on (a forwarded step served
+            here still runs when it is the last one).
+        max_deadline: cap, in seconds, on the deadline a caller may ask for.
+    """
+
+    def __init__(
+        self,
+        peer_id: str,
+        models: Mapping[str, ServedModel],
+        *,
+        access: AccessPolicy | None = None,
+        onward: Invoker | None = None,
+        max_deadline: float = 300.0,
+    ) -> None:
+        self.peer_id = peer_id
+        self.models = models
+        self.access = access
+        self.max_deadline = max_deadline
+        self._onward = Invokers(self, onward) if onward is not None else None
+
+    async def invoke(
+        self,
+        peer: PeerAddress,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float = 30.0,
+        caller: str | None = None,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run ``model_id`` here for ``caller`` (this peer unless given).
+
+        Raises:
+            UnknownModelError, InvalidModelIdError: not served here.
+            PermissionDeniedError: ``caller`` is not on the model's access list.
+            InvalidInputError, ModelExecutionError, DeadlineExceededError,
+            PeerBusyError: as ``ServedModel.run``.
+        """
+        model = self.model(model_id, caller or self.peer_id)
+        return await model.run(inputs, timeout=min(timeout, self.max_deadline))
+
+    async def forward(
+        self,
+        peer: PeerAddress,
+        message: Forward,
+        *,
+        timeout: float = 30.0,
+        caller: str | None = None,
+    ) -> ForwardResult:
+        """Run the first hop of ``message`` here for ``caller``, then send the rest on
+        (``send_forward``); return what the last hop keeps, traced.
+
+        Raises:
+            The failing step's error, its message naming the step;
+            UnknownModelError when later hops remain and this peer passes nothing on.
+        """
+        hop = message.hops[0]
+        started = trio.current_time()
+        deadline = started + min(message.deadline_ms / 1000, timeout, self.max_deadline)
+        inputs = hop_inputs(message)
+        try:
+            model = self.model(hop.model_id, caller or self.peer_id)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(f"step {hop.step!r}: {exc.message}") from None
+        try:
+            outputs = await model.run(inputs, timeout=deadline - started)
+        except P2PNetError as exc:
+            raise type(exc)(f"step {hop.step!r}: {exc.message}") from None
+        now = trio.current_time()
+        own = TraceEntry(hop.step, model.model_id, self.peer_id, (now - started) * 1000)
+        following = after_hop(message, outputs, own, remaining=deadline - now)
+        if isinstance(following, ForwardResult):
+            return following
+        if self._onward is None:
+            raise UnknownModelError("this peer does not forward pipelines to other peers")
+        return with_trace(message, own, await send_forward(self._onward, following))
+
+    def model(self, model_id: str, caller: str) -> ServedModel:
+        """The served model ``model_id``, if ``caller`` may call it.
+
+        Raises:
+            InvalidModelIdError: ``model_id`` is not a model ID.
+            UnknownModelError: not served here (the message lists what is, as far as
+                ``caller`` may see).
+            PermissionDeniedError: ``caller`` is not on the model's access list.
+        """
+        model = self.models.get(model_id)
+        if model is None:
+            canonical = parse_model_id(model_id)  # raises InvalidModelIdError for non-IDs
+            model = self.models.get(canonical)
+        if model is not None:
+            if self.access is not None:
+                self.access.check(model.model_id, caller, model.info.name)
+            return model
+        visible = [
+            (mid, m)
+            for mid, m in self.models.items()
+            if self.access is None or self.access.permits(mid, caller)
+        ]
+        served = ", ".join(f"{m.info.name} {mid}" for mid, m in visible[:5])
+        raise UnknownModelError(
+            f"this peer does not serve model {canonical}; it serves: {served or 'nothing'}"
+        )
+
+
+class Invokers:
+    """The invoker for each peer: ``local`` for this peer, ``remote`` for the others."""
+
+    def __init__(self, local: LocalInvoker, remote: Invoker) -> None:
+        self.local = local
+        self.remote = remote
+
+    def to(self, peer_id: str) -> Invoker:
+        return self.local if peer_id == self.local.peer_id else self.remote
+
+
+async def send_forward(invokers: Invokers, message: Forward) -> ForwardResult:
+    """Send ``message`` to the first provider of its first hop that answers (this peer
+    itself when it is one), moving on after a failure another provider may not share
+    (unreachable, connection lost, busy).
+
+    A caller starts a forwarded pipeline with it, and each peer on the chain passes it on.
+
+    Raises:
+        The last provider's error, its message naming the step; DeadlineExceededError
+        when the deadline passes before any provider answered.
+    """
+    hop = message.hops[0]
+    deadline = trio.current_time() + message.deadline_ms / 1000
+    last: P2PNetError | None = None
+    for peer_id, addrs in hop.providers:
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            break
+        try:
+            return await invokers.to(peer_id).forward(
+                PeerAddress(peer_id, addrs), message, timeout=remaining
+            )
+        except (NetworkError, PeerBusyError) as exc:
+            log.info("step %r: provider %s failed, trying the next: %s", hop.step, peer_id, exc)
+            last = step_error(hop, exc)
+    raise last or DeadlineExceededError(
+        f"step {hop.step!r}: the pipeline's deadline passed before it could run"
+    )

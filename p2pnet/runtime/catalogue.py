@@ -1,0 +1,96 @@
+"""What a peer serves: each model, the tasks it is announced for, who may call it.
+
+``Peer.serve`` fills the catalogue (before or after the peer starts); the invoke
+server runs its models, the record publisher signs a record per entry, the describe
+server shows each record to the peers its access list permits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+from p2pnet.core.access import AccessPolicy
+from p2pnet.core.kad.keys import key_for_model, key_for_task
+from p2pnet.core.model_info import ModelInfo
+from p2pnet.core.records import CapabilityRecord
+from p2pnet.errors import UsageError
+from p2pnet.runtime.served import ServedModel
+
+__all__ = ["ModelCatalogue"]
+
+
+class ModelCatalogue:
+    """The models ``peer_id`` serves, by model ID, with their tasks and access lists."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.access = AccessPolicy(peer_id)
+        self._models: dict[str, ServedModel] = {}
+        self._tasks: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def models(self) -> Mapping[str, ServedModel]:
+        """Served models by model ID (a read-only view that follows later additions)."""
+        return MappingProxyType(self._models)
+
+    def add(
+        self,
+        model: ServedModel,
+        tasks: Sequence[str] = (),
+        allow: Sequence[str] | None = None,
+    ) -> ModelInfo:
+        """Serve ``model`` under ``tasks`` to ``allow`` (peer IDs; None: everyone).
+
+        Adding a model ID again replaces its tasks and access list and keeps the model
+        first added.
+
+        Raises:
+            UsageError: a task tag that is not lower-case letters, digits and '-', or
+                model facts no capability record can carry.
+            InvalidAddressError: an ``allow`` entry that is not a peer ID.
+        """
+        info = model.info
+        tasks = tuple(dict.fromkeys(tasks))
+        _check_publishable(info, tasks, self.peer_id)
+        if allow is not None:
+            self.access.restrict(info.model_id, allow)
+        self._models.setdefault(info.model_id, model)
+        self._tasks[info.model_id] = tasks
+        return info
+
+    def tasks(self, model_id: str) -> tuple[str, ...]:
+        """The tasks ``model_id`` is announced for."""
+        return self._tasks[model_id]
+
+    def entries(self) -> list[tuple[ModelInfo, tuple[str, ...]]]:
+        """(model facts, tasks) of every served model, in the order they were added."""
+        return [(model.info, self._tasks[model_id]) for model_id, model in self._models.items()]
+
+    def keys(self) -> list[bytes]:
+        """DHT keys to announce: every model's, and every task's."""
+        out: dict[bytes, None] = {}
+        for model_id, tasks in self._tasks.items():
+            out[key_for_model(model_id)] = None
+            for task in tasks:
+                out[key_for_task(task)] = None
+        return list(out)
+
+
+def _check_publishable(info: ModelInfo, tasks: tuple[str, ...], peer_id: str) -> None:
+    """Raise UsageError if no capability record can state ``info`` under ``tasks``."""
+    try:
+        CapabilityRecord(
+            model_id=info.model_id,
+            peer_id=peer_id,
+            schema=info.schema,
+            tasks=tasks,
+            name=info.name[:128],
+            version=info.version,
+            runtime=info.runtime,
+            addrs=(),
+            seq=1,
+            expires_at=1,
+        )
+    except ValueError as exc:
+        raise UsageError(f"cannot publish model {info.name}: {exc}") from None

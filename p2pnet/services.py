@@ -1,0 +1,221 @@
+"""The composition root: the services of one peer, built from (host, identity, config) here
+and nowhere else, each given its collaborators when it is made.
+
+    PeerConfig        what a peer is told: addresses, limits, DHT, NAT, swarm key, clock
+    PeerHooks         what observers and simulated adversaries plug in (declared here, so
+                      nothing overrides a production method to watch or perturb it)
+    AnnouncedAddresses  the addresses this peer's records carry
+    PeerServices      every service of a running peer, and the status it reports
+
+Who builds and calls whom (docs/architecture.md draws it)::
+
+    PeerServices
+      catalogue ─── publisher (signed records) ─── describe server
+      local invoker (runs served models) ── onward ──> invoke client (other peers)
+      invokers = local | remote ── invoke server, finder, forwarded pipelines
+      DHT node ── finder (lookup, describe, call with failover)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from p2pnet.core.address import transport_part, with_peer_id
+from p2pnet.core.identity import Identity
+from p2pnet.core.messages import WireLimits
+from p2pnet.core.records import CapabilityRecordValidator
+from p2pnet.dht.node import DhtConfig, DhtNode, RequestInterceptor
+from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
+from p2pnet.discovery.service import ModelFinder, RecordPublisher
+from p2pnet.invoke.client import CallObserver, InvokeClient
+from p2pnet.invoke.local import Invokers, LocalInvoker
+from p2pnet.invoke.protocol import INVOKE_PROTOCOL
+from p2pnet.invoke.server import InvokeServer
+from p2pnet.net.interfaces import StreamHost
+from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig
+from p2pnet.runtime.catalogue import ModelCatalogue
+from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
+
+if TYPE_CHECKING:
+    from p2pnet.net.swarm_key import SwarmKey
+
+__all__ = ["AnnouncedAddresses", "PeerConfig", "PeerHooks", "PeerServices"]
+
+DEFAULT_LISTEN: Final = ("/ip4/127.0.0.1/tcp/0",)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """What a peer is told; ``p2pnet.Peer`` documents each field as its keyword argument.
+
+    idle_streams: finished streams kept per peer for reuse by the invoke and describe
+        clients (None: their own defaults, 8 and 2).
+    upkeep: run the DHT's upkeep from the start (False: ``Peer.start_upkeep`` starts it).
+    """
+
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()
+    limits: WireLimits = WireLimits()
+    max_concurrency: int = 2
+    dht: DhtConfig = DhtConfig()
+    shutdown_grace: float = 30.0
+    forward: bool = True
+    nat: NatConfig | None = DEFAULT_NAT
+    swarm_key: SwarmKey | None = None
+    require_join: bool = False
+    clock: Callable[[], float] = time.time
+    upkeep: bool = True
+    idle_streams: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHooks:
+    """Declared points where a program may watch or perturb a peer (simulations do).
+
+    observe_calls: told the outcome and duration of every call this peer makes.
+    intercept_kad: may answer DHT requests in the node's place (a lying peer).
+    describe_records: given the peer's signed envelopes, returns what its describe
+        server sends instead (a forger adds forged ones).
+    """
+
+    observe_calls: CallObserver | None = None
+    intercept_kad: RequestInterceptor | None = None
+    describe_records: Callable[[Sequence[bytes]], Sequence[bytes]] | None = None
+
+
+class AnnouncedAddresses:
+    """The addresses a peer's records carry: its host's, or ``announce`` (with this
+    peer's ID appended) followed by the host's relayed addresses."""
+
+    def __init__(self, host: StreamHost, announce: Sequence[str]) -> None:
+        self._host = host
+        self._announce = tuple(announce)
+
+    def current(self) -> list[str]:
+        host = self._host
+        if not self._announce:
+            return host.addrs
+        relayed = [a for a in host.addrs if "/p2p-circuit" in a]
+        return [with_peer_id(transport_part(a), host.peer_id) for a in self._announce] + relayed
+
+
+class PeerServices:
+    """Every service of one running peer, built here from (host, identity, config).
+
+    Args:
+        host: the running host (libp2p, or a memory host in tests and simulations).
+        identity: the peer's key; its peer ID is the host's.
+        config: what the peer was told.
+        catalogue: the models it serves (filled by ``Peer.serve``, before or after start).
+        nursery: where background work of the services runs.
+        hooks: observers and simulated adversaries.
+    """
+
+    def __init__(
+        self,
+        host: StreamHost,
+        identity: Identity,
+        config: PeerConfig,
+        catalogue: ModelCatalogue,
+        nursery: trio.Nursery,
+        hooks: PeerHooks = PeerHooks(),
+    ) -> None:
+        if host.peer_id != identity.peer_id:
+            raise ValueError(f"host {host.peer_id} does not belong to peer {identity.peer_id}")
+        idle = config.idle_streams
+        self.host = host
+        self.config = config
+        self.catalogue = catalogue
+        self.addresses = AnnouncedAddresses(host, config.announce)
+        self.publisher = RecordPublisher(
+            catalogue, identity, self.addresses.current, clock=config.clock
+        )
+        self.remote = InvokeClient(
+            host,
+            limits=config.limits,
+            max_idle_streams=8 if idle is None else idle,
+            observe=hooks.observe_calls,
+        )
+        self.local = LocalInvoker(
+            identity.peer_id,
+            catalogue.models,
+            access=catalogue.access,
+            onward=self.remote if config.forward else None,
+        )
+        self.invokers = Invokers(self.local, self.remote)
+        self.invoke_server = InvokeServer(self.local, limits=config.limits)
+        records: Callable[[], Sequence[bytes]] = self.publisher.envelopes
+        if hooks.describe_records is not None:
+            change, own = hooks.describe_records, self.publisher.envelopes
+
+            def records() -> Sequence[bytes]:
+                return change(own())
+
+        self.describe_server = DescribeServer(records, permits=catalogue.access.permits)
+        self.describer = DescribeClient(
+            host, clock=config.clock, max_idle_streams=2 if idle is None else idle
+        )
+        dht_config = config.dht
+        if config.nat is not None and config.nat.reachability == "private":
+            # Known to be undialable: a DHT client from the start (see become_client).
+            dht_config = dataclasses.replace(dht_config, client=True)
+        self.dht = DhtNode(
+            host,
+            dht_config,
+            validator=CapabilityRecordValidator(config.clock),
+            rng=random.Random(dht_config.seed) if dht_config.seed is not None else None,
+            nursery=nursery,
+            intercept=hooks.intercept_kad,
+        )
+        self.finder = ModelFinder(self.dht, self.describer, self.invokers, self.publisher)
+
+    def start(self) -> None:
+        """Serve the invoke, describe and DHT protocols from now on."""
+        self.host.set_stream_handler(INVOKE_PROTOCOL, self.invoke_server.handle_stream)
+        self.host.set_stream_handler(DESCRIBE_PROTOCOL, self.describe_server.handle_stream)
+        self.dht.start()
+
+    async def aclose(self) -> None:
+        """Close the clients' idle streams (nothing announced is withdrawn)."""
+        await self.remote.aclose()
+        await self.describer.aclose()
+        await self.dht.aclose()
+
+    def status(self) -> PeerStatus:
+        """What the peer is doing now (see ``PeerStatus``)."""
+        host, access = self.host, self.catalogue.access
+        models = []
+        for info, tasks in self.catalogue.entries():
+            allowed = access.allowed(info.model_id)
+            allow = None if allowed is None else tuple(sorted(allowed))
+            models.append(ServedModelStatus(info.model_id, info.name, tasks, allow))
+        connections = tuple(
+            ConnectionStatus(
+                peer_id,
+                addr,
+                host.path(peer_id) or ("relayed" if "/p2p-circuit" in addr else "direct"),
+            )
+            for peer_id, addr in host.connections()
+        )
+        swarm_key = self.config.swarm_key
+        return PeerStatus(
+            peer_id=host.peer_id,
+            listen_addrs=tuple(host.addrs),
+            announced_addrs=tuple(self.addresses.current()),
+            reachability=host.reachability,
+            swarm_key_fingerprint=swarm_key.fingerprint if swarm_key is not None else None,
+            models=tuple(models),
+            connections=connections,
+            routing_table=len(self.dht.table),
+            dht_mode="client" if self.dht.config.client else "server",
+            calls_served=self.invoke_server.stats.calls,
+            call_errors=dict(self.invoke_server.stats.errors),
+        )
