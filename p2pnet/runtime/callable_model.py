@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.model_info import ModelInfo
-from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
+from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs, tensor_mismatch
 from p2pnet.core.tensor import DTYPE_CODES, MAX_NDIM, dtype_name, normalize_array
 from p2pnet.errors import InvalidInputError, ModelExecutionError, ModelFileError
 from p2pnet.runtime.served import RunSlots
@@ -241,30 +241,9 @@ def check_outputs(
         if arr.size == 0 and not isinstance(value, np.ndarray):
             # An empty list has no dtype of its own (numpy says float64): take the declared one.
             arr = arr.astype(object if spec.dtype == "string" else spec.dtype)
-        given = dtype_name(arr)
-        if given != spec.dtype:
-            raise ValueError(
-                f"output {spec.name!r} has dtype {given}; it declares {spec.dtype} "
-                f"({spec.describe()})"
-            )
-        if arr.ndim != len(spec.shape):
-            raise ValueError(
-                f"output {spec.name!r} has shape {list(arr.shape)} (rank {arr.ndim}); it "
-                f"declares rank {len(spec.shape)} ({spec.describe()})"
-            )
-        for axis, (dim, size) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-            if isinstance(dim, int) and dim != size:
-                raise ValueError(
-                    f"output {spec.name!r} has size {size} on axis {axis}; it declares {dim} "
-                    f"({spec.describe()})"
-                )
-            if isinstance(dim, str):
-                seen = symbols.setdefault(dim, (size, f"output {spec.name!r}"))
-                if seen[0] != size:
-                    raise ValueError(
-                        f"dimension {dim!r} is {seen[0]} in {seen[1]} but {size} in output "
-                        f"{spec.name!r}; it must be the same size everywhere"
-                    )
+        mismatch = tensor_mismatch(spec, arr, "output", "it declares", symbols)
+        if mismatch is not None:
+            raise ValueError(mismatch)
         checked[spec.name] = arr
     return checked
 
