@@ -162,7 +162,7 @@ def _figure(value: float | None, fmt: str) -> str:
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:
-    from p2pnet.runtime.convert import import_model, parse_input_decl
+    from p2pnet.modeltools import import_model, parse_input_decl
 
     report = import_model(
         args.source,
@@ -201,7 +201,7 @@ def cmd_model_import(args: argparse.Namespace) -> int:
 
 
 def cmd_model_quantize(args: argparse.Namespace) -> int:
-    from p2pnet.runtime.convert import quantize_model
+    from p2pnet.modeltools import quantize_model
 
     report = quantize_model(args.source, args.out, runs=args.runs, weight_type=args.weight_type)
     if args.json:

@@ -1,5 +1,6 @@
 """The layers hold: the pure core loads no networking, runtime or clock module, whoever
-imports it, and imports reach only the layers below."""
+imports it, and imports reach only the layers below; the runtime loads none of the
+offline model tools, and those load their heavy libraries only when used."""
 
 from __future__ import annotations
 
@@ -58,3 +59,37 @@ def test_importing_all_of_core_loads_no_networking_runtime_or_trio() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert json.loads(loaded) == []
+
+
+def loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of ``prefixes`` that a fresh interpreter has loaded
+    after running ``imports``."""
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        f"{imports}\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    result: list[str] = json.loads(out)
+    return result
+
+
+def test_the_runtime_loads_none_of_the_model_tools() -> None:
+    imports = (
+        "import p2pnet.runtime\n"
+        "for m in pkgutil.walk_packages(p2pnet.runtime.__path__, 'p2pnet.runtime.'):\n"
+        "    importlib.import_module(m.name)"
+    )
+    assert loaded_after(imports, ("p2pnet.modeltools",)) == []
+
+
+def test_the_model_tools_load_torch_and_scikit_learn_only_when_used() -> None:
+    heavy = ("torch", "sklearn", "skl2onnx", "joblib", "onnxruntime.quantization")
+    imports = (
+        "import p2pnet.modeltools\n"
+        "for m in pkgutil.walk_packages(p2pnet.modeltools.__path__, 'p2pnet.modeltools.'):\n"
+        "    importlib.import_module(m.name)"
+    )
+    assert loaded_after(imports, heavy) == []

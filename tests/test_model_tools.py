@@ -17,7 +17,7 @@ from p2pnet.cli import main
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.schema import TensorSpec
 from p2pnet.errors import UsageError
-from p2pnet.runtime.convert import (
+from p2pnet.modeltools import (
     compare_outputs,
     import_model,
     parse_input_decl,

@@ -16,13 +16,13 @@ import trio
 
 from p2pnet.cli import main as cli_main
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.simulate.adversaries import grind_peer_ids
 from p2pnet.simulate.metrics import QueryRecord, percentile, summarize
 from p2pnet.simulate.plan import make_plan
 from p2pnet.simulate.report import PlotsUnavailableError, write_plots
 from p2pnet.simulate.runner import run_scenario
 from p2pnet.simulate.scenario import ScenarioError, load_scenario, parse_scenario
 from p2pnet.simulate.standins import expected_outputs, stand_in_schema
-from p2pnet.simulate.adversaries import grind_peer_ids
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SIMULATIONS = REPO_ROOT / "simulations"

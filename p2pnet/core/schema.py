@@ -1,4 +1,5 @@
-"""A model's input/output schema and the checks inputs must pass before a model runs."""
+"""A model's input/output schema and the checks inputs must pass before a model runs
+(one per-tensor check, ``tensor_mismatch``, serves declared outputs too)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy.typing as npt
 from p2pnet.core.tensor import dtype_name, normalize_array
 from p2pnet.errors import InvalidInputError
 
-__all__ = ["Dim", "ModelSchema", "TensorSpec", "check_inputs"]
+__all__ = ["Dim", "ModelSchema", "TensorSpec", "check_inputs", "tensor_mismatch"]
 
 # A dimension: a fixed size, a symbolic name ("batch", "n": the same name means the same
 # size across tensors), or None (any size).
@@ -75,29 +76,44 @@ def check_inputs(schema: ModelSchema, inputs: Mapping[str, Any]) -> dict[str, np
     checked: dict[str, npt.NDArray[Any]] = {}
     for spec in schema.inputs:
         arr = normalize_array(spec.name, inputs[spec.name])
-        given = dtype_name(arr)
-        if given != spec.dtype:
-            raise InvalidInputError(
-                f"input {spec.name!r} has dtype {given}; the model expects {spec.dtype} "
-                f"({spec.describe()})"
-            )
-        if arr.ndim != len(spec.shape):
-            raise InvalidInputError(
-                f"input {spec.name!r} has shape {list(arr.shape)} (rank {arr.ndim}); the model "
-                f"expects rank {len(spec.shape)} ({spec.describe()})"
-            )
-        for axis, (dim, size) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-            if isinstance(dim, int) and dim != size:
-                raise InvalidInputError(
-                    f"input {spec.name!r} has size {size} on axis {axis}; the model expects "
-                    f"{dim} ({spec.describe()})"
-                )
-            if isinstance(dim, str):
-                seen = symbols.setdefault(dim, (size, spec.name))
-                if seen[0] != size:
-                    raise InvalidInputError(
-                        f"dimension {dim!r} is {seen[0]} in input {seen[1]!r} but {size} in "
-                        f"input {spec.name!r}; it must be the same size everywhere"
-                    )
+        mismatch = tensor_mismatch(spec, arr, "input", "the model expects", symbols)
+        if mismatch is not None:
+            raise InvalidInputError(mismatch)
         checked[spec.name] = arr
     return checked
+
+
+def tensor_mismatch(
+    spec: TensorSpec,
+    arr: npt.NDArray[Any],
+    role: str,
+    rule: str,
+    symbols: dict[str, tuple[int, str]],
+) -> str | None:
+    """Why ``arr`` does not fit ``spec`` (dtype, rank, fixed sizes, symbolic sizes), or None.
+
+    The one per-tensor check of model inputs and of declared outputs. ``role`` names the
+    tensor's side ("input", "output") and ``rule`` who sets the spec ("the model
+    expects", "it declares") in the message. ``symbols`` holds the size of each symbolic
+    dimension met so far and where (such as "input 'x'"); this tensor's are added to it.
+    """
+    where = f"{role} {spec.name!r}"
+    given = dtype_name(arr)
+    if given != spec.dtype:
+        return f"{where} has dtype {given}; {rule} {spec.dtype} ({spec.describe()})"
+    if arr.ndim != len(spec.shape):
+        return (
+            f"{where} has shape {list(arr.shape)} (rank {arr.ndim}); {rule} rank "
+            f"{len(spec.shape)} ({spec.describe()})"
+        )
+    for axis, (dim, size) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+        if isinstance(dim, int) and dim != size:
+            return f"{where} has size {size} on axis {axis}; {rule} {dim} ({spec.describe()})"
+        if isinstance(dim, str):
+            seen = symbols.setdefault(dim, (size, where))
+            if seen[0] != size:
+                return (
+                    f"dimension {dim!r} is {seen[0]} in {seen[1]} but {size} in {where}; "
+                    "it must be the same size everywhere"
+                )
+    return None

@@ -3,10 +3,13 @@
 served.py         ServedModel                what the invoke server and Peer need of a model
                   RunSlots                   worker threads, concurrency and queue limits,
                                              timeouts: shared by every kind of model
+                  SlottedModel               the shell both models below share: checked
+                                             inputs, run/run_sync/wait_idle on RunSlots
+                  run_served                 a locally served model run by its ID
 onnx_model.py     inspect_model, ModelInfo   a model file's ID, size and schema (from the graph)
-                  OnnxModel                  one onnxruntime session: checked inputs, RunSlots
+                  OnnxModel                  a SlottedModel on one onnxruntime session
 callable_model.py read_manifest              an adapter manifest's ID (CID of its bytes) and
                                              declared schema (docs/adapters.md)
-                  CallableModel              its Python function: checked inputs and outputs,
-                                             RunSlots
+                  CallableModel              a SlottedModel on its Python function, outputs
+                                             checked too (check_outputs)
 """

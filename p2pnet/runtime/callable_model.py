@@ -18,7 +18,6 @@ import importlib
 import inspect
 import json
 import logging
-import math
 import platform
 import re
 import sys
@@ -33,10 +32,10 @@ import numpy.typing as npt
 
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.model_info import ModelInfo
-from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
+from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, tensor_mismatch
 from p2pnet.core.tensor import DTYPE_CODES, MAX_NDIM, dtype_name, normalize_array
 from p2pnet.errors import InvalidInputError, ModelExecutionError, ModelFileError
-from p2pnet.runtime.served import RunSlots
+from p2pnet.runtime.served import SlottedModel
 
 __all__ = [
     "ADAPTER_FORMAT",
@@ -241,38 +240,20 @@ def check_outputs(
         if arr.size == 0 and not isinstance(value, np.ndarray):
             # An empty list has no dtype of its own (numpy says float64): take the declared one.
             arr = arr.astype(object if spec.dtype == "string" else spec.dtype)
-        given = dtype_name(arr)
-        if given != spec.dtype:
-            raise ValueError(
-                f"output {spec.name!r} has dtype {given}; it declares {spec.dtype} "
-                f"({spec.describe()})"
-            )
-        if arr.ndim != len(spec.shape):
-            raise ValueError(
-                f"output {spec.name!r} has shape {list(arr.shape)} (rank {arr.ndim}); it "
-                f"declares rank {len(spec.shape)} ({spec.describe()})"
-            )
-        for axis, (dim, size) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-            if isinstance(dim, int) and dim != size:
-                raise ValueError(
-                    f"output {spec.name!r} has size {size} on axis {axis}; it declares {dim} "
-                    f"({spec.describe()})"
-                )
-            if isinstance(dim, str):
-                seen = symbols.setdefault(dim, (size, f"output {spec.name!r}"))
-                if seen[0] != size:
-                    raise ValueError(
-                        f"dimension {dim!r} is {seen[0]} in {seen[1]} but {size} in output "
-                        f"{spec.name!r}; it must be the same size everywhere"
-                    )
+        mismatch = tensor_mismatch(spec, arr, "output", "it declares", symbols)
+        if mismatch is not None:
+            raise ValueError(mismatch)
         checked[spec.name] = arr
     return checked
 
 
-class CallableModel:
+class CallableModel(SlottedModel):
     """An adapter's function, served like a model: at most ``max_concurrency`` runs at a
     time in worker threads (so the function must be thread-safe if that is above 1) and
     at most ``max_queue`` more waiting; callers beyond that are refused.
+
+    ``run`` and ``run_sync`` raise ``ModelExecutionError`` when the function raises, or
+    returns outputs that do not match the declared ones.
     """
 
     def __init__(
@@ -285,29 +266,14 @@ class CallableModel:
                 fails to import, or lacks the function, or the function cannot take
                 one argument.
         """
+        super().__init__(manifest.info, max_concurrency=max_concurrency, max_queue=max_queue)
         self.manifest = manifest
-        self.info = manifest.info
         self._function = _load_entry(manifest)
-        self._slots = RunSlots(max_concurrency, max_queue)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> CallableModel:
         """Read a manifest and load its entry in one step (see read_manifest, __init__)."""
         return cls(read_manifest(path), **kwargs)
-
-    @property
-    def model_id(self) -> str:
-        return self.info.model_id
-
-    def run_sync(self, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
-        """Check inputs and run the function in the calling thread.
-
-        Raises:
-            InvalidInputError: inputs that do not match the schema.
-            ModelExecutionError: the function raised, or returned outputs that do not
-                match the declared ones.
-        """
-        return self._run_checked(check_inputs(self.info.schema, inputs))
 
     def _run_checked(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         which = f"model {self.info.name} ({self.model_id})"
@@ -320,30 +286,6 @@ class CallableModel:
             return check_outputs(self.info.schema, inputs, outputs)
         except ValueError as exc:
             raise ModelExecutionError(f"{which} returned bad outputs: {exc}") from None
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no run is in progress (abandoned ones included); False on timeout."""
-        return await self._slots.wait_idle(timeout)
-
-    async def run(
-        self, inputs: Mapping[str, Any], *, timeout: float = math.inf
-    ) -> dict[str, npt.NDArray[Any]]:
-        """Check inputs, then run the function in a worker thread within ``timeout`` seconds.
-
-        The time spent waiting for a free slot counts toward the timeout. A run that
-        overruns is abandoned (a Python thread cannot be stopped): it finishes in the
-        background and keeps its slot until then, so the concurrency limit holds.
-
-        Raises:
-            InvalidInputError: inputs that do not match the schema.
-            ModelExecutionError: the function raised, or returned bad outputs.
-            DeadlineExceededError: no result within ``timeout``.
-            PeerBusyError: ``max_queue`` calls are already waiting.
-        """
-        checked = check_inputs(self.info.schema, inputs)
-        return await self._slots.run(
-            self._run_checked, checked, timeout=timeout, name=self.info.name, model_id=self.model_id
-        )
 
 
 def _is_file_target(target: str) -> bool:

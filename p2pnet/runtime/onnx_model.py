@@ -6,8 +6,6 @@ import functools
 import hashlib
 import importlib.machinery
 import importlib.util
-import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,10 @@ import onnxruntime as ort
 
 from p2pnet.core.model_id import model_id_from_digest
 from p2pnet.core.model_info import ModelInfo
-from p2pnet.core.schema import Dim, ModelSchema, TensorSpec, check_inputs
+from p2pnet.core.schema import Dim, ModelSchema, TensorSpec
 from p2pnet.core.tensor import dtype_name
 from p2pnet.errors import InternalPeerError, ModelExecutionError, ModelFileError
-from p2pnet.runtime.served import RunSlots
+from p2pnet.runtime.served import SlottedModel
 
 __all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model"]
 
@@ -108,9 +106,13 @@ def inspect_model(path: str | Path) -> ModelInfo:
     return ModelInfo(model_id, path.resolve(), size, schema, runtime=ONNX_RUNTIME)
 
 
-class OnnxModel:
+class OnnxModel(SlottedModel):
     """A loaded model: one onnxruntime session, at most ``max_concurrency`` runs at a time
     and at most ``max_queue`` more waiting for a slot; callers beyond that are refused.
+
+    ``run`` and ``run_sync`` raise ``ModelExecutionError`` when onnxruntime fails on the
+    inputs. Call ``wait_idle`` before the process exits: onnxruntime aborts the whole
+    process if the interpreter shuts down while one of its runs is still going in a thread.
     """
 
     def __init__(
@@ -121,7 +123,7 @@ class OnnxModel:
         Raises:
             ModelFileError: onnxruntime cannot load the model.
         """
-        self.info = info
+        super().__init__(info, max_concurrency=max_concurrency, max_queue=max_queue)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
@@ -136,25 +138,11 @@ class OnnxModel:
         except Exception as exc:
             raise ModelFileError(f"onnxruntime cannot load {info.path}: {exc}") from None
         self._output_names = [spec.name for spec in info.schema.outputs]
-        self._slots = RunSlots(max_concurrency, max_queue)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> OnnxModel:
         """Inspect and load a model file in one step (see inspect_model, __init__)."""
         return cls(inspect_model(path), **kwargs)
-
-    @property
-    def model_id(self) -> str:
-        return self.info.model_id
-
-    def run_sync(self, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
-        """Check inputs and run the model in the calling thread.
-
-        Raises:
-            InvalidInputError: inputs that do not match the schema.
-            ModelExecutionError: onnxruntime failed on them.
-        """
-        return self._run_checked(check_inputs(self.info.schema, inputs))
 
     def _run_checked(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         try:
@@ -172,31 +160,3 @@ class OnnxModel:
                 )
             result[name] = value
         return result
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no run is in progress (abandoned ones included); False on timeout.
-
-        Call before the process exits: onnxruntime aborts the whole process if the
-        interpreter shuts down while one of its runs is still going in a thread.
-        """
-        return await self._slots.wait_idle(timeout)
-
-    async def run(
-        self, inputs: Mapping[str, Any], *, timeout: float = math.inf
-    ) -> dict[str, npt.NDArray[Any]]:
-        """Check inputs, then run the model in a worker thread within ``timeout`` seconds.
-
-        The time spent waiting for a free slot counts toward the timeout. A run that
-        overruns is abandoned: its thread finishes in the background and keeps its slot
-        until then, so the concurrency limit holds.
-
-        Raises:
-            InvalidInputError: inputs that do not match the schema.
-            ModelExecutionError: onnxruntime failed on them.
-            DeadlineExceededError: no result within ``timeout``.
-            PeerBusyError: ``max_queue`` calls are already waiting.
-        """
-        checked = check_inputs(self.info.schema, inputs)
-        return await self._slots.run(
-            self._run_checked, checked, timeout=timeout, name=self.info.name, model_id=self.model_id
-        )

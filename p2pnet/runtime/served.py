@@ -1,23 +1,26 @@
 """What every served model is, whatever runs it: the ``ServedModel`` interface that the
-invoke server and ``Peer`` use, and ``RunSlots``, the worker-thread runner with
-concurrency, queue and deadline limits that ONNX and Python models share.
+invoke server and ``Peer`` use; ``RunSlots``, the worker-thread runner with concurrency,
+queue and deadline limits; and ``SlottedModel``, the shell around them (checked inputs,
+runs in ``RunSlots``) that ONNX and Python models share.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy.typing as npt
 import trio
 
+from p2pnet.core.schema import check_inputs
 from p2pnet.errors import DeadlineExceededError, PeerBusyError, UnknownModelError
 
 if TYPE_CHECKING:
     from p2pnet.core.model_info import ModelInfo
 
-__all__ = ["RunSlots", "ServedModel", "run_served"]
+__all__ = ["RunSlots", "ServedModel", "SlottedModel", "run_served"]
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -105,6 +108,61 @@ class RunSlots:
         for token in acquired:
             self._limiter.release_on_behalf_of(token)
         return len(acquired) == len(tokens)
+
+
+class SlottedModel(ABC):
+    """A loaded model served through ``RunSlots``: inputs checked against ``info.schema``,
+    then at most ``max_concurrency`` runs at a time in worker threads and at most
+    ``max_queue`` more waiting for a slot; callers beyond that are refused.
+
+    Subclasses load the model and provide ``_run_checked``, the run on checked inputs,
+    which raises ``ModelExecutionError`` when the model fails on them.
+    """
+
+    def __init__(self, info: ModelInfo, *, max_concurrency: int, max_queue: int) -> None:
+        self.info = info
+        self._slots = RunSlots(max_concurrency, max_queue)
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id
+
+    @abstractmethod
+    def _run_checked(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Run the model on inputs that passed ``check_inputs``, in the calling thread."""
+
+    def run_sync(self, inputs: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+        """Check inputs and run the model in the calling thread.
+
+        Raises:
+            InvalidInputError: inputs that do not match the schema.
+            ModelExecutionError: the model failed on them (the subclass says how).
+        """
+        return self._run_checked(check_inputs(self.info.schema, inputs))
+
+    async def run(
+        self, inputs: Mapping[str, Any], *, timeout: float = math.inf
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Check inputs, then run the model in a worker thread within ``timeout`` seconds.
+
+        The time spent waiting for a free slot counts toward the timeout. A run that
+        overruns is abandoned (a Python thread cannot be stopped): its thread finishes
+        in the background and keeps its slot until then, so the concurrency limit holds.
+
+        Raises:
+            InvalidInputError: inputs that do not match the schema.
+            ModelExecutionError: the model failed on them (the subclass says how).
+            DeadlineExceededError: no result within ``timeout``.
+            PeerBusyError: ``max_queue`` calls are already waiting.
+        """
+        checked = check_inputs(self.info.schema, inputs)
+        return await self._slots.run(
+            self._run_checked, checked, timeout=timeout, name=self.info.name, model_id=self.model_id
+        )
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no run is in progress (abandoned ones included); False on timeout."""
+        return await self._slots.wait_idle(timeout)
 
 
 async def run_served(
