@@ -335,18 +335,16 @@ class Peer:
         *,
         timeout: float = 30.0,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Call ``model_id`` on ``peer`` (a multiaddr with /p2p/, or a connected peer's ID;
-        this peer's own ID runs it here).
+        """Call ``model_id`` on ``peer`` (a multiaddr with /p2p/, or a connected peer's ID),
+        over the network.
 
         Raises:
             See InvokeClient.invoke; also InvalidAddressError for a bad address and
             UsageError when the peer is not started.
         """
-        invokers = self.invokers
+        remote = self.services.remote
         address = peer if isinstance(peer, PeerAddress) else parse_peer_address(peer)
-        return await invokers.to(address.peer_id).invoke(
-            address, model_id, inputs, timeout=timeout
-        )
+        return await remote.invoke(address, model_id, inputs, timeout=timeout)
 
     # --- running -------------------------------------------------------------------------
 

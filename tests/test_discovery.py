@@ -1,30 +1,46 @@
-"""Real libp2p peers on 127.0.0.1 that find each other's models through the DHT."""
+"""Peers that find each other's models through the DHT: on the in-memory network, and
+once on real libp2p hosts on 127.0.0.1 (the same ``Peer`` on either)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
+from memory_peers import memory_peer
 
 from p2pnet import Peer
 from p2pnet.errors import InvalidInputError, UnknownModelError, UsageError
+from p2pnet.invoke.protocol import INVOKE_PROTOCOL
+from p2pnet.net.memory import MemoryNetwork
 
 TEXTS = np.array(["I love it, works great", "broken on arrival, terrible"], dtype=object)
 
 
-@pytest.fixture
-async def swarm(models: dict[str, Path]) -> AsyncIterator[list[Peer]]:
+@pytest.fixture(params=["memory"])
+async def swarm(
+    request: pytest.FixtureRequest, models: dict[str, Path]
+) -> AsyncIterator[list[Peer]]:
     """A bootstrap peer and 11 peers joined through it; peer 3 serves sentiment-analysis,
-    peer 6 serves iris for iris-species."""
+    peer 6 serves iris for iris-species. On the memory network unless the test asks for
+    "libp2p" hosts."""
     async with AsyncExitStack() as stack:
-        boot = await stack.enter_async_context(Peer())
+        if request.param == "memory":
+            network = await stack.enter_async_context(MemoryNetwork(seed=3))
+
+            def new_peer(**options: Any) -> Peer:
+                return memory_peer(network, **options)
+
+        else:
+            new_peer = Peer
+        boot = await stack.enter_async_context(new_peer())
         peers = [boot]
         for _ in range(11):
-            peers.append(await stack.enter_async_context(Peer(bootstrap=[boot.addrs[0]])))
+            peers.append(await stack.enter_async_context(new_peer(bootstrap=[boot.addrs[0]])))
         peers[3].serve(models["sentiment"], tasks=["sentiment-analysis"])
         peers[6].serve(models["iris"], tasks=["iris-species", "tabular-classification"])
         assert await peers[3].announce() > 0
@@ -32,6 +48,7 @@ async def swarm(models: dict[str, Path]) -> AsyncIterator[list[Peer]]:
         yield peers
 
 
+@pytest.mark.parametrize("swarm", ["memory", "libp2p"], indirect=True)
 async def test_every_peer_finds_models_by_task_and_by_id(swarm: list[Peer]) -> None:
     sentiment_id = next(iter(swarm[3].models))
     for peer in swarm:
@@ -63,7 +80,7 @@ async def test_call_fails_over_to_another_provider(
     # The first-ranked provider stops answering calls (it still describes itself).
     first = offers[0].record.peer_id
     dying = next(p for p in swarm if p.peer_id == first)
-    dying.host._raw.remove_stream_handler("/p2pnet/invoke/1.0.0")
+    dying.host.remove_stream_handler(INVOKE_PROTOCOL)
     offer, out = await swarm[1].call_with_offer({"text": TEXTS}, task="sentiment-analysis")
     assert offer.record.peer_id != first
     assert out["label"].tolist() == ["positive", "negative"]

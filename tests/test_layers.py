@@ -93,3 +93,76 @@ def test_the_model_tools_load_torch_and_scikit_learn_only_when_used() -> None:
         "    importlib.import_module(m.name)"
     )
     assert loaded_after(imports, heavy) == []
+
+
+# Each package (or top-level module) and the layer it sits in: a module may import from
+# its own layer and the layers below it, never from a layer above. Imports under
+# ``if TYPE_CHECKING:`` are for annotations only and are not counted.
+LAYERS: dict[str, int] = {
+    "errors": 0,
+    "core": 1,
+    "runtime": 2,
+    "net": 2,
+    "config": 2,
+    "status": 2,
+    "modeltools": 3,
+    "dht": 3,
+    "invoke": 3,
+    "logs": 3,
+    "discovery": 4,
+    "pipeline": 5,
+    "services": 6,
+    "peer": 7,
+    "localswarm": 8,
+    "inputs": 8,
+    "simulate": 8,
+    "cli": 9,
+}
+
+
+def all_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages(p2pnet.__path__, "p2pnet."))
+
+
+def runtime_imports(module: str) -> set[str]:
+    """The p2pnet modules ``module`` imports outside ``if TYPE_CHECKING:`` blocks."""
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = path.with_suffix("") / "__init__.py"
+    tree = ast.parse(path.read_text())
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only |= {id(n) for n in ast.walk(node)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {n for n in names if n.startswith("p2pnet.")}
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_every_package_has_a_layer() -> None:
+    unplaced = {m.split(".")[1] for m in all_modules() if layer_of(m) is None}
+    assert not unplaced, f"add these to LAYERS: {sorted(unplaced)}"
+
+
+def test_imports_point_downwards_only() -> None:
+    upwards = []
+    for module in all_modules():
+        own = layer_of(module)
+        assert own is not None
+        for imported in runtime_imports(module):
+            target = layer_of(imported)
+            if target is not None and target > own:
+                upwards.append(f"{module} (layer {own}) imports {imported} (layer {target})")
+    assert not upwards, "\n".join(upwards)

@@ -126,24 +126,24 @@ async def _called_through_relay_then_directly(relay: Peer, hidden: Peer, caller:
 
 
 def test_records_and_dht_keep_relayed_addresses(models: dict[str, Path]) -> None:
-
-    from p2pnet.dht.node import _transport_part
-    from p2pnet.net.identity import generate_identity, peer_id_of
-    from p2pnet.runtime.onnx_model import inspect_model
+    from p2pnet.core.address import transport_part
+    from p2pnet.net.identity import generate_identity
+    from p2pnet.runtime.catalogue import ModelCatalogue
+    from p2pnet.runtime.onnx_model import OnnxModel
 
     identity = generate_identity()
-    me = peer_id_of(identity)
-    relay = peer_id_of(generate_identity())
+    me = identity.peer_id
+    relay = generate_identity().peer_id
     circuit = f"/ip4/10.77.0.2/tcp/4001/p2p/{relay}/p2p-circuit"
-    assert _transport_part(f"{circuit}/p2p/{me}") == circuit
-    assert _transport_part(circuit) == circuit
-    assert _transport_part(f"/ip4/10.0.0.1/tcp/1/p2p/{me}") == "/ip4/10.0.0.1/tcp/1"
-    key = identity.signing_key
+    assert transport_part(f"{circuit}/p2p/{me}") == circuit
+    assert transport_part(circuit) == circuit
+    assert transport_part(f"/ip4/10.0.0.1/tcp/1/p2p/{me}") == "/ip4/10.0.0.1/tcp/1"
+    catalogue = ModelCatalogue(me)
+    info = catalogue.add(OnnxModel.load(models["iris"]), ["iris-species"])
     publisher = RecordPublisher(
-        key, me, lambda: [f"{circuit}/p2p/{me}", f"/ip4/10.80.0.2/tcp/4001/p2p/{me}"]
+        catalogue, identity, lambda: [f"{circuit}/p2p/{me}", f"/ip4/10.80.0.2/tcp/4001/p2p/{me}"]
     )
-    record = publisher.add(inspect_model(models["iris"]), ["iris-species"])
-    assert record.addrs == (circuit, "/ip4/10.80.0.2/tcp/4001")
+    assert publisher.record(info.model_id).addrs == (circuit, "/ip4/10.80.0.2/tcp/4001")
 
 
 # -- network namespaces ---------------------------------------------------------------

@@ -203,9 +203,8 @@ class P2pnetSwarmlet:
 
     async def start(self, stack: AsyncExitStack, nursery: trio.Nursery, seed: int) -> None:
         for i, host in enumerate(self.hosts):
-            node = DhtNode(host, DhtConfig(), rng=random.Random(seed * 1000 + i))
+            node = DhtNode(host, DhtConfig(), rng=random.Random(seed * 1000 + i), nursery=nursery)
             node.start()
-            node.attach(nursery)
             await nursery.start(node.run_maintenance)
             stack.push_async_callback(node.aclose)
             self.nodes.append(node)

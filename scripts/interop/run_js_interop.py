@@ -215,10 +215,11 @@ async def run_p2pnet_peer(name: str, config: DhtConfig) -> AsyncIterator[P2pnetP
     identity = generate_identity()
     async with open_host(identity, ["/ip4/127.0.0.1/tcp/0"]) as host:
         # The validator p2pnet.Peer gives its DHT: signed capability records only.
-        node = DhtNode(host, config, validator=CapabilityRecordValidator(time.time))
-        node.start()
         async with trio.open_nursery() as nursery:
-            node.attach(nursery)
+            node = DhtNode(
+                host, config, validator=CapabilityRecordValidator(time.time), nursery=nursery
+            )
+            node.start()
             try:
                 yield P2pnetPeer(name, identity, host, node)
             finally:
