@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2pnet.cli import main, parse_input
+from p2pnet.cli import main
 from p2pnet.errors import InvalidInputError
+from p2pnet.inputs import parse_input
 
 
 def p2pnet(
