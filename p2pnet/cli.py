@@ -11,8 +11,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from p2pnet import __version__
-from p2pnet.config import config_path, default_identity_path, load_swarm
+from p2pnet.config import SwarmJoin, config_path, default_identity_path, resolve_swarm
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.tensor import dtype_name
@@ -183,20 +182,19 @@ def cmd_model_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_swarm(args: argparse.Namespace) -> None:
-    """Fold ``--swarm NAME`` (config.toml) into ``args.bootstrap`` and ``args.swarm_key``:
-    the swarm's bootstrap peers come after those given, ``--swarm-key`` wins over its key."""
-    if getattr(args, "swarm", None):
-        swarm = load_swarm(args.swarm)
-        args.bootstrap = [*args.bootstrap, *swarm.bootstrap]
-        if args.swarm_key is None and swarm.swarm_key is not None:
-            args.swarm_key = str(swarm.swarm_key)
+def _swarm_join(args: argparse.Namespace) -> SwarmJoin:
+    """The bootstrap peers and swarm key of ``--swarm``, ``--bootstrap`` and ``--swarm-key``."""
+    return resolve_swarm(
+        args.swarm,
+        bootstrap=args.bootstrap,
+        swarm_key=Path(args.swarm_key) if args.swarm_key is not None else None,
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
     from p2pnet.status import keep_status
 
-    _apply_swarm(args)
+    join = _swarm_join(args)
     identity, _, _ = _identity(args)
     # Signals are caught before "ready" is printed: a supervisor that stops the peer as
     # soon as it is ready must get a clean shutdown, not the default handler's kill.
@@ -205,8 +203,8 @@ async def _serve(args: argparse.Namespace) -> None:
             identity,
             listen=args.listen,
             max_concurrency=args.max_concurrency,
-            bootstrap=args.bootstrap,
-            swarm_key=args.swarm_key,
+            bootstrap=join.bootstrap,
+            swarm_key=join.swarm_key,
             announce=args.announce,
             # A bootstrap peer is also a circuit relay for peers behind NATs.
             nat=NatConfig(relay_service=args.role == "bootstrap", reachability=args.reachability),
@@ -251,11 +249,13 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _discovery_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
+def _discovery_target(
+    args: argparse.Namespace, join: SwarmJoin
+) -> tuple[str | None, str | None]:
     """(task, model ID) from --task/--model; exactly one is set."""
     if (args.task is None) == (args.model is None):
         raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
-    if not args.bootstrap:
+    if not join.bootstrap:
         raise UsageError(
             "finding models needs a swarm to ask: give --bootstrap /ip4/.../tcp/PORT/p2p/12D3... "
             "or --swarm NAME"
@@ -263,37 +263,31 @@ def _discovery_target(args: argparse.Namespace) -> tuple[str | None, str | None]
     return args.task, parse_model_id(args.model) if args.model is not None else None
 
 
-@asynccontextmanager
-async def _discovery_peer(args: argparse.Namespace, identity: Identity) -> AsyncIterator[Peer]:
-    """A peer for find, call and pipeline run: joins through the bootstrap peers, serves
-    nothing.
-
-    Raises:
-        PeerUnreachableError: no bootstrap peer answered (the warnings say why).
-    """
-    async with Peer(
+def _joining_peer(args: argparse.Namespace, identity: Identity, join: SwarmJoin) -> Peer:
+    """A peer for find, call and pipeline run: serves nothing, and fails to start unless
+    it joins the swarm."""
+    return Peer(
         identity,
         listen=args.listen,
-        bootstrap=args.bootstrap,
-        swarm_key=args.swarm_key,
+        bootstrap=join.bootstrap,
+        swarm_key=join.swarm_key,
         require_join=True,
-    ) as peer:
-        yield peer
+    )
 
 
 async def _call(args: argparse.Namespace) -> tuple[str, dict[str, npt.NDArray[Any]]]:
     inputs = dict(parse_input(spec) for spec in args.input)
-    _apply_swarm(args)
+    join = _swarm_join(args)
     identity, _, _ = _identity(args)
     if args.target:
         if len(args.target) != 2 or args.task is not None or args.model is not None:
             raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
         address, model_id = args.target[0], parse_model_id(args.target[1])
-        async with Peer(identity, listen=args.listen, swarm_key=args.swarm_key) as peer:
+        async with Peer(identity, listen=args.listen, swarm_key=join.swarm_key) as peer:
             outputs = await peer.invoke(address, model_id, inputs, timeout=args.timeout)
         return f"{model_id} on {address.rsplit('/', 1)[-1]}", outputs
-    task, model = _discovery_target(args)
-    async with _discovery_peer(args, identity) as peer:
+    task, model = _discovery_target(args, join)
+    async with _joining_peer(args, identity, join) as peer:
         offer, outputs = await peer.call_with_offer(
             inputs, task=task, model=model, timeout=args.timeout
         )
@@ -322,10 +316,10 @@ def _outputs_table(title: str, outputs: dict[str, npt.NDArray[Any]]) -> Table:
 
 
 async def _find(args: argparse.Namespace) -> list[Offer]:
-    _apply_swarm(args)
-    task, model = _discovery_target(args)
+    join = _swarm_join(args)
+    task, model = _discovery_target(args, join)
     identity, _, _ = _identity(args)
-    async with _discovery_peer(args, identity) as peer:
+    async with _joining_peer(args, identity, join) as peer:
         return await peer.find(task=task, model=model, timeout=args.timeout)
 
 
@@ -368,13 +362,13 @@ async def _pipeline_run(args: argparse.Namespace) -> PipelineResult:
     pipeline = Pipeline.from_file(args.spec)
     inputs = dict(parse_input(spec) for spec in args.input)
     pipeline.check_inputs(inputs)  # the caller's mistakes before any network work
-    _apply_swarm(args)
-    if not args.bootstrap:
+    join = _swarm_join(args)
+    if not join.bootstrap:
         raise UsageError(
             "a pipeline finds its models in a swarm: give --bootstrap /ip4/.../tcp/PORT/p2p/..."
         )
     identity, _, _ = _identity(args)
-    async with _discovery_peer(args, identity) as peer:
+    async with _joining_peer(args, identity, join) as peer:
         with trio.fail_after(args.timeout):
             return await pipeline.run(peer, inputs, mode=args.mode)
 

@@ -279,6 +279,31 @@ bootstrap = []
         load_swarm("lba", path)
 
 
+def test_a_named_swarm_adds_its_bootstrap_peers_after_the_given_ones(tmp_path: Path) -> None:
+    from p2pnet.config import SwarmJoin, resolve_swarm
+
+    path = _config(
+        tmp_path,
+        f'[swarms.lab]\nbootstrap = ["/dnsaddr/boot.lab.example"]\nswarm_key = "lab.key"\n'
+        f'[swarms.open]\nbootstrap = ["/ip4/10.0.0.5/tcp/4001/p2p/{PEER_A}"]\n',
+    )
+    given = (f"/ip4/10.0.0.9/tcp/4001/p2p/{PEER_A}",)
+    assert resolve_swarm("lab", bootstrap=given, path=path) == SwarmJoin(
+        (*given, "/dnsaddr/boot.lab.example"), tmp_path / "lab.key"
+    )
+    # An explicit key file wins over the swarm's; a swarm without one keeps the given one.
+    mine = tmp_path / "mine.key"
+    assert resolve_swarm("lab", swarm_key=mine, path=path).swarm_key == mine
+    assert resolve_swarm("open", swarm_key=mine, path=path).swarm_key == mine
+    assert resolve_swarm("open", path=path).swarm_key is None
+    # No swarm named: just what was given, and no config file is read.
+    assert resolve_swarm(None, bootstrap=given, swarm_key=mine, path=tmp_path / "x") == SwarmJoin(
+        given, mine
+    )
+    with pytest.raises(ConfigError, match="no swarm 'lba'"):
+        resolve_swarm("lba", path=path)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
