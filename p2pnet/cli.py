@@ -6,9 +6,7 @@ import argparse
 import functools
 import json
 import logging
-import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +27,6 @@ from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.tensor import dtype_name
 from p2pnet.discovery.service import Offer
 from p2pnet.errors import (
-    ConfigError,
     DeadlineExceededError,
     P2PNetError,
     UsageError,
@@ -398,28 +395,19 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 
 
 def cmd_swarm_key_new(args: argparse.Namespace) -> int:
-    from p2pnet.net.pnet import format_swarm_key, generate_swarm_key
+    from p2pnet.net.pnet import (
+        format_swarm_key,
+        generate_swarm_key,
+        restrict_swarm_key_output,
+        write_swarm_key_file,
+    )
 
     key = generate_swarm_key()
     if args.out:
-        path = Path(args.out)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise ConfigError(f"{path} exists; a swarm key is never overwritten") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(format_swarm_key(key))
+        path = write_swarm_key_file(key, args.out)
         err.print(f"swarm key {key.fingerprint} written to {path}", markup=False)
         return 0
-    # `p2pnet swarm-key new > grid.key`: the shell created the file with the umask's
-    # mode (often 0644), which load_swarm_key refuses; make it the owner's alone.
-    with_stdout = sys.stdout.fileno()
-    info = os.fstat(with_stdout)
-    if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
-        os.fchmod(with_stdout, 0o600)
-    elif sys.stdout.isatty():
+    if not restrict_swarm_key_output(sys.stdout.fileno()) and sys.stdout.isatty():
         err.print("the key goes to the terminal: redirect it, e.g. > grid.key", markup=False)
     sys.stdout.write(format_swarm_key(key))
     sys.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -28,6 +29,8 @@ from p2pnet.net.pnet import (
     generate_swarm_key,
     load_swarm_key,
     parse_swarm_key,
+    restrict_swarm_key_output,
+    write_swarm_key_file,
     xsalsa20_stream,
 )
 
@@ -92,6 +95,32 @@ def test_key_file_permissions(tmp_path: Path) -> None:
         load_swarm_key(path)
     with pytest.raises(ConfigError, match="cannot read swarm key"):
         load_swarm_key(tmp_path / "missing.key")
+
+
+def test_a_new_key_file_is_the_owners_alone_and_never_replaces_one(tmp_path: Path) -> None:
+    key = generate_swarm_key()
+    path = write_swarm_key_file(key, tmp_path / "grid.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_swarm_key(path) == key
+    with pytest.raises(ConfigError, match=r"grid\.key exists; a swarm key is never overwritten"):
+        write_swarm_key_file(generate_swarm_key(), path)
+    assert load_swarm_key(path) == key
+    with pytest.raises(ConfigError, match=r"cannot create .*missing/grid\.key"):
+        write_swarm_key_file(key, tmp_path / "missing" / "grid.key")
+
+
+def test_a_key_written_to_a_redirected_stdout_is_made_the_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "grid.key"
+    with path.open("w") as out:  # as the shell opens `> grid.key` with umask 022
+        path.chmod(0o644)
+        assert restrict_swarm_key_output(out.fileno())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    read, write = os.pipe()
+    try:
+        assert not restrict_swarm_key_output(write)  # a pipe: nothing to protect
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 # --- the cipher --------------------------------------------------------------------------
