@@ -210,22 +210,21 @@ async def _serve(args: argparse.Namespace) -> None:
             allowed = args.allow + allow if allow is not None or args.allow else None
             peer.serve(path, tasks=args.task + tasks, allow=allowed)
         async with peer:
+            status = peer.status()
             role = " (bootstrap)" if args.role == "bootstrap" else ""
-            out.print(f"peer {peer.peer_id}{role}")
-            for addr in peer.addrs:
+            out.print(f"peer {status.peer_id}{role}")
+            for addr in status.listen_addrs:
                 out.print(f"listening {addr}")
             if args.announce:
-                for addr in peer.announced_addrs:
+                for addr in status.announced_addrs:
                     out.print(f"announcing {addr}")
-            if peer.swarm_key is not None:
-                out.print(f"private network, swarm key {peer.swarm_key.fingerprint}")
-            for model_id, model in peer.models.items():
-                tasks = ",".join(peer.publisher.record(model_id).tasks)  # an adapter's own too
-                out.print(f"serving {model_id} {model.info.name} {tasks}".rstrip())
-                allowed = peer.access.allowed(model_id)
-                if allowed is not None:
-                    out.print(f"  only for {', '.join(sorted(allowed)) or 'this peer'}")
-            if peer.models:
+            if status.swarm_key_fingerprint is not None:
+                out.print(f"private network, swarm key {status.swarm_key_fingerprint}")
+            for model in status.models:  # tasks: an adapter's own too
+                out.print(f"serving {model.model_id} {model.name} {','.join(model.tasks)}".rstrip())
+                if model.allow is not None:
+                    out.print(f"  only for {', '.join(model.allow) or 'this peer'}")
+            if status.models:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:
                 status_path = await nursery.start(
