@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from p2pnet.cli import main
 from p2pnet.cli.call import CallOptions
 from p2pnet.cli.options import SwarmOptions
 from p2pnet.cli.parser import build_parser
 from p2pnet.cli.peer import PeerOptions, ServedFile
+from p2pnet.cli.render import outputs_table
 from p2pnet.errors import InvalidInputError
 from p2pnet.inputs import parse_input
 
@@ -296,6 +298,17 @@ def test_error_messages_keep_their_brackets(
     )
     assert main(["pipeline", "run", str(spec), "--input", "x:int64=[1]"]) == 2
     assert "float32[n]" in capsys.readouterr().err
+
+
+def test_outputs_from_other_peers_are_printed_as_text_not_markup() -> None:
+    """A model's output (or a name in a record) with '[...]' in it must neither restyle the
+    table nor, with an unmatched '[/...]', fail the print."""
+    console = Console(record=True, width=200)
+    outputs = {"[b]y": np.array(["[/oops]", "[bold]b"], dtype=object)}
+    console.print(outputs_table("m[/x] on 12D3...", outputs))
+    text = console.export_text()
+    assert "m[/x] on 12D3..." in text and "[b]y" in text
+    assert "['[/oops]' '[bold]b']" in text
 
 
 def test_find_and_call_by_task_through_a_bootstrap_peer(

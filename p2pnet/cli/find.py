@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import trio
+from rich.markup import escape
 
 from p2pnet.cli.options import (
     Command,
@@ -40,13 +41,14 @@ def find_models(options: DiscoveryOptions) -> int:
     out.print(f"{len(offers)} offer(s), best first")
     for offer in offers:
         r = offer.record
-        out.print(f"\n[bold]{r.name}[/]  {r.model_id}  {offer.rtt * 1000:.1f} ms")
-        out.print(f"  tasks    {', '.join(r.tasks) or '-'}")
-        out.print(f"  peer     {r.peer_id}")
+        # The record comes from another peer: its text is printed as text, not markup.
+        out.print(f"\n[bold]{escape(r.name)}[/]  {r.model_id}  {offer.rtt * 1000:.1f} ms")
+        out.print(f"  tasks    {', '.join(r.tasks) or '-'}", markup=False)
+        out.print(f"  peer     {r.peer_id}", markup=False)
         for addr in r.addrs:
-            out.print(f"  address  {addr}/p2p/{r.peer_id}")
-        out.print(f"  inputs   {', '.join(t.describe() for t in r.schema.inputs)}")
-        out.print(f"  outputs  {', '.join(t.describe() for t in r.schema.outputs)}")
+            out.print(f"  address  {addr}/p2p/{r.peer_id}", markup=False)
+        out.print(f"  inputs   {', '.join(t.describe() for t in r.schema.inputs)}", markup=False)
+        out.print(f"  outputs  {', '.join(t.describe() for t in r.schema.outputs)}", markup=False)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import cast
 
 import trio
+from rich.markup import escape
 from rich.table import Table
 
 from p2pnet.cli.options import (
@@ -121,14 +122,15 @@ def run_pipeline(options: RunOptions) -> int:
         print(json.dumps(result.to_dict()))
         return 0
     steps = Table(
-        title=f"{options.spec} ({result.mode}, {result.total_ms:.0f} ms)", title_justify="left"
+        title=escape(f"{options.spec} ({result.mode}, {result.total_ms:.0f} ms)"),
+        title_justify="left",
     )
     for column in ("step", "model", "peer", "ms", "failed over"):
         steps.add_column(column, justify="right" if column == "ms" else "left")
     for t in result.steps:
         failed = ", ".join(f"{p[:12]}… ({code})" for p, code in t.failed) or "-"
-        model = f"{t.model_name} {t.model_id[:16]}…"
-        steps.add_row(t.step, model, t.peer_id, f"{t.ms:.1f}", failed)
+        model = f"{t.model_name} {t.model_id[:16]}…"  # the name comes from another peer
+        steps.add_row(escape(t.step), escape(model), t.peer_id, f"{t.ms:.1f}", escape(failed))
     out.print(steps)
     out.print(outputs_table("outputs", result.outputs))
     return 0

@@ -1,5 +1,8 @@
 """Output shared by the commands: the consoles, tables of model schemas and of output
-tensors, tensors as JSON."""
+tensors, tensors as JSON.
+
+Text from other peers (model and tensor names, output values) is printed escaped: rich
+would take a ``[...]`` in it for markup, and an unmatched ``[/...]`` fails the print."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p2pnet.core.model_info import ModelInfo
@@ -38,13 +42,14 @@ def schema_table(info: ModelInfo) -> Table:
 
 
 def outputs_table(title: str, outputs: Mapping[str, npt.NDArray[Any]]) -> Table:
-    """Output tensors: name, dtype, shape and values (long ones elided)."""
-    table = Table(title=title, title_justify="left")
+    """Output tensors: name, dtype, shape and values (long ones elided); the title, names
+    and values are text, not markup."""
+    table = Table(title=escape(title), title_justify="left")
     for column in ("output", "dtype", "shape", "value"):
         table.add_column(column)
     with np.printoptions(threshold=20, edgeitems=3, precision=4, suppress=True):
         for name, arr in outputs.items():
-            table.add_row(name, dtype_name(arr), str(list(arr.shape)), str(arr))
+            table.add_row(escape(name), dtype_name(arr), str(list(arr.shape)), escape(str(arr)))
     return table
 
 
