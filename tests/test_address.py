@@ -53,7 +53,7 @@ def test_bare_peer_ids_and_bad_addresses() -> None:
         parse_peer_address("/ip4/127.0.0.1/tcp/4001")
     with pytest.raises(InvalidAddressError, match="not a valid multiaddr"):
         parse_peer_address("/ip4/999.0.0.1/tcp/4001/p2p/" + TARGET)
-    with pytest.raises(InvalidAddressError, match="neither a multiaddr nor a peer ID|neither"):
+    with pytest.raises(InvalidAddressError, match=r"neither a multiaddr nor a peer ID|neither"):
         parse_peer_address("not-a-peer")
 
 
