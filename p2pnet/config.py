@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from p2pnet.errors import ConfigError
 
 __all__ = [
     "SwarmConfig",
+    "SwarmJoin",
     "config_dir",
     "config_path",
     "default_identity_path",
     "load_swarm",
     "load_swarms",
+    "resolve_swarm",
     "runtime_dir",
 ]
 
@@ -134,6 +137,39 @@ def load_swarm(name: str, path: Path | None = None) -> SwarmConfig:
         known = ", ".join(sorted(swarms)) or f"none; add a [swarms.{name}] table to {path}"
         raise ConfigError(f"no swarm {name!r} in {path}; swarms there: {known}")
     return swarms[name]
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmJoin:
+    """How a peer joins its swarm: the bootstrap peers to dial (none: a new swarm), and
+    the private network's key file (None: an open swarm)."""
+
+    bootstrap: tuple[str, ...]
+    swarm_key: Path | None
+
+
+def resolve_swarm(
+    name: str | None,
+    *,
+    bootstrap: Sequence[str] = (),
+    swarm_key: Path | None = None,
+    path: Path | None = None,
+) -> SwarmJoin:
+    """The bootstrap peers and swarm key of the swarm ``name`` of the config file (None:
+    none), together with those given explicitly (``--bootstrap``, ``--swarm-key``): the
+    swarm's bootstrap peers come after the given ones, and a given key wins over the
+    swarm's.
+
+    Raises:
+        ConfigError: no such swarm, or a bad config file.
+    """
+    if name is None:
+        return SwarmJoin(tuple(bootstrap), swarm_key)
+    swarm = load_swarm(name, path)
+    return SwarmJoin(
+        (*bootstrap, *swarm.bootstrap),
+        swarm_key if swarm_key is not None else swarm.swarm_key,
+    )
 
 
 def runtime_dir() -> Path:

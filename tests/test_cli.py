@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import queue
@@ -14,12 +16,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from rich.console import Console
 
-from p2pnet.cli import main, parse_input
+from p2pnet.cli import main
+from p2pnet.cli.call import CallOptions
+from p2pnet.cli.options import SwarmOptions
+from p2pnet.cli.parser import build_parser
+from p2pnet.cli.peer import PeerOptions, ServedFile
+from p2pnet.cli.render import outputs_table
 from p2pnet.errors import InvalidInputError
+from p2pnet.inputs import parse_input
 
 
 def p2pnet(
@@ -195,6 +205,70 @@ def test_parse_input_errors(spec: str, message: str) -> None:
         parse_input(spec)
 
 
+PEER_A = "12D3KooWEtJQnzCAiTpqs1bC1qZy9auioRn9RmZsZYtGpjuJZzzi"
+
+
+def typed_options(*argv: str) -> Any:
+    """The typed options the command of a command line makes of its parsed arguments."""
+    args = build_parser().parse_args(argv)
+    before = copy.deepcopy(vars(args))
+    options = args.handler.options(args)
+    assert vars(args) == before  # the namespace is read, never changed
+    return options
+
+
+def test_peer_options_give_each_served_file_its_tasks_and_access_list() -> None:
+    options = typed_options(
+        "peer", "--task", "all", "--allow", "A", "--serve", "a.onnx", "--task", "mine",
+        "--serve", "b.onnx", "--allow", "B, C", "--allow", "D", "--role", "bootstrap",
+    )  # fmt: skip
+    assert isinstance(options, PeerOptions)
+    assert options.served == (
+        ServedFile(Path("a.onnx"), ("all", "mine"), ("A",)),
+        ServedFile(Path("b.onnx"), ("all",), ("A", "B", "C", "D")),
+    )
+    assert options.listen == ("/ip4/127.0.0.1/tcp/0",) and options.role == "bootstrap"
+    options = typed_options("peer", "--serve", "a.onnx", "--listen", "/ip4/0.0.0.0/tcp/4001")
+    assert options.served == (ServedFile(Path("a.onnx"), (), None),)  # served to everyone
+    assert options.listen == ("/ip4/0.0.0.0/tcp/4001",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.listen = ()
+
+
+def test_call_options_are_typed_once(config_home: Path) -> None:
+    options = typed_options(
+        "call", "--task", "t", "-i", "x=[1]", "--input", "y=2", "--timeout", "5",
+        "--bootstrap", f"/ip4/10.0.0.9/tcp/4001/p2p/{PEER_A}", "--swarm", "lab", "--json",
+    )  # fmt: skip
+    assert isinstance(options, CallOptions)
+    assert options.target == () and options.inputs == ("x=[1]", "y=2")
+    discovery = options.discovery
+    assert (discovery.task, discovery.model, discovery.timeout) == ("t", None, 5.0)
+    assert discovery.json and discovery.listen == ("/ip4/127.0.0.1/tcp/0",)
+    assert discovery.swarm == SwarmOptions("lab", None, (f"/ip4/10.0.0.9/tcp/4001/p2p/{PEER_A}",))
+    # The named swarm is read from the config file when the command runs.
+    (config_home / "p2pnet").mkdir(parents=True)
+    (config_home / "p2pnet" / "config.toml").write_text(
+        f'[swarms.lab]\nbootstrap = ["/ip4/10.0.0.5/tcp/4001/p2p/{PEER_A}"]\n'
+        'swarm_key = "lab.key"\n'
+    )
+    join = discovery.swarm.resolve()
+    assert join.bootstrap == (
+        f"/ip4/10.0.0.9/tcp/4001/p2p/{PEER_A}",
+        f"/ip4/10.0.0.5/tcp/4001/p2p/{PEER_A}",
+    )
+    assert join.swarm_key == config_home / "p2pnet" / "lab.key"
+
+
+def test_an_option_the_parser_cannot_check_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["peer", "--max-concurrency", "0"])
+    assert exit_.value.code == 2
+    assert "p2pnet: error: --max-concurrency must be at least 1" in capsys.readouterr().err
+
+
 def test_main_returns_2_for_usage_errors(
     config_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,6 +298,17 @@ def test_error_messages_keep_their_brackets(
     )
     assert main(["pipeline", "run", str(spec), "--input", "x:int64=[1]"]) == 2
     assert "float32[n]" in capsys.readouterr().err
+
+
+def test_outputs_from_other_peers_are_printed_as_text_not_markup() -> None:
+    """A model's output (or a name in a record) with '[...]' in it must neither restyle the
+    table nor, with an unmatched '[/...]', fail the print."""
+    console = Console(record=True, width=200)
+    outputs = {"[b]y": np.array(["[/oops]", "[bold]b"], dtype=object)}
+    console.print(outputs_table("m[/x] on 12D3...", outputs))
+    text = console.export_text()
+    assert "m[/x] on 12D3..." in text and "[b]y" in text
+    assert "['[/oops]' '[bold]b']" in text
 
 
 def test_find_and_call_by_task_through_a_bootstrap_peer(

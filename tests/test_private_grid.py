@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -29,6 +30,8 @@ from p2pnet.net.swarm_key import (
     generate_swarm_key,
     load_swarm_key,
     parse_swarm_key,
+    restrict_swarm_key_output,
+    write_swarm_key_file,
 )
 
 TEXTS = np.array(["I love it, works great", "broken on arrival, terrible"], dtype=object)
@@ -92,6 +95,32 @@ def test_key_file_permissions(tmp_path: Path) -> None:
         load_swarm_key(path)
     with pytest.raises(ConfigError, match="cannot read swarm key"):
         load_swarm_key(tmp_path / "missing.key")
+
+
+def test_a_new_key_file_is_the_owners_alone_and_never_replaces_one(tmp_path: Path) -> None:
+    key = generate_swarm_key()
+    path = write_swarm_key_file(key, tmp_path / "grid.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_swarm_key(path) == key
+    with pytest.raises(ConfigError, match=r"grid\.key exists; a swarm key is never overwritten"):
+        write_swarm_key_file(generate_swarm_key(), path)
+    assert load_swarm_key(path) == key
+    with pytest.raises(ConfigError, match=r"cannot create .*missing/grid\.key"):
+        write_swarm_key_file(key, tmp_path / "missing" / "grid.key")
+
+
+def test_a_key_written_to_a_redirected_stdout_is_made_the_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "grid.key"
+    with path.open("w") as out:  # as the shell opens `> grid.key` with umask 022
+        path.chmod(0o644)
+        assert restrict_swarm_key_output(out.fileno())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    read, write = os.pipe()
+    try:
+        assert not restrict_swarm_key_output(write)  # a pipe: nothing to protect
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 # --- the cipher --------------------------------------------------------------------------
@@ -277,6 +306,31 @@ bootstrap = []
         ConfigError, match=r"no swarm 'lba' in .*config.toml; swarms there: lab, open"
     ):
         load_swarm("lba", path)
+
+
+def test_a_named_swarm_adds_its_bootstrap_peers_after_the_given_ones(tmp_path: Path) -> None:
+    from p2pnet.config import SwarmJoin, resolve_swarm
+
+    path = _config(
+        tmp_path,
+        f'[swarms.lab]\nbootstrap = ["/dnsaddr/boot.lab.example"]\nswarm_key = "lab.key"\n'
+        f'[swarms.open]\nbootstrap = ["/ip4/10.0.0.5/tcp/4001/p2p/{PEER_A}"]\n',
+    )
+    given = (f"/ip4/10.0.0.9/tcp/4001/p2p/{PEER_A}",)
+    assert resolve_swarm("lab", bootstrap=given, path=path) == SwarmJoin(
+        (*given, "/dnsaddr/boot.lab.example"), tmp_path / "lab.key"
+    )
+    # An explicit key file wins over the swarm's; a swarm without one keeps the given one.
+    mine = tmp_path / "mine.key"
+    assert resolve_swarm("lab", swarm_key=mine, path=path).swarm_key == mine
+    assert resolve_swarm("open", swarm_key=mine, path=path).swarm_key == mine
+    assert resolve_swarm("open", path=path).swarm_key is None
+    # No swarm named: just what was given, and no config file is read.
+    assert resolve_swarm(None, bootstrap=given, swarm_key=mine, path=tmp_path / "x") == SwarmJoin(
+        given, mine
+    )
+    with pytest.raises(ConfigError, match="no swarm 'lba'"):
+        resolve_swarm("lba", path=path)
 
 
 @pytest.mark.parametrize(

@@ -323,8 +323,24 @@ def test_plots_without_matplotlib_say_how_to_get_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     report = {"scenario": {"name": "x"}, "engine": "memory", "runs": []}
-    with pytest.raises(PlotsUnavailableError, match="pip install matplotlib=="):
+    with pytest.raises(PlotsUnavailableError, match=r"pip install 'p2pnet\[plots\]'"):
         write_plots(report, tmp_path)
+
+
+def test_the_cli_without_matplotlib_writes_the_json_and_says_how_to_get_plots(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code = cli_main(
+        ["simulate", str(SMOKE), "--seed", "7", "--peers", "20", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    assert (tmp_path / "smoke-memory-seed7.json").exists()
+    assert not list(tmp_path.glob("*.png"))
+    err = " ".join(capsys.readouterr().err.split())  # unwrapped
+    assert "no plots: PNG plots need matplotlib: pip install 'p2pnet[plots]'" in err
 
 
 def test_scenario_seed_override_is_kept() -> None:

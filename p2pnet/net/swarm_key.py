@@ -7,6 +7,8 @@ Key file (what go-libp2p and js-libp2p read; ``swarm.key`` in IPFS)::
     <64 hex digits>
 
 ``/base64/`` and ``/bin/`` encodings are read too; ``format_swarm_key`` writes base16.
+Key files are their owner's alone (mode 0600): ``load_swarm_key`` refuses others, and
+``write_swarm_key_file`` and ``restrict_swarm_key_output`` make them so.
 ``p2pnet.net.pnet`` puts the key to work on connections.
 """
 
@@ -31,6 +33,8 @@ __all__ = [
     "generate_swarm_key",
     "load_swarm_key",
     "parse_swarm_key",
+    "restrict_swarm_key_output",
+    "write_swarm_key_file",
 ]
 
 KEY_HEADER: Final = "/key/swarm/psk/1.0.0/"
@@ -70,6 +74,42 @@ def generate_swarm_key() -> SwarmKey:
 def format_swarm_key(key: SwarmKey) -> str:
     """The key file text: header, ``/base16/``, 64 lower-case hex digits, newline."""
     return f"{KEY_HEADER}\n/base16/\n{key.key.hex()}\n"
+
+
+def write_swarm_key_file(key: SwarmKey, path: Path | str) -> Path:
+    """Write ``key`` to the new file ``path``, readable by its owner only (mode 0600). A
+    file that exists is never replaced: it may hold the key of a running grid.
+
+    Raises:
+        ConfigError: ``path`` exists or cannot be created.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; a swarm key is never overwritten") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(format_swarm_key(key))
+    return path
+
+
+def restrict_swarm_key_output(fd: int) -> bool:
+    """Make the file open at ``fd`` readable by its owner only (mode 0600) if it is a
+    regular file of this user: ``p2pnet swarm-key new > grid.key`` writes into a file the
+    shell created with the umask's mode (often 0644), which ``load_swarm_key`` refuses.
+    Returns whether it was such a file; a terminal, a pipe or another user's file is
+    left as it is.
+
+    Raises:
+        OSError: ``fd`` is not open, or its mode cannot be changed.
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        return False
+    os.fchmod(fd, 0o600)
+    return True
 
 
 def parse_swarm_key(data: bytes, source: str = "swarm key") -> SwarmKey:

@@ -8,11 +8,11 @@
     libp2p_engine.py  run_libp2p: real hosts on 127.0.0.1 over worker processes
     runner.py         run_scenario: every size of a scenario on an engine, one report
     report.py         render (rich), write_json, write_plots (matplotlib, optional)
-    cli.py            the ``p2pnet simulate`` sub-command
     procstats.py      process memory and CPU, machine description
     workers.py        JsonLinesWorker: a child process driven over JSON lines
 
-docs/simulations.md describes the format, the engines and measured results.
+docs/simulations.md describes the format, the engines and measured results; the
+``p2pnet simulate`` command is p2pnet/cli/simulate.py.
 """
 
 from p2pnet.simulate.runner import run_scenario

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -16,8 +16,6 @@ from rich.table import Table
 from p2pnet.errors import UsageError
 
 __all__ = ["PlotsUnavailableError", "json_path", "render", "write_json", "write_plots"]
-
-MATPLOTLIB_PIN: Final = "matplotlib==3.11.2"
 
 
 class PlotsUnavailableError(UsageError):
@@ -177,7 +175,7 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotsUnavailableError(
-            f"PNG plots need matplotlib: pip install {MATPLOTLIB_PIN} (the JSON report was written)"
+            "PNG plots need matplotlib: pip install 'p2pnet[plots]' (the JSON report was written)"
         ) from None
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{report['scenario']['name']}-{report['engine']}"

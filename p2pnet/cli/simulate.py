@@ -1,5 +1,5 @@
-"""``p2pnet simulate SCENARIO``: the sub-command's parser and handler (added to the CLI
-by ``p2pnet.cli.build_parser``)."""
+"""``p2pnet simulate SCENARIO``: run a multi-peer simulation (p2pnet/simulate) and report
+on it."""
 
 from __future__ import annotations
 
@@ -7,21 +7,50 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-__all__ = ["add_simulate_parser", "cmd_simulate"]
+from p2pnet.cli.options import Command, ParentParsers, Subparsers
+
+__all__ = ["SimulateOptions", "add_simulate_parser", "simulate"]
 
 
-def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``simulate`` to the CLI's sub-parsers."""
+@dataclass(frozen=True, slots=True)
+class SimulateOptions:
+    """The options of ``p2pnet simulate``: ``out`` the directory for the JSON report and
+    plots (None: none written), ``plots`` whether to draw them there."""
+
+    scenario: Path
+    engine: str
+    seed: int | None
+    peers: int | None
+    out: Path | None
+    plots: bool
+    json: bool
+    verbose: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
+        return cls(
+            scenario=args.scenario,
+            engine=args.engine,
+            seed=args.seed,
+            peers=args.peers,
+            out=args.out,
+            plots=not args.no_plots,
+            json=args.json,
+            verbose=args.verbose,
+        )
+
+
+def add_simulate_parser(sub: Subparsers, parents: ParentParsers) -> None:
     p = sub.add_parser(
         "simulate",
-        parents=[common],
+        parents=[parents.common],
         help="run a multi-peer simulation (scenario file) and report on it",
         description="Run a scenario (simulations/*.toml; format in docs/simulations.md) on "
         "the in-memory network in virtual time, or on real libp2p peers on 127.0.0.1.",
@@ -44,10 +73,12 @@ def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="with --out: JSON only")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(handler=Command(SimulateOptions.from_args, simulate))
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
+def simulate(options: SimulateOptions) -> int:
+    """Run the scenario with progress on stderr, print the report, write it to ``out``;
+    exit status 1 if any forged record was accepted."""
     from p2pnet.simulate.report import (
         PlotsUnavailableError,
         render,
@@ -60,8 +91,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     # Piped output (CI logs, files) gets the width of a wide terminal, not 80 columns.
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    scenario = load_scenario(args.scenario)
-    if args.verbose < 2:
+    scenario = load_scenario(options.scenario)
+    if options.verbose < 2:
         logging.getLogger("p2pnet").setLevel(logging.ERROR)  # expected failures under churn
     progress = Progress(
         TextColumn("{task.description}"),
@@ -70,11 +101,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
         console=err,
         transient=False,
-        disable=args.json or not err.is_terminal,
+        disable=options.json or not err.is_terminal,
     )
     tasks: dict[str, TaskID] = {}
 
-    plain = not err.is_terminal and not args.json  # logs: a line per phase instead of bars
+    plain = not err.is_terminal and not options.json  # logs: a line per phase instead of bars
     started: dict[str, float] = {}
 
     def step(phase: str, done: float, total: float) -> None:
@@ -92,28 +123,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         unit = " s" if phase.endswith("run") else ""
         progress.update(task, completed=done, figure=f"{done:,.0f}/{total:,.0f}{unit}")
 
+    report_dir = options.out
     with progress:
         report = run_scenario(
             scenario,
-            engine=args.engine,
-            seed=args.seed,
-            peers=args.peers,
+            engine=options.engine,
+            seed=options.seed,
+            peers=options.peers,
             progress=step,
-            log_dir=(args.out / "logs") if args.out else None,
-            on_run=(lambda partial: write_json(partial, args.out)) if args.out else None,
+            log_dir=(report_dir / "logs") if report_dir else None,
+            on_run=(lambda partial: write_json(partial, report_dir)) if report_dir else None,
         )
-    if args.json:
+    if options.json:
         import json
 
         print(json.dumps(report, indent=1))
     else:
         render(report, out)
-    if args.out:
-        path = write_json(report, args.out)
+    if report_dir:
+        path = write_json(report, report_dir)
         err.print(f"wrote {escape(str(path))}")
-        if not args.no_plots:
+        if options.plots:
             try:
-                for png in write_plots(report, args.out):
+                for png in write_plots(report, report_dir):
                     err.print(f"wrote {escape(str(png))}")
             except PlotsUnavailableError as exc:
                 err.print(f"[yellow]no plots[/]: {escape(str(exc))}")

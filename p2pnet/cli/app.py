@@ -1,0 +1,37 @@
+"""``main``: parse the command line, run the command, and return its exit status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.markup import escape
+
+from p2pnet.cli.options import Command
+from p2pnet.cli.parser import build_parser
+from p2pnet.cli.render import err
+from p2pnet.errors import P2PNetError, UsageError
+from p2pnet.logs import configure_logging
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    command: Command[Any] = args.handler
+    try:
+        options = command.options(args)
+    except UsageError as exc:
+        parser.error(str(exc))
+    try:
+        return command.run(options)
+    except P2PNetError as exc:
+        # escape: messages hold brackets ("float32[n]", "p2pnet[models]") that rich
+        # would otherwise take for markup and drop.
+        err.print(f"[bold red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,218 @@
+"""What several commands share: ``Command``, which binds a command's typed options to
+its code; the parent parsers of the options many commands take, with their typed forms
+(``SwarmOptions``, ``DiscoveryOptions``); and the identity those options name."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Generic, TypeAlias, TypeVar
+
+from p2pnet.config import SwarmJoin, config_path, default_identity_path, resolve_swarm
+from p2pnet.core.model_id import parse_model_id
+from p2pnet.errors import UsageError
+from p2pnet.net.identity import Identity, load_or_create_identity
+from p2pnet.peer import Peer
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Command",
+    "DiscoveryOptions",
+    "ParentParsers",
+    "Subparsers",
+    "SwarmOptions",
+    "add_input_option",
+    "identity_path",
+    "load_identity",
+    "parent_parsers",
+]
+
+log = logging.getLogger(__name__)
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+# Where peers started from the command line listen unless told otherwise: loopback only.
+DEFAULT_LISTEN: Final = ("/ip4/127.0.0.1/tcp/0",)
+
+OptionsT = TypeVar("OptionsT")
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Generic[OptionsT]):
+    """A command as its parser's ``handler`` default: ``options`` turns the parsed
+    arguments into the command's frozen, typed options once, and ``run`` takes those and
+    returns the exit status. ``options`` raises UsageError for values the parser cannot
+    check; ``main`` reports those as the parser reports its own (usage line, exit 2)."""
+
+    options: Callable[[argparse.Namespace], OptionsT]
+    run: Callable[[OptionsT], int]
+
+
+@dataclass(frozen=True, slots=True)
+class ParentParsers:
+    """The options several commands take, as parent parsers.
+
+    common: ``-v`` and ``--identity``, on every command.
+    swarm: ``--swarm`` and ``--swarm-key``, on commands that join a swarm.
+    discovery: the swarm's and ``--task``, ``--model``, ``--bootstrap``, ``--timeout``,
+        ``--json``, on commands that find models in a swarm (call, find, pipeline run).
+    """
+
+    common: argparse.ArgumentParser
+    swarm: argparse.ArgumentParser
+    discovery: argparse.ArgumentParser
+
+
+def parent_parsers() -> ParentParsers:
+    """The common, swarm and discovery parent parsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (-vv adds py-libp2p warnings, -vvv everything)",
+    )
+    common.add_argument(
+        "--identity", metavar="FILE", help=f"peer key file (default {default_identity_path()})"
+    )
+    swarm = argparse.ArgumentParser(add_help=False)
+    swarm.add_argument(
+        "--swarm",
+        metavar="NAME",
+        help=f"join the swarm [swarms.NAME] of {config_path()}: its bootstrap peers and "
+        "swarm key (default: none, nothing is dialled that is not named)",
+    )
+    swarm.add_argument(
+        "--swarm-key",
+        metavar="FILE",
+        help="a private network's key file (p2pnet swarm-key new): only peers with the same "
+        "key connect; TCP only",
+    )
+    discovery = argparse.ArgumentParser(add_help=False, parents=[swarm])
+    discovery.add_argument("--task", metavar="TAG", help="find the model by task")
+    discovery.add_argument("--model", metavar="MODEL_ID", help="find the model by its ID")
+    discovery.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a peer of the swarm to ask (repeatable)",
+    )
+    discovery.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up after this long (default 30)",
+    )
+    discovery.add_argument(
+        "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
+    )
+    discovery.add_argument("--json", action="store_true", help="machine-readable output")
+    return ParentParsers(common, swarm, discovery)
+
+
+def add_input_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--input``/``-i NAME=VALUE`` (repeatable): the tensors of ``call`` and ``pipeline
+    run``, in the forms p2pnet.inputs.parse_input reads."""
+    parser.add_argument(
+        "--input", "-i", action="append", default=[], metavar="NAME=VALUE", help=help_text
+    )
+
+
+def identity_path(args: argparse.Namespace) -> Path | None:
+    """``--identity FILE``, or None for the default identity."""
+    return Path(args.identity) if args.identity else None
+
+
+def load_identity(path: Path | None) -> tuple[Identity, Path, bool]:
+    """The identity in ``path`` (None: the default one), created if there is none yet:
+    (identity, its key file, whether it was created now).
+
+    Raises:
+        ConfigError: the key file cannot be read, used or created.
+    """
+    path = path or default_identity_path()
+    identity, created = load_or_create_identity(path)
+    if created:
+        log.info("created a new peer identity at %s", path)
+    return identity, path, created
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmOptions:
+    """``--swarm NAME``, ``--swarm-key FILE`` and ``--bootstrap MULTIADDR...``."""
+
+    name: str | None
+    swarm_key: Path | None
+    bootstrap: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SwarmOptions:
+        swarm_key = Path(args.swarm_key) if args.swarm_key is not None else None
+        return cls(args.swarm, swarm_key, tuple(args.bootstrap))
+
+    def resolve(self) -> SwarmJoin:
+        """The bootstrap peers and key file to join with: those given, and the named
+        swarm's (config.resolve_swarm).
+
+        Raises:
+            ConfigError: no such swarm, or a bad config file.
+        """
+        return resolve_swarm(self.name, bootstrap=self.bootstrap, swarm_key=self.swarm_key)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryOptions:
+    """The options of the commands that find models in a swarm: the discovery parent
+    parser's, and ``--identity``."""
+
+    identity: Path | None
+    swarm: SwarmOptions
+    task: str | None
+    model: str | None
+    timeout: float
+    listen: tuple[str, ...]
+    json: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DiscoveryOptions:
+        return cls(
+            identity=identity_path(args),
+            swarm=SwarmOptions.from_args(args),
+            task=args.task,
+            model=args.model,
+            timeout=args.timeout,
+            listen=tuple(args.listen or DEFAULT_LISTEN),
+            json=args.json,
+        )
+
+    def target(self, join: SwarmJoin) -> tuple[str | None, str | None]:
+        """(task, model ID) to find, from ``--task`` or ``--model``.
+
+        Raises:
+            UsageError: neither or both given, or no bootstrap peer to ask.
+            InvalidModelIdError: ``--model`` is not a model ID.
+        """
+        if (self.task is None) == (self.model is None):
+            raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
+        if not join.bootstrap:
+            raise UsageError(
+                "finding models needs a swarm to ask: give --bootstrap "
+                "/ip4/.../tcp/PORT/p2p/12D3... or --swarm NAME"
+            )
+        return self.task, parse_model_id(self.model) if self.model is not None else None
+
+    def joining_peer(self, identity: Identity, join: SwarmJoin) -> Peer:
+        """A peer that serves nothing and fails to start unless it joins the swarm."""
+        return Peer(
+            identity,
+            listen=self.listen,
+            bootstrap=join.bootstrap,
+            swarm_key=join.swarm_key,
+            require_join=True,
+        )

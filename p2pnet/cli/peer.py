@@ -1,0 +1,259 @@
+"""``p2pnet peer``: run a peer that serves models until Ctrl-C (or SIGTERM)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import trio
+
+from p2pnet.cli.options import (
+    DEFAULT_LISTEN,
+    Command,
+    ParentParsers,
+    Subparsers,
+    SwarmOptions,
+    identity_path,
+    load_identity,
+)
+from p2pnet.cli.render import err, out
+from p2pnet.errors import UsageError
+from p2pnet.net.nat_config import NatConfig
+from p2pnet.peer import Peer
+
+__all__ = ["PeerOptions", "ServedFile", "add_peer_parser", "run_peer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedFile:
+    """One ``--serve FILE``: the tasks it is announced for and the peers it is served to
+    (None: everyone), those given before any ``--serve`` included."""
+
+    path: Path
+    tasks: tuple[str, ...]
+    allow: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOptions:
+    """The options of ``p2pnet peer``."""
+
+    identity: Path | None
+    swarm: SwarmOptions
+    served: tuple[ServedFile, ...]
+    listen: tuple[str, ...]
+    announce: tuple[str, ...]
+    max_concurrency: int
+    role: Literal["peer", "bootstrap"]
+    reachability: Literal["auto", "public", "private"]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PeerOptions:
+        """The parsed arguments as typed options.
+
+        Raises:
+            UsageError: ``--max-concurrency`` below 1.
+        """
+        if args.max_concurrency < 1:
+            raise UsageError("--max-concurrency must be at least 1")
+        return cls(
+            identity=identity_path(args),
+            swarm=SwarmOptions.from_args(args),
+            served=_served_files(args),
+            listen=tuple(args.listen or DEFAULT_LISTEN),
+            announce=tuple(args.announce),
+            max_concurrency=args.max_concurrency,
+            role=cast(Literal["peer", "bootstrap"], args.role),
+            reachability=cast(Literal["auto", "public", "private"], args.reachability),
+        )
+
+
+def _served_files(args: argparse.Namespace) -> tuple[ServedFile, ...]:
+    """Each ``--serve``, with the ``--task`` and ``--allow`` given before any ``--serve``
+    added to its own."""
+    served = []
+    for path, tasks, allow in args.serve:
+        everyone = allow is None and not args.allow
+        access = None if everyone else (*args.allow, *(allow or ()))
+        served.append(ServedFile(Path(path), (*args.task, *tasks), access))
+    return tuple(served)
+
+
+class _ServeAction(argparse.Action):
+    """``--serve FILE``: appends (FILE, tasks, allow) to ``serve``; ``--task`` fills the
+    tasks, ``--allow`` the access list (None: everyone)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        served = list(getattr(namespace, "serve", None) or [])
+        served.append([values, [], None])
+        namespace.serve = served
+
+
+class _TaskAction(argparse.Action):
+    """``--task TAG``: a task of the last ``--serve`` model, or of all if none came yet."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        served = getattr(namespace, "serve", None) or []
+        if served:
+            served[-1][1].append(values)
+        else:
+            namespace.task = [*(getattr(namespace, "task", None) or []), values]
+
+
+class _AllowAction(argparse.Action):
+    """``--allow PEER[,PEER...]``: the peers the last ``--serve`` model is served to, or
+    every model's if none came yet."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        peers = [p.strip() for p in str(values).split(",") if p.strip()]
+        served = getattr(namespace, "serve", None) or []
+        if served:
+            served[-1][2] = [*(served[-1][2] or []), *peers]
+        else:
+            namespace.allow = [*(getattr(namespace, "allow", None) or []), *peers]
+
+
+def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
+    p = sub.add_parser(
+        "peer",
+        parents=[parents.common, parents.swarm],
+        help="run a peer that serves models until Ctrl-C",
+    )
+    p.add_argument(
+        "--serve",
+        action=_ServeAction,
+        default=[],
+        metavar="FILE",
+        help="ONNX file or adapter manifest (.json, docs/adapters.md) to serve (repeatable)",
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="address to listen on (repeatable; default /ip4/127.0.0.1/tcp/0)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="concurrent runs per model (default 2)",
+    )
+    p.add_argument(
+        "--task",
+        action=_TaskAction,
+        default=[],
+        metavar="TAG",
+        help="task the model of the --serve before it is announced for, e.g. "
+        "sentiment-analysis (repeatable; before any --serve: for every model)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="peer to join the swarm through (repeatable); none starts a new swarm",
+    )
+    p.add_argument(
+        "--role",
+        choices=("peer", "bootstrap"),
+        default="peer",
+        help="bootstrap: a DHT peer that others join through (every peer is a DHT server) "
+        "and a relay for peers behind NATs",
+    )
+    p.add_argument(
+        "--reachability",
+        choices=("auto", "public", "private"),
+        default="auto",
+        help="auto: ask the bootstrap peers whether they can dial this peer back (default); "
+        "private: always reserve a relay slot on them",
+    )
+    p.add_argument(
+        "--allow",
+        action=_AllowAction,
+        default=[],
+        metavar="PEER,...",
+        help="serve the model of the --serve before it only to these peer IDs (repeatable; "
+        "before any --serve: every model); others get permission_denied",
+    )
+    p.add_argument(
+        "--announce",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="address to put in this peer's records instead of the listen addresses "
+        "(repeatable), e.g. a public address forwarded to --listen",
+    )
+    p.set_defaults(handler=Command(PeerOptions.from_args, run_peer))
+
+
+def run_peer(options: PeerOptions) -> int:
+    """Serve until SIGINT or SIGTERM, then stop cleanly."""
+    trio.run(_serve, options)
+    err.print("stopped")
+    return 0
+
+
+async def _serve(options: PeerOptions) -> None:
+    from p2pnet.status import keep_status
+
+    join = options.swarm.resolve()
+    identity, _, _ = load_identity(options.identity)
+    # Signals are caught before "ready" is printed: a supervisor that stops the peer as
+    # soon as it is ready must get a clean shutdown, not the default handler's kill.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        peer = Peer(
+            identity,
+            listen=options.listen,
+            max_concurrency=options.max_concurrency,
+            bootstrap=join.bootstrap,
+            swarm_key=join.swarm_key,
+            announce=options.announce,
+            # A bootstrap peer is also a circuit relay for peers behind NATs.
+            nat=NatConfig(
+                relay_service=options.role == "bootstrap", reachability=options.reachability
+            ),
+        )
+        for served in options.served:
+            peer.serve(served.path, tasks=served.tasks, allow=served.allow)
+        async with peer:
+            status = peer.status()
+            role = " (bootstrap)" if options.role == "bootstrap" else ""
+            out.print(f"peer {status.peer_id}{role}")
+            for addr in status.listen_addrs:
+                out.print(f"listening {addr}")
+            if options.announce:
+                for addr in status.announced_addrs:
+                    out.print(f"announcing {addr}")
+            if status.swarm_key_fingerprint is not None:
+                out.print(f"private network, swarm key {status.swarm_key_fingerprint}")
+            for model in status.models:  # tasks: an adapter's own too
+                out.print(f"serving {model.model_id} {model.name} {','.join(model.tasks)}".rstrip())
+                if model.allow is not None:
+                    out.print(f"  only for {', '.join(model.allow) or 'this peer'}")
+            if status.models:
+                out.print(f"announced to {await peer.announce()} peers")
+            async with trio.open_nursery() as nursery:
+                status_path = await nursery.start(
+                    functools.partial(
+                        keep_status, peer, role=options.role, swarm=options.swarm.name
+                    )
+                )
+                log.info("status in %s", status_path)
+                out.print("ready (Ctrl-C to stop)", style="bold")
+                sys.stdout.flush()
+                async for signum in signals:
+                    err.print(f"{signal.Signals(signum).name}: stopping")
+                    break
+                nursery.cancel_scope.cancel()
