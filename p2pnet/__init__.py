@@ -3,17 +3,37 @@
 Public API, re-exported here on purpose (loaded on first use, so that importing a
 submodule such as ``p2pnet.core.records`` does not load py-libp2p or onnxruntime):
 
-    Peer                 p2pnet/peer.py             a running peer: serve models, call others'
-    PeerStatus           p2pnet/status.py           a typed snapshot of what a peer is doing
-    OnnxModel            p2pnet/runtime/            a loaded ONNX model with its ID and schema
-    inspect_model        p2pnet/runtime/            ID, size and schema of a model file
-    ModelInfo, ModelSchema, TensorSpec              what a model is and takes (p2pnet/core/)
-    PeerAddress          p2pnet/core/address.py     a peer ID and the addresses to dial it at
-    Identity             p2pnet/core/identity.py    a peer's Ed25519 key and peer ID
-    WireLimits           p2pnet/core/messages.py    frame and message size limits
-    errors               p2pnet/errors.py           the error hierarchy
+    Peer                 peer.py               a running peer: serve models, call others'
+    PeerStatus           status.py             a typed snapshot of what a peer is doing
+    OnnxModel            runtime/              a loaded ONNX model with its ID and schema
+    inspect_model        runtime/              ID, size and schema of a model file
+    ModelInfo, ModelSchema, TensorSpec         what a model is and takes (core/)
+    PeerAddress          core/address.py       a peer ID and the addresses to dial it at
+    Identity             core/identity.py      a peer's Ed25519 key and peer ID
+    WireLimits           core/messages.py      frame and message size limits
+    errors               errors.py             the error hierarchy
 
-The packages and what each may import are drawn in docs/architecture.md.
+The package, layer by layer from the bottom (docs/architecture.md draws it; imports
+point downwards only):
+
+    errors.py        the one error hierarchy, whose fault in the class name
+    core/            pure: codecs, records, addresses, Kademlia, forwarding decisions
+    runtime/         running models (onnxruntime, Python adapters), the served catalogue
+    net/             hosts and streams: libp2p, the in-memory network, NAT, private networks
+    config.py        the config directory, named swarms
+    status.py        PeerStatus and the status files of running peers
+    modeltools/      offline model import (PyTorch, scikit-learn) and quantization
+    dht/             the DHT node
+    invoke/          calling models here and on other peers; the invoke protocol
+    logs.py          logging for the command line
+    discovery/       signed records, describe protocol, finding and calling with failover
+    pipeline/        pipelines across peers
+    services.py      the composition root: a peer's services built in one place
+    peer.py          Peer
+    inputs.py        tensors from command-line text
+    localswarm.py    peer processes on 127.0.0.1 (demo, benchmarks)
+    simulate/        multi-peer simulations
+    cli/             the ``p2pnet`` command
 """
 
 from __future__ import annotations

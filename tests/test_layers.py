@@ -166,3 +166,22 @@ def test_imports_point_downwards_only() -> None:
             if target is not None and target > own:
                 upwards.append(f"{module} (layer {own}) imports {imported} (layer {target})")
     assert not upwards, "\n".join(upwards)
+
+
+def test_every_package_docstring_maps_its_modules() -> None:
+    missing = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        folder = init.parent
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        for child in sorted(folder.iterdir()):
+            if child.name.startswith("_"):
+                continue
+            if child.suffix == ".py":
+                name = child.name
+            elif (child / "__init__.py").exists():
+                name = f"{child.name}/"
+            else:
+                continue
+            if name not in doc:
+                missing.append(f"{folder.relative_to(PACKAGE.parent)}: {name}")
+    assert not missing, "not in the package's docstring map:\n" + "\n".join(missing)

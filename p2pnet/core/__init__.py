@@ -1,15 +1,29 @@
 """The pure core: no I/O, no clock reads, no trio, no libp2p. Bytes in, values or errors out.
 
-varint.py     encode_uvarint, decode_uvarint        multiformats unsigned varints
-tensor.py     TensorHeader, encode/decode_*_tensor  tensors as msgpack ext types 1 and 2
-messages.py   Invoke, Result, ErrorReply, WireLimits,
-              encode_message, MessageReader         the invoke protocol's frames and messages
-schema.py     TensorSpec, ModelSchema, check_inputs,
-              tensor_mismatch                       a model's I/O; the input checks and the
-                                                    per-tensor check declared outputs use too
-model_id.py   model_id_of_bytes, parse_model_id     CIDv1 raw sha2-256 model IDs
-peer_id.py    peer_id_from_public_key, ...          libp2p peer IDs of Ed25519 keys
-records.py    CapabilityRecord, sign_record,        signed capability records: canonical
-              verify_record, supersedes             encoding, envelope, verification
-kad/          the sans-IO Kademlia core (its own __init__ maps it)
+varint.py      encode_uvarint, decode_uvarint        multiformats unsigned varints
+tensor.py      TensorHeader, encode/decode_*_tensor  tensors as msgpack ext types 1 and 2
+framing.py     encode_frame, FrameReader             length-prefixed frames with a size limit
+messages.py    Invoke, Result, ErrorReply, Forward,
+               WireLimits, encode_message,
+               MessageReader                         the invoke protocol's frames and messages
+schema.py      TensorSpec, ModelSchema, check_inputs,
+               tensor_mismatch                       a model's I/O; the input checks and the
+                                                     per-tensor check declared outputs use too
+model_id.py    model_id_of_bytes, parse_model_id     CIDv1 raw sha2-256 model IDs
+model_info.py  ModelInfo                             what a model is: ID, size, schema, name,
+                                                     version, runtime
+peer_id.py     peer_id_from_public_key, ...          libp2p peer IDs of Ed25519 keys
+identity.py    Identity                              a peer's Ed25519 key, peer ID, key file bytes
+address.py     PeerAddress, parse_peer_address,
+               split_peer_id, with_peer_id           peer addresses; the one /p2p/ split
+access.py      AccessPolicy, parse_allow_list        per-model access lists
+records.py     CapabilityRecord, sign_record,        signed capability records: canonical
+               verify_record, supersedes             encoding, envelope, verification
+describe.py    DescribeRequest, RecordsReply,
+               DescribeReader                        the describe protocol's messages
+ranking.py     ProviderStatsTable                    provider ranking: latency, failure cooldown
+pipeline.py    parse_pipeline, PipelineSpec,
+               check_schemas, forward_plan           pipeline specs and their static checks
+forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next
+kad/           the sans-IO Kademlia core (its own __init__ maps it)
 """

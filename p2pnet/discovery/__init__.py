@@ -3,6 +3,9 @@
     describe.py   DESCRIBE_PROTOCOL, DescribeServer,      /p2pnet/describe/1.0.0: serve this
                   DescribeClient, DescribeResult,         peer's signed capability records;
                   RejectedRecord, DescribeServerStats     fetch and verify another peer's
+    service.py    RecordPublisher, ModelFinder, Offer,    sign this peer's records; find by
+                  Search                                  task or model, rank, call with
+                                                          failover
 
 The pure parts live in core: the describe messages in ``p2pnet.core.describe``,
 provider ranking (EWMA latency, failure cooldown) in ``p2pnet.core.ranking``.

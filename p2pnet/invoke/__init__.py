@@ -1,6 +1,11 @@
-"""The invoke protocol, ``/p2pnet/invoke/1.0.0`` (docs/protocol.md), over ``p2pnet.net`` streams.
+"""Calling models: the invoke protocol, ``/p2pnet/invoke/1.0.0`` (docs/protocol.md), over
+``p2pnet.net`` streams, and the ``Invoker`` interface with its local and remote sides.
 
 protocol.py   INVOKE_PROTOCOL, read_message, write_message   shared stream I/O
-server.py     InvokeServer, ServerStats                      answers calls with model outputs
-client.py     InvokeClient                                   calls peers, reuses their streams
+local.py      Invoker, LocalInvoker, Invokers, send_forward  runs served models here; picks the
+                                                             invoker per peer; carries forwarded
+                                                             pipelines from hop to hop
+client.py     InvokeClient, CallObserver                     the remote Invoker: calls peers,
+                                                             reuses their streams
+server.py     InvokeServer, ServerStats                      answers calls through LocalInvoker
 """

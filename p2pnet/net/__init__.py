@@ -1,16 +1,24 @@
-"""The only code that touches py-libp2p; its exceptions become p2pnet errors here.
+"""Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
-    host.py       open_host, Host, Stream, PeerAddress,   a running libp2p host (TCP, Noise,
-                  parse_peer_address                      Yamux), streams, peer addresses
-    identity.py   load_or_create_identity, peer_id_of     Ed25519 identity keys on disk
-    interfaces.py ByteStream, StreamHost                  what services need from a host: both
-                                                          hosts below satisfy it
-    memory.py     MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
-                                                          interface, for tests and simulations
-    logs.py       set_libp2p_log_level, Libp2pRecordFilter  py-libp2p's logging, quiet by default
-    nat.py        NatTraversal, NatConfig, Reachability   NAT traversal: AutoNAT, circuit relay
-                                                          v2 (relay and reservations), relayed
-                                                          dials, DCUtR hole punching
+Only ``host.py``, ``nat.py``, ``pnet.py`` and ``logs.py`` import py-libp2p; its exceptions
+become p2pnet errors there, and every workaround for its behaviour lives there with a
+comment naming it. The other modules load without it.
 
-Every workaround for py-libp2p behaviour lives here with a comment naming it.
+    interfaces.py  ByteStream, StreamHost                  what services need from a host: both
+                                                           hosts below satisfy it
+    channels.py    StreamPool, read_message, read_request  pooled streams and the one request /
+                                                           retry loop every client uses
+    host.py        open_host, Host, Stream, tune_libp2p    a running libp2p host (TCP, Noise,
+                                                           Yamux) and its streams
+    memory.py      MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
+                                                           interface, for tests and simulations
+    nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
+                                                           v2, relayed dials, DCUtR hole punching
+    nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values
+    pnet.py        PnetConnection, install_pnet_hook       private networks (PSK v1) on connections
+    swarm_key.py   SwarmKey, load_swarm_key,
+                   write_swarm_key_file                    swarm keys and their files
+    identity.py    load_or_create_identity                 identity key files on disk (mode 0600)
+    dnsaddr.py     resolve_bootstrap, is_dnsaddr           /dnsaddr/ bootstrap names (DNS TXT)
+    logs.py        set_libp2p_log_level, Libp2pRecordFilter  py-libp2p's logging, quiet by default
 """

@@ -5,8 +5,9 @@ served.py         ServedModel                what the invoke server and Peer nee
                                              timeouts: shared by every kind of model
                   SlottedModel               the shell both models below share: checked
                                              inputs, run/run_sync/wait_idle on RunSlots
-                  run_served                 a locally served model run by its ID
-onnx_model.py     inspect_model, ModelInfo   a model file's ID, size and schema (from the graph)
+catalogue.py      ModelCatalogue             what a peer serves: models by ID, their tasks and
+                                             access lists
+onnx_model.py     inspect_model              a model file's ModelInfo: ID, size, schema
                   OnnxModel                  a SlottedModel on one onnxruntime session
 callable_model.py read_manifest              an adapter manifest's ID (CID of its bytes) and
                                              declared schema (docs/adapters.md)

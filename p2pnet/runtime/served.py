@@ -15,12 +15,12 @@ import numpy.typing as npt
 import trio
 
 from p2pnet.core.schema import check_inputs
-from p2pnet.errors import DeadlineExceededError, PeerBusyError, UnknownModelError
+from p2pnet.errors import DeadlineExceededError, PeerBusyError
 
 if TYPE_CHECKING:
     from p2pnet.core.model_info import ModelInfo
 
-__all__ = ["RunSlots", "ServedModel", "SlottedModel", "run_served"]
+__all__ = ["RunSlots", "ServedModel", "SlottedModel"]
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -163,17 +163,3 @@ class SlottedModel(ABC):
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no run is in progress (abandoned ones included); False on timeout."""
         return await self._slots.wait_idle(timeout)
-
-
-async def run_served(
-    models: Mapping[str, ServedModel], model_id: str, inputs: Mapping[str, Any], timeout: float
-) -> dict[str, npt.NDArray[Any]]:
-    """Run ``model_id`` from this peer's ``models`` (a call that needs no network).
-
-    Raises:
-        UnknownModelError: this peer does not serve ``model_id``; else as ``ServedModel.run``.
-    """
-    model = models.get(model_id)
-    if model is None:
-        raise UnknownModelError(f"this peer does not serve model {model_id}")
-    return await model.run(inputs, timeout=timeout)

@@ -3,7 +3,9 @@
     scenario.py       Scenario, load_scenario, ScenarioError: the TOML format, checked (pure)
     plan.py           make_plan: who joins through whom, serves, misbehaves; timed events (pure)
     metrics.py        QueryRecord, ChurnRecord, FreshRecord, summarize: figures (pure)
-    swarm.py          SimSwarm: peers (real DhtNode, records, describe), honest or adversarial
+    swarm.py          SimSwarm: real Peers on the engine's hosts, honest or adversarial
+    adversaries.py    MisbehavingHost, SybilAnswers, forged_envelope: attacks from outside
+    standins.py       StandInModel, CatalogueModel: models whose runs cost only trio time
     memory_engine.py  run_memory: every peer on a MemoryNetwork, virtual time
     libp2p_engine.py  run_libp2p: real hosts on 127.0.0.1 over worker processes
     runner.py         run_scenario: every size of a scenario on an engine, one report
