@@ -126,6 +126,50 @@ class PeerStatus:
             "call_errors": dict(self.call_errors),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PeerStatus:
+        """The status ``to_dict`` gave (a status file's), checked.
+
+        Raises:
+            ValueError: a field is missing or of the wrong type.
+        """
+        try:
+            models = tuple(
+                ServedModelStatus(
+                    _text(m["model_id"]),
+                    _text(m["name"]),
+                    tuple(_text(t) for t in m["tasks"]),
+                    None if m["allow"] is None else tuple(_text(p) for p in m["allow"]),
+                )
+                for m in data["models"]
+            )
+            connections = tuple(
+                ConnectionStatus(_text(c["peer_id"]), _text(c["addr"]), _text(c["path"]))
+                for c in data["connections"]["peers"]
+            )
+            key = data.get("swarm_key_fingerprint")
+            return cls(
+                peer_id=_text(data["peer_id"]),
+                listen_addrs=tuple(_text(a) for a in data["listen_addrs"]),
+                announced_addrs=tuple(_text(a) for a in data["announced_addrs"]),
+                reachability=_text(data["reachability"]),
+                swarm_key_fingerprint=None if key is None else _text(key),
+                models=models,
+                connections=connections,
+                routing_table=int(data["routing_table"]),
+                dht_mode=_text(data.get("dht_mode", "server")),
+                calls_served=int(data.get("calls_served", 0)),
+                call_errors={_text(k): int(v) for k, v in data.get("call_errors", {}).items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a peer status: {exc!r}") from None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
 
 def status_file(pid: int | None = None, directory: Path | None = None) -> Path:
     """The status file of process ``pid`` (default: this one)."""
@@ -192,12 +236,27 @@ async def keep_status(
 
 @dataclass(frozen=True, slots=True)
 class StatusFile:
-    """One status file: its data, and whether its process is alive and its data recent."""
+    """One status file: the peer's status, how the peer was started (role, named swarm),
+    its process, whether that is alive, and how old the file is."""
 
     path: Path
     data: dict[str, Any]
+    status: PeerStatus
     alive: bool
     age: float  # seconds since the peer last wrote it
+
+    @property
+    def pid(self) -> int:
+        return int(self.data["pid"])
+
+    @property
+    def role(self) -> str:
+        return str(self.data.get("role") or "peer")
+
+    @property
+    def swarm(self) -> str | None:
+        swarm = self.data.get("swarm")
+        return str(swarm) if swarm else None
 
     @property
     def stale(self) -> bool:
@@ -217,15 +276,17 @@ def _alive(pid: int) -> bool:
 
 def read_statuses(directory: Path | None = None) -> Iterator[StatusFile]:
     """The status files of running peers, oldest process first; files of processes that
-    exited without removing theirs (killed) are skipped."""
+    exited without removing theirs (killed), and files that are not peer statuses, are
+    skipped."""
     directory = directory or runtime_dir()
     files = sorted(directory.glob("peer-*.json"), key=lambda p: p.stat().st_mtime)
     for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             pid = int(data["pid"])
+            status = PeerStatus.from_dict(data)
+            age = max(0.0, time.time() - float(data["updated_at"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced, or not ours
-        alive = _alive(pid)
-        if alive:
-            yield StatusFile(path, data, alive, max(0.0, time.time() - data["updated_at"]))
+        if _alive(pid):
+            yield StatusFile(path, data, status, True, age)
