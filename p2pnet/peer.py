@@ -273,14 +273,20 @@ class Peer:
             tasks = model.manifest.tasks
         info = self.catalogue.add(model, tasks, allow)
         if self._nursery is not None:
-            self._nursery.start_soon(self._announce_reachable)
+            self._nursery.start_soon(self._announce_reachable, info.model_id)
         return info
 
-    async def announce(self) -> int:
-        """Announce every served model and task in the DHT now; returns the number of
-        peers that took announcements. The DHT renews them before they expire."""
+    async def announce(self, model_id: str | None = None) -> int:
+        """Announce served models and their tasks in the DHT now: ``model_id``'s, or every
+        one's; returns the number of peers that took announcements. The DHT renews them
+        before they expire.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
         dht = self.services.dht
-        return sum([await dht.provide(key) for key in self.catalogue.keys()])
+        keys = self.catalogue.keys(model_id)
+        return sum([await dht.provide(key) for key in keys])
 
     # --- calling -------------------------------------------------------------------------
 
@@ -468,12 +474,12 @@ class Peer:
         if self._nursery is not None:
             self._nursery.start_soon(self._announce_after_check, nat, host.addrs)
 
-    async def _announce_reachable(self) -> None:
-        """Announce, after reserving relay slots if this is the first model served."""
+    async def _announce_reachable(self, model_id: str) -> None:
+        """Announce a newly served model, after reserving relay slots if it is the first."""
         if self._nat is not None:
             with trio.move_on_after(10.0):
                 await self._nat.reserve_relays()
-        await self.announce()
+        await self.announce(model_id)
 
     async def _announce_after_check(self, nat: NatTraversal, announced: list[str]) -> None:
         """Announce again once AutoNAT answered, if that changed our addresses (a public

@@ -74,10 +74,6 @@ class RecordPublisher:
         self._signed: dict[str, tuple[CapabilityRecord, bytes]] = {}
         self._seq = 0
 
-    def keys(self) -> list[bytes]:
-        """DHT keys to announce: every model's, and every task's."""
-        return self._catalogue.keys()
-
     def record(self, model_id: str) -> CapabilityRecord:
         """The current signed record of ``model_id`` (re-signed where due)."""
         return self._record(model_id)[0]

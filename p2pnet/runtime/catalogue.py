@@ -67,11 +67,16 @@ class ModelCatalogue:
         """(model facts, tasks) of every served model, in the order they were added."""
         return [(model.info, self._tasks[model_id]) for model_id, model in self._models.items()]
 
-    def keys(self) -> list[bytes]:
-        """DHT keys to announce: every model's, and every task's."""
+    def keys(self, model_id: str | None = None) -> list[bytes]:
+        """DHT keys to announce: the model's and its tasks' (every model's if None).
+
+        Raises:
+            KeyError: ``model_id`` is not served.
+        """
+        served = self._tasks if model_id is None else {model_id: self._tasks[model_id]}
         out: dict[bytes, None] = {}
-        for model_id, tasks in self._tasks.items():
-            out[key_for_model(model_id)] = None
+        for mid, tasks in served.items():
+            out[key_for_model(mid)] = None
             for task in tasks:
                 out[key_for_task(task)] = None
         return list(out)

@@ -322,7 +322,7 @@ class SimSwarm:
         assert sim.peer is not None and sim.node is not None
         with trio.move_on_after(60.0):
             if sim.served:
-                await sim.peer.announce()
+                await self._announce(sim)
             for task in dict.fromkeys(sim.forged_tasks):
                 await sim.node.provide(key_for_task(task))
         return ok
@@ -333,6 +333,12 @@ class SimSwarm:
         assert sim.peer is not None
         sim.peer.catalogue.add(model, tasks)
         sim.served.append((model, tasks))
+
+    async def _announce(self, sim: SimPeer, model_id: str | None = None) -> int:
+        """``Peer.announce`` unless the peer has left (a crash may come at any time)."""
+        if not sim.alive or sim.peer is None:
+            return 0
+        return await sim.peer.announce(model_id)
 
     def _catalogue_model(self, index: int) -> CatalogueModel:
         return CatalogueModel.of(model_id(index), f"sim-model-{index}", SCHEMA)
@@ -362,7 +368,7 @@ class SimSwarm:
             if self.on_serve is not None:
                 self.on_serve(sim)
             with trio.move_on_after(120.0):
-                return await sim.peer.announce()
+                return await self._announce(sim)
             return 0
         if sim.role != FORGER:
             return 0
@@ -462,12 +468,13 @@ class SimSwarm:
         assert sim.peer is not None
         fresh = self.scenario.freshness
         start = trio.current_time()
-        self._serve(sim, self._catalogue_model(model), (task,))
+        fresh_model = self._catalogue_model(model)
+        self._serve(sim, fresh_model, (task,))
         if self.on_serve is not None:
             self.on_serve(sim)
         announced = 0
         with trio.move_on_after(fresh.probe_timeout):
-            announced = await sim.peer.announce()
+            announced = await self._announce(sim, fresh_model.model_id)
         findable: float | None = None
         probes = 0
         while trio.current_time() - start < fresh.probe_timeout:
