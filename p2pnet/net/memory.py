@@ -491,16 +491,10 @@ class MemoryHost:
     streams are opened.
     """
 
-    __slots__ = (
-        "_alive",
-        "_connections",
-        "_handlers",
-        "_index",
-        "_network",
-        "_scopes",
-        "_streams",
-        "peer_id",
-    )
+    # fmt: off
+    __slots__ = ("_alive", "_connections", "_handlers", "_index", "_network", "_scopes",
+                 "_streams", "peer_id")
+    # fmt: on
 
     def __init__(self, network: MemoryNetwork, peer_id: str, index: int) -> None:
         self._network = network
@@ -652,20 +646,10 @@ class MemoryStream:
     waits for the stamp. No task runs per stream.
     """
 
-    __slots__ = (
-        "_broken",
-        "_fin_at",
-        "_host",
-        "_inbox",
-        "_last_sent_at",
-        "_other",
-        "_rst_at",
-        "_rst_reason",
-        "_waiters",
-        "_write_closed",
-        "peer_id",
-        "protocol",
-    )
+    # fmt: off
+    __slots__ = ("_broken", "_fin_at", "_host", "_inbox", "_last_sent_at", "_other", "_rst_at",
+                 "_rst_reason", "_waiters", "_write_closed", "peer_id", "protocol")
+    # fmt: on
 
     def __init__(self, host: MemoryHost, peer_id: str, protocol: str) -> None:
         self._host = host

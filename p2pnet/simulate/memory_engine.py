@@ -27,7 +27,7 @@ from p2pnet.simulate.procstats import peak_rss_kb, rss_kb
 from p2pnet.simulate.scenario import Scenario
 from p2pnet.simulate.swarm import SimPeer, SimSwarm, kad_peer
 
-__all__ = ["EPOCH", "Progress", "run_memory"]
+__all__ = ["EPOCH", "Progress", "run_memory", "seed_trio_scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ def run_memory(
 ) -> dict[str, Any]:
     """Run ``scenario`` with ``n`` initial peers; the result as a JSON-ready dict."""
     seed = scenario.seed if seed is None else seed
-    # trio shuffles each batch of runnable tasks with a module-level Random; seeding it
-    # makes the schedule, and so the run, reproducible.
-    trio._core._run._r.seed(seed)  # type: ignore[attr-defined]
+    seed_trio_scheduler(seed)
     old = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
@@ -55,6 +53,29 @@ def run_memory(
     finally:
         gc.unfreeze()
         gc.set_threshold(*old)
+
+
+def seed_trio_scheduler(seed: int) -> None:
+    """Make trio's scheduling order a function of ``seed``.
+
+    trio reverses (or, under Hypothesis, shuffles) each batch of runnable tasks with a
+    module-level ``random.Random`` (``trio._core._run._r``, trio 0.35) and has no public
+    way to seed it; this is the one place p2pnet reaches into trio's internals. If a
+    trio release moves it, runs would stop being reproducible, so that is an error here
+    rather than a silent change.
+
+    Raises:
+        RuntimeError: this trio has no scheduler Random where 0.35 has it.
+    """
+    import importlib
+
+    scheduler_random = getattr(importlib.import_module("trio._core._run"), "_r", None)
+    if not isinstance(scheduler_random, random.Random):
+        raise RuntimeError(
+            "this trio keeps no scheduler Random at trio._core._run._r; "
+            "simulations cannot be made reproducible with it (p2pnet pins trio 0.35.0)"
+        )
+    scheduler_random.seed(seed)
 
 
 def _no_progress(phase: str, done: float, total: float) -> None:
