@@ -48,6 +48,8 @@ __all__ = ["Peer"]
 log = logging.getLogger(__name__)
 
 _NOT_RUNNING = "the peer is not running: use it inside 'async with Peer(...)'"
+# DHT keys announced at once (each announcement is a lookup, then one message per peer).
+ANNOUNCE_CONCURRENCY = 8
 
 
 class Peer:
@@ -285,8 +287,20 @@ class Peer:
             UsageError: the peer is not running.
         """
         dht = self.services.dht
-        keys = self.catalogue.keys(model_id)
-        return sum([await dht.provide(key) for key in keys])
+        taken: list[int] = []
+        # Concurrently: in a swarm with slow peers each announcement takes a lookup's
+        # worth of timeouts, and a model is findable by task only once its task key is
+        # announced too.
+        limiter = trio.CapacityLimiter(ANNOUNCE_CONCURRENCY)
+
+        async def provide(key: bytes) -> None:
+            async with limiter:
+                taken.append(await dht.provide(key))
+
+        async with trio.open_nursery() as nursery:
+            for key in self.catalogue.keys(model_id):
+                nursery.start_soon(provide, key)
+        return sum(taken)
 
     # --- calling -------------------------------------------------------------------------
 
