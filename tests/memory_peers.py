@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from p2pnet import Peer
@@ -13,3 +16,15 @@ def memory_peer(network: MemoryNetwork, **options: Any) -> Peer:
     """A ``Peer`` on a new host of ``network`` (start it with ``async with``)."""
     identity = generate_identity()
     return Peer(identity, host=network.add_host(identity.peer_id), **options)
+
+
+async def peer_maker(stack: AsyncExitStack, hosts: str, *, seed: int = 0) -> Callable[..., Peer]:
+    """What makes the peers of a test swarm: ``Peer`` itself for "libp2p" hosts (TCP on
+    127.0.0.1), or ``memory_peer`` on a ``MemoryNetwork(seed=seed)`` that runs until
+    ``stack`` closes, for "memory" hosts."""
+    if hosts == "libp2p":
+        return Peer
+    if hosts != "memory":
+        raise ValueError(f"hosts must be 'memory' or 'libp2p', not {hosts!r}")
+    network = await stack.enter_async_context(MemoryNetwork(seed=seed))
+    return functools.partial(memory_peer, network)

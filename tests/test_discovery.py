@@ -6,17 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import trio
-from memory_peers import memory_peer
+from memory_peers import peer_maker
 
 from p2pnet import Peer
 from p2pnet.errors import InvalidInputError, UnknownModelError, UsageError
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
-from p2pnet.net.memory import MemoryNetwork
 
 TEXTS = np.array(["I love it, works great", "broken on arrival, terrible"], dtype=object)
 
@@ -29,14 +27,7 @@ async def swarm(
     peer 6 serves iris for iris-species. On the memory network unless the test asks for
     "libp2p" hosts."""
     async with AsyncExitStack() as stack:
-        if request.param == "memory":
-            network = await stack.enter_async_context(MemoryNetwork(seed=3))
-
-            def new_peer(**options: Any) -> Peer:
-                return memory_peer(network, **options)
-
-        else:
-            new_peer = Peer
+        new_peer = await peer_maker(stack, request.param, seed=3)
         boot = await stack.enter_async_context(new_peer())
         peers = [boot]
         for _ in range(11):
