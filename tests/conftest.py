@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +14,6 @@ import pytest
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
-
-# Quiet py-libp2p for the whole suite, as the CLI does.
-import p2pnet.net.logs  # noqa: E402,F401
 
 
 def load_script(relative: str) -> object:
@@ -67,3 +65,11 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     home = tmp_path / "config"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     yield home
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Quiet py-libp2p, as the CLI does, once a test module has loaded it. (A run of tests
+    that never touch libp2p does not import it.)"""
+    if "libp2p" in sys.modules:
+        import p2pnet.net.logs  # noqa: F401
