@@ -1,19 +1,30 @@
 """Shared fixtures: the example models (built once per test run, whatever the number of
-pytest-xdist workers) and a private config dir."""
+pytest-xdist workers) and a private config dir.
+
+``pytest --quick`` (``make quick``) runs the fast tests only: it leaves out the tests
+marked ``slow`` or ``network`` (pyproject.toml says what they mean), and fails a test it
+kept that starts a Python process or opens an internet socket, naming the marker it needs.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import socket
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Session fixtures whose use makes a test slow: building them takes seconds.
+SLOW_FIXTURES = {"cs_models"}
 
 
 def load_script(relative: str) -> object:
@@ -73,3 +84,68 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     that never touch libp2p does not import it.)"""
     if "libp2p" in sys.modules:
         import p2pnet.net.logs  # noqa: F401
+
+
+# --- make quick ----------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help="only the fast tests: not those marked slow or network (make quick)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    if not config.getoption("quick"):
+        return
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        slow = item.get_closest_marker("slow") or item.get_closest_marker("network")
+        (left_out if slow else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def _quick_tests_start_no_process_and_open_no_socket(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --quick: a test that starts a Python process (the p2pnet command, a script)
+    or opens an internet socket fails, so that the quick selection stays quick as tests
+    are added."""
+    if not request.config.getoption("quick"):
+        return
+    test = request.node.nodeid
+
+    def refuse(what: str, marker: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            pytest.fail(f"{test} {what}: mark it {marker} (make quick leaves those out)")
+
+        return refused
+
+    popen = subprocess.Popen.__init__
+
+    def guarded_popen(process: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+        # Python processes only: a library may run a quick tool (ctypes runs ldconfig).
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if any(os.fspath(arg) == sys.executable for arg in argv):
+            refuse("starts a Python process", "slow")()
+        popen(process, args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_popen)
+    for name in ("bind", "connect", "connect_ex"):
+        original = getattr(socket.socket, name)
+
+        def guarded(sock: socket.socket, address: Any, _original: Any = original) -> Any:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                refuse("opens an internet socket", "network")()
+            return _original(sock, address)
+
+        monkeypatch.setattr(socket.socket, name, guarded)

@@ -7,9 +7,17 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import pytest
+
 from p2pnet import Peer
 from p2pnet.net.identity import generate_identity
 from p2pnet.net.memory import MemoryNetwork
+
+# Hosts for a swarm fixture that takes them from request.param, as in
+# ``@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)``: libp2p hosts open
+# real sockets, so those tests are marked network.
+LIBP2P = pytest.param("libp2p", marks=pytest.mark.network)
+BOTH_HOSTS = ["memory", LIBP2P]
 
 
 def memory_peer(network: MemoryNetwork, **options: Any) -> Peer:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from memory_peers import peer_maker
+from memory_peers import BOTH_HOSTS, peer_maker
 
 from p2pnet import Peer
 from p2pnet.core.access import AccessPolicy, parse_allow_list
@@ -100,7 +100,7 @@ async def swarm(
         yield peers
 
 
-@pytest.mark.parametrize("swarm", ["memory", "libp2p"], indirect=True)
+@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)
 async def test_allowed_peer_calls_others_are_denied(swarm: list[Peer]) -> None:
     server, alice, outsider = swarm[1], swarm[2], swarm[3]
     sentiment = next(m for m, s in server.models.items() if s.info.name == "sentiment")

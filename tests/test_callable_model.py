@@ -343,6 +343,7 @@ async def test_served_by_a_peer_found_by_task_and_called(tmp_path: Path) -> None
         assert out["label"].tolist() == ["odd"]
 
 
+@pytest.mark.slow
 def test_p2pnet_peer_serves_an_adapter_manifest(config_home: Path) -> None:
     env = os.environ | {"XDG_CONFIG_HOME": str(config_home), "COLUMNS": "200"}
     proc = subprocess.Popen(

@@ -44,6 +44,8 @@ from p2pnet.net.host import Host, Stream, open_host
 from p2pnet.net.identity import Identity, generate_identity, peer_id_of
 from p2pnet.runtime.onnx_model import inspect_model
 
+pytestmark = pytest.mark.network  # real libp2p hosts on 127.0.0.1
+
 TASKS = {
     "iris": ("tabular-classification",),
     "sentiment": ("sentiment-analysis", "text-classification"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from memory_peers import peer_maker
+from memory_peers import BOTH_HOSTS, peer_maker
 
 from p2pnet import Peer
 from p2pnet.errors import InvalidInputError, UnknownModelError, UsageError
@@ -39,7 +39,7 @@ async def swarm(
         yield peers
 
 
-@pytest.mark.parametrize("swarm", ["memory", "libp2p"], indirect=True)
+@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)
 async def test_every_peer_finds_models_by_task_and_by_id(swarm: list[Peer]) -> None:
     sentiment_id = next(iter(swarm[3].models))
     for peer in swarm:
@@ -95,6 +95,7 @@ async def test_find_needs_a_task_or_a_model(swarm: list[Peer]) -> None:
         await swarm[0].find()
 
 
+@pytest.mark.network
 async def test_a_peer_without_bootstrap_is_alone(models: dict[str, Path]) -> None:
     async with Peer() as lonely, Peer() as other:
         other.serve(models["iris"], tasks=["iris-species"])

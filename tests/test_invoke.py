@@ -29,6 +29,8 @@ from p2pnet.errors import (
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
 from p2pnet.net.host import Stream
 
+pytestmark = pytest.mark.network  # real libp2p hosts on 127.0.0.1
+
 IRIS_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
 MISSING_ID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 

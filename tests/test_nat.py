@@ -29,6 +29,7 @@ from p2pnet.peer import Peer
 # -- loopback --------------------------------------------------------------------------
 
 
+@pytest.mark.network
 async def test_autonat_says_public_when_the_dial_back_reaches_us() -> None:
     async with Peer() as boot, Peer(bootstrap=boot.addrs) as peer:
         nat = peer.host.nat
@@ -40,6 +41,7 @@ async def test_autonat_says_public_when_the_dial_back_reaches_us() -> None:
         assert all("/p2p-circuit" not in a for a in peer.addrs)
 
 
+@pytest.mark.network
 async def test_autonat_dial_back_opens_a_new_connection() -> None:
     # py-libp2p's own AutoNAT dials back with host.connect(), which returns the open
     # connection the request came on: every asker was told it is public. Ours must
@@ -58,6 +60,7 @@ async def test_autonat_dial_back_opens_a_new_connection() -> None:
         assert await nat.check_reachability([boot.peer_id]) is Reachability.PRIVATE
 
 
+@pytest.mark.network
 async def test_a_private_peer_is_called_through_its_relay_then_directly(
     models: dict[str, Path],
 ) -> None:
@@ -69,6 +72,7 @@ async def test_a_private_peer_is_called_through_its_relay_then_directly(
             await _called_through_relay_then_directly(relay, hidden, caller)
 
 
+@pytest.mark.network
 async def test_a_peer_that_serves_nothing_takes_no_relay_slot(models: dict[str, Path]) -> None:
     relay_config = NatConfig(relay_service=True, reachability="public")
     async with (
@@ -82,6 +86,7 @@ async def test_a_peer_that_serves_nothing_takes_no_relay_slot(models: dict[str, 
                 await trio.sleep(0.01)
 
 
+@pytest.mark.network
 async def test_a_private_peer_runs_the_dht_as_a_client(models: dict[str, Path]) -> None:
     relay_config = NatConfig(relay_service=True, reachability="public")
     async with Peer(nat=relay_config) as relay:

@@ -15,7 +15,7 @@ import numpy.typing as npt
 import onnx
 import pytest
 import trio
-from memory_peers import peer_maker
+from memory_peers import BOTH_HOSTS, LIBP2P, peer_maker
 from onnx import TensorProto, helper
 
 from p2pnet import Peer
@@ -100,7 +100,7 @@ def expected(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (x + 1) + 2 * x
 
 
-@pytest.mark.parametrize("swarm", ["memory", "libp2p"], indirect=True)
+@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)
 @pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
 async def test_three_peer_pipeline_with_provenance(swarm: list[Peer], mode: str) -> None:
     pipeline = Pipeline.from_dict(SPEC)
@@ -153,7 +153,7 @@ def _with_offers(plan: Any, step: str, offers: Any) -> Any:
     return dataclasses.replace(plan, steps=steps)
 
 
-@pytest.mark.parametrize("swarm", ["libp2p"], indirect=True)  # a killed libp2p peer
+@pytest.mark.parametrize("swarm", [LIBP2P], indirect=True)  # a killed libp2p peer
 @pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
 async def test_a_provider_killed_mid_run_fails_over(
     swarm: list[Peer], arith: dict[str, Path], mode: str
