@@ -90,6 +90,15 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield home
 
 
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A TCP port of 127.0.0.1 that refuses connections: bound but not listening, and held
+    for the whole test, so that no other test (or worker) can listen there meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Quiet py-libp2p, as the CLI does, once a test module has loaded it. (A run of tests

@@ -198,10 +198,8 @@ async def test_oversized_frame_is_refused_from_its_length(server: Peer, client: 
     assert "at most 4194304 bytes per frame" in reply.message
 
 
-async def test_unreachable_peer(client: Peer, server: Peer) -> None:
-    with trio.socket.socket() as sock:  # a port that was free a moment ago: nobody listens
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+async def test_unreachable_peer(client: Peer, server: Peer, refused_port: int) -> None:
+    port = refused_port  # nobody listens there
     with pytest.raises(PeerUnreachableError, match="cannot connect to peer"):
         await client.invoke(
             f"/ip4/127.0.0.1/tcp/{port}/p2p/{server.peer_id}", MISSING_ID, {"x": IRIS_ROW}

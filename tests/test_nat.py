@@ -42,7 +42,7 @@ async def test_autonat_says_public_when_the_dial_back_reaches_us() -> None:
 
 
 @pytest.mark.network
-async def test_autonat_dial_back_opens_a_new_connection() -> None:
+async def test_autonat_dial_back_opens_a_new_connection(refused_port: int) -> None:
     # py-libp2p's own AutoNAT dials back with host.connect(), which returns the open
     # connection the request came on: every asker was told it is public. Ours must
     # reach the address given, and a closed port means private.
@@ -50,12 +50,8 @@ async def test_autonat_dial_back_opens_a_new_connection() -> None:
         nat = peer.host.nat
         assert nat is not None
         await peer.host.open_stream(PeerAddress(boot.peer_id, tuple(boot.addrs)), "/ipfs/id/1.0.0")
-        closed = trio.socket.socket()
-        await closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        closed.close()  # nothing listens there now
         nat._dial_back_candidates = lambda: [  # type: ignore[method-assign]
-            multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")
+            multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{refused_port}")  # nothing listens there
         ]
         assert await nat.check_reachability([boot.peer_id]) is Reachability.PRIVATE
 
