@@ -1,5 +1,6 @@
 """Shared fixtures: the example models (built once per test run, whatever the number of
-pytest-xdist workers) and a private config dir.
+pytest-xdist workers), configuration directories of the run and of a test, a port that
+refuses connections.
 
 ``pytest --quick`` (``make quick``) runs the fast tests only: it leaves out the tests
 marked ``slow`` or ``network`` (pyproject.toml says what they mean), and fails a test it
@@ -14,9 +15,9 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from filelock import FileLock
@@ -146,19 +147,18 @@ def _quick_tests_start_no_process_and_open_no_socket(
         return
     test = request.node.nodeid
 
-    def refuse(what: str, marker: str) -> Callable[..., Any]:
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            pytest.fail(f"{test} {what}: mark it {marker} (make quick leaves those out)")
-
-        return refused
+    def refuse(what: str, marker: str) -> NoReturn:
+        pytest.fail(f"{test} {what}: mark it {marker} (make quick leaves those out)")
 
     popen = subprocess.Popen.__init__
 
     def guarded_popen(process: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
         # Python processes only: a library may run a quick tool (ctypes runs ldconfig).
-        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
-        if any(os.fspath(arg) == sys.executable for arg in argv):
-            refuse("starts a Python process", "slow")()
+        if not isinstance(args, (str, bytes, os.PathLike)):
+            args = list(args)  # it may be an iterator
+        argv = args if isinstance(args, list) else [args]
+        if sys.executable in [os.fsdecode(arg) for arg in argv]:
+            refuse("starts a Python process", "slow")
         popen(process, args, *rest, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded_popen)
@@ -167,7 +167,7 @@ def _quick_tests_start_no_process_and_open_no_socket(
 
         def guarded(sock: socket.socket, address: Any, _original: Any = original) -> Any:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
-                refuse("opens an internet socket", "network")()
+                refuse("opens an internet socket", "network")
             return _original(sock, address)
 
         monkeypatch.setattr(socket.socket, name, guarded)
