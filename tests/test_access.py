@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from memory_peers import BOTH_HOSTS, peer_maker
 
 from p2pnet import Peer
 from p2pnet.core.access import AccessPolicy, parse_allow_list
@@ -80,21 +81,26 @@ async def test_invoke_server_checks_plain_calls_and_forwarded_steps(
     assert server.stats.errors["permission_denied"] == 2
 
 
-@pytest.fixture
-async def swarm(models: dict[str, Path]) -> AsyncIterator[list[Peer]]:
+@pytest.fixture(params=["memory"])
+async def swarm(
+    request: pytest.FixtureRequest, models: dict[str, Path]
+) -> AsyncIterator[list[Peer]]:
     """Peer 0 bootstraps; peer 1 serves sentiment to peer 2 only, and iris to all;
-    peer 3 is an outsider."""
+    peer 3 is an outsider. On the memory network unless the test asks for "libp2p"
+    hosts (whose peer IDs the Noise handshake proves)."""
     async with AsyncExitStack() as stack:
-        boot = await stack.enter_async_context(Peer())
+        new_peer = await peer_maker(stack, request.param)
+        boot = await stack.enter_async_context(new_peer())
         peers = [boot]
         for _ in range(3):
-            peers.append(await stack.enter_async_context(Peer(bootstrap=[boot.addrs[0]])))
+            peers.append(await stack.enter_async_context(new_peer(bootstrap=[boot.addrs[0]])))
         peers[1].serve(models["sentiment"], tasks=["sentiment-analysis"], allow=[peers[2].peer_id])
         peers[1].serve(models["iris"], tasks=["iris-species"])
         assert await peers[1].announce() > 0
         yield peers
 
 
+@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)
 async def test_allowed_peer_calls_others_are_denied(swarm: list[Peer]) -> None:
     server, alice, outsider = swarm[1], swarm[2], swarm[3]
     sentiment = next(m for m, s in server.models.items() if s.info.name == "sentiment")

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from memory_peers import memory_peer
 
-from p2pnet import Peer
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import ModelSchema, TensorSpec
@@ -31,6 +31,7 @@ from p2pnet.errors import (
     ModelFileError,
     PeerBusyError,
 )
+from p2pnet.net.memory import MemoryNetwork
 from p2pnet.runtime.callable_model import PYTHON_RUNTIME, CallableModel, read_manifest
 from p2pnet.runtime.onnx_model import ONNX_RUNTIME
 
@@ -308,8 +309,13 @@ async def test_deadline_busy_and_wait_idle(tmp_path: Path) -> None:
 
 
 async def test_served_by_a_peer_found_by_task_and_called(tmp_path: Path) -> None:
+    """On the memory network; over libp2p: test_p2pnet_peer_serves_an_adapter_manifest."""
     probe = write_adapter(tmp_path, tasks=["probe-step"])
-    async with Peer() as boot, Peer(bootstrap=[boot.addrs[0]]) as server:
+    async with (
+        MemoryNetwork() as network,
+        memory_peer(network) as boot,
+        memory_peer(network, bootstrap=[boot.addrs[0]]) as server,
+    ):
         info = server.serve(ROUTER)  # the manifest's tasks: ticket-routing
         server.serve(probe)
         assert await server.announce() > 0
@@ -337,6 +343,7 @@ async def test_served_by_a_peer_found_by_task_and_called(tmp_path: Path) -> None
         assert out["label"].tolist() == ["odd"]
 
 
+@pytest.mark.slow
 def test_p2pnet_peer_serves_an_adapter_manifest(config_home: Path) -> None:
     env = os.environ | {"XDG_CONFIG_HOME": str(config_home), "COLUMNS": "200"}
     proc = subprocess.Popen(

@@ -90,6 +90,7 @@ def running_peer(env: dict[str, str], models: dict[str, Path]) -> Iterator[Runni
         peer.proc.wait()
 
 
+@pytest.mark.slow
 def test_id_creates_a_private_key_once(env: dict[str, str], config_home: Path) -> None:
     first = json.loads(p2pnet("id", "--json", env=env).stdout)
     second = json.loads(p2pnet("id", "--json", env=env).stdout)
@@ -100,6 +101,7 @@ def test_id_creates_a_private_key_once(env: dict[str, str], config_home: Path) -
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_model_inspect_json(env: dict[str, str], models: dict[str, Path]) -> None:
     result = p2pnet("model", "inspect", "--json", str(models["iris"]), env=env)
     info = json.loads(result.stdout)
@@ -107,6 +109,7 @@ def test_model_inspect_json(env: dict[str, str], models: dict[str, Path]) -> Non
     assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, 4]}]
 
 
+@pytest.mark.slow
 def test_model_inspect_of_a_file_that_is_not_onnx(env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff" * 20)
@@ -114,6 +117,7 @@ def test_model_inspect_of_a_file_that_is_not_onnx(env: dict[str, str], tmp_path:
     assert result.returncode == 2 and "is not an ONNX model" in result.stderr
 
 
+@pytest.mark.slow
 def test_serve_call_and_stop_with_ctrl_c(env: dict[str, str], running_peer: RunningPeer) -> None:
     result = p2pnet(
         "call", running_peer.address, running_peer.models["iris"], "--json",
@@ -139,6 +143,7 @@ def test_serve_call_and_stop_with_ctrl_c(env: dict[str, str], running_peer: Runn
     assert "stopped" in running_peer.proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_call_errors_say_what_is_wrong_and_exit_non_zero(
     env: dict[str, str], running_peer: RunningPeer, tmp_path: Path
 ) -> None:
@@ -158,6 +163,7 @@ def test_call_errors_say_what_is_wrong_and_exit_non_zero(
     assert result.returncode == 1 and "cannot connect to peer" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_taken_port_is_an_error_not_a_shared_port(
     env: dict[str, str], running_peer: RunningPeer
 ) -> None:
@@ -166,6 +172,7 @@ def test_a_taken_port_is_an_error_not_a_shared_port(
     assert result.returncode == 2 and "Address already in use" in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_peer_cleanly(env: dict[str, str], models: dict[str, Path]) -> None:
     peer = start_peer(env, "--serve", str(models["identity"]))
     peer.proc.send_signal(signal.SIGTERM)
@@ -311,6 +318,7 @@ def test_outputs_from_other_peers_are_printed_as_text_not_markup() -> None:
     assert "['[/oops]' '[bold]b']" in text
 
 
+@pytest.mark.slow
 def test_find_and_call_by_task_through_a_bootstrap_peer(
     env: dict[str, str], models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@ forwarded once, a crash with failover, clean shutdown."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,10 @@ def test_demo_runs_the_pipeline_and_stops_cleanly(cs_models: dict[str, Path]) ->
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--models",
          str(cs_models["emotion"].parent)],
-        capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""},
+        capture_output=True, text=True, timeout=120,
+        # No PATH: the demo starts its peers with its own interpreter. Their status
+        # files go to this run's configuration directory (tests/conftest.py).
+        env={"COLUMNS": "200", "PATH": "", "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]},
     )  # fmt: skip
     out = done.stdout
     assert done.returncode == 0, out + done.stderr

@@ -44,6 +44,8 @@ from p2pnet.net.host import Host, Stream, open_host
 from p2pnet.net.identity import Identity, generate_identity, peer_id_of
 from p2pnet.runtime.onnx_model import inspect_model
 
+pytestmark = pytest.mark.network  # real libp2p hosts on 127.0.0.1
+
 TASKS = {
     "iris": ("tabular-classification",),
     "sentiment": ("sentiment-analysis", "text-classification"),
@@ -257,10 +259,8 @@ async def test_envelopes_that_do_not_decode_are_not_served(swarm: Swarm) -> None
     assert len(result.records) == 3 and result.rejected == ()
 
 
-async def test_unreachable_peer(swarm: Swarm) -> None:
-    with trio.socket.socket() as sock:  # a port that was free a moment ago: nobody listens
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+async def test_unreachable_peer(swarm: Swarm, refused_port: int) -> None:
+    port = refused_port  # nobody listens there
     address = PeerAddress(swarm.server_host.peer_id, (f"/ip4/127.0.0.1/tcp/{port}",))
     client = DescribeClient(swarm.client_host)
     with pytest.raises(PeerUnreachableError):

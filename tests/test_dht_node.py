@@ -64,6 +64,7 @@ async def network() -> AsyncIterator[MemoryNetwork]:
         yield net
 
 
+@pytest.mark.slow
 async def test_every_peer_finds_a_provider_in_few_hops(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:
@@ -86,6 +87,7 @@ async def test_providers_come_with_dialable_addresses(
     assert provider.addrs == tuple(a.partition("/p2p/")[0] for a in swarm.hosts[3].addrs)
 
 
+@pytest.mark.slow
 async def test_lookups_route_around_crashed_peers(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:

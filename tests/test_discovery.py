@@ -6,17 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import trio
-from memory_peers import memory_peer
+from memory_peers import BOTH_HOSTS, peer_maker
 
 from p2pnet import Peer
 from p2pnet.errors import InvalidInputError, UnknownModelError, UsageError
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
-from p2pnet.net.memory import MemoryNetwork
 
 TEXTS = np.array(["I love it, works great", "broken on arrival, terrible"], dtype=object)
 
@@ -29,14 +27,7 @@ async def swarm(
     peer 6 serves iris for iris-species. On the memory network unless the test asks for
     "libp2p" hosts."""
     async with AsyncExitStack() as stack:
-        if request.param == "memory":
-            network = await stack.enter_async_context(MemoryNetwork(seed=3))
-
-            def new_peer(**options: Any) -> Peer:
-                return memory_peer(network, **options)
-
-        else:
-            new_peer = Peer
+        new_peer = await peer_maker(stack, request.param, seed=3)
         boot = await stack.enter_async_context(new_peer())
         peers = [boot]
         for _ in range(11):
@@ -48,7 +39,7 @@ async def swarm(
         yield peers
 
 
-@pytest.mark.parametrize("swarm", ["memory", "libp2p"], indirect=True)
+@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)
 async def test_every_peer_finds_models_by_task_and_by_id(swarm: list[Peer]) -> None:
     sentiment_id = next(iter(swarm[3].models))
     for peer in swarm:
@@ -104,6 +95,7 @@ async def test_find_needs_a_task_or_a_model(swarm: list[Peer]) -> None:
         await swarm[0].find()
 
 
+@pytest.mark.network
 async def test_a_peer_without_bootstrap_is_alone(models: dict[str, Path]) -> None:
     async with Peer() as lonely, Peer() as other:
         other.serve(models["iris"], tasks=["iris-species"])

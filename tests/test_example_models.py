@@ -87,6 +87,7 @@ def test_build_all_returns_every_model(models: dict[str, pathlib.Path]) -> None:
         assert path.name == f"{name}.onnx" and path.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_builds_are_byte_identical(models: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
     again = build_models.build_all(tmp_path / "again")
     # Also through the CLI in a fresh interpreter with another hash seed: skl2onnx iterates sets.

@@ -29,6 +29,8 @@ from p2pnet.errors import (
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
 from p2pnet.net.host import Stream
 
+pytestmark = pytest.mark.network  # real libp2p hosts on 127.0.0.1
+
 IRIS_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
 MISSING_ID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 
@@ -196,10 +198,8 @@ async def test_oversized_frame_is_refused_from_its_length(server: Peer, client: 
     assert "at most 4194304 bytes per frame" in reply.message
 
 
-async def test_unreachable_peer(client: Peer, server: Peer) -> None:
-    with trio.socket.socket() as sock:  # a port that was free a moment ago: nobody listens
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+async def test_unreachable_peer(client: Peer, server: Peer, refused_port: int) -> None:
+    port = refused_port  # nobody listens there
     with pytest.raises(PeerUnreachableError, match="cannot connect to peer"):
         await client.invoke(
             f"/ip4/127.0.0.1/tcp/{port}/p2p/{server.peer_id}", MISSING_ID, {"x": IRIS_ROW}

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import p2pnet
 import p2pnet.core
 
@@ -47,6 +49,7 @@ def test_every_core_module_imports_nothing_impure() -> None:
         assert not direct_imports(module) & IMPURE, module
 
 
+@pytest.mark.slow
 def test_importing_all_of_core_loads_no_networking_runtime_or_trio() -> None:
     # A fresh interpreter: this one has loaded everything already.
     code = (
@@ -76,6 +79,7 @@ def loaded_after(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     return result
 
 
+@pytest.mark.slow
 def test_the_runtime_loads_none_of_the_model_tools() -> None:
     imports = (
         "import p2pnet.runtime\n"
@@ -85,6 +89,7 @@ def test_the_runtime_loads_none_of_the_model_tools() -> None:
     assert loaded_after(imports, ("p2pnet.modeltools",)) == []
 
 
+@pytest.mark.slow
 def test_the_model_tools_load_torch_and_scikit_learn_only_when_used() -> None:
     heavy = ("torch", "sklearn", "skl2onnx", "joblib", "onnxruntime.quantization")
     imports = (

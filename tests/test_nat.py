@@ -10,7 +10,8 @@ saying why, only where `ip netns add` fails.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from p2pnet.peer import Peer
 # -- loopback --------------------------------------------------------------------------
 
 
+@pytest.mark.network
 async def test_autonat_says_public_when_the_dial_back_reaches_us() -> None:
     async with Peer() as boot, Peer(bootstrap=boot.addrs) as peer:
         nat = peer.host.nat
@@ -39,7 +41,8 @@ async def test_autonat_says_public_when_the_dial_back_reaches_us() -> None:
         assert all("/p2p-circuit" not in a for a in peer.addrs)
 
 
-async def test_autonat_dial_back_opens_a_new_connection() -> None:
+@pytest.mark.network
+async def test_autonat_dial_back_opens_a_new_connection(refused_port: int) -> None:
     # py-libp2p's own AutoNAT dials back with host.connect(), which returns the open
     # connection the request came on: every asker was told it is public. Ours must
     # reach the address given, and a closed port means private.
@@ -47,16 +50,13 @@ async def test_autonat_dial_back_opens_a_new_connection() -> None:
         nat = peer.host.nat
         assert nat is not None
         await peer.host.open_stream(PeerAddress(boot.peer_id, tuple(boot.addrs)), "/ipfs/id/1.0.0")
-        closed = trio.socket.socket()
-        await closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        closed.close()  # nothing listens there now
         nat._dial_back_candidates = lambda: [  # type: ignore[method-assign]
-            multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")
+            multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{refused_port}")  # nothing listens there
         ]
         assert await nat.check_reachability([boot.peer_id]) is Reachability.PRIVATE
 
 
+@pytest.mark.network
 async def test_a_private_peer_is_called_through_its_relay_then_directly(
     models: dict[str, Path],
 ) -> None:
@@ -68,6 +68,7 @@ async def test_a_private_peer_is_called_through_its_relay_then_directly(
             await _called_through_relay_then_directly(relay, hidden, caller)
 
 
+@pytest.mark.network
 async def test_a_peer_that_serves_nothing_takes_no_relay_slot(models: dict[str, Path]) -> None:
     relay_config = NatConfig(relay_service=True, reachability="public")
     async with (
@@ -81,6 +82,7 @@ async def test_a_peer_that_serves_nothing_takes_no_relay_slot(models: dict[str, 
                 await trio.sleep(0.01)
 
 
+@pytest.mark.network
 async def test_a_private_peer_runs_the_dht_as_a_client(models: dict[str, Path]) -> None:
     relay_config = NatConfig(relay_service=True, reachability="public")
     async with Peer(nat=relay_config) as relay:
@@ -149,14 +151,6 @@ def test_records_and_dht_keep_relayed_addresses(models: dict[str, Path]) -> None
 # -- network namespaces ---------------------------------------------------------------
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 def _topology(*nats: str) -> Topology:
     try:
         return Topology.create(nats)
@@ -174,108 +168,120 @@ def _wait_reachability(agent: Process, verdict: str, timeout: float = 10.0) -> d
         time.sleep(0.1)
 
 
-def _swarm(
-    topo: Topology, procs: list[Process], models: dict[str, Path], config_home: Path
-) -> tuple[Process, dict[str, Any], Process, dict[str, Any]]:
-    boot, boot_addr = start_bootstrap(topo.boot, str(config_home))
-    procs.append(boot)
-    agents = []
-    for node, model, task in zip(
-        topo.natted, ("iris", "identity"), ("nat-iris", "nat-echo"), strict=True
-    ):
-        agent, ready = start_agent(
-            node,
-            "--listen", f"/ip4/{node.ip}/tcp/4001",
-            "--bootstrap", boot_addr,
-            "--serve", str(models[model]),
-            "--task", task,
-        )  # fmt: skip
-        procs.append(agent)
-        agents.append((agent, ready))
-    (a, ready_a), (b, ready_b) = agents
-    return a, ready_a, b, ready_b
+@dataclass
+class NatSwarm:
+    """A public bootstrap peer and two agents, one behind each NAT router of ``topo``;
+    ``ready_a`` and ``ready_b`` are the agents' ready lines."""
+
+    topo: Topology
+    a: Process
+    ready_a: dict[str, Any]
+    b: Process
+    ready_b: dict[str, Any]
+
+
+@pytest.fixture
+def nat_swarm(models: dict[str, Path], tmp_path: Path) -> Iterator[Callable[..., NatSwarm]]:
+    """Starts a ``NatSwarm`` behind routers of the kinds given; its processes are stopped
+    and its namespaces deleted at the end of the test, whatever happened."""
+    procs: list[Process] = []
+    topologies: list[Topology] = []
+
+    def start(*nats: str) -> NatSwarm:
+        topo = _topology(*nats)
+        topologies.append(topo)
+        boot, boot_addr = start_bootstrap(topo.boot, str(tmp_path / "config"))
+        procs.append(boot)
+        agents = []
+        for node, model, task in zip(
+            topo.natted, ("iris", "identity"), ("nat-iris", "nat-echo"), strict=True
+        ):
+            agent, ready = start_agent(
+                node,
+                "--listen", f"/ip4/{node.ip}/tcp/4001",
+                "--bootstrap", boot_addr,
+                "--serve", str(models[model]),
+                "--task", task,
+            )  # fmt: skip
+            procs.append(agent)
+            agents.append((agent, ready))
+        (a, ready_a), (b, ready_b) = agents
+        return NatSwarm(topo, a, ready_a, b, ready_b)
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop()
+        for topo in topologies:
+            topo.close()
 
 
 @pytest.mark.slow
 def test_two_peers_behind_nats_call_each_other_relayed_then_direct(
-    models: dict[str, Path], procs: list[Process], tmp_path: Path
+    nat_swarm: Callable[..., NatSwarm],
 ) -> None:
-    topo = _topology("cone", "cone")
-    try:
-        a, ready_a, b, ready_b = _swarm(topo, procs, models, tmp_path / "config")
-        for agent in (a, b):
-            info = _wait_reachability(agent, "private")
-            assert info["reachability"] == "private"
-            assert "/p2p-circuit/" in info["addrs"][0], "the relayed address comes first"
+    swarm = nat_swarm("cone", "cone")
+    a, ready_a, b, ready_b = swarm.a, swarm.ready_a, swarm.b, swarm.ready_b
+    for agent in (a, b):
+        info = _wait_reachability(agent, "private")
+        assert info["reachability"] == "private"
+        assert "/p2p-circuit/" in info["addrs"][0], "the relayed address comes first"
 
-        # Each finds the other's model through the DHT and calls it.
-        ab = a.request({"op": "call", "task": "nat-echo", "x": [1.0, 2.0, 3.0]})
-        ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
-        assert ab["peer"] == ready_b["peer_id"] and ba["peer"] == ready_a["peer_id"]
-        # The first connection between them went through the relay; hole punching
-        # then gave a direct one, which later calls use.
-        upgraded = a.request({"op": "wait_direct", "peer": ready_b["peer_id"], "timeout": 15})
-        assert upgraded["direct"], upgraded
-        assert upgraded["history"][0] == "relayed"
-        assert "direct" in upgraded["history"]
-        again = a.request({"op": "call", "task": "nat-echo", "x": [4.0]})
-        assert again["path"] == "direct"
-        back = b.request({"op": "call", "task": "nat-iris", "x": [[6.0, 3.0, 4.8, 1.8]]})
-        assert back["path"] == "direct"
-    finally:
-        for proc in procs:
-            proc.stop()
-        topo.close()
+    # Each finds the other's model through the DHT and calls it.
+    ab = a.request({"op": "call", "task": "nat-echo", "x": [1.0, 2.0, 3.0]})
+    ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
+    assert ab["peer"] == ready_b["peer_id"] and ba["peer"] == ready_a["peer_id"]
+    # The first connection between them went through the relay; hole punching
+    # then gave a direct one, which later calls use.
+    upgraded = a.request({"op": "wait_direct", "peer": ready_b["peer_id"], "timeout": 15})
+    assert upgraded["direct"], upgraded
+    assert upgraded["history"][0] == "relayed"
+    assert "direct" in upgraded["history"]
+    again = a.request({"op": "call", "task": "nat-echo", "x": [4.0]})
+    assert again["path"] == "direct"
+    back = b.request({"op": "call", "task": "nat-iris", "x": [[6.0, 3.0, 4.8, 1.8]]})
+    assert back["path"] == "direct"
 
 
 @pytest.mark.slow
 def test_calls_go_through_the_relay_when_hole_punching_is_blocked(
-    models: dict[str, Path], procs: list[Process], tmp_path: Path
+    nat_swarm: Callable[..., NatSwarm],
 ) -> None:
     # Behind the symmetric NAT every connection gets a random port: the address the
     # other peer dials for the hole punch is never the mapped one.
-    topo = _topology("cone", "symmetric")
-    try:
-        a, _, b, ready_b = _swarm(topo, procs, models, tmp_path / "config")
-        ab = a.request({"op": "call", "task": "nat-echo", "x": [1.0, 2.0]})
-        assert ab["path"] == "relayed"
-        ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
-        assert ba["path"] == "relayed"
-        stuck = a.request({"op": "wait_direct", "peer": ready_b["peer_id"], "timeout": 6})
-        assert not stuck["direct"] and stuck["history"] == ["relayed"]
-        again = a.request({"op": "call", "task": "nat-echo", "x": np.arange(3.0).tolist()})
-        assert again["path"] == "relayed"
-    finally:
-        for proc in procs:
-            proc.stop()
-        topo.close()
+    swarm = nat_swarm("cone", "symmetric")
+    a, b, ready_b = swarm.a, swarm.b, swarm.ready_b
+    ab = a.request({"op": "call", "task": "nat-echo", "x": [1.0, 2.0]})
+    assert ab["path"] == "relayed"
+    ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
+    assert ba["path"] == "relayed"
+    stuck = a.request({"op": "wait_direct", "peer": ready_b["peer_id"], "timeout": 6})
+    assert not stuck["direct"] and stuck["history"] == ["relayed"]
+    again = a.request({"op": "call", "task": "nat-echo", "x": np.arange(3.0).tolist()})
+    assert again["path"] == "relayed"
 
 
 @pytest.mark.slow
 def test_a_peer_behind_a_port_forward_announces_its_public_address(
-    models: dict[str, Path], procs: list[Process], tmp_path: Path
+    nat_swarm: Callable[..., NatSwarm],
 ) -> None:
     # The peer listens on its LAN address; only identify tells it its public IP. The
     # AutoNAT dial-back at that IP with its listen port succeeds (port 4001 is
     # forwarded), so it announces that address, and no relay.
-    topo = _topology("forwarded", "cone")
-    try:
-        a, ready_a, b, _ = _swarm(topo, procs, models, tmp_path / "config")
-        info = _wait_reachability(a, "public")
-        assert info["reachability"] == "public"
-        public = f"/ip4/{topo.natted[0].public_ip}/tcp/4001/p2p/{ready_a['peer_id']}"
-        assert info["addrs"][0] == public, info["addrs"]
-        assert not any("/p2p-circuit" in addr for addr in info["addrs"])
-        # Others find it at that address, and end up connected directly. (A peer that
-        # joined the DHT while it was still unsure may reach it through the relay
-        # first: the peer it went through may still name the relayed address.)
-        offers = b.request({"op": "find", "task": "nat-iris"})["offers"]
-        assert offers[0]["addrs"][0] == public.removesuffix(f"/p2p/{ready_a['peer_id']}")
-        ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
-        assert ba["peer"] == ready_a["peer_id"]
-        direct = b.request({"op": "wait_direct", "peer": ready_a["peer_id"], "timeout": 10})
-        assert direct["direct"], direct
-    finally:
-        for proc in procs:
-            proc.stop()
-        topo.close()
+    swarm = nat_swarm("forwarded", "cone")
+    a, ready_a, b = swarm.a, swarm.ready_a, swarm.b
+    info = _wait_reachability(a, "public")
+    assert info["reachability"] == "public"
+    public = f"/ip4/{swarm.topo.natted[0].public_ip}/tcp/4001/p2p/{ready_a['peer_id']}"
+    assert info["addrs"][0] == public, info["addrs"]
+    assert not any("/p2p-circuit" in addr for addr in info["addrs"])
+    # Others find it at that address, and end up connected directly. (A peer that
+    # joined the DHT while it was still unsure may reach it through the relay
+    # first: the peer it went through may still name the relayed address.)
+    offers = b.request({"op": "find", "task": "nat-iris"})["offers"]
+    assert offers[0]["addrs"][0] == public.removesuffix(f"/p2p/{ready_a['peer_id']}")
+    ba = b.request({"op": "call", "task": "nat-iris", "x": [[5.1, 3.5, 1.4, 0.2]]})
+    assert ba["peer"] == ready_a["peer_id"]
+    direct = b.request({"op": "wait_direct", "peer": ready_a["peer_id"], "timeout": 10})
+    assert direct["direct"], direct

@@ -1,5 +1,6 @@
-"""Pipelines across real peers on 127.0.0.1: plan, run orchestrated and forwarded,
-failover, and errors that stop a pipeline before anything runs."""
+"""Pipelines across peers: plan, run orchestrated and forwarded, failover, and errors that
+stop a pipeline before anything runs. On the in-memory network, and on real libp2p hosts
+on 127.0.0.1 for a full run in both modes and for a provider killed mid-run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy.typing as npt
 import onnx
 import pytest
 import trio
+from memory_peers import BOTH_HOSTS, LIBP2P, peer_maker
 from onnx import TensorProto, helper
 
 from p2pnet import Peer
@@ -74,14 +76,18 @@ def arith(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture
-async def swarm(arith: dict[str, Path]) -> AsyncIterator[list[Peer]]:
-    """Peer 0 bootstraps and calls; peers 1, 2, 3 serve plus1, times2, add."""
+@pytest.fixture(params=["memory"])
+async def swarm(
+    request: pytest.FixtureRequest, arith: dict[str, Path]
+) -> AsyncIterator[list[Peer]]:
+    """Peer 0 bootstraps and calls; peers 1, 2, 3 serve plus1, times2, add. On the memory
+    network unless the test asks for "libp2p" hosts."""
     async with AsyncExitStack() as stack:
-        boot = await stack.enter_async_context(Peer())
+        new_peer = await peer_maker(stack, request.param)
+        boot = await stack.enter_async_context(new_peer())
         peers = [boot]
         for _ in range(3):
-            peers.append(await stack.enter_async_context(Peer(bootstrap=[boot.addrs[0]])))
+            peers.append(await stack.enter_async_context(new_peer(bootstrap=[boot.addrs[0]])))
         for peer, name, task in zip(
             peers[1:], ("plus1", "times2", "add"), ("plus-one", "times-two", "add"), strict=True
         ):
@@ -94,6 +100,7 @@ def expected(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return (x + 1) + 2 * x
 
 
+@pytest.mark.parametrize("swarm", BOTH_HOSTS, indirect=True)
 @pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
 async def test_three_peer_pipeline_with_provenance(swarm: list[Peer], mode: str) -> None:
     pipeline = Pipeline.from_dict(SPEC)
@@ -146,6 +153,7 @@ def _with_offers(plan: Any, step: str, offers: Any) -> Any:
     return dataclasses.replace(plan, steps=steps)
 
 
+@pytest.mark.parametrize("swarm", [LIBP2P], indirect=True)  # a killed libp2p peer
 @pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
 async def test_a_provider_killed_mid_run_fails_over(
     swarm: list[Peer], arith: dict[str, Path], mode: str

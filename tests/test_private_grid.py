@@ -167,6 +167,7 @@ async def _dial(a_key: SwarmKey | None, b_key: SwarmKey | None) -> tuple[bytes, 
             assert time.perf_counter() - started < 10
 
 
+@pytest.mark.network
 async def test_same_key_connects_and_carries_data() -> None:
     key = generate_swarm_key()
     got, _ = await _dial(key, key)
@@ -174,6 +175,7 @@ async def test_same_key_connects_and_carries_data() -> None:
 
 
 @pytest.mark.parametrize("case", ["other key", "dialer without key", "listener without key"])
+@pytest.mark.network
 async def test_mismatch_fails_fast_with_a_clear_error(case: str) -> None:
     key, other = generate_swarm_key(), generate_swarm_key()
     a, b = {"other key": (key, other), "dialer without key": (None, key)}.get(case, (key, None))
@@ -187,6 +189,7 @@ async def test_mismatch_fails_fast_with_a_clear_error(case: str) -> None:
         assert a.key.hex() not in str(info.value)
 
 
+@pytest.mark.network
 async def test_quic_is_refused_with_a_swarm_key() -> None:
     with pytest.raises(ConfigError, match="does not apply the private network key to QUIC"):
         async with open_host(
@@ -220,6 +223,7 @@ async def grid(models: dict[str, Path], tmp_path: Path) -> AsyncIterator[tuple[l
         yield peers, key_file
 
 
+@pytest.mark.network
 async def test_keyed_peers_find_and_call(grid: tuple[list[Peer], Path]) -> None:
     peers, _ = grid
     (offer,) = await peers[3].find(task="sentiment-analysis")
@@ -228,6 +232,7 @@ async def test_keyed_peers_find_and_call(grid: tuple[list[Peer], Path]) -> None:
     assert out["label"].tolist() == ["positive", "negative"]
 
 
+@pytest.mark.network
 async def test_outsiders_cannot_join_and_the_grid_keeps_working(
     grid: tuple[list[Peer], Path],
 ) -> None:
@@ -246,6 +251,8 @@ async def test_outsiders_cannot_join_and_the_grid_keeps_working(
     assert out["label"].tolist() == ["positive", "negative"]
 
 
+@pytest.mark.network
+@pytest.mark.slow
 def test_measure_handshake_overhead() -> None:
     """Connection setup with and without the PSK layer, p50 of 20 dials each (printed
     with -s; docs/networking.md has a 50-dial figure)."""
@@ -416,6 +423,7 @@ async def test_dnsaddr_resolution_with_a_fake_resolver() -> None:
 # --- announce and status -------------------------------------------------------------------
 
 
+@pytest.mark.network
 async def test_announced_addresses_and_status(models: dict[str, Path], tmp_path: Path) -> None:
     from p2pnet.status import keep_status, read_statuses, snapshot
 
@@ -458,6 +466,7 @@ async def test_announced_addresses_and_status(models: dict[str, Path], tmp_path:
 # --- the command line ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_private_grid_swarm_config_access_lists_and_status(
     config_home: Path, models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -555,6 +564,7 @@ def test_cli_private_grid_swarm_config_access_lists_and_status(
     assert gone.returncode == 1 and "no running peer" in gone.stderr
 
 
+@pytest.mark.network
 async def test_relayed_connections_inside_a_private_grid(models: dict[str, Path]) -> None:
     """A private peer reachable only through a relay of the grid: the relayed
     connection carries the PSK layer on both sides (py-libp2p left the dialling side's

@@ -91,6 +91,7 @@ def test_libp2p_engine_limits_are_refused_with_a_reason() -> None:
 
 
 @pytest.mark.parametrize("dht_client", [False, True])
+@pytest.mark.slow
 def test_nat_mix_relays_punches_holes_and_client_mode_keeps_lookups_working(
     dht_client: bool,
 ) -> None:
@@ -191,6 +192,7 @@ async def test_memory_network_counts_traffic_and_applies_bandwidth(
         assert (net.messages_sent, net.bytes_sent) == (1, 500)
 
 
+@pytest.mark.slow
 def test_memory_smoke_is_deterministic() -> None:
     scenario = load_scenario(SMOKE)
     first = run_scenario(scenario, engine="memory", in_process=True)
@@ -213,6 +215,7 @@ def test_memory_smoke_is_deterministic() -> None:
     assert isinstance(run["resources"]["rss_per_peer_kb"], float | int)
 
 
+@pytest.mark.slow
 def test_adversaries_forged_records_are_never_accepted() -> None:
     data = tomllib.loads((SIMULATIONS / "adversarial.toml").read_text())
     data["peers"] = {"count": 50, "join_batch": 25}
@@ -259,6 +262,7 @@ def test_stand_ins_take_the_schema_the_spec_implies() -> None:
     )
 
 
+@pytest.mark.slow
 def test_pipeline_under_churn_forwarded_gives_correct_results() -> None:
     data = tomllib.loads(SMOKE.read_text())
     data["duration"] = 20
@@ -304,6 +308,7 @@ def test_simulated_pipelines_find_steps_by_task(tmp_path: pathlib.Path) -> None:
         parse_scenario(data)
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_plots(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -327,6 +332,7 @@ def test_plots_without_matplotlib_say_how_to_get_it(
         write_plots(report, tmp_path)
 
 
+@pytest.mark.slow
 def test_the_cli_without_matplotlib_writes_the_json_and_says_how_to_get_plots(
     tmp_path: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -128,6 +128,13 @@ class Topology:
     def _in(ns: str, *argv: str) -> None:
         _run("ip", "netns", "exec", ns, *argv)
 
+    @classmethod
+    def _iptables(cls, ns: str, *rule: str) -> None:
+        """``iptables RULE`` in ``ns``. With -w it waits for the xtables lock, which
+        iptables-legacy takes for the whole machine, not per namespace: another
+        topology built at the same time (a parallel test) must not fail the call."""
+        cls._in(ns, "iptables", "-w", *rule)
+
     def _wire(self, ns: str, ifname: str, ip: str, index: int) -> None:
         """A veth from the bridge in the internet namespace to ``ns`` as ``ifname``."""
         inet = f"{self.prefix}-inet"
@@ -189,47 +196,27 @@ class Topology:
             self._in(node.ns, "ip", "link", "set", "eth0", "up")
             self._in(node.ns, "ip", "route", "add", "default", "via", f"{lan_net}.1")
             self._in(router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
-            masquerade = [
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-            ]
+            masquerade = ["-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"]
             if kind == "symmetric":
                 masquerade.append("--random-fully")
-            self._in(router, *masquerade)
+            self._iptables(router, *masquerade)
             if kind == "forwarded":
                 # A port forward, as on a router set up for a server: TCP port 4001 of
                 # the router's public address goes to the peer's port 4001.
-                self._in(router, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "wan",
-                         "-p", "tcp", "--dport", "4001", "-j", "DNAT",
-                         "--to-destination", f"{node.ip}:4001")  # fmt: skip
-                self._in(router, "iptables", "-A", "FORWARD", "-i", "wan", "-p", "tcp",
-                         "-d", node.ip, "--dport", "4001", "-j", "ACCEPT")  # fmt: skip
+                self._iptables(router, "-t", "nat", "-A", "PREROUTING", "-i", "wan",
+                               "-p", "tcp", "--dport", "4001", "-j", "DNAT",
+                               "--to-destination", f"{node.ip}:4001")  # fmt: skip
+                self._iptables(router, "-A", "FORWARD", "-i", "wan", "-p", "tcp",
+                               "-d", node.ip, "--dport", "4001", "-j", "ACCEPT")  # fmt: skip
             # Like most home routers: unsolicited packets from outside are dropped
             # (not answered with a reset), so a hole-punch SYN that arrives before the
             # other side's own SYN opened the mapping is lost, not refused, and the
             # retransmitted or crossing SYN gets through.
             for chain in ("INPUT", "FORWARD"):
-                self._in(
-                    router,
-                    "iptables",
-                    "-A",
-                    chain,
-                    "-i",
-                    "wan",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "NEW,INVALID",
-                    "-j",
-                    "DROP",
-                )
+                self._iptables(
+                    router, "-A", chain, "-i", "wan", "-m", "conntrack",
+                    "--ctstate", "NEW,INVALID", "-j", "DROP",
+                )  # fmt: skip
             self.natted.append(node)
 
     def close(self) -> None:
