@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # fresh Python processes
 def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "scripts/bench/imports.py", "--runs", "1", "--out", str(tmp_path)],

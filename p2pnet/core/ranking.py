@@ -121,8 +121,10 @@ class ProviderStats:
         return replace(self, failures=kept)
 
     def recent_failures(self, now: float, policy: RankingPolicy = DEFAULT_POLICY) -> int:
-        """Failures within ``failure_cooldown`` seconds before ``now``."""
-        return sum(1 for t in self.failures if now - t < policy.failure_cooldown)
+        """Failures within ``failure_cooldown`` seconds before ``now``: those whose cooldown
+        ends after ``now`` (``t + cooldown``, computed as ``cooling_until`` computes it: in
+        floating point ``now - t < cooldown`` can hold when ``t + cooldown == now``)."""
+        return sum(1 for t in self.failures if now < t + policy.failure_cooldown)
 
     def cooling_until(self, now: float, policy: RankingPolicy = DEFAULT_POLICY) -> float | None:
         """When the provider counts as healthy again, or None if it does now."""

@@ -21,6 +21,7 @@ from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import MultiError
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
@@ -240,7 +241,13 @@ class Host:
                 continue
             if failure is not None:
                 return failure
-        if any("security" in str(e) or "multiselect" in str(e).lower() for e in chain):
+        # Without a swarm key, py-libp2p reads a private network's random nonce as
+        # multistream-select's length prefix and tries to allocate that many bytes: the
+        # handshake fails with a MemoryError rather than a security error.
+        if any(
+            "security" in str(e) or "multiselect" in str(e).lower() or isinstance(e, MemoryError)
+            for e in chain
+        ):
             if self.swarm_key is None:
                 return (
                     f"the handshake failed ({_reason(exc)}); the other side may be in a "
@@ -346,7 +353,13 @@ def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc``, its causes and contexts, and the members of exception groups, in order."""
+    """``exc``, its causes and contexts, and the members of exception groups, in order.
+
+    py-libp2p's ``MultiError`` (a failed dial to every address) is no exception group: it
+    keeps its members in ``errors``, with no cause, so they are followed too; without
+    them a dial's real failure (the handshake's) was lost behind "Failed to connect
+    after 3 attempts".
+    """
     out: list[BaseException] = []
     todo = [exc]
     while todo and len(out) < 64:
@@ -356,6 +369,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
         out.append(e)
         if isinstance(e, BaseExceptionGroup):
             todo.extend(e.exceptions)
+        if isinstance(e, MultiError):
+            todo.extend(m for m in e.errors if isinstance(m, BaseException))
         todo.extend(c for c in (e.__cause__, e.__context__) if c is not None)
     return out
 
