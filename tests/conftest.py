@@ -112,7 +112,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Quiet py-libp2p, as the CLI does, once a test module has loaded it. (A run of tests
     that never touch libp2p does not import it.)"""
     if "libp2p" in sys.modules:
-        import p2pnet.net.logs  # noqa: F401
+        from p2pnet.net.logs import inherit_libp2p_log_level
+
+        inherit_libp2p_log_level()
 
 
 # --- make quick ----------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
 from p2pnet.cli.render import figure, out, schema_table
-from p2pnet.runtime.onnx_model import inspect_model
 
 __all__ = [
     "ImportOptions",
@@ -167,6 +166,8 @@ def add_model_parsers(sub: Subparsers, parents: ParentParsers) -> None:
 
 def inspect_model_files(options: InspectOptions) -> int:
     """Print each file's model ID and schema table (or JSON)."""
+    from p2pnet.runtime.onnx_model import inspect_model  # onnx takes half a second to load
+
     infos = [inspect_model(p) for p in options.files]
     if options.json:
         data = [info.to_dict() for info in infos]
