@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rich.markup import escape
+from rich.text import Text
 
 from p2pnet.cli.options import Command
 from p2pnet.cli.parser import build_parser
-from p2pnet.cli.render import err
+from p2pnet.cli.render import MAX_ERROR_CHARS, err, terminal_safe
 from p2pnet.errors import P2PNetError, UsageError
 from p2pnet.logs import configure_logging
 
@@ -29,9 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command.run(options)
     except P2PNetError as exc:
-        # escape: messages hold brackets ("float32[n]", "p2pnet[models]") that rich
-        # would otherwise take for markup and drop.
-        err.print(f"[bold red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        # As text, not markup: messages hold brackets ("float32[n]", "p2pnet[models]"),
+        # and text from other peers (their error messages, names), which is made
+        # terminal-safe; lines after the first are indented.
+        message = terminal_safe(str(exc), limit=MAX_ERROR_CHARS, newline="\n  ")
+        err.print(Text("error", style="bold red") + ": " + message, soft_wrap=True)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         return 130

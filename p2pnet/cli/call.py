@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy.typing as npt
 import trio
+from rich.text import Text
 
 from p2pnet.cli.options import (
     Command,
@@ -20,7 +21,7 @@ from p2pnet.cli.options import (
     add_input_option,
     load_identity,
 )
-from p2pnet.cli.render import out, outputs_table, tensor_json
+from p2pnet.cli.render import out, outputs_table, peer_text, tensor_json
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.errors import UsageError
 from p2pnet.inputs import parse_input
@@ -69,12 +70,12 @@ def call_model(options: CallOptions) -> int:
     if options.discovery.json:
         print(json.dumps({name: tensor_json(arr) for name, arr in outputs.items()}))
         return 0
-    out.print(outputs_table(f"{served_by} ({elapsed_ms:.0f} ms)", outputs))
+    out.print(outputs_table(served_by + f" ({elapsed_ms:.0f} ms)", outputs))
     return 0
 
 
-async def _call(options: CallOptions) -> tuple[str, dict[str, npt.NDArray[Any]]]:
-    """(who served the call, the outputs)."""
+async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
+    """(who served the call, as terminal-safe text; the outputs)."""
     discovery = options.discovery
     inputs = dict(parse_input(spec) for spec in options.inputs)
     join = discovery.swarm.resolve()
@@ -85,10 +86,12 @@ async def _call(options: CallOptions) -> tuple[str, dict[str, npt.NDArray[Any]]]
         address, model_id = options.target[0], parse_model_id(options.target[1])
         async with Peer(identity, listen=discovery.listen, swarm_key=join.swarm_key) as peer:
             outputs = await peer.invoke(address, model_id, inputs, timeout=discovery.timeout)
-        return f"{model_id} on {address.rsplit('/', 1)[-1]}", outputs
+        return peer_text(f"{model_id} on {address.rsplit('/', 1)[-1]}"), outputs
     task, model = discovery.target(join)
     async with discovery.joining_peer(identity, join) as peer:
         offer, outputs = await peer.call_with_offer(
             inputs, task=task, model=model, timeout=discovery.timeout
         )
-    return f"{offer.record.name} {offer.record.model_id} on {offer.record.peer_id}", outputs
+    record = offer.record  # from another peer
+    served_by = peer_text(record.name) + " " + peer_text(record.model_id)
+    return served_by + " on " + peer_text(record.peer_id), outputs

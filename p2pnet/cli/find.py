@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import trio
-from rich.markup import escape
+from rich.text import Text
 
 from p2pnet.cli.options import (
     Command,
@@ -14,10 +15,10 @@ from p2pnet.cli.options import (
     Subparsers,
     load_identity,
 )
-from p2pnet.cli.render import err, out
-from p2pnet.discovery.service import Offer
+from p2pnet.cli.render import err, joined_text, out, peer_text, spec_text
+from p2pnet.discovery.service import Offer, Search
 
-__all__ = ["add_find_parser", "find_models"]
+__all__ = ["add_find_parser", "find_models", "offers_text", "unanswered_text"]
 
 
 def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
@@ -30,31 +31,70 @@ def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 
 def find_models(options: DiscoveryOptions) -> int:
-    """Print the offers found, best first; exit status 1 if there are none."""
-    offers = trio.run(_find, options)
+    """Print the offers found, best first (with ``-v``, also the providers that did not
+    answer in time); exit status 1 if there are none."""
+    search = trio.run(_find, options)
+    offers = search.offers
+    unanswered = _unanswered(search)
     if options.json:
-        print(json.dumps([offer.to_dict() for offer in offers], indent=2))
+        # JSON keeps every value exact: json.dumps escapes control characters itself.
+        if options.verbose:
+            found: object = {
+                "offers": [offer.to_dict() for offer in offers],
+                "unanswered": list(unanswered),
+            }
+        else:
+            found = [offer.to_dict() for offer in offers]
+        print(json.dumps(found, indent=2))
         return 0 if offers else 1
+    if options.verbose and unanswered:
+        err.print(unanswered_text(unanswered))
     if not offers:
         err.print("no peer offers it")
         return 1
-    out.print(f"{len(offers)} offer(s), best first")
-    for offer in offers:
-        r = offer.record
-        # The record comes from another peer: its text is printed as text, not markup.
-        out.print(f"\n[bold]{escape(r.name)}[/]  {r.model_id}  {offer.rtt * 1000:.1f} ms")
-        out.print(f"  tasks    {', '.join(r.tasks) or '-'}", markup=False)
-        out.print(f"  peer     {r.peer_id}", markup=False)
-        for addr in r.addrs:
-            out.print(f"  address  {addr}/p2p/{r.peer_id}", markup=False)
-        out.print(f"  inputs   {', '.join(t.describe() for t in r.schema.inputs)}", markup=False)
-        out.print(f"  outputs  {', '.join(t.describe() for t in r.schema.outputs)}", markup=False)
+    out.print(offers_text(offers))
     return 0
 
 
-async def _find(options: DiscoveryOptions) -> list[Offer]:
+def offers_text(offers: Sequence[Offer]) -> Text:
+    """The offers as ``p2pnet find`` prints them: per offer its name, model ID and describe
+    round trip, then its tasks, peer, addresses, inputs and outputs. Everything in a record
+    comes from another peer, so all of it is shown as ``terminal_safe`` text."""
+    lines = [Text(f"{len(offers)} offer(s), best first")]
+    for offer in offers:
+        r = offer.record
+        lines.append(Text())
+        lines.append(
+            peer_text(r.name, "bold")
+            + "  "
+            + peer_text(r.model_id)
+            + f"  {offer.rtt * 1000:.1f} ms"
+        )
+        lines.append(Text("  tasks    ") + joined_text([peer_text(t) for t in r.tasks]))
+        lines.append(Text("  peer     ") + peer_text(r.peer_id))
+        peer = Text("/p2p/") + peer_text(r.peer_id)
+        lines.extend(Text("  address  ") + peer_text(a) + peer for a in r.addrs)
+        lines.append(Text("  inputs   ") + joined_text([spec_text(t) for t in r.schema.inputs]))
+        lines.append(Text("  outputs  ") + joined_text([spec_text(t) for t in r.schema.outputs]))
+    return Text("\n").join(lines)
+
+
+def unanswered_text(unanswered: Sequence[str]) -> Text:
+    """The providers the DHT named that did not describe their models in time."""
+    return Text(f"{len(unanswered)} provider(s) did not answer in time: ") + joined_text(
+        [peer_text(p) for p in unanswered]
+    )
+
+
+def _unanswered(search: Search) -> tuple[str, ...]:
+    """The peer IDs that did not answer describe (``Search.unanswered``; none from a
+    ``Search`` that does not report them)."""
+    return tuple(str(p) for p in getattr(search, "unanswered", ()))
+
+
+async def _find(options: DiscoveryOptions) -> Search:
     join = options.swarm.resolve()
     task, model = options.target(join)
     identity, _, _ = load_identity(options.identity)
     async with options.joining_peer(identity, join) as peer:
-        return await peer.find(task=task, model=model, timeout=options.timeout)
+        return await peer.finder.search(task=task, model=model, timeout=options.timeout)

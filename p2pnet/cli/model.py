@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
-from p2pnet.cli.render import figure, out, schema_table
+from p2pnet.cli.render import figure, out, peer_text, schema_table
 
 __all__ = [
     "ImportOptions",
@@ -211,11 +212,11 @@ def import_model_file(options: ImportOptions) -> int:
     )
     for c in check.comparisons:
         if c.is_label:
-            out.print(f"  {c.name}: {figure(c.agreement, '.1%')} equal", markup=False)
+            out.print(_named(c.name, f"{figure(c.agreement, '.1%')} equal"))
         else:
-            out.print(f"  {c.name}: max abs deviation {figure(c.max_abs, '.3g')}", markup=False)
+            out.print(_named(c.name, f"max abs deviation {figure(c.max_abs, '.3g')}"))
     for name in check.unchecked:
-        out.print(f"  {name}: not checked (the source model has no such output)", markup=False)
+        out.print(_named(name, "not checked (the source model has no such output)"))
     return 0
 
 
@@ -253,8 +254,8 @@ def quantize_model_file(options: QuantizeOptions) -> int:
         deviations.add_column(column, justify="left" if column in ("output", "dtype") else "right")
     for c in report.outputs:
         deviations.add_row(
-            c.name,
-            c.dtype,
+            peer_text(c.name),
+            peer_text(c.dtype),
             figure(c.max_abs, ".4g"),
             figure(c.mean_abs, ".4g"),
             figure(c.agreement, ".1%"),
@@ -263,3 +264,8 @@ def quantize_model_file(options: QuantizeOptions) -> int:
     out.print(f"before  {before.model_id}  {before.path}", markup=False)
     out.print(f"after   {after.model_id}  {after.path}", markup=False)
     return 0
+
+
+def _named(name: str, what: str) -> Text:
+    """``  name: what``, the name (a tensor's, from the model file) as terminal-safe text."""
+    return Text("  ") + peer_text(name) + f": {what}"

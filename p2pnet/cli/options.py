@@ -169,7 +169,7 @@ class SwarmOptions:
 @dataclass(frozen=True, slots=True)
 class DiscoveryOptions:
     """The options of the commands that find models in a swarm: the discovery parent
-    parser's, and ``--identity``."""
+    parser's, and ``--identity`` and ``-v`` (``verbose``: how many)."""
 
     identity: Path | None
     swarm: SwarmOptions
@@ -178,6 +178,7 @@ class DiscoveryOptions:
     timeout: float
     listen: tuple[str, ...]
     json: bool
+    verbose: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DiscoveryOptions:
@@ -189,6 +190,7 @@ class DiscoveryOptions:
             timeout=args.timeout,
             listen=tuple(args.listen or DEFAULT_LISTEN),
             json=args.json,
+            verbose=args.verbose,
         )
 
     def target(self, join: SwarmJoin) -> tuple[str | None, str | None]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import trio
+from rich.text import Text
 
 from p2pnet.cli.options import (
     DEFAULT_LISTEN,
@@ -22,7 +23,7 @@ from p2pnet.cli.options import (
     identity_path,
     load_identity,
 )
-from p2pnet.cli.render import err, out
+from p2pnet.cli.render import err, out, peer_text
 from p2pnet.errors import UsageError
 from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
@@ -230,18 +231,19 @@ async def _serve(options: PeerOptions) -> None:
         async with peer:
             status = peer.status()
             role = " (bootstrap)" if options.role == "bootstrap" else ""
-            out.print(f"peer {status.peer_id}{role}")
+            out.print(_line(f"peer {status.peer_id}{role}"))
             for addr in status.listen_addrs:
-                out.print(f"listening {addr}")
+                out.print(_line(f"listening {addr}"))
             if options.announce:
                 for addr in status.announced_addrs:
-                    out.print(f"announcing {addr}")
+                    out.print(_line(f"announcing {addr}"))
             if status.swarm_key_fingerprint is not None:
-                out.print(f"private network, swarm key {status.swarm_key_fingerprint}")
+                out.print(_line(f"private network, swarm key {status.swarm_key_fingerprint}"))
             for model in status.models:  # tasks: an adapter's own too
-                out.print(f"serving {model.model_id} {model.name} {','.join(model.tasks)}".rstrip())
+                tasks = ",".join(model.tasks)
+                out.print(_line(f"serving {model.model_id} {model.name} {tasks}".rstrip()))
                 if model.allow is not None:
-                    out.print(f"  only for {', '.join(model.allow) or 'this peer'}")
+                    out.print(_line(f"  only for {', '.join(model.allow) or 'this peer'}"))
             if status.models:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:
@@ -257,3 +259,9 @@ async def _serve(options: PeerOptions) -> None:
                     err.print(f"{signal.Signals(signum).name}: stopping")
                     break
                 nursery.cancel_scope.cancel()
+
+
+def _line(text: str) -> Text:
+    """A line of the peer's own status as text, not markup: model names come from file
+    names, which may hold ``[...]`` or control characters."""
+    return peer_text(text, limit=None)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import cast
 
 import trio
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from p2pnet.cli.options import (
     Command,
@@ -21,7 +21,7 @@ from p2pnet.cli.options import (
     add_input_option,
     load_identity,
 )
-from p2pnet.cli.render import out, outputs_table
+from p2pnet.cli.render import joined_text, out, outputs_table, peer_text
 from p2pnet.errors import DeadlineExceededError, UsageError
 from p2pnet.inputs import parse_input
 from p2pnet.pipeline import Mode, Pipeline, PipelineResult
@@ -98,11 +98,13 @@ def check_pipeline(options: CheckOptions) -> int:
     if options.json:
         print(json.dumps({"pipeline": spec.name, "steps": [s.name for s in spec.steps]}))
         return 0
-    out.print(f"[bold]{spec.name}[/]: {len(spec.steps)} steps, checked")
+    # The spec is the user's file, but its names are shown as text all the same.
+    out.print(peer_text(spec.name, "bold") + f": {len(spec.steps)} steps, checked")
     for step in spec.steps:
         fed = ", ".join(f"{name}={ref}" for name, ref in step.inputs.items())
-        out.print(f"  {step.name:<12} {step.target}  <- {fed}")
-    out.print("  outputs      " + ", ".join(f"{n}={r}" for n, r in spec.outputs.items()))
+        out.print(Text("  ") + peer_text(f"{step.name:<12} {step.target}  <- {fed}", limit=None))
+    outputs = ", ".join(f"{n}={r}" for n, r in spec.outputs.items())
+    out.print(Text("  outputs      ") + peer_text(outputs, limit=None))
     return 0
 
 
@@ -121,16 +123,17 @@ def run_pipeline(options: RunOptions) -> int:
     if options.discovery.json:
         print(json.dumps(result.to_dict()))
         return 0
-    steps = Table(
-        title=escape(f"{options.spec} ({result.mode}, {result.total_ms:.0f} ms)"),
-        title_justify="left",
-    )
+    title = peer_text(str(options.spec)) + f" ({result.mode}, {result.total_ms:.0f} ms)"
+    steps = Table(title=title, title_justify="left")
     for column in ("step", "model", "peer", "ms", "failed over"):
         steps.add_column(column, justify="right" if column == "ms" else "left")
     for t in result.steps:
-        failed = ", ".join(f"{p[:12]}… ({code})" for p, code in t.failed) or "-"
-        model = f"{t.model_name} {t.model_id[:16]}…"  # the name comes from another peer
-        steps.add_row(escape(t.step), escape(model), t.peer_id, f"{t.ms:.1f}", escape(failed))
+        # Model names, peer IDs and error codes come from other peers.
+        failed = joined_text(
+            [peer_text(p[:12]) + "… (" + peer_text(code) + ")" for p, code in t.failed]
+        )
+        model = peer_text(t.model_name) + " " + peer_text(t.model_id[:16]) + "…"
+        steps.add_row(peer_text(t.step), model, peer_text(t.peer_id), f"{t.ms:.1f}", failed)
     out.print(steps)
     out.print(outputs_table("outputs", result.outputs))
     return 0

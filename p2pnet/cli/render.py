@@ -1,27 +1,117 @@
-"""Output shared by the commands: the consoles, tables of model schemas and of output
-tensors, tensors as JSON.
+"""Output shared by the commands: the consoles, text from other peers made safe for the
+terminal, shapes, tables of model schemas and of output tensors, tensors as JSON.
 
-Text from other peers (model and tensor names, output values) is printed escaped: rich
-would take a ``[...]`` in it for markup, and an unmatched ``[/...]`` fails the print."""
+Text from other peers (record and tensor names, tasks, dtypes, symbolic dimensions, peer
+IDs, addresses, error messages, output values) reaches the terminal only through
+``terminal_safe`` or ``peer_text``: it is never read as rich markup (a ``[...]`` in it
+would restyle the output, an unmatched ``[/...]`` fail the print), and its control
+characters (escape sequences, carriage returns, bidirectional overrides) are shown as
+``\\x1b`` or ``\\u202e`` instead of being sent to the terminal. Commands build rich
+``Text`` objects, which rich never parses as markup, rather than markup strings."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from p2pnet.core.model_info import ModelInfo
+from p2pnet.core.schema import Dim, TensorSpec
 from p2pnet.core.tensor import dtype_name
 
-__all__ = ["err", "figure", "out", "outputs_table", "schema_table", "tensor_json"]
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "MAX_NAME_CHARS",
+    "err",
+    "figure",
+    "joined_text",
+    "out",
+    "outputs_table",
+    "peer_text",
+    "schema_table",
+    "shape_text",
+    "spec_text",
+    "tensor_json",
+    "terminal_safe",
+]
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Characters shown as escapes rather than sent to the terminal: C0 controls (tab
+# and newline included: a name is one line), DEL, C1 controls (0x9b is a one-byte CSI on
+# some terminals), the Arabic letter mark, LRM/RLM, the line and paragraph separators,
+# and the bidirectional embeddings, overrides and isolates that reorder what follows.
+_UNSAFE_CODEPOINTS: Final = (
+    *range(0x00, 0x20),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+)
+_ESCAPES: Final = {
+    cp: (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}") for cp in _UNSAFE_CODEPOINTS
+}
+_ESCAPES_KEEPING_NEWLINES: Final = {cp: e for cp, e in _ESCAPES.items() if cp != 0x0A}
+
+# What is shown of one name (record, tensor, task, peer ID, address, dtype, dimension),
+# and of one error message; longer text is cut and says how much was left out.
+MAX_NAME_CHARS: Final = 200
+MAX_ERROR_CHARS: Final = 4000
+
+
+def terminal_safe(
+    text: str, *, limit: int | None = MAX_NAME_CHARS, newline: str | None = None
+) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``, ``\\u202e``)
+    and, beyond ``limit`` characters (None: no limit), cut with a note of how many more
+    there were. With ``newline``, line breaks are kept and replaced by it (``"\\n  "``
+    indents the lines after the first, so that none can pass for a line of p2pnet's own
+    output); without, they are shown as ``\\n`` too.
+
+    The result is text for ``Text`` or ``markup=False``, not for markup."""
+    cut = ""
+    if limit is not None and len(text) > limit:
+        cut = f"… ({len(text) - limit:,} more characters)"
+        text = text[:limit]
+    if newline is None:
+        return text.translate(_ESCAPES) + cut
+    return text.translate(_ESCAPES_KEEPING_NEWLINES).replace("\n", newline) + cut
+
+
+def peer_text(value: object, style: str = "", *, limit: int | None = MAX_NAME_CHARS) -> Text:
+    """``str(value)`` as a rich ``Text`` in ``style``: made ``terminal_safe`` (one line),
+    never read as markup."""
+    return Text(terminal_safe(str(value), limit=limit), style=style)
+
+
+def shape_text(shape: Iterable[Dim]) -> str:
+    """A shape as ``[n, 4]``: a number a fixed size, a name a symbolic one (made
+    ``terminal_safe``), ``?`` a free one."""
+    dims = ", ".join("?" if d is None else terminal_safe(str(d)) for d in shape)
+    return f"[{dims}]"
+
+
+def spec_text(spec: TensorSpec) -> Text:
+    """One tensor of a schema as ``name: dtype[n, 4]``."""
+    return peer_text(spec.name) + ": " + peer_text(spec.dtype) + shape_text(spec.shape)
+
+
+def joined_text(parts: Sequence[Text | str], separator: str = ", ", empty: str = "-") -> Text:
+    """``parts`` joined by ``separator`` into one ``Text`` (``empty`` if there are none);
+    ``str`` parts must already be safe."""
+    if not parts:
+        return Text(empty)
+    return Text(separator).join(Text(p) if isinstance(p, str) else p for p in parts)
 
 
 def tensor_json(arr: npt.NDArray[Any]) -> dict[str, Any]:
@@ -31,26 +121,44 @@ def tensor_json(arr: npt.NDArray[Any]) -> dict[str, Any]:
 
 def schema_table(info: ModelInfo) -> Table:
     """A model's inputs and outputs: name, dtype and shape (``?`` for a free dimension)."""
-    table = Table(title=f"{info.name} ({info.size:,} bytes)", title_justify="left")
+    title = peer_text(info.name) + f" ({info.size:,} bytes)"
+    table = Table(title=title, title_justify="left")
     for column in ("", "name", "dtype", "shape"):
         table.add_column(column)
     for kind, specs in (("input", info.schema.inputs), ("output", info.schema.outputs)):
         for spec in specs:
-            dims = ", ".join("?" if d is None else str(d) for d in spec.shape)
-            table.add_row(kind, spec.name, spec.dtype, f"[{dims}]")
+            table.add_row(
+                kind, peer_text(spec.name), peer_text(spec.dtype), Text(shape_text(spec.shape))
+            )
     return table
 
 
-def outputs_table(title: str, outputs: Mapping[str, npt.NDArray[Any]]) -> Table:
-    """Output tensors: name, dtype, shape and values (long ones elided); the title, names
-    and values are text, not markup."""
-    table = Table(title=escape(title), title_justify="left")
+def outputs_table(title: str | Text, outputs: Mapping[str, npt.NDArray[Any]]) -> Table:
+    """Output tensors: name, dtype, shape and values (long ones elided); the title (if a
+    ``str``), names and values are shown as ``terminal_safe`` text, never as markup."""
+    if isinstance(title, str):
+        title = peer_text(title, limit=None)
+    table = Table(title=title, title_justify="left")
     for column in ("output", "dtype", "shape", "value"):
         table.add_column(column)
     with np.printoptions(threshold=20, edgeitems=3, precision=4, suppress=True):
         for name, arr in outputs.items():
-            table.add_row(escape(name), dtype_name(arr), str(list(arr.shape)), escape(str(arr)))
+            table.add_row(
+                peer_text(name),
+                peer_text(dtype_name(arr)),
+                Text(shape_text(arr.shape)),
+                _value_text(arr),
+            )
     return table
+
+
+def _value_text(arr: npt.NDArray[Any]) -> Text:
+    """An output's values as numpy prints them (long arrays elided, a row per line), made
+    ``terminal_safe``. numpy shows the strings in an array by their ``repr``, so their own
+    line breaks appear as ``\\n``; a 0-d tensor is shown by its value's ``repr`` likewise.
+    A long string is the model's answer and is shown whole."""
+    printed = str(arr) if arr.ndim else repr(arr.item())
+    return Text(terminal_safe(printed, limit=None, newline="\n"))
 
 
 def figure(value: float | None, fmt: str) -> str:

@@ -7,13 +7,13 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from rich.markup import escape
+from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
-from p2pnet.cli.render import err, out
+from p2pnet.cli.render import err, joined_text, out, peer_text
 from p2pnet.status import StatusFile, read_statuses
 
-__all__ = ["StatusOptions", "add_status_parser", "render_status", "show_status"]
+__all__ = ["StatusOptions", "add_status_parser", "render_status", "show_status", "status_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,29 +57,40 @@ def show_status(options: StatusOptions) -> int:
 
 def render_status(file: StatusFile) -> None:
     """One peer's status, as ``p2pnet status`` prints it."""
+    out.print(status_text(file))
+
+
+def status_text(file: StatusFile) -> Text:
+    """One peer's status as text. The file is this machine's, but its fields hold text
+    from elsewhere (model names and tasks from files, addresses), so all of it is shown
+    ``terminal_safe``."""
     st = file.status
     role = " (bootstrap)" if file.role == "bootstrap" else ""
-    out.print(f"[bold]peer {escape(st.peer_id)}[/]{role}  pid {file.pid}")
+    lines = [peer_text(f"peer {st.peer_id}", "bold") + f"{role}  pid {file.pid}"]
     if file.stale:
-        out.print(f"  [bold red]not updated for {file.age:.0f} s: the peer may be hung[/]")
+        lines.append(
+            Text(f"  not updated for {file.age:.0f} s: the peer may be hung", style="bold red")
+        )
     key = st.swarm_key_fingerprint
-    out.print(
-        f"  swarm        {file.swarm or '-'}" + (f", private (key {key})" if key else ""),
-        markup=False,
-    )
-    for addr in st.listen_addrs:
-        out.print(f"  listening    {addr}", markup=False)
+    swarm = Text("  swarm        ") + peer_text(file.swarm or "-")
+    lines.append(swarm + (peer_text(f", private (key {key})") if key else ""))
+    lines.extend(Text("  listening    ") + peer_text(addr) for addr in st.listen_addrs)
     if st.announced_addrs != st.listen_addrs:
-        for addr in st.announced_addrs:
-            out.print(f"  announcing   {addr}", markup=False)
-    out.print(f"  reachability {st.reachability}", markup=False)
+        lines.extend(Text("  announcing   ") + peer_text(addr) for addr in st.announced_addrs)
+    lines.append(Text("  reachability ") + peer_text(st.reachability))
     paths = [c.path for c in st.connections]
     direct, relayed = paths.count("direct"), paths.count("relayed")
-    out.print(f"  connections  {len(paths)} ({direct} direct, {relayed} relayed)")
-    out.print(f"  routing      {st.routing_table} peers in the DHT routing table ({st.dht_mode})")
+    lines.append(Text(f"  connections  {len(paths)} ({direct} direct, {relayed} relayed)"))
+    lines.append(
+        Text(f"  routing      {st.routing_table} peers in the DHT routing table (")
+        + peer_text(st.dht_mode)
+        + ")"
+    )
     for m in st.models:
-        tasks = ", ".join(m.tasks) or "-"
-        out.print(f"  serving      {m.name} {m.model_id}  tasks {tasks}", markup=False)
+        tasks = joined_text([peer_text(t) for t in m.tasks])
+        served = peer_text(m.name) + " " + peer_text(m.model_id)
+        lines.append(Text("  serving      ") + served + Text("  tasks ") + tasks)
         if m.allow is not None:
-            allowed = ", ".join(m.allow) or "this peer only"
-            out.print(f"               only for {allowed}", markup=False)
+            allowed = joined_text([peer_text(p) for p in m.allow], empty="this peer only")
+            lines.append(Text("               only for ") + allowed)
+    return Text("\n").join(lines)
