@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -299,3 +300,26 @@ def test_p2pnet_find_and_call_show_hostile_names_and_symbolic_dims(
         for peer in (server, boot):
             peer.proc.send_signal(signal.SIGINT)
             assert peer.proc.wait(timeout=30) == 0
+
+
+def test_log_lines_quoting_other_peers_are_escaped(
+    config_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the command line's log handler writes: a peer's error message with control
+    characters in it (logged with -v when a provider fails) is shown escaped."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["id", "-v"]) == 0
+        capsys.readouterr()
+        logging.getLogger("p2pnet.discovery").info(
+            "provider %s failed: %s", "12D3KooW", "\x1b[2Jbusy\nerror: fake [/]"
+        )
+        logged = capsys.readouterr().err
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert_safe(logged)
+    assert "\\x1b[2Jbusy" in logged
+    first, continued = logged.splitlines()
+    assert continued.index("error: fake [/]") == first.index("provider") + 2  # indented

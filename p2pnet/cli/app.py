@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ from rich.text import Text
 
 from p2pnet.cli.options import Command
 from p2pnet.cli.parser import build_parser
-from p2pnet.cli.render import MAX_ERROR_CHARS, err, terminal_safe
+from p2pnet.cli.render import MAX_ERROR_CHARS, TerminalSafeLogs, err, terminal_safe
 from p2pnet.errors import P2PNetError, UsageError
 from p2pnet.logs import configure_logging
 
@@ -21,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    for handler in logging.getLogger().handlers:  # log lines quote other peers' text
+        handler.addFilter(TerminalSafeLogs())
     command: Command[Any] = args.handler
     try:
         options = command.options(args)

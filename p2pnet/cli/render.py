@@ -11,6 +11,7 @@ characters (escape sequences, carriage returns, bidirectional overrides) are sho
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ from p2pnet.core.tensor import dtype_name
 __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_NAME_CHARS",
+    "TerminalSafeLogs",
     "err",
     "figure",
     "joined_text",
@@ -159,6 +161,20 @@ def _value_text(arr: npt.NDArray[Any]) -> Text:
     A long string is the model's answer and is shown whole."""
     printed = str(arr) if arr.ndim else repr(arr.item())
     return Text(terminal_safe(printed, limit=None, newline="\n"))
+
+
+class TerminalSafeLogs(logging.Filter):
+    """A filter for the log handler that writes to the terminal: each record's message
+    (which may quote other peers' error messages and names) made ``terminal_safe``, its
+    lines after the first indented. The record is changed in place: the terminal is the
+    command line's only log handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = terminal_safe(message, limit=MAX_ERROR_CHARS, newline="\n  ")
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True
 
 
 def figure(value: float | None, fmt: str) -> str:
