@@ -31,6 +31,7 @@ from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
 from p2pnet.net.identity import generate_identity
 from p2pnet.net.interfaces import StreamHost
 from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig, Reachability
+from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimits
 from p2pnet.net.swarm_key import SwarmKey, load_swarm_key
 from p2pnet.runtime.catalogue import ModelCatalogue
 from p2pnet.runtime.served import ServedModel
@@ -99,6 +100,9 @@ class Peer:
             is built).
         idle_streams: finished streams kept per peer for reuse by the invoke and
             describe clients (None: 8 and 2).
+        resources: limits on what other peers may hold here: inbound streams and bytes
+            of requests in progress, per peer and in total, and stall and idle timeouts
+            (``p2pnet.net.resources.ResourceLimits``; docs/networking.md).
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class Peer:
         hooks: PeerHooks | None = None,
         upkeep: bool = True,
         idle_streams: int | None = None,
+        resources: ResourceLimits = DEFAULT_RESOURCES,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -140,6 +145,7 @@ class Peer:
             clock=clock,
             upkeep=upkeep,
             idle_streams=idle_streams,
+            resources=resources,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host

@@ -40,6 +40,7 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.net.interfaces import StreamHost
 from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig
+from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimitedHost, ResourceLimits
 from p2pnet.runtime.catalogue import ModelCatalogue
 from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
 
@@ -58,6 +59,9 @@ class PeerConfig:
     idle_streams: finished streams kept per peer for reuse by the invoke and describe
         clients (None: their own defaults, 8 and 2).
     upkeep: run the DHT's upkeep from the start (False: ``Peer.start_upkeep`` starts it).
+    resources: limits on what other peers may hold here (inbound streams, bytes of
+        requests in progress, stall and idle timeouts), applied to every protocol the
+        services serve; see ``ResourceLimits`` and docs/networking.md.
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -74,6 +78,7 @@ class PeerConfig:
     clock: Callable[[], float] = time.time
     upkeep: bool = True
     idle_streams: int | None = None
+    resources: ResourceLimits = DEFAULT_RESOURCES
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,9 @@ class PeerServices:
             raise ValueError(f"host {host.peer_id} does not belong to peer {identity.peer_id}")
         idle = config.idle_streams
         self.host = host
+        # What the services serve on: every inbound stream under config.resources. The
+        # host itself stays as it is for whoever holds the peer (peer.host).
+        self.limited_host = ResourceLimitedHost(host, config.resources)
         self.config = config
         self.catalogue = catalogue
         self.addresses = AnnouncedAddresses(host, config.announce)
@@ -168,7 +176,7 @@ class PeerServices:
             # Known to be undialable: a DHT client from the start (see become_client).
             dht_config = dataclasses.replace(dht_config, client=True)
         self.dht = DhtNode(
-            host,
+            self.limited_host,
             dht_config,
             validator=CapabilityRecordValidator(config.clock),
             rng=random.Random(dht_config.seed) if dht_config.seed is not None else None,
@@ -179,8 +187,9 @@ class PeerServices:
 
     def start(self) -> None:
         """Serve the invoke, describe and DHT protocols from now on."""
-        self.host.set_stream_handler(INVOKE_PROTOCOL, self.invoke_server.handle_stream)
-        self.host.set_stream_handler(DESCRIBE_PROTOCOL, self.describe_server.handle_stream)
+        serve = self.limited_host.set_stream_handler
+        serve(INVOKE_PROTOCOL, self.invoke_server.handle_stream)
+        serve(DESCRIBE_PROTOCOL, self.describe_server.handle_stream)
         self.dht.start()
 
     async def aclose(self) -> None:

@@ -8,6 +8,10 @@ comment naming it. The other modules load without it.
                                                            hosts below satisfy it
     channels.py    StreamPool, read_message, read_request  pooled streams and the one request /
                                                            retry loop every client uses
+    resources.py   ResourceLimits, ResourceLedger,         inbound stream and request-memory limits
+                   ResourceLimitedHost, LimitedStream      per peer and in total, stall and idle
+                                                           timeouts (like go-libp2p's resource
+                                                           manager)
     host.py        open_host, Host, Stream, tune_libp2p    a running libp2p host (TCP, Noise,
                                                            Yamux) and its streams
     memory.py      MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
