@@ -513,7 +513,8 @@ def _message_from_head(head: object) -> Message:
     version = head.get("v")
     if version != PROTOCOL_VERSION:
         raise RemoteProtocolError(
-            f"message version {quote_bounded(version)} is not supported (this side speaks {PROTOCOL_VERSION})"
+            f"message version {quote_bounded(version)} is not supported "
+            f"(this side speaks {PROTOCOL_VERSION})"
         )
     kind = head.get("type")
     request_id = _field(head, "id", int)
@@ -608,6 +609,7 @@ def _tensor_map(head: dict[str, Any], key: str) -> dict[str, npt.NDArray[Any]]:
     for name, tensor in value.items():
         if not isinstance(tensor, np.ndarray):
             raise RemoteProtocolError(
-                f"{key}[{quote_bounded(name)}] must be a tensor extension, got {type(tensor).__name__}"
+                f"{key}[{quote_bounded(name)}] must be a tensor extension, "
+                f"got {type(tensor).__name__}"
             )
     return cast(dict[str, npt.NDArray[Any]], value)
