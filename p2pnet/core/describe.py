@@ -48,6 +48,7 @@ __all__ = [
 DESCRIBE_VERSION: Final = 1
 # A model ID is 59 characters; longer text is refused before anything compares it.
 MAX_MODEL_FILTER_LENGTH: Final = 100
+MIN_COLLECTION_LEN: Final = 64  # arrays and maps a describe message may hold, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +149,17 @@ def decode_describe_message(
         PayloadTooLargeError: more filters or records than ``limits`` allow.
     """
     try:
+        # Arrays hold at most max_records envelopes or max_filters filters; a longer one
+        # is refused before msgpack builds it.
+        longest = max(limits.max_records, limits.max_filters, MIN_COLLECTION_LEN)
         head = msgpack.unpackb(
-            body, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext
+            body,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            max_array_len=longest,
+            max_map_len=longest,
         )
     except RemoteProtocolError:
         raise
