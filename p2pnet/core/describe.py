@@ -149,9 +149,9 @@ def decode_describe_message(
         PayloadTooLargeError: more filters or records than ``limits`` allow.
     """
     try:
-        # Arrays hold at most max_records envelopes or max_filters filters; a longer one
-        # is refused before msgpack builds it.
-        longest = max(limits.max_records, limits.max_filters, MIN_COLLECTION_LEN)
+        # Arrays hold at most max_records envelopes or max_filters filters (checked
+        # below); one much longer is refused before msgpack builds it.
+        longest = 2 * max(limits.max_records, limits.max_filters, MIN_COLLECTION_LEN)
         head = msgpack.unpackb(
             body,
             raw=False,
@@ -163,6 +163,13 @@ def decode_describe_message(
         )
     except RemoteProtocolError:
         raise
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # msgpack's max_array_len, max_map_len
+            raise PayloadTooLargeError(
+                f"describe message refused: {exc}; this side accepts at most {longest} "
+                "entries per array or map"
+            ) from None
+        raise RemoteProtocolError(f"describe message is not valid msgpack: {exc}") from None
     except Exception as exc:  # msgpack raises many types for malformed input
         raise RemoteProtocolError(f"describe message is not valid msgpack: {exc}") from None
     if not isinstance(head, dict):
