@@ -168,8 +168,9 @@ hops = st.lists(
         Hop,
         names,
         names,
-        st.lists(st.tuples(names, st.lists(names, max_size=2).map(tuple)), min_size=1, max_size=3)
-        .map(tuple),
+        st.lists(
+            st.tuples(names, st.lists(names, max_size=2).map(tuple)), min_size=1, max_size=3
+        ).map(tuple),
         st.dictionaries(names, names, max_size=3),
         st.lists(names, max_size=3).map(tuple),
     ),
@@ -376,3 +377,73 @@ def test_limits_must_be_consistent() -> None:
         WireLimits(max_frame_size=10, chunk_size=20)
     with pytest.raises(ValueError):
         WireLimits(max_frame_size=10, inline_tensor_bytes=10, chunk_size=5)
+
+
+def _head_frame(head: object) -> bytes:
+    body = msgpack.packb(head, use_bin_type=True)
+    return encode_uvarint(len(body)) + body
+
+
+def _read(data: bytes, limits: WireLimits = WireLimits()) -> object:
+    reader = MessageReader(limits)
+    reader.receive_data(data)
+    return reader.next_message()
+
+
+INVOKE_HEAD = {"v": 1, "type": "invoke", "id": 1, "model": "m", "deadline_ms": 1, "inputs": {}}
+
+
+def test_a_deeply_nested_head_says_so() -> None:
+    with pytest.raises(RemoteProtocolError, match="nested deeper than 1024 levels"):
+        _read(encode_uvarint(2001) + b"\x91" * 2000 + b"\xc0")
+
+
+@pytest.mark.parametrize(
+    ("head", "limits", "words"),
+    [
+        (INVOKE_HEAD | {"pad": [None] * 300}, WireLimits(), "at most 256 entries per array"),
+        (INVOKE_HEAD | {"pad": [[None] * 255] * 256}, WireLimits(), "over 65536 array and map"),
+        (INVOKE_HEAD | {"pad": [[]] * 10}, WireLimits(max_head_entries=12), "over 12 array"),
+        (
+            INVOKE_HEAD
+            | {"inputs": {str(i): msgpack.ExtType(1, b"\x0b\x00" + bytes(4)) for i in range(3)}},
+            WireLimits(max_tensors=2),
+            "over 2 tensors",
+        ),
+        (
+            INVOKE_HEAD
+            | {
+                "inputs": {
+                    str(i): msgpack.ExtType(
+                        1, b"\x0d\x01" + (2).to_bytes(8, "little") + b"\x00\x00"
+                    )
+                    for i in range(3)
+                }
+            },
+            WireLimits(max_string_elements=5),
+            "at most 1 string elements",
+        ),
+    ],
+)
+def test_what_a_head_may_make_the_reader_build_is_bounded(
+    head: object, limits: WireLimits, words: str
+) -> None:
+    with pytest.raises(PayloadTooLargeError, match=words):
+        _read(_head_frame(head), limits)
+
+
+def test_peer_sent_text_in_errors_is_cut() -> None:
+    with pytest.raises(
+        RemoteProtocolError, match=r"unknown message type 'xxx.*… \(100000 characters\)"
+    ):
+        _read(_head_frame({"v": 1, "type": "x" * 100_000, "id": 1}))
+
+
+def test_ready_head_size_says_when_a_whole_head_waits() -> None:
+    reader = MessageReader()
+    frame = _head_frame(INVOKE_HEAD)
+    reader.receive_data(frame[:-1])
+    assert reader.ready_head_size == 0
+    reader.receive_data(frame[-1:])
+    assert reader.ready_head_size == len(frame) - 1
+    assert reader.next_message() is not None and reader.ready_head_size == 0

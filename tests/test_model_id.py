@@ -32,3 +32,10 @@ def test_parse_accepts_and_canonicalizes() -> None:
 def test_parse_rejects_what_is_not_a_model_id(text: str, message: str) -> None:
     with pytest.raises(InvalidModelIdError, match=message):
         parse_model_id(text)
+
+
+def test_a_long_text_is_refused_before_parsing_and_not_echoed_whole() -> None:
+    text = "z" + "1" * 299_999  # base58: parsing it would take seconds
+    with pytest.raises(InvalidModelIdError, match="300000 characters") as caught:
+        parse_model_id(text)
+    assert len(str(caught.value)) < 200

@@ -93,3 +93,17 @@ def test_random_bytes_never_crash(payload: bytes) -> None:
         decode_inline_tensor(payload, 1 << 16)
     except (RemoteProtocolError, PayloadTooLargeError):
         pass
+
+
+def test_string_count_is_checked_against_the_bytes_that_follow_before_allocating() -> None:
+    header = bytes((13, 1)) + (1 << 28).to_bytes(8, "little")
+    with pytest.raises(RemoteProtocolError, match="declares 268435456 elements but only 2"):
+        decode_inline_tensor(header + b"\x01a", 1 << 30)
+    with pytest.raises(PayloadTooLargeError, match="at most 10 string elements"):
+        decode_inline_tensor(header + b"\x01a", 1 << 30, max_string_elements=10)
+
+
+def test_a_dimension_beside_a_zero_is_bounded() -> None:
+    payload = bytes((11, 2)) + (0).to_bytes(8, "little") + (1 << 62).to_bytes(8, "little")
+    with pytest.raises(PayloadTooLargeError, match="has a dimension over 100"):
+        decode_inline_tensor(payload, 100)

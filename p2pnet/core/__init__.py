@@ -1,6 +1,7 @@
 """The pure core: no I/O, no clock reads, no trio, no libp2p. Bytes in, values or errors out.
 
 varint.py      encode_uvarint, decode_uvarint        multiformats unsigned varints
+text.py        quote_bounded                         peer-sent text in errors: quoted, bounded
 tensor.py      TensorHeader, encode/decode_*_tensor  tensors as msgpack ext types 1 and 2
 framing.py     encode_frame, FrameReader             length-prefixed frames with a size limit
 messages.py    Invoke, Result, ErrorReply, Forward,

@@ -48,6 +48,7 @@ __all__ = [
 DESCRIBE_VERSION: Final = 1
 # A model ID is 59 characters; longer text is refused before anything compares it.
 MAX_MODEL_FILTER_LENGTH: Final = 100
+MIN_COLLECTION_LEN: Final = 64  # arrays and maps a describe message may hold, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +149,27 @@ def decode_describe_message(
         PayloadTooLargeError: more filters or records than ``limits`` allow.
     """
     try:
+        # Arrays hold at most max_records envelopes or max_filters filters (checked
+        # below); one much longer is refused before msgpack builds it.
+        longest = 2 * max(limits.max_records, limits.max_filters, MIN_COLLECTION_LEN)
         head = msgpack.unpackb(
-            body, raw=False, use_list=False, strict_map_key=True, ext_hook=_refuse_ext
+            body,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            max_array_len=longest,
+            max_map_len=longest,
         )
     except RemoteProtocolError:
         raise
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # msgpack's max_array_len, max_map_len
+            raise PayloadTooLargeError(
+                f"describe message refused: {exc}; this side accepts at most {longest} "
+                "entries per array or map"
+            ) from None
+        raise RemoteProtocolError(f"describe message is not valid msgpack: {exc}") from None
     except Exception as exc:  # msgpack raises many types for malformed input
         raise RemoteProtocolError(f"describe message is not valid msgpack: {exc}") from None
     if not isinstance(head, dict):

@@ -30,6 +30,7 @@ from p2pnet.core.tensor import (
     encode_tensor_header,
     normalize_array,
 )
+from p2pnet.core.text import quote_bounded
 from p2pnet.core.varint import encode_uvarint, try_decode_uvarint
 from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
 
@@ -54,6 +55,8 @@ MAX_ID: Final = (1 << 64) - 1
 MAX_HOPS: Final = 16
 MAX_HOP_PROVIDERS: Final = 8
 MAX_HOP_ADDRS: Final = 16
+# msgpack's C decoder refuses deeper nesting with StackError (its fixed stack).
+MSGPACK_MAX_DEPTH: Final = 1024
 Tensors = Mapping[str, npt.NDArray[Any]]
 
 
@@ -65,18 +68,39 @@ class WireLimits:
     max_message_size: largest message, head plus streamed tensor data.
     inline_tensor_bytes: numeric tensors up to this size travel inside the head; larger
         ones stream in data frames of ``chunk_size`` bytes.
+
+    What a received head may make this side build, checked while it is decoded, so
+    that a small head cannot cost much more memory or time than its own bytes:
+
+    max_tensors: tensor extensions in one head.
+    max_string_elements: string tensor elements in one head, all tensors together
+        (each becomes a Python str, decoded one by one).
+    max_collection_len: entries of any one msgpack array or map in a head.
+    max_head_entries: arrays and maps of a head and their entries, all together.
+
+    Entries are counted as each array or map is completed, so what a head can make
+    this side build before it is refused is about max_head_entries plus
+    max_collection_len per nesting level (msgpack nests at most 1024 deep).
     """
 
     max_frame_size: int = 4 << 20
     max_message_size: int = 256 << 20
     inline_tensor_bytes: int = 64 << 10
     chunk_size: int = 1 << 20
+    max_tensors: int = 256
+    max_string_elements: int = 1 << 16
+    max_collection_len: int = 256
+    max_head_entries: int = 1 << 16
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= self.max_frame_size:
             raise ValueError("chunk_size must be in 1..max_frame_size")
         if not 0 <= self.inline_tensor_bytes < self.max_frame_size:
             raise ValueError("inline_tensor_bytes must be below max_frame_size")
+        if min(self.max_tensors, self.max_collection_len, self.max_head_entries) < 1:
+            raise ValueError("max_tensors, max_collection_len, max_head_entries must be positive")
+        if self.max_string_elements < 0:
+            raise ValueError("max_string_elements must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,12 +396,54 @@ class MessageReader:
         del self._buf[: prefix + length]
         return body
 
+    @property
+    def ready_head_size(self) -> int:
+        """Byte length of a complete head frame that the next ``next_message`` call will
+        decode, or 0: lets a caller decode large heads off its event loop."""
+        if self._pending is not None or self._frame_left:
+            return 0
+        try:
+            parsed = self._frame_length()
+        except (RemoteProtocolError, PayloadTooLargeError):
+            return 0  # next_message raises it at once
+        if parsed is None or len(self._buf) < sum(parsed):
+            return 0
+        return parsed[0]
+
     def _decode_head(self, body: bytes) -> Message:
+        limits = self._limits
         streamed: list[npt.NDArray[Any]] = []
+        tensors = 0
+        string_elements = 0
+        entries = 0
+
+        def count_entries(collection: Any) -> Any:
+            nonlocal entries
+            entries += 1 + len(collection)
+            if entries > limits.max_head_entries:
+                raise PayloadTooLargeError(
+                    f"message head has over {limits.max_head_entries} array and map entries; "
+                    "this side accepts at most that many"
+                )
+            return collection
 
         def ext_hook(code: int, payload: bytes) -> Any:
+            nonlocal tensors, string_elements
+            tensors += 1
+            if tensors > limits.max_tensors:
+                raise PayloadTooLargeError(
+                    f"message head has over {limits.max_tensors} tensors; this side accepts "
+                    "at most that many"
+                )
             if code == TENSOR_EXT:
-                return decode_inline_tensor(payload, self._limits.max_message_size)
+                tensor = decode_inline_tensor(
+                    payload,
+                    limits.max_message_size,
+                    max_string_elements=limits.max_string_elements - string_elements,
+                )
+                if tensor.dtype.kind == "O":
+                    string_elements += tensor.size
+                return tensor
             if code == STREAMED_TENSOR_EXT:
                 header, end = decode_tensor_header(payload, self._limits.max_message_size)
                 if end != len(payload):
@@ -396,11 +462,33 @@ class MessageReader:
             raise RemoteProtocolError(f"unknown msgpack extension type {code}")
 
         try:
-            head = msgpack.unpackb(body, ext_hook=ext_hook, raw=False, strict_map_key=True)
+            head = msgpack.unpackb(
+                body,
+                ext_hook=ext_hook,
+                list_hook=count_entries,
+                object_hook=count_entries,
+                raw=False,
+                strict_map_key=True,
+                max_array_len=limits.max_collection_len,
+                max_map_len=limits.max_collection_len,
+            )
         except (RemoteProtocolError, PayloadTooLargeError):
             raise
-        except Exception as exc:  # msgpack raises many types for malformed input
+        except msgpack.StackError:
+            raise RemoteProtocolError(
+                f"message head is nested deeper than {MSGPACK_MAX_DEPTH} levels"
+            ) from None
+        except ValueError as exc:
+            if "exceeds max_" in str(exc):  # msgpack's max_array_len, max_map_len
+                raise PayloadTooLargeError(
+                    f"message head refused: {exc}; this side accepts at most "
+                    f"{limits.max_collection_len} entries per array or map"
+                ) from None
             raise RemoteProtocolError(f"message head is not valid msgpack: {exc}") from None
+        except Exception as exc:  # msgpack raises many types for malformed input
+            raise RemoteProtocolError(
+                f"message head is not valid msgpack: {exc or type(exc).__name__}"
+            ) from None
         message = _message_from_head(head)
         carried: Tensors = (
             message.inputs
@@ -425,7 +513,8 @@ def _message_from_head(head: object) -> Message:
     version = head.get("v")
     if version != PROTOCOL_VERSION:
         raise RemoteProtocolError(
-            f"message version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})"
+            f"message version {quote_bounded(version)} is not supported "
+            f"(this side speaks {PROTOCOL_VERSION})"
         )
     kind = head.get("type")
     request_id = _field(head, "id", int)
@@ -462,7 +551,7 @@ def _message_from_head(head: object) -> Message:
         return ForwardResult(
             request_id, _tensor_map(head, "outputs"), tuple(_trace_entry(t) for t in trace)
         )
-    raise RemoteProtocolError(f"unknown message type {kind!r}")
+    raise RemoteProtocolError(f"unknown message type {quote_bounded(kind)}")
 
 
 def _hop(raw: object) -> Hop:
@@ -520,6 +609,7 @@ def _tensor_map(head: dict[str, Any], key: str) -> dict[str, npt.NDArray[Any]]:
     for name, tensor in value.items():
         if not isinstance(tensor, np.ndarray):
             raise RemoteProtocolError(
-                f"{key}[{name!r}] must be a tensor extension, got {type(tensor).__name__}"
+                f"{key}[{quote_bounded(name)}] must be a tensor extension, "
+                f"got {type(tensor).__name__}"
             )
     return cast(dict[str, npt.NDArray[Any]], value)

@@ -11,11 +11,15 @@ from typing import Final
 
 from multiformats import CID, multihash
 
+from p2pnet.core.text import quote_bounded
 from p2pnet.errors import InvalidModelIdError
 
-__all__ = ["model_id_from_digest", "model_id_of_bytes", "parse_model_id"]
+__all__ = ["MAX_MODEL_ID_LENGTH", "model_id_from_digest", "model_id_of_bytes", "parse_model_id"]
 
 MODEL_ID_PREFIX: Final = "bafkrei"
+# A model ID is 59 characters; longer text is refused before any parsing, whose cost
+# grows faster than the text (base58 decoding is quadratic).
+MAX_MODEL_ID_LENGTH: Final = 128
 
 
 def model_id_from_digest(sha256_digest: bytes) -> str:
@@ -34,17 +38,24 @@ def parse_model_id(text: str) -> str:
     """Check that ``text`` is a model ID and return it in canonical form.
 
     Raises:
-        InvalidModelIdError: not a CID, or not CIDv1 raw sha2-256.
+        InvalidModelIdError: longer than MAX_MODEL_ID_LENGTH, not a CID, or not CIDv1
+            raw sha2-256.
     """
+    if len(text) > MAX_MODEL_ID_LENGTH:
+        raise InvalidModelIdError(
+            f"{quote_bounded(text)} is not a model ID: {len(text)} characters, and a model "
+            "ID has 59 (a CID like bafkrei...)"
+        )
     try:
         cid = CID.decode(text.strip())
     except Exception as exc:  # multiformats raises several unrelated types for bad text
         raise InvalidModelIdError(
-            f"{text!r} is not a model ID (expected a CID like bafkrei...): {exc}"
+            f"{quote_bounded(text)} is not a model ID (expected a CID like bafkrei...): "
+            f"{str(exc)[:200]}"
         ) from None
     if cid.version != 1 or cid.codec.name != "raw" or cid.hashfun.name != "sha2-256":
         raise InvalidModelIdError(
-            f"{text!r} is a CIDv{cid.version} {cid.codec.name}/{cid.hashfun.name}; model IDs "
-            "are CIDv1 raw sha2-256 (bafkrei...)"
+            f"{quote_bounded(text)} is a CIDv{cid.version} {cid.codec.name}/"
+            f"{cid.hashfun.name}; model IDs are CIDv1 raw sha2-256 (bafkrei...)"
         )
     return str(cid.set(base="base32"))

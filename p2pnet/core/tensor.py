@@ -189,17 +189,40 @@ def decode_tensor_header(
         raise PayloadTooLargeError(
             f"tensor of shape {shape} has {size} elements; this side accepts at most {max_elements}"
         )
+    if any(d > max_elements for d in shape):  # possible only beside a 0 dimension
+        raise PayloadTooLargeError(
+            f"tensor of shape {shape} has a dimension over {max_elements}, the most this "
+            "side accepts"
+        )
     return TensorHeader(code, shape), end
 
 
-def decode_inline_tensor(payload: bytes, max_elements: int) -> npt.NDArray[np.generic]:
+def decode_inline_tensor(
+    payload: bytes, max_elements: int, *, max_string_elements: int | None = None
+) -> npt.NDArray[np.generic]:
     """Decode an ext 1 payload into an array (numeric: a read-only view of ``payload``).
+
+    A string tensor is refused before anything is allocated when it declares more
+    elements than ``max_string_elements`` (default: ``max_elements``) or than the
+    bytes after its header can hold (each element takes at least its 1-byte length).
 
     Raises:
         RemoteProtocolError: any malformed or inconsistent payload.
+        PayloadTooLargeError: more elements than this side accepts.
     """
     header, offset = decode_tensor_header(payload, max_elements)
     if header.is_string:
+        limit = max_elements if max_string_elements is None else max_string_elements
+        if header.size > limit:
+            raise PayloadTooLargeError(
+                f"string tensor of shape {header.shape} has {header.size} elements; this "
+                f"side accepts at most {limit} string elements"
+            )
+        if header.size > len(payload) - offset:
+            raise RemoteProtocolError(
+                f"string tensor of shape {header.shape} declares {header.size} elements but "
+                f"only {len(payload) - offset} bytes follow (each element needs at least 1)"
+            )
         return _decode_strings(payload, offset, header)
     if len(payload) - offset != header.nbytes:
         raise RemoteProtocolError(
@@ -213,10 +236,17 @@ def decode_inline_tensor(payload: bytes, max_elements: int) -> npt.NDArray[np.ge
 def _decode_strings(payload: bytes, offset: int, header: TensorHeader) -> npt.NDArray[np.generic]:
     out = np.empty(header.size, dtype=object)
     view = memoryview(payload)
+    total = len(payload)
     for i in range(header.size):
-        length, offset = decode_uvarint(view, offset)
+        if offset >= total:
+            raise RemoteProtocolError(f"string tensor data ends before element {i}")
+        length = payload[offset]
+        if length < 0x80:  # the common one-byte length, without a call
+            offset += 1
+        else:
+            length, offset = decode_uvarint(view, offset)
         end = offset + length
-        if end > len(payload):
+        if end > total:
             raise RemoteProtocolError(f"string tensor element {i} runs past the end of its data")
         try:
             out[i] = str(view[offset:end], "utf-8")

@@ -3,13 +3,17 @@
 One inbound stream carries any number of calls, one after another. A bad call
 gets an error reply and the stream stays usable; bytes that break the framing
 get an error reply and the stream is closed. Nothing a caller sends can stop the
-server from serving others.
+server from serving others: the reader's limits (``WireLimits``) bound what a head
+can make it build, heads of ``offload_head_bytes`` or more are decoded in a worker
+thread instead of on the event loop, and error replies are cut to
+``MAX_ERROR_MESSAGE_CHARS``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
@@ -36,12 +40,14 @@ from p2pnet.errors import (
 )
 from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.protocol import write_message
-from p2pnet.net.channels import read_request
 from p2pnet.net.interfaces import ByteStream
 
-__all__ = ["InvokeServer", "ServerStats"]
+__all__ = ["MAX_ERROR_MESSAGE_CHARS", "InvokeServer", "ServerStats"]
 
 log = logging.getLogger(__name__)
+
+# Error messages may quote what the caller sent (names, shapes); never echo more.
+MAX_ERROR_MESSAGE_CHARS: Final = 1024
 
 
 @dataclass
@@ -66,6 +72,8 @@ class InvokeServer:
         idle_timeout: seconds a stream may wait for its next message before it is closed.
         drain_timeout: seconds to read and drop what a caller still sends after bytes
             that broke the protocol, so that it sees the error reply.
+        offload_head_bytes: message heads of this many bytes or more are decoded in a
+            worker thread (a 4 MiB head of string tensors takes ~20 ms to decode).
     """
 
     def __init__(
@@ -75,11 +83,13 @@ class InvokeServer:
         limits: WireLimits = WireLimits(),
         idle_timeout: float = 300.0,
         drain_timeout: float = 2.0,
+        offload_head_bytes: int = 64 << 10,
     ) -> None:
         self.local = local
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
+        self.offload_head_bytes = offload_head_bytes
         self.stats = ServerStats()
         self._here = PeerAddress(local.peer_id)
 
@@ -89,7 +99,7 @@ class InvokeServer:
         reader = MessageReader(self.limits)
         while True:
             try:
-                message: Message | None = await read_request(stream, reader, self.idle_timeout)
+                message: Message | None = await self._read_request(stream, reader)
                 if message is None:  # closed by the caller, or idle too long
                     return
             except (ProtocolError, PayloadTooLargeError) as exc:
@@ -109,9 +119,7 @@ class InvokeServer:
                 await stream.reset()
                 return
 
-    async def answer(
-        self, message: Message, caller: str
-    ) -> Result | ForwardResult | ErrorReply:
+    async def answer(self, message: Message, caller: str) -> Result | ForwardResult | ErrorReply:
         """The reply to one message from ``caller``: a Result (ForwardResult for a
         Forward) or an ErrorReply."""
         if not isinstance(message, Invoke | Forward):
@@ -123,9 +131,7 @@ class InvokeServer:
         timeout = message.deadline_ms / 1000
         try:
             if isinstance(message, Forward):
-                return await self.local.forward(
-                    self._here, message, timeout=timeout, caller=caller
-                )
+                return await self.local.forward(self._here, message, timeout=timeout, caller=caller)
             outputs = await self.local.invoke(
                 self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
             )
@@ -135,12 +141,42 @@ class InvokeServer:
             return self._error_reply(message.request_id, exc)
         except Exception as exc:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
-            return ErrorReply(message.request_id, "internal", f"internal error: {exc!r}")
+            return ErrorReply(message.request_id, "internal", _bounded(f"internal error: {exc!r}"))
+
+    async def _read_request(self, stream: ByteStream, reader: MessageReader) -> Message | None:
+        """As ``p2pnet.net.channels.read_request``, but a head of ``offload_head_bytes``
+        or more is decoded in a worker thread, so that other callers are served while
+        it is decoded (decoding releases the GIL every few milliseconds).
+
+        Raises:
+            As read_request.
+        """
+        message: Message | None = None
+        with trio.move_on_after(self.idle_timeout) as idle:
+            while True:
+                if reader.ready_head_size >= self.offload_head_bytes > 0:
+                    message = await trio.to_thread.run_sync(reader.next_message)
+                else:
+                    message = reader.next_message()
+                if message is not None:
+                    return message
+                data = await stream.read()
+                if not data:
+                    if reader.at_message_boundary:
+                        break
+                    raise ConnectionLostError(
+                        f"peer {stream.peer_id} closed the stream in the middle of a message"
+                    )
+                reader.receive_data(data)
+        if idle.cancelled_caught:
+            log.debug("closing a stream from %s idle for %.0f s", stream.peer_id, self.idle_timeout)
+        await stream.close()
+        return None
 
     def _error_reply(self, request_id: int, exc: P2PNetError) -> ErrorReply:
         code = wire_code_for(exc)
         self.stats.count_error(code)
-        return ErrorReply(request_id, code, exc.message)
+        return ErrorReply(request_id, code, _bounded(exc.message))
 
     def _encode_reply(self, reply: Result | ForwardResult | ErrorReply) -> EncodedMessage:
         try:
@@ -160,7 +196,7 @@ class InvokeServer:
         The caller may still be sending; its data is read and dropped for up to
         ``drain_timeout`` seconds so that it sees our error instead of a reset.
         """
-        reply = ErrorReply(0, wire_code_for(exc), exc.message)
+        reply = ErrorReply(0, wire_code_for(exc), _bounded(exc.message))
         try:
             await write_message(stream, encode_message(reply, self.limits))
             with trio.move_on_after(self.drain_timeout):
@@ -169,3 +205,9 @@ class InvokeServer:
         except ConnectionLostError:
             pass
         await stream.reset()
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_ERROR_MESSAGE_CHARS]}… ({len(message)} characters)"

@@ -157,6 +157,10 @@ class KadLimits:
     max_closer_peers, max_provider_peers: peers kept per list (k = 20 in the spec).
     max_addrs_per_peer: addresses kept per peer.
     max_addr_bytes: longest binary multiaddr kept.
+    max_fields: protobuf fields in a message, those of its peers included, counted
+        before it is parsed; more make it refused (protobuf would build every one:
+        4 MiB of empty peers is 2 million objects, ~100 ms and ~120 MB). The default
+        holds 100 + 100 peers of 32 addresses each.
     """
 
     max_key_bytes: int = 1024
@@ -166,6 +170,7 @@ class KadLimits:
     max_provider_peers: int = 100
     max_addrs_per_peer: int = 32
     max_addr_bytes: int = 512
+    max_fields: int = 8192
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
@@ -284,6 +289,13 @@ class KadMessageReader:
         return self._decode(body)
 
     def _decode(self, body: bytes) -> KadMessage:
+        # protobuf builds every entry of a repeated field before anything can be checked.
+        max_fields = self.limits.max_fields
+        if _count_fields(body, max_fields) > max_fields:
+            raise PayloadTooLargeError(
+                f"kad message has over {max_fields} fields (peers and their addresses); "
+                "this side accepts at most that many"
+            )
         pb = dht_pb2.Message()
         try:
             pb.ParseFromString(body)
@@ -354,6 +366,58 @@ class KadMessageReader:
                 )
             )
         return tuple(out)
+
+
+_PEER_FIELDS: Final = (8, 9)  # closerPeers, providerPeers: Peer submessages
+
+
+def _count_fields(body: bytes, limit: int) -> int:
+    """Protobuf fields in ``body``, those of Peer submessages included, counted until
+    ``limit`` is passed; malformed bytes stop the count (protobuf then reports them)."""
+    count = 0
+    stack = [(0, len(body), True)]
+    while stack:
+        pos, end, top = stack.pop()
+        while pos < end:
+            count += 1
+            if count > limit:
+                return count
+            tag = body[pos]
+            if tag < 0x80:  # one-byte tags and lengths, the common case, without a call
+                pos += 1
+            else:
+                tag, pos = _scan_varint(body, pos, end)
+            wire_type = tag & 7
+            if wire_type == 2:
+                length = body[pos] if pos < end else 0
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = _scan_varint(body, pos, end)
+                if top and tag >> 3 in _PEER_FIELDS:
+                    stack.append((pos, min(pos + length, end), False))
+                pos += length
+            elif wire_type == 0:
+                _, pos = _scan_varint(body, pos, end)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return count
+    return count
+
+
+def _scan_varint(body: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < end and shift < 70:
+        byte = body[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return value, end
 
 
 def peer_id_text(raw: bytes) -> str:
