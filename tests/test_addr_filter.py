@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from p2pnet.core.address_filter import (
     AddressScope,
-    addrs_for_requester,
+    addrs_for_scope,
     addrs_seen_at,
     is_relayed,
-    requester_scope,
     scope_of,
+    scope_seen_at,
 )
 
 RELAY = "12D3KooWRelayRelayRelayRelayRelayRelayRelayRelay"
@@ -81,7 +81,7 @@ MIXED = (
 
 
 def test_a_public_requester_gets_only_public_addresses() -> None:
-    assert addrs_for_requester(MIXED, PUBLIC) == (
+    assert addrs_for_scope(MIXED, PUBLIC) == (
         "/ip4/8.8.8.8/tcp/1",
         "/ip6/2606:4700::1111/tcp/1",
         f"/ip4/8.8.4.4/tcp/1/p2p/{RELAY}/p2p-circuit",
@@ -89,22 +89,22 @@ def test_a_public_requester_gets_only_public_addresses() -> None:
 
 
 def test_a_private_requester_gets_all_but_loopback() -> None:
-    assert addrs_for_requester(MIXED, PRIVATE) == MIXED[1:]
+    assert addrs_for_scope(MIXED, PRIVATE) == MIXED[1:]
 
 
 @pytest.mark.parametrize("scope", [LOOPBACK, OTHER])
 def test_a_loopback_or_unknown_requester_gets_everything(scope: AddressScope) -> None:
-    assert addrs_for_requester(MIXED, scope) == MIXED
+    assert addrs_for_scope(MIXED, scope) == MIXED
 
 
 def test_the_requester_is_judged_by_its_most_exposed_connection() -> None:
-    assert requester_scope([]) is OTHER
-    assert requester_scope(["/memory/2"]) is OTHER
-    assert requester_scope(["/ip4/127.0.0.1/tcp/5"]) is LOOPBACK
-    assert requester_scope(["/ip4/127.0.0.1/tcp/5", "/ip4/10.0.0.2/tcp/9"]) is PRIVATE
-    assert requester_scope(["/ip4/10.0.0.2/tcp/9", "/ip4/8.8.8.8/tcp/1"]) is PUBLIC
+    assert scope_seen_at([]) is OTHER
+    assert scope_seen_at(["/memory/2"]) is OTHER
+    assert scope_seen_at(["/ip4/127.0.0.1/tcp/5"]) is LOOPBACK
+    assert scope_seen_at(["/ip4/127.0.0.1/tcp/5", "/ip4/10.0.0.2/tcp/9"]) is PRIVATE
+    assert scope_seen_at(["/ip4/10.0.0.2/tcp/9", "/ip4/8.8.8.8/tcp/1"]) is PUBLIC
     # A requester reached through a public relay is treated as public.
-    assert requester_scope([f"/ip4/8.8.4.4/tcp/1/p2p/{RELAY}/p2p-circuit"]) is PUBLIC
+    assert scope_seen_at([f"/ip4/8.8.4.4/tcp/1/p2p/{RELAY}/p2p-circuit"]) is PUBLIC
 
 
 def test_announced_addresses_are_kept_only_where_the_peer_is_seen() -> None:
@@ -178,13 +178,13 @@ anything = st.one_of(ips, st.text(max_size=40), st.just("/memory/1"))
 
 @given(st.lists(anything, max_size=8), st.sampled_from(list(AddressScope)))
 def test_filtering_only_removes_and_keeps_order(addrs: list[str], scope: AddressScope) -> None:
-    kept = addrs_for_requester(addrs, scope)
+    kept = addrs_for_scope(addrs, scope)
     assert list(kept) == [a for a in addrs if a in kept]
 
 
 @given(st.lists(ips, max_size=8))
 def test_a_public_requester_never_gets_a_private_or_loopback_ip(addrs: list[str]) -> None:
-    for addr in addrs_for_requester(addrs, PUBLIC):
+    for addr in addrs_for_scope(addrs, PUBLIC):
         ip = ipaddress.ip_address(addr.split("/")[2])
         assert ip.is_global and not ip.is_private and not ip.is_loopback
         assert ip not in ipaddress.ip_network("100.64.0.0/10")

@@ -33,7 +33,7 @@ from p2pnet.core.records import (
     sign_record,
 )
 from p2pnet.core.schema import ModelSchema
-from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode
+from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode, KadOverride
 from p2pnet.errors import ConnectionLostError, ForgedRecordError
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
@@ -377,17 +377,27 @@ async def test_a_provider_announcing_another_peer_s_address_has_it_dropped(
 
 class SeenAtHost:
     """A memory host whose connections report the IP addresses a test says each peer is
-    seen at (the memory network has no IPs): what a libp2p host reports."""
+    seen at (the memory network has no IPs), as a libp2p host reports them; ``claimed``:
+    the addresses peers told of themselves (identify, on a libp2p host)."""
 
-    def __init__(self, host: MemoryHost, seen_at: dict[str, str]) -> None:
+    def __init__(
+        self,
+        host: MemoryHost,
+        seen_at: dict[str, str],
+        claimed: dict[str, list[str]] | None = None,
+    ) -> None:
         self._host = host
         self.seen_at = seen_at
+        self.claimed = claimed or {}
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._host, name)
 
     def connections(self) -> list[tuple[str, str]]:
         return sorted((p, self.seen_at.get(p, a)) for p, a in self._host.connections())
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        return self.claimed.get(peer_id) or self._host.peer_addrs(peer_id)
 
 
 async def _ask(host: MemoryHost, target: PeerAddress, request: KadMessage) -> KadMessage:
@@ -474,3 +484,58 @@ async def test_a_loopback_swarm_keeps_its_provider_addresses() -> None:
         assert seen.peer_id == provider.peer_id
         assert seen.addrs == tuple(a.partition("/p2p/")[0] for a in provider.addrs)
         assert all(a.startswith("/ip4/127.0.0.1/tcp/") for a in seen.addrs)
+
+
+async def test_a_public_responder_cannot_send_a_finder_into_its_own_lan(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    fakes = [peer_id_from_public_key(bytes([i]) * 32) for i in range(1, 4)]
+    lan_provider, lan_peer, public_peer = fakes
+    lies = {
+        MessageType.GET_PROVIDERS: KadMessage(
+            MessageType.GET_PROVIDERS,
+            TASK_KEY,
+            provider_peers=(
+                KadPeer(lan_provider, ("/ip4/192.168.1.1/tcp/22", "/ip4/8.8.8.8/tcp/4001")),
+            ),
+        ),
+        MessageType.FIND_NODE: KadMessage(
+            MessageType.FIND_NODE,
+            TASK_KEY,
+            closer_peers=(
+                KadPeer(lan_peer, ("/ip4/10.0.0.1/tcp/80", "/ip4/127.0.0.1/tcp/80")),
+                KadPeer(public_peer, ("/ip4/8.8.4.4/tcp/4001",)),
+            ),
+        ),
+    }
+    responder = DhtNode(
+        network.add_host(), intercept=lambda request, sender: KadOverride(lies[request.type])
+    )
+    responder.start()
+    seen = {responder.host.peer_id: "/ip4/93.184.216.1/tcp/4001"}
+    finder = DhtNode(SeenAtHost(network.add_host(), seen))  # type: ignore[arg-type]
+    finder.table.update(PeerInfo(responder.host.peer_id, responder.local.key, ()), 0.0)
+    found = await finder.find_providers(TASK_KEY, count=1)
+    assert [(p.peer_id, p.addrs) for p in found.providers] == [
+        (lan_provider, ("/ip4/8.8.8.8/tcp/4001",))
+    ]
+    closest = await finder.find_closest(TASK_KEY)
+    assert closest.stats.queries == 2  # the responder, then only the public peer
+    assert closest.stats.failures == 1  # the public peer: nobody there on this network
+
+
+async def test_the_routing_table_keeps_a_peer_only_where_it_is_seen(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    honest, liar = network.add_host(), network.add_host()
+    seen = {honest.peer_id: "/ip4/8.8.8.8/tcp/50000", liar.peer_id: "/ip4/8.8.4.4/tcp/50000"}
+    claimed = {
+        honest.peer_id: ["/ip4/8.8.8.8/tcp/4001", "/ip4/192.168.1.2/tcp/4001"],
+        liar.peer_id: ["/ip4/1.1.1.1/tcp/53"],  # somebody else's server
+    }
+    node = DhtNode(SeenAtHost(network.add_host(), seen, claimed))  # type: ignore[arg-type]
+    node.start()
+    for host in (honest, liar):
+        DhtNode(host).start()  # both serve the DHT: only addresses keep them out
+        await _ask(host, PeerAddress(node.host.peer_id), KadMessage(MessageType.PING))
+    assert {p.peer_id: p.addrs for p in node.table} == {honest.peer_id: ("/ip4/8.8.8.8/tcp/4001",)}

@@ -11,13 +11,15 @@ behind the NAT it is seen through) is dropped, so a peer cannot make the DHT sen
 finders to a third party. Non-IP locations (``/memory/<n>`` in simulations) must equal
 the connection's location.
 
-``addrs_for_requester(addrs, requester_seen_at)``: the addresses a requester may be
-given, by the scope it is seen at, as go-libp2p's identify ``filterAddrs``
-(p2p/protocol/identify/id.go) and go-libp2p-kad-dht's WAN ``AddressFilter``
-(``ma.FilterAddrs(addrs, manet.IsPublicAddr)``, dual/dual.go) do: a requester on
-loopback gets everything (local swarms, tests); one in a private range gets all but
-loopback; one at a public address gets only public addresses; one whose scope is
-unknown (no IP: the in-memory network) gets everything.
+``addrs_for_scope(addrs, scope_seen_at(seen_at))``: the addresses that may be
+exchanged with a peer, by the scope it is seen at, as go-libp2p's identify
+``filterAddrs`` (p2p/protocol/identify/id.go, applied to the addresses a peer tells)
+and go-libp2p-kad-dht's WAN ``AddressFilter`` (``ma.FilterAddrs(addrs,
+manet.IsPublicAddr)``, dual/dual.go) do: a peer on loopback gets (or may tell of)
+everything (local swarms, tests); one in a private range all but loopback; one at a
+public address only public addresses; one whose scope is unknown (no IP: the
+in-memory network) everything. A DHT node applies it to what it answers a requester,
+and to what a responder answers it, so a node that lies cannot send it into its own LAN.
 
 Scopes: loopback 127/8, ::1; private 10/8, 172.16/12, 192.168/16, 100.64/10 (CGNAT),
 169.254/16, fe80::/10, fc00::/7; public: globally routable IPs and DNS names (but
@@ -35,11 +37,11 @@ from typing import Final
 
 __all__ = [
     "AddressScope",
-    "addrs_for_requester",
+    "addrs_for_scope",
     "addrs_seen_at",
     "is_relayed",
-    "requester_scope",
     "scope_of",
+    "scope_seen_at",
 ]
 
 _PRIVATE_NETWORKS: Final = tuple(
@@ -126,8 +128,8 @@ _RESTRICTIVENESS: Final = {
 }
 
 
-def requester_scope(seen_at: Iterable[str]) -> AddressScope:
-    """The scope a requester is treated as, from the addresses it is connected from: the
+def scope_seen_at(seen_at: Iterable[str]) -> AddressScope:
+    """The scope a peer is treated as, from the remote addresses of its connections: the
     most restrictive of them; OTHER (no filtering) when none has an IP scope."""
     return max(
         (scope_of(a) for a in seen_at),
@@ -136,12 +138,13 @@ def requester_scope(seen_at: Iterable[str]) -> AddressScope:
     )
 
 
-def addrs_for_requester(addrs: Iterable[str], requester: AddressScope) -> tuple[str, ...]:
-    """The ``addrs`` a requester in scope ``requester`` may be given (see the module
-    docstring: go-libp2p identify's ``filterAddrs`` rule)."""
-    if requester is AddressScope.PUBLIC:
+def addrs_for_scope(addrs: Iterable[str], peer: AddressScope) -> tuple[str, ...]:
+    """The ``addrs`` that may be exchanged with a peer seen in scope ``peer``: given to it
+    when it asks, or believed when it tells them (go-libp2p identify's ``filterAddrs``
+    rule, applied there to what a peer tells; see the module docstring)."""
+    if peer is AddressScope.PUBLIC:
         return tuple(a for a in addrs if scope_of(a) is AddressScope.PUBLIC)
-    if requester is AddressScope.PRIVATE:
+    if peer is AddressScope.PRIVATE:
         return tuple(a for a in addrs if scope_of(a) is not AddressScope.LOOPBACK)
     return tuple(addrs)
 

@@ -9,10 +9,11 @@ The node answers FIND_NODE, GET_PROVIDERS, ADD_PROVIDER and PING; it looks up th
 closest peers to a key, announces and finds providers, refreshes its routing table
 and republishes what it provides before it expires.
 
-Addresses are checked both ways (``p2pnet.core.address_filter``): a peer's addresses
-are stored (as a provider, or in the routing table) only where it is seen at, so no
-peer can make this node send others to a third party; and an answer gives a requester
-only the addresses of its scope (no private or loopback address to a public requester).
+Addresses are checked (``p2pnet.core.address_filter``): a peer's addresses are stored
+(as a provider, or in the routing table) only where it is seen at, so no peer can make
+this node send others to a third party; an answer gives a requester only the addresses
+of its scope (no private or loopback address to a public requester); and of what a
+responder answers, only the addresses of the responder's scope are believed.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import trio
 from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.address_filter import (
     AddressScope,
-    addrs_for_requester,
+    addrs_for_scope,
     addrs_seen_at,
-    requester_scope,
+    scope_seen_at,
 )
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import PeerInfo, key_of, random_preimage_in_bucket
@@ -309,7 +310,7 @@ class DhtNode:
             if override is not None:
                 return override.response
         kind = request.type
-        scope = requester_scope(seen_at)
+        scope = scope_seen_at(seen_at)
         if kind is MessageType.PING:
             return KadMessage(MessageType.PING)
         if kind is MessageType.FIND_NODE:
@@ -320,9 +321,9 @@ class DhtNode:
             )
         if kind is MessageType.GET_PROVIDERS:
             providers = [
-                KadPeer(p.peer_id, addrs_for_requester(p.addrs, scope))
+                KadPeer(p.peer_id, addrs_for_scope(p.addrs, scope))
                 for p in self.providers.get(request.key, now)
-            ]
+            ]  # a provider left with no address is still named: its peer ID may be dialled
             return KadMessage(
                 MessageType.GET_PROVIDERS,
                 request.key,
@@ -361,11 +362,12 @@ class DhtNode:
                 continue
             # Only the addresses the sender is seen at (or relayed through a relay): it
             # cannot send finders to another host, nor to a private range behind its NAT.
-            # go-libp2p-kad-dht's handleAddProvider only runs its address filter here.
+            # (go-libp2p-kad-dht's handleAddProvider, handlers.go, keeps the sender's own
+            # record only, as above, and runs its AddressFilter over its addresses.)
             announced = provider.addrs or tuple(self.host.peer_addrs(sender))
             addrs = addrs_seen_at(announced, seen_at)
             if len(addrs) < len(announced):
-                log.info(
+                log.debug(
                     "ADD_PROVIDER from %s: %d of its %d addresses are not where it is seen "
                     "(%s): dropped",
                     sender,
@@ -402,7 +404,7 @@ class DhtNode:
         for peer in self.table.closest(key_of(key), self.config.k + 1):
             if peer.peer_id == requester:
                 continue
-            addrs = addrs_for_requester(peer.addrs, scope)
+            addrs = addrs_for_scope(peer.addrs, scope)
             if addrs or not peer.addrs:
                 closer.append(KadPeer(peer.peer_id, addrs))
         return tuple(closer[: self.config.k])
@@ -629,6 +631,7 @@ class DhtNode:
                 lookup.on_failure(peer, trio.current_time())
                 self.table.record_failure(peer, trio.current_time())
             else:
+                response = _in_scope(response, scope_seen_at(self._seen_at(peer.peer_id)))
                 self._update(peer)
                 lookup.on_success(
                     peer, self._peer_infos(response.closer_peers), trio.current_time()
@@ -693,6 +696,24 @@ class DhtNode:
 
 def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
     return PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(transport_part(a) for a in addrs))
+
+
+def _in_scope(response: KadMessage, scope: AddressScope) -> KadMessage:
+    """``response`` with only the addresses a responder seen in ``scope`` can know of (go-libp2p
+    identify filters what a peer tells of itself the same way); a closer peer left with
+    none of its addresses is left out, a provider is kept."""
+    if scope is AddressScope.OTHER or scope is AddressScope.LOOPBACK:
+        return response
+    closer = []
+    for peer in response.closer_peers:
+        addrs = addrs_for_scope(peer.addrs, scope)
+        if addrs or not peer.addrs:
+            closer.append(dataclasses.replace(peer, addrs=addrs))
+    providers = tuple(
+        dataclasses.replace(p, addrs=addrs_for_scope(p.addrs, scope))
+        for p in response.provider_peers
+    )
+    return dataclasses.replace(response, closer_peers=tuple(closer), provider_peers=providers)
 
 
 def _kad_peer(peer: PeerInfo) -> KadPeer:
