@@ -159,6 +159,7 @@ def is_relayed(addr: str) -> bool:
     return bool(p2p) and bool(relay) and "/" not in relay
 
 
+@functools.lru_cache(maxsize=4096)
 def _location(addr: str) -> tuple[str, object] | None:
     """What must match between an announced address and a connection: the IP (any
     port), or for non-IP transports the first component whole; None if empty."""
