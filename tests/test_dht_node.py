@@ -12,10 +12,19 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from trio.testing import MockClock
 
+from p2pnet import Peer
 from p2pnet.core.address import PeerAddress
-from p2pnet.core.kad.keys import key_for_model, key_for_task
+from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.kad.store import ValueStore
-from p2pnet.core.kad.wire import KadMessage, KadPeer, KadRecord, MessageType, encode_kad_message
+from p2pnet.core.kad.wire import (
+    KadMessage,
+    KadMessageReader,
+    KadPeer,
+    KadRecord,
+    MessageType,
+    encode_kad_message,
+    peer_id_bytes,
+)
 from p2pnet.core.peer_id import peer_id_from_public_key
 from p2pnet.core.records import (
     CapabilityRecord,
@@ -24,7 +33,7 @@ from p2pnet.core.records import (
     sign_record,
 )
 from p2pnet.core.schema import ModelSchema
-from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode
+from p2pnet.dht.node import KAD_PROTOCOL, DhtConfig, DhtNode, KadOverride
 from p2pnet.errors import ConnectionLostError, ForgedRecordError
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.memory import MemoryHost, MemoryNetwork
@@ -325,3 +334,208 @@ async def test_idle_inbound_streams_are_closed_and_requesters_reconnect(
     assert await node.ping(peer)
     await trio.sleep(120)
     assert await node.ping(peer)
+
+
+# --- Addresses: only where a provider is seen; only those of the requester's scope ------------
+
+
+async def _announce_then_ping(host: MemoryHost, target: PeerAddress, announce: KadMessage) -> None:
+    """Send ``announce`` (no response in the spec), then a PING on the same stream: once the
+    PING comes back, the announcement has been handled."""
+    stream = await host.open_stream(target, KAD_PROTOCOL)
+    await stream.write(
+        encode_kad_message(announce) + encode_kad_message(KadMessage(MessageType.PING))
+    )
+    assert await stream.read()
+    await stream.close()
+
+
+async def test_a_provider_announcing_another_peer_s_address_has_it_dropped(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    swarm = await build_swarm(network, 5)
+    liar = network.add_host()
+    victim = swarm.hosts[3].addrs[0].partition("/p2p/")[0]
+    own = liar.addrs[0].partition("/p2p/")[0]
+    announce = KadMessage(
+        MessageType.ADD_PROVIDER, TASK_KEY, provider_peers=(KadPeer(liar.peer_id, (victim, own)),)
+    )
+    await _announce_then_ping(liar, swarm.address(0), announce)
+    (stored,) = swarm.nodes[0].providers.get(TASK_KEY, trio.current_time())
+    assert (stored.peer_id, stored.addrs) == (liar.peer_id, (own,))
+    # Announcing only someone else's address leaves the provider with none of them.
+    liar2 = network.add_host()
+    only_victim = KadMessage(
+        MessageType.ADD_PROVIDER, TASK_KEY, provider_peers=(KadPeer(liar2.peer_id, (victim,)),)
+    )
+    await _announce_then_ping(liar2, swarm.address(0), only_victim)
+    found = await swarm.nodes[1].find_providers(TASK_KEY, count=5)
+    by_peer = {p.peer_id: p.addrs for p in found.providers}
+    assert by_peer[liar2.peer_id] == ()
+    assert victim not in {a for addrs in by_peer.values() for a in addrs}
+
+
+class SeenAtHost:
+    """A memory host whose connections report the IP addresses a test says each peer is
+    seen at (the memory network has no IPs), as a libp2p host reports them; ``claimed``:
+    the addresses peers told of themselves (identify, on a libp2p host)."""
+
+    def __init__(
+        self,
+        host: MemoryHost,
+        seen_at: dict[str, str],
+        claimed: dict[str, list[str]] | None = None,
+    ) -> None:
+        self._host = host
+        self.seen_at = seen_at
+        self.claimed = claimed or {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._host, name)
+
+    def connections(self) -> list[tuple[str, str]]:
+        return sorted((p, self.seen_at.get(p, a)) for p, a in self._host.connections())
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        return self.claimed.get(peer_id) or self._host.peer_addrs(peer_id)
+
+
+async def _ask(host: MemoryHost, target: PeerAddress, request: KadMessage) -> KadMessage:
+    stream = await host.open_stream(target, KAD_PROTOCOL)
+    await stream.write(encode_kad_message(request))
+    reader = KadMessageReader()
+    while (message := reader.next_message()) is None:
+        reader.receive_data(await stream.read())
+    await stream.close()
+    return message
+
+
+async def test_private_addresses_are_not_given_to_a_public_requester(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    lan_provider, public_asker, lan_asker, local_asker = (network.add_host() for _ in range(4))
+    seen = {
+        lan_provider.peer_id: "/ip4/192.168.1.5/tcp/50123",
+        public_asker.peer_id: "/ip4/93.184.216.20/tcp/40000",
+        lan_asker.peer_id: "/ip4/192.168.1.9/tcp/40000",
+        local_asker.peer_id: "/ip4/127.0.0.1/tcp/40000",
+    }
+    node = DhtNode(SeenAtHost(network.add_host(), seen))  # type: ignore[arg-type]
+    node.start()
+    lan_addr = "/ip4/192.168.1.5/tcp/4001"
+    relayed = f"/ip4/8.8.4.4/tcp/1/p2p/{network.add_host().peer_id}/p2p-circuit"
+    announce = KadMessage(
+        MessageType.ADD_PROVIDER,
+        TASK_KEY,
+        provider_peers=(
+            KadPeer(lan_provider.peer_id, (lan_addr, "/ip4/203.0.113.1/tcp/1", relayed)),
+        ),
+    )
+    await _announce_then_ping(lan_provider, PeerAddress(node.host.peer_id), announce)
+    get = KadMessage(MessageType.GET_PROVIDERS, TASK_KEY)
+    answers = {
+        asker: (await _ask(asker, PeerAddress(node.host.peer_id), get)).provider_peers
+        for asker in (public_asker, lan_asker, local_asker)
+    }
+    assert answers[public_asker] == (KadPeer(lan_provider.peer_id, (relayed,)),)
+    assert answers[lan_asker] == (KadPeer(lan_provider.peer_id, (lan_addr, relayed)),)
+    assert answers[local_asker] == (KadPeer(lan_provider.peer_id, (lan_addr, relayed)),)
+
+
+async def test_find_node_answers_give_each_requester_its_scope(network: MemoryNetwork) -> None:
+    node = DhtNode(network.add_host())
+    peers = {
+        "loopback": "/ip4/127.0.0.1/tcp/4001",
+        "lan": "/ip4/10.0.0.7/tcp/4001",
+        "cgnat": "/ip4/100.64.0.7/tcp/4001",
+        "public": "/ip4/93.184.216.7/tcp/4001",
+    }
+    ids = {}
+    for seed, (name, addr) in enumerate(peers.items(), start=1):
+        key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+        ids[name] = peer_id_from_public_key(key.public_key().public_bytes_raw())
+        node.table.update(PeerInfo(ids[name], peer_id_bytes(ids[name]), (addr,)), 0.0)
+    names = {v: k for k, v in ids.items()}
+    request = KadMessage(MessageType.FIND_NODE, TASK_KEY)
+
+    def named(seen_at: tuple[str, ...]) -> set[str]:
+        answer = node.answer(request, "12D3KooWStranger", 0.0, seen_at=seen_at)
+        assert answer is not None
+        for peer in answer.closer_peers:
+            assert peer.addrs == (peers[names[peer.peer_id]],)
+        return {names[p.peer_id] for p in answer.closer_peers}
+
+    assert named(("/ip4/93.184.216.99/tcp/1",)) == {"public"}
+    assert named(("/ip4/10.0.0.99/tcp/1",)) == {"lan", "cgnat", "public"}
+    assert named(("/ip4/127.0.0.1/tcp/1",)) == set(peers)
+    assert named(("/memory/1",)) == set(peers)  # no IP: the memory network, unfiltered
+
+
+@pytest.mark.network
+async def test_a_loopback_swarm_keeps_its_provider_addresses() -> None:
+    async with (
+        Peer(listen=["/ip4/127.0.0.1/tcp/0"], nat=None) as boot,
+        Peer(listen=["/ip4/127.0.0.1/tcp/0"], nat=None, bootstrap=[boot.addrs[0]]) as provider,
+        Peer(listen=["/ip4/127.0.0.1/tcp/0"], nat=None, bootstrap=[boot.addrs[0]]) as finder,
+    ):
+        assert await provider.services.dht.provide(TASK_KEY) > 0
+        found = await finder.services.dht.find_providers(TASK_KEY, count=1)
+        (seen,) = found.providers
+        assert seen.peer_id == provider.peer_id
+        assert seen.addrs == tuple(a.partition("/p2p/")[0] for a in provider.addrs)
+        assert all(a.startswith("/ip4/127.0.0.1/tcp/") for a in seen.addrs)
+
+
+async def test_a_public_responder_cannot_send_a_finder_into_its_own_lan(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    fakes = [peer_id_from_public_key(bytes([i]) * 32) for i in range(1, 4)]
+    lan_provider, lan_peer, public_peer = fakes
+    lies = {
+        MessageType.GET_PROVIDERS: KadMessage(
+            MessageType.GET_PROVIDERS,
+            TASK_KEY,
+            provider_peers=(
+                KadPeer(lan_provider, ("/ip4/192.168.1.1/tcp/22", "/ip4/8.8.8.8/tcp/4001")),
+            ),
+        ),
+        MessageType.FIND_NODE: KadMessage(
+            MessageType.FIND_NODE,
+            TASK_KEY,
+            closer_peers=(
+                KadPeer(lan_peer, ("/ip4/10.0.0.1/tcp/80", "/ip4/127.0.0.1/tcp/80")),
+                KadPeer(public_peer, ("/ip4/8.8.4.4/tcp/4001",)),
+            ),
+        ),
+    }
+    responder = DhtNode(
+        network.add_host(), intercept=lambda request, sender: KadOverride(lies[request.type])
+    )
+    responder.start()
+    seen = {responder.host.peer_id: "/ip4/93.184.216.1/tcp/4001"}
+    finder = DhtNode(SeenAtHost(network.add_host(), seen))  # type: ignore[arg-type]
+    finder.table.update(PeerInfo(responder.host.peer_id, responder.local.key, ()), 0.0)
+    found = await finder.find_providers(TASK_KEY, count=1)
+    assert [(p.peer_id, p.addrs) for p in found.providers] == [
+        (lan_provider, ("/ip4/8.8.8.8/tcp/4001",))
+    ]
+    closest = await finder.find_closest(TASK_KEY)
+    assert closest.stats.queries == 2  # the responder, then only the public peer
+    assert closest.stats.failures == 1  # the public peer: nobody there on this network
+
+
+async def test_the_routing_table_keeps_a_peer_only_where_it_is_seen(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    honest, liar = network.add_host(), network.add_host()
+    seen = {honest.peer_id: "/ip4/8.8.8.8/tcp/50000", liar.peer_id: "/ip4/8.8.4.4/tcp/50000"}
+    claimed = {
+        honest.peer_id: ["/ip4/8.8.8.8/tcp/4001", "/ip4/192.168.1.2/tcp/4001"],
+        liar.peer_id: ["/ip4/1.1.1.1/tcp/53"],  # somebody else's server
+    }
+    node = DhtNode(SeenAtHost(network.add_host(), seen, claimed))  # type: ignore[arg-type]
+    node.start()
+    for host in (honest, liar):
+        DhtNode(host).start()  # both serve the DHT: only addresses keep them out
+        await _ask(host, PeerAddress(node.host.peer_id), KadMessage(MessageType.PING))
+    assert {p.peer_id: p.addrs for p in node.table} == {honest.peer_id: ("/ip4/8.8.8.8/tcp/4001",)}

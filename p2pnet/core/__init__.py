@@ -17,6 +17,10 @@ peer_id.py     peer_id_from_public_key, ...          libp2p peer IDs of Ed25519 
 identity.py    Identity                              a peer's Ed25519 key, peer ID, key file bytes
 address.py     PeerAddress, parse_peer_address,
                split_peer_id, with_peer_id           peer addresses; the one /p2p/ split
+address_filter.py  addrs_seen_at, addrs_for_scope      which announced addresses to keep (where
+                                                     a peer is seen); which to exchange with a
+                                                     peer (by its scope: loopback, private,
+                                                     public)
 access.py      AccessPolicy, parse_allow_list        per-model access lists
 records.py     CapabilityRecord, sign_record,        signed capability records: canonical
                verify_record, supersedes             encoding, envelope, verification

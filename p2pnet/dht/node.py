@@ -8,6 +8,12 @@ in-memory network in tests and simulations. Time comes from trio's clock, so a
 The node answers FIND_NODE, GET_PROVIDERS, ADD_PROVIDER and PING; it looks up the
 closest peers to a key, announces and finds providers, refreshes its routing table
 and republishes what it provides before it expires.
+
+Addresses are checked (``p2pnet.core.address_filter``): a peer's addresses are stored
+(as a provider, or in the routing table) only where it is seen at, so no peer can make
+this node send others to a third party; an answer gives a requester only the addresses
+of its scope (no private or loopback address to a public requester); and of what a
+responder answers, only the addresses of the responder's scope are believed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from p2pnet.core.address import PeerAddress, transport_part
+from p2pnet.core.address_filter import (
+    AddressScope,
+    addrs_for_scope,
+    addrs_seen_at,
+    scope_seen_at,
+)
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import PeerInfo, key_of, random_preimage_in_bucket
 from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
@@ -240,6 +252,7 @@ class DhtNode:
         """Answer requests on one inbound stream until the peer closes it or leaves it
         idle for ``stream_idle_timeout`` seconds."""
         reader = KadMessageReader()
+        seen_at: tuple[str, ...] | None = None  # the sender's connections, read once
         while True:
             try:
                 request = await read_request(stream, reader, self.config.stream_idle_timeout)
@@ -252,7 +265,9 @@ class DhtNode:
                 return
             if request is None:  # closed by the peer, or idle too long: read_request closed it
                 return
-            keep_open = await self._reply(stream, request)
+            if seen_at is None:
+                seen_at = self._seen_at(stream.peer_id)
+            keep_open = await self._reply(stream, request, seen_at)
             # An idle stream waits up to a minute for its next request: it must not hold
             # the last request and response meanwhile (at 10,000 peers, ~100 such
             # streams per peer held ~1,000 peer records each).
@@ -260,10 +275,10 @@ class DhtNode:
             if not keep_open:
                 return
 
-    async def _reply(self, stream: ByteStream, request: KadMessage) -> bool:
+    async def _reply(self, stream: ByteStream, request: KadMessage, seen_at: Sequence[str]) -> bool:
         """Answer one request on ``stream``; False once the stream is done with."""
-        self._saw(stream.peer_id)
-        response = self.answer(request, stream.peer_id, trio.current_time())
+        self._saw(stream.peer_id, seen_at)
+        response = self.answer(request, stream.peer_id, trio.current_time(), seen_at=seen_at)
         if response is None:
             self.requests_dropped += 1
             if request.type is MessageType.ADD_PROVIDER:
@@ -280,42 +295,61 @@ class DhtNode:
             return False
         return True
 
-    def answer(self, request: KadMessage, sender: str, now: float) -> KadMessage | None:
-        """The response to ``request`` from ``sender``, or None to drop it."""
+    def answer(
+        self, request: KadMessage, sender: str, now: float, *, seen_at: Sequence[str] = ()
+    ) -> KadMessage | None:
+        """The response to ``request`` from ``sender``, or None to drop it.
+
+        ``seen_at``: the remote addresses of ``sender``'s connections. Addresses it
+        announces are kept only where it is seen at (none, if ``seen_at`` is empty,
+        relayed ones apart), and answers give it only the addresses of its scope
+        (all, if ``seen_at`` has no IP address).
+        """
         if self._intercept is not None:
             override = self._intercept(request, sender)
             if override is not None:
                 return override.response
         kind = request.type
+        scope = scope_seen_at(seen_at)
         if kind is MessageType.PING:
             return KadMessage(MessageType.PING)
         if kind is MessageType.FIND_NODE:
             return KadMessage(
-                MessageType.FIND_NODE, request.key, closer_peers=self._closer(request.key, sender)
+                MessageType.FIND_NODE,
+                request.key,
+                closer_peers=self._closer(request.key, sender, scope),
             )
         if kind is MessageType.GET_PROVIDERS:
-            providers = [_kad_peer(p) for p in self.providers.get(request.key, now)]
+            providers = [
+                KadPeer(p.peer_id, addrs_for_scope(p.addrs, scope))
+                for p in self.providers.get(request.key, now)
+            ]  # a provider left with no address is still named: its peer ID may be dialled
             return KadMessage(
                 MessageType.GET_PROVIDERS,
                 request.key,
-                closer_peers=self._closer(request.key, sender),
+                closer_peers=self._closer(request.key, sender, scope),
                 provider_peers=tuple(providers),
             )
         if kind is MessageType.ADD_PROVIDER:
-            self._store_providers(request, sender, now)
+            self._store_providers(request, sender, now, seen_at)
             return None  # ADD_PROVIDER has no response in the spec
         if kind is MessageType.GET_VALUE:
             held = self.values.get(request.key, now) if self.values is not None else None
             record = KadRecord(request.key, held.value) if held is not None else None
             return KadMessage(
-                MessageType.GET_VALUE, request.key, record, self._closer(request.key, sender)
+                MessageType.GET_VALUE,
+                request.key,
+                record,
+                self._closer(request.key, sender, scope),
             )
         if kind is MessageType.PUT_VALUE:
             return request if self._store_value(request, sender, now) else None
         log.debug("dropping %s from %s: not supported", kind.name, sender)
         return None
 
-    def _store_providers(self, request: KadMessage, sender: str, now: float) -> None:
+    def _store_providers(
+        self, request: KadMessage, sender: str, now: float, seen_at: Sequence[str]
+    ) -> None:
         if not self._add_provider_limiter.allow(sender, now):
             log.info("ADD_PROVIDER from %s over its rate limit: dropped", sender)
             return
@@ -326,7 +360,21 @@ class DhtNode:
                     "ADD_PROVIDER from %s names another peer %s: ignored", sender, provider.peer_id
                 )
                 continue
-            addrs = provider.addrs or tuple(self.host.peer_addrs(sender))
+            # Only the addresses the sender is seen at (or relayed through a relay): it
+            # cannot send finders to another host, nor to a private range behind its NAT.
+            # (go-libp2p-kad-dht's handleAddProvider, handlers.go, keeps the sender's own
+            # record only, as above, and runs its AddressFilter over its addresses.)
+            announced = provider.addrs or tuple(self.host.peer_addrs(sender))
+            addrs = addrs_seen_at(announced, seen_at)
+            if len(addrs) < len(announced):
+                log.debug(
+                    "ADD_PROVIDER from %s: %d of its %d addresses are not where it is seen "
+                    "(%s): dropped",
+                    sender,
+                    len(announced) - len(addrs),
+                    len(announced),
+                    ", ".join(seen_at) or "no connection",
+                )
             try:
                 self.providers.add(
                     request.key, _peer_info(provider.peer_id, addrs), now, self.config.provider_ttl
@@ -349,14 +397,26 @@ class DhtNode:
             return False
         return True
 
-    def _closer(self, key: bytes, requester: str) -> tuple[KadPeer, ...]:
-        peers = self.table.closest(key_of(key), self.config.k + 1)
-        return tuple(_kad_peer(p) for p in peers if p.peer_id != requester)[: self.config.k]
+    def _closer(self, key: bytes, requester: str, scope: AddressScope) -> tuple[KadPeer, ...]:
+        """The k peers closest to ``key`` but ``requester``, with the addresses of its
+        ``scope``; a peer left with none of its addresses is not named."""
+        closer = []
+        for peer in self.table.closest(key_of(key), self.config.k + 1):
+            if peer.peer_id == requester:
+                continue
+            addrs = addrs_for_scope(peer.addrs, scope)
+            if addrs or not peer.addrs:
+                closer.append(KadPeer(peer.peer_id, addrs))
+        return tuple(closer[: self.config.k])
 
-    def _saw(self, peer_id: str) -> None:
+    def _seen_at(self, peer_id: str) -> tuple[str, ...]:
+        """The remote addresses of our connections to ``peer_id``."""
+        return tuple(addr for peer, addr in self.host.connections() if peer == peer_id and addr)
+
+    def _saw(self, peer_id: str, seen_at: Sequence[str]) -> None:
         """A peer talked to us: it may go into the routing table, if we can dial it back
-        and it serves the DHT (a client-mode peer does not)."""
-        addrs = tuple(self.host.peer_addrs(peer_id))
+        where it is seen at and it serves the DHT (a client-mode peer does not)."""
+        addrs = addrs_seen_at(self.host.peer_addrs(peer_id), seen_at)
         if not addrs or self.host.supports(peer_id, KAD_PROTOCOL) is False:
             return
         try:
@@ -571,6 +631,7 @@ class DhtNode:
                 lookup.on_failure(peer, trio.current_time())
                 self.table.record_failure(peer, trio.current_time())
             else:
+                response = _in_scope(response, scope_seen_at(self._seen_at(peer.peer_id)))
                 self._update(peer)
                 lookup.on_success(
                     peer, self._peer_infos(response.closer_peers), trio.current_time()
@@ -635,6 +696,24 @@ class DhtNode:
 
 def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
     return PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(transport_part(a) for a in addrs))
+
+
+def _in_scope(response: KadMessage, scope: AddressScope) -> KadMessage:
+    """``response`` with only the addresses a responder seen in ``scope`` can know of (go-libp2p
+    identify filters what a peer tells of itself the same way); a closer peer left with
+    none of its addresses is left out, a provider is kept."""
+    if scope is AddressScope.OTHER or scope is AddressScope.LOOPBACK:
+        return response
+    closer = []
+    for peer in response.closer_peers:
+        addrs = addrs_for_scope(peer.addrs, scope)
+        if addrs or not peer.addrs:
+            closer.append(dataclasses.replace(peer, addrs=addrs))
+    providers = tuple(
+        dataclasses.replace(p, addrs=addrs_for_scope(p.addrs, scope))
+        for p in response.provider_peers
+    )
+    return dataclasses.replace(response, closer_peers=tuple(closer), provider_peers=providers)
 
 
 def _kad_peer(peer: PeerInfo) -> KadPeer:
