@@ -49,6 +49,7 @@ from p2pnet.errors import (
     InternalPeerError,
     InvalidRecordError,
     MalformedRecordError,
+    NetworkError,
     P2PNetError,
     PayloadTooLargeError,
     ProtocolError,
@@ -286,8 +287,14 @@ class DescribeResult:
         at most one per model.
     envelopes: ``envelopes[i]`` is the signed envelope of ``records[i]``, to pass on.
     rejected: envelopes that failed a check, with the error saying which.
-    rtt: seconds from sending the request to receiving the whole reply (trio clock;
-        dialling, stream opening and verification are not included).
+    rtt: seconds from when this side began the request (before it took or opened a
+        stream, and dialled if it had no connection) to receiving the whole reply
+        (trio clock; verification not included). Measured from our side only: a peer
+        that answers before the request arrives still waits for the stream to open.
+    new_stream: the request went on a newly opened stream, so ``rtt`` includes opening
+        it (protocol negotiation, a round trip no peer can answer ahead of). On a reused
+        stream a peer could have sent its reply before the request: ranking takes
+        latency samples only from new streams.
     """
 
     peer_id: str
@@ -295,6 +302,7 @@ class DescribeResult:
     envelopes: tuple[bytes, ...]
     rejected: tuple[RejectedRecord, ...]
     rtt: float
+    new_stream: bool = True
 
 
 class DescribeClient:
@@ -341,11 +349,12 @@ class DescribeClient:
             UsageError: an entry of ``tasks`` is not a task tag.
             PayloadTooLargeError: more filters than ``limits.max_filters`` (before
                 anything is sent), or the peer refused the request as too large.
+            Errors about the peer have ``peer`` set to it.
             PeerUnreachableError: no connection to the peer.
             ConnectionLostError: the connection broke, or the peer closed the stream
                 without replying.
             DeadlineExceededError: no reply within ``timeout``.
-            RemoteProtocolError: the reply breaks the protocol.
+            RemoteProtocolError: the reply breaks the protocol, or is over the size limit.
             LocalProtocolError, InternalPeerError, PeerBusyError: the peer's error reply.
         """
         request = DescribeRequest(
@@ -353,12 +362,21 @@ class DescribeClient:
         )
         frame = encode_describe_message(request, self._limits)  # fails here, before any I/O
 
+        # From before the stream is taken or opened (and the peer dialled): a peer that
+        # writes its reply as soon as a stream opens must not look closer than it is.
+        start = trio.current_time()
+
         async def exchange(
             channel: Channel[DescribeReader],
-        ) -> tuple[RecordsReply | DescribeErrorReply, float]:
-            start = trio.current_time()
+        ) -> tuple[RecordsReply | DescribeErrorReply, float, bool]:
             await channel.stream.write(frame)
-            reply = await read_message(channel.stream, channel.reader)
+            try:
+                reply = await read_message(channel.stream, channel.reader)
+            except PayloadTooLargeError as exc:
+                raise RemoteProtocolError(
+                    f"peer {peer.peer_id} sent a describe reply over the size limit: {exc.message}",
+                    peer=peer.peer_id,
+                ) from None
             rtt = trio.current_time() - start
             if reply is None:
                 raise ConnectionLostError(
@@ -368,22 +386,27 @@ class DescribeClient:
                 channel.in_step = False  # a peer that failed to answer is not asked again
             elif not isinstance(reply, RecordsReply):
                 raise RemoteProtocolError(
-                    f"peer {peer.peer_id} answered a describe request with a "
-                    f"{type(reply).__name__}"
+                    f"peer {peer.peer_id} answered a describe request with a {type(reply).__name__}"
                 )
-            return reply, rtt
+            return reply, rtt, not channel.reused
 
         with trio.move_on_after(timeout):
-            reply, rtt = await self._pool.request(peer, exchange)
+            try:
+                reply, rtt, new_stream = await self._pool.request(peer, exchange)
+            except (NetworkError, RemoteProtocolError) as exc:
+                if exc.peer is None:
+                    exc.peer = peer.peer_id
+                raise
             if isinstance(reply, DescribeErrorReply):
                 raise error_from_wire(reply.code, reply.message, peer.peer_id)
             if len(reply.records) <= _VERIFY_INLINE_MAX:
-                return self._verify(peer.peer_id, request, reply.records, rtt)
+                return self._verify(peer.peer_id, request, reply.records, rtt, new_stream)
             return await trio.to_thread.run_sync(
-                self._verify, peer.peer_id, request, reply.records, rtt
+                self._verify, peer.peer_id, request, reply.records, rtt, new_stream
             )
         raise DeadlineExceededError(
-            f"no describe reply from peer {peer.peer_id} within {timeout:g} s"
+            f"no describe reply from peer {peer.peer_id} within {timeout:g} s",
+            peer=peer.peer_id,
         )
 
     def _verify(
@@ -392,6 +415,7 @@ class DescribeClient:
         request: DescribeRequest,
         envelopes: Sequence[bytes],
         rtt: float,
+        new_stream: bool = True,
     ) -> DescribeResult:
         now = self._clock()
         kept: dict[str, tuple[CapabilityRecord, bytes]] = {}  # model ID -> record, envelope
@@ -442,6 +466,7 @@ class DescribeClient:
             envelopes=tuple(envelope for _, envelope in kept.values()),
             rejected=tuple(rejected),
             rtt=rtt,
+            new_stream=new_stream,
         )
 
     async def aclose(self) -> None:
