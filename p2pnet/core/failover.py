@@ -27,8 +27,8 @@ move on: inputs that do not fit (``InvalidInputError``), a request over the size
 
 Report (``failure_report``): when every attempt failed, the most telling error (a
 provider that broke the contract, then the model, then busy, then a lost connection,
-then unreachable, and only then a deadline), as a new error of its class whose message
-names every provider tried and whose ``attempts`` lists them.
+then unreachable, then inputs refused, and only then a deadline), as a new error of
+its class whose message names every provider tried and whose ``attempts`` lists them.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from p2pnet.errors import (
     ConnectionLostError,
     DeadlineExceededError,
     InternalPeerError,
+    InvalidInputError,
     ModelExecutionError,
     NetworkError,
     OutputSchemaError,
@@ -148,6 +149,7 @@ _TELLING: tuple[type[P2PNetError], ...] = (
     ConnectionLostError,
     PeerUnreachableError,
     NetworkError,
+    InvalidInputError,
     DeadlineExceededError,
 )
 

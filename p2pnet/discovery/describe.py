@@ -287,14 +287,15 @@ class DescribeResult:
         at most one per model.
     envelopes: ``envelopes[i]`` is the signed envelope of ``records[i]``, to pass on.
     rejected: envelopes that failed a check, with the error saying which.
-    rtt: seconds from when this side began the request (before it took or opened a
-        stream, and dialled if it had no connection) to receiving the whole reply
-        (trio clock; verification not included). Measured from our side only: a peer
-        that answers before the request arrives still waits for the stream to open.
-    new_stream: the request went on a newly opened stream, so ``rtt`` includes opening
-        it (protocol negotiation, a round trip no peer can answer ahead of). On a reused
-        stream a peer could have sent its reply before the request: ranking takes
-        latency samples only from new streams.
+    rtt: seconds from sending the request to receiving the whole reply, and on a new
+        stream at least the time opening it took (trio clock; verification not
+        included). Opening a stream is a round trip of protocol negotiation (plus the
+        dial when there was no connection) that no peer can answer ahead of, so a peer
+        that writes its reply before our request arrives still shows its real round
+        trip.
+    new_stream: the request went on a newly opened stream. On a reused stream a peer
+        could have sent its reply before the request: ranking takes latency samples
+        only from new streams.
     """
 
     peer_id: str
@@ -362,13 +363,18 @@ class DescribeClient:
         )
         frame = encode_describe_message(request, self._limits)  # fails here, before any I/O
 
-        # From before the stream is taken or opened (and the peer dialled): a peer that
-        # writes its reply as soon as a stream opens must not look closer than it is.
+        # A peer that writes its reply as soon as a stream opens, before our request
+        # arrives, must not look closer than it is: on a new stream, the round trip is
+        # at least the time the stream took to open (a round trip of protocol
+        # negotiation that no peer can answer ahead of, and the dial if there was no
+        # connection yet).
         start = trio.current_time()
 
         async def exchange(
             channel: Channel[DescribeReader],
         ) -> tuple[RecordsReply | DescribeErrorReply, float, bool]:
+            sent = trio.current_time()
+            opening = sent - start
             await channel.stream.write(frame)
             try:
                 reply = await read_message(channel.stream, channel.reader)
@@ -377,7 +383,9 @@ class DescribeClient:
                     f"peer {peer.peer_id} sent a describe reply over the size limit: {exc.message}",
                     peer=peer.peer_id,
                 ) from None
-            rtt = trio.current_time() - start
+            rtt = trio.current_time() - sent
+            if not channel.reused:
+                rtt = max(rtt, opening)
             if reply is None:
                 raise ConnectionLostError(
                     f"peer {peer.peer_id} closed the describe stream without replying"
