@@ -16,6 +16,7 @@
     │   ├── ModelExecutionError      the model failed while running            [model_failed]
     │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
     │   ├── InternalPeerError        the peer hit a bug                        [internal]
+    │   ├── OutputSchemaError        outputs that do not fit its signed schema [bad_output]
     │   ├── StoreLimitError          a peer asked this node to store more than it allows
     │   │   ├── StoreFullError           the store or a key's provider list is full
     │   │   └── ProviderQuotaError       one provider announces too many keys here
@@ -28,6 +29,7 @@
     │       └── StaleRecordError         older sequence than one already held  [stale_record]
     ├── ProtocolError                bytes that break the wire protocol
     │   ├── RemoteProtocolError      the other side sent them
+    │   │   └── ReplyTooLargeError       a reply over the size limit we accept [reply_too_large]
     │   └── LocalProtocolError       the other side says we sent them          [protocol_error]
     ├── NetworkError                 nobody's fault: the path between peers
     │   ├── PeerUnreachableError     could not connect
@@ -36,8 +38,11 @@
 
 An error raised on a serving peer travels to the caller as ``code`` plus
 ``message`` (see docs/protocol.md) and is raised there as the class of that
-code, with ``peer`` set to the peer that reported it. Raised locally,
-``peer`` is None.
+code, with ``peer`` set to the peer that reported it. An error a caller raises
+about a provider (no reply in time, a broken or oversized reply, outputs that do not
+fit) has ``peer`` set to that provider; other errors raised locally have ``peer``
+None. An error that ends a call after several providers failed lists every attempt
+in ``attempts`` (peer ID, error), the first tried first.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ __all__ = [
     "ModelExecutionError",
     "ModelFileError",
     "NetworkError",
+    "OutputSchemaError",
     "P2PNetError",
     "PayloadTooLargeError",
     "PeerBusyError",
@@ -72,6 +78,7 @@ __all__ = [
     "RecordKeyMismatchError",
     "RecordTooLargeError",
     "RemoteProtocolError",
+    "ReplyTooLargeError",
     "SchemaMismatchError",
     "StaleRecordError",
     "StoreFullError",
@@ -97,6 +104,8 @@ class P2PNetError(Exception):
         super().__init__(message)
         self.message = message
         self.peer = peer
+        # (peer ID, error) of every provider tried before this error ended a call.
+        self.attempts: tuple[tuple[str, P2PNetError], ...] = ()
 
     def __str__(self) -> str:
         if self.peer is None:
@@ -196,6 +205,13 @@ class InternalPeerError(PeerError):
     code = "internal"
 
 
+class OutputSchemaError(PeerError):
+    """A provider's outputs do not fit the output schema of its own signed record:
+    an output missing or extra, or one of another dtype, rank or size."""
+
+    code = "bad_output"
+
+
 class StoreLimitError(PeerError):
     """A peer asked this node to store more than one of its limits allows."""
 
@@ -266,6 +282,13 @@ class RemoteProtocolError(ProtocolError):
     """The other side sent bytes that break the protocol (malformed, truncated, oversized)."""
 
     code = "remote_protocol"
+
+
+class ReplyTooLargeError(RemoteProtocolError):
+    """A reply larger than the limit this side accepts: the replying peer's fault (a
+    request over the limit is the caller's, PayloadTooLargeError)."""
+
+    code = "reply_too_large"
 
 
 class LocalProtocolError(ProtocolError):

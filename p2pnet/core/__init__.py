@@ -26,7 +26,10 @@ records.py     CapabilityRecord, sign_record,        signed capability records: 
                verify_record, supersedes             encoding, envelope, verification
 describe.py    DescribeRequest, RecordsReply,
                DescribeReader                        the describe protocol's messages
-ranking.py     ProviderStatsTable                    provider ranking: latency, failure cooldown
+ranking.py     ProviderStatsTable                    provider ranking: latency, failure cooldown,
+                                                     backoff
+failover.py    attempt_timeout, attempt_order,       calling one of several providers: the
+               failure_report, output_mismatch       deadline split, order, error reported
 pipeline.py    parse_pipeline, PipelineSpec,
                check_schemas, forward_plan           pipeline specs and their static checks
 forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next

@@ -17,6 +17,12 @@ The order, first to last:
    expected latency. They come last, not never: if every provider failed, the
    caller still has an order to retry in.
 
+Backoff, for callers (``p2pnet.core.failover.attempt_order``): after a failure a
+provider is not called again for ``backoff_base * 2**(n-1)`` seconds, n being its
+failures within the cooldown, at most ``backoff_cap``; a caller tries it only once
+every provider not in backoff has failed. Ranking and backoff are separate: a
+provider out of backoff but within its cooldown is tried, last.
+
 Ties keep the order of ``candidates`` (the sort is stable), so the DHT's order
 (closest first) decides between equals. A success clears a provider's failures; a
 failure older than the cooldown is forgotten. Latency is an exponentially weighted
@@ -49,12 +55,17 @@ class RankingPolicy:
     failure_cooldown: seconds after a failure during which the provider ranks last.
     unknown_latency: latency, in seconds, assumed for a provider never measured.
     max_failures_kept: failure timestamps kept per provider (the count saturates there).
+    backoff_base: seconds a provider is not called after its first failure; each
+        further failure within the cooldown doubles it.
+    backoff_cap: the longest backoff, in seconds.
     """
 
     alpha: float = 0.3
     failure_cooldown: float = 60.0
     unknown_latency: float = 0.1
     max_failures_kept: int = 8
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
@@ -65,6 +76,11 @@ class RankingPolicy:
             raise ValueError(f"unknown_latency must be finite and >= 0, got {self.unknown_latency}")
         if self.max_failures_kept < 1:
             raise ValueError("max_failures_kept must be at least 1")
+        if not 0.0 <= self.backoff_base <= self.backoff_cap < math.inf:
+            raise ValueError(
+                "backoff_base and backoff_cap must be finite, with 0 <= base <= cap, got "
+                f"{self.backoff_base} and {self.backoff_cap}"
+            )
 
 
 DEFAULT_POLICY: Final = RankingPolicy()
@@ -131,6 +147,17 @@ class ProviderStats:
         if not self.recent_failures(now, policy):
             return None
         return self.failures[-1] + policy.failure_cooldown
+
+    def backoff_until(self, now: float, policy: RankingPolicy = DEFAULT_POLICY) -> float | None:
+        """Until when callers should not call this provider again, or None if they may
+        now: ``backoff_base * 2**(n-1)`` (at most ``backoff_cap``) seconds after its last
+        failure, n being its failures within the cooldown."""
+        failures = self.recent_failures(now, policy)
+        if not failures:
+            return None
+        backoff = min(policy.backoff_base * 2.0 ** min(failures - 1, 64), policy.backoff_cap)
+        until = self.failures[-1] + backoff
+        return until if now < until else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +269,11 @@ class ProviderStatsTable(Mapping[str, ProviderStats]):
         """Note a failed attempt on ``peer_id`` at ``now``."""
         current = self._stats.pop(peer_id, None) or ProviderStats()
         return self._put(peer_id, current.after_failure(now, self.policy))
+
+    def backoff_until(self, peer_id: str, now: float) -> float | None:
+        """Until when ``peer_id`` should not be called again, or None if it may now."""
+        stats = self._stats.get(peer_id)
+        return None if stats is None else stats.backoff_until(now, self.policy)
 
     def forget(self, peer_id: str) -> None:
         """Drop what is known of ``peer_id``."""

@@ -49,6 +49,7 @@ from p2pnet.errors import (
     InternalPeerError,
     InvalidRecordError,
     MalformedRecordError,
+    NetworkError,
     P2PNetError,
     PayloadTooLargeError,
     ProtocolError,
@@ -286,8 +287,15 @@ class DescribeResult:
         at most one per model.
     envelopes: ``envelopes[i]`` is the signed envelope of ``records[i]``, to pass on.
     rejected: envelopes that failed a check, with the error saying which.
-    rtt: seconds from sending the request to receiving the whole reply (trio clock;
-        dialling, stream opening and verification are not included).
+    rtt: seconds from sending the request to receiving the whole reply, and on a new
+        stream at least the time opening it took (trio clock; verification not
+        included). Opening a stream is a round trip of protocol negotiation (plus the
+        dial when there was no connection) that no peer can answer ahead of, so a peer
+        that writes its reply before our request arrives still shows its real round
+        trip.
+    new_stream: the request went on a newly opened stream. On a reused stream a peer
+        could have sent its reply before the request: ranking takes latency samples
+        only from new streams.
     """
 
     peer_id: str
@@ -295,6 +303,7 @@ class DescribeResult:
     envelopes: tuple[bytes, ...]
     rejected: tuple[RejectedRecord, ...]
     rtt: float
+    new_stream: bool = True
 
 
 class DescribeClient:
@@ -341,11 +350,12 @@ class DescribeClient:
             UsageError: an entry of ``tasks`` is not a task tag.
             PayloadTooLargeError: more filters than ``limits.max_filters`` (before
                 anything is sent), or the peer refused the request as too large.
+            Errors about the peer have ``peer`` set to it.
             PeerUnreachableError: no connection to the peer.
             ConnectionLostError: the connection broke, or the peer closed the stream
                 without replying.
             DeadlineExceededError: no reply within ``timeout``.
-            RemoteProtocolError: the reply breaks the protocol.
+            RemoteProtocolError: the reply breaks the protocol, or is over the size limit.
             LocalProtocolError, InternalPeerError, PeerBusyError: the peer's error reply.
         """
         request = DescribeRequest(
@@ -353,13 +363,29 @@ class DescribeClient:
         )
         frame = encode_describe_message(request, self._limits)  # fails here, before any I/O
 
+        # A peer that writes its reply as soon as a stream opens, before our request
+        # arrives, must not look closer than it is: on a new stream, the round trip is
+        # at least the time the stream took to open (a round trip of protocol
+        # negotiation that no peer can answer ahead of, and the dial if there was no
+        # connection yet).
+        start = trio.current_time()
+
         async def exchange(
             channel: Channel[DescribeReader],
-        ) -> tuple[RecordsReply | DescribeErrorReply, float]:
-            start = trio.current_time()
+        ) -> tuple[RecordsReply | DescribeErrorReply, float, bool]:
+            sent = trio.current_time()
+            opening = sent - start
             await channel.stream.write(frame)
-            reply = await read_message(channel.stream, channel.reader)
-            rtt = trio.current_time() - start
+            try:
+                reply = await read_message(channel.stream, channel.reader)
+            except PayloadTooLargeError as exc:
+                raise RemoteProtocolError(
+                    f"peer {peer.peer_id} sent a describe reply over the size limit: {exc.message}",
+                    peer=peer.peer_id,
+                ) from None
+            rtt = trio.current_time() - sent
+            if not channel.reused:
+                rtt = max(rtt, opening)
             if reply is None:
                 raise ConnectionLostError(
                     f"peer {peer.peer_id} closed the describe stream without replying"
@@ -368,22 +394,27 @@ class DescribeClient:
                 channel.in_step = False  # a peer that failed to answer is not asked again
             elif not isinstance(reply, RecordsReply):
                 raise RemoteProtocolError(
-                    f"peer {peer.peer_id} answered a describe request with a "
-                    f"{type(reply).__name__}"
+                    f"peer {peer.peer_id} answered a describe request with a {type(reply).__name__}"
                 )
-            return reply, rtt
+            return reply, rtt, not channel.reused
 
         with trio.move_on_after(timeout):
-            reply, rtt = await self._pool.request(peer, exchange)
+            try:
+                reply, rtt, new_stream = await self._pool.request(peer, exchange)
+            except (NetworkError, RemoteProtocolError) as exc:
+                if exc.peer is None:
+                    exc.peer = peer.peer_id
+                raise
             if isinstance(reply, DescribeErrorReply):
                 raise error_from_wire(reply.code, reply.message, peer.peer_id)
             if len(reply.records) <= _VERIFY_INLINE_MAX:
-                return self._verify(peer.peer_id, request, reply.records, rtt)
+                return self._verify(peer.peer_id, request, reply.records, rtt, new_stream)
             return await trio.to_thread.run_sync(
-                self._verify, peer.peer_id, request, reply.records, rtt
+                self._verify, peer.peer_id, request, reply.records, rtt, new_stream
             )
         raise DeadlineExceededError(
-            f"no describe reply from peer {peer.peer_id} within {timeout:g} s"
+            f"no describe reply from peer {peer.peer_id} within {timeout:g} s",
+            peer=peer.peer_id,
         )
 
     def _verify(
@@ -392,6 +423,7 @@ class DescribeClient:
         request: DescribeRequest,
         envelopes: Sequence[bytes],
         rtt: float,
+        new_stream: bool = True,
     ) -> DescribeResult:
         now = self._clock()
         kept: dict[str, tuple[CapabilityRecord, bytes]] = {}  # model ID -> record, envelope
@@ -442,6 +474,7 @@ class DescribeClient:
             envelopes=tuple(envelope for _, envelope in kept.values()),
             rejected=tuple(rejected),
             rtt=rtt,
+            new_stream=new_stream,
         )
 
     async def aclose(self) -> None:

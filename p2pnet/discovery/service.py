@@ -5,9 +5,22 @@ expires) served on ``/p2pnet/describe/1.0.0``, and this peer is announced in the
 as a provider of the model's key and of each of its task keys.
 
 Finding: one DHT provider lookup for the key, then one describe round trip per
-provider (concurrently), keeping only records that verify. Offers are ranked by
-measured latency and recent failures (``p2pnet.core.ranking``); a call tries them in
-that order and fails over when a provider cannot be reached or gives up.
+provider (concurrently), keeping only records that verify, at most
+``max_offers_per_provider`` per provider. The describe phase ends
+``describe_timeout`` seconds after it began (or at the find's deadline); providers
+that did not answer by then, or failed, are named in ``Search.unanswered``. Offers are
+ranked by latency measured from this side and recent failures
+(``p2pnet.core.ranking``).
+
+Calling: ``call`` starts calling once the first provider has described itself and the
+others had ``describe_grace`` seconds more. The offers are tried in rank order, those
+in backoff after a failure last (``p2pnet.core.failover``); each attempt gets a share
+of the time left (half, unless it is the last), so one stalled provider cannot take
+the whole budget. Every provider-side failure moves on to the next provider: no reply
+in time, a broken or oversized reply, outputs that do not fit the provider's signed
+schema, busy, unreachable, a lost connection, the peer's or its model's error. The
+caller's own faults (inputs that do not fit) end the call at once. When every
+provider failed, the most telling error is raised, naming each provider tried.
 """
 
 from __future__ import annotations
@@ -22,19 +35,29 @@ import numpy.typing as npt
 import trio
 
 from p2pnet.core.address import PeerAddress, transport_part
+from p2pnet.core.failover import (
+    DEFAULT_ATTEMPT_FLOOR,
+    DEFAULT_ATTEMPT_SHARE,
+    attempt_order,
+    attempt_timeout,
+    failure_report,
+    is_provider_failure,
+    output_mismatch,
+)
 from p2pnet.core.identity import Identity
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.kad.lookup import LookupStats
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.ranking import ProviderStatsTable
 from p2pnet.core.records import CapabilityRecord, sign_record
+from p2pnet.core.schema import ModelSchema, check_inputs
 from p2pnet.dht.node import DhtNode
 from p2pnet.discovery.describe import DescribeClient, RejectedRecord
 from p2pnet.errors import (
     DeadlineExceededError,
-    NetworkError,
+    InvalidInputError,
+    OutputSchemaError,
     P2PNetError,
-    PeerBusyError,
     UnknownModelError,
     UsageError,
 )
@@ -131,6 +154,8 @@ class Search:
     rejected: records providers sent that failed verification.
     lookup: the DHT lookup's cost (None if it did not finish in time).
     complete: False when the time ran out before every provider was asked.
+    unanswered: peer IDs of the providers the lookup named that did not describe
+        themselves in time, or failed to (in the lookup's order).
     """
 
     offers: list[Offer]
@@ -138,6 +163,7 @@ class Search:
     rejected: tuple[RejectedRecord, ...]
     lookup: LookupStats | None
     complete: bool
+    unanswered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +196,14 @@ class ModelFinder:
         describer: fetches and verifies providers' records.
         invokers: runs a model on this peer or calls another.
         publisher: this peer's own records (this peer may be one of the providers).
+        max_offers_per_provider: offers kept from one provider per query (the first it
+            sent); one provider cannot fill a find.
+        describe_timeout: seconds the describe phase of a find lasts at most.
+        describe_grace: seconds ``call`` waits for further providers to describe
+            themselves once the first has.
+        attempt_share: share of the time left an attempt gets when it is not the last
+            planned (``p2pnet.core.failover.attempt_timeout``).
+        attempt_floor: seconds an attempt gets at least (when that much is left).
     """
 
     def __init__(
@@ -178,12 +212,28 @@ class ModelFinder:
         describer: DescribeClient,
         invokers: Invokers,
         publisher: RecordPublisher,
+        *,
+        max_offers_per_provider: int = 4,
+        describe_timeout: float = 3.0,
+        describe_grace: float = 0.5,
+        attempt_share: float = DEFAULT_ATTEMPT_SHARE,
+        attempt_floor: float = DEFAULT_ATTEMPT_FLOOR,
     ) -> None:
+        if max_offers_per_provider < 1:
+            raise ValueError("max_offers_per_provider must be at least 1")
+        if not (describe_timeout > 0 and describe_grace >= 0):
+            raise ValueError("describe_timeout must be positive and describe_grace >= 0")
+        attempt_timeout(1.0, 2, share=attempt_share, floor=attempt_floor)  # checks them
         self._local_peer_id = invokers.local.peer_id
         self._dht = dht
         self._describer = describer
         self._invokers = invokers
         self._publisher = publisher
+        self.max_offers_per_provider = max_offers_per_provider
+        self.describe_timeout = describe_timeout
+        self.describe_grace = describe_grace
+        self.attempt_share = attempt_share
+        self.attempt_floor = attempt_floor
         self.stats = ProviderStatsTable()
 
     async def find(
@@ -210,11 +260,19 @@ class ModelFinder:
         count: int = 20,
         timeout: float = 10.0,
     ) -> Search:
-        """``find``, with what it took: providers named, records refused, lookup cost.
+        """``find``, with what it took: providers named, records refused, lookup cost,
+        providers that did not describe themselves in time.
 
         Raises:
             As ``find``.
         """
+        return await self._search(task, model, count, timeout, grace=None)
+
+    async def _search(
+        self, task: str | None, model: str | None, count: int, timeout: float, grace: float | None
+    ) -> Search:
+        """``search``; with ``grace``, the describe phase ends ``grace`` seconds after the
+        first provider described itself."""
         if (task is None) == (model is None):
             raise UsageError("find needs exactly one of task= or model=")
         models: tuple[str, ...] = ()
@@ -228,20 +286,43 @@ class ModelFinder:
             key = key_for_task(task)
         offers: list[Offer] = []
         rejected: list[RejectedRecord] = []
+        answered: set[str] = set()
         lookup = None
+        cut_short = False
         with trio.move_on_after(timeout) as scope:
             # The lookup gets half the time: providers it found by then are described,
             # even if peers on its path never answered.
             lookup = await self._dht.find_providers(key, count, timeout=timeout / 2)
+            phase_ends = trio.current_time() + self.describe_timeout
+            with trio.move_on_at(phase_ends) as phase:
+                first_answer = trio.Event()
+                pending = len(lookup.providers)
 
-            async def ask(provider: PeerInfo) -> None:
-                found, refused = await self._describe(provider, models, tasks, timeout)
-                offers.extend(found)
-                rejected.extend(refused)
+                async def ask(provider: PeerInfo, nursery: trio.Nursery) -> None:
+                    nonlocal pending
+                    try:
+                        found = await self._describe(provider, models, tasks, phase_ends)
+                        if found is not None:
+                            answered.add(provider.peer_id)
+                            offers.extend(found[0])
+                            rejected.extend(found[1])
+                            first_answer.set()
+                    finally:
+                        pending -= 1
+                        if pending == 0:
+                            nursery.cancel_scope.cancel()  # the grace watch, if any
 
-            async with trio.open_nursery() as nursery:
-                for provider in lookup.providers:
-                    nursery.start_soon(ask, provider)
+                async def end_phase_after_grace(grace: float) -> None:
+                    await first_answer.wait()
+                    phase.deadline = min(phase.deadline, trio.current_time() + grace)
+
+                if lookup.providers:
+                    async with trio.open_nursery() as nursery:
+                        if grace is not None:
+                            nursery.start_soon(end_phase_after_grace, grace)
+                        for provider in lookup.providers:
+                            nursery.start_soon(ask, provider, nursery)
+            cut_short = phase.cancelled_caught
         ranked = {
             s.peer_id: i
             for i, s in enumerate(
@@ -250,17 +331,32 @@ class ModelFinder:
                 )
             )
         }
+        providers = lookup.providers if lookup is not None else ()
+        unanswered = tuple(dict.fromkeys(p.peer_id for p in providers if p.peer_id not in answered))
+        if unanswered:
+            log.info(
+                "%d of %d providers did not describe themselves in time: %s",
+                len(unanswered),
+                len(providers),
+                ", ".join(unanswered),
+            )
         return Search(
             offers=sorted(offers, key=lambda o: ranked[o.record.peer_id]),
-            providers=len(lookup.providers) if lookup is not None else 0,
+            providers=len(providers),
             rejected=tuple(rejected),
             lookup=lookup.stats if lookup is not None else None,
-            complete=not scope.cancelled_caught,
+            complete=not (scope.cancelled_caught or cut_short),
+            unanswered=unanswered,
         )
 
     async def _describe(
-        self, provider: PeerInfo, models: tuple[str, ...], tasks: tuple[str, ...], timeout: float
-    ) -> tuple[list[Offer], tuple[RejectedRecord, ...]]:
+        self,
+        provider: PeerInfo,
+        models: tuple[str, ...],
+        tasks: tuple[str, ...],
+        phase_ends: float,
+    ) -> tuple[list[Offer], tuple[RejectedRecord, ...]] | None:
+        """The provider's offers and refused records; None if it failed to answer."""
         address = PeerAddress(provider.peer_id, provider.addrs)
         if provider.peer_id == self._local_peer_id:
             return [
@@ -270,22 +366,35 @@ class ModelFinder:
             ], ()
         try:
             result = await self._describer.describe(
-                address, models=models, tasks=tasks, timeout=timeout
+                address,
+                models=models,
+                tasks=tasks,
+                timeout=max(phase_ends - trio.current_time(), 0.0),
             )
         except P2PNetError as exc:
             log.info("provider %s did not describe itself: %s", provider.peer_id, exc)
-            self.stats.record_failure(provider.peer_id, trio.current_time())
-            return [], ()
+            if not isinstance(exc, DeadlineExceededError):
+                self.stats.record_failure(provider.peer_id, trio.current_time())
+            return None
         for rejected in result.rejected:
             log.warning(
                 "provider %s sent a record that fails a check: %s", provider.peer_id, rejected.error
             )
-        self.stats.record_latency(provider.peer_id, result.rtt)
-        addrs = tuple(
-            dict.fromkeys(provider.addrs + tuple(a for r in result.records for a in r.addrs))
-        )
+        if result.new_stream:
+            # On a reused stream the reply may have been sent before the request.
+            self.stats.record_latency(provider.peer_id, result.rtt)
+        records = result.records
+        if len(records) > self.max_offers_per_provider:
+            log.warning(
+                "provider %s offered %d records for one query; keeping the first %d",
+                provider.peer_id,
+                len(records),
+                self.max_offers_per_provider,
+            )
+            records = records[: self.max_offers_per_provider]
+        addrs = tuple(dict.fromkeys(provider.addrs + tuple(a for r in records for a in r.addrs)))
         address = PeerAddress(provider.peer_id, addrs)
-        return [Offer(r, address, result.rtt) for r in result.records], result.rejected
+        return [Offer(r, address, result.rtt) for r in records], result.rejected
 
     async def call(
         self,
@@ -295,24 +404,34 @@ class ModelFinder:
         model: str | None = None,
         timeout: float = 30.0,
     ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
-        """Find providers, then call the best; on a failure that another provider may not
-        share (unreachable, connection lost, busy, too slow), try the next.
+        """Find providers, then call the best; after a failure on the provider's side,
+        try the next (see the module docstring).
+
+        Finding takes at most half of ``timeout``, and calling starts
+        ``describe_grace`` seconds after the first provider described itself.
 
         Returns the offer that answered and the outputs.
 
         Raises:
             UnknownModelError: no provider found.
-            The last provider's error when all fail; errors that are the caller's
-            (InvalidInputError...) or the model's (ModelExecutionError) at once.
+            InvalidInputError: the inputs do not fit the offered model (nothing is sent).
+            As ``call_offers`` when every provider fails.
         """
         deadline = trio.current_time() + timeout
-        offers = await self.find(task=task, model=model, timeout=timeout / 2)
-        if not offers:
+        search = await self._search(task, model, 20, timeout / 2, grace=self.describe_grace)
+        if not search.offers:
             wanted = f"task {task!r}" if task is not None else f"model {model}"
-            raise UnknownModelError(
-                f"no peer in the swarm offers {wanted}; check the bootstrap peers"
+            silent = (
+                f" ({len(search.unanswered)} providers did not describe themselves in time: "
+                + ", ".join(search.unanswered)
+                + ")"
+                if search.unanswered
+                else ""
             )
-        return await self.call_offers(offers, inputs, deadline - trio.current_time())
+            raise UnknownModelError(
+                f"no peer in the swarm offers {wanted}{silent}; check the bootstrap peers"
+            )
+        return await self.call_offers(search.offers, inputs, deadline - trio.current_time())
 
     async def call_offers(
         self,
@@ -321,32 +440,85 @@ class ModelFinder:
         timeout: float,
         failures: list[tuple[Offer, P2PNetError]] | None = None,
     ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
-        """Call the offers in order until one answers, moving on after a failure that
-        another provider may not share (unreachable, connection lost, busy, too slow);
-        each such failure is appended to ``failures``.
+        """Call the offers until one answers with outputs that fit its record's signed
+        schema: in their order, those in backoff after a recent failure last, each
+        attempt with a share of the time left (``p2pnet.core.failover``). Each failure on
+        the provider's side is appended to ``failures`` and moves on to the next.
 
         Raises:
-            The last provider's error when all fail; errors that are the caller's
-            (InvalidInputError...) or the model's (ModelExecutionError) at once.
+            InvalidInputError: ``inputs`` do not fit the offered model's schema (at
+                once, nothing sent), or every provider refused them.
+            PayloadTooLargeError, LocalProtocolError: the caller's fault, at once.
+            The most telling provider error when every attempt failed
+            (``p2pnet.core.failover.failure_report``: its ``peer`` is the provider,
+            ``attempts`` lists every provider tried); DeadlineExceededError when the
+            time ran out before any attempt.
         """
         deadline = trio.current_time() + timeout
-        last_error: P2PNetError | None = None
-        for offer in offers:
+        order = attempt_order(
+            [o.record.peer_id for o in offers], self.stats, trio.current_time(), self.stats.policy
+        )
+        attempts: list[tuple[str, P2PNetError]] = []
+        fits: dict[ModelSchema, InvalidInputError | None] = {}
+        for planned, index in enumerate(order):
+            offer = offers[index]
+            peer_id = offer.record.peer_id
+            schema = offer.record.schema
+            if schema not in fits:
+                fits[schema] = _input_mismatch(schema, inputs)
+            unfit = fits[schema]
+            if unfit is not None:
+                if all(offers[i].record.schema == schema for i in order[planned:]):
+                    raise unfit  # the caller's fault under every record left
+                attempts.append((peer_id, unfit))
+                continue
             remaining = deadline - trio.current_time()
             if remaining <= 0:
                 break
-            invoker = self._invokers.to(offer.record.peer_id)
+            budget = attempt_timeout(
+                remaining,
+                len(order) - planned,
+                share=self.attempt_share,
+                floor=self.attempt_floor,
+            )
+            started = trio.current_time()
             try:
-                outputs = await invoker.invoke(
-                    offer.address, offer.record.model_id, inputs, timeout=remaining
+                outputs = await self._invokers.to(peer_id).invoke(
+                    offer.address, offer.record.model_id, inputs, timeout=budget
                 )
-            except (NetworkError, PeerBusyError, DeadlineExceededError) as exc:
-                log.info("provider %s failed, trying the next: %s", offer.record.peer_id, exc)
-                self.stats.record_failure(offer.record.peer_id, trio.current_time())
+                mismatch = output_mismatch(schema, outputs, inputs)
+                if mismatch is not None:
+                    raise OutputSchemaError(
+                        f"peer {peer_id} returned outputs of model {offer.record.model_id} "
+                        f"that do not fit its signed record: {mismatch}",
+                        peer=peer_id,
+                    )
+            except P2PNetError as exc:
+                # Inputs that fit the provider's own signed schema and that it refuses
+                # as invalid are its fault, not the caller's.
+                refused = isinstance(exc, InvalidInputError) and exc.peer is not None
+                if not (is_provider_failure(exc) or refused):
+                    raise
+                if exc.peer is None:
+                    exc.peer = peer_id
+                log.info("provider %s failed, trying the next: %s", peer_id, exc)
+                self.stats.record_failure(peer_id, trio.current_time())
                 if failures is not None:
                     failures.append((offer, exc))
-                last_error = exc
+                attempts.append((peer_id, exc))
                 continue
-            self.stats.record_success(offer.record.peer_id, offer.rtt, trio.current_time())
+            now = trio.current_time()
+            self.stats.record_success(peer_id, now - started, now)
             return offer, outputs
-        raise last_error or DeadlineExceededError(f"no provider answered within {timeout:g} s")
+        if not attempts:
+            raise DeadlineExceededError(f"no provider answered within {timeout:g} s")
+        raise failure_report(attempts)
+
+
+def _input_mismatch(schema: ModelSchema, inputs: Mapping[str, Any]) -> InvalidInputError | None:
+    """The error inputs that do not fit ``schema`` get, or None if they fit."""
+    try:
+        check_inputs(schema, inputs)
+    except InvalidInputError as exc:
+        return exc
+    return None

@@ -33,8 +33,11 @@ from p2pnet.core.messages import (
 from p2pnet.errors import (
     ConnectionLostError,
     DeadlineExceededError,
+    NetworkError,
     P2PNetError,
+    PayloadTooLargeError,
     RemoteProtocolError,
+    ReplyTooLargeError,
     error_from_wire,
 )
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
@@ -92,6 +95,9 @@ class InvokeClient:
         running on the peer, receiving. The peer is told the time left when the
         request leaves.
 
+        Every error about the peer (all but the inputs that cannot be sent) has
+        ``peer`` set to it.
+
         Raises:
             InvalidInputError, PayloadTooLargeError: the inputs cannot be sent (before
                 anything is sent), or the peer rejected them.
@@ -100,6 +106,7 @@ class InvokeClient:
             PeerUnreachableError: no connection to the peer.
             ConnectionLostError: the connection broke during the call.
             DeadlineExceededError: no reply within ``timeout``.
+            ReplyTooLargeError: the reply is over ``limits`` (the peer's fault).
             RemoteProtocolError, LocalProtocolError: one side broke the protocol.
         """
         request_id = next(self._ids)
@@ -167,9 +174,15 @@ class InvokeClient:
             return await self._exchange(channel, encoded)
 
         with trio.move_on_at(deadline):
-            return await self._pool.request(peer, exchange)
+            try:
+                return await self._pool.request(peer, exchange)
+            except (NetworkError, RemoteProtocolError) as exc:
+                if exc.peer is None:
+                    exc.peer = peer.peer_id  # what broke is this peer, or the way to it
+                raise
         raise DeadlineExceededError(
-            f"no reply from peer {peer.peer_id} for {what} within {timeout:g} s"
+            f"no reply from peer {peer.peer_id} for {what} within {timeout:g} s",
+            peer=peer.peer_id,
         )
 
     def _reply(
@@ -180,7 +193,8 @@ class InvokeClient:
         if not isinstance(reply, expected) or reply.request_id != request_id:
             raise RemoteProtocolError(
                 f"peer {peer_id} answered request {request_id} with "
-                f"{type(reply).__name__} {reply.request_id}"
+                f"{type(reply).__name__} {reply.request_id}",
+                peer=peer_id,
             )
         return reply
 
@@ -210,7 +224,15 @@ class InvokeClient:
         return reply
 
     async def _read_reply(self, channel: Channel[MessageReader]) -> Message:
-        reply = await read_message(channel.stream, channel.reader)
+        try:
+            reply = await read_message(channel.stream, channel.reader)
+        except PayloadTooLargeError as exc:
+            # Our request fitted the limits (it was encoded under them); a reply that does
+            # not is the peer's fault, not the caller's.
+            raise ReplyTooLargeError(
+                f"peer {channel.stream.peer_id} sent a reply over the size limit: {exc.message}",
+                peer=channel.stream.peer_id,
+            ) from None
         if reply is None:
             raise ConnectionLostError(
                 f"peer {channel.stream.peer_id} closed the stream without replying"
