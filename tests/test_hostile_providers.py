@@ -1,8 +1,12 @@
-"""Hostile providers on the in-memory network: a provider that stalls, drips, breaks or
-inflates its replies, returns outputs its signed schema does not allow, fakes its
-describe round trip, floods a find with offers, is silent on describe, or dies. In each
-case the caller gets the honest provider's result within its deadline, and the error of
-the failed attempt names the hostile peer.
+"""Hostile providers: a provider that stalls, drips, breaks or inflates its replies,
+returns outputs its signed schema does not allow, fakes its describe round trip, floods a
+find with offers, is silent on describe, or dies. In each case the caller gets the honest
+provider's result within its deadline, and the error of the failed attempt names the
+hostile peer.
+
+Each runs on the in-memory network and on real libp2p hosts on 127.0.0.1, except those
+that need the memory network's latencies (a faked round trip) or its crashes (a dead
+provider).
 
 The hostile provider is a real ``Peer`` serving the same model under the same task (so
 its signed record is genuine); its invoke or describe handler is replaced by a
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +76,13 @@ class Grid:
         self.hostile.host.set_stream_handler(INVOKE_PROTOCOL, handler)
 
 
-@pytest.fixture
-async def grid(models: dict[str, Path]) -> AsyncIterator[Grid]:
+@asynccontextmanager
+async def open_grid(models: dict[str, Path], kind: str) -> AsyncIterator[Grid]:
+    """Four peers: a bootstrap, an honest and a hostile provider of iris, and a caller.
+
+    ``kind`` "memory": the in-memory network, with the hostile provider FAR away and
+    the others NEAR; "loopback": real libp2p hosts on 127.0.0.1.
+    """
     far: set[str] = set()
 
     def latency(src: str, dst: str) -> float:
@@ -81,13 +90,17 @@ async def grid(models: dict[str, Path]) -> AsyncIterator[Grid]:
 
     extra: list[bytes] = []
     async with AsyncExitStack() as stack:
-        network = await stack.enter_async_context(MemoryNetwork(latency=latency, seed=12))
+        network = (
+            await stack.enter_async_context(MemoryNetwork(latency=latency, seed=12))
+            if kind == "memory"
+            else None
+        )
 
         async def peer(hooks: PeerHooks | None = None, bootstrap: Sequence[str] = ()) -> Peer:
             identity = generate_identity()
             new = Peer(
                 identity,
-                host=network.add_host(identity.peer_id),
+                host=network.add_host(identity.peer_id) if network is not None else None,
                 hooks=hooks,
                 bootstrap=list(bootstrap),
             )
@@ -104,6 +117,20 @@ async def grid(models: dict[str, Path]) -> AsyncIterator[Grid]:
             provider.serve(models["iris"], tasks=[TASK])
             assert await provider.announce() > 0
         yield Grid(boot, honest, hostile, caller, extra)
+
+
+@pytest.fixture
+async def memory_grid(models: dict[str, Path]) -> AsyncIterator[Grid]:
+    """The grid on the in-memory network: for what needs its latencies or its crashes."""
+    async with open_grid(models, "memory") as grid:
+        yield grid
+
+
+@pytest.fixture(params=["memory", pytest.param("loopback", marks=pytest.mark.network)])
+async def grid(models: dict[str, Path], request: pytest.FixtureRequest) -> AsyncIterator[Grid]:
+    """The grid on the in-memory network, then on real libp2p hosts on 127.0.0.1."""
+    async with open_grid(models, request.param) as grid:
+        yield grid
 
 
 async def read_invoke(stream: ByteStream) -> Invoke:
@@ -193,10 +220,11 @@ async def test_outputs_its_signed_schema_does_not_allow_fail_over(grid: Grid) ->
     assert error.code == "bad_output"
 
 
-async def test_describe_time_is_measured_from_our_request(grid: Grid) -> None:
+async def test_describe_time_is_measured_from_our_request(memory_grid: Grid) -> None:
     """The hostile provider, farther away, answers describe as soon as a stream opens,
     without reading the request (its reply arrives FAR after the request leaves, sooner
     than the honest 2 * NEAR): it no longer ranks first, its round trip is a real one."""
+    grid = memory_grid
     record = grid.hostile.services.describe_server.answer(DescribeRequest((), (TASK,)))
     reply = encode_describe_message(record)
 
@@ -254,7 +282,10 @@ async def test_a_provider_silent_on_describe_is_named_and_does_not_hold_up_calls
     assert trio.current_time() - started < grid.caller.finder.describe_grace + 1.0
 
 
-async def test_a_dead_provider_is_not_dialled_again_during_its_backoff(grid: Grid) -> None:
+async def test_a_dead_provider_is_not_dialled_again_during_its_backoff(
+    memory_grid: Grid,
+) -> None:
+    grid = memory_grid
     hostile_offer, honest_offer = await grid.offers()
     grid.hostile.host.crash()  # type: ignore[attr-defined]  # a memory host
     finder = grid.caller.finder
@@ -271,7 +302,8 @@ async def test_a_dead_provider_is_not_dialled_again_during_its_backoff(grid: Gri
     assert trio.current_time() - started < finder.stats.policy.backoff_base  # still backing off
 
 
-async def test_busy_then_dead_is_reported_as_busy(grid: Grid) -> None:
+async def test_busy_then_dead_is_reported_as_busy(memory_grid: Grid) -> None:
+    grid = memory_grid
     hostile_offer, honest_offer = await grid.offers()
 
     async def busy(stream: ByteStream) -> None:
