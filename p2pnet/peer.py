@@ -24,7 +24,12 @@ from p2pnet.core.identity import Identity
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.dht.node import DhtConfig
-from p2pnet.discovery.service import ModelFinder, Offer
+from p2pnet.discovery.service import (
+    DEFAULT_FINDER_POLICY,
+    FinderPolicy,
+    ModelFinder,
+    Offer,
+)
 from p2pnet.errors import ConfigError, InvalidAddressError, PeerUnreachableError, UsageError
 from p2pnet.invoke.local import Invokers
 from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
@@ -103,6 +108,9 @@ class Peer:
         resources: limits on what other peers may hold here: inbound streams and bytes
             of requests in progress, per peer and in total, and stall and idle timeouts
             (``p2pnet.net.resources.ResourceLimits``; docs/networking.md).
+        finding: how much one provider may take of this peer's finds and calls: offers
+            kept per provider, how long the describe phase lasts, each attempt's share
+            of a call's time (``p2pnet.discovery.service.FinderPolicy``).
     """
 
     def __init__(
@@ -126,6 +134,7 @@ class Peer:
         upkeep: bool = True,
         idle_streams: int | None = None,
         resources: ResourceLimits = DEFAULT_RESOURCES,
+        finding: FinderPolicy = DEFAULT_FINDER_POLICY,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -146,6 +155,7 @@ class Peer:
             upkeep=upkeep,
             idle_streams=idle_streams,
             resources=resources,
+            finding=finding,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host

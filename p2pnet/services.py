@@ -33,7 +33,12 @@ from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode, RequestInterceptor
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
-from p2pnet.discovery.service import ModelFinder, RecordPublisher
+from p2pnet.discovery.service import (
+    DEFAULT_FINDER_POLICY,
+    FinderPolicy,
+    ModelFinder,
+    RecordPublisher,
+)
 from p2pnet.invoke.client import CallObserver, InvokeClient
 from p2pnet.invoke.local import Invokers, LocalInvoker
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
@@ -62,6 +67,8 @@ class PeerConfig:
     resources: limits on what other peers may hold here (inbound streams, bytes of
         requests in progress, stall and idle timeouts), applied to every protocol the
         services serve; see ``ResourceLimits`` and docs/networking.md.
+    finding: how much one provider may take of this peer's finds and calls (offers
+        per provider, describe phase, each attempt's share of a call's time).
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -79,6 +86,7 @@ class PeerConfig:
     upkeep: bool = True
     idle_streams: int | None = None
     resources: ResourceLimits = DEFAULT_RESOURCES
+    finding: FinderPolicy = DEFAULT_FINDER_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +191,9 @@ class PeerServices:
             nursery=nursery,
             intercept=hooks.intercept_kad,
         )
-        self.finder = ModelFinder(self.dht, self.describer, self.invokers, self.publisher)
+        self.finder = ModelFinder(
+            self.dht, self.describer, self.invokers, self.publisher, config.finding
+        )
 
     def start(self) -> None:
         """Serve the invoke, describe and DHT protocols from now on."""

@@ -334,7 +334,9 @@ def test_find_and_call_by_task_through_a_bootstrap_peer(
             "find", "--task", "sentiment-analysis", "--bootstrap", boot.address, "--json", env=env
         )
         assert found.returncode == 0, found.stderr
-        (offer,) = json.loads(found.stdout)
+        as_json = json.loads(found.stdout)
+        assert as_json["unanswered"] == []
+        (offer,) = as_json["offers"]
         assert offer["model_id"] == server.models["sentiment"]
         assert offer["tasks"] == ["sentiment-analysis"]
         assert offer["inputs"] == [{"name": "text", "dtype": "string", "shape": [None]}]

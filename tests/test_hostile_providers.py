@@ -31,7 +31,7 @@ from p2pnet.core.messages import ErrorReply, Invoke, MessageReader, Result, enco
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.records import sign_record
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL
-from p2pnet.discovery.service import ModelFinder, Offer
+from p2pnet.discovery.service import FinderPolicy, ModelFinder, Offer
 from p2pnet.errors import (
     ConnectionLostError,
     DeadlineExceededError,
@@ -253,7 +253,8 @@ async def test_one_provider_cannot_fill_a_find(grid: Grid, models: dict[str, Pat
     ]
     search = await grid.caller.finder.search(task=TASK)
     by_peer = [o.record.peer_id for o in search.offers]
-    assert by_peer.count(grid.hostile.peer_id) == grid.caller.finder.max_offers_per_provider == 4
+    policy = grid.caller.finder.policy
+    assert by_peer.count(grid.hostile.peer_id) == policy.max_offers_per_provider == 4
     assert by_peer.count(grid.honest.peer_id) == 1
 
 
@@ -267,7 +268,7 @@ async def test_a_provider_silent_on_describe_is_named_and_does_not_hold_up_calls
         services.describer,
         services.invokers,
         services.publisher,
-        describe_timeout=1.0,
+        FinderPolicy(describe_timeout=1.0),
     )
     started = trio.current_time()
     search = await finder.search(task=TASK, timeout=10.0)
@@ -279,7 +280,7 @@ async def test_a_provider_silent_on_describe_is_named_and_does_not_hold_up_calls
     started = trio.current_time()
     out = await grid.caller.call(INPUTS, task=TASK, timeout=10.0)
     assert out["label"].tolist() == [0, 2]
-    assert trio.current_time() - started < grid.caller.finder.describe_grace + 1.0
+    assert trio.current_time() - started < grid.caller.finder.policy.describe_grace + 1.0
 
 
 async def test_a_dead_provider_is_not_dialled_again_during_its_backoff(

@@ -514,7 +514,7 @@ def test_cli_private_grid_swarm_config_access_lists_and_status(
         )
         found = p2pnet("find", "--swarm", "grid", "--task", "sentiment-analysis", "--json", env=env)
         assert found.returncode == 0, found.stderr
-        assert [o["name"] for o in json.loads(found.stdout)] == ["sentiment"]
+        assert [o["name"] for o in json.loads(found.stdout)["offers"]] == ["sentiment"]
         called = p2pnet(
             "call", "--swarm", "grid", "--task", "iris-species", "-i", "x=[[5.1, 3.5, 1.4, 0.2]]",
             "--json", env=env,

@@ -31,20 +31,14 @@ def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 
 def find_models(options: DiscoveryOptions) -> int:
-    """Print the offers found, best first (with ``-v``, also the providers that did not
-    answer in time); exit status 1 if there are none."""
+    """Print the offers found, best first, and the providers that did not answer in time
+    (with ``-v``, or in ``--json``); exit status 1 if there are none."""
     search = trio.run(_find, options)
     offers = search.offers
-    unanswered = _unanswered(search)
+    unanswered = search.unanswered
     if options.json:
         # JSON keeps every value exact: json.dumps escapes control characters itself.
-        if options.verbose:
-            found: object = {
-                "offers": [offer.to_dict() for offer in offers],
-                "unanswered": list(unanswered),
-            }
-        else:
-            found = [offer.to_dict() for offer in offers]
+        found = {"offers": [offer.to_dict() for offer in offers], "unanswered": list(unanswered)}
         print(json.dumps(found, indent=2))
         return 0 if offers else 1
     if options.verbose and unanswered:
@@ -84,12 +78,6 @@ def unanswered_text(unanswered: Sequence[str]) -> Text:
     return Text(f"{len(unanswered)} provider(s) did not answer in time: ") + joined_text(
         [peer_text(p) for p in unanswered]
     )
-
-
-def _unanswered(search: Search) -> tuple[str, ...]:
-    """The peer IDs that did not answer describe (``Search.unanswered``; none from a
-    ``Search`` that does not report them)."""
-    return tuple(str(p) for p in getattr(search, "unanswered", ()))
 
 
 async def _find(options: DiscoveryOptions) -> Search:

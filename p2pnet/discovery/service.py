@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy.typing as npt
 import trio
@@ -64,7 +64,14 @@ from p2pnet.errors import (
 from p2pnet.invoke.local import Invokers
 from p2pnet.runtime.catalogue import ModelCatalogue
 
-__all__ = ["ModelFinder", "Offer", "RecordPublisher", "Search"]
+__all__ = [
+    "DEFAULT_FINDER_POLICY",
+    "FinderPolicy",
+    "ModelFinder",
+    "Offer",
+    "RecordPublisher",
+    "Search",
+]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +195,39 @@ class Offer:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class FinderPolicy:
+    """How much one provider may take of a find or a call (docs/security.md).
+
+    max_offers_per_provider: offers kept from one provider per query (the first it
+        sent); one provider cannot fill a find.
+    describe_timeout: seconds the describe phase of a find lasts at most; providers
+        that have not answered by then are named in ``Search.unanswered``.
+    describe_grace: seconds ``call`` waits for further providers to describe
+        themselves once the first has.
+    attempt_share: share of the time left an attempt gets when it is not the last
+        planned (``p2pnet.core.failover.attempt_timeout``).
+    attempt_floor: seconds an attempt gets at least (when that much is left).
+    """
+
+    max_offers_per_provider: int = 4
+    describe_timeout: float = 3.0
+    describe_grace: float = 0.5
+    attempt_share: float = DEFAULT_ATTEMPT_SHARE
+    attempt_floor: float = DEFAULT_ATTEMPT_FLOOR
+
+    def __post_init__(self) -> None:
+        if self.max_offers_per_provider < 1:
+            raise ValueError("max_offers_per_provider must be at least 1")
+        if not (self.describe_timeout > 0 and self.describe_grace >= 0):
+            raise ValueError("describe_timeout must be positive and describe_grace >= 0")
+        # Checks attempt_share and attempt_floor.
+        attempt_timeout(1.0, 2, share=self.attempt_share, floor=self.attempt_floor)
+
+
+DEFAULT_FINDER_POLICY: Final = FinderPolicy()
+
+
 class ModelFinder:
     """Finds models through the DHT and calls them, failing over between providers.
 
@@ -196,14 +236,7 @@ class ModelFinder:
         describer: fetches and verifies providers' records.
         invokers: runs a model on this peer or calls another.
         publisher: this peer's own records (this peer may be one of the providers).
-        max_offers_per_provider: offers kept from one provider per query (the first it
-            sent); one provider cannot fill a find.
-        describe_timeout: seconds the describe phase of a find lasts at most.
-        describe_grace: seconds ``call`` waits for further providers to describe
-            themselves once the first has.
-        attempt_share: share of the time left an attempt gets when it is not the last
-            planned (``p2pnet.core.failover.attempt_timeout``).
-        attempt_floor: seconds an attempt gets at least (when that much is left).
+        policy: how much one provider may take of a find or a call (``FinderPolicy``).
     """
 
     def __init__(
@@ -212,28 +245,14 @@ class ModelFinder:
         describer: DescribeClient,
         invokers: Invokers,
         publisher: RecordPublisher,
-        *,
-        max_offers_per_provider: int = 4,
-        describe_timeout: float = 3.0,
-        describe_grace: float = 0.5,
-        attempt_share: float = DEFAULT_ATTEMPT_SHARE,
-        attempt_floor: float = DEFAULT_ATTEMPT_FLOOR,
+        policy: FinderPolicy = DEFAULT_FINDER_POLICY,
     ) -> None:
-        if max_offers_per_provider < 1:
-            raise ValueError("max_offers_per_provider must be at least 1")
-        if not (describe_timeout > 0 and describe_grace >= 0):
-            raise ValueError("describe_timeout must be positive and describe_grace >= 0")
-        attempt_timeout(1.0, 2, share=attempt_share, floor=attempt_floor)  # checks them
         self._local_peer_id = invokers.local.peer_id
         self._dht = dht
         self._describer = describer
         self._invokers = invokers
         self._publisher = publisher
-        self.max_offers_per_provider = max_offers_per_provider
-        self.describe_timeout = describe_timeout
-        self.describe_grace = describe_grace
-        self.attempt_share = attempt_share
-        self.attempt_floor = attempt_floor
+        self.policy = policy
         self.stats = ProviderStatsTable()
 
     async def find(
@@ -293,7 +312,7 @@ class ModelFinder:
             # The lookup gets half the time: providers it found by then are described,
             # even if peers on its path never answered.
             lookup = await self._dht.find_providers(key, count, timeout=timeout / 2)
-            phase_ends = trio.current_time() + self.describe_timeout
+            phase_ends = trio.current_time() + self.policy.describe_timeout
             with trio.move_on_at(phase_ends) as phase:
                 first_answer = trio.Event()
                 pending = len(lookup.providers)
@@ -384,14 +403,14 @@ class ModelFinder:
             # On a reused stream the reply may have been sent before the request.
             self.stats.record_latency(provider.peer_id, result.rtt)
         records = result.records
-        if len(records) > self.max_offers_per_provider:
+        if len(records) > self.policy.max_offers_per_provider:
             log.warning(
                 "provider %s offered %d records for one query; keeping the first %d",
                 provider.peer_id,
                 len(records),
-                self.max_offers_per_provider,
+                self.policy.max_offers_per_provider,
             )
-            records = records[: self.max_offers_per_provider]
+            records = records[: self.policy.max_offers_per_provider]
         addrs = tuple(dict.fromkeys(provider.addrs + tuple(a for r in records for a in r.addrs)))
         address = PeerAddress(provider.peer_id, addrs)
         return [Offer(r, address, result.rtt) for r in records], result.rejected
@@ -418,7 +437,7 @@ class ModelFinder:
             As ``call_offers`` when every provider fails.
         """
         deadline = trio.current_time() + timeout
-        search = await self._search(task, model, 20, timeout / 2, grace=self.describe_grace)
+        search = await self._search(task, model, 20, timeout / 2, grace=self.policy.describe_grace)
         if not search.offers:
             wanted = f"task {task!r}" if task is not None else f"model {model}"
             silent = (
@@ -478,8 +497,8 @@ class ModelFinder:
             budget = attempt_timeout(
                 remaining,
                 len(order) - planned,
-                share=self.attempt_share,
-                floor=self.attempt_floor,
+                share=self.policy.attempt_share,
+                floor=self.policy.attempt_floor,
             )
             started = trio.current_time()
             try:
