@@ -15,16 +15,19 @@ import numpy.typing as npt
 import onnx
 import pytest
 import trio
-from memory_peers import BOTH_HOSTS, LIBP2P, peer_maker
+from memory_peers import BOTH_HOSTS, LIBP2P, memory_peer, peer_maker
 from onnx import TensorProto, helper
 
 from p2pnet import Peer
+from p2pnet.core.messages import MessageReader
 from p2pnet.errors import (
     InvalidInputError,
     ModelExecutionError,
     SchemaMismatchError,
     UnknownModelError,
 )
+from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
+from p2pnet.net.interfaces import ByteStream
 from p2pnet.pipeline import Pipeline
 from p2pnet.runtime.onnx_model import OnnxModel
 
@@ -197,6 +200,36 @@ async def test_a_provider_killed_mid_run_fails_over(
     assert times2.peer_id == swarm[2].peer_id
     if mode == "orchestrated":
         assert times2.failed and times2.failed[0][0] == doomed[0].peer_id
+
+
+@pytest.mark.parametrize("mode", ["orchestrated", "forwarded"])
+async def test_a_provider_whose_reply_breaks_the_protocol_is_passed_over(
+    swarm: list[Peer], arith: dict[str, Path], mode: str
+) -> None:
+    """A second provider of 'times-two', ranked first, answers every call or forward with
+    bytes that are not a message; the step runs on the honest provider."""
+    async with AsyncExitStack() as stack:
+        network = swarm[0].host.network  # type: ignore[attr-defined]  # a memory host
+        broken = await stack.enter_async_context(
+            memory_peer(network, bootstrap=[swarm[0].addrs[0]])
+        )
+        broken.serve(arith["times2"], tasks=["times-two"])
+        await broken.announce()
+
+        async def malformed(stream: ByteStream) -> None:
+            await read_message(stream, MessageReader())
+            await stream.write(b"\x01\xc1")  # a frame of one byte that is never msgpack
+
+        broken.host.set_stream_handler(INVOKE_PROTOCOL, malformed)
+        pipeline = Pipeline.from_dict(SPEC)
+        plan = await pipeline.plan(swarm[0])
+        offers = plan.steps["times2"].offers
+        assert {o.record.peer_id for o in offers} == {swarm[2].peer_id, broken.peer_id}
+        broken_first = sorted(offers, key=lambda o: o.record.peer_id != broken.peer_id)
+        plan = _with_offers(plan, "times2", broken_first)
+        result = await pipeline.run(swarm[0], {"x": X}, mode=mode, plan=plan)  # type: ignore[arg-type]
+    np.testing.assert_allclose(result.outputs["y"], expected(X))
+    assert {t.step: t.peer_id for t in result.steps}["times2"] == swarm[2].peer_id
 
 
 async def test_schema_mismatch_is_found_before_anything_runs(

@@ -29,6 +29,7 @@ from p2pnet.errors import (
     P2PNetError,
     PeerBusyError,
     PermissionDeniedError,
+    RemoteProtocolError,
     UnknownModelError,
 )
 from p2pnet.runtime.served import ServedModel
@@ -185,7 +186,10 @@ class Invokers:
 async def send_forward(invokers: Invokers, message: Forward) -> ForwardResult:
     """Send ``message`` to the first provider of its first hop that answers (this peer
     itself when it is one), moving on after a failure another provider may not share
-    (unreachable, connection lost, busy).
+    (unreachable, connection lost, busy, a reply that breaks the protocol).
+
+    Unlike ``ModelFinder.call_offers``, an attempt is not given a share of the time: the
+    reply carries the work of every later hop, so each attempt may need all of it.
 
     A caller starts a forwarded pipeline with it, and each peer on the chain passes it on.
 
@@ -204,7 +208,7 @@ async def send_forward(invokers: Invokers, message: Forward) -> ForwardResult:
             return await invokers.to(peer_id).forward(
                 PeerAddress(peer_id, addrs), message, timeout=remaining
             )
-        except (NetworkError, PeerBusyError) as exc:
+        except (NetworkError, PeerBusyError, RemoteProtocolError) as exc:
             log.info("step %r: provider %s failed, trying the next: %s", hop.step, peer_id, exc)
             last = step_error(hop, exc)
     raise last or DeadlineExceededError(

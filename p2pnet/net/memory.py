@@ -522,6 +522,11 @@ class MemoryHost:
         return f"/memory/{self._index}"
 
     @property
+    def network(self) -> MemoryNetwork:
+        """The network this host is on (more hosts can join it)."""
+        return self._network
+
+    @property
     def alive(self) -> bool:
         """False between crash() and restart()."""
         return self._alive
