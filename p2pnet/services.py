@@ -237,4 +237,5 @@ class PeerServices:
             dht_mode="client" if self.dht.config.client else "server",
             calls_served=self.invoke_server.stats.calls,
             call_errors=dict(self.invoke_server.stats.errors),
+            limits_hit=self.limited_host.stats.hits(),
         )

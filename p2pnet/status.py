@@ -79,6 +79,9 @@ class PeerStatus:
     reachability: "public", "private" or "unknown" (as far as AutoNAT could tell).
     dht_mode: "server" (answers DHT requests) or "client" (undialable: asks only).
     calls_served, call_errors: invoke calls answered, and error replies by wire code.
+    limits_hit: streams the resource limits reset or closed, by reason: "streams_peer",
+        "streams_system" (refused at once), "memory_peer", "memory_system" (a request over
+        the byte budget), "stalled", "idle" (docs/networking.md, "Resource limits").
     """
 
     peer_id: str
@@ -92,6 +95,7 @@ class PeerStatus:
     dht_mode: str
     calls_served: int = 0
     call_errors: Mapping[str, int] = field(default_factory=dict)
+    limits_hit: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -124,6 +128,7 @@ class PeerStatus:
             "dht_mode": self.dht_mode,
             "calls_served": self.calls_served,
             "call_errors": dict(self.call_errors),
+            "limits_hit": dict(self.limits_hit),
         }
 
     @classmethod
@@ -160,6 +165,7 @@ class PeerStatus:
                 dht_mode=_text(data.get("dht_mode", "server")),
                 calls_served=int(data.get("calls_served", 0)),
                 call_errors={_text(k): int(v) for k, v in data.get("call_errors", {}).items()},
+                limits_hit={_text(k): int(v) for k, v in data.get("limits_hit", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

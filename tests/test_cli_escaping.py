@@ -177,12 +177,14 @@ def test_status_shows_served_names_and_addresses_as_text() -> None:
         connections=(),
         routing_table=3,
         dht_mode="server",
+        limits_hit={"stalled": 2, "streams_peer": 4},
     )
     file = StatusFile(Path("s.json"), {"pid": 7, "swarm": "\x1b[5m"}, status, True, 30.0)
     output = printed(status_text(file))
     assert_safe(output)
     for shown in ("tcp/1\\x1b[2J", "reachability [/]", "label[/]\\u202e", "t[/]", "[bold]p"):
         assert shown in output
+    assert "limits hit   stalled 2, streams_peer 4" in output
     assert "swarm        \\x1b[5m" in output and "may be hung" in output
 
 

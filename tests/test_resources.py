@@ -118,6 +118,7 @@ async def test_a_stalled_partial_frame_is_reset_after_the_stall_timeout() -> Non
             limited = server.services.limited_host
             assert limited.stats.stalled_streams == 1
             assert (limited.ledger.streams, limited.ledger.memory) == (0, 0)
+            assert server.status().limits_hit == {"stalled": 1}  # what p2pnet status shows
 
 
 async def test_a_stream_idle_between_requests_is_closed_after_the_idle_timeout() -> None:
@@ -131,6 +132,7 @@ async def test_a_stream_idle_between_requests_is_closed_after_the_idle_timeout()
             with trio.fail_after(10):
                 assert await ended(stream) == "closed"
             assert server.services.limited_host.stats.idle_streams == 1
+            assert server.status().limits_hit == {"idle": 1}
 
 
 async def test_a_request_over_the_peer_memory_budget_is_reset() -> None:
@@ -152,6 +154,7 @@ async def test_a_request_over_the_peer_memory_budget_is_reset() -> None:
             limited = server.services.limited_host
             assert limited.stats.refused_memory == {"peer": 1}
             assert (limited.ledger.streams, limited.ledger.memory) == (0, 0)
+            assert server.status().limits_hit == {"memory_peer": 1}
 
 
 async def _write_until_broken(stream: ByteStream, piece: bytes) -> None:

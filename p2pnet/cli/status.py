@@ -86,6 +86,9 @@ def status_text(file: StatusFile) -> Text:
         + peer_text(st.dht_mode)
         + ")"
     )
+    if st.limits_hit:
+        hits = ", ".join(f"{reason} {n}" for reason, n in sorted(st.limits_hit.items()))
+        lines.append(Text("  limits hit   ") + peer_text(hits))
     for m in st.models:
         tasks = joined_text([peer_text(t) for t in m.tasks])
         served = peer_text(m.name) + " " + peer_text(m.model_id)

@@ -228,6 +228,14 @@ class ResourceStats:
     stalled_streams: int = 0
     idle_streams: int = 0
 
+    def hits(self) -> dict[str, int]:
+        """Every limit hit so far, by reason ("streams_peer", "memory_system", "stalled",
+        "idle"...), leaving out those never hit: what ``p2pnet status`` shows."""
+        hits = {f"streams_{scope}": n for scope, n in self.refused_streams.items()}
+        hits |= {f"memory_{scope}": n for scope, n in self.refused_memory.items()}
+        hits |= {"stalled": self.stalled_streams, "idle": self.idle_streams}
+        return {reason: n for reason, n in hits.items() if n}
+
 
 class _RateLimitedWarning:
     """Logs the first event as a warning, then at most one per ``WARNING_INTERVAL`` s
