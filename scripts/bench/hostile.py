@@ -571,28 +571,33 @@ async def providers(plan: Plan, iris: Path, tmp: Path) -> dict[str, Any]:
             }
 
             # Dead: a fixed offer list [dead, honest], after a SIGKILL.
-            async def calls_per_second(order: list[str]) -> tuple[float, int, int]:
+            async def calls_per_second(order: list[str]) -> dict[str, Any]:
                 finder = fresh_finder(caller, plan.describe_timeout)
-                calls = dead_tried = 0
+                calls = 0
+                with_failure: list[float] = []  # durations of the calls that tried the dead
                 started = time.perf_counter()
-                while (elapsed := time.perf_counter() - started) < plan.dead_seconds:
-                    _, (_, failures) = await call_offers(finder, order)
+                while time.perf_counter() - started < plan.dead_seconds:
+                    took, (_, failures) = await call_offers(finder, order)
                     calls += 1
-                    dead_tried += len(failures)
+                    if failures:
+                        with_failure.append(took)
                 elapsed = time.perf_counter() - started
-                return calls / elapsed, calls, dead_tried
+                return {
+                    "calls_per_s": calls / elapsed,
+                    "calls": calls,
+                    "dead_provider_tried": len(with_failure),
+                    "calls_trying_it_ms": [t * 1e3 for t in with_failure],
+                }
 
-            base_rate, base_calls, _ = await calls_per_second(["honest"])
+            baseline = await calls_per_second(["honest"])
             await trio.to_thread.run_sync(dead.kill)
-            rate, calls, dead_tried = await calls_per_second(["dead", "honest"])
+            measured = await calls_per_second(["dead", "honest"])
             out["dead"] = {
                 "seconds": plan.dead_seconds,
-                "calls_per_s": rate,
-                "calls": calls,
-                "dead_provider_tried": dead_tried,
-                "baseline_calls_per_s": base_rate,
-                "baseline_calls": base_calls,
-                "ratio": rate / base_rate,
+                **measured,
+                "baseline_calls_per_s": baseline["calls_per_s"],
+                "baseline_calls": baseline["calls"],
+                "ratio": measured["calls_per_s"] / baseline["calls_per_s"],
             }
         finally:
             await trio.to_thread.run_sync(dead.stop)
@@ -672,6 +677,11 @@ def render(report: dict[str, Any]) -> None:
             f"{a['honest']['p95_ms']:.2f}", f"{a['honest_p50_delta_ms']:+.2f}",
         )  # fmt: skip
     console.print(table)
+    console.print(
+        f"server RSS {wire['rss_at_start_mib']:.1f} MiB at start, "
+        f"{wire['rss_after_warmup_mib']:.1f} MiB after one round of each message (not "
+        f"counted above), {wire['rss_at_end_mib']:.1f} MiB at the end"
+    )
 
     s = report["streams"]
     table = Table(title="stream holding: one byte of a frame per stream", title_justify="left")
