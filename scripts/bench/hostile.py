@@ -81,7 +81,7 @@ from p2pnet.core.messages import ErrorReply, MessageReader, Result, WireLimits
 from p2pnet.core.tensor import encode_inline_tensor
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL
-from p2pnet.discovery.service import ModelFinder, Offer
+from p2pnet.discovery.service import FinderPolicy, ModelFinder, Offer
 from p2pnet.errors import ConnectionLostError, P2PNetError, PeerUnreachableError
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
 from p2pnet.localswarm import PeerProcess, start_peer
@@ -477,7 +477,7 @@ def fresh_finder(peer: Peer, describe_timeout: float) -> ModelFinder:
     """A finder of ``peer``'s services with no provider statistics yet."""
     s = peer.services
     return ModelFinder(
-        s.dht, s.describer, s.invokers, s.publisher, describe_timeout=describe_timeout
+        s.dht, s.describer, s.invokers, s.publisher, FinderPolicy(describe_timeout=describe_timeout)
     )
 
 
@@ -561,7 +561,7 @@ async def providers(plan: Plan, iris: Path, tmp: Path) -> dict[str, Any]:
             call_silent = [await by_task() for _ in range(plan.task_calls)]
             out["silent"] = {
                 "describe_timeout_s": plan.describe_timeout,
-                "describe_grace_s": finder.describe_grace,
+                "describe_grace_s": finder.policy.describe_grace,
                 "search_s": search_s,
                 "unanswered_names_it": silent.peer_id in search.unanswered,
                 "unanswered": len(search.unanswered),
