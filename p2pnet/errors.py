@@ -96,9 +96,13 @@ class P2PNetError(Exception):
     Attributes:
         code: stable machine-readable code, the same on the wire and in ``--json`` output.
         peer: the peer ID (base58 text) that reported the error, or None if raised locally.
+        fault: whose fault it is: "caller" (this side's call, file or configuration),
+            "peer" (the other peer), "network" (the path between them), or "" (nobody's
+            in particular: time ran out).
     """
 
     code: ClassVar[str] = "error"
+    fault: ClassVar[str] = ""
 
     def __init__(self, message: str, *, peer: str | None = None) -> None:
         super().__init__(message)
@@ -117,6 +121,7 @@ class UsageError(P2PNetError):
     """The caller's fault: the call, a file or the configuration is wrong."""
 
     code = "usage"
+    fault = "caller"
 
 
 class ConfigError(UsageError):
@@ -185,6 +190,7 @@ class PeerError(P2PNetError):
     """The remote peer's fault."""
 
     code = "peer"
+    fault = "peer"
 
 
 class ModelExecutionError(PeerError):
@@ -282,6 +288,7 @@ class RemoteProtocolError(ProtocolError):
     """The other side sent bytes that break the protocol (malformed, truncated, oversized)."""
 
     code = "remote_protocol"
+    fault = "peer"
 
 
 class ReplyTooLargeError(RemoteProtocolError):
@@ -295,12 +302,14 @@ class LocalProtocolError(ProtocolError):
     """The other side reports that the bytes we sent break the protocol."""
 
     code = "protocol_error"
+    fault = "caller"
 
 
 class NetworkError(P2PNetError):
     """The path between peers failed; nobody's protocol was broken."""
 
     code = "network"
+    fault = "network"
 
 
 class PeerUnreachableError(NetworkError):

@@ -150,6 +150,7 @@ def test_call_errors_say_what_is_wrong_and_exit_non_zero(
     iris = running_peer.models["iris"]
     result = p2pnet("call", running_peer.address, iris, "--input", "x=[[1, 2, 3]]", env=env)
     assert result.returncode == 2
+    assert "error (in the call or the configuration)" in result.stderr
     assert "size 3 on axis 1; the model expects 4" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -289,7 +290,22 @@ def test_main_returns_2_for_usage_errors(
         )
         == 2
     )
-    assert "is not a model ID" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "is not a model ID" in error
+    assert error.startswith("error (in the call or the configuration): ")
+
+
+@pytest.mark.network
+def test_an_unreachable_peer_is_the_networks_fault_and_exits_1(
+    config_home: Path, capsys: pytest.CaptureFixture[str], refused_port: int
+) -> None:
+    peer = "12D3KooWEtJQnzCAiTpqs1bC1qZy9auioRn9RmZsZYtGpjuJZzzi"
+    model = "bafkreiaxqt5sxq7qfwvuaoijeyy5stw3ar7jbrtvtqq44y2hpebzs3dmaq"
+    address = f"/ip4/127.0.0.1/tcp/{refused_port}/p2p/{peer}"
+    assert main(["call", address, model, "-i", "x=[1]", "--timeout", "5"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error (the network between the peers): ")
+    assert peer in error
 
 
 def test_error_messages_keep_their_brackets(

@@ -34,6 +34,7 @@ from p2pnet.errors import (
     RemoteProtocolError,
     ReplyTooLargeError,
     UnknownModelError,
+    error_from_wire,
 )
 
 # --- deadline split ------------------------------------------------------------------------
@@ -294,3 +295,30 @@ def test_outputs_that_fit_pass() -> None:
 def test_outputs_that_do_not_fit_say_why(outputs: dict[str, np.ndarray], why: str) -> None:
     mismatch = output_mismatch(IRIS, outputs, INPUTS)
     assert mismatch is not None and why in mismatch
+
+
+# --- whose fault ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (InvalidInputError("x"), "caller"),
+        (PayloadTooLargeError("x"), "caller"),
+        (LocalProtocolError("x"), "caller"),
+        (ModelExecutionError("x"), "peer"),
+        (OutputSchemaError("x"), "peer"),
+        (RemoteProtocolError("x"), "peer"),
+        (ReplyTooLargeError("x"), "peer"),
+        (PeerBusyError("x"), "peer"),
+        (PeerUnreachableError("x"), "network"),
+        (ConnectionLostError("x"), "network"),
+        (DeadlineExceededError("x"), ""),
+    ],
+)
+def test_every_error_says_whose_fault_it_is(error: P2PNetError, fault: str) -> None:
+    assert error.fault == fault
+    # The same when the error arrived from another peer under its wire code.
+    received = error_from_wire(error.code, "x", "12D3KooW")
+    if type(received) is type(error):
+        assert received.fault == fault

@@ -17,6 +17,14 @@ from p2pnet.logs import configure_logging
 __all__ = ["main"]
 
 
+# P2PNetError.fault, as the first line of an error says it.
+_WHOSE_FAULT = {
+    "caller": " (in the call or the configuration)",
+    "peer": " (the other peer's fault)",
+    "network": " (the network between the peers)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
     parser = build_parser()
@@ -36,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and text from other peers (their error messages, names), which is made
         # terminal-safe; lines after the first are indented.
         message = terminal_safe(str(exc), limit=MAX_ERROR_CHARS, newline="\n  ")
-        err.print(Text("error", style="bold red") + ": " + message, soft_wrap=True)
+        fault = _WHOSE_FAULT.get(exc.fault, "")
+        err.print(Text("error", style="bold red") + fault + ": " + message, soft_wrap=True)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         return 130
