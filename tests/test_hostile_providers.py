@@ -168,6 +168,7 @@ async def call_past_the_hostile(
     return outputs, error
 
 
+@pytest.mark.slow  # waits out a provider's share of the time, by design
 async def test_a_provider_that_never_answers_gets_half_the_budget(grid: Grid) -> None:
     grid.hostile_invoke(drain)
     started = trio.current_time()
@@ -176,6 +177,7 @@ async def test_a_provider_that_never_answers_gets_half_the_budget(grid: Grid) ->
     assert trio.current_time() - started >= TIMEOUT / 2
 
 
+@pytest.mark.slow  # waits out a provider's share of the time, by design
 async def test_a_provider_that_drips_bytes_is_left_at_its_share(grid: Grid) -> None:
     async def drip(stream: ByteStream) -> None:
         await read_invoke(stream)
@@ -258,6 +260,7 @@ async def test_one_provider_cannot_fill_a_find(grid: Grid, models: dict[str, Pat
     assert by_peer.count(grid.honest.peer_id) == 1
 
 
+@pytest.mark.slow  # waits out a provider's share of the time, by design
 async def test_a_provider_silent_on_describe_is_named_and_does_not_hold_up_calls(
     grid: Grid,
 ) -> None:
@@ -283,6 +286,7 @@ async def test_a_provider_silent_on_describe_is_named_and_does_not_hold_up_calls
     assert trio.current_time() - started < grid.caller.finder.policy.describe_grace + 1.0
 
 
+@pytest.mark.slow  # waits out a provider's share of the time, by design
 async def test_a_dead_provider_is_not_dialled_again_during_its_backoff(
     memory_grid: Grid,
 ) -> None:
