@@ -4,8 +4,9 @@ Only ``host.py``, ``nat.py``, ``pnet.py`` and ``logs.py`` import py-libp2p; its 
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
-    interfaces.py  ByteStream, StreamHost                  what services need from a host: both
-                                                           hosts below satisfy it
+    interfaces.py  ByteStream, StreamHost, HostWrapper     what services need from a host: both
+                                                           hosts below satisfy it; a wrapper
+                                                           base that passes everything on
     channels.py    StreamPool, read_message, read_request  pooled streams and the one request /
                                                            retry loop every client uses
     resources.py   ResourceLimits, ResourceLedger,         inbound stream and request-memory limits

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from p2pnet.core.address import PeerAddress
 
-__all__ = ["ByteStream", "ByteStreamHandler", "StreamHost"]
+__all__ = ["ByteStream", "ByteStreamHandler", "HostWrapper", "StreamHost"]
 
 
 class ByteStream(Protocol):
@@ -118,6 +118,51 @@ class StreamHost(Protocol):
         ...
 
 
+class HostWrapper:
+    """A ``StreamHost`` that passes everything to ``host``: subclass it and override
+    what the wrapper changes (``ResourceLimitedHost`` limits what handlers serve; the
+    simulations' ``MisbehavingHost`` scrambles what they answer)."""
+
+    def __init__(self, host: StreamHost) -> None:
+        self._host = host
+
+    @property
+    def peer_id(self) -> str:
+        return self._host.peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        return self._host.addrs
+
+    @property
+    def reachability(self) -> str:
+        return self._host.reachability
+
+    def set_stream_handler(self, protocol: str, handler: ByteStreamHandler) -> None:
+        self._host.set_stream_handler(protocol, handler)
+
+    def remove_stream_handler(self, protocol: str) -> None:
+        self._host.remove_stream_handler(protocol)
+
+    async def open_stream(self, peer: PeerAddress, protocol: str) -> ByteStream:
+        return await self._host.open_stream(peer, protocol)
+
+    def connection_count(self, peer_id: str) -> int:
+        return self._host.connection_count(peer_id)
+
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        return self._host.peer_addrs(peer_id)
+
+    def supports(self, peer_id: str, protocol: str) -> bool | None:
+        return self._host.supports(peer_id, protocol)
+
+    def connections(self) -> list[tuple[str, str]]:
+        return self._host.connections()
+
+    def path(self, peer_id: str) -> str | None:
+        return self._host.path(peer_id)
+
+
 if TYPE_CHECKING:
     from p2pnet.net.host import Host, Stream
     from p2pnet.net.memory import MemoryHost, MemoryStream
@@ -126,6 +171,6 @@ if TYPE_CHECKING:
         host: Host, stream: Stream, memory_host: MemoryHost, memory_stream: MemoryStream
     ) -> None:
         """Never called: mypy checks these assignments."""
-        hosts: list[StreamHost] = [host, memory_host]
+        hosts: list[StreamHost] = [host, memory_host, HostWrapper(host)]
         streams: list[ByteStream] = [stream, memory_stream]
         del hosts, streams

@@ -26,10 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from p2pnet.errors import ConnectionLostError
-from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, StreamHost
-
-if TYPE_CHECKING:
-    from p2pnet.core.address import PeerAddress
+from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, HostWrapper, StreamHost
 
 __all__ = [
     "DEFAULT_RESOURCES",
@@ -365,7 +362,7 @@ class LimitedStream:
             await self._stream.reset()
 
 
-class ResourceLimitedHost:
+class ResourceLimitedHost(HostWrapper):
     """``host``, except that every handler set on it serves only streams the ledger
     admits, through a ``LimitedStream``; a refused stream is reset at once.
 
@@ -375,7 +372,7 @@ class ResourceLimitedHost:
     """
 
     def __init__(self, host: StreamHost, limits: ResourceLimits = DEFAULT_RESOURCES) -> None:
-        self._host = host
+        super().__init__(host)
         self.ledger = ResourceLedger(limits)
         self.stats = ResourceStats()
         self._warn = _RateLimitedWarning()
@@ -405,39 +402,6 @@ class ResourceLimitedHost:
 
     def set_stream_handler(self, protocol: str, handler: ByteStreamHandler) -> None:
         self._host.set_stream_handler(protocol, self.limit(protocol, handler))
-
-    @property
-    def peer_id(self) -> str:
-        return self._host.peer_id
-
-    @property
-    def addrs(self) -> list[str]:
-        return self._host.addrs
-
-    @property
-    def reachability(self) -> str:
-        return self._host.reachability
-
-    def remove_stream_handler(self, protocol: str) -> None:
-        self._host.remove_stream_handler(protocol)
-
-    async def open_stream(self, peer: PeerAddress, protocol: str) -> ByteStream:
-        return await self._host.open_stream(peer, protocol)
-
-    def connection_count(self, peer_id: str) -> int:
-        return self._host.connection_count(peer_id)
-
-    def peer_addrs(self, peer_id: str) -> list[str]:
-        return self._host.peer_addrs(peer_id)
-
-    def supports(self, peer_id: str, protocol: str) -> bool | None:
-        return self._host.supports(peer_id, protocol)
-
-    def connections(self) -> list[tuple[str, str]]:
-        return self._host.connections()
-
-    def path(self, peer_id: str) -> str | None:
-        return self._host.path(peer_id)
 
 
 if TYPE_CHECKING:

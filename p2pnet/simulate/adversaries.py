@@ -18,14 +18,13 @@ from typing import Final
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p2pnet.core.address import PeerAddress
 from p2pnet.core.kad.keys import key_of
 from p2pnet.core.kad.wire import KadMessage, KadPeer, MessageType
 from p2pnet.core.peer_id import ED25519_KEY_PREFIX, peer_id_from_public_key
 from p2pnet.core.records import CapabilityRecord, encode_record, sign_record
 from p2pnet.dht.node import KAD_PROTOCOL, KadOverride
 from p2pnet.errors import ConnectionLostError
-from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, StreamHost
+from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, HostWrapper, StreamHost
 
 __all__ = [
     "MisbehavingHost",
@@ -69,14 +68,14 @@ async def _drop_everything(stream: ByteStream) -> None:
     await stream.reset()
 
 
-class MisbehavingHost:
+class MisbehavingHost(HostWrapper):
     """``host``, except that the DHT streams it serves are a dropper's (nothing is ever
     answered) or a corruptor's (every answer scrambled)."""
 
     def __init__(self, host: StreamHost, behaviour: str) -> None:
         if behaviour not in ("dropper", "corruptor"):
             raise ValueError(f"unknown behaviour {behaviour!r}: dropper or corruptor")
-        self._host = host
+        super().__init__(host)
         self._behaviour = behaviour
 
     def set_stream_handler(self, protocol: str, handler: ByteStreamHandler) -> None:
@@ -91,39 +90,6 @@ class MisbehavingHost:
 
                 handler = scrambled
         self._host.set_stream_handler(protocol, handler)
-
-    @property
-    def peer_id(self) -> str:
-        return self._host.peer_id
-
-    @property
-    def addrs(self) -> list[str]:
-        return self._host.addrs
-
-    @property
-    def reachability(self) -> str:
-        return self._host.reachability
-
-    def remove_stream_handler(self, protocol: str) -> None:
-        self._host.remove_stream_handler(protocol)
-
-    async def open_stream(self, peer: PeerAddress, protocol: str) -> ByteStream:
-        return await self._host.open_stream(peer, protocol)
-
-    def connection_count(self, peer_id: str) -> int:
-        return self._host.connection_count(peer_id)
-
-    def peer_addrs(self, peer_id: str) -> list[str]:
-        return self._host.peer_addrs(peer_id)
-
-    def supports(self, peer_id: str, protocol: str) -> bool | None:
-        return self._host.supports(peer_id, protocol)
-
-    def connections(self) -> list[tuple[str, str]]:
-        return self._host.connections()
-
-    def path(self, peer_id: str) -> str | None:
-        return self._host.path(peer_id)
 
 
 class SybilAnswers:
@@ -174,4 +140,3 @@ def grind_peer_ids(target: bytes, count: int, bits: int, rng: random.Random) -> 
             if peer_id not in found:
                 found.append(peer_id)
     return found
-
