@@ -106,24 +106,18 @@ def seeds() -> dict[str, list[bytes]]:
 
 
 def _hostile_invoke_heads() -> list[bytes]:
-    """Heads of the attacks in issue 12, for the mutator to start from."""
+    """Heads of the attacks on an invoke server, for the mutator to start from."""
     import msgpack
 
-    def frame(head: object) -> bytes:
-        body = msgpack.packb(head, use_bin_type=True)
-        return encode_uvarint(len(body)) + body
-
-    def invoke(model: str, inputs: dict[str, Any]) -> bytes:
-        head = {"v": 1, "type": "invoke", "id": 1, "model": model, "deadline_ms": 1000}
-        return frame(head | {"inputs": inputs})
+    from p2pnet.simulate.hostile_messages import frame, invoke_head, nested_frame, string_tensor
 
     model = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
-    strings = bytes((13, 1)) + (1 << 28).to_bytes(8, "little")
+    strings = string_tensor((1 << 28,))
     return [
-        invoke(model, {"x": msgpack.ExtType(1, strings)}),
-        invoke(model, {"x": msgpack.ExtType(1, strings + b"\x01a" * 64)}),
-        invoke("z" + "1" * 2000, {}),
-        encode_uvarint(2001) + b"\x91" * 2000 + b"\xc0",
+        frame(invoke_head(model, {"x": strings}, deadline_ms=1000)),
+        frame(invoke_head(model, {"x": msgpack.ExtType(1, strings.data + b"\x01a" * 64)})),
+        frame(invoke_head("z" + "1" * 2000, {})),
+        nested_frame(2000),
         frame([[None] * 200] * 20),
     ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import statistics
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from p2pnet.errors import (
     PayloadTooLargeError,
 )
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
+from p2pnet.simulate.hostile_messages import frame, invoke_head, nested_frame, string_tensor
 
 pytestmark = pytest.mark.network  # real libp2p hosts on 127.0.0.1
 
@@ -44,27 +44,6 @@ async def server(models: dict[str, Path]) -> AsyncIterator[Peer]:
 
 def iris_id(peer: Peer) -> str:
     return next(mid for mid, m in peer.models.items() if m.info.name == "iris")
-
-
-def frame(head: object) -> bytes:
-    body = msgpack.packb(head, use_bin_type=True)
-    return encode_uvarint(len(body)) + body
-
-
-def invoke_head(model: str, inputs: dict[str, object]) -> dict[str, object]:
-    return {
-        "v": 1,
-        "type": "invoke",
-        "id": 7,
-        "model": model,
-        "deadline_ms": 5000,
-        "inputs": inputs,
-    }
-
-
-def string_tensor(shape: tuple[int, ...], data: bytes = b"") -> msgpack.ExtType:
-    header = bytes((13, len(shape))) + b"".join(struct.pack("<Q", d) for d in shape)
-    return msgpack.ExtType(1, header + data)
 
 
 def vm_rss() -> int:
@@ -127,7 +106,7 @@ async def test_hostile_messages_are_refused_while_an_honest_caller_is_served(
         ),
         (
             "head nested 100,000 deep",
-            encode_uvarint(100_001) + b"\x91" * 100_000 + b"\xc0",
+            nested_frame(100_000),
             LocalProtocolError.code,
             "nested deeper than 1024 levels",
         ),

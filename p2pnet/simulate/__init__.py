@@ -5,6 +5,8 @@
     metrics.py        QueryRecord, ChurnRecord, FreshRecord, summarize: figures (pure)
     swarm.py          SimSwarm: real Peers on the engine's hosts, honest or adversarial
     adversaries.py    MisbehavingHost, SybilAnswers, forged_envelope: attacks from outside
+    hostile_messages.py  hostile_invokes, frame, invoke_head, string_tensor, nested_frame:
+                      invoke frames that each break a limit (tests, benchmark, fuzzer)
     standins.py       StandInModel, CatalogueModel: models whose runs cost only trio time
     memory_engine.py  run_memory: every peer on a MemoryNetwork, virtual time
     libp2p_engine.py  run_libp2p: real hosts on 127.0.0.1 over worker processes

@@ -58,7 +58,6 @@ import json
 import os
 import select
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -78,8 +77,7 @@ from _common import REPO_ROOT, git_state, machine_info
 
 from p2pnet.core.address import parse_peer_address
 from p2pnet.core.messages import ErrorReply, MessageReader, Result, WireLimits
-from p2pnet.core.tensor import encode_inline_tensor
-from p2pnet.core.varint import encode_uvarint
+from p2pnet.core.tensor import TENSOR_EXT, encode_inline_tensor
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL
 from p2pnet.discovery.service import FinderPolicy, ModelFinder, Offer
 from p2pnet.errors import ConnectionLostError, P2PNetError, PeerUnreachableError
@@ -88,6 +86,7 @@ from p2pnet.localswarm import PeerProcess, start_peer
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.resources import DEFAULT_RESOURCES
 from p2pnet.peer import Peer
+from p2pnet.simulate.hostile_messages import hostile_invokes
 
 TASK = "bench-hostile-iris"
 IRIS_ROW = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
@@ -222,57 +221,6 @@ class ServerChild:
 # ---------------------------------------------------------------- hostile messages
 
 
-def frame(head: object) -> bytes:
-    body: bytes = msgpack.packb(head, use_bin_type=True)
-    return encode_uvarint(len(body)) + body
-
-
-def invoke_head(model: str, inputs: dict[str, object]) -> dict[str, object]:
-    return {
-        "v": 1,
-        "type": "invoke",
-        "id": 7,
-        "model": model,
-        "deadline_ms": 5000,
-        "inputs": inputs,
-    }
-
-
-def string_tensor_header(shape: tuple[int, ...]) -> msgpack.ExtType:
-    """A string tensor (dtype code 13) declaring ``shape``, with no data."""
-    return msgpack.ExtType(
-        1, bytes((13, len(shape))) + b"".join(struct.pack("<Q", d) for d in shape)
-    )
-
-
-def hostile_messages(model: str) -> dict[str, tuple[str, bytes]]:
-    """name -> (what it is, its bytes)."""
-    iris = msgpack.ExtType(1, encode_inline_tensor(IRIS_ROW))
-    one_char_strings = np.array(["a"] * LIMITS.max_string_elements, dtype=object)
-    return {
-        "string_2e28": (
-            "Invoke declaring a string tensor of shape [2**28]",
-            frame(invoke_head(model, {"x": string_tensor_header((1 << 28,))})),
-        ),
-        "model_300k": (
-            "Invoke whose model is a 300,000-character string",
-            frame(invoke_head("z" + "1" * 299_999, {"x": iris})),
-        ),
-        "nested_100k": (
-            "head nested 100,000 arrays deep",
-            encode_uvarint(100_001) + b"\x91" * 100_000 + b"\xc0",
-        ),
-        "strings_65536": (
-            f"head of {LIMITS.max_string_elements:,} one-character strings",
-            frame(
-                invoke_head(
-                    model, {"x": msgpack.ExtType(1, encode_inline_tensor(one_char_strings))}
-                )
-            ),
-        ),
-    }
-
-
 # ---------------------------------------------------------------- figures
 
 
@@ -310,7 +258,8 @@ async def ended(stream: ByteStream) -> None:
 
 
 async def wire_attacks(plan: Plan, server: ServerChild) -> dict[str, Any]:
-    messages = hostile_messages(server.model_id)
+    iris_row = msgpack.ExtType(TENSOR_EXT, encode_inline_tensor(IRIS_ROW))
+    messages = hostile_invokes(server.model_id, iris_row, LIMITS)
     address = parse_peer_address(server.addr)
     out: dict[str, Any] = {"attacks": {}}
     async with Peer() as honest, Peer() as hostile:
