@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rich.table import Table
 
 from p2pnet.simulate import procstats
 
@@ -40,3 +43,17 @@ def git_state() -> dict[str, Any]:
         "commit": git("rev-parse", "--short", "HEAD") or "unknown",
         "modified": bool(git("status", "--porcelain", "--", "p2pnet")),
     }
+
+
+def targets_table(targets: list[dict[str, Any]], value: Callable[[Any], str]) -> Table:
+    """The targets of a report as a table: name, measured (``value`` formats the number),
+    goal, PASS or FAIL."""
+    table = Table(title="targets", title_justify="left")
+    for column in ("target", "measured", "goal", "result"):
+        table.add_column(column)
+    for t in targets:
+        result = "[green]PASS[/green]" if t["pass"] else "[red]FAIL[/red]"
+        table.add_row(
+            t["name"], f"{value(t['value'])} {t['unit']}", f"{t['target']} {t['unit']}", result
+        )
+    return table

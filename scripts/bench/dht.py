@@ -85,7 +85,7 @@ from p2pnet.simulate.procstats import (
 from p2pnet.simulate.workers import JsonLinesWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, git_state
+from _common import REPO_ROOT, git_state, targets_table
 
 TASK = "dht-bench-task"
 LATENCY_S = 0.010  # one way, in-memory network
@@ -849,15 +849,7 @@ def render(report: dict[str, Any]) -> None:
         )
     console.print(find)
 
-    tgt = Table(title="targets", title_justify="left")
-    for col in ("target", "measured", "goal", "result"):
-        tgt.add_column(col)
-    for t in report["targets"]:
-        result = "[green]PASS[/green]" if t["pass"] else "[red]FAIL[/red]"
-        tgt.add_row(
-            t["name"], f"{_fmt(t['value'])} {t['unit']}", f"{t['target']} {t['unit']}", result
-        )
-    console.print(tgt)
+    console.print(targets_table(report["targets"], _fmt))
     m = report["machine"]
     console.print(
         f"{m['cpu_count']} CPUs ({m['cpu_model']}), load {m['load_average_at_start']} at "

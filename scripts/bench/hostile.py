@@ -73,7 +73,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, git_state, machine_info
+from _common import REPO_ROOT, git_state, machine_info, targets_table
 
 from p2pnet.core.address import parse_peer_address
 from p2pnet.core.messages import ErrorReply, MessageReader, Result, WireLimits
@@ -671,15 +671,7 @@ def render(report: dict[str, Any]) -> None:
     )  # fmt: skip
     console.print(table)
 
-    tgt = Table(title="targets", title_justify="left")
-    for column in ("target", "measured", "goal", "result"):
-        tgt.add_column(column)
-    for t in report["targets"]:
-        result = "[green]PASS[/green]" if t["pass"] else "[red]FAIL[/red]"
-        tgt.add_row(
-            t["name"], f"{t['value']:.2f} {t['unit']}", f"{t['target']} {t['unit']}", result
-        )
-    console.print(tgt)
+    console.print(targets_table(report["targets"], lambda v: f"{v:.2f}"))
     m = report["machine"]
     console.print(
         f"{m['cpu_count']} CPUs ({m['cpu_model']}), load {m['load_average_at_start']} at start; "

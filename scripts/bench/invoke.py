@@ -48,7 +48,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info
+from _common import machine_info, targets_table
 
 from p2pnet.core.address import PeerAddress
 from p2pnet.errors import ConnectionLostError
@@ -440,14 +440,7 @@ def render(report: dict[str, Any]) -> None:
         thr.add_row(f"{mib} MiB", f"{p:.1f}", f"{t:.1f}", f"{p / t:.2f}")
     console.print(thr)
 
-    tgt = Table(title="targets", title_justify="left")
-    for col in ("target", "measured", "goal", "result"):
-        tgt.add_column(col)
-    for t in report["targets"]:
-        result = "[green]PASS[/green]" if t["pass"] else "[red]FAIL[/red]"
-        measured = f"{t['value']:.3f} {t['unit']}"
-        tgt.add_row(t["name"], measured, f"{t['target']} {t['unit']}", result)
-    console.print(tgt)
+    console.print(targets_table(report["targets"], lambda v: f"{v:.3f}"))
     extra = []
     if "warm_cpu_ms_per_call" in f:
         extra.append(f"CPU per warm call (both processes): {f['warm_cpu_ms_per_call']:.3f} ms")
