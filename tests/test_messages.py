@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from p2pnet.core.messages import (
+    MAX_SIGNED_BLOB_BYTES,
     ErrorReply,
     Forward,
     ForwardResult,
@@ -447,3 +448,45 @@ def test_ready_head_size_says_when_a_whole_head_waits() -> None:
     reader.receive_data(frame[-1:])
     assert reader.ready_head_size == len(frame) - 1
     assert reader.next_message() is not None and reader.ready_head_size == 0
+
+
+# --- usage receipts and acknowledgements in heads -------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.binary(max_size=MAX_SIGNED_BLOB_BYTES),
+    st.binary(max_size=MAX_SIGNED_BLOB_BYTES),
+    st.sampled_from([0, 1, 7]),
+)
+def test_a_receipt_and_an_acknowledgement_travel_in_the_head(
+    receipt: bytes, ack: bytes, step: int
+) -> None:
+    x = {"x": np.arange(3, dtype=np.float32)}
+    sent = [Invoke(5, MODEL, x, 100, ack), Result(5, x, receipt)]
+    received = _decode_all(b"".join(_encode(m) for m in sent), step=step)
+    invoke, result = received
+    assert isinstance(invoke, Invoke) and invoke.ack == ack
+    assert isinstance(result, Result) and result.receipt == receipt
+
+
+def test_messages_without_a_receipt_are_the_bytes_they_always_were() -> None:
+    x = {"x": np.arange(3, dtype=np.float32)}
+    assert _encode(Result(5, x, None)) == _encode(Result(5, x))
+    assert b"\xa3ack" not in _encode(Invoke(5, MODEL, x, 100))  # no "ack" key at all
+    (decoded,) = _decode_all(_encode(Result(5, x)))
+    assert isinstance(decoded, Result) and decoded.receipt is None
+
+
+def test_a_receipt_is_bounded_and_must_be_bin() -> None:
+    x = {"x": np.arange(3, dtype=np.float32)}
+    with pytest.raises(PayloadTooLargeError, match="receipt is 2049 bytes"):
+        _encode(Result(5, x, b"r" * (MAX_SIGNED_BLOB_BYTES + 1)))
+    head = {"v": 1, "type": "result", "id": 1, "outputs": {}}
+    with pytest.raises(RemoteProtocolError, match="field 'receipt' must be bin, got str"):
+        _read(_frame(head | {"receipt": "text"}))
+    with pytest.raises(RemoteProtocolError, match="field 'receipt' is 2049 bytes"):
+        _read(_frame(head | {"receipt": b"r" * (MAX_SIGNED_BLOB_BYTES + 1)}))
+    invoke = {"v": 1, "type": "invoke", "id": 1, "model": MODEL, "deadline_ms": 5, "inputs": {}}
+    with pytest.raises(RemoteProtocolError, match="field 'ack' must be bin, got int"):
+        _read(_frame(invoke | {"ack": 7}))

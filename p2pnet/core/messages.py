@@ -35,6 +35,7 @@ from p2pnet.core.varint import encode_uvarint, try_decode_uvarint
 from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
 
 __all__ = [
+    "MAX_SIGNED_BLOB_BYTES",
     "PROTOCOL_VERSION",
     "EncodedMessage",
     "ErrorReply",
@@ -53,6 +54,8 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 MAX_ID: Final = (1 << 64) - 1
 MAX_HOPS: Final = 16
+# A signed usage receipt or acknowledgement in a head: a few hundred bytes when well formed.
+MAX_SIGNED_BLOB_BYTES: Final = 2048
 MAX_HOP_PROVIDERS: Final = 8
 MAX_HOP_ADDRS: Final = 16
 # msgpack's C decoder refuses deeper nesting with StackError (its fixed stack).
@@ -105,20 +108,30 @@ class WireLimits:
 
 @dataclass(frozen=True, slots=True)
 class Invoke:
-    """Request: run ``model_id`` on ``inputs`` within ``deadline_ms`` of receipt."""
+    """Request: run ``model_id`` on ``inputs`` within ``deadline_ms`` of receipt.
+
+    ``ack``: the caller's signed acknowledgement of what it owes this provider (usage
+    receipts, docs/protocol.md), when one is due; None otherwise.
+    """
 
     request_id: int
     model_id: str
     inputs: Tensors
     deadline_ms: int
+    ack: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """Successful reply to the Invoke with the same request_id."""
+    """Successful reply to the Invoke with the same request_id.
+
+    ``receipt``: the provider's signed usage receipt for this call (docs/protocol.md),
+    or None from a provider that does not issue them.
+    """
 
     request_id: int
     outputs: Tensors
+    receipt: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +228,16 @@ def encode_message(message: Message, limits: WireLimits = WireLimits()) -> Encod
             "deadline_ms": message.deadline_ms,
             "inputs": _encode_tensors(message.inputs, limits, streamed),
         }
+        if message.ack is not None:
+            head["ack"] = _signed_blob("ack", message.ack)
     elif isinstance(message, Result):
         head |= {
             "type": "result",
             "id": message.request_id,
             "outputs": _encode_tensors(message.outputs, limits, streamed),
         }
+        if message.receipt is not None:
+            head["receipt"] = _signed_blob("receipt", message.receipt)
     elif isinstance(message, Forward):
         head |= {
             "type": "forward",
@@ -529,9 +546,10 @@ def _message_from_head(head: object) -> Message:
             _field(head, "model", str),
             _tensor_map(head, "inputs"),
             deadline_ms,
+            _optional_blob(head, "ack"),
         )
     if kind == "result":
-        return Result(request_id, _tensor_map(head, "outputs"))
+        return Result(request_id, _tensor_map(head, "outputs"), _optional_blob(head, "receipt"))
     if kind == "error":
         return ErrorReply(request_id, _field(head, "code", str), _field(head, "message", str))
     if kind == "forward":
@@ -552,6 +570,33 @@ def _message_from_head(head: object) -> Message:
             request_id, _tensor_map(head, "outputs"), tuple(_trace_entry(t) for t in trace)
         )
     raise RemoteProtocolError(f"unknown message type {quote_bounded(kind)}")
+
+
+def _signed_blob(key: str, blob: bytes) -> bytes:
+    """``blob`` for the head's ``key`` field, checked against MAX_SIGNED_BLOB_BYTES.
+
+    Raises:
+        PayloadTooLargeError: over the limit.
+    """
+    if len(blob) > MAX_SIGNED_BLOB_BYTES:
+        raise PayloadTooLargeError(
+            f"{key} is {len(blob)} bytes; at most {MAX_SIGNED_BLOB_BYTES} travel in a head"
+        )
+    return bytes(blob)
+
+
+def _optional_blob(head: dict[str, Any], key: str) -> bytes | None:
+    """The head's optional bin field ``key`` (a signed receipt or acknowledgement)."""
+    if key not in head:
+        return None
+    blob = head[key]
+    if type(blob) is not bytes:
+        raise RemoteProtocolError(f"field {key!r} must be bin, got {type(blob).__name__}")
+    if len(blob) > MAX_SIGNED_BLOB_BYTES:
+        raise RemoteProtocolError(
+            f"field {key!r} is {len(blob)} bytes; at most {MAX_SIGNED_BLOB_BYTES}"
+        )
+    return blob
 
 
 def _hop(raw: object) -> Hop:
