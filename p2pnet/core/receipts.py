@@ -29,12 +29,9 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from nacl.bindings import crypto_core_ed25519_is_valid_point
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
@@ -607,15 +604,21 @@ def _open_envelope(what: str, envelope: bytes, max_size: int) -> tuple[bytes, by
     return payload, signature
 
 
+# A small-order public key lets one signature verify any message (see records.py). The
+# check costs ~45 us, as much as the verification itself, and receipts come from the same
+# few peers again and again.
+_is_strong_key = lru_cache(maxsize=4096)(crypto_core_ed25519_is_valid_point)
+
+
 def _verify_signature(signer: str, signed: bytes, signature: bytes, which: str) -> None:
     public_key = public_key_from_peer_id(signer)  # checked when the payload was decoded
-    # OpenSSL's Ed25519 accepts small-order public keys, for which one signature verifies
-    # any message; libsodium's check refuses them (see records.py).
-    if not crypto_core_ed25519_is_valid_point(public_key):
+    if not _is_strong_key(public_key):
         raise ForgedReceiptError(f"the {which} is signed with a weak (small-order) key")
+    # libsodium verifies in ~55 us where OpenSSL (cryptography) takes ~105 us; every call
+    # verifies one receipt. It is also the stricter of the two (canonical S and R).
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signed)
-    except (InvalidSignature, ValueError):
+        crypto_sign_open(signature + signed, public_key)
+    except (BadSignatureError, ValueError):
         raise ForgedReceiptError(f"the signature of the {which} does not verify") from None
 
 
