@@ -138,7 +138,9 @@ def tensor_hash(tensors: Mapping[str, object]) -> bytes:
         try:
             raw_name = name.encode()
         except (UnicodeEncodeError, AttributeError):
-            raise InvalidInputError(f"tensor name {name!r:.80} is not valid Unicode") from None
+            raise InvalidInputError(
+                f"tensor name {name!r:.80} is not a str of valid Unicode"
+            ) from None
         entries.append((raw_name, name, value))
     entries.sort(key=lambda entry: entry[0])
     digest = hashlib.sha256(TENSOR_HASH_DOMAIN)
