@@ -853,7 +853,9 @@ def test_tensor_hash_binds_name_dtype_and_shape() -> None:
 def test_tensor_hash_refuses_what_the_codec_cannot_carry() -> None:
     with pytest.raises(InvalidInputError, match="complex128"):
         tensor_hash({"x": np.zeros(2, np.complex128)})
-    with pytest.raises(InvalidInputError, match="not valid Unicode"):
+    with pytest.raises(InvalidInputError, match="not a str of valid Unicode"):
+        tensor_hash({1: np.zeros(1)})  # type: ignore[dict-item]
+    with pytest.raises(InvalidInputError, match="not a str of valid Unicode"):
         tensor_hash({"\udc80": np.zeros(1)})
     with pytest.raises(P2PNetError):
         tensor_hash({"x": np.array([1, None], dtype=object)})
