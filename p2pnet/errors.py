@@ -20,13 +20,20 @@
     │   ├── StoreLimitError          a peer asked this node to store more than it allows
     │   │   ├── StoreFullError           the store or a key's provider list is full
     │   │   └── ProviderQuotaError       one provider announces too many keys here
-    │   └── InvalidRecordError       a capability record that must not be used
-    │       ├── MalformedRecordError     not a record: bad encoding or fields  [malformed_record]
-    │       ├── RecordTooLargeError      over the size limit                   [record_too_large]
-    │       ├── ForgedRecordError        signature does not verify             [forged_record]
-    │       ├── RecordKeyMismatchError   signing key is not the peer ID's key  [record_key_mismatch]
-    │       ├── ExpiredRecordError       past its expiry                       [expired_record]
-    │       └── StaleRecordError         older sequence than one already held  [stale_record]
+    │   ├── InvalidRecordError       a capability record that must not be used
+    │   │   ├── MalformedRecordError     not a record: bad encoding or fields  [malformed_record]
+    │   │   ├── RecordTooLargeError      over the size limit                   [record_too_large]
+    │   │   ├── ForgedRecordError        signature does not verify             [forged_record]
+    │   │   ├── RecordKeyMismatchError   signing key is not the peer ID's key  [record_key_mismatch]
+    │   │   ├── ExpiredRecordError       past its expiry                       [expired_record]
+    │   │   └── StaleRecordError         older sequence than one already held  [stale_record]
+    │   └── ReceiptError             a usage receipt or acknowledgement that must not be used
+    │       ├── MalformedReceiptError    not a receipt: encoding, fields, size [malformed_receipt]
+    │       ├── ForgedReceiptError       signature does not verify             [forged_receipt]
+    │       ├── ReplayedReceiptError     a sequence number already seen        [replayed_receipt]
+    │       ├── ReceiptChainError        a gap, reordering or broken link      [receipt_chain]
+    │       ├── ForeignReceiptError      for another (provider, caller) pair   [foreign_receipt]
+    │       └── ReceiptMismatchError     does not commit to the call made      [receipt_mismatch]
     ├── ProtocolError                bytes that break the wire protocol
     │   ├── RemoteProtocolError      the other side sent them
     │   │   └── ReplyTooLargeError       a reply over the size limit we accept [reply_too_large]
@@ -54,6 +61,8 @@ __all__ = [
     "ConnectionLostError",
     "DeadlineExceededError",
     "ExpiredRecordError",
+    "ForeignReceiptError",
+    "ForgedReceiptError",
     "ForgedRecordError",
     "InternalPeerError",
     "InvalidAddressError",
@@ -61,6 +70,7 @@ __all__ = [
     "InvalidModelIdError",
     "InvalidRecordError",
     "LocalProtocolError",
+    "MalformedReceiptError",
     "MalformedRecordError",
     "ModelExecutionError",
     "ModelFileError",
@@ -75,9 +85,13 @@ __all__ = [
     "PipelineSpecError",
     "ProtocolError",
     "ProviderQuotaError",
+    "ReceiptChainError",
+    "ReceiptError",
+    "ReceiptMismatchError",
     "RecordKeyMismatchError",
     "RecordTooLargeError",
     "RemoteProtocolError",
+    "ReplayedReceiptError",
     "ReplyTooLargeError",
     "SchemaMismatchError",
     "StaleRecordError",
@@ -276,6 +290,54 @@ class StaleRecordError(InvalidRecordError):
     """A record with an older sequence number than one already held for the same key."""
 
     code = "stale_record"
+
+
+class ReceiptError(PeerError):
+    """A usage receipt (or a caller's acknowledgement) that must not be used; the fault
+    of the peer that signed it (docs/protocol.md, "Usage receipts")."""
+
+    code = "receipt"
+
+
+class MalformedReceiptError(ReceiptError):
+    """Bytes that do not decode to a receipt or acknowledgement: bad encoding, bad
+    fields, or over the size limit."""
+
+    code = "malformed_receipt"
+
+
+class ForgedReceiptError(ReceiptError):
+    """A receipt or acknowledgement whose signature does not verify with the key of the
+    peer that should have signed it."""
+
+    code = "forged_receipt"
+
+
+class ReplayedReceiptError(ReceiptError):
+    """A receipt whose sequence number is not above the last one of its pair: sent again,
+    or made up from an old one."""
+
+    code = "replayed_receipt"
+
+
+class ReceiptChainError(ReceiptError):
+    """A receipt that does not extend its pair's chain: a sequence number skipped
+    (reordered, or one missing) or a previous-receipt hash that is not the last one's."""
+
+    code = "receipt_chain"
+
+
+class ForeignReceiptError(ReceiptError):
+    """A receipt or acknowledgement of another (provider, caller) pair than expected."""
+
+    code = "foreign_receipt"
+
+
+class ReceiptMismatchError(ReceiptError):
+    """A receipt that does not commit to the call made: another model, record, request
+    or result than the caller sent or received, or more units than it may charge."""
+
+    code = "receipt_mismatch"
 
 
 class ProtocolError(P2PNetError):

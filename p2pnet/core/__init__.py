@@ -24,6 +24,10 @@ address_filter.py  addrs_seen_at, addrs_for_scope      which announced addresses
 access.py      AccessPolicy, parse_allow_list        per-model access lists
 records.py     CapabilityRecord, sign_record,        signed capability records: canonical
                verify_record, supersedes             encoding, envelope, verification
+receipts.py    Receipt, sign/verify_receipt,
+               ReceiptChain, Acknowledgement,        signed usage receipts, their per-pair chain,
+               tensor_hash, check_receipt_for_call   the caller's countersigned running total;
+                                                     canonical hashes of request and result
 describe.py    DescribeRequest, RecordsReply,
                DescribeReader                        the describe protocol's messages
 ranking.py     ProviderStatsTable                    provider ranking: latency, failure cooldown,

@@ -1,0 +1,710 @@
+"""Signed usage receipts and the caller's acknowledgements (docs/protocol.md, "Usage receipts").
+
+A provider returns, with every result, a receipt: "I, provider P, ran model M for caller
+C, under my record R, on request X giving result Y, and charge U micro-units; this is
+receipt number ``seq`` of our pair, following the one whose hash is ``prev_hash``". The
+caller checks it against what it sent and received, keeps the pair's chain, and now and
+then countersigns the running total: its acknowledgement of the debt.
+
+    tensor hash  = SHA-256 over names, dtypes, shapes and bytes of a set of tensors
+    payload      = msgpack map, keys in a fixed order, shortest forms, hashes as bin 32
+    receipt hash = SHA-256(receipt payload)
+    signature    = Ed25519(DOMAIN | payload)          a domain of its own per message kind
+    envelope     = msgpack array [payload: bin, signature: bin 64]
+
+The signer's key is the one its peer ID names (an Ed25519 peer ID holds it), so the
+envelope does not carry it. Decoding accepts only the canonical bytes (it re-encodes and
+compares): one receipt has exactly one payload, one hash and one envelope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
+from nacl.exceptions import BadSignatureError
+
+from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
+from p2pnet.core.tensor import dtype_name, normalize_array
+from p2pnet.core.varint import encode_uvarint
+from p2pnet.errors import (
+    ForeignReceiptError,
+    ForgedReceiptError,
+    InvalidAddressError,
+    InvalidInputError,
+    InvalidModelIdError,
+    MalformedReceiptError,
+    ReceiptChainError,
+    ReceiptMismatchError,
+    ReplayedReceiptError,
+)
+
+__all__ = [
+    "ACKNOWLEDGEMENT_DOMAIN",
+    "HASH_SIZE",
+    "MAX_ACKNOWLEDGEMENT_SIZE",
+    "MAX_RECEIPT_SIZE",
+    "MICRO_UNITS_PER_UNIT",
+    "RECEIPT_DOMAIN",
+    "RECEIPT_VERSION",
+    "TENSOR_HASH_DOMAIN",
+    "ZERO_HASH",
+    "Acknowledgement",
+    "Receipt",
+    "ReceiptChain",
+    "acknowledgement_due",
+    "check_receipt_for_call",
+    "decode_acknowledgement",
+    "decode_receipt",
+    "encode_acknowledgement",
+    "encode_receipt",
+    "receipt_hash",
+    "sign_acknowledgement",
+    "sign_receipt",
+    "tensor_hash",
+    "verify_acknowledgement",
+    "verify_receipt",
+]
+
+RECEIPT_VERSION: Final = 1
+# Signed bytes start with these, so a receipt signature never verifies as a capability
+# record, an acknowledgement, or anything else the same key signs; and vice versa.
+RECEIPT_DOMAIN: Final = b"p2pnet usage receipt v1\x00"
+ACKNOWLEDGEMENT_DOMAIN: Final = b"p2pnet receipt acknowledgement v1\x00"
+TENSOR_HASH_DOMAIN: Final = b"p2pnet tensors v1\x00"
+MAX_RECEIPT_SIZE: Final = 1024  # envelope bytes; a receipt is about 530, at most about 640
+MAX_ACKNOWLEDGEMENT_SIZE: Final = 512  # an acknowledgement is about 265
+HASH_SIZE: Final = 32
+ZERO_HASH: Final = bytes(HASH_SIZE)  # the prev_hash of a pair's first receipt
+MICRO_UNITS_PER_UNIT: Final = 1_000_000
+
+MAX_RUNTIME_BYTES: Final = 128
+MAX_UNITS: Final = (1 << 63) - 1
+MAX_SEQ: Final = (1 << 64) - 1
+MAX_ISSUED_AT: Final = (1 << 63) - 1
+_MAX_MODEL_ID_LENGTH: Final = 100
+
+_RECEIPT_KEYS: Final = (
+    "v",
+    "provider",
+    "caller",
+    "model",
+    "record_hash",
+    "request_hash",
+    "result_hash",
+    "runtime",
+    "units",
+    "seq",
+    "prev_hash",
+    "issued_at",
+)
+_ACKNOWLEDGEMENT_KEYS: Final = ("v", "caller", "provider", "seq", "total_units", "last_hash")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DIM = np.dtype("<u8")
+_parse_model_id = lru_cache(maxsize=4096)(parse_model_id)
+
+
+# Tensor hashes
+
+
+def tensor_hash(tensors: Mapping[str, object]) -> bytes:
+    """The canonical SHA-256 of a set of named tensors (32 bytes).
+
+    Hashed, in this order: ``TENSOR_HASH_DOMAIN``, uvarint(count), then per tensor in
+    the order of the UTF-8 bytes of the names: uvarint(len(name)) | name,
+    uvarint(len(dtype)) | dtype (p2pnet's name: ``float32``, ``string``, ...),
+    uvarint(ndim) | ndim dimensions as u64le, then the data: numeric tensors their
+    C-order little-endian bytes, string tensors per element uvarint(len) | UTF-8.
+
+    The hash depends on values only: not on the mapping's order, the arrays' strides
+    or byte order. Each side hashes what it sent or received.
+
+    Raises:
+        InvalidInputError: a value the tensor codec cannot carry, or a name that is not
+            valid Unicode.
+    """
+    entries = []
+    for name, value in tensors.items():
+        try:
+            raw_name = name.encode()
+        except (UnicodeEncodeError, AttributeError):
+            raise InvalidInputError(
+                f"tensor name {name!r:.80} is not a str of valid Unicode"
+            ) from None
+        entries.append((raw_name, name, value))
+    entries.sort(key=lambda entry: entry[0])
+    digest = hashlib.sha256(TENSOR_HASH_DOMAIN)
+    digest.update(encode_uvarint(len(entries)))
+    for raw_name, name, value in entries:
+        array = normalize_array(name, value)
+        dtype = dtype_name(array).encode()
+        digest.update(
+            b"".join(
+                (
+                    encode_uvarint(len(raw_name)),
+                    raw_name,
+                    encode_uvarint(len(dtype)),
+                    dtype,
+                    encode_uvarint(array.ndim),
+                    np.array(array.shape, dtype=_DIM).tobytes(),
+                )
+            )
+        )
+        _hash_data(digest, array)
+    return digest.digest()
+
+
+def _hash_data(digest: hashlib._Hash, array: npt.NDArray[np.generic]) -> None:
+    if array.dtype.kind == "O":
+        for element in array.ravel():
+            raw = str(element).encode()
+            digest.update(encode_uvarint(len(raw)))
+            digest.update(raw)
+        return
+    # normalize_array made it C-contiguous and little-endian: hash it in place, no copy.
+    digest.update(array.reshape(-1).view(np.uint8).data)
+
+
+# Receipts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """Provider ``provider``'s signed account of one call by ``caller``.
+
+    ``record_hash`` is the SHA-256 of the signed capability-record envelope the call was
+    served under; ``request_hash`` and ``result_hash`` are ``tensor_hash`` of the inputs
+    and outputs; ``units`` are micro-units (1 unit = 1_000_000); ``seq`` counts the
+    pair's receipts from 1 and ``prev_hash`` is the previous one's ``receipt_hash``
+    (``ZERO_HASH`` for seq 1); ``issued_at`` is unix milliseconds.
+
+    Raises:
+        ValueError: a field of the wrong type or out of bounds; the message names it.
+    """
+
+    provider: str
+    caller: str
+    model_id: str
+    record_hash: bytes
+    request_hash: bytes
+    result_hash: bytes
+    runtime: str
+    units: int
+    seq: int
+    prev_hash: bytes
+    issued_at: int
+
+    def __post_init__(self) -> None:
+        _check_peer_id("provider", self.provider)
+        _check_peer_id("caller", self.caller)
+        _check_model_id(self.model_id)
+        for field in ("record_hash", "request_hash", "result_hash", "prev_hash"):
+            _check_hash(field, getattr(self, field))
+        _check_text("runtime", self.runtime, MAX_RUNTIME_BYTES)
+        _check_int("units", self.units, 0, MAX_UNITS)
+        _check_int("seq", self.seq, 1, MAX_SEQ)
+        _check_int("issued_at", self.issued_at, 0, MAX_ISSUED_AT)
+        if self.seq == 1 and self.prev_hash != ZERO_HASH:
+            raise ValueError("prev_hash of the first receipt (seq 1) must be 32 zero bytes")
+
+
+def encode_receipt(receipt: Receipt) -> bytes:
+    """The canonical payload bytes of ``receipt`` (what is signed and hashed)."""
+    payload: bytes = msgpack.packb(
+        {
+            "v": RECEIPT_VERSION,
+            "provider": receipt.provider,
+            "caller": receipt.caller,
+            "model": receipt.model_id,
+            "record_hash": receipt.record_hash,
+            "request_hash": receipt.request_hash,
+            "result_hash": receipt.result_hash,
+            "runtime": receipt.runtime,
+            "units": receipt.units,
+            "seq": receipt.seq,
+            "prev_hash": receipt.prev_hash,
+            "issued_at": receipt.issued_at,
+        },
+        use_bin_type=True,
+    )
+    return payload
+
+
+def receipt_hash(receipt: Receipt) -> bytes:
+    """SHA-256 of the canonical payload: what the next receipt's ``prev_hash`` holds."""
+    return hashlib.sha256(encode_receipt(receipt)).digest()
+
+
+def decode_receipt(payload: bytes) -> Receipt:
+    """The receipt ``payload`` encodes; only canonical bytes are accepted. No signature
+    is checked: use verify_receipt on anything received.
+
+    Raises:
+        MalformedReceiptError: not msgpack, wrong keys, types or bounds, not canonical.
+    """
+    head = _open_map("receipt", payload, _RECEIPT_KEYS)
+    try:
+        receipt = Receipt(
+            provider=head["provider"],
+            caller=head["caller"],
+            model_id=head["model"],
+            record_hash=head["record_hash"],
+            request_hash=head["request_hash"],
+            result_hash=head["result_hash"],
+            runtime=head["runtime"],
+            units=head["units"],
+            seq=head["seq"],
+            prev_hash=head["prev_hash"],
+            issued_at=head["issued_at"],
+        )
+    except ValueError as exc:
+        raise MalformedReceiptError(f"receipt has a bad field: {exc}") from None
+    if encode_receipt(receipt) != payload:
+        raise MalformedReceiptError(
+            "receipt is not in canonical form (shortest msgpack encodings, no duplicate "
+            "keys); it has exactly one valid encoding"
+        )
+    return receipt
+
+
+def sign_receipt(
+    receipt: Receipt, signing_key: Ed25519PrivateKey, *, max_size: int = MAX_RECEIPT_SIZE
+) -> bytes:
+    """The signed envelope of ``receipt``, to send with the result.
+
+    Raises:
+        ValueError: ``signing_key`` is not the key of ``receipt.provider``, or the
+            envelope is over ``max_size`` (a runtime string too long for the limit).
+    """
+    payload = encode_receipt(receipt)
+    _check_signer(signing_key, receipt.provider, "receipt", "provider")
+    return _envelope(payload, signing_key.sign(RECEIPT_DOMAIN + payload), "receipt", max_size)
+
+
+def verify_receipt(
+    envelope: bytes,
+    *,
+    provider: str | None = None,
+    caller: str | None = None,
+    max_size: int = MAX_RECEIPT_SIZE,
+) -> Receipt:
+    """The receipt in a received ``envelope``, signed by its provider.
+
+    Checks, in this order: size (from the length alone), structure, the signature with
+    the key the provider's peer ID names, then that the receipt is for the ``provider``
+    and ``caller`` given (each only if given).
+
+    Raises:
+        MalformedReceiptError: over ``max_size`` bytes, or not a canonical envelope
+            holding a canonical receipt.
+        ForgedReceiptError: the signature does not verify with the provider's key.
+        ForeignReceiptError: signed, but by or for another peer than expected.
+    """
+    payload, signature = _open_envelope("receipt", envelope, max_size)
+    receipt = decode_receipt(payload)
+    _verify_signature(
+        receipt.provider,
+        RECEIPT_DOMAIN + payload,
+        signature,
+        f"receipt {receipt.seq} of provider {receipt.provider} for caller {receipt.caller}",
+    )
+    _check_pair("receipt", receipt.provider, receipt.caller, provider, caller)
+    return receipt
+
+
+def check_receipt_for_call(
+    receipt: Receipt,
+    *,
+    caller: str,
+    provider: str,
+    model_id: str,
+    record_hash: bytes,
+    request_hash: bytes,
+    result_hash: bytes,
+    max_units: int,
+) -> None:
+    """Check that ``receipt`` commits to the call the caller made and the result it got.
+
+    ``request_hash`` and ``result_hash`` are the caller's own ``tensor_hash`` of what it
+    sent and received; ``max_units`` the most the call may cost at the price it agreed.
+
+    Raises:
+        ForeignReceiptError: the receipt is for another provider or caller.
+        ReceiptMismatchError: anything else differs; the message lists every difference.
+    """
+    _check_pair("receipt", receipt.provider, receipt.caller, provider, caller)
+    differences = []
+    if receipt.model_id != model_id:
+        differences.append(f"model {receipt.model_id}, not {model_id}")
+    for field, expected, what in (
+        ("record_hash", record_hash, "the record the call was made under"),
+        ("request_hash", request_hash, "the request sent"),
+        ("result_hash", result_hash, "the result received"),
+    ):
+        got: bytes = getattr(receipt, field)
+        if got != expected:
+            differences.append(f"{field} {got.hex()[:16]}... is not that of {what}")
+    if receipt.units > max_units:
+        differences.append(
+            f"{receipt.units} micro-units charged, over the {max_units} the price allows"
+        )
+    if differences:
+        raise ReceiptMismatchError(
+            f"receipt {receipt.seq} of provider {receipt.provider} does not match the call: "
+            + "; ".join(differences)
+        )
+
+
+# The chain of a pair's receipts
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptChain:
+    """What one side knows of a (provider, caller) pair's receipts so far: the last
+    ``seq``, its ``receipt_hash`` and the running total of units. A new pair starts at
+    seq 0, ``ZERO_HASH``, 0 units. The ledger stores these three numbers per pair.
+    """
+
+    provider: str
+    caller: str
+    last_seq: int = 0
+    last_hash: bytes = ZERO_HASH
+    total_units: int = 0
+
+    def check_next(self, receipt: Receipt) -> ReceiptChain:
+        """The chain extended by ``receipt``, if it is the pair's next receipt. Nothing
+        changes here: the caller keeps the returned chain once it has stored the receipt.
+
+        Raises:
+            ForeignReceiptError: the receipt is for another (provider, caller) pair.
+            ReplayedReceiptError: its seq is not above the last one.
+            ReceiptChainError: its seq skips one (reordered or missing), or its
+                ``prev_hash`` is not the last receipt's hash (a broken link).
+        """
+        _check_pair("receipt", receipt.provider, receipt.caller, self.provider, self.caller)
+        which = f"receipt {receipt.seq} of provider {self.provider} for caller {self.caller}"
+        if receipt.seq <= self.last_seq:
+            raise ReplayedReceiptError(
+                f"{which} comes after receipt {self.last_seq}: a replay or an old receipt"
+            )
+        if receipt.seq != self.last_seq + 1:
+            raise ReceiptChainError(
+                f"{which} comes after receipt {self.last_seq}: receipts "
+                f"{self.last_seq + 1}..{receipt.seq - 1} are missing or out of order"
+            )
+        if receipt.prev_hash != self.last_hash:
+            raise ReceiptChainError(
+                f"{which} does not follow receipt {self.last_seq}: its prev_hash "
+                f"{receipt.prev_hash.hex()[:16]}... is not {self.last_hash.hex()[:16]}..."
+            )
+        return ReceiptChain(
+            self.provider,
+            self.caller,
+            receipt.seq,
+            receipt_hash(receipt),
+            self.total_units + receipt.units,
+        )
+
+    def next_receipt_fields(self) -> tuple[int, bytes]:
+        """(seq, prev_hash) of the pair's next receipt: what a provider puts in it."""
+        return self.last_seq + 1, self.last_hash
+
+    def acknowledgement(self) -> Acknowledgement:
+        """The caller's acknowledgement of everything in the chain, to sign.
+
+        Raises:
+            ValueError: the chain is empty; there is nothing to acknowledge.
+        """
+        return Acknowledgement(
+            caller=self.caller,
+            provider=self.provider,
+            seq=self.last_seq,
+            total_units=self.total_units,
+            last_receipt_hash=self.last_hash,
+        )
+
+
+# Acknowledgements
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acknowledgement:
+    """Caller ``caller``'s signed statement that it owes ``provider`` ``total_units``
+    micro-units for the pair's receipts 1 to ``seq``, the last of which hashes to
+    ``last_receipt_hash``.
+
+    Raises:
+        ValueError: a field of the wrong type or out of bounds; the message names it.
+    """
+
+    caller: str
+    provider: str
+    seq: int
+    total_units: int
+    last_receipt_hash: bytes
+
+    def __post_init__(self) -> None:
+        _check_peer_id("caller", self.caller)
+        _check_peer_id("provider", self.provider)
+        _check_int("seq", self.seq, 1, MAX_SEQ)
+        _check_int("total_units", self.total_units, 0, MAX_UNITS)
+        _check_hash("last_receipt_hash", self.last_receipt_hash)
+
+
+def encode_acknowledgement(ack: Acknowledgement) -> bytes:
+    """The canonical payload bytes of ``ack`` (what is signed)."""
+    payload: bytes = msgpack.packb(
+        {
+            "v": RECEIPT_VERSION,
+            "caller": ack.caller,
+            "provider": ack.provider,
+            "seq": ack.seq,
+            "total_units": ack.total_units,
+            "last_hash": ack.last_receipt_hash,
+        },
+        use_bin_type=True,
+    )
+    return payload
+
+
+def decode_acknowledgement(payload: bytes) -> Acknowledgement:
+    """The acknowledgement ``payload`` encodes; only canonical bytes are accepted.
+
+    Raises:
+        MalformedReceiptError: not msgpack, wrong keys, types or bounds, not canonical.
+    """
+    head = _open_map("acknowledgement", payload, _ACKNOWLEDGEMENT_KEYS)
+    try:
+        ack = Acknowledgement(
+            caller=head["caller"],
+            provider=head["provider"],
+            seq=head["seq"],
+            total_units=head["total_units"],
+            last_receipt_hash=head["last_hash"],
+        )
+    except ValueError as exc:
+        raise MalformedReceiptError(f"acknowledgement has a bad field: {exc}") from None
+    if encode_acknowledgement(ack) != payload:
+        raise MalformedReceiptError(
+            "acknowledgement is not in canonical form; it has exactly one valid encoding"
+        )
+    return ack
+
+
+def sign_acknowledgement(
+    ack: Acknowledgement,
+    signing_key: Ed25519PrivateKey,
+    *,
+    max_size: int = MAX_ACKNOWLEDGEMENT_SIZE,
+) -> bytes:
+    """The signed envelope of ``ack``, signed by the caller.
+
+    Raises:
+        ValueError: ``signing_key`` is not the key of ``ack.caller``.
+    """
+    payload = encode_acknowledgement(ack)
+    _check_signer(signing_key, ack.caller, "acknowledgement", "caller")
+    signature = signing_key.sign(ACKNOWLEDGEMENT_DOMAIN + payload)
+    return _envelope(payload, signature, "acknowledgement", max_size)
+
+
+def verify_acknowledgement(
+    envelope: bytes,
+    *,
+    caller: str | None = None,
+    provider: str | None = None,
+    max_size: int = MAX_ACKNOWLEDGEMENT_SIZE,
+) -> Acknowledgement:
+    """The acknowledgement in a received ``envelope``, signed by its caller.
+
+    Checks, in this order: size, structure, the signature with the key the caller's
+    peer ID names, then the ``caller`` and ``provider`` given (each only if given).
+
+    Raises:
+        MalformedReceiptError: over ``max_size`` bytes, or not canonical.
+        ForgedReceiptError: the signature does not verify with the caller's key.
+        ForeignReceiptError: signed, but by or for another peer than expected.
+    """
+    payload, signature = _open_envelope("acknowledgement", envelope, max_size)
+    ack = decode_acknowledgement(payload)
+    _verify_signature(
+        ack.caller,
+        ACKNOWLEDGEMENT_DOMAIN + payload,
+        signature,
+        f"acknowledgement {ack.seq} of caller {ack.caller} to provider {ack.provider}",
+    )
+    _check_pair("acknowledgement", ack.provider, ack.caller, provider, caller)
+    return ack
+
+
+def acknowledgement_due(
+    calls_since: int, units_since: int, every_calls: int, every_units: int
+) -> bool:
+    """Whether a caller should countersign now: ``calls_since`` calls or ``units_since``
+    micro-units since its last acknowledgement reach ``every_calls`` or ``every_units``.
+    A threshold of 0 never triggers; nothing is due with no call since.
+    """
+    if calls_since <= 0:
+        return False
+    return (every_calls > 0 and calls_since >= every_calls) or (
+        every_units > 0 and units_since >= every_units
+    )
+
+
+# Shared checks
+
+
+def _check_signer(key: Ed25519PrivateKey, peer_id: str, what: str, role: str) -> None:
+    signer = peer_id_from_public_key(key.public_key().public_bytes_raw())
+    if signer != peer_id:
+        raise ValueError(
+            f"the {what} is for {role} {peer_id} but the key is peer {signer}'s; "
+            f"only the {role} signs its {what}"
+        )
+
+
+def _envelope(payload: bytes, signature: bytes, what: str, max_size: int) -> bytes:
+    envelope: bytes = msgpack.packb([payload, signature], use_bin_type=True)
+    if len(envelope) > max_size:
+        raise ValueError(
+            f"the signed {what} is {len(envelope)} bytes; receivers accept at most {max_size}"
+        )
+    return envelope
+
+
+def _open_envelope(what: str, envelope: bytes, max_size: int) -> tuple[bytes, bytes]:
+    if len(envelope) > max_size:
+        raise MalformedReceiptError(
+            f"{what} of {len(envelope)} bytes; this side accepts at most {max_size}"
+        )
+    parts = _unpack(f"{what} envelope", envelope)
+    if (
+        not isinstance(parts, tuple)
+        or len(parts) != 2
+        or not all(isinstance(p, bytes) for p in parts)
+    ):
+        raise MalformedReceiptError(
+            f"{what} envelope must be a msgpack array of 2 byte strings: [payload, signature]"
+        )
+    payload, signature = parts
+    if len(signature) != 64:
+        raise MalformedReceiptError(
+            f"{what} envelope has a {len(signature)}-byte signature; Ed25519 needs 64"
+        )
+    if msgpack.packb(parts, use_bin_type=True) != envelope:
+        raise MalformedReceiptError(f"{what} envelope is not in canonical form")
+    return payload, signature
+
+
+# A small-order public key lets one signature verify any message (see records.py). The
+# check costs ~45 us, as much as the verification itself, and receipts come from the same
+# few peers again and again.
+_is_strong_key = lru_cache(maxsize=4096)(crypto_core_ed25519_is_valid_point)
+
+
+def _verify_signature(signer: str, signed: bytes, signature: bytes, which: str) -> None:
+    public_key = public_key_from_peer_id(signer)  # checked when the payload was decoded
+    if not _is_strong_key(public_key):
+        raise ForgedReceiptError(f"the {which} is signed with a weak (small-order) key")
+    # libsodium verifies in ~55 us where OpenSSL (cryptography) takes ~105 us; every call
+    # verifies one receipt. It is also the stricter of the two (canonical S and R).
+    try:
+        crypto_sign_open(signature + signed, public_key)
+    except (BadSignatureError, ValueError):
+        raise ForgedReceiptError(f"the signature of the {which} does not verify") from None
+
+
+def _check_pair(
+    what: str, provider: str, caller: str, want_provider: str | None, want_caller: str | None
+) -> None:
+    if want_provider is not None and provider != want_provider:
+        raise ForeignReceiptError(f"the {what} is for provider {provider}, not {want_provider}")
+    if want_caller is not None and caller != want_caller:
+        raise ForeignReceiptError(f"the {what} is of caller {caller}, not {want_caller}")
+
+
+def _unpack(what: str, data: bytes) -> object:
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types for malformed input
+        raise MalformedReceiptError(f"{what} is not valid msgpack: {exc}") from None
+
+
+def _open_map(what: str, payload: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
+    head = _unpack(what, payload)
+    if not isinstance(head, dict):
+        raise MalformedReceiptError(f"{what} is a {type(head).__name__}, not a map")
+    version = head.get("v")
+    if type(version) is not int or version != RECEIPT_VERSION:
+        raise MalformedReceiptError(
+            f"{what} version {version!r:.40} is not supported "
+            f"(this side reads version {RECEIPT_VERSION})"
+        )
+    if tuple(head) != keys:
+        missing = [k for k in keys if k not in head]
+        unknown = [k for k in head if k not in keys]
+        problem = (
+            f"lacks key {missing[0]!r}"
+            if missing
+            else f"has unknown key {unknown[0]!r:.40}"
+            if unknown
+            else "has its keys out of order"
+        )
+        raise MalformedReceiptError(f"{what} {problem}; its keys are, in order: {', '.join(keys)}")
+    return head
+
+
+def _check_peer_id(field: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a peer ID str, not {type(value).__name__}")
+    try:
+        public_key_from_peer_id(value)
+    except InvalidAddressError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _check_model_id(value: object) -> None:
+    if not isinstance(value, str) or len(value) > _MAX_MODEL_ID_LENGTH:
+        raise ValueError(f"model_id must be a model ID (bafkrei...), not {value!r:.80}")
+    try:
+        canonical = _parse_model_id(value)
+    except InvalidModelIdError as exc:
+        raise ValueError(f"model_id: {exc}") from None
+    if canonical != value:
+        raise ValueError(f"model_id {value!r} is not in canonical form; use {canonical!r}")
+
+
+def _check_hash(field: str, value: object) -> None:
+    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+        size = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+        raise ValueError(f"{field} must be {HASH_SIZE} bytes (a SHA-256), not {size}")
+
+
+def _check_text(field: str, value: object, max_bytes: int) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a str, not {type(value).__name__}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} is not valid Unicode (it holds a lone surrogate)") from None
+    if size > max_bytes:
+        raise ValueError(f"{field} is {size} bytes of UTF-8; at most {max_bytes}")
+    if _CONTROL.search(value):
+        raise ValueError(f"{field} {value!r:.80} holds a control character")
+
+
+def _check_int(field: str, value: object, minimum: int, maximum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{field} must be an int, not {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{field} is {value}; it must be in {minimum}..{maximum}")
