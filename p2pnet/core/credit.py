@@ -99,9 +99,7 @@ class CreditPolicy:
             )
 
     @classmethod
-    def from_soft_threshold(
-        cls, soft_threshold: int, allowance_rate: int = 10_000
-    ) -> CreditPolicy:
+    def from_soft_threshold(cls, soft_threshold: int, allowance_rate: int = 10_000) -> CreditPolicy:
         """The policy with the hard threshold at 1.25 x ``soft_threshold`` (rounded down).
 
         Raises:

@@ -78,7 +78,9 @@ _PRICE_FIELDS: Final = ("per_call", "per_mb", "per_cpu_s")
 
 def _check_part(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"price {name} must be an integer of micro-units, got {type(value).__name__}")
+        raise ValueError(
+            f"price {name} must be an integer of micro-units, got {type(value).__name__}"
+        )
     if not 0 <= value <= MAX_PRICE_PART:
         raise ValueError(f"price {name} must be in 0..{MAX_PRICE_PART} micro-units, got {value}")
     return value
