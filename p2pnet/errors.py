@@ -17,7 +17,7 @@
     │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
     │   ├── InternalPeerError        the peer hit a bug                        [internal]
     │   ├── OutputSchemaError        outputs that do not fit its signed schema [bad_output]
-    │   ├── CreditExceededError      the caller's debt is over the peer's limit [credit_exceeded]
+    │   ├── CreditExceededError      the caller owes more than it is allowed   [credit_exceeded]
     │   ├── StoreLimitError          a peer asked this node to store more than it allows
     │   │   ├── StoreFullError           the store or a key's provider list is full
     │   │   └── ProviderQuotaError       one provider announces too many keys here

@@ -216,7 +216,7 @@ def price_to_wire(price: Price) -> dict[str, int]:
 
 def price_from_wire(obj: Any) -> Price:
     """The Price in a record's ``price`` field: a map with exactly the three parts, each
-    an int in 0..MAX_PRICE_PART. (Records turn the ValueError into MalformedRecordError.)
+    an int in 0..MAX_PRICE_PART. (A record decoder raises MalformedRecordError for it.)
 
     Raises:
         ValueError: not a map, a part missing, an unknown key, or a part out of bounds,
