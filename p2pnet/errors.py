@@ -17,6 +17,7 @@
     │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
     │   ├── InternalPeerError        the peer hit a bug                        [internal]
     │   ├── OutputSchemaError        outputs that do not fit its signed schema [bad_output]
+    │   ├── CreditExceededError      the caller owes more than it is allowed   [credit_exceeded]
     │   ├── StoreLimitError          a peer asked this node to store more than it allows
     │   │   ├── StoreFullError           the store or a key's provider list is full
     │   │   └── ProviderQuotaError       one provider announces too many keys here
@@ -59,6 +60,7 @@ from typing import ClassVar
 __all__ = [
     "ConfigError",
     "ConnectionLostError",
+    "CreditExceededError",
     "DeadlineExceededError",
     "ExpiredRecordError",
     "ForeignReceiptError",
@@ -232,6 +234,32 @@ class OutputSchemaError(PeerError):
     code = "bad_output"
 
 
+class CreditExceededError(PeerError):
+    """The provider refused the call: what the caller owes it is over its hard credit
+    limit. The message says the balance, the limit and when the provider's free
+    allowance will have made room; serving the provider, or waiting, settles the debt.
+
+    A PeerError so that a caller moves on to another provider. The fields are set where
+    the refusal is decided; a caller that received it has them in the message only.
+    """
+
+    code = "credit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        peer: str | None = None,
+        balance: int | None = None,
+        limit: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, peer=peer)
+        self.balance = balance
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class StoreLimitError(PeerError):
     """A peer asked this node to store more than one of its limits allows."""
 
@@ -403,6 +431,7 @@ _WIRE_CODES: dict[str, type[P2PNetError]] = {
         PayloadTooLargeError,
         ModelExecutionError,
         PeerBusyError,
+        CreditExceededError,
         InternalPeerError,
         LocalProtocolError,
         DeadlineExceededError,

@@ -32,6 +32,13 @@ describe.py    DescribeRequest, RecordsReply,
                DescribeReader                        the describe protocol's messages
 ranking.py     ProviderStatsTable                    provider ranking: latency, failure cooldown,
                                                      backoff
+pricing.py     Price, Usage, units_for,
+               price_from_wire,
+               rank_by_cost_and_latency              prices in micro-units, the units of a call,
+                                                     the record's price field, cost in ranking
+credit.py      CreditPolicy, CreditLedger,
+               admission_order                       per-peer credit: allowance, soft and hard
+                                                     thresholds, admission order under load
 failover.py    attempt_timeout, attempt_order,       calling one of several providers: the
                failure_report, output_mismatch       deadline split, order, error reported
 pipeline.py    parse_pipeline, PipelineSpec,
