@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.peer_id import peer_id_from_public_key
+from p2pnet.core.pricing import FREE, MAX_PRICE_PART, Price
 from p2pnet.core.records import (
     DOMAIN,
     MAX_RECORD_SIZE,
@@ -146,6 +147,17 @@ specs = st.lists(
 ).map(tuple)
 
 
+prices = st.one_of(
+    st.just(FREE),
+    st.builds(
+        Price,
+        st.integers(0, MAX_PRICE_PART),
+        st.integers(0, MAX_PRICE_PART),
+        st.integers(0, MAX_PRICE_PART),
+    ),
+)
+
+
 @st.composite
 def signed_records(draw: st.DrawFn) -> tuple[CapabilityRecord, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.from_private_bytes(draw(st.binary(min_size=32, max_size=32)))
@@ -170,6 +182,7 @@ def signed_records(draw: st.DrawFn) -> tuple[CapabilityRecord, Ed25519PrivateKey
         ),
         seq=draw(st.integers(0, (1 << 64) - 1)),
         expires_at=draw(st.integers(1, (1 << 63) - 1)),
+        price=draw(prices),
     )
     return record, key
 
@@ -514,3 +527,30 @@ def test_small_order_key_cannot_sign_for_its_peer_id() -> None:
     envelope = _envelope([encode_record(record), weak, bytes([1]) + bytes(63)])
     with pytest.raises(ForgedRecordError, match="small-order"):
         verify_record(envelope, now=NOW)
+
+
+# --- prices -----------------------------------------------------------------------------------
+
+
+def test_a_price_travels_signed_and_a_free_record_is_unchanged() -> None:
+    priced = dataclasses.replace(SENTIMENT, price=Price(1_000, 10_000, 1_000_000))
+    envelope = sign_record(priced, KEYS["A"])
+    assert verify_record(envelope, now=NOW).price == Price(1_000, 10_000, 1_000_000)
+    assert list(_head(priced))[-1] == "price"  # after every other key
+    assert "price" not in _head(SENTIMENT)  # free: the bytes of before prices existed
+
+
+@pytest.mark.parametrize(
+    ("price", "error"),
+    [
+        ({"per_call": 1, "per_mb": 0}, "lacks per_cpu_s"),
+        ({"per_call": -1, "per_mb": 0, "per_cpu_s": 0}, "per_call"),
+        ("free", "price must be a map"),
+        # Free is written by leaving the key out: one record, one encoding.
+        ({"per_call": 0, "per_mb": 0, "per_cpu_s": 0}, "not in canonical form"),
+    ],
+)
+def test_a_bad_price_is_a_malformed_record(price: object, error: str) -> None:
+    head = _head() | {"price": price}
+    with pytest.raises(MalformedRecordError, match=error):
+        decode_record(msgpack.packb(head, use_bin_type=True))

@@ -30,6 +30,7 @@ from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
+from p2pnet.core.pricing import FREE, Price, price_from_wire, price_to_wire
 from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.core.tensor import MAX_NDIM
 from p2pnet.errors import (
@@ -90,6 +91,8 @@ _KEYS: Final = (
     "seq",
     "expires_at",
 )
+# After the keys above, only when the model is not free (a free record is unchanged).
+_PRICE_KEY: Final = "price"
 _SCHEMA_KEYS: Final = ("inputs", "outputs")
 _TASK = re.compile(r"[a-z0-9][a-z0-9-]*")
 _DTYPE = re.compile(r"[a-z][a-z0-9]*")
@@ -124,6 +127,7 @@ class CapabilityRecord:
     addrs: tuple[str, ...]
     seq: int
     expires_at: int
+    price: Price = FREE
 
     def __post_init__(self) -> None:
         _check_model_id(self.model_id)
@@ -136,6 +140,8 @@ class CapabilityRecord:
         _check_list("addrs", self.addrs, MAX_ADDRS, _check_addr, unique=True)
         _check_int("seq", self.seq, MAX_SEQ)
         _check_int("expires_at", self.expires_at, MAX_EXPIRES_AT)
+        if not isinstance(self.price, Price):
+            raise ValueError(f"price must be a Price, not {type(self.price).__name__}")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -145,25 +151,25 @@ class CapabilityRecord:
 
 def encode_record(record: CapabilityRecord) -> bytes:
     """The canonical payload bytes of ``record`` (what is signed)."""
-    payload: bytes = msgpack.packb(
-        {
-            "v": RECORD_VERSION,
-            "model": record.model_id,
-            "peer": record.peer_id,
-            "schema": {
-                "inputs": [_encode_spec(t) for t in record.schema.inputs],
-                "outputs": [_encode_spec(t) for t in record.schema.outputs],
-            },
-            "tasks": list(record.tasks),
-            "name": record.name,
-            "version": record.version,
-            "runtime": record.runtime,
-            "addrs": list(record.addrs),
-            "seq": record.seq,
-            "expires_at": record.expires_at,
+    fields: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "model": record.model_id,
+        "peer": record.peer_id,
+        "schema": {
+            "inputs": [_encode_spec(t) for t in record.schema.inputs],
+            "outputs": [_encode_spec(t) for t in record.schema.outputs],
         },
-        use_bin_type=True,
-    )
+        "tasks": list(record.tasks),
+        "name": record.name,
+        "version": record.version,
+        "runtime": record.runtime,
+        "addrs": list(record.addrs),
+        "seq": record.seq,
+        "expires_at": record.expires_at,
+    }
+    if not record.price.is_free:
+        fields[_PRICE_KEY] = price_to_wire(record.price)
+    payload: bytes = msgpack.packb(fields, use_bin_type=True)
     return payload
 
 
@@ -189,7 +195,7 @@ def decode_record(payload: bytes) -> CapabilityRecord:
             f"capability record version {version!r:.40} is not supported "
             f"(this side reads version {RECORD_VERSION})"
         )
-    _check_keys("capability record", head, _KEYS)
+    _check_keys("capability record", head, (*_KEYS, _PRICE_KEY) if _PRICE_KEY in head else _KEYS)
     schema = head["schema"]
     if not isinstance(schema, dict):
         raise MalformedRecordError(f"record field 'schema' is {_kind(schema)}, not a map")
@@ -206,6 +212,7 @@ def decode_record(payload: bytes) -> CapabilityRecord:
             addrs=head["addrs"],
             seq=head["seq"],
             expires_at=head["expires_at"],
+            price=price_from_wire(head[_PRICE_KEY]) if _PRICE_KEY in head else FREE,
         )
     except ValueError as exc:
         raise MalformedRecordError(f"capability record has a bad field: {exc}") from None
