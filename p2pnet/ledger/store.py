@@ -427,8 +427,7 @@ class Ledger:
         """Every peer this one has dealt with, by peer ID."""
         with self._reading() as db:
             rows = db.execute(
-                "SELECT peer, served_units, consumed_units, updated_at FROM balances "
-                "ORDER BY peer"
+                "SELECT peer, served_units, consumed_units, updated_at FROM balances ORDER BY peer"
             ).fetchall()
         return [PeerBalance(*row) for row in rows]
 
@@ -582,8 +581,7 @@ def _prepare(
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {
-                row[0]
-                for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
         except sqlite3.DatabaseError as exc:
             raise LedgerError(
