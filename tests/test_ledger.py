@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pnet.cli import main
 from p2pnet.cli.ledger import units_text
@@ -400,6 +402,7 @@ def edit(line: str, **fields: object) -> str:
         (lambda ls: [*ls[:-1], edit(ls[-1], units=1)], "line 8: the end line states"),
         (lambda ls: [*ls, ls[-1]], "line 9: a line after the end line"),
         (lambda ls: [ls[0], "{not json\n", *ls[1:]], "line 2: not JSON"),
+        (lambda ls: [ls[0], "[" * 60_000 + "\n", *ls[1:]], "line 2: not JSON"),
         (lambda ls: [ls[0], edit(ls[1], seq=True), *ls[2:]], "line 2: seq must be an integer"),
         (lambda ls: [ls[0], edit(ls[1], prev_hash="zz"), *ls[2:]], "line 2: prev_hash is not hex"),
         (
@@ -425,6 +428,32 @@ def test_damage_to_a_log_is_named(full_ledger: Ledger, damage, message: str) -> 
     ]
     with pytest.raises(LedgerError, match=message):
         verify_lines(damage(lines))
+
+
+VALID_LOG = [
+    '{"p2pnet_receipt_log":1,"peer":null,"exported_at":0}\n',
+    '{"type":"receipt","provider":"p","caller":"c","model_id":"m","seq":1,"units":2,'
+    f'"receipt_hash":"{"11" * 32}","prev_hash":"{"00" * 32}","issued_at":0,"envelope":"ab"}}\n',
+    '{"type":"end","receipts":1,"acknowledgements":0,"units":2}\n',
+]
+
+
+def test_the_hand_written_log_verifies() -> None:
+    assert verify_lines(VALID_LOG).units == 2  # so that the fuzzing below starts from valid
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    junk=st.text(max_size=300),
+    cut=st.integers(min_value=0, max_value=400),
+)
+def test_any_damage_to_a_log_is_a_ledger_error(junk: str, cut: int) -> None:
+    text = "".join(VALID_LOG)
+    damaged = text[: min(cut, len(text))] + junk + text[min(cut, len(text)) :]
+    try:
+        verify_log(io.StringIO(damaged), name="log.jsonl")
+    except LedgerError:
+        pass  # anything else (TypeError, KeyError, ...) fails the test
 
 
 # --- p2pnet ledger ---------------------------------------------------------------------

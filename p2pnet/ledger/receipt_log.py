@@ -132,7 +132,7 @@ def verify_log(
             raise LedgerError(f"{where}: a line after the end line")
         try:
             line = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
             raise LedgerError(f"{where}: not JSON ({exc})") from None
         if not isinstance(line, dict):
             raise LedgerError(f"{where}: not a JSON object")
