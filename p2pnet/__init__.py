@@ -20,7 +20,8 @@ point downwards only):
     core/            pure: codecs, records, addresses, Kademlia, forwarding decisions
     runtime/         running models (onnxruntime, Python adapters), the served catalogue
     net/             hosts and streams: libp2p, the in-memory network, NAT, private networks
-    config.py        the config directory, named swarms
+    ledger/          receipts, acknowledgements and balances in SQLite, receipt logs
+    config.py        the config and data directories, named swarms
     status.py        PeerStatus and the status files of running peers
     modeltools/      offline model import (PyTorch, scikit-learn) and quantization
     dht/             the DHT node

@@ -1,4 +1,6 @@
-"""Where p2pnet keeps its files: ``$XDG_CONFIG_HOME/p2pnet/`` (default ``~/.config/p2pnet/``)."""
+"""Where p2pnet keeps its files: configuration under ``$XDG_CONFIG_HOME/p2pnet/`` (default
+``~/.config/p2pnet/``), data (the ledger) under ``$XDG_DATA_HOME/p2pnet/`` (default
+``~/.local/share/p2pnet/``)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ __all__ = [
     "SwarmJoin",
     "config_dir",
     "config_path",
+    "data_dir",
     "default_identity_path",
     "load_swarm",
     "load_swarms",
@@ -26,6 +29,13 @@ __all__ = [
 def config_dir() -> Path:
     """The p2pnet configuration directory (not created here)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "p2pnet"
+
+
+def data_dir() -> Path:
+    """The p2pnet data directory, where the ledger lives (not created here):
+    ``$XDG_DATA_HOME/p2pnet``, default ``~/.local/share/p2pnet``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "p2pnet"
 
 

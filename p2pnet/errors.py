@@ -3,6 +3,9 @@
     P2PNetError                      base; ``code`` is the stable wire code
     ├── UsageError                   the caller's fault: fix the call, the file, the config
     │   ├── ConfigError              bad configuration or identity file; cannot listen
+    │   │   └── LedgerError              a ledger file that cannot be used      [ledger]
+    │   │       └── LedgerConflictError      a second, different receipt for a place
+    │   │                                    already taken in a pair's chain    [ledger_conflict]
     │   ├── InvalidAddressError      text that is not a usable peer multiaddr
     │   ├── ModelFileError           a model file that cannot be read or is not valid ONNX
     │   ├── InvalidModelIdError      text that is not a model ID (a CIDv1)     [invalid_model_id]
@@ -71,6 +74,8 @@ __all__ = [
     "InvalidInputError",
     "InvalidModelIdError",
     "InvalidRecordError",
+    "LedgerConflictError",
+    "LedgerError",
     "LocalProtocolError",
     "MalformedReceiptError",
     "MalformedRecordError",
@@ -144,6 +149,23 @@ class ConfigError(UsageError):
     """Configuration, identity file or address that cannot be used."""
 
     code = "config"
+
+
+class LedgerError(ConfigError):
+    """A ledger file (p2pnet/ledger) that cannot be opened, read or written: missing,
+    corrupt, another program's database, a newer schema, a directory that cannot be
+    written; or a receipt log that does not verify. The message names the file."""
+
+    code = "ledger"
+
+
+class LedgerConflictError(LedgerError):
+    """A receipt or acknowledgement that contradicts one the ledger already holds: the
+    same pair and sequence number with another hash, or a link to a predecessor that is
+    not the one held. Whoever wires the ledger in decides whose fault that is (usually
+    the peer that signed both)."""
+
+    code = "ledger_conflict"
 
 
 class InvalidAddressError(UsageError):

@@ -108,6 +108,7 @@ LAYERS: dict[str, int] = {
     "core": 1,
     "runtime": 2,
     "net": 2,
+    "ledger": 2,
     "config": 2,
     "status": 2,
     "modeltools": 3,

@@ -17,6 +17,7 @@ and its code takes that; what is not about the command line lives in the library
     pipeline.py   p2pnet pipeline check | run
     swarm_key.py  p2pnet swarm-key new | fingerprint
     status.py     p2pnet status
+    ledger.py     p2pnet ledger [receipts | export | verify]
     simulate.py   p2pnet simulate
 """
 

@@ -8,6 +8,7 @@ from p2pnet import __version__
 from p2pnet.cli.call import add_call_parser
 from p2pnet.cli.find import add_find_parser
 from p2pnet.cli.id import add_id_parser
+from p2pnet.cli.ledger import add_ledger_parser
 from p2pnet.cli.model import add_model_parsers
 from p2pnet.cli.options import parent_parsers
 from p2pnet.cli.peer import add_peer_parser
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_pipeline_parsers,
         add_swarm_key_parsers,
         add_status_parser,
+        add_ledger_parser,
         add_simulate_parser,
     ):
         add_parser(sub, parents)

@@ -1,0 +1,39 @@
+"""The ledger: what this peer served and consumed, per peer, in a file that loses nothing
+(docs/incentives.md). Above core, beside the runtime: no trio, no libp2p; its callers
+run it in a worker thread.
+
+store.py        Ledger                  one peer's SQLite ledger (WAL, synchronous FULL):
+                                        record_receipt / record_acknowledgement, each one
+                                        committed transaction; balances, receipts, last,
+                                        totals, audit, export
+                StoredReceipt           a receipt's fields and its signed envelope
+                StoredAcknowledgement   a caller's signed running total of a pair
+                ChainHead, PeerBalance, LedgerTotals   what the queries return
+                default_ledger_path     $XDG_DATA_HOME/p2pnet/ledger/<peer-id>.sqlite3
+receipt_log.py  export_log, verify_log  receipt logs as JSON lines; their chain-link,
+                                        total and (injected) signature checks
+"""
+
+from p2pnet.ledger.receipt_log import ReceiptLogSummary, export_log, verify_log
+from p2pnet.ledger.store import (
+    ChainHead,
+    Ledger,
+    LedgerTotals,
+    PeerBalance,
+    StoredAcknowledgement,
+    StoredReceipt,
+    default_ledger_path,
+)
+
+__all__ = [
+    "ChainHead",
+    "Ledger",
+    "LedgerTotals",
+    "PeerBalance",
+    "ReceiptLogSummary",
+    "StoredAcknowledgement",
+    "StoredReceipt",
+    "default_ledger_path",
+    "export_log",
+    "verify_log",
+]

@@ -1,0 +1,734 @@
+"""``Ledger``: usage receipts, acknowledgements and per-peer balances in one SQLite file
+that loses nothing once a write has returned.
+
+Durability: the file is in WAL mode with ``synchronous=FULL``, so a commit returns only
+after the write-ahead log is fsynced. With ``NORMAL`` a commit survives a crash of the
+process (SIGKILL) but may be rolled back by a power loss or a kernel crash; a provider
+records a receipt *before* its result leaves, and a caller *before* it returns the
+outputs, as a promise that the receipt is kept, so every commit must survive both.
+``synchronous`` is a parameter of ``Ledger.open`` for benchmarks
+(``scripts/bench/ledger.py``), not a user setting.
+
+Balances are kept in their own table, updated in the same transaction as the receipt
+that changes them (reading a balance is one row, on every call), and ``audit`` checks
+them against the sums of the receipts. A balance is signed from this peer's side: the
+units this peer served the other (as provider) minus the units the other served it (as
+caller); positive means the other peer owes this one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, Literal
+
+from p2pnet.config import data_dir
+from p2pnet.errors import LedgerConflictError, LedgerError
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "ZERO_HASH",
+    "ChainHead",
+    "Ledger",
+    "LedgerTotals",
+    "PeerBalance",
+    "Role",
+    "StoredAcknowledgement",
+    "StoredReceipt",
+    "default_ledger_path",
+]
+
+Role = Literal["provider", "caller"]
+Synchronous = Literal["FULL", "NORMAL"]
+
+# PRAGMA application_id of a p2pnet ledger ("p2pL"): tells our file from another
+# program's SQLite database. PRAGMA user_version holds the schema version.
+APPLICATION_ID: Final = 0x7032704C
+SCHEMA_VERSION: Final = 1
+ZERO_HASH: Final = bytes(32)
+# Longest wait for another process's write lock before a write fails.
+_BUSY_TIMEOUT_S: Final = 10.0
+
+_SCHEMA: Final = """
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE receipts (
+    provider TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    seq INTEGER NOT NULL CHECK (seq >= 1),
+    role TEXT NOT NULL CHECK (role IN ('provider', 'caller')),
+    model_id TEXT NOT NULL,
+    units INTEGER NOT NULL CHECK (units >= 0),
+    receipt_hash BLOB NOT NULL CHECK (length(receipt_hash) = 32),
+    prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32),
+    issued_at INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (provider, caller, seq)
+) WITHOUT ROWID;
+CREATE INDEX receipts_by_caller ON receipts (caller, provider, seq);
+CREATE TABLE acknowledgements (
+    caller TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    seq INTEGER NOT NULL CHECK (seq >= 1),
+    total_units INTEGER NOT NULL CHECK (total_units >= 0),
+    last_receipt_hash BLOB NOT NULL CHECK (length(last_receipt_hash) = 32),
+    envelope BLOB NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (provider, caller, seq)
+) WITHOUT ROWID;
+CREATE TABLE balances (
+    peer TEXT PRIMARY KEY,
+    served_units INTEGER NOT NULL DEFAULT 0,
+    consumed_units INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+_TABLES: Final = ("acknowledgements", "balances", "meta", "receipts")
+
+
+def default_ledger_path(peer_id: str) -> Path:
+    """The ledger of the peer ``peer_id``: ``ledger/<peer-id>.sqlite3`` in the data
+    directory (one file per identity: several peers may run on one machine)."""
+    return data_dir() / "ledger" / f"{peer_id}.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    """A usage receipt as the ledger keeps it: the fields it indexes and checks, and the
+    signed envelope they came from (the provider's signature over the receipt's
+    canonical encoding; ``receipt_hash`` is SHA-256 of that encoding). Units are
+    micro-units; ``issued_at`` is unix milliseconds; ``prev_hash`` is ``ZERO_HASH`` for
+    ``seq`` 1."""
+
+    provider: str
+    caller: str
+    model_id: str
+    seq: int
+    units: int
+    receipt_hash: bytes
+    prev_hash: bytes
+    issued_at: int
+    envelope: bytes
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.provider, self.caller)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAcknowledgement:
+    """The caller's signed acknowledgement of a pair's running total: the receipts up
+    to ``seq`` (the last of them ``last_receipt_hash``) add up to ``total_units``."""
+
+    caller: str
+    provider: str
+    seq: int
+    total_units: int
+    last_receipt_hash: bytes
+    envelope: bytes
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.provider, self.caller)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The last receipt held of a pair: where its chain continues (``seq`` + 1, linking
+    to ``receipt_hash``). ``seq`` 0 and ``ZERO_HASH`` when none is held."""
+
+    seq: int
+    receipt_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBalance:
+    """This peer's standing with another, in micro-units: ``served`` to it (as
+    provider), ``consumed`` from it (as caller); ``balance`` = served - consumed
+    (positive: the other owes this peer). ``updated_at``: unix ms of the last change."""
+
+    peer: str
+    served: int
+    consumed: int
+    updated_at: int
+
+    @property
+    def balance(self) -> int:
+        return self.served - self.consumed
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """Sums over the whole ledger, in micro-units and counts."""
+
+    served_units: int
+    consumed_units: int
+    receipts_as_provider: int
+    receipts_as_caller: int
+    acknowledgements: int
+    peers: int
+
+
+class Ledger:
+    """One peer's ledger file. Open it with ``Ledger.open``; every method is safe to
+    call from several threads (one connection behind a lock), and a write returns only
+    after its transaction is committed and synced.
+
+    Raises (every method): LedgerError naming the file when SQLite reports it corrupt,
+    full or unwritable.
+    """
+
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, clock: Callable[[], float]
+    ) -> None:
+        self.path = path
+        self._db = connection
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    # --- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        create: bool = True,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        synchronous: Synchronous = "FULL",
+    ) -> Ledger:
+        """Open the ledger at ``path``, creating it (mode 0600, its directory 0700) if
+        ``create`` and it does not exist.
+
+        owner: this peer's ID; stored when the file is created, and checked against the
+            stored one when it is opened (a ledger holds one peer's view).
+        clock: unix time in seconds, for ``recorded_at`` and ``updated_at``.
+        synchronous: "FULL" (the default; see the module docstring) or "NORMAL".
+
+        Raises:
+            LedgerError: no file and not ``create``; a file that is not an SQLite
+                database, is another program's database, has a newer schema, belongs to
+                another peer, or cannot be created or written (a read-only directory);
+                the message names the file and what is wrong.
+        """
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise LedgerError(f"no ledger at {path}: nothing has been recorded there yet")
+            _create_file(path)
+        try:
+            db = sqlite3.connect(
+                path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+        try:
+            _prepare(path, db, owner, clock, synchronous)
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, db, clock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def owner(self) -> str | None:
+        """The peer ID this ledger belongs to, if it was given when it was created."""
+        with self._reading() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+        return str(row[0]) if row else None
+
+    # --- writing ---------------------------------------------------------------------
+
+    def record_receipt(self, receipt: StoredReceipt, *, role: Role) -> bool:
+        """Keep ``receipt``, seen as ``role`` ("provider": this peer issued it;
+        "caller": this peer received it), and move the other peer's balance by its
+        units, in one transaction; return once it is committed. Returns False if the
+        very same receipt was already held (nothing changes), True if it was added.
+
+        Raises:
+            LedgerConflictError: another receipt holds the same pair and sequence
+                number, or the held predecessor (seq - 1) is not the one it links to,
+                or it was recorded before in the other role.
+            LedgerError: this ledger's owner is not the receipt's ``role``; bad fields.
+        """
+        _check_receipt_fields(receipt)
+        if role not in ("provider", "caller"):
+            raise LedgerError(f"role must be 'provider' or 'caller', not {role!r}")
+        other = receipt.caller if role == "provider" else receipt.provider
+        now = self._now_ms()
+        with self._writing() as db:
+            owner = _owner(db)
+            me = receipt.provider if role == "provider" else receipt.caller
+            if owner is not None and me != owner:
+                raise LedgerError(
+                    f"{self.path} is the ledger of {owner}, but this receipt's {role} is {me}"
+                )
+            held = db.execute(
+                "SELECT receipt_hash, role FROM receipts "
+                "WHERE provider = ? AND caller = ? AND seq = ?",
+                (receipt.provider, receipt.caller, receipt.seq),
+            ).fetchone()
+            if held is not None:
+                if bytes(held[0]) != receipt.receipt_hash:
+                    raise LedgerConflictError(
+                        f"{self.path}: receipt {receipt.seq} of provider {receipt.provider} "
+                        f"to caller {receipt.caller} is already held with hash "
+                        f"{bytes(held[0]).hex()}, not {receipt.receipt_hash.hex()}"
+                    )
+                if held[1] != role:
+                    raise LedgerConflictError(
+                        f"{self.path}: receipt {receipt.seq} of provider {receipt.provider} "
+                        f"to caller {receipt.caller} is held as {held[1]}, not {role}"
+                    )
+                return False
+            _check_link(self.path, db, receipt)
+            db.execute(
+                "INSERT INTO receipts (provider, caller, seq, role, model_id, units, "
+                "receipt_hash, prev_hash, issued_at, envelope, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    receipt.provider,
+                    receipt.caller,
+                    receipt.seq,
+                    role,
+                    receipt.model_id,
+                    receipt.units,
+                    receipt.receipt_hash,
+                    receipt.prev_hash,
+                    receipt.issued_at,
+                    receipt.envelope,
+                    now,
+                ),
+            )
+            column = "served_units" if role == "provider" else "consumed_units"
+            db.execute(
+                f"INSERT INTO balances (peer, {column}, updated_at) VALUES (?, ?, ?) "
+                f"ON CONFLICT (peer) DO UPDATE SET {column} = {column} + excluded.{column}, "
+                "updated_at = excluded.updated_at",
+                (other, receipt.units, now),
+            )
+        return True
+
+    def record_acknowledgement(self, ack: StoredAcknowledgement) -> bool:
+        """Keep the caller's acknowledgement of a pair's running total; return once
+        committed. False if the same one was already held. It is checked against the
+        receipts held: the one at ``seq`` must be ``last_receipt_hash``, and if all of
+        1..seq are held their units must add up to ``total_units``.
+
+        Raises:
+            LedgerConflictError: it contradicts an acknowledgement or receipts held.
+            LedgerError: bad fields.
+        """
+        _check_hash(ack.last_receipt_hash, "last_receipt_hash")
+        if ack.seq < 1 or ack.total_units < 0:
+            raise LedgerError(f"acknowledgement with seq {ack.seq}, total {ack.total_units}")
+        where = f"{self.path}: acknowledgement {ack.seq} of caller {ack.caller} to {ack.provider}"
+        now = self._now_ms()
+        with self._writing() as db:
+            held = db.execute(
+                "SELECT total_units, last_receipt_hash, envelope FROM acknowledgements "
+                "WHERE provider = ? AND caller = ? AND seq = ?",
+                (ack.provider, ack.caller, ack.seq),
+            ).fetchone()
+            if held is not None:
+                if (held[0], bytes(held[1]), bytes(held[2])) == (
+                    ack.total_units,
+                    ack.last_receipt_hash,
+                    ack.envelope,
+                ):
+                    return False
+                raise LedgerConflictError(f"{where} is already held with other contents")
+            count, units, at_seq = db.execute(
+                "SELECT count(*), coalesce(sum(units), 0), "
+                "max(CASE WHEN seq = ? THEN receipt_hash END) FROM receipts "
+                "WHERE provider = ? AND caller = ? AND seq <= ?",
+                (ack.seq, ack.provider, ack.caller, ack.seq),
+            ).fetchone()
+            if at_seq is not None and bytes(at_seq) != ack.last_receipt_hash:
+                raise LedgerConflictError(
+                    f"{where} names receipt {ack.last_receipt_hash.hex()}, but the receipt "
+                    f"held at that seq is {bytes(at_seq).hex()}"
+                )
+            if count == ack.seq and units != ack.total_units:
+                raise LedgerConflictError(
+                    f"{where} acknowledges {ack.total_units} micro-units, but its "
+                    f"receipts add up to {units}"
+                )
+            db.execute(
+                "INSERT INTO acknowledgements (caller, provider, seq, total_units, "
+                "last_receipt_hash, envelope, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ack.caller,
+                    ack.provider,
+                    ack.seq,
+                    ack.total_units,
+                    ack.last_receipt_hash,
+                    ack.envelope,
+                    now,
+                ),
+            )
+        return True
+
+    # --- reading ---------------------------------------------------------------------
+
+    def last(self, pair: tuple[str, str]) -> ChainHead:
+        """The last receipt held of ``pair`` (provider, caller): a restarted provider
+        continues its chain from there."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT seq, receipt_hash FROM receipts WHERE provider = ? AND caller = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                pair,
+            ).fetchone()
+        return ChainHead(int(row[0]), bytes(row[1])) if row else ChainHead(0, ZERO_HASH)
+
+    def last_acknowledgement(self, pair: tuple[str, str]) -> StoredAcknowledgement | None:
+        """The latest acknowledgement held of ``pair`` (provider, caller), if any."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT caller, provider, seq, total_units, last_receipt_hash, envelope "
+                "FROM acknowledgements WHERE provider = ? AND caller = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                pair,
+            ).fetchone()
+        return _acknowledgement(row) if row else None
+
+    def balance(self, peer: str) -> PeerBalance:
+        """This peer's standing with ``peer`` (zeros if they never dealt)."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT peer, served_units, consumed_units, updated_at FROM balances "
+                "WHERE peer = ?",
+                (peer,),
+            ).fetchone()
+        return PeerBalance(*row) if row else PeerBalance(peer, 0, 0, 0)
+
+    def peer_balances(self) -> list[PeerBalance]:
+        """Every peer this one has dealt with, by peer ID."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT peer, served_units, consumed_units, updated_at FROM balances ORDER BY peer"
+            ).fetchall()
+        return [PeerBalance(*row) for row in rows]
+
+    def balances(self) -> dict[str, int]:
+        """Net balance per peer, in micro-units (positive: the peer owes this one)."""
+        return {b.peer: b.balance for b in self.peer_balances()}
+
+    def receipts(self, peer: str | None = None, role: Role | None = None) -> list[StoredReceipt]:
+        """The receipts held, by pair and sequence number: those with ``peer`` as
+        provider or caller (None: all), seen in ``role`` (None: both)."""
+        query = (
+            "SELECT provider, caller, model_id, seq, units, receipt_hash, prev_hash, "
+            "issued_at, envelope FROM receipts WHERE 1"
+        )
+        args: list[str] = []
+        if peer is not None:
+            query += " AND (provider = ? OR caller = ?)"
+            args += [peer, peer]
+        if role is not None:
+            query += " AND role = ?"
+            args.append(role)
+        query += " ORDER BY provider, caller, seq"
+        with self._reading() as db:
+            rows = db.execute(query, args).fetchall()
+        return [_receipt(row) for row in rows]
+
+    def acknowledgements(self, peer: str | None = None) -> list[StoredAcknowledgement]:
+        """The acknowledgements held, by pair and sequence number (those of ``peer``)."""
+        query = (
+            "SELECT caller, provider, seq, total_units, last_receipt_hash, envelope "
+            "FROM acknowledgements"
+        )
+        args: tuple[str, ...] = ()
+        if peer is not None:
+            query += " WHERE provider = ? OR caller = ?"
+            args = (peer, peer)
+        with self._reading() as db:
+            rows = db.execute(query + " ORDER BY provider, caller, seq", args).fetchall()
+        return [_acknowledgement(row) for row in rows]
+
+    def totals(self) -> LedgerTotals:
+        """Sums over the whole ledger."""
+        with self._reading() as db:
+            served, consumed, peers = db.execute(
+                "SELECT coalesce(sum(served_units), 0), coalesce(sum(consumed_units), 0), "
+                "count(*) FROM balances"
+            ).fetchone()
+            counts = dict(
+                db.execute("SELECT role, count(*) FROM receipts GROUP BY role").fetchall()
+            )
+            (acks,) = db.execute("SELECT count(*) FROM acknowledgements").fetchone()
+        return LedgerTotals(
+            served_units=served,
+            consumed_units=consumed,
+            receipts_as_provider=counts.get("provider", 0),
+            receipts_as_caller=counts.get("caller", 0),
+            acknowledgements=acks,
+            peers=peers,
+        )
+
+    def audit(self) -> list[str]:
+        """Every way the balances differ from the sums of the receipts (none: they
+        agree), one line per peer, e.g. after a restart."""
+        with self._reading() as db:
+            derived = {
+                peer: (served, consumed)
+                for peer, served, consumed in db.execute(
+                    "SELECT CASE role WHEN 'provider' THEN caller ELSE provider END AS peer, "
+                    "sum(CASE role WHEN 'provider' THEN units ELSE 0 END), "
+                    "sum(CASE role WHEN 'caller' THEN units ELSE 0 END) "
+                    "FROM receipts GROUP BY peer"
+                )
+            }
+            kept = {
+                peer: (served, consumed)
+                for peer, served, consumed in db.execute(
+                    "SELECT peer, served_units, consumed_units FROM balances"
+                )
+            }
+        problems = []
+        for peer in sorted(derived.keys() | kept.keys()):
+            want, have = derived.get(peer, (0, 0)), kept.get(peer, (0, 0))
+            if want != have:
+                problems.append(
+                    f"{peer}: balance (served, consumed) {have}, receipts add up to {want}"
+                )
+        return problems
+
+    def export(self, peer: str | None, fh: IO[str]) -> int:
+        """Write the receipt log (p2pnet/ledger/receipt_log.py) of ``peer``'s pairs
+        (None: every pair) to ``fh``; return the number of lines written."""
+        from p2pnet.ledger.receipt_log import export_log
+
+        return export_log(
+            self.receipts(peer),
+            self.acknowledgements(peer),
+            fh,
+            peer=peer,
+            exported_at=self._now_ms(),
+        )
+
+    # --- internals -------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _sqlite_errors(self.path):
+            yield self._db
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction (the write lock taken at once, so no reader-turned-
+        writer deadlock), committed on leaving, rolled back on any exception."""
+        with self._lock, _sqlite_errors(self.path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+def _create_file(path: Path) -> None:
+    """An empty file, mode 0600, in a directory created 0700: SQLite then opens it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass  # another process created it first: use theirs
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot create the ledger {path}: {exc.strerror or exc} (check that "
+            f"{path.parent} is a directory this user can write)"
+        ) from None
+
+
+def _prepare(
+    path: Path,
+    db: sqlite3.Connection,
+    owner: str | None,
+    clock: Callable[[], float],
+    synchronous: Synchronous,
+) -> None:
+    """Check what the file is, create the schema in a new one, set the pragmas."""
+    with _sqlite_errors(path):
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(
+                f"{path} is not a p2pnet ledger: it is not an SQLite database ({exc}); "
+                "move it away to start a new ledger"
+            ) from None
+        if app_id == 0 and version == 0 and not tables:
+            _create_schema(path, db, owner, clock)
+        elif app_id != APPLICATION_ID:
+            found = ", ".join(sorted(tables)) or "none"
+            raise LedgerError(
+                f"{path} is an SQLite database of another program, not a p2pnet ledger "
+                f"(application_id {app_id:#x}, tables: {found}); give another file"
+            )
+        elif version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{path} is a ledger of schema {version}, newer than this p2pnet reads "
+                f"({SCHEMA_VERSION}); upgrade p2pnet"
+            )
+        elif version < 1 or not set(_TABLES) <= tables:
+            raise LedgerError(
+                f"{path} is a damaged p2pnet ledger: schema {version}, tables "
+                f"{', '.join(sorted(tables)) or 'none'}"
+            )
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise LedgerError(_unwritable(path, exc)) from None
+        if mode != "wal":
+            raise LedgerError(f"{path}: cannot use write-ahead logging (journal mode {mode})")
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+        if owner is not None:
+            held = _owner(db)
+            if held is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('owner', ?)", (owner,))
+            elif held != owner:
+                raise LedgerError(f"{path} is the ledger of peer {held}, not of {owner}")
+
+
+def _create_schema(
+    path: Path, db: sqlite3.Connection, owner: str | None, clock: Callable[[], float]
+) -> None:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (str(int(clock())),))
+        if owner is not None:
+            db.execute("INSERT INTO meta (key, value) VALUES ('owner', ?)", (owner,))
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if "already exists" in str(exc):
+            return  # another process created the schema first
+        raise LedgerError(_unwritable(path, exc)) from None
+
+
+def _unwritable(path: Path, exc: sqlite3.Error) -> str:
+    return (
+        f"cannot write the ledger {path}: {exc} (the file and its directory "
+        f"{path.parent} must be writable: the write-ahead log {path.name}-wal is created "
+        "beside it)"
+    )
+
+
+@contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    """SQLite's errors as LedgerError naming the file: corruption found mid-way, a full
+    disk, a lost write lock."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise LedgerError(f"{path}: a value the ledger does not accept: {exc}") from None
+    except sqlite3.OperationalError as exc:
+        if "readonly" in str(exc) or "unable to open" in str(exc):
+            raise LedgerError(_unwritable(path, exc)) from None
+        raise LedgerError(f"{path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(
+            f"{path} is damaged ({exc}); move it away to start a new ledger"
+        ) from None
+
+
+def _owner(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+    return str(row[0]) if row else None
+
+
+def _check_hash(value: bytes, name: str) -> None:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise LedgerError(f"{name} must be 32 bytes")
+
+
+def _check_receipt_fields(receipt: StoredReceipt) -> None:
+    _check_hash(receipt.receipt_hash, "receipt_hash")
+    _check_hash(receipt.prev_hash, "prev_hash")
+    if receipt.seq < 1:
+        raise LedgerError(f"a receipt's seq starts at 1, not {receipt.seq}")
+    if receipt.units < 0:
+        raise LedgerError(f"a receipt's units are not negative ({receipt.units})")
+    if receipt.seq == 1 and receipt.prev_hash != ZERO_HASH:
+        raise LedgerConflictError("receipt 1 of a pair must link to the zero hash")
+
+
+def _check_link(path: Path, db: sqlite3.Connection, receipt: StoredReceipt) -> None:
+    """A receipt whose predecessor is held must link to it (a gap is allowed: this
+    ledger may have started after the pair's first receipts)."""
+    if receipt.seq == 1:
+        return
+    row = db.execute(
+        "SELECT receipt_hash FROM receipts WHERE provider = ? AND caller = ? AND seq = ?",
+        (receipt.provider, receipt.caller, receipt.seq - 1),
+    ).fetchone()
+    if row is not None and bytes(row[0]) != receipt.prev_hash:
+        raise LedgerConflictError(
+            f"{path}: receipt {receipt.seq} of provider {receipt.provider} to caller "
+            f"{receipt.caller} links to {receipt.prev_hash.hex()}, but receipt "
+            f"{receipt.seq - 1} held is {bytes(row[0]).hex()}"
+        )
+
+
+def _receipt(row: Any) -> StoredReceipt:
+    provider, caller, model_id, seq, units, receipt_hash, prev_hash, issued_at, envelope = row
+    return StoredReceipt(
+        provider=str(provider),
+        caller=str(caller),
+        model_id=str(model_id),
+        seq=int(seq),
+        units=int(units),
+        receipt_hash=bytes(receipt_hash),
+        prev_hash=bytes(prev_hash),
+        issued_at=int(issued_at),
+        envelope=bytes(envelope),
+    )
+
+
+def _acknowledgement(row: Any) -> StoredAcknowledgement:
+    caller, provider, seq, total_units, last_receipt_hash, envelope = row
+    return StoredAcknowledgement(
+        caller=str(caller),
+        provider=str(provider),
+        seq=int(seq),
+        total_units=int(total_units),
+        last_receipt_hash=bytes(last_receipt_hash),
+        envelope=bytes(envelope),
+    )
