@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from p2pnet.cli import main
 from p2pnet.cli.ledger import units_text
+from p2pnet.core.identity import Identity
+from p2pnet.core.receipts import Receipt, ReceiptChain, sign_acknowledgement, sign_receipt
 from p2pnet.errors import LedgerConflictError, LedgerError
 from p2pnet.ledger import (
     ChainHead,
@@ -27,6 +29,8 @@ from p2pnet.ledger import (
     StoredAcknowledgement,
     StoredReceipt,
     default_ledger_path,
+    stored_acknowledgement,
+    stored_receipt,
     verify_log,
 )
 from p2pnet.ledger.store import ZERO_HASH
@@ -35,6 +39,7 @@ ME = "12D3KooWMe"
 ALICE = "12D3KooWAlice"
 BOB = "12D3KooWVictor"
 MODEL = "bafkreimodel"
+REAL_MODEL = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 
 
 def chain(
@@ -496,16 +501,61 @@ def test_peer_text_in_the_ledger_is_escaped(
     assert "evil\\x1b[31m[bold]" in capsys.readouterr().out
 
 
-def test_export_then_verify_from_the_command_line(
-    full_ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def signed_chain(
+    provider: Identity, caller: Identity, units: list[int]
+) -> tuple[list[StoredReceipt], StoredAcknowledgement]:
+    """Receipts of one pair as a provider signs them, and the caller's acknowledgement."""
+    pair = ReceiptChain(provider.peer_id, caller.peer_id)
+    stored = []
+    for u in units:
+        seq, prev = pair.next_receipt_fields()
+        receipt = Receipt(
+            provider=provider.peer_id,
+            caller=caller.peer_id,
+            model_id=REAL_MODEL,
+            record_hash=b"\x01" * 32,
+            request_hash=b"\x02" * 32,
+            result_hash=b"\x03" * 32,
+            runtime="onnxruntime 1.20.1",
+            units=u,
+            seq=seq,
+            prev_hash=prev,
+            issued_at=1_000 + seq,
+        )
+        stored.append(stored_receipt(sign_receipt(receipt, provider.signing_key)))
+        pair = pair.check_next(receipt)
+    ack = stored_acknowledgement(sign_acknowledgement(pair.acknowledgement(), caller.signing_key))
+    return stored, ack
+
+
+def test_export_then_verify_signed_receipts_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    provider, caller = Identity.from_seed(b"p" * 32), Identity.from_seed(b"c" * 32)
+    receipts, ack = signed_chain(provider, caller, [1_001, 2_002, 3_003])
+    with Ledger.open(tmp_path / "ledger.sqlite3", owner=provider.peer_id) as led:
+        for r in receipts:
+            led.record_receipt(r, role="provider")
+        led.record_acknowledgement(ack)
+        path = led.path
     log = tmp_path / "log.jsonl"
-    assert main(["ledger", "export", "--ledger", str(full_ledger.path), "--out", str(log)]) == 0
+    assert main(["ledger", "export", "--ledger", str(path), "--out", str(log)]) == 0
     assert main(["ledger", "verify", str(log)]) == 0
-    assert "valid: 5 receipts in 2 chains" in capsys.readouterr().out
+    assert "valid: 3 receipts in 1 chains" in capsys.readouterr().out
     assert main(["ledger", "verify", str(log), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["signatures_checked"] is False
-    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
+    assert json.loads(capsys.readouterr().out)["signatures_checked"] is True
+
+    # One bit of one signature flipped: the receipt is forged.
+    lines = log.read_text().splitlines(keepends=True)
+    entry = json.loads(lines[2])
+    envelope = bytearray(bytes.fromhex(entry["envelope"]))
+    envelope[-1] ^= 1
+    lines[2] = json.dumps(entry | {"envelope": envelope.hex()}) + "\n"
+    log.write_text("".join(lines))
+    assert main(["ledger", "verify", str(log)]) == 1
+    assert "does not verify" in capsys.readouterr().err
+
+    log.write_text("".join(lines[:2]))  # cut short
     assert main(["ledger", "verify", str(log)]) == 1
     assert "cut short" in capsys.readouterr().err
 

@@ -17,7 +17,15 @@ from p2pnet.cli.options import Command, ParentParsers, Subparsers, identity_path
 from p2pnet.cli.render import err, out, peer_text
 from p2pnet.config import default_identity_path
 from p2pnet.errors import LedgerError
-from p2pnet.ledger import Ledger, LedgerTotals, StoredReceipt, default_ledger_path, verify_log
+from p2pnet.ledger import (
+    Ledger,
+    LedgerTotals,
+    StoredReceipt,
+    default_ledger_path,
+    stored_acknowledgement,
+    stored_receipt,
+    verify_log,
+)
 from p2pnet.ledger.store import Role
 
 __all__ = [
@@ -295,7 +303,8 @@ def export_receipts(options: ExportOptions) -> int:
 
 
 def verify_receipts(options: VerifyOptions) -> int:
-    """Check the receipt log's chain links and totals; exit status 1 if it fails."""
+    """Check the receipt log's signatures, chain links and totals; exit status 1 if it
+    fails."""
     try:
         fh = options.log.open(encoding="utf-8", errors="strict")
     except OSError as exc:
@@ -303,8 +312,12 @@ def verify_receipts(options: VerifyOptions) -> int:
     status: Literal["ok", "failed"] = "ok"
     try:
         with fh:
-            # Signature checks come with the receipt format (p2pnet/core/receipts.py).
-            summary = verify_log(fh, name=str(options.log))
+            summary = verify_log(
+                fh,
+                name=str(options.log),
+                check_receipt=stored_receipt,
+                check_acknowledgement=stored_acknowledgement,
+            )
     except UnicodeDecodeError as exc:
         problem = f"{options.log}: not UTF-8 text ({exc.reason})"
         status = "failed"

@@ -12,9 +12,12 @@ store.py        Ledger                  one peer's SQLite ledger (WAL, synchrono
                 default_ledger_path     $XDG_DATA_HOME/p2pnet/ledger/<peer-id>.sqlite3
 receipt_log.py  export_log, verify_log  receipt logs as JSON lines; their chain-link,
                                         total and (injected) signature checks
+signed.py       stored_receipt,         a signed envelope, verified, as the row the
+                stored_acknowledgement  ledger stores (the checks verify_log is given)
 """
 
 from p2pnet.ledger.receipt_log import ReceiptLogSummary, export_log, verify_log
+from p2pnet.ledger.signed import stored_acknowledgement, stored_receipt
 from p2pnet.ledger.store import (
     ChainHead,
     Ledger,
@@ -35,5 +38,7 @@ __all__ = [
     "StoredReceipt",
     "default_ledger_path",
     "export_log",
+    "stored_acknowledgement",
+    "stored_receipt",
     "verify_log",
 ]

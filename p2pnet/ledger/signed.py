@@ -1,0 +1,49 @@
+"""Signed envelopes as the ledger stores them: each decoded and verified with
+``p2pnet.core.receipts`` (signature by the key its signer's peer ID names), then turned
+into the plain rows of ``store.py``. ``verify_log`` takes these as its checks, and
+anything that records a received envelope goes through them first.
+"""
+
+from __future__ import annotations
+
+from p2pnet.core.receipts import receipt_hash, verify_acknowledgement, verify_receipt
+from p2pnet.ledger.store import StoredAcknowledgement, StoredReceipt
+
+__all__ = ["stored_acknowledgement", "stored_receipt"]
+
+
+def stored_receipt(envelope: bytes) -> StoredReceipt:
+    """The ledger row of a signed receipt envelope, once it verifies.
+
+    Raises:
+        MalformedReceiptError, ForgedReceiptError: as ``verify_receipt``.
+    """
+    receipt = verify_receipt(envelope)
+    return StoredReceipt(
+        provider=receipt.provider,
+        caller=receipt.caller,
+        model_id=receipt.model_id,
+        seq=receipt.seq,
+        units=receipt.units,
+        receipt_hash=receipt_hash(receipt),
+        prev_hash=receipt.prev_hash,
+        issued_at=receipt.issued_at,
+        envelope=envelope,
+    )
+
+
+def stored_acknowledgement(envelope: bytes) -> StoredAcknowledgement:
+    """The ledger row of a signed acknowledgement envelope, once it verifies.
+
+    Raises:
+        MalformedReceiptError, ForgedReceiptError: as ``verify_acknowledgement``.
+    """
+    ack = verify_acknowledgement(envelope)
+    return StoredAcknowledgement(
+        caller=ack.caller,
+        provider=ack.provider,
+        seq=ack.seq,
+        total_units=ack.total_units,
+        last_receipt_hash=ack.last_receipt_hash,
+        envelope=envelope,
+    )
