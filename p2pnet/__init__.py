@@ -24,6 +24,7 @@ point downwards only):
     config.py        the config and data directories, named swarms
     status.py        PeerStatus and the status files of running peers
     modeltools/      offline model import (PyTorch, scikit-learn) and quantization
+    accounting/      credit admission, signing and checking usage receipts, acknowledgements
     dht/             the DHT node
     invoke/          calling models here and on other peers; the invoke protocol
     logs.py          logging for the command line

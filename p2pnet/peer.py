@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 import trio
 
+from p2pnet.accounting import DEFAULT_ACCOUNTING, AccountingConfig
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
 from p2pnet.core.identity import Identity
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.model_info import ModelInfo
+from p2pnet.core.pricing import FREE, Price
 from p2pnet.dht.node import DhtConfig
 from p2pnet.discovery.service import (
     DEFAULT_FINDER_POLICY,
@@ -111,6 +113,12 @@ class Peer:
         finding: how much one provider may take of this peer's finds and calls: offers
             kept per provider, how long the describe phase lasts, each attempt's share
             of a call's time (``p2pnet.discovery.service.FinderPolicy``).
+        ledger: the SQLite file where this peer keeps its usage receipts and balances
+            (``p2pnet ledger`` reads it; ``p2pnet.ledger.default_ledger_path``); with
+            one, its results carry signed receipts, callers are admitted by credit, and
+            providers' receipts are checked. None: no accounting.
+        accounting: credit thresholds and how often a caller acknowledges what it owes
+            (``p2pnet.accounting.AccountingConfig``; docs/incentives.md).
     """
 
     def __init__(
@@ -135,6 +143,8 @@ class Peer:
         idle_streams: int | None = None,
         resources: ResourceLimits = DEFAULT_RESOURCES,
         finding: FinderPolicy = DEFAULT_FINDER_POLICY,
+        ledger: str | Path | None = None,
+        accounting: AccountingConfig = DEFAULT_ACCOUNTING,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -156,6 +166,8 @@ class Peer:
             idle_streams=idle_streams,
             resources=resources,
             finding=finding,
+            ledger=Path(ledger) if ledger is not None else None,
+            accounting=accounting,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host
@@ -260,6 +272,7 @@ class Peer:
         tasks: Sequence[str] = (),
         max_concurrency: int | None = None,
         allow: Sequence[str] | None = None,
+        price: Price = FREE,
     ) -> ModelInfo:
         """Serve a model under its content ID: an ONNX file, an adapter manifest (a
         ``.json`` file naming a Python function, docs/adapters.md), or a model already
@@ -272,6 +285,10 @@ class Peer:
         ``allow`` (peer IDs) serves the model to those peers only (and to this one):
         others get PermissionDeniedError, and its record is described to allowed peers
         only (docs/networking.md). None serves it to everyone.
+
+        ``price`` is what a call costs (per call, per MB moved, per CPU second, in
+        micro-units; docs/incentives.md); the record states it, and the receipts of a
+        peer with a ledger charge it.
 
         Raises:
             ModelFileError: the file cannot be read or loaded.
@@ -289,7 +306,7 @@ class Peer:
                 model = OnnxModel.load(model, max_concurrency=limit)
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
-        info = self.catalogue.add(model, tasks, allow)
+        info = self.catalogue.add(model, tasks, allow, price)
         if self._nursery is not None:
             self._nursery.start_soon(self._announce_reachable, info.model_id)
         return info

@@ -80,12 +80,13 @@ def cs_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _config_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keys and status files of every test, and of every process a test starts, stay in
-    a directory of this run (of this worker, under pytest-xdist), never in the user's
-    ``~/.config/p2pnet`` or ``$XDG_RUNTIME_DIR/p2pnet``: status files then go to the
-    configuration directory (``p2pnet.config.runtime_dir``)."""
+    """Keys, ledgers and status files of every test, and of every process a test starts,
+    stay in directories of this run (of this worker, under pytest-xdist), never in the
+    user's ``~/.config/p2pnet``, ``~/.local/share/p2pnet`` or ``$XDG_RUNTIME_DIR/p2pnet``:
+    status files then go to the configuration directory (``p2pnet.config.runtime_dir``)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
         patch.delenv("XDG_RUNTIME_DIR", raising=False)
         yield
 

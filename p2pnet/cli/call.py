@@ -25,6 +25,7 @@ from p2pnet.cli.render import out, outputs_table, peer_text, tensor_json
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.errors import UsageError
 from p2pnet.inputs import parse_input
+from p2pnet.ledger import default_ledger_path
 from p2pnet.peer import Peer
 
 __all__ = ["CallOptions", "add_call_parser", "call_model"]
@@ -84,7 +85,10 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
         if len(options.target) != 2 or discovery.task is not None or discovery.model is not None:
             raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
         address, model_id = options.target[0], parse_model_id(options.target[1])
-        async with Peer(identity, listen=discovery.listen, swarm_key=join.swarm_key) as peer:
+        ledger = default_ledger_path(identity.peer_id)
+        async with Peer(
+            identity, ledger=ledger, listen=discovery.listen, swarm_key=join.swarm_key
+        ) as peer:
             outputs = await peer.invoke(address, model_id, inputs, timeout=discovery.timeout)
         return peer_text(f"{model_id} on {address.rsplit('/', 1)[-1]}"), outputs
     task, model = discovery.target(join)

@@ -14,6 +14,7 @@ from typing import Final, Generic, TypeAlias, TypeVar
 from p2pnet.config import SwarmJoin, config_path, default_identity_path, resolve_swarm
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.errors import UsageError
+from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
 from p2pnet.peer import Peer
 
@@ -210,9 +211,11 @@ class DiscoveryOptions:
         return self.task, parse_model_id(self.model) if self.model is not None else None
 
     def joining_peer(self, identity: Identity, join: SwarmJoin) -> Peer:
-        """A peer that serves nothing and fails to start unless it joins the swarm."""
+        """A peer that serves nothing and fails to start unless it joins the swarm; the
+        receipts of its calls go to the identity's ledger."""
         return Peer(
             identity,
+            ledger=default_ledger_path(identity.peer_id),
             listen=self.listen,
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,

@@ -24,7 +24,9 @@ from p2pnet.cli.options import (
     load_identity,
 )
 from p2pnet.cli.render import err, out, peer_text
+from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import UsageError
+from p2pnet.ledger import default_ledger_path
 from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
 
@@ -55,13 +57,17 @@ class PeerOptions:
     max_concurrency: int
     role: Literal["peer", "bootstrap"]
     reachability: Literal["auto", "public", "private"]
+    ledger: Path | None = None  # None: the identity's default ledger
+    keep_ledger: bool = True
+    price: Price = FREE
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PeerOptions:
         """The parsed arguments as typed options.
 
         Raises:
-            UsageError: ``--max-concurrency`` below 1.
+            UsageError: ``--max-concurrency`` below 1, or a ``--price`` that is not three
+            whole numbers of micro-units.
         """
         if args.max_concurrency < 1:
             raise UsageError("--max-concurrency must be at least 1")
@@ -74,6 +80,9 @@ class PeerOptions:
             max_concurrency=args.max_concurrency,
             role=cast(Literal["peer", "bootstrap"], args.role),
             reachability=cast(Literal["auto", "public", "private"], args.reachability),
+            ledger=args.ledger,
+            keep_ledger=not args.no_ledger,
+            price=parse_price(args.price) if args.price else FREE,
         )
 
 
@@ -196,7 +205,44 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         help="address to put in this peer's records instead of the listen addresses "
         "(repeatable), e.g. a public address forwarded to --listen",
     )
+    p.add_argument(
+        "--price",
+        metavar="CALL,MB,CPU_S",
+        help="what a call of every served model costs, in micro-units (1 unit = 10^6): "
+        "per call, per MB of tensors moved, per CPU second, e.g. 1000,10000,1000000 "
+        "(default: free)",
+    )
+    p.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="FILE",
+        help="where to keep usage receipts and balances (default: "
+        "$XDG_DATA_HOME/p2pnet/ledger/<peer-id>.sqlite3)",
+    )
+    p.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="keep no ledger: results carry no receipts, callers are not held to credit",
+    )
     p.set_defaults(handler=Command(PeerOptions.from_args, run_peer))
+
+
+def parse_price(text: str) -> Price:
+    """``CALL,MB,CPU_S`` (micro-units; missing trailing parts are 0) as a Price.
+
+    Raises:
+        UsageError: not one to three whole numbers, or one out of range.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise UsageError(
+            f"--price {text!r:.40}: expected CALL[,MB[,CPU_S]] in whole micro-units, "
+            "e.g. 1000,10000,1000000"
+        )
+    try:
+        return Price(*(int(p) for p in parts))
+    except ValueError as exc:
+        raise UsageError(f"--price {text!r:.40}: {exc}") from None
 
 
 def run_peer(options: PeerOptions) -> int:
@@ -214,8 +260,12 @@ async def _serve(options: PeerOptions) -> None:
     # Signals are caught before "ready" is printed: a supervisor that stops the peer as
     # soon as it is ready must get a clean shutdown, not the default handler's kill.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        ledger = None
+        if options.keep_ledger:
+            ledger = options.ledger or default_ledger_path(identity.peer_id)
         peer = Peer(
             identity,
+            ledger=ledger,
             listen=options.listen,
             max_concurrency=options.max_concurrency,
             bootstrap=join.bootstrap,
@@ -227,7 +277,7 @@ async def _serve(options: PeerOptions) -> None:
             ),
         )
         for served in options.served:
-            peer.serve(served.path, tasks=served.tasks, allow=served.allow)
+            peer.serve(served.path, tasks=served.tasks, allow=served.allow, price=options.price)
         async with peer:
             status = peer.status()
             role = " (bootstrap)" if options.role == "bootstrap" else ""

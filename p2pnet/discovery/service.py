@@ -120,6 +120,7 @@ class RecordPublisher:
         now = self._clock()
         signed = self._signed.get(model_id)
         tasks = self._catalogue.tasks(model_id)
+        price = self._catalogue.price(model_id)
         # Only our own /p2p/<id> goes: a relayed address keeps /p2p/<relay>/p2p-circuit.
         addrs = tuple(transport_part(a) for a in self._addrs())
         if (
@@ -127,6 +128,7 @@ class RecordPublisher:
             and signed[0].expires_at - now > self._ttl / 2
             and signed[0].addrs == addrs
             and signed[0].tasks == tasks
+            and signed[0].price == price
         ):
             return signed
         info = self._catalogue.models[model_id].info
@@ -144,6 +146,7 @@ class RecordPublisher:
                 addrs=addrs,
                 seq=self._seq,
                 expires_at=int(now + self._ttl),
+                price=price,
             )
         except ValueError as exc:
             raise UsageError(f"cannot publish model {info.name}: {exc}") from None
@@ -503,7 +506,11 @@ class ModelFinder:
             started = trio.current_time()
             try:
                 outputs = await self._invokers.to(peer_id).invoke(
-                    offer.address, offer.record.model_id, inputs, timeout=budget
+                    offer.address,
+                    offer.record.model_id,
+                    inputs,
+                    timeout=budget,
+                    record=offer.record,
                 )
                 mismatch = output_mismatch(schema, outputs, inputs)
                 if mismatch is not None:

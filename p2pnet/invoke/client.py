@@ -12,7 +12,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy.typing as npt
 import trio
@@ -30,6 +30,7 @@ from p2pnet.core.messages import (
     WireLimits,
     encode_message,
 )
+from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
     ConnectionLostError,
     DeadlineExceededError,
@@ -44,7 +45,7 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
 from p2pnet.net.channels import Channel, StreamPool
 from p2pnet.net.interfaces import StreamHost
 
-__all__ = ["CallObserver", "InvokeClient"]
+__all__ = ["CallObserver", "CallerAccounts", "InvokeClient"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,29 @@ CallObserver = Callable[[str, bool, float, str], None]
 """``observe(kind, ok, seconds, error code)`` after each call: kind "invoke" or "forward"."""
 
 
+class CallerAccounts(Protocol):
+    """What the client asks of a caller's accounting (``p2pnet.accounting.Accountant``)."""
+
+    def acknowledgement_for(self, provider: str) -> bytes | None:
+        """The signed acknowledgement to send ``provider`` with the next call, if due."""
+        ...
+
+    def accept(
+        self,
+        provider: str,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        envelope: bytes,
+        *,
+        wall_s: float,
+        record: CapabilityRecord | None = None,
+    ) -> object:
+        """Check and store ``provider``'s receipt for the call; raise if it does not
+        commit to it."""
+        ...
+
+
 class InvokeClient:
     """Calls models on other peers through ``host``: the remote side of ``Invoker``.
 
@@ -64,6 +88,8 @@ class InvokeClient:
         limits: sizes accepted in replies and used for requests.
         max_idle_streams: finished streams kept per peer for reuse.
         observe: told the outcome and duration of every call (simulations record them).
+        accounts: checks and stores the receipt of each result, and sends the
+            acknowledgements due; None: receipts are not looked at.
     """
 
     def __init__(
@@ -73,8 +99,10 @@ class InvokeClient:
         limits: WireLimits = WireLimits(),
         max_idle_streams: int = 8,
         observe: CallObserver | None = None,
+        accounts: CallerAccounts | None = None,
     ) -> None:
         self._limits = limits
+        self._accounts = accounts
         self._pool: StreamPool[MessageReader] = StreamPool(
             host, INVOKE_PROTOCOL, lambda: MessageReader(limits), max_idle=max_idle_streams
         )
@@ -88,12 +116,14 @@ class InvokeClient:
         inputs: Mapping[str, Any],
         *,
         timeout: float = 30.0,
+        record: CapabilityRecord | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         """Run ``model_id`` on ``peer`` with ``inputs``; return its named outputs.
 
         ``timeout`` (seconds) covers everything: dialling, sending, queueing and
         running on the peer, receiving. The peer is told the time left when the
-        request leaves.
+        request leaves. ``record``: the record the call is made under, if known; the
+        provider's receipt is checked against it (its hash and price).
 
         Every error about the peer (all but the inputs that cannot be sent) has
         ``peer`` set to it.
@@ -108,15 +138,32 @@ class InvokeClient:
             DeadlineExceededError: no reply within ``timeout``.
             ReplyTooLargeError: the reply is over ``limits`` (the peer's fault).
             RemoteProtocolError, LocalProtocolError: one side broke the protocol.
+            ReceiptError: the provider's receipt does not verify or does not commit to
+                the call (the outputs are not returned).
         """
         request_id = next(self._ids)
+        accounts = self._accounts
+        ack = accounts.acknowledgement_for(peer.peer_id) if accounts is not None else None
 
         def request(deadline_ms: int) -> Invoke:
-            return Invoke(request_id, model_id, inputs, deadline_ms)
+            return Invoke(request_id, model_id, inputs, deadline_ms, ack)
 
         async def call() -> dict[str, npt.NDArray[Any]]:
+            started = trio.current_time()
             reply = await self._call(peer, request, timeout, f"model {model_id}")
-            return dict(self._reply(reply, Result, request_id, peer.peer_id).outputs)
+            result = self._reply(reply, Result, request_id, peer.peer_id)
+            outputs = dict(result.outputs)
+            if accounts is not None and result.receipt is not None:
+                accounts.accept(
+                    peer.peer_id,
+                    model_id,
+                    inputs,
+                    outputs,
+                    result.receipt,
+                    wall_s=trio.current_time() - started,
+                    record=record,
+                )
+            return outputs
 
         return await self._observed("invoke", call())
 

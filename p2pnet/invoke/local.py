@@ -23,6 +23,7 @@ from p2pnet.core.address import PeerAddress
 from p2pnet.core.forwarding import after_hop, hop_inputs, step_error, with_trace
 from p2pnet.core.messages import Forward, ForwardResult, TraceEntry
 from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
     DeadlineExceededError,
     NetworkError,
@@ -49,8 +50,10 @@ class Invoker(Protocol):
         inputs: Mapping[str, Any],
         *,
         timeout: float = 30.0,
+        record: CapabilityRecord | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        """The outputs of ``model_id`` on ``inputs``, run by ``peer``."""
+        """The outputs of ``model_id`` on ``inputs``, run by ``peer`` (under ``record``,
+        the provider's signed record, when the caller has it)."""
         ...
 
     async def forward(
@@ -96,8 +99,10 @@ class LocalInvoker:
         *,
         timeout: float = 30.0,
         caller: str | None = None,
+        record: CapabilityRecord | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run ``model_id`` here for ``caller`` (this peer unless given).
+        """Run ``model_id`` here for ``caller`` (this peer unless given); ``record`` is
+        not needed here (a peer's own calls carry no receipt).
 
         Raises:
             UnknownModelError, InvalidModelIdError: not served here.

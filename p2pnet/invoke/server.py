@@ -12,8 +12,9 @@ thread instead of on the event loop, and error replies are cut to
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -42,7 +43,7 @@ from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.protocol import write_message
 from p2pnet.net.interfaces import ByteStream
 
-__all__ = ["MAX_ERROR_MESSAGE_CHARS", "InvokeServer", "ServerStats"]
+__all__ = ["MAX_ERROR_MESSAGE_CHARS", "InvokeServer", "ProviderAccounts", "ServerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,29 @@ class ServerStats:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
+class ProviderAccounts(Protocol):
+    """What the server asks of a provider's accounting (``p2pnet.accounting.Accountant``)."""
+
+    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> None:
+        """Raise CreditExceededError if ``caller`` may not call now."""
+        ...
+
+    def issue(
+        self,
+        caller: str,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        run_s: float,
+    ) -> bytes | None:
+        """The signed, stored receipt of a call (None: none for this caller)."""
+        ...
+
+    def take_acknowledgement(self, caller: str, envelope: bytes) -> None:
+        """Keep ``caller``'s signed acknowledgement of what it owes."""
+        ...
+
+
 class InvokeServer:
     """Answers any peer that opens an invoke stream, running calls through ``local``.
 
@@ -74,6 +98,8 @@ class InvokeServer:
             that broke the protocol, so that it sees the error reply.
         offload_head_bytes: message heads of this many bytes or more are decoded in a
             worker thread (a 4 MiB head of string tensors takes ~20 ms to decode).
+        accounts: admits callers by credit and signs a usage receipt for each result;
+            None: results carry no receipt.
     """
 
     def __init__(
@@ -84,8 +110,10 @@ class InvokeServer:
         idle_timeout: float = 300.0,
         drain_timeout: float = 2.0,
         offload_head_bytes: int = 64 << 10,
+        accounts: ProviderAccounts | None = None,
     ) -> None:
         self.local = local
+        self.accounts = accounts
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
@@ -132,16 +160,45 @@ class InvokeServer:
         try:
             if isinstance(message, Forward):
                 return await self.local.forward(self._here, message, timeout=timeout, caller=caller)
+            accounts = self.accounts
+            if accounts is not None:
+                if message.ack is not None:
+                    self._take_acknowledgement(accounts, caller, message.ack)
+                accounts.admit(caller, message.model_id, message.inputs)
+            started = trio.current_time()
             outputs = await self.local.invoke(
                 self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
             )
-            return Result(message.request_id, outputs)
+            receipt = (
+                accounts.issue(
+                    caller,
+                    message.model_id,
+                    message.inputs,
+                    outputs,
+                    trio.current_time() - started,
+                )
+                if accounts is not None
+                else None
+            )
+            return Result(message.request_id, outputs, receipt)
         except P2PNetError as exc:
             log.debug("call %d from %s failed: %s", message.request_id, caller, exc)
             return self._error_reply(message.request_id, exc)
         except Exception as exc:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
             return ErrorReply(message.request_id, "internal", _bounded(f"internal error: {exc!r}"))
+
+    def _take_acknowledgement(
+        self, accounts: ProviderAccounts, caller: str, envelope: bytes
+    ) -> None:
+        """Keep ``caller``'s acknowledgement; one that does not verify is logged and
+        dropped: the call it came with is still answered (the caller is then treated as
+        one that has not acknowledged)."""
+        try:
+            accounts.take_acknowledgement(caller, envelope)
+        except P2PNetError as exc:
+            self.stats.count_error(exc.code)
+            log.info("acknowledgement from %s refused: %s", caller, exc)
 
     async def _read_request(self, stream: ByteStream, reader: MessageReader) -> Message | None:
         """As ``p2pnet.net.channels.read_request``, but a head of ``offload_head_bytes``

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from p2pnet.core.access import AccessPolicy
 from p2pnet.core.kad.keys import key_for_model, key_for_task
 from p2pnet.core.model_info import ModelInfo
+from p2pnet.core.pricing import FREE, Price
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import UsageError
 from p2pnet.runtime.served import ServedModel
@@ -28,6 +29,7 @@ class ModelCatalogue:
         self.access = AccessPolicy(peer_id)
         self._models: dict[str, ServedModel] = {}
         self._tasks: dict[str, tuple[str, ...]] = {}
+        self._prices: dict[str, Price] = {}
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -39,11 +41,13 @@ class ModelCatalogue:
         model: ServedModel,
         tasks: Sequence[str] = (),
         allow: Sequence[str] | None = None,
+        price: Price = FREE,
     ) -> ModelInfo:
-        """Serve ``model`` under ``tasks`` to ``allow`` (peer IDs; None: everyone).
+        """Serve ``model`` under ``tasks`` to ``allow`` (peer IDs; None: everyone) at
+        ``price`` (what a call costs; its record states it).
 
-        Adding a model ID again replaces its tasks and access list and keeps the model
-        first added.
+        Adding a model ID again replaces its tasks, access list and price and keeps the
+        model first added.
 
         Raises:
             UsageError: a task tag that is not lower-case letters, digits and '-', or
@@ -57,7 +61,13 @@ class ModelCatalogue:
             self.access.restrict(info.model_id, allow)
         self._models.setdefault(info.model_id, model)
         self._tasks[info.model_id] = tasks
+        self._prices[info.model_id] = price
         return info
+
+    def price(self, model_id: str) -> Price:
+        """What a call of ``model_id`` costs (free for a model not served here: such a
+        call fails before it costs anything)."""
+        return self._prices.get(model_id, FREE)
 
     def tasks(self, model_id: str) -> tuple[str, ...]:
         """The tasks ``model_id`` is announced for."""

@@ -1,0 +1,186 @@
+"""Accounting between peers on the memory network: every result carries the provider's
+signed receipt, stored by both sides before it counts; the caller checks it against the
+call it made and the price it agreed to; credit refuses a caller that owes too much;
+acknowledgements of running totals reach the provider; chains continue after a
+restart; replies to concurrent calls may arrive in any order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from memory_peers import memory_peer
+
+from p2pnet import Peer
+from p2pnet.accounting import AccountingConfig, machine_fingerprint
+from p2pnet.core.credit import CreditPolicy
+from p2pnet.core.pricing import Price, Usage, units_for
+from p2pnet.core.receipts import verify_receipt
+from p2pnet.errors import CreditExceededError, ReceiptMismatchError
+from p2pnet.ledger import Ledger
+from p2pnet.net.memory import MemoryNetwork
+
+TASK = "iris-species"
+X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
+PRICE = Price(per_call=1_000, per_mb=10_000, per_cpu_s=0)
+
+
+class Swarm:
+    def __init__(self, stack: AsyncExitStack, network: MemoryNetwork, tmp: Path) -> None:
+        self.stack, self.network, self.tmp = stack, network, tmp
+        self.boot: Peer | None = None
+
+    async def peer(self, name: str, **options: object) -> Peer:
+        bootstrap = [self.boot.addrs[0]] if self.boot is not None else []
+        peer = memory_peer(
+            self.network, ledger=self.tmp / f"{name}.sqlite3", bootstrap=bootstrap, **options
+        )
+        started = await self.stack.enter_async_context(peer)
+        if self.boot is None:
+            self.boot = started
+        return started
+
+
+@asynccontextmanager
+async def open_swarm(tmp: Path) -> AsyncIterator[Swarm]:
+    """A memory network with a bootstrap peer; more peers join with ``swarm.peer``. (In
+    the test's own task: peers hold nurseries, which a fixture's task cannot close.)"""
+    async with AsyncExitStack() as stack:
+        network = await stack.enter_async_context(MemoryNetwork(seed=5))
+        swarm = Swarm(stack, network, tmp)
+        await swarm.peer("boot")
+        yield swarm
+
+
+async def provider_and_caller(
+    swarm: Swarm, models: dict[str, Path], price: Price = PRICE, **caller_options: object
+) -> tuple[Peer, Peer]:
+    provider = await swarm.peer("provider")
+    provider.serve(models["iris"], tasks=[TASK], price=price)
+    assert await provider.announce() > 0
+    caller = await swarm.peer("caller", **caller_options)
+    return provider, caller
+
+
+def ledger_of(peer: Peer) -> Ledger:
+    accountant = peer.services.accountant
+    assert accountant is not None
+    return accountant.ledger
+
+
+async def test_a_result_carries_a_receipt_both_sides_store(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        provider, caller = await provider_and_caller(swarm, models)
+        for _ in range(3):
+            out = await caller.call({"x": X}, task=TASK)
+            assert out["label"].tolist() == [0, 2]
+        served = ledger_of(provider).receipts(peer=caller.peer_id, role="provider")
+        consumed = ledger_of(caller).receipts(peer=provider.peer_id, role="caller")
+        assert [r.seq for r in served] == [1, 2, 3]
+        assert [r.receipt_hash for r in served] == [r.receipt_hash for r in consumed]
+        # Units: per call plus per MB of tensors moved (16 float32 in, 2 int64 + 8 float32 out).
+        receipt = verify_receipt(served[0].envelope, provider=provider.peer_id)
+        expected = units_for(PRICE, Usage(X.nbytes, 2 * 8 + 8 * 4, 0.0))
+        assert receipt.units == expected == 1_001
+        assert (
+            receipt.runtime.startswith("onnxruntime/") and machine_fingerprint() in receipt.runtime
+        )
+        assert ledger_of(provider).balances() == {caller.peer_id: 3 * expected}
+        assert ledger_of(caller).balances() == {provider.peer_id: -3 * expected}
+        assert ledger_of(provider).audit() == [] and ledger_of(caller).audit() == []
+
+
+async def test_a_receipt_that_overcharges_is_caught_and_the_outputs_withheld(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        provider, caller = await provider_and_caller(swarm, models)
+        accountant = provider.services.accountant
+        assert accountant is not None
+        # The provider charges ten times the price its signed record states.
+        accountant._price_of = lambda model_id: Price(10_000, 100_000, 0)  # type: ignore[method-assign]
+        with pytest.raises(ReceiptMismatchError, match="units") as caught:
+            await caller.call({"x": X}, task=TASK)
+        assert caught.value.peer == provider.peer_id
+        assert ledger_of(caller).receipts() == []  # nothing counted against the caller
+
+
+async def test_a_caller_that_owes_too_much_is_refused_with_its_balance(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        policy = CreditPolicy(allowance_rate=0, soft_threshold=2_000, hard_threshold=2_500)
+        provider = await swarm.peer("provider", accounting=AccountingConfig(credit=policy))
+        provider.serve(models["iris"], tasks=[TASK], price=PRICE)
+        await provider.announce()
+        caller = await swarm.peer("caller")
+        iris = next(iter(provider.models))
+        await caller.invoke(provider.addrs[0], iris, {"x": X})  # owes 1,001
+        await caller.invoke(provider.addrs[0], iris, {"x": X})  # owes 2,002
+        with pytest.raises(CreditExceededError, match="owes") as caught:
+            await caller.invoke(provider.addrs[0], iris, {"x": X})
+        assert caught.value.peer == provider.peer_id
+        assert "2002" in str(caught.value).replace(",", "")
+        assert len(ledger_of(provider).receipts()) == 2  # the refused call cost nothing
+
+
+async def test_acknowledgements_of_running_totals_reach_the_provider(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        provider, caller = await provider_and_caller(
+            swarm, models, accounting=AccountingConfig(ack_every_calls=2, ack_every_units=0)
+        )
+        iris = next(iter(provider.models))
+        for _ in range(5):
+            await caller.invoke(provider.addrs[0], iris, {"x": X})
+        # Due after calls 2 and 4, each sent with the call after it.
+        ack = ledger_of(provider).last_acknowledgement((provider.peer_id, caller.peer_id))
+        assert ack is not None and ack.seq == 4
+        held = ledger_of(provider).receipts(peer=caller.peer_id, role="provider")
+        assert ack.total_units == sum(r.units for r in held[:4])
+        assert ack.last_receipt_hash == held[3].receipt_hash
+
+
+async def test_replies_to_concurrent_calls_are_accepted_in_any_order(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        provider, caller = await provider_and_caller(swarm, models)
+        iris = next(iter(provider.models))
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(lambda: caller.invoke(provider.addrs[0], iris, {"x": X}))
+        consumed = ledger_of(caller).receipts(peer=provider.peer_id, role="caller")
+        assert sorted(r.seq for r in consumed) == list(range(1, 13))
+        assert ledger_of(caller).audit() == []
+
+
+async def test_a_restarted_provider_continues_its_chains(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    async with MemoryNetwork(seed=6) as network:
+        from p2pnet.net.identity import generate_identity
+
+        identity = generate_identity()
+        ledger = tmp_path / "provider.sqlite3"
+        host = network.add_host(identity.peer_id)
+        async with memory_peer(network, ledger=tmp_path / "caller.sqlite3") as caller:
+            for _ in range(2):  # the provider runs twice, with the same key and ledger
+                host.restart()  # as a new process: no stream of the last run survives
+                async with Peer(identity, host=host, ledger=ledger) as provider:
+                    provider.serve(models["iris"], price=PRICE)
+                    iris = next(iter(provider.models))
+                    for _ in range(2):
+                        await caller.invoke(provider.addrs[0], iris, {"x": X})
+        with Ledger.open(ledger, create=False) as held:
+            receipts = held.receipts(role="provider")
+            assert [r.seq for r in receipts] == [1, 2, 3, 4]
+            assert receipts[2].prev_hash == receipts[1].receipt_hash
+            assert held.audit() == []
