@@ -176,7 +176,7 @@ class PeerServices:
                 identity,
                 ledger,
                 price_of=catalogue.price,
-                record_of=self.publisher.record,
+                record_of=self.publisher.latest,
                 machine=machine_fingerprint(),
                 config=config.accounting,
             )

@@ -17,6 +17,7 @@ microseconds (scripts/bench/ledger.py). Time is passed in as clocks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -80,9 +81,10 @@ def machine_fingerprint(cpuinfo: str | None = None) -> str:
     return f"{arch}{' ' + isa if isa else ''}; {os.cpu_count() or 1} cpus"
 
 
+@functools.lru_cache(maxsize=1024)
 def record_hash(record: CapabilityRecord) -> bytes:
     """What a receipt names as the record it was served under: SHA-256 of the record's
-    canonical payload (the bytes its signature covers)."""
+    canonical payload (the bytes its signature covers). Records are frozen: cached."""
     return hashlib.sha256(encode_record(record)).digest()
 
 

@@ -108,6 +108,12 @@ class RecordPublisher:
         """The current signed record of ``model_id`` (re-signed where due)."""
         return self._record(model_id)[0]
 
+    def latest(self, model_id: str) -> CapabilityRecord:
+        """The record of ``model_id`` last signed (signed now if none was): what a call
+        is served under. Cheaper than ``record``, which checks the addresses first."""
+        signed = self._signed.get(model_id)
+        return signed[0] if signed is not None else self._record(model_id)[0]
+
     def records(self) -> list[CapabilityRecord]:
         """The current records of every served model."""
         return [self._record(info.model_id)[0] for info, _ in self._catalogue.entries()]

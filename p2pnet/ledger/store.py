@@ -195,6 +195,7 @@ class Ledger:
         self._db = connection
         self._clock = clock
         self._lock = threading.Lock()
+        self._known_owner: str | None = None  # once read: an owner is never changed
 
     # --- opening ---------------------------------------------------------------------
 
@@ -277,7 +278,8 @@ class Ledger:
         other = receipt.caller if role == "provider" else receipt.provider
         now = self._now_ms()
         with self._writing() as db:
-            owner = _owner(db)
+            owner = self._known_owner or _owner(db)
+            self._known_owner = owner
             me = receipt.provider if role == "provider" else receipt.caller
             if owner is not None and me != owner:
                 raise LedgerError(

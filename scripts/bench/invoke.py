@@ -18,11 +18,15 @@ Figures:
                  (timed from invoke start to result; Peer start and stop not timed)
   floor_warm     the same call over a plain TCP connection (same client/server code)
   floor_cold     the same with a new TCP connection per call
+  receipts_on    warm_same_process between two peers with ledgers (the provider signs and
+                 stores a usage receipt, the caller checks and stores it), in blocks
+                 alternating with receipts_off (two peers without ledgers)
   throughput     identity model, float32 tensors of 1, 16 and 64 MiB; bytes counted =
                  request tensor + reply tensor (2x the tensor size); MB = 10^6 bytes
 
 Writes <out>/invoke.json and prints a table. Targets: warm p50 minus local p50 <= 1 ms;
->= 300 MB/s for the 64 MiB tensor. --quick cuts iterations so the run takes < 60 s.
+>= 300 MB/s for the 64 MiB tensor; receipts_on p50 minus receipts_off p50 <= 0.15 ms.
+--quick cuts iterations so the run takes < 60 s.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, targets_table
 
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.pricing import REFERENCE_PRICE
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
 from p2pnet.net.host import READ_SIZE
@@ -65,6 +71,7 @@ CHILD_START_TIMEOUT = 120.0  # seconds for the serving child to start listening
 CHILD_LIFETIME = 900.0  # the serving child exits after this long whatever happens
 TARGET_WARM_OVERHEAD_MS = 1.0
 TARGET_64MIB_MB_S = 300.0
+TARGET_RECEIPTS_ADDED_MS = 0.15  # both sides' receipt work, ledger writes included
 
 
 @dataclass(frozen=True)
@@ -384,6 +391,42 @@ async def run(
         latency("warm_same_process", await timed(plan.same_process, same_call), figures)
         samples["warm_same_process"] = plan.same_process
 
+    # (b'') usage receipts: the same warm call between two peers with ledgers (the
+    # provider signs and stores a receipt, the caller checks and stores it) and between
+    # two without, in alternating blocks so that both see the same machine.
+    with tempfile.TemporaryDirectory() as tmp:
+        async with (
+            Peer(ledger=Path(tmp) / "provider.sqlite3") as provider,
+            Peer(ledger=Path(tmp) / "caller.sqlite3") as paying,
+            Peer() as free_provider,
+            Peer() as free_caller,
+        ):
+            provider.serve(paths["iris"], price=REFERENCE_PRICE)
+            free_provider.serve(paths["iris"])
+            with_addr, without_addr = provider.addrs[0], free_provider.addrs[0]
+
+            async def with_receipt() -> None:
+                await paying.invoke(with_addr, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
+
+            async def without_receipt() -> None:
+                await free_caller.invoke(without_addr, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
+
+            await timed(plan.warmup, with_receipt)
+            await timed(plan.warmup, without_receipt)
+            on: list[float] = []
+            off: list[float] = []
+            block = max(1, plan.same_process // 10)
+            for _ in range(10):
+                on += await timed(block, with_receipt)
+                off += await timed(block, without_receipt)
+            latency("receipts_on", on, figures)
+            latency("receipts_off", off, figures)
+            samples["receipts"] = len(on)
+            accountant = provider.services.accountant
+            assert accountant is not None and accountant.stats.receipts_issued >= len(on)
+    added = figures["receipts_on_p50_ms"] - figures["receipts_off_p50_ms"]
+    figures["receipts_added_p50_ms"] = added
+
     figures["warm_overhead_p50_ms"] = figures["warm_p50_ms"] - figures["local_p50_ms"]
     targets = [
         {
@@ -399,6 +442,13 @@ async def run(
             "unit": "MB/s",
             "target": f">= {TARGET_64MIB_MB_S:g}",
             "pass": figures["p2pnet_64mib_mb_s"] >= TARGET_64MIB_MB_S,
+        },
+        {
+            "name": "usage receipts added to a warm call, p50",
+            "value": figures["receipts_added_p50_ms"],
+            "unit": "ms",
+            "target": f"<= {TARGET_RECEIPTS_ADDED_MS:g}",
+            "pass": figures["receipts_added_p50_ms"] <= TARGET_RECEIPTS_ADDED_MS,
         },
     ]
     return {"figures": figures, "samples": samples, "targets": targets}
@@ -422,6 +472,8 @@ def render(report: dict[str, Any]) -> None:
         ("floor_warm", "same client/server code, plain TCP, open connection"),
         ("warm", "p2pnet, server in another process, open stream"),
         ("warm_same_process", "p2pnet, both peers in one trio loop"),
+        ("receipts_off", "the same, peers without ledgers (alternating blocks)"),
+        ("receipts_on", "the same, peers with ledgers: receipt signed, checked, stored"),
         ("floor_cold", "plain TCP, new connection per call"),
         ("cold", "p2pnet, new client Peer per call (dial+Noise+Yamux+stream)"),
     ]
