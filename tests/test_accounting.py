@@ -6,6 +6,8 @@ restart; replies to concurrent calls may arrive in any order."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -14,13 +16,14 @@ import numpy as np
 import pytest
 import trio
 from memory_peers import memory_peer
+from test_cli import start_peer
 
 from p2pnet import Peer
 from p2pnet.accounting import AccountingConfig, machine_fingerprint
 from p2pnet.core.credit import CreditPolicy
 from p2pnet.core.pricing import Price, Usage, units_for
 from p2pnet.core.receipts import verify_receipt
-from p2pnet.errors import CreditExceededError, ReceiptMismatchError
+from p2pnet.errors import CreditExceededError, P2PNetError, ReceiptMismatchError
 from p2pnet.ledger import Ledger
 from p2pnet.net.memory import MemoryNetwork
 
@@ -184,3 +187,49 @@ async def test_a_restarted_provider_continues_its_chains(
             assert [r.seq for r in receipts] == [1, 2, 3, 4]
             assert receipts[2].prev_hash == receipts[1].receipt_hash
             assert held.audit() == []
+
+
+@pytest.mark.slow
+@pytest.mark.network
+async def test_no_receipt_a_caller_holds_is_lost_when_the_provider_is_killed(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """A `p2pnet peer` with a ledger is killed with SIGKILL during a burst of calls:
+    every receipt the caller received is in the provider's ledger after the kill, and
+    the provider's balances equal the sums of its receipts."""
+    env = os.environ | {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    ledger = tmp_path / "provider.sqlite3"
+    provider = start_peer(
+        env, "--serve", str(models["iris"]), "--ledger", str(ledger), "--price", "1000,10000"
+    )
+    iris = provider.models["iris"]
+    enough = trio.Event()
+    done = 0
+
+    async def keep_calling(caller: Peer) -> None:
+        nonlocal done
+        try:
+            while True:
+                await caller.invoke(provider.address, iris, {"x": X}, timeout=10)
+                done += 1
+                if done >= 40:
+                    enough.set()
+        except P2PNetError:  # the provider is gone
+            pass
+
+    try:
+        async with Peer(ledger=tmp_path / "caller.sqlite3") as caller:
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(keep_calling, caller)
+                await enough.wait()
+                provider.proc.send_signal(signal.SIGKILL)
+            received = ledger_of(caller).receipts(role="caller")
+    finally:
+        provider.proc.kill()
+        provider.proc.wait()
+    assert len(received) >= 40
+    with Ledger.open(ledger, create=False) as held:
+        issued = {r.receipt_hash for r in held.receipts(role="provider")}
+        assert {r.receipt_hash for r in received} <= issued
+        assert held.audit() == []

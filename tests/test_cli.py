@@ -26,9 +26,10 @@ from p2pnet.cli import main
 from p2pnet.cli.call import CallOptions
 from p2pnet.cli.options import SwarmOptions
 from p2pnet.cli.parser import build_parser
-from p2pnet.cli.peer import PeerOptions, ServedFile
+from p2pnet.cli.peer import PeerOptions, ServedFile, parse_price
 from p2pnet.cli.render import outputs_table
-from p2pnet.errors import InvalidInputError
+from p2pnet.core.pricing import Price
+from p2pnet.errors import InvalidInputError, UsageError
 from p2pnet.inputs import parse_input
 
 
@@ -388,3 +389,11 @@ def test_find_and_call_by_task_through_a_bootstrap_peer(
         for peer in (server, boot):
             peer.proc.send_signal(signal.SIGINT)
             assert peer.proc.wait(timeout=30) == 0
+
+
+def test_a_price_is_whole_micro_units_per_call_mb_and_cpu_second() -> None:
+    assert parse_price("1000,10000,1000000") == Price(1_000, 10_000, 1_000_000)
+    assert parse_price("5") == Price(5, 0, 0)
+    for bad in ("", "1.5", "1,2,3,4", "-1", "a,b"):
+        with pytest.raises(UsageError, match="--price"):
+            parse_price(bad)
