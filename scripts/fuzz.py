@@ -37,6 +37,7 @@ from p2pnet.core.describe import (  # noqa: E402
 from p2pnet.core.framing import FrameReader, encode_frame  # noqa: E402
 from p2pnet.core.kad.wire import KadMessageReader  # noqa: E402
 from p2pnet.core.messages import MessageReader, WireLimits  # noqa: E402
+from p2pnet.core.receipts import verify_acknowledgement, verify_receipt  # noqa: E402
 from p2pnet.core.records import decode_record, verify_record  # noqa: E402
 from p2pnet.core.tensor import decode_inline_tensor, decode_tensor_header  # noqa: E402
 from p2pnet.core.varint import decode_uvarint, encode_uvarint  # noqa: E402
@@ -78,6 +79,8 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "record_payload": lambda data: decode_record(data),
     "varint": lambda data: decode_uvarint(data),
     "framing": _drain_frames,
+    "receipt": lambda data: verify_receipt(data),
+    "acknowledgement": lambda data: verify_acknowledgement(data),
 }
 
 
@@ -86,6 +89,7 @@ def seeds() -> dict[str, list[bytes]]:
     invoke = json.loads((VECTORS / "invoke_v1.json").read_text())["vectors"]
     kad = json.loads((VECTORS / "kad_v1.json").read_text())["vectors"]
     records = json.loads((VECTORS / "records_v1.json").read_text())["vectors"]
+    receipts = json.loads((VECTORS / "receipts.json").read_text())
     invoke_bytes = [bytes.fromhex(v["hex"]) for v in invoke]
     envelopes = [bytes.fromhex(v["envelope_hex"]) for v in records]
     tensors = [bytes.fromhex(h) for h in _tensor_payloads(invoke_bytes)]
@@ -102,6 +106,10 @@ def seeds() -> dict[str, list[bytes]]:
         "record_payload": [bytes.fromhex(v["payload_hex"]) for v in records],
         "varint": [encode_uvarint(n) for n in (0, 127, 128, 300, 1 << 40, (1 << 63) - 1)],
         "framing": [encode_frame(b"hello", 1 << 20), encode_frame(bytes(300), 1 << 20)],
+        "receipt": [bytes.fromhex(v["envelope_hex"]) for v in receipts["receipts"]],
+        "acknowledgement": [
+            bytes.fromhex(v["envelope_hex"]) for v in receipts["acknowledgements"]
+        ],
     }
 
 

@@ -48,11 +48,13 @@ def test_every_decoder_has_seeds_that_it_accepts() -> None:
 
 
 def test_mutated_golden_messages_raise_only_p2pnet_errors_quickly() -> None:
-    result = FUZZ.run(18_000, seed=12)
+    per_decoder = 2000
+    result = FUZZ.run(per_decoder * len(FUZZ.DECODERS), seed=12)
     assert [f.error for f in result.failures] == []
     for name, stats in result.per_decoder.items():
-        assert stats.inputs == 2000, name
-        assert 0 < stats.refused < stats.inputs or name in ("record_envelope",), name
+        assert stats.inputs == per_decoder, name
+        signed = ("record_envelope", "receipt", "acknowledgement")  # mutants rarely verify
+        assert 0 < stats.refused < stats.inputs or name in signed, name
         assert stats.slowest_ms < PER_INPUT_SECONDS * 1000, (name, stats.slowest_hex)
 
 
