@@ -344,13 +344,17 @@ class Peer:
         model: str | None = None,
         count: int = 20,
         timeout: float = 10.0,
+        max_price: Price | None = None,
     ) -> list[Offer]:
-        """Verified offers of ``task`` or ``model`` in the swarm, best first.
+        """Verified offers of ``task`` or ``model`` in the swarm, best first (with
+        ``max_price``, those at most that price in every part).
 
         Raises:
             UsageError: not running, or not exactly one of task and model.
         """
-        return await self.finder.find(task=task, model=model, count=count, timeout=timeout)
+        return await self.finder.find(
+            task=task, model=model, count=count, timeout=timeout, max_price=max_price
+        )
 
     async def call(
         self,
@@ -359,14 +363,18 @@ class Peer:
         task: str | None = None,
         model: str | None = None,
         timeout: float = 30.0,
+        max_price: Price | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         """Find a provider of ``task`` or ``model`` and call it, failing over to the next
-        provider if one cannot be reached, is busy or too slow.
+        provider if one cannot be reached, is busy or too slow. With ``max_price``, only
+        providers at most that price in every part are called (docs/incentives.md).
 
         Raises:
-            UnknownModelError: nobody offers it. Otherwise as ``invoke``.
+            UnknownModelError: nobody offers it (at that price). Otherwise as ``invoke``.
         """
-        _, outputs = await self.call_with_offer(inputs, task=task, model=model, timeout=timeout)
+        _, outputs = await self.call_with_offer(
+            inputs, task=task, model=model, timeout=timeout, max_price=max_price
+        )
         return outputs
 
     async def call_with_offer(
@@ -376,9 +384,12 @@ class Peer:
         task: str | None = None,
         model: str | None = None,
         timeout: float = 30.0,
+        max_price: Price | None = None,
     ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
         """As ``call``, also returning the offer (which model, which peer) that answered."""
-        return await self.finder.call(inputs, task=task, model=model, timeout=timeout)
+        return await self.finder.call(
+            inputs, task=task, model=model, timeout=timeout, max_price=max_price
+        )
 
     async def invoke(
         self,
@@ -495,9 +506,7 @@ class Peer:
                 "finding models needs a swarm to ask: give a bootstrap peer "
                 "(/ip4/.../tcp/PORT/p2p/12D3...) or a named swarm"
             )
-        if all(
-            not is_dnsaddr(a) and parse_peer_address(a).peer_id == self.peer_id for a in given
-        ):
+        if all(not is_dnsaddr(a) and parse_peer_address(a).peer_id == self.peer_id for a in given):
             raise UsageError(
                 f"the bootstrap peer is this peer's own ID ({self.peer_id}): use another "
                 "identity than the peer it is to join (--identity FILE)"

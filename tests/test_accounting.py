@@ -23,7 +23,12 @@ from p2pnet.accounting import AccountingConfig, machine_fingerprint
 from p2pnet.core.credit import CreditPolicy
 from p2pnet.core.pricing import Price, Usage, units_for
 from p2pnet.core.receipts import verify_receipt
-from p2pnet.errors import CreditExceededError, P2PNetError, ReceiptMismatchError
+from p2pnet.errors import (
+    CreditExceededError,
+    P2PNetError,
+    ReceiptMismatchError,
+    UnknownModelError,
+)
 from p2pnet.ledger import Ledger
 from p2pnet.net.memory import MemoryNetwork
 
@@ -233,3 +238,24 @@ async def test_no_receipt_a_caller_holds_is_lost_when_the_provider_is_killed(
         issued = {r.receipt_hash for r in held.receipts(role="provider")}
         assert {r.receipt_hash for r in received} <= issued
         assert held.audit() == []
+
+
+async def test_the_cheaper_provider_is_found_first_and_max_price_leaves_out_the_dear(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    cheap, dear = Price(1_000, 10_000, 0), Price(5_000, 10_000, 0)
+    async with open_swarm(tmp_path) as swarm:
+        providers = {}
+        for name, price in (("dear", dear), ("cheap", cheap)):
+            providers[name] = await swarm.peer(name)
+            providers[name].serve(models["iris"], tasks=[TASK], price=price)
+            assert await providers[name].announce() > 0
+        caller = await swarm.peer("caller")
+        offers = await caller.find(task=TASK)
+        assert [o.record.price for o in offers] == [cheap, dear]  # as fast: cheaper first
+        assert offers[0].to_dict()["price"] == {"per_call": 1_000, "per_mb": 10_000, "per_cpu_s": 0}
+        assert [o.record.price for o in await caller.find(task=TASK, max_price=cheap)] == [cheap]
+        await caller.call({"x": X}, task=TASK, max_price=Price(2_000, 10_000, 0))
+        assert ledger_of(caller).balances().keys() == {providers["cheap"].peer_id}
+        with pytest.raises(UnknownModelError, match="none at or under the max price"):
+            await caller.call({"x": X}, task=TASK, max_price=Price(999, 0, 0))

@@ -24,9 +24,9 @@ from rich.console import Console
 
 from p2pnet.cli import main
 from p2pnet.cli.call import CallOptions
-from p2pnet.cli.options import SwarmOptions
+from p2pnet.cli.options import SwarmOptions, parse_price
 from p2pnet.cli.parser import build_parser
-from p2pnet.cli.peer import PeerOptions, ServedFile, parse_price
+from p2pnet.cli.peer import PeerOptions, ServedFile
 from p2pnet.cli.render import outputs_table
 from p2pnet.core.pricing import Price
 from p2pnet.errors import InvalidInputError, UsageError

@@ -94,7 +94,11 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
     task, model = discovery.target(join)
     async with discovery.joining_peer(identity, join) as peer:
         offer, outputs = await peer.call_with_offer(
-            inputs, task=task, model=model, timeout=discovery.timeout
+            inputs,
+            task=task,
+            model=model,
+            timeout=discovery.timeout,
+            max_price=discovery.max_price,
         )
     record = offer.record  # from another peer
     served_by = peer_text(record.name) + " " + peer_text(record.model_id)

@@ -85,4 +85,6 @@ async def _find(options: DiscoveryOptions) -> Search:
     task, model = options.target(join)
     identity, _, _ = load_identity(options.identity)
     async with options.joining_peer(identity, join) as peer:
-        return await peer.finder.search(task=task, model=model, timeout=options.timeout)
+        return await peer.finder.search(
+            task=task, model=model, timeout=options.timeout, max_price=options.max_price
+        )

@@ -13,6 +13,7 @@ from typing import Final, Generic, TypeAlias, TypeVar
 
 from p2pnet.config import SwarmJoin, config_path, default_identity_path, resolve_swarm
 from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.pricing import Price
 from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
@@ -111,6 +112,12 @@ def parent_parsers() -> ParentParsers:
         help="give up after this long (default 30)",
     )
     discovery.add_argument(
+        "--max-price",
+        metavar="CALL,MB,CPU_S",
+        help="only providers whose price is at most this in every part, in micro-units: "
+        "per call, per MB moved, per CPU second (e.g. 2000,20000,0; default: any price)",
+    )
+    discovery.add_argument(
         "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
     )
     discovery.add_argument("--json", action="store_true", help="machine-readable output")
@@ -123,6 +130,24 @@ def add_input_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument(
         "--input", "-i", action="append", default=[], metavar="NAME=VALUE", help=help_text
     )
+
+
+def parse_price(text: str, option: str = "--price") -> Price:
+    """``CALL[,MB[,CPU_S]]`` in whole micro-units (missing parts are 0) as a Price.
+
+    Raises:
+        UsageError: not one to three whole numbers, or one out of range.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise UsageError(
+            f"{option} {text!r:.40}: expected CALL[,MB[,CPU_S]] in whole micro-units, "
+            "e.g. 1000,10000,1000000"
+        )
+    try:
+        return Price(*(int(p) for p in parts))
+    except ValueError as exc:
+        raise UsageError(f"{option} {text!r:.40}: {exc}") from None
 
 
 def identity_path(args: argparse.Namespace) -> Path | None:
@@ -180,9 +205,15 @@ class DiscoveryOptions:
     listen: tuple[str, ...]
     json: bool
     verbose: int = 0
+    max_price: Price | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DiscoveryOptions:
+        """The parsed arguments as typed options.
+
+        Raises:
+            UsageError: a ``--max-price`` that is not whole micro-units.
+        """
         return cls(
             identity=identity_path(args),
             swarm=SwarmOptions.from_args(args),
@@ -192,6 +223,7 @@ class DiscoveryOptions:
             listen=tuple(args.listen or DEFAULT_LISTEN),
             json=args.json,
             verbose=args.verbose,
+            max_price=parse_price(args.max_price, "--max-price") if args.max_price else None,
         )
 
     def target(self, join: SwarmJoin) -> tuple[str | None, str | None]:

@@ -22,6 +22,7 @@ from p2pnet.cli.options import (
     SwarmOptions,
     identity_path,
     load_identity,
+    parse_price,
 )
 from p2pnet.cli.render import err, out, peer_text
 from p2pnet.core.pricing import FREE, Price
@@ -225,24 +226,6 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         help="keep no ledger: results carry no receipts, callers are not held to credit",
     )
     p.set_defaults(handler=Command(PeerOptions.from_args, run_peer))
-
-
-def parse_price(text: str) -> Price:
-    """``CALL,MB,CPU_S`` (micro-units; missing trailing parts are 0) as a Price.
-
-    Raises:
-        UsageError: not one to three whole numbers, or one out of range.
-    """
-    parts = [p.strip() for p in text.split(",")]
-    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        raise UsageError(
-            f"--price {text!r:.40}: expected CALL[,MB[,CPU_S]] in whole micro-units, "
-            "e.g. 1000,10000,1000000"
-        )
-    try:
-        return Price(*(int(p) for p in parts))
-    except ValueError as exc:
-        raise UsageError(f"--price {text!r:.40}: {exc}") from None
 
 
 def run_peer(options: PeerOptions) -> int:

@@ -152,4 +152,6 @@ async def _run(options: RunOptions) -> PipelineResult:
     identity, _, _ = load_identity(discovery.identity)
     async with discovery.joining_peer(identity, join) as peer:
         with trio.fail_after(discovery.timeout):
-            return await pipeline.run(peer, inputs, mode=options.mode)
+            return await pipeline.run(
+                peer, inputs, mode=options.mode, max_price=discovery.max_price
+            )

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 import numpy.typing as npt
 import trio
 
@@ -48,6 +49,14 @@ from p2pnet.core.identity import Identity
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.kad.lookup import LookupStats
 from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.pricing import (
+    Price,
+    Usage,
+    cost_key,
+    price_to_wire,
+    rank_by_cost_and_latency,
+    within_max_price,
+)
 from p2pnet.core.ranking import ProviderStatsTable
 from p2pnet.core.records import CapabilityRecord, sign_record
 from p2pnet.core.schema import ModelSchema, check_inputs
@@ -63,6 +72,9 @@ from p2pnet.errors import (
 )
 from p2pnet.invoke.local import Invokers
 from p2pnet.runtime.catalogue import ModelCatalogue
+
+# A find without inputs ranks by the per-call part of prices only.
+NO_USAGE: Final = Usage(0, 0, 0.0)
 
 __all__ = [
     "DEFAULT_FINDER_POLICY",
@@ -172,6 +184,7 @@ class Search:
     complete: False when the time ran out before every provider was asked.
     unanswered: peer IDs of the providers the lookup named that did not describe
         themselves in time, or failed to (in the lookup's order).
+    over_price: offers left out for a price over the search's ``max_price``.
     """
 
     offers: list[Offer]
@@ -180,6 +193,7 @@ class Search:
     lookup: LookupStats | None
     complete: bool
     unanswered: tuple[str, ...] = ()
+    over_price: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +214,7 @@ class Offer:
             "addrs": list(r.addrs),
             "runtime": r.runtime,
             "rtt_ms": round(self.rtt * 1000, 3),
+            "price": price_to_wire(r.price),
             **r.schema.to_dict(),
         }
 
@@ -271,14 +286,19 @@ class ModelFinder:
         model: str | None = None,
         count: int = 20,
         timeout: float = 10.0,
+        max_price: Price | None = None,
     ) -> list[Offer]:
-        """Verified offers for ``task`` or ``model``, best first (see module docstring).
+        """Verified offers for ``task`` or ``model``, best first (see module docstring);
+        with ``max_price``, only those whose price is at most it in every part.
 
         Raises:
             UsageError: neither or both of task and model given.
             InvalidModelIdError: ``model`` is not a model ID.
         """
-        return (await self.search(task=task, model=model, count=count, timeout=timeout)).offers
+        found = await self.search(
+            task=task, model=model, count=count, timeout=timeout, max_price=max_price
+        )
+        return found.offers
 
     async def search(
         self,
@@ -287,20 +307,30 @@ class ModelFinder:
         model: str | None = None,
         count: int = 20,
         timeout: float = 10.0,
+        max_price: Price | None = None,
     ) -> Search:
         """``find``, with what it took: providers named, records refused, lookup cost,
-        providers that did not describe themselves in time.
+        providers that did not describe themselves in time, offers over ``max_price``.
 
         Raises:
             As ``find``.
         """
-        return await self._search(task, model, count, timeout, grace=None)
+        return await self._search(task, model, count, timeout, grace=None, max_price=max_price)
 
     async def _search(
-        self, task: str | None, model: str | None, count: int, timeout: float, grace: float | None
+        self,
+        task: str | None,
+        model: str | None,
+        count: int,
+        timeout: float,
+        grace: float | None,
+        max_price: Price | None = None,
+        usage: Usage = NO_USAGE,
     ) -> Search:
         """``search``; with ``grace``, the describe phase ends ``grace`` seconds after the
-        first provider described itself."""
+        first provider described itself. Offers are ranked by the ranking's order and,
+        among healthy providers about as fast as the fastest, by what ``usage`` would
+        cost at their price (``p2pnet.core.pricing.rank_by_cost_and_latency``)."""
         if (task is None) == (model is None):
             raise UsageError("find needs exactly one of task= or model=")
         models: tuple[str, ...] = ()
@@ -351,13 +381,19 @@ class ModelFinder:
                         for provider in lookup.providers:
                             nursery.start_soon(ask, provider, nursery)
             cut_short = phase.cancelled_caught
+        affordable = [o for o in offers if within_max_price(o.record.price, max_price)]
+        over_price = len(offers) - len(affordable)
+        offers = affordable
+        prices: dict[str, Price] = {}
+        for o in offers:  # a provider of several matching models competes at its cheapest
+            held = prices.get(o.record.peer_id)
+            if held is None or cost_key(o.record.price, usage) < cost_key(held, usage):
+                prices[o.record.peer_id] = o.record.price
+        scores = self.stats.rank(
+            dict.fromkeys(o.record.peer_id for o in offers), trio.current_time()
+        )
         ranked = {
-            s.peer_id: i
-            for i, s in enumerate(
-                self.stats.rank(
-                    dict.fromkeys(o.record.peer_id for o in offers), trio.current_time()
-                )
-            )
+            s.peer_id: i for i, s in enumerate(rank_by_cost_and_latency(scores, prices, usage))
         }
         providers = lookup.providers if lookup is not None else ()
         unanswered = tuple(dict.fromkeys(p.peer_id for p in providers if p.peer_id not in answered))
@@ -375,6 +411,7 @@ class ModelFinder:
             lookup=lookup.stats if lookup is not None else None,
             complete=not (scope.cancelled_caught or cut_short),
             unanswered=unanswered,
+            over_price=over_price,
         )
 
     async def _describe(
@@ -431,9 +468,12 @@ class ModelFinder:
         task: str | None = None,
         model: str | None = None,
         timeout: float = 30.0,
+        max_price: Price | None = None,
     ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
         """Find providers, then call the best; after a failure on the provider's side,
-        try the next (see the module docstring).
+        try the next (see the module docstring). With ``max_price``, only providers whose
+        price is at most it in every part are called; among those about as fast as the
+        fastest, the cheapest for these inputs first.
 
         Finding takes at most half of ``timeout``, and calling starts
         ``describe_grace`` seconds after the first provider described itself.
@@ -446,9 +486,23 @@ class ModelFinder:
             As ``call_offers`` when every provider fails.
         """
         deadline = trio.current_time() + timeout
-        search = await self._search(task, model, 20, timeout / 2, grace=self.policy.describe_grace)
+        size = sum(np.asarray(value).nbytes for value in inputs.values())  # an estimate
+        search = await self._search(
+            task,
+            model,
+            20,
+            timeout / 2,
+            grace=self.policy.describe_grace,
+            max_price=max_price,
+            usage=Usage(size, size, 0.0),
+        )
         if not search.offers:
             wanted = f"task {task!r}" if task is not None else f"model {model}"
+            if search.over_price:
+                raise UnknownModelError(
+                    f"{search.over_price} offer(s) of {wanted} found, none at or under the "
+                    f"max price {max_price}"
+                )
             silent = (
                 f" ({len(search.unanswered)} providers did not describe themselves in time: "
                 + ", ".join(search.unanswered)

@@ -36,6 +36,7 @@ from p2pnet.core.pipeline import (
     forward_plan,
     parse_pipeline,
 )
+from p2pnet.core.pricing import Price
 from p2pnet.core.schema import ModelSchema, check_inputs
 from p2pnet.discovery.service import ModelFinder, Offer
 from p2pnet.errors import (
@@ -183,9 +184,12 @@ class Pipeline:
         except PipelineSpecError as exc:
             raise PipelineSpecError(f"{path}: {exc.message}") from None
 
-    async def plan(self, peer: PipelinePeer, *, timeout: float = 10.0) -> Plan:
+    async def plan(
+        self, peer: PipelinePeer, *, timeout: float = 10.0, max_price: Price | None = None
+    ) -> Plan:
         """Find providers for every step (concurrently), choose a model per step, and
-        check that the models fit together. Nothing runs.
+        check that the models fit together. Nothing runs. With ``max_price``, only
+        providers at most that price in every part are planned.
 
         Raises:
             UnknownModelError: nobody offers a step's task or model.
@@ -195,7 +199,7 @@ class Pipeline:
 
         async def find(step: StepSpec) -> None:
             found[step.name] = await peer.finder.find(
-                task=step.task, model=step.model, timeout=timeout
+                task=step.task, model=step.model, timeout=timeout, max_price=max_price
             )
 
         async with trio.open_nursery() as nursery:
@@ -261,8 +265,10 @@ class Pipeline:
         *,
         mode: Mode = "orchestrated",
         plan: Plan | None = None,
+        max_price: Price | None = None,
     ) -> PipelineResult:
-        """Plan (unless given a plan) and run the pipeline on ``inputs``.
+        """Plan (unless given a plan; only providers at most ``max_price``) and run the
+        pipeline on ``inputs``.
 
         Nothing runs until the inputs and every step's model have been checked.
 
@@ -273,7 +279,7 @@ class Pipeline:
             steps still running are cancelled.
         """
         values = self.check_inputs(inputs)
-        plan = plan or await self.plan(peer)
+        plan = plan or await self.plan(peer, max_price=max_price)
         started = trio.current_time()
         if mode == "forwarded":
             outputs, traces = await self._run_forwarded(peer, plan, values)
