@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AnnouncedAddresses", "PeerConfig", "PeerHooks", "PeerServices"]
 
+# Balances a status shows: the largest in size.
+STATUS_BALANCES: Final = 20
 DEFAULT_LISTEN: Final = ("/ip4/127.0.0.1/tcp/0",)
 
 
@@ -269,4 +271,23 @@ class PeerServices:
             calls_served=self.invoke_server.stats.calls,
             call_errors=dict(self.invoke_server.stats.errors),
             limits_hit=self.limited_host.stats.hits(),
+            **self._accounts_status(),
         )
+
+    def _accounts_status(self) -> dict[str, Any]:
+        """The ledger, receipt counts and largest balances, for ``status``."""
+        accountant = self.accountant
+        if accountant is None:
+            return {}
+        stats = accountant.stats
+        balances = accountant.ledger.balances()
+        largest = sorted(balances.items(), key=lambda item: -abs(item[1]))[:STATUS_BALANCES]
+        return {
+            "ledger": str(accountant.ledger.path),
+            "receipts": {
+                "issued": stats.receipts_issued,
+                "accepted": stats.receipts_accepted,
+                "refused_for_credit": stats.refused_for_credit,
+            },
+            "balances": dict(largest),
+        }

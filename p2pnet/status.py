@@ -79,6 +79,11 @@ class PeerStatus:
     reachability: "public", "private" or "unknown" (as far as AutoNAT could tell).
     dht_mode: "server" (answers DHT requests) or "client" (undialable: asks only).
     calls_served, call_errors: invoke calls answered, and error replies by wire code.
+    ledger: the ledger file of a peer that keeps accounts (None: it keeps none).
+    receipts: usage receipts "issued" (as provider) and "accepted" (as caller) since it
+        started, and calls "refused_for_credit".
+    balances: micro-units per peer from the ledger, positive when the peer owes this one
+        (the 20 largest in size).
     limits_hit: streams the resource limits reset or closed, by reason: "streams_peer",
         "streams_system" (refused at once), "memory_peer", "memory_system" (a request over
         the byte budget), "stalled", "idle" (docs/networking.md, "Resource limits").
@@ -96,6 +101,9 @@ class PeerStatus:
     calls_served: int = 0
     call_errors: Mapping[str, int] = field(default_factory=dict)
     limits_hit: Mapping[str, int] = field(default_factory=dict)
+    ledger: str | None = None
+    receipts: Mapping[str, int] = field(default_factory=dict)
+    balances: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -129,6 +137,9 @@ class PeerStatus:
             "calls_served": self.calls_served,
             "call_errors": dict(self.call_errors),
             "limits_hit": dict(self.limits_hit),
+            "ledger": self.ledger,
+            "receipts": dict(self.receipts),
+            "balances": dict(self.balances),
         }
 
     @classmethod
@@ -166,6 +177,9 @@ class PeerStatus:
                 calls_served=int(data.get("calls_served", 0)),
                 call_errors={_text(k): int(v) for k, v in data.get("call_errors", {}).items()},
                 limits_hit={_text(k): int(v) for k, v in data.get("limits_hit", {}).items()},
+                ledger=None if data.get("ledger") is None else _text(data["ledger"]),
+                receipts={_text(k): int(v) for k, v in data.get("receipts", {}).items()},
+                balances={_text(k): int(v) for k, v in data.get("balances", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

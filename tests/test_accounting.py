@@ -6,6 +6,7 @@ restart; replies to concurrent calls may arrive in any order."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -16,10 +17,13 @@ import numpy as np
 import pytest
 import trio
 from memory_peers import memory_peer
+from rich.console import Console
+from rich.text import Text
 from test_cli import start_peer
 
 from p2pnet import Peer
 from p2pnet.accounting import AccountingConfig, machine_fingerprint
+from p2pnet.cli.status import status_text
 from p2pnet.core.credit import CreditPolicy
 from p2pnet.core.pricing import Price, Usage, units_for
 from p2pnet.core.receipts import verify_receipt
@@ -31,6 +35,7 @@ from p2pnet.errors import (
 )
 from p2pnet.ledger import Ledger
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.status import PeerStatus, StatusFile
 
 TASK = "iris-species"
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
@@ -74,6 +79,12 @@ async def provider_and_caller(
     return provider, caller
 
 
+def printed(text: Text) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(text)
+    return console.export_text()
+
+
 def ledger_of(peer: Peer) -> Ledger:
     accountant = peer.services.accountant
     assert accountant is not None
@@ -102,6 +113,15 @@ async def test_a_result_carries_a_receipt_both_sides_store(
         assert ledger_of(provider).balances() == {caller.peer_id: 3 * expected}
         assert ledger_of(caller).balances() == {provider.peer_id: -3 * expected}
         assert ledger_of(provider).audit() == [] and ledger_of(caller).audit() == []
+        # What p2pnet status shows, and the status file keeps.
+        status = provider.status()
+        assert status.ledger == str(ledger_of(provider).path)
+        assert status.receipts == {"issued": 3, "accepted": 0, "refused_for_credit": 0}
+        assert status.balances == {caller.peer_id: 3 * expected}
+        assert PeerStatus.from_dict(status.to_dict()) == status
+        text = printed(status_text(StatusFile(Path("s.json"), {"pid": 1}, status, False, 1.0)))
+        assert f"{caller.peer_id} owes this peer 3,003 micro-units" in text
+        assert "receipts issued 3, accepted 0; refused for credit 0" in text
 
 
 async def test_a_receipt_that_overcharges_is_caught_and_the_outputs_withheld(

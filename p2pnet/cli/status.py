@@ -86,6 +86,19 @@ def status_text(file: StatusFile) -> Text:
         + peer_text(st.dht_mode)
         + ")"
     )
+    if st.ledger is not None:
+        r = st.receipts
+        lines.append(
+            Text("  ledger       ")
+            + peer_text(st.ledger)
+            + f"  receipts issued {r.get('issued', 0)}, accepted {r.get('accepted', 0)}"
+            + f"; refused for credit {r.get('refused_for_credit', 0)}"
+        )
+        for peer, units in st.balances.items():
+            owes = "owes this peer" if units > 0 else "is owed"
+            lines.append(
+                Text("  balance      ") + peer_text(peer) + f" {owes} {abs(units):,} micro-units"
+            )
     if st.limits_hit:
         hits = ", ".join(f"{reason} {n}" for reason, n in sorted(st.limits_hit.items()))
         lines.append(Text("  limits hit   ") + peer_text(hits))
