@@ -188,6 +188,13 @@ class Accountant:
             self.stats.refused_for_credit += 1
             raise decision.error()
 
+    def standing(self, caller: str) -> int:
+        """``caller``'s standing here, in micro-units: what this peer owes it, less what
+        it owes (higher is better; this peer's own calls stand best)."""
+        if caller == self.peer_id:
+            return 1 << 62
+        return self.credit.standing(caller, self._clock())
+
     def issue(
         self,
         caller: str,

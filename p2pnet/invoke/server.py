@@ -42,6 +42,7 @@ from p2pnet.errors import (
 from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.protocol import write_message
 from p2pnet.net.interfaces import ByteStream
+from p2pnet.runtime.served import caller_priority
 
 __all__ = ["MAX_ERROR_MESSAGE_CHARS", "InvokeServer", "ProviderAccounts", "ServerStats"]
 
@@ -83,6 +84,11 @@ class ProviderAccounts(Protocol):
 
     def take_acknowledgement(self, caller: str, envelope: bytes) -> None:
         """Keep ``caller``'s signed acknowledgement of what it owes."""
+        ...
+
+    def standing(self, caller: str) -> int:
+        """How well ``caller`` stands here (higher is better): its calls are admitted in
+        this order when a model's slots are full."""
         ...
 
 
@@ -166,9 +172,13 @@ class InvokeServer:
                     self._take_acknowledgement(accounts, caller, message.ack)
                 accounts.admit(caller, message.model_id, message.inputs)
             started = trio.current_time()
-            outputs = await self.local.invoke(
-                self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
-            )
+            standing = caller_priority.set(accounts.standing(caller) if accounts else 0)
+            try:
+                outputs = await self.local.invoke(
+                    self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
+                )
+            finally:
+                caller_priority.reset(standing)
             receipt = (
                 accounts.issue(
                     caller,

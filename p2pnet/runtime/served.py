@@ -2,13 +2,23 @@
 invoke server and ``Peer`` use; ``RunSlots``, the worker-thread runner with concurrency,
 queue and deadline limits; and ``SlottedModel``, the shell around them (checked inputs,
 runs in ``RunSlots``) that ONNX and Python models share.
+
+Admission under load: while a model's runs fill its slots, the calls waiting for one
+are admitted best ``caller_priority`` first (the caller's standing in this peer's
+credit, set by the invoke server), first come first among equals; a model with a free
+slot serves everyone at once. This is GNUnet's excess-based economy: serve everyone
+while idle, and under load the most respected first.
 """
 
 from __future__ import annotations
 
+import contextvars
+import heapq
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy.typing as npt
@@ -20,7 +30,13 @@ from p2pnet.errors import DeadlineExceededError, PeerBusyError
 if TYPE_CHECKING:
     from p2pnet.core.model_info import ModelInfo
 
-__all__ = ["RunSlots", "ServedModel", "SlottedModel"]
+__all__ = ["PriorityLimiter", "RunSlots", "ServedModel", "SlottedModel", "caller_priority"]
+
+caller_priority: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "caller_priority", default=0
+)
+"""The priority of the calls the current task makes (higher is admitted first under
+load): the invoke server sets it to the caller's credit standing for each call."""
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -52,13 +68,69 @@ class ServedModel(Protocol):
         ...
 
 
+@dataclass(order=True)
+class _Waiter:
+    """A borrower waiting for a slot; ordered by (-priority, arrival)."""
+
+    rank: int
+    arrival: int
+    borrower: object = field(compare=False)
+    admitted: trio.Event = field(default_factory=trio.Event, compare=False)
+    state: str = field(default="waiting", compare=False)  # "granted" or "gone" later
+
+
+class PriorityLimiter:
+    """A ``trio.CapacityLimiter`` for ``trio.to_thread.run_sync`` (its borrowing
+    methods) that admits the waiting borrowers by ``caller_priority``, highest first,
+    then in arrival order, instead of in arrival order alone."""
+
+    def __init__(self, total_tokens: int) -> None:
+        self.total_tokens = total_tokens
+        self._borrowers: set[object] = set()
+        self._waiting: list[_Waiter] = []  # a heap: the best-placed first
+        self._arrivals = itertools.count()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return len(self._borrowers)
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take a slot for ``borrower``, waiting behind better-placed borrowers."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if len(self._borrowers) < self.total_tokens and not self._waiting:
+            self._borrowers.add(borrower)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        waiter = _Waiter(-caller_priority.get(), next(self._arrivals), borrower)
+        heapq.heappush(self._waiting, waiter)
+        try:
+            await waiter.admitted.wait()
+        except BaseException:
+            if waiter.state == "granted":  # admitted as it was cancelled: hand the slot on
+                self.release_on_behalf_of(borrower)
+            else:
+                waiter.state = "gone"
+            raise
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give ``borrower``'s slot to the best-placed waiting borrower, if any."""
+        self._borrowers.remove(borrower)
+        while self._waiting and len(self._borrowers) < self.total_tokens:
+            waiter = heapq.heappop(self._waiting)
+            if waiter.state == "gone":
+                continue
+            waiter.state = "granted"
+            self._borrowers.add(waiter.borrower)
+            waiter.admitted.set()
+
+
 class RunSlots:
     """Runs calls in worker threads: at most ``max_concurrency`` at a time and at most
     ``max_queue`` more waiting for a slot; callers beyond that are refused as busy.
     """
 
     def __init__(self, max_concurrency: int, max_queue: int) -> None:
-        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._limiter = PriorityLimiter(max_concurrency)
         self._max_in_flight = max_concurrency + max_queue
         self._in_flight = 0
 
@@ -85,9 +157,14 @@ class RunSlots:
         self._in_flight += 1
         try:
             with trio.move_on_after(timeout) as scope:
-                # (trio-typing's stubs, pulled in by py-libp2p, predate abandon_on_cancel)
+                # (trio-typing's stubs, pulled in by py-libp2p, predate abandon_on_cancel,
+                # and name CapacityLimiter where trio takes anything with its borrowing
+                # methods, as PriorityLimiter has)
                 return await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                    fn, arg, abandon_on_cancel=True, limiter=self._limiter
+                    fn,
+                    arg,
+                    abandon_on_cancel=True,
+                    limiter=self._limiter,  # type: ignore[arg-type]
                 )
         finally:
             self._in_flight -= 1
@@ -99,7 +176,7 @@ class RunSlots:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no run is in progress (abandoned ones included); False on timeout."""
-        tokens = [object() for _ in range(int(self._limiter.total_tokens))]
+        tokens = [object() for _ in range(self._limiter.total_tokens)]
         acquired = []
         with trio.move_on_after(timeout):
             for token in tokens:
