@@ -279,3 +279,25 @@ async def test_the_cheaper_provider_is_found_first_and_max_price_leaves_out_the_
         assert ledger_of(caller).balances().keys() == {providers["cheap"].peer_id}
         with pytest.raises(UnknownModelError, match="none at or under the max price"):
             await caller.call({"x": X}, task=TASK, max_price=Price(999, 0, 0))
+
+
+async def test_a_caller_that_does_not_acknowledge_stands_last(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    every_two = AccountingConfig(ack_every_calls=2, ack_every_units=0)
+    async with open_swarm(tmp_path) as swarm:
+        provider = await swarm.peer("provider", accounting=every_two)  # expects one per 2
+        provider.serve(models["iris"], tasks=[TASK], price=PRICE)
+        caller = await swarm.peer("caller", accounting=every_two)
+        never = AccountingConfig(ack_every_calls=0, ack_every_units=0)
+        silent = await swarm.peer("silent", accounting=never)
+        iris = next(iter(provider.models))
+        accountant = provider.services.accountant
+        assert accountant is not None
+        for _ in range(6):
+            await caller.invoke(provider.addrs[0], iris, {"x": X})
+            await silent.invoke(provider.addrs[0], iris, {"x": X})
+        # Both owe the same; only the caller acknowledged (the silent one never does).
+        assert accountant.credit.balance(caller.peer_id, 0) > 0
+        hard = accountant.config.credit.hard_threshold
+        assert accountant.standing(silent.peer_id) < -hard < accountant.standing(caller.peer_id)

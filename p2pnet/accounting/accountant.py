@@ -190,10 +190,17 @@ class Accountant:
 
     def standing(self, caller: str) -> int:
         """``caller``'s standing here, in micro-units: what this peer owes it, less what
-        it owes (higher is better; this peer's own calls stand best)."""
+        it owes (higher is better; this peer's own calls stand best). A caller that has
+        left more than ``2 x ack_every_calls`` receipts unacknowledged is treated as one
+        that does not settle: it stands last, below every caller within its credit."""
         if caller == self.peer_id:
             return 1 << 62
-        return self.credit.standing(caller, self._clock())
+        standing = self.credit.standing(caller, self._clock())
+        every = self.config.ack_every_calls
+        pair = self._pairs.get((self.peer_id, caller))
+        if every and pair is not None and pair.calls_since_ack > 2 * every:
+            return min(standing, -self.config.credit.hard_threshold - 1)
+        return standing
 
     def issue(
         self,
@@ -229,6 +236,7 @@ class Accountant:
         envelope = sign_receipt(receipt, self._key)
         self.ledger.record_receipt(_stored(receipt, envelope), role="provider")
         pair.chain = pair.chain.check_next(receipt)
+        pair.calls_since_ack += 1  # receipts the caller has not acknowledged yet
         self.credit.charge_served(caller, units, self._clock())
         self.stats.receipts_issued += 1
         return envelope
@@ -252,6 +260,8 @@ class Accountant:
                 envelope=envelope,
             )
         )
+        pair = self._pair(self.peer_id, caller)
+        pair.calls_since_ack = max(0, pair.chain.last_seq - ack.seq)
         self.stats.acknowledgements_received += 1
 
     # --- as a caller ---------------------------------------------------------------------
