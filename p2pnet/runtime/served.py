@@ -32,9 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PriorityLimiter", "RunSlots", "ServedModel", "SlottedModel", "caller_priority"]
 
-caller_priority: contextvars.ContextVar[int] = contextvars.ContextVar(
-    "caller_priority", default=0
-)
+caller_priority: contextvars.ContextVar[int] = contextvars.ContextVar("caller_priority", default=0)
 """The priority of the calls the current task makes (higher is admitted first under
 load): the invoke server sets it to the caller's credit standing for each call."""
 
