@@ -10,15 +10,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
 from p2pnet.errors import ConfigError
 
 __all__ = [
+    "CreditConfig",
     "SwarmConfig",
     "SwarmJoin",
     "config_dir",
     "config_path",
     "data_dir",
     "default_identity_path",
+    "load_credit",
     "load_swarm",
     "load_swarms",
     "resolve_swarm",
@@ -81,6 +84,19 @@ def load_swarms(path: Path | None = None) -> dict[str, SwarmConfig]:
             names the file, the table and the key (and the line, for TOML errors).
     """
     path = path or config_path()
+    data = _read_config(path)
+    swarms = data.get("swarms", {})
+    if not isinstance(swarms, dict):
+        raise ConfigError(f"{path}: 'swarms' must be a table of [swarms.NAME] tables")
+    return {name: _swarm(path, name, table) for name, table in swarms.items()}
+
+
+def _read_config(path: Path) -> dict[str, object]:
+    """The config file's tables (none if there is no file).
+
+    Raises:
+        ConfigError: it cannot be read or is not TOML.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -88,13 +104,76 @@ def load_swarms(path: Path | None = None) -> dict[str, SwarmConfig]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    swarms = data.get("swarms", {})
-    if not isinstance(swarms, dict):
-        raise ConfigError(f"{path}: 'swarms' must be a table of [swarms.NAME] tables")
-    return {name: _swarm(path, name, table) for name, table in swarms.items()}
+
+
+# --- config.toml: credit ---------------------------------------------------------------------
+
+_CREDIT_KEYS = (
+    "allowance_rate",
+    "soft_threshold",
+    "hard_threshold",
+    "ack_every_calls",
+    "ack_every_units",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditConfig:
+    """The ``[credit]`` table: what callers may owe a peer that keeps accounts, and how
+    often it acknowledges what it owes others (docs/incentives.md has the defaults and
+    why)."""
+
+    policy: CreditPolicy = DEFAULT_CREDIT_POLICY
+    ack_every_calls: int = 16
+    ack_every_units: int = 1_000_000
+
+
+def load_credit(path: Path | None = None) -> CreditConfig:
+    """The ``[credit]`` table of the config file (the defaults if there is none).
+
+    ::
+
+        [credit]
+        allowance_rate = 10000      # micro-units of debt forgiven per second
+        soft_threshold = 10000000   # ask to settle from here
+        hard_threshold = 12500000   # refuse beyond (default 1.25 x soft_threshold)
+        ack_every_calls = 16        # acknowledge a provider's running total this often
+        ack_every_units = 1000000   # ... or once this many micro-units accrued
+
+    Raises:
+        ConfigError: the file is not TOML, or a key is unknown or not a whole number in
+            range; the message names the file and the key.
+    """
+    path = path or config_path()
+    table = _read_config(path).get("credit", {})
+    where = f"{path}: [credit]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(table) - set(_CREDIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it has: {', '.join(_CREDIT_KEYS)}")
+    for key, value in table.items():
+        if type(value) is not int or value < 0:
+            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
+    default = DEFAULT_CREDIT_POLICY
+    soft = table.get("soft_threshold", default.soft_threshold)
+    try:
+        policy = CreditPolicy(
+            allowance_rate=table.get("allowance_rate", default.allowance_rate),
+            soft_threshold=soft,
+            hard_threshold=table.get("hard_threshold", soft + soft // 4),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    defaults = CreditConfig()
+    return CreditConfig(
+        policy,
+        table.get("ack_every_calls", defaults.ack_every_calls),
+        table.get("ack_every_units", defaults.ack_every_units),
+    )
 
 
 def _swarm(path: Path, name: str, table: object) -> SwarmConfig:

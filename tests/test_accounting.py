@@ -24,10 +24,12 @@ from test_cli import start_peer
 from p2pnet import Peer
 from p2pnet.accounting import AccountingConfig, machine_fingerprint
 from p2pnet.cli.status import status_text
+from p2pnet.config import CreditConfig, load_credit
 from p2pnet.core.credit import CreditPolicy
 from p2pnet.core.pricing import Price, Usage, units_for
 from p2pnet.core.receipts import verify_receipt
 from p2pnet.errors import (
+    ConfigError,
     CreditExceededError,
     P2PNetError,
     ReceiptMismatchError,
@@ -301,3 +303,23 @@ async def test_a_caller_that_does_not_acknowledge_stands_last(
         assert accountant.credit.balance(caller.peer_id, 0) > 0
         hard = accountant.config.credit.hard_threshold
         assert accountant.standing(silent.peer_id) < -hard < accountant.standing(caller.peer_id)
+
+
+def test_credit_settings_come_from_config_toml(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert load_credit(path) == CreditConfig()  # no file: the defaults
+    path.write_text("[credit]\nallowance_rate = 0\nsoft_threshold = 4000\nack_every_calls = 4\n")
+    credit = load_credit(path)
+    assert credit.policy == CreditPolicy(
+        allowance_rate=0, soft_threshold=4_000, hard_threshold=5_000
+    )
+    assert (credit.ack_every_calls, credit.ack_every_units) == (4, 1_000_000)
+    for bad, message in (
+        ("[credit]\nsoft = 1\n", "unknown key 'soft'"),
+        ("[credit]\nallowance_rate = 1.5\n", "allowance_rate must be a whole number"),
+        ("[credit]\nsoft_threshold = 10\nhard_threshold = 5\n", "at least soft_threshold"),
+        ("credit = 3\n", r"\[credit\] must be a table"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            load_credit(path)

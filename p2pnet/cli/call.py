@@ -18,6 +18,7 @@ from p2pnet.cli.options import (
     DiscoveryOptions,
     ParentParsers,
     Subparsers,
+    accounting_config,
     add_input_option,
     load_identity,
 )
@@ -87,7 +88,11 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
         address, model_id = options.target[0], parse_model_id(options.target[1])
         ledger = default_ledger_path(identity.peer_id)
         async with Peer(
-            identity, ledger=ledger, listen=discovery.listen, swarm_key=join.swarm_key
+            identity,
+            ledger=ledger,
+            accounting=accounting_config(),
+            listen=discovery.listen,
+            swarm_key=join.swarm_key,
         ) as peer:
             outputs = await peer.invoke(address, model_id, inputs, timeout=discovery.timeout)
         return peer_text(f"{model_id} on {address.rsplit('/', 1)[-1]}"), outputs

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Generic, TypeAlias, TypeVar
 
-from p2pnet.config import SwarmJoin, config_path, default_identity_path, resolve_swarm
+from p2pnet.accounting import AccountingConfig
+from p2pnet.config import (
+    SwarmJoin,
+    config_path,
+    default_identity_path,
+    load_credit,
+    resolve_swarm,
+)
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.pricing import Price
 from p2pnet.errors import UsageError
@@ -132,6 +139,20 @@ def add_input_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+def accounting_config() -> AccountingConfig:
+    """How this user's peers keep accounts: ``[credit]`` of config.toml, or the defaults.
+
+    Raises:
+        ConfigError: a ``[credit]`` table that is wrong (the message says where).
+    """
+    credit = load_credit()
+    return AccountingConfig(
+        credit=credit.policy,
+        ack_every_calls=credit.ack_every_calls,
+        ack_every_units=credit.ack_every_units,
+    )
+
+
 def parse_price(text: str, option: str = "--price") -> Price:
     """``CALL[,MB[,CPU_S]]`` in whole micro-units (missing parts are 0) as a Price.
 
@@ -248,6 +269,7 @@ class DiscoveryOptions:
         return Peer(
             identity,
             ledger=default_ledger_path(identity.peer_id),
+            accounting=accounting_config(),
             listen=self.listen,
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,

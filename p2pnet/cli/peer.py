@@ -20,6 +20,7 @@ from p2pnet.cli.options import (
     ParentParsers,
     Subparsers,
     SwarmOptions,
+    accounting_config,
     identity_path,
     load_identity,
     parse_price,
@@ -249,6 +250,7 @@ async def _serve(options: PeerOptions) -> None:
         peer = Peer(
             identity,
             ledger=ledger,
+            accounting=accounting_config(),
             listen=options.listen,
             max_concurrency=options.max_concurrency,
             bootstrap=join.bootstrap,
