@@ -44,7 +44,8 @@ from p2pnet.core.receipts import (
 )
 from p2pnet.core.records import CapabilityRecord, encode_record
 from p2pnet.errors import LedgerConflictError, ReceiptChainError, ReplayedReceiptError
-from p2pnet.ledger import Ledger, StoredAcknowledgement, StoredReceipt
+from p2pnet.ledger import Ledger, StoredAcknowledgement
+from p2pnet.ledger.signed import stored_form
 from p2pnet.ledger.store import Role
 
 __all__ = [
@@ -234,7 +235,7 @@ class Accountant:
             issued_at=int(self._wall_clock() * 1000),
         )
         envelope = sign_receipt(receipt, self._key)
-        self.ledger.record_receipt(_stored(receipt, envelope), role="provider")
+        self.ledger.record_receipt(stored_form(receipt, envelope), role="provider")
         pair.chain = pair.chain.check_next(receipt)
         pair.calls_since_ack += 1  # receipts the caller has not acknowledged yet
         self.credit.charge_served(caller, units, self._clock())
@@ -336,7 +337,7 @@ class Accountant:
         # its place in the chain is free and it links to the one before it when that one
         # is held (the ledger checks both); the chain in memory follows the highest seq.
         try:
-            added = self.ledger.record_receipt(_stored(receipt, envelope), role="caller")
+            added = self.ledger.record_receipt(stored_form(receipt, envelope), role="caller")
         except LedgerConflictError as exc:
             raise ReceiptChainError(str(exc), peer=provider) from None
         if not added:
@@ -375,17 +376,3 @@ class Accountant:
             chain = ReceiptChain(provider, caller, head.seq, head.receipt_hash, total)
             pair = self._pairs[(provider, caller)] = _Pair(chain)
         return pair
-
-
-def _stored(receipt: Receipt, envelope: bytes) -> StoredReceipt:
-    return StoredReceipt(
-        provider=receipt.provider,
-        caller=receipt.caller,
-        model_id=receipt.model_id,
-        seq=receipt.seq,
-        units=receipt.units,
-        receipt_hash=receipt_hash(receipt),
-        prev_hash=receipt.prev_hash,
-        issued_at=receipt.issued_at,
-        envelope=envelope,
-    )

@@ -6,10 +6,15 @@ anything that records a received envelope goes through them first.
 
 from __future__ import annotations
 
-from p2pnet.core.receipts import receipt_hash, verify_acknowledgement, verify_receipt
+from p2pnet.core.receipts import (
+    Receipt,
+    receipt_hash,
+    verify_acknowledgement,
+    verify_receipt,
+)
 from p2pnet.ledger.store import StoredAcknowledgement, StoredReceipt
 
-__all__ = ["stored_acknowledgement", "stored_receipt"]
+__all__ = ["stored_acknowledgement", "stored_form", "stored_receipt"]
 
 
 def stored_receipt(envelope: bytes) -> StoredReceipt:
@@ -18,7 +23,12 @@ def stored_receipt(envelope: bytes) -> StoredReceipt:
     Raises:
         MalformedReceiptError, ForgedReceiptError: as ``verify_receipt``.
     """
-    receipt = verify_receipt(envelope)
+    return stored_form(verify_receipt(envelope), envelope)
+
+
+def stored_form(receipt: Receipt, envelope: bytes) -> StoredReceipt:
+    """The ledger row of ``receipt``, whose signed envelope is ``envelope`` (already
+    verified, or signed here)."""
     return StoredReceipt(
         provider=receipt.provider,
         caller=receipt.caller,
