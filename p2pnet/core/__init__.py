@@ -22,6 +22,7 @@ address_filter.py  addrs_seen_at, addrs_for_scope      which announced addresses
                                                      peer (by its scope: loopback, private,
                                                      public)
 access.py      AccessPolicy, parse_allow_list        per-model access lists
+fields.py      check_peer_id, check_text, ...       checks of signed messages' fields
 records.py     CapabilityRecord, sign_record,        signed capability records: canonical
                verify_record, supersedes             encoding, envelope, verification
 receipts.py    Receipt, sign/verify_receipt,

@@ -20,7 +20,6 @@ compares): one receipt has exactly one payload, one hash and one envelope.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,16 +32,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.fields import (
+    check_int,
+    check_keys,
+    check_model_id,
+    check_peer_id,
+    check_text,
+    unpack_canonical,
+)
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
 from p2pnet.core.tensor import dtype_name, normalize_array
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import (
     ForeignReceiptError,
     ForgedReceiptError,
-    InvalidAddressError,
     InvalidInputError,
-    InvalidModelIdError,
     MalformedReceiptError,
     ReceiptChainError,
     ReceiptMismatchError,
@@ -92,7 +96,6 @@ MAX_RUNTIME_BYTES: Final = 128
 MAX_UNITS: Final = (1 << 63) - 1
 MAX_SEQ: Final = (1 << 64) - 1
 MAX_ISSUED_AT: Final = (1 << 63) - 1
-_MAX_MODEL_ID_LENGTH: Final = 100
 
 _RECEIPT_KEYS: Final = (
     "v",
@@ -109,9 +112,7 @@ _RECEIPT_KEYS: Final = (
     "issued_at",
 )
 _ACKNOWLEDGEMENT_KEYS: Final = ("v", "caller", "provider", "seq", "total_units", "last_hash")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIM = np.dtype("<u8")
-_parse_model_id = lru_cache(maxsize=4096)(parse_model_id)
 
 
 # Tensor hashes
@@ -205,15 +206,15 @@ class Receipt:
     issued_at: int
 
     def __post_init__(self) -> None:
-        _check_peer_id("provider", self.provider)
-        _check_peer_id("caller", self.caller)
-        _check_model_id(self.model_id)
+        check_peer_id("provider", self.provider)
+        check_peer_id("caller", self.caller)
+        check_model_id(self.model_id)
         for field in ("record_hash", "request_hash", "result_hash", "prev_hash"):
             _check_hash(field, getattr(self, field))
-        _check_text("runtime", self.runtime, MAX_RUNTIME_BYTES)
-        _check_int("units", self.units, 0, MAX_UNITS)
-        _check_int("seq", self.seq, 1, MAX_SEQ)
-        _check_int("issued_at", self.issued_at, 0, MAX_ISSUED_AT)
+        check_text("runtime", self.runtime, MAX_RUNTIME_BYTES)
+        check_int("units", self.units, MAX_UNITS, 0)
+        check_int("seq", self.seq, MAX_SEQ, 1)
+        check_int("issued_at", self.issued_at, MAX_ISSUED_AT, 0)
         if self.seq == 1 and self.prev_hash != ZERO_HASH:
             raise ValueError("prev_hash of the first receipt (seq 1) must be 32 zero bytes")
 
@@ -454,10 +455,10 @@ class Acknowledgement:
     last_receipt_hash: bytes
 
     def __post_init__(self) -> None:
-        _check_peer_id("caller", self.caller)
-        _check_peer_id("provider", self.provider)
-        _check_int("seq", self.seq, 1, MAX_SEQ)
-        _check_int("total_units", self.total_units, 0, MAX_UNITS)
+        check_peer_id("caller", self.caller)
+        check_peer_id("provider", self.provider)
+        check_int("seq", self.seq, MAX_SEQ, 1)
+        check_int("total_units", self.total_units, MAX_UNITS, 0)
         _check_hash("last_receipt_hash", self.last_receipt_hash)
 
 
@@ -587,7 +588,7 @@ def _open_envelope(what: str, envelope: bytes, max_size: int) -> tuple[bytes, by
         raise MalformedReceiptError(
             f"{what} of {len(envelope)} bytes; this side accepts at most {max_size}"
         )
-    parts = _unpack(f"{what} envelope", envelope)
+    parts = unpack_canonical(envelope, f"{what} envelope", MalformedReceiptError)
     if (
         not isinstance(parts, tuple)
         or len(parts) != 2
@@ -633,15 +634,8 @@ def _check_pair(
         raise ForeignReceiptError(f"the {what} is of caller {caller}, not {want_caller}")
 
 
-def _unpack(what: str, data: bytes) -> object:
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises many types for malformed input
-        raise MalformedReceiptError(f"{what} is not valid msgpack: {exc}") from None
-
-
 def _open_map(what: str, payload: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
-    head = _unpack(what, payload)
+    head = unpack_canonical(payload, what, MalformedReceiptError)
     if not isinstance(head, dict):
         raise MalformedReceiptError(f"{what} is a {type(head).__name__}, not a map")
     version = head.get("v")
@@ -650,61 +644,11 @@ def _open_map(what: str, payload: bytes, keys: tuple[str, ...]) -> dict[str, Any
             f"{what} version {version!r:.40} is not supported "
             f"(this side reads version {RECEIPT_VERSION})"
         )
-    if tuple(head) != keys:
-        missing = [k for k in keys if k not in head]
-        unknown = [k for k in head if k not in keys]
-        problem = (
-            f"lacks key {missing[0]!r}"
-            if missing
-            else f"has unknown key {unknown[0]!r:.40}"
-            if unknown
-            else "has its keys out of order"
-        )
-        raise MalformedReceiptError(f"{what} {problem}; its keys are, in order: {', '.join(keys)}")
+    check_keys(what, head, keys, MalformedReceiptError)
     return head
-
-
-def _check_peer_id(field: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{field} must be a peer ID str, not {type(value).__name__}")
-    try:
-        public_key_from_peer_id(value)
-    except InvalidAddressError as exc:
-        raise ValueError(f"{field}: {exc}") from None
-
-
-def _check_model_id(value: object) -> None:
-    if not isinstance(value, str) or len(value) > _MAX_MODEL_ID_LENGTH:
-        raise ValueError(f"model_id must be a model ID (bafkrei...), not {value!r:.80}")
-    try:
-        canonical = _parse_model_id(value)
-    except InvalidModelIdError as exc:
-        raise ValueError(f"model_id: {exc}") from None
-    if canonical != value:
-        raise ValueError(f"model_id {value!r} is not in canonical form; use {canonical!r}")
 
 
 def _check_hash(field: str, value: object) -> None:
     if not isinstance(value, bytes) or len(value) != HASH_SIZE:
         size = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
         raise ValueError(f"{field} must be {HASH_SIZE} bytes (a SHA-256), not {size}")
-
-
-def _check_text(field: str, value: object, max_bytes: int) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{field} must be a str, not {type(value).__name__}")
-    try:
-        size = len(value.encode())
-    except UnicodeEncodeError:
-        raise ValueError(f"{field} is not valid Unicode (it holds a lone surrogate)") from None
-    if size > max_bytes:
-        raise ValueError(f"{field} is {size} bytes of UTF-8; at most {max_bytes}")
-    if _CONTROL.search(value):
-        raise ValueError(f"{field} {value!r:.80} holds a control character")
-
-
-def _check_int(field: str, value: object, minimum: int, maximum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{field} must be an int, not {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{field} is {value}; it must be in {minimum}..{maximum}")

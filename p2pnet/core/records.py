@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final
 
 import msgpack
@@ -28,7 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
-from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.fields import (
+    check_int,
+    check_keys,
+    check_model_id,
+    check_peer_id,
+    check_text,
+    unpack_canonical,
+)
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
 from p2pnet.core.pricing import FREE, Price, price_from_wire, price_to_wire
 from p2pnet.core.schema import ModelSchema, TensorSpec
@@ -36,8 +42,6 @@ from p2pnet.core.tensor import MAX_NDIM
 from p2pnet.errors import (
     ExpiredRecordError,
     ForgedRecordError,
-    InvalidAddressError,
-    InvalidModelIdError,
     MalformedRecordError,
     PayloadTooLargeError,
     RecordKeyMismatchError,
@@ -76,7 +80,6 @@ MAX_SYMBOL_BYTES: Final = 64
 MAX_DIM: Final = (1 << 63) - 1
 MAX_SEQ: Final = (1 << 64) - 1
 MAX_EXPIRES_AT: Final = (1 << 63) - 1  # fits a signed 64-bit integer in every language
-_MAX_MODEL_ID_LENGTH: Final = 100  # a model ID is 59 characters; bound the text before parsing
 
 _KEYS: Final = (
     "v",
@@ -97,10 +100,6 @@ _SCHEMA_KEYS: Final = ("inputs", "outputs")
 _TASK = re.compile(r"[a-z0-9][a-z0-9-]*")
 _DTYPE = re.compile(r"[a-z][a-z0-9]*")
 _ADDR = re.compile(r"/[!-~]*")  # printable ASCII, no spaces
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # would let a record rewrite a terminal
-# Parsing a model ID with multiformats costs ~300 us, three times an Ed25519 verification;
-# records name the same models again and again.
-_parse_model_id = lru_cache(maxsize=4096)(parse_model_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,16 +129,16 @@ class CapabilityRecord:
     price: Price = FREE
 
     def __post_init__(self) -> None:
-        _check_model_id(self.model_id)
-        _check_peer_id(self.peer_id)
+        check_model_id(self.model_id)
+        check_peer_id("peer_id", self.peer_id)
         _check_schema(self.schema)
         _check_list("tasks", self.tasks, MAX_TASKS, _check_task, unique=True)
-        _check_text("name", self.name, MAX_NAME_BYTES)
-        _check_text("version", self.version, MAX_VERSION_BYTES)
-        _check_text("runtime", self.runtime, MAX_RUNTIME_BYTES)
+        check_text("name", self.name, MAX_NAME_BYTES)
+        check_text("version", self.version, MAX_VERSION_BYTES)
+        check_text("runtime", self.runtime, MAX_RUNTIME_BYTES)
         _check_list("addrs", self.addrs, MAX_ADDRS, _check_addr, unique=True)
-        _check_int("seq", self.seq, MAX_SEQ)
-        _check_int("expires_at", self.expires_at, MAX_EXPIRES_AT)
+        check_int("seq", self.seq, MAX_SEQ)
+        check_int("expires_at", self.expires_at, MAX_EXPIRES_AT)
         if not isinstance(self.price, Price):
             raise ValueError(f"price must be a Price, not {type(self.price).__name__}")
 
@@ -186,7 +185,7 @@ def decode_record(payload: bytes) -> CapabilityRecord:
         MalformedRecordError: not msgpack, wrong keys or types, a field out of bounds,
             or not the canonical encoding of the record it decodes to.
     """
-    head = _unpack(payload, "capability record")
+    head = unpack_canonical(payload, "capability record", MalformedRecordError)
     if not isinstance(head, dict):
         raise MalformedRecordError(f"capability record is {_kind(head)}, not a map")
     version = head.get("v")
@@ -195,11 +194,16 @@ def decode_record(payload: bytes) -> CapabilityRecord:
             f"capability record version {version!r:.40} is not supported "
             f"(this side reads version {RECORD_VERSION})"
         )
-    _check_keys("capability record", head, (*_KEYS, _PRICE_KEY) if _PRICE_KEY in head else _KEYS)
+    check_keys(
+        "capability record",
+        head,
+        (*_KEYS, _PRICE_KEY) if _PRICE_KEY in head else _KEYS,
+        MalformedRecordError,
+    )
     schema = head["schema"]
     if not isinstance(schema, dict):
         raise MalformedRecordError(f"record field 'schema' is {_kind(schema)}, not a map")
-    _check_keys("record field 'schema'", schema, _SCHEMA_KEYS)
+    check_keys("record field 'schema'", schema, _SCHEMA_KEYS, MalformedRecordError)
     try:
         record = CapabilityRecord(
             model_id=head["model"],
@@ -314,7 +318,7 @@ def verify_record(
 
 
 def _open_envelope(envelope: bytes) -> tuple[bytes, bytes, bytes]:
-    parts = _unpack(envelope, "capability record envelope")
+    parts = unpack_canonical(envelope, "capability record envelope", MalformedRecordError)
     if (
         not isinstance(parts, tuple)
         or len(parts) != 3
@@ -364,52 +368,11 @@ def supersedes(candidate: CapabilityRecord, held: CapabilityRecord | None) -> bo
     )
 
 
-def _unpack(data: bytes, what: str) -> object:
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises many types for malformed input
-        raise MalformedRecordError(f"{what} is not valid msgpack: {exc}") from None
-
-
 def _kind(value: object) -> str:
     """What a decoded msgpack value is, in msgpack's words."""
     names = {tuple: "an array", str: "a string", bytes: "binary", bool: "a boolean"}
     names |= {int: "an integer", float: "a float", type(None): "nil"}
     return names.get(type(value), "an extension value")
-
-
-def _check_keys(what: str, value: dict[Any, Any], expected: tuple[str, ...]) -> None:
-    if tuple(value) == expected:
-        return
-    missing = [k for k in expected if k not in value]
-    unknown = [k for k in value if k not in expected]
-    if missing:
-        problem = f"lacks key {missing[0]!r}"
-    elif unknown:
-        problem = f"has unknown key {unknown[0]!r:.40}"
-    else:
-        problem = "has its keys out of order"
-    raise MalformedRecordError(f"{what} {problem}; its keys are, in order: {', '.join(expected)}")
-
-
-def _check_model_id(value: object) -> None:
-    if not isinstance(value, str) or len(value) > _MAX_MODEL_ID_LENGTH:
-        raise ValueError(f"model_id must be a model ID (bafkrei...), not {value!r:.80}")
-    try:
-        canonical = _parse_model_id(value)
-    except InvalidModelIdError as exc:
-        raise ValueError(f"model_id: {exc}") from None
-    if canonical != value:
-        raise ValueError(f"model_id {value!r} is not in canonical form; use {canonical!r}")
-
-
-def _check_peer_id(value: object) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"peer_id must be a str, not {type(value).__name__}")
-    try:
-        public_key_from_peer_id(value)
-    except InvalidAddressError as exc:
-        raise ValueError(f"peer_id: {exc}") from None
 
 
 def _check_schema(schema: object) -> None:
@@ -425,7 +388,7 @@ def _check_schema(schema: object) -> None:
 def _check_spec(where: str, spec: object) -> None:
     if not isinstance(spec, TensorSpec):
         raise ValueError(f"{where} must be a TensorSpec, not {type(spec).__name__}")
-    _check_text(f"{where} name", spec.name, MAX_TENSOR_NAME_BYTES, allow_empty=False)
+    check_text(f"{where} name", spec.name, MAX_TENSOR_NAME_BYTES, allow_empty=False)
     dtype = spec.dtype
     if not isinstance(dtype, str) or len(dtype) > MAX_DTYPE_LENGTH or not _DTYPE.fullmatch(dtype):
         raise ValueError(f"{where} dtype must be a dtype name like 'float32', not {dtype!r:.40}")
@@ -436,9 +399,9 @@ def _check_dim(where: str, dim: object) -> None:
     if dim is None:
         return
     if isinstance(dim, str):
-        _check_text(where, dim, MAX_SYMBOL_BYTES, allow_empty=False)
+        check_text(where, dim, MAX_SYMBOL_BYTES, allow_empty=False)
         return
-    _check_int(where, dim, MAX_DIM)
+    check_int(where, dim, MAX_DIM)
 
 
 def _check_task(where: str, tag: object) -> None:
@@ -473,28 +436,6 @@ def _check_list(
         check(f"{field}[{i}]", item)
     if unique and len(set(value)) != len(value):
         raise ValueError(f"{field} holds the same entry twice")
-
-
-def _check_text(field: str, value: object, max_bytes: int, *, allow_empty: bool = True) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{field} must be a str, not {type(value).__name__}")
-    try:
-        size = len(value.encode())
-    except UnicodeEncodeError:
-        raise ValueError(f"{field} is not valid Unicode (it holds a lone surrogate)") from None
-    if size > max_bytes:
-        raise ValueError(f"{field} is {size} bytes of UTF-8; at most {max_bytes}")
-    if not value and not allow_empty:
-        raise ValueError(f"{field} is empty")
-    if _CONTROL.search(value):
-        raise ValueError(f"{field} {value!r:.80} holds a control character")
-
-
-def _check_int(field: str, value: object, maximum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{field} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= maximum:
-        raise ValueError(f"{field} is {value}; it must be in 0..{maximum}")
 
 
 RECORD_KEY_PREFIX: Final = b"/p2pnet/record/"
