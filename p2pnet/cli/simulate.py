@@ -149,5 +149,8 @@ def simulate(options: SimulateOptions) -> int:
                     err.print(f"wrote {escape(str(png))}")
             except PlotsUnavailableError as exc:
                 err.print(f"[yellow]no plots[/]: {escape(str(exc))}")
-    forged = sum(r["metrics"]["summary"]["forged_accepted"] for r in report["runs"])
-    return 1 if forged else 0
+    forged = sum(
+        r["metrics"]["summary"]["forged_accepted"] for r in report["runs"] if "metrics" in r
+    )
+    failed = [r for r in report["runs"] if not r.get("incentives", {}).get("verdict", True)]
+    return 1 if forged or failed else 0

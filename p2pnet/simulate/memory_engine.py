@@ -8,6 +8,7 @@ the plan and trio's scheduling order are all drawn from the seed.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import random
@@ -44,6 +45,16 @@ def run_memory(
     """Run ``scenario`` with ``n`` initial peers; the result as a JSON-ready dict."""
     seed = scenario.seed if seed is None else seed
     seed_trio_scheduler(seed)
+    if scenario.incentives is not None:
+        from p2pnet.simulate.incentives import run_incentives
+
+        result = trio.run(
+            functools.partial(
+                run_incentives, scenario, n, seed, progress or _no_progress, epoch=EPOCH
+            ),
+            clock=MockClock(autojump_threshold=0),
+        )
+        return {"engine": "memory", "n": n, "seed": seed, **result}
     old = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:

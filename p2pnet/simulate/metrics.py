@@ -4,7 +4,8 @@ An engine records one ``QueryRecord`` per discovery query, one ``ChurnRecord`` p
 departure or restart, one ``FreshRecord`` per new record, one ``PipelineRecord`` per
 pipeline run and one ``InvocationRecord`` per call a peer makes to another (pipeline
 steps, forwarded hops); ``summarize`` turns them into the run's summary and its
-per-interval series, as plain JSON-ready dicts.
+per-interval series, as plain JSON-ready dicts. The incentives workload records one
+``PaidCallRecord`` per call; ``class_figures`` gives each class of caller's figures.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ __all__ = [
     "ChurnRecord",
     "FreshRecord",
     "InvocationRecord",
+    "PaidCallRecord",
     "PipelineRecord",
     "QueryRecord",
+    "class_figures",
     "percentile",
     "summarize",
 ]
@@ -103,6 +106,42 @@ class InvocationRecord:
     ok: bool
     latency: float
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PaidCallRecord:
+    """One call of the incentives workload: caller ``peer`` of class ``caller_class``
+    (contributor | free_rider) called provider ``provider`` at ``t``; ``units`` charged
+    when it succeeded; ``error`` the error code when not (``credit_exceeded``...)."""
+
+    t: float
+    peer: int
+    caller_class: str
+    provider: int
+    ok: bool
+    latency: float
+    units: int = 0
+    error: str = ""
+
+
+def class_figures(records: Sequence[PaidCallRecord]) -> dict[str, dict[str, Any]]:
+    """Per class of caller: calls, success rate, latency p50/p95 of the successful calls,
+    units consumed and errors by code."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({r.caller_class for r in records}):
+        mine = [r for r in records if r.caller_class == name]
+        lat = [r.latency for r in mine if r.ok]
+        out[name] = {
+            "callers": len({r.peer for r in mine}),
+            "calls": len(mine),
+            "succeeded": len(lat),
+            "success_rate": round(len(lat) / len(mine), 6) if mine else None,
+            "latency_p50_ms": _ms(percentile(lat, 0.50)),
+            "latency_p95_ms": _ms(percentile(lat, 0.95)),
+            "units_consumed": sum(r.units for r in mine),
+            "errors": _error_counts(mine),
+        }
+    return out
 
 
 def percentile(samples: Sequence[float], q: float) -> float | None:
@@ -238,7 +277,9 @@ def _outcome_figures(
     }
 
 
-def _error_counts(records: Iterable[PipelineRecord | InvocationRecord]) -> dict[str, int]:
+def _error_counts(
+    records: Iterable[PipelineRecord | InvocationRecord | PaidCallRecord],
+) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in records:
         if not r.ok:

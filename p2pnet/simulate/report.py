@@ -35,6 +35,9 @@ def _fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the summary table (one row per swarm size) and, for a single run, its
     figures over time."""
+    if report["runs"] and "incentives" in report["runs"][0]:
+        _render_incentives(report, console)
+        return
     scenario = report["scenario"]
     engine = report["engine"]
     clock = "virtual" if engine == "memory" else "wall"
@@ -146,6 +149,38 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(over)
 
 
+def _render_incentives(report: dict[str, Any], console: Console) -> None:
+    """Per class of caller: calls, success, latency, units; then the three checks."""
+    scenario = report["scenario"]
+    for run in report["runs"]:
+        inc = run["incentives"]
+        table = Table(
+            title=f"{scenario['name']} on the {report['engine']} engine, seed {report['seed']}: "
+            f"{inc['providers']} providers, {run['n']:,} peers "
+            f"({scenario['duration_s']:g} s of calls, virtual time)",
+            title_justify="left",
+        )
+        for col in ("class", "callers", "calls", "success", "p50 ms", "p95 ms", "units",
+                    "errors"):  # fmt: skip
+            table.add_column(col, justify="right")
+        for name, c in inc["classes"].items():
+            table.add_row(
+                name,
+                _fmt(c["callers"]),
+                _fmt(c["calls"]),
+                _pct(c["success_rate"]),
+                _fmt(c["latency_p50_ms"]),
+                _fmt(c["latency_p95_ms"]),
+                _fmt(c["units_consumed"]),
+                ", ".join(f"{k} {v}" for k, v in c["errors"].items()) or "-",
+            )
+        console.print(table)
+        for name, check in inc["checks"].items():
+            verdict = "[green]ok[/]" if check["ok"] else "[bold red]FAILED[/]"
+            details = ", ".join(f"{k} {v}" for k, v in check.items() if k != "ok")
+            console.print(f"  {name}: {verdict} ({details})")
+
+
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
@@ -181,6 +216,24 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
     stem = f"{report['scenario']['name']}-{report['engine']}"
     clock = "virtual" if report["engine"] == "memory" else "wall-clock"
     paths = []
+    if report["runs"] and "incentives" in report["runs"][0]:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for run in report["runs"]:
+            for name, lat in run["incentives"]["latencies_ms"].items():
+                if lat:
+                    ys = [(i + 1) / len(lat) for i in range(len(lat))]
+                    ax.step(lat, ys, where="post", label=f"{name}, {run['n']:,} peers")
+        ax.set_xlabel(f"latency of successful calls, ms ({clock})")
+        ax.set_ylabel("fraction of successful calls")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        ax.set_title(f"{report['scenario']['name']}: latency CDF per class of caller")
+        path = out / f"{stem}-latency-cdf.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        return [path]
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for run in report["runs"]:

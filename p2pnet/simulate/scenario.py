@@ -27,6 +27,7 @@ __all__ = [
     "DhtParams",
     "Distribution",
     "Freshness",
+    "Incentives",
     "NatMix",
     "NetworkModel",
     "PipelineLoad",
@@ -182,6 +183,34 @@ class PipelineLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class Incentives:
+    """The incentives workload (docs/simulations.md, "Incentives"): ``providers`` peers
+    serve a stand-in model of ``run_ms`` with ``max_concurrency`` slots at
+    ``price_per_call``; every other peer calls it (``call_rate`` calls per second each, a
+    random provider each time). A ``free_riders`` fraction of the callers never serve
+    and never acknowledge; the rest (contributors) serve a model of their own at
+    ``serve_price_per_call``, which each provider calls ``serve_rate`` times a second,
+    so that providers owe them. Providers grant callers credit by ``allowance_rate``,
+    ``soft_threshold`` and ``hard_threshold`` (micro-units)."""
+
+    providers: int = 2
+    free_riders: float = 0.2
+    max_concurrency: int = 2
+    max_queue: int = 64
+    run_ms: float = 200.0
+    price_per_call: int = 10_000
+    call_rate: float = 2.0
+    call_timeout: float = 10.0
+    serve_price_per_call: int = 30_000
+    serve_rate: float = 0.5
+    serve_run_ms: float = 10.0
+    warmup: float = 2.0  # providers call contributors this long before callers start
+    allowance_rate: int = 2_000
+    soft_threshold: int = 40_000
+    hard_threshold: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
 class DhtParams:
     k: int = 20
     alpha: int = 3
@@ -207,6 +236,7 @@ class Scenario:
     freshness: Freshness = field(default_factory=Freshness)
     dht: DhtParams = field(default_factory=DhtParams)
     pipeline: PipelineLoad = field(default_factory=PipelineLoad)
+    incentives: Incentives | None = None  # the incentives workload instead of discovery
     libp2p_peers: int = 0  # the libp2p engine's swarm size (0: the smallest of ``peers``)
     source: str = ""
 
@@ -216,6 +246,8 @@ class Scenario:
     def unsupported(self, engine: str) -> list[str]:
         """Why ``engine`` cannot run this scenario as written (empty: it can)."""
         why = []
+        if engine == "libp2p" and self.incentives is not None:
+            why.append("incentives: run the incentives workload with --engine memory")
         if engine == "libp2p":
             if self.nat.modelled:
                 why.append(
@@ -389,6 +421,7 @@ def parse_scenario(
         )
     if pipeline.spec_path:
         pipeline = _read_pipeline(pipeline, base_dir)
+    incentives = _incentives(top) if "incentives" in data else None
     dht_t = top.table("dht")
     dht = DhtParams(
         k=dht_t.get_int("k", 20, 2, 100),
@@ -411,9 +444,15 @@ def parse_scenario(
         freshness=freshness,
         dht=dht,
         pipeline=pipeline,
+        incentives=incentives,
         libp2p_peers=peers_t.get_int("libp2p", 0, 0, 10_000),
     )
     smallest = min(sizes)
+    if incentives is not None and incentives.providers + 2 > smallest:
+        raise ScenarioError(
+            f"peers: {smallest} peers leave fewer than 2 callers besides "
+            f"{incentives.providers} providers; add peers"
+        )
     bad = adversaries.forgers + adversaries.droppers + adversaries.corruptors
     providers = max(workload.providers, pipeline.providers if pipeline.spec_path else 0)
     if nat.modelled and nat.relays >= smallest:
@@ -426,6 +465,31 @@ def parse_scenario(
     for t in (top, peers_t, net_t, work_t, churn_t, nat_t, adv_t, fresh_t, dht_t, pipe_t):
         t.check_unknown()
     return scenario
+
+
+def _incentives(top: _Table) -> Incentives:
+    table = top.table("incentives")
+    incentives = Incentives(
+        providers=table.get_int("providers", 2, 1, 1_000),
+        free_riders=table.get_float("free_riders", 0.2, 0.0, 1.0),
+        max_concurrency=table.get_int("max_concurrency", 2, 1, 1_000),
+        max_queue=table.get_int("max_queue", 64, 0, 100_000),
+        run_ms=table.get_float("run_ms", 200.0, 0.0, 3_600_000.0),
+        price_per_call=table.get_int("price_per_call", 10_000, 0, 10**12),
+        call_rate=table.get_float("call_rate", 2.0, 0.0, 10_000.0),
+        call_timeout=table.get_float("call_timeout", 10.0, 0.1, 3600.0),
+        serve_price_per_call=table.get_int("serve_price_per_call", 30_000, 0, 10**12),
+        serve_rate=table.get_float("serve_rate", 0.5, 0.0, 10_000.0),
+        serve_run_ms=table.get_float("serve_run_ms", 10.0, 0.0, 3_600_000.0),
+        warmup=table.get_float("warmup", 2.0, 0.0, 3600.0),
+        allowance_rate=table.get_int("allowance_rate", 2_000, 0, 10**12),
+        soft_threshold=table.get_int("soft_threshold", 40_000, 0, 10**15),
+        hard_threshold=table.get_int("hard_threshold", 50_000, 0, 10**15),
+    )
+    if incentives.hard_threshold < incentives.soft_threshold:
+        raise ScenarioError("incentives.hard_threshold must be at least soft_threshold")
+    table.check_unknown()
+    return incentives
 
 
 class _Table:

@@ -27,6 +27,7 @@ from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pipeline import INPUT, PipelineSpec, Ref, StepSpec
 from p2pnet.core.schema import ModelSchema, TensorSpec, check_inputs
 from p2pnet.errors import DeadlineExceededError, PeerBusyError
+from p2pnet.runtime.served import PriorityLimiter
 
 __all__ = [
     "CatalogueModel",
@@ -110,7 +111,8 @@ def expected_outputs(
 class StandInModel:
     """A ``ServedModel`` whose run takes ``run_s`` seconds of trio time (virtual in the
     memory engine) and returns ``compute``'s outputs; at most ``max_concurrency`` runs
-    at once and ``max_queue`` waiting, like a real model's ``RunSlots``."""
+    at once and ``max_queue`` waiting, like a real model's ``RunSlots``: the waiting
+    calls are admitted by ``caller_priority`` (the caller's standing), best first."""
 
     info: ModelInfo
     step: str
@@ -119,10 +121,10 @@ class StandInModel:
     max_queue: int = 64
     calls: int = 0
     _in_flight: int = 0
-    _limiter: trio.CapacityLimiter = field(init=False)
+    _limiter: PriorityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self._limiter = trio.CapacityLimiter(self.max_concurrency)
+        self._limiter = PriorityLimiter(self.max_concurrency)
 
     @property
     def model_id(self) -> str:
@@ -138,9 +140,13 @@ class StandInModel:
         self.calls += 1
         try:
             with trio.move_on_after(timeout):
-                async with self._limiter:
+                slot = object()
+                await self._limiter.acquire_on_behalf_of(slot)
+                try:
                     await trio.sleep(self.run_s)
                     return compute(self.step, self.info.schema, arrays)
+                finally:
+                    self._limiter.release_on_behalf_of(slot)
         finally:
             self._in_flight -= 1
         raise DeadlineExceededError(
