@@ -384,13 +384,9 @@ def test_incentives_contributors_are_served_and_nothing_is_unaccounted() -> None
     assert bound["issue_bound_ok"] and bound["bound_with_calls_in_flight_ok"], bound
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a provider checks a caller's credit when it admits a call and charges it when "
-    "the call ran, so calls waiting together are not counted against each other: a free "
-    "rider with several calls queued can get a call or so beyond allowance x time + hard",
-)
 def test_incentives_free_riders_stay_within_allowance_and_hard_threshold() -> None:
+    """Calls a free rider has waiting together each hold their known cost of its credit
+    when admitted, so together they cannot take it past the hard threshold."""
     (run,) = run_scenario(_incentives_small(), engine="memory", in_process=True)["runs"]
     bound = run["incentives"]["checks"]["free_rider_bound"]
     assert bound["ok"], bound

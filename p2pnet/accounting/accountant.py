@@ -170,24 +170,40 @@ class Accountant:
         self.credit = CreditLedger(config.credit)
         self.stats = AccountingStats()
         self._pairs: dict[tuple[str, str], _Pair] = {}
+        # Known cost of each caller's calls admitted and not yet finished: calls queued
+        # together must not each find the same room in its credit.
+        self._admitted: dict[str, int] = {}
 
     # --- as a provider -------------------------------------------------------------------
 
-    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> None:
-        """Whether ``caller`` may call ``model_id`` now: its credit must have room for
-        what the call is known to cost before it runs (the per-call and input parts).
+    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> int:
+        """Admit a call of ``model_id`` by ``caller`` if its credit has room for what the
+        call is known to cost before it runs (the per-call and input parts), on top of
+        what its calls admitted and not yet finished are known to cost; return that
+        known cost, held until ``issue`` or ``release``.
 
         Raises:
             CreditExceededError: it owes too much; the message says how much, the limit
                 and when the allowance will have made room.
         """
         if caller == self.peer_id:
-            return
+            return 0
         known = units_for(self._price_of(model_id), Usage(tensor_bytes(inputs), 0, 0.0))
-        decision = self.credit.check(caller, known, self._clock())
+        held = self._admitted.get(caller, 0)
+        decision = self.credit.check(caller, held + known, self._clock())
         if not decision.admitted:
             self.stats.refused_for_credit += 1
             raise decision.error()
+        self._admitted[caller] = held + known
+        return known
+
+    def release(self, caller: str, held: int) -> None:
+        """Let go of what ``admit`` held for a call that ended without a result."""
+        left = self._admitted.get(caller, 0) - held
+        if left > 0:
+            self._admitted[caller] = left
+        else:
+            self._admitted.pop(caller, None)
 
     def standing(self, caller: str) -> int:
         """``caller``'s standing here, in micro-units: what this peer owes it, less what
@@ -210,12 +226,14 @@ class Accountant:
         inputs: Mapping[str, Any],
         outputs: Mapping[str, Any],
         run_s: float,
+        held: int = 0,
     ) -> bytes | None:
         """The signed receipt for a call ``caller`` made, stored in the ledger and
         charged to the caller's credit before it is returned (None for this peer's own
-        calls, which owe nothing)."""
+        calls, which owe nothing); ``held``: what ``admit`` held for it, released here."""
         if caller == self.peer_id:
             return None
+        self.release(caller, held)
         price = self._price_of(model_id)
         units = units_for(price, Usage(tensor_bytes(inputs), tensor_bytes(outputs), run_s))
         pair = self._pair(self.peer_id, caller)

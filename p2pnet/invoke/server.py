@@ -67,8 +67,13 @@ class ServerStats:
 class ProviderAccounts(Protocol):
     """What the server asks of a provider's accounting (``p2pnet.accounting.Accountant``)."""
 
-    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> None:
-        """Raise CreditExceededError if ``caller`` may not call now."""
+    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> int:
+        """Admit the call (what it holds of ``caller``'s credit), or raise
+        CreditExceededError if ``caller`` may not call now."""
+        ...
+
+    def release(self, caller: str, held: int) -> None:
+        """Let go of what ``admit`` held for a call that ended without a result."""
         ...
 
     def issue(
@@ -78,8 +83,10 @@ class ProviderAccounts(Protocol):
         inputs: Mapping[str, Any],
         outputs: Mapping[str, Any],
         run_s: float,
+        held: int = 0,
     ) -> bytes | None:
-        """The signed, stored receipt of a call (None: none for this caller)."""
+        """The signed, stored receipt of a call (None: none for this caller); releases
+        what ``admit`` ``held``."""
         ...
 
     def take_acknowledgement(self, caller: str, envelope: bytes) -> None:
@@ -167,16 +174,21 @@ class InvokeServer:
             if isinstance(message, Forward):
                 return await self.local.forward(self._here, message, timeout=timeout, caller=caller)
             accounts = self.accounts
+            held = 0
             if accounts is not None:
                 if message.ack is not None:
                     self._take_acknowledgement(accounts, caller, message.ack)
-                accounts.admit(caller, message.model_id, message.inputs)
+                held = accounts.admit(caller, message.model_id, message.inputs)
             started = trio.current_time()
             standing = caller_priority.set(accounts.standing(caller) if accounts else 0)
             try:
                 outputs = await self.local.invoke(
                     self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
                 )
+            except BaseException:
+                if accounts is not None:
+                    accounts.release(caller, held)
+                raise
             finally:
                 caller_priority.reset(standing)
             receipt = (
@@ -186,6 +198,7 @@ class InvokeServer:
                     message.inputs,
                     outputs,
                     trio.current_time() - started,
+                    held,
                 )
                 if accounts is not None
                 else None

@@ -141,7 +141,6 @@ async def run_incentives(
                             price=Price(per_call=load.serve_price_per_call),
                         )
                     await nursery.start(peer.run)
-                    _use_trio_time(peer, wall_clock)
                     peers[index] = peer
                     addresses[index] = PeerAddress.of(host.peer_id, host.addrs)
 
@@ -232,15 +231,6 @@ def _most_at_once(records: list[PaidCallRecord], provider: int, caller: int) -> 
         now += step
         most = max(most, now)
     return most
-
-
-def _use_trio_time(peer: Peer, wall_clock: Callable[[], float]) -> None:
-    """Make ``peer``'s credit forgive debt by trio time (virtual here) and its receipts
-    carry the simulated wall clock: ``Peer`` gives its accountant the real clocks."""
-    accountant = peer.services.accountant
-    assert accountant is not None
-    accountant._clock = trio.current_time
-    accountant._wall_clock = wall_clock
 
 
 def _figures(
