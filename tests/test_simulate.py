@@ -359,6 +359,7 @@ def _incentives_small() -> Any:
     return load_scenario(SIMULATIONS / "incentives.toml")
 
 
+@pytest.mark.slow  # a whole scenario, twice
 def test_incentives_contributors_are_served_and_nothing_is_unaccounted() -> None:
     scenario = _incentives_small()
     first = run_scenario(scenario, engine="memory", in_process=True)
@@ -384,6 +385,7 @@ def test_incentives_contributors_are_served_and_nothing_is_unaccounted() -> None
     assert bound["issue_bound_ok"] and bound["bound_with_calls_in_flight_ok"], bound
 
 
+@pytest.mark.slow  # a whole scenario
 def test_incentives_free_riders_stay_within_allowance_and_hard_threshold() -> None:
     """Calls a free rider has waiting together each hold their known cost of its credit
     when admitted, so together they cannot take it past the hard threshold."""
