@@ -20,6 +20,7 @@ from memory_peers import memory_peer
 from rich.console import Console
 from rich.text import Text
 from test_cli import start_peer
+from test_pipeline import SPEC, arith, expected  # noqa: F401  (arith: a fixture)
 
 from p2pnet import Peer
 from p2pnet.accounting import AccountingConfig, machine_fingerprint
@@ -37,6 +38,7 @@ from p2pnet.errors import (
 )
 from p2pnet.ledger import Ledger
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.pipeline import Pipeline
 from p2pnet.status import PeerStatus, StatusFile
 
 TASK = "iris-species"
@@ -323,3 +325,31 @@ def test_credit_settings_come_from_config_toml(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(ConfigError, match=message):
             load_credit(path)
+
+
+async def test_a_forwarded_pipeline_leaves_a_receipt_at_every_hop(
+    tmp_path: Path,
+    arith: dict[str, Path],  # noqa: F811  (test_pipeline's fixture, imported above)
+) -> None:
+    """caller -> plus1's peer -> times2's peer -> add's peer: each hop's provider signs a
+    receipt to the peer that forwarded to it, and every one is stored on both sides."""
+    async with open_swarm(tmp_path) as swarm:
+        steps = {}
+        for name, task in (("plus1", "plus-one"), ("times2", "times-two"), ("add", "add")):
+            steps[name] = await swarm.peer(name)
+            steps[name].serve(arith[name], tasks=[task], price=PRICE)
+            assert await steps[name].announce() > 0
+        caller = await swarm.peer("caller")
+        x = np.array([1.0, 2.0, 3.0], np.float32)
+        result = await Pipeline.from_dict(SPEC).run(caller, {"x": x}, mode="forwarded")
+        np.testing.assert_allclose(result.outputs["y"], expected(x))
+        ran = [t.peer_id for t in result.steps]
+        # Who forwarded to whom: the caller to the first hop, each hop to the next.
+        forwarders = [caller.peer_id, *ran[:-1]]
+        by_peer = {p.peer_id: p for p in steps.values()}
+        for forwarder, provider in zip(forwarders, ran, strict=True):
+            issued = ledger_of(by_peer[provider]).receipts(peer=forwarder, role="provider")
+            assert len(issued) == 1, (forwarder, provider)
+            held = caller if forwarder == caller.peer_id else by_peer[forwarder]
+            received = ledger_of(held).receipts(peer=provider, role="caller")
+            assert [r.receipt_hash for r in received] == [issued[0].receipt_hash]

@@ -490,3 +490,17 @@ def test_a_receipt_is_bounded_and_must_be_bin() -> None:
     invoke = {"v": 1, "type": "invoke", "id": 1, "model": MODEL, "deadline_ms": 5, "inputs": {}}
     with pytest.raises(RemoteProtocolError, match="field 'ack' must be bin, got int"):
         _read(_frame(invoke | {"ack": 7}))
+
+
+def test_a_forward_result_carries_the_hops_receipts() -> None:
+    x = {"x": np.arange(3, dtype=np.float32)}
+    trace = (TraceEntry("a", MODEL, "12D3KooWA", 1.5),)
+    sent = ForwardResult(9, x, trace, (b"first hop", b"second hop"))
+    (got,) = _decode_all(_encode(sent))
+    assert isinstance(got, ForwardResult) and got.receipts == (b"first hop", b"second hop")
+    assert _encode(ForwardResult(9, x, trace)) == _encode(ForwardResult(9, x, trace, ()))
+    head = {"v": 1, "type": "forward_result", "id": 1, "outputs": {}, "trace": []}
+    with pytest.raises(RemoteProtocolError, match="a receipt must be bin"):
+        _read(_frame(head | {"receipts": ["text"]}))
+    with pytest.raises(RemoteProtocolError, match="at most 16"):
+        _read(_frame(head | {"receipts": [b"r"] * 17}))

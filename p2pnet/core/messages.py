@@ -182,11 +182,17 @@ class TraceEntry:
 @dataclass(frozen=True, slots=True)
 class ForwardResult:
     """Successful reply to a Forward: the tensors the last hop kept, and one trace entry
-    per hop in order."""
+    per hop in order.
+
+    ``receipts``: the usage receipts of the hops, first hop first, each issued to the
+    peer that forwarded to it (the first to the caller); empty from peers without
+    ledgers.
+    """
 
     request_id: int
     outputs: Tensors
     trace: tuple[TraceEntry, ...]
+    receipts: tuple[bytes, ...] = ()
 
 
 Message = Invoke | Result | ErrorReply | Forward | ForwardResult
@@ -262,6 +268,10 @@ def encode_message(message: Message, limits: WireLimits = WireLimits()) -> Encod
             "outputs": _encode_tensors(message.outputs, limits, streamed),
             "trace": [[t.step, t.model_id, t.peer_id, t.run_ms] for t in message.trace],
         }
+        if message.receipts:
+            if len(message.receipts) > MAX_HOPS:
+                raise PayloadTooLargeError(f"at most {MAX_HOPS} receipts travel in a result")
+            head["receipts"] = [_signed_blob("receipt", r) for r in message.receipts]
     else:
         head |= {
             "type": "error",
@@ -567,7 +577,10 @@ def _message_from_head(head: object) -> Message:
         if len(trace) > MAX_HOPS:
             raise RemoteProtocolError(f"a trace has at most {MAX_HOPS} entries")
         return ForwardResult(
-            request_id, _tensor_map(head, "outputs"), tuple(_trace_entry(t) for t in trace)
+            request_id,
+            _tensor_map(head, "outputs"),
+            tuple(_trace_entry(t) for t in trace),
+            _receipt_list(head),
         )
     raise RemoteProtocolError(f"unknown message type {quote_bounded(kind)}")
 
@@ -597,6 +610,21 @@ def _optional_blob(head: dict[str, Any], key: str) -> bytes | None:
             f"field {key!r} is {len(blob)} bytes; at most {MAX_SIGNED_BLOB_BYTES}"
         )
     return blob
+
+
+def _receipt_list(head: dict[str, Any]) -> tuple[bytes, ...]:
+    """A forward result's optional ``receipts``: at most MAX_HOPS signed receipts."""
+    raw = head.get("receipts", [])
+    if not isinstance(raw, list) or len(raw) > MAX_HOPS:
+        raise RemoteProtocolError(f"receipts must be an array of at most {MAX_HOPS} bin")
+    receipts = []
+    for blob in raw:
+        if type(blob) is not bytes or len(blob) > MAX_SIGNED_BLOB_BYTES:
+            raise RemoteProtocolError(
+                f"a receipt must be bin of at most {MAX_SIGNED_BLOB_BYTES} bytes"
+            )
+        receipts.append(blob)
+    return tuple(receipts)
 
 
 def _hop(raw: object) -> Hop:

@@ -182,9 +182,23 @@ class InvokeClient:
         def request(deadline_ms: int) -> Forward:
             return Forward(request_id, message.hops, message.tensors, deadline_ms)
 
+        accounts = self._accounts
+
         async def call() -> ForwardResult:
+            started = trio.current_time()
             reply = await self._call(peer, request, timeout, f"step {message.hops[0].step!r}")
-            return self._reply(reply, ForwardResult, request_id, peer.peer_id)
+            result = self._reply(reply, ForwardResult, request_id, peer.peer_id)
+            if accounts is not None and result.receipts:
+                # The first receipt is the first hop's, to us: for what we sent and got.
+                accounts.accept(
+                    peer.peer_id,
+                    message.hops[0].model_id,
+                    message.tensors,
+                    result.outputs,
+                    result.receipts[0],
+                    wall_s=trio.current_time() - started,
+                )
+            return result
 
         return await self._observed("forward", call())
 

@@ -11,6 +11,7 @@ thread instead of on the event loop, and error replies are cut to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,7 +173,7 @@ class InvokeServer:
         timeout = message.deadline_ms / 1000
         try:
             if isinstance(message, Forward):
-                return await self.local.forward(self._here, message, timeout=timeout, caller=caller)
+                return await self._forward(message, caller, timeout)
             accounts = self.accounts
             held = 0
             if accounts is not None:
@@ -210,6 +211,28 @@ class InvokeServer:
         except Exception as exc:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
             return ErrorReply(message.request_id, "internal", _bounded(f"internal error: {exc!r}"))
+
+    async def _forward(self, message: Forward, caller: str, timeout: float) -> ForwardResult:
+        """Run a forwarded pipeline's first hop here and pass the rest on; with accounts,
+        the reply carries this hop's receipt to ``caller`` before the later hops' (each
+        issued to the peer that forwarded to it)."""
+        accounts = self.accounts
+        model_id = message.hops[0].model_id
+        held = accounts.admit(caller, model_id, message.tensors) if accounts is not None else 0
+        started = trio.current_time()
+        try:
+            result = await self.local.forward(self._here, message, timeout=timeout, caller=caller)
+        except BaseException:
+            if accounts is not None:
+                accounts.release(caller, held)
+            raise
+        if accounts is None:
+            return result
+        run_s = trio.current_time() - started
+        receipt = accounts.issue(caller, model_id, message.tensors, result.outputs, run_s, held)
+        if receipt is None:
+            return result
+        return dataclasses.replace(result, receipts=(receipt, *result.receipts))
 
     def _take_acknowledgement(
         self, accounts: ProviderAccounts, caller: str, envelope: bytes
