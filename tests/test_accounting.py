@@ -353,3 +353,22 @@ async def test_a_forwarded_pipeline_leaves_a_receipt_at_every_hop(
             held = caller if forwarder == caller.peer_id else by_peer[forwarder]
             received = ledger_of(held).receipts(peer=provider, role="caller")
             assert [r.receipt_hash for r in received] == [issued[0].receipt_hash]
+
+
+async def test_a_caller_over_the_soft_threshold_is_asked_to_settle_and_acknowledges(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    policy = CreditPolicy(allowance_rate=0, soft_threshold=2_500, hard_threshold=100_000)
+    rare = AccountingConfig(credit=policy, ack_every_calls=0, ack_every_units=0)
+    async with open_swarm(tmp_path) as swarm:
+        provider = await swarm.peer("provider", accounting=rare)
+        provider.serve(models["iris"], tasks=[TASK], price=PRICE)
+        caller = await swarm.peer("caller", accounting=rare)  # would never acknowledge
+        iris = next(iter(provider.models))
+        for _ in range(3):  # owes 3,003 after the third: over the soft threshold
+            await caller.invoke(provider.addrs[0], iris, {"x": X})
+        pair = (provider.peer_id, caller.peer_id)
+        assert ledger_of(provider).last_acknowledgement(pair) is None
+        await caller.invoke(provider.addrs[0], iris, {"x": X})  # carries the acknowledgement
+        ack = ledger_of(provider).last_acknowledgement(pair)
+        assert ack is not None and (ack.seq, ack.total_units) == (3, 3_003)

@@ -504,3 +504,13 @@ def test_a_forward_result_carries_the_hops_receipts() -> None:
         _read(_frame(head | {"receipts": ["text"]}))
     with pytest.raises(RemoteProtocolError, match="at most 16"):
         _read(_frame(head | {"receipts": [b"r"] * 17}))
+
+
+def test_a_result_may_ask_the_caller_to_settle() -> None:
+    x = {"x": np.arange(3, dtype=np.float32)}
+    (got,) = _decode_all(_encode(Result(4, x, b"receipt", settle=True)))
+    assert isinstance(got, Result) and got.settle is True
+    assert b"\xa6settle" not in _encode(Result(4, x))  # no key unless asked
+    head = {"v": 1, "type": "result", "id": 1, "outputs": {}}
+    with pytest.raises(RemoteProtocolError, match="'settle' must be a boolean, got int"):
+        _read(_frame(head | {"settle": 1}))

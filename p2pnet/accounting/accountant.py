@@ -118,6 +118,7 @@ class _Pair:
     chain: ReceiptChain
     calls_since_ack: int = 0
     units_since_ack: int = 0
+    settle_asked: bool = False  # the provider asked for an acknowledgement
 
 
 @dataclass
@@ -205,6 +206,14 @@ class Accountant:
         else:
             self._admitted.pop(caller, None)
 
+    def settle_requested(self, caller: str) -> bool:
+        """Whether ``caller`` owes this peer more than the soft threshold: its result then
+        asks it to acknowledge what it owes with its next call (as Swarm's SWAP asks for
+        a cheque at the payment threshold)."""
+        if caller == self.peer_id:
+            return False
+        return self.credit.balance(caller, self._clock()) > self.config.credit.soft_threshold
+
     def standing(self, caller: str) -> int:
         """``caller``'s standing here, in micro-units: what this peer owes it, less what
         it owes (higher is better; this peer's own calls stand best). A caller that has
@@ -285,14 +294,20 @@ class Accountant:
 
     # --- as a caller ---------------------------------------------------------------------
 
+    def asked_to_settle(self, provider: str) -> None:
+        """``provider`` asked for an acknowledgement: the next call to it carries one."""
+        pair = self._pairs.get((provider, self.peer_id))
+        if pair is not None:
+            pair.settle_asked = True
+
     def acknowledgement_for(self, provider: str) -> bytes | None:
         """The signed acknowledgement to send ``provider`` with the next call, when one
-        is due (``AccountingConfig``); None otherwise."""
+        is due (``AccountingConfig``) or the provider asked to settle; None otherwise."""
         pair = self._pairs.get((provider, self.peer_id))
         if pair is None or pair.chain.last_seq == 0:
             return None
         config = self.config
-        if not acknowledgement_due(
+        if not pair.settle_asked and not acknowledgement_due(
             pair.calls_since_ack,
             pair.units_since_ack,
             config.ack_every_calls,
@@ -301,6 +316,7 @@ class Accountant:
             return None
         envelope = sign_acknowledgement(pair.chain.acknowledgement(), self._key)
         pair.calls_since_ack = pair.units_since_ack = 0
+        pair.settle_asked = False
         self.stats.acknowledgements_sent += 1
         return envelope
 

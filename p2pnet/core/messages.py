@@ -126,12 +126,15 @@ class Result:
     """Successful reply to the Invoke with the same request_id.
 
     ``receipt``: the provider's signed usage receipt for this call (docs/protocol.md),
-    or None from a provider that does not issue them.
+    or None from a provider that does not issue them. ``settle``: the caller owes the
+    provider more than its soft threshold, and is asked to acknowledge what it owes
+    with its next call.
     """
 
     request_id: int
     outputs: Tensors
     receipt: bytes | None = None
+    settle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +247,8 @@ def encode_message(message: Message, limits: WireLimits = WireLimits()) -> Encod
         }
         if message.receipt is not None:
             head["receipt"] = _signed_blob("receipt", message.receipt)
+        if message.settle:
+            head["settle"] = True
     elif isinstance(message, Forward):
         head |= {
             "type": "forward",
@@ -559,7 +564,14 @@ def _message_from_head(head: object) -> Message:
             _optional_blob(head, "ack"),
         )
     if kind == "result":
-        return Result(request_id, _tensor_map(head, "outputs"), _optional_blob(head, "receipt"))
+        settle = head.get("settle", False)
+        if type(settle) is not bool:
+            raise RemoteProtocolError(
+                f"field 'settle' must be a boolean, got {type(settle).__name__}"
+            )
+        return Result(
+            request_id, _tensor_map(head, "outputs"), _optional_blob(head, "receipt"), settle
+        )
     if kind == "error":
         return ErrorReply(request_id, _field(head, "code", str), _field(head, "message", str))
     if kind == "forward":

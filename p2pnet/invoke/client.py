@@ -64,6 +64,10 @@ class CallerAccounts(Protocol):
         """The signed acknowledgement to send ``provider`` with the next call, if due."""
         ...
 
+    def asked_to_settle(self, provider: str) -> None:
+        """``provider`` asks for an acknowledgement of what this peer owes it now."""
+        ...
+
     def accept(
         self,
         provider: str,
@@ -163,6 +167,8 @@ class InvokeClient:
                     wall_s=trio.current_time() - started,
                     record=record,
                 )
+            if accounts is not None and result.settle:
+                accounts.asked_to_settle(peer.peer_id)
             return outputs
 
         return await self._observed("invoke", call())

@@ -99,6 +99,10 @@ class ProviderAccounts(Protocol):
         this order when a model's slots are full."""
         ...
 
+    def settle_requested(self, caller: str) -> bool:
+        """Whether ``caller`` owes more than the soft threshold (asked to settle)."""
+        ...
+
 
 class InvokeServer:
     """Answers any peer that opens an invoke stream, running calls through ``local``.
@@ -204,7 +208,8 @@ class InvokeServer:
                 if accounts is not None
                 else None
             )
-            return Result(message.request_id, outputs, receipt)
+            settle = accounts is not None and accounts.settle_requested(caller)
+            return Result(message.request_id, outputs, receipt, settle)
         except P2PNetError as exc:
             log.debug("call %d from %s failed: %s", message.request_id, caller, exc)
             return self._error_reply(message.request_id, exc)
