@@ -67,14 +67,19 @@ def start_peer(
     timeout: float = 60.0,
 ) -> PeerProcess:
     """Run ``p2pnet peer --listen LISTEN --identity IDENTITY ARGS...`` and wait until it
-    prints "ready" (its models loaded, joined, listening).
+    prints "ready" (its models loaded, joined, listening). Its ledger is kept beside its
+    identity (``IDENTITY`` with ``.ledger.sqlite3``) unless ``ARGS`` say otherwise, so a
+    swarm of throwaway identities leaves nothing in the user's data directory.
 
     Raises:
         ConfigError: the process exited or did not get ready within ``timeout``.
     """
+    ledger: list[str] = []
+    if "--ledger" not in args and "--no-ledger" not in args:
+        ledger = ["--ledger", str(identity.with_suffix(".ledger.sqlite3"))]
     command = [
         sys.executable, "-m", "p2pnet.cli", "peer", "--listen", listen,
-        "--identity", str(identity), *args,
+        "--identity", str(identity), *ledger, *args,
     ]  # fmt: skip
     process = subprocess.Popen(
         command,
