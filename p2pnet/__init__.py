@@ -21,10 +21,10 @@ point downwards only):
     runtime/         running models (onnxruntime, Python adapters), the served catalogue
     net/             hosts and streams: libp2p, the in-memory network, NAT, private networks
     ledger/          receipts, acknowledgements and balances in SQLite, receipt logs
+    accounting/      credit admission, signing and checking usage receipts, acknowledgements
     config.py        the config and data directories, named swarms
     status.py        PeerStatus and the status files of running peers
     modeltools/      offline model import (PyTorch, scikit-learn) and quantization
-    accounting/      credit admission, signing and checking usage receipts, acknowledgements
     dht/             the DHT node
     invoke/          calling models here and on other peers; the invoke protocol
     logs.py          logging for the command line

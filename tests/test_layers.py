@@ -109,7 +109,7 @@ LAYERS: dict[str, int] = {
     "runtime": 2,
     "net": 2,
     "ledger": 2,
-    "accounting": 3,
+    "accounting": 2,
     "config": 2,
     "status": 2,
     "modeltools": 3,

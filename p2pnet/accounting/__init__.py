@@ -2,7 +2,8 @@
 (docs/incentives.md). Built by ``PeerServices``; the invoke server and client call it
 through the hooks they are given.
 
-    accountant.py  Accountant, AccountingConfig, record_hash, machine_fingerprint:
+    accountant.py  Accountant, AccountingConfig, Admission, Issued, record_hash,
+                   machine_fingerprint:
                    admits calls by credit, issues and stores receipts as a provider,
                    checks and stores them and acknowledges running totals as a caller
 """
@@ -11,6 +12,8 @@ from p2pnet.accounting.accountant import (
     DEFAULT_ACCOUNTING,
     Accountant,
     AccountingConfig,
+    Admission,
+    Issued,
     machine_fingerprint,
     record_hash,
 )
@@ -19,6 +22,8 @@ __all__ = [
     "DEFAULT_ACCOUNTING",
     "Accountant",
     "AccountingConfig",
+    "Admission",
+    "Issued",
     "machine_fingerprint",
     "record_hash",
 ]

@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditLedger, CreditPolicy
+from p2pnet.core.credit import (
+    DEFAULT_CREDIT_POLICY,
+    ChargeOutcome,
+    CreditLedger,
+    CreditPolicy,
+)
 from p2pnet.core.identity import Identity
 from p2pnet.core.pricing import FREE, Price, Usage, max_units, tensor_bytes, units_for
 from p2pnet.core.receipts import (
@@ -52,6 +57,8 @@ __all__ = [
     "DEFAULT_ACCOUNTING",
     "Accountant",
     "AccountingConfig",
+    "Admission",
+    "Issued",
     "machine_fingerprint",
     "record_hash",
 ]
@@ -108,6 +115,26 @@ class AccountingConfig:
 
 
 DEFAULT_ACCOUNTING: Final = AccountingConfig()
+# This peer's own calls stand above every other caller's.
+OWN_STANDING: Final = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A call let in: ``held``, the known cost it holds of the caller's credit until it
+    ends; ``priority``, the caller's standing, which orders it under load."""
+
+    held: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A call's receipt (None for this peer's own calls) and whether its result asks the
+    caller to settle."""
+
+    envelope: bytes | None
+    settle: bool
 
 
 @dataclass
@@ -177,18 +204,19 @@ class Accountant:
 
     # --- as a provider -------------------------------------------------------------------
 
-    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> int:
+    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> Admission:
         """Admit a call of ``model_id`` by ``caller`` if its credit has room for what the
         call is known to cost before it runs (the per-call and input parts), on top of
-        what its calls admitted and not yet finished are known to cost; return that
-        known cost, held until ``issue`` or ``release``.
+        what its calls admitted and not yet finished are known to cost. The admission
+        holds that known cost until ``issue`` or ``release``, and carries the caller's
+        standing, the priority of its call under load.
 
         Raises:
             CreditExceededError: it owes too much; the message says how much, the limit
                 and when the allowance will have made room.
         """
         if caller == self.peer_id:
-            return 0
+            return Admission(0, OWN_STANDING)
         known = units_for(self._price_of(model_id), Usage(tensor_bytes(inputs), 0, 0.0))
         held = self._admitted.get(caller, 0)
         decision = self.credit.check(caller, held + known, self._clock())
@@ -196,7 +224,8 @@ class Accountant:
             self.stats.refused_for_credit += 1
             raise decision.error()
         self._admitted[caller] = held + known
-        return known
+        owes = decision.balance - held - known  # what the check found, before this call
+        return Admission(known, self._standing(caller, owes))
 
     def release(self, caller: str, held: int) -> None:
         """Let go of what ``admit`` held for a call that ended without a result."""
@@ -206,27 +235,22 @@ class Accountant:
         else:
             self._admitted.pop(caller, None)
 
-    def settle_requested(self, caller: str) -> bool:
-        """Whether ``caller`` owes this peer more than the soft threshold: its result then
-        asks it to acknowledge what it owes with its next call (as Swarm's SWAP asks for
-        a cheque at the payment threshold)."""
-        if caller == self.peer_id:
-            return False
-        return self.credit.balance(caller, self._clock()) > self.config.credit.soft_threshold
-
     def standing(self, caller: str) -> int:
-        """``caller``'s standing here, in micro-units: what this peer owes it, less what
-        it owes (higher is better; this peer's own calls stand best). A caller that has
-        left more than ``2 x ack_every_calls`` receipts unacknowledged is treated as one
-        that does not settle: it stands last, below every caller within its credit."""
+        """``caller``'s standing here, in micro-units (see ``_standing``)."""
         if caller == self.peer_id:
-            return 1 << 62
-        standing = self.credit.standing(caller, self._clock())
+            return OWN_STANDING
+        return self._standing(caller, self.credit.balance(caller, self._clock()))
+
+    def _standing(self, caller: str, owes: int) -> int:
+        """The standing of ``caller``, which owes this peer ``owes``: what this peer owes
+        it, less what it owes (higher is better). A caller that has left more than
+        ``2 x ack_every_calls`` receipts unacknowledged is treated as one that does not
+        settle: it stands last, below every caller within its credit."""
         every = self.config.ack_every_calls
         pair = self._pairs.get((self.peer_id, caller))
         if every and pair is not None and pair.calls_since_ack > 2 * every:
-            return min(standing, -self.config.credit.hard_threshold - 1)
-        return standing
+            return min(-owes, -self.config.credit.hard_threshold - 1)
+        return -owes
 
     def issue(
         self,
@@ -236,12 +260,15 @@ class Accountant:
         outputs: Mapping[str, Any],
         run_s: float,
         held: int = 0,
-    ) -> bytes | None:
+    ) -> Issued:
         """The signed receipt for a call ``caller`` made, stored in the ledger and
-        charged to the caller's credit before it is returned (None for this peer's own
-        calls, which owe nothing); ``held``: what ``admit`` held for it, released here."""
+        charged to the caller's credit before it is returned (none for this peer's own
+        calls, which owe nothing); ``held``: what ``admit`` held for it, released here.
+        ``settle``: the caller now owes more than the soft threshold, and its result asks
+        it to acknowledge what it owes with its next call (as Swarm's SWAP asks for a
+        cheque at the payment threshold)."""
         if caller == self.peer_id:
-            return None
+            return Issued(None, settle=False)
         self.release(caller, held)
         price = self._price_of(model_id)
         units = units_for(price, Usage(tensor_bytes(inputs), tensor_bytes(outputs), run_s))
@@ -265,9 +292,9 @@ class Accountant:
         self.ledger.record_receipt(stored_form(receipt, envelope), role="provider")
         pair.chain = pair.chain.check_next(receipt)
         pair.calls_since_ack += 1  # receipts the caller has not acknowledged yet
-        self.credit.charge_served(caller, units, self._clock())
+        charged = self.credit.charge_served(caller, units, self._clock())
         self.stats.receipts_issued += 1
-        return envelope
+        return Issued(envelope, settle=charged.outcome is not ChargeOutcome.ADMITTED)
 
     def take_acknowledgement(self, caller: str, envelope: bytes) -> None:
         """Keep ``caller``'s signed acknowledgement of what it owes this peer.

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
+from p2pnet.accounting import Admission, Issued
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.messages import (
     EncodedMessage,
@@ -49,6 +50,10 @@ __all__ = ["MAX_ERROR_MESSAGE_CHARS", "InvokeServer", "ProviderAccounts", "Serve
 
 log = logging.getLogger(__name__)
 
+_R = TypeVar("_R")
+# What a call without accounts gets: no receipt, nothing to settle.
+NOT_ISSUED: Final = Issued(None, settle=False)
+
 # Error messages may quote what the caller sent (names, shapes); never echo more.
 MAX_ERROR_MESSAGE_CHARS: Final = 1024
 
@@ -68,9 +73,9 @@ class ServerStats:
 class ProviderAccounts(Protocol):
     """What the server asks of a provider's accounting (``p2pnet.accounting.Accountant``)."""
 
-    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> int:
-        """Admit the call (what it holds of ``caller``'s credit), or raise
-        CreditExceededError if ``caller`` may not call now."""
+    def admit(self, caller: str, model_id: str, inputs: Mapping[str, Any]) -> Admission:
+        """Let the call in (what it holds of ``caller``'s credit, its priority), or
+        raise CreditExceededError if ``caller`` may not call now."""
         ...
 
     def release(self, caller: str, held: int) -> None:
@@ -85,22 +90,13 @@ class ProviderAccounts(Protocol):
         outputs: Mapping[str, Any],
         run_s: float,
         held: int = 0,
-    ) -> bytes | None:
-        """The signed, stored receipt of a call (None: none for this caller); releases
-        what ``admit`` ``held``."""
+    ) -> Issued:
+        """The signed, stored receipt of a call, and whether the caller is asked to
+        settle; releases what ``admit`` ``held``."""
         ...
 
     def take_acknowledgement(self, caller: str, envelope: bytes) -> None:
         """Keep ``caller``'s signed acknowledgement of what it owes."""
-        ...
-
-    def standing(self, caller: str) -> int:
-        """How well ``caller`` stands here (higher is better): its calls are admitted in
-        this order when a model's slots are full."""
-        ...
-
-    def settle_requested(self, caller: str) -> bool:
-        """Whether ``caller`` owes more than the soft threshold (asked to settle)."""
         ...
 
 
@@ -178,38 +174,23 @@ class InvokeServer:
         try:
             if isinstance(message, Forward):
                 return await self._forward(message, caller, timeout)
-            accounts = self.accounts
-            held = 0
-            if accounts is not None:
-                if message.ack is not None:
-                    self._take_acknowledgement(accounts, caller, message.ack)
-                held = accounts.admit(caller, message.model_id, message.inputs)
-            started = trio.current_time()
-            standing = caller_priority.set(accounts.standing(caller) if accounts else 0)
-            try:
-                outputs = await self.local.invoke(
-                    self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
-                )
-            except BaseException:
-                if accounts is not None:
-                    accounts.release(caller, held)
-                raise
-            finally:
-                caller_priority.reset(standing)
-            receipt = (
-                accounts.issue(
-                    caller,
-                    message.model_id,
-                    message.inputs,
-                    outputs,
-                    trio.current_time() - started,
-                    held,
-                )
-                if accounts is not None
-                else None
+            if self.accounts is not None and message.ack is not None:
+                self._take_acknowledgement(self.accounts, caller, message.ack)
+
+            async def run(priority: int) -> dict[str, Any]:
+                # Under load, the model admits waiting calls by their callers' standing.
+                token = caller_priority.set(priority)
+                try:
+                    return await self.local.invoke(
+                        self._here, message.model_id, message.inputs, timeout=timeout, caller=caller
+                    )
+                finally:
+                    caller_priority.reset(token)
+
+            outputs, issued = await self._accounted(
+                caller, message.model_id, message.inputs, run, lambda outputs: outputs
             )
-            settle = accounts is not None and accounts.settle_requested(caller)
-            return Result(message.request_id, outputs, receipt, settle)
+            return Result(message.request_id, outputs, issued.envelope, issued.settle)
         except P2PNetError as exc:
             log.debug("call %d from %s failed: %s", message.request_id, caller, exc)
             return self._error_reply(message.request_id, exc)
@@ -221,23 +202,41 @@ class InvokeServer:
         """Run a forwarded pipeline's first hop here and pass the rest on; with accounts,
         the reply carries this hop's receipt to ``caller`` before the later hops' (each
         issued to the peer that forwarded to it)."""
+
+        async def run(priority: int) -> ForwardResult:
+            return await self.local.forward(self._here, message, timeout=timeout, caller=caller)
+
+        result, issued = await self._accounted(
+            caller, message.hops[0].model_id, message.tensors, run, lambda r: r.outputs
+        )
+        if issued.envelope is None:
+            return result
+        return dataclasses.replace(result, receipts=(issued.envelope, *result.receipts))
+
+    async def _accounted(
+        self,
+        caller: str,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        run: Callable[[int], Awaitable[_R]],
+        outputs_of: Callable[[_R], Mapping[str, Any]],
+    ) -> tuple[_R, Issued]:
+        """``run(priority)`` for ``caller``, accounted: admitted by its credit before,
+        its receipt issued after (what admission held is released if the run fails).
+        Without accounts, priority 0 and no receipt."""
         accounts = self.accounts
-        model_id = message.hops[0].model_id
-        held = accounts.admit(caller, model_id, message.tensors) if accounts is not None else 0
+        if accounts is None:
+            return await run(0), NOT_ISSUED
+        admission = accounts.admit(caller, model_id, inputs)
         started = trio.current_time()
         try:
-            result = await self.local.forward(self._here, message, timeout=timeout, caller=caller)
+            result = await run(admission.priority)
         except BaseException:
-            if accounts is not None:
-                accounts.release(caller, held)
+            accounts.release(caller, admission.held)
             raise
-        if accounts is None:
-            return result
         run_s = trio.current_time() - started
-        receipt = accounts.issue(caller, model_id, message.tensors, result.outputs, run_s, held)
-        if receipt is None:
-            return result
-        return dataclasses.replace(result, receipts=(receipt, *result.receipts))
+        issued = accounts.issue(caller, model_id, inputs, outputs_of(result), run_s, admission.held)
+        return result, issued
 
     def _take_acknowledgement(
         self, accounts: ProviderAccounts, caller: str, envelope: bytes
