@@ -51,7 +51,6 @@ from p2pnet.core.records import CapabilityRecord, encode_record
 from p2pnet.errors import LedgerConflictError, ReceiptChainError, ReplayedReceiptError
 from p2pnet.ledger import Ledger, StoredAcknowledgement
 from p2pnet.ledger.signed import stored_form
-from p2pnet.ledger.store import Role
 
 __all__ = [
     "DEFAULT_ACCOUNTING",
@@ -430,10 +429,12 @@ class Accountant:
         pair = self._pairs.get((provider, caller))
         if pair is None:
             head = self.ledger.last((provider, caller))
-            role: Role = "provider" if provider == self.peer_id else "caller"
-            other = caller if role == "provider" else provider
-            held = self.ledger.receipts(peer=other, role=role)
-            total = sum(r.units for r in held if r.pair == (provider, caller))
+            # The ledger keeps the pair's total with the other peer's balance: what this
+            # peer served it (as provider) or consumed from it (as caller).
+            if provider == self.peer_id:
+                total = self.ledger.balance(caller).served
+            else:
+                total = self.ledger.balance(provider).consumed
             chain = ReceiptChain(provider, caller, head.seq, head.receipt_hash, total)
             pair = self._pairs[(provider, caller)] = _Pair(chain)
         return pair
