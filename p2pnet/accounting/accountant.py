@@ -38,6 +38,7 @@ from p2pnet.core.pricing import FREE, Price, Usage, max_units, tensor_bytes, uni
 from p2pnet.core.receipts import (
     Receipt,
     ReceiptChain,
+    Signer,
     acknowledgement_due,
     check_receipt_for_call,
     receipt_hash,
@@ -186,7 +187,7 @@ class Accountant:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.peer_id = identity.peer_id
-        self._key = identity.signing_key
+        self._key = Signer.of(identity.signing_key)
         self.ledger = ledger
         self._price_of = price_of
         self._record_of = record_of

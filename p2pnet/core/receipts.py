@@ -19,7 +19,9 @@ compares): one receipt has exactly one payload, one hash and one envelope.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,7 +31,12 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
+from nacl.bindings import (
+    crypto_core_ed25519_is_valid_point,
+    crypto_sign,
+    crypto_sign_open,
+    crypto_sign_seed_keypair,
+)
 from nacl.exceptions import BadSignatureError
 
 from p2pnet.core.fields import (
@@ -66,6 +73,7 @@ __all__ = [
     "Acknowledgement",
     "Receipt",
     "ReceiptChain",
+    "Signer",
     "acknowledgement_due",
     "check_receipt_for_call",
     "decode_acknowledgement",
@@ -112,7 +120,6 @@ _RECEIPT_KEYS: Final = (
     "issued_at",
 )
 _ACKNOWLEDGEMENT_KEYS: Final = ("v", "caller", "provider", "seq", "total_units", "last_hash")
-_DIM = np.dtype("<u8")
 
 
 # Tensor hashes
@@ -148,21 +155,30 @@ def tensor_hash(tensors: Mapping[str, object]) -> bytes:
     digest.update(encode_uvarint(len(entries)))
     for raw_name, name, value in entries:
         array = normalize_array(name, value)
-        dtype = dtype_name(array).encode()
         digest.update(
             b"".join(
                 (
                     encode_uvarint(len(raw_name)),
                     raw_name,
-                    encode_uvarint(len(dtype)),
-                    dtype,
-                    encode_uvarint(array.ndim),
-                    np.array(array.shape, dtype=_DIM).tobytes(),
+                    _dtype_field(array.dtype),
+                    _shape_field(array.shape),
                 )
             )
         )
         _hash_data(digest, array)
     return digest.digest()
+
+
+@lru_cache(maxsize=64)
+def _dtype_field(dtype: np.dtype[Any]) -> bytes:
+    """uvarint(len(name)) | name of a dtype (numpy's ``dtype.name`` is slow to compute)."""
+    name = dtype_name(dtype).encode()
+    return encode_uvarint(len(name)) + name
+
+
+def _shape_field(shape: tuple[int, ...]) -> bytes:
+    """uvarint(ndim) | the dimensions as u64le (ndim < 128: one varint byte)."""
+    return bytes((len(shape),)) + struct.pack(f"<{len(shape)}Q", *shape)
 
 
 def _hash_data(digest: hashlib._Hash, array: npt.NDArray[np.generic]) -> None:
@@ -174,6 +190,32 @@ def _hash_data(digest: hashlib._Hash, array: npt.NDArray[np.generic]) -> None:
         return
     # normalize_array made it C-contiguous and little-endian: hash it in place, no copy.
     digest.update(array.reshape(-1).view(np.uint8).data)
+
+
+
+# Signing
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Signer:
+    """An Ed25519 key made ready to sign many receipts or acknowledgements: the peer ID
+    it gives and libsodium's form of it, which signs in ~20 us where OpenSSL
+    (``Ed25519PrivateKey.sign``) takes ~32 us. The signatures are the same bytes:
+    Ed25519 signing is deterministic."""
+
+    peer_id: str
+    _secret: bytes = dataclasses.field(repr=False)
+
+    @classmethod
+    def of(cls, key: Ed25519PrivateKey) -> Signer:
+        """The signer of ``key``."""
+        public, secret = crypto_sign_seed_keypair(key.private_bytes_raw())
+        return cls(peer_id_from_public_key(public), secret)
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte signature of ``data``."""
+        signed: bytes = crypto_sign(data, self._secret)
+        return signed[:64]
 
 
 # Receipts
@@ -279,17 +321,21 @@ def decode_receipt(payload: bytes) -> Receipt:
 
 
 def sign_receipt(
-    receipt: Receipt, signing_key: Ed25519PrivateKey, *, max_size: int = MAX_RECEIPT_SIZE
+    receipt: Receipt,
+    signing_key: Ed25519PrivateKey | Signer,
+    *,
+    max_size: int = MAX_RECEIPT_SIZE,
 ) -> bytes:
-    """The signed envelope of ``receipt``, to send with the result.
+    """The signed envelope of ``receipt``, to send with the result (a ``Signer`` made
+    once signs faster than the key itself).
 
     Raises:
         ValueError: ``signing_key`` is not the key of ``receipt.provider``, or the
             envelope is over ``max_size`` (a runtime string too long for the limit).
     """
     payload = encode_receipt(receipt)
-    _check_signer(signing_key, receipt.provider, "receipt", "provider")
-    return _envelope(payload, signing_key.sign(RECEIPT_DOMAIN + payload), "receipt", max_size)
+    signer = _signer(signing_key, receipt.provider, "receipt", "provider")
+    return _envelope(payload, signer.sign(RECEIPT_DOMAIN + payload), "receipt", max_size)
 
 
 def verify_receipt(
@@ -504,7 +550,7 @@ def decode_acknowledgement(payload: bytes) -> Acknowledgement:
 
 def sign_acknowledgement(
     ack: Acknowledgement,
-    signing_key: Ed25519PrivateKey,
+    signing_key: Ed25519PrivateKey | Signer,
     *,
     max_size: int = MAX_ACKNOWLEDGEMENT_SIZE,
 ) -> bytes:
@@ -514,8 +560,8 @@ def sign_acknowledgement(
         ValueError: ``signing_key`` is not the key of ``ack.caller``.
     """
     payload = encode_acknowledgement(ack)
-    _check_signer(signing_key, ack.caller, "acknowledgement", "caller")
-    signature = signing_key.sign(ACKNOWLEDGEMENT_DOMAIN + payload)
+    signer = _signer(signing_key, ack.caller, "acknowledgement", "caller")
+    signature = signer.sign(ACKNOWLEDGEMENT_DOMAIN + payload)
     return _envelope(payload, signature, "acknowledgement", max_size)
 
 
@@ -565,13 +611,14 @@ def acknowledgement_due(
 # Shared checks
 
 
-def _check_signer(key: Ed25519PrivateKey, peer_id: str, what: str, role: str) -> None:
-    signer = peer_id_from_public_key(key.public_key().public_bytes_raw())
-    if signer != peer_id:
+def _signer(key: Ed25519PrivateKey | Signer, peer_id: str, what: str, role: str) -> Signer:
+    signer = key if isinstance(key, Signer) else Signer.of(key)
+    if signer.peer_id != peer_id:
         raise ValueError(
-            f"the {what} is for {role} {peer_id} but the key is peer {signer}'s; "
+            f"the {what} is for {role} {peer_id} but the key is peer {signer.peer_id}'s; "
             f"only the {role} signs its {what}"
         )
+    return signer
 
 
 def _envelope(payload: bytes, signature: bytes, what: str, max_size: int) -> bytes:
