@@ -4,6 +4,7 @@ logs verify, and every kind of damage to one is caught; ``p2pnet ledger``."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -235,6 +236,44 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
     db.close()
     with pytest.raises(LedgerError, match="schema 99, newer than"):
+        Ledger.open(path)
+
+
+def _as_schema_1(path: Path) -> None:
+    """Turn a ledger file into what p2pnet wrote before schema 2: no triggers."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TRIGGER receipt_links")
+        db.execute("DROP TRIGGER receipt_moves_balance")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
+def test_a_schema_1_ledger_is_upgraded_and_keeps_its_receipts(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    first, second = chain(ME, ALICE, [10, 20])
+    with Ledger.open(path, owner=ME) as old:
+        old.record_receipt(first, role="provider")
+    _as_schema_1(path)
+    with Ledger.open(path, owner=ME) as upgraded:
+        assert upgraded.record_receipt(second, role="provider")
+        assert upgraded.balance(ALICE).served == 30
+        forged = dataclasses.replace(chain(ME, ALICE, [1, 2, 3])[2], prev_hash=bytes(32))
+        with pytest.raises(LedgerConflictError, match="links to"):
+            upgraded.record_receipt(forged, role="provider")
+        assert upgraded.audit() == []
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+def test_a_schema_2_ledger_without_its_triggers_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    _as_schema_1(path)
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 2")
+    db.close()
+    with pytest.raises(LedgerError, match=r"damaged.*receipt_links, receipt_moves_balance"):
         Ledger.open(path)
 
 

@@ -51,10 +51,46 @@ Synchronous = Literal["FULL", "NORMAL"]
 # PRAGMA application_id of a p2pnet ledger ("p2pL"): tells our file from another
 # program's SQLite database. PRAGMA user_version holds the schema version.
 APPLICATION_ID: Final = 0x7032704C
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 ZERO_HASH: Final = bytes(32)
 # Longest wait for another process's write lock before a write fails.
 _BUSY_TIMEOUT_S: Final = 10.0
+
+# What schema 2 added to schema 1: recording a receipt is one INSERT, and these keep the
+# rules inside it (one statement, one implicit transaction: ~25 us where the same checks
+# and update as separate statements in an explicit transaction took ~40 us).
+_TRIGGERS: Final = {
+    # A receipt whose predecessor (seq - 1) is held must link to it; a gap is allowed:
+    # this ledger may have started after the pair's first receipts.
+    "receipt_links": """
+CREATE TRIGGER receipt_links BEFORE INSERT ON receipts
+WHEN NEW.seq > 1 AND EXISTS (
+    SELECT 1 FROM receipts
+    WHERE provider = NEW.provider AND caller = NEW.caller AND seq = NEW.seq - 1
+        AND receipt_hash != NEW.prev_hash
+)
+BEGIN
+    SELECT RAISE(ABORT, 'receipt does not link to the one held before it');
+END;
+""",
+    # The other peer's balance moves by the receipt's units, in the same transaction.
+    "receipt_moves_balance": """
+CREATE TRIGGER receipt_moves_balance AFTER INSERT ON receipts
+BEGIN
+    INSERT INTO balances (peer, served_units, consumed_units, updated_at)
+    VALUES (
+        iif(NEW.role = 'provider', NEW.caller, NEW.provider),
+        iif(NEW.role = 'provider', NEW.units, 0),
+        iif(NEW.role = 'caller', NEW.units, 0),
+        NEW.recorded_at
+    )
+    ON CONFLICT (peer) DO UPDATE SET
+        served_units = served_units + excluded.served_units,
+        consumed_units = consumed_units + excluded.consumed_units,
+        updated_at = excluded.updated_at;
+END;
+""",
+}
 
 _SCHEMA: Final = """
 CREATE TABLE meta (
@@ -275,9 +311,9 @@ class Ledger:
         _check_receipt_fields(receipt)
         if role not in ("provider", "caller"):
             raise LedgerError(f"role must be 'provider' or 'caller', not {role!r}")
-        other = receipt.caller if role == "provider" else receipt.provider
         now = self._now_ms()
-        with self._writing() as db:
+        with self._lock, _sqlite_errors(self.path):
+            db = self._db
             owner = self._known_owner or _owner(db)
             self._known_owner = owner
             me = receipt.provider if role == "provider" else receipt.caller
@@ -285,57 +321,39 @@ class Ledger:
                 raise LedgerError(
                     f"{self.path} is the ledger of {owner}, but this receipt's {role} is {me}"
                 )
-            held = db.execute(
-                "SELECT receipt_hash, role FROM receipts "
-                "WHERE provider = ? AND caller = ? AND seq = ?",
-                (receipt.provider, receipt.caller, receipt.seq),
-            ).fetchone()
-            if held is not None:
-                if bytes(held[0]) != receipt.receipt_hash:
-                    raise LedgerConflictError(
-                        f"{self.path}: receipt {receipt.seq} of provider {receipt.provider} "
-                        f"to caller {receipt.caller} is already held with hash "
-                        f"{bytes(held[0]).hex()}, not {receipt.receipt_hash.hex()}"
-                    )
-                if held[1] != role:
-                    raise LedgerConflictError(
-                        f"{self.path}: receipt {receipt.seq} of provider {receipt.provider} "
-                        f"to caller {receipt.caller} is held as {held[1]}, not {role}"
-                    )
-                return False
-            _check_link(self.path, db, receipt)
-            db.execute(
-                "INSERT INTO receipts (provider, caller, seq, role, model_id, units, "
-                "receipt_hash, prev_hash, issued_at, envelope, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    receipt.provider,
-                    receipt.caller,
-                    receipt.seq,
-                    role,
-                    receipt.model_id,
-                    receipt.units,
-                    receipt.receipt_hash,
-                    receipt.prev_hash,
-                    receipt.issued_at,
-                    receipt.envelope,
-                    now,
-                ),
-            )
-            column = "served_units" if role == "provider" else "consumed_units"
-            db.execute(
-                f"INSERT INTO balances (peer, {column}, updated_at) VALUES (?, ?, ?) "
-                f"ON CONFLICT (peer) DO UPDATE SET {column} = {column} + excluded.{column}, "
-                "updated_at = excluded.updated_at",
-                (other, receipt.units, now),
-            )
+            try:
+                # One statement, its own transaction: the triggers check the link and
+                # move the balance (_TRIGGERS).
+                db.execute(
+                    "INSERT INTO receipts (provider, caller, seq, role, model_id, units, "
+                    "receipt_hash, prev_hash, issued_at, envelope, recorded_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        receipt.provider,
+                        receipt.caller,
+                        receipt.seq,
+                        role,
+                        receipt.model_id,
+                        receipt.units,
+                        receipt.receipt_hash,
+                        receipt.prev_hash,
+                        receipt.issued_at,
+                        receipt.envelope,
+                        now,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                _explain_refused(self.path, db, receipt, role, exc)
+                return False  # the very same receipt, held already
         return True
 
     def record_acknowledgement(self, ack: StoredAcknowledgement) -> bool:
         """Keep the caller's acknowledgement of a pair's running total; return once
         committed. False if the same one was already held. It is checked against the
         receipts held: the one at ``seq`` must be ``last_receipt_hash``, and if all of
-        1..seq are held their units must add up to ``total_units``.
+        1..seq are held their units must add up to ``total_units`` (counted from the
+        latest acknowledgement held before it: its total plus the receipts since, so
+        the check costs the same however long the chain).
 
         Raises:
             LedgerConflictError: it contradicts an acknowledgement or receipts held.
@@ -360,18 +378,27 @@ class Ledger:
                 ):
                     return False
                 raise LedgerConflictError(f"{where} is already held with other contents")
+            # From the latest acknowledgement held before this one (its total was checked
+            # when it was recorded), so that the check reads only the receipts since.
+            since_seq, since_units = db.execute(
+                "SELECT coalesce(max(seq), 0), coalesce(max(total_units), 0) "
+                "FROM (SELECT seq, total_units FROM acknowledgements "
+                "WHERE provider = ? AND caller = ? AND seq < ? ORDER BY seq DESC LIMIT 1)",
+                (ack.provider, ack.caller, ack.seq),
+            ).fetchone()
             count, units, at_seq = db.execute(
                 "SELECT count(*), coalesce(sum(units), 0), "
                 "max(CASE WHEN seq = ? THEN receipt_hash END) FROM receipts "
-                "WHERE provider = ? AND caller = ? AND seq <= ?",
-                (ack.seq, ack.provider, ack.caller, ack.seq),
+                "WHERE provider = ? AND caller = ? AND seq > ? AND seq <= ?",
+                (ack.seq, ack.provider, ack.caller, since_seq, ack.seq),
             ).fetchone()
+            units += since_units
             if at_seq is not None and bytes(at_seq) != ack.last_receipt_hash:
                 raise LedgerConflictError(
                     f"{where} names receipt {ack.last_receipt_hash.hex()}, but the receipt "
                     f"held at that seq is {bytes(at_seq).hex()}"
                 )
-            if count == ack.seq and units != ack.total_units:
+            if count == ack.seq - since_seq and units != ack.total_units:
                 raise LedgerConflictError(
                     f"{where} acknowledges {ack.total_units} micro-units, but its "
                     f"receipts add up to {units}"
@@ -608,6 +635,8 @@ def _prepare(
                 f"{path} is a damaged p2pnet ledger: schema {version}, tables "
                 f"{', '.join(sorted(tables)) or 'none'}"
             )
+        else:
+            _upgrade_schema(path, db, version)
         try:
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
@@ -623,6 +652,32 @@ def _prepare(
                 raise LedgerError(f"{path} is the ledger of peer {held}, not of {owner}")
 
 
+def _upgrade_schema(path: Path, db: sqlite3.Connection, version: int) -> None:
+    """Bring a ledger of an older schema up to this one (1 -> 2: the triggers), and check
+    that one of this schema has its triggers."""
+    triggers = {
+        row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    missing = [name for name in _TRIGGERS if name not in triggers]
+    if version == SCHEMA_VERSION:
+        if missing:
+            raise LedgerError(
+                f"{path} is a damaged p2pnet ledger: schema {version} without the "
+                f"trigger(s) {', '.join(missing)}"
+            )
+        return
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for name in missing:
+            db.execute(_TRIGGERS[name])
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise LedgerError(_unwritable(path, exc)) from None
+
+
 def _create_schema(
     path: Path, db: sqlite3.Connection, owner: str | None, clock: Callable[[], float]
 ) -> None:
@@ -631,6 +686,8 @@ def _create_schema(
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
+        for trigger in _TRIGGERS.values():
+            db.execute(trigger)
         db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (str(int(clock())),))
         if owner is not None:
             db.execute("INSERT INTO meta (key, value) VALUES ('owner', ?)", (owner,))
@@ -692,21 +749,39 @@ def _check_receipt_fields(receipt: StoredReceipt) -> None:
         raise LedgerConflictError("receipt 1 of a pair must link to the zero hash")
 
 
-def _check_link(path: Path, db: sqlite3.Connection, receipt: StoredReceipt) -> None:
-    """A receipt whose predecessor is held must link to it (a gap is allowed: this
-    ledger may have started after the pair's first receipts)."""
-    if receipt.seq == 1:
+def _explain_refused(
+    path: Path, db: sqlite3.Connection, receipt: StoredReceipt, role: Role, exc: Exception
+) -> None:
+    """Why the ledger refused to insert ``receipt``: return if the very same receipt is
+    held (nothing to add); raise LedgerConflictError if another holds its place or it
+    does not link to the one held before it, LedgerError otherwise."""
+    held = db.execute(
+        "SELECT receipt_hash, role FROM receipts WHERE provider = ? AND caller = ? AND seq = ?",
+        (receipt.provider, receipt.caller, receipt.seq),
+    ).fetchone()
+    where = (
+        f"{path}: receipt {receipt.seq} of provider {receipt.provider} "
+        f"to caller {receipt.caller}"
+    )
+    if held is not None:
+        if bytes(held[0]) != receipt.receipt_hash:
+            raise LedgerConflictError(
+                f"{where} is already held with hash {bytes(held[0]).hex()}, "
+                f"not {receipt.receipt_hash.hex()}"
+            )
+        if held[1] != role:
+            raise LedgerConflictError(f"{where} is held as {held[1]}, not {role}")
         return
-    row = db.execute(
+    before = db.execute(
         "SELECT receipt_hash FROM receipts WHERE provider = ? AND caller = ? AND seq = ?",
         (receipt.provider, receipt.caller, receipt.seq - 1),
     ).fetchone()
-    if row is not None and bytes(row[0]) != receipt.prev_hash:
+    if before is not None and bytes(before[0]) != receipt.prev_hash:
         raise LedgerConflictError(
-            f"{path}: receipt {receipt.seq} of provider {receipt.provider} to caller "
-            f"{receipt.caller} links to {receipt.prev_hash.hex()}, but receipt "
-            f"{receipt.seq - 1} held is {bytes(row[0]).hex()}"
+            f"{where} links to {receipt.prev_hash.hex()}, but receipt {receipt.seq - 1} "
+            f"held is {bytes(before[0]).hex()}"
         )
+    raise LedgerError(f"{path}: a value the ledger does not accept: {exc}")
 
 
 def _receipt(row: Any) -> StoredReceipt:
