@@ -21,6 +21,10 @@ Figures:
   receipts_on    warm_same_process between two peers with ledgers (the provider signs and
                  stores a usage receipt, the caller checks and stores it), in blocks
                  alternating with receipts_off (two peers without ledgers)
+  receipt_floor  what no implementation of receipts can skip, timed between the same
+                 calls: one Ed25519 signature, its verification, and one committed ledger
+                 insert on each side (what receipts_on adds beyond it: hashing the
+                 tensors, building and checking the receipt, credit)
   throughput     identity model, float32 tensors of 1, 16 and 64 MiB; bytes counted =
                  request tensor + reply tensor (2x the tensor size); MB = 10^6 bytes
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -56,9 +61,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, targets_table
 
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.identity import Identity
 from p2pnet.core.pricing import REFERENCE_PRICE
+from p2pnet.core.receipts import Receipt, Signer, sign_receipt, verify_receipt
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
+from p2pnet.ledger import Ledger
+from p2pnet.ledger.signed import stored_form
+from p2pnet.ledger.store import ZERO_HASH
 from p2pnet.net.host import READ_SIZE
 from p2pnet.peer import Peer
 from p2pnet.runtime.onnx_model import OnnxModel
@@ -71,6 +81,7 @@ CHILD_START_TIMEOUT = 120.0  # seconds for the serving child to start listening
 CHILD_LIFETIME = 900.0  # the serving child exits after this long whatever happens
 TARGET_WARM_OVERHEAD_MS = 1.0
 TARGET_64MIB_MB_S = 300.0
+FLOOR_MODEL_ID = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 TARGET_RECEIPTS_ADDED_MS = 0.15  # both sides' receipt work, ledger writes included
 
 
@@ -239,6 +250,52 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 # ---------------------------------------------------------------- measuring
+
+
+class ReceiptFloor:
+    """The irreducible work of one receipt, on its own: sign it (provider), verify it
+    (caller), and record it in two ledgers (each a committed SQLite insert)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.provider = Identity.from_seed(bytes(range(32)))
+        self.caller = Identity.from_seed(bytes(range(1, 33)))
+        self.signer = Signer.of(self.provider.signing_key)
+        self.ledgers = [
+            Ledger.open(folder / f"floor-{who}.sqlite3", owner=who.peer_id, synchronous="NORMAL")
+            for who in (self.provider, self.caller)
+        ]
+        self.seq, self.prev = 0, ZERO_HASH
+
+    def once(self) -> float:
+        """Seconds taken by the next receipt of the chain."""
+        self.seq += 1
+        digest = hashlib.sha256(self.seq.to_bytes(8, "little")).digest()
+        receipt = Receipt(
+            provider=self.provider.peer_id,
+            caller=self.caller.peer_id,
+            model_id=FLOOR_MODEL_ID,
+            record_hash=digest,
+            request_hash=digest,
+            result_hash=digest,
+            runtime="onnxruntime",
+            units=1001,
+            seq=self.seq,
+            prev_hash=self.prev,
+            issued_at=self.seq,
+        )
+        start = time.perf_counter()
+        envelope = sign_receipt(receipt, self.signer)
+        verify_receipt(envelope, provider=self.provider.peer_id, caller=self.caller.peer_id)
+        stored = stored_form(receipt, envelope)
+        self.ledgers[0].record_receipt(stored, role="provider")
+        self.ledgers[1].record_receipt(stored, role="caller")
+        elapsed = time.perf_counter() - start
+        self.prev = stored.receipt_hash
+        return elapsed
+
+    def close(self) -> None:
+        for ledger in self.ledgers:
+            ledger.close()
 
 
 async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
@@ -411,16 +468,23 @@ async def run(
             async def without_receipt() -> None:
                 await free_caller.invoke(without_addr, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
 
+            floor = ReceiptFloor(Path(tmp))
             await timed(plan.warmup, with_receipt)
             await timed(plan.warmup, without_receipt)
             on: list[float] = []
             off: list[float] = []
+            floor_s: list[float] = []
             block = max(1, plan.same_process // 10)
             for _ in range(10):
                 on += await timed(block, with_receipt)
                 off += await timed(block, without_receipt)
+                for _ in range(block):  # between calls, as a peer's receipt work runs
+                    await without_receipt()
+                    floor_s.append(floor.once())
+            floor.close()
             latency("receipts_on", on, figures)
             latency("receipts_off", off, figures)
+            latency("receipt_floor", floor_s, figures)
             samples["receipts"] = len(on)
             accountant = provider.services.accountant
             assert accountant is not None and accountant.stats.receipts_issued >= len(on)
@@ -474,6 +538,7 @@ def render(report: dict[str, Any]) -> None:
         ("warm_same_process", "p2pnet, both peers in one trio loop"),
         ("receipts_off", "the same, peers without ledgers (alternating blocks)"),
         ("receipts_on", "the same, peers with ledgers: receipt signed, checked, stored"),
+        ("receipt_floor", "sign + verify + a committed ledger insert on each side"),
         ("floor_cold", "plain TCP, new connection per call"),
         ("cold", "p2pnet, new client Peer per call (dial+Noise+Yamux+stream)"),
     ]
