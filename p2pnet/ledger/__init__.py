@@ -1,10 +1,11 @@
 """The ledger: what this peer served and consumed, per peer, in a file that loses nothing
 (docs/incentives.md). Above core, beside the runtime: no trio, no libp2p; its callers
-run it in a worker thread.
+call it from the event loop (a receipt's commit takes ~25-60 us).
 
-store.py        Ledger                  one peer's SQLite ledger (WAL, synchronous FULL):
-                                        record_receipt / record_acknowledgement, each one
-                                        committed transaction; balances, receipts, last,
+store.py        Ledger                  one peer's SQLite ledger (WAL; peers use
+                                        synchronous NORMAL): record_receipt (one statement)
+                                        / record_acknowledgement, each one committed
+                                        transaction; balances, receipts, last,
                                         totals, audit, export
                 StoredReceipt           a receipt's fields and its signed envelope
                 StoredAcknowledgement   a caller's signed running total of a pair
