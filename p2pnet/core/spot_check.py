@@ -32,9 +32,11 @@ from p2pnet.core.tensor import dtype_name
 
 __all__ = [
     "DEFAULT_RATE",
+    "DEFAULT_SPOT_CHECKS",
     "DEFAULT_TOLERANCE",
     "Comparison",
     "Sampler",
+    "SpotCheckPolicy",
     "ThreeWay",
     "Tolerance",
     "TolerancePolicy",
@@ -85,6 +87,39 @@ class TolerancePolicy:
 
     def for_model(self, model_id: str) -> Tolerance:
         return self.per_model.get(model_id, self.default)
+
+
+@dataclass(frozen=True, slots=True)
+class SpotCheckPolicy:
+    """How a caller checks its providers (the ``[trust]`` table of config.toml).
+
+    rate: the fraction of calls re-run elsewhere (0 turns spot checks off).
+    tolerances: how far float results may differ, per model.
+    max_concurrent: checks running at once; a call sampled while that many run is not
+        checked (counted as skipped), so checks never queue up behind a busy caller.
+    timeout: seconds each re-run may take.
+    seed: seeds the sampler, for reproducible runs (None: a fresh seed).
+
+    Raises:
+        ValueError: a rate outside [0, 1], or a bound that is not positive.
+    """
+
+    rate: float = DEFAULT_RATE
+    tolerances: TolerancePolicy = field(default_factory=TolerancePolicy)
+    max_concurrent: int = 2
+    timeout: float = 30.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rate, int | float) and 0.0 <= self.rate <= 1.0):
+            raise ValueError(f"the spot-check rate must be between 0 and 1, not {self.rate!r:.40}")
+        if self.max_concurrent < 1:
+            raise ValueError("max_concurrent checks must be at least 1")
+        if not self.timeout > 0:
+            raise ValueError("the spot-check timeout must be positive")
+
+
+DEFAULT_SPOT_CHECKS: Final = SpotCheckPolicy()
 
 
 How = Literal["equal", "names", "dtype", "shape", "values", "not_bitwise"]
