@@ -226,3 +226,30 @@ def test_a_file_that_is_not_a_trust_store_gives_a_clear_error(tmp_path: Path) ->
     with pytest.raises(TrustStoreError, match="no trust store"):
         TrustStore.open(tmp_path / "missing.sqlite3", create=False)
     assert main(["trust", "--trust", str(garbage)]) != 0
+
+
+def test_the_trust_table_of_the_config_file(tmp_path: Path) -> None:
+    from p2pnet.config import load_trust
+    from p2pnet.core.spot_check import Tolerance
+    from p2pnet.errors import ConfigError
+
+    config = tmp_path / "config.toml"
+    assert load_trust(config) == SpotCheckPolicy()
+    config.write_text(
+        "[trust]\nspot_check_rate = 0.1\nmax_concurrent_checks = 4\nrtol = 1e-2\n"
+        '[trust.models."bafkreimodel"]\natol = 0.5\n'
+    )
+    policy = load_trust(config)
+    assert policy.rate == 0.1 and policy.max_concurrent == 4
+    assert policy.tolerances.for_model("other") == Tolerance(atol=1e-4, rtol=1e-2)
+    assert policy.tolerances.for_model("bafkreimodel") == Tolerance(atol=0.5, rtol=1e-2)
+    for bad, says in (
+        ("spot_check_rate = 2", "rate"),
+        ("spot_check_rate = 'often'", "must be a number"),
+        ("colour = 1", "unknown key 'colour'"),
+        ("atol = -1", "atol"),
+        ("[trust.models.m]\nspot_check_rate = 0.5", "unknown key"),
+    ):
+        config.write_text(f"[trust]\n{bad}\n")
+        with pytest.raises(ConfigError, match=says):
+            load_trust(config)
