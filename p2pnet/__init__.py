@@ -30,6 +30,7 @@ point downwards only):
     logs.py          logging for the command line
     discovery/       signed records, describe protocol, finding and calling with failover
     pipeline/        pipelines across peers
+    trust/           spot checks of providers' results, their verdicts and marks (SQLite)
     services.py      the composition root: a peer's services built in one place
     peer.py          Peer
     inputs.py        tensors from command-line text

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
+from p2pnet.core.spot_check import (
+    DEFAULT_SPOT_CHECKS,
+    SpotCheckPolicy,
+    Tolerance,
+    TolerancePolicy,
+)
 from p2pnet.errors import ConfigError
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "load_credit",
     "load_swarm",
     "load_swarms",
+    "load_trust",
     "resolve_swarm",
     "runtime_dir",
 ]
@@ -173,6 +180,92 @@ def load_credit(path: Path | None = None) -> CreditConfig:
         policy,
         table.get("ack_every_calls", defaults.ack_every_calls),
         table.get("ack_every_units", defaults.ack_every_units),
+    )
+
+
+# --- config.toml: trust ----------------------------------------------------------------------
+
+_TRUST_KEYS = (
+    "spot_check_rate",
+    "max_concurrent_checks",
+    "check_timeout",
+    "atol",
+    "rtol",
+    "models",
+)
+_TOLERANCE_KEYS = ("atol", "rtol")
+
+
+def load_trust(path: Path | None = None) -> SpotCheckPolicy:
+    """The ``[trust]`` table of the config file: how this peer spot-checks the providers
+    it calls (the defaults if there is none; docs/security.md, "Spot checks").
+
+    ::
+
+        [trust]
+        spot_check_rate = 0.05        # fraction of calls re-run elsewhere (0: none)
+        max_concurrent_checks = 2     # checks at once; a call sampled beyond is not checked
+        check_timeout = 30.0          # seconds a re-run may take
+        atol = 1e-4                   # float outputs agree within atol + rtol * |b|
+        rtol = 1e-3
+
+        [trust.models.bafkrei...]     # a model of its own tolerance
+        atol = 1e-2
+
+    Raises:
+        ConfigError: the file is not TOML, or a key is unknown or out of range; the
+            message names the file and the key.
+    """
+    path = path or config_path()
+    table = _read_config(path).get("trust", {})
+    where = f"{path}: [trust]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(table) - set(_TRUST_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it has: {', '.join(_TRUST_KEYS)}")
+    default = DEFAULT_SPOT_CHECKS
+    models = table.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"{where}: models must be a table of [trust.models.MODEL-ID] tables")
+    try:
+        base = _tolerance(where, table, default.tolerances.default, _TRUST_KEYS)
+        per_model = {
+            model_id: _tolerance(f"{path}: [trust.models.{model_id}]", entry, base)
+            for model_id, entry in models.items()
+        }
+        rate = _number(where, table, "spot_check_rate", default.rate)
+        concurrent = table.get("max_concurrent_checks", default.max_concurrent)
+        if type(concurrent) is not int:
+            raise ConfigError(f"{where}: max_concurrent_checks must be a whole number")
+        return SpotCheckPolicy(
+            rate=rate,
+            tolerances=TolerancePolicy(base, per_model),
+            max_concurrent=concurrent,
+            timeout=_number(where, table, "check_timeout", default.timeout),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _number(where: str, table: dict[str, object], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if type(value) not in (int, float):
+        raise ConfigError(f"{where}: {key} must be a number, not {value!r:.40}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _tolerance(
+    where: str, table: object, base: Tolerance, allowed: tuple[str, ...] = _TOLERANCE_KEYS
+) -> Tolerance:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table (atol = ..., rtol = ...)")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    return Tolerance(
+        atol=_number(where, table, "atol", base.atol),
+        rtol=_number(where, table, "rtol", base.rtol),
     )
 
 

@@ -3,9 +3,11 @@
     P2PNetError                      base; ``code`` is the stable wire code
     ├── UsageError                   the caller's fault: fix the call, the file, the config
     │   ├── ConfigError              bad configuration or identity file; cannot listen
-    │   │   └── LedgerError              a ledger file that cannot be used      [ledger]
-    │   │       └── LedgerConflictError      a second, different receipt for a place
-    │   │                                    already taken in a pair's chain    [ledger_conflict]
+    │   │   ├── LedgerError              a ledger file that cannot be used      [ledger]
+    │   │   │   └── LedgerConflictError      a second, different receipt for a place
+    │   │   │                                already taken in a pair's chain    [ledger_conflict]
+    │   │   └── TrustStoreError          a spot-check verdict file that cannot be used
+    │   │                                                                   [trust_store]
     │   ├── InvalidAddressError      text that is not a usable peer multiaddr
     │   ├── ModelFileError           a model file that cannot be read or is not valid ONNX
     │   ├── InvalidModelIdError      text that is not a model ID (a CIDv1)     [invalid_model_id]
@@ -104,6 +106,7 @@ __all__ = [
     "StaleRecordError",
     "StoreFullError",
     "StoreLimitError",
+    "TrustStoreError",
     "UnknownModelError",
     "UsageError",
     "error_from_wire",
@@ -166,6 +169,14 @@ class LedgerConflictError(LedgerError):
     the peer that signed both)."""
 
     code = "ledger_conflict"
+
+
+class TrustStoreError(ConfigError):
+    """A trust store file (spot-check verdicts, p2pnet/trust) that cannot be opened, read
+    or written: corrupt, another program's database, a newer schema, a directory that
+    cannot be written. The message names the file."""
+
+    code = "trust_store"
 
 
 class InvalidAddressError(UsageError):

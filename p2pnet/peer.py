@@ -25,6 +25,7 @@ from p2pnet.core.identity import Identity
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pricing import FREE, Price
+from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
 from p2pnet.dht.node import DhtConfig
 from p2pnet.discovery.service import (
     DEFAULT_FINDER_POLICY,
@@ -44,6 +45,7 @@ from p2pnet.runtime.catalogue import ModelCatalogue
 from p2pnet.runtime.served import ServedModel
 from p2pnet.services import DEFAULT_LISTEN, PeerConfig, PeerHooks, PeerServices
 from p2pnet.status import PeerStatus
+from p2pnet.trust.checker import SpotChecker
 
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
@@ -119,6 +121,14 @@ class Peer:
             providers' receipts are checked. None: no accounting.
         accounting: credit thresholds and how often a caller acknowledges what it owes
             (``p2pnet.accounting.AccountingConfig``; docs/incentives.md).
+        trust_store: the SQLite file where this peer keeps the verdicts of its spot
+            checks and the providers it marked untrusted (``p2pnet trust`` reads it;
+            ``p2pnet.trust.default_trust_path``); with one, a sample of the calls made
+            through ``call`` is re-run elsewhere and compared, and providers found lying
+            are skipped (docs/security.md, "Spot checks"). None: no spot checks.
+        spot_checks: the rate, tolerances and limits of spot checks
+            (``p2pnet.core.spot_check.SpotCheckPolicy``; the ``[trust]`` table of
+            config.toml, ``p2pnet.config.load_trust``).
     """
 
     def __init__(
@@ -145,6 +155,8 @@ class Peer:
         finding: FinderPolicy = DEFAULT_FINDER_POLICY,
         ledger: str | Path | None = None,
         accounting: AccountingConfig = DEFAULT_ACCOUNTING,
+        trust_store: str | Path | None = None,
+        spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -168,6 +180,8 @@ class Peer:
             finding=finding,
             ledger=Path(ledger) if ledger is not None else None,
             accounting=accounting,
+            trust_store=Path(trust_store) if trust_store is not None else None,
+            spot_checks=spot_checks,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host
@@ -236,6 +250,16 @@ class Peer:
             UsageError: the peer is not running.
         """
         return self.services.finder
+
+    @property
+    def spot_checker(self) -> SpotChecker | None:
+        """The running peer's spot checks (None without a trust store): their stats, the
+        trust store, and waits for checks to finish.
+
+        Raises:
+            UsageError: the peer is not running.
+        """
+        return self.services.spot_checker
 
     @property
     def invokers(self) -> Invokers:

@@ -14,6 +14,7 @@ Who builds and calls whom (docs/architecture.md draws it)::
       local invoker (runs served models) ── onward ──> invoke client (other peers)
       invokers = local | remote ── invoke server, finder, forwarded pipelines
       DHT node ── finder (lookup, describe, call with failover)
+      trust store ── spot checker (re-runs a sample of the finder's calls) ── finder
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from p2pnet.core.address import transport_part, with_peer_id
 from p2pnet.core.identity import Identity
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
+from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
 from p2pnet.dht.node import DhtConfig, DhtNode, RequestInterceptor
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import (
@@ -56,6 +58,8 @@ from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig
 from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimitedHost, ResourceLimits
 from p2pnet.runtime.catalogue import ModelCatalogue
 from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
+from p2pnet.trust.checker import ReceiptKeeper, SpotChecker
+from p2pnet.trust.store import TrustStore
 
 if TYPE_CHECKING:
     from p2pnet.net.swarm_key import SwarmKey
@@ -82,6 +86,9 @@ class PeerConfig:
     ledger: the SQLite file of this peer's receipts and balances; None: no accounting
         (results carry no receipt, receipts received are not looked at).
     accounting: credit policy and acknowledgement rhythm, when there is a ledger.
+    trust_store: the SQLite file of this peer's spot-check verdicts and the providers
+        it marked untrusted; None: no spot checks.
+    spot_checks: rate, tolerances and limits of spot checks, when there is a trust store.
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -102,6 +109,8 @@ class PeerConfig:
     finding: FinderPolicy = DEFAULT_FINDER_POLICY
     ledger: Path | None = None
     accounting: AccountingConfig = DEFAULT_ACCOUNTING
+    trust_store: Path | None = None
+    spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +179,11 @@ class PeerServices:
             catalogue, identity, self.addresses.current, clock=config.clock
         )
         self.accountant: Accountant | None = None
+        receipts: ReceiptKeeper | None = None
+        # This machine's part of the runtime fingerprint receipts carry (and spot checks
+        # compare: bitwise when two results ran under the same one).
+        keeps_files = config.ledger is not None or config.trust_store is not None
+        machine = machine_fingerprint() if keeps_files else ""
         if config.ledger is not None:
             # synchronous=NORMAL: a recorded receipt survives a killed process; FULL (also
             # a power loss) would cost ~0.2 ms per call on each side (docs/incentives.md).
@@ -179,19 +193,20 @@ class PeerServices:
                 ledger,
                 price_of=catalogue.price,
                 record_of=self.publisher.latest,
-                machine=machine_fingerprint(),
+                machine=machine,
                 config=config.accounting,
                 # Credit forgives debt by trio's clock (virtual in simulations); receipts
                 # are dated by the peer's wall clock.
                 clock=trio.current_time,
                 wall_clock=config.clock,
             )
+            receipts = ReceiptKeeper(self.accountant)
         self.remote = InvokeClient(
             host,
             limits=config.limits,
             max_idle_streams=8 if idle is None else idle,
             observe=hooks.observe_calls,
-            accounts=self.accountant,
+            accounts=receipts,
         )
         self.local = LocalInvoker(
             identity.peer_id,
@@ -226,8 +241,26 @@ class PeerServices:
             nursery=nursery,
             intercept=hooks.intercept_kad,
         )
+        self.trust: TrustStore | None = None
+        self.spot_checker: SpotChecker | None = None
+        if config.trust_store is not None:
+            self.trust = TrustStore.open(config.trust_store, clock=config.clock)
+            self.spot_checker = SpotChecker(
+                self.invokers,
+                catalogue.models,
+                self.trust,
+                config.spot_checks,
+                nursery,
+                receipts=receipts,
+                machine=machine,
+            )
         self.finder = ModelFinder(
-            self.dht, self.describer, self.invokers, self.publisher, config.finding
+            self.dht,
+            self.describer,
+            self.invokers,
+            self.publisher,
+            config.finding,
+            checks=self.spot_checker,
         )
 
     def start(self) -> None:
@@ -244,6 +277,8 @@ class PeerServices:
         await self.dht.aclose()
         if self.accountant is not None:
             self.accountant.ledger.close()
+        if self.trust is not None:
+            self.trust.close()
 
     def status(self) -> PeerStatus:
         """What the peer is doing now (see ``PeerStatus``)."""

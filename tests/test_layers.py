@@ -118,6 +118,7 @@ LAYERS: dict[str, int] = {
     "logs": 3,
     "discovery": 4,
     "pipeline": 5,
+    "trust": 5,
     "services": 6,
     "peer": 7,
     "localswarm": 8,

@@ -18,6 +18,7 @@ and its code takes that; what is not about the command line lives in the library
     swarm_key.py  p2pnet swarm-key new | fingerprint
     status.py     p2pnet status
     ledger.py     p2pnet ledger [receipts | export | verify]
+    trust.py      p2pnet trust [forget PEER]
     simulate.py   p2pnet simulate
 """
 

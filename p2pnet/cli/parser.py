@@ -16,6 +16,7 @@ from p2pnet.cli.pipeline import add_pipeline_parsers
 from p2pnet.cli.simulate import add_simulate_parser
 from p2pnet.cli.status import add_status_parser
 from p2pnet.cli.swarm_key import add_swarm_key_parsers
+from p2pnet.cli.trust import add_trust_parser
 
 __all__ = ["build_parser"]
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_swarm_key_parsers,
         add_status_parser,
         add_ledger_parser,
+        add_trust_parser,
         add_simulate_parser,
     ):
         add_parser(sub, parents)

@@ -45,5 +45,9 @@ failover.py    attempt_timeout, attempt_order,       calling one of several prov
 pipeline.py    parse_pipeline, PipelineSpec,
                check_schemas, forward_plan           pipeline specs and their static checks
 forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next
+spot_check.py  Sampler, compare_outputs, Tolerance,
+               three_way, checker_order, ip_group    spot checks: which calls, comparing two
+                                                     results (bitwise or within a tolerance),
+                                                     the odd one of three, who checks
 kad/           the sans-IO Kademlia core (its own __init__ maps it)
 """

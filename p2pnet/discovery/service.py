@@ -21,6 +21,10 @@ in time, a broken or oversized reply, outputs that do not fit the provider's sig
 schema, busy, unreachable, a lost connection, the peer's or its model's error. The
 caller's own faults (inputs that do not fit) end the call at once. When every
 provider failed, the most telling error is raised, naming each provider tried.
+
+Spot checks (given ``checks``, ``p2pnet.trust.SpotChecker``): providers marked untrusted
+are not described, so they are never offered; after a call answered, the checks are
+told, and may re-run it elsewhere in the background.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -78,6 +82,7 @@ NO_USAGE: Final = Usage(0, 0, 0.0)
 
 __all__ = [
     "DEFAULT_FINDER_POLICY",
+    "CallChecks",
     "FinderPolicy",
     "ModelFinder",
     "Offer",
@@ -173,6 +178,25 @@ class RecordPublisher:
         return signed
 
 
+class CallChecks(Protocol):
+    """What the finder asks of spot checks (``p2pnet.trust.SpotChecker``)."""
+
+    def is_untrusted(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is marked untrusted (it is then not offered)."""
+        ...
+
+    def consider(
+        self,
+        offer: Offer,
+        offers: Sequence[Offer],
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+    ) -> bool:
+        """Told that ``offer`` answered ``inputs`` with ``outputs`` (``offers``: all
+        found for the call); returns at once."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Search:
     """What one ``ModelFinder.search`` found and what it took.
@@ -185,6 +209,8 @@ class Search:
     unanswered: peer IDs of the providers the lookup named that did not describe
         themselves in time, or failed to (in the lookup's order).
     over_price: offers left out for a price over the search's ``max_price``.
+    untrusted: peer IDs of the providers the lookup named that this peer marked
+        untrusted after a spot check (not described, not offered).
     """
 
     offers: list[Offer]
@@ -194,6 +220,7 @@ class Search:
     complete: bool
     unanswered: tuple[str, ...] = ()
     over_price: int = 0
+    untrusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +288,8 @@ class ModelFinder:
         invokers: runs a model on this peer or calls another.
         publisher: this peer's own records (this peer may be one of the providers).
         policy: how much one provider may take of a find or a call (``FinderPolicy``).
+        checks: spot checks: skip untrusted providers, check a sample of calls (None:
+            none).
     """
 
     def __init__(
@@ -270,8 +299,10 @@ class ModelFinder:
         invokers: Invokers,
         publisher: RecordPublisher,
         policy: FinderPolicy = DEFAULT_FINDER_POLICY,
+        checks: CallChecks | None = None,
     ) -> None:
         self._local_peer_id = invokers.local.peer_id
+        self._checks = checks
         self._dht = dht
         self._describer = describer
         self._invokers = invokers
@@ -347,14 +378,23 @@ class ModelFinder:
         answered: set[str] = set()
         lookup = None
         cut_short = False
+        untrusted: tuple[str, ...] = ()
         with trio.move_on_after(timeout) as scope:
             # The lookup gets half the time: providers it found by then are described,
             # even if peers on its path never answered.
             lookup = await self._dht.find_providers(key, count, timeout=timeout / 2)
+            checks = self._checks
+            if checks is not None:
+                untrusted = tuple(
+                    dict.fromkeys(
+                        p.peer_id for p in lookup.providers if checks.is_untrusted(p.peer_id)
+                    )
+                )
+            to_ask = [p for p in lookup.providers if p.peer_id not in untrusted]
             phase_ends = trio.current_time() + self.policy.describe_timeout
             with trio.move_on_at(phase_ends) as phase:
                 first_answer = trio.Event()
-                pending = len(lookup.providers)
+                pending = len(to_ask)
 
                 async def ask(provider: PeerInfo, nursery: trio.Nursery) -> None:
                     nonlocal pending
@@ -374,11 +414,11 @@ class ModelFinder:
                     await first_answer.wait()
                     phase.deadline = min(phase.deadline, trio.current_time() + grace)
 
-                if lookup.providers:
+                if to_ask:
                     async with trio.open_nursery() as nursery:
                         if grace is not None:
                             nursery.start_soon(end_phase_after_grace, grace)
-                        for provider in lookup.providers:
+                        for provider in to_ask:
                             nursery.start_soon(ask, provider, nursery)
             cut_short = phase.cancelled_caught
         affordable = [o for o in offers if within_max_price(o.record.price, max_price)]
@@ -396,7 +436,13 @@ class ModelFinder:
             s.peer_id: i for i, s in enumerate(rank_by_cost_and_latency(scores, prices, usage))
         }
         providers = lookup.providers if lookup is not None else ()
-        unanswered = tuple(dict.fromkeys(p.peer_id for p in providers if p.peer_id not in answered))
+        unanswered = tuple(
+            dict.fromkeys(
+                p.peer_id
+                for p in providers
+                if p.peer_id not in answered and p.peer_id not in untrusted
+            )
+        )
         if unanswered:
             log.info(
                 "%d of %d providers did not describe themselves in time: %s",
@@ -412,6 +458,7 @@ class ModelFinder:
             complete=not (scope.cancelled_caught or cut_short),
             unanswered=unanswered,
             over_price=over_price,
+            untrusted=untrusted,
         )
 
     async def _describe(
@@ -510,10 +557,20 @@ class ModelFinder:
                 if search.unanswered
                 else ""
             )
+            if search.untrusted:
+                silent += (
+                    f" ({len(search.untrusted)} provider(s) skipped: marked untrusted after "
+                    "a spot check; 'p2pnet trust' lists why)"
+                )
             raise UnknownModelError(
                 f"no peer in the swarm offers {wanted}{silent}; check the bootstrap peers"
             )
-        return await self.call_offers(search.offers, inputs, deadline - trio.current_time())
+        offer, outputs = await self.call_offers(
+            search.offers, inputs, deadline - trio.current_time()
+        )
+        if self._checks is not None:
+            self._checks.consider(offer, search.offers, inputs, outputs)
+        return offer, outputs
 
     async def call_offers(
         self,
