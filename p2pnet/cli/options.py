@@ -5,6 +5,7 @@ its code; the parent parsers of the options many commands take, with their typed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from p2pnet.config import (
     config_path,
     default_identity_path,
     load_credit,
+    load_trust,
     resolve_swarm,
 )
 from p2pnet.core.model_id import parse_model_id
@@ -25,6 +27,7 @@ from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
 from p2pnet.peer import Peer
+from p2pnet.trust import default_trust_path
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -265,11 +268,15 @@ class DiscoveryOptions:
 
     def joining_peer(self, identity: Identity, join: SwarmJoin) -> Peer:
         """A peer that serves nothing and fails to start unless it joins the swarm; the
-        receipts of its calls go to the identity's ledger."""
+        receipts of its calls go to the identity's ledger. It skips the providers the
+        identity's trust store marks untrusted, and checks none itself: a check runs
+        after the call returns, and this process ends then (``p2pnet peer`` checks)."""
         return Peer(
             identity,
             ledger=default_ledger_path(identity.peer_id),
             accounting=accounting_config(),
+            trust_store=default_trust_path(identity.peer_id),
+            spot_checks=dataclasses.replace(load_trust(), rate=0.0),
             listen=self.listen,
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,

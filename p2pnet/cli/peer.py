@@ -26,11 +26,13 @@ from p2pnet.cli.options import (
     parse_price,
 )
 from p2pnet.cli.render import err, out, peer_text
+from p2pnet.config import load_trust
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
+from p2pnet.trust import default_trust_path
 
 __all__ = ["PeerOptions", "ServedFile", "add_peer_parser", "run_peer"]
 
@@ -251,6 +253,9 @@ async def _serve(options: PeerOptions) -> None:
             identity,
             ledger=ledger,
             accounting=accounting_config(),
+            # Spot checks of the calls it makes (pipelines it runs), as [trust] says.
+            trust_store=default_trust_path(identity.peer_id),
+            spot_checks=load_trust(),
             listen=options.listen,
             max_concurrency=options.max_concurrency,
             bootstrap=join.bootstrap,
