@@ -20,6 +20,7 @@ from p2pnet.cli.options import (
     Subparsers,
     accounting_config,
     add_input_option,
+    finish_checks,
     load_identity,
 )
 from p2pnet.cli.render import out, outputs_table, peer_text, tensor_json
@@ -105,6 +106,7 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
             timeout=discovery.timeout,
             max_price=discovery.max_price,
         )
+        await finish_checks(peer)
     record = offer.record  # from another peer
     served_by = peer_text(record.name) + " " + peer_text(record.model_id)
     return served_by + " on " + peer_text(record.peer_id), outputs

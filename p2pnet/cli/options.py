@@ -5,7 +5,6 @@ its code; the parent parsers of the options many commands take, with their typed
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +141,14 @@ def add_input_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+async def finish_checks(peer: Peer) -> None:
+    """Let the spot checks of ``peer``'s calls end (each within its timeout) before a
+    one-shot command stops the peer: a check starts after its call returned."""
+    checker = peer.spot_checker
+    if checker is not None:
+        await checker.wait_idle()
+
+
 def accounting_config() -> AccountingConfig:
     """How this user's peers keep accounts: ``[credit]`` of config.toml, or the defaults.
 
@@ -268,15 +275,15 @@ class DiscoveryOptions:
 
     def joining_peer(self, identity: Identity, join: SwarmJoin) -> Peer:
         """A peer that serves nothing and fails to start unless it joins the swarm; the
-        receipts of its calls go to the identity's ledger. It skips the providers the
-        identity's trust store marks untrusted, and checks none itself: a check runs
-        after the call returns, and this process ends then (``p2pnet peer`` checks)."""
+        receipts of its calls go to the identity's ledger, and a sample of them is
+        spot-checked as ``[trust]`` says (``finish_checks`` before it stops); it skips
+        the providers the identity's trust store marks untrusted."""
         return Peer(
             identity,
             ledger=default_ledger_path(identity.peer_id),
             accounting=accounting_config(),
             trust_store=default_trust_path(identity.peer_id),
-            spot_checks=dataclasses.replace(load_trust(), rate=0.0),
+            spot_checks=load_trust(),
             listen=self.listen,
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,

@@ -19,6 +19,7 @@ from p2pnet.cli.options import (
     ParentParsers,
     Subparsers,
     add_input_option,
+    finish_checks,
     load_identity,
 )
 from p2pnet.cli.render import joined_text, out, outputs_table, peer_text
@@ -152,6 +153,8 @@ async def _run(options: RunOptions) -> PipelineResult:
     identity, _, _ = load_identity(discovery.identity)
     async with discovery.joining_peer(identity, join) as peer:
         with trio.fail_after(discovery.timeout):
-            return await pipeline.run(
+            result = await pipeline.run(
                 peer, inputs, mode=options.mode, max_price=discovery.max_price
             )
+        await finish_checks(peer)
+        return result
