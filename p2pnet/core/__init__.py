@@ -45,5 +45,7 @@ failover.py    attempt_timeout, attempt_order,       calling one of several prov
 pipeline.py    parse_pipeline, PipelineSpec,
                check_schemas, forward_plan           pipeline specs and their static checks
 forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next
+join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to ask next, backoff
+                                                     when alone
 kad/           the sans-IO Kademlia core (its own __init__ maps it)
 """
