@@ -36,6 +36,7 @@ from p2pnet.accounting import (
 )
 from p2pnet.core.address import transport_part, with_peer_id
 from p2pnet.core.identity import Identity
+from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.dht.node import DhtConfig, DhtNode, RequestInterceptor
@@ -82,6 +83,7 @@ class PeerConfig:
     ledger: the SQLite file of this peer's receipts and balances; None: no accounting
         (results carry no receipt, receipts received are not looked at).
     accounting: credit policy and acknowledgement rhythm, when there is a ledger.
+    joining: how the peer joins and, alone, keeps trying (``p2pnet.core.join.JoinPolicy``).
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -102,6 +104,7 @@ class PeerConfig:
     finding: FinderPolicy = DEFAULT_FINDER_POLICY
     ledger: Path | None = None
     accounting: AccountingConfig = DEFAULT_ACCOUNTING
+    joining: JoinPolicy = DEFAULT_JOINING
 
 
 @dataclass(frozen=True, slots=True)

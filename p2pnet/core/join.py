@@ -29,6 +29,7 @@ from typing import Final
 from p2pnet.core.address import PeerAddress
 
 __all__ = [
+    "DEFAULT_JOINING",
     "Attempt",
     "JoinDecision",
     "JoinPlan",
@@ -75,6 +76,9 @@ class JoinPolicy:
             return 0.0
         # 2**60 is far beyond any cap; bounding the exponent keeps the float finite.
         return min(self.max_backoff, self.first_backoff * 2.0 ** min(failures - 1, 60))
+
+
+DEFAULT_JOINING: Final = JoinPolicy()
 
 
 @dataclass(frozen=True, slots=True)
