@@ -550,7 +550,7 @@ class Peer:
                 if not plan.joined:
                     # Others joined through this one (the first peer of a swarm), or a
                     # join through our bootstrap peers happened elsewhere.
-                    plan.on_answer("", useful=True, now=now)
+                    plan.has_peers()
                 plan.learn(PeerAddress(p.peer_id, p.addrs) for p in islice(table, LEARN_FROM_TABLE))
                 until = now + check
             elif plan.joined:

@@ -168,3 +168,10 @@ def test_policy_checks_itself() -> None:
         JoinPolicy(first_backoff=10.0, max_backoff=1.0)
     with pytest.raises(ValueError):
         JoinPolicy(per_attempt=0)
+
+
+def test_peers_that_joined_through_this_one_make_it_joined() -> None:
+    plan = JoinPlan(POLICY, "me", now=0.0)
+    assert plan.next(0.0) == Wait(None)
+    plan.has_peers()
+    assert plan.next(1.0) == Joined() and plan.status().state == "joined"

@@ -214,6 +214,12 @@ class JoinPlan:
         if useful:
             self._set_joined()
 
+    def has_peers(self) -> None:
+        """The routing table holds peers that no join of ours brought (others joined
+        through this one, e.g. the first peer of a swarm): it has joined."""
+        self._answered = True
+        self._set_joined()
+
     def on_failure(self, peer_id: str, now: float) -> None:
         """``peer_id`` did not answer in time, or answered with an error."""
         candidate = self._candidates.get(peer_id)
