@@ -515,7 +515,7 @@ class Peer:
             await self._ask(plan, [p for p in peers if p.peer_id != self.peer_id])
         else:
             while isinstance(decision := plan.next(trio.current_time()), Attempt):
-                await self._ask(plan, decision.peers)
+                await self._ask(plan, decision.peers, warn=True)
             if not plan.joined:
                 log.warning(
                     "no bootstrap peer answered (%d asked): alone, this peer keeps trying "
@@ -526,13 +526,22 @@ class Peer:
         await self._join_nat(peers)
         return len(dht.table)
 
-    async def _ask(self, plan: JoinPlan, peers: Sequence[PeerAddress]) -> None:
-        """Ask ``peers`` to join through them, and tell ``plan`` how each did."""
+    async def _ask(
+        self, plan: JoinPlan, peers: Sequence[PeerAddress], *, warn: bool = False
+    ) -> None:
+        """Ask ``peers`` to join through them, and tell ``plan`` how each did; log why a
+        peer did not answer (a warning if ``warn``: the join the peer starts with)."""
         answers = await self.services.dht.join_through(
             peers, timeout=self.config.joining.request_timeout
         )
         now = trio.current_time()
-        for peer_id in answers.failed:
+        for peer_id, why in answers.failed:
+            log.log(
+                logging.WARNING if warn else logging.INFO,
+                "bootstrap peer %s did not answer: %s",
+                peer_id,
+                why,
+            )
             plan.on_failure(peer_id, now)
         for peer_id in answers.answered:
             plan.on_answer(peer_id, answers.useful, now)

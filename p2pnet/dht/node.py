@@ -143,11 +143,11 @@ None to let the node answer."""
 @dataclass(frozen=True, slots=True)
 class JoinAnswers:
     """What asking some peers to join through them gave: who ``answered``, who ``failed``
-    to, the peers they ``named``, and whether the join was ``useful`` (the routing table
-    gained a peer other than those who answered)."""
+    to (peer ID, why), the peers they ``named``, and whether the join was ``useful``
+    (the routing table gained a peer other than those who answered)."""
 
     answered: tuple[str, ...]
-    failed: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
     named: tuple[PeerAddress, ...]
     useful: bool
 
@@ -476,7 +476,7 @@ class DhtNode:
         """
         before = {p.peer_id for p in self.table}
         answered: list[str] = []
-        failed: list[str] = []
+        failed: list[tuple[str, str]] = []
         named: dict[str, PeerAddress] = {}
 
         async def ask(address: PeerAddress) -> None:
@@ -487,8 +487,9 @@ class DhtNode:
                         peer, KadMessage(MessageType.FIND_NODE, self.local.key)
                     )
             except (P2PNetError, trio.TooSlowError) as exc:
-                log.info("bootstrap peer %s did not answer: %s", address, exc or "timed out")
-                failed.append(address.peer_id)
+                why = str(exc) or f"no answer in {timeout:g} s"
+                log.debug("bootstrap peer %s did not answer: %s", address, why)
+                failed.append((address.peer_id, why))
                 return
             self._update(peer)
             answered.append(address.peer_id)
