@@ -8,10 +8,12 @@ what it serves. It has no logic of its own beyond that lifecycle.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ import trio
 from p2pnet.accounting import DEFAULT_ACCOUNTING, AccountingConfig
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
 from p2pnet.core.identity import Identity
+from p2pnet.core.join import DEFAULT_JOINING, Attempt, JoinPlan, JoinPolicy, Wait
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pricing import FREE, Price
@@ -44,7 +47,7 @@ from p2pnet.net.swarm_key import SwarmKey, load_swarm_key
 from p2pnet.runtime.catalogue import ModelCatalogue
 from p2pnet.runtime.served import ServedModel
 from p2pnet.services import DEFAULT_LISTEN, PeerConfig, PeerHooks, PeerServices
-from p2pnet.status import PeerStatus
+from p2pnet.status import JoinState, PeerStatus
 from p2pnet.trust.checker import SpotChecker
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ log = logging.getLogger(__name__)
 _NOT_RUNNING = "the peer is not running: use it inside 'async with Peer(...)'"
 # DHT keys announced at once (each announcement is a lookup, then one message per peer).
 ANNOUNCE_CONCURRENCY = 8
+# Peers of the routing table a joined peer remembers, to rejoin through if left alone.
+LEARN_FROM_TABLE = 20
 
 
 class Peer:
@@ -129,6 +134,11 @@ class Peer:
         spot_checks: the rate, tolerances and limits of spot checks
             (``p2pnet.core.spot_check.SpotCheckPolicy``; the ``[trust]`` table of
             config.toml, ``p2pnet.config.load_trust``).
+        joining: how it joins: each peer asked for a few seconds at most, a few at once,
+            bootstrap peers first and then peers learned; alone (an empty routing table)
+            it keeps asking them, each with its own backoff (1 s doubling to 60 s by
+            default), and ``status()`` says so (``p2pnet.core.join.JoinPolicy``;
+            docs/networking.md, "Joining").
     """
 
     def __init__(
@@ -157,6 +167,7 @@ class Peer:
         accounting: AccountingConfig = DEFAULT_ACCOUNTING,
         trust_store: str | Path | None = None,
         spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS,
+        joining: JoinPolicy = DEFAULT_JOINING,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -182,6 +193,7 @@ class Peer:
             accounting=accounting,
             trust_store=Path(trust_store) if trust_store is not None else None,
             spot_checks=spot_checks,
+            joining=joining,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host
@@ -191,6 +203,8 @@ class Peer:
         self._nat: NatTraversal | None = None
         self._nursery: trio.Nursery | None = None
         self._stack: AsyncExitStack | None = None
+        self._join_plan: JoinPlan | None = None
+        self._join_wakeup = trio.Event()
 
     # --- what it is ----------------------------------------------------------------------
 
@@ -276,7 +290,24 @@ class Peer:
         Raises:
             UsageError: the peer is not running.
         """
-        return self.services.status()
+        status = self.services.status()
+        plan = self._join_plan
+        if plan is None:
+            return status
+        join = plan.status()
+        now, wall = trio.current_time(), self.config.clock()
+        if status.routing_table:
+            state = JoinState("joined", attempts=join.attempts)
+        else:  # alone, whatever the plan last saw: it sees it at its next check
+            since = now if join.alone_since is None else join.alone_since
+            after = join.next_attempt_at
+            state = JoinState(
+                "alone" if join.state == "joined" else join.state,
+                wall - (now - since),
+                join.attempts,
+                None if after is None else max(0.0, after - now),
+            )
+        return dataclasses.replace(status, join=state)
 
     @property
     def reachability(self) -> str:
@@ -471,6 +502,7 @@ class Peer:
             self._nursery = nursery
             if config.upkeep:
                 await nursery.start(services.dht.run_maintenance)
+            self._join_plan = JoinPlan(config.joining, self.peer_id, trio.current_time())
             bootstrap = list(self._bootstrap)
             dns = [a for a in config.bootstrap if is_dnsaddr(a)]
             if dns:
@@ -480,6 +512,7 @@ class Peer:
                 log.info("joined the swarm: %d peers in the routing table", joined)
             if config.require_join and len(services.dht.table) == 0:
                 self._raise_not_joined()
+            nursery.start_soon(self._keep_joined, self._join_plan)
             if self.catalogue.models:
                 nursery.start_soon(self.announce)
             self._stack = stack.pop_all()
@@ -490,12 +523,87 @@ class Peer:
         with NAT traversal, learn whether others can dial this peer (reserving relay slots
         on them if not). Returns the number of peers in the routing table.
 
+        Peers are asked a few at once, each for ``joining.request_timeout`` seconds at
+        most; one that does not answer, or answers with no peer new to this one, sends it
+        on to the others and to the peers learned from answers. Left alone (nobody
+        answered), the peer keeps asking them in the background, with backoff.
+
         Raises:
             UsageError: the peer is not running.
         """
-        joined = await self.services.dht.bootstrap(peers)
+        dht = self.services.dht
+        plan = self._join_plan
+        assert plan is not None
+        plan.add(peers)
+        if plan.joined:  # already in a swarm: these peers may still know others
+            await self._ask(plan, [p for p in peers if p.peer_id != self.peer_id])
+        else:
+            while isinstance(decision := plan.next(trio.current_time()), Attempt):
+                await self._ask(plan, decision.peers, warn=True)
+            if not plan.joined:
+                log.warning(
+                    "no bootstrap peer answered (%d asked): alone, this peer keeps trying "
+                    "(p2pnet status shows it)",
+                    len(peers),
+                )
+        self._join_wakeup.set()
         await self._join_nat(peers)
-        return joined
+        return len(dht.table)
+
+    async def _ask(
+        self, plan: JoinPlan, peers: Sequence[PeerAddress], *, warn: bool = False
+    ) -> None:
+        """Ask ``peers`` to join through them, and tell ``plan`` how each did; log why a
+        peer did not answer (a warning if ``warn``: the join the peer starts with)."""
+        answers = await self.services.dht.join_through(
+            peers, timeout=self.config.joining.request_timeout
+        )
+        now = trio.current_time()
+        for peer_id, why in answers.failed:
+            log.log(
+                logging.WARNING if warn else logging.INFO,
+                "bootstrap peer %s did not answer: %s",
+                peer_id,
+                why,
+            )
+            plan.on_failure(peer_id, now)
+        for peer_id in answers.answered:
+            plan.on_answer(peer_id, answers.useful, now)
+        plan.learn(answers.named)
+
+    async def _keep_joined(self, plan: JoinPlan) -> None:
+        """While the peer runs: alone, ask the plan's peers again when their backoff ends;
+        joined, check every ``joining.check_interval`` seconds that the routing table
+        still holds peers, and remember some of them to rejoin through."""
+        table = self.services.dht.table
+        check = self.config.joining.check_interval
+        while True:
+            now = trio.current_time()
+            if len(table):
+                if not plan.joined:
+                    # Others joined through this one (the first peer of a swarm), or a
+                    # join through our bootstrap peers happened elsewhere.
+                    plan.has_peers()
+                plan.learn(PeerAddress(p.peer_id, p.addrs) for p in islice(table, LEARN_FROM_TABLE))
+                until = now + check
+            elif plan.joined:
+                log.warning("the routing table is empty: this peer is alone, rejoining")
+                plan.alone(now)
+                continue
+            else:
+                decision = plan.next(now)
+                if isinstance(decision, Attempt):
+                    await self._ask(plan, decision.peers)
+                    if plan.joined:
+                        log.info("joined the swarm: %d peers in the routing table", len(table))
+                    continue
+                assert isinstance(decision, Wait)
+                until = min(
+                    now + check, decision.until if decision.until is not None else now + check
+                )
+            with trio.move_on_at(until):
+                await self._join_wakeup.wait()
+            self._join_wakeup = trio.Event()
 
     def start_upkeep(self, delay: float = 0.0) -> None:
         """Start the DHT's upkeep ``delay`` seconds from now (peers made with

@@ -37,6 +37,7 @@ from p2pnet.accounting import (
 )
 from p2pnet.core.address import transport_part, with_peer_id
 from p2pnet.core.identity import Identity
+from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
@@ -89,6 +90,7 @@ class PeerConfig:
     trust_store: the SQLite file of this peer's spot-check verdicts and the providers
         it marked untrusted; None: no spot checks.
     spot_checks: rate, tolerances and limits of spot checks, when there is a trust store.
+    joining: how the peer joins and, alone, keeps trying (``p2pnet.core.join.JoinPolicy``).
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -111,6 +113,7 @@ class PeerConfig:
     accounting: AccountingConfig = DEFAULT_ACCOUNTING
     trust_store: Path | None = None
     spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS
+    joining: JoinPolicy = DEFAULT_JOINING
 
 
 @dataclass(frozen=True, slots=True)

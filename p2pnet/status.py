@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionStatus",
+    "JoinState",
     "PeerStatus",
     "ServedModelStatus",
     "StatusFile",
@@ -72,6 +73,43 @@ class ConnectionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinState:
+    """Whether the peer is in a swarm (docs/networking.md, "Joining").
+
+    state: "joined"; "alone" (its routing table is empty: it keeps asking its bootstrap
+        peers and the peers it learned, with backoff); "not joining" (alone, with no
+        peer to ask: it waits for others to join through it).
+    alone_since: unix time it found itself alone (None when joined).
+    attempts: join requests sent since it was last joined (or since it started).
+    next_attempt_in: seconds until it asks again (None: not planned, or asking now).
+    """
+
+    state: str
+    alone_since: float | None = None
+    attempts: int = 0
+    next_attempt_in: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "alone_since": self.alone_since,
+            "attempts": self.attempts,
+            "next_attempt_in": self.next_attempt_in,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JoinState:
+        """Raises: KeyError, TypeError, ValueError: not a join state."""
+        since, after = data.get("alone_since"), data.get("next_attempt_in")
+        return cls(
+            _text(data["state"]),
+            None if since is None else float(since),
+            int(data.get("attempts", 0)),
+            None if after is None else float(after),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PeerStatus:
     """What a running peer is doing: ``Peer.status()``. The CLI's ``peer`` and ``status``
     commands and the status file render this, and nothing else of the peer.
@@ -87,6 +125,8 @@ class PeerStatus:
     limits_hit: streams the resource limits reset or closed, by reason: "streams_peer",
         "streams_system" (refused at once), "memory_peer", "memory_system" (a request over
         the byte budget), "stalled", "idle" (docs/networking.md, "Resource limits").
+    join: whether it is in a swarm, or alone and retrying (None: not known, e.g. a
+        status file of an older version).
     """
 
     peer_id: str
@@ -104,6 +144,7 @@ class PeerStatus:
     ledger: str | None = None
     receipts: Mapping[str, int] = field(default_factory=dict)
     balances: Mapping[str, int] = field(default_factory=dict)
+    join: JoinState | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -140,6 +181,7 @@ class PeerStatus:
             "ledger": self.ledger,
             "receipts": dict(self.receipts),
             "balances": dict(self.balances),
+            "join": self.join.to_dict() if self.join is not None else None,
         }
 
     @classmethod
@@ -180,6 +222,7 @@ class PeerStatus:
                 ledger=None if data.get("ledger") is None else _text(data["ledger"]),
                 receipts={_text(k): int(v) for k, v in data.get("receipts", {}).items()},
                 balances={_text(k): int(v) for k, v in data.get("balances", {}).items()},
+                join=None if data.get("join") is None else JoinState.from_dict(data["join"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

@@ -392,3 +392,20 @@ def test_incentives_free_riders_stay_within_allowance_and_hard_threshold() -> No
     (run,) = run_scenario(_incentives_small(), engine="memory", in_process=True)["runs"]
     bound = run["incentives"]["checks"]["free_rider_bound"]
     assert bound["ok"], bound
+
+
+def test_peers_may_be_given_several_bootstrap_peers_without_changing_the_rest() -> None:
+    one = parse_scenario({"name": "b", "peers": {"count": 300}}, base_dir=SIMULATIONS)
+    three = parse_scenario(
+        {"name": "b", "peers": {"count": 300, "bootstrap": 3}}, base_dir=SIMULATIONS
+    )
+    plan1, plan3 = make_plan(one, 300), make_plan(three, 300)
+    assert plan1.via == plan3.via and plan1.events == plan3.events
+    assert all(plan1.bootstrap_of(p) == (plan1.via[p],) for p in plan1.via)
+    earlier: set[int] = {0}
+    for batch in plan3.batches:
+        for p in batch:
+            chosen = plan3.bootstrap_of(p)
+            assert len(set(chosen)) == len(chosen) == min(3, len(earlier))
+            assert set(chosen) <= earlier
+        earlier |= set(batch)

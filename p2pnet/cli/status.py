@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass
 
 from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
 from p2pnet.cli.render import err, joined_text, out, peer_text
-from p2pnet.status import StatusFile, read_statuses
+from p2pnet.status import JoinState, StatusFile, read_statuses
 
-__all__ = ["StatusOptions", "add_status_parser", "render_status", "show_status", "status_text"]
+__all__ = [
+    "StatusOptions",
+    "add_status_parser",
+    "join_text",
+    "render_status",
+    "show_status",
+    "status_text",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,8 @@ def status_text(file: StatusFile) -> Text:
         + peer_text(st.dht_mode)
         + ")"
     )
+    if st.join is not None:
+        lines.append(Text("  join         ") + join_text(st.join, file.data.get("updated_at")))
     if st.ledger is not None:
         r = st.receipts
         lines.append(
@@ -110,3 +120,21 @@ def status_text(file: StatusFile) -> Text:
             allowed = joined_text([peer_text(p) for p in m.allow], empty="this peer only")
             lines.append(Text("               only for ") + allowed)
     return Text("\n").join(lines)
+
+
+def join_text(join: JoinState, updated_at: object = None) -> Text:
+    """``joined``, or how long the peer has been alone and when it asks again."""
+    if join.state == "joined":
+        return Text("joined")
+    parts = [join.state]
+    if join.alone_since is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(join.alone_since))
+        parts.append(f"since {since}")
+    if isinstance(updated_at, int | float) and join.alone_since is not None:
+        parts[-1] += f" ({max(0.0, updated_at - join.alone_since):.0f} s)"
+    if join.state == "alone":
+        parts.append("retrying")
+    parts.append(f"{join.attempts} attempts")
+    if join.next_attempt_in is not None:
+        parts.append(f"next in {join.next_attempt_in:.0f} s")
+    return Text(", ".join(parts), style="bold yellow")

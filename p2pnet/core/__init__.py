@@ -49,5 +49,7 @@ spot_check.py  Sampler, compare_outputs, Tolerance,
                three_way, checker_order, ip_group    spot checks: which calls, comparing two
                                                      results (bitwise or within a tolerance),
                                                      the odd one of three, who checks
+join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to ask next, backoff
+                                                     when alone
 kad/           the sans-IO Kademlia core (its own __init__ maps it)
 """

@@ -72,6 +72,7 @@ __all__ = [
     "KAD_PROTOCOL",
     "DhtConfig",
     "DhtNode",
+    "JoinAnswers",
     "KadOverride",
     "LookupResult",
     "RequestInterceptor",
@@ -137,6 +138,18 @@ class KadOverride:
 RequestInterceptor = Callable[[KadMessage, str], KadOverride | None]
 """``intercept(request, sender)``: a ``KadOverride`` to answer in the node's place, or
 None to let the node answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAnswers:
+    """What asking some peers to join through them gave: who ``answered``, who ``failed``
+    to (peer ID, why), the peers they ``named``, and whether the join was ``useful``
+    (the routing table gained a peer other than those who answered)."""
+
+    answered: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
+    named: tuple[PeerAddress, ...]
+    useful: bool
 
 
 @dataclass
@@ -448,25 +461,51 @@ class DhtNode:
         return True
 
     async def bootstrap(self, peers: Sequence[PeerAddress]) -> int:
-        """Join through ``peers``: learn them, look up our own key, then refresh every
-        bucket so that each part of the keyspace has peers we know.
-
-        Returns the number of peers in the routing table afterwards.
+        """Join through ``peers`` (asked at once, each for up to the RPC timeout), then
+        refresh every bucket. Returns the number of peers in the routing table afterwards.
         """
-        for address in peers:
-            if address.peer_id == self.local.peer_id:
-                continue
+        await self.join_through(peers, timeout=self.config.rpc_timeout)
+        return len(self.table)
+
+    async def join_through(self, peers: Sequence[PeerAddress], *, timeout: float) -> JoinAnswers:
+        """Ask ``peers`` concurrently for the peers closest to our own key, each for at
+        most ``timeout`` seconds (one that never answers holds the join no longer); if
+        any answered, refresh every bucket so that each part of the keyspace has peers
+        we know. Says who answered, who did not, whom they named, and whether the
+        routing table gained a peer other than those who answered.
+        """
+        before = {p.peer_id for p in self.table}
+        answered: list[str] = []
+        failed: list[tuple[str, str]] = []
+        named: dict[str, PeerAddress] = {}
+
+        async def ask(address: PeerAddress) -> None:
             peer = _peer_info(address.peer_id, address.addrs)
             try:
-                find_self = KadMessage(MessageType.FIND_NODE, self.local.key)
-                response = await self.request(peer, find_self)
+                with trio.fail_after(timeout):
+                    response = await self.request(
+                        peer, KadMessage(MessageType.FIND_NODE, self.local.key)
+                    )
             except (P2PNetError, trio.TooSlowError) as exc:
-                log.warning("bootstrap peer %s did not answer: %s", address, exc)
-                continue
+                why = str(exc) or f"no answer in {timeout:g} s"
+                log.debug("bootstrap peer %s did not answer: %s", address, why)
+                failed.append((address.peer_id, why))
+                return
             self._update(peer)
+            answered.append(address.peer_id)
+            response = _in_scope(response, scope_seen_at(self._seen_at(peer.peer_id)))
+            for info in self._peer_infos(response.closer_peers):
+                named.setdefault(info.peer_id, PeerAddress(info.peer_id, info.addrs))
             log.debug("bootstrap peer %s named %d peers", address, len(response.closer_peers))
-        await self.refresh(trio.current_time(), everything=True)
-        return len(self.table)
+
+        async with trio.open_nursery() as nursery:
+            for address in peers:
+                if address.peer_id != self.local.peer_id:
+                    nursery.start_soon(ask, address)
+        if answered or len(self.table):
+            await self.refresh(trio.current_time(), everything=True)
+        gained = {p.peer_id for p in self.table} - before - set(answered)
+        return JoinAnswers(tuple(answered), tuple(failed), tuple(named.values()), bool(gained))
 
     async def find_closest(self, key: bytes) -> LookupResult:
         """The k peers closest to ``key`` that answered, by an iterative FIND_NODE lookup."""

@@ -183,7 +183,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             results: list[bool] = []
 
             async def join(i: int, into: list[bool]) -> None:
-                into.append(await swarm.join(i, plan.via[i]))
+                into.append(await swarm.join(i, plan.bootstrap_of(i)))
 
             async with trio.open_nursery() as batch_nursery:
                 for i in batch:

@@ -64,6 +64,13 @@ class Plan:
     sybils: list[int] = field(default_factory=list)
     relays: list[int] = field(default_factory=list)  # public bootstrap peers that relay
     nat: dict[int, str] = field(default_factory=dict)  # peers behind a NAT: cone | symmetric
+    # Further bootstrap peers of each peer in batches (``peers.bootstrap`` - 1 of them),
+    # asked with ``via`` (drawn apart, so that a plan with one is the plan it always was).
+    more_via: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def bootstrap_of(self, peer: int) -> tuple[int, ...]:
+        """The bootstrap peers of a peer in the bootstrap batches."""
+        return (self.via[peer], *self.more_via.get(peer, ()))
 
     def role(self, peer: int) -> str:
         return self.roles.get(peer, HONEST)
@@ -129,12 +136,18 @@ def make_plan(
     width = min(scenario.join_batch, max_batch or scenario.join_batch)
     batches = [order[i : i + width] for i in range(0, len(order), width)]
     via: dict[int, int] = {}
+    more_via: dict[int, tuple[int, ...]] = {}
+    more = random.Random(seed * 5_000_011 + n)
     joined = [0]
     joined_relays = [0] if relays else []
     for batch in batches:
         pool = joined_relays or joined
         for p in batch:
             via[p] = pool[rng.randrange(len(pool))]
+            if scenario.bootstrap_peers > 1:
+                others = [q for q in pool if q != via[p]]
+                count = min(scenario.bootstrap_peers - 1, len(others))
+                more_via[p] = tuple(more.sample(others, count))
         joined += batch
         joined_relays += [p for p in batch if p < len(relays)]
 
@@ -173,6 +186,7 @@ def make_plan(
         sybils=sybils,
         relays=relays,
         nat=nat,
+        more_via=more_via,
     )
 
 

@@ -226,6 +226,7 @@ class Scenario:
     seed: int = 1
     peers: tuple[int, ...] = (100,)  # one run per size
     join_batch: int = 100
+    bootstrap_peers: int = 1  # bootstrap peers each peer of the bootstrap batches is given
     duration: float = 60.0  # seconds of the run phase, after bootstrap and publishing
     interval: float = 10.0  # width of the per-interval metrics
     network: NetworkModel = field(default_factory=NetworkModel)
@@ -434,6 +435,7 @@ def parse_scenario(
         seed=top.get_int("seed", 1, 0, 2**63 - 1),
         peers=sizes,
         join_batch=peers_t.get_int("join_batch", 100, 1, 100_000),
+        bootstrap_peers=peers_t.get_int("bootstrap", 1, 1, 100),
         duration=top.get_float("duration", 60.0, 0.0, 7 * 86400.0),
         interval=top.get_float("interval", 10.0, 0.1, 86400.0),
         network=network,

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -276,17 +276,21 @@ class SimSwarm:
         """The sybils, known to each other once all exist."""
         self.sybil_answers.fellows = fellows
 
-    async def join(self, index: int, via: int, *, kind: str = "", t: float = 0.0) -> bool:
-        """Bootstrap peer ``index`` through peer ``via``; records a churn event if ``kind``."""
+    async def join(
+        self, index: int, via: int | Sequence[int], *, kind: str = "", t: float = 0.0
+    ) -> bool:
+        """Bootstrap peer ``index`` through peer ``via`` (or these peers); records a churn
+        event if ``kind``."""
         sim = self.peers[index]
         assert sim.node is not None
         ok = False
+        bootstrap = [self.addresses[v] for v in ((via,) if isinstance(via, int) else via)]
         with trio.move_on_after(self.join_timeout):
             try:
                 if sim.peer is not None:
-                    await sim.peer.join([self.addresses[via]])
+                    await sim.peer.join(bootstrap)
                 else:
-                    await sim.node.bootstrap([self.addresses[via]])
+                    await sim.node.bootstrap(bootstrap)
                 ok = len(sim.node.table) > 0
             except P2PNetError as exc:
                 log.info("peer %d did not join: %s", index, exc)
