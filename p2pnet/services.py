@@ -313,8 +313,25 @@ class PeerServices:
             calls_served=self.invoke_server.stats.calls,
             call_errors=dict(self.invoke_server.stats.errors),
             limits_hit=self.limited_host.stats.hits(),
+            trust=self._trust_status(),
             **self._accounts_status(),
         )
+
+    def _trust_status(self) -> dict[str, int]:
+        """Spot-check counts and the providers marked, for ``status``."""
+        checker, trust = self.spot_checker, self.trust
+        if checker is None or trust is None:
+            return {}
+        stats = checker.stats
+        return {
+            "sampled": stats.sampled,
+            "agreed": stats.agreed,
+            "disagreed": stats.disagreed,
+            "unresolved": stats.unresolved,
+            "extra_calls": stats.extra_calls,
+            "marked": stats.marked,
+            "untrusted": len(trust.marks()),
+        }
 
     def _accounts_status(self) -> dict[str, Any]:
         """The ledger, receipt counts and largest balances, for ``status``."""

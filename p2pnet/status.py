@@ -127,6 +127,9 @@ class PeerStatus:
         the byte budget), "stalled", "idle" (docs/networking.md, "Resource limits").
     join: whether it is in a swarm, or alone and retrying (None: not known, e.g. a
         status file of an older version).
+    trust: spot checks of a peer with a trust store since it started (empty: it has
+        none): "sampled", "agreed", "disagreed", "unresolved", "extra_calls" (re-runs
+        made), "marked" (providers it marked), "untrusted" (providers marked in its store).
     """
 
     peer_id: str
@@ -145,6 +148,7 @@ class PeerStatus:
     receipts: Mapping[str, int] = field(default_factory=dict)
     balances: Mapping[str, int] = field(default_factory=dict)
     join: JoinState | None = None
+    trust: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -182,6 +186,7 @@ class PeerStatus:
             "receipts": dict(self.receipts),
             "balances": dict(self.balances),
             "join": self.join.to_dict() if self.join is not None else None,
+            "trust": dict(self.trust),
         }
 
     @classmethod
@@ -223,6 +228,7 @@ class PeerStatus:
                 receipts={_text(k): int(v) for k, v in data.get("receipts", {}).items()},
                 balances={_text(k): int(v) for k, v in data.get("balances", {}).items()},
                 join=None if data.get("join") is None else JoinState.from_dict(data["join"]),
+                trust={_text(k): int(v) for k, v in data.get("trust", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

@@ -29,6 +29,7 @@ from p2pnet.errors import TrustStoreError
 from p2pnet.net.identity import generate_identity
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.runtime.onnx_model import OnnxModel
+from p2pnet.status import PeerStatus
 from p2pnet.trust import Opinion, TrustStore
 
 TASK = "iris-species"
@@ -162,6 +163,11 @@ async def test_a_lying_provider_is_marked_with_evidence_and_then_skipped(
         assert offer.record.peer_id != liar.peer_id
         await checker.wait_until(2)
         assert checker.stats.agreed == 1 and checker.stats.marked == 1
+        # p2pnet status shows it, and the status file carries it.
+        trust = swarm.caller.status().trust
+        assert trust["marked"] == trust["untrusted"] == trust["disagreed"] == 1
+        assert trust["extra_calls"] == 3 and trust["agreed"] == 1
+        assert PeerStatus.from_dict(swarm.caller.status().to_dict()).trust == trust
 
     # The verdict and the evidence survive the peer: read back from the file.
     with TrustStore.open(tmp_path / "trust.sqlite3", create=False) as store:

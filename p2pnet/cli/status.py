@@ -109,6 +109,16 @@ def status_text(file: StatusFile) -> Text:
             lines.append(
                 Text("  balance      ") + peer_text(peer) + f" {owes} {abs(units):,} micro-units"
             )
+    if st.trust:
+        t = st.trust
+        lines.append(
+            Text(
+                f"  spot checks  {t.get('sampled', 0)} drawn: {t.get('agreed', 0)} agreed, "
+                f"{t.get('disagreed', 0)} disagreed, {t.get('unresolved', 0)} unresolved; "
+                f"{t.get('extra_calls', 0)} extra calls; {t.get('untrusted', 0)} providers "
+                "marked untrusted"
+            )
+        )
     if st.limits_hit:
         hits = ", ".join(f"{reason} {n}" for reason, n in sorted(st.limits_hit.items()))
         lines.append(Text("  limits hit   ") + peer_text(hits))
