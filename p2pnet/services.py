@@ -38,7 +38,7 @@ from p2pnet.core.address import transport_part, with_peer_id
 from p2pnet.core.identity import Identity
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
-from p2pnet.dht.node import DhtConfig, DhtNode, RequestInterceptor
+from p2pnet.dht.node import DhtConfig, DhtNode, LookupObserver, RequestInterceptor
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import (
     DEFAULT_FINDER_POLICY,
@@ -112,11 +112,13 @@ class PeerHooks:
     intercept_kad: may answer DHT requests in the node's place (a lying peer).
     describe_records: given the peer's signed envelopes, returns what its describe
         server sends instead (a forger adds forged ones).
+    observe_lookup: told of every DHT lookup and its result (density verdict included).
     """
 
     observe_calls: CallObserver | None = None
     intercept_kad: RequestInterceptor | None = None
     describe_records: Callable[[Sequence[bytes]], Sequence[bytes]] | None = None
+    observe_lookup: LookupObserver | None = None
 
 
 class AnnouncedAddresses:
@@ -225,6 +227,7 @@ class PeerServices:
             rng=random.Random(dht_config.seed) if dht_config.seed is not None else None,
             nursery=nursery,
             intercept=hooks.intercept_kad,
+            observe_lookup=hooks.observe_lookup,
         )
         self.finder = ModelFinder(
             self.dht, self.describer, self.invokers, self.publisher, config.finding
@@ -275,6 +278,7 @@ class PeerServices:
             calls_served=self.invoke_server.stats.calls,
             call_errors=dict(self.invoke_server.stats.errors),
             limits_hit=self.limited_host.stats.hits(),
+            dht=dataclasses.asdict(self.dht.stats),
             **self._accounts_status(),
         )
 

@@ -87,6 +87,9 @@ class PeerStatus:
     limits_hit: streams the resource limits reset or closed, by reason: "streams_peer",
         "streams_system" (refused at once), "memory_peer", "memory_system" (a request over
         the byte budget), "stalled", "idle" (docs/networking.md, "Resource limits").
+    dht: the DHT node's counters (``DhtStats``): "network_size" estimated, provider
+        lookups and their messages, lookups the density detector judged
+        ("density_checked") and found suspicious ("density_alarms").
     """
 
     peer_id: str
@@ -104,6 +107,7 @@ class PeerStatus:
     ledger: str | None = None
     receipts: Mapping[str, int] = field(default_factory=dict)
     balances: Mapping[str, int] = field(default_factory=dict)
+    dht: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -128,8 +132,7 @@ class PeerStatus:
                 "direct": paths.count("direct"),
                 "relayed": paths.count("relayed"),
                 "peers": [
-                    {"peer_id": c.peer_id, "addr": c.addr, "path": c.path}
-                    for c in self.connections
+                    {"peer_id": c.peer_id, "addr": c.addr, "path": c.path} for c in self.connections
                 ],
             },
             "routing_table": self.routing_table,
@@ -140,6 +143,7 @@ class PeerStatus:
             "ledger": self.ledger,
             "receipts": dict(self.receipts),
             "balances": dict(self.balances),
+            "dht": dict(self.dht),
         }
 
     @classmethod
@@ -180,6 +184,7 @@ class PeerStatus:
                 ledger=None if data.get("ledger") is None else _text(data["ledger"]),
                 receipts={_text(k): int(v) for k, v in data.get("receipts", {}).items()},
                 balances={_text(k): int(v) for k, v in data.get("balances", {}).items()},
+                dht={_text(k): float(v) for k, v in data.get("dht", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None
