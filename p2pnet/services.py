@@ -41,7 +41,7 @@ from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
-from p2pnet.dht.node import DhtConfig, DhtNode, RequestInterceptor
+from p2pnet.dht.node import DhtConfig, DhtNode, LookupObserver, RequestInterceptor
 from p2pnet.discovery.describe import DESCRIBE_PROTOCOL, DescribeClient, DescribeServer
 from p2pnet.discovery.service import (
     DEFAULT_FINDER_POLICY,
@@ -124,11 +124,13 @@ class PeerHooks:
     intercept_kad: may answer DHT requests in the node's place (a lying peer).
     describe_records: given the peer's signed envelopes, returns what its describe
         server sends instead (a forger adds forged ones).
+    observe_lookup: told of every DHT lookup and its result (density verdict included).
     """
 
     observe_calls: CallObserver | None = None
     intercept_kad: RequestInterceptor | None = None
     describe_records: Callable[[Sequence[bytes]], Sequence[bytes]] | None = None
+    observe_lookup: LookupObserver | None = None
 
 
 class AnnouncedAddresses:
@@ -243,6 +245,7 @@ class PeerServices:
             rng=random.Random(dht_config.seed) if dht_config.seed is not None else None,
             nursery=nursery,
             intercept=hooks.intercept_kad,
+            observe_lookup=hooks.observe_lookup,
         )
         self.trust: TrustStore | None = None
         self.spot_checker: SpotChecker | None = None
@@ -314,6 +317,7 @@ class PeerServices:
             call_errors=dict(self.invoke_server.stats.errors),
             limits_hit=self.limited_host.stats.hits(),
             trust=self._trust_status(),
+            dht=dataclasses.asdict(self.dht.stats),
             **self._accounts_status(),
         )
 

@@ -130,6 +130,9 @@ class PeerStatus:
     trust: spot checks of a peer with a trust store since it started (empty: it has
         none): "sampled", "agreed", "disagreed", "unresolved", "extra_calls" (re-runs
         made), "marked" (providers it marked), "untrusted" (providers marked in its store).
+    dht: the DHT node's counters (``DhtStats``): "network_size" estimated, provider
+        lookups and their messages, lookups the density detector judged
+        ("density_checked") and found suspicious ("density_alarms").
     """
 
     peer_id: str
@@ -149,6 +152,7 @@ class PeerStatus:
     balances: Mapping[str, int] = field(default_factory=dict)
     join: JoinState | None = None
     trust: Mapping[str, int] = field(default_factory=dict)
+    dht: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -173,8 +177,7 @@ class PeerStatus:
                 "direct": paths.count("direct"),
                 "relayed": paths.count("relayed"),
                 "peers": [
-                    {"peer_id": c.peer_id, "addr": c.addr, "path": c.path}
-                    for c in self.connections
+                    {"peer_id": c.peer_id, "addr": c.addr, "path": c.path} for c in self.connections
                 ],
             },
             "routing_table": self.routing_table,
@@ -187,6 +190,7 @@ class PeerStatus:
             "balances": dict(self.balances),
             "join": self.join.to_dict() if self.join is not None else None,
             "trust": dict(self.trust),
+            "dht": dict(self.dht),
         }
 
     @classmethod
@@ -229,6 +233,7 @@ class PeerStatus:
                 balances={_text(k): int(v) for k, v in data.get("balances", {}).items()},
                 join=None if data.get("join") is None else JoinState.from_dict(data["join"]),
                 trust={_text(k): int(v) for k, v in data.get("trust", {}).items()},
+                dht={_text(k): float(v) for k, v in data.get("dht", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

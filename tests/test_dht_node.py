@@ -78,7 +78,7 @@ async def test_every_peer_finds_a_provider_in_few_hops(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:
     swarm = await build_swarm(network, 200)
-    assert await swarm.nodes[5].provide(TASK_KEY) == 20
+    assert await swarm.nodes[5].provide(TASK_KEY) >= 20  # the k closest and the key's region
     hops = []
     for i, node in enumerate(swarm.nodes):
         result = await node.find_providers(TASK_KEY, count=1)
@@ -167,7 +167,9 @@ async def test_client_mode_peers_use_the_dht_but_stay_out_of_routing_tables(
         await node.bootstrap([swarm.address(i)])
         assert len(node.table) > 0  # it knows the swarm...
         clients.append(node)
-    assert await clients[0].provide(TASK_KEY) == 20  # ...announces through it...
+    # ...announces through it (to the k closest and the key's region: in a network
+    # this small, everyone)...
+    assert await clients[0].provide(TASK_KEY) >= 20
     found = await clients[1].find_providers(TASK_KEY, count=1)  # ...and looks up through it
     assert [p.peer_id for p in found.providers] == [clients[0].host.peer_id]
     client_ids = {c.host.peer_id for c in clients}
@@ -249,7 +251,7 @@ async def test_ping_and_find_node_answers(
 ) -> None:
     swarm = await build_swarm(network, 25)
     closest = (await swarm.nodes[0].find_closest(TASK_KEY)).peers
-    assert 0 < len(closest) <= 20
+    assert 0 < len(closest) <= 24  # in a network this small, the region is everyone
     assert await swarm.nodes[0].ping(closest[0])
     swarm.hosts[
         next(i for i, h in enumerate(swarm.hosts) if h.peer_id == closest[0].peer_id)
@@ -291,7 +293,7 @@ async def test_put_and_get_signed_records(
     publisher = DhtNode(network.add_host(peer_id), validator=validator)
     publisher.start()
     await publisher.bootstrap([swarm.address(0)])
-    assert await publisher.put_value(key, value) == 20
+    assert await publisher.put_value(key, value) >= 20  # the k closest and the region
     assert await swarm.nodes[17].get_value(key) == value
     _, _, newer = _signed_record(7, seq=2)
     await publisher.put_value(key, newer)

@@ -232,6 +232,12 @@ def test_adversaries_forged_records_are_never_accepted() -> None:
     assert summary["target_task"] == "sentiment-analysis" and summary["target_queries"] > 0
     # Honest peers still find the other tasks most of the time.
     assert summary["other_success_rate"] >= 0.7
+    # The region's cost and the density detector's verdicts are reported.
+    defences = run["dht_defences"]
+    assert defences["region"] and defences["messages_per_provide"] > 20
+    assert defences["target"]["lookups"] == summary["target_queries"]
+    assert defences["target"]["messages_per_lookup"] > 0
+    assert defences["others"]["judged"] > 0 and defences["others"]["suspicious_rate"] < 0.5
 
 
 @pytest.mark.slow

@@ -96,6 +96,15 @@ def status_text(file: StatusFile) -> Text:
     )
     if st.join is not None:
         lines.append(Text("  join         ") + join_text(st.join, file.data.get("updated_at")))
+    if st.dht:
+        d = st.dht
+        lines.append(
+            Text(
+                f"  dht          network ~{d.get('network_size', 0):,.0f} peers; "
+                f"{d.get('density_alarms', 0):.0f} of {d.get('density_checked', 0):.0f} "
+                "lookups judged suspicious (sybils near a key)"
+            )
+        )
     if st.ledger is not None:
         r = st.receipts
         lines.append(

@@ -36,9 +36,21 @@ from p2pnet.core.address_filter import (
     scope_seen_at,
 )
 from p2pnet.core.kad.jobs import RepublishSchedule
-from p2pnet.core.kad.keys import PeerInfo, key_of, random_preimage_in_bucket
+from p2pnet.core.kad.keys import (
+    PeerInfo,
+    common_prefix_length,
+    key_of,
+    random_preimage_in_bucket,
+)
 from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
 from p2pnet.core.kad.ratelimit import RateLimiter
+from p2pnet.core.kad.region import (
+    DEFAULT_DENSITY_THRESHOLD,
+    DensityVerdict,
+    density_verdict,
+    estimate_network_size,
+    region_prefix_bits,
+)
 from p2pnet.core.kad.routing import PingOldest, RoutingTable
 from p2pnet.core.kad.store import ProviderStore, RecordValidator, ValueStore
 from p2pnet.core.kad.wire import (
@@ -71,9 +83,12 @@ if TYPE_CHECKING:
 __all__ = [
     "KAD_PROTOCOL",
     "DhtConfig",
+    "DhtDefences",
     "DhtNode",
+    "DhtStats",
     "JoinAnswers",
     "KadOverride",
+    "LookupObserver",
     "LookupResult",
     "RequestInterceptor",
 ]
@@ -83,6 +98,26 @@ log = logging.getLogger(__name__)
 KAD_PROTOCOL = "/p2pnet/kad/1.0.0"
 # Tries to find a random key in a bucket to refresh: enough for buckets 244..255.
 REFRESH_SEARCH_TRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DhtDefences:
+    """How a DHT node resists peers that lie about where a key lives (docs/security.md,
+    "Sybils near a key").
+
+    region: store provider records on, and look them up from, every peer of the key's
+        region (sharing ``ceil(log2(N / k)) - 1`` leading bits with it, N estimated from
+        our routing table), not only the k closest. Always on unless turned off: turned
+        on only once an attack is detected, it lets an attacker stay under the detector.
+    max_region: at most this many peers are asked or stored to per lookup (bounds what
+        a wrong network-size estimate can cost).
+    density_threshold: a lookup whose closest peers' prefix lengths diverge from what
+        the estimated network size predicts by more than this (KL, nats) is suspicious.
+    """
+
+    region: bool = True
+    max_region: int = 100
+    density_threshold: float = DEFAULT_DENSITY_THRESHOLD
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +140,7 @@ class DhtConfig:
         their routing tables.
     seed: seeds the node's random choices (keys to refresh buckets with), for
         reproducible simulations; None: unpredictable.
+    defences: region store and lookup, density detection (``DhtDefences``).
     max_idle_streams: finished outbound streams kept per peer for reuse.
     stream_idle_timeout: an inbound stream with no request for this long is closed, as
         go-libp2p-kad-dht does after a minute (each costs a waiting task; a requester
@@ -126,6 +162,7 @@ class DhtConfig:
     stream_idle_timeout: float = 60.0
     client: bool = False
     seed: int | None = None
+    defences: DhtDefences = DhtDefences()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +191,39 @@ class JoinAnswers:
 
 @dataclass
 class LookupResult:
-    """What a lookup found and what it cost."""
+    """What a lookup found and what it cost.
+
+    density: how the closest peers found compare with the estimated network size; None
+    when the lookup stopped early (it had what it wanted) or the size is not known yet.
+    """
 
     peers: list[PeerInfo]
     stats: LookupStats
     providers: list[PeerInfo] = field(default_factory=list)
+    density: DensityVerdict | None = None
+
+
+LookupObserver = Callable[[MessageType, bytes, LookupResult], None]
+"""``observe(kind, key, result)``: told of every FIND_NODE and GET_PROVIDERS lookup."""
+
+
+@dataclass(slots=True)
+class DhtStats:
+    """Counters of a node's own DHT work since it started.
+
+    provides, provide_messages: announcements made and the requests they cost (lookup
+    and ADD_PROVIDER). lookups, lookup_messages: provider lookups and their requests.
+    density_checked, density_alarms: lookups judged by the density detector, and those
+    it called suspicious. network_size: the latest estimate (0 until known).
+    """
+
+    provides: int = 0
+    provide_messages: int = 0
+    lookups: int = 0
+    lookup_messages: int = 0
+    density_checked: int = 0
+    density_alarms: int = 0
+    network_size: float = 0.0
 
 
 class DhtNode:
@@ -173,12 +238,13 @@ class DhtNode:
         rng: random.Random | None = None,
         nursery: trio.Nursery | None = None,
         intercept: RequestInterceptor | None = None,
+        observe_lookup: LookupObserver | None = None,
     ) -> None:
         """``validator`` decides which PUT_VALUE records are stored; without one every
         PUT_VALUE is dropped (p2pnet keeps no value it cannot check). ``nursery`` runs
         background work (pinging the oldest peer of a full bucket); without one, full
         buckets simply keep their old peers. ``intercept`` may answer requests in the
-        node's place (simulated adversaries do)."""
+        node's place (simulated adversaries do); ``observe_lookup`` is told of every lookup."""
         self.host = host
         self.config = config
         self.local = PeerInfo(host.peer_id, peer_id_bytes(host.peer_id))
@@ -201,6 +267,8 @@ class DhtNode:
         )
         self._nursery = nursery
         self._intercept = intercept
+        self._observe_lookup = observe_lookup
+        self.stats = DhtStats()
         self.requests_served = 0
         self.requests_dropped = 0
 
@@ -509,8 +577,10 @@ class DhtNode:
 
     async def find_closest(self, key: bytes) -> LookupResult:
         """The k peers closest to ``key`` that answered, by an iterative FIND_NODE lookup."""
-        lookup = await self._iterate(key, KadMessage(MessageType.FIND_NODE, key))
-        return LookupResult(lookup.result(), lookup.stats)
+        lookup, complete = await self._iterate(key, KadMessage(MessageType.FIND_NODE, key))
+        result = LookupResult(lookup.result(), lookup.stats)
+        self._judge(MessageType.FIND_NODE, key, result, complete)
+        return result
 
     async def provide(self, key: bytes) -> int:
         """Announce this node as a provider of ``key`` to the k closest peers, and keep
@@ -538,16 +608,19 @@ class DhtNode:
                 found.setdefault(provider.peer_id, provider)
             return len(found) >= count
 
-        lookup = None
-        if len(found) < count:
-            lookup = await self._iterate(
-                key,
-                KadMessage(MessageType.GET_PROVIDERS, key),
-                collect,
-                deadline=trio.current_time() + timeout,
-            )
-        stats = lookup.stats if lookup else LookupStats(0, 0, 0, 0, 0)
-        return LookupResult(lookup.result() if lookup else [], stats, list(found.values())[:count])
+        if len(found) >= count:
+            return LookupResult([], LookupStats(0, 0, 0, 0, 0), list(found.values())[:count])
+        lookup, complete = await self._iterate(
+            key,
+            KadMessage(MessageType.GET_PROVIDERS, key),
+            collect,
+            deadline=trio.current_time() + timeout,
+        )
+        result = LookupResult(lookup.result(), lookup.stats, list(found.values())[:count])
+        self.stats.lookups += 1
+        self.stats.lookup_messages += lookup.stats.queries
+        self._judge(MessageType.GET_PROVIDERS, key, result, complete)
+        return result
 
     async def put_value(self, key: bytes, value: bytes) -> int:
         """Store ``value`` under ``key`` here and on the k closest peers; returns how many
@@ -606,7 +679,10 @@ class DhtNode:
         return found[validator.select(key, found)] if found else None
 
     async def _announce(self, key: bytes) -> int:
-        closest = (await self.find_closest(key)).peers
+        lookup = await self.find_closest(key)
+        closest = lookup.peers
+        self.stats.provides += 1
+        self.stats.provide_messages += lookup.stats.queries + len(closest)
         request = KadMessage(
             MessageType.ADD_PROVIDER, key, provider_peers=(_kad_peer(self._self_info()),)
         )
@@ -639,6 +715,33 @@ class DhtNode:
                 continue
         return out
 
+    def network_size(self) -> float | None:
+        """The network size the peers closest to us in our routing table suggest
+        (``estimate_network_size``); None while we know fewer than 3 peers."""
+        local = self.local.kad_key
+        closest = [p.kad_key for p in self.table.closest(local, self.config.k)]
+        size = estimate_network_size(local, closest)
+        if size is not None:
+            self.stats.network_size = size
+        return size
+
+    def _judge(self, kind: MessageType, key: bytes, result: LookupResult, complete: bool) -> None:
+        """Run the density detector on a lookup that ran its course, count and report it."""
+        size = self.stats.network_size
+        if complete and size > 0.0 and result.peers:
+            target = key_of(key)
+            k = self.config.k
+            result.density = density_verdict(
+                size,
+                [common_prefix_length(target, p.kad_key) for p in result.peers[:k]],
+                k=k,
+                threshold=self.config.defences.density_threshold,
+            )
+            self.stats.density_checked += 1
+            self.stats.density_alarms += result.density.suspicious
+        if self._observe_lookup is not None:
+            self._observe_lookup(kind, key, result)
+
     async def _iterate(
         self,
         target: bytes,
@@ -646,10 +749,20 @@ class DhtNode:
         on_response: Callable[[PeerInfo, KadMessage], bool] | None = None,
         *,
         deadline: float = math.inf,
-    ) -> ClosestPeersLookup:
+    ) -> tuple[ClosestPeersLookup, bool]:
         """Run one iterative lookup for ``target``, sending ``request`` to each peer asked,
-        until it finishes or ``deadline`` (trio time) passes."""
+        until it finishes or ``deadline`` (trio time) passes. Returns the lookup and
+        whether it ran its course (not stopped by ``on_response`` nor the deadline).
+
+        With ``defences.region``, the lookup covers the key's region as well as its k
+        closest peers, the region's size set by our estimate of the network's."""
         config = self.config
+        defences = config.defences
+        size = self.network_size()
+        region_bits = (
+            region_prefix_bits(size, config.k) if defences.region and size is not None else None
+        )
+        stopped = False
         lookup = ClosestPeersLookup(
             target,
             self.table.closest(key_of(target), config.k),
@@ -659,10 +772,13 @@ class DhtNode:
             rpc_timeout=config.rpc_timeout,
             max_queries=config.max_queries,
             local_key=self.local.key,
+            region_bits=region_bits,
+            max_region=defences.max_region,
         )
         done_send, done_receive = trio.open_memory_channel[None](float("inf"))
 
         async def query(peer: PeerInfo) -> None:
+            nonlocal stopped
             try:
                 response = await self.request(peer, request)
             except (P2PNetError, trio.TooSlowError) as exc:
@@ -676,6 +792,7 @@ class DhtNode:
                     peer, self._peer_infos(response.closer_peers), trio.current_time()
                 )
                 if on_response is not None and on_response(peer, response):
+                    stopped = True
                     lookup.stop()
             done_send.send_nowait(None)
 
@@ -683,13 +800,16 @@ class DhtNode:
             while True:
                 for peer in lookup.next_queries(trio.current_time()):
                     nursery.start_soon(query, peer)
-                if lookup.is_finished or trio.current_time() >= deadline:
+                if lookup.is_finished:
+                    break
+                if trio.current_time() >= deadline:
+                    stopped = True
                     break
                 timeout_at = lookup.next_timeout()
                 with trio.move_on_at(min(deadline, math.inf if timeout_at is None else timeout_at)):
                     await done_receive.receive()
             nursery.cancel_scope.cancel()
-        return lookup
+        return lookup, not stopped
 
     async def request(self, peer: PeerInfo, request: KadMessage) -> KadMessage:
         """Send one ``request`` to ``peer`` and return its response of the same type.

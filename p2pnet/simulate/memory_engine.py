@@ -26,7 +26,7 @@ from p2pnet.simulate.metrics import summarize
 from p2pnet.simulate.plan import FORGER, SYBIL, make_plan
 from p2pnet.simulate.procstats import peak_rss_kb, rss_kb
 from p2pnet.simulate.scenario import Scenario
-from p2pnet.simulate.swarm import SimPeer, SimSwarm, kad_peer
+from p2pnet.simulate.swarm import LookupCounts, SimPeer, SimSwarm, kad_peer
 
 __all__ = ["EPOCH", "Progress", "run_memory", "seed_trio_scheduler"]
 
@@ -217,6 +217,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         progress("publish", 0, len(publishers))
         t1 = trio.current_time()
         taken: list[int] = []
+        provides0 = _provide_counts(swarm)
 
         async def publish(i: int) -> None:
             taken.append(await swarm.publish(i))
@@ -230,11 +231,17 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             "publishers": len(publishers),
             "announcements_mean": round(sum(taken) / max(1, len(taken)), 2),
         }
+        provides1 = _provide_counts(swarm)
+        announced = provides1[0] - provides0[0]
+        provide_messages = (
+            round((provides1[1] - provides0[1]) / announced, 1) if announced else None
+        )
 
         # The run phase: the plan's events, on time.
         messages0, bytes0 = network.messages_sent, network.bytes_sent
         start = trio.current_time()
         swarm.run_started = start
+        swarm.count_lookups = True
         alive = {i for i in hosts if i < n or i in sybil_ids}
         alive_at: list[tuple[float, int]] = [(0.0, len(alive))]
         in_flight = 0
@@ -332,6 +339,9 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
                 1,
             ),
         }
+        out["dht_defences"] = _defence_figures(
+            swarm, plan.target_task if plan.sybils else "", provide_messages
+        )
         out["adversaries"] = {
             "forgers": sum(1 for r in plan.roles.values() if r == FORGER),
             "droppers": scenario.adversaries.droppers,
@@ -364,6 +374,46 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         }
         nursery.cancel_scope.cancel()
     return out
+
+
+def _provide_counts(swarm: SimSwarm) -> tuple[int, int]:
+    """Announcements made by the peers of this process so far, and their requests."""
+    nodes = [p.node for p in swarm.peers.values() if p.node is not None and p.peer is not None]
+    return sum(n.stats.provides for n in nodes), sum(n.stats.provide_messages for n in nodes)
+
+
+def _defence_figures(
+    swarm: SimSwarm, target: str, provide_messages: float | None
+) -> dict[str, Any]:
+    """The region's cost and the density detector's verdicts, for the sybils' target task
+    and for the other tasks: requests per provider lookup and per announcement (in the
+    publish phase); share of judged lookups, provider or closest-peer (announcements,
+    bucket refreshes: random keys), called suspicious: the detection rate for the
+    target, false alarms for the other keys."""
+
+    def figures(counts: list[LookupCounts]) -> dict[str, Any]:
+        lookups = sum(c.lookups for c in counts)
+        judged = sum(c.judged for c in counts)
+        return {
+            "lookups": lookups,
+            "messages_per_lookup": round(sum(c.messages for c in counts) / lookups, 1)
+            if lookups
+            else None,
+            "judged": judged,
+            "suspicious_rate": round(sum(c.suspicious for c in counts) / judged, 4)
+            if judged
+            else None,
+        }
+
+    nodes = [p.node for p in swarm.peers.values() if p.node is not None and p.peer is not None]
+    sizes = sorted(n.stats.network_size for n in nodes if n.stats.network_size)
+    return {
+        "region": swarm.config.defences.region,
+        "network_size_median": round(sizes[len(sizes) // 2]) if sizes else None,
+        "messages_per_provide": provide_messages,
+        "target": figures([c for t, c in swarm.lookups.items() if t == target]) if target else None,
+        "others": figures([c for t, c in swarm.lookups.items() if t != target]),
+    }
 
 
 def main() -> None:

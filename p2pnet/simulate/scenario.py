@@ -215,6 +215,7 @@ class DhtParams:
     k: int = 20
     alpha: int = 3
     rpc_timeout: float = 5.0
+    region: bool = True  # store to and look up from a key's region (DhtDefences.region)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +429,7 @@ def parse_scenario(
         k=dht_t.get_int("k", 20, 2, 100),
         alpha=dht_t.get_int("alpha", 3, 1, 20),
         rpc_timeout=dht_t.get_float("rpc_timeout", 5.0, 0.1, 600.0),
+        region=dht_t.get_bool("region", True),
     )
     scenario = Scenario(
         name=top.get_str("name", default_name),

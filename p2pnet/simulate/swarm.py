@@ -31,7 +31,7 @@ from p2pnet.core.kad.wire import KadMessage, KadPeer, KadRecord, MessageType
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.records import CapabilityRecord, CapabilityRecordValidator, record_key
 from p2pnet.core.schema import ModelSchema, TensorSpec
-from p2pnet.dht.node import DhtConfig, DhtNode
+from p2pnet.dht.node import DhtConfig, DhtDefences, DhtNode, LookupResult
 from p2pnet.errors import P2PNetError
 from p2pnet.net.interfaces import StreamHost
 from p2pnet.peer import Peer
@@ -100,6 +100,18 @@ class SimPeer:
     pipeline_plan: tuple[PipelinePlan, float] | None = None  # (plan, made at)
 
 
+@dataclass(slots=True)
+class LookupCounts:
+    """Lookups for one task's key: provider lookups and their requests; lookups of any
+    kind (provider, closest peers) the density detector judged (those that ran their
+    course) and called suspicious."""
+
+    lookups: int = 0
+    messages: int = 0
+    judged: int = 0
+    suspicious: int = 0
+
+
 class SimSwarm:
     """The peers of one run that live in this process, and what they record.
 
@@ -130,7 +142,17 @@ class SimSwarm:
         self.on_serve = on_serve
         self.rng = random.Random(seed * 7919 + plan.n)
         dht = scenario.dht
-        self.config = DhtConfig(k=dht.k, alpha=dht.alpha, rpc_timeout=dht.rpc_timeout)
+        self.config = DhtConfig(
+            k=dht.k,
+            alpha=dht.alpha,
+            rpc_timeout=dht.rpc_timeout,
+            defences=DhtDefences(region=dht.region),
+        )
+        # Lookups of honest peers, by task ("" for keys of no task, e.g. refreshes): counted
+        # once the run starts, for the density detector's figures and their cost.
+        self.task_of_key = {key_for_task(task): task for task, _ in scenario.workload.tasks}
+        self.lookups: dict[str, LookupCounts] = {}
+        self.count_lookups = False
         self.peers: dict[int, SimPeer] = {}
         self.addresses: dict[int, PeerAddress] = {}  # every peer's, local or not
         self.queries: list[QueryRecord] = []
@@ -234,10 +256,22 @@ class SimSwarm:
             idle_streams=1,
             shutdown_grace=0.0,
             hooks=PeerHooks(
+                observe_lookup=self._observe_lookup,
                 observe_calls=observe,
                 describe_records=with_forgeries if sim.role == FORGER else None,
             ),
         )
+
+    def _observe_lookup(self, kind: MessageType, key: bytes, result: LookupResult) -> None:
+        if not self.count_lookups:
+            return
+        counts = self.lookups.setdefault(self.task_of_key.get(key, ""), LookupCounts())
+        if kind is MessageType.GET_PROVIDERS:
+            counts.lookups += 1
+            counts.messages += result.stats.queries
+        if result.density is not None:
+            counts.judged += 1
+            counts.suspicious += result.density.suspicious
 
     async def _live(
         self, sim: SimPeer, peer: Peer, *, task_status: TaskStatus[Peer] = trio.TASK_STATUS_IGNORED
@@ -563,4 +597,3 @@ def _record(model: int, peer_id: str, task: str, expires_at: int) -> CapabilityR
 def kad_peer(host: StreamHost) -> KadPeer:
     """How a DHT message names ``host``'s peer."""
     return KadPeer(host.peer_id, tuple(transport_part(a) for a in host.addrs))
-

@@ -7,6 +7,8 @@
     lookup.py     ClosestPeersLookup, LookupStats                     the iterative lookup
     store.py      ProviderStore, ValueStore, RecordValidator,         what a node stores for
                   StoredValue                                         others, with limits
+    region.py     estimate_network_size, region_prefix_bits,     sybils near a key: the
+                  density_verdict, DensityVerdict                     region, the detector
     jobs.py       RepublishSchedule                                   when our records are due
     ratelimit.py  RateLimiter                                         per-peer token buckets
     wire.py       KadMessage, KadPeer, KadRecord, MessageType,        the kad-dht RPC messages
@@ -31,6 +33,12 @@ from p2pnet.core.kad.keys import (
 )
 from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
 from p2pnet.core.kad.ratelimit import RateLimiter
+from p2pnet.core.kad.region import (
+    DensityVerdict,
+    density_verdict,
+    estimate_network_size,
+    region_prefix_bits,
+)
 from p2pnet.core.kad.routing import (
     Added,
     Evicted,
@@ -57,6 +65,7 @@ __all__ = [
     "Added",
     "ClosestPeersLookup",
     "ConnectionType",
+    "DensityVerdict",
     "Evicted",
     "Ignored",
     "KadLimits",
@@ -79,11 +88,14 @@ __all__ = [
     "ValueStore",
     "bucket_index",
     "closest_peers",
+    "density_verdict",
     "distance",
     "encode_kad_message",
+    "estimate_network_size",
     "key_for_model",
     "key_for_task",
     "key_of",
     "peer_id_bytes",
     "peer_id_text",
+    "region_prefix_bits",
 ]

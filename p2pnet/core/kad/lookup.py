@@ -9,6 +9,11 @@ as failed, and a late answer to it is ignored.
 The lookup finishes, as in the spec, once the k closest peers it knows of that have
 not failed have all answered, or when no peer is left to ask or the query budget is
 spent. Only the k closest live peers are ever asked, so a lookup does not wander.
+
+With ``region_bits`` set, the lookup also asks every live peer it learns of that
+shares at least that many leading bits with the target (the key's region,
+``p2pnet.core.kad.region``), up to ``max_region`` peers: sybils ground next to a key
+can hold its k closest slots but cannot hide the honest peers of its region.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from p2pnet.core.kad.keys import Key, PeerInfo, key_of
+from p2pnet.core.kad.keys import KEY_BITS, Key, PeerInfo, key_of
 
 __all__ = ["ClosestPeersLookup", "LookupStats"]
 
@@ -76,9 +81,13 @@ class ClosestPeersLookup:
         rpc_timeout: float = 10.0,
         max_queries: int = 200,
         local_key: bytes | None = None,
+        region_bits: int | None = None,
+        max_region: int = 100,
     ) -> None:
         if k < 1 or alpha < 1 or max_queries < 1:
             raise ValueError("k, alpha and max_queries must be at least 1")
+        if region_bits is not None and not 0 <= region_bits <= KEY_BITS:
+            raise ValueError(f"region_bits must be in 0..{KEY_BITS}, got {region_bits}")
         self.target = target
         self.target_key: Key = key_of(target)
         self.k = k
@@ -87,6 +96,10 @@ class ClosestPeersLookup:
         self.max_queries = max_queries
         self.started_at = now
         self._local_key = local_key
+        # Distances below this are in the region: a peer at distance d shares
+        # 256 - d.bit_length() leading bits with the target.
+        self._region_below = 0 if region_bits is None else 1 << (KEY_BITS - region_bits)
+        self.max_region = max(k, max_region)
         self._candidates: dict[bytes, _Candidate] = {}
         self._order: list[tuple[int, bytes]] = []  # (distance, peer key), sorted
         self._in_flight: dict[bytes, _Candidate] = {}
@@ -121,12 +134,12 @@ class ClosestPeersLookup:
         self._expire(now)
         out: list[PeerInfo] = []
         live = 0
-        for _, peer_key in self._order:
+        for dist, peer_key in self._order:
             candidate = self._candidates[peer_key]
             if candidate.state is _State.FAILED:
                 continue
             live += 1
-            if live > self.k:
+            if not self._within(live, dist):
                 break
             if candidate.state is _State.NOT_CONTACTED:
                 if len(self._in_flight) >= self.alpha or self._queries >= self.max_queries:
@@ -177,15 +190,20 @@ class ClosestPeersLookup:
         self._finished = True
 
     def result(self) -> list[PeerInfo]:
-        """The ``k`` closest peers that answered, closest first."""
+        """The ``k`` closest peers that answered, closest first, and after them those of
+        the region that answered (up to ``max_region`` in all)."""
         out: list[PeerInfo] = []
-        for _, peer_key in self._order:
+        for dist, peer_key in self._order:
             candidate = self._candidates[peer_key]
             if candidate.state is _State.SUCCEEDED:
-                out.append(candidate.peer)
-                if len(out) == self.k:
+                if not self._within(len(out) + 1, dist):
                     break
+                out.append(candidate.peer)
         return out
+
+    def _within(self, rank: int, dist: int) -> bool:
+        """Whether the ``rank``-th closest live peer, at ``dist``, is to be asked."""
+        return rank <= self.k or (dist < self._region_below and rank <= self.max_region)
 
     def _discover(self, peer: PeerInfo, depth: int) -> None:
         if peer.key in self._candidates or peer.key == self._local_key:

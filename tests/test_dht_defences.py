@@ -1,0 +1,115 @@
+"""The DHT node's defences against sybils near a key, over the in-memory network in
+virtual time: region store and lookup, the density detector, the node's counters."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from p2pnet.core.address import PeerAddress
+from p2pnet.core.kad.keys import key_for_task
+from p2pnet.core.kad.wire import KadPeer, MessageType
+from p2pnet.dht.node import DhtConfig, DhtDefences, DhtNode, LookupResult
+from p2pnet.net.memory import MemoryNetwork
+from p2pnet.simulate.adversaries import SybilAnswers, grind_peer_ids
+
+TARGET = key_for_task("sentiment-analysis")
+OTHER = key_for_task("translation")
+
+
+@pytest.fixture
+async def network() -> AsyncIterator[MemoryNetwork]:
+    async with MemoryNetwork(latency=0.01, seed=3) as net:
+        yield net
+
+
+async def swarm_with_sybils(
+    network: MemoryNetwork, honest: int, sybils: int, defences: DhtDefences
+) -> tuple[list[DhtNode], list[tuple[MessageType, bytes, LookupResult]]]:
+    """``honest`` nodes and ``sybils`` bare nodes with IDs ground near TARGET that hide
+    its providers; all join through node 0. Returns the honest nodes and what their
+    lookups reported."""
+    config = DhtConfig(defences=defences)
+    seen: list[tuple[MessageType, bytes, LookupResult]] = []
+
+    def observe(kind: MessageType, key: bytes, result: LookupResult) -> None:
+        seen.append((kind, key, result))
+
+    nodes = [
+        DhtNode(network.add_host(), config, rng=random.Random(i), observe_lookup=observe)
+        for i in range(honest)
+    ]
+    answers = SybilAnswers(TARGET, config.k)
+    bits = honest.bit_length() + 3
+    bad = [
+        DhtNode(network.add_host(pid), config, rng=random.Random(-i), intercept=answers)
+        for i, pid in enumerate(grind_peer_ids(TARGET, sybils, bits, random.Random(9)))
+    ]
+    answers.fellows = tuple(KadPeer(n.host.peer_id, tuple(n.host.addrs)) for n in bad)
+    for node in nodes + bad:
+        node.start()
+    first = PeerAddress(nodes[0].host.peer_id, tuple(nodes[0].host.addrs))
+    for node in nodes[1:] + bad:
+        await node.bootstrap([first])
+    for node in nodes:  # a second round, as maintenance would: every table is full
+        await node.refresh(trio.current_time(), everything=True)
+    return nodes, seen
+
+
+async def discovery(nodes: list[DhtNode], key: bytes) -> float:
+    provider = nodes[1]
+    await provider.provide(key)
+    found = 0
+    for node in nodes[2:]:
+        result = await node.find_providers(key, count=1)
+        found += any(p.peer_id == provider.host.peer_id for p in result.providers)
+    return found / len(nodes[2:])
+
+
+@pytest.mark.slow
+async def test_the_region_finds_providers_that_sybils_hide(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    nodes, _ = await swarm_with_sybils(network, 80, 25, DhtDefences(region=False))
+    assert await discovery(nodes, TARGET) < 0.5
+    async with MemoryNetwork(latency=0.01, seed=3) as other:
+        nodes, _ = await swarm_with_sybils(other, 80, 25, DhtDefences())
+        assert await discovery(nodes, TARGET) > 0.95
+
+
+@pytest.mark.slow
+async def test_the_detector_flags_lookups_near_sybils_and_counts_them(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    nodes, seen = await swarm_with_sybils(network, 80, 25, DhtDefences())
+    seen.clear()
+    for node in nodes[2:]:
+        await node.find_closest(TARGET)
+        await node.find_closest(OTHER)
+    judged = {key: [r.density for _, k, r in seen if k == key] for key in (TARGET, OTHER)}
+    assert all(v is not None for v in judged[TARGET] + judged[OTHER])
+    flagged = {key: sum(v.suspicious for v in vs if v) / len(vs) for key, vs in judged.items()}
+    assert flagged[TARGET] > 0.9
+    assert flagged[OTHER] < 0.25  # one key, judged by every node: alarms are correlated
+    stats = nodes[5].stats
+    assert stats.density_checked >= 2 and stats.density_alarms >= 1
+    assert 40 < stats.network_size < 210  # 105 peers in all
+
+
+async def test_counters_of_provides_and_lookups(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    nodes, seen = await swarm_with_sybils(network, 30, 0, DhtDefences())
+    before = nodes[1].stats.provide_messages
+    assert await nodes[1].provide(OTHER) >= 20
+    assert nodes[1].stats.provides == 1
+    assert nodes[1].stats.provide_messages - before >= 20 + 20  # lookup, then ADD_PROVIDER
+    result = await nodes[7].find_providers(OTHER, count=1)
+    assert nodes[7].stats.lookups == 1
+    assert nodes[7].stats.lookup_messages == result.stats.queries > 0
+    assert seen[-1] == (MessageType.GET_PROVIDERS, OTHER, result)
+    assert result.density is None  # it stopped at the first provider: nothing to judge
