@@ -20,6 +20,7 @@ point downwards only):
     core/            pure: codecs, records, addresses, Kademlia, forwarding decisions
     runtime/         running models (onnxruntime, Python adapters), the served catalogue
     net/             hosts and streams: libp2p, the in-memory network, NAT, private networks
+    sqlite_file.py   the SQLite files p2pnet keeps: created, recognised, reported on
     ledger/          receipts, acknowledgements and balances in SQLite, receipt logs
     accounting/      credit admission, signing and checking usage receipts, acknowledgements
     config.py        the config and data directories, named swarms

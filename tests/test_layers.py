@@ -108,6 +108,7 @@ LAYERS: dict[str, int] = {
     "core": 1,
     "runtime": 2,
     "net": 2,
+    "sqlite_file": 2,
     "ledger": 2,
     "accounting": 2,
     "config": 2,

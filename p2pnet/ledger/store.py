@@ -16,18 +16,26 @@ caller); positive means the other peer owes this one.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
 from p2pnet.config import data_dir
 from p2pnet.errors import LedgerConflictError, LedgerError
+from p2pnet.sqlite_file import (
+    FileKind,
+    check_file,
+    create_file,
+    create_schema,
+    sqlite_errors,
+    unwritable,
+    use_wal,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -128,6 +136,14 @@ CREATE TABLE balances (
 ) WITHOUT ROWID;
 """
 _TABLES: Final = ("acknowledgements", "balances", "meta", "receipts")
+_KIND: Final = FileKind(
+    noun="ledger",
+    error=LedgerError,
+    application_id=APPLICATION_ID,
+    schema_version=SCHEMA_VERSION,
+    tables=_TABLES,
+    start_anew="a new ledger",
+)
 
 
 def default_ledger_path(peer_id: str) -> Path:
@@ -261,7 +277,7 @@ class Ledger:
         if not path.exists():
             if not create:
                 raise LedgerError(f"no ledger at {path}: nothing has been recorded there yet")
-            _create_file(path)
+            create_file(path, _KIND)
         try:
             db = sqlite3.connect(
                 path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -580,21 +596,6 @@ class Ledger:
             self._db.execute("COMMIT")
 
 
-def _create_file(path: Path) -> None:
-    """An empty file, mode 0600, in a directory created 0700: SQLite then opens it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-    except FileExistsError:
-        pass  # another process created it first: use theirs
-    except OSError as exc:
-        raise LedgerError(
-            f"cannot create the ledger {path}: {exc.strerror or exc} (check that "
-            f"{path.parent} is a directory this user can write)"
-        ) from None
-
-
 def _prepare(
     path: Path,
     db: sqlite3.Connection,
@@ -604,44 +605,16 @@ def _prepare(
 ) -> None:
     """Check what the file is, create the schema in a new one, set the pragmas."""
     with _sqlite_errors(path):
-        try:
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(
-                f"{path} is not a p2pnet ledger: it is not an SQLite database ({exc}); "
-                "move it away to start a new ledger"
-            ) from None
-        if app_id == 0 and version == 0 and not tables:
-            _create_schema(path, db, owner, clock)
-        elif app_id != APPLICATION_ID:
-            found = ", ".join(sorted(tables)) or "none"
-            raise LedgerError(
-                f"{path} is an SQLite database of another program, not a p2pnet ledger "
-                f"(application_id {app_id:#x}, tables: {found}); give another file"
-            )
-        elif version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"{path} is a ledger of schema {version}, newer than this p2pnet reads "
-                f"({SCHEMA_VERSION}); upgrade p2pnet"
-            )
-        elif version < 1 or not set(_TABLES) <= tables:
-            raise LedgerError(
-                f"{path} is a damaged p2pnet ledger: schema {version}, tables "
-                f"{', '.join(sorted(tables)) or 'none'}"
-            )
+        version = check_file(path, db, _KIND)
+        if version is None:
+            meta = {"created_at": str(int(clock()))}
+            if owner is not None:
+                meta["owner"] = owner
+            statements = [st for st in _SCHEMA.split(";") if st.strip()]
+            create_schema(path, db, _KIND, [*statements, *_TRIGGERS.values()], meta)
         else:
             _upgrade_schema(path, db, version)
-        try:
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise LedgerError(_unwritable(path, exc)) from None
-        if mode != "wal":
-            raise LedgerError(f"{path}: cannot use write-ahead logging (journal mode {mode})")
-        db.execute(f"PRAGMA synchronous = {synchronous}")
+        use_wal(path, db, _KIND, synchronous)
         if owner is not None:
             held = _owner(db)
             if held is None:
@@ -676,54 +649,12 @@ def _upgrade_schema(path: Path, db: sqlite3.Connection, version: int) -> None:
         raise LedgerError(_unwritable(path, exc)) from None
 
 
-def _create_schema(
-    path: Path, db: sqlite3.Connection, owner: str | None, clock: Callable[[], float]
-) -> None:
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        for trigger in _TRIGGERS.values():
-            db.execute(trigger)
-        db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (str(int(clock())),))
-        if owner is not None:
-            db.execute("INSERT INTO meta (key, value) VALUES ('owner', ?)", (owner,))
-        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if "already exists" in str(exc):
-            return  # another process created the schema first
-        raise LedgerError(_unwritable(path, exc)) from None
-
-
 def _unwritable(path: Path, exc: sqlite3.Error) -> str:
-    return (
-        f"cannot write the ledger {path}: {exc} (the file and its directory "
-        f"{path.parent} must be writable: the write-ahead log {path.name}-wal is created "
-        "beside it)"
-    )
+    return unwritable(path, exc, _KIND)
 
 
-@contextmanager
-def _sqlite_errors(path: Path) -> Iterator[None]:
-    """SQLite's errors as LedgerError naming the file: corruption found mid-way, a full
-    disk, a lost write lock."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise LedgerError(f"{path}: a value the ledger does not accept: {exc}") from None
-    except sqlite3.OperationalError as exc:
-        if "readonly" in str(exc) or "unable to open" in str(exc):
-            raise LedgerError(_unwritable(path, exc)) from None
-        raise LedgerError(f"{path}: {exc}") from None
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(
-            f"{path} is damaged ({exc}); move it away to start a new ledger"
-        ) from None
+def _sqlite_errors(path: Path) -> AbstractContextManager[None]:
+    return sqlite_errors(path, _KIND)
 
 
 def _owner(db: sqlite3.Connection) -> str | None:

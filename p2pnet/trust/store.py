@@ -14,18 +14,25 @@ clear TrustStoreError naming the file when it is not one of ours or is damaged.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from p2pnet.config import data_dir
 from p2pnet.errors import TrustStoreError
+from p2pnet.sqlite_file import (
+    FileKind,
+    check_file,
+    create_file,
+    create_schema,
+    sqlite_errors,
+    use_wal,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -77,6 +84,14 @@ CREATE TABLE untrusted (
 ) WITHOUT ROWID;
 """
 _TABLES: Final = ("evidence", "meta", "untrusted", "verdicts")
+_KIND: Final = FileKind(
+    noun="trust store",
+    error=TrustStoreError,
+    application_id=APPLICATION_ID,
+    schema_version=SCHEMA_VERSION,
+    tables=_TABLES,
+    start_anew="a new one (the verdicts in it are lost)",
+)
 
 
 def default_trust_path(peer_id: str) -> Path:
@@ -178,7 +193,7 @@ class TrustStore:
         if not path.exists():
             if not create:
                 raise TrustStoreError(f"no trust store at {path}: no spot check recorded yet")
-            _create_file(path)
+            create_file(path, _KIND)
         try:
             db = sqlite3.connect(
                 path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -373,97 +388,14 @@ def _opinion_row(opinion: Opinion) -> dict[str, str]:
     }
 
 
-def _create_file(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise TrustStoreError(
-            f"cannot create the trust store {path}: {exc.strerror or exc} (check that "
-            f"{path.parent} is a directory this user can write)"
-        ) from None
-
-
 def _prepare(path: Path, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
     with _sqlite_errors(path):
-        try:
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-        except sqlite3.DatabaseError as exc:
-            raise TrustStoreError(
-                f"{path} is not a p2pnet trust store: it is not an SQLite database ({exc}); "
-                "move it away to start a new one (the verdicts in it are lost)"
-            ) from None
-        if app_id == 0 and version == 0 and not tables:
-            _create_schema(path, db, clock)
-        elif app_id != APPLICATION_ID:
-            found = ", ".join(sorted(tables)) or "none"
-            raise TrustStoreError(
-                f"{path} is an SQLite database of another program, not a p2pnet trust "
-                f"store (application_id {app_id:#x}, tables: {found}); give another file"
-            )
-        elif version > SCHEMA_VERSION:
-            raise TrustStoreError(
-                f"{path} is a trust store of schema {version}, newer than this p2pnet "
-                f"reads ({SCHEMA_VERSION}); upgrade p2pnet"
-            )
-        elif version < 1 or not set(_TABLES) <= tables:
-            raise TrustStoreError(
-                f"{path} is a damaged p2pnet trust store: schema {version}, tables "
-                f"{', '.join(sorted(tables)) or 'none'}"
-            )
-        try:
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise TrustStoreError(_unwritable(path, exc)) from None
-        if mode != "wal":
-            raise TrustStoreError(f"{path}: cannot use write-ahead logging (mode {mode})")
+        if check_file(path, db, _KIND) is None:
+            statements = [st for st in _SCHEMA.split(";") if st.strip()]
+            create_schema(path, db, _KIND, statements, {"created_at": str(int(clock()))})
         # A verdict lost to a power cut is re-found by the next checks: NORMAL is enough.
-        db.execute("PRAGMA synchronous = NORMAL")
+        use_wal(path, db, _KIND, "NORMAL")
 
 
-def _create_schema(path: Path, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (str(int(clock())),))
-        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if "already exists" in str(exc):
-            return  # another process created it first
-        raise TrustStoreError(_unwritable(path, exc)) from None
-
-
-def _unwritable(path: Path, exc: sqlite3.Error) -> str:
-    return (
-        f"cannot write the trust store {path}: {exc} (the file and its directory "
-        f"{path.parent} must be writable: the write-ahead log {path.name}-wal goes beside it)"
-    )
-
-
-@contextmanager
-def _sqlite_errors(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise TrustStoreError(f"{path}: a value the trust store does not accept: {exc}") from None
-    except sqlite3.OperationalError as exc:
-        if "readonly" in str(exc) or "unable to open" in str(exc):
-            raise TrustStoreError(_unwritable(path, exc)) from None
-        raise TrustStoreError(f"{path}: {exc}") from None
-    except sqlite3.DatabaseError as exc:
-        raise TrustStoreError(
-            f"{path} is damaged ({exc}); move it away to start a new trust store"
-        ) from None
+def _sqlite_errors(path: Path) -> AbstractContextManager[None]:
+    return sqlite_errors(path, _KIND)
