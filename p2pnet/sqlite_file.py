@@ -6,21 +6,26 @@ A kind of file (``FileKind``) has a noun for messages, the error it raises, an
 (``user_version``) and the tables it must hold. Every function here names the file and
 says what is wrong and what to do, in the kind's words: a file that is not SQLite, is
 another program's, has a newer schema, is damaged, or cannot be written.
+``connect`` opens one (creating it 0600 if asked) and has it checked; ``SqliteStore`` is
+what the classes of these files share: a connection behind a lock, transactions, errors.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Final, Self
 
 from p2pnet.errors import P2PNetError
 
 __all__ = [
     "FileKind",
+    "SqliteStore",
     "check_file",
     "create_file",
     "create_schema",
@@ -47,6 +52,86 @@ class FileKind:
     schema_version: int
     tables: tuple[str, ...]
     start_anew: str
+
+
+# Longest wait for another process's write lock before a statement fails.
+BUSY_TIMEOUT_S: Final = 10.0
+
+
+class SqliteStore:
+    """What a p2pnet SQLite file's class shares: one connection behind a lock (safe to
+    call from several threads), SQLite's errors as the kind's error naming the file, and
+    closing. Subclasses open with ``connect`` and check the file before ``__init__``."""
+
+    kind: ClassVar[FileKind]
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = connection
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, alone, for reads or a single (autocommitted) statement."""
+        with self._lock, sqlite_errors(self.path, self.kind):
+            yield self._db
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction (the write lock taken at once, so no reader-turned-
+        writer deadlock), committed on leaving, rolled back on any exception."""
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+
+def connect(
+    path: Path,
+    kind: FileKind,
+    *,
+    create: bool,
+    absent: str,
+    prepare: Callable[[sqlite3.Connection], None],
+) -> sqlite3.Connection:
+    """A connection to the ``kind`` file at ``path`` (autocommit, usable from any
+    thread), creating the file (``create_file``) if ``create`` and it does not exist,
+    and ``prepare``d (checked, its schema created or upgraded); closed if that fails.
+
+    Raises:
+        kind.error: no file and not ``create`` (the message ends with ``absent``), or
+            one that cannot be created or opened, or what ``prepare`` raises.
+    """
+    if not path.exists():
+        if not create:
+            raise kind.error(f"no {kind.noun} at {path}: {absent}")
+        create_file(path, kind)
+    try:
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise kind.error(f"cannot open the {kind.noun} {path}: {exc}") from None
+    try:
+        prepare(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def create_file(path: Path, kind: FileKind) -> None:

@@ -17,10 +17,8 @@ caller); positive means the other peer owes this one.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Literal
@@ -29,8 +27,9 @@ from p2pnet.config import data_dir
 from p2pnet.errors import LedgerConflictError, LedgerError
 from p2pnet.sqlite_file import (
     FileKind,
+    SqliteStore,
     check_file,
-    create_file,
+    connect,
     create_schema,
     sqlite_errors,
     unwritable,
@@ -59,8 +58,6 @@ Synchronous = Literal["FULL", "NORMAL"]
 APPLICATION_ID: Final = 0x7032704C
 SCHEMA_VERSION: Final = 2
 ZERO_HASH: Final = bytes(32)
-# Longest wait for another process's write lock before a write fails.
-_BUSY_TIMEOUT_S: Final = 10.0
 
 # What schema 2 added to schema 1: recording a receipt is one INSERT, and these keep the
 # rules inside it (one statement, one implicit transaction: ~25 us where the same checks
@@ -229,7 +226,7 @@ class LedgerTotals:
     peers: int
 
 
-class Ledger:
+class Ledger(SqliteStore):
     """One peer's ledger file. Open it with ``Ledger.open``; every method is safe to
     call from several threads (one connection behind a lock), and a write returns only
     after its transaction is committed and synced.
@@ -238,13 +235,13 @@ class Ledger:
     full or unwritable.
     """
 
+    kind = _KIND
+
     def __init__(
         self, path: Path, connection: sqlite3.Connection, clock: Callable[[], float]
     ) -> None:
-        self.path = path
-        self._db = connection
+        super().__init__(path, connection)
         self._clock = clock
-        self._lock = threading.Lock()
         self._known_owner: str | None = None  # once read: an owner is never changed
 
     # --- opening ---------------------------------------------------------------------
@@ -274,37 +271,19 @@ class Ledger:
                 the message names the file and what is wrong.
         """
         path = Path(path)
-        if not path.exists():
-            if not create:
-                raise LedgerError(f"no ledger at {path}: nothing has been recorded there yet")
-            create_file(path, _KIND)
-        try:
-            db = sqlite3.connect(
-                path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
-        try:
-            _prepare(path, db, owner, clock, synchronous)
-        except BaseException:
-            db.close()
-            raise
+        db = connect(
+            path,
+            _KIND,
+            create=create,
+            absent="nothing has been recorded there yet",
+            prepare=lambda db: _prepare(path, db, owner, clock, synchronous),
+        )
         return cls(path, db, clock)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @property
     def owner(self) -> str | None:
         """The peer ID this ledger belongs to, if it was given when it was created."""
-        with self._reading() as db:
+        with self._locked() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
         return str(row[0]) if row else None
 
@@ -326,8 +305,7 @@ class Ledger:
         if role not in ("provider", "caller"):
             raise LedgerError(f"role must be 'provider' or 'caller', not {role!r}")
         now = self._now_ms()
-        with self._lock, _sqlite_errors(self.path):
-            db = self._db
+        with self._locked() as db:
             owner = self._known_owner or _owner(db)
             self._known_owner = owner
             me = receipt.provider if role == "provider" else receipt.caller
@@ -437,7 +415,7 @@ class Ledger:
     def last(self, pair: tuple[str, str]) -> ChainHead:
         """The last receipt held of ``pair`` (provider, caller): a restarted provider
         continues its chain from there."""
-        with self._reading() as db:
+        with self._locked() as db:
             row = db.execute(
                 "SELECT seq, receipt_hash FROM receipts WHERE provider = ? AND caller = ? "
                 "ORDER BY seq DESC LIMIT 1",
@@ -447,7 +425,7 @@ class Ledger:
 
     def last_acknowledgement(self, pair: tuple[str, str]) -> StoredAcknowledgement | None:
         """The latest acknowledgement held of ``pair`` (provider, caller), if any."""
-        with self._reading() as db:
+        with self._locked() as db:
             row = db.execute(
                 "SELECT caller, provider, seq, total_units, last_receipt_hash, envelope "
                 "FROM acknowledgements WHERE provider = ? AND caller = ? "
@@ -458,7 +436,7 @@ class Ledger:
 
     def balance(self, peer: str) -> PeerBalance:
         """This peer's standing with ``peer`` (zeros if they never dealt)."""
-        with self._reading() as db:
+        with self._locked() as db:
             row = db.execute(
                 "SELECT peer, served_units, consumed_units, updated_at FROM balances "
                 "WHERE peer = ?",
@@ -468,7 +446,7 @@ class Ledger:
 
     def peer_balances(self) -> list[PeerBalance]:
         """Every peer this one has dealt with, by peer ID."""
-        with self._reading() as db:
+        with self._locked() as db:
             rows = db.execute(
                 "SELECT peer, served_units, consumed_units, updated_at FROM balances ORDER BY peer"
             ).fetchall()
@@ -493,7 +471,7 @@ class Ledger:
             query += " AND role = ?"
             args.append(role)
         query += " ORDER BY provider, caller, seq"
-        with self._reading() as db:
+        with self._locked() as db:
             rows = db.execute(query, args).fetchall()
         return [_receipt(row) for row in rows]
 
@@ -507,13 +485,13 @@ class Ledger:
         if peer is not None:
             query += " WHERE provider = ? OR caller = ?"
             args = (peer, peer)
-        with self._reading() as db:
+        with self._locked() as db:
             rows = db.execute(query + " ORDER BY provider, caller, seq", args).fetchall()
         return [_acknowledgement(row) for row in rows]
 
     def totals(self) -> LedgerTotals:
         """Sums over the whole ledger."""
-        with self._reading() as db:
+        with self._locked() as db:
             served, consumed, peers = db.execute(
                 "SELECT coalesce(sum(served_units), 0), coalesce(sum(consumed_units), 0), "
                 "count(*) FROM balances"
@@ -534,7 +512,7 @@ class Ledger:
     def audit(self) -> list[str]:
         """Every way the balances differ from the sums of the receipts (none: they
         agree), one line per peer, e.g. after a restart."""
-        with self._reading() as db:
+        with self._locked() as db:
             derived = {
                 peer: (served, consumed)
                 for peer, served, consumed in db.execute(
@@ -577,24 +555,6 @@ class Ledger:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _sqlite_errors(self.path):
-            yield self._db
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction (the write lock taken at once, so no reader-turned-
-        writer deadlock), committed on leaving, rolled back on any exception."""
-        with self._lock, _sqlite_errors(self.path):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
 
 def _prepare(
     path: Path,
@@ -604,7 +564,7 @@ def _prepare(
     synchronous: Synchronous,
 ) -> None:
     """Check what the file is, create the schema in a new one, set the pragmas."""
-    with _sqlite_errors(path):
+    with sqlite_errors(path, _KIND):
         version = check_file(path, db, _KIND)
         if version is None:
             meta = {"created_at": str(int(clock()))}
@@ -646,15 +606,7 @@ def _upgrade_schema(path: Path, db: sqlite3.Connection, version: int) -> None:
     except sqlite3.OperationalError as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
-        raise LedgerError(_unwritable(path, exc)) from None
-
-
-def _unwritable(path: Path, exc: sqlite3.Error) -> str:
-    return unwritable(path, exc, _KIND)
-
-
-def _sqlite_errors(path: Path) -> AbstractContextManager[None]:
-    return sqlite_errors(path, _KIND)
+        raise LedgerError(unwritable(path, exc, _KIND)) from None
 
 
 def _owner(db: sqlite3.Connection) -> str | None:

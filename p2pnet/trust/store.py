@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -27,8 +25,9 @@ from p2pnet.config import data_dir
 from p2pnet.errors import TrustStoreError
 from p2pnet.sqlite_file import (
     FileKind,
+    SqliteStore,
     check_file,
-    create_file,
+    connect,
     create_schema,
     sqlite_errors,
     use_wal,
@@ -48,7 +47,6 @@ __all__ = [
 # PRAGMA application_id of a p2pnet trust store ("p2pT").
 APPLICATION_ID: Final = 0x70327054
 SCHEMA_VERSION: Final = 1
-_BUSY_TIMEOUT_S: Final = 10.0
 
 Outcome = Literal["agree", "disagree", "unresolved"]
 """agree: the second opinion agreed. disagree: a third opinion found the odd one out (it
@@ -159,7 +157,7 @@ class Mark:
     verdict: int
 
 
-class TrustStore:
+class TrustStore(SqliteStore):
     """One peer's spot-check verdicts and marks. Open it with ``TrustStore.open``. The
     set of untrusted providers is held in memory too: ``is_untrusted`` is asked for every
     offer of every find. Safe to call from several threads (one connection, a lock).
@@ -168,13 +166,13 @@ class TrustStore:
     full or unwritable.
     """
 
+    kind = _KIND
+
     def __init__(
         self, path: Path, connection: sqlite3.Connection, clock: Callable[[], float]
     ) -> None:
-        self.path = path
-        self._db = connection
+        super().__init__(path, connection)
         self._clock = clock
-        self._lock = threading.Lock()
         self._untrusted = {m.peer for m in self.marks()}
 
     @classmethod
@@ -190,32 +188,14 @@ class TrustStore:
                 cannot be created or written; the message names the file.
         """
         path = Path(path)
-        if not path.exists():
-            if not create:
-                raise TrustStoreError(f"no trust store at {path}: no spot check recorded yet")
-            create_file(path, _KIND)
-        try:
-            db = sqlite3.connect(
-                path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise TrustStoreError(f"cannot open the trust store {path}: {exc}") from None
-        try:
-            _prepare(path, db, clock)
-            return cls(path, db, clock)
-        except BaseException:
-            db.close()
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> TrustStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        db = connect(
+            path,
+            _KIND,
+            create=create,
+            absent="no spot check recorded yet",
+            prepare=lambda db: _prepare(path, db, clock),
+        )
+        return cls(path, db, clock)
 
     # --- writing ---------------------------------------------------------------------
 
@@ -289,7 +269,7 @@ class TrustStore:
 
     def marks(self) -> list[Mark]:
         """Every provider marked untrusted, the oldest mark first."""
-        with self._reading() as db:
+        with self._locked() as db:
             rows = db.execute(
                 "SELECT peer, model_id, since, verdict FROM untrusted ORDER BY since, peer"
             ).fetchall()
@@ -316,7 +296,7 @@ class TrustStore:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        with self._reading() as db:
+        with self._locked() as db:
             rows = db.execute(query, args).fetchall()
             receipts: dict[tuple[int, str], bytes] = {}
             for row in rows:
@@ -328,7 +308,7 @@ class TrustStore:
 
     def counts(self) -> dict[str, int]:
         """How many verdicts of each outcome are kept."""
-        with self._reading() as db:
+        with self._locked() as db:
             rows = db.execute("SELECT outcome, count(*) FROM verdicts GROUP BY outcome")
             found = {str(o): int(n) for o, n in rows}
         return {o: found.get(o, 0) for o in ("agree", "disagree", "unresolved")}
@@ -363,22 +343,6 @@ class TrustStore:
             compared,
         )
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _sqlite_errors(self.path):
-            yield self._db
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _sqlite_errors(self.path):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
 
 def _opinion_row(opinion: Opinion) -> dict[str, str]:
     return {
@@ -389,13 +353,9 @@ def _opinion_row(opinion: Opinion) -> dict[str, str]:
 
 
 def _prepare(path: Path, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
-    with _sqlite_errors(path):
+    with sqlite_errors(path, _KIND):
         if check_file(path, db, _KIND) is None:
             statements = [st for st in _SCHEMA.split(";") if st.strip()]
             create_schema(path, db, _KIND, statements, {"created_at": str(int(clock()))})
         # A verdict lost to a power cut is re-found by the next checks: NORMAL is enough.
         use_wal(path, db, _KIND, "NORMAL")
-
-
-def _sqlite_errors(path: Path) -> AbstractContextManager[None]:
-    return sqlite_errors(path, _KIND)
