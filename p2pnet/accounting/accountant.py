@@ -41,7 +41,6 @@ from p2pnet.core.receipts import (
     Signer,
     acknowledgement_due,
     check_receipt_for_call,
-    receipt_hash,
     sign_acknowledgement,
     sign_receipt,
     tensor_hash,
@@ -50,8 +49,8 @@ from p2pnet.core.receipts import (
 )
 from p2pnet.core.records import CapabilityRecord, encode_record
 from p2pnet.errors import LedgerConflictError, ReceiptChainError, ReplayedReceiptError
-from p2pnet.ledger import Ledger, StoredAcknowledgement
-from p2pnet.ledger.signed import stored_form
+from p2pnet.ledger import Ledger
+from p2pnet.ledger.signed import acknowledgement_form, stored_form
 
 __all__ = [
     "DEFAULT_ACCOUNTING",
@@ -289,8 +288,9 @@ class Accountant:
             issued_at=int(self._wall_clock() * 1000),
         )
         envelope = sign_receipt(receipt, self._key)
-        self.ledger.record_receipt(stored_form(receipt, envelope), role="provider")
-        pair.chain = pair.chain.check_next(receipt)
+        stored = stored_form(receipt, envelope)
+        self.ledger.record_receipt(stored, role="provider")
+        pair.chain = pair.chain.check_next(receipt, stored.receipt_hash)
         pair.calls_since_ack += 1  # receipts the caller has not acknowledged yet
         charged = self.credit.charge_served(caller, units, self._clock())
         self.stats.receipts_issued += 1
@@ -305,16 +305,7 @@ class Accountant:
             LedgerConflictError: it does not match the receipts held.
         """
         ack = verify_acknowledgement(envelope, caller=caller, provider=self.peer_id)
-        self.ledger.record_acknowledgement(
-            StoredAcknowledgement(
-                caller=ack.caller,
-                provider=ack.provider,
-                seq=ack.seq,
-                total_units=ack.total_units,
-                last_receipt_hash=ack.last_receipt_hash,
-                envelope=envelope,
-            )
-        )
+        self.ledger.record_acknowledgement(acknowledgement_form(ack, envelope))
         pair = self._pair(self.peer_id, caller)
         pair.calls_since_ack = max(0, pair.chain.last_seq - ack.seq)
         self.stats.acknowledgements_received += 1
@@ -397,8 +388,9 @@ class Accountant:
         # Replies to concurrent calls may arrive out of order: a receipt is accepted if
         # its place in the chain is free and it links to the one before it when that one
         # is held (the ledger checks both); the chain in memory follows the highest seq.
+        stored = stored_form(receipt, envelope)
         try:
-            added = self.ledger.record_receipt(stored_form(receipt, envelope), role="caller")
+            added = self.ledger.record_receipt(stored, role="caller")
         except LedgerConflictError as exc:
             raise ReceiptChainError(str(exc), peer=provider) from None
         if not added:
@@ -406,14 +398,12 @@ class Accountant:
                 f"provider {provider} sent receipt {receipt.seq} again, for another call",
                 peer=provider,
             )
-        if receipt.seq == pair.chain.last_seq + 1 and receipt.prev_hash == pair.chain.last_hash:
-            pair.chain = pair.chain.check_next(receipt)
-        elif receipt.seq > pair.chain.last_seq:
+        if receipt.seq > pair.chain.last_seq:
             pair.chain = ReceiptChain(
                 provider,
                 self.peer_id,
                 receipt.seq,
-                receipt_hash(receipt),
+                stored.receipt_hash,
                 pair.chain.total_units + receipt.units,
             )
         pair.calls_since_ack += 1

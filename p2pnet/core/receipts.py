@@ -428,9 +428,10 @@ class ReceiptChain:
     last_hash: bytes = ZERO_HASH
     total_units: int = 0
 
-    def check_next(self, receipt: Receipt) -> ReceiptChain:
+    def check_next(self, receipt: Receipt, digest: bytes | None = None) -> ReceiptChain:
         """The chain extended by ``receipt``, if it is the pair's next receipt. Nothing
         changes here: the caller keeps the returned chain once it has stored the receipt.
+        ``digest``: its ``receipt_hash``, when already computed.
 
         Raises:
             ForeignReceiptError: the receipt is for another (provider, caller) pair.
@@ -458,7 +459,7 @@ class ReceiptChain:
             self.provider,
             self.caller,
             receipt.seq,
-            receipt_hash(receipt),
+            digest if digest is not None else receipt_hash(receipt),
             self.total_units + receipt.units,
         )
 

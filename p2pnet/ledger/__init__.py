@@ -15,7 +15,8 @@ receipt_log.py  export_log, verify_log  receipt logs as JSON lines; their chain-
                                         total and (injected) signature checks
 signed.py       stored_receipt,         a signed envelope, verified, as the row the
                 stored_acknowledgement, ledger stores (the checks verify_log is given);
-                stored_form             a receipt and its envelope as that row
+                stored_form,            a receipt (an acknowledgement) and its envelope,
+                acknowledgement_form    already verified, as that row
 """
 
 from p2pnet.ledger.receipt_log import ReceiptLogSummary, export_log, verify_log

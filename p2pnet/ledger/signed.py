@@ -7,6 +7,7 @@ anything that records a received envelope goes through them first.
 from __future__ import annotations
 
 from p2pnet.core.receipts import (
+    Acknowledgement,
     Receipt,
     receipt_hash,
     verify_acknowledgement,
@@ -14,7 +15,7 @@ from p2pnet.core.receipts import (
 )
 from p2pnet.ledger.store import StoredAcknowledgement, StoredReceipt
 
-__all__ = ["stored_acknowledgement", "stored_form", "stored_receipt"]
+__all__ = ["acknowledgement_form", "stored_acknowledgement", "stored_form", "stored_receipt"]
 
 
 def stored_receipt(envelope: bytes) -> StoredReceipt:
@@ -48,7 +49,11 @@ def stored_acknowledgement(envelope: bytes) -> StoredAcknowledgement:
     Raises:
         MalformedReceiptError, ForgedReceiptError: as ``verify_acknowledgement``.
     """
-    ack = verify_acknowledgement(envelope)
+    return acknowledgement_form(verify_acknowledgement(envelope), envelope)
+
+
+def acknowledgement_form(ack: Acknowledgement, envelope: bytes) -> StoredAcknowledgement:
+    """The ledger row of ``ack``, whose signed envelope is ``envelope`` (verified)."""
     return StoredAcknowledgement(
         caller=ack.caller,
         provider=ack.provider,
