@@ -13,9 +13,8 @@ from typing import Any, Literal
 from rich.table import Table
 from rich.text import Text
 
-from p2pnet.cli.options import Command, ParentParsers, Subparsers, identity_path
+from p2pnet.cli.options import Command, ParentParsers, PeerFile, Subparsers
 from p2pnet.cli.render import err, out, peer_text
-from p2pnet.config import default_identity_path
 from p2pnet.errors import LedgerError
 from p2pnet.ledger import (
     Ledger,
@@ -42,74 +41,48 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerFile:
+def ledger_file(args: argparse.Namespace) -> PeerFile:
     """``--ledger FILE``, else the ledger of ``--identity`` (or the default identity)."""
-
-    ledger: Path | None
-    identity: Path | None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LedgerFile:
-        ledger = getattr(args, "ledger", None)
-        return cls(Path(ledger) if ledger else None, identity_path(args))
-
-    def path(self) -> Path:
-        """The ledger file (which may not exist yet).
-
-        Raises:
-            LedgerError: no ``--ledger`` and no identity to find the ledger by.
-            ConfigError: the identity file cannot be used.
-        """
-        if self.ledger is not None:
-            return self.ledger
-        from p2pnet.net.identity import load_identity, peer_id_of
-
-        key = self.identity or default_identity_path()
-        if not key.exists():
-            raise LedgerError(
-                f"no identity at {key}, so no ledger of it: give --ledger FILE or --identity FILE"
-            )
-        return default_ledger_path(peer_id_of(load_identity(key)))
+    return PeerFile.from_args(args, "ledger", Ledger.kind, default_ledger_path)
 
 
 @dataclass(frozen=True, slots=True)
 class BalancesOptions:
     """The options of ``p2pnet ledger``."""
 
-    file: LedgerFile
+    file: PeerFile
     json: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BalancesOptions:
-        return cls(LedgerFile.from_args(args), getattr(args, "json", False))
+        return cls(ledger_file(args), getattr(args, "json", False))
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiptsOptions:
     """The options of ``p2pnet ledger receipts``."""
 
-    file: LedgerFile
+    file: PeerFile
     peer: str
     role: Role | None
     json: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReceiptsOptions:
-        return cls(LedgerFile.from_args(args), args.peer, args.role, getattr(args, "json", False))
+        return cls(ledger_file(args), args.peer, args.role, getattr(args, "json", False))
 
 
 @dataclass(frozen=True, slots=True)
 class ExportOptions:
     """The options of ``p2pnet ledger export``: whose pairs (None: all), where to."""
 
-    file: LedgerFile
+    file: PeerFile
     peer: str | None
     out: Path | None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExportOptions:
-        return cls(LedgerFile.from_args(args), args.peer, Path(args.out) if args.out else None)
+        return cls(ledger_file(args), args.peer, Path(args.out) if args.out else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,13 +160,10 @@ def units_text(micro_units: int) -> str:
     return f"{sign}{whole:,}.{fraction:06d}"
 
 
-def _open(file: LedgerFile) -> Ledger | None:
+def _open(file: PeerFile) -> Ledger | None:
     """The ledger, or None if there is none yet (said on stderr)."""
-    path = file.path()
-    if not path.exists():
-        err.print(Text(f"no ledger yet at {path}: this peer has recorded no receipts"))
-        return None
-    return Ledger.open(path, create=False)
+    path = file.existing("this peer has recorded no receipts")
+    return None if path is None else Ledger.open(path, create=False)
 
 
 def _totals_json(totals: LedgerTotals) -> dict[str, int]:

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Generic, TypeAlias, TypeVar
 
+from rich.text import Text
+
 from p2pnet.accounting import AccountingConfig
+from p2pnet.cli.render import err
 from p2pnet.config import (
     SwarmJoin,
     config_path,
@@ -26,6 +29,7 @@ from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
 from p2pnet.peer import Peer
+from p2pnet.sqlite_file import FileKind
 from p2pnet.trust import default_trust_path
 
 __all__ = [
@@ -184,6 +188,61 @@ def parse_price(text: str, option: str = "--price") -> Price:
 def identity_path(args: argparse.Namespace) -> Path | None:
     """``--identity FILE``, or None for the default identity."""
     return Path(args.identity) if args.identity else None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerFile:
+    """A file p2pnet keeps per identity (a ledger, a trust store): ``--<option> FILE`` as
+    given, else the file of ``--identity`` (or of the default identity)."""
+
+    given: Path | None
+    identity: Path | None
+    kind: FileKind
+    option: str
+    default_of: Callable[[str], Path]
+
+    @classmethod
+    def from_args(
+        cls,
+        args: argparse.Namespace,
+        dest: str,
+        kind: FileKind,
+        default_of: Callable[[str], Path],
+    ) -> PeerFile:
+        """``--{dest}`` and ``--identity`` of ``args``; ``default_of(peer_id)``: the
+        identity's file."""
+        given = getattr(args, dest, None)
+        return cls(
+            Path(given) if given else None, identity_path(args), kind, f"--{dest}", default_of
+        )
+
+    def path(self) -> Path:
+        """The file (which may not exist yet).
+
+        Raises:
+            kind.error: no ``--<option>`` and no identity to find the file by.
+            ConfigError: the identity file cannot be used.
+        """
+        if self.given is not None:
+            return self.given
+        from p2pnet.net.identity import load_identity, peer_id_of
+
+        key = self.identity or default_identity_path()
+        if not key.exists():
+            raise self.kind.error(
+                f"no identity at {key}, so no {self.kind.noun} of it: give {self.option} FILE "
+                "or --identity FILE"
+            )
+        return self.default_of(peer_id_of(load_identity(key)))
+
+    def existing(self, nothing: str) -> Path | None:
+        """The file if it exists; else None, said on stderr with ``nothing`` (what its
+        absence means)."""
+        path = self.path()
+        if path.exists():
+            return path
+        err.print(Text(f"no {self.kind.noun} yet at {path}: {nothing}"))
+        return None
 
 
 def load_identity(path: Path | None) -> tuple[Identity, Path, bool]:

@@ -7,16 +7,13 @@ import argparse
 import datetime
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-from p2pnet.cli.options import Command, ParentParsers, Subparsers, identity_path
+from p2pnet.cli.options import Command, ParentParsers, PeerFile, Subparsers
 from p2pnet.cli.render import err, out, peer_text
-from p2pnet.config import default_identity_path
-from p2pnet.errors import TrustStoreError
 from p2pnet.trust.store import StoredVerdict, TrustStore, default_trust_path
 
 __all__ = [
@@ -28,43 +25,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TrustFile:
+def trust_file(args: argparse.Namespace) -> PeerFile:
     """``--trust FILE``, else the trust store of ``--identity`` (or the default one)."""
-
-    trust: Path | None
-    identity: Path | None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TrustFile:
-        given = getattr(args, "trust", None)
-        return cls(Path(given) if given else None, identity_path(args))
-
-    def path(self) -> Path:
-        """The trust store file (which may not exist yet).
-
-        Raises:
-            TrustStoreError: no ``--trust`` and no identity to find the store by.
-            ConfigError: the identity file cannot be used.
-        """
-        if self.trust is not None:
-            return self.trust
-        from p2pnet.net.identity import load_identity, peer_id_of
-
-        key = self.identity or default_identity_path()
-        if not key.exists():
-            raise TrustStoreError(
-                f"no identity at {key}, so no trust store of it: give --trust FILE or "
-                "--identity FILE"
-            )
-        return default_trust_path(peer_id_of(load_identity(key)))
+    return PeerFile.from_args(args, "trust", TrustStore.kind, default_trust_path)
 
 
 @dataclass(frozen=True, slots=True)
 class TrustOptions:
     """The options of ``p2pnet trust``."""
 
-    file: TrustFile
+    file: PeerFile
     peer: str | None
     limit: int
     json: bool
@@ -72,7 +42,7 @@ class TrustOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrustOptions:
         return cls(
-            TrustFile.from_args(args),
+            trust_file(args),
             getattr(args, "peer", None),
             getattr(args, "limit", 50),
             getattr(args, "json", False),
@@ -83,13 +53,13 @@ class TrustOptions:
 class ForgetOptions:
     """The options of ``p2pnet trust forget``."""
 
-    file: TrustFile
+    file: PeerFile
     peer: str
     json: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ForgetOptions:
-        return cls(TrustFile.from_args(args), args.forget_peer, getattr(args, "json", False))
+        return cls(trust_file(args), args.forget_peer, getattr(args, "json", False))
 
 
 def add_trust_parser(sub: Subparsers, parents: ParentParsers) -> None:
@@ -129,12 +99,10 @@ def _trust_options(parser: argparse.ArgumentParser, *, nested: bool) -> None:
     )
 
 
-def _open(file: TrustFile) -> TrustStore | None:
-    path = file.path()
-    if not path.exists():
-        err.print(Text(f"no trust store yet at {path}: this peer has made no spot check"))
-        return None
-    return TrustStore.open(path, create=False)
+def _open(file: PeerFile) -> TrustStore | None:
+    """The trust store, or None if there is none yet (said on stderr)."""
+    path = file.existing("this peer has made no spot check")
+    return None if path is None else TrustStore.open(path, create=False)
 
 
 def _when(ms: int) -> str:
