@@ -21,6 +21,7 @@ from p2pnet.ledger import (
     LedgerTotals,
     StoredReceipt,
     default_ledger_path,
+    receipt_fields,
     stored_acknowledgement,
     stored_receipt,
     verify_log,
@@ -217,19 +218,6 @@ def show_balances(options: BalancesOptions) -> int:
     return 0
 
 
-def _receipt_json(r: StoredReceipt) -> dict[str, Any]:
-    return {
-        "provider": r.provider,
-        "caller": r.caller,
-        "model_id": r.model_id,
-        "seq": r.seq,
-        "units": r.units,
-        "receipt_hash": r.receipt_hash.hex(),
-        "prev_hash": r.prev_hash.hex(),
-        "issued_at": r.issued_at,
-    }
-
-
 def show_receipts(options: ReceiptsOptions) -> int:
     """Print the receipts of the pairs with ``--peer``."""
     ledger = _open(options.file)
@@ -238,7 +226,7 @@ def show_receipts(options: ReceiptsOptions) -> int:
         with ledger:
             receipts = ledger.receipts(options.peer, options.role)
     if options.json:
-        print(json.dumps([_receipt_json(r) for r in receipts], indent=2))
+        print(json.dumps([receipt_fields(r) for r in receipts], indent=2))
         return 0
     table = Table("provider", "caller", "seq", "units", "model", "receipt")
     for r in receipts:

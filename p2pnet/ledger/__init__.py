@@ -13,13 +13,14 @@ store.py        Ledger                  one peer's SQLite ledger (WAL; peers use
                 default_ledger_path     $XDG_DATA_HOME/p2pnet/ledger/<peer-id>.sqlite3
 receipt_log.py  export_log, verify_log  receipt logs as JSON lines; their chain-link,
                                         total and (injected) signature checks
+                receipt_fields          a stored receipt's fields as JSON values
 signed.py       stored_receipt,         a signed envelope, verified, as the row the
                 stored_acknowledgement, ledger stores (the checks verify_log is given);
                 stored_form,            a receipt (an acknowledgement) and its envelope,
                 acknowledgement_form    already verified, as that row
 """
 
-from p2pnet.ledger.receipt_log import ReceiptLogSummary, export_log, verify_log
+from p2pnet.ledger.receipt_log import ReceiptLogSummary, export_log, receipt_fields, verify_log
 from p2pnet.ledger.signed import stored_acknowledgement, stored_receipt
 from p2pnet.ledger.store import (
     ChainHead,
@@ -41,6 +42,7 @@ __all__ = [
     "StoredReceipt",
     "default_ledger_path",
     "export_log",
+    "receipt_fields",
     "stored_acknowledgement",
     "stored_receipt",
     "verify_log",

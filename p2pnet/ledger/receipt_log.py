@@ -38,6 +38,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "ReceiptLogSummary",
     "export_log",
+    "receipt_fields",
     "verify_log",
 ]
 
@@ -210,9 +211,10 @@ def verify_log(
     )
 
 
-def _receipt_json(r: StoredReceipt) -> dict[str, Any]:
+def receipt_fields(r: StoredReceipt) -> dict[str, Any]:
+    """A stored receipt's fields as JSON values (hashes in hex), without its envelope:
+    what a receipt log line and ``p2pnet ledger receipts --json`` show of it."""
     return {
-        "type": "receipt",
         "provider": r.provider,
         "caller": r.caller,
         "model_id": r.model_id,
@@ -221,8 +223,11 @@ def _receipt_json(r: StoredReceipt) -> dict[str, Any]:
         "receipt_hash": r.receipt_hash.hex(),
         "prev_hash": r.prev_hash.hex(),
         "issued_at": r.issued_at,
-        "envelope": r.envelope.hex(),
     }
+
+
+def _receipt_json(r: StoredReceipt) -> dict[str, Any]:
+    return {"type": "receipt", **receipt_fields(r), "envelope": r.envelope.hex()}
 
 
 def _acknowledgement_json(a: StoredAcknowledgement) -> dict[str, Any]:
