@@ -9,6 +9,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
 from p2pnet.core.spot_check import (
@@ -154,14 +155,7 @@ def load_credit(path: Path | None = None) -> CreditConfig:
         ConfigError: the file is not TOML, or a key is unknown or not a whole number in
             range; the message names the file and the key.
     """
-    path = path or config_path()
-    table = _read_config(path).get("credit", {})
-    where = f"{path}: [credit]"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table")
-    unknown = sorted(set(table) - set(_CREDIT_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it has: {', '.join(_CREDIT_KEYS)}")
+    table, where = _section(path or config_path(), "credit", _CREDIT_KEYS)
     for key, value in table.items():
         if type(value) is not int or value < 0:
             raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
@@ -217,13 +211,7 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
             message names the file and the key.
     """
     path = path or config_path()
-    table = _read_config(path).get("trust", {})
-    where = f"{path}: [trust]"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table")
-    unknown = sorted(set(table) - set(_TRUST_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; it has: {', '.join(_TRUST_KEYS)}")
+    table, where = _section(path, "trust", _TRUST_KEYS)
     default = DEFAULT_SPOT_CHECKS
     models = table.get("models", {})
     if not isinstance(models, dict):
@@ -248,6 +236,32 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _section(path: Path, name: str, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """The ``[name]`` table of the config file at ``path`` (empty if absent), and where it
+    is, for messages.
+
+    Raises:
+        ConfigError: not a table, or a key not in ``keys``.
+    """
+    table = _read_config(path).get(name, {})
+    where = f"{path}: [{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _refuse_unknown_keys(where, table, keys)
+    return table, where
+
+
+def _refuse_unknown_keys(
+    where: str, table: dict[str, Any], allowed: tuple[str, ...], listed_as: str | None = "it has"
+) -> None:
+    """Raise ConfigError naming the first key of ``table`` not in ``allowed`` (listing
+    them after ``listed_as``, unless None)."""
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        listing = f"; {listed_as}: {', '.join(allowed)}" if listed_as else ""
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{listing}")
+
+
 def _number(where: str, table: dict[str, object], key: str, default: float) -> float:
     value = table.get(key, default)
     if type(value) not in (int, float):
@@ -260,9 +274,7 @@ def _tolerance(
 ) -> Tolerance:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table (atol = ..., rtol = ...)")
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    _refuse_unknown_keys(where, table, allowed, listed_as=None)
     return Tolerance(
         atol=_number(where, table, "atol", base.atol),
         rtol=_number(where, table, "rtol", base.rtol),
@@ -273,11 +285,7 @@ def _swarm(path: Path, name: str, table: object) -> SwarmConfig:
     where = f"{path}: [swarms.{name}]"
     if not isinstance(table, dict):
         raise ConfigError(f'{where} must be a table (bootstrap = [...], swarm_key = "...")')
-    unknown = sorted(set(table) - set(_SWARM_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; a swarm has: {', '.join(_SWARM_KEYS)}"
-        )
+    _refuse_unknown_keys(where, table, _SWARM_KEYS, listed_as="a swarm has")
     bootstrap = table.get("bootstrap", [])
     if not isinstance(bootstrap, list) or not all(isinstance(a, str) for a in bootstrap):
         raise ConfigError(f"{where}: bootstrap must be a list of multiaddr strings")
