@@ -187,7 +187,8 @@ class _Account:
     carry: int = 0
 
 
-def _check_time(now: float) -> int:
+def _checked_ticks(now: float) -> int:
+    """``now`` in ticks (``_ticks``), once it is checked to be finite."""
     if not math.isfinite(now):
         raise ValueError(f"now must be finite, got {now}")
     return _ticks(float(now))
@@ -219,7 +220,7 @@ class CreditLedger:
 
     def _at(self, peer: str, now: float) -> _Account:
         """The peer's account as of ``now``; not stored."""
-        ticks = _check_time(now)
+        ticks = _checked_ticks(now)
         account = self._accounts.get(peer)
         if account is None:
             return _Account(0, ticks)
