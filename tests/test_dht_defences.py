@@ -100,6 +100,7 @@ async def test_the_detector_flags_lookups_near_sybils_and_counts_them(
     assert 40 < stats.network_size < 210  # 105 peers in all
 
 
+@pytest.mark.slow
 async def test_counters_of_provides_and_lookups(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:
