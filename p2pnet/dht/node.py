@@ -47,6 +47,7 @@ from p2pnet.core.kad.ratelimit import RateLimiter
 from p2pnet.core.kad.region import (
     DEFAULT_DENSITY_THRESHOLD,
     DensityVerdict,
+    SizeEstimator,
     density_verdict,
     estimate_network_size,
     region_prefix_bits,
@@ -269,6 +270,7 @@ class DhtNode:
         self._intercept = intercept
         self._observe_lookup = observe_lookup
         self.stats = DhtStats()
+        self._sizes = SizeEstimator()
         self.requests_served = 0
         self.requests_dropped = 0
 
@@ -716,29 +718,38 @@ class DhtNode:
         return out
 
     def network_size(self) -> float | None:
-        """The network size the peers closest to us in our routing table suggest
-        (``estimate_network_size``); None while we know fewer than 3 peers."""
-        local = self.local.kad_key
-        closest = [p.kad_key for p in self.table.closest(local, self.config.k)]
-        size = estimate_network_size(local, closest)
+        """Our estimate of the network's size: the median of the estimates of our last
+        lookups that ran their course (``SizeEstimator``), or, until there are 3, the
+        estimate of the peers closest to us in our routing table; None while we know
+        fewer than 3 peers."""
+        size = self._sizes.value() if self._sizes.samples >= 3 else None
+        if size is None:
+            local = self.local.kad_key
+            closest = [p.kad_key for p in self.table.closest(local, self.config.k)]
+            size = estimate_network_size(local, closest)
         if size is not None:
             self.stats.network_size = size
         return size
 
     def _judge(self, kind: MessageType, key: bytes, result: LookupResult, complete: bool) -> None:
-        """Run the density detector on a lookup that ran its course, count and report it."""
+        """Run the density detector on a lookup that ran its course, count and report it;
+        a lookup it does not call suspicious adds its estimate of the network's size."""
         size = self.stats.network_size
-        if complete and size > 0.0 and result.peers:
+        if complete and result.peers:
             target = key_of(key)
             k = self.config.k
-            result.density = density_verdict(
-                size,
-                [common_prefix_length(target, p.kad_key) for p in result.peers[:k]],
-                k=k,
-                threshold=self.config.defences.density_threshold,
-            )
-            self.stats.density_checked += 1
-            self.stats.density_alarms += result.density.suspicious
+            closest = result.peers[:k]
+            if size > 0.0:
+                result.density = density_verdict(
+                    size,
+                    [common_prefix_length(target, p.kad_key) for p in closest],
+                    k=k,
+                    threshold=self.config.defences.density_threshold,
+                )
+                self.stats.density_checked += 1
+                self.stats.density_alarms += result.density.suspicious
+            if result.density is None or not result.density.suspicious:
+                self._sizes.add(target, [p.kad_key for p in closest])
         if self._observe_lookup is not None:
             self._observe_lookup(kind, key, result)
 

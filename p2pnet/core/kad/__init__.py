@@ -8,7 +8,7 @@
     store.py      ProviderStore, ValueStore, RecordValidator,         what a node stores for
                   StoredValue                                         others, with limits
     region.py     estimate_network_size, region_prefix_bits,     sybils near a key: the
-                  density_verdict, DensityVerdict                     region, the detector
+                  density_verdict, DensityVerdict, SizeEstimator      region, the detector
     jobs.py       RepublishSchedule                                   when our records are due
     ratelimit.py  RateLimiter                                         per-peer token buckets
     wire.py       KadMessage, KadPeer, KadRecord, MessageType,        the kad-dht RPC messages
@@ -35,6 +35,7 @@ from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
 from p2pnet.core.kad.ratelimit import RateLimiter
 from p2pnet.core.kad.region import (
     DensityVerdict,
+    SizeEstimator,
     density_verdict,
     estimate_network_size,
     region_prefix_bits,
@@ -84,6 +85,7 @@ __all__ = [
     "Refreshed",
     "RepublishSchedule",
     "RoutingTable",
+    "SizeEstimator",
     "StoredValue",
     "ValueStore",
     "bucket_index",
