@@ -319,11 +319,15 @@ def test_cli_writes_json_and_plots(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli_main(
-        ["simulate", str(SMOKE), "--seed", "7", "--peers", "20", "--out", str(tmp_path)]
-    )
+        ["simulate", str(SMOKE), "--seed", "7", "--peers", "20", "--out", str(tmp_path),
+         "--set", "dht.region=false"]
+    )  # fmt: skip
     assert code == 0
     report = json.loads((tmp_path / "smoke-memory-seed7.json").read_text())
     assert report["seed"] == 7 and report["runs"][0]["n"] == 20
+    # The override reached the run's own process, and the report says it was made.
+    assert report["scenario"]["overrides"] == ["dht.region=false"]
+    assert report["runs"][0]["dht_defences"]["region"] is False
     assert (tmp_path / "smoke-memory-latency-cdf.png").stat().st_size > 1000
     assert (tmp_path / "smoke-memory-success.png").stat().st_size > 1000
     assert "smoke on the memory engine" in capsys.readouterr().out
@@ -353,6 +357,27 @@ def test_the_cli_without_matplotlib_writes_the_json_and_says_how_to_get_plots(
     assert not list(tmp_path.glob("*.png"))
     err = " ".join(capsys.readouterr().err.split())  # unwrapped
     assert "no plots: PNG plots need matplotlib: pip install 'p2pnet[plots]'" in err
+
+
+def test_overrides_set_fields_over_the_file_and_are_checked_like_it() -> None:
+    scenario = load_scenario(
+        SMOKE,
+        ["adversaries.sybils=4", "dht.region=false", 'adversaries.sybil_target="translation"'],
+    )
+    assert scenario.adversaries.sybils == 4 and not scenario.dht.region
+    assert scenario.adversaries.sybil_target == "translation"
+    assert scenario.overrides == (
+        "adversaries.sybils=4",
+        "dht.region=false",
+        'adversaries.sybil_target="translation"',
+    )
+    assert load_scenario(SMOKE, ["name=bare words"]).name == "bare words"  # not TOML: text
+    with pytest.raises(ScenarioError, match=r"adversaries\.sybils"):
+        load_scenario(SMOKE, ["adversaries.sybils=-1"])  # checked like the file
+    with pytest.raises(ScenarioError, match=r"write section\.key=value"):
+        load_scenario(SMOKE, ["adversaries.sybils"])
+    with pytest.raises(ScenarioError, match="seed is not a table"):
+        load_scenario(SMOKE, ["seed.x=1"])
 
 
 def test_scenario_seed_override_is_kept() -> None:

@@ -25,6 +25,7 @@ class SimulateOptions:
     plots (None: none written), ``plots`` whether to draw them there."""
 
     scenario: Path
+    overrides: tuple[str, ...]
     engine: str
     seed: int | None
     peers: int | None
@@ -37,6 +38,7 @@ class SimulateOptions:
     def from_args(cls, args: argparse.Namespace) -> SimulateOptions:
         return cls(
             scenario=args.scenario,
+            overrides=tuple(args.overrides),
             engine=args.engine,
             seed=args.seed,
             peers=args.peers,
@@ -65,6 +67,15 @@ def add_simulate_parser(sub: Subparsers, parents: ParentParsers) -> None:
     )
     p.add_argument("--seed", type=int, help="overrides the scenario's seed")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="SECTION.KEY=VALUE",
+        help="set one field over the scenario file's (value in TOML: 0, 0.5, true, "
+        '"text"), e.g. --set adversaries.sybils=0 --set dht.region=false; repeatable',
+    )
+    p.add_argument(
         "--peers", type=int, metavar="N", help="one run with N initial peers instead of the "
         "scenario's sizes",
     )  # fmt: skip
@@ -91,7 +102,7 @@ def simulate(options: SimulateOptions) -> int:
     # Piped output (CI logs, files) gets the width of a wide terminal, not 80 columns.
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    scenario = load_scenario(options.scenario)
+    scenario = load_scenario(options.scenario, options.overrides)
     if options.verbose < 2:
         logging.getLogger("p2pnet").setLevel(logging.ERROR)  # expected failures under churn
     progress = Progress(

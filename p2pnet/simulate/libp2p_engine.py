@@ -100,6 +100,7 @@ def run_libp2p(
                 str(n),
                 "--seed",
                 str(seed),
+                *(arg for override in scenario.overrides for arg in ("--set", override)),
                 scenario.source,
             ],
             log_dir / f"{scenario.name}-{n}-worker{j}.log",
@@ -243,7 +244,9 @@ def _alive_at(plan: Plan, n: int) -> list[tuple[float, int]]:
 # --- worker side ------------------------------------------------------------------------------
 
 
-async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
+async def worker_main(
+    path: str, n: int, seed: int, j: int, w: int, overrides: tuple[str, ...] = ()
+) -> None:
     """Run this worker's peers; obey JSON commands on stdin, answer on stdout."""
     from p2pnet.core.address import PeerAddress, transport_part
     from p2pnet.core.identity import Identity
@@ -256,7 +259,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, stream=sys.stderr)
     # Peers leave on purpose here: py-libp2p's errors about dialling them are expected.
     set_libp2p_log_level(logging.CRITICAL + 1)
-    scenario = load_scenario(path).with_seed(seed)
+    scenario = load_scenario(path, overrides).with_seed(seed)
     plan = make_plan(scenario, n, seed, initial_via=True, max_batch=JOIN_BATCH)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     buffer = b""
@@ -432,8 +435,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--peers", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
-    trio.run(worker_main, args.scenario, args.peers, args.seed, args.worker, args.workers)
+    trio.run(
+        worker_main,
+        args.scenario,
+        args.peers,
+        args.seed,
+        args.worker,
+        args.workers,
+        tuple(args.overrides),
+    )
 
 
 if __name__ == "__main__":

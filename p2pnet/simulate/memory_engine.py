@@ -429,9 +429,10 @@ def main() -> None:
     parser.add_argument("scenario")
     parser.add_argument("--peers", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    scenario = load_scenario(args.scenario).with_seed(args.seed)
+    scenario = load_scenario(args.scenario, args.overrides).with_seed(args.seed)
 
     def progress(phase: str, done: float, total: float) -> None:
         sys.stdout.write(json.dumps({"progress": [phase, done, total]}) + "\n")

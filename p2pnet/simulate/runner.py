@@ -93,6 +93,7 @@ def _report(
             "name": scenario.name,
             "description": scenario.description,
             "source": scenario.source,
+            "overrides": list(scenario.overrides),
             "duration_s": scenario.duration,
             "interval_s": scenario.interval,
             "peers": list(scenario.peers),
@@ -139,7 +140,8 @@ def _memory_child(
     logs.mkdir(parents=True, exist_ok=True)
     child = JsonLinesWorker(
         [sys.executable, "-m", "p2pnet.simulate.memory_engine", scenario.source,
-         "--peers", str(n), "--seed", str(scenario.seed)],
+         "--peers", str(n), "--seed", str(scenario.seed),
+         *(arg for override in scenario.overrides for arg in ("--set", override))],
         logs / f"{scenario.name}-{n}-memory.log",
         env=env,
     )  # fmt: skip

@@ -7,10 +7,11 @@ naming the field (``peers.count``, ``network.latency_ms.sigma``...).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -34,6 +35,7 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "Workload",
+    "apply_overrides",
     "load_scenario",
     "parse_scenario",
 ]
@@ -241,6 +243,7 @@ class Scenario:
     incentives: Incentives | None = None  # the incentives workload instead of discovery
     libp2p_peers: int = 0  # the libp2p engine's swarm size (0: the smallest of ``peers``)
     source: str = ""
+    overrides: tuple[str, ...] = ()  # ``section.key=value`` applied over ``source``
 
     def with_seed(self, seed: int | None) -> Scenario:
         return self if seed is None else replace(self, seed=seed)
@@ -280,11 +283,13 @@ class Scenario:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file.
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read and check a scenario file, with ``overrides`` (``section.key=value``, see
+    ``apply_overrides``) set over it.
 
     Raises:
-        ScenarioError: unreadable, not TOML, or a field out of range (named).
+        ScenarioError: unreadable, not TOML, an override malformed, or a field out of
+            range (named).
     """
     path = Path(path)
     try:
@@ -295,8 +300,42 @@ def load_scenario(path: str | Path) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
+    data = apply_overrides(data, overrides)
     scenario = parse_scenario(data, default_name=path.stem, base_dir=path.parent)
-    return replace(scenario, source=str(path))
+    return replace(scenario, source=str(path), overrides=tuple(overrides))
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the parsed scenario ``data`` with each override set: ``a.b=value`` sets
+    key ``b`` of table ``a`` (created if absent); the value is read as TOML (``3``,
+    ``0.5``, ``true``, ``"text"``, ``[1, 2]``), and a value that is not TOML is taken as
+    a string. The result is checked by ``parse_scenario`` like the file itself.
+
+    Raises:
+        ScenarioError: an override without ``=`` or a key, or one that sets a key inside
+            a value that is not a table.
+    """
+    out: dict[str, Any] = copy.deepcopy(dict(data))
+    for override in overrides:
+        dotted, sep, raw = override.partition("=")
+        names = [name.strip() for name in dotted.split(".")]
+        if not sep or not all(names):
+            raise ScenarioError(
+                f"override {override!r}: write section.key=value, e.g. adversaries.sybils=0"
+            )
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        table = out
+        for depth, name in enumerate(names[:-1]):
+            inner = table.setdefault(name, {})
+            if not isinstance(inner, dict):
+                where = ".".join(names[: depth + 1])
+                raise ScenarioError(f"override {override!r}: {where} is not a table")
+            table = inner
+        table[names[-1]] = value
+    return out
 
 
 def _read_pipeline(load: PipelineLoad, base: Path) -> PipelineLoad:
