@@ -60,6 +60,8 @@ def test_every_shipped_scenario_parses() -> None:
         ({"workload": {"tasks": {"Bad Task": 1}}}, "is not a task tag"),
         ({"nat": {"public": 0.5}}, "must add up to 1"),
         ({"adversaries": {"sybils": 3, "sybil_target": "nope"}}, "is not one of the workload"),
+        ({"adversaries": {"sybil_placement": "clever"}}, "fixed or adaptive"),
+        ({"workload": {"density_probes": 2}}, "workload.density_probes"),
         ({"churn": {"crash_fraction": "most"}}, "churn.crash_fraction must be a number"),
     ],
 )
@@ -238,6 +240,49 @@ def test_adversaries_forged_records_are_never_accepted() -> None:
     assert defences["target"]["lookups"] == summary["target_queries"]
     assert defences["target"]["messages_per_lookup"] > 0
     assert defences["others"]["judged"] > 0 and defences["others"]["suspicious_rate"] < 0.5
+    # Provider lookups stop once they have their providers, so none of the target's is
+    # judged.
+    assert defences["target"]["judged"] == 0
+
+
+@pytest.mark.slow
+def test_density_probes_judge_the_attacked_key() -> None:
+    """A full closest-peers lookup after each query is judged: those of the sybils' key
+    are nearly all called suspicious."""
+    data = tomllib.loads((SIMULATIONS / "adversarial.toml").read_text())
+    data["peers"] = {"count": 50, "join_batch": 25}
+    data["adversaries"].update(forgers=3, droppers=3, corruptors=2, sybils=6)
+    data["workload"]["density_probes"] = 1.0
+    data["duration"] = 10
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
+    (run,) = run_scenario(scenario, engine="memory", in_process=True)["runs"]
+    target = run["dht_defences"]["target"]
+    assert target["judged"] >= run["metrics"]["summary"]["target_queries"] > 0
+    assert target["suspicious_rate"] > 0.9
+
+
+def test_the_adaptive_attacker_stays_just_under_the_detector() -> None:
+    import random
+
+    from p2pnet.core.kad.region import DEFAULT_DENSITY_THRESHOLD
+    from p2pnet.simulate.adversaries import adaptive_sybil_placement
+
+    def place(most: int) -> Any:
+        return adaptive_sybil_placement(
+            300, most, k=20, threshold=DEFAULT_DENSITY_THRESHOLD, rng=random.Random(3), trials=80
+        )
+
+    placement = place(30)
+    assert 0 < placement.count < 30 and placement.caught <= 0.5
+    assert placement.slots > 3  # it holds some of the k closest slots: an attack
+    # The detector's judgement is what holds it back: allowed fewer sybils, it uses them all.
+    assert place(2).count == 2
+    data = tomllib.loads((SIMULATIONS / "adversarial.toml").read_text())
+    data["adversaries"].update(sybil_placement="adaptive")
+    plan = make_plan(parse_scenario(data, base_dir=SIMULATIONS), 300)
+    assert plan.sybil_placement is not None
+    assert len(plan.sybils) == plan.sybil_placement.count < 30
+    assert plan.sybil_bits == plan.sybil_placement.bits < (300).bit_length() + 6
 
 
 @pytest.mark.slow

@@ -7,18 +7,22 @@ node's declared ``intercept`` hook (sybils lie about one key), the peer's
     SybilAnswers       a sybil's answers for the key it surrounds
     forged_records     the records a forger serves about its victims
     grind_peer_ids     peer IDs near a key, as an attacker grinds them
+    adaptive_sybil_placement
+                       how many sybils, how near, to stay under the density detector
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import dataclass
 from typing import Final
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pnet.core.kad.keys import key_of
+from p2pnet.core.kad.region import density_verdict
 from p2pnet.core.kad.wire import KadMessage, KadPeer, MessageType
 from p2pnet.core.peer_id import ED25519_KEY_PREFIX, peer_id_from_public_key
 from p2pnet.core.records import CapabilityRecord, encode_record, sign_record
@@ -29,6 +33,8 @@ from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, HostWrapper, St
 __all__ = [
     "MisbehavingHost",
     "SybilAnswers",
+    "SybilPlacement",
+    "adaptive_sybil_placement",
     "forged_envelope",
     "grind_peer_ids",
     "tampered_envelope",
@@ -140,3 +146,73 @@ def grind_peer_ids(target: bytes, count: int, bits: int, rng: random.Random) -> 
             if peer_id not in found:
                 found.append(peer_id)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class SybilPlacement:
+    """Where an adaptive attacker puts its sybils: ``count`` of them sharing ``bits``
+    leading bits with the key; by its own sampling they hold ``slots`` of the key's k
+    closest on average and the detector catches ``caught`` of the lookups."""
+
+    count: int
+    bits: int
+    slots: float
+    caught: float
+
+
+def adaptive_sybil_placement(
+    network_size: int,
+    most: int,
+    *,
+    k: int,
+    threshold: float,
+    rng: random.Random,
+    trials: int = 200,
+) -> SybilPlacement:
+    """How many sybils (at most ``most``) an attacker who knows the
+    network size and the density detector grinds to share ``bits`` leading bits with a
+    key, to hold as many of the key's k closest slots as it can while the detector,
+    judging against the true size, calls at most half of the lookups suspicious: it
+    stays just under the threshold. Found by sampling: the k closest honest peers'
+    prefix lengths to a random key, ``trials`` times, against sybils ``bits`` +
+    Geometric(1/2) deep."""
+
+    def prefix_length(bits: int) -> int:
+        extra = rng.getrandbits(32)
+        return bits + (32 - extra.bit_length())
+
+    honest = [
+        sorted((prefix_length(0) for _ in range(network_size)), reverse=True)[:k]
+        for _ in range(trials)
+    ]
+
+    def outcome(count: int, bits: int) -> tuple[float, float]:
+        """(share of lookups caught, mean slots of the k closest held)."""
+        caught = held = 0
+        for sample in honest:
+            ranked = sorted(
+                [(cpl, rng.random(), False) for cpl in sample]
+                + [(prefix_length(bits), rng.random(), True) for _ in range(count)],
+                reverse=True,
+            )[:k]
+            held += sum(1 for _, _, sybil in ranked if sybil)
+            caught += density_verdict(
+                float(network_size), [cpl for cpl, _, _ in ranked], k=k, threshold=threshold
+            ).suspicious
+        return caught / trials, held / trials
+
+    best = SybilPlacement(0, 0, 0.0, 0.0)
+    low = max(0, network_size.bit_length() - 3)
+    for bits in range(low, network_size.bit_length() + 7):
+        lo, hi = 0, most  # the most sybils at these bits the detector lets through
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if outcome(mid, bits)[0] <= 0.5:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo:
+            caught, held = outcome(lo, bits)
+            if held > best.slots:
+                best = SybilPlacement(lo, bits, held, caught)
+    return best

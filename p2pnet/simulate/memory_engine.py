@@ -130,7 +130,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
     ):
         sybil_ids: dict[int, str] = {}
         if plan.sybils:
-            bits = scenario.adversaries.sybil_prefix_bits or (n.bit_length() + 6)
+            bits = plan.sybil_bits
             t = time.perf_counter()
             ids = grind_peer_ids(
                 key_for_task(plan.target_task), len(plan.sybils), bits, random.Random(seed)
@@ -138,6 +138,12 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             sybil_ids = dict(zip(plan.sybils, ids, strict=True))
             out["sybil_prefix_bits"] = bits
             out["sybil_grind_s"] = round(time.perf_counter() - t, 2)
+            if plan.sybil_placement is not None:
+                out["sybil_placement"] = {
+                    "adaptive": True,
+                    "expected_slots": round(plan.sybil_placement.slots, 1),
+                    "expected_caught": round(plan.sybil_placement.caught, 3),
+                }
 
         def new_host(index: int) -> MemoryHost:
             peer_id = sybil_ids.get(index) or swarm.peer_id(index)

@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
+from p2pnet.core.kad.region import DEFAULT_DENSITY_THRESHOLD
+from p2pnet.simulate.adversaries import SybilPlacement, adaptive_sybil_placement
 from p2pnet.simulate.scenario import Scenario
 
 __all__ = ["Event", "ModelPlan", "Plan", "make_plan"]
@@ -62,6 +64,8 @@ class Plan:
     events: list[Event]
     target_task: str = ""
     sybils: list[int] = field(default_factory=list)
+    sybil_bits: int = 0  # leading bits the sybils share with the target task's key
+    sybil_placement: SybilPlacement | None = None  # the adaptive attacker's choice
     relays: list[int] = field(default_factory=list)  # public bootstrap peers that relay
     nat: dict[int, str] = field(default_factory=dict)  # peers behind a NAT: cone | symmetric
     # Further bootstrap peers of each peer in batches (``peers.bootstrap`` - 1 of them),
@@ -113,7 +117,19 @@ def make_plan(
     ):
         for _ in range(count):
             roles[others.pop()] = role
-    sybils = list(range(n, n + adv.sybils))
+    sybil_bits = adv.sybil_prefix_bits or (n.bit_length() + 6)
+    placement = None
+    sybil_count = adv.sybils
+    if adv.sybils and adv.sybil_placement == "adaptive":
+        placement = adaptive_sybil_placement(
+            n,
+            adv.sybils,
+            k=scenario.dht.k,
+            threshold=DEFAULT_DENSITY_THRESHOLD,
+            rng=random.Random(seed * 3_000_017 + n),
+        )
+        sybil_count, sybil_bits = placement.count, placement.bits
+    sybils = list(range(n, n + sybil_count))
     for s in sybils:
         roles[s] = SYBIL
     honest = sorted(p for p in range(n) if p not in roles)
@@ -184,6 +200,8 @@ def make_plan(
         events=events,
         target_task=adv.sybil_target or tasks[0],
         sybils=sybils,
+        sybil_bits=sybil_bits,
+        sybil_placement=placement,
         relays=relays,
         nat=nat,
         more_via=more_via,

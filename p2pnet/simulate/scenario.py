@@ -110,6 +110,10 @@ class Workload:
     query_rate: float = 1.0  # discovery queries per second, whole swarm (Poisson)
     query_timeout: float = 10.0
     providers_sought: int = 20  # find_providers(count=...)
+    # Share of queries followed by a full closest-peers lookup of the task's key, for the
+    # density detector's figures (a provider lookup stops once it has what it wants, and
+    # only a lookup that ran its course is judged).
+    density_probes: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,9 @@ class Adversaries:
     sybils: int = 0  # extra peers with IDs ground near sybil_target's key; hide providers
     sybil_target: str = ""  # a task (default: the first task)
     sybil_prefix_bits: int = 0  # 0: log2(peers) + 6
+    # fixed: ``sybils`` at ``sybil_prefix_bits``; adaptive: at most ``sybils``, placed to
+    # stay just under the density detector (simulate.adversaries.adaptive_sybil_placement)
+    sybil_placement: str = "fixed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +407,7 @@ def parse_scenario(
         query_rate=work_t.get_float("query_rate", 1.0, 0.0, 10_000.0),
         query_timeout=work_t.get_float("query_timeout", 10.0, 0.1, 3600.0),
         providers_sought=work_t.get_int("providers_sought", 20, 1, 100),
+        density_probes=work_t.get_float("density_probes", 0.0, 0.0, 1.0),
     )
     churn_t = top.table("churn")
     churn = Churn(
@@ -429,7 +437,13 @@ def parse_scenario(
         sybils=adv_t.get_int("sybils", 0, 0, 1_000),
         sybil_target=adv_t.get_str("sybil_target", tasks[0][0]),
         sybil_prefix_bits=adv_t.get_int("sybil_prefix_bits", 0, 0, 28),
+        sybil_placement=adv_t.get_str("sybil_placement", "fixed"),
     )
+    if adversaries.sybil_placement not in ("fixed", "adaptive"):
+        raise ScenarioError(
+            "adversaries.sybil_placement must be fixed or adaptive, "
+            f"not {adversaries.sybil_placement!r}"
+        )
     if adversaries.sybils and adversaries.sybil_target not in dict(tasks):
         raise ScenarioError(
             f"adversaries.sybil_target {adversaries.sybil_target!r} is not one of the "

@@ -141,6 +141,7 @@ class SimSwarm:
         self.join_timeout = join_timeout  # a join is a dozen lookups: seconds of CPU on real hosts
         self.on_serve = on_serve
         self.rng = random.Random(seed * 7919 + plan.n)
+        self.probe_rng = random.Random(seed * 7927 + plan.n)  # which queries get a probe
         dht = scenario.dht
         self.config = DhtConfig(
             k=dht.k,
@@ -490,6 +491,9 @@ class SimSwarm:
             elif found.complete:
                 error = "no provider found" if not providers else "no valid record"
         latency = trio.current_time() - start
+        if not probe and self.probe_rng.random() < work.density_probes:
+            with trio.move_on_after(work.query_timeout):
+                await peer.services.dht.find_closest(key_for_task(task))  # judged, counted
         record = QueryRecord(
             t, index, task, ok, latency, hops, queries, providers, offers, rejected, forged,
             error, probe,
