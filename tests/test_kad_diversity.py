@@ -1,15 +1,24 @@
-"""IP groups and the diversity limits' pure parts: which group an address is in, which
-addresses are exempt, and when a lookup answer names too many peers of one group."""
+"""IP groups and the diversity limits: which group an address is in, which addresses are
+exempt, when a lookup answer names too many peers of one group; the ``[dht]`` table of
+config.toml, and what ``p2pnet status`` shows of the limits."""
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pnet.cli.status import status_text
+from p2pnet.config import load_dht
 from p2pnet.core.address_filter import ip_group, ip_groups
 from p2pnet.core.kad.diversity import DiversityLimits, address_groups, reply_too_concentrated
 from p2pnet.core.kad.keys import PeerInfo
+from p2pnet.dht.node import DhtDefences
+from p2pnet.errors import ConfigError
+from p2pnet.status import PeerStatus, StatusFile
 
 
 def peer(i: int, *addrs: str) -> PeerInfo:
@@ -95,3 +104,48 @@ def test_limits_are_checked() -> None:
             DiversityLimits(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="exempt or grouped"):
         DiversityLimits(local_addresses="ignored")  # type: ignore[arg-type]
+
+
+def test_the_dht_table_of_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    assert load_dht(config) == DhtDefences()  # no file: the defaults, limits on
+    assert DhtDefences().diversity == DiversityLimits(local_addresses="exempt")
+    config.write_text('[dht]\nlocal_addresses = "grouped"\n')
+    assert load_dht(config).diversity == DiversityLimits(local_addresses="grouped")
+    config.write_text("[dht]\ndiversity = false\n")
+    assert load_dht(config).diversity is None
+    for bad, says in (
+        ("diversity = 'yes'", "diversity must be true or false"),
+        ("local_addresses = 'ignored'", 'local_addresses must be "exempt" or "grouped"'),
+        ("per_bucket = 5", "unknown key 'per_bucket'"),
+    ):
+        config.write_text(f"[dht]\n{bad}\n")
+        with pytest.raises(ConfigError, match=says):
+            load_dht(config)
+
+
+def test_status_shows_what_the_limits_did_once_they_did_something() -> None:
+    status = PeerStatus(
+        peer_id="12D3KooWpeer",
+        listen_addrs=(),
+        announced_addrs=(),
+        reachability="public",
+        swarm_key_fingerprint=None,
+        models=(),
+        connections=(),
+        routing_table=3,
+        dht_mode="server",
+        dht={"network_size": 90.0, "diversity_refused": 0.0, "diversity_dropped_replies": 0.0},
+    )
+
+    def shown(st: PeerStatus) -> str:
+        return status_text(StatusFile(Path("s.json"), {"pid": 1}, st, False, 1.0)).plain
+
+    assert "IP-group limits" not in shown(status)
+    counted = dataclasses.replace(
+        status, dht={**status.dht, "diversity_refused": 7.0, "diversity_dropped_replies": 2.0}
+    )
+    assert (
+        "IP-group limits: a peer kept out of the routing table 7 times, "
+        "2 lookup answers dropped" in shown(counted)
+    )
