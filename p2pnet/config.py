@@ -9,9 +9,10 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
+from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
 from p2pnet.core.spot_check import (
     DEFAULT_SPOT_CHECKS,
     SpotCheckPolicy,
@@ -20,11 +21,9 @@ from p2pnet.core.spot_check import (
 )
 from p2pnet.errors import ConfigError
 
-if TYPE_CHECKING:
-    from p2pnet.dht.node import DhtDefences
-
 __all__ = [
     "CreditConfig",
+    "DhtSettings",
     "SwarmConfig",
     "SwarmJoin",
     "config_dir",
@@ -245,9 +244,17 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
 _DHT_KEYS = ("diversity", "local_addresses")
 
 
-def load_dht(path: Path | None = None) -> DhtDefences:
-    """The ``[dht]`` table of the config file: the DHT's defences (the defaults if there
-    is none; docs/security.md, "IP-group limits").
+@dataclass(frozen=True, slots=True)
+class DhtSettings:
+    """The ``[dht]`` table: the DHT's IP-group limits (None: off), for
+    ``DhtDefences.diversity``."""
+
+    diversity: DiversityLimits | None = DiversityLimits()
+
+
+def load_dht(path: Path | None = None) -> DhtSettings:
+    """The ``[dht]`` table of the config file (the defaults if there is none;
+    docs/security.md, "IP-group limits").
 
     ::
 
@@ -261,9 +268,6 @@ def load_dht(path: Path | None = None) -> DhtDefences:
         ConfigError: the file is not TOML, or a key is unknown or of the wrong value; the
             message names the file and the key.
     """
-    from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
-    from p2pnet.dht.node import DhtDefences
-
     table, where = _section(path or config_path(), "dht", _DHT_KEYS)
     diversity = table.get("diversity", True)
     if not isinstance(diversity, bool):
@@ -273,7 +277,7 @@ def load_dht(path: Path | None = None) -> DhtDefences:
         raise ConfigError(
             f'{where}: local_addresses must be "exempt" or "grouped", not {local!r:.40}'
         )
-    return DhtDefences(diversity=DiversityLimits(local_addresses=local) if diversity else None)
+    return DhtSettings(DiversityLimits(local_addresses=local) if diversity else None)
 
 
 def _section(path: Path, name: str, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

@@ -26,7 +26,7 @@ from p2pnet.config import (
 )
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.pricing import Price
-from p2pnet.dht.node import DhtConfig
+from p2pnet.dht.node import DhtConfig, DhtDefences
 from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
@@ -176,7 +176,7 @@ def dht_config() -> DhtConfig:
     Raises:
         ConfigError: a ``[dht]`` table that is wrong (the message says where).
     """
-    return DhtConfig(defences=load_dht())
+    return DhtConfig(defences=DhtDefences(diversity=load_dht().diversity))
 
 
 def parse_price(text: str, option: str = "--price") -> Price:
