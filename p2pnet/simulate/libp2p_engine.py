@@ -331,7 +331,7 @@ async def worker_main(path: str, n: int, seed: int, j: int, w: int) -> None:
                 if kind == "addrs":
                     for g, (peer_id, addrs) in command["addrs"].items():
                         if int(g) not in swarm.peers:
-                            swarm.addresses[int(g)] = PeerAddress(peer_id, tuple(addrs))
+                            swarm.locate(int(g), PeerAddress(peer_id, tuple(addrs)))
                     reply({"ok": True})
                 elif kind == "join":
                     oks: list[bool] = []

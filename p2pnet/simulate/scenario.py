@@ -150,6 +150,7 @@ class Adversaries:
     sybils: int = 0  # extra peers with IDs ground near sybil_target's key; hide providers
     sybil_target: str = ""  # a task (default: the first task)
     sybil_prefix_bits: int = 0  # 0: log2(peers) + 6
+    sybil_groups: int = 0  # IPv4 /16s the sybils are spread over (0: one each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ class DhtParams:
     alpha: int = 3
     rpc_timeout: float = 5.0
     region: bool = True  # store to and look up from a key's region (DhtDefences.region)
+    diversity: bool = True  # IP-group limits (DhtDefences.diversity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +392,7 @@ def parse_scenario(
         sybils=adv_t.get_int("sybils", 0, 0, 1_000),
         sybil_target=adv_t.get_str("sybil_target", tasks[0][0]),
         sybil_prefix_bits=adv_t.get_int("sybil_prefix_bits", 0, 0, 28),
+        sybil_groups=adv_t.get_int("sybil_groups", 0, 0, 1_000),
     )
     if adversaries.sybils and adversaries.sybil_target not in dict(tasks):
         raise ScenarioError(
@@ -430,6 +433,7 @@ def parse_scenario(
         alpha=dht_t.get_int("alpha", 3, 1, 20),
         rpc_timeout=dht_t.get_float("rpc_timeout", 5.0, 0.1, 600.0),
         region=dht_t.get_bool("region", True),
+        diversity=dht_t.get_bool("diversity", True),
     )
     scenario = Scenario(
         name=top.get_str("name", default_name),
