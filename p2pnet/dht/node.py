@@ -14,6 +14,10 @@ Addresses are checked (``p2pnet.core.address_filter``): a peer's addresses are s
 this node send others to a third party; an answer gives a requester only the addresses
 of its scope (no private or loopback address to a public requester); and of what a
 responder answers, only the addresses of the responder's scope are believed.
+
+IP groups are limited (``DhtDefences.diversity``, ``p2pnet.core.kad.diversity``): the
+routing table takes few peers of one /16 (IPv6: /32), and a lookup answer naming more
+than a few closer peers of one group counts as a failed one.
 """
 
 from __future__ import annotations
@@ -545,7 +549,8 @@ class DhtNode:
 
     def _too_concentrated(self, responder: PeerInfo, closer: Sequence[PeerInfo]) -> bool:
         """Whether an answer names more closer peers of one IP group than the limits
-        allow (then the lookup treats it as failed: none of its peers are learnt)."""
+        allow (then the lookup treats it as failed: none of its peers or providers are
+        used)."""
         diversity = self.config.defences.diversity
         if diversity is None or self._group_of is None:
             return False
