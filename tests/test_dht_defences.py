@@ -175,7 +175,7 @@ async def test_an_answer_naming_more_than_three_peers_of_one_ip_group_is_not_bel
     autojump_clock: MockClock,
 ) -> None:
     """Without limits the liars are what the lookup finds; with them an honest table takes
-    at most 3 of the liars, their answers (naming 5 of one group) are dropped, and the
+    at most 3 of the liars, their answers (naming all 6, of one group) are dropped, and the
     lookup ends on the honest peers closest to TARGET."""
     unlimited = await lookup_near_liars(None)
     assert unlimited.found & unlimited.liars and unlimited.stats.diversity_dropped_replies == 0
