@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
+from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
 from p2pnet.core.spot_check import (
     DEFAULT_SPOT_CHECKS,
     SpotCheckPolicy,
@@ -22,6 +23,7 @@ from p2pnet.errors import ConfigError
 
 __all__ = [
     "CreditConfig",
+    "DhtSettings",
     "SwarmConfig",
     "SwarmJoin",
     "config_dir",
@@ -29,6 +31,7 @@ __all__ = [
     "data_dir",
     "default_identity_path",
     "load_credit",
+    "load_dht",
     "load_swarm",
     "load_swarms",
     "load_trust",
@@ -234,6 +237,47 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
         )
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# --- config.toml: dht ------------------------------------------------------------------------
+
+_DHT_KEYS = ("diversity", "local_addresses")
+
+
+@dataclass(frozen=True, slots=True)
+class DhtSettings:
+    """The ``[dht]`` table: the DHT's IP-group limits (None: off), for
+    ``DhtDefences.diversity``."""
+
+    diversity: DiversityLimits | None = DiversityLimits()
+
+
+def load_dht(path: Path | None = None) -> DhtSettings:
+    """The ``[dht]`` table of the config file (the defaults if there is none;
+    docs/security.md, "IP-group limits").
+
+    ::
+
+        [dht]
+        diversity = true              # at most 2 peers of one /16 (IPv6: /32) per bucket,
+                                      # 3 per routing table, 3 per lookup answer
+        local_addresses = "exempt"    # loopback and private addresses are in no group;
+                                      # "grouped": limited like public ones
+
+    Raises:
+        ConfigError: the file is not TOML, or a key is unknown or of the wrong value; the
+            message names the file and the key.
+    """
+    table, where = _section(path or config_path(), "dht", _DHT_KEYS)
+    diversity = table.get("diversity", True)
+    if not isinstance(diversity, bool):
+        raise ConfigError(f"{where}: diversity must be true or false, not {diversity!r:.40}")
+    local = table.get("local_addresses", "exempt")
+    if local not in LOCAL_ADDRESSES:
+        raise ConfigError(
+            f'{where}: local_addresses must be "exempt" or "grouped", not {local!r:.40}'
+        )
+    return DhtSettings(DiversityLimits(local_addresses=local) if diversity else None)
 
 
 def _section(path: Path, name: str, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

@@ -38,6 +38,7 @@ from p2pnet.accounting import (
 from p2pnet.core.address import transport_part, with_peer_id
 from p2pnet.core.identity import Identity
 from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
+from p2pnet.core.kad.diversity import GroupOf
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.records import CapabilityRecordValidator
 from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
@@ -125,12 +126,15 @@ class PeerHooks:
     describe_records: given the peer's signed envelopes, returns what its describe
         server sends instead (a forger adds forged ones).
     observe_lookup: told of every DHT lookup and its result (density verdict included).
+    dht_groups: the IP groups of a peer, for the DHT's diversity limits, instead of
+        those of its addresses (simulations give synthetic addresses their scenario's).
     """
 
     observe_calls: CallObserver | None = None
     intercept_kad: RequestInterceptor | None = None
     describe_records: Callable[[Sequence[bytes]], Sequence[bytes]] | None = None
     observe_lookup: LookupObserver | None = None
+    dht_groups: GroupOf | None = None
 
 
 class AnnouncedAddresses:
@@ -246,6 +250,7 @@ class PeerServices:
             nursery=nursery,
             intercept=hooks.intercept_kad,
             observe_lookup=hooks.observe_lookup,
+            group_of=hooks.dht_groups,
         )
         self.trust: TrustStore | None = None
         self.spot_checker: SpotChecker | None = None

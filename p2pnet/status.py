@@ -132,7 +132,9 @@ class PeerStatus:
         made), "marked" (providers it marked), "untrusted" (providers marked in its store).
     dht: the DHT node's counters (``DhtStats``): "network_size" estimated, provider
         lookups and their messages, lookups the density detector judged
-        ("density_checked") and found suspicious ("density_alarms").
+        ("density_checked") and found suspicious ("density_alarms"), peers the IP-group
+        limits kept out of the routing table ("diversity_refused") and lookup answers
+        they dropped ("diversity_dropped_replies").
     """
 
     peer_id: str

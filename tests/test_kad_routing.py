@@ -1,14 +1,17 @@
 """The routing table: eviction decisions, failures, refresh, and its invariants as properties."""
 
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from p2pnet.core.kad.diversity import DiversityLimits, address_groups
 from p2pnet.core.kad.keys import KEY_BITS, Key, PeerInfo, bucket_index, closest_peers, key_of
 from p2pnet.core.kad.routing import (
     Added,
+    Dropped,
     Evicted,
     Ignored,
     PingDecision,
@@ -199,3 +202,163 @@ def test_table_invariants_hold_under_any_operations(
     assert found == closest_peers(Key(target), members, 5)
     dists = [p.kad_key ^ target for p in table.closest(Key(target), len(table))]
     assert dists == sorted(dists)
+
+
+# --- IP-group limits ---------------------------------------------------------------------
+
+
+def at(peer: PeerInfo, addr: str) -> PeerInfo:
+    """``peer`` at ``addr`` (only)."""
+    return PeerInfo(peer.peer_id, peer.key, (addr,))
+
+
+def limited_table(k: int = 4, per_bucket: int = 2, per_table: int = 3) -> RoutingTable:
+    return RoutingTable(
+        LOCAL,
+        k=k,
+        group_of=address_groups("grouped"),
+        limits=DiversityLimits(per_bucket=per_bucket, per_table=per_table),
+    )
+
+
+def test_a_bucket_refuses_the_third_peer_of_an_ip_group() -> None:
+    table = limited_table(per_table=10)
+    a, b, c, d = (at(p, f"/ip4/1.2.{i}.1/tcp/1") for i, p in enumerate(peers_in_bucket(255, 4)))
+    assert table.update(a, now=0) == Added(a)
+    assert table.update(b, now=1) == Added(b)
+    refused = table.update(c, now=2)
+    assert refused == Ignored(c, "IP group ip4:1.2 already has 2 peers in bucket 255", "ip4:1.2")
+    assert c not in table and table.group_count("ip4:1.2", 255) == 2
+    other = at(d, "/ip4/1.3.0.1/tcp/1")  # another /16 is welcome
+    assert table.update(other, now=3) == Added(other)
+    assert table.update(a, now=4) == Refreshed(a)  # a member is still heard from
+
+
+def test_the_table_refuses_the_fourth_peer_of_an_ip_group() -> None:
+    table = limited_table()
+    spread = [at(peers_in_bucket(i, 1)[0], f"/ip6/2001:db8:{i}::1/tcp/1") for i in range(252, 256)]
+    for peer in spread[:3]:
+        assert table.update(peer, now=0) == Added(peer)
+    refused = table.update(spread[3], now=1)
+    assert isinstance(refused, Ignored) and refused.group == "ip6:2001:0db8"
+    assert refused.reason == "IP group ip6:2001:0db8 already has 3 peers in the table"
+    assert table.group_count("ip6:2001:0db8") == 3 and spread[3] not in table
+
+
+def test_group_counts_recover_after_remove_failures_and_eviction() -> None:
+    table = limited_table(k=2, per_table=3)
+    peers = [at(p, "/ip4/5.6.7.8/tcp/1") for p in peers_in_bucket(255, 3)]
+    far = at(peers_in_bucket(254, 1)[0], "/ip4/5.6.0.1/tcp/1")
+    table.update(peers[0], now=0)
+    table.update(peers[1], now=0)
+    table.update(far, now=0)
+    assert table.group_count("ip4:5.6") == 3
+    assert table.remove(far) and table.group_count("ip4:5.6") == 2
+    table.record_failure(peers[0], now=1)
+    table.record_failure(peers[0], now=2)
+    assert table.record_failure(peers[0], now=3)  # the third failure drops it
+    assert table.group_count("ip4:5.6") == table.group_count("ip4:5.6", 255) == 1
+    assert table.update(peers[2], now=4) == Added(peers[2])
+    # A full bucket: a newcomer of another group takes a dead peer's place, counts follow.
+    newcomer = at(peers_in_bucket(255, 4, seed=1)[3], "/ip4/9.9.9.9/tcp/1")
+    assert table.update(newcomer, now=5) == PingOldest(newcomer, peers[1])
+    assert table.on_ping_result(peers[1], alive=False, now=6) == Evicted(peers[1], newcomer)
+    assert table.group_count("ip4:5.6") == 1 and table.group_count("ip4:9.9") == 1
+
+
+def test_a_waiting_candidate_over_a_limit_is_dropped_instead_of_let_in() -> None:
+    table = limited_table(k=2, per_bucket=2, per_table=3)
+    near = [at(p, "/ip4/7.7.0.1/tcp/1") for p in peers_in_bucket(255, 2)]
+    candidate = at(peers_in_bucket(255, 3, seed=2)[2], "/ip4/8.8.0.1/tcp/1")
+    for peer in near:
+        table.update(peer, now=0)
+    assert table.update(candidate, now=1) == PingOldest(candidate, near[0])
+    # Meanwhile three peers of the candidate's group fill their table quota elsewhere.
+    elsewhere = [
+        at(peers_in_bucket(index, 1)[0], f"/ip4/8.8.{index}.1/tcp/1") for index in (252, 253, 254)
+    ]
+    for peer in elsewhere:
+        table.update(peer, now=2)
+    assert table.group_count("ip4:8.8") == 3
+    decision = table.on_ping_result(near[0], alive=False, now=3)
+    assert decision == Dropped(
+        near[0], candidate, "IP group ip4:8.8 already has 3 peers in the table"
+    )
+    assert near[0] not in table and candidate not in table and table.bucket(255) == [near[1]]
+    # The same when a removal frees the slot.
+    table.update(near[0], now=4)
+    table.remove(elsewhere[0])
+    assert table.update(candidate, now=5) == PingOldest(candidate, near[1])
+    table.update(elsewhere[0], now=6)
+    assert table.remove(near[0])
+    assert candidate not in table and table.pending_ping(255) is None
+    assert table.group_count("ip4:8.8") == 3 and table.bucket(255) == [near[1]]
+
+
+def test_a_member_that_moves_into_a_full_group_keeps_its_old_addresses() -> None:
+    table = limited_table(per_bucket=2, per_table=10)
+    a, b, c = peers_in_bucket(255, 3)
+    table.update(at(a, "/ip4/3.3.0.1/tcp/1"), now=0)
+    table.update(at(b, "/ip4/3.3.0.2/tcp/1"), now=0)
+    table.update(at(c, "/ip4/4.4.0.1/tcp/1"), now=0)
+    assert table.update(at(c, "/ip4/3.3.0.3/tcp/1"), now=1) == Refreshed(
+        at(c, "/ip4/4.4.0.1/tcp/1")
+    )
+    assert table.update(at(a, "/ip4/5.5.0.1/tcp/1"), now=2) == Refreshed(
+        at(a, "/ip4/5.5.0.1/tcp/1")
+    )
+    assert table.group_count("ip4:3.3") == 1 and table.group_count("ip4:5.5") == 1
+    # Now there is room: c may move.
+    assert table.update(at(c, "/ip4/3.3.0.3/tcp/1"), now=3) == Refreshed(
+        at(c, "/ip4/3.3.0.3/tcp/1")
+    )
+    assert table.group_count("ip4:3.3") == 2 and table.group_count("ip4:4.4") == 0
+
+
+def test_without_group_of_nothing_is_limited() -> None:
+    table = RoutingTable(LOCAL, k=20)
+    same = [at(p, "/ip4/1.1.1.1/tcp/1") for p in peers_in_bucket(255, 10)]
+    assert all(table.update(p, now=0) == Added(p) for p in same)
+    assert table.group_count("ip4:1.1") == 0
+
+
+# Each pool peer may show up at one of two addresses, in few groups, so limits bite.
+GROUPED_POOL = [
+    (at(p, f"/ip4/6.{i % 3}.0.1/tcp/1"), at(p, f"/ip4/6.{i % 5}.0.2/tcp/1"))
+    for i, p in enumerate(POOL)
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 5), st.randoms(use_true_random=False))
+def test_no_ip_group_ever_exceeds_its_limits(
+    k: int, per_bucket: int, per_table: int, rnd: random.Random
+) -> None:
+    limits = DiversityLimits(per_bucket=per_bucket, per_table=per_table)
+    group_of = address_groups("grouped")
+    table = RoutingTable(POOL[0].key, k=k, max_failures=2, group_of=group_of, limits=limits)
+    decisions: list[UpdateDecision | PingDecision] = []
+    for now in range(rnd.randrange(10, 200)):
+        op = rnd.choice(["update", "update", "update", "ping", "fail", "remove"])
+        peer = rnd.choice(rnd.choice(GROUPED_POOL))
+        if op == "update":
+            decisions.append(table.update(peer, now))
+        elif op == "ping":
+            pings = [p for j in range(KEY_BITS) if (p := table.pending_ping(j)) is not None]
+            if pings:
+                oldest = rnd.choice(pings).oldest
+                decisions.append(table.on_ping_result(oldest, alive=rnd.random() < 0.5, now=now))
+        elif op == "fail":
+            table.record_failure(peer, now)
+        else:
+            table.remove(peer)
+    in_table: Counter[str] = Counter()
+    for index in range(KEY_BITS):
+        in_bucket = Counter(g for p in table.bucket(index) for g in group_of(p))
+        assert all(n <= per_bucket for n in in_bucket.values())
+        assert all(table.group_count(g, index) == n for g, n in in_bucket.items())
+        in_table.update(in_bucket)
+    assert all(n <= per_table for n in in_table.values())
+    assert all(table.group_count(g) == n for g, n in in_table.items())
+    event(f"refused for a group: {any(isinstance(d, Ignored) and d.group for d in decisions)}")
+    event(f"candidate dropped: {any(isinstance(d, Dropped) for d in decisions)}")

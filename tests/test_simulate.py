@@ -15,8 +15,11 @@ import pytest
 import trio
 
 from p2pnet.cli import main as cli_main
+from p2pnet.core.address_filter import ip_group
+from p2pnet.core.kad.keys import PeerInfo
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.adversaries import grind_peer_ids
+from p2pnet.simulate.groups import PeerGroups
 from p2pnet.simulate.metrics import QueryRecord, percentile, summarize
 from p2pnet.simulate.plan import make_plan
 from p2pnet.simulate.report import PlotsUnavailableError, write_plots
@@ -170,6 +173,61 @@ def test_sybil_ids_are_ground_near_the_key() -> None:
     for peer_id in ids:
         position = int.from_bytes(hashlib.sha256(peer_id_bytes(peer_id)).digest())
         assert position >> 246 == goal
+
+
+def test_peer_groups_spread_honest_peers_and_place_sybils_as_the_scenario_says() -> None:
+    sybils = list(range(300, 330))
+    groups = PeerGroups(7, sybils, sybil_groups=1)
+    again = PeerGroups(7, sybils, sybil_groups=1)  # another process of the same run
+    honest = [groups.group(i) for i in range(300)]
+    assert honest == [again.group(i) for i in range(300)]
+    assert len(set(honest)) >= 295  # 300 draws of 65,536 /16s: a collision or two
+    assert all(g.startswith("ip4:") and ip_group(f"/ip4/{g[4:]}.1.1/tcp/1") == g for g in honest)
+    assert len({groups.group(s) for s in sybils}) == 1
+    assert len({PeerGroups(7, sybils, 0).group(s) for s in sybils}) == 30  # spread: one each
+    assert len({PeerGroups(7, sybils, 4).group(s) for s in sybils}) == 4
+    assert [PeerGroups(8, sybils, 1).group(i) for i in range(300)] != honest
+    groups.place(3, ["/memory/9/p2p/12D3KooWx"])
+    assert groups(PeerInfo("x", b"x", ("/memory/9",))) == {groups.group(3)}
+    assert groups(PeerInfo("y", b"y", ("/memory/10",))) == frozenset()
+
+
+def test_diversity_and_sybil_groups_are_read_from_the_scenario() -> None:
+    data = tomllib.loads((SIMULATIONS / "adversarial.toml").read_text())
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
+    assert scenario.dht.diversity and scenario.adversaries.sybil_groups == 0
+    data["dht"] = {"diversity": False}
+    data["adversaries"]["sybil_groups"] = 1
+    scenario = parse_scenario(data, base_dir=SIMULATIONS)
+    assert not scenario.dht.diversity and scenario.adversaries.sybil_groups == 1
+    data["adversaries"]["sybil_groups"] = -1
+    with pytest.raises(ScenarioError, match="sybil_groups = -1 is out of range"):
+        parse_scenario(data, base_dir=SIMULATIONS)
+
+
+@pytest.mark.slow  # two runs of 85 peers
+def test_sybils_in_one_ip_group_lose_the_key_they_surround() -> None:
+    """25 sybils in one /16 around a task's key, without the region (to see the limits
+    alone): with the limits off they swallow most announcements and answer lookups with
+    each other; with them on, an honest table holds 3 of them and their answers are
+    dropped, so the task is found as the others are."""
+    found = {}
+    for diversity in (False, True):
+        data = tomllib.loads((SIMULATIONS / "adversarial.toml").read_text())
+        data["peers"] = {"count": 60, "join_batch": 40}
+        data["adversaries"] = {"sybils": 25, "sybil_groups": 1}
+        data["dht"] = {"region": False, "diversity": diversity}
+        data["duration"] = 10
+        data["freshness"] = {"new_records": 0}
+        scenario = parse_scenario(data, base_dir=SIMULATIONS)
+        (run,) = run_scenario(scenario, engine="memory", in_process=True)["runs"]
+        summary, defences = run["metrics"]["summary"], run["dht_defences"]
+        assert summary["target_queries"] >= 10 and summary["other_success_rate"] == 1.0
+        assert defences["diversity"] is diversity
+        assert (defences["diversity_dropped_replies"] > 0) is diversity
+        assert (defences["diversity_refused"] > 0) is diversity
+        found[diversity] = summary["target_success_rate"]
+    assert found[False] < 0.6 and found[True] == 1.0
 
 
 async def test_memory_network_counts_traffic_and_applies_bandwidth(

@@ -18,8 +18,6 @@ from p2pnet.core.spot_check import (
     TolerancePolicy,
     checker_order,
     compare_outputs,
-    ip_group,
-    ip_groups,
     three_way,
 )
 
@@ -152,16 +150,6 @@ def test_the_sampler_refuses_a_rate_outside_zero_to_one() -> None:
         with pytest.raises(ValueError, match="rate"):
             Sampler(bad, random.Random(1))
     assert all(Sampler(1, random.Random(1)).should_check() for _ in range(10))
-
-
-def test_ip_groups() -> None:
-    assert ip_group("/ip4/10.1.2.3/tcp/4001/p2p/12D3KooW") == "ip4:10.1"
-    assert ip_group("/ip6/2001:db8::1/tcp/1") == "ip6:2001:0db8"
-    assert ip_group("/ip6/::ffff:10.1.2.3/tcp/1") == "ip4:10.1"
-    assert ip_group("/memory/abc") is None and ip_group("/dns4/example.com/tcp/1") is None
-    assert ip_group("/ip4/1.2.3.4/tcp/1/p2p/R/p2p-circuit/p2p/X") is None
-    assert ip_group("/ip4/999.1.1.1/tcp/1") is None and ip_group("garbage") is None
-    assert ip_groups(["/ip4/10.1.2.3/tcp/1", "/ip4/10.1.9.9/udp/1", "/memory/x"]) == {"ip4:10.1"}
 
 
 def test_checkers_in_other_ip_groups_come_first() -> None:

@@ -105,6 +105,14 @@ def status_text(file: StatusFile) -> Text:
                 "lookups judged suspicious (sybils near a key)"
             )
         )
+        if d.get("diversity_refused") or d.get("diversity_dropped_replies"):
+            lines.append(
+                Text(
+                    "               IP-group limits: a peer kept out of the routing table "
+                    f"{d.get('diversity_refused', 0):.0f} times, "
+                    f"{d.get('diversity_dropped_replies', 0):.0f} lookup answers dropped"
+                )
+            )
     if st.ledger is not None:
         r = st.receipts
         lines.append(

@@ -17,10 +17,10 @@ peer_id.py     peer_id_from_public_key, ...          libp2p peer IDs of Ed25519 
 identity.py    Identity                              a peer's Ed25519 key, peer ID, key file bytes
 address.py     PeerAddress, parse_peer_address,
                split_peer_id, with_peer_id           peer addresses; the one /p2p/ split
-address_filter.py  addrs_seen_at, addrs_for_scope      which announced addresses to keep (where
-                                                     a peer is seen); which to exchange with a
+address_filter.py  addrs_seen_at, addrs_for_scope,     which announced addresses to keep (where
+               ip_group                              a peer is seen); which to exchange with a
                                                      peer (by its scope: loopback, private,
-                                                     public)
+                                                     public); an address's /16 or /32
 access.py      AccessPolicy, parse_allow_list        per-model access lists
 fields.py      check_peer_id, check_text, ...       checks of signed messages' fields
 records.py     CapabilityRecord, sign_record,        signed capability records: canonical
@@ -46,7 +46,7 @@ pipeline.py    parse_pipeline, PipelineSpec,
                check_schemas, forward_plan           pipeline specs and their static checks
 forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next
 spot_check.py  Sampler, compare_outputs, Tolerance,
-               three_way, checker_order, ip_group    spot checks: which calls, comparing two
+               three_way, checker_order              spot checks: which calls, comparing two
                                                      results (bitwise or within a tolerance),
                                                      the odd one of three, who checks
 join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to ask next, backoff

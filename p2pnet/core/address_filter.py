@@ -25,6 +25,11 @@ Scopes: loopback 127/8, ::1; private 10/8, 172.16/12, 192.168/16, 100.64/10 (CGN
 169.254/16, fe80::/10, fc00::/7; public: globally routable IPs and DNS names (but
 ``localhost`` is loopback and ``*.local`` private); other: not IP, unroutable (0/8,
 documentation, multicast) or unparsable.
+
+``ip_group(addr)``: the network group of an address's IP, as peer diversity counts it
+(the /16 of an IPv4 address, the /32 of an IPv6 one): the DHT limits how many peers of
+one group its routing table holds and a lookup answer names
+(``p2pnet.core.kad.diversity``), spot checks ask a provider in another group.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ __all__ = [
     "AddressScope",
     "addrs_for_scope",
     "addrs_seen_at",
+    "ip_group",
+    "ip_groups",
     "is_relayed",
     "scope_of",
     "scope_seen_at",
@@ -147,6 +154,29 @@ def addrs_for_scope(addrs: Iterable[str], peer: AddressScope) -> tuple[str, ...]
     if peer is AddressScope.PRIVATE:
         return tuple(a for a in addrs if scope_of(a) is not AddressScope.LOOPBACK)
     return tuple(addrs)
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_group(addr: str) -> str | None:
+    """The network group of a multiaddr's IP, as peer diversity counts it: the /16 of an
+    IPv4 address (``ip4:10.1``, an IPv4-mapped IPv6 address included), the /32 of an
+    IPv6 one (``ip6:2001:0db8``); None for an address without an IP (``/memory/...``,
+    ``/dns4/...``), an unparsable one, or a relayed one (its IP is the relay's)."""
+    if _CIRCUIT in addr:
+        return None
+    ip = _ip(*_first_component(addr))
+    if ip is None:
+        return None
+    if ip.version == 4:
+        octets = ip.packed
+        return f"ip4:{octets[0]}.{octets[1]}"
+    words = ip.exploded.split(":")
+    return f"ip6:{words[0]}:{words[1]}"
+
+
+def ip_groups(addrs: Iterable[str]) -> frozenset[str]:
+    """The groups of every address in ``addrs`` that has one."""
+    return frozenset(g for g in (ip_group(a) for a in addrs) if g is not None)
 
 
 def is_relayed(addr: str) -> bool:

@@ -17,10 +17,9 @@ Everything here is pure: randomness comes in as a ``random.Random``, nothing is 
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Literal
@@ -42,8 +41,6 @@ __all__ = [
     "TolerancePolicy",
     "checker_order",
     "compare_outputs",
-    "ip_group",
-    "ip_groups",
     "three_way",
 ]
 
@@ -328,35 +325,6 @@ class Sampler:
         if self.rate >= 1.0:
             return True
         return self._rng.random() < self.rate
-
-
-def ip_group(addr: str) -> str | None:
-    """The network group of a multiaddr's IP, as peer diversity counts it: the /16 of an
-    IPv4 address (``ip4:10.1``), the /32 of an IPv6 one (``ip6:2001:db8``); None for an
-    address without an IP (``/memory/...``, ``/dns4/...``) or a relayed one (its IP is
-    the relay's)."""
-    if "/p2p-circuit" in addr:
-        return None
-    parts = addr.split("/", 3)
-    if len(parts) < 3 or parts[0] != "" or parts[1] not in ("ip4", "ip6"):
-        return None
-    try:
-        ip = ipaddress.ip_address(parts[2])
-    except ValueError:
-        return None
-    if ip.version == 4:
-        octets = ip.packed
-        return f"ip4:{octets[0]}.{octets[1]}"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        octets = ip.ipv4_mapped.packed
-        return f"ip4:{octets[0]}.{octets[1]}"
-    words = ip.exploded.split(":")
-    return f"ip6:{words[0]}:{words[1]}"
-
-
-def ip_groups(addrs: Iterable[str]) -> frozenset[str]:
-    """The groups of every address in ``addrs`` that has one."""
-    return frozenset(g for g in (ip_group(a) for a in addrs) if g is not None)
 
 
 def checker_order(

@@ -14,6 +14,10 @@ Addresses are checked (``p2pnet.core.address_filter``): a peer's addresses are s
 this node send others to a third party; an answer gives a requester only the addresses
 of its scope (no private or loopback address to a public requester); and of what a
 responder answers, only the addresses of the responder's scope are believed.
+
+IP groups are limited (``DhtDefences.diversity``, ``p2pnet.core.kad.diversity``): the
+routing table takes few peers of one /16 (IPv6: /32), and a lookup answer naming more
+than a few closer peers of one group counts as a failed one.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ from p2pnet.core.address_filter import (
     addrs_seen_at,
     scope_seen_at,
 )
+from p2pnet.core.kad.diversity import (
+    DiversityLimits,
+    GroupOf,
+    address_groups,
+    reply_too_concentrated,
+)
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import (
     PeerInfo,
@@ -52,7 +62,7 @@ from p2pnet.core.kad.region import (
     estimate_network_size,
     region_prefix_bits,
 )
-from p2pnet.core.kad.routing import PingOldest, RoutingTable
+from p2pnet.core.kad.routing import Ignored, PingOldest, RoutingTable
 from p2pnet.core.kad.store import ProviderStore, RecordValidator, ValueStore
 from p2pnet.core.kad.wire import (
     KadMessage,
@@ -114,11 +124,17 @@ class DhtDefences:
         a wrong network-size estimate can cost).
     density_threshold: a lookup whose closest peers' prefix lengths diverge from what
         the estimated network size predicts by more than this (KL, nats) is suspicious.
+    diversity: IP-group limits (``DiversityLimits``: 2 peers of one /16 or /32 per
+        bucket, 3 per table, 3 per lookup answer), None: off. On by default, as in
+        go-libp2p-kad-dht's public (WAN) DHT: sybils are cheap to grind but costly to
+        spread over many networks. Loopback and private addresses are exempt by
+        default, so a swarm on one machine or one LAN is not limited.
     """
 
     region: bool = True
     max_region: int = 100
     density_threshold: float = DEFAULT_DENSITY_THRESHOLD
+    diversity: DiversityLimits | None = DiversityLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +232,10 @@ class DhtStats:
     and ADD_PROVIDER). lookups, lookup_messages: provider lookups and their requests.
     density_checked, density_alarms: lookups judged by the density detector, and those
     it called suspicious. network_size: the latest estimate (0 until known).
+    diversity_refused: times a peer was kept out of the routing table because its IP
+    group was at its limit (a peer that keeps talking to us counts each time).
+    diversity_dropped_replies: lookup answers not believed because they named more
+    peers of one IP group than ``DiversityLimits.per_reply``.
     """
 
     provides: int = 0
@@ -225,6 +245,8 @@ class DhtStats:
     density_checked: int = 0
     density_alarms: int = 0
     network_size: float = 0.0
+    diversity_refused: int = 0
+    diversity_dropped_replies: int = 0
 
 
 class DhtNode:
@@ -240,16 +262,28 @@ class DhtNode:
         nursery: trio.Nursery | None = None,
         intercept: RequestInterceptor | None = None,
         observe_lookup: LookupObserver | None = None,
+        group_of: GroupOf | None = None,
     ) -> None:
         """``validator`` decides which PUT_VALUE records are stored; without one every
         PUT_VALUE is dropped (p2pnet keeps no value it cannot check). ``nursery`` runs
         background work (pinging the oldest peer of a full bucket); without one, full
         buckets simply keep their old peers. ``intercept`` may answer requests in the
-        node's place (simulated adversaries do); ``observe_lookup`` is told of every lookup."""
+        node's place (simulated adversaries do); ``observe_lookup`` is told of every lookup.
+        ``group_of`` gives a peer's IP groups for ``defences.diversity`` (default: those
+        of its addresses, ``address_groups``; simulations give their own)."""
         self.host = host
         self.config = config
         self.local = PeerInfo(host.peer_id, peer_id_bytes(host.peer_id))
-        self.table = RoutingTable(self.local.key, k=config.k)
+        diversity = config.defences.diversity
+        self._group_of: GroupOf | None = None
+        if diversity is not None:
+            self._group_of = group_of or address_groups(diversity.local_addresses)
+        self.table = RoutingTable(
+            self.local.key,
+            k=config.k,
+            group_of=self._group_of,
+            limits=diversity or DiversityLimits(),
+        )
         self.providers = ProviderStore(max_providers_per_key=config.k)
         self.validator = validator
         self.values = ValueStore(validator) if validator is not None else None
@@ -511,6 +545,28 @@ class DhtNode:
         decision = self.table.update(peer, trio.current_time())
         if isinstance(decision, PingOldest):
             self._spawn(self._ping_oldest, decision)
+        elif isinstance(decision, Ignored) and decision.group is not None:
+            self.stats.diversity_refused += 1
+            log.debug("%s kept out of the routing table: %s", peer.peer_id, decision.reason)
+
+    def _too_concentrated(self, responder: PeerInfo, closer: Sequence[PeerInfo]) -> bool:
+        """Whether an answer names more closer peers of one IP group than the limits
+        allow (then the lookup treats it as failed: none of its peers or providers are
+        used)."""
+        diversity = self.config.defences.diversity
+        if diversity is None or self._group_of is None:
+            return False
+        group = reply_too_concentrated(closer, self._group_of, diversity.per_reply)
+        if group is None:
+            return False
+        self.stats.diversity_dropped_replies += 1
+        log.debug(
+            "answer of %s dropped: it names more than %d peers of IP group %s",
+            responder.peer_id,
+            diversity.per_reply,
+            group,
+        )
+        return True
 
     async def _ping_oldest(self, decision: PingOldest) -> None:
         alive = await self.ping(decision.oldest)
@@ -799,12 +855,14 @@ class DhtNode:
             else:
                 response = _in_scope(response, scope_seen_at(self._seen_at(peer.peer_id)))
                 self._update(peer)
-                lookup.on_success(
-                    peer, self._peer_infos(response.closer_peers), trio.current_time()
-                )
-                if on_response is not None and on_response(peer, response):
-                    stopped = True
-                    lookup.stop()
+                closer = self._peer_infos(response.closer_peers)
+                if self._too_concentrated(peer, closer):
+                    lookup.on_failure(peer, trio.current_time())
+                else:
+                    lookup.on_success(peer, closer, trio.current_time())
+                    if on_response is not None and on_response(peer, response):
+                        stopped = True
+                        lookup.stop()
             done_send.send_nowait(None)
 
         async with trio.open_nursery() as nursery:

@@ -5,6 +5,7 @@
     metrics.py        QueryRecord, ChurnRecord, FreshRecord, summarize: figures (pure)
     swarm.py          SimSwarm: real Peers on the engine's hosts, honest or adversarial
     adversaries.py    MisbehavingHost, SybilAnswers, forged_envelope: attacks from outside
+    groups.py         PeerGroups: each peer's IP group, for the DHT's limits (pure)
     hostile_messages.py  hostile_invokes, frame, invoke_head, string_tensor, nested_frame:
                       invoke frames that each break a limit (tests, benchmark, fuzzer)
     standins.py       StandInModel, CatalogueModel: models whose runs cost only trio time

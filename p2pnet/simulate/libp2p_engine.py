@@ -334,7 +334,7 @@ async def worker_main(
                 if kind == "addrs":
                     for g, (peer_id, addrs) in command["addrs"].items():
                         if int(g) not in swarm.peers:
-                            swarm.addresses[int(g)] = PeerAddress(peer_id, tuple(addrs))
+                            swarm.locate(int(g), PeerAddress(peer_id, tuple(addrs)))
                     reply({"ok": True})
                 elif kind == "join":
                     oks: list[bool] = []

@@ -395,7 +395,9 @@ def _defence_figures(
     and for the other tasks: requests per provider lookup and per announcement (in the
     publish phase); share of judged lookups, provider or closest-peer (announcements,
     bucket refreshes: random keys), called suspicious: the detection rate for the
-    target, false alarms for the other keys."""
+    target, false alarms for the other keys. And what the IP-group limits did, summed
+    over honest peers since they started: routing-table refusals, lookup answers
+    dropped."""
 
     def figures(counts: list[LookupCounts]) -> dict[str, Any]:
         lookups = sum(c.lookups for c in counts)
@@ -415,6 +417,10 @@ def _defence_figures(
     sizes = sorted(n.stats.network_size for n in nodes if n.stats.network_size)
     return {
         "region": swarm.config.defences.region,
+        "diversity": swarm.config.defences.diversity is not None,
+        "sybil_groups": swarm.scenario.adversaries.sybil_groups,
+        "diversity_refused": sum(n.stats.diversity_refused for n in nodes),
+        "diversity_dropped_replies": sum(n.stats.diversity_dropped_replies for n in nodes),
         "network_size_median": round(sizes[len(sizes) // 2]) if sizes else None,
         "messages_per_provide": provide_messages,
         "target": figures([c for t, c in swarm.lookups.items() if t == target]) if target else None,

@@ -159,6 +159,7 @@ class Adversaries:
     # fixed: ``sybils`` at ``sybil_prefix_bits``; adaptive: at most ``sybils``, placed to
     # stay just under the density detector (simulate.adversaries.adaptive_sybil_placement)
     sybil_placement: str = "fixed"
+    sybil_groups: int = 0  # IPv4 /16s the sybils are spread over (0: one each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,7 @@ class DhtParams:
     alpha: int = 3
     rpc_timeout: float = 5.0
     region: bool = True  # store to and look up from a key's region (DhtDefences.region)
+    diversity: bool = True  # IP-group limits (DhtDefences.diversity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +440,7 @@ def parse_scenario(
         sybil_target=adv_t.get_str("sybil_target", tasks[0][0]),
         sybil_prefix_bits=adv_t.get_int("sybil_prefix_bits", 0, 0, 28),
         sybil_placement=adv_t.get_str("sybil_placement", "fixed"),
+        sybil_groups=adv_t.get_int("sybil_groups", 0, 0, 1_000),
     )
     if adversaries.sybil_placement not in ("fixed", "adaptive"):
         raise ScenarioError(
@@ -483,6 +486,7 @@ def parse_scenario(
         alpha=dht_t.get_int("alpha", 3, 1, 20),
         rpc_timeout=dht_t.get_float("rpc_timeout", 5.0, 0.1, 600.0),
         region=dht_t.get_bool("region", True),
+        diversity=dht_t.get_bool("diversity", True),
     )
     scenario = Scenario(
         name=top.get_str("name", default_name),

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.identity import Identity
+from p2pnet.core.kad.diversity import DiversityLimits
 from p2pnet.core.kad.keys import key_for_task
 from p2pnet.core.kad.wire import KadMessage, KadPeer, KadRecord, MessageType
 from p2pnet.core.model_id import model_id_of_bytes
@@ -45,6 +46,7 @@ from p2pnet.simulate.adversaries import (
     forged_envelope,
     tampered_envelope,
 )
+from p2pnet.simulate.groups import PeerGroups
 from p2pnet.simulate.metrics import (
     ChurnRecord,
     FreshRecord,
@@ -147,8 +149,12 @@ class SimSwarm:
             k=dht.k,
             alpha=dht.alpha,
             rpc_timeout=dht.rpc_timeout,
-            defences=DhtDefences(region=dht.region),
+            defences=DhtDefences(
+                region=dht.region, diversity=DiversityLimits() if dht.diversity else None
+            ),
         )
+        # Every peer's IP group, for the DHT's limits (the engines' addresses have none).
+        self.groups = PeerGroups(seed, plan.sybils, scenario.adversaries.sybil_groups)
         # Lookups of honest peers, by task ("" for keys of no task, e.g. refreshes): counted
         # once the run starts, for the density detector's figures and their cost.
         self.task_of_key = {key_for_task(task): task for task, _ in scenario.workload.tasks}
@@ -212,6 +218,7 @@ class SimSwarm:
                 rng=random.Random(config.seed),
                 nursery=self.nursery,
                 intercept=self.sybil_answers,
+                group_of=self.groups,
             )
             sim.node.start()
         else:
@@ -227,10 +234,15 @@ class SimSwarm:
             await self.nursery.start(self._live, sim, peer)
             sim.peer, sim.node = peer, peer.services.dht
         self.peers[index] = sim
-        self.addresses[index] = PeerAddress.of(host.peer_id, host.addrs)
+        self.locate(index, PeerAddress.of(host.peer_id, host.addrs))
         if self.maintenance:
             self._start_upkeep(sim)
         return sim
+
+    def locate(self, index: int, address: PeerAddress) -> None:
+        """Peer ``index`` (of this process or another) is at ``address``."""
+        self.addresses[index] = address
+        self.groups.place(index, address.addrs)
 
     def _peer(self, sim: SimPeer, config: DhtConfig) -> Peer:
         """The ``Peer`` of ``sim``: on a spoiling host if it drops or corrupts DHT
@@ -260,6 +272,7 @@ class SimSwarm:
                 observe_lookup=self._observe_lookup,
                 observe_calls=observe,
                 describe_records=with_forgeries if sim.role == FORGER else None,
+                dht_groups=self.groups,
             ),
         )
 

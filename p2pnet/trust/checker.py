@@ -29,6 +29,7 @@ import numpy.typing as npt
 import trio
 
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.address_filter import ip_groups
 from p2pnet.core.receipts import Receipt, tensor_hash
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.core.spot_check import (
@@ -38,7 +39,6 @@ from p2pnet.core.spot_check import (
     ThreeWay,
     checker_order,
     compare_outputs,
-    ip_groups,
     three_way,
 )
 from p2pnet.discovery.service import Offer

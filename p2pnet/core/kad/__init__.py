@@ -3,7 +3,9 @@
     keys.py       Key, PeerInfo, key_of, distance, bucket_index,      the keyspace of the
                   key_for_model, key_for_task, closest_peers          libp2p kad-dht spec
     routing.py    RoutingTable; decisions Added, Refreshed,           256 k-buckets; a full
-                  PingOldest, Evicted, Ignored                        bucket asks for a ping
+                  PingOldest, Evicted, Dropped, Ignored               bucket asks for a ping
+    diversity.py  DiversityLimits, GroupOf, address_groups,           IP-group limits on the
+                  reply_too_concentrated, GroupCounts                 table and on answers
     lookup.py     ClosestPeersLookup, LookupStats                     the iterative lookup
     store.py      ProviderStore, ValueStore, RecordValidator,         what a node stores for
                   StoredValue                                         others, with limits
@@ -20,6 +22,12 @@ Nothing here does I/O, reads a clock or draws randomness of its own: the DHT ser
 sends the requests these objects ask for and reports back, passing ``now`` in.
 """
 
+from p2pnet.core.kad.diversity import (
+    DiversityLimits,
+    GroupOf,
+    address_groups,
+    reply_too_concentrated,
+)
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import (
     Key,
@@ -42,6 +50,7 @@ from p2pnet.core.kad.region import (
 )
 from p2pnet.core.kad.routing import (
     Added,
+    Dropped,
     Evicted,
     Ignored,
     PingOldest,
@@ -67,7 +76,10 @@ __all__ = [
     "ClosestPeersLookup",
     "ConnectionType",
     "DensityVerdict",
+    "DiversityLimits",
+    "Dropped",
     "Evicted",
+    "GroupOf",
     "Ignored",
     "KadLimits",
     "KadMessage",
@@ -88,6 +100,7 @@ __all__ = [
     "SizeEstimator",
     "StoredValue",
     "ValueStore",
+    "address_groups",
     "bucket_index",
     "closest_peers",
     "density_verdict",
@@ -100,4 +113,5 @@ __all__ = [
     "peer_id_bytes",
     "peer_id_text",
     "region_prefix_bits",
+    "reply_too_concentrated",
 ]

@@ -6,6 +6,11 @@ does not evict on its own: it returns ``PingOldest``, keeps the newcomer pending
 and waits for ``on_ping_result``. A live oldest peer stays (long-lived peers are the
 reliable ones); a dead one is replaced by the newcomer. Only one ping per bucket
 is outstanding; newcomers arriving meanwhile are ignored.
+
+Given ``group_of`` (``p2pnet.core.kad.diversity``), the table also keeps IP groups
+apart: a peer whose group already has ``limits.per_bucket`` peers in its bucket, or
+``limits.per_table`` in the table, is ignored, and so is a waiting candidate that would
+break a limit when its slot frees up.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from p2pnet.core.kad.diversity import DiversityLimits, GroupCounts, GroupOf
 from p2pnet.core.kad.keys import KEY_BITS, Key, PeerInfo, key_of
 
 __all__ = [
     "Added",
+    "Dropped",
     "Evicted",
     "Ignored",
     "PeerEntry",
@@ -62,15 +69,27 @@ class Evicted:
 
 
 @dataclass(frozen=True, slots=True)
-class Ignored:
-    """Nothing changed; ``reason`` says why (for logs)."""
+class Dropped:
+    """``dropped`` failed its ping and left the table; ``candidate`` did not take its
+    place, as its IP group reached a limit meanwhile (``reason``)."""
 
-    peer: PeerInfo
+    dropped: PeerInfo
+    candidate: PeerInfo
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Nothing changed; ``reason`` says why (for logs). ``group``: the IP group whose
+    limit kept the peer out, or None if it was something else."""
+
+    peer: PeerInfo
+    reason: str
+    group: str | None = None
+
+
 UpdateDecision = Added | Refreshed | PingOldest | Ignored
-PingDecision = Refreshed | Evicted | Ignored
+PingDecision = Refreshed | Evicted | Dropped | Ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +106,7 @@ class _Entry:
     peer: PeerInfo
     last_seen: float
     failures: int = 0
+    groups: frozenset[str] = frozenset()  # the IP groups it is counted in
 
 
 @dataclass(slots=True)
@@ -98,13 +118,15 @@ class _Pending:
 
 
 class _Bucket:
-    """Entries in least-recently-seen-first order (dict order), and at most one pending ping."""
+    """Entries in least-recently-seen-first order (dict order), at most one pending ping,
+    and how many entries each IP group has."""
 
-    __slots__ = ("entries", "pending")
+    __slots__ = ("entries", "groups", "pending")
 
     def __init__(self) -> None:
         self.entries: dict[bytes, _Entry] = {}
         self.pending: _Pending | None = None
+        self.groups = GroupCounts()
 
     def oldest(self) -> _Entry:
         return next(iter(self.entries.values()))
@@ -124,6 +146,8 @@ class RoutingTable:
     max_failures: consecutive failed requests after which a peer is dropped.
     ping_timeout: seconds after which an unanswered ``PingOldest`` is abandoned, so a
         lost ping result cannot block its bucket forever.
+    group_of: the IP groups of a peer; with it, ``limits`` caps each group per bucket
+        and per table. Without it, nothing is limited.
     """
 
     def __init__(
@@ -133,6 +157,8 @@ class RoutingTable:
         k: int = 20,
         max_failures: int = 3,
         ping_timeout: float = 60.0,
+        group_of: GroupOf | None = None,
+        limits: DiversityLimits = DiversityLimits(),
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -143,30 +169,37 @@ class RoutingTable:
         self.k = k
         self.max_failures = max_failures
         self.ping_timeout = ping_timeout
+        self.group_of = group_of
+        self.limits = limits
         self._buckets: dict[int, _Bucket] = {}  # only non-empty buckets
+        self._groups = GroupCounts()  # entries of each IP group in the whole table
         self._refreshed_at: list[float | None] = [None] * KEY_BITS
 
     def update(self, peer: PeerInfo, now: float) -> UpdateDecision:
         """Record that ``peer`` was heard from directly at ``now``.
 
-        Returns what happened; only ``PingOldest`` asks the caller to act.
+        Returns what happened; only ``PingOldest`` asks the caller to act. A peer new to
+        the table whose IP group is at its limit is ``Ignored``, with the ``group``.
         """
         d = self.local_kad_key ^ peer.kad_key
         if d == 0:
             return Ignored(peer, "the local peer is never in its own table")
         index = d.bit_length() - 1
         bucket = self._buckets.get(index)
-        if bucket is None:
-            bucket = self._buckets[index] = _Bucket()
-        entry = bucket.entries.get(peer.key)
-        if entry is not None:
-            entry.peer = _merge(entry.peer, peer)
-            bucket.touch(entry, now)
+        entry = bucket.entries.get(peer.key) if bucket is not None else None
+        if bucket is not None and entry is not None:
+            self._refresh(bucket, index, entry, peer, now)
             if bucket.pending is not None and bucket.pending.oldest.key == peer.key:
                 bucket.pending = None  # the oldest proved alive; the candidate loses
             return Refreshed(entry.peer)
+        groups = self._groups_of(peer)
+        refusal = self._refusal(peer, groups, index, bucket)
+        if refusal is not None:
+            return refusal
+        if bucket is None:
+            bucket = self._buckets[index] = _Bucket()
         if len(bucket.entries) < self.k:
-            bucket.entries[peer.key] = _Entry(peer, now)
+            self._insert(bucket, _Entry(peer, now, groups=groups))
             return Added(peer)
         pending = bucket.pending
         if pending is not None and now - pending.since < self.ping_timeout:
@@ -183,7 +216,8 @@ class RoutingTable:
         """Apply the result of the ping a ``PingOldest`` asked for.
 
         Alive: ``oldest`` stays and the candidate is dropped. Dead: ``oldest`` is
-        evicted and the candidate takes its place.
+        evicted and the candidate takes its place (``Evicted``), unless its IP group
+        reached a limit meanwhile (``Dropped``: the slot stays free).
         """
         bucket = self._bucket_of(oldest)
         pending = bucket.pending if bucket is not None else None
@@ -194,8 +228,12 @@ class RoutingTable:
         if alive:
             bucket.touch(entry, now)
             return Refreshed(entry.peer)
-        del bucket.entries[oldest.key]
-        bucket.entries[pending.candidate.key] = _Entry(pending.candidate, pending.candidate_seen)
+        self._take_out(bucket, entry)
+        refusal = self._take_candidate(bucket, pending)
+        if refusal is not None:
+            if not bucket.entries:
+                del self._buckets[self._index_of(oldest.kad_key)]
+            return Dropped(entry.peer, pending.candidate, refusal.reason)
         return Evicted(entry.peer, pending.candidate)
 
     def record_failure(self, peer: PeerInfo, now: float) -> bool:
@@ -221,16 +259,17 @@ class RoutingTable:
     def remove(self, peer: PeerInfo) -> bool:
         """Drop ``peer``; True if it was in the table.
 
-        A candidate waiting on the bucket's ping takes the freed slot.
+        A candidate waiting on the bucket's ping takes the freed slot, if its IP group
+        stays within the limits.
         """
         bucket = self._bucket_of(peer)
-        if bucket is None or bucket.entries.pop(peer.key, None) is None:
+        entry = bucket.entries.get(peer.key) if bucket is not None else None
+        if bucket is None or entry is None:
             return False
+        self._take_out(bucket, entry)
         pending, bucket.pending = bucket.pending, None
         if pending is not None:
-            bucket.entries[pending.candidate.key] = _Entry(
-                pending.candidate, pending.candidate_seen
-            )
+            self._take_candidate(bucket, pending)
         if not bucket.entries:
             del self._buckets[self._index_of(peer.kad_key)]
         return True
@@ -309,6 +348,87 @@ class RoutingTable:
 
     def __len__(self) -> int:
         return sum(len(b.entries) for b in self._buckets.values())
+
+    def group_count(self, group: str, index: int | None = None) -> int:
+        """Peers of IP group ``group`` in the table, or in bucket ``index``."""
+        if index is None:
+            return self._groups.get(group)
+        bucket = self._buckets.get(index)
+        return 0 if bucket is None else bucket.groups.get(group)
+
+    def _groups_of(self, peer: PeerInfo) -> frozenset[str]:
+        return frozenset() if self.group_of is None else self.group_of(peer)
+
+    def _refusal(
+        self,
+        peer: PeerInfo,
+        groups: frozenset[str],
+        index: int,
+        bucket: _Bucket | None,
+        *,
+        leaving: frozenset[str] = frozenset(),
+    ) -> Ignored | None:
+        """Why ``peer`` (of ``groups``) may not join bucket ``index``, or None if it may.
+        ``leaving``: the groups of an entry it replaces in that bucket."""
+        if not groups:
+            return None
+        limits = self.limits
+        for group in sorted(groups):
+            freed = group in leaving
+            in_table = self._groups.get(group) - freed
+            if in_table >= limits.per_table:
+                return Ignored(
+                    peer, f"IP group {group} already has {in_table} peers in the table", group
+                )
+            in_bucket = (bucket.groups.get(group) if bucket is not None else 0) - freed
+            if in_bucket >= limits.per_bucket:
+                return Ignored(
+                    peer,
+                    f"IP group {group} already has {in_bucket} peers in bucket {index}",
+                    group,
+                )
+        return None
+
+    def _insert(self, bucket: _Bucket, entry: _Entry) -> None:
+        bucket.entries[entry.peer.key] = entry
+        bucket.groups.add(entry.groups)
+        self._groups.add(entry.groups)
+
+    def _take_out(self, bucket: _Bucket, entry: _Entry) -> None:
+        del bucket.entries[entry.peer.key]
+        bucket.groups.discard(entry.groups)
+        self._groups.discard(entry.groups)
+
+    def _take_candidate(self, bucket: _Bucket, pending: _Pending) -> Ignored | None:
+        """Put the candidate that waited on ``bucket``'s ping into the slot just freed,
+        unless its IP group reached a limit meanwhile (then why not)."""
+        candidate = pending.candidate
+        groups = self._groups_of(candidate)
+        refusal = self._refusal(candidate, groups, self._index_of(candidate.kad_key), bucket)
+        if refusal is None:
+            self._insert(bucket, _Entry(candidate, pending.candidate_seen, groups=groups))
+        return refusal
+
+    def _refresh(
+        self, bucket: _Bucket, index: int, entry: _Entry, peer: PeerInfo, now: float
+    ) -> None:
+        """``entry`` was heard from again as ``peer``: it becomes the most recently seen,
+        with ``peer``'s addresses unless they would move it into an IP group at its limit
+        (then it keeps the addresses it has)."""
+        merged = _merge(entry.peer, peer)
+        if merged.addrs != entry.peer.addrs and self.group_of is not None:
+            groups = self.group_of(merged)
+            if groups != entry.groups:
+                if self._refusal(merged, groups, index, bucket, leaving=entry.groups) is not None:
+                    merged = PeerInfo(merged.peer_id, merged.key, entry.peer.addrs)
+                else:
+                    bucket.groups.discard(entry.groups)
+                    self._groups.discard(entry.groups)
+                    entry.groups = groups
+                    bucket.groups.add(groups)
+                    self._groups.add(groups)
+        entry.peer = merged
+        bucket.touch(entry, now)
 
     def _index_of(self, kad_key: Key) -> int:
         return (self.local_kad_key ^ kad_key).bit_length() - 1
