@@ -585,7 +585,14 @@ class DhtNode:
     async def provide(self, key: bytes) -> int:
         """Announce this node as a provider of ``key`` to the k closest peers, and keep
         announcing it before it expires. Returns how many peers took the announcement."""
-        self.providers.add(key, self._self_info(), trio.current_time(), self.config.provider_ttl)
+        try:
+            self.providers.add(
+                key, self._self_info(), trio.current_time(), self.config.provider_ttl
+            )
+        except StoreLimitError as exc:
+            # Our store is full of others' announcements for this key: the peers we
+            # announce to keep ours, and finders reach us through them.
+            log.info("our own provider record for %r is not kept here: %s", key, exc)
         count = await self._announce(key)
         self.republish.add(key, trio.current_time())
         if count:
