@@ -4,7 +4,8 @@
                   key_for_model, key_for_task, closest_peers          libp2p kad-dht spec
     routing.py    RoutingTable; decisions Added, Refreshed,           256 k-buckets; a full
                   PingOldest, Evicted, Ignored                        bucket asks for a ping
-    lookup.py     ClosestPeersLookup, LookupStats                     the iterative lookup
+    lookup.py     ClosestPeersLookup, DisjointLookup, PathClaims,     the iterative lookup,
+                  LookupStats                                         over d disjoint paths
     store.py      ProviderStore, ValueStore, RecordValidator,         what a node stores for
                   StoredValue                                         others, with limits
     region.py     estimate_network_size, region_prefix_bits,     sybils near a key: the
@@ -31,7 +32,7 @@ from p2pnet.core.kad.keys import (
     key_for_task,
     key_of,
 )
-from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
+from p2pnet.core.kad.lookup import ClosestPeersLookup, DisjointLookup, LookupStats, PathClaims
 from p2pnet.core.kad.ratelimit import RateLimiter
 from p2pnet.core.kad.region import (
     DensityVerdict,
@@ -66,6 +67,7 @@ __all__ = [
     "ClosestPeersLookup",
     "ConnectionType",
     "DensityVerdict",
+    "DisjointLookup",
     "Evicted",
     "Ignored",
     "KadLimits",
@@ -76,6 +78,7 @@ __all__ = [
     "Key",
     "LookupStats",
     "MessageType",
+    "PathClaims",
     "PeerInfo",
     "PingOldest",
     "ProviderStore",
