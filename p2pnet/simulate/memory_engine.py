@@ -409,6 +409,7 @@ def _defence_figures(
     sizes = sorted(n.stats.network_size for n in nodes if n.stats.network_size)
     return {
         "region": swarm.config.defences.region,
+        "paths": swarm.config.defences.paths,
         "network_size_median": round(sizes[len(sizes) // 2]) if sizes else None,
         "messages_per_provide": provide_messages,
         "target": figures([c for t, c in swarm.lookups.items() if t == target]) if target else None,

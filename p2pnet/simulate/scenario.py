@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
 from p2pnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ class DhtParams:
     alpha: int = 3
     rpc_timeout: float = 5.0
     region: bool = True  # store to and look up from a key's region (DhtDefences.region)
+    paths: int = DEFAULT_LOOKUP_PATHS  # disjoint lookup paths (DhtDefences.paths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +432,7 @@ def parse_scenario(
         alpha=dht_t.get_int("alpha", 3, 1, 20),
         rpc_timeout=dht_t.get_float("rpc_timeout", 5.0, 0.1, 600.0),
         region=dht_t.get_bool("region", True),
+        paths=dht_t.get_int("paths", DEFAULT_LOOKUP_PATHS, 1, 16),
     )
     scenario = Scenario(
         name=top.get_str("name", default_name),

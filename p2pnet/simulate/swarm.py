@@ -146,7 +146,7 @@ class SimSwarm:
             k=dht.k,
             alpha=dht.alpha,
             rpc_timeout=dht.rpc_timeout,
-            defences=DhtDefences(region=dht.region),
+            defences=DhtDefences(region=dht.region, paths=dht.paths),
         )
         # Lookups of honest peers, by task ("" for keys of no task, e.g. refreshes): counted
         # once the run starts, for the density detector's figures and their cost.
