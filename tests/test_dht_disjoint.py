@@ -1,0 +1,84 @@
+"""A DHT node's lookups over disjoint paths (``DhtDefences.paths``), on the in-memory
+network in virtual time: a liar on the path holds up a one-path lookup, not the
+others."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+from trio.testing import MockClock
+
+from p2pnet.core.address import PeerAddress
+from p2pnet.core.kad.keys import PeerInfo, key_for_task, key_of
+from p2pnet.core.kad.wire import KadPeer
+from p2pnet.dht.node import DhtConfig, DhtDefences, DhtNode
+from p2pnet.net.memory import MemoryNetwork
+from p2pnet.simulate.adversaries import MisbehavingHost, SybilAnswers, grind_peer_ids
+
+TARGET = key_for_task("sentiment-analysis")
+
+
+def info(node: DhtNode) -> PeerInfo:
+    return PeerInfo(node.host.peer_id, node.local.key, tuple(node.host.addrs))
+
+
+async def test_disjoint_paths_find_providers_past_a_liar_that_holds_up_one_path(
+    autojump_clock: MockClock,
+) -> None:
+    """60 honest nodes, one of them a provider of TARGET. A liar, nearer the key than
+    anyone the searcher knows (and answering first: 1 ms away, the others 10 ms),
+    answers lookups of TARGET with 20 peers nearer still that take requests and never
+    answer. The searcher knows the liar and three honest nodes that joined after the
+    announcement, so hold no provider record. With one path, the liar's peers take
+    every request slot (closest first) until the lookup's 10 s are up; with four, the
+    liar feeds one path and the three others reach the provider's record."""
+    rng = random.Random(11)
+    (liar_id,) = grind_peer_ids(TARGET, 1, 8, rng)
+
+    def latency(src: str, dst: str) -> float:
+        return 0.001 if liar_id in (src, dst) else 0.01
+
+    async with MemoryNetwork(latency=latency, seed=5) as network:
+        await _search_past_a_liar(network, liar_id, rng)
+
+
+async def _search_past_a_liar(network: MemoryNetwork, liar_id: str, rng: random.Random) -> None:
+    honest = [DhtNode(network.add_host(), rng=random.Random(i)) for i in range(60)]
+    for node in honest:
+        node.start()
+    first = PeerAddress(honest[0].host.peer_id, tuple(honest[0].host.addrs))
+    for node in honest[1:]:
+        await node.bootstrap([first])
+    for node in honest:
+        await node.refresh(trio.current_time(), everything=True)
+    provider = honest[1]
+    assert await provider.provide(TARGET) > 0
+    unaware = [DhtNode(network.add_host(), rng=random.Random(-i)) for i in range(1, 4)]
+    for node in unaware:
+        node.start()
+        await node.bootstrap([first])
+
+    droppers = [
+        DhtNode(MisbehavingHost(network.add_host(pid), "dropper"))
+        for pid in grind_peer_ids(TARGET, 20, 16, rng)
+    ]
+    for node in droppers:
+        node.start()
+    answers = SybilAnswers(TARGET, 20)
+    answers.fellows = tuple(KadPeer(n.host.peer_id, tuple(n.host.addrs)) for n in droppers)
+    liar = DhtNode(network.add_host(liar_id), intercept=answers)
+    liar.start()
+    assert all(not n.providers.get(TARGET, trio.current_time()) for n in unaware)
+    target = key_of(TARGET)
+    assert all(liar.local.kad_key ^ target < n.local.kad_key ^ target for n in unaware)
+
+    async def search(paths: int) -> list[str]:
+        searcher = DhtNode(network.add_host(), DhtConfig(defences=DhtDefences(paths=paths)))
+        for known in (liar, *unaware):
+            searcher.table.update(info(known), trio.current_time())
+        result = await searcher.find_providers(TARGET, count=1, timeout=10.0)
+        return [p.peer_id for p in result.providers]
+
+    assert await search(paths=1) == []
+    assert await search(paths=4) == [provider.host.peer_id]
