@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
+from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
 from p2pnet.core.spot_check import (
     DEFAULT_SPOT_CHECKS,
     SpotCheckPolicy,
@@ -22,6 +23,7 @@ from p2pnet.errors import ConfigError
 
 __all__ = [
     "CreditConfig",
+    "DhtSettings",
     "SwarmConfig",
     "SwarmJoin",
     "config_dir",
@@ -29,6 +31,7 @@ __all__ = [
     "data_dir",
     "default_identity_path",
     "load_credit",
+    "load_dht",
     "load_swarm",
     "load_swarms",
     "load_trust",
@@ -234,6 +237,39 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
         )
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# --- config.toml: dht ------------------------------------------------------------------------
+
+_DHT_KEYS = ("paths",)
+
+
+@dataclass(frozen=True, slots=True)
+class DhtSettings:
+    """The ``[dht]`` table: the disjoint paths each lookup runs over, for
+    ``DhtDefences.paths``."""
+
+    paths: int = DEFAULT_LOOKUP_PATHS
+
+
+def load_dht(path: Path | None = None) -> DhtSettings:
+    """The ``[dht]`` table of the config file (the defaults if there is none;
+    docs/security.md, "Disjoint lookup paths").
+
+    ::
+
+        [dht]
+        paths = 1                     # disjoint paths per lookup (1 to 16)
+
+    Raises:
+        ConfigError: the file is not TOML, or a key is unknown or out of range; the
+            message names the file and the key.
+    """
+    table, where = _section(path or config_path(), "dht", _DHT_KEYS)
+    paths = table.get("paths", DEFAULT_LOOKUP_PATHS)
+    if type(paths) is not int or not 1 <= paths <= 16:
+        raise ConfigError(f"{where}: paths must be a whole number from 1 to 16, not {paths!r:.40}")
+    return DhtSettings(paths)
 
 
 def _section(path: Path, name: str, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

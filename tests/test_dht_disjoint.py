@@ -1,20 +1,26 @@
 """A DHT node's lookups over disjoint paths (``DhtDefences.paths``), on the in-memory
 network in virtual time: a liar on the path holds up a one-path lookup, not the
-others."""
+others; the setting in config.toml and in scenarios."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import pytest
 import trio
 from trio.testing import MockClock
 
+from p2pnet.config import DhtSettings, load_dht
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.kad.keys import PeerInfo, key_for_task, key_of
+from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
 from p2pnet.core.kad.wire import KadPeer
 from p2pnet.dht.node import DhtConfig, DhtDefences, DhtNode
+from p2pnet.errors import ConfigError
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.adversaries import MisbehavingHost, SybilAnswers, grind_peer_ids
+from p2pnet.simulate.scenario import ScenarioError, parse_scenario
 
 TARGET = key_for_task("sentiment-analysis")
 
@@ -82,3 +88,25 @@ async def _search_past_a_liar(network: MemoryNetwork, liar_id: str, rng: random.
 
     assert await search(paths=1) == []
     assert await search(paths=4) == [provider.host.peer_id]
+
+
+def test_paths_come_from_config_toml_and_scenarios(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    assert load_dht(config) == DhtSettings()  # no file: the default
+    assert DhtSettings().paths == DhtDefences().paths == DEFAULT_LOOKUP_PATHS
+    config.write_text("[dht]\npaths = 4\n")
+    assert load_dht(config).paths == 4
+    for bad, says in (
+        ("paths = 0", "paths must be a whole number from 1 to 16"),
+        ("paths = 2.5", "paths must be"),
+        ("colour = 1", "unknown key 'colour'"),
+    ):
+        config.write_text(f"[dht]\n{bad}\n")
+        with pytest.raises(ConfigError, match=says):
+            load_dht(config)
+    assert parse_scenario({}).dht.paths == DEFAULT_LOOKUP_PATHS
+    assert parse_scenario({"dht": {"paths": 8}}).dht.paths == 8
+    with pytest.raises(ScenarioError, match=r"dht.paths = 0 is out of range 1..16"):
+        parse_scenario({"dht": {"paths": 0}})
+    with pytest.raises(ValueError, match="paths must be at least 1"):
+        DhtDefences(paths=0)

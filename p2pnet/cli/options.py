@@ -20,11 +20,13 @@ from p2pnet.config import (
     config_path,
     default_identity_path,
     load_credit,
+    load_dht,
     load_trust,
     resolve_swarm,
 )
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.pricing import Price
+from p2pnet.dht.node import DhtConfig, DhtDefences
 from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
@@ -165,6 +167,16 @@ def accounting_config() -> AccountingConfig:
         ack_every_calls=credit.ack_every_calls,
         ack_every_units=credit.ack_every_units,
     )
+
+
+def dht_config() -> DhtConfig:
+    """The DHT of this user's peers: its defences as ``[dht]`` of config.toml says
+    (disjoint lookup paths), the rest the defaults.
+
+    Raises:
+        ConfigError: a ``[dht]`` table that is wrong (the message says where).
+    """
+    return DhtConfig(defences=DhtDefences(paths=load_dht().paths))
 
 
 def parse_price(text: str, option: str = "--price") -> Price:
@@ -343,6 +355,7 @@ class DiscoveryOptions:
             accounting=accounting_config(),
             trust_store=default_trust_path(identity.peer_id),
             spot_checks=load_trust(),
+            dht=dht_config(),
             listen=self.listen,
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,

@@ -21,6 +21,7 @@ from p2pnet.cli.options import (
     Subparsers,
     SwarmOptions,
     accounting_config,
+    dht_config,
     identity_path,
     load_identity,
     parse_price,
@@ -256,6 +257,7 @@ async def _serve(options: PeerOptions) -> None:
             # Spot checks of the calls it makes (pipelines it runs), as [trust] says.
             trust_store=default_trust_path(identity.peer_id),
             spot_checks=load_trust(),
+            dht=dht_config(),
             listen=options.listen,
             max_concurrency=options.max_concurrency,
             bootstrap=join.bootstrap,
