@@ -110,3 +110,58 @@ def test_paths_come_from_config_toml_and_scenarios(tmp_path: Path) -> None:
         parse_scenario({"dht": {"paths": 0}})
     with pytest.raises(ValueError, match="paths must be at least 1"):
         DhtDefences(paths=0)
+
+
+async def _swarm_with_sybils(
+    network: MemoryNetwork, honest: int, sybils: int, defences: DhtDefences
+) -> tuple[list[DhtNode], set[str]]:
+    """``honest`` nodes and ``sybils`` bare nodes with IDs ground near TARGET that hide
+    its providers (as in tests/test_dht_defences.py); the honest nodes and the sybils'
+    peer IDs."""
+    config = DhtConfig(defences=defences)
+    nodes = [DhtNode(network.add_host(), config, rng=random.Random(i)) for i in range(honest)]
+    answers = SybilAnswers(TARGET, config.k)
+    bits = honest.bit_length() + 3
+    bad = [
+        DhtNode(network.add_host(pid), config, rng=random.Random(-i), intercept=answers)
+        for i, pid in enumerate(grind_peer_ids(TARGET, sybils, bits, random.Random(9)))
+    ]
+    answers.fellows = tuple(KadPeer(n.host.peer_id, tuple(n.host.addrs)) for n in bad)
+    for node in nodes + bad:
+        node.start()
+    first = PeerAddress(nodes[0].host.peer_id, tuple(nodes[0].host.addrs))
+    for node in nodes[1:] + bad:
+        await node.bootstrap([first])
+    for node in nodes:
+        await node.refresh(trio.current_time(), everything=True)
+    return nodes, {n.host.peer_id for n in bad}
+
+
+@pytest.mark.slow
+async def test_without_the_region_paths_find_what_sybils_hide_only_by_asking_widely(
+    autojump_clock: MockClock,
+) -> None:
+    """Region off, 80 nodes, 25 sybils on TARGET: the provider's announcement goes to
+    the 20 closest peers its lookup heard from, sybils all, over one path or four. Over
+    four, lookups still find the provider: the paths the sybils do not capture ask the
+    honest peers around the key, the provider among them, which answers with its own
+    record. (docs/security.md, "Disjoint lookup paths": why this does not scale.)"""
+    found: dict[int, float] = {}
+    for paths in (1, 4):
+        async with MemoryNetwork(latency=0.01, seed=3) as network:
+            defences = DhtDefences(region=False, paths=paths)
+            nodes, sybils = await _swarm_with_sybils(network, 80, 25, defences)
+            provider = nodes[1]
+            announced_to = (await provider.find_closest(TARGET)).peers
+            assert {p.peer_id for p in announced_to} <= sybils
+            await provider.provide(TARGET)
+            finders = nodes[2:]
+            hits = 0
+            for node in finders:
+                result = await node.find_providers(TARGET, count=1)
+                hits += [p.peer_id for p in result.providers] == [provider.host.peer_id]
+            # Long after the announcement: no honest peer but the provider holds it.
+            holders = [n for n in nodes if n.providers.get(TARGET, trio.current_time())]
+            assert holders == [provider]
+            found[paths] = hits / len(finders)
+    assert found[1] < 0.1 and found[4] > 0.8
