@@ -115,7 +115,9 @@ class DhtDefences:
         the estimated network size predicts by more than this (KL, nats) is suspicious.
     paths: every lookup runs over this many disjoint paths (S/Kademlia; 1: a plain
         lookup): a peer is asked by one path only, so liars on one path do not lead the
-        others astray. Each path may send ``DhtConfig.max_queries`` requests.
+        others astray. Each path may send ``DhtConfig.max_queries`` requests. The
+        default, 1, is chosen from measured success and cost (docs/security.md,
+        "Disjoint lookup paths").
 
     Raises:
         ValueError: ``paths`` below 1.
