@@ -13,6 +13,7 @@ from typing import Any
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
 from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
+from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
 from p2pnet.core.spot_check import (
     DEFAULT_SPOT_CHECKS,
     SpotCheckPolicy,
@@ -241,20 +242,22 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
 
 # --- config.toml: dht ------------------------------------------------------------------------
 
-_DHT_KEYS = ("diversity", "local_addresses")
+_DHT_KEYS = ("diversity", "local_addresses", "paths")
 
 
 @dataclass(frozen=True, slots=True)
 class DhtSettings:
     """The ``[dht]`` table: the DHT's IP-group limits (None: off), for
-    ``DhtDefences.diversity``."""
+    ``DhtDefences.diversity``, and the disjoint paths each lookup runs over, for
+    ``DhtDefences.paths``."""
 
     diversity: DiversityLimits | None = DiversityLimits()
+    paths: int = DEFAULT_LOOKUP_PATHS
 
 
 def load_dht(path: Path | None = None) -> DhtSettings:
     """The ``[dht]`` table of the config file (the defaults if there is none;
-    docs/security.md, "IP-group limits").
+    docs/security.md, "IP-group limits" and "Disjoint lookup paths").
 
     ::
 
@@ -263,10 +266,11 @@ def load_dht(path: Path | None = None) -> DhtSettings:
                                       # 3 per routing table, 3 per lookup answer
         local_addresses = "exempt"    # loopback and private addresses are in no group;
                                       # "grouped": limited like public ones
+        paths = 1                     # disjoint paths per lookup (1 to 16)
 
     Raises:
-        ConfigError: the file is not TOML, or a key is unknown or of the wrong value; the
-            message names the file and the key.
+        ConfigError: the file is not TOML, or a key is unknown or of the wrong value or
+            out of range; the message names the file and the key.
     """
     table, where = _section(path or config_path(), "dht", _DHT_KEYS)
     diversity = table.get("diversity", True)
@@ -277,7 +281,10 @@ def load_dht(path: Path | None = None) -> DhtSettings:
         raise ConfigError(
             f'{where}: local_addresses must be "exempt" or "grouped", not {local!r:.40}'
         )
-    return DhtSettings(DiversityLimits(local_addresses=local) if diversity else None)
+    paths = table.get("paths", DEFAULT_LOOKUP_PATHS)
+    if type(paths) is not int or not 1 <= paths <= 16:
+        raise ConfigError(f"{where}: paths must be a whole number from 1 to 16, not {paths!r:.40}")
+    return DhtSettings(DiversityLimits(local_addresses=local) if diversity else None, paths)
 
 
 def _section(path: Path, name: str, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

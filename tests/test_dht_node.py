@@ -115,6 +115,18 @@ async def test_lookups_route_around_crashed_peers(
     assert all(found)
 
 
+async def test_a_node_full_of_others_announcements_for_a_key_still_announces_it(
+    network: MemoryNetwork, autojump_clock: MockClock
+) -> None:
+    swarm = await build_swarm(network, 30)
+    full = swarm.nodes[3]
+    for other in swarm.nodes[4 : 4 + full.providers.max_providers_per_key]:
+        full.providers.add(TASK_KEY, other.local, trio.current_time(), 3600.0)
+    assert await full.provide(TASK_KEY) > 0
+    found = (await swarm.nodes[20].find_providers(TASK_KEY, count=30)).providers
+    assert full.host.peer_id in {p.peer_id for p in found}
+
+
 async def test_a_lookup_stalled_by_silent_peers_returns_what_it_found_by_its_timeout(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:

@@ -171,12 +171,13 @@ def accounting_config() -> AccountingConfig:
 
 def dht_config() -> DhtConfig:
     """The DHT of this user's peers: its defences as ``[dht]`` of config.toml says
-    (IP-group limits), the rest the defaults.
+    (IP-group limits, disjoint lookup paths), the rest the defaults.
 
     Raises:
         ConfigError: a ``[dht]`` table that is wrong (the message says where).
     """
-    return DhtConfig(defences=DhtDefences(diversity=load_dht().diversity))
+    settings = load_dht()
+    return DhtConfig(defences=DhtDefences(diversity=settings.diversity, paths=settings.paths))
 
 
 def parse_price(text: str, option: str = "--price") -> Price:

@@ -52,7 +52,7 @@ from p2pnet.core.kad.keys import (
     key_of,
     random_preimage_in_bucket,
 )
-from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
+from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS, DisjointLookup, LookupStats
 from p2pnet.core.kad.ratelimit import RateLimiter
 from p2pnet.core.kad.region import (
     DEFAULT_DENSITY_THRESHOLD,
@@ -129,12 +129,25 @@ class DhtDefences:
         go-libp2p-kad-dht's public (WAN) DHT: sybils are cheap to grind but costly to
         spread over many networks. Loopback and private addresses are exempt by
         default, so a swarm on one machine or one LAN is not limited.
+    paths: every lookup runs over this many disjoint paths (S/Kademlia; 1: a plain
+        lookup): a peer is asked by one path only, so liars on one path do not lead the
+        others astray. Each path may send ``DhtConfig.max_queries`` requests. The
+        default, 1, is chosen from measured success and cost (docs/security.md,
+        "Disjoint lookup paths").
+
+    Raises:
+        ValueError: ``paths`` below 1.
     """
 
     region: bool = True
     max_region: int = 100
     density_threshold: float = DEFAULT_DENSITY_THRESHOLD
     diversity: DiversityLimits | None = DiversityLimits()
+    paths: int = DEFAULT_LOOKUP_PATHS
+
+    def __post_init__(self) -> None:
+        if self.paths < 1:
+            raise ValueError(f"paths must be at least 1, got {self.paths}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +155,9 @@ class DhtConfig:
     """Parameters of a DHT node; the defaults follow the kad-dht spec where it has one.
 
     k: replication parameter (bucket size, lookup width, providers announced to).
-    alpha: requests in flight per lookup.
+    alpha: requests in flight per lookup (per path, with ``defences.paths`` > 1).
     rpc_timeout: seconds one request may take, stream opening included.
+    max_queries: requests one lookup may send (per path, with ``defences.paths`` > 1).
     provider_ttl: how long a provider announcement is kept (spec: 24 h... 48 h).
     republish_interval: how often our own announcements are renewed (< provider_ttl).
     refresh_interval: a bucket not looked into for this long gets a random lookup.
@@ -643,7 +657,14 @@ class DhtNode:
     async def provide(self, key: bytes) -> int:
         """Announce this node as a provider of ``key`` to the k closest peers, and keep
         announcing it before it expires. Returns how many peers took the announcement."""
-        self.providers.add(key, self._self_info(), trio.current_time(), self.config.provider_ttl)
+        try:
+            self.providers.add(
+                key, self._self_info(), trio.current_time(), self.config.provider_ttl
+            )
+        except StoreLimitError as exc:
+            # Our store is full of others' announcements for this key: the peers we
+            # announce to keep ours, and finders reach us through them.
+            log.info("our own provider record for %r is not kept here: %s", key, exc)
         count = await self._announce(key)
         self.republish.add(key, trio.current_time())
         if count:
@@ -816,13 +837,15 @@ class DhtNode:
         on_response: Callable[[PeerInfo, KadMessage], bool] | None = None,
         *,
         deadline: float = math.inf,
-    ) -> tuple[ClosestPeersLookup, bool]:
+    ) -> tuple[DisjointLookup, bool]:
         """Run one iterative lookup for ``target``, sending ``request`` to each peer asked,
         until it finishes or ``deadline`` (trio time) passes. Returns the lookup and
         whether it ran its course (not stopped by ``on_response`` nor the deadline).
 
         With ``defences.region``, the lookup covers the key's region as well as its k
-        closest peers, the region's size set by our estimate of the network's."""
+        closest peers, the region's size set by our estimate of the network's. It runs
+        over ``defences.paths`` disjoint paths (one: the plain lookup), and
+        ``on_response`` sees the answers of every path."""
         config = self.config
         defences = config.defences
         size = self.network_size()
@@ -830,14 +853,15 @@ class DhtNode:
             region_prefix_bits(size, config.k) if defences.region and size is not None else None
         )
         stopped = False
-        lookup = ClosestPeersLookup(
+        lookup = DisjointLookup(
             target,
             self.table.closest(key_of(target), config.k),
             now=trio.current_time(),
+            paths=defences.paths,
             k=config.k,
             alpha=config.alpha,
             rpc_timeout=config.rpc_timeout,
-            max_queries=config.max_queries,
+            max_queries=config.max_queries * defences.paths,
             local_key=self.local.key,
             region_bits=region_bits,
             max_region=defences.max_region,

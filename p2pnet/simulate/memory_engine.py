@@ -421,6 +421,7 @@ def _defence_figures(
         "sybil_groups": swarm.scenario.adversaries.sybil_groups,
         "diversity_refused": sum(n.stats.diversity_refused for n in nodes),
         "diversity_dropped_replies": sum(n.stats.diversity_dropped_replies for n in nodes),
+        "paths": swarm.config.defences.paths,
         "network_size_median": round(sizes[len(sizes) // 2]) if sizes else None,
         "messages_per_provide": provide_messages,
         "target": figures([c for t, c in swarm.lookups.items() if t == target]) if target else None,

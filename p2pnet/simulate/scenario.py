@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
 from p2pnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -227,6 +228,7 @@ class DhtParams:
     rpc_timeout: float = 5.0
     region: bool = True  # store to and look up from a key's region (DhtDefences.region)
     diversity: bool = True  # IP-group limits (DhtDefences.diversity)
+    paths: int = DEFAULT_LOOKUP_PATHS  # disjoint lookup paths (DhtDefences.paths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +489,7 @@ def parse_scenario(
         rpc_timeout=dht_t.get_float("rpc_timeout", 5.0, 0.1, 600.0),
         region=dht_t.get_bool("region", True),
         diversity=dht_t.get_bool("diversity", True),
+        paths=dht_t.get_int("paths", DEFAULT_LOOKUP_PATHS, 1, 16),
     )
     scenario = Scenario(
         name=top.get_str("name", default_name),

@@ -150,7 +150,9 @@ class SimSwarm:
             alpha=dht.alpha,
             rpc_timeout=dht.rpc_timeout,
             defences=DhtDefences(
-                region=dht.region, diversity=DiversityLimits() if dht.diversity else None
+                region=dht.region,
+                diversity=DiversityLimits() if dht.diversity else None,
+                paths=dht.paths,
             ),
         )
         # Every peer's IP group, for the DHT's limits (the engines' addresses have none).

@@ -6,7 +6,8 @@
                   PingOldest, Evicted, Dropped, Ignored               bucket asks for a ping
     diversity.py  DiversityLimits, GroupOf, address_groups,           IP-group limits on the
                   reply_too_concentrated, GroupCounts                 table and on answers
-    lookup.py     ClosestPeersLookup, LookupStats                     the iterative lookup
+    lookup.py     ClosestPeersLookup, DisjointLookup, PathClaims,     the iterative lookup,
+                  LookupStats                                         over d disjoint paths
     store.py      ProviderStore, ValueStore, RecordValidator,         what a node stores for
                   StoredValue                                         others, with limits
     region.py     estimate_network_size, region_prefix_bits,     sybils near a key: the
@@ -39,7 +40,7 @@ from p2pnet.core.kad.keys import (
     key_for_task,
     key_of,
 )
-from p2pnet.core.kad.lookup import ClosestPeersLookup, LookupStats
+from p2pnet.core.kad.lookup import ClosestPeersLookup, DisjointLookup, LookupStats, PathClaims
 from p2pnet.core.kad.ratelimit import RateLimiter
 from p2pnet.core.kad.region import (
     DensityVerdict,
@@ -76,6 +77,7 @@ __all__ = [
     "ClosestPeersLookup",
     "ConnectionType",
     "DensityVerdict",
+    "DisjointLookup",
     "DiversityLimits",
     "Dropped",
     "Evicted",
@@ -89,6 +91,7 @@ __all__ = [
     "Key",
     "LookupStats",
     "MessageType",
+    "PathClaims",
     "PeerInfo",
     "PingOldest",
     "ProviderStore",
