@@ -1,6 +1,7 @@
 """Spot checks across peers (p2pnet/trust): honest providers running with different
 onnxruntime thread counts are never marked; a provider that returns wrong outputs is
-marked on the evidence of two others, then skipped by discovery; the verdict and both
+marked on the evidence of two others, then skipped by discovery (and by pipelines,
+whose orchestrated steps are checked like calls); the verdict and both
 signed receipts survive a restart and show in ``p2pnet trust --json``; a trust store
 file that is not one gives a clear error."""
 
@@ -28,6 +29,7 @@ from p2pnet.core.spot_check import SpotCheckPolicy
 from p2pnet.errors import TrustStoreError
 from p2pnet.net.identity import generate_identity
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.pipeline import Pipeline
 from p2pnet.runtime.onnx_model import OnnxModel
 from p2pnet.status import PeerStatus
 from p2pnet.trust import Opinion, TrustStore
@@ -198,6 +200,36 @@ async def test_a_lying_provider_is_marked_with_evidence_and_then_skipped(
     with TrustStore.open(tmp_path / "trust.sqlite3") as store:
         assert store.marks() == [] and not store.is_untrusted(liar.peer_id)
     assert main(["trust", "forget", liar.peer_id, "--trust", str(tmp_path / "trust.sqlite3")]) == 1
+
+
+async def test_an_orchestrated_pipeline_step_is_spot_checked_and_the_liar_left_out_of_plans(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    policy = SpotCheckPolicy(rate=1.0, seed=2)
+    pipeline = Pipeline.from_dict(
+        {
+            "pipeline": "species",
+            "inputs": {"x": "float32[N, 4]"},
+            "steps": {"classify": {"task": TASK, "inputs": {"x": "input.x"}}},
+            "outputs": {"p": "classify.probabilities"},
+        }
+    )
+    async with open_swarm(models["iris"], tmp_path, [1, 2, 1], True, policy) as swarm:
+        liar = swarm.providers[0]
+        checker = swarm.caller.spot_checker
+        assert checker is not None
+        # Forwarded, the caller never holds a step's inputs and outputs together: no check.
+        result = await pipeline.run(swarm.caller, inputs(0), mode="forwarded")
+        assert result.steps[0].peer_id == liar.peer_id and checker.stats.considered == 0
+        result = await pipeline.run(swarm.caller, inputs(1))
+        assert result.steps[0].peer_id == liar.peer_id  # the nearest: planned first
+        assert checker.stats.considered == checker.stats.sampled == 1
+        await checker.wait_until(1)
+        assert checker.store.is_untrusted(liar.peer_id)
+        (verdict,) = checker.store.verdicts(outcome="disagree")
+        assert verdict.provider == verdict.marked == liar.peer_id
+        plan = await pipeline.plan(swarm.caller)
+        assert liar.peer_id not in {o.record.peer_id for o in plan.steps["classify"].offers}
 
 
 def test_a_store_keeps_marks_across_a_restart_and_is_private(tmp_path: Path) -> None:
