@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from p2pnet.core.spot_check import DEFAULT_RATE, DEFAULT_TOLERANCE, compare_outputs
-from p2pnet.simulate.report import render
+from p2pnet.simulate.report import render, write_plots
 from p2pnet.simulate.runner import run_scenario
 from p2pnet.simulate.scenario import (
     Scenario,
@@ -194,6 +194,15 @@ def test_with_checks_off_every_pipeline_run_through_a_liar_is_wrong() -> None:
         assert piped["correct"] == piped["runs"] - piped["through_a_liar"]
     assert not t["targets"]["pipelines_correct"]["ok"]
     assert t["finder"]["checking"]["wrong"] > 0 and t["honest_marked"] == 0
+
+
+def test_the_plot_is_the_share_marked_against_calls_served(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("matplotlib")
+    trust = {"calls_served_before_mark": [0, 3, 40], "liar_pairs": 4, "pair_calls": 50,
+             "rate": 0.05}  # fmt: skip
+    report = {"scenario": {"name": "liars"}, "engine": "memory", "runs": [{"trust": trust}]}
+    (png,) = write_plots(report, tmp_path)
+    assert png.name == "liars-memory-marked.png" and png.stat().st_size > 0
 
 
 @pytest.mark.slow  # the small run twice
