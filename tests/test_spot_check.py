@@ -1,5 +1,6 @@
 """The pure part of spot checks: sampling, comparing two results, the odd one out of
-three, IP groups and the order of checkers (p2pnet/core/spot_check.py)."""
+three or more, when to ask another opinion, IP groups and the order of checkers
+(p2pnet/core/spot_check.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from p2pnet.core.spot_check import (
+    MAX_OPINIONS,
     Sampler,
     ThreeWay,
     Tolerance,
     TolerancePolicy,
     checker_order,
     compare_outputs,
+    odd_one_out,
     three_way,
+    wants_another_opinion,
 )
 
 FLOAT_DTYPES = st.sampled_from([np.float32, np.float64])
@@ -132,6 +136,51 @@ def test_the_odd_one_disagrees_with_two_who_agree(ab: bool, ac: bool, bc: bool) 
     else:  # no majority: no pattern of one against two agreeing
         assert not (ab and ac and bc)
         assert [ab, ac, bc].count(True) != 1
+
+
+@given(st.booleans(), st.booleans(), st.booleans())
+def test_of_three_the_odd_one_out_is_three_ways(ab: bool, ac: bool, bc: bool) -> None:
+    odd = {ThreeWay.FIRST_ODD: 0, ThreeWay.SECOND_ODD: 1, ThreeWay.THIRD_ODD: 2}
+    agree = {(0, 1): ab, (0, 2): ac, (1, 2): bc}
+    assert odd_one_out(agree, 3) == odd.get(three_way(ab, ac, bc))
+
+
+@st.composite
+def agreements(draw: st.DrawFn) -> tuple[dict[tuple[int, int], bool], int]:
+    count = draw(st.integers(2, MAX_OPINIONS))
+    pairs = [(i, j) for j in range(count) for i in range(j)]
+    return {pair: draw(st.booleans()) for pair in pairs}, count
+
+
+@given(agreements())
+def test_the_odd_one_out_agrees_with_nobody_while_two_others_agree(
+    drawn: tuple[dict[tuple[int, int], bool], int],
+) -> None:
+    agree, count = drawn
+    odd = odd_one_out(agree, count)
+    lonely = [i for i in range(count) if not any(agree[p] for p in agree if i in p)]
+    if odd is None:
+        assert lonely == [] or not any(agree.values())
+    else:
+        assert odd == lonely[0]  # the provider checked first, then in the order heard
+        assert any(agree[p] for p in agree if odd not in p)
+
+
+def test_another_opinion_is_asked_while_no_two_results_agree() -> None:
+    # Two wrong results, each its own, and a right one: three with no majority.
+    three = {(0, 1): False, (0, 2): False, (1, 2): False}
+    assert odd_one_out(three, 3) is None and wants_another_opinion(three, 3)
+    # A fourth agrees with the right one: the first wrong one (the provider checked) is out.
+    four = three | {(0, 3): False, (1, 3): False, (2, 3): True}
+    assert odd_one_out(four, 4) == 0 and not wants_another_opinion(four, 4)
+    # Checking the right one: the first liar heard is out.
+    honest_first = three | {(0, 3): True, (1, 3): False, (2, 3): False}
+    assert odd_one_out(honest_first, 4) == 1
+    # Once two agree, or MAX_OPINIONS were heard, nobody more is asked.
+    assert not wants_another_opinion({(0, 1): False, (0, 2): True, (1, 2): False}, 3)
+    nobody_agrees = {(i, j): False for j in range(MAX_OPINIONS) for i in range(j)}
+    assert not wants_another_opinion(nobody_agrees, MAX_OPINIONS)
+    assert odd_one_out(nobody_agrees, MAX_OPINIONS) is None
 
 
 @given(st.floats(min_value=0, max_value=1), st.integers(0, 2**32))

@@ -1,6 +1,8 @@
 """Spot checks across peers (p2pnet/trust): honest providers running with different
 onnxruntime thread counts are never marked; a provider that returns wrong outputs is
-marked on the evidence of two others, then skipped by discovery; the verdict and both
+marked on the evidence of two others (of a fourth when another liar's made three
+disagree), then skipped by discovery (and by pipelines,
+whose orchestrated steps are checked like calls); the verdict and both
 signed receipts survive a restart and show in ``p2pnet trust --json``; a trust store
 file that is not one gives a clear error."""
 
@@ -28,6 +30,7 @@ from p2pnet.core.spot_check import SpotCheckPolicy
 from p2pnet.errors import TrustStoreError
 from p2pnet.net.identity import generate_identity
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.pipeline import Pipeline
 from p2pnet.runtime.onnx_model import OnnxModel
 from p2pnet.status import PeerStatus
 from p2pnet.trust import Opinion, TrustStore
@@ -38,10 +41,11 @@ NEAR, FAR = 0.002, 0.010
 
 class LyingModel:
     """Serves a genuine model (so its signed record is genuine) but shifts the
-    probabilities it returns, keeping their dtype and shape."""
+    probabilities it returns by ``shift``, keeping their dtype and shape."""
 
-    def __init__(self, model: OnnxModel) -> None:
+    def __init__(self, model: OnnxModel, shift: float = 0.05) -> None:
         self._model = model
+        self._shift = shift
 
     @property
     def info(self) -> ModelInfo:
@@ -55,7 +59,7 @@ class LyingModel:
         self, inputs: Mapping[str, Any], *, timeout: float = math.inf
     ) -> dict[str, npt.NDArray[Any]]:
         outputs = await self._model.run(inputs, timeout=timeout)
-        outputs["probabilities"] = (outputs["probabilities"] + 0.05).astype(np.float32)
+        outputs["probabilities"] = (outputs["probabilities"] + self._shift).astype(np.float32)
         return outputs
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -70,10 +74,11 @@ class Swarm:
 
 @asynccontextmanager
 async def open_swarm(
-    iris: Path, tmp_path: Path, threads: list[int], liar: bool, policy: SpotCheckPolicy
+    iris: Path, tmp_path: Path, threads: list[int], liars: int, policy: SpotCheckPolicy
 ) -> AsyncIterator[Swarm]:
-    """A bootstrap peer, providers of iris with the given thread counts (the first a
-    liar if ``liar``, and nearer the caller than the others, so it is called first), and
+    """A bootstrap peer, providers of iris with the given thread counts (the first
+    ``liars`` of them liars, each its own lie, and nearer the caller than the others, so
+    they are called and asked first), and
     a caller with a ledger and a trust store. Every peer keeps accounts: results carry
     signed receipts."""
     near: set[str] = set()
@@ -100,8 +105,8 @@ async def open_swarm(
         for i, count in enumerate(threads):
             provider = await peer(f"p{i}", bootstrap=[boot.addrs[0]])
             model: Any = OnnxModel.load(iris, threads=count)
-            if liar and i == 0:
-                model = LyingModel(model)
+            if i < liars:
+                model = LyingModel(model, 0.05 * (i + 1))
                 near.add(provider.peer_id)
             provider.serve(model, tasks=[TASK])
             assert await provider.announce() > 0
@@ -126,7 +131,7 @@ async def test_honest_providers_with_other_thread_counts_are_never_marked(
 ) -> None:
     policy = SpotCheckPolicy(rate=1.0, max_concurrent=64, seed=1)
     calls = 24
-    async with open_swarm(models["iris"], tmp_path, [1, 2, 4], False, policy) as swarm:
+    async with open_swarm(models["iris"], tmp_path, [1, 2, 4], 0, policy) as swarm:
         checker = swarm.caller.spot_checker
         assert checker is not None
         for i in range(calls):
@@ -146,7 +151,7 @@ async def test_a_lying_provider_is_marked_with_evidence_and_then_skipped(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = SpotCheckPolicy(rate=1.0, seed=2)
-    async with open_swarm(models["iris"], tmp_path, [1, 2, 1], True, policy) as swarm:
+    async with open_swarm(models["iris"], tmp_path, [1, 2, 1], 1, policy) as swarm:
         liar = swarm.providers[0]
         checker = swarm.caller.spot_checker
         assert checker is not None
@@ -198,6 +203,63 @@ async def test_a_lying_provider_is_marked_with_evidence_and_then_skipped(
     with TrustStore.open(tmp_path / "trust.sqlite3") as store:
         assert store.marks() == [] and not store.is_untrusted(liar.peer_id)
     assert main(["trust", "forget", liar.peer_id, "--trust", str(tmp_path / "trust.sqlite3")]) == 1
+
+
+async def test_two_liars_and_an_honest_provider_ask_a_fourth_opinion(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    policy = SpotCheckPolicy(rate=1.0, seed=2)
+    async with open_swarm(models["iris"], tmp_path, [1, 1, 1, 1], 2, policy) as swarm:
+        liars = {p.peer_id for p in swarm.providers[:2]}
+        checker = swarm.caller.spot_checker
+        assert checker is not None
+        offer, _ = await swarm.caller.call_with_offer(inputs(0), task=TASK)
+        assert offer.record.peer_id in liars  # the nearest: called first
+        await checker.wait_until(1)
+        # The other liar disagrees, and so does the honest third: no two of three agree.
+        # A fourth (honest) agrees with the third: the liar checked is the odd one.
+        assert checker.stats.extra_calls == 3 and checker.stats.marked == 1
+        (verdict,) = checker.store.verdicts(outcome="disagree")
+        assert verdict.marked == verdict.provider == offer.record.peer_id
+        assert [o.peer in liars for o in verdict.opinions] == [True, True, False, False]
+        assert verdict.comparisons["third-fourth"]["agree"]
+        assert not any(v["agree"] for k, v in verdict.comparisons.items() if k != "third-fourth")
+        # The other liar, checked next with the first one left out, meets two who agree.
+        offer, _ = await swarm.caller.call_with_offer(inputs(1), task=TASK)
+        assert offer.record.peer_id in liars - {verdict.marked}
+        await checker.wait_until(2)
+        assert {m.peer for m in checker.store.marks()} == liars
+        assert checker.stats.unresolved == 0
+
+
+async def test_an_orchestrated_pipeline_step_is_spot_checked_and_the_liar_left_out_of_plans(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    policy = SpotCheckPolicy(rate=1.0, seed=2)
+    pipeline = Pipeline.from_dict(
+        {
+            "pipeline": "species",
+            "inputs": {"x": "float32[N, 4]"},
+            "steps": {"classify": {"task": TASK, "inputs": {"x": "input.x"}}},
+            "outputs": {"p": "classify.probabilities"},
+        }
+    )
+    async with open_swarm(models["iris"], tmp_path, [1, 2, 1], 1, policy) as swarm:
+        liar = swarm.providers[0]
+        checker = swarm.caller.spot_checker
+        assert checker is not None
+        # Forwarded, the caller never holds a step's inputs and outputs together: no check.
+        result = await pipeline.run(swarm.caller, inputs(0), mode="forwarded")
+        assert result.steps[0].peer_id == liar.peer_id and checker.stats.considered == 0
+        result = await pipeline.run(swarm.caller, inputs(1))
+        assert result.steps[0].peer_id == liar.peer_id  # the nearest: planned first
+        assert checker.stats.considered == checker.stats.sampled == 1
+        await checker.wait_until(1)
+        assert checker.store.is_untrusted(liar.peer_id)
+        (verdict,) = checker.store.verdicts(outcome="disagree")
+        assert verdict.provider == verdict.marked == liar.peer_id
+        plan = await pipeline.plan(swarm.caller)
+        assert liar.peer_id not in {o.record.peer_id for o in plan.steps["classify"].offers}
 
 
 def test_a_store_keeps_marks_across_a_restart_and_is_private(tmp_path: Path) -> None:

@@ -163,5 +163,10 @@ def simulate(options: SimulateOptions) -> int:
     forged = sum(
         r["metrics"]["summary"]["forged_accepted"] for r in report["runs"] if "metrics" in r
     )
-    failed = [r for r in report["runs"] if not r.get("incentives", {}).get("verdict", True)]
+    failed = [
+        r
+        for r in report["runs"]
+        if not r.get("incentives", {}).get("verdict", True)
+        or not r.get("trust", {}).get("verdict", True)
+    ]
     return 1 if forged or failed else 0

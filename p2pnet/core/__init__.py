@@ -46,9 +46,9 @@ pipeline.py    parse_pipeline, PipelineSpec,
                check_schemas, forward_plan           pipeline specs and their static checks
 forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next
 spot_check.py  Sampler, compare_outputs, Tolerance,
-               three_way, checker_order              spot checks: which calls, comparing two
-                                                     results (bitwise or within a tolerance),
-                                                     the odd one of three, who checks
+               three_way, odd_one_out,               spot checks: which calls, comparing two
+               wants_another_opinion,                results (bitwise or within a tolerance),
+               checker_order                         the odd one out, who checks
 join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to ask next, backoff
                                                      when alone
 kad/           the sans-IO Kademlia core (its own __init__ maps it)

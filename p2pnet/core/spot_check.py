@@ -1,6 +1,7 @@
 """Spot checks of providers' outputs: which calls to check, how to compare two results,
-who is the odd one out of three, and which provider to ask for a second opinion
-(docs/security.md, "Spot checks").
+who is the odd one out (of three, or of up to ``MAX_OPINIONS`` when no two of three
+agree), and which provider to ask for a second opinion (docs/security.md, "Spot
+checks").
 
 A caller re-runs a fraction ``rate`` of its calls elsewhere and compares the outputs:
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_RATE",
     "DEFAULT_SPOT_CHECKS",
     "DEFAULT_TOLERANCE",
+    "MAX_OPINIONS",
     "Comparison",
     "Sampler",
     "SpotCheckPolicy",
@@ -41,10 +43,15 @@ __all__ = [
     "TolerancePolicy",
     "checker_order",
     "compare_outputs",
+    "odd_one_out",
     "three_way",
+    "wants_another_opinion",
 ]
 
 DEFAULT_RATE: Final = 0.05
+# Results heard at most when they disagree: the call's, the second opinion's and up to
+# three more (``wants_another_opinion``).
+MAX_OPINIONS: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +309,29 @@ def three_way(first_second: bool, first_third: bool, second_third: bool) -> Thre
     if first_second and not first_third and not second_third:
         return ThreeWay.THIRD_ODD
     return ThreeWay.NO_MAJORITY
+
+
+def odd_one_out(agree: Mapping[tuple[int, int], bool], count: int) -> int | None:
+    """Which of ``count`` results is the odd one out: one that agrees with none of the
+    others while two others agree with each other; the first such in the order heard
+    (0 is the provider checked, 1 the second opinion, then the further ones), None if
+    there is none. ``agree[(i, j)]`` (i < j) says whether results i and j agree. With
+    three results this is ``three_way``'s odd one."""
+    agreeing = [pair for pair, same in agree.items() if same]
+    if not agreeing:
+        return None
+    for index in range(count):
+        if not any(index in pair for pair in agreeing):
+            return index
+    return None
+
+
+def wants_another_opinion(agree: Mapping[tuple[int, int], bool], count: int) -> bool:
+    """Whether to ask one more provider: each of the ``count`` results heard disagrees
+    with every other (two wrong results, each its own, and a right one leave three with
+    no majority) and fewer than ``MAX_OPINIONS`` were heard. Once any two agree, more
+    opinions are not asked: ``odd_one_out`` decides, or nobody is marked."""
+    return count < MAX_OPINIONS and not any(agree.values())
 
 
 class Sampler:

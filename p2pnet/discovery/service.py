@@ -23,8 +23,9 @@ caller's own faults (inputs that do not fit) end the call at once. When every
 provider failed, the most telling error is raised, naming each provider tried.
 
 Spot checks (given ``checks``, ``p2pnet.trust.SpotChecker``): providers marked untrusted
-are not described, so they are never offered; after a call answered, the checks are
-told, and may re-run it elsewhere in the background.
+are not described, so they are never offered; after a call (or an orchestrated
+pipeline's step, through ``answered``) answered, the checks are told, and may re-run it
+elsewhere in the background.
 """
 
 from __future__ import annotations
@@ -568,9 +569,23 @@ class ModelFinder:
         offer, outputs = await self.call_offers(
             search.offers, inputs, deadline - trio.current_time()
         )
-        if self._checks is not None:
-            self._checks.consider(offer, search.offers, inputs, outputs)
+        self.answered(offer, search.offers, inputs, outputs)
         return offer, outputs
+
+    def answered(
+        self,
+        offer: Offer,
+        offers: Sequence[Offer],
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+    ) -> bool:
+        """Tell the spot checks, if any, that ``offer`` answered ``inputs`` with
+        ``outputs`` (``offers``: the providers found for the call, who may re-run it);
+        True if a check of it started. ``call`` does it for its calls, a pipeline for
+        each step it runs orchestrated. Returns at once."""
+        if self._checks is None:
+            return False
+        return self._checks.consider(offer, offers, inputs, outputs)
 
     async def call_offers(
         self,

@@ -2,13 +2,15 @@
 schemas), then execute, orchestrated or forwarded (docs/pipelines.md).
 
 Orchestrated: this peer calls each step's provider and routes every tensor itself;
-steps whose inputs are ready run concurrently.
+steps whose inputs are ready run concurrently. Each step's call is offered to the
+peer's spot checks, as a call through the finder is (docs/security.md, "Spot checks").
 
 Forwarded: the steps run one after another along a chain of peers. This peer sends
 the pipeline's inputs and the whole plan to the first step's provider, which runs its
 step and forwards the tensors still needed to the next step's provider, and so on; the
 last one's reply travels back along the chain. Intermediate tensors never come back
-to the caller, at the price of running independent steps one at a time.
+to the caller, at the price of running independent steps one at a time; nor can the
+caller spot-check a step, never holding both its inputs and its outputs.
 """
 
 from __future__ import annotations
@@ -312,6 +314,8 @@ class Pipeline:
                 failure.append(step_error(step.name, exc))
                 cancel.cancel()
                 return
+            # Spot checks may re-run the step on another of its providers.
+            finder.answered(offer, step_plan.offers, step_inputs, outputs)
             for name, arr in outputs.items():
                 values[Ref(step.name, name)] = arr
             traces.append(

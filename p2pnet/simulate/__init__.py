@@ -10,6 +10,7 @@
                       invoke frames that each break a limit (tests, benchmark, fuzzer)
     standins.py       StandInModel, CatalogueModel: models whose runs cost only trio time
     incentives.py     run_incentives: providers, contributors and free riders with ledgers
+    trust.py          run_trust: lying providers, callers that spot-check them, pipelines
     memory_engine.py  run_memory: every peer on a MemoryNetwork, virtual time
     libp2p_engine.py  run_libp2p: real hosts on 127.0.0.1 over worker processes
     runner.py         run_scenario: every size of a scenario on an engine, one report

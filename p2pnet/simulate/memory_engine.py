@@ -55,6 +55,14 @@ def run_memory(
             clock=MockClock(autojump_threshold=0),
         )
         return {"engine": "memory", "n": n, "seed": seed, **result}
+    if scenario.trust is not None:
+        from p2pnet.simulate.trust import run_trust
+
+        result = trio.run(
+            functools.partial(run_trust, scenario, n, seed, progress or _no_progress, epoch=EPOCH),
+            clock=MockClock(autojump_threshold=0),
+        )
+        return {"engine": "memory", "n": n, "seed": seed, **result}
     old = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:

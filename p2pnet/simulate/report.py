@@ -38,6 +38,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     if report["runs"] and "incentives" in report["runs"][0]:
         _render_incentives(report, console)
         return
+    if report["runs"] and "trust" in report["runs"][0]:
+        _render_trust(report, console)
+        return
     scenario = report["scenario"]
     engine = report["engine"]
     clock = "virtual" if engine == "memory" else "wall"
@@ -181,6 +184,99 @@ def _render_incentives(report: dict[str, Any], console: Console) -> None:
             console.print(f"  {name}: {verdict} ({details})")
 
 
+def _render_trust(report: dict[str, Any], console: Console) -> None:
+    """Liars marked against calls served, per caller; honest providers marked; the
+    checks and their cost; calls and pipelines with and without checks; the targets."""
+    scenario = report["scenario"]
+    for run in report["runs"]:
+        t = run["trust"]
+        per_model = "/".join(str(k) for k in t["liars_per_model"])
+        console.print(
+            f"{scenario['name']} on the {report['engine']} engine, seed {report['seed']}: "
+            f"{t['providers']} providers of {t['models']} models, {t['liars']} liars "
+            f"({per_model} per model), {t['noisy']} noisy honest; callers: {t['callers']} "
+            f"checking at {t['rate'] * 100:g}%, {t['unchecked_callers']} not"
+        )
+        trials = t["trials"]
+        curve = Table(
+            title="liars marked by the calls each had served the caller",
+            title_justify="left",
+        )
+        columns = ["calls served", f"{t['liar_pairs']} (caller, liar) pairs"]
+        if trials["trials"]:
+            columns.append(f"{trials['trials']:,} further trials")
+        columns.append("own results checked: 1 - (1 - rate)^n")
+        for col in columns:
+            curve.add_column(col, justify="right")
+        for calls, point in t["marked_after_calls"].items():
+            further = [_pct(trials["marked_after_calls"][calls])] if trials["trials"] else []
+            curve.add_row(
+                calls, _pct(point["marked"]), *further, _pct(point["expected_own_results"])
+            )
+        console.print(curve)
+        callers = Table(title="per caller", title_justify="left")
+        within = list(t["marked_after_calls"])
+        for col in ("caller", "calls", "wrong results", "liars marked",
+                    *(f"within {k}" for k in within), "honest marked", "checks",
+                    "extra calls"):  # fmt: skip
+            callers.add_column(col, justify="right")
+        for row in t["per_caller"]:
+            callers.add_row(
+                _fmt(row["caller"]),
+                _fmt(row["calls"]),
+                _fmt(row["wrong_results"]),
+                f"{row['liars_marked']}/{t['liars']}",
+                *(_fmt(row["liars_marked_within"][k]) for k in within),
+                _fmt(row["honest_marked"]),
+                _fmt(row["checks"]),
+                _fmt(row["extra_calls"]),
+            )
+        console.print(callers)
+        c = t["checks"]
+        console.print(
+            f"  checks: {c['sampled']:,} of {c['considered']:,} calls drawn: {c['agreed']:,} "
+            f"agreed, {c['disagreed']} disagreed, {c['unresolved']} unresolved, "
+            f"{c['skipped_busy']} skipped (busy), {c['no_checker']} without a checker; "
+            f"comparisons {', '.join(f'{k} {v:,}' for k, v in c['comparisons'].items())}; "
+            f"largest difference agreed on {c['agreeing_max_rel_error']:.2g} relative"
+        )
+        console.print(
+            f"  liars marked: {t['liar_pairs_marked']} of {t['liar_pairs']} pairs "
+            f"({c['liars_marked_on_own_result']} on their own result, "
+            f"{c['liars_marked_as_checker']} as a checker); honest providers marked: "
+            f"{t['honest_marked']}; cost: {c['extra_calls']:,} extra calls for "
+            f"{c['considered']:,} calls and pipeline steps ({_pct(t['extra_call_share'])})"
+        )
+        if trials["trials"]:
+            console.print(
+                f"  further trials: {trials['trials']:,}, {trials['marked']:,} marked, after "
+                f"{trials['mean_calls_before_mark']:g} calls on average; {trials['calls']:,} "
+                f"calls, {trials['checks']:,} checks, {trials['extra_calls']:,} extra calls"
+            )
+        for what, key, figure in (
+            ("calls through the finder", "finder", "wrong_share"),
+            ("pipeline runs", "pipelines", "correct_share"),
+        ):
+            parts = []
+            for group in ("checking", "unchecked"):
+                g = t[key][group]
+                count = g["calls"] if key == "finder" else g["runs"]
+                if count:
+                    label = "wrong" if key == "finder" else "correct"
+                    part = f"{group} callers {_pct(g[figure])} {label} of {count:,}"
+                    if key == "finder":
+                        part += (
+                            f" ({_pct(g['wrong_share_first_half'])} of the first half, "
+                            f"{_pct(g['wrong_share_second_half'])} of the second)"
+                        )
+                    parts.append(part)
+            console.print(f"  {what}: " + "; ".join(parts))
+        for name, target in t["targets"].items():
+            verdict = "[green]ok[/]" if target["ok"] else "[bold red]FAILED[/]"
+            details = ", ".join(f"{k} {v}" for k, v in target.items() if k != "ok")
+            console.print(f"  {name}: {verdict} ({details})")
+
+
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
@@ -198,7 +294,7 @@ def write_json(report: dict[str, Any], out: Path) -> Path:
 
 def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Path]:
     """Latency CDF, success over time (churn marked) and hops vs swarm size as PNGs in
-    ``out``.
+    ``out`` (for the trust workload: liars marked against calls served).
 
     Raises:
         PlotsUnavailableError: matplotlib is not installed.
@@ -216,6 +312,29 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
     stem = f"{report['scenario']['name']}-{report['engine']}"
     clock = "virtual" if report["engine"] == "memory" else "wall-clock"
     paths = []
+    if report["runs"] and "trust" in report["runs"][0]:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for run in report["runs"]:
+            t = run["trust"]
+            served = t["calls_served_before_mark"]
+            pairs = t["liar_pairs"]
+            top = max(t["pair_calls"], max(served, default=0))
+            xs = list(range(top + 1))
+            ax.step(xs, [sum(1 for m in served if m <= x) / pairs for x in xs], where="post",
+                    label=f"liars marked, {pairs} pairs")  # fmt: skip
+            ax.plot(xs, [1 - (1 - t["rate"]) ** x for x in xs], ls="--",
+                    label=f"1 - (1 - {t['rate']:g})^n")  # fmt: skip
+        ax.set_xlabel("calls the liar had served the caller")
+        ax.set_ylabel("fraction of (caller, liar) pairs marked")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        ax.set_title(f"{report['scenario']['name']}: liars marked by calls served")
+        path = out / f"{stem}-marked.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        return [path]
     if report["runs"] and "incentives" in report["runs"][0]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for run in report["runs"]:

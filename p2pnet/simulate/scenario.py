@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
+from p2pnet.core.spot_check import DEFAULT_RATE
 from p2pnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "PipelineLoad",
     "Scenario",
     "ScenarioError",
+    "TrustLoad",
     "Workload",
     "apply_overrides",
     "load_scenario",
@@ -222,6 +224,43 @@ class Incentives:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustLoad:
+    """The trust workload (docs/simulations.md, "Liars"): ``providers`` peers serve
+    ``models`` stand-in models (provider i serves model i mod ``models``); a ``liars``
+    fraction of them always return outputs off by about ``lie``, and a ``noisy``
+    fraction of the honest ones run under another runtime fingerprint whose results
+    differ by ``noise`` (relative). Every other peer calls, with spot checks at
+    ``rate``, except the last ``unchecked``, which call without spot checks (the
+    baseline). Each caller makes ``calls`` calls through the finder; each checking
+    caller then calls every provider it finds
+    until that provider has served it ``pair_calls`` calls or is marked; once each has
+    served it ``pipelines_after`` calls, every caller runs a two-step pipeline
+    ``pipeline_runs`` times. Then each checking caller forgets each liar's mark and
+    calls it again until it is marked anew (or has served ``pair_calls``), ``trials``
+    times in all counting the first: more samples of the calls a liar serves before
+    its mark. ``curve``: the call counts at which the share of liars marked is
+    reported."""
+
+    providers: int = 50
+    models: int = 5
+    liars: float = 0.1
+    noisy: float = 0.5
+    noise: float = 1e-7
+    lie: float = 0.01
+    rate: float = DEFAULT_RATE
+    unchecked: int = 1
+    calls: int = 100
+    pair_calls: int = 200
+    curve: tuple[int, ...] = (25, 50, 100, 200)
+    trials: int = 1
+    pipeline_runs: int = 100
+    pipelines_after: int = 100
+    run_ms: float = 5.0
+    rows: int = 2
+    call_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class DhtParams:
     k: int = 20
     alpha: int = 3
@@ -252,6 +291,7 @@ class Scenario:
     dht: DhtParams = field(default_factory=DhtParams)
     pipeline: PipelineLoad = field(default_factory=PipelineLoad)
     incentives: Incentives | None = None  # the incentives workload instead of discovery
+    trust: TrustLoad | None = None  # the trust workload (liars, spot checks) instead
     libp2p_peers: int = 0  # the libp2p engine's swarm size (0: the smallest of ``peers``)
     source: str = ""
     overrides: tuple[str, ...] = ()  # ``section.key=value`` applied over ``source``
@@ -264,6 +304,8 @@ class Scenario:
         why = []
         if engine == "libp2p" and self.incentives is not None:
             why.append("incentives: run the incentives workload with --engine memory")
+        if engine == "libp2p" and self.trust is not None:
+            why.append("trust: run the trust workload with --engine memory")
         if engine == "libp2p":
             if self.nat.modelled:
                 why.append(
@@ -482,6 +524,9 @@ def parse_scenario(
     if pipeline.spec_path:
         pipeline = _read_pipeline(pipeline, base_dir)
     incentives = _incentives(top) if "incentives" in data else None
+    trust = _trust(top) if "trust" in data else None
+    if incentives is not None and trust is not None:
+        raise ScenarioError("a scenario runs one workload: [incentives] or [trust], not both")
     dht_t = top.table("dht")
     dht = DhtParams(
         k=dht_t.get_int("k", 20, 2, 100),
@@ -509,6 +554,7 @@ def parse_scenario(
         dht=dht,
         pipeline=pipeline,
         incentives=incentives,
+        trust=trust,
         libp2p_peers=peers_t.get_int("libp2p", 0, 0, 10_000),
     )
     smallest = min(sizes)
@@ -516,6 +562,11 @@ def parse_scenario(
         raise ScenarioError(
             f"peers: {smallest} peers leave fewer than 2 callers besides "
             f"{incentives.providers} providers; add peers"
+        )
+    if trust is not None and trust.providers + trust.unchecked + 1 > smallest:
+        raise ScenarioError(
+            f"peers: {smallest} peers leave no checking caller besides {trust.providers} "
+            f"providers and {trust.unchecked} unchecked callers; add peers"
         )
     bad = adversaries.forgers + adversaries.droppers + adversaries.corruptors
     providers = max(workload.providers, pipeline.providers if pipeline.spec_path else 0)
@@ -554,6 +605,53 @@ def _incentives(top: _Table) -> Incentives:
         raise ScenarioError("incentives.hard_threshold must be at least soft_threshold")
     table.check_unknown()
     return incentives
+
+
+def _trust(top: _Table) -> TrustLoad:
+    table = top.table("trust")
+    default = TrustLoad()
+    pair_calls = table.get_int("pair_calls", default.pair_calls, 0, 100_000)
+    curve = table.get("curve")
+    if curve is None:
+        points = tuple(c for c in default.curve if c <= pair_calls)
+    elif not isinstance(curve, list) or not curve:
+        raise ScenarioError("trust.curve must be a non-empty list of call counts")
+    else:
+        points = tuple(
+            _int_in(f"trust.curve[{i}]", c, 1, max(1, pair_calls)) for i, c in enumerate(curve)
+        )
+        if list(points) != sorted(set(points)):
+            raise ScenarioError("trust.curve must list call counts in increasing order")
+    trust = TrustLoad(
+        providers=table.get_int("providers", default.providers, 3, 1_000),
+        models=table.get_int("models", default.models, 1, 100),
+        liars=table.get_float("liars", default.liars, 0.0, 1.0),
+        noisy=table.get_float("noisy", default.noisy, 0.0, 1.0),
+        noise=table.get_float("noise", default.noise, 0.0, 1e-3),
+        lie=table.get_float("lie", default.lie, 0.0, 1e6),
+        rate=table.get_float("rate", default.rate, 0.0, 1.0),
+        unchecked=table.get_int("unchecked", default.unchecked, 0, 100_000),
+        calls=table.get_int("calls", default.calls, 0, 100_000),
+        pair_calls=pair_calls,
+        curve=points,
+        trials=table.get_int("trials", default.trials, 1, 10_000),
+        pipeline_runs=table.get_int("pipeline_runs", default.pipeline_runs, 0, 100_000),
+        pipelines_after=table.get_int(
+            "pipelines_after", min(default.pipelines_after, pair_calls), 0, pair_calls
+        ),
+        run_ms=table.get_float("run_ms", default.run_ms, 0.0, 3_600_000.0),
+        rows=table.get_int("rows", default.rows, 1, 10_000),
+        call_timeout=table.get_float("call_timeout", default.call_timeout, 0.1, 3600.0),
+    )
+    if trust.providers < 3 * trust.models:
+        raise ScenarioError(
+            f"trust: {trust.providers} providers for {trust.models} models leave a model "
+            "fewer than 3 providers: a disagreement needs a third opinion"
+        )
+    if trust.pipeline_runs and trust.models < 2:
+        raise ScenarioError("trust: the pipeline chains two models; give models >= 2")
+    table.check_unknown()
+    return trust
 
 
 class _Table:

@@ -6,9 +6,11 @@ check it. A checked call is re-run in the peer's nursery, after the result went 
 the user: by this peer itself if it serves the model, else by another provider of the
 same model, one in another IP group first (``checker_order``). If the two results agree
 (``compare_outputs``), that is the verdict. If not, a third opinion decides
-(``three_way``): the provider that disagrees with two who agree is marked untrusted, and
-the finder skips it from then on. Every verdict goes to the ``TrustStore`` with the
-signed receipts of the results that differed.
+(``odd_one_out``): the provider that disagrees with two who agree is marked untrusted,
+and the finder skips it from then on. While no two results heard agree (two wrong
+results, each its own, and a right one), one more provider is asked, up to
+``MAX_OPINIONS`` results (``wants_another_opinion``). Every verdict goes to the
+``TrustStore`` with the signed receipts of the results that differed.
 
 ``ReceiptKeeper`` sits between the invoke client and the accountant and keeps the last
 receipts accepted, so that a verdict holds each provider's own signed commitment to the
@@ -33,13 +35,14 @@ from p2pnet.core.address_filter import ip_groups
 from p2pnet.core.receipts import Receipt, tensor_hash
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.core.spot_check import (
+    MAX_OPINIONS,
     Comparison,
     Sampler,
     SpotCheckPolicy,
-    ThreeWay,
     checker_order,
     compare_outputs,
-    three_way,
+    odd_one_out,
+    wants_another_opinion,
 )
 from p2pnet.discovery.service import Offer
 from p2pnet.errors import P2PNetError
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # Receipts kept for a check that may follow: more than the calls in flight at once.
 KEPT_RECEIPTS: Final = 256
+# How a verdict names its results in the keys of its comparisons ("first-third").
+ORDINALS: Final = ("first", "second", "third", "fourth", "fifth")
+assert len(ORDINALS) >= MAX_OPINIONS
 
 
 class ReceiptKeeper:
@@ -281,29 +287,29 @@ class SpotChecker:
             model_id,
             ab.detail,
         )
-        third = await self._next_opinion(
-            candidates, others, first.groups | second.groups, model_id, inputs
-        )
         comparisons = {"first-second": ab.to_dict()}
+        heard = [first, second]
+        agree = {(0, 1): False}
+        while wants_another_opinion(agree, len(heard)):
+            avoid = frozenset().union(*(h.groups for h in heard))
+            further = await self._next_opinion(candidates, others, avoid, model_id, inputs)
+            if further is None:
+                break
+            k = len(heard)
+            for i, earlier in enumerate(heard):
+                compared = self._compare(earlier, further, tolerance)
+                agree[(i, k)] = compared.agree
+                comparisons[f"{ORDINALS[i]}-{ORDINALS[k]}"] = compared.to_dict()
+            heard.append(further)
         outcome: Outcome = "unresolved"
         marked = None
-        heard = [first, second]
-        if third is not None:
-            heard.append(third)
-            ac = self._compare(first, third, tolerance)
-            bc = self._compare(second, third, tolerance)
-            comparisons |= {"first-third": ac.to_dict(), "second-third": bc.to_dict()}
-            odd = {
-                ThreeWay.FIRST_ODD: first,
-                ThreeWay.SECOND_ODD: second,
-                ThreeWay.THIRD_ODD: third,
-            }.get(three_way(ab.agree, ac.agree, bc.agree))
-            if odd is not None:
-                outcome = "disagree"
-                if odd.opinion.peer != self.peer_id:
-                    marked = odd.opinion.peer
-                else:
-                    log.warning("spot check: this peer's own run of %s is the odd one", model_id)
+        odd = odd_one_out(agree, len(heard))
+        if odd is not None:
+            outcome = "disagree"
+            if heard[odd].opinion.peer != self.peer_id:
+                marked = heard[odd].opinion.peer
+            else:
+                log.warning("spot check: this peer's own run of %s is the odd one", model_id)
         if outcome == "disagree":
             self.stats.disagreed += 1
         else:

@@ -49,8 +49,8 @@ APPLICATION_ID: Final = 0x70327054
 SCHEMA_VERSION: Final = 1
 
 Outcome = Literal["agree", "disagree", "unresolved"]
-"""agree: the second opinion agreed. disagree: a third opinion found the odd one out (it
-is marked). unresolved: the results differ and no third opinion settled it."""
+"""agree: the second opinion agreed. disagree: further opinions found the odd one out (it
+is marked). unresolved: the results differ and no further opinion settled it."""
 
 _SCHEMA: Final = """
 CREATE TABLE meta (
@@ -120,7 +120,7 @@ class Opinion:
 @dataclass(frozen=True, slots=True)
 class StoredVerdict:
     """A verdict as kept: ``opinions`` first the provider checked, then the checker, then
-    the referee if there was one; ``comparisons`` ("first-second", ...) -> the
+    the further opinions in the order heard; ``comparisons`` ("first-second", ...) -> the
     comparison's dict (``p2pnet.core.spot_check.Comparison.to_dict``); ``marked`` the
     peer marked untrusted by it, if any; ``checked_at`` unix milliseconds."""
 
