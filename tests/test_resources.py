@@ -10,11 +10,22 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from p2pnet import Peer
 from p2pnet.core.address import PeerAddress, parse_peer_address
+from p2pnet.core.kad.keys import key_for_task
+from p2pnet.core.kad.wire import (
+    KadMessage,
+    KadMessageReader,
+    KadPeer,
+    MessageType,
+    encode_kad_message,
+)
+from p2pnet.dht.node import KAD_PROTOCOL
 from p2pnet.errors import ConnectionLostError, PeerUnreachableError
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL
+from p2pnet.net.channels import read_message
 from p2pnet.net.interfaces import ByteStream
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.net.resources import ResourceLedger, ResourceLimits
@@ -119,6 +130,32 @@ async def test_a_stalled_partial_frame_is_reset_after_the_stall_timeout() -> Non
             assert limited.stats.stalled_streams == 1
             assert (limited.ledger.streams, limited.ledger.memory) == (0, 0)
             assert server.status().limits_hit == {"stalled": 1}  # what p2pnet status shows
+
+
+async def test_an_add_provider_then_silence_is_not_a_stall(autojump_clock: MockClock) -> None:
+    """ADD_PROVIDER has no reply: once it has arrived whole, the stream waits for the next
+    request like any answered one (it used to be reset as stalled, with a warning, after
+    every announcement) and answers it."""
+    limits = ResourceLimits(stall_timeout=5.0, idle_timeout=60.0)
+    async with MemoryNetwork() as network:
+        async with (
+            memory_peer(network, resources=limits) as server,
+            memory_peer(network) as announcer,
+        ):
+            stream = await announcer.host.open_stream(PeerAddress(server.peer_id), KAD_PROTOCOL)
+            me = KadPeer(announcer.peer_id, ())
+            key = key_for_task("sentiment-analysis")
+            add = KadMessage(MessageType.ADD_PROVIDER, key, provider_peers=(me,))
+            await stream.write(encode_kad_message(add))
+            await trio.sleep(3 * limits.stall_timeout)  # virtual time
+            await stream.write(encode_kad_message(KadMessage(MessageType.PING)))
+            reader = KadMessageReader()
+            with trio.fail_after(10):
+                answer = await read_message(stream, reader)
+            assert answer is not None and answer.type is MessageType.PING
+            limited = server.services.limited_host
+            assert limited.stats.stalled_streams == 0
+            assert server.status().limits_hit == {}
 
 
 async def test_a_stream_idle_between_requests_is_closed_after_the_idle_timeout() -> None:

@@ -85,7 +85,7 @@ from p2pnet.errors import (
     UsageError,
 )
 from p2pnet.net.channels import Channel, StreamPool, read_message, read_request
-from p2pnet.net.interfaces import ByteStream, StreamHost
+from p2pnet.net.interfaces import ByteStream, RequestBoundaries, StreamHost
 
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose stubs mypy reads instead of trio's own types.
@@ -413,7 +413,11 @@ class DhtNode:
         if response is None:
             self.requests_dropped += 1
             if request.type is MessageType.ADD_PROVIDER:
-                return True  # ADD_PROVIDER has no response: ignore it, keep the stream
+                # ADD_PROVIDER has no response: the request is over all the same (else the
+                # resource limiter resets the stream as stalled); keep the stream.
+                if isinstance(stream, RequestBoundaries):
+                    stream.request_done()
+                return True
             # The spec has no error reply. Resetting the stream tells the sender at once
             # (as go and js do) instead of leaving it to its timeout.
             await stream.reset()

@@ -11,12 +11,12 @@ This module imports nothing from py-libp2p at run time.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from p2pnet.core.address import PeerAddress
 
-__all__ = ["ByteStream", "ByteStreamHandler", "HostWrapper", "StreamHost"]
+__all__ = ["ByteStream", "ByteStreamHandler", "HostWrapper", "RequestBoundaries", "StreamHost"]
 
 
 class ByteStream(Protocol):
@@ -59,6 +59,18 @@ class ByteStream(Protocol):
 
 ByteStreamHandler = Callable[[ByteStream], Awaitable[None]]
 """Serves one inbound stream; what it raises is logged and the stream reset."""
+
+
+@runtime_checkable
+class RequestBoundaries(Protocol):
+    """An inbound stream that keeps account of the request in progress (the resource
+    limiter's): a reply ends it, and so must ``request_done`` for a message that has no
+    reply (kad-dht's ADD_PROVIDER), or the stream counts as stalled part-way through a
+    request once its ``stall_timeout`` passes."""
+
+    def request_done(self) -> None:
+        """The message received so far was whole and needs no reply."""
+        ...
 
 
 class StreamHost(Protocol):

@@ -345,6 +345,10 @@ class LimitedStream:
         self.release()
         await self._stream.reset()
 
+    def request_done(self) -> None:
+        """The request received was whole and has no reply (``RequestBoundaries``)."""
+        self.release()
+
     def release(self) -> None:
         """Release the bytes held for the request in progress."""
         if self._held:
