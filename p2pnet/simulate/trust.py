@@ -457,6 +457,26 @@ class _Phases:
             if self.roles[provider] == LIAR:
                 caller.marked_own[provider] = verdicts[mark.verdict].provider == mark.peer
 
+    async def _call_offer(
+        self, caller: _Caller, offer: Offer, phase: str
+    ) -> tuple[Offer, dict[str, npt.NDArray[np.float32]], Any] | None:
+        """One call of ``phase`` to ``offer`` alone (``ModelFinder.call_offers``) with new
+        inputs: (the offer that answered, the inputs, the outputs), or None when it
+        failed (counted, with its error code)."""
+        peer = self.peers[caller.index]
+        inputs = caller.inputs(self.load.rows)
+        try:
+            answered, outputs = await peer.finder.call_offers(
+                [offer], inputs, self.load.call_timeout
+            )
+        except P2PNetError as exc:
+            caller.failed[phase] += 1
+            caller.errors[exc.code] += 1
+            return None
+        finally:
+            self._step()
+        return answered, inputs, outputs
+
     def _tally(self, caller: _Caller, phase: str, model: int, x: Any, outputs: Any) -> bool:
         """Count a call of ``phase``; whether its outputs were wrong."""
         caller.calls[phase] += 1
@@ -494,7 +514,6 @@ class _Phases:
     async def pair_calls(self, caller: _Caller, limit: int) -> None:
         """Phases 2 and 4: every provider found, called in turn until it has served
         ``limit`` calls or is marked."""
-        load = self.load
         peer = self.peers[caller.index]
         checker = self._checker(caller)
         for _ in range(limit):
@@ -507,18 +526,11 @@ class _Phases:
                     if checker.is_untrusted(offer.record.peer_id):
                         caller.marked_at[provider] = caller.served[provider]
                         continue
-                    inputs = caller.inputs(load.rows)
                     called += 1
-                    try:
-                        answered, outputs = await peer.finder.call_offers(
-                            [offer], inputs, load.call_timeout
-                        )
-                    except P2PNetError as exc:
-                        caller.failed["pairs"] += 1
-                        caller.errors[exc.code] += 1
+                    done = await self._call_offer(caller, offer, "pairs")
+                    if done is None:
                         continue
-                    finally:
-                        self._step()
+                    answered, inputs, outputs = done
                     peer.finder.answered(answered, offers, inputs, outputs)
                     caller.served[provider] += 1
                     self._tally(caller, "pairs", model, inputs["x"], outputs)
@@ -557,17 +569,10 @@ class _Phases:
                         checker.store.forget(offer.record.peer_id)
                     served[provider] = 0
                     continue
-                inputs = caller.inputs(load.rows)
-                try:
-                    answered, outputs = await peer.finder.call_offers(
-                        [offer], inputs, load.call_timeout
-                    )
-                except P2PNetError as exc:
-                    caller.failed["trials"] += 1
-                    caller.errors[exc.code] += 1
+                done = await self._call_offer(caller, offer, "trials")
+                if done is None:
                     continue
-                finally:
-                    self._step()
+                answered, inputs, outputs = done
                 served[provider] += 1
                 self._tally(caller, "trials", provider % load.models, inputs["x"], outputs)
                 if peer.finder.answered(answered, model_offers, inputs, outputs):
