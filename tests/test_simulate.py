@@ -311,9 +311,11 @@ def test_density_probes_judge_the_attacked_key() -> None:
     data["peers"] = {"count": 50, "join_batch": 25}
     data["adversaries"].update(forgers=3, droppers=3, corruptors=2, sybils=6)
     data["workload"]["density_probes"] = 1.0
+    data["dht"] = {"settle": True}
     data["duration"] = 10
     scenario = parse_scenario(data, base_dir=SIMULATIONS)
     (run,) = run_scenario(scenario, engine="memory", in_process=True)["runs"]
+    assert run["settle"]["messages_per_peer"] > 0  # every peer refreshed its buckets
     target = run["dht_defences"]["target"]
     assert target["judged"] >= run["metrics"]["summary"]["target_queries"] > 0
     assert target["suspicious_rate"] > 0.9

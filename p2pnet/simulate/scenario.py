@@ -268,6 +268,7 @@ class DhtParams:
     region: bool = True  # store to and look up from a key's region (DhtDefences.region)
     diversity: bool = True  # IP-group limits (DhtDefences.diversity)
     paths: int = DEFAULT_LOOKUP_PATHS  # disjoint lookup paths (DhtDefences.paths)
+    settle: bool = False  # after the bootstrap, every peer refreshes every bucket once
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +536,7 @@ def parse_scenario(
         region=dht_t.get_bool("region", True),
         diversity=dht_t.get_bool("diversity", True),
         paths=dht_t.get_int("paths", DEFAULT_LOOKUP_PATHS, 1, 16),
+        settle=dht_t.get_bool("settle", False),
     )
     scenario = Scenario(
         name=top.get_str("name", default_name),

@@ -19,10 +19,13 @@ distance i / (N + 1), and a least-squares line through the origin gives N. One s
 estimate is noisy (from 20 peers, its standard deviation is ~25-35% of N), and a low
 one makes every honest key look dense: judged against single estimates from a peer's
 own neighbourhood, 4-7% of honest keys raise an alarm at N = 300..3,000. A
-``SizeEstimator`` keeps the estimates of the last lookups that ran their course (our
+``SizeEstimator`` keeps the estimates of the last 12 lookups that ran their course (our
 own ID's, bucket refreshes' random keys, content keys) and answers their median: its
-spread is ~7% of N and the false alarms fall under 2%. A lookup the detector calls
-suspicious adds no estimate, and the median ignores the few that sybils inflate.
+spread is ~7-10% of N and the false alarms fall under 3%. Twelve is about one refresh
+round (our own ID and a lookup per bucket, every ``refresh_interval``), so the
+estimate follows a network that grows instead of holding the size it had when we
+joined. A lookup the detector calls suspicious adds no estimate, and the median
+ignores the few that sybils inflate.
 """
 
 from __future__ import annotations
@@ -72,13 +75,14 @@ def estimate_network_size(target: Key, closest: Sequence[Key]) -> float | None:
 
 
 class SizeEstimator:
-    """The median of the last ``keep`` network-size estimates (see the module docstring).
+    """The median of the last ``keep`` network-size estimates (see the module docstring;
+    12: about one refresh round).
 
     Pure: no clock, no I/O. ``add`` takes one lookup's estimate; ``value`` is None until
     one was added.
     """
 
-    def __init__(self, keep: int = 32) -> None:
+    def __init__(self, keep: int = 12) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self._samples: deque[float] = deque(maxlen=keep)
