@@ -24,8 +24,7 @@ own ID's, bucket refreshes' random keys, content keys) and answers their median:
 spread is ~7-10% of N and the false alarms fall under 3%. Twelve is about one refresh
 round (our own ID and a lookup per bucket, every ``refresh_interval``), so the
 estimate follows a network that grows instead of holding the size it had when we
-joined. A lookup the detector calls suspicious adds no estimate, and the median
-ignores the few that sybils inflate.
+joined. The median ignores the few estimates that sybils near some key inflate.
 """
 
 from __future__ import annotations
