@@ -9,18 +9,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-import trio
 from trio.testing import MockClock
 
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.kad.diversity import DiversityLimits
 from p2pnet.core.kad.keys import PeerInfo, key_for_task, key_of
 from p2pnet.core.kad.wire import KadPeer, MessageType
-from p2pnet.dht.node import DhtConfig, DhtDefences, DhtNode, DhtStats, LookupResult
+from p2pnet.dht.node import DhtConfig, DhtDefences, DhtNode, DhtStats
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.adversaries import SybilAnswers, grind_peer_ids
+from tests.sybil_swarms import TARGET, swarm_with_sybils
 
-TARGET = key_for_task("sentiment-analysis")
 OTHER = key_for_task("translation")
 
 
@@ -28,39 +27,6 @@ OTHER = key_for_task("translation")
 async def network() -> AsyncIterator[MemoryNetwork]:
     async with MemoryNetwork(latency=0.01, seed=3) as net:
         yield net
-
-
-async def swarm_with_sybils(
-    network: MemoryNetwork, honest: int, sybils: int, defences: DhtDefences
-) -> tuple[list[DhtNode], list[tuple[MessageType, bytes, LookupResult]]]:
-    """``honest`` nodes and ``sybils`` bare nodes with IDs ground near TARGET that hide
-    its providers; all join through node 0. Returns the honest nodes and what their
-    lookups reported."""
-    config = DhtConfig(defences=defences)
-    seen: list[tuple[MessageType, bytes, LookupResult]] = []
-
-    def observe(kind: MessageType, key: bytes, result: LookupResult) -> None:
-        seen.append((kind, key, result))
-
-    nodes = [
-        DhtNode(network.add_host(), config, rng=random.Random(i), observe_lookup=observe)
-        for i in range(honest)
-    ]
-    answers = SybilAnswers(TARGET, config.k)
-    bits = honest.bit_length() + 3
-    bad = [
-        DhtNode(network.add_host(pid), config, rng=random.Random(-i), intercept=answers)
-        for i, pid in enumerate(grind_peer_ids(TARGET, sybils, bits, random.Random(9)))
-    ]
-    answers.fellows = tuple(KadPeer(n.host.peer_id, tuple(n.host.addrs)) for n in bad)
-    for node in nodes + bad:
-        node.start()
-    first = PeerAddress(nodes[0].host.peer_id, tuple(nodes[0].host.addrs))
-    for node in nodes[1:] + bad:
-        await node.bootstrap([first])
-    for node in nodes:  # a second round, as maintenance would: every table is full
-        await node.refresh(trio.current_time(), everything=True)
-    return nodes, seen
 
 
 async def discovery(nodes: list[DhtNode], key: bytes) -> float:
@@ -77,10 +43,10 @@ async def discovery(nodes: list[DhtNode], key: bytes) -> float:
 async def test_the_region_finds_providers_that_sybils_hide(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:
-    nodes, _ = await swarm_with_sybils(network, 80, 25, DhtDefences(region=False))
+    nodes = (await swarm_with_sybils(network, 80, 25, DhtDefences(region=False))).honest
     assert await discovery(nodes, TARGET) < 0.5
     async with MemoryNetwork(latency=0.01, seed=3) as other:
-        nodes, _ = await swarm_with_sybils(other, 80, 25, DhtDefences())
+        nodes = (await swarm_with_sybils(other, 80, 25, DhtDefences())).honest
         assert await discovery(nodes, TARGET) > 0.95
 
 
@@ -88,7 +54,8 @@ async def test_the_region_finds_providers_that_sybils_hide(
 async def test_the_detector_flags_lookups_near_sybils_and_counts_them(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:
-    nodes, seen = await swarm_with_sybils(network, 80, 25, DhtDefences())
+    swarm = await swarm_with_sybils(network, 80, 25, DhtDefences())
+    nodes, seen = swarm.honest, swarm.lookups
     seen.clear()
     for node in nodes[2:]:
         await node.find_closest(TARGET)
@@ -107,7 +74,8 @@ async def test_the_detector_flags_lookups_near_sybils_and_counts_them(
 async def test_counters_of_provides_and_lookups(
     network: MemoryNetwork, autojump_clock: MockClock
 ) -> None:
-    nodes, seen = await swarm_with_sybils(network, 30, 0, DhtDefences())
+    swarm = await swarm_with_sybils(network, 30, 0, DhtDefences())
+    nodes, seen = swarm.honest, swarm.lookups
     before = nodes[1].stats.provide_messages
     assert await nodes[1].provide(OTHER) >= 20
     assert nodes[1].stats.provides == 1

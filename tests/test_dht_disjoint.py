@@ -21,6 +21,7 @@ from p2pnet.errors import ConfigError
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.adversaries import MisbehavingHost, SybilAnswers, grind_peer_ids
 from p2pnet.simulate.scenario import ScenarioError, parse_scenario
+from tests.sybil_swarms import swarm_with_sybils
 
 TARGET = key_for_task("sentiment-analysis")
 
@@ -112,31 +113,6 @@ def test_paths_come_from_config_toml_and_scenarios(tmp_path: Path) -> None:
         DhtDefences(paths=0)
 
 
-async def _swarm_with_sybils(
-    network: MemoryNetwork, honest: int, sybils: int, defences: DhtDefences
-) -> tuple[list[DhtNode], set[str]]:
-    """``honest`` nodes and ``sybils`` bare nodes with IDs ground near TARGET that hide
-    its providers (as in tests/test_dht_defences.py); the honest nodes and the sybils'
-    peer IDs."""
-    config = DhtConfig(defences=defences)
-    nodes = [DhtNode(network.add_host(), config, rng=random.Random(i)) for i in range(honest)]
-    answers = SybilAnswers(TARGET, config.k)
-    bits = honest.bit_length() + 3
-    bad = [
-        DhtNode(network.add_host(pid), config, rng=random.Random(-i), intercept=answers)
-        for i, pid in enumerate(grind_peer_ids(TARGET, sybils, bits, random.Random(9)))
-    ]
-    answers.fellows = tuple(KadPeer(n.host.peer_id, tuple(n.host.addrs)) for n in bad)
-    for node in nodes + bad:
-        node.start()
-    first = PeerAddress(nodes[0].host.peer_id, tuple(nodes[0].host.addrs))
-    for node in nodes[1:] + bad:
-        await node.bootstrap([first])
-    for node in nodes:
-        await node.refresh(trio.current_time(), everything=True)
-    return nodes, {n.host.peer_id for n in bad}
-
-
 @pytest.mark.slow
 async def test_without_the_region_paths_find_what_sybils_hide_only_by_asking_widely(
     autojump_clock: MockClock,
@@ -150,7 +126,8 @@ async def test_without_the_region_paths_find_what_sybils_hide_only_by_asking_wid
     for paths in (1, 4):
         async with MemoryNetwork(latency=0.01, seed=3) as network:
             defences = DhtDefences(region=False, paths=paths)
-            nodes, sybils = await _swarm_with_sybils(network, 80, 25, defences)
+            swarm = await swarm_with_sybils(network, 80, 25, defences)
+            nodes, sybils = swarm.honest, swarm.sybil_ids
             provider = nodes[1]
             announced_to = (await provider.find_closest(TARGET)).peers
             assert {p.peer_id for p in announced_to} <= sybils
