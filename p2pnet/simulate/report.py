@@ -292,6 +292,23 @@ def write_json(report: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def _save_fraction_plot(
+    plt: Any, fig: Any, ax: Any, *, xlabel: str, ylabel: str, title: str, path: Path, dpi: int
+) -> Path:
+    """Label ``ax``, whose y is a fraction from 0 to 1, save ``fig`` at ``path`` and
+    close it; returns ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Path]:
     """Latency CDF, success over time (churn marked) and hops vs swarm size as PNGs in
     ``out`` (for the trust workload: liars marked against calls served).
@@ -324,17 +341,16 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
                     label=f"liars marked, {pairs} pairs")  # fmt: skip
             ax.plot(xs, [1 - (1 - t["rate"]) ** x for x in xs], ls="--",
                     label=f"1 - (1 - {t['rate']:g})^n")  # fmt: skip
-        ax.set_xlabel("calls the liar had served the caller")
-        ax.set_ylabel("fraction of (caller, liar) pairs marked")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        ax.set_title(f"{report['scenario']['name']}: liars marked by calls served")
-        path = out / f"{stem}-marked.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
-        return [path]
+        return [
+            _save_fraction_plot(
+                plt, fig, ax,
+                xlabel="calls the liar had served the caller",
+                ylabel="fraction of (caller, liar) pairs marked",
+                title=f"{report['scenario']['name']}: liars marked by calls served",
+                path=out / f"{stem}-marked.png",
+                dpi=dpi,
+            )
+        ]  # fmt: skip
     if report["runs"] and "incentives" in report["runs"][0]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for run in report["runs"]:
@@ -342,17 +358,16 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
                 if lat:
                     ys = [(i + 1) / len(lat) for i in range(len(lat))]
                     ax.step(lat, ys, where="post", label=f"{name}, {run['n']:,} peers")
-        ax.set_xlabel(f"latency of successful calls, ms ({clock})")
-        ax.set_ylabel("fraction of successful calls")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        ax.set_title(f"{report['scenario']['name']}: latency CDF per class of caller")
-        path = out / f"{stem}-latency-cdf.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
-        return [path]
+        return [
+            _save_fraction_plot(
+                plt, fig, ax,
+                xlabel=f"latency of successful calls, ms ({clock})",
+                ylabel="fraction of successful calls",
+                title=f"{report['scenario']['name']}: latency CDF per class of caller",
+                path=out / f"{stem}-latency-cdf.png",
+                dpi=dpi,
+            )
+        ]  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for run in report["runs"]:
@@ -364,17 +379,16 @@ def write_plots(report: dict[str, Any], out: Path, *, dpi: int = 80) -> list[Pat
         if runs:
             ys = [(i + 1) / len(runs) for i in range(len(runs))]
             ax.step(runs, ys, where="post", ls="--", label=f"pipeline, {run['n']:,} peers")
-    ax.set_xlabel(f"latency, ms ({clock})")
-    ax.set_ylabel("fraction of successful ones")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(f"{report['scenario']['name']}: latency CDF ({report['engine']} engine)")
-    fig.tight_layout()
-    path = out / f"{stem}-latency-cdf.png"
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(
+        _save_fraction_plot(
+            plt, fig, ax,
+            xlabel=f"latency, ms ({clock})",
+            ylabel="fraction of successful ones",
+            title=f"{report['scenario']['name']}: latency CDF ({report['engine']} engine)",
+            path=out / f"{stem}-latency-cdf.png",
+            dpi=dpi,
+        )
+    )  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     marks = {"crash": ("tab:red", "crash"), "leave": ("tab:orange", "leave"),
