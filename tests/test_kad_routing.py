@@ -2,6 +2,7 @@
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import event, given, settings
@@ -166,16 +167,18 @@ def test_stale_buckets_span_from_the_closest_non_empty_one() -> None:
 POOL = [make_peer(random.Random(i), i) for i in range(60)]
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.integers(1, 4), st.randoms(use_true_random=False), st.integers(0, (1 << KEY_BITS) - 1))
-def test_table_invariants_hold_under_any_operations(
-    k: int, rnd: random.Random, target: int
-) -> None:
-    table = RoutingTable(POOL[0].key, k=k, max_failures=2)
+def random_operations(
+    table: RoutingTable,
+    rnd: random.Random,
+    ops: list[str],
+    pick: Callable[[], PeerInfo],
+) -> list[UpdateDecision | PingDecision]:
+    """10 to 199 operations drawn from ``ops`` (update, ping, fail, remove) on peers from
+    ``pick``, one per second; the decisions the table returned."""
     decisions: list[UpdateDecision | PingDecision] = []
     for now in range(rnd.randrange(10, 200)):
-        op = rnd.choice(["update", "update", "ping", "fail", "remove"])
-        peer = rnd.choice(POOL)
+        op = rnd.choice(ops)
+        peer = pick()
         if op == "update":
             decisions.append(table.update(peer, now))
         elif op == "ping":
@@ -187,6 +190,17 @@ def test_table_invariants_hold_under_any_operations(
             table.record_failure(peer, now)
         else:
             table.remove(peer)
+    return decisions
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 4), st.randoms(use_true_random=False), st.integers(0, (1 << KEY_BITS) - 1))
+def test_table_invariants_hold_under_any_operations(
+    k: int, rnd: random.Random, target: int
+) -> None:
+    table = RoutingTable(POOL[0].key, k=k, max_failures=2)
+    ops = ["update", "update", "ping", "fail", "remove"]
+    decisions = random_operations(table, rnd, ops, lambda: rnd.choice(POOL))
     event(f"evictions: {any(isinstance(d, Evicted) for d in decisions)}")
     members = list(table)
     assert len(members) == len(table) == len({p.key for p in members})
@@ -337,21 +351,8 @@ def test_no_ip_group_ever_exceeds_its_limits(
     limits = DiversityLimits(per_bucket=per_bucket, per_table=per_table)
     group_of = address_groups("grouped")
     table = RoutingTable(POOL[0].key, k=k, max_failures=2, group_of=group_of, limits=limits)
-    decisions: list[UpdateDecision | PingDecision] = []
-    for now in range(rnd.randrange(10, 200)):
-        op = rnd.choice(["update", "update", "update", "ping", "fail", "remove"])
-        peer = rnd.choice(rnd.choice(GROUPED_POOL))
-        if op == "update":
-            decisions.append(table.update(peer, now))
-        elif op == "ping":
-            pings = [p for j in range(KEY_BITS) if (p := table.pending_ping(j)) is not None]
-            if pings:
-                oldest = rnd.choice(pings).oldest
-                decisions.append(table.on_ping_result(oldest, alive=rnd.random() < 0.5, now=now))
-        elif op == "fail":
-            table.record_failure(peer, now)
-        else:
-            table.remove(peer)
+    ops = ["update", "update", "update", "ping", "fail", "remove"]
+    decisions = random_operations(table, rnd, ops, lambda: rnd.choice(rnd.choice(GROUPED_POOL)))
     in_table: Counter[str] = Counter()
     for index in range(KEY_BITS):
         in_bucket = Counter(g for p in table.bucket(index) for g in group_of(p))
