@@ -30,6 +30,7 @@ def info(node: DhtNode) -> PeerInfo:
     return PeerInfo(node.host.peer_id, node.local.key, tuple(node.host.addrs))
 
 
+@pytest.mark.slow
 async def test_disjoint_paths_find_providers_past_a_liar_that_holds_up_one_path(
     autojump_clock: MockClock,
 ) -> None:
