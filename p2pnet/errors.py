@@ -14,12 +14,16 @@
     │   ├── UnknownModelError        the peer does not serve that model ID     [unknown_model]
     │   ├── PermissionDeniedError    the model is not served to this caller    [permission_denied]
     │   ├── InvalidInputError        inputs do not match the model's schema    [invalid_input]
+    │   ├── UnknownSessionError      no such generation session: expired, closed,
+    │   │                            or another caller's                       [unknown_session]
     │   ├── PipelineSpecError        a pipeline spec that cannot run           [pipeline_spec]
     │   │   └── SchemaMismatchError      its steps' models do not fit together  [schema_mismatch]
     │   └── PayloadTooLargeError     a message over the agreed size limit      [payload_too_large]
     ├── PeerError                    the remote peer's fault
     │   ├── ModelExecutionError      the model failed while running            [model_failed]
     │   ├── PeerBusyError            the peer refused the call: too busy       [busy]
+    │   │   └── SessionLimitError        no room for another session, or for this
+    │   │                                turn in its session                   [session_limit]
     │   ├── InternalPeerError        the peer hit a bug                        [internal]
     │   ├── OutputSchemaError        outputs that do not fit its signed schema [bad_output]
     │   ├── CreditExceededError      the caller owes more than it is allowed   [credit_exceeded]
@@ -103,11 +107,13 @@ __all__ = [
     "ReplayedReceiptError",
     "ReplyTooLargeError",
     "SchemaMismatchError",
+    "SessionLimitError",
     "StaleRecordError",
     "StoreFullError",
     "StoreLimitError",
     "TrustStoreError",
     "UnknownModelError",
+    "UnknownSessionError",
     "UsageError",
     "error_from_wire",
     "wire_code_for",
@@ -216,6 +222,14 @@ class InvalidInputError(UsageError):
     code = "invalid_input"
 
 
+class UnknownSessionError(UsageError):
+    """The provider holds no generation session of that ID for this caller: it expired
+    after its idle time, was closed, was dropped when the peer restarted, or is another
+    caller's. Start a new session (replaying the conversation)."""
+
+    code = "unknown_session"
+
+
 class PipelineSpecError(UsageError):
     """A pipeline spec that cannot run: bad fields, unknown steps or inputs, a cycle."""
 
@@ -252,6 +266,14 @@ class PeerBusyError(PeerError):
     """The peer refused the call because it is at its concurrency limit."""
 
     code = "busy"
+
+
+class SessionLimitError(PeerBusyError):
+    """The provider refused to open a generation session (it holds its maximum), or a
+    turn that would take a session over its memory limit. A PeerBusyError: another
+    provider of the model may have room."""
+
+    code = "session_limit"
 
 
 class InternalPeerError(PeerError):
@@ -461,9 +483,11 @@ _WIRE_CODES: dict[str, type[P2PNetError]] = {
         UnknownModelError,
         PermissionDeniedError,
         InvalidInputError,
+        UnknownSessionError,
         PayloadTooLargeError,
         ModelExecutionError,
         PeerBusyError,
+        SessionLimitError,
         CreditExceededError,
         InternalPeerError,
         LocalProtocolError,

@@ -329,9 +329,10 @@ class Peer:
         allow: Sequence[str] | None = None,
         price: Price = FREE,
     ) -> ModelInfo:
-        """Serve a model under its content ID: an ONNX file, an adapter manifest (a
-        ``.json`` file naming a Python function, docs/adapters.md), or a model already
-        loaded (OnnxModel, CallableModel); and publish a signed record of it for
+        """Serve a model under its content ID: an ONNX file (a generative one too:
+        docs/models.md), an adapter manifest (a ``.json`` file naming a Python function,
+        docs/adapters.md), or a model already loaded (OnnxModel, GenerativeModel,
+        CallableModel); and publish a signed record of it for
         ``tasks`` (tags like "sentiment-analysis"; none given: an adapter's own).
 
         Works before and after the peer starts; once running, the model and its tasks
@@ -356,9 +357,9 @@ class Peer:
             if Path(model).suffix.lower() == ".json":
                 model = CallableModel.load(model, max_concurrency=limit)
             else:
-                from p2pnet.runtime.onnx_model import OnnxModel
+                from p2pnet.runtime.generative import load_model_file
 
-                model = OnnxModel.load(model, max_concurrency=limit)
+                model = load_model_file(model, max_concurrency=limit)
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
         info = self.catalogue.add(model, tasks, allow, price)

@@ -5,8 +5,13 @@ text.py        quote_bounded                         peer-sent text in errors: q
 tensor.py      TensorHeader, encode/decode_*_tensor  tensors as msgpack ext types 1 and 2
 framing.py     encode_frame, FrameReader             length-prefixed frames with a size limit
 messages.py    Invoke, Result, ErrorReply, Forward,
+               Generate, Chunk, Done, Cancel,
                WireLimits, encode_message,
                MessageReader                         the invoke protocol's frames and messages
+generation.py  GenerationParams, choose_token,
+               TextStream, ChatFormat, Prompt,
+               GenerationFacts, PromptTemplate      text generation without I/O: sampling, stop
+                                                     strings, chat turns, a model's metadata
 schema.py      TensorSpec, ModelSchema, check_inputs,
                tensor_mismatch                       a model's I/O; the input checks and the
                                                      per-tensor check declared outputs use too

@@ -21,6 +21,13 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from p2pnet.core.generation import (
+    FINISH_REASONS,
+    FinishReason,
+    GenerationParams,
+    GenerationSummary,
+    Prompt,
+)
 from p2pnet.core.tensor import (
     STREAMED_TENSOR_EXT,
     TENSOR_EXT,
@@ -32,15 +39,21 @@ from p2pnet.core.tensor import (
 )
 from p2pnet.core.text import quote_bounded
 from p2pnet.core.varint import encode_uvarint, try_decode_uvarint
-from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
+from p2pnet.errors import InvalidInputError, PayloadTooLargeError, RemoteProtocolError
 
 __all__ = [
+    "MAX_PROMPT_CHARS",
     "MAX_SIGNED_BLOB_BYTES",
     "PROTOCOL_VERSION",
+    "Cancel",
+    "Chunk",
+    "CloseSession",
+    "Done",
     "EncodedMessage",
     "ErrorReply",
     "Forward",
     "ForwardResult",
+    "Generate",
     "Hop",
     "Invoke",
     "Message",
@@ -60,6 +73,10 @@ MAX_HOP_PROVIDERS: Final = 8
 MAX_HOP_ADDRS: Final = 16
 # msgpack's C decoder refuses deeper nesting with StackError (its fixed stack).
 MSGPACK_MAX_DEPTH: Final = 1024
+# The text of a generation prompt, all messages or fields together: tokenizing it runs
+# on the serving peer, so it is bounded well below the frame size.
+MAX_PROMPT_CHARS: Final = 256 << 10
+MAX_SESSION_ID_CHARS: Final = 64
 Tensors = Mapping[str, npt.NDArray[Any]]
 
 
@@ -198,7 +215,75 @@ class ForwardResult:
     receipts: tuple[bytes, ...] = ()
 
 
-Message = Invoke | Result | ErrorReply | Forward | ForwardResult
+@dataclass(frozen=True, slots=True)
+class Generate:
+    """Request: continue ``prompt`` with ``model_id`` under ``params``, streaming the
+    reply as Chunk messages and ending with Done (or ErrorReply), all within
+    ``deadline_ms`` of receipt.
+
+    ``session``: a session this caller opened on the peer, whose cache already holds the
+    conversation (``prompt`` is the new turns). ``keep``: keep this conversation's cache
+    in a new session, whose ID Done carries.
+    """
+
+    request_id: int
+    model_id: str
+    prompt: Prompt
+    params: GenerationParams
+    deadline_ms: int
+    session: str | None = None
+    keep: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a streamed reply: its text (may be empty while a character or a
+    possible stop string is incomplete) and the token IDs that produced it."""
+
+    request_id: int
+    text: str
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The end of a streamed reply: how it ended and its totals (GenerationSummary)."""
+
+    request_id: int
+    summary: GenerationSummary
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Sent by the caller during a Generate with the same ID: stop the generation. The
+    peer stops within one token and ends with Done, finish "cancelled"; a Cancel that
+    arrives after Done is ignored."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    """Request: drop the caller's session ``session`` of ``model_id``; the reply is Done
+    with finish "closed", or ErrorReply unknown_session."""
+
+    request_id: int
+    model_id: str
+    session: str
+
+
+Message = (
+    Invoke
+    | Result
+    | ErrorReply
+    | Forward
+    | ForwardResult
+    | Generate
+    | Chunk
+    | Done
+    | Cancel
+    | CloseSession
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +362,8 @@ def encode_message(message: Message, limits: WireLimits = WireLimits()) -> Encod
             if len(message.receipts) > MAX_HOPS:
                 raise PayloadTooLargeError(f"at most {MAX_HOPS} receipts travel in a result")
             head["receipts"] = [_signed_blob("receipt", r) for r in message.receipts]
+    elif isinstance(message, Generate | Chunk | Done | Cancel | CloseSession):
+        head |= _encode_generation(message)
     else:
         head |= {
             "type": "error",
@@ -594,7 +681,188 @@ def _message_from_head(head: object) -> Message:
             tuple(_trace_entry(t) for t in trace),
             _receipt_list(head),
         )
+    if kind in _GENERATION_TYPES:
+        return _decode_generation(kind, request_id, head)
     raise RemoteProtocolError(f"unknown message type {quote_bounded(kind)}")
+
+
+_GENERATION_TYPES: Final = frozenset({"generate", "chunk", "done", "cancel", "close_session"})
+_PARAM_KEYS: Final = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+
+
+def _encode_generation(message: Generate | Chunk | Done | Cancel | CloseSession) -> dict[str, Any]:
+    if isinstance(message, Generate):
+        prompt = message.prompt
+        if prompt.messages is not None:
+            body: Any = [[role, content] for role, content in prompt.messages]
+        elif prompt.tokens is not None:
+            body = msgpack.ExtType(
+                TENSOR_EXT, encode_inline_tensor(np.asarray(prompt.tokens, dtype=np.int64))
+            )
+        elif prompt.fields is not None:
+            body = dict(prompt.fields)
+        else:
+            body = prompt.text
+        params = message.params
+        head: dict[str, Any] = {
+            "type": "generate",
+            "id": message.request_id,
+            "model": message.model_id,
+            "deadline_ms": message.deadline_ms,
+            "prompt": {prompt.kind: body},
+            "params": {
+                "max_tokens": params.max_tokens,
+                "temperature": float(params.temperature),
+                "top_k": params.top_k,
+                "top_p": float(params.top_p),
+                "seed": params.seed,
+                "stop": list(params.stop),
+            },
+        }
+        if message.session is not None:
+            head["session"] = message.session
+        if message.keep:
+            head["keep"] = True
+        return head
+    if isinstance(message, Chunk):
+        return {
+            "type": "chunk",
+            "id": message.request_id,
+            "text": message.text,
+            "tokens": list(message.tokens),
+        }
+    if isinstance(message, Done):
+        summary = message.summary
+        head = {
+            "type": "done",
+            "id": message.request_id,
+            "finish": summary.finish,
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "cached_tokens": summary.cached_tokens,
+        }
+        if summary.session is not None:
+            head["session"] = summary.session
+        return head
+    if isinstance(message, Cancel):
+        return {"type": "cancel", "id": message.request_id}
+    return {
+        "type": "close_session",
+        "id": message.request_id,
+        "model": message.model_id,
+        "session": message.session,
+    }
+
+
+def _decode_generation(kind: str, request_id: int, head: dict[str, Any]) -> Message:
+    if kind == "cancel":
+        return Cancel(request_id)
+    if kind == "close_session":
+        return CloseSession(request_id, _field(head, "model", str), _session_id(head["session"]))
+    if kind == "chunk":
+        tokens = _field(head, "tokens", list)
+        if not all(type(t) is int and 0 <= t <= MAX_ID for t in tokens):
+            raise RemoteProtocolError("chunk tokens must be unsigned integers")
+        return Chunk(request_id, _field(head, "text", str), tuple(tokens))
+    if kind == "done":
+        finish = _field(head, "finish", str)
+        if finish not in FINISH_REASONS:
+            raise RemoteProtocolError(f"unknown finish reason {quote_bounded(finish)}")
+        prompt, completion, cached = (
+            _field(head, k, int) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")
+        )
+        if any(not 0 <= c <= MAX_ID for c in (prompt, completion, cached)):
+            raise RemoteProtocolError("token counts must be unsigned integers")
+        session = head.get("session")
+        return Done(
+            request_id,
+            GenerationSummary(
+                cast(FinishReason, finish),
+                prompt,
+                completion,
+                cached,
+                None if session is None else _session_id(session),
+            ),
+        )
+    deadline_ms = _field(head, "deadline_ms", int)
+    if deadline_ms <= 0:
+        raise RemoteProtocolError(f"deadline_ms must be positive, got {deadline_ms}")
+    keep = head.get("keep", False)
+    if type(keep) is not bool:
+        raise RemoteProtocolError(f"field 'keep' must be a boolean, got {type(keep).__name__}")
+    session = head.get("session")
+    try:
+        return Generate(
+            request_id,
+            _field(head, "model", str),
+            _prompt(_field(head, "prompt", dict)),
+            _params(_field(head, "params", dict)),
+            deadline_ms,
+            None if session is None else _session_id(session),
+            keep,
+        )
+    except InvalidInputError as exc:
+        # A conforming caller checks these before sending (GenerationParams, Prompt).
+        raise RemoteProtocolError(f"generate request refused: {exc.message}") from None
+
+
+def _session_id(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SESSION_ID_CHARS:
+        raise RemoteProtocolError(f"a session ID is 1..{MAX_SESSION_ID_CHARS} characters")
+    return value
+
+
+def _prompt(raw: dict[str, Any]) -> Prompt:
+    if len(raw) != 1:
+        raise RemoteProtocolError("prompt must be a map of exactly one entry")
+    ((kind, body),) = raw.items()
+    if kind == "text":
+        if not isinstance(body, str):
+            raise RemoteProtocolError("prompt text must be a string")
+        _check_prompt_chars(len(body))
+        return Prompt(text=body)
+    if kind == "messages":
+        if not isinstance(body, list) or not all(
+            isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m) for m in body
+        ):
+            raise RemoteProtocolError("prompt messages must be [[role, content], ...] of text")
+        _check_prompt_chars(sum(len(c) for _, c in body))
+        return Prompt(messages=tuple((role, content) for role, content in body))
+    if kind == "fields":
+        if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+            raise RemoteProtocolError("prompt fields must map text to text")
+        _check_prompt_chars(sum(len(v) for v in body.values()))
+        return Prompt(fields=dict(body))
+    if kind == "tokens":
+        if (
+            not isinstance(body, np.ndarray)
+            or body.ndim != 1
+            or body.dtype.kind not in "iu"
+            or (body.size and int(body.min()) < 0)
+        ):
+            raise RemoteProtocolError("prompt tokens must be a 1-D tensor of token IDs")
+        return Prompt(tokens=tuple(int(t) for t in body))
+    raise RemoteProtocolError(f"unknown prompt kind {quote_bounded(kind)}")
+
+
+def _check_prompt_chars(chars: int) -> None:
+    if chars > MAX_PROMPT_CHARS:
+        raise PayloadTooLargeError(
+            f"prompt of {chars} characters; this side accepts at most {MAX_PROMPT_CHARS}"
+        )
+
+
+def _params(raw: dict[str, Any]) -> GenerationParams:
+    unknown = [k for k in raw if k not in _PARAM_KEYS]
+    if unknown:
+        raise RemoteProtocolError(f"unknown generation parameter {quote_bounded(unknown[0])}")
+    stop = raw.get("stop", [])
+    if not isinstance(stop, list):
+        raise RemoteProtocolError("stop must be an array of text")
+    values = {
+        k: raw[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "seed") if k in raw
+    }
+    return GenerationParams(**values, stop=tuple(stop))
 
 
 def _signed_blob(key: str, blob: bytes) -> bytes:

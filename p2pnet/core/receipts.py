@@ -192,7 +192,6 @@ def _hash_data(digest: hashlib._Hash, array: npt.NDArray[np.generic]) -> None:
     digest.update(array.reshape(-1).view(np.uint8).data)
 
 
-
 # Signing
 
 

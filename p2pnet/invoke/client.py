@@ -18,11 +18,17 @@ import numpy.typing as npt
 import trio
 
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.generation import GenerationParams, GenerationSummary, Prompt
 from p2pnet.core.messages import (
+    Cancel,
+    Chunk,
+    CloseSession,
+    Done,
     EncodedMessage,
     ErrorReply,
     Forward,
     ForwardResult,
+    Generate,
     Invoke,
     Message,
     MessageReader,
@@ -45,11 +51,11 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
 from p2pnet.net.channels import Channel, StreamPool
 from p2pnet.net.interfaces import StreamHost
 
-__all__ = ["CallObserver", "CallerAccounts", "InvokeClient"]
+__all__ = ["CallObserver", "CallerAccounts", "GenerationStream", "InvokeClient"]
 
 log = logging.getLogger(__name__)
 
-_ReplyT = TypeVar("_ReplyT", Result, ForwardResult)
+_ReplyT = TypeVar("_ReplyT", Result, ForwardResult, Done)
 _T = TypeVar("_T")
 
 
@@ -208,6 +214,57 @@ class InvokeClient:
 
         return await self._observed("forward", call())
 
+    def generate(
+        self,
+        peer: PeerAddress,
+        model_id: str,
+        prompt: Prompt,
+        params: GenerationParams | None = None,
+        *,
+        session: str | None = None,
+        keep: bool = False,
+        timeout: float = 60.0,
+    ) -> GenerationStream:
+        """A streamed generation by ``model_id`` on ``peer``: iterate it for the reply's
+        chunks (see GenerationStream); nothing is sent before the first iteration.
+
+        ``session``: continue that session of ours on the peer; ``keep``: keep this
+        conversation's cache there in a new session. ``timeout`` covers the whole reply.
+        """
+        request_id = next(self._ids)
+        return GenerationStream(
+            self,
+            peer,
+            lambda deadline_ms: Generate(
+                request_id,
+                model_id,
+                prompt,
+                params or GenerationParams(),
+                deadline_ms,
+                session,
+                keep,
+            ),
+            timeout,
+        )
+
+    async def close_session(
+        self, peer: PeerAddress, model_id: str, session: str, *, timeout: float = 10.0
+    ) -> None:
+        """Drop our session ``session`` of ``model_id`` on ``peer``.
+
+        Raises:
+            UnknownSessionError: the peer holds no such session of ours (expired).
+            As ``invoke`` for the network and the peer.
+        """
+        request_id = next(self._ids)
+        reply = await self._call(
+            peer,
+            lambda _: CloseSession(request_id, model_id, session),
+            timeout,
+            f"closing session {session!r}",
+        )
+        self._reply(reply, Done, request_id, peer.peer_id)
+
     async def _observed(self, kind: str, call: Awaitable[_T]) -> _T:
         """``await call``, telling ``observe`` how it went."""
         if self._observe is None:
@@ -309,3 +366,159 @@ class InvokeClient:
     async def aclose(self) -> None:
         """Close every idle stream."""
         await self._pool.aclose()
+
+
+class GenerationStream:
+    """The chunks of one streamed generation, as the provider produces them.
+
+    ``async for chunk in stream`` yields each Chunk (text and token IDs); when the
+    iteration ends, ``summary`` says how the reply ended. ``cancel()`` asks the provider
+    to stop (it stops within one token; the iteration then ends with finish
+    "cancelled"). Leaving early without cancelling (``aclose``, or the ``async with``
+    block) resets the stream, which stops the provider too.
+
+    Errors arrive from the iteration, as ``InvokeClient.invoke`` raises them; an error
+    after some chunks leaves those chunks valid.
+    """
+
+    def __init__(
+        self,
+        client: InvokeClient,
+        peer: PeerAddress,
+        request: Callable[[int], Generate],
+        timeout: float,
+    ) -> None:
+        self._client = client
+        self.peer = peer
+        self._request = request
+        self._timeout = timeout
+        self._deadline: float | None = None
+        self._channel: Channel[MessageReader] | None = None
+        self._finished = False
+        self._chunks = 0
+        self.summary: GenerationSummary | None = None
+        self.started_at: float | None = None
+        self.first_chunk_at: float | None = None
+
+    @property
+    def request_id(self) -> int:
+        return self._request(1).request_id
+
+    async def __aenter__(self) -> GenerationStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._channel is None:
+            await self._start()
+        assert self._channel is not None and self._deadline is not None
+        with trio.move_on_at(self._deadline):
+            try:
+                message = await self._client._read_reply(self._channel)
+            except BaseException as exc:
+                await self._abandon()
+                if isinstance(exc, NetworkError | RemoteProtocolError) and exc.peer is None:
+                    exc.peer = self.peer.peer_id
+                raise
+            return await self._take(message)
+        await self._abandon()
+        raise DeadlineExceededError(
+            f"the generation on peer {self.peer.peer_id} did not finish within {self._timeout:g} s",
+            peer=self.peer.peer_id,
+        )
+
+    async def _take(self, message: Message) -> Chunk:
+        request_id = self.request_id
+        if isinstance(message, Chunk) and message.request_id == request_id:
+            self._chunks += 1
+            if self.first_chunk_at is None:
+                self.first_chunk_at = trio.current_time()
+            return message
+        if isinstance(message, Done) and message.request_id == request_id:
+            self.summary = message.summary
+            await self._finish()
+            raise StopAsyncIteration
+        if isinstance(message, ErrorReply) and message.request_id in (request_id, 0):
+            if message.request_id == 0:  # the peer rejected the stream: it ends here
+                await self._abandon()
+            else:
+                await self._finish()
+            raise error_from_wire(message.code, message.message, self.peer.peer_id)
+        await self._abandon()
+        raise RemoteProtocolError(
+            f"peer {self.peer.peer_id} answered generation {request_id} with "
+            f"{type(message).__name__} {message.request_id}",
+            peer=self.peer.peer_id,
+        )
+
+    async def _start(self) -> None:
+        self._deadline = trio.current_time() + self._timeout
+        self.started_at = trio.current_time()
+        pool = self._client._pool
+        encode_message(self._request(1), self._client._limits)  # unsendable: fail first
+        with trio.move_on_at(self._deadline):
+            while True:
+                channel = await pool.checkout(self.peer)
+                remaining_ms = max(1, math.ceil((self._deadline - trio.current_time()) * 1000))
+                encoded = encode_message(self._request(remaining_ms), self._client._limits)
+                try:
+                    await write_message(channel.stream, encoded)
+                except ConnectionLostError as exc:
+                    await channel.stream.reset()
+                    if channel.reused:
+                        continue  # the peer closed it while idle: a new stream
+                    exc.peer = self.peer.peer_id
+                    raise
+                except BaseException:
+                    await channel.stream.reset()
+                    raise
+                self._channel = channel
+                return
+        raise DeadlineExceededError(
+            f"no stream to peer {self.peer.peer_id} within {self._timeout:g} s",
+            peer=self.peer.peer_id,
+        )
+
+    async def cancel(self) -> None:
+        """Ask the provider to stop; the iteration goes on to its Done (finish
+        "cancelled", or how it ended if it ended first)."""
+        if self._channel is None or self._finished:
+            self._finished = True
+            return
+        try:
+            await write_message(
+                self._channel.stream,
+                encode_message(Cancel(self.request_id), self._client._limits),
+            )
+        except ConnectionLostError:
+            await self._abandon()
+
+    async def text(self) -> str:
+        """The rest of the reply's text, once it has all arrived."""
+        return "".join([chunk.text async for chunk in self])
+
+    async def aclose(self) -> None:
+        """Stop listening: if the reply has not ended, the stream is reset (the provider
+        stops generating)."""
+        if not self._finished:
+            await self._abandon()
+
+    async def _finish(self) -> None:
+        self._finished = True
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await self._client._pool.checkin(channel)
+
+    async def _abandon(self) -> None:
+        self._finished = True
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with trio.CancelScope(shield=True):
+                await channel.stream.reset()

@@ -26,6 +26,7 @@ from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
     DeadlineExceededError,
+    InvalidInputError,
     NetworkError,
     P2PNetError,
     PeerBusyError,
@@ -33,6 +34,7 @@ from p2pnet.errors import (
     RemoteProtocolError,
     UnknownModelError,
 )
+from p2pnet.runtime.generative import GenerativeModel
 from p2pnet.runtime.served import ServedModel
 
 __all__ = ["Invoker", "Invokers", "LocalInvoker", "send_forward"]
@@ -148,6 +150,20 @@ class LocalInvoker:
         if self._onward is None:
             raise UnknownModelError("this peer does not forward pipelines to other peers")
         return with_trace(message, own, await send_forward(self._onward, following))
+
+    def generative(self, model_id: str, caller: str) -> GenerativeModel:
+        """The served generative model ``model_id``, if ``caller`` may call it.
+
+        Raises:
+            As ``model``; InvalidInputError for a model that does not generate.
+        """
+        model = self.model(model_id, caller)
+        if not isinstance(model, GenerativeModel):
+            raise InvalidInputError(
+                f"model {model.info.name} ({model.model_id}) does not generate text; "
+                "call it with invoke"
+            )
+        return model
 
     def model(self, model_id: str, caller: str) -> ServedModel:
         """The served model ``model_id``, if ``caller`` may call it.

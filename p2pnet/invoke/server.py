@@ -21,11 +21,17 @@ import trio
 
 from p2pnet.accounting import Admission, Issued
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.generation import GenerationSummary
 from p2pnet.core.messages import (
+    Cancel,
+    Chunk,
+    CloseSession,
+    Done,
     EncodedMessage,
     ErrorReply,
     Forward,
     ForwardResult,
+    Generate,
     Invoke,
     Message,
     MessageReader,
@@ -39,6 +45,7 @@ from p2pnet.errors import (
     PayloadTooLargeError,
     ProtocolError,
     RemoteProtocolError,
+    UnknownSessionError,
     wire_code_for,
 )
 from p2pnet.invoke.local import LocalInvoker
@@ -64,6 +71,9 @@ class ServerStats:
 
     streams: int = 0
     calls: int = 0
+    generations: int = 0
+    tokens: int = 0
+    cancelled: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     def count_error(self, code: str) -> None:
@@ -139,9 +149,18 @@ class InvokeServer:
         """Answer calls on ``stream`` until the caller closes it or breaks the protocol."""
         self.stats.streams += 1
         reader = MessageReader(self.limits)
+        # What was read while a generation ran: the next request, the end of the
+        # stream (None), or why reading failed.
+        read_ahead: list[Message | P2PNetError | None] = []
         while True:
             try:
-                message: Message | None = await self._read_request(stream, reader)
+                if read_ahead:
+                    ahead = read_ahead.pop()
+                    if isinstance(ahead, P2PNetError):
+                        raise ahead
+                    message: Message | None = ahead
+                else:
+                    message = await self._read_request(stream, reader, self.idle_timeout)
                 if message is None:  # closed by the caller, or idle too long
                     return
             except (ProtocolError, PayloadTooLargeError) as exc:
@@ -153,6 +172,13 @@ class InvokeServer:
                 log.debug("invoke stream from %s: %s", stream.peer_id, exc)
                 await stream.reset()
                 return
+            if isinstance(message, Cancel):
+                continue  # its generation has ended already
+            if isinstance(message, Generate):
+                if not await self._generate(stream, reader, message, read_ahead):
+                    await stream.reset()
+                    return
+                continue
             reply = await self.answer(message, stream.peer_id)
             try:
                 await write_message(stream, self._encode_reply(reply))
@@ -161,9 +187,93 @@ class InvokeServer:
                 await stream.reset()
                 return
 
-    async def answer(self, message: Message, caller: str) -> Result | ForwardResult | ErrorReply:
+    async def _generate(
+        self,
+        stream: ByteStream,
+        reader: MessageReader,
+        request: Generate,
+        read_ahead: list[Message | P2PNetError | None],
+    ) -> bool:
+        """Stream the reply to ``request``: Chunk messages, then Done or ErrorReply.
+
+        While it runs, the stream is read for the caller's Cancel; what else is read
+        (the next request, the end of the stream, an error) is put in ``read_ahead``.
+        The stream breaking, or bytes that break the protocol, cancel the generation.
+        False if the reply could not be written (the caller went away).
+        """
+        cancel = trio.Event()
+        watched = trio.Event()
+        caller = stream.peer_id
+        # Reading stops after the next request: reads are never cancelled half-way.
+        idle = self.idle_timeout + request.deadline_ms / 1000
+
+        async def watch() -> None:
+            try:
+                while True:
+                    message = await self._read_request(stream, reader, idle)
+                    if isinstance(message, Cancel):
+                        if message.request_id == request.request_id:
+                            cancel.set()
+                        continue
+                    read_ahead.append(message)
+                    return
+            except P2PNetError as exc:  # broken stream or protocol: nobody is listening
+                read_ahead.append(exc)
+                cancel.set()
+            finally:
+                watched.set()
+
+        async def emit(text: str, tokens: list[int]) -> None:
+            self.stats.tokens += len(tokens)
+            await write_message(
+                stream, encode_message(Chunk(request.request_id, text, tuple(tokens)), self.limits)
+            )
+
+        self.stats.calls += 1
+        self.stats.generations += 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            try:
+                try:
+                    model = self.local.generative(request.model_id, caller)
+                    summary = await model.generate(
+                        request.prompt,
+                        request.params,
+                        emit,
+                        caller=caller,
+                        session=request.session,
+                        keep=request.keep,
+                        cancelled=cancel.is_set,
+                        timeout=min(request.deadline_ms / 1000, self.local.max_deadline),
+                    )
+                    if summary.finish == "cancelled":
+                        self.stats.cancelled += 1
+                    reply: Done | ErrorReply = Done(request.request_id, summary)
+                except ConnectionLostError:
+                    raise
+                except P2PNetError as exc:
+                    log.debug("generation %d from %s failed: %s", request.request_id, caller, exc)
+                    reply = self._error_reply(request.request_id, exc)
+                except Exception as exc:
+                    log.exception("generation %d from %s hit a bug", request.request_id, caller)
+                    reply = ErrorReply(
+                        request.request_id, "internal", _bounded(f"internal error: {exc!r}")
+                    )
+                await write_message(stream, encode_message(reply, self.limits))
+            except ConnectionLostError as exc:
+                log.debug("caller %s went away during a generation: %s", caller, exc)
+                nursery.cancel_scope.cancel()
+                return False
+            await watched.wait()
+        return True
+
+    async def answer(
+        self, message: Message, caller: str
+    ) -> Result | ForwardResult | Done | ErrorReply:
         """The reply to one message from ``caller``: a Result (ForwardResult for a
-        Forward) or an ErrorReply."""
+        Forward, Done for a CloseSession) or an ErrorReply."""
+        if isinstance(message, CloseSession):
+            return self._close_session(message, caller)
         if not isinstance(message, Invoke | Forward):
             return self._error_reply(
                 message.request_id,
@@ -197,6 +307,15 @@ class InvokeServer:
         except Exception as exc:
             log.exception("call %d from %s hit a bug", message.request_id, caller)
             return ErrorReply(message.request_id, "internal", _bounded(f"internal error: {exc!r}"))
+
+    def _close_session(self, message: CloseSession, caller: str) -> Done | ErrorReply:
+        try:
+            model = self.local.generative(message.model_id, caller)
+            if not model.sessions.close(message.session, caller):
+                raise UnknownSessionError(f"no session {message.session!r} of yours here")
+        except P2PNetError as exc:
+            return self._error_reply(message.request_id, exc)
+        return Done(message.request_id, GenerationSummary("closed", 0, 0, 0, message.session))
 
     async def _forward(self, message: Forward, caller: str, timeout: float) -> ForwardResult:
         """Run a forwarded pipeline's first hop here and pass the rest on; with accounts,
@@ -250,7 +369,9 @@ class InvokeServer:
             self.stats.count_error(exc.code)
             log.info("acknowledgement from %s refused: %s", caller, exc)
 
-    async def _read_request(self, stream: ByteStream, reader: MessageReader) -> Message | None:
+    async def _read_request(
+        self, stream: ByteStream, reader: MessageReader, idle_timeout: float
+    ) -> Message | None:
         """As ``p2pnet.net.channels.read_request``, but a head of ``offload_head_bytes``
         or more is decoded in a worker thread, so that other callers are served while
         it is decoded (decoding releases the GIL every few milliseconds).
@@ -259,7 +380,7 @@ class InvokeServer:
             As read_request.
         """
         message: Message | None = None
-        with trio.move_on_after(self.idle_timeout) as idle:
+        with trio.move_on_after(idle_timeout) as idle:
             while True:
                 if reader.ready_head_size >= self.offload_head_bytes > 0:
                     message = await trio.to_thread.run_sync(reader.next_message)
@@ -276,7 +397,7 @@ class InvokeServer:
                     )
                 reader.receive_data(data)
         if idle.cancelled_caught:
-            log.debug("closing a stream from %s idle for %.0f s", stream.peer_id, self.idle_timeout)
+            log.debug("closing a stream from %s idle for %.0f s", stream.peer_id, idle_timeout)
         await stream.close()
         return None
 
@@ -285,7 +406,7 @@ class InvokeServer:
         self.stats.count_error(code)
         return ErrorReply(request_id, code, _bounded(exc.message))
 
-    def _encode_reply(self, reply: Result | ForwardResult | ErrorReply) -> EncodedMessage:
+    def _encode_reply(self, reply: Result | ForwardResult | Done | ErrorReply) -> EncodedMessage:
         try:
             return encode_message(reply, self.limits)
         except P2PNetError as exc:

@@ -641,8 +641,7 @@ def _explain_refused(
         (receipt.provider, receipt.caller, receipt.seq),
     ).fetchone()
     where = (
-        f"{path}: receipt {receipt.seq} of provider {receipt.provider} "
-        f"to caller {receipt.caller}"
+        f"{path}: receipt {receipt.seq} of provider {receipt.provider} to caller {receipt.caller}"
     )
     if held is not None:
         if bytes(held[0]) != receipt.receipt_hash:

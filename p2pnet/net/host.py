@@ -60,7 +60,6 @@ CLOSE_TIMEOUT = 1.0
 HOST_CLOSE_TIMEOUT = 5.0
 
 
-
 class Stream:
     """A bidirectional byte stream to one peer, speaking one protocol."""
 
@@ -154,7 +153,7 @@ class Host:
 
     @property
     def reachability(self) -> str:
-        """"public", "private" or "unknown" (no NAT traversal, or nobody answered yet)."""
+        """ "public", "private" or "unknown" (no NAT traversal, or nobody answered yet)."""
         return self.nat.reachability.value if self.nat is not None else "unknown"
 
     def path(self, peer_id: str) -> str | None:

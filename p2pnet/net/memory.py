@@ -396,10 +396,7 @@ class MemoryNetwork:
         if (
             dst is None
             or dst is src
-            or (
-                peer.addrs
-                and all(transport_part(a) != dst.transport_addr for a in peer.addrs)
-            )
+            or (peer.addrs and all(transport_part(a) != dst.transport_addr for a in peer.addrs))
         ):
             await trio.lowlevel.checkpoint()
             if dst is None:
@@ -584,7 +581,7 @@ class MemoryHost:
         return sorted((p, hosts[p].transport_addr) for p in self._connections or ())
 
     def path(self, peer_id: str) -> str | None:
-        """"relayed" while the NAT model routes ``peer_id`` through a relay, else "direct";
+        """ "relayed" while the NAT model routes ``peer_id`` through a relay, else "direct";
         None without a connection."""
         if not self.connection_count(peer_id):
             return None
@@ -592,7 +589,7 @@ class MemoryHost:
 
     @property
     def reachability(self) -> str:
-        """"private" behind a modelled NAT, else "public"."""
+        """ "private" behind a modelled NAT, else "public"."""
         return "public" if self._network.nat_of(self.peer_id) == "public" else "private"
 
     def crash(self) -> None:

@@ -174,9 +174,7 @@ class _DCUtR(DCUtRProtocol):
         UNILATERAL_TIMEOUT; whichever gives a direct connection first wins.
         """
         try:
-            addrs = [
-                a for a in self.host.get_peerstore().addrs(peer_id) if not is_circuit_addr(a)
-            ]
+            addrs = [a for a in self.host.get_peerstore().addrs(peer_id) if not is_circuit_addr(a)]
         except Exception:  # PeerStoreError for an unknown peer
             return False
         if addrs and self._nursery is not None:
@@ -572,7 +570,7 @@ async def _run_service(
 
 
 def _conn_path(conn: Any) -> str:
-    """"relayed" or "direct". A connection py-libp2p has not typed yet (a relayed one
+    """ "relayed" or "direct". A connection py-libp2p has not typed yet (a relayed one
     right after its upgrade) counts as relayed."""
     actual = getattr(conn, "_actual_transport_addresses", None) or []
     if any(is_circuit_addr(a) for a in actual):

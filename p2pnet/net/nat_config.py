@@ -34,7 +34,6 @@ class RelayServiceLimits:
     circuit_bytes: int = 64 * 1024 * 1024
 
 
-
 @dataclass(frozen=True, slots=True)
 class NatConfig:
     """NAT traversal settings of a peer.

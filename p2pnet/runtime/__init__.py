@@ -9,6 +9,10 @@ catalogue.py      ModelCatalogue             what a peer serves: models by ID, t
                                              access lists
 onnx_model.py     inspect_model              a model file's ModelInfo: ID, size, schema
                   OnnxModel                  a SlottedModel on one onnxruntime session
+generative.py     GenerativeModel            a decoder ONNX file with its tokenizer inside: streamed
+                                             generation token by token, and a text-in text-out
+                                             tensor view; load_model_file picks it or OnnxModel
+                  SessionStore, SessionLimits  conversations' caches kept between turns
 callable_model.py read_manifest              an adapter manifest's ID (CID of its bytes) and
                                              declared schema (docs/adapters.md)
                   CallableModel              a SlottedModel on its Python function, outputs

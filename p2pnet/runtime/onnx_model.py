@@ -27,7 +27,7 @@ __all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model"]
 ONNX_RUNTIME = f"onnxruntime/{ort.__version__}"
 
 
-def _file_model_id(path: Path) -> tuple[str, int]:
+def file_model_id(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as f:
@@ -89,7 +89,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
     """
     path = Path(path)
     try:
-        model_id, size = _file_model_id(path)
+        model_id, size = file_model_id(path)
         model = onnx.load(str(path), load_external_data=False)
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
