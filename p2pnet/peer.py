@@ -23,6 +23,7 @@ import trio
 
 from p2pnet.accounting import DEFAULT_ACCOUNTING, AccountingConfig
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
+from p2pnet.core.generation import GenerationParams, Prompt
 from p2pnet.core.identity import Identity
 from p2pnet.core.join import DEFAULT_JOINING, Attempt, JoinPlan, JoinPolicy, Wait
 from p2pnet.core.messages import WireLimits
@@ -30,13 +31,20 @@ from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
 from p2pnet.dht.node import DhtConfig
+from p2pnet.discovery.generation import ChatSession, Generation, first_answer
 from p2pnet.discovery.service import (
     DEFAULT_FINDER_POLICY,
     FinderPolicy,
     ModelFinder,
     Offer,
 )
-from p2pnet.errors import ConfigError, InvalidAddressError, PeerUnreachableError, UsageError
+from p2pnet.errors import (
+    ConfigError,
+    InvalidAddressError,
+    PeerUnreachableError,
+    UnknownModelError,
+    UsageError,
+)
 from p2pnet.invoke.local import Invokers
 from p2pnet.net.dnsaddr import is_dnsaddr, resolve_bootstrap
 from p2pnet.net.identity import generate_identity
@@ -465,6 +473,108 @@ class Peer:
         remote = self.services.remote
         address = peer if isinstance(peer, PeerAddress) else parse_peer_address(peer)
         return await remote.invoke(address, model_id, inputs, timeout=timeout)
+
+    def generate(
+        self,
+        prompt: str | Sequence[tuple[str, str]] | Prompt,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        peer: str | PeerAddress | None = None,
+        params: GenerationParams | None = None,
+        timeout: float = 60.0,
+    ) -> Generation:
+        """A reply from a generative model of ``task`` or ``model`` (on ``peer`` if
+        given, else found in the swarm), streamed: ``async for chunk in
+        peer.generate("Hi", task="chat")``. ``prompt``: a user message, (role, content)
+        turns, or a Prompt (text, tokens, or the model's own prompt fields).
+
+        Nothing happens before the iteration starts; a provider that fails before its
+        first chunk is passed over for the next (docs/models.md).
+
+        Raises (from the iteration):
+            UnknownModelError: nobody offers it. Otherwise as ``InvokeClient.generate``.
+        """
+        if isinstance(prompt, str):
+            prompt = Prompt(messages=(("user", prompt),))
+        elif not isinstance(prompt, Prompt):
+            prompt = Prompt(messages=tuple((role, text) for role, text in prompt))
+        chosen = prompt
+        settings = params or GenerationParams()
+
+        async def start(generation: Generation) -> Any:
+            deadline = trio.current_time() + timeout
+            offers = await self._generation_offers(task, model, peer, timeout / 2)
+            return await first_answer(
+                offers,
+                lambda offer: self.services.remote.generate(
+                    offer.address,
+                    offer.record.model_id,
+                    chosen,
+                    settings,
+                    timeout=max(0.001, deadline - trio.current_time()),
+                ),
+            )
+
+        return Generation(start)
+
+    def chat(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        system: str | None = None,
+        timeout: float = 60.0,
+    ) -> ChatSession:
+        """A conversation with a generative model of ``task`` or ``model`` in the swarm,
+        kept in a session on its provider: ``async with peer.chat(task="chat") as chat:
+        async for chunk in chat.send("Hi")``. See ChatSession (replay on another
+        provider when the session's is gone).
+
+        Raises:
+            UsageError: not exactly one of task and model.
+        """
+        if (task is None) == (model is None):
+            raise UsageError("chat with exactly one of task and model")
+        remote = self.services.remote
+
+        def open_stream(offer: Offer, prompt: Prompt, params: GenerationParams, **kw: Any) -> Any:
+            return remote.generate(offer.address, offer.record.model_id, prompt, params, **kw)
+
+        async def close_remote(offer: Offer, session_id: str) -> None:
+            await remote.close_session(offer.address, offer.record.model_id, session_id)
+
+        return ChatSession(
+            self.finder.find,
+            open_stream,
+            close_remote,
+            task=task,
+            model=model,
+            system=system,
+            timeout=timeout,
+            own_peer=self.peer_id,
+        )
+
+    async def _generation_offers(
+        self,
+        task: str | None,
+        model: str | None,
+        peer: str | PeerAddress | None,
+        timeout: float,
+    ) -> list[Offer]:
+        """Who to ask for a generation: ``peer`` for ``model``, or the swarm's offers of
+        ``task`` or ``model`` (not this peer's own: it streams to others only)."""
+        if peer is not None:
+            if model is None:
+                raise UsageError("generate on a given peer needs the model ID")
+            address = peer if isinstance(peer, PeerAddress) else parse_peer_address(peer)
+            offers = await self.finder.find(model=model, timeout=timeout)
+            named = [o for o in offers if o.record.peer_id == address.peer_id]
+            if named:
+                return named
+            raise UnknownModelError(f"peer {address.peer_id} does not offer model {model}")
+        offers = await self.finder.find(task=task, model=model, timeout=timeout)
+        return [o for o in offers if o.record.peer_id != self.peer_id]
 
     # --- running -------------------------------------------------------------------------
 

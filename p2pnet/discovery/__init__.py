@@ -3,6 +3,11 @@
     describe.py   DESCRIBE_PROTOCOL, DescribeServer,      /p2pnet/describe/1.0.0: serve this
                   DescribeClient, DescribeResult,         peer's signed capability records;
                   RejectedRecord, DescribeServerStats     fetch and verify another peer's
+    generation.py Generation, ChatSession, first_answer   streamed generation by task or
+                                                          model, failing over before the
+                                                          first chunk; conversations kept in
+                                                          a provider's session, replayed
+                                                          elsewhere when it is gone
     service.py    RecordPublisher, ModelFinder, Offer,    sign this peer's records; find by
                   Search                                  task or model, rank, call with
                                                           failover
