@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pnet.core.generation import GenerationCard
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.peer_id import peer_id_from_public_key
 from p2pnet.core.pricing import FREE, MAX_PRICE_PART, Price
@@ -158,6 +159,16 @@ prices = st.one_of(
 )
 
 
+cards = st.builds(
+    GenerationCard,
+    st.integers(1, 1 << 24),
+    st.lists(st.integers(0, (1 << 32) - 1), min_size=1, max_size=16).map(tuple),
+    st.text(max_size=20).map(lambda t: t + "{content}" + t),
+    st.text(max_size=40),
+    st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex()),
+)
+
+
 @st.composite
 def signed_records(draw: st.DrawFn) -> tuple[CapabilityRecord, Ed25519PrivateKey]:
     key = Ed25519PrivateKey.from_private_bytes(draw(st.binary(min_size=32, max_size=32)))
@@ -183,6 +194,7 @@ def signed_records(draw: st.DrawFn) -> tuple[CapabilityRecord, Ed25519PrivateKey
         seq=draw(st.integers(0, (1 << 64) - 1)),
         expires_at=draw(st.integers(1, (1 << 63) - 1)),
         price=draw(prices),
+        generation=draw(st.none() | cards),
     )
     return record, key
 
@@ -261,6 +273,15 @@ def _without(key: str) -> dict[str, Any]:
     return head
 
 
+GEN: dict[str, Any] = {
+    "context": 8192,
+    "eos": [2],
+    "turn": "<|im_start|>{role}\n{content}<|im_end|>\n",
+    "reply": "<|im_start|>assistant\n",
+    "tokenizer": "sha256:" + "ab" * 32,
+}
+
+
 def _spec_head(inputs: list[Any]) -> dict[str, Any]:
     return _with(schema={"inputs": inputs, "outputs": []})
 
@@ -311,6 +332,15 @@ MALFORMED_PAYLOADS: list[tuple[object, str]] = [
     (_with(seq=None), "seq must be an int, not NoneType"),
     (_with(expires_at=1 << 63), "expires_at is 9223372036854775808"),
     (_with(seq=msgpack.ExtType(1, b"")), "seq must be an int, not ExtType"),
+    (_with(gen=[8192]), "'gen' is an array, not a map"),
+    (_with(gen={**GEN, "extra": 1}), "'gen' has unknown key 'extra'"),
+    (_with(gen={k: v for k, v in GEN.items() if k != "eos"}), "'gen' lacks key 'eos'"),
+    (_with(gen={**GEN, "context": 0}), "gen context must be in"),
+    (_with(gen={**GEN, "eos": []}), "gen eos must be 1..16 token IDs"),
+    (_with(gen={**GEN, "eos": [-1]}), "gen eos must be 1..16 token IDs"),
+    (_with(gen={**GEN, "turn": "no content here"}), "gen turn must hold"),
+    (_with(gen={**GEN, "reply": "x" * 257}), "gen reply must be text of at most 256"),
+    (_with(gen={**GEN, "tokenizer": "md5:00"}), "gen tokenizer must be sha256"),
 ]
 
 
@@ -321,6 +351,15 @@ def test_malformed_payloads_are_rejected_precisely_even_when_signed(
     envelope = _signed(head)
     with pytest.raises(MalformedRecordError, match=error):
         verify_record(envelope, now=NOW)
+
+
+def test_a_generative_models_card_travels_last_and_free_records_are_unchanged() -> None:
+    card = GenerationCard(8192, (2,), GEN["turn"], GEN["reply"], GEN["tokenizer"])
+    generative = dataclasses.replace(SENTIMENT, generation=card)
+    head = msgpack.unpackb(encode_record(generative))
+    assert list(head)[-1] == "gen" and head["gen"] == GEN
+    assert verify_record(sign_record(generative, KEYS["A"]), now=NOW).generation == card
+    assert "gen" not in msgpack.unpackb(encode_record(SENTIMENT))
 
 
 def test_non_canonical_payloads_are_rejected_even_when_signed() -> None:

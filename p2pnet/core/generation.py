@@ -33,6 +33,7 @@ __all__ = [
     "MAX_STOP_STRING_CHARS",
     "ChatFormat",
     "FinishReason",
+    "GenerationCard",
     "GenerationFacts",
     "GenerationParams",
     "PromptTemplate",
@@ -526,3 +527,42 @@ class GenerationSummary:
     completion_tokens: int
     cached_tokens: int = 0
     session: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCard:
+    """What a capability record says of a generative model (its ``gen`` field): the
+    context length, the end tokens, the chat turn format and the generation prompt, and
+    the SHA-256 of the tokenizer the model file carries (``sha256:<hex>``).
+
+    Raises:
+        ValueError: a field out of its bound (the message names it).
+    """
+
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    chat_turn: str
+    generation_prompt: str
+    tokenizer: str
+
+    def __post_init__(self) -> None:
+        if type(self.context_length) is not int or not 0 < self.context_length <= 1 << 24:
+            raise ValueError(f"gen context must be in 1..{1 << 24}")
+        if (
+            not isinstance(self.eos_token_ids, tuple)
+            or not 1 <= len(self.eos_token_ids) <= 16
+            or not all(type(t) is int and 0 <= t < 1 << 32 for t in self.eos_token_ids)
+        ):
+            raise ValueError("gen eos must be 1..16 token IDs")
+        for name, text in (("turn", self.chat_turn), ("reply", self.generation_prompt)):
+            if not isinstance(text, str) or len(text.encode()) > 256:
+                raise ValueError(f"gen {name} must be text of at most 256 bytes")
+        if self.chat_turn.count("{content}") != 1:
+            raise ValueError("gen turn must hold {content} once")
+        if (
+            not isinstance(self.tokenizer, str)
+            or not self.tokenizer.startswith("sha256:")
+            or len(self.tokenizer) != 71
+            or any(c not in "0123456789abcdef" for c in self.tokenizer[7:])
+        ):
+            raise ValueError("gen tokenizer must be sha256:<64 lower-case hex digits>")

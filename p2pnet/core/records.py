@@ -35,6 +35,7 @@ from p2pnet.core.fields import (
     check_text,
     unpack_canonical,
 )
+from p2pnet.core.generation import GenerationCard
 from p2pnet.core.peer_id import peer_id_from_public_key, public_key_from_peer_id
 from p2pnet.core.pricing import FREE, Price, price_from_wire, price_to_wire
 from p2pnet.core.schema import ModelSchema, TensorSpec
@@ -96,6 +97,9 @@ _KEYS: Final = (
 )
 # After the keys above, only when the model is not free (a free record is unchanged).
 _PRICE_KEY: Final = "price"
+# Last, only for a generative model: {context, eos, turn, reply, tokenizer}.
+_GEN_KEY: Final = "gen"
+_GEN_KEYS: Final = ("context", "eos", "turn", "reply", "tokenizer")
 _SCHEMA_KEYS: Final = ("inputs", "outputs")
 _TASK = re.compile(r"[a-z0-9][a-z0-9-]*")
 _DTYPE = re.compile(r"[a-z][a-z0-9]*")
@@ -127,6 +131,7 @@ class CapabilityRecord:
     seq: int
     expires_at: int
     price: Price = FREE
+    generation: GenerationCard | None = None
 
     def __post_init__(self) -> None:
         check_model_id(self.model_id)
@@ -141,6 +146,8 @@ class CapabilityRecord:
         check_int("expires_at", self.expires_at, MAX_EXPIRES_AT)
         if not isinstance(self.price, Price):
             raise ValueError(f"price must be a Price, not {type(self.price).__name__}")
+        if self.generation is not None and not isinstance(self.generation, GenerationCard):
+            raise ValueError("generation must be a GenerationCard")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -168,6 +175,15 @@ def encode_record(record: CapabilityRecord) -> bytes:
     }
     if not record.price.is_free:
         fields[_PRICE_KEY] = price_to_wire(record.price)
+    if record.generation is not None:
+        card = record.generation
+        fields[_GEN_KEY] = {
+            "context": card.context_length,
+            "eos": list(card.eos_token_ids),
+            "turn": card.chat_turn,
+            "reply": card.generation_prompt,
+            "tokenizer": card.tokenizer,
+        }
     payload: bytes = msgpack.packb(fields, use_bin_type=True)
     return payload
 
@@ -197,7 +213,7 @@ def decode_record(payload: bytes) -> CapabilityRecord:
     check_keys(
         "capability record",
         head,
-        (*_KEYS, _PRICE_KEY) if _PRICE_KEY in head else _KEYS,
+        (*_KEYS, *(k for k in (_PRICE_KEY, _GEN_KEY) if k in head)),
         MalformedRecordError,
     )
     schema = head["schema"]
@@ -217,6 +233,7 @@ def decode_record(payload: bytes) -> CapabilityRecord:
             seq=head["seq"],
             expires_at=head["expires_at"],
             price=price_from_wire(head[_PRICE_KEY]) if _PRICE_KEY in head else FREE,
+            generation=_decode_card(head[_GEN_KEY]) if _GEN_KEY in head else None,
         )
     except ValueError as exc:
         raise MalformedRecordError(f"capability record has a bad field: {exc}") from None
@@ -226,6 +243,20 @@ def decode_record(payload: bytes) -> CapabilityRecord:
             "no duplicate keys); it has exactly one valid encoding"
         )
     return record
+
+
+def _decode_card(value: object) -> GenerationCard:
+    if not isinstance(value, dict):
+        raise MalformedRecordError(f"record field 'gen' is {_kind(value)}, not a map")
+    check_keys("record field 'gen'", value, _GEN_KEYS, MalformedRecordError)
+    eos = value["eos"]
+    return GenerationCard(
+        value["context"],
+        eos if isinstance(eos, tuple) else (),
+        value["turn"],
+        value["reply"],
+        value["tokenizer"],
+    )
 
 
 def _decode_specs(value: object) -> tuple[TensorSpec, ...]:

@@ -54,6 +54,7 @@ from p2pnet.core.identity import Identity
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.kad.lookup import LookupStats
 from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.model_info import card_to_dict
 from p2pnet.core.pricing import (
     Price,
     Usage,
@@ -171,6 +172,7 @@ class RecordPublisher:
                 seq=self._seq,
                 expires_at=int(now + self._ttl),
                 price=price,
+                generation=info.generation,
             )
         except ValueError as exc:
             raise UsageError(f"cannot publish model {info.name}: {exc}") from None
@@ -244,6 +246,7 @@ class Offer:
             "rtt_ms": round(self.rtt * 1000, 3),
             "price": price_to_wire(r.price),
             **r.schema.to_dict(),
+            **({"generation": card_to_dict(r.generation)} if r.generation else {}),
         }
 
 

@@ -106,6 +106,7 @@ def _check_publishable(info: ModelInfo, tasks: tuple[str, ...], peer_id: str) ->
             addrs=(),
             seq=1,
             expires_at=1,
+            generation=info.generation,
         )
     except ValueError as exc:
         raise UsageError(f"cannot publish model {info.name}: {exc}") from None

@@ -36,6 +36,7 @@ import trio
 from tokenizers import Tokenizer
 
 from p2pnet.core.generation import (
+    GenerationCard,
     GenerationFacts,
     GenerationParams,
     GenerationSummary,
@@ -294,8 +295,21 @@ class GenerativeModel:
             raise ModelFileError(f"onnxruntime cannot load {path}: {exc}") from None
         self._check_graph(path)
         model_id, size = file_model_id(path)
+        facts = self.facts
         self.info = ModelInfo(
-            model_id, path.resolve(), size, self._tensor_schema(), runtime=ONNX_RUNTIME
+            model_id,
+            path.resolve(),
+            size,
+            self._tensor_schema(),
+            name=facts.name or path.stem,
+            runtime=ONNX_RUNTIME,
+            generation=GenerationCard(
+                facts.context_length,
+                facts.eos_token_ids,
+                facts.chat.turn,
+                facts.chat.generation_prompt,
+                self.tokenizer_digest,
+            ),
         )
         self.sessions = sessions if sessions is not None else SessionStore()
         self._slots = RunSlots(max_concurrency, max_queue)
