@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
+from p2pnet.core.generation import SessionLimits
 from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
 from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
 from p2pnet.core.spot_check import (
@@ -285,6 +286,43 @@ def load_dht(path: Path | None = None) -> DhtSettings:
     if type(paths) is not int or not 1 <= paths <= 16:
         raise ConfigError(f"{where}: paths must be a whole number from 1 to 16, not {paths!r:.40}")
     return DhtSettings(DiversityLimits(local_addresses=local) if diversity else None, paths)
+
+
+# --- config.toml: sessions -------------------------------------------------------------------
+
+_SESSION_KEYS = ("max_sessions", "max_session_mib", "idle_timeout")
+
+
+def load_sessions(path: Path | None = None) -> SessionLimits:
+    """The ``[sessions]`` table of the config file: what this peer keeps for the
+    generation sessions of each generative model it serves (the defaults if there is
+    none; docs/models.md, "Sessions").
+
+    ::
+
+        [sessions]
+        max_sessions = 16             # open at once, per model; one more is refused
+        max_session_mib = 64          # cache memory of one session
+        idle_timeout = 300.0          # seconds a session is kept after its last turn
+
+    Raises:
+        ConfigError: the file is not TOML, or a key is unknown or out of range; the
+            message names the file and the key.
+    """
+    table, where = _section(path or config_path(), "sessions", _SESSION_KEYS)
+    default = SessionLimits()
+    for key in ("max_sessions", "max_session_mib"):
+        value = table.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
+    try:
+        return SessionLimits(
+            max_sessions=table.get("max_sessions", default.max_sessions),
+            max_session_bytes=table.get("max_session_mib", default.max_session_bytes >> 20) << 20,
+            idle_timeout=_number(where, table, "idle_timeout", default.idle_timeout),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _section(path: Path, name: str, keys: tuple[str, ...]) -> tuple[dict[str, Any], str]:

@@ -23,7 +23,12 @@ import trio
 
 from p2pnet.accounting import DEFAULT_ACCOUNTING, AccountingConfig
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
-from p2pnet.core.generation import GenerationParams, Prompt
+from p2pnet.core.generation import (
+    DEFAULT_SESSION_LIMITS,
+    GenerationParams,
+    Prompt,
+    SessionLimits,
+)
 from p2pnet.core.identity import Identity
 from p2pnet.core.join import DEFAULT_JOINING, Attempt, JoinPlan, JoinPolicy, Wait
 from p2pnet.core.messages import WireLimits
@@ -147,6 +152,10 @@ class Peer:
             it keeps asking them, each with its own backoff (1 s doubling to 60 s by
             default), and ``status()`` says so (``p2pnet.core.join.JoinPolicy``;
             docs/networking.md, "Joining").
+        sessions: what each generative model this peer serves keeps for generation
+            sessions: how many at once, cache memory per session, idle time
+            (``p2pnet.core.generation.SessionLimits``; the ``[sessions]`` table of
+            config.toml; docs/models.md, "Sessions").
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class Peer:
         trust_store: str | Path | None = None,
         spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS,
         joining: JoinPolicy = DEFAULT_JOINING,
+        sessions: SessionLimits = DEFAULT_SESSION_LIMITS,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -202,6 +212,7 @@ class Peer:
             trust_store=Path(trust_store) if trust_store is not None else None,
             spot_checks=spot_checks,
             joining=joining,
+            sessions=sessions,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host
@@ -367,7 +378,7 @@ class Peer:
             else:
                 from p2pnet.runtime.generative import load_model_file
 
-                model = load_model_file(model, max_concurrency=limit)
+                model = load_model_file(model, max_concurrency=limit, sessions=self.config.sessions)
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
         info = self.catalogue.add(model, tasks, allow, price)

@@ -36,6 +36,7 @@ from p2pnet.accounting import (
     machine_fingerprint,
 )
 from p2pnet.core.address import transport_part, with_peer_id
+from p2pnet.core.generation import DEFAULT_SESSION_LIMITS, SessionLimits
 from p2pnet.core.identity import Identity
 from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
 from p2pnet.core.kad.diversity import GroupOf
@@ -92,6 +93,7 @@ class PeerConfig:
         it marked untrusted; None: no spot checks.
     spot_checks: rate, tolerances and limits of spot checks, when there is a trust store.
     joining: how the peer joins and, alone, keeps trying (``p2pnet.core.join.JoinPolicy``).
+    sessions: what the generative models it serves keep for generation sessions.
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -115,6 +117,7 @@ class PeerConfig:
     trust_store: Path | None = None
     spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS
     joining: JoinPolicy = DEFAULT_JOINING
+    sessions: SessionLimits = DEFAULT_SESSION_LIMITS
 
 
 @dataclass(frozen=True, slots=True)

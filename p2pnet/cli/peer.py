@@ -27,7 +27,7 @@ from p2pnet.cli.options import (
     parse_price,
 )
 from p2pnet.cli.render import err, out, peer_text
-from p2pnet.config import load_trust
+from p2pnet.config import load_sessions, load_trust
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import UsageError
 from p2pnet.ledger import default_ledger_path
@@ -258,6 +258,7 @@ async def _serve(options: PeerOptions) -> None:
             trust_store=default_trust_path(identity.peer_id),
             spot_checks=load_trust(),
             dht=dht_config(),
+            sessions=load_sessions(),
             listen=options.listen,
             max_concurrency=options.max_concurrency,
             bootstrap=join.bootstrap,

@@ -27,6 +27,7 @@ from p2pnet.core.text import quote_bounded
 from p2pnet.errors import InvalidInputError, ModelFileError
 
 __all__ = [
+    "DEFAULT_SESSION_LIMITS",
     "FINISH_REASONS",
     "MAX_GENERATION_TOKENS",
     "MAX_STOP_STRINGS",
@@ -37,6 +38,7 @@ __all__ = [
     "GenerationFacts",
     "GenerationParams",
     "PromptTemplate",
+    "SessionLimits",
     "TextStream",
     "choose_token",
     "parse_generation_facts",
@@ -470,6 +472,33 @@ def check_role(role: object) -> str:
             f"a message's role must be one of {', '.join(ROLES)}, got {quote_bounded(role)}"
         )
     return str(role)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What one peer keeps for generation sessions, per generative model it serves.
+
+    max_sessions: sessions open at once; one more is refused (SessionLimitError).
+    max_session_bytes: cache memory of one session (float32 keys and values of every
+        token it holds); a turn that would go over it is refused.
+    idle_timeout: seconds a session is kept after its last turn; then it is dropped
+        and its ID is unknown (UnknownSessionError).
+    """
+
+    max_sessions: int = 16
+    max_session_bytes: int = 64 << 20
+    idle_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if type(self.max_sessions) is not int or self.max_sessions < 0:
+            raise ValueError("max_sessions must be a whole number >= 0")
+        if type(self.max_session_bytes) is not int or self.max_session_bytes < 0:
+            raise ValueError("max_session_bytes must be a whole number >= 0")
+        if not isinstance(self.idle_timeout, int | float) or not 0 < self.idle_timeout < 1e9:
+            raise ValueError("idle_timeout must be a positive number of seconds")
+
+
+DEFAULT_SESSION_LIMITS: Final = SessionLimits()
 
 
 @dataclass(frozen=True, slots=True)

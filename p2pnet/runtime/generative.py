@@ -36,12 +36,14 @@ import trio
 from tokenizers import Tokenizer
 
 from p2pnet.core.generation import (
+    DEFAULT_SESSION_LIMITS,
     GenerationCard,
     GenerationFacts,
     GenerationParams,
     GenerationSummary,
     Prompt,
     PromptTemplate,
+    SessionLimits,
     TextStream,
     choose_token,
     parse_generation_facts,
@@ -100,39 +102,26 @@ def _metadata(path: Path) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
-def load_model_file(path: str | Path, *, max_concurrency: int = 2) -> OnnxModel | GenerativeModel:
+def load_model_file(
+    path: str | Path, *, max_concurrency: int = 2, sessions: SessionLimits = DEFAULT_SESSION_LIMITS
+) -> OnnxModel | GenerativeModel:
     """Load an ONNX model file: a GenerativeModel if its metadata says it generates
-    (one decoding step at a time: steps of concurrent generations take turns), an
-    OnnxModel otherwise (``max_concurrency`` runs at once).
+    (one decoding step at a time: steps of concurrent generations take turns; its
+    sessions kept within ``sessions``), an OnnxModel otherwise (``max_concurrency`` runs
+    at once).
 
     Raises:
         ModelFileError: the file cannot be read or loaded.
     """
     metadata = _metadata(Path(path))
     if is_generative(metadata):
-        return GenerativeModel(path, metadata=metadata)
+        return GenerativeModel(path, metadata=metadata, sessions=SessionStore(sessions))
     return OnnxModel.load(path, max_concurrency=max_concurrency)
 
 
 def is_generative(metadata: Mapping[str, str]) -> bool:
     """True if a model file's metadata marks it as a generative model."""
     return GENERATION_KEY in metadata
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLimits:
-    """What one peer keeps for generation sessions, per generative model it serves.
-
-    max_sessions: sessions open at once; one more is refused (SessionLimitError).
-    max_session_bytes: cache memory of one session (float32 keys and values of every
-        token it holds); a turn that would go over it is refused.
-    idle_timeout: seconds a session is kept after its last turn; then it is dropped
-        and its ID is unknown (UnknownSessionError).
-    """
-
-    max_sessions: int = 16
-    max_session_bytes: int = 64 << 20
-    idle_timeout: float = 300.0
 
 
 @dataclass(eq=False)
@@ -173,7 +162,7 @@ class SessionStore:
     told it does not exist, as for an expired one.
     """
 
-    def __init__(self, limits: SessionLimits = SessionLimits()) -> None:
+    def __init__(self, limits: SessionLimits = DEFAULT_SESSION_LIMITS) -> None:
         self.limits = limits
         self._sessions: dict[str, Session] = {}
 
