@@ -158,6 +158,9 @@ class InvokeServer:
                     ahead = read_ahead.pop()
                     if isinstance(ahead, P2PNetError):
                         raise ahead
+                    if ahead is None:  # the caller closed its side during a generation
+                        await stream.close()
+                        return
                     message: Message | None = ahead
                 else:
                     message = await self._read_request(stream, reader, self.idle_timeout)
@@ -210,7 +213,7 @@ class InvokeServer:
         async def watch() -> None:
             try:
                 while True:
-                    message = await self._read_request(stream, reader, idle)
+                    message = await self._read_request(stream, reader, idle, close_at_end=False)
                     if isinstance(message, Cancel):
                         if message.request_id == request.request_id:
                             cancel.set()
@@ -370,11 +373,18 @@ class InvokeServer:
             log.info("acknowledgement from %s refused: %s", caller, exc)
 
     async def _read_request(
-        self, stream: ByteStream, reader: MessageReader, idle_timeout: float
+        self,
+        stream: ByteStream,
+        reader: MessageReader,
+        idle_timeout: float,
+        *,
+        close_at_end: bool = True,
     ) -> Message | None:
         """As ``p2pnet.net.channels.read_request``, but a head of ``offload_head_bytes``
         or more is decoded in a worker thread, so that other callers are served while
-        it is decoded (decoding releases the GIL every few milliseconds).
+        it is decoded (decoding releases the GIL every few milliseconds). At the end of
+        the stream, or after ``idle_timeout`` seconds without a request, the stream is
+        closed unless ``close_at_end`` is false (a reply is still being written).
 
         Raises:
             As read_request.
@@ -398,7 +408,8 @@ class InvokeServer:
                 reader.receive_data(data)
         if idle.cancelled_caught:
             log.debug("closing a stream from %s idle for %.0f s", stream.peer_id, idle_timeout)
-        await stream.close()
+        if close_at_end:  # else a reply is still being written: the caller closes later
+            await stream.close()
         return None
 
     def _error_reply(self, request_id: int, exc: P2PNetError) -> ErrorReply:
