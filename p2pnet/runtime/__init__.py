@@ -12,6 +12,8 @@ onnx_model.py     inspect_model              a model file's ModelInfo: ID, size,
 generative.py     GenerativeModel            a decoder ONNX file with its tokenizer inside: streamed
                                              generation token by token, and a text-in text-out
                                              tensor view; load_model_file picks it or OnnxModel
+                  inspect_generative,        what a generative file says, without loading it;
+                  inspect_model_file         any model file's ModelInfo
                   SessionStore, SessionLimits  conversations' caches kept between turns
 callable_model.py read_manifest              an adapter manifest's ID (CID of its bytes) and
                                              declared schema (docs/adapters.md)

@@ -60,16 +60,19 @@ from p2pnet.errors import (
     SessionLimitError,
     UnknownSessionError,
 )
-from p2pnet.runtime.onnx_model import ONNX_RUNTIME, OnnxModel, file_model_id
+from p2pnet.runtime.onnx_model import ONNX_RUNTIME, OnnxModel, file_model_id, inspect_model
 from p2pnet.runtime.served import RunSlots
 
 __all__ = [
     "GENERATION_KEY",
     "PROMPT_KEY",
     "TOKENIZER_KEY",
+    "GenerativeFile",
     "GenerativeModel",
     "SessionLimits",
     "SessionStore",
+    "inspect_generative",
+    "inspect_model_file",
     "is_generative",
     "load_model_file",
 ]
@@ -117,6 +120,79 @@ def load_model_file(
     if is_generative(metadata):
         return GenerativeModel(path, metadata=metadata, sessions=SessionStore(sessions))
     return OnnxModel.load(path, max_concurrency=max_concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerativeFile:
+    """What a generative model file says, read without loading it: its ModelInfo (the
+    text-in text-out schema and the record's generation card), its facts, its own prompt
+    if any, and its tokenizer (the JSON text and its SHA-256)."""
+
+    info: ModelInfo
+    facts: GenerationFacts
+    prompt: PromptTemplate | None
+    tokenizer_json: str
+    tokenizer_digest: str
+
+
+def inspect_generative(
+    path: str | Path, metadata: Mapping[str, str] | None = None
+) -> GenerativeFile:
+    """Read a generative model file's metadata (``metadata``: already read).
+
+    Raises:
+        ModelFileError: the file cannot be read, is not generative, or its metadata is
+            wrong (the message names the key).
+    """
+    path = Path(path)
+    metadata = _metadata(path) if metadata is None else metadata
+    if not is_generative(metadata):
+        raise ModelFileError(f"{path} is not a generative model (no {GENERATION_KEY})")
+    facts = parse_generation_facts(metadata[GENERATION_KEY])
+    if TOKENIZER_KEY not in metadata:
+        raise ModelFileError(f"{path}: a generative model needs {TOKENIZER_KEY}")
+    tokenizer_json = metadata[TOKENIZER_KEY]
+    digest = "sha256:" + hashlib.sha256(tokenizer_json.encode()).hexdigest()
+    prompt = parse_prompt_template(metadata[PROMPT_KEY]) if PROMPT_KEY in metadata else None
+    names: tuple[str, ...] = ("prompt",)
+    output = "text"
+    if prompt is not None:
+        names, output = prompt.inputs, prompt.output
+    schema = ModelSchema(
+        inputs=tuple(TensorSpec(name, "string", ("N",)) for name in names),
+        outputs=(TensorSpec(output, "string", ("N",)),),
+    )
+    model_id, size = file_model_id(path)
+    card = GenerationCard(
+        facts.context_length,
+        facts.eos_token_ids,
+        facts.chat.turn,
+        facts.chat.generation_prompt,
+        digest,
+    )
+    info = ModelInfo(
+        model_id,
+        path.resolve(),
+        size,
+        schema,
+        name=facts.name or path.stem,
+        runtime=ONNX_RUNTIME,
+        generation=card,
+    )
+    return GenerativeFile(info, facts, prompt, tokenizer_json, digest)
+
+
+def inspect_model_file(path: str | Path) -> ModelInfo:
+    """A model file's ModelInfo, whether it generates (``inspect_generative``) or not
+    (``inspect_model``).
+
+    Raises:
+        ModelFileError: the file cannot be read or is not a model p2pnet serves.
+    """
+    metadata = _metadata(Path(path))
+    if is_generative(metadata):
+        return inspect_generative(path, metadata).info
+    return inspect_model(path)
 
 
 def is_generative(metadata: Mapping[str, str]) -> bool:
@@ -235,12 +311,13 @@ class GenerativeModel:
     """A loaded generative model (see the module docstring).
 
     Args:
-        info: the file's facts (``inspect_generative``).
+        path: the model file (``inspect_generative`` reads what it says of itself).
         max_concurrency: decoding steps running at once (each uses ``threads`` threads).
         max_queue: steps waiting for a turn beyond those; more are refused as busy.
         max_generations: generations running at once; one more is refused as busy.
         threads: onnxruntime threads per step (0: onnxruntime chooses).
         sessions: where sessions are kept; None: a store with default limits.
+        metadata: the file's ONNX metadata, if already read.
 
     Raises:
         ModelFileError: not a generative model file, or one onnxruntime cannot load.
@@ -258,21 +335,14 @@ class GenerativeModel:
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         path = Path(path)
-        metadata = _metadata(path) if metadata is None else metadata
-        if not is_generative(metadata):
-            raise ModelFileError(f"{path} is not a generative model (no {GENERATION_KEY})")
-        self.facts: GenerationFacts = parse_generation_facts(metadata[GENERATION_KEY])
-        if TOKENIZER_KEY not in metadata:
-            raise ModelFileError(f"{path}: a generative model needs {TOKENIZER_KEY}")
-        tokenizer_json = metadata[TOKENIZER_KEY]
+        found = inspect_generative(path, metadata)
+        self.facts = found.facts
+        self.prompt = found.prompt
+        self.tokenizer_digest = found.tokenizer_digest
         try:
-            self._tokenizer = Tokenizer.from_str(tokenizer_json)
+            self._tokenizer = Tokenizer.from_str(found.tokenizer_json)
         except Exception as exc:  # tokenizers raises its own Exception subclass
             raise ModelFileError(f"{path}: {TOKENIZER_KEY} is not a tokenizer: {exc}") from None
-        self.tokenizer_digest = "sha256:" + hashlib.sha256(tokenizer_json.encode()).hexdigest()
-        self.prompt: PromptTemplate | None = (
-            parse_prompt_template(metadata[PROMPT_KEY]) if PROMPT_KEY in metadata else None
-        )
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
@@ -283,23 +353,7 @@ class GenerativeModel:
         except Exception as exc:
             raise ModelFileError(f"onnxruntime cannot load {path}: {exc}") from None
         self._check_graph(path)
-        model_id, size = file_model_id(path)
-        facts = self.facts
-        self.info = ModelInfo(
-            model_id,
-            path.resolve(),
-            size,
-            self._tensor_schema(),
-            name=facts.name or path.stem,
-            runtime=ONNX_RUNTIME,
-            generation=GenerationCard(
-                facts.context_length,
-                facts.eos_token_ids,
-                facts.chat.turn,
-                facts.chat.generation_prompt,
-                self.tokenizer_digest,
-            ),
-        )
+        self.info = found.info
         self.sessions = sessions if sessions is not None else SessionStore()
         self._slots = RunSlots(max_concurrency, max_queue)
         self._max_generations = max_generations
@@ -338,16 +392,6 @@ class GenerativeModel:
         extra = sorted(inputs - wanted_in)
         if extra:
             raise ModelFileError(f"{path}: graph input {extra[0]!r} is not one a decoder feeds")
-
-    def _tensor_schema(self) -> ModelSchema:
-        names: tuple[str, ...] = ("prompt",)
-        output = "text"
-        if self.prompt is not None:
-            names, output = self.prompt.inputs, self.prompt.output
-        return ModelSchema(
-            inputs=tuple(TensorSpec(name, "string", ("N",)) for name in names),
-            outputs=(TensorSpec(output, "string", ("N",)),),
-        )
 
     # --- tokens ---------------------------------------------------------------------------
 
