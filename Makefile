@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,models]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,models,tensorflow]'
 	touch $(STAMP)
 
 build/models/.built: $(STAMP) scripts/build_models.py scripts/build_cs_models.py scripts/data/customer_service/*.tsv

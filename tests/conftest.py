@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 settings.register_profile("p2pnet", deadline=None)
 settings.load_profile("p2pnet")
 
-# Session fixtures whose use makes a test slow: building them takes seconds.
-SLOW_FIXTURES = {"cs_models"}
+# Fixtures whose use makes a test slow: building them takes seconds (tf imports
+# TensorFlow for tests/test_import_tensorflow.py).
+SLOW_FIXTURES = {"cs_models", "tf"}
 
 
 def load_script(relative: str) -> object:

@@ -90,8 +90,11 @@ def test_the_runtime_loads_none_of_the_model_tools() -> None:
 
 
 @pytest.mark.slow
-def test_the_model_tools_load_torch_and_scikit_learn_only_when_used() -> None:
-    heavy = ("torch", "sklearn", "skl2onnx", "joblib", "onnxruntime.quantization")
+def test_the_model_tools_load_torch_scikit_learn_and_tensorflow_only_when_used() -> None:
+    heavy = (
+        "torch", "sklearn", "skl2onnx", "joblib", "onnxruntime.quantization",
+        "tensorflow", "keras", "tf2onnx",
+    )  # fmt: skip
     imports = (
         "import p2pnet.modeltools\n"
         "for m in pkgutil.walk_packages(p2pnet.modeltools.__path__, 'p2pnet.modeltools.'):\n"

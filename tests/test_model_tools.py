@@ -250,9 +250,9 @@ def test_an_unknown_framework_is_refused_by_the_parser(
 ) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["model", "import", str(torch_files["script"]), str(tmp_path / "o.onnx"),
-              "--from", "tensorflow", "-i", X])  # fmt: skip
+              "--from", "jax", "-i", X])  # fmt: skip
     assert exc.value.code == 2
-    assert "invalid choice: 'tensorflow'" in capsys.readouterr().err
+    assert "invalid choice: 'jax'" in capsys.readouterr().err
 
 
 def test_a_conversion_beyond_the_tolerance_fails_and_writes_nothing(

@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from rich.table import Table
 from rich.text import Text
@@ -78,6 +79,14 @@ class QuantizeOptions:
         return cls(Path(args.source), Path(args.out), args.runs, args.weight_type, args.json)
 
 
+# How ``model import`` names the source frameworks (p2pnet.modeltools.FRAMEWORKS).
+_FRAMEWORK_NAMES: Final = {
+    "torch": "PyTorch",
+    "sklearn": "scikit-learn",
+    "tensorflow": "TensorFlow",
+}
+
+
 def add_model_parsers(sub: Subparsers, parents: ParentParsers) -> None:
     model = sub.add_parser("model", help="work with model files")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
@@ -93,32 +102,38 @@ def add_model_parsers(sub: Subparsers, parents: ParentParsers) -> None:
     p = model_sub.add_parser(
         "import",
         parents=[parents.common],
-        help="convert a PyTorch or scikit-learn model to ONNX, checked against the original",
+        help="convert a PyTorch, scikit-learn or TensorFlow model to ONNX, checked against the "
+        "original",
         description="Convert a TorchScript file (torch.jit.save), an exported program "
-        "(torch.export.save, .pt2) or a pickled scikit-learn estimator or Pipeline to ONNX, "
+        "(torch.export.save, .pt2), a pickled scikit-learn estimator or Pipeline, or a "
+        "TensorFlow model (a Keras .keras or .h5 file, a SavedModel directory) to ONNX, "
         "check it (ONNX checker, a run in p2pnet's runtime, the same sample inputs through "
         "the original model) and write it. WARNING: --from sklearn unpickles SRC, which runs "
-        "code from the file: import only files you trust. Needs: pip install 'p2pnet[models]'.",
+        "code from the file: import only files you trust. Needs: pip install 'p2pnet[models]' "
+        "(PyTorch, scikit-learn) or 'p2pnet[tensorflow]'.",
     )
-    p.add_argument("source", metavar="SRC", help="the model file to convert")
+    p.add_argument(
+        "source", metavar="SRC", help="the model file (or SavedModel directory) to convert"
+    )
     p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write (replaced if present)")
     p.add_argument(
         "--from",
         dest="framework",
         required=True,
-        choices=("torch", "sklearn"),
+        choices=("torch", "sklearn", "tensorflow"),
         help="torch: TorchScript or exported program; sklearn: joblib/pickle file (runs code "
-        "from the file when loaded: trusted files only)",
+        "from the file when loaded: trusted files only); tensorflow: Keras file (.keras, .h5) "
+        "or SavedModel directory with a serving signature",
     )
     p.add_argument(
         "--input",
         "-i",
         action="append",
         default=[],
-        required=True,
         metavar="NAME:DTYPE:SHAPE",
         help="a model input, e.g. x:float32:N,4 (a number is a fixed size, a name a symbolic "
-        "one, ? any size); repeatable, in the order the model takes them",
+        "one, ? any size); repeatable, in the order the model takes them. Required for torch "
+        "and sklearn; tensorflow takes the model's input signature unless given",
     )
     p.add_argument(
         "--output",
@@ -126,7 +141,8 @@ def add_model_parsers(sub: Subparsers, parents: ParentParsers) -> None:
         default=[],
         metavar="NAME",
         help="name of the model's next output (repeatable, in order; default: output, "
-        "output_0.. for PyTorch, label/probabilities or variable for scikit-learn)",
+        "output_0.. for PyTorch, label/probabilities or variable for scikit-learn, the output "
+        "layers' or the serving signature's names for TensorFlow)",
     )
     p.add_argument(
         "--opset", type=int, default=18, metavar="N", help="ONNX opset to target (default 18)"
@@ -181,7 +197,8 @@ def inspect_model_files(options: InspectOptions) -> int:
 
 
 def import_model_file(options: ImportOptions) -> int:
-    """Convert a PyTorch or scikit-learn model to ONNX and print how well it matches."""
+    """Convert a PyTorch, scikit-learn or TensorFlow model to ONNX and print how well it
+    matches."""
     from p2pnet.modeltools import import_model, parse_input_decl
 
     report = import_model(
@@ -204,7 +221,7 @@ def import_model_file(options: ImportOptions) -> int:
         markup=False,
     )
     shapes = ", ".join(f"{k} {list(v)}" for k, v in report.sample_shapes.items())
-    source = "PyTorch" if report.framework == "torch" else "scikit-learn"
+    source = _FRAMEWORK_NAMES[report.framework]
     out.print(
         f"checked against {source} on {shapes}: max abs deviation {check.max_abs:.3g} "
         f"(tolerance {check.tolerance:g})",

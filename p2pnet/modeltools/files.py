@@ -20,14 +20,15 @@ def write_atomic(data: bytes, out: Path) -> Path:
     return Path(name)
 
 
-def check_paths(source: Path, out: Path) -> None:
+def check_paths(source: Path, out: Path, *, directory: bool = False) -> None:
     """Check that ``source`` can be read and ``out`` written, and that they differ.
+    ``directory``: ``source`` may be a directory too (a TensorFlow SavedModel).
 
     Raises:
-        ModelFileError: ``source`` is missing or a directory.
+        ModelFileError: ``source`` is missing, or a directory where a file is wanted.
         UsageError: ``out``'s directory is missing, or ``out`` is ``source``.
     """
-    if not source.is_file():
+    if not source.is_file() and not (directory and source.is_dir()):
         what = "is a directory" if source.is_dir() else "does not exist"
         raise ModelFileError(f"cannot read {source}: it {what}")
     if not out.parent.is_dir():

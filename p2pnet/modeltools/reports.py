@@ -14,8 +14,8 @@ from p2pnet.modeltools.verification import OutputComparison, Verification
 
 __all__ = ["FRAMEWORKS", "Framework", "ImportReport", "ModelFigures", "QuantizeReport"]
 
-Framework = Literal["torch", "sklearn"]
-FRAMEWORKS: Final[tuple[Framework, ...]] = ("torch", "sklearn")
+Framework = Literal["torch", "sklearn", "tensorflow"]
+FRAMEWORKS: Final[tuple[Framework, ...]] = ("torch", "sklearn", "tensorflow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,9 @@ class ImportReport:
     info: ModelInfo
     source: Path
     framework: Framework
-    source_kind: str  # "TorchScript", "exported program", or the estimator's class name
+    # "TorchScript", "exported program", the estimator's class name, "Keras Functional
+    # model" (Sequential ...), or "SavedModel"
+    source_kind: str
     exporter: str
     opset: int
     sample_shapes: Mapping[str, tuple[int, ...]]
