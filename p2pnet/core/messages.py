@@ -608,6 +608,11 @@ class MessageReader:
             raise RemoteProtocolError(
                 f"message head is not valid msgpack: {exc or type(exc).__name__}"
             ) from None
+        kind = head.get("type") if isinstance(head, dict) else None
+        if streamed and isinstance(kind, str) and kind in _GENERATION_TYPES:
+            # Generation messages carry no tensor map: refused before decoding reads the
+            # buffer of a streamed prompt (uninitialised, up to max_message_size bytes).
+            raise RemoteProtocolError("streamed tensor outside the message's tensor map")
         message = _message_from_head(head)
         carried: Tensors = (
             message.inputs
@@ -681,7 +686,7 @@ def _message_from_head(head: object) -> Message:
             tuple(_trace_entry(t) for t in trace),
             _receipt_list(head),
         )
-    if kind in _GENERATION_TYPES:
+    if isinstance(kind, str) and kind in _GENERATION_TYPES:
         return _decode_generation(kind, request_id, head)
     raise RemoteProtocolError(f"unknown message type {quote_bounded(kind)}")
 
@@ -758,7 +763,9 @@ def _decode_generation(kind: str, request_id: int, head: dict[str, Any]) -> Mess
     if kind == "cancel":
         return Cancel(request_id)
     if kind == "close_session":
-        return CloseSession(request_id, _field(head, "model", str), _session_id(head["session"]))
+        return CloseSession(
+            request_id, _field(head, "model", str), _session_id(head.get("session"))
+        )
     if kind == "chunk":
         tokens = _field(head, "tokens", list)
         if not all(type(t) is int and 0 <= t <= MAX_ID for t in tokens):
@@ -829,7 +836,9 @@ def _prompt(raw: dict[str, Any]) -> Prompt:
         _check_prompt_chars(sum(len(c) for _, c in body))
         return Prompt(messages=tuple((role, content) for role, content in body))
     if kind == "fields":
-        if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        if not isinstance(body, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in body.items()
+        ):
             raise RemoteProtocolError("prompt fields must map text to text")
         _check_prompt_chars(sum(len(v) for v in body.values()))
         return Prompt(fields=dict(body))
