@@ -121,12 +121,19 @@ def _hostile_invoke_heads() -> list[bytes]:
 
     model = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
     strings = string_tensor((1 << 28,))
+    generate = {"v": 1, "type": "generate", "id": 7, "model": model, "deadline_ms": 1000}
+    params = {"params": {"max_tokens": 4096, "stop": ["a" * 64] * 8}}
+    # int64, ndim 1, 31 Mi elements: just under the default max_message_size
+    streamed_tokens = msgpack.ExtType(2, bytes((5, 1)) + (31 << 20).to_bytes(8, "little"))
     return [
         frame(invoke_head(model, {"x": strings}, deadline_ms=1000)),
         frame(invoke_head(model, {"x": msgpack.ExtType(1, strings.data + b"\x01a" * 64)})),
         frame(invoke_head("z" + "1" * 2000, {})),
         nested_frame(2000),
         frame([[None] * 200] * 20),
+        frame(generate | {"prompt": {"tokens": streamed_tokens}} | params),
+        frame(generate | {"prompt": {"messages": [["user", "x" * 100]] * 200}} | params),
+        frame({"v": 1, "type": ["generate"], "id": 7}),
     ]
 
 
@@ -139,6 +146,8 @@ def _tensor_payloads(messages: list[bytes]) -> Iterator[str]:
         head = msgpack.unpackb(data[start : start + length], raw=False, ext_hook=_ext_bytes)
         for key in ("inputs", "outputs", "tensors"):
             yield from (head.get(key) or {}).values()
+        if "tokens" in (head.get("prompt") or {}):  # a generate's token prompt
+            yield head["prompt"]["tokens"]
 
 
 def _ext_bytes(code: int, payload: bytes) -> str:

@@ -11,11 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from p2pnet.core.generation import GenerationParams, GenerationSummary, Prompt
 from p2pnet.core.messages import (
     MAX_SIGNED_BLOB_BYTES,
+    Cancel,
+    Chunk,
+    CloseSession,
+    Done,
     ErrorReply,
     Forward,
     ForwardResult,
+    Generate,
     Hop,
     Invoke,
     Message,
@@ -60,7 +66,48 @@ def _message(vector: dict[str, Any]) -> Message:
     if vector["type"] == "ForwardResult":
         trace = tuple(TraceEntry(*t) for t in vector["trace"])
         return ForwardResult(vector["request_id"], tensors, trace)
+    if vector["type"] in GENERATION_TYPES:
+        return _generation_message(vector)
     return ErrorReply(vector["request_id"], vector["code"], vector["message"])
+
+
+GENERATION_TYPES = ("Generate", "Chunk", "Done", "Cancel", "CloseSession")
+
+
+def _generation_message(vector: dict[str, Any]) -> Message:
+    rid = vector["request_id"]
+    if vector["type"] == "Generate":
+        ((kind, body),) = vector["prompt"].items()
+        if kind == "messages":
+            body = tuple((role, content) for role, content in body)
+        elif kind == "tokens":
+            body = tuple(body)
+        params = vector["params"] | {"stop": tuple(vector["params"]["stop"])}
+        return Generate(
+            rid,
+            vector["model"],
+            Prompt(**{kind: body}),
+            GenerationParams(**params),
+            vector["deadline_ms"],
+            vector.get("session"),
+            vector.get("keep", False),
+        )
+    if vector["type"] == "Chunk":
+        return Chunk(rid, vector["text"], tuple(vector["tokens"]))
+    if vector["type"] == "Done":
+        return Done(
+            rid,
+            GenerationSummary(
+                vector["finish"],
+                vector["prompt_tokens"],
+                vector["completion_tokens"],
+                vector["cached_tokens"],
+                vector.get("session"),
+            ),
+        )
+    if vector["type"] == "Cancel":
+        return Cancel(rid)
+    return CloseSession(rid, vector["model"], vector["session"])
 
 
 def _encode(message: Message, limits: WireLimits = LIMITS) -> bytes:
@@ -81,8 +128,8 @@ def _decode_all(data: bytes, limits: WireLimits = LIMITS, step: int = 0) -> list
 
 def assert_same(a: Message, b: Message) -> None:
     assert type(a) is type(b) and a.request_id == b.request_id
-    if isinstance(a, ErrorReply):
-        assert a == b
+    if isinstance(a, ErrorReply | Generate | Chunk | Done | Cancel | CloseSession):
+        assert a == b  # no tensors: every field compares
         return
     ta, tb = _tensors_of(a), _tensors_of(b)
     assert list(ta) == list(tb)

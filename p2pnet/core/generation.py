@@ -16,6 +16,7 @@ knows onnxruntime or the tokenizer library. Same seed, same logits: same tokens.
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -183,11 +184,11 @@ def parse_generation_facts(text: str, where: str = "p2pnet.generation") -> Gener
         raise ModelFileError(f"{where}: {len(text)} characters, over {MAX_FACTS_CHARS}")
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ModelFileError(f"{where} is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ModelFileError(f"{where} must be a JSON object")
-    if raw.get("format") != 1:
+    if type(raw.get("format")) is not int or raw["format"] != 1:
         raise ModelFileError(f"{where}: format {quote_bounded(raw.get('format'))} is not 1")
     vocab = _positive(raw, "vocab_size", where)
     eos = _get(raw, "eos_token_ids", list, where)
@@ -274,13 +275,23 @@ def parse_prompt_template(text: str, where: str = "p2pnet.prompt") -> PromptTemp
         raise ModelFileError(f"{where}: {len(text)} characters, over {MAX_FACTS_CHARS}")
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ModelFileError(f"{where} is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ModelFileError(f"{where} must be a JSON object")
     names = _get(raw, "inputs", list, where)
     if not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise ModelFileError(f"{where}: inputs must be names")
+    try:
+        named = _template_fields(_get(raw, "user", str, where))
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: the user template is malformed: {exc}") from None
+    unknown = [name for name in named if name not in names]
+    if unknown:
+        # An attribute or an index ({text.upper}, {text[0]}) is not an input either.
+        raise ModelFileError(
+            f"{where}: the user template names {quote_bounded(unknown[0])}, not an input"
+        )
     template = PromptTemplate(
         tuple(names),
         _get(raw, "output", str, where),
@@ -290,9 +301,25 @@ def parse_prompt_template(text: str, where: str = "p2pnet.prompt") -> PromptTemp
     )
     try:
         template.messages({name: "" for name in names})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ModelFileError(f"{where}: the user template names {exc}, not an input") from None
+    except (ValueError, TypeError) as exc:  # a format spec or conversion str refuses
+        raise ModelFileError(f"{where}: the user template is malformed: {exc}") from None
     return template
+
+
+def _template_fields(template: str) -> list[str]:
+    """The replacement fields of a ``str.format`` template.
+
+    Raises:
+        ValueError: unbalanced braces, or a field inside a format spec (an input's text
+            would then be a format spec).
+    """
+    out: list[str] = []
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is not None:
+            out.append(name)
+        if spec and "{" in spec:
+            raise ValueError(f"a field inside the format spec {quote_bounded(spec)}")
+    return out
 
 
 @dataclass(frozen=True, slots=True)

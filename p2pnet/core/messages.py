@@ -309,8 +309,10 @@ def encode_message(message: Message, limits: WireLimits = WireLimits()) -> Encod
     """Encode ``message`` into frames, checking every limit before anything is sent.
 
     Raises:
-        InvalidInputError: a tensor p2pnet cannot send (dtype, rank).
-        PayloadTooLargeError: the head or the whole message is over ``limits``.
+        InvalidInputError: a tensor p2pnet cannot send (dtype, rank); prompt tokens or a
+            session ID the receiver would refuse.
+        PayloadTooLargeError: the head or the whole message is over ``limits``; a prompt
+            over MAX_PROMPT_CHARS.
     """
     streamed: list[npt.NDArray[Any]] = []
     head: dict[str, Any] = {"v": PROTOCOL_VERSION}
@@ -608,6 +610,11 @@ class MessageReader:
             raise RemoteProtocolError(
                 f"message head is not valid msgpack: {exc or type(exc).__name__}"
             ) from None
+        kind = head.get("type") if isinstance(head, dict) else None
+        if streamed and isinstance(kind, str) and kind in _GENERATION_TYPES:
+            # Generation messages carry no tensor map: refused before decoding reads the
+            # buffer of a streamed prompt (uninitialised, up to max_message_size bytes).
+            raise RemoteProtocolError("streamed tensor outside the message's tensor map")
         message = _message_from_head(head)
         carried: Tensors = (
             message.inputs
@@ -681,28 +688,37 @@ def _message_from_head(head: object) -> Message:
             tuple(_trace_entry(t) for t in trace),
             _receipt_list(head),
         )
-    if kind in _GENERATION_TYPES:
+    if isinstance(kind, str) and kind in _GENERATION_TYPES:
         return _decode_generation(kind, request_id, head)
     raise RemoteProtocolError(f"unknown message type {quote_bounded(kind)}")
 
 
 _GENERATION_TYPES: Final = frozenset({"generate", "chunk", "done", "cancel", "close_session"})
+_MAX_TOKEN_ID: Final = (1 << 63) - 1  # prompt tokens travel as int64
 _PARAM_KEYS: Final = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop")
 
 
 def _encode_generation(message: Generate | Chunk | Done | Cancel | CloseSession) -> dict[str, Any]:
     if isinstance(message, Generate):
         prompt = message.prompt
+        # What the receiver refuses (the whole stream with it), refused before sending.
         if prompt.messages is not None:
+            _check_prompt_chars(sum(len(content) for _, content in prompt.messages))
             body: Any = [[role, content] for role, content in prompt.messages]
         elif prompt.tokens is not None:
+            if not all(type(t) is int and 0 <= t <= _MAX_TOKEN_ID for t in prompt.tokens):
+                raise InvalidInputError("prompt tokens must be token IDs (0..2**63-1)")
             body = msgpack.ExtType(
                 TENSOR_EXT, encode_inline_tensor(np.asarray(prompt.tokens, dtype=np.int64))
             )
         elif prompt.fields is not None:
+            _check_prompt_chars(sum(len(value) for value in prompt.fields.values()))
             body = dict(prompt.fields)
         else:
+            _check_prompt_chars(len(prompt.text or ""))
             body = prompt.text
+        if message.session is not None and not 0 < len(message.session) <= MAX_SESSION_ID_CHARS:
+            raise InvalidInputError(f"a session ID is 1..{MAX_SESSION_ID_CHARS} characters")
         params = message.params
         head: dict[str, Any] = {
             "type": "generate",
@@ -758,7 +774,9 @@ def _decode_generation(kind: str, request_id: int, head: dict[str, Any]) -> Mess
     if kind == "cancel":
         return Cancel(request_id)
     if kind == "close_session":
-        return CloseSession(request_id, _field(head, "model", str), _session_id(head["session"]))
+        return CloseSession(
+            request_id, _field(head, "model", str), _session_id(head.get("session"))
+        )
     if kind == "chunk":
         tokens = _field(head, "tokens", list)
         if not all(type(t) is int and 0 <= t <= MAX_ID for t in tokens):
@@ -829,7 +847,9 @@ def _prompt(raw: dict[str, Any]) -> Prompt:
         _check_prompt_chars(sum(len(c) for _, c in body))
         return Prompt(messages=tuple((role, content) for role, content in body))
     if kind == "fields":
-        if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        if not isinstance(body, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in body.items()
+        ):
             raise RemoteProtocolError("prompt fields must map text to text")
         _check_prompt_chars(sum(len(v) for v in body.values()))
         return Prompt(fields=dict(body))
@@ -848,7 +868,7 @@ def _prompt(raw: dict[str, Any]) -> Prompt:
 def _check_prompt_chars(chars: int) -> None:
     if chars > MAX_PROMPT_CHARS:
         raise PayloadTooLargeError(
-            f"prompt of {chars} characters; this side accepts at most {MAX_PROMPT_CHARS}"
+            f"prompt of {chars} characters; a generate request carries at most {MAX_PROMPT_CHARS}"
         )
 
 
