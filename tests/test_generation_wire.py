@@ -84,7 +84,7 @@ prompts = st.one_of(
 params = st.builds(
     GenerationParams,
     max_tokens=st.integers(1, MAX_GENERATION_TOKENS),
-    temperature=st.one_of(st.just(0.0), st.floats(0.0, 10.0)),
+    temperature=st.one_of(st.just(0.0), st.floats(0.01, 10.0)),
     top_k=st.integers(0, 1 << 20),
     top_p=st.floats(0.0, 1.0, exclude_min=True),
     seed=st.integers(0, (1 << 64) - 1),

@@ -50,6 +50,9 @@ MAX_GENERATION_TOKENS: Final = 4096
 MAX_STOP_STRINGS: Final = 8
 MAX_STOP_STRING_CHARS: Final = 64
 MAX_TEMPERATURE: Final = 10.0
+# The lowest temperature above 0: below it, dividing the logits by it overflows float64
+# (and sampling that cold is greedy in all but name).
+MIN_TEMPERATURE: Final = 0.01
 MAX_SEED: Final = (1 << 64) - 1
 # The metadata JSON of a model file: a tokenizer is separate; the facts are small.
 MAX_FACTS_CHARS: Final = 64 << 10
@@ -364,14 +367,27 @@ class GenerationParams:
                     f"{name} must be in {'(0' if name == 'top_p' else f'[{low:g}'}, {high:g}], "
                     f"got {quote_bounded(value)}"
                 )
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise InvalidInputError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got "
+                f"{quote_bounded(self.temperature)}"
+            )
         if type(self.top_k) is not int or not 0 <= self.top_k <= 1 << 20:
             raise InvalidInputError(
                 f"top_k must be in 0..{1 << 20}, got {quote_bounded(self.top_k)}"
             )
         if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
             raise InvalidInputError(f"seed must be in 0..2**64-1, got {quote_bounded(self.seed)}")
-        if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS:
-            raise InvalidInputError(f"at most {MAX_STOP_STRINGS} stop strings")
+        if isinstance(self.stop, list):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.stop, tuple):
+            raise InvalidInputError(
+                f"stop must be a sequence of strings, got {type(self.stop).__name__}"
+            )
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidInputError(
+                f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}"
+            )
         for stop in self.stop:
             if not isinstance(stop, str) or not 1 <= len(stop) <= MAX_STOP_STRING_CHARS:
                 raise InvalidInputError(
