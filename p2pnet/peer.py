@@ -524,6 +524,7 @@ class Peer:
                     chosen,
                     settings,
                     timeout=max(0.001, deadline - trio.current_time()),
+                    record=offer.record,
                 ),
             )
 
@@ -550,7 +551,9 @@ class Peer:
         remote = self.services.remote
 
         def open_stream(offer: Offer, prompt: Prompt, params: GenerationParams, **kw: Any) -> Any:
-            return remote.generate(offer.address, offer.record.model_id, prompt, params, **kw)
+            return remote.generate(
+                offer.address, offer.record.model_id, prompt, params, record=offer.record, **kw
+            )
 
         async def close_remote(offer: Offer, session_id: str) -> None:
             await remote.close_session(offer.address, offer.record.model_id, session_id)

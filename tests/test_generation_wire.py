@@ -31,6 +31,7 @@ from p2pnet.core.generation import (
 from p2pnet.core.messages import (
     MAX_PROMPT_CHARS,
     MAX_SESSION_ID_CHARS,
+    MAX_SIGNED_BLOB_BYTES,
     Cancel,
     Chunk,
     CloseSession,
@@ -101,6 +102,7 @@ generates = st.builds(
     st.integers(1, 1 << 40),
     st.none() | session_ids,
     st.booleans(),
+    st.none() | st.binary(max_size=MAX_SIGNED_BLOB_BYTES),
 )
 chunks = st.builds(
     Chunk,
@@ -119,6 +121,8 @@ dones = st.builds(
         st.integers(0, (1 << 64) - 1),
         st.none() | session_ids,
     ),
+    st.none() | st.binary(max_size=MAX_SIGNED_BLOB_BYTES),
+    st.booleans(),
 )
 generation_messages = st.one_of(
     generates,

@@ -91,6 +91,7 @@ def _generation_message(vector: dict[str, Any]) -> Message:
             vector["deadline_ms"],
             vector.get("session"),
             vector.get("keep", False),
+            bytes.fromhex(vector["ack_hex"]) if "ack_hex" in vector else None,
         )
     if vector["type"] == "Chunk":
         return Chunk(rid, vector["text"], tuple(vector["tokens"]))
@@ -104,6 +105,8 @@ def _generation_message(vector: dict[str, Any]) -> Message:
                 vector["cached_tokens"],
                 vector.get("session"),
             ),
+            bytes.fromhex(vector["receipt_hex"]) if "receipt_hex" in vector else None,
+            vector.get("settle", False),
         )
     if vector["type"] == "Cancel":
         return Cancel(rid)

@@ -13,7 +13,7 @@ fed in pieces of any size, back into messages. Both enforce ``WireLimits``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -62,6 +62,7 @@ __all__ = [
     "TraceEntry",
     "WireLimits",
     "encode_message",
+    "generation_tensors",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -223,7 +224,7 @@ class Generate:
 
     ``session``: a session this caller opened on the peer, whose cache already holds the
     conversation (``prompt`` is the new turns). ``keep``: keep this conversation's cache
-    in a new session, whose ID Done carries.
+    in a new session, whose ID Done carries. ``ack``: as Invoke's.
     """
 
     request_id: int
@@ -233,6 +234,7 @@ class Generate:
     deadline_ms: int
     session: str | None = None
     keep: bool = False
+    ack: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +249,14 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The end of a streamed reply: how it ended and its totals (GenerationSummary)."""
+    """The end of a streamed reply: how it ended and its totals (GenerationSummary);
+    ``receipt`` and ``settle`` as Result's, the receipt committing to
+    ``generation_tensors`` of the request and the reply's tokens."""
 
     request_id: int
     summary: GenerationSummary
+    receipt: bytes | None = None
+    settle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -739,6 +745,8 @@ def _encode_generation(message: Generate | Chunk | Done | Cancel | CloseSession)
             head["session"] = message.session
         if message.keep:
             head["keep"] = True
+        if message.ack is not None:
+            head["ack"] = _signed_blob("ack", message.ack)
         return head
     if isinstance(message, Chunk):
         return {
@@ -759,6 +767,10 @@ def _encode_generation(message: Generate | Chunk | Done | Cancel | CloseSession)
         }
         if summary.session is not None:
             head["session"] = summary.session
+        if message.receipt is not None:
+            head["receipt"] = _signed_blob("receipt", message.receipt)
+        if message.settle:
+            head["settle"] = True
         return head
     if isinstance(message, Cancel):
         return {"type": "cancel", "id": message.request_id}
@@ -792,6 +804,11 @@ def _decode_generation(kind: str, request_id: int, head: dict[str, Any]) -> Mess
         if any(not 0 <= c <= MAX_ID for c in (prompt, completion, cached)):
             raise RemoteProtocolError("token counts must be unsigned integers")
         session = head.get("session")
+        settle = head.get("settle", False)
+        if type(settle) is not bool:
+            raise RemoteProtocolError(
+                f"field 'settle' must be a boolean, got {type(settle).__name__}"
+            )
         return Done(
             request_id,
             GenerationSummary(
@@ -801,6 +818,8 @@ def _decode_generation(kind: str, request_id: int, head: dict[str, Any]) -> Mess
                 cached,
                 None if session is None else _session_id(session),
             ),
+            _optional_blob(head, "receipt"),
+            settle,
         )
     deadline_ms = _field(head, "deadline_ms", int)
     if deadline_ms <= 0:
@@ -818,10 +837,28 @@ def _decode_generation(kind: str, request_id: int, head: dict[str, Any]) -> Mess
             deadline_ms,
             None if session is None else _session_id(session),
             keep,
+            _optional_blob(head, "ack"),
         )
     except InvalidInputError as exc:
         # A conforming caller checks these before sending (GenerationParams, Prompt).
         raise RemoteProtocolError(f"generate request refused: {exc.message}") from None
+
+
+def generation_tensors(
+    request: Generate, tokens: Sequence[int]
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, npt.NDArray[Any]]]:
+    """What a generation's usage receipt commits to, as (inputs, outputs) tensors that
+    caller and provider compute alike: ``generate``, the msgpack bytes of the request's
+    ``[prompt, params, session, keep]`` as encoded (uint8), and ``tokens``, every token
+    of the reply in order (int64)."""
+    head = _encode_generation(request)
+    request_bytes = msgpack.packb(
+        [head["prompt"], head["params"], request.session, request.keep], use_bin_type=True
+    )
+    return (
+        {"generate": np.frombuffer(request_bytes, dtype=np.uint8)},
+        {"tokens": np.asarray(list(tokens), dtype=np.int64)},
+    )
 
 
 def _session_id(value: object) -> str:

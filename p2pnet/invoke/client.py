@@ -35,6 +35,7 @@ from p2pnet.core.messages import (
     Result,
     WireLimits,
     encode_message,
+    generation_tensors,
 )
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
@@ -224,27 +225,28 @@ class InvokeClient:
         session: str | None = None,
         keep: bool = False,
         timeout: float = 60.0,
+        record: CapabilityRecord | None = None,
     ) -> GenerationStream:
         """A streamed generation by ``model_id`` on ``peer``: iterate it for the reply's
         chunks (see GenerationStream); nothing is sent before the first iteration.
 
         ``session``: continue that session of ours on the peer; ``keep``: keep this
         conversation's cache there in a new session. ``timeout`` covers the whole reply.
+        ``record``: the provider's record, if known; its receipt is checked against it,
+        as ``invoke`` does.
         """
         request_id = next(self._ids)
+        accounts = self._accounts
+        ack = accounts.acknowledgement_for(peer.peer_id) if accounts is not None else None
+        chosen = params or GenerationParams()
         return GenerationStream(
             self,
             peer,
             lambda deadline_ms: Generate(
-                request_id,
-                model_id,
-                prompt,
-                params or GenerationParams(),
-                deadline_ms,
-                session,
-                keep,
+                request_id, model_id, prompt, chosen, deadline_ms, session, keep, ack
             ),
             timeout,
+            record,
         )
 
     async def close_session(
@@ -378,7 +380,9 @@ class GenerationStream:
     block) resets the stream, which stops the provider too.
 
     Errors arrive from the iteration, as ``InvokeClient.invoke`` raises them; an error
-    after some chunks leaves those chunks valid.
+    after some chunks leaves those chunks valid. With accounts, the provider's receipt
+    is checked when the reply ends: one that does not commit to the call raises
+    ReceiptError from the last step of the iteration.
     """
 
     def __init__(
@@ -387,10 +391,13 @@ class GenerationStream:
         peer: PeerAddress,
         request: Callable[[int], Generate],
         timeout: float,
+        record: CapabilityRecord | None = None,
     ) -> None:
         self._client = client
         self.peer = peer
         self._request = request
+        self._record = record
+        self._tokens: list[int] = []
         self._timeout = timeout
         self._deadline: float | None = None
         self._channel: Channel[MessageReader] | None = None
@@ -438,12 +445,14 @@ class GenerationStream:
         request_id = self.request_id
         if isinstance(message, Chunk) and message.request_id == request_id:
             self._chunks += 1
+            self._tokens.extend(message.tokens)
             if self.first_chunk_at is None:
                 self.first_chunk_at = trio.current_time()
             return message
         if isinstance(message, Done) and message.request_id == request_id:
             self.summary = message.summary
             await self._finish()
+            self._account(message)
             raise StopAsyncIteration
         if isinstance(message, ErrorReply) and message.request_id in (request_id, 0):
             if message.request_id == 0:  # the peer rejected the stream: it ends here
@@ -457,6 +466,34 @@ class GenerationStream:
             f"{type(message).__name__} {message.request_id}",
             peer=self.peer.peer_id,
         )
+
+    def _account(self, done: Done) -> None:
+        """Check and keep the provider's receipt for the reply, and note a request to
+        settle.
+
+        Raises:
+            ReceiptError: the receipt does not verify or does not commit to this call
+                (the request as sent and every token received).
+        """
+        accounts = self._client._accounts
+        if accounts is None:
+            return
+        provider = self.peer.peer_id
+        if done.receipt is not None:
+            request = self._request(1)
+            inputs, outputs = generation_tensors(request, self._tokens)
+            started = self.started_at if self.started_at is not None else trio.current_time()
+            accounts.accept(
+                provider,
+                request.model_id,
+                inputs,
+                outputs,
+                done.receipt,
+                wall_s=trio.current_time() - started,
+                record=self._record,
+            )
+        if done.settle:
+            accounts.asked_to_settle(provider)
 
     async def _start(self) -> None:
         self._deadline = trio.current_time() + self._timeout

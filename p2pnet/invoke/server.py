@@ -38,6 +38,7 @@ from p2pnet.core.messages import (
     Result,
     WireLimits,
     encode_message,
+    generation_tensors,
 )
 from p2pnet.errors import (
     ConnectionLostError,
@@ -226,8 +227,11 @@ class InvokeServer:
             finally:
                 watched.set()
 
+        produced: list[int] = []
+
         async def emit(text: str, tokens: list[int]) -> None:
             self.stats.tokens += len(tokens)
+            produced.extend(tokens)
             await write_message(
                 stream, encode_message(Chunk(request.request_id, text, tuple(tokens)), self.limits)
             )
@@ -239,19 +243,38 @@ class InvokeServer:
             try:
                 try:
                     model = self.local.generative(request.model_id, caller)
-                    summary = await model.generate(
-                        request.prompt,
-                        request.params,
-                        emit,
-                        caller=caller,
-                        session=request.session,
-                        keep=request.keep,
-                        cancelled=cancel.is_set,
-                        timeout=min(request.deadline_ms / 1000, self.local.max_deadline),
+                    if self.accounts is not None and request.ack is not None:
+                        self._take_acknowledgement(self.accounts, caller, request.ack)
+
+                    async def run(priority: int) -> GenerationSummary:
+                        # Under load, decoding steps are admitted by the caller's standing.
+                        token = caller_priority.set(priority)
+                        try:
+                            return await model.generate(
+                                request.prompt,
+                                request.params,
+                                emit,
+                                caller=caller,
+                                session=request.session,
+                                keep=request.keep,
+                                cancelled=cancel.is_set,
+                                timeout=min(request.deadline_ms / 1000, self.local.max_deadline),
+                            )
+                        finally:
+                            caller_priority.reset(token)
+
+                    summary, issued = await self._accounted(
+                        caller,
+                        request.model_id,
+                        generation_tensors(request, ())[0],
+                        run,
+                        lambda _: generation_tensors(request, produced)[1],
                     )
                     if summary.finish == "cancelled":
                         self.stats.cancelled += 1
-                    reply: Done | ErrorReply = Done(request.request_id, summary)
+                    reply: Done | ErrorReply = Done(
+                        request.request_id, summary, issued.envelope, issued.settle
+                    )
                 except ConnectionLostError:
                     raise
                 except P2PNetError as exc:
