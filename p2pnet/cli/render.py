@@ -1,5 +1,6 @@
 """Output shared by the commands: the consoles, text from other peers made safe for the
-terminal, shapes, tables of model schemas and of output tensors, tensors as JSON.
+terminal, shapes, tables of model schemas and of output tensors, tensors as JSON, errors
+and their exit statuses.
 
 Text from other peers (record and tensor names, tasks, dtypes, symbolic dimensions, peer
 IDs, addresses, error messages, output values) reaches the terminal only through
@@ -24,12 +25,15 @@ from rich.text import Text
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, TensorSpec
 from p2pnet.core.tensor import dtype_name
+from p2pnet.errors import P2PNetError, UsageError
 
 __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_NAME_CHARS",
     "TerminalSafeLogs",
     "err",
+    "error_text",
+    "exit_status",
     "figure",
     "joined_text",
     "out",
@@ -175,6 +179,30 @@ class TerminalSafeLogs(logging.Filter):
         if safe != message:
             record.msg, record.args = safe, None
         return True
+
+
+# P2PNetError.fault, as the first line of an error says it.
+_WHOSE_FAULT: Final = {
+    "caller": " (in the call or the configuration)",
+    "peer": " (the other peer's fault)",
+    "network": " (the network between the peers)",
+}
+
+
+def error_text(exc: P2PNetError) -> Text:
+    """An error as the commands print it: ``error``, whose fault it was, and the message
+    as text, not markup. Messages hold brackets ("float32[n]", "p2pnet[models]"), and
+    text from other peers (their error messages, names), which is made terminal-safe;
+    lines after the first are indented."""
+    message = terminal_safe(str(exc), limit=MAX_ERROR_CHARS, newline="\n  ")
+    fault = _WHOSE_FAULT.get(exc.fault, "")
+    return Text("error", style="bold red") + fault + ": " + message
+
+
+def exit_status(exc: P2PNetError) -> int:
+    """The exit status of a command that ends with ``exc``: 2 for the caller's mistakes
+    (UsageError), 1 for the rest (the peer, the network, time)."""
+    return 2 if isinstance(exc, UsageError) else 1
 
 
 def figure(value: float | None, fmt: str) -> str:
