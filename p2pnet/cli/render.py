@@ -1,6 +1,6 @@
 """Output shared by the commands: the consoles, text from other peers made safe for the
-terminal, shapes, tables of model schemas and of output tensors, tensors as JSON, errors
-and their exit statuses.
+terminal (a streamed reply's text too), shapes, tables of model schemas and of output
+tensors, tensors as JSON, errors and their exit statuses.
 
 Text from other peers (record and tensor names, tasks, dtypes, symbolic dimensions, peer
 IDs, addresses, error messages, output values) reaches the terminal only through
@@ -39,6 +39,7 @@ __all__ = [
     "out",
     "outputs_table",
     "peer_text",
+    "reply_safe",
     "schema_table",
     "shape_text",
     "spec_text",
@@ -68,6 +69,7 @@ _ESCAPES: Final = {
     cp: (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}") for cp in _UNSAFE_CODEPOINTS
 }
 _ESCAPES_KEEPING_NEWLINES: Final = {cp: e for cp, e in _ESCAPES.items() if cp != 0x0A}
+_ESCAPES_KEEPING_LAYOUT: Final = {cp: e for cp, e in _ESCAPES.items() if cp not in (0x09, 0x0A)}
 
 # What is shown of one name (record, tensor, task, peer ID, address, dtype, dimension),
 # and of one error message; longer text is cut and says how much was left out.
@@ -92,6 +94,14 @@ def terminal_safe(
     if newline is None:
         return text.translate(_ESCAPES) + cut
     return text.translate(_ESCAPES_KEEPING_NEWLINES).replace("\n", newline) + cut
+
+
+def reply_safe(text: str) -> str:
+    """A piece of a model's streamed reply, for the terminal: its control characters
+    shown as escapes as ``terminal_safe`` shows them, but its line breaks and tabs kept
+    (a reply is lines of text; ``\\r\\n`` becomes ``\\n``), and nothing cut. The result
+    is written to the terminal as it is, never through rich, so ``[red]`` stays text."""
+    return text.replace("\r\n", "\n").translate(_ESCAPES_KEEPING_LAYOUT)
 
 
 def peer_text(value: object, style: str = "", *, limit: int | None = MAX_NAME_CHARS) -> Text:
