@@ -576,16 +576,18 @@ class Peer:
         peer: str | PeerAddress | None,
         timeout: float,
     ) -> list[Offer]:
-        """Who to ask for a generation: ``peer`` for ``model``, or the swarm's offers of
+        """Who to ask for a generation: ``peer`` for ``model`` (asked for its record
+        directly, as ``invoke`` calls it: no swarm needed), or the swarm's offers of
         ``task`` or ``model`` (not this peer's own: it streams to others only)."""
         if peer is not None:
             if model is None:
                 raise UsageError("generate on a given peer needs the model ID")
             address = peer if isinstance(peer, PeerAddress) else parse_peer_address(peer)
-            offers = await self.finder.find(model=model, timeout=timeout)
-            named = [o for o in offers if o.record.peer_id == address.peer_id]
-            if named:
-                return named
+            described = await self.services.describer.describe(
+                address, models=[model], timeout=timeout
+            )
+            if described.records:
+                return [Offer(record, address, described.rtt) for record in described.records]
             raise UnknownModelError(f"peer {address.peer_id} does not offer model {model}")
         offers = await self.finder.find(task=task, model=model, timeout=timeout)
         return [o for o in offers if o.record.peer_id != self.peer_id]

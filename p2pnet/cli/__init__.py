@@ -7,12 +7,15 @@ and its code takes that; what is not about the command line lives in the library
     __main__.py   ``python -m p2pnet.cli``
     parser.py     build_parser: the top-level parser, composed of the commands' parsers
     options.py    Command, the parent parsers several commands share and their typed
-                  options (SwarmOptions, DiscoveryOptions), the identity file
-    render.py     the consoles, tables of schemas and outputs, tensors as JSON
+                  options (SwarmOptions, DiscoveryOptions, generation_params), the
+                  identity file
+    render.py     the consoles, tables of schemas and outputs, tensors as JSON, errors
+    stream.py     streamed replies of generative models (text or JSON events), Ctrl-C
     id.py         p2pnet id
     model.py      p2pnet model inspect | import | quantize
     peer.py       p2pnet peer
     call.py       p2pnet call
+    chat.py       p2pnet chat
     find.py       p2pnet find
     pipeline.py   p2pnet pipeline check | run
     swarm_key.py  p2pnet swarm-key new | fingerprint

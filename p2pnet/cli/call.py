@@ -1,12 +1,13 @@
 """``p2pnet call``: call a model on a given peer, or found by task or ID, and print its
-outputs."""
+outputs; or, given a prompt, stream a generative model's reply."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy.typing as npt
@@ -21,11 +22,22 @@ from p2pnet.cli.options import (
     accounting_config,
     add_input_option,
     finish_checks,
+    generation_params,
     load_identity,
 )
-from p2pnet.cli.render import out, outputs_table, peer_text, tensor_json
+from p2pnet.cli.render import exit_status, out, outputs_table, peer_text, tensor_json
+from p2pnet.cli.stream import (
+    INTERRUPTED,
+    Interrupts,
+    JsonReplies,
+    ReplyOutput,
+    TextReplies,
+    run_interruptible,
+    stream_reply,
+)
+from p2pnet.core.generation import ROLES, GenerationParams, Prompt
 from p2pnet.core.model_id import parse_model_id
-from p2pnet.errors import UsageError
+from p2pnet.errors import P2PNetError, UsageError
 from p2pnet.inputs import parse_input
 from p2pnet.ledger import default_ledger_path
 from p2pnet.peer import Peer
@@ -36,22 +48,63 @@ __all__ = ["CallOptions", "add_call_parser", "call_model"]
 @dataclass(frozen=True, slots=True)
 class CallOptions:
     """The options of ``p2pnet call``: ``target`` is ADDRESS MODEL_ID (or nothing, to find
-    the model by --task or --model), ``inputs`` the NAME=VALUE texts."""
+    the model by --task or --model), ``inputs`` the NAME=VALUE texts of a tensor call;
+    ``messages`` the (role, text) turns of a generation (``--message``, ``--prompt``),
+    in the order given, and ``params`` its settings."""
 
     discovery: DiscoveryOptions
     target: tuple[str, ...]
     inputs: tuple[str, ...]
+    messages: tuple[tuple[str, str], ...] = ()
+    params: GenerationParams = field(default_factory=GenerationParams)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CallOptions:
-        return cls(DiscoveryOptions.from_args(args), tuple(args.target), tuple(args.input))
+        """The parsed arguments as typed options.
+
+        Raises:
+            UsageError: both inputs and messages; a generation option out of range;
+                ``--max-price`` with messages (generation does not choose by price).
+        """
+        discovery = DiscoveryOptions.from_args(args)
+        messages = tuple(args.messages)
+        if messages and args.input:
+            raise UsageError(
+                "give --input for a call with tensors, or --prompt/--message for a "
+                "generation, not both"
+            )
+        if messages and discovery.max_price is not None:
+            raise UsageError("--max-price: a generation does not choose providers by price")
+        return cls(
+            discovery, tuple(args.target), tuple(args.input), messages, generation_params(args)
+        )
+
+    @property
+    def generates(self) -> bool:
+        """A generation (streamed text), not a call with tensors."""
+        return bool(self.messages)
+
+
+def _message(text: str) -> tuple[str, str]:
+    """``ROLE:TEXT`` as (role, text)."""
+    role, sep, content = text.partition(":")
+    if not sep or role not in ROLES:
+        raise argparse.ArgumentTypeError(
+            f"expected ROLE:TEXT with ROLE one of {', '.join(ROLES)}, got {text!r:.60}"
+        )
+    return role, content
+
+
+def _user_message(text: str) -> tuple[str, str]:
+    return "user", text
 
 
 def add_call_parser(sub: Subparsers, parents: ParentParsers) -> None:
     p = sub.add_parser(
         "call",
-        parents=[parents.common, parents.discovery],
-        help="call a model on a given peer, or found by task or ID, and print its outputs",
+        parents=[parents.common, parents.discovery, parents.generation],
+        help="call a model on a given peer, or found by task or ID, and print its outputs "
+        "(a generative model's reply streamed, with --prompt)",
     )
     p.add_argument(
         "target",
@@ -62,11 +115,34 @@ def add_call_parser(sub: Subparsers, parents: ParentParsers) -> None:
     add_input_option(
         p, "an input: NAME=@file.npy, NAME=JSON, NAME:DTYPE=JSON or NAME=text (repeatable)"
     )
+    p.add_argument(
+        "--prompt",
+        dest="messages",
+        action="append",
+        default=[],
+        type=_user_message,
+        metavar="TEXT",
+        help="generate: stream a generative model's reply to this user message "
+        "(the same as --message user:TEXT)",
+    )
+    p.add_argument(
+        "--message",
+        dest="messages",
+        action="append",
+        type=_message,
+        metavar="ROLE:TEXT",
+        help=f"generate: a turn of the conversation to reply to, ROLE one of "
+        f"{', '.join(ROLES)} (repeatable, in order)",
+    )
     p.set_defaults(handler=Command(CallOptions.from_args, call_model))
 
 
 def call_model(options: CallOptions) -> int:
-    """Call the model and print its outputs (a table, or JSON)."""
+    """Call the model and print its outputs (a table, or JSON); or stream its reply."""
+    if options.generates:
+        return run_interruptible(
+            functools.partial(_generate, options), verbose=options.discovery.verbose
+        )
     started = time.perf_counter()
     served_by, outputs = trio.run(_call, options)
     elapsed_ms = (time.perf_counter() - started) * 1000
@@ -77,36 +153,91 @@ def call_model(options: CallOptions) -> int:
     return 0
 
 
-async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
-    """(who served the call, as terminal-safe text; the outputs)."""
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Who a call goes to: the peer at ``address`` for the model ``model`` (ADDRESS
+    MODEL_ID), or the swarm's providers of ``task`` or ``model``; ``peer`` is this
+    side's peer for it, not started yet."""
+
+    peer: Peer
+    address: str | None
+    task: str | None
+    model: str | None
+
+
+def _target(options: CallOptions) -> _Target:
+    """The target of the call, and a peer to reach it: one that joins nothing for
+    ADDRESS MODEL_ID, else one that joins the swarm (``joining_peer``).
+
+    Raises:
+        UsageError: a target that is not ADDRESS MODEL_ID nor --task/--model with a
+            swarm to ask.
+        InvalidModelIdError: a MODEL_ID or ``--model`` that is not a model ID.
+        ConfigError: the swarm or the identity cannot be used.
+    """
     discovery = options.discovery
-    inputs = dict(parse_input(spec) for spec in options.inputs)
     join = discovery.swarm.resolve()
     identity, _, _ = load_identity(discovery.identity)
     if options.target:
         if len(options.target) != 2 or discovery.task is not None or discovery.model is not None:
             raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
         address, model_id = options.target[0], parse_model_id(options.target[1])
-        ledger = default_ledger_path(identity.peer_id)
-        async with Peer(
+        peer = Peer(
             identity,
-            ledger=ledger,
+            ledger=default_ledger_path(identity.peer_id),
             accounting=accounting_config(),
             listen=discovery.listen,
             swarm_key=join.swarm_key,
-        ) as peer:
-            outputs = await peer.invoke(address, model_id, inputs, timeout=discovery.timeout)
-        return peer_text(f"{model_id} on {address.rsplit('/', 1)[-1]}"), outputs
+        )
+        return _Target(peer, address, None, model_id)
     task, model = discovery.target(join)
-    async with discovery.joining_peer(identity, join) as peer:
+    return _Target(discovery.joining_peer(identity, join), None, task, model)
+
+
+async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
+    """(who served the call, as terminal-safe text; the outputs)."""
+    discovery = options.discovery
+    inputs = dict(parse_input(spec) for spec in options.inputs)
+    target = _target(options)
+    async with target.peer as peer:
+        if target.address is not None and target.model is not None:
+            outputs = await peer.invoke(
+                target.address, target.model, inputs, timeout=discovery.timeout
+            )
+            served_by = f"{target.model} on {target.address.rsplit('/', 1)[-1]}"
+            return peer_text(served_by), outputs
         offer, outputs = await peer.call_with_offer(
             inputs,
-            task=task,
-            model=model,
+            task=target.task,
+            model=target.model,
             timeout=discovery.timeout,
             max_price=discovery.max_price,
         )
         await finish_checks(peer)
     record = offer.record  # from another peer
-    served_by = peer_text(record.name) + " " + peer_text(record.model_id)
-    return served_by + " on " + peer_text(record.peer_id), outputs
+    served_by_offer = peer_text(record.name) + " " + peer_text(record.model_id)
+    return served_by_offer + " on " + peer_text(record.peer_id), outputs
+
+
+async def _generate(options: CallOptions, interrupts: Interrupts) -> int:
+    """Stream the reply to ``options.messages``: 0 when it ended, INTERRUPTED when
+    Ctrl-C stopped it, the error's status when it failed."""
+    discovery = options.discovery
+    output: ReplyOutput = JsonReplies() if discovery.json else TextReplies()
+    try:
+        target = _target(options)
+        async with target.peer as peer:
+            generation = peer.generate(
+                Prompt(messages=options.messages),
+                task=target.task,
+                model=target.model,
+                peer=target.address,
+                params=options.params,
+                timeout=discovery.timeout,
+            )
+            async with generation:
+                summary = await stream_reply(generation, output, interrupts)
+    except P2PNetError as exc:
+        output.error(exc)
+        return exit_status(exc)
+    return INTERRUPTED if summary is None or summary.finish == "cancelled" else 0

@@ -24,10 +24,16 @@ from p2pnet.config import (
     load_trust,
     resolve_swarm,
 )
+from p2pnet.core.generation import (
+    MAX_GENERATION_TOKENS,
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    GenerationParams,
+)
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.pricing import Price
 from p2pnet.dht.node import DhtConfig, DhtDefences
-from p2pnet.errors import UsageError
+from p2pnet.errors import InvalidInputError, UsageError
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.identity import Identity, load_or_create_identity
 from p2pnet.peer import Peer
@@ -42,6 +48,7 @@ __all__ = [
     "Subparsers",
     "SwarmOptions",
     "add_input_option",
+    "generation_params",
     "identity_path",
     "load_identity",
     "parent_parsers",
@@ -74,17 +81,23 @@ class ParentParsers:
 
     common: ``-v`` and ``--identity``, on every command.
     swarm: ``--swarm`` and ``--swarm-key``, on commands that join a swarm.
-    discovery: the swarm's and ``--task``, ``--model``, ``--bootstrap``, ``--timeout``,
-        ``--json``, on commands that find models in a swarm (call, find, pipeline run).
+    finding: the swarm's and ``--task``, ``--model``, ``--bootstrap``, ``--timeout``,
+        ``--json``, on commands that find models in a swarm.
+    discovery: finding's and ``--max-price``, on those that choose among providers by
+        price too (call, find, pipeline run).
+    generation: ``--max-tokens``, ``--temperature``, ``--top-p``, ``--top-k``,
+        ``--seed``, ``--stop``, on commands that generate text (chat, call).
     """
 
     common: argparse.ArgumentParser
     swarm: argparse.ArgumentParser
+    finding: argparse.ArgumentParser
     discovery: argparse.ArgumentParser
+    generation: argparse.ArgumentParser
 
 
 def parent_parsers() -> ParentParsers:
-    """The common, swarm and discovery parent parsers."""
+    """The common, swarm, finding, discovery and generation parent parsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-v",
@@ -109,34 +122,121 @@ def parent_parsers() -> ParentParsers:
         help="a private network's key file (p2pnet swarm-key new): only peers with the same "
         "key connect; TCP only",
     )
-    discovery = argparse.ArgumentParser(add_help=False, parents=[swarm])
-    discovery.add_argument("--task", metavar="TAG", help="find the model by task")
-    discovery.add_argument("--model", metavar="MODEL_ID", help="find the model by its ID")
-    discovery.add_argument(
+    finding = argparse.ArgumentParser(add_help=False, parents=[swarm])
+    finding.add_argument("--task", metavar="TAG", help="find the model by task")
+    finding.add_argument("--model", metavar="MODEL_ID", help="find the model by its ID")
+    finding.add_argument(
         "--bootstrap",
         action="append",
         default=[],
         metavar="MULTIADDR",
         help="a peer of the swarm to ask (repeatable)",
     )
-    discovery.add_argument(
+    finding.add_argument(
         "--timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="give up after this long (default 30)",
     )
+    finding.add_argument(
+        "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
+    )
+    finding.add_argument("--json", action="store_true", help="machine-readable output")
+    discovery = argparse.ArgumentParser(add_help=False, parents=[finding])
     discovery.add_argument(
         "--max-price",
         metavar="CALL,MB,CPU_S",
         help="only providers whose price is at most this in every part, in micro-units: "
         "per call, per MB moved, per CPU second (e.g. 2000,20000,0; default: any price)",
     )
-    discovery.add_argument(
-        "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
+    return ParentParsers(common, swarm, finding, discovery, generation_parser())
+
+
+def generation_parser() -> argparse.ArgumentParser:
+    """The generation parent parser: GenerationParams as options (``generation_params``
+    reads them)."""
+    defaults = GenerationParams()
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("generation")
+    group.add_argument(
+        "--max-tokens",
+        type=int,
+        default=defaults.max_tokens,
+        metavar="N",
+        help=f"end a reply after N tokens (default {defaults.max_tokens}, "
+        f"at most {MAX_GENERATION_TOKENS})",
     )
-    discovery.add_argument("--json", action="store_true", help="machine-readable output")
-    return ParentParsers(common, swarm, discovery)
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        metavar="T",
+        help=f"0 (default): the most likely token every time; above 0 (at most "
+        f"{MAX_TEMPERATURE:g}): tokens are sampled, the more varied the higher T",
+    )
+    group.add_argument(
+        "--top-p",
+        type=float,
+        default=defaults.top_p,
+        metavar="P",
+        help="sample from the fewest most likely tokens whose probabilities add up to P "
+        "(default 1: all)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=int,
+        default=defaults.top_k,
+        metavar="K",
+        help="sample from the K most likely tokens (default 0: all)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        metavar="S",
+        help="the sampling's seed: the same seed, the same reply (default 0)",
+    )
+    group.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help=f"end the reply before this text (repeatable, up to {MAX_STOP_STRINGS})",
+    )
+    return parser
+
+
+# GenerationParams' field names, as the options that set them.
+_GENERATION_FLAGS: Final = {
+    "max_tokens": "--max-tokens",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "seed": "--seed",
+}
+
+
+def generation_params(args: argparse.Namespace) -> GenerationParams:
+    """The generation options of ``args`` (``generation_parser``) as GenerationParams.
+
+    Raises:
+        UsageError: a value out of range; the message names the option.
+    """
+    try:
+        return GenerationParams(
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=tuple(args.stop),
+        )
+    except InvalidInputError as exc:
+        field, _, rest = exc.message.partition(" ")
+        if field in _GENERATION_FLAGS:
+            raise UsageError(f"{_GENERATION_FLAGS[field]} {rest}") from None
+        raise UsageError(f"--stop: {exc.message}") from None
 
 
 def add_input_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -297,8 +397,9 @@ class SwarmOptions:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryOptions:
-    """The options of the commands that find models in a swarm: the discovery parent
-    parser's, and ``--identity`` and ``-v`` (``verbose``: how many)."""
+    """The options of the commands that find models in a swarm: the finding or discovery
+    parent parser's (``max_price`` None without the latter), and ``--identity`` and
+    ``-v`` (``verbose``: how many)."""
 
     identity: Path | None
     swarm: SwarmOptions
@@ -326,7 +427,11 @@ class DiscoveryOptions:
             listen=tuple(args.listen or DEFAULT_LISTEN),
             json=args.json,
             verbose=args.verbose,
-            max_price=parse_price(args.max_price, "--max-price") if args.max_price else None,
+            max_price=(
+                parse_price(args.max_price, "--max-price")
+                if getattr(args, "max_price", None)
+                else None
+            ),
         )
 
     def target(self, join: SwarmJoin) -> tuple[str | None, str | None]:

@@ -6,6 +6,7 @@ import argparse
 
 from p2pnet import __version__
 from p2pnet.cli.call import add_call_parser
+from p2pnet.cli.chat import add_chat_parser
 from p2pnet.cli.find import add_find_parser
 from p2pnet.cli.id import add_id_parser
 from p2pnet.cli.ledger import add_ledger_parser
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_model_parsers,
         add_peer_parser,
         add_call_parser,
+        add_chat_parser,
         add_find_parser,
         add_pipeline_parsers,
         add_swarm_key_parsers,

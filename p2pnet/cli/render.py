@@ -1,5 +1,6 @@
 """Output shared by the commands: the consoles, text from other peers made safe for the
-terminal, shapes, tables of model schemas and of output tensors, tensors as JSON.
+terminal (a streamed reply's text too), shapes, tables of model schemas and of output
+tensors, tensors as JSON, errors and their exit statuses.
 
 Text from other peers (record and tensor names, tasks, dtypes, symbolic dimensions, peer
 IDs, addresses, error messages, output values) reaches the terminal only through
@@ -24,17 +25,21 @@ from rich.text import Text
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, TensorSpec
 from p2pnet.core.tensor import dtype_name
+from p2pnet.errors import P2PNetError, UsageError
 
 __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_NAME_CHARS",
     "TerminalSafeLogs",
     "err",
+    "error_text",
+    "exit_status",
     "figure",
     "joined_text",
     "out",
     "outputs_table",
     "peer_text",
+    "reply_safe",
     "schema_table",
     "shape_text",
     "spec_text",
@@ -64,6 +69,7 @@ _ESCAPES: Final = {
     cp: (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}") for cp in _UNSAFE_CODEPOINTS
 }
 _ESCAPES_KEEPING_NEWLINES: Final = {cp: e for cp, e in _ESCAPES.items() if cp != 0x0A}
+_ESCAPES_KEEPING_LAYOUT: Final = {cp: e for cp, e in _ESCAPES.items() if cp not in (0x09, 0x0A)}
 
 # What is shown of one name (record, tensor, task, peer ID, address, dtype, dimension),
 # and of one error message; longer text is cut and says how much was left out.
@@ -88,6 +94,14 @@ def terminal_safe(
     if newline is None:
         return text.translate(_ESCAPES) + cut
     return text.translate(_ESCAPES_KEEPING_NEWLINES).replace("\n", newline) + cut
+
+
+def reply_safe(text: str) -> str:
+    """A piece of a model's streamed reply, for the terminal: its control characters
+    shown as escapes as ``terminal_safe`` shows them, but its line breaks and tabs kept
+    (a reply is lines of text; ``\\r\\n`` becomes ``\\n``), and nothing cut. The result
+    is written to the terminal as it is, never through rich, so ``[red]`` stays text."""
+    return text.replace("\r\n", "\n").translate(_ESCAPES_KEEPING_LAYOUT)
 
 
 def peer_text(value: object, style: str = "", *, limit: int | None = MAX_NAME_CHARS) -> Text:
@@ -175,6 +189,30 @@ class TerminalSafeLogs(logging.Filter):
         if safe != message:
             record.msg, record.args = safe, None
         return True
+
+
+# P2PNetError.fault, as the first line of an error says it.
+_WHOSE_FAULT: Final = {
+    "caller": " (in the call or the configuration)",
+    "peer": " (the other peer's fault)",
+    "network": " (the network between the peers)",
+}
+
+
+def error_text(exc: P2PNetError) -> Text:
+    """An error as the commands print it: ``error``, whose fault it was, and the message
+    as text, not markup. Messages hold brackets ("float32[n]", "p2pnet[models]"), and
+    text from other peers (their error messages, names), which is made terminal-safe;
+    lines after the first are indented."""
+    message = terminal_safe(str(exc), limit=MAX_ERROR_CHARS, newline="\n  ")
+    fault = _WHOSE_FAULT.get(exc.fault, "")
+    return Text("error", style="bold red") + fault + ": " + message
+
+
+def exit_status(exc: P2PNetError) -> int:
+    """The exit status of a command that ends with ``exc``: 2 for the caller's mistakes
+    (UsageError), 1 for the rest (the peer, the network, time)."""
+    return 2 if isinstance(exc, UsageError) else 1
 
 
 def figure(value: float | None, fmt: str) -> str:
