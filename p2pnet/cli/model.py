@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
-from p2pnet.cli.render import figure, out, peer_text, schema_table
+from p2pnet.cli.render import figure, generation_text, out, peer_text, schema_table
 
 __all__ = [
     "ImportOptions",
@@ -182,10 +182,12 @@ def add_model_parsers(sub: Subparsers, parents: ParentParsers) -> None:
 
 
 def inspect_model_files(options: InspectOptions) -> int:
-    """Print each file's model ID and schema table (or JSON)."""
-    from p2pnet.runtime.onnx_model import inspect_model  # onnx takes half a second to load
+    """Print each file's model ID and schema table (or JSON); for a generative model,
+    also what its record's generation card says."""
+    # onnx takes half a second to load
+    from p2pnet.runtime.generative import inspect_model_file
 
-    infos = [inspect_model(p) for p in options.files]
+    infos = [inspect_model_file(p) for p in options.files]
     if options.json:
         data = [info.to_dict() for info in infos]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
@@ -193,6 +195,8 @@ def inspect_model_files(options: InspectOptions) -> int:
         for info in infos:
             out.print(info.model_id)
             out.print(schema_table(info))
+            if info.generation is not None:
+                out.print(generation_text(info.generation))
     return 0
 
 

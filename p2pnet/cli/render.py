@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from p2pnet.core.generation import GenerationCard
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, TensorSpec
 from p2pnet.core.tensor import dtype_name
@@ -147,6 +148,16 @@ def schema_table(info: ModelInfo) -> Table:
                 kind, peer_text(spec.name), peer_text(spec.dtype), Text(shape_text(spec.shape))
             )
     return table
+
+
+def generation_text(card: GenerationCard) -> Text:
+    """A generative model's card: context, end tokens, chat turn format, tokenizer."""
+    text = Text("generates text: ", style="bold")
+    text.append(f"context {card.context_length:,} tokens, end tokens {list(card.eos_token_ids)}, ")
+    text.append("chat turn ")
+    text.append(peer_text(repr(card.chat_turn)))
+    text.append(f", tokenizer {card.tokenizer[:19]}…")
+    return text
 
 
 def outputs_table(title: str | Text, outputs: Mapping[str, npt.NDArray[Any]]) -> Table:
