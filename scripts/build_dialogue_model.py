@@ -702,7 +702,7 @@ class Generator:
 
     def chat_text(self, messages: list[dict[str, str]]) -> str:
         """The prompt text of a conversation, ending with the assistant's turn opening."""
-        chat = self.settings["chat"]
+        chat: dict[str, str] = self.settings["chat"]
         if not messages or messages[0]["role"] != "system":
             messages = [{"role": "system", "content": chat["default_system"]}, *messages]
         turns = "".join(chat["turn"].format(role=m["role"], content=m["content"]) for m in messages)
@@ -815,7 +815,7 @@ def fidelity(candidates: dict[str, Generator], reference: Generator) -> dict[str
     each as an assistant turn after the first customer message of its article
     (teacher-forced): share of positions with the same top token, mean KL divergence
     from the reference's next-token distribution, and perplexity of the answer tokens."""
-    first = {}
+    first: dict[str, str] = {}  # article -> its first message
     for m in _read_tsv(DATA_DIR / "messages.tsv"):
         first.setdefault(m["article"], m["text"])
     texts = [
