@@ -5,18 +5,20 @@ Five ``p2pnet peer`` processes on 127.0.0.1, each serving different models:
   peer 1  bootstrap; serves the ticket router (a Python function behind an adapter)
   peer 2  emotion-analysis   (MiniLM embeddings + a trained classifier)
   peer 3  kb-retrieval       (MiniLM sentence embeddings over the shop's help articles)
-  peer 4  reply-generation
+  peer 4  reply-generation   (SmolLM2-135M-Instruct, int4: the reply is generated)
+          and reply-template (the fixed-template reply, a cheap alternative)
   peer 5  reply-generation and emotion-analysis again: a second provider
 
 A sixth peer, in this process, joins through peer 1 knowing no other address, finds
 a provider for every step of examples/customer_service.yaml through the DHT, checks
 the schemas, and runs the pipeline on three customer messages, showing each step's
-result and which peer and model produced it. Then it runs one message forwarded
+result and which peer and model produced it, and streams one generated reply token
+by token as the provider produces it. Then it runs one message forwarded
 (peer to peer, not through the caller), kills the peer that served the reply and
 runs again to show the failover to the other reply provider, and stops every peer
 with SIGINT. Nothing leaves this machine.
 
-Usage: python scripts/demo.py [--models build/models]
+Usage: python scripts/demo.py [--models build/models] [--reply-model FILE]
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import trio
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p2pnet import Peer
+from p2pnet.core.generation import GenerationParams, Prompt
 from p2pnet.localswarm import PeerProcess, start_peer
 from p2pnet.pipeline import Pipeline, PipelineResult
 
@@ -72,6 +76,28 @@ def show_outputs(result: PipelineResult, row: int = 0) -> None:
     console.print(f"  reply   [green]{out['reply']}[/]\n")
 
 
+async def stream_reply(caller: Peer, names: dict[str, str], result: PipelineResult) -> None:
+    """Generate message 1's reply again, streamed: each piece printed as it arrives."""
+    out = {k: str(v[0]) for k, v in result.outputs.items()}
+    fields = {"text": MESSAGES[0], "emotion": out["emotion"], "answer": out["answer"]}
+    generation = caller.generate(
+        Prompt(fields=fields), task="reply-generation", params=GenerationParams(max_tokens=96)
+    )
+    console.print("[bold]streamed[/]: the reply model's tokens as they arrive:\n  ", end="")
+    async for chunk in generation:
+        console.print(f"[green]{escape(chunk.text)}[/]", end="")
+        console.file.flush()
+    summary, offer = generation.summary, generation.offer
+    assert summary is not None and offer is not None
+    assert generation.started_at is not None and generation.first_chunk_at is not None
+    first_ms = (generation.first_chunk_at - generation.started_at) * 1000
+    console.print(
+        f"\n  [dim]{summary.completion_tokens} tokens from "
+        f"{names.get(offer.record.peer_id, '?')}, first after {first_ms:.0f} ms (finding the "
+        f"provider included), ended by {summary.finish}[/]\n"
+    )
+
+
 async def run_pipeline(bootstrap: str, peers: dict[str, PeerProcess]) -> None:
     names = {p.peer_id: name for name, p in peers.items()}
     pipeline = Pipeline.from_file(SPEC)
@@ -92,6 +118,7 @@ async def run_pipeline(bootstrap: str, peers: dict[str, PeerProcess]) -> None:
                 f"  {name:<9} {step.model_name:<14} {short(step.model_id, 20)}  on {providers}"
             )
 
+        first: PipelineResult | None = None
         for i, message in enumerate(MESSAGES, start=1):
             console.print(f'\n[bold]message {i}[/]: "{message}"')
             result = await pipeline.run(
@@ -99,6 +126,10 @@ async def run_pipeline(bootstrap: str, peers: dict[str, PeerProcess]) -> None:
             )
             show(result, names, f"orchestrated, {result.total_ms:.0f} ms")
             show_outputs(result)
+            first = first or result
+        assert first is not None
+
+        await stream_reply(caller, names, first)
 
         message = np.array([MESSAGES[0]], dtype=object)
         result = await pipeline.run(caller, {"text": message}, mode="forwarded", plan=plan)
@@ -120,15 +151,22 @@ async def run_pipeline(bootstrap: str, peers: dict[str, PeerProcess]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--models", type=Path, default=REPO / "build" / "models")
+    parser.add_argument(
+        "--reply-model", type=Path, help="the generated-reply model (default: in --models)"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     m = {name: str(args.models / f"{name}.onnx") for name in ("emotion", "retrieval", "reply")}
+    llm = str(args.reply_model or args.models / "cs-reply-llm.onnx")
     layout = {
         "peer 2": ["--serve", m["emotion"], "--task", "emotion-analysis"],
         "peer 3": ["--serve", m["retrieval"], "--task", "kb-retrieval"],
-        "peer 4": ["--serve", m["reply"], "--task", "reply-generation"],
+        "peer 4": [
+            "--serve", llm, "--task", "reply-generation",
+            "--serve", m["reply"], "--task", "reply-template",
+        ],
         "peer 5": [
-            "--serve", m["reply"], "--task", "reply-generation",
+            "--serve", llm, "--task", "reply-generation",
             "--serve", m["emotion"], "--task", "emotion-analysis",
         ],
     }  # fmt: skip

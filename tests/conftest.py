@@ -33,7 +33,7 @@ settings.load_profile("p2pnet")
 
 # Fixtures whose use makes a test slow: building them takes seconds (tf imports
 # TensorFlow for tests/test_import_tensorflow.py).
-SLOW_FIXTURES = {"cs_models", "tf"}
+SLOW_FIXTURES = {"cs_models", "dialogue_models", "tf"}
 
 
 def load_script(relative: str) -> object:
@@ -77,6 +77,13 @@ def cs_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """name -> path of the customer-service models (emotion, retrieval, reply), built by
     scripts/build_cs_models.py (about 15 s on 2 cores)."""
     return build_once(tmp_path_factory, "scripts/build_cs_models.py", "cs_models")
+
+
+@pytest.fixture(scope="session")
+def dialogue_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> path of the dialogue models, smollm2-chat.onnx and cs-reply-llm.onnx,
+    built by scripts/build_dialogue_model.py (about 30 s on 2 cores)."""
+    return build_once(tmp_path_factory, "scripts/build_dialogue_model.py", "dialogue_models")
 
 
 @pytest.fixture(scope="session", autouse=True)

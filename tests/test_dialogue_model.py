@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import build_once
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
@@ -38,13 +37,6 @@ def _load_script() -> Any:
 
 
 build = _load_script()
-
-
-@pytest.fixture(scope="session")
-def dialogue_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """name -> path of smollm2-chat.onnx and cs-reply-llm.onnx, built once per run by
-    scripts/build_dialogue_model.py (about 30 s on 2 cores)."""
-    return build_once(tmp_path_factory, "scripts/build_dialogue_model.py", "dialogue_models")
 
 
 @pytest.fixture(scope="module")
