@@ -5,7 +5,7 @@ Five ``p2pnet peer`` processes on 127.0.0.1, each serving different models:
   peer 1  bootstrap; serves the ticket router (a Python function behind an adapter)
   peer 2  emotion-analysis   (MiniLM embeddings + a trained classifier)
   peer 3  kb-retrieval       (MiniLM sentence embeddings over the shop's help articles)
-  peer 4  reply-generation   (SmolLM2-135M-Instruct, int4: the reply is generated)
+  peer 4  reply-generation   (SmolLM2-135M-Instruct, 4-bit: the reply is generated)
           and reply-template (the fixed-template reply, a cheap alternative)
   peer 5  reply-generation and emotion-analysis again: a second provider
 
