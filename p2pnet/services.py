@@ -60,6 +60,7 @@ from p2pnet.net.interfaces import StreamHost
 from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig
 from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimitedHost, ResourceLimits
 from p2pnet.runtime.catalogue import ModelCatalogue
+from p2pnet.runtime.generative import GenerativeModel
 from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
 from p2pnet.trust.checker import ReceiptKeeper, SpotChecker
 from p2pnet.trust.store import TrustStore
@@ -326,8 +327,27 @@ class PeerServices:
             limits_hit=self.limited_host.stats.hits(),
             trust=self._trust_status(),
             dht=dataclasses.asdict(self.dht.stats),
+            generation=self._generation_status(),
             **self._accounts_status(),
         )
+
+    def _generation_status(self) -> dict[str, int]:
+        """Streamed generations served and sessions open, for ``status`` (empty: no
+        generative model is served)."""
+        sessions = [
+            len(model.sessions)
+            for model in self.catalogue.models.values()
+            if isinstance(model, GenerativeModel)
+        ]
+        if not sessions:
+            return {}
+        stats = self.invoke_server.stats
+        return {
+            "generations": stats.generations,
+            "tokens": stats.tokens,
+            "cancelled": stats.cancelled,
+            "sessions": sum(sessions),
+        }
 
     def _trust_status(self) -> dict[str, int]:
         """Spot-check counts and the providers marked, for ``status``."""

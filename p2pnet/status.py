@@ -135,6 +135,9 @@ class PeerStatus:
         ("density_checked") and found suspicious ("density_alarms"), peers the IP-group
         limits kept out of the routing table ("diversity_refused") and lookup answers
         they dropped ("diversity_dropped_replies").
+    generation: streamed generations served since it started (empty: it serves no
+        generative model): "generations", "tokens" streamed, "cancelled", and
+        "sessions" open now.
     """
 
     peer_id: str
@@ -155,6 +158,7 @@ class PeerStatus:
     join: JoinState | None = None
     trust: Mapping[str, int] = field(default_factory=dict)
     dht: Mapping[str, float] = field(default_factory=dict)
+    generation: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -193,6 +197,7 @@ class PeerStatus:
             "join": self.join.to_dict() if self.join is not None else None,
             "trust": dict(self.trust),
             "dht": dict(self.dht),
+            "generation": dict(self.generation),
         }
 
     @classmethod
@@ -236,6 +241,7 @@ class PeerStatus:
                 join=None if data.get("join") is None else JoinState.from_dict(data["join"]),
                 trust={_text(k): int(v) for k, v in data.get("trust", {}).items()},
                 dht={_text(k): float(v) for k, v in data.get("dht", {}).items()},
+                generation={_text(k): int(v) for k, v in data.get("generation", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

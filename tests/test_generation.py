@@ -40,6 +40,7 @@ from p2pnet.runtime.generative import (
     SessionLimits,
     SessionStore,
 )
+from p2pnet.status import PeerStatus
 
 QUESTION = Prompt(messages=(("user", "List five colours, one per line."),))
 GREEDY = GenerationParams(max_tokens=24)
@@ -245,6 +246,14 @@ async def test_a_session_keeps_the_cache_so_the_next_turn_computes_only_itself(
     unfed = 0 if opening.finish == "eos" else 1
     assert summary.cached_tokens == opening.prompt_tokens + opening.completion_tokens - unfed
     assert summary.prompt_tokens < first.summary.prompt_tokens
+    status = provider.status()  # what p2pnet status shows
+    assert status.generation == {
+        "generations": 2,
+        "tokens": opening.completion_tokens + summary.completion_tokens,
+        "cancelled": 0,
+        "sessions": 1,
+    }
+    assert PeerStatus.from_dict(status.to_dict()) == status
     await remote.close_session(address(provider), model.model_id, summary.session)
     with pytest.raises(UnknownSessionError):
         await remote.close_session(address(provider), model.model_id, summary.session)

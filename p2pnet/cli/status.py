@@ -136,6 +136,15 @@ def status_text(file: StatusFile) -> Text:
                 "marked untrusted"
             )
         )
+    if st.generation:
+        g = st.generation
+        lines.append(
+            Text(
+                f"  generation   {g.get('generations', 0)} replies streamed, "
+                f"{g.get('tokens', 0):,} tokens, {g.get('cancelled', 0)} cancelled; "
+                f"{g.get('sessions', 0)} sessions open"
+            )
+        )
     if st.limits_hit:
         hits = ", ".join(f"{reason} {n}" for reason, n in sorted(st.limits_hit.items()))
         lines.append(Text("  limits hit   ") + peer_text(hits))
