@@ -43,6 +43,7 @@ bench: models
 	$(BIN)/python scripts/bench/invoke.py --models build/models --out build/bench
 	$(BIN)/python scripts/bench/dht.py --out build/bench
 	$(BIN)/python scripts/bench/pipeline.py --models build/models --out build/bench
+	$(BIN)/python scripts/bench/generate.py --model build/models/smollm2-chat.onnx --out build/bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pnet tests scripts
