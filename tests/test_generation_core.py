@@ -23,6 +23,7 @@ from p2pnet.core.generation import (
     TextStream,
     check_role,
     choose_token,
+    coalesce_pieces,
     parse_generation_facts,
     parse_prompt_template,
 )
@@ -629,3 +630,17 @@ def test_temperature_zero_is_greedy_and_rng_is_fresh_per_call() -> None:
     assert GenerationParams().greedy and not GenerationParams(temperature=0.1).greedy
     params = GenerationParams(temperature=1.0, seed=3)
     assert params.rng().random() == params.rng().random()
+
+
+@given(
+    st.lists(st.tuples(st.text(max_size=5), st.lists(st.integers(0, 99), max_size=1)), max_size=40),
+    st.integers(1, 8),
+)
+def test_coalesced_pieces_keep_text_and_tokens_in_order_within_the_bound(
+    pieces: list[tuple[str, list[int]]], bound: int
+) -> None:
+    joined = coalesce_pieces(pieces, bound)
+    assert "".join(t for t, _ in joined) == "".join(t for t, _ in pieces)
+    assert [x for _, ts in joined for x in ts] == [x for _, ts in pieces for x in ts]
+    assert all(len(ts) <= bound for _, ts in joined)
+    assert len(joined) <= max(1, len(pieces)) and all(t or ts for t, ts in joined)

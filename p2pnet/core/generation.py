@@ -30,6 +30,7 @@ from p2pnet.errors import InvalidInputError, ModelFileError
 __all__ = [
     "DEFAULT_SESSION_LIMITS",
     "FINISH_REASONS",
+    "MAX_CHUNK_TOKENS",
     "MAX_GENERATION_TOKENS",
     "MAX_STOP_STRINGS",
     "MAX_STOP_STRING_CHARS",
@@ -42,11 +43,15 @@ __all__ = [
     "SessionLimits",
     "TextStream",
     "choose_token",
+    "coalesce_pieces",
     "parse_generation_facts",
     "parse_prompt_template",
 ]
 
 MAX_GENERATION_TOKENS: Final = 4096
+# Tokens one Chunk carries at most (its token array is bounded by the reader's
+# max_collection_len, 256 by default).
+MAX_CHUNK_TOKENS: Final = 256
 MAX_STOP_STRINGS: Final = 8
 MAX_STOP_STRING_CHARS: Final = 64
 MAX_TEMPERATURE: Final = 10.0
@@ -502,6 +507,25 @@ class TextStream:
                     longest = n
                     break
         return longest
+
+
+def coalesce_pieces(
+    pieces: Sequence[tuple[str, Sequence[int]]], max_tokens: int = MAX_CHUNK_TOKENS
+) -> list[tuple[str, tuple[int, ...]]]:
+    """Consecutive pieces of a reply (text, tokens; each of at most ``max_tokens``
+    tokens, as a decoding step's one) joined into as few as possible of at most
+    ``max_tokens`` tokens each: the same text and tokens, in the same order."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    text, tokens = "", list[int]()
+    for piece_text, piece_tokens in pieces:
+        if tokens and len(tokens) + len(piece_tokens) > max_tokens:
+            out.append((text, tuple(tokens)))
+            text, tokens = "", []
+        text += piece_text
+        tokens += piece_tokens
+    if text or tokens:
+        out.append((text, tuple(tokens)))
+    return out
 
 
 def check_role(role: object) -> str:

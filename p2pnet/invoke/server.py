@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
@@ -21,7 +22,7 @@ import trio
 
 from p2pnet.accounting import Admission, Issued
 from p2pnet.core.address import PeerAddress
-from p2pnet.core.generation import GenerationSummary
+from p2pnet.core.generation import MAX_CHUNK_TOKENS, GenerationSummary, coalesce_pieces
 from p2pnet.core.messages import (
     Cancel,
     Chunk,
@@ -228,18 +229,19 @@ class InvokeServer:
                 watched.set()
 
         produced: list[int] = []
+        writer = _ChunkWriter(stream, request.request_id, self.limits, cancel)
 
         async def emit(text: str, tokens: list[int]) -> None:
             self.stats.tokens += len(tokens)
             produced.extend(tokens)
-            await write_message(
-                stream, encode_message(Chunk(request.request_id, text, tuple(tokens)), self.limits)
-            )
+            writer.send(text, tokens)  # returns at once: the next step runs meanwhile
+            await trio.lowlevel.checkpoint()
 
         self.stats.calls += 1
         self.stats.generations += 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
+            nursery.start_soon(writer.run)
             try:
                 try:
                     model = self.local.generative(request.model_id, caller)
@@ -285,7 +287,7 @@ class InvokeServer:
                     reply = ErrorReply(
                         request.request_id, "internal", _bounded(f"internal error: {exc!r}")
                     )
-                await write_message(stream, encode_message(reply, self.limits))
+                await writer.finish(reply)
             except ConnectionLostError as exc:
                 log.debug("caller %s went away during a generation: %s", caller, exc)
                 nursery.cancel_scope.cancel()
@@ -467,6 +469,65 @@ class InvokeServer:
         except ConnectionLostError:
             pass
         await stream.reset()
+
+
+class _ChunkWriter:
+    """Writes a generation's chunks while the model computes the next token: ``send``
+    queues a piece and returns; ``run`` (a task) writes what is queued, the pieces that
+    piled up during a write as one Chunk (at most ``MAX_CHUNK_TOKENS`` tokens); ``finish``
+    writes the last message after every chunk. A write that fails sets ``cancel``, so
+    the generation stops, and ``send``/``finish`` then raise ConnectionLostError."""
+
+    def __init__(
+        self, stream: ByteStream, request_id: int, limits: WireLimits, cancel: trio.Event
+    ) -> None:
+        self._stream = stream
+        self._request_id = request_id
+        self._limits = limits
+        self._cancel = cancel
+        self._send, self._receive = trio.open_memory_channel[tuple[str, list[int]]](math.inf)
+        self._done = trio.Event()
+        self._broken: ConnectionLostError | None = None
+
+    def send(self, text: str, tokens: list[int]) -> None:
+        """Queue a piece of the reply.
+
+        Raises:
+            ConnectionLostError: an earlier write failed (the caller is gone).
+        """
+        if self._broken is not None:
+            raise self._broken
+        self._send.send_nowait((text, tokens))
+
+    async def run(self) -> None:
+        try:
+            async for first in self._receive:
+                pieces = [first]
+                while True:
+                    try:
+                        pieces.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                for text, tokens in coalesce_pieces(pieces, MAX_CHUNK_TOKENS):
+                    chunk = Chunk(self._request_id, text, tokens)
+                    await write_message(self._stream, encode_message(chunk, self._limits))
+        except ConnectionLostError as exc:
+            self._broken = exc
+            self._cancel.set()
+        finally:
+            self._done.set()
+
+    async def finish(self, last: Done | ErrorReply) -> None:
+        """Write ``last`` once every queued chunk is written.
+
+        Raises:
+            ConnectionLostError: a write failed.
+        """
+        self._send.close()
+        await self._done.wait()
+        if self._broken is not None:
+            raise self._broken
+        await write_message(self._stream, encode_message(last, self._limits))
 
 
 def _bounded(message: str) -> str:

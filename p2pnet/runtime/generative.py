@@ -109,16 +109,21 @@ def load_model_file(
     path: str | Path, *, max_concurrency: int = 2, sessions: SessionLimits = DEFAULT_SESSION_LIMITS
 ) -> OnnxModel | GenerativeModel:
     """Load an ONNX model file: a GenerativeModel if its metadata says it generates
-    (one decoding step at a time: steps of concurrent generations take turns; its
-    sessions kept within ``sessions``), an OnnxModel otherwise (``max_concurrency`` runs
-    at once).
+    (``max_concurrency`` decoding steps at once, of one thread each: steps of concurrent
+    generations take turns; its sessions kept within ``sessions``), an OnnxModel
+    otherwise (``max_concurrency`` runs at once).
 
     Raises:
         ModelFileError: the file cannot be read or loaded.
     """
     metadata = _metadata(Path(path))
     if is_generative(metadata):
-        return GenerativeModel(path, metadata=metadata, sessions=SessionStore(sessions))
+        return GenerativeModel(
+            path,
+            metadata=metadata,
+            sessions=SessionStore(sessions),
+            max_concurrency=max_concurrency,
+        )
     return OnnxModel.load(path, max_concurrency=max_concurrency)
 
 
@@ -313,6 +318,10 @@ class GenerativeModel:
     Args:
         path: the model file (``inspect_generative`` reads what it says of itself).
         max_concurrency: decoding steps running at once (each uses ``threads`` threads).
+            The defaults, 2 steps of one thread each, were the fastest measured on two
+            cores, for one generation and for eight at once (docs/benchmarks.md,
+            "Generation"); onnxruntime's own choice of threads was slower and varied
+            with the machine's load.
         max_queue: steps waiting for a turn beyond those; more are refused as busy.
         max_generations: generations running at once; one more is refused as busy.
         threads: onnxruntime threads per step (0: onnxruntime chooses).
@@ -327,10 +336,10 @@ class GenerativeModel:
         self,
         path: str | Path,
         *,
-        max_concurrency: int = 1,
+        max_concurrency: int = 2,
         max_queue: int = 64,
         max_generations: int = 32,
-        threads: int = 0,
+        threads: int = 1,
         sessions: SessionStore | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
