@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import inspect
 import itertools
 import json
 import os
@@ -1037,8 +1038,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "bench")
     parser.add_argument("--max-tokens", type=int, help="tokens per reply (default 128)")
     parser.add_argument("--reps", type=int, help="runs of each streaming kind (default 5)")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: auto)")
-    parser.add_argument("--max-concurrency", type=int, default=1)
+    defaults = inspect.signature(GenerativeModel).parameters
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults["threads"].default,
+        help="onnxruntime threads per step (0: its own choice; default: GenerativeModel's)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=defaults["max_concurrency"].default,
+        help="decoding steps at once (default: GenerativeModel's)",
+    )
     parser.add_argument("--quick", action="store_true", help="few tokens and runs, for the test")
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
