@@ -111,16 +111,25 @@ class Plan:
     session_reps: int
     concurrent_tokens: int  # per session, with many sessions at once
     concurrency_rounds: int  # of every provider setting
+    other_settings: int  # settings of SWEEP measured besides the main one
     sessions: int = SESSIONS
 
     @classmethod
     def for_args(cls, quick: bool, max_tokens: int | None, reps: int | None) -> Plan:
         if quick:
             tokens, count = max_tokens or 16, reps or 2
-            return cls(tokens, count, 3, 1, 4, count, tokens, 1)
+            return cls(tokens, count, 3, 1, 4, count, tokens, 1, 1)
         tokens, count = max_tokens or 128, reps or 5
         return cls(
-            tokens, count, 4 * count, max(2, count // 2), 8, max(3, count - 2), min(tokens, 64), 3
+            tokens,
+            count,
+            4 * count,
+            max(2, count // 2),
+            8,
+            max(3, count - 2),
+            min(tokens, 64),
+            3,
+            len(SWEEP),
         )
 
 
@@ -829,10 +838,11 @@ async def measure(plan: Plan, model: GenerativeModel, children: list[Child]) -> 
 
 
 def run_all(plan: Plan, model_path: Path, main: Config) -> dict[str, Any]:
-    """Start a serving child for ``main`` and for each other setting of SWEEP, measure,
-    stop them."""
+    """Start a serving child for ``main`` and for each other setting of SWEEP (the first
+    ``plan.other_settings`` of them), measure, stop them."""
     model = GenerativeModel(model_path, max_concurrency=main.max_concurrency, threads=main.threads)
-    configs = [main] + [c for m, t in SWEEP if (c := Config(m, t)) != main]
+    others = [c for m, t in SWEEP if (c := Config(m, t)) != main]
+    configs = [main, *others[: plan.other_settings]]
     children: list[Child] = []
     try:
         for config in configs:
