@@ -462,3 +462,15 @@ def test_model_inspect_shows_what_a_generative_file_says(
     assert card["context_length"] == 8192 and card["eos_token_ids"] == [2]
     assert card["chat_turn"] == "<|im_start|>{role}\n{content}<|im_end|>\n"
     assert card["tokenizer"].startswith("sha256:") and len(card["tokenizer"]) == 71
+
+
+async def test_a_pooled_stream_the_provider_closed_while_idle_is_replaced(
+    swarm: tuple[Peer, Peer, GenerativeModel],
+) -> None:
+    provider, caller, model = swarm
+    await assert_still_answers(caller, provider, model)
+    provider.services.invoke_server.idle_timeout = 0.2
+    (idle,) = caller.services.remote._pool.idle(provider.peer_id)
+    assert await idle.stream.read() == b""  # the provider closed it after 0.2 s idle
+    await assert_still_answers(caller, provider, model)
+    assert provider.services.invoke_server.stats.streams == 2

@@ -429,6 +429,15 @@ class GenerationStream:
         with trio.move_on_at(self._deadline):
             try:
                 message = await self._client._read_reply(self._channel)
+            except ConnectionLostError:
+                if self._chunks or not self._channel.reused:
+                    await self._abandon()
+                    raise
+                # A pooled stream the peer closed while it was idle: ask again on the
+                # next one (as StreamPool.request does), a new one once none is left.
+                await self._channel.stream.reset()
+                self._channel = None
+                return await self.__anext__()
             except BaseException as exc:
                 await self._abandon()
                 if isinstance(exc, NetworkError | RemoteProtocolError) and exc.peer is None:
@@ -496,8 +505,9 @@ class GenerationStream:
             accounts.asked_to_settle(provider)
 
     async def _start(self) -> None:
-        self._deadline = trio.current_time() + self._timeout
-        self.started_at = trio.current_time()
+        if self._deadline is None:  # not again when a closed pooled stream is replaced
+            self._deadline = trio.current_time() + self._timeout
+            self.started_at = trio.current_time()
         pool = self._client._pool
         encode_message(self._request(1), self._client._limits)  # unsendable: fail first
         with trio.move_on_at(self._deadline):
