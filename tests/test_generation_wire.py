@@ -4,13 +4,9 @@ round trip through any split of the bytes, and what a receiver refuses (docs/pro
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import random
-import sys
 import time
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgpack
@@ -18,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_fuzz_decoders import FUZZ  # scripts/fuzz.py, loaded once
 
 from p2pnet.core.generation import (
     FINISH_REASONS,
@@ -52,18 +49,6 @@ WIRE_ERRORS = (RemoteProtocolError, PayloadTooLargeError)
 # took ~4 s.
 PER_INPUT_SECONDS = 0.5
 
-
-def load_fuzz_script() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "scripts" / "fuzz.py"
-    spec = importlib.util.spec_from_file_location("p2pnet_fuzz_script_generation", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-FUZZ = load_fuzz_script()
 
 # --- strategies -------------------------------------------------------------------------
 

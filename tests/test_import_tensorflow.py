@@ -4,7 +4,6 @@ by a peer and called over the network; and the precise errors of the ways it can
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -17,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 from memory_peers import BOTH_HOSTS, peer_maker
+from test_model_tools import run, run_json  # the CLI in this process, its output
 
-from p2pnet.cli import main
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.errors import ModelFileError, UsageError
 from p2pnet.modeltools import import_model, parse_input_decl
@@ -31,19 +30,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 TASK = "tf-flower-species"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    code, out, err = run(capsys, *argv, "--json")
-    assert code == 0, err
-    result: dict[str, Any] = json.loads(out)
-    return result
 
 
 def fresh_rows(seed: int, rows: int = 7) -> Any:

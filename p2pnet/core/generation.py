@@ -181,12 +181,12 @@ def _layer_name(obj: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def parse_generation_facts(text: str, where: str = "p2pnet.generation") -> GenerationFacts:
-    """The facts in a model file's ``p2pnet.generation`` metadata (docs/models.md).
+def _json_object(text: str, where: str) -> dict[str, Any]:
+    """The JSON object in a model file's metadata entry ``where``.
 
     Raises:
-        ModelFileError: not JSON, a field missing or of the wrong type or range, or an
-            unknown format.
+        ModelFileError: over MAX_FACTS_CHARS, not JSON (or nested too deep), or not an
+            object.
     """
     if len(text) > MAX_FACTS_CHARS:
         raise ModelFileError(f"{where}: {len(text)} characters, over {MAX_FACTS_CHARS}")
@@ -196,6 +196,17 @@ def parse_generation_facts(text: str, where: str = "p2pnet.generation") -> Gener
         raise ModelFileError(f"{where} is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ModelFileError(f"{where} must be a JSON object")
+    return raw
+
+
+def parse_generation_facts(text: str, where: str = "p2pnet.generation") -> GenerationFacts:
+    """The facts in a model file's ``p2pnet.generation`` metadata (docs/models.md).
+
+    Raises:
+        ModelFileError: not JSON, a field missing or of the wrong type or range, or an
+            unknown format.
+    """
+    raw = _json_object(text, where)
     if type(raw.get("format")) is not int or raw["format"] != 1:
         raise ModelFileError(f"{where}: format {quote_bounded(raw.get('format'))} is not 1")
     vocab = _positive(raw, "vocab_size", where)
@@ -279,14 +290,7 @@ def parse_prompt_template(text: str, where: str = "p2pnet.prompt") -> PromptTemp
         ModelFileError: not JSON, a field missing or wrong, or a template that names
             anything but its inputs.
     """
-    if len(text) > MAX_FACTS_CHARS:
-        raise ModelFileError(f"{where}: {len(text)} characters, over {MAX_FACTS_CHARS}")
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise ModelFileError(f"{where} is not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ModelFileError(f"{where} must be a JSON object")
+    raw = _json_object(text, where)
     names = _get(raw, "inputs", list, where)
     if not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise ModelFileError(f"{where}: inputs must be names")

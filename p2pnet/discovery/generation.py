@@ -53,18 +53,29 @@ async def first_answer(
         raise UnknownModelError("no provider offers it")
     attempts: list[tuple[str, P2PNetError]] = []
     for offer in offers:
-        stream = open_stream(offer)
         try:
-            return offer, stream, await stream.__anext__()
-        except StopAsyncIteration:
-            return offer, stream, None
+            return offer, *await _first_chunk(open_stream(offer))
         except P2PNetError as exc:
-            await stream.aclose()
             if not is_provider_failure(exc):
                 raise
             log.info("provider %s failed before its first chunk: %s", offer.record.peer_id, exc)
             attempts.append((offer.record.peer_id, exc))
     raise failure_report(attempts)
+
+
+async def _first_chunk(stream: GenerationStream) -> tuple[GenerationStream, Chunk | None]:
+    """``stream`` and its first chunk (None when the reply ended at once).
+
+    Raises:
+        What the stream raises, the stream dropped first.
+    """
+    try:
+        return stream, await stream.__anext__()
+    except StopAsyncIteration:
+        return stream, None
+    except P2PNetError:
+        await stream.aclose()
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +221,8 @@ class ChatSession:
                     timeout=self.timeout,
                 )
                 try:
-                    return offer, stream, await stream.__anext__()
-                except StopAsyncIteration:
-                    return offer, stream, None
+                    return offer, *await _first_chunk(stream)
                 except P2PNetError as exc:
-                    await stream.aclose()
                     if not (is_provider_failure(exc) or isinstance(exc, UnknownSessionError)):
                         raise
                     reason = f"{exc.code}: {exc.message}"
