@@ -289,3 +289,55 @@ async def test_a_call_out_of_time_is_504(models: dict[str, Path]) -> None:
             error_of(reply, 504)
             assert reply.json()["id"] == "t"
         nursery.cancel_scope.cancel()
+
+
+async def test_tritonclient_unchanged(gateway: Gateway) -> None:
+    """tritonclient's HTTP client (binary tensors, no Content-Type), in a thread."""
+    import tritonclient.http as tritonclient_http  # a dev dependency (pyproject.toml)
+    from tritonclient.utils import InferenceServerException
+
+    def session() -> dict[str, Any]:
+        client = tritonclient_http.InferenceServerClient(gateway.url.removeprefix("http://"))
+        try:
+            found: dict[str, Any] = {
+                "live": client.is_server_live(),
+                "ready": client.is_server_ready(),
+                "model_ready": client.is_model_ready("iris-species"),
+                "unknown_ready": client.is_model_ready("no-such-task"),
+                "server": client.get_server_metadata(),
+                "meta": client.get_model_metadata("sentiment-analysis"),
+            }
+            x = tritonclient_http.InferInput("x", [2, 4], "FP32")
+            x.set_data_from_numpy(IRIS_ROWS)
+            result = client.infer("iris-species", [x], request_id="tc")
+            found["label"] = result.as_numpy("label")
+            found["id"] = result.get_response()["id"]
+            text = tritonclient_http.InferInput("text", [2], "BYTES")
+            text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+            wanted = [tritonclient_http.InferRequestedOutput("label", binary_data=False)]
+            found["sentiment"] = client.infer(
+                "sentiment-analysis", [text], outputs=wanted
+            ).as_numpy("label")
+            bad = tritonclient_http.InferInput("x", [1, 3], "FP32")
+            bad.set_data_from_numpy(np.ones((1, 3), np.float32))
+            try:
+                client.infer("iris-species", [bad])
+            except InferenceServerException as exc:
+                found["error"] = (exc.status(), exc.message())
+            return found
+        finally:
+            client.close()
+
+    found = await trio.to_thread.run_sync(session)
+    assert found["live"] and found["ready"] and found["model_ready"]
+    assert not found["unknown_ready"]
+    assert "binary_tensor_data" in found["server"]["extensions"]
+    assert found["meta"]["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    local = gateway.server.models[gateway.iris_id].run_sync({"x": IRIS_ROWS})
+    assert found["label"].tolist() == local["label"].tolist() and found["id"] == "tc"
+    assert [v.decode() if isinstance(v, bytes) else v for v in found["sentiment"]] == [
+        "positive",
+        "negative",
+    ]
+    status, message = found["error"]
+    assert "400" in str(status) and "axis 1" in message
