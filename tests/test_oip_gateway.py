@@ -23,7 +23,23 @@ from starlette.applications import Starlette
 
 from p2pnet import Peer
 from p2pnet.core.oip import OipLimits, decode_infer_reply, encode_infer_request
-from p2pnet.gateway.oip import HEADER_LENGTH, PeerBackend, oip_routes
+from p2pnet.errors import (
+    ConnectionLostError,
+    CreditExceededError,
+    DeadlineExceededError,
+    InvalidInputError,
+    InvalidModelIdError,
+    ModelExecutionError,
+    OutputSchemaError,
+    P2PNetError,
+    PayloadTooLargeError,
+    PeerBusyError,
+    PeerUnreachableError,
+    PermissionDeniedError,
+    RemoteProtocolError,
+    UnknownModelError,
+)
+from p2pnet.gateway.oip import HEADER_LENGTH, PeerBackend, oip_routes, status_of
 
 pytestmark = pytest.mark.network  # an HTTP server on 127.0.0.1
 
@@ -58,6 +74,7 @@ async def gateway(models: dict[str, Path]) -> AsyncIterator[Gateway]:
         server = await stack.enter_async_context(new_peer(bootstrap=[boot.addrs[0]]))
         iris = server.serve(models["iris"], tasks=["iris-species"])
         sentiment = server.serve(models["sentiment"], tasks=["sentiment-analysis"])
+        server.serve(models["reshape3"], tasks=["reshape3"])
         assert await server.announce() > 0
         peer = await stack.enter_async_context(new_peer(bootstrap=[boot.addrs[0]]))
         nursery = await stack.enter_async_context(trio.open_nursery())
@@ -342,3 +359,41 @@ async def test_tritonclient_unchanged(gateway: Gateway) -> None:
     ]
     status, message = found["error"]
     assert "400" in str(status) and "axis 1" in message
+
+
+async def test_a_model_that_fails_is_502(http: httpx.AsyncClient) -> None:
+    reply = await http.post(
+        "/v2/models/reshape3/infer",
+        json={
+            "id": "f",
+            "inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [0] * 4}],
+        },
+    )
+    assert "failed" in error_of(reply, 502) and reply.json()["id"] == "f"
+    ok = await http.post(
+        "/v2/models/reshape3/infer",
+        json={"inputs": [{"name": "x", "shape": [6], "datatype": "FP32", "data": [0] * 6}]},
+    )
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["shape"] == [3, 2]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (InvalidInputError("x"), 400),
+        (InvalidModelIdError("x"), 400),
+        (PermissionDeniedError("x"), 403),
+        (UnknownModelError("x"), 404),
+        (PayloadTooLargeError("x"), 413),
+        (ModelExecutionError("x"), 502),
+        (OutputSchemaError("x"), 502),
+        (RemoteProtocolError("x"), 502),
+        (PeerBusyError("x"), 503),
+        (CreditExceededError("x"), 503),
+        (PeerUnreachableError("x"), 503),
+        (ConnectionLostError("x"), 503),
+        (DeadlineExceededError("x"), 504),
+    ],
+)
+def test_status_of_every_kind_of_error(error: P2PNetError, status: int) -> None:
+    assert status_of(error) == status

@@ -31,6 +31,7 @@ from p2pnet.core.oip import (
 from p2pnet.core.schema import ModelSchema
 from p2pnet.core.text import quote_bounded
 from p2pnet.errors import (
+    CreditExceededError,
     DeadlineExceededError,
     InvalidInputError,
     InvalidModelIdError,
@@ -166,7 +167,7 @@ def status_of(error: P2PNetError) -> int:
         return 400
     if isinstance(error, DeadlineExceededError):
         return 504
-    if isinstance(error, PeerBusyError | NetworkError):
+    if isinstance(error, PeerBusyError | CreditExceededError | NetworkError):
         return 503
     return 502
 
