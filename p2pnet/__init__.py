@@ -34,6 +34,7 @@ point downwards only):
     trust/           spot checks of providers' results, their verdicts and marks (SQLite)
     services.py      the composition root: a peer's services built in one place
     peer.py          Peer
+    gateway/         HTTP front doors: the Open Inference Protocol v2 routes
     inputs.py        tensors from command-line text
     localswarm.py    peer processes on 127.0.0.1 (demo, benchmarks)
     simulate/        multi-peer simulations

@@ -126,6 +126,7 @@ LAYERS: dict[str, int] = {
     "services": 6,
     "peer": 7,
     "localswarm": 8,
+    "gateway": 8,
     "inputs": 8,
     "simulate": 8,
     "cli": 9,

@@ -3,6 +3,9 @@
 varint.py      encode_uvarint, decode_uvarint        multiformats unsigned varints
 text.py        quote_bounded                         peer-sent text in errors: quoted, bounded
 tensor.py      TensorHeader, encode/decode_*_tensor  tensors as msgpack ext types 1 and 2
+oip.py         decode_infer_request,
+               encode_infer_reply, model_metadata    Open Inference Protocol v2 bodies, JSON
+                                                     and binary, to and from arrays
 framing.py     encode_frame, FrameReader             length-prefixed frames with a size limit
 messages.py    Invoke, Result, ErrorReply, Forward,
                Generate, Chunk, Done, Cancel,
