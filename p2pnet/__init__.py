@@ -34,7 +34,8 @@ point downwards only):
     trust/           spot checks of providers' results, their verdicts and marks (SQLite)
     services.py      the composition root: a peer's services built in one place
     peer.py          Peer
-    inputs.py        tensors from command-line text
+    inputs.py        tensors from command-line text and from JSON
+    gateway/         a running peer's local HTTP API and Prometheus metrics
     localswarm.py    peer processes on 127.0.0.1 (demo, benchmarks)
     simulate/        multi-peer simulations
     cli/             the ``p2pnet`` command

@@ -138,6 +138,7 @@ class PeerStatus:
     generation: streamed generations served since it started (empty: it serves no
         generative model): "generations", "tokens" streamed, "cancelled", and
         "sessions" open now.
+    http: the URL of the peer's local HTTP API (docs/gateways.md; None: it serves none).
     """
 
     peer_id: str
@@ -159,6 +160,7 @@ class PeerStatus:
     trust: Mapping[str, int] = field(default_factory=dict)
     dht: Mapping[str, float] = field(default_factory=dict)
     generation: Mapping[str, int] = field(default_factory=dict)
+    http: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -198,6 +200,7 @@ class PeerStatus:
             "trust": dict(self.trust),
             "dht": dict(self.dht),
             "generation": dict(self.generation),
+            "http": self.http,
         }
 
     @classmethod
@@ -242,6 +245,7 @@ class PeerStatus:
                 trust={_text(k): int(v) for k, v in data.get("trust", {}).items()},
                 dht={_text(k): float(v) for k, v in data.get("dht", {}).items()},
                 generation={_text(k): int(v) for k, v in data.get("generation", {}).items()},
+                http=None if data.get("http") is None else _text(data["http"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

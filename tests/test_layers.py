@@ -125,6 +125,7 @@ LAYERS: dict[str, int] = {
     "trust": 5,
     "services": 6,
     "peer": 7,
+    "gateway": 8,
     "localswarm": 8,
     "inputs": 8,
     "simulate": 8,
