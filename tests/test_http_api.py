@@ -26,6 +26,7 @@ from p2pnet.gateway.app import build_app, serve_http
 from p2pnet.gateway.settings import default_token_path, write_token
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.peer import Peer
+from p2pnet.status import PeerStatus
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -59,6 +60,7 @@ async def test_status_find_and_call_with_the_token(models: dict[str, Path]) -> N
         assert body["peer_id"] == caller.peer_id
         assert body["http"] == str(client.base_url).rstrip("/")
         assert caller.status().http == body["http"]
+        assert PeerStatus.from_dict(body).http == body["http"]  # the status file's reader
 
         found = await client.post("/api/find", headers=AUTH, json={"task": "iris-species"})
         assert found.status_code == 200, found.text
@@ -121,6 +123,13 @@ async def test_bad_requests_get_precise_json_errors(models: dict[str, Path]) -> 
         unknown = await client.get("/api/nothing", headers=AUTH)
         assert unknown.status_code == 404
         assert unknown.json() == {"error": "GET /api/nothing: Not Found", "code": "not_found"}
+
+        wrong_method = await client.get("/api/call", headers=AUTH)
+        assert wrong_method.status_code == 405
+        assert wrong_method.json() == {
+            "error": "GET /api/call: Method Not Allowed",
+            "code": "http_error",
+        }
 
         both = await client.post("/api/find", headers=AUTH, json={"task": "a", "model": "b"})
         assert (both.status_code, both.json()["error"]) == (
