@@ -189,6 +189,13 @@ async def test_metrics_show_the_call_just_served(models: dict[str, Path]) -> Non
         nursery.cancel_scope.cancel()
         caller_metrics = metrics_of((await client.get("/metrics")).text)
         assert caller_metrics["p2pnet_models_served"] == {(): 0.0}
+        # The caller's metrics count the call it made, and the time it took.
+        made = caller_metrics["p2pnet_calls_made_total"]
+        assert made == {(("code", ""), ("outcome", "ok")): 1.0}
+        assert 0 < caller_metrics["p2pnet_calls_made_seconds_total"][()] < 20
+        assert metrics_of(scraped.text)["p2pnet_calls_made_total"] == {
+            (("code", ""), ("outcome", "ok")): 0.0
+        }
 
 
 @pytest.mark.network

@@ -41,6 +41,23 @@ class PeerCollector(Collector):
             served.add_metric(["error", code], count)
         yield served
 
+        failures = sum(status.call_failures.values())
+        made = CounterMetricFamily(
+            "p2pnet_calls_made",
+            "Invoke calls this peer made to other peers (each provider tried), by outcome "
+            "and error code",
+            labels=["outcome", "code"],
+        )
+        made.add_metric(["ok", ""], max(0, status.calls_made - failures))
+        for code, count in sorted(status.call_failures.items()):
+            made.add_metric(["error", code], count)
+        yield made
+        seconds = CounterMetricFamily(
+            "p2pnet_calls_made_seconds", "Seconds the calls this peer made took, in all"
+        )
+        seconds.add_metric([], status.call_seconds)
+        yield seconds
+
         yield _gauge("p2pnet_routing_table_peers", "Peers in the DHT routing table",
                      status.routing_table)  # fmt: skip
         connections = GaugeMetricFamily(
