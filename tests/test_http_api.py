@@ -6,6 +6,7 @@ the token, errors as JSON, /metrics in Prometheus text format; and ``p2pnet peer
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -208,6 +209,25 @@ async def test_a_taken_port_is_an_os_error_that_start_raises() -> None:
             with pytest.raises(OSError):
                 await nursery.start(serve_http, peer, "127.0.0.1", port, TOKEN)
             assert peer.http_url == url
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.network
+async def test_a_client_that_stalls_is_disconnected_and_others_are_served() -> None:
+    async with MemoryNetwork() as network, memory_peer(network) as peer:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(serve_http, peer, "127.0.0.1", 0, TOKEN, idle_timeout=1.0)
+            )
+            port = int(url.rsplit(":", 1)[1])
+            stalled = await trio.open_tcp_stream("127.0.0.1", port)
+            await stalled.send_all(b"POST /api/call HTTP/1.1\r\nHost: x\r\n")  # and no more
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/api/status", headers=AUTH)).status_code == 200
+            with trio.fail_after(10):
+                while await stalled.receive_some(65536):  # a 408 reply may come first
+                    pass
+            await stalled.aclose()
             nursery.cancel_scope.cancel()
 
 

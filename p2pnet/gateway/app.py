@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,12 +46,14 @@ if TYPE_CHECKING:
 
     from p2pnet.peer import Peer
 
-__all__ = ["MAX_BODY", "build_app", "serve_http"]
+__all__ = ["IDLE_TIMEOUT", "MAX_BODY", "build_app", "serve_http"]
 
 log = logging.getLogger(__name__)
 
 # The largest request body taken, in bytes.
 MAX_BODY = 16 * 1024 * 1024
+# Seconds a client may send nothing before it is disconnected.
+IDLE_TIMEOUT = 30.0
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -220,11 +223,14 @@ async def serve_http(
     token: str,
     *,
     max_body: int = MAX_BODY,
+    idle_timeout: float = IDLE_TIMEOUT,
     task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``peer``'s local API on ``host``:``port`` (0: any free port) until cancelled.
     ``await nursery.start(serve_http, ...)`` returns its URL once it listens; the peer's
-    status shows it (``PeerStatus.http``) while it serves.
+    status shows it (``PeerStatus.http``) while it serves. A client that sends nothing
+    for ``idle_timeout`` seconds (a request part-way, or between requests) is
+    disconnected.
 
     Raises:
         OSError: the address cannot be bound (taken, or not this machine's).
@@ -236,7 +242,8 @@ async def serve_http(
     config.accesslog = None
     config.errorlog = logging.getLogger("p2pnet.gateway.hypercorn")
     # Slow clients: hypercorn closes a connection idle this long (docs/gateways.md).
-    config.keep_alive_timeout = 30
+    config.keep_alive_timeout = idle_timeout
+    config.read_timeout = math.ceil(idle_timeout)
     config.h11_max_incomplete_size = 64 * 1024
 
     class Started:
