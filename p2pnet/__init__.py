@@ -34,8 +34,9 @@ point downwards only):
     trust/           spot checks of providers' results, their verdicts and marks (SQLite)
     services.py      the composition root: a peer's services built in one place
     peer.py          Peer
-    gateway/         HTTP front doors: the Open Inference Protocol v2 routes
-    inputs.py        tensors from command-line text
+    inputs.py        tensors from command-line text and from JSON
+    gateway/         HTTP front doors: a running peer's local API and Prometheus metrics,
+                     the Open Inference Protocol v2 routes
     localswarm.py    peer processes on 127.0.0.1 (demo, benchmarks)
     simulate/        multi-peer simulations
     cli/             the ``p2pnet`` command

@@ -224,6 +224,9 @@ class Peer:
         self._stack: AsyncExitStack | None = None
         self._join_plan: JoinPlan | None = None
         self._join_wakeup = trio.Event()
+        # The URL of this peer's local HTTP API while one serves it (set by
+        # ``p2pnet.gateway.serve_http``); shown in ``status()``.
+        self.http_url: str | None = None
 
     # --- what it is ----------------------------------------------------------------------
 
@@ -310,6 +313,8 @@ class Peer:
             UsageError: the peer is not running.
         """
         status = self.services.status()
+        if self.http_url is not None:
+            status = dataclasses.replace(status, http=self.http_url)
         plan = self._join_plan
         if plan is None:
             return status

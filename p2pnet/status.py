@@ -138,6 +138,10 @@ class PeerStatus:
     generation: streamed generations served since it started (empty: it serves no
         generative model): "generations", "tokens" streamed, "cancelled", and
         "sessions" open now.
+    calls_made, call_failures, call_seconds: invoke calls this peer made to other peers
+        (attempts, each provider tried counted once), those that ended in an error by its
+        code, and the seconds they took in all.
+    http: the URL of the peer's local HTTP API (docs/gateways.md; None: it serves none).
     """
 
     peer_id: str
@@ -159,6 +163,10 @@ class PeerStatus:
     trust: Mapping[str, int] = field(default_factory=dict)
     dht: Mapping[str, float] = field(default_factory=dict)
     generation: Mapping[str, int] = field(default_factory=dict)
+    calls_made: int = 0
+    call_failures: Mapping[str, int] = field(default_factory=dict)
+    call_seconds: float = 0.0
+    http: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -198,6 +206,10 @@ class PeerStatus:
             "trust": dict(self.trust),
             "dht": dict(self.dht),
             "generation": dict(self.generation),
+            "calls_made": self.calls_made,
+            "call_failures": dict(self.call_failures),
+            "call_seconds": self.call_seconds,
+            "http": self.http,
         }
 
     @classmethod
@@ -242,6 +254,10 @@ class PeerStatus:
                 trust={_text(k): int(v) for k, v in data.get("trust", {}).items()},
                 dht={_text(k): float(v) for k, v in data.get("dht", {}).items()},
                 generation={_text(k): int(v) for k, v in data.get("generation", {}).items()},
+                calls_made=int(data.get("calls_made", 0)),
+                call_failures={_text(k): int(v) for k, v in data.get("call_failures", {}).items()},
+                call_seconds=float(data.get("call_seconds", 0.0)),
+                http=None if data.get("http") is None else _text(data["http"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

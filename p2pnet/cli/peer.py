@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import logging
 import signal
 import sys
@@ -29,13 +30,14 @@ from p2pnet.cli.options import (
 from p2pnet.cli.render import err, out, peer_text
 from p2pnet.config import load_sessions, load_trust
 from p2pnet.core.pricing import FREE, Price
-from p2pnet.errors import UsageError
+from p2pnet.errors import ConfigError, UsageError
+from p2pnet.gateway.settings import DEFAULT_HTTP, default_token_path, write_token
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
 from p2pnet.trust import default_trust_path
 
-__all__ = ["PeerOptions", "ServedFile", "add_peer_parser", "run_peer"]
+__all__ = ["HttpOptions", "PeerOptions", "ServedFile", "add_peer_parser", "parse_http", "run_peer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,58 @@ class ServedFile:
     path: Path
     tasks: tuple[str, ...]
     allow: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """Where the peer serves its local HTTP API (docs/gateways.md).
+
+    default: the address is the default one, not given: a taken port falls back to a
+        free one instead of stopping the peer.
+    token_file: where the token is kept (None: ``http/<peer-id>.token`` in the
+        configuration directory, a new token at every start).
+    """
+
+    host: str
+    port: int
+    default: bool = False
+    token_file: Path | None = None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_http(
+    value: str | None, *, remote: bool = False, token_file: Path | None = None
+) -> HttpOptions | None:
+    """``--http HOST:PORT`` (``[IPv6]:PORT``; None: the default, 127.0.0.1:8739; "off":
+    none) with ``--http-remote`` and ``--http-token-file``.
+
+    Raises:
+        UsageError: not HOST:PORT, a port outside 0-65535, or an address beyond loopback
+        without both ``--http-remote`` and ``--http-token-file``.
+    """
+    if value is None:
+        return HttpOptions(*DEFAULT_HTTP, default=True, token_file=token_file)
+    if value == "off":
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError(f"--http {value!r}: expected HOST:PORT (e.g. 127.0.0.1:8739) or off")
+    if not _is_loopback(host) and not (remote and token_file is not None):
+        raise UsageError(
+            f"--http {value}: {host} is reachable beyond this machine; serving the HTTP API "
+            "there needs --http-remote and --http-token-file FILE (a token only you hold)"
+        )
+    return HttpOptions(host, int(port_text), token_file=token_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +119,16 @@ class PeerOptions:
     ledger: Path | None = None  # None: the identity's default ledger
     keep_ledger: bool = True
     price: Price = FREE
+    http: HttpOptions | None = None  # None: no HTTP API
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PeerOptions:
         """The parsed arguments as typed options.
 
         Raises:
-            UsageError: ``--max-concurrency`` below 1, or a ``--price`` that is not three
-            whole numbers of micro-units.
+            UsageError: ``--max-concurrency`` below 1, a ``--price`` that is not three
+            whole numbers of micro-units, or ``--http`` options that do not fit
+            (``parse_http``).
         """
         if args.max_concurrency < 1:
             raise UsageError("--max-concurrency must be at least 1")
@@ -88,6 +144,7 @@ class PeerOptions:
             ledger=args.ledger,
             keep_ledger=not args.no_ledger,
             price=parse_price(args.price) if args.price else FREE,
+            http=parse_http(args.http, remote=args.http_remote, token_file=args.http_token_file),
         )
 
 
@@ -229,6 +286,25 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         action="store_true",
         help="keep no ledger: results carry no receipts, callers are not held to credit",
     )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the local HTTP API and /metrics there (docs/gateways.md; default "
+        f"{DEFAULT_HTTP[0]}:{DEFAULT_HTTP[1]}, a free port if that one is taken; off: none)",
+    )
+    p.add_argument(
+        "--http-remote",
+        action="store_true",
+        help="allow --http on an address beyond loopback (needs --http-token-file)",
+    )
+    p.add_argument(
+        "--http-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the API token: read from FILE if it exists (mode 0600), else a new one "
+        "written there (default: a new one at every start in "
+        "$XDG_CONFIG_HOME/p2pnet/http/<peer-id>.token)",
+    )
     p.set_defaults(handler=Command(PeerOptions.from_args, run_peer))
 
 
@@ -290,6 +366,10 @@ async def _serve(options: PeerOptions) -> None:
             if status.models:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:
+                # Before the status file: its first version shows the API's URL.
+                if options.http is not None:
+                    url, token_path = await _start_http(nursery, peer, options.http)
+                    out.print(_line(f"http api {url} (token in {token_path})"))
                 status_path = await nursery.start(
                     functools.partial(
                         keep_status, peer, role=options.role, swarm=options.swarm.name
@@ -302,6 +382,50 @@ async def _serve(options: PeerOptions) -> None:
                     err.print(f"{signal.Signals(signum).name}: stopping")
                     break
                 nursery.cancel_scope.cancel()
+
+
+def http_token(options: HttpOptions, peer_id: str) -> tuple[str, Path]:
+    """The API token and its file: the ``--http-token-file``'s if it holds one, else a new
+    one written there (or to the identity's default token file).
+
+    Raises:
+        ConfigError: the token file is readable by others than its owner, or cannot be
+        read or written.
+    """
+    if options.token_file is not None and options.token_file.exists():
+        path = options.token_file
+        try:
+            if path.stat().st_mode & 0o077:
+                raise ConfigError(f"{path}: readable by others; chmod 600 it")
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the HTTP token {path}: {exc.strerror}") from None
+        if token:
+            return token, path
+    path = options.token_file or default_token_path(peer_id)
+    return write_token(path), path
+
+
+async def _start_http(nursery: trio.Nursery, peer: Peer, options: HttpOptions) -> tuple[str, Path]:
+    """Serve the peer's HTTP API in ``nursery``; its URL and token file.
+
+    Raises:
+        ConfigError: the address cannot be bound, or the token file not written.
+    """
+    from p2pnet.gateway.app import serve_http  # hypercorn and starlette: only when serving
+
+    token, path = http_token(options, peer.peer_id)
+    serve = functools.partial(serve_http, peer, options.host, token=token)
+    try:
+        url: str = await nursery.start(serve, options.port)
+    except OSError as exc:
+        if not options.default:
+            raise ConfigError(
+                f"--http {options.host}:{options.port}: {exc.strerror or exc}"
+            ) from None
+        log.warning("HTTP port %d: %s; serving on a free port", options.port, exc.strerror)
+        url = await nursery.start(serve, 0)
+    return url, path
 
 
 def _line(text: str) -> Text:

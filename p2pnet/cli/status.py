@@ -94,6 +94,8 @@ def status_text(file: StatusFile) -> Text:
         + peer_text(st.dht_mode)
         + ")"
     )
+    if st.http is not None:
+        lines.append(Text("  http api     ") + peer_text(st.http))
     if st.join is not None:
         lines.append(Text("  join         ") + join_text(st.join, file.data.get("updated_at")))
     if st.dht:

@@ -1,8 +1,13 @@
-"""Gateways: the network's models behind the protocols other software speaks, served
-over HTTP inside a running peer (docs/gateways.md).
+"""Gateways: a running peer, and the network's models, reached over HTTP by the tools
+people already use (docs/gateways.md).
 
-oip.py    oip_routes, ModelBackend, PeerBackend,    the Open Inference Protocol v2 REST
-          status_of                                 endpoints (KServe V2, Triton) as
-                                                    starlette routes; the tensor codec is
-                                                    p2pnet.core.oip
+app.py        build_app, serve_http          the local HTTP API of a peer (status, find,
+                                             call) and /metrics, served by hypercorn
+metrics.py    PeerCollector, peer_registry   Prometheus metrics read from ``Peer.status()``
+                                             at scrape time
+settings.py   DEFAULT_HTTP, write_token,     the default address and the token file (no
+              default_token_path             HTTP server loaded)
+oip.py        oip_routes, ModelBackend,      the Open Inference Protocol v2 REST endpoints
+              PeerBackend, status_of         (KServe V2, Triton) as starlette routes; the
+                                             tensor codec is p2pnet.core.oip
 """

@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy.typing as npt
@@ -52,7 +53,7 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message, write_message
 from p2pnet.net.channels import Channel, StreamPool
 from p2pnet.net.interfaces import StreamHost
 
-__all__ = ["CallObserver", "CallerAccounts", "GenerationStream", "InvokeClient"]
+__all__ = ["CallObserver", "CallerAccounts", "ClientStats", "GenerationStream", "InvokeClient"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,21 @@ _T = TypeVar("_T")
 
 CallObserver = Callable[[str, bool, float, str], None]
 """``observe(kind, ok, seconds, error code)`` after each call: kind "invoke" or "forward"."""
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """Counters of the calls a client made (invoke and forward; streamed generations are
+    not counted here), for status output and metrics.
+
+    calls: calls made, whatever their outcome.
+    errors: calls that ended in an error, by its code.
+    seconds: the time all calls took, in seconds.
+    """
+
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class CallerAccounts(Protocol):
@@ -119,6 +135,7 @@ class InvokeClient:
         )
         self._ids = itertools.count(1)
         self._observe = observe
+        self.stats = ClientStats()
 
     async def invoke(
         self,
@@ -268,17 +285,24 @@ class InvokeClient:
         self._reply(reply, Done, request_id, peer.peer_id)
 
     async def _observed(self, kind: str, call: Awaitable[_T]) -> _T:
-        """``await call``, telling ``observe`` how it went."""
-        if self._observe is None:
-            return await call
+        """``await call``, counting it in ``stats`` and telling ``observe`` how it went (a
+        cancelled call is neither)."""
         started = trio.current_time()
         try:
             result = await call
         except P2PNetError as exc:
-            self._observe(kind, False, trio.current_time() - started, exc.code)
+            self._count(kind, trio.current_time() - started, exc.code)
             raise
-        self._observe(kind, True, trio.current_time() - started, "")
+        self._count(kind, trio.current_time() - started, "")
         return result
+
+    def _count(self, kind: str, seconds: float, code: str) -> None:
+        self.stats.calls += 1
+        self.stats.seconds += seconds
+        if code:
+            self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+        if self._observe is not None:
+            self._observe(kind, not code, seconds, code)
 
     async def _call(
         self, peer: PeerAddress, request: Callable[[int], Message], timeout: float, what: str
