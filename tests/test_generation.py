@@ -42,7 +42,10 @@ from p2pnet.runtime.generative import (
 )
 from p2pnet.status import PeerStatus
 
-QUESTION = Prompt(messages=(("user", "List five colours, one per line."),))
+QUESTION = Prompt(messages=(("user", "List five colours, one per line."),))  # ~20 tokens
+# A reply of hundreds of tokens, seconds long: for tests that must stop one midway (the
+# short QUESTION's reply can end before a cancel or a deadline arrives).
+STORY = Prompt(messages=(("user", "Write a long story about a fox and a lost key."),))
 GREEDY = GenerationParams(max_tokens=24)
 
 
@@ -162,7 +165,7 @@ async def test_a_cancel_over_the_wire_ends_the_reply_with_its_totals(
 ) -> None:
     provider, caller, model = swarm
     params = GenerationParams(max_tokens=400)
-    stream = caller.services.remote.generate(address(provider), model.model_id, QUESTION, params)
+    stream = caller.services.remote.generate(address(provider), model.model_id, STORY, params)
     received = 0
     async for chunk in stream:
         received += len(chunk.tokens)
@@ -179,7 +182,7 @@ async def test_a_caller_that_goes_away_stops_the_generation(
 ) -> None:
     provider, caller, model = swarm
     stream = caller.services.remote.generate(
-        address(provider), model.model_id, QUESTION, GenerationParams(max_tokens=400)
+        address(provider), model.model_id, STORY, GenerationParams(max_tokens=400)
     )
     async for _ in stream:
         break
@@ -213,11 +216,7 @@ async def test_a_deadline_ends_the_reply_and_the_peer_serves_on(
     provider, caller, model = swarm
     remote = caller.services.remote
     stream = remote.generate(
-        address(provider),
-        model.model_id,
-        QUESTION,
-        GenerationParams(max_tokens=4000),
-        timeout=0.3,
+        address(provider), model.model_id, STORY, GenerationParams(max_tokens=4000), timeout=0.3
     )
     with pytest.raises(DeadlineExceededError):
         async for _ in stream:
