@@ -420,6 +420,8 @@ class GenerationStream:
         self._client = client
         self.peer = peer
         self._request = request
+        # Read once: every chunk is matched against it.
+        self.request_id = request(1).request_id
         self._record = record
         self._tokens: list[int] = []
         self._timeout = timeout
@@ -431,9 +433,6 @@ class GenerationStream:
         self.started_at: float | None = None
         self.first_chunk_at: float | None = None
 
-    @property
-    def request_id(self) -> int:
-        return self._request(1).request_id
 
     async def __aenter__(self) -> GenerationStream:
         return self

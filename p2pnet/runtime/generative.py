@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import onnxruntime as ort
 import trio
 from tokenizers import Tokenizer
@@ -60,7 +61,13 @@ from p2pnet.errors import (
     SessionLimitError,
     UnknownSessionError,
 )
-from p2pnet.runtime.onnx_model import ONNX_RUNTIME, OnnxModel, file_model_id, inspect_model
+from p2pnet.runtime.onnx_model import (
+    ONNX_RUNTIME,
+    OnnxModel,
+    file_model_id,
+    inspect_model,
+    read_model_proto,
+)
 from p2pnet.runtime.served import RunSlots
 
 __all__ = [
@@ -90,19 +97,10 @@ Emit = Callable[[str, list[int]], Awaitable[None]]
 """Called with each piece of a reply as it is produced: (text, token IDs)."""
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    """The ONNX file's metadata, read without loading its weights (the metadata comes
-    after the graph in the file, so onnx must parse the whole protobuf: a second or so
-    for 90 MB; onnxruntime reads it again when the session loads)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
-        raise ModelFileError(f"{path} is not an ONNX model: {exc}") from None
-    return {prop.key: prop.value for prop in model.metadata_props}
+def _metadata(proto: onnx.ModelProto) -> dict[str, str]:
+    """A model file's metadata entries (the metadata comes after the graph in the file,
+    so reading it parses the whole protobuf: a second or so for 90 MB)."""
+    return {prop.key: prop.value for prop in proto.metadata_props}
 
 
 def load_model_file(
@@ -116,7 +114,8 @@ def load_model_file(
     Raises:
         ModelFileError: the file cannot be read or loaded.
     """
-    metadata = _metadata(Path(path))
+    proto = read_model_proto(path)
+    metadata = _metadata(proto)
     if is_generative(metadata):
         return GenerativeModel(
             path,
@@ -124,7 +123,7 @@ def load_model_file(
             sessions=SessionStore(sessions),
             max_concurrency=max_concurrency,
         )
-    return OnnxModel.load(path, max_concurrency=max_concurrency)
+    return OnnxModel(inspect_model(path, proto), max_concurrency=max_concurrency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +149,7 @@ def inspect_generative(
             wrong (the message names the key).
     """
     path = Path(path)
-    metadata = _metadata(path) if metadata is None else metadata
+    metadata = _metadata(read_model_proto(path)) if metadata is None else metadata
     if not is_generative(metadata):
         raise ModelFileError(f"{path} is not a generative model (no {GENERATION_KEY})")
     facts = parse_generation_facts(metadata[GENERATION_KEY])
@@ -194,10 +193,11 @@ def inspect_model_file(path: str | Path) -> ModelInfo:
     Raises:
         ModelFileError: the file cannot be read or is not a model p2pnet serves.
     """
-    metadata = _metadata(Path(path))
+    proto = read_model_proto(path)
+    metadata = _metadata(proto)
     if is_generative(metadata):
         return inspect_generative(path, metadata).info
-    return inspect_model(path)
+    return inspect_model(path, proto)
 
 
 def is_generative(metadata: Mapping[str, str]) -> bool:

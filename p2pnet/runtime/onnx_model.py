@@ -21,7 +21,7 @@ from p2pnet.core.tensor import dtype_name
 from p2pnet.errors import InternalPeerError, ModelExecutionError, ModelFileError
 from p2pnet.runtime.served import SlottedModel
 
-__all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model"]
+__all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model", "read_model_proto"]
 
 # What capability records of ONNX models say in their ``runtime`` field.
 ONNX_RUNTIME = f"onnxruntime/{ort.__version__}"
@@ -81,8 +81,23 @@ def _extensions_library() -> str | None:
     return None
 
 
-def inspect_model(path: str | Path) -> ModelInfo:
-    """Read a model file: its ID (CID of the bytes), size, and schema from the ONNX graph.
+def read_model_proto(path: str | Path) -> onnx.ModelProto:
+    """A model file's graph and metadata, without external weight files.
+
+    Raises:
+        ModelFileError: the file cannot be read or is not an ONNX model.
+    """
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
+        raise ModelFileError(f"{path} is not an ONNX model: {exc}") from None
+
+
+def inspect_model(path: str | Path, proto: onnx.ModelProto | None = None) -> ModelInfo:
+    """Read a model file: its ID (CID of the bytes), size, and schema from the ONNX graph
+    (``proto``: the file's ``read_model_proto``, when already read).
 
     Raises:
         ModelFileError: the file cannot be read or is not an ONNX model with tensor I/O.
@@ -90,12 +105,9 @@ def inspect_model(path: str | Path) -> ModelInfo:
     path = Path(path)
     try:
         model_id, size = file_model_id(path)
-        model = onnx.load(str(path), load_external_data=False)
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX bytes
-        raise ModelFileError(f"{path} is not an ONNX model: {exc}") from None
-    graph = model.graph
+    graph = (proto if proto is not None else read_model_proto(path)).graph
     initializers = {init.name for init in graph.initializer}
     schema = ModelSchema(
         inputs=tuple(_tensor_spec(v, path) for v in graph.input if v.name not in initializers),
