@@ -105,6 +105,46 @@ async def test_requests_without_the_token_are_refused(models: dict[str, Path]) -
 
 
 @pytest.mark.network
+async def test_every_route_but_the_open_ones_takes_the_token(models: dict[str, Path]) -> None:
+    """The Open Inference Protocol routes are served by the peer's app behind the same
+    token; health, server metadata and /metrics are open, as probes and scrapers expect."""
+    async with api(models) as (client, _, _):
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/metrics"):
+            assert (await client.get(path)).status_code == 200, path
+        assert (await client.get("/v2/health/ready")).json() == {"ready": True}
+        infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                             "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+        for path, method in (
+            ("/v2/models/iris-species", "GET"),
+            ("/v2/models/iris-species/ready", "GET"),
+            ("/v2/models/iris-species/infer", "POST"),
+            ("/nothing", "GET"),
+        ):
+            refused = await client.request(method, path, json=infer)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["code"] == "unauthorized"
+        answered = await client.post("/v2/models/iris-species/infer", headers=AUTH, json=infer)
+        assert answered.status_code == 200
+        assert answered.json()["outputs"][0]["name"] == "label"
+
+
+@pytest.mark.network
+async def test_a_loopback_api_answers_loopback_host_names_only(models: dict[str, Path]) -> None:
+    """A page whose DNS name points at 127.0.0.1 (DNS rebinding) is refused, with or
+    without the token; the loopback names are answered."""
+    async with api(models) as (client, _, _):
+        for host in ("attacker.example", "attacker.example:8739", "127.0.0.1.nip.io"):
+            reply = await client.get("/api/status", headers={**AUTH, "Host": host})
+            assert reply.status_code == 403, host
+            assert reply.json()["code"] == "forbidden_host"
+            assert (await client.get("/metrics", headers={"Host": host})).status_code == 403
+        for host in ("localhost:1", "127.0.0.1", "[::1]:8739", "LOCALHOST"):
+            reply = await client.get("/api/status", headers={**AUTH, "Host": host})
+            assert reply.status_code == 200, host
+
+
+@pytest.mark.network
 async def test_bad_requests_get_precise_json_errors(models: dict[str, Path]) -> None:
     async with api(models) as (client, caller, _):
         malformed = await client.post(

@@ -38,8 +38,10 @@ from p2pnet.errors import (
     PermissionDeniedError,
     RemoteProtocolError,
     UnknownModelError,
+    UnknownSessionError,
 )
-from p2pnet.gateway.oip import HEADER_LENGTH, PeerBackend, oip_routes, status_of
+from p2pnet.gateway.errors import http_status
+from p2pnet.gateway.oip import HEADER_LENGTH, PeerBackend, oip_routes
 
 pytestmark = pytest.mark.network  # an HTTP server on 127.0.0.1
 
@@ -384,6 +386,7 @@ async def test_a_model_that_fails_is_502(http: httpx.AsyncClient) -> None:
         (InvalidModelIdError("x"), 400),
         (PermissionDeniedError("x"), 403),
         (UnknownModelError("x"), 404),
+        (UnknownSessionError("x"), 404),
         (PayloadTooLargeError("x"), 413),
         (ModelExecutionError("x"), 502),
         (OutputSchemaError("x"), 502),
@@ -395,5 +398,5 @@ async def test_a_model_that_fails_is_502(http: httpx.AsyncClient) -> None:
         (DeadlineExceededError("x"), 504),
     ],
 )
-def test_status_of_every_kind_of_error(error: P2PNetError, status: int) -> None:
-    assert status_of(error) == status
+def test_http_status_of_every_kind_of_error(error: P2PNetError, status: int) -> None:
+    assert http_status(error) == status

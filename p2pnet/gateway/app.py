@@ -5,18 +5,20 @@ a starlette app served by hypercorn inside the peer's trio program.
     POST /api/find     offers of a task or model                    token
     POST /api/call     call a task or model with JSON tensors       token
     GET  /metrics      Prometheus text format                       no token
+    /v2/...            the Open Inference Protocol v2 (oip.py)      token, but health
 
-Control endpoints take ``Authorization: Bearer <token>``; errors are JSON,
-``{"error": message, "code": p2pnet wire code}``.
+Every route but those of ``auth.OPEN`` takes ``Authorization: Bearer <token>``
+(``TokenGuard``); errors are JSON, ``{"error": message, "code": p2pnet wire code}``
+(OIP replies: ``{"error": message}``).
 """
 
 from __future__ import annotations
 
-import hmac
+import ipaddress
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -25,20 +27,18 @@ from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from p2pnet.errors import (
-    DeadlineExceededError,
-    NetworkError,
     P2PNetError,
-    PayloadTooLargeError,
-    PeerError,
-    PermissionDeniedError,
-    UnknownModelError,
 )
+from p2pnet.gateway.auth import LOOPBACK_HOSTS, TokenGuard
+from p2pnet.gateway.errors import http_status
 from p2pnet.gateway.metrics import peer_registry
+from p2pnet.gateway.oip import PeerBackend, oip_routes
 from p2pnet.inputs import tensor_from_json, tensor_to_json
 
 if TYPE_CHECKING:
@@ -60,21 +60,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": code}, status_code=status)
-
-
-def _status_of(exc: P2PNetError) -> int:
-    """The HTTP status of a p2pnet error: whose fault, as in p2pnet.errors."""
-    if isinstance(exc, UnknownModelError):
-        return 404
-    if isinstance(exc, PermissionDeniedError):
-        return 403
-    if isinstance(exc, PayloadTooLargeError):
-        return 413
-    if isinstance(exc, DeadlineExceededError):
-        return 504
-    if isinstance(exc, (PeerError, NetworkError)):
-        return 502
-    return 400
 
 
 class _BadRequest(Exception):
@@ -142,30 +127,35 @@ def _number(body: Mapping[str, Any], key: str, default: float, *, whole: bool = 
     return float(value)
 
 
-def build_app(peer: Peer, token: str, *, max_body: int = MAX_BODY) -> Starlette:
+def build_app(
+    peer: Peer,
+    token: str,
+    *,
+    max_body: int = MAX_BODY,
+    hosts: Collection[str] | None = LOOPBACK_HOSTS,
+) -> Starlette:
     """The local API of ``peer`` as a starlette app (not served: see ``serve_http``).
+    Every route but ``auth.OPEN`` takes the token; ``hosts``: the Host header names it
+    answers (None: any; see ``TokenGuard``).
 
     Raises:
         ValueError: an empty token.
     """
     if not token:
         raise ValueError("the HTTP API needs a token")
-    expected = f"Bearer {token}".encode()
     registry = peer_registry(peer)
 
     def control(handler: Handler) -> Handler:
-        """``handler`` behind the token, its refusals and p2pnet errors as JSON."""
+        """``handler`` with its refusals and p2pnet errors as JSON (the token is checked
+        before: ``TokenGuard``)."""
 
         async def guarded(request: Request) -> Response:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "missing or wrong token (Authorization: Bearer)", "unauthorized")
             try:
                 return await handler(request)
             except _BadRequest as exc:
                 return _error(exc.status, exc.message, exc.code)
             except P2PNetError as exc:
-                return _error(_status_of(exc), str(exc), exc.code)
+                return _error(http_status(exc), str(exc), exc.code)
 
         return guarded
 
@@ -211,8 +201,10 @@ def build_app(peer: Peer, token: str, *, max_body: int = MAX_BODY) -> Starlette:
             Route("/api/find", control(find), methods=["POST"]),
             Route("/api/call", control(call), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *oip_routes(PeerBackend(peer)),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(TokenGuard, token=token, hosts=hosts)],
     )
 
 
@@ -236,7 +228,8 @@ async def serve_http(
         OSError: the address cannot be bound (taken, or not this machine's).
         ValueError: an empty token.
     """
-    app = build_app(peer, token, max_body=max_body)
+    loopback = _is_loopback(host)
+    app = build_app(peer, token, max_body=max_body, hosts=LOOPBACK_HOSTS if loopback else None)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -280,3 +273,13 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or "localhost") is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

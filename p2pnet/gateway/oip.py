@@ -31,18 +31,13 @@ from p2pnet.core.oip import (
 from p2pnet.core.schema import ModelSchema
 from p2pnet.core.text import quote_bounded
 from p2pnet.errors import (
-    CreditExceededError,
-    DeadlineExceededError,
     InvalidInputError,
     InvalidModelIdError,
-    NetworkError,
     P2PNetError,
     PayloadTooLargeError,
-    PeerBusyError,
-    PermissionDeniedError,
     UnknownModelError,
-    UsageError,
 )
+from p2pnet.gateway.errors import http_status
 
 if TYPE_CHECKING:
     from p2pnet.peer import Peer
@@ -53,7 +48,6 @@ __all__ = [
     "ModelDescription",
     "PeerBackend",
     "oip_routes",
-    "status_of",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -91,7 +85,7 @@ class ModelBackend(Protocol):
         """Run the model on ``inputs``; its outputs by name.
 
         Raises:
-            P2PNetError: any failure of the call (see ``status_of`` for the HTTP status).
+            P2PNetError: any failure of the call (see ``http_status`` for the HTTP status).
         """
         ...
 
@@ -155,23 +149,6 @@ class PeerBackend:
         return await self.peer.call(inputs, task=task, model=model_id, timeout=timeout)
 
 
-def status_of(error: P2PNetError) -> int:
-    """The HTTP status of an error (docs/gateways.md, "Errors")."""
-    if isinstance(error, UnknownModelError):
-        return 404
-    if isinstance(error, PermissionDeniedError):
-        return 403
-    if isinstance(error, PayloadTooLargeError):
-        return 413
-    if isinstance(error, UsageError):
-        return 400
-    if isinstance(error, DeadlineExceededError):
-        return 504
-    if isinstance(error, PeerBusyError | CreditExceededError | NetworkError):
-        return 503
-    return 502
-
-
 def _error(status: int, message: str, request_id: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": message}
     if request_id is not None:
@@ -230,7 +207,7 @@ def oip_routes(
     ``version`` is the server version ``GET /v2`` reports (default: p2pnet's);
     ``timeout`` the seconds an inference call may take; ``limits`` what a request body
     may hold. Every error is a JSON ``{"error": ...}`` reply with the status of
-    ``status_of``; an inference error echoes the request's id.
+    ``http_status``; an inference error echoes the request's id.
     """
     if not version:
         from p2pnet import __version__
@@ -260,7 +237,7 @@ def oip_routes(
                 model, desc.schema, versions=desc.versions, platform=desc.platform
             )
         except P2PNetError as exc:
-            return _error(status_of(exc), str(exc))
+            return _error(http_status(exc), str(exc))
         return JSONResponse(body)
 
     async def model_ready(request: Request) -> Response:
@@ -268,7 +245,7 @@ def oip_routes(
         try:
             await backend.describe(model, model_version)
         except P2PNetError as exc:
-            return _error(status_of(exc), str(exc))
+            return _error(http_status(exc), str(exc))
         return JSONResponse({"name": model, "ready": True})
 
     async def infer(request: Request) -> Response:
@@ -282,7 +259,7 @@ def oip_routes(
             outputs = await backend.call(model, model_version, decoded.inputs, timeout)
             reply, reply_json_length = encode_infer_reply(model, model_version, decoded, outputs)
         except P2PNetError as exc:
-            return _error(status_of(exc), str(exc), request_id)
+            return _error(http_status(exc), str(exc), request_id)
         if reply_json_length is None:
             return Response(reply, media_type="application/json")
         return Response(
