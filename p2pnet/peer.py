@@ -34,6 +34,7 @@ from p2pnet.core.join import DEFAULT_JOINING, Attempt, JoinPlan, JoinPolicy, Wai
 from p2pnet.core.messages import WireLimits
 from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pricing import FREE, Price
+from p2pnet.core.records import CapabilityRecord
 from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy
 from p2pnet.dht.node import DhtConfig
 from p2pnet.discovery.generation import ChatSession, Generation, first_answer
@@ -390,6 +391,15 @@ class Peer:
         if self._nursery is not None:
             self._nursery.start_soon(self._announce_reachable, info.model_id)
         return info
+
+    def known_records(self, now: float | None = None) -> list[CapabilityRecord]:
+        """The capability records this peer knows without a search: its own, then the
+        verified ones other providers sent it lately (``ModelFinder.seen``), not expired at
+        ``now`` (unix seconds; default: the clock). The gateways list the network's tasks
+        and models from these (MCP tools, ``/v1/models``)."""
+        now = time.time() if now is None else now
+        own = [r for r in self.services.publisher.records() if now < r.expires_at]
+        return own + self.finder.seen.current(now)
 
     async def announce(self, model_id: str | None = None) -> int:
         """Announce served models and their tasks in the DHT now: ``model_id``'s, or every

@@ -24,10 +24,10 @@ from p2pnet.cli.parser import build_parser
 from p2pnet.cli.peer import HttpOptions, PeerOptions, http_token, parse_http
 from p2pnet.errors import ConfigError, UsageError
 from p2pnet.gateway.app import build_app, serve_http
-from p2pnet.gateway.settings import default_token_path, write_token
+from p2pnet.gateway.settings import default_token_path, running_api, write_token
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.peer import Peer
-from p2pnet.status import PeerStatus
+from p2pnet.status import PeerStatus, snapshot, write_status
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -339,3 +339,24 @@ def test_token_files_are_written_for_the_owner_only(
         http_token(HttpOptions("0.0.0.0", 1, token_file=given), "p")
     write_token(given, "replaced")  # an existing file's mode is reset
     assert stat.S_IMODE(given.stat().st_mode) == 0o600 and given.read_text() == "replaced\n"
+
+
+@pytest.mark.network
+async def test_the_running_api_of_an_identity_is_found_by_its_status_file(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    statuses = tmp_path / "run"
+    async with api(models) as (_client, caller, _):
+        assert running_api(caller.peer_id, statuses=statuses) is None  # no status file
+        write_status(snapshot(caller), statuses / f"peer-{os.getpid()}.json")
+        assert running_api(caller.peer_id, statuses=statuses) is None  # no token file
+        token_path = default_token_path(caller.peer_id)
+        write_token(token_path, TOKEN)
+        found = running_api(caller.peer_id, statuses=statuses)
+        assert found is not None and (found.url, found.token) == (caller.http_url, TOKEN)
+        assert found.pid == os.getpid()
+        assert running_api("12D3KooWSomeoneElse", statuses=statuses) is None
+        token_path.chmod(0o644)
+        with pytest.raises(ConfigError, match="readable by others"):
+            running_api(caller.peer_id, statuses=statuses)

@@ -31,7 +31,7 @@ from p2pnet.cli.render import err, out, peer_text
 from p2pnet.config import load_sessions, load_trust
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import ConfigError, UsageError
-from p2pnet.gateway.settings import DEFAULT_HTTP, default_token_path, write_token
+from p2pnet.gateway.settings import DEFAULT_HTTP, default_token_path, read_token, write_token
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
@@ -392,16 +392,10 @@ def http_token(options: HttpOptions, peer_id: str) -> tuple[str, Path]:
         ConfigError: the token file is readable by others than its owner, or cannot be
         read or written.
     """
-    if options.token_file is not None and options.token_file.exists():
-        path = options.token_file
-        try:
-            if path.stat().st_mode & 0o077:
-                raise ConfigError(f"{path}: readable by others; chmod 600 it")
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the HTTP token {path}: {exc.strerror}") from None
+    if options.token_file is not None:
+        token = read_token(options.token_file)
         if token:
-            return token, path
+            return token, options.token_file
     path = options.token_file or default_token_path(peer_id)
     return write_token(path), path
 

@@ -66,6 +66,7 @@ from p2pnet.core.pricing import (
 from p2pnet.core.ranking import ProviderStatsTable
 from p2pnet.core.records import CapabilityRecord, sign_record
 from p2pnet.core.schema import ModelSchema, check_inputs
+from p2pnet.core.seen import SeenRecords
 from p2pnet.dht.node import DhtNode
 from p2pnet.discovery.describe import DescribeClient, RejectedRecord
 from p2pnet.errors import (
@@ -313,6 +314,8 @@ class ModelFinder:
         self._publisher = publisher
         self.policy = policy
         self.stats = ProviderStatsTable()
+        # Verified records providers sent: what the gateways list without a search.
+        self.seen = SeenRecords()
 
     async def find(
         self,
@@ -500,6 +503,7 @@ class ModelFinder:
             # On a reused stream the reply may have been sent before the request.
             self.stats.record_latency(provider.peer_id, result.rtt)
         records = result.records
+        self.seen.add(records[: self.policy.max_offers_per_provider])
         if len(records) > self.policy.max_offers_per_provider:
             log.warning(
                 "provider %s offered %d records for one query; keeping the first %d",

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from p2pnet.config import config_dir
 from p2pnet.errors import ConfigError
 
-__all__ = ["DEFAULT_HTTP", "default_token_path", "write_token"]
+__all__ = [
+    "DEFAULT_HTTP",
+    "RunningApi",
+    "default_token_path",
+    "read_token",
+    "running_api",
+    "write_token",
+]
 
 # Where ``p2pnet peer`` serves its API unless told otherwise: loopback, and a port that
 # neither OIP servers (8000, 8001) nor common development servers use.
@@ -42,3 +50,51 @@ def write_token(path: Path, token: str | None = None) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot write the HTTP token {path}: {exc.strerror or exc}") from None
     return token
+
+
+def read_token(path: Path) -> str | None:
+    """The token in ``path``; None if the file does not exist or is empty.
+
+    Raises:
+        ConfigError: the file is readable by others than its owner, or cannot be read.
+    """
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path}: readable by others; chmod 600 it")
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the HTTP token {path}: {exc.strerror or exc}") from None
+    return token or None
+
+
+@dataclass(frozen=True, slots=True)
+class RunningApi:
+    """The local HTTP API of a peer running on this machine: where, with which token, in
+    which process."""
+
+    url: str
+    token: str
+    pid: int
+
+
+def running_api(
+    peer_id: str, *, token_path: Path | None = None, statuses: Path | None = None
+) -> RunningApi | None:
+    """The API of the running peer with identity ``peer_id``, found by its status file
+    (p2pnet/status.py) and its token file (``token_path``; default: the identity's,
+    ``default_token_path``); None when no live peer of that identity serves one, or its
+    token file is missing or empty.
+
+    Raises:
+        ConfigError: the token file is readable by others than its owner, or unreadable.
+    """
+    from p2pnet.status import read_statuses
+
+    for file in read_statuses(statuses):
+        if file.status.peer_id != peer_id or not file.status.http or file.stale:
+            continue
+        token = read_token(token_path or default_token_path(peer_id))
+        return RunningApi(file.status.http, token, file.pid) if token else None
+    return None
