@@ -47,6 +47,7 @@ from p2pnet.net.pnet import (
     recent_failure,
 )
 from p2pnet.net.swarm_key import SwarmKey
+from p2pnet.net.yamux_window import install_window_wakeup
 
 __all__ = ["Host", "Stream", "StreamHandler", "open_host", "tune_libp2p"]
 
@@ -318,6 +319,8 @@ def tune_libp2p() -> None:
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     # py-libp2p's own psk layer is not the spec's cipher: p2pnet.net.pnet replaces it.
     install_pnet_hook()
+    # py-libp2p's Yamux writer polls every 10 ms for window: p2pnet.net.yamux_window.
+    install_window_wakeup()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:

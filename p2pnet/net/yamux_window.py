@@ -1,0 +1,118 @@
+"""A Yamux sender that wakes when its peer grants window, instead of polling for it.
+
+Works around py-libp2p 0.8.1's ``YamuxStream.write``: a stream whose send window is spent
+checks for a WINDOW_UPDATE every 10 ms (``trio.sleep(0.01)`` in a loop; the window
+auto-tuning of libp2p/py-libp2p#1269 left this loop as it was). Against a peer whose
+window starts at 256 KiB (go-yamux, js-yamux) a bulk sender stalls up to 10 ms each time
+the window runs out, hundreds of times for a 64 MiB payload.
+
+``install_window_wakeup`` makes ``send_window`` a property whose setter wakes the stream's
+waiting writer when the window grows (py-libp2p raises it in one place per frame type,
+``stream.send_window += n``), and replaces ``write`` with upstream's, whose wait is on
+that wake-up. A stream closed while its writer waits is still noticed within 10 ms, as
+upstream does (``closed`` has no wake-up). Everything else in ``write`` is upstream's.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import trio
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.yamux import yamux as _yamux
+
+__all__ = ["install_window_wakeup"]
+
+# How often a waiting writer looks at ``closed``, which has no wake-up (upstream's poll).
+_CLOSED_POLL = 0.01
+# How long a writer waits for window before giving up (upstream's).
+_WINDOW_TIMEOUT = 5.0
+
+_WINDOW = "_p2pnet_send_window"
+_GREW = "_p2pnet_window_grew"
+
+
+def _get_send_window(stream: Any) -> int:
+    # A stream made before the patch keeps its window in its own ``send_window``.
+    values = stream.__dict__
+    return int(values[_WINDOW] if _WINDOW in values else values.get("send_window", 0))
+
+
+def _set_send_window(stream: Any, value: int) -> None:
+    grew = value > _get_send_window(stream)
+    stream.__dict__[_WINDOW] = value
+    if grew:
+        event = stream.__dict__.get(_GREW)
+        if event is not None:
+            event.set()
+
+
+def _window_grew(stream: Any) -> trio.Event:
+    """An event the next window increase sets (a new one once the last was set)."""
+    event: trio.Event | None = stream.__dict__.get(_GREW)
+    if event is None or event.is_set():
+        event = stream.__dict__[_GREW] = trio.Event()
+    return event
+
+
+async def _write(self: Any, data: bytes) -> None:
+    """upstream ``YamuxStream.write`` (py-libp2p 0.8.1), waiting on ``_window_grew``."""
+    if self.send_closed:
+        raise MuxedStreamError("Stream is closed for sending")
+    total_len = len(data)
+    sent = 0
+    while sent < total_len:
+        frame: bytes | None = None
+        while frame is None:
+            async with self.rw_lock.write_lock():
+                if self.send_closed:
+                    raise MuxedStreamError("Stream is closed for sending")
+                async with self.window_lock:
+                    if self.closed:
+                        raise MuxedStreamError("Stream is closed")
+                    if self.send_window > 0:
+                        to_send = min(
+                            self.send_window,
+                            _yamux.MAX_MESSAGE_SIZE - _yamux.HEADER_SIZE,
+                            total_len - sent,
+                        )
+                        chunk = data[sent : sent + to_send]
+                        self.send_window -= to_send
+                        header = struct.pack(
+                            _yamux.YAMUX_HEADER_FORMAT,
+                            0,
+                            _yamux.TYPE_DATA,
+                            0,
+                            self.stream_id,
+                            len(chunk),
+                        )
+                        frame = header + chunk
+            if frame is not None:
+                break
+            self._zero_window_waits += 1
+            with trio.move_on_after(_WINDOW_TIMEOUT) as waited:
+                while True:
+                    async with self.window_lock:
+                        if self.send_window > 0 or self.closed:
+                            break
+                        grew = _window_grew(self)
+                    with trio.move_on_after(_CLOSED_POLL):
+                        await grew.wait()
+            if waited.cancelled_caught:
+                raise MuxedStreamError("Timed out waiting for window update after 5 seconds.")
+        await self.conn._write_frame(frame)
+        sent += len(frame) - _yamux.HEADER_SIZE
+
+
+def install_window_wakeup() -> None:
+    """Patch py-libp2p's ``YamuxStream`` (see the module docstring); idempotent. Streams
+    opened before keep their plain ``send_window`` attribute, which the property reads.
+    ``_write`` is a copy of py-libp2p 0.8.1's (pinned in pyproject.toml): a new release
+    needs it compared again."""
+    stream_class: Any = _yamux.YamuxStream
+    if getattr(stream_class, "_p2pnet_window_wakeup", False):
+        return
+    stream_class.send_window = property(_get_send_window, _set_send_window)
+    stream_class.write = _write
+    stream_class._p2pnet_window_wakeup = True
