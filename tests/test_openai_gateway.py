@@ -9,6 +9,7 @@ thread of their own; the clients, which are synchronous, call it from the test's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import threading
@@ -24,8 +25,14 @@ import trio
 from memory_peers import memory_peer
 from openai.types.chat import ChatCompletionMessageParam
 
+from p2pnet.core.records import CapabilityRecord
 from p2pnet.gateway.app import serve_http
-from p2pnet.gateway.openai import OpenAIError, parse_chat_request
+from p2pnet.gateway.openai import (
+    MAX_CHAT_BODY,
+    OpenAIError,
+    generative_models,
+    parse_chat_request,
+)
 from p2pnet.invoke.server import ServerStats
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.runtime.generative import GenerativeModel
@@ -43,6 +50,8 @@ class Swarm:
     model_id: str
     stats: ServerStats  # the provider's invoke server counters
     trio_token: trio.lowlevel.TrioToken
+    record: CapabilityRecord  # the provider's record of the chat model
+    caller_id: str
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,9 @@ def swarm(dialogue_models: dict[str, Path]) -> Iterator[Swarm]:
                 assert await caller.find(task="chat")
                 url = await nursery.start(serve_http, caller, "127.0.0.1", 0, TOKEN)
                 stats = provider.services.invoke_server.stats
-                started.put(Swarm(url, info.model_id, stats, trio.lowlevel.current_trio_token()))
+                token = trio.lowlevel.current_trio_token()
+                record = provider.known_records()[0]
+                started.put(Swarm(url, info.model_id, stats, token, record, caller.peer_id))
                 await trio.to_thread.run_sync(stop.wait)
                 nursery.cancel_scope.cancel()
 
@@ -100,6 +111,21 @@ def test_models_are_listed_by_task_and_by_model_id(swarm: Swarm) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client(swarm).models.retrieve("sentiment-analysis")
     assert missing.value.code == "model_not_found"
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_the_list_holds_generative_models_of_other_peers(swarm: Swarm) -> None:
+    """What ``/v1/chat/completions`` can reach: ``Peer.generate`` streams from other
+    peers only, and from generative models only."""
+    record = swarm.record
+    assert generative_models([record], own_peer=record.peer_id) == []
+    assert generative_models([dataclasses.replace(record, generation=None)]) == []
+    other = dataclasses.replace(record, peer_id=swarm.caller_id, tasks=("chat", "story"))
+    listed = generative_models([record, other], own_peer=None)
+    assert [m["id"] for m in listed] == ["chat", "story", swarm.model_id]
+    mine = generative_models([record, other], own_peer=swarm.caller_id)
+    assert [m["id"] for m in mine] == ["chat", swarm.model_id]
 
 
 @pytest.mark.network
@@ -211,6 +237,21 @@ def test_unknown_models_unsupported_parameters_and_a_wrong_token(swarm: Swarm) -
         client(swarm, "wrong-token").chat.completions.create(model="chat", messages=QUESTION)
     # The peer serves on.
     assert chat.create(model="chat", messages=QUESTION, max_tokens=1).choices[0].message.content
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_bodies_over_the_limit_and_malformed_json_are_refused(swarm: Swarm) -> None:
+    with httpx.Client(base_url=swarm.url, headers=AUTH, timeout=60) as http:
+        huge = http.post("/v1/chat/completions", content=b"{" + b" " * MAX_CHAT_BODY + b"}")
+        assert huge.status_code == 413
+        assert huge.json()["error"]["code"] == "payload_too_large"
+        for body, code in ((b"{", "invalid_json"), (b"[]", "invalid_json")):
+            refused = http.post("/v1/chat/completions", content=body)
+            assert refused.status_code == 400, body
+            error = refused.json()["error"]
+            assert (error["type"], error["code"]) == ("invalid_request_error", code)
+        assert http.get("/v1/models").status_code == 200  # the peer serves on
 
 
 @pytest.mark.parametrize(

@@ -106,9 +106,12 @@ class OpenAIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     @classmethod
-    def from_p2pnet(cls, exc: P2PNetError, param: str | None = None) -> OpenAIError:
-        code = "model_not_found" if isinstance(exc, UnknownModelError) else exc.code
-        return cls(http_status(exc), str(exc), param, code)
+    def from_p2pnet(cls, exc: P2PNetError) -> OpenAIError:
+        """The status of ``http_status``; code ``model_not_found`` (param ``model``) when
+        nobody offers the model, else the p2pnet error's wire code."""
+        if isinstance(exc, UnknownModelError):
+            return cls(http_status(exc), str(exc), "model", "model_not_found")
+        return cls(http_status(exc), str(exc), None, exc.code)
 
     def body(self) -> dict[str, Any]:
         if self.status == 401:
@@ -359,13 +362,16 @@ def finish_reason(summary: GenerationSummary | None) -> str:
     return "stop"
 
 
-def generative_models(records: list[CapabilityRecord]) -> list[dict[str, Any]]:
+def generative_models(
+    records: list[CapabilityRecord], own_peer: str | None = None
+) -> list[dict[str, Any]]:
     """OpenAI model objects of the generative models among ``records``: one per task tag
-    (first), then one per model ID, each once, in the order first seen."""
+    (first), then one per model ID, each once, in the order first seen. Records of
+    ``own_peer`` are left out: ``Peer.generate`` streams from other peers only."""
     tasks: dict[str, None] = {}
     ids: dict[str, None] = {}
     for record in records:
-        if record.generation is None:
+        if record.generation is None or record.peer_id == own_peer:
             continue
         ids.setdefault(record.model_id)
         for task in record.tasks:
@@ -421,7 +427,7 @@ def openai_routes(
     token); ``max_body``: the largest request body taken, in bytes."""
 
     def known() -> list[dict[str, Any]]:
-        return generative_models(peer.known_records())
+        return generative_models(peer.known_records(), peer.peer_id)
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": known()})
@@ -458,7 +464,7 @@ def openai_routes(
             first = await anext(generation, None)
         except P2PNetError as exc:
             await generation.aclose()
-            return OpenAIError.from_p2pnet(exc, "model").response()
+            return OpenAIError.from_p2pnet(exc).response()
         assert generation.offer is not None
         model_id = generation.offer.record.model_id
         if chat.stream:
