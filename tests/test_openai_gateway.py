@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import openai
 import pytest
 import trio
+from hypothesis import strategies as st
 from memory_peers import memory_peer
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -324,3 +326,51 @@ def test_text_parts_defaults_and_the_model_name() -> None:
     model_id = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
     by_id = parse_chat_request({"model": model_id, "messages": QUESTION})
     assert (by_id.task, by_id.model_id) == (None, model_id)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": JSON | st.text()}
+)
+KEYS = [
+    "model",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "response_format",
+    "logprobs",
+    "tools",
+    "user",
+    "other",
+]
+
+
+@hypothesis.settings(max_examples=300, derandomize=True)
+@hypothesis.given(
+    st.dictionaries(st.sampled_from(KEYS), JSON, max_size=6),
+    st.sampled_from(["chat", 7, None]),
+    st.lists(MESSAGE, max_size=3) | JSON,
+)
+def test_any_request_is_taken_or_refused_with_a_400(
+    body: dict[str, Any], model: object, messages: object
+) -> None:
+    try:
+        chat = parse_chat_request({**body, "model": model, "messages": messages})
+    except OpenAIError as exc:
+        assert exc.status == 400 and exc.message and exc.code
+        assert exc.param is None or exc.param.split("[")[0].split(".")[0] in [*KEYS, "messages"]
+    else:
+        assert chat.model == "chat" and chat.messages

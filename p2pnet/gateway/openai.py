@@ -465,6 +465,10 @@ def openai_routes(
         except P2PNetError as exc:
             await generation.aclose()
             return OpenAIError.from_p2pnet(exc).response()
+        except BaseException:  # cancelled (the server stops): drop the stream, then go on
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await generation.aclose()
+            raise
         assert generation.offer is not None
         model_id = generation.offer.record.model_id
         if chat.stream:
