@@ -39,6 +39,7 @@ from p2pnet.gateway.auth import LOOPBACK_HOSTS, TokenGuard
 from p2pnet.gateway.errors import http_status
 from p2pnet.gateway.metrics import peer_registry
 from p2pnet.gateway.oip import PeerBackend, oip_routes
+from p2pnet.gateway.openai import openai_routes
 from p2pnet.inputs import tensor_from_json, tensor_to_json
 
 if TYPE_CHECKING:
@@ -202,6 +203,7 @@ def build_app(
             Route("/api/call", control(call), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             *oip_routes(PeerBackend(peer)),
+            *openai_routes(peer),
         ],
         exception_handlers={HTTPException: http_error},
         middleware=[Middleware(TokenGuard, token=token, hosts=hosts)],
