@@ -581,7 +581,6 @@ class Peer:
             model=model,
             system=system,
             timeout=timeout,
-            own_peer=self.peer_id,
         )
 
     async def _generation_offers(
@@ -593,7 +592,8 @@ class Peer:
     ) -> list[Offer]:
         """Who to ask for a generation: ``peer`` for ``model`` (asked for its record
         directly, as ``invoke`` calls it: no swarm needed), or the swarm's offers of
-        ``task`` or ``model`` (not this peer's own: it streams to others only)."""
+        ``task`` or ``model`` (this peer's own among them: it streams to itself through
+        ``LoopbackHost``)."""
         if peer is not None:
             if model is None:
                 raise UsageError("generate on a given peer needs the model ID")
@@ -604,8 +604,7 @@ class Peer:
             if described.records:
                 return [Offer(record, address, described.rtt) for record in described.records]
             raise UnknownModelError(f"peer {address.peer_id} does not offer model {model}")
-        offers = await self.finder.find(task=task, model=model, timeout=timeout)
-        return [o for o in offers if o.record.peer_id != self.peer_id]
+        return await self.finder.find(task=task, model=model, timeout=timeout)
 
     # --- running -------------------------------------------------------------------------
 

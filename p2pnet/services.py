@@ -57,6 +57,7 @@ from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.invoke.server import InvokeServer
 from p2pnet.ledger import Ledger
 from p2pnet.net.interfaces import StreamHost
+from p2pnet.net.loopback import LoopbackHost
 from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig
 from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimitedHost, ResourceLimits
 from p2pnet.runtime.catalogue import ModelCatalogue
@@ -182,9 +183,12 @@ class PeerServices:
             raise ValueError(f"host {host.peer_id} does not belong to peer {identity.peer_id}")
         idle = config.idle_streams
         self.host = host
+        # A peer calls its own models through the same protocols as anyone else's (its
+        # generations, its gateway's chats): streams to itself stay in the process.
+        looped = LoopbackHost(host, nursery)
         # What the services serve on: every inbound stream under config.resources. The
         # host itself stays as it is for whoever holds the peer (peer.host).
-        self.limited_host = ResourceLimitedHost(host, config.resources)
+        self.limited_host = ResourceLimitedHost(looped, config.resources)
         self.config = config
         self.catalogue = catalogue
         self.addresses = AnnouncedAddresses(host, config.announce)
@@ -215,7 +219,7 @@ class PeerServices:
             )
             receipts = ReceiptKeeper(self.accountant)
         self.remote = InvokeClient(
-            host,
+            looped,
             limits=config.limits,
             max_idle_streams=8 if idle is None else idle,
             observe=hooks.observe_calls,

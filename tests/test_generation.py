@@ -113,6 +113,23 @@ async def test_a_streamed_reply_is_the_local_reply_token_for_token(
     assert summary.prompt_tokens > 10 and summary.session is None
 
 
+async def test_a_peer_generates_and_chats_with_its_own_model(
+    swarm: tuple[Peer, Peer, GenerativeModel],
+) -> None:
+    """A provider is a caller too: its own generative model streams to it through the
+    invoke protocol (a stream to itself), sessions included."""
+    provider, _, model = swarm
+    expected_text, _ = await local_reply(model, QUESTION, GREEDY)
+    generation = provider.generate(QUESTION, task="chat", params=GREEDY)
+    async with generation:
+        assert await generation.collect() == expected_text
+    async with provider.chat(model=model.model_id) as chat:
+        async with chat.send("Say hi.", GenerationParams(max_tokens=4)) as reply:
+            assert await reply.collect()
+        assert chat.offer is not None and chat.offer.record.peer_id == provider.peer_id
+        assert chat.session_id is not None and len(model.sessions) == 1
+
+
 async def test_same_seed_same_tokens_another_seed_other_tokens(
     swarm: tuple[Peer, Peer, GenerativeModel],
 ) -> None:

@@ -117,17 +117,13 @@ def test_models_are_listed_by_task_and_by_model_id(swarm: Swarm) -> None:
 
 @pytest.mark.network
 @pytest.mark.slow
-def test_the_list_holds_generative_models_of_other_peers(swarm: Swarm) -> None:
-    """What ``/v1/chat/completions`` can reach: ``Peer.generate`` streams from other
-    peers only, and from generative models only."""
+def test_the_list_holds_generative_models_only(swarm: Swarm) -> None:
+    """What ``/v1/chat/completions`` can reach: generative models, the peer's own too."""
     record = swarm.record
-    assert generative_models([record], own_peer=record.peer_id) == []
     assert generative_models([dataclasses.replace(record, generation=None)]) == []
     other = dataclasses.replace(record, peer_id=swarm.caller_id, tasks=("chat", "story"))
-    listed = generative_models([record, other], own_peer=None)
+    listed = generative_models([record, other])
     assert [m["id"] for m in listed] == ["chat", "story", swarm.model_id]
-    mine = generative_models([record, other], own_peer=swarm.caller_id)
-    assert [m["id"] for m in mine] == ["chat", swarm.model_id]
 
 
 @pytest.mark.network

@@ -202,7 +202,6 @@ class ChatSession:
     replays: list[Replay] = field(default_factory=list)
     offer: Offer | None = None
     session_id: str | None = None
-    own_peer: str | None = None
 
     def send(self, text: str, params: GenerationParams | None = None) -> Generation:
         """The reply to the user message ``text``, streamed (see ``Generation``)."""
@@ -274,7 +273,6 @@ class ChatSession:
         if remaining <= 0:
             raise DeadlineExceededError("no time left to find a provider")
         offers = await self.find(task=task, model=model, timeout=remaining / 2)
-        offers = [o for o in offers if o.record.peer_id != self.own_peer]
         if self.offer is not None:
             failed = self.offer.record.peer_id
             offers.sort(key=lambda o: o.record.peer_id == failed)

@@ -362,16 +362,13 @@ def finish_reason(summary: GenerationSummary | None) -> str:
     return "stop"
 
 
-def generative_models(
-    records: list[CapabilityRecord], own_peer: str | None = None
-) -> list[dict[str, Any]]:
+def generative_models(records: list[CapabilityRecord]) -> list[dict[str, Any]]:
     """OpenAI model objects of the generative models among ``records``: one per task tag
-    (first), then one per model ID, each once, in the order first seen. Records of
-    ``own_peer`` are left out: ``Peer.generate`` streams from other peers only."""
+    (first), then one per model ID, each once, in the order first seen."""
     tasks: dict[str, None] = {}
     ids: dict[str, None] = {}
     for record in records:
-        if record.generation is None or record.peer_id == own_peer:
+        if record.generation is None:
             continue
         ids.setdefault(record.model_id)
         for task in record.tasks:
@@ -427,7 +424,7 @@ def openai_routes(
     token); ``max_body``: the largest request body taken, in bytes."""
 
     def known() -> list[dict[str, Any]]:
-        return generative_models(peer.known_records(), peer.peer_id)
+        return generative_models(peer.known_records())
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": known()})
