@@ -191,6 +191,13 @@ def test_typed_contents_and_version(served: Served) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "has int_contents; it takes fp32_contents" in caught.value.details()
 
+        # Streaming inference is not implemented: said so, after the token check.
+        for metadata, code in (((), "UNAUTHENTICATED"), (tuple(AUTH.items()), "UNIMPLEMENTED")):
+            with pytest.raises(grpc.RpcError) as caught:
+                list(stub.ModelStreamInfer(iter([request]), metadata=metadata))
+            assert caught.value.code().name == code
+        assert "ModelStreamInfer is not implemented" in caught.value.details()
+
 
 def test_errors_and_the_peer_keeps_serving(client: Any, served: Served) -> None:
     status, message = failure(lambda: client.infer("no-such-task", [iris_input()], headers=AUTH))
