@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import queue
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -314,3 +319,48 @@ def test_grpc_option(tmp_path: Path) -> None:
     assert peer_options("--http", "off", "--grpc", "127.0.0.1:0").grpc == GrpcOptions(
         "127.0.0.1", 0
     )
+
+
+@pytest.mark.slow
+def test_p2pnet_peer_serves_grpc_without_the_http_api(
+    models: dict[str, Path], config_home: Path
+) -> None:
+    """``p2pnet peer --http off --grpc 127.0.0.1:0``: the address and the token file it
+    prints answer tritonclient; Ctrl-C stops it cleanly."""
+    env = os.environ | {"XDG_CONFIG_HOME": str(config_home), "COLUMNS": "300"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pnet.cli", "peer", "--listen", "/ip4/127.0.0.1/tcp/0",
+         "--serve", str(models["iris"]), "--task", "iris-species",
+         "--http", "off", "--grpc", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    watchdog = threading.Timer(60, proc.kill)  # a peer that hangs fails the test
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:  # ends if the peer exits before it is ready
+            lines.append(line.strip())
+            if line.startswith("ready"):
+                break
+        found = [m for line in lines if (m := re.match(r"grpc api (\S+) \(token in (.+)\)$", line))]
+        assert len(found) == 1, lines
+        assert not any(line.startswith("http api") for line in lines)
+        address, token_file = found[0].groups()
+        token = Path(token_file).read_text().strip()
+        client = triton.InferenceServerClient(address)
+        try:
+            auth = {"authorization": f"Bearer {token}"}
+            result = client.infer("iris-species", [iris_input()], headers=auth)
+            assert result.as_numpy("label").shape == (2,)
+            status, _ = failure(lambda: client.infer("iris-species", [iris_input()]))
+            assert status == "StatusCode.UNAUTHENTICATED"
+        finally:
+            client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
