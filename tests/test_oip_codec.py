@@ -14,14 +14,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from p2pnet.core.oip import (
+    CONTENTS_FIELDS,
     DATATYPES,
     OipLimits,
     RequestedOutput,
+    TensorData,
     decode_infer_reply,
     decode_infer_request,
+    decode_tensors,
     encode_infer_reply,
     encode_infer_request,
     model_metadata,
+    tensor_to_raw,
 )
 from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.errors import InvalidInputError, PayloadTooLargeError
@@ -64,6 +68,52 @@ def test_every_datatype_round_trips_in_requests_and_replies(
     reply = decode_infer_reply(reply_body, reply_length)
     assert (reply.model_name, reply.model_version, reply.id) == ("m", "v", "r1")
     same(reply.outputs["t"], arr)
+
+
+@pytest.mark.parametrize("datatype", list(DATATYPES))
+@given(data=st.data())
+def test_every_datatype_round_trips_as_grpc_raw_and_typed_contents(
+    datatype: str, data: st.DataObject
+) -> None:
+    arr = data.draw(arrays(datatype))
+    name, raw = tensor_to_raw(arr)
+    assert name == datatype
+    same(decode_tensors([TensorData("t", datatype, arr.shape, raw=raw)])["t"], arr)
+    field = CONTENTS_FIELDS[datatype]
+    if field is None:  # FP16: raw contents only
+        return
+    values = [v.encode() for v in arr.ravel()] if datatype == "BYTES" else arr.ravel().tolist()
+    contents = {field: values} if values else {}
+    same(decode_tensors([TensorData("t", datatype, arr.shape, contents=contents)])["t"], arr)
+
+
+def test_grpc_tensors_that_are_refused() -> None:
+    def refused(tensor: TensorData, message: str, error: type = InvalidInputError) -> None:
+        with pytest.raises(error, match=message):
+            decode_tensors([tensor], OipLimits(max_elements=100))
+
+    refused(TensorData("x", "INT8", [2], contents={"int_contents": [1, 200]}),
+            r"element 1 is 200, outside INT8's range \[-128, 127\]")  # fmt: skip
+    refused(TensorData("x", "UINT16", [1], contents={"uint_contents": [70000]}), "UINT16's range")
+    refused(TensorData("x", "FP32", [1], contents={"fp64_contents": [1.0]}),
+            "has fp64_contents; it takes fp32_contents")  # fmt: skip
+    refused(TensorData("x", "FP16", [1], contents={"fp32_contents": [1.0]}), "raw contents only")
+    refused(TensorData("x", "FP16", [1]), "raw contents only")
+    refused(TensorData("x", "FP32", [3], contents={"fp32_contents": [1.0]}), "needs 3")
+    refused(TensorData("x", "FP32", [1], raw=b"\0" * 4, contents={"fp32_contents": [1.0]}),
+            "both raw contents and typed contents")  # fmt: skip
+    refused(TensorData("x", "FP32", [2], raw=b"\0" * 4), "needs 8 bytes")
+    refused(TensorData("x", "BYTES", [1], contents={"bytes_contents": [b"\xff"]}), "not UTF-8")
+    refused(TensorData("x", "BOOL", [1], raw=b"\x02"), "BOOL byte")
+    refused(TensorData("x", "BF16", [1]), "datatype 'BF16'; supported")
+    refused(TensorData("x", "FP32", [-1]), "non-negative")
+    refused(TensorData("x", "FP32", [11, 11], raw=b""), "121 elements", PayloadTooLargeError)
+    refused(TensorData("", "FP32", [0]), "input 0 has no name")
+    with pytest.raises(InvalidInputError, match="appears twice"):
+        decode_tensors([TensorData("x", "FP32", [0]), TensorData("x", "FP32", [0])])
+    with pytest.raises(PayloadTooLargeError, match="together"):
+        decode_tensors([TensorData(str(i), "FP32", [60], raw=bytes(240)) for i in range(2)],
+                       OipLimits(max_elements=100))  # fmt: skip
 
 
 def test_golden_json_request() -> None:

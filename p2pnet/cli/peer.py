@@ -37,9 +37,22 @@ from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
 from p2pnet.trust import default_trust_path
 
-__all__ = ["HttpOptions", "PeerOptions", "ServedFile", "add_peer_parser", "parse_http", "run_peer"]
+__all__ = [
+    "DEFAULT_GRPC",
+    "GrpcOptions",
+    "HttpOptions",
+    "PeerOptions",
+    "ServedFile",
+    "add_peer_parser",
+    "parse_grpc",
+    "parse_http",
+    "run_peer",
+]
 
 log = logging.getLogger(__name__)
+
+# The address ``--grpc`` suggests (Triton's gRPC port, on loopback); off unless given.
+DEFAULT_GRPC = ("127.0.0.1", 8001)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,16 @@ class HttpOptions:
     token_file: Path | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GrpcOptions:
+    """Where the peer serves the Open Inference Protocol over gRPC (docs/gateways.md),
+    with the HTTP API's token (``token_file``: as ``HttpOptions``)."""
+
+    host: str
+    port: int
+    token_file: Path | None = None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -91,17 +114,52 @@ def parse_http(
         return HttpOptions(*DEFAULT_HTTP, default=True, token_file=token_file)
     if value == "off":
         return None
+    host, port = _address("--http", "the HTTP API", DEFAULT_HTTP, value, remote, token_file)
+    return HttpOptions(host, port, token_file=token_file)
+
+
+def parse_grpc(
+    value: str | None, *, remote: bool = False, token_file: Path | None = None
+) -> GrpcOptions | None:
+    """``--grpc HOST:PORT`` (``[IPv6]:PORT``; None or "off": none) with ``--http-remote``
+    and ``--http-token-file``, as ``parse_http``.
+
+    Raises:
+        UsageError: as ``parse_http``.
+    """
+    if value is None or value == "off":
+        return None
+    host, port = _address("--grpc", "the gRPC API", DEFAULT_GRPC, value, remote, token_file)
+    return GrpcOptions(host, port, token_file=token_file)
+
+
+def _address(
+    flag: str,
+    what: str,
+    example: tuple[str, int],
+    value: str,
+    remote: bool,
+    token_file: Path | None,
+) -> tuple[str, int]:
+    """(host, port) of ``flag``'s ``value``, HOST:PORT or [IPv6]:PORT.
+
+    Raises:
+        UsageError: not HOST:PORT, a port outside 0-65535, or an address beyond loopback
+        without both ``remote`` and a ``token_file``.
+    """
     host, sep, port_text = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise UsageError(f"--http {value!r}: expected HOST:PORT (e.g. 127.0.0.1:8739) or off")
+        raise UsageError(
+            f"{flag} {value!r}: expected HOST:PORT (e.g. {example[0]}:{example[1]}) or off"
+        )
     if not _is_loopback(host) and not (remote and token_file is not None):
         raise UsageError(
-            f"--http {value}: {host} is reachable beyond this machine; serving the HTTP API "
+            f"{flag} {value}: {host} is reachable beyond this machine; serving {what} "
             "there needs --http-remote and --http-token-file FILE (a token only you hold)"
         )
-    return HttpOptions(host, int(port_text), token_file=token_file)
+    return host, int(port_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +178,7 @@ class PeerOptions:
     keep_ledger: bool = True
     price: Price = FREE
     http: HttpOptions | None = None  # None: no HTTP API
+    grpc: GrpcOptions | None = None  # None: no gRPC API
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PeerOptions:
@@ -127,8 +186,8 @@ class PeerOptions:
 
         Raises:
             UsageError: ``--max-concurrency`` below 1, a ``--price`` that is not three
-            whole numbers of micro-units, or ``--http`` options that do not fit
-            (``parse_http``).
+            whole numbers of micro-units, or ``--http`` or ``--grpc`` options that do
+            not fit (``parse_http``, ``parse_grpc``).
         """
         if args.max_concurrency < 1:
             raise UsageError("--max-concurrency must be at least 1")
@@ -145,6 +204,7 @@ class PeerOptions:
             keep_ledger=not args.no_ledger,
             price=parse_price(args.price) if args.price else FREE,
             http=parse_http(args.http, remote=args.http_remote, token_file=args.http_token_file),
+            grpc=parse_grpc(args.grpc, remote=args.http_remote, token_file=args.http_token_file),
         )
 
 
@@ -295,7 +355,7 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
     p.add_argument(
         "--http-remote",
         action="store_true",
-        help="allow --http on an address beyond loopback (needs --http-token-file)",
+        help="allow --http and --grpc on an address beyond loopback (needs --http-token-file)",
     )
     p.add_argument(
         "--http-token-file",
@@ -304,6 +364,12 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         help="the API token: read from FILE if it exists (mode 0600), else a new one "
         "written there (default: a new one at every start in "
         "$XDG_CONFIG_HOME/p2pnet/http/<peer-id>.token)",
+    )
+    p.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        help="serve the Open Inference Protocol over gRPC there, with the HTTP API's token, "
+        f"e.g. {DEFAULT_GRPC[0]}:{DEFAULT_GRPC[1]} (docs/gateways.md; default: off)",
     )
     p.set_defaults(handler=Command(PeerOptions.from_args, run_peer))
 
@@ -367,9 +433,16 @@ async def _serve(options: PeerOptions) -> None:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:
                 # Before the status file: its first version shows the API's URL.
+                # One token for both APIs (its file written even when only gRPC is on).
+                gateway = options.http or options.grpc
+                if gateway is not None:
+                    token, token_path = http_token(gateway, peer.peer_id)
                 if options.http is not None:
-                    url, token_path = await _start_http(nursery, peer, options.http)
+                    url = await _start_http(nursery, peer, options.http, token)
                     out.print(_line(f"http api {url} (token in {token_path})"))
+                if options.grpc is not None:
+                    target = await _start_grpc(nursery, peer, options.grpc, token)
+                    out.print(_line(f"grpc api {target} (token in {token_path})"))
                 status_path = await nursery.start(
                     functools.partial(
                         keep_status, peer, role=options.role, swarm=options.swarm.name
@@ -384,7 +457,7 @@ async def _serve(options: PeerOptions) -> None:
                 nursery.cancel_scope.cancel()
 
 
-def http_token(options: HttpOptions, peer_id: str) -> tuple[str, Path]:
+def http_token(options: HttpOptions | GrpcOptions, peer_id: str) -> tuple[str, Path]:
     """The API token and its file: the ``--http-token-file``'s if it holds one, else a new
     one written there (or to the identity's default token file).
 
@@ -400,15 +473,14 @@ def http_token(options: HttpOptions, peer_id: str) -> tuple[str, Path]:
     return write_token(path), path
 
 
-async def _start_http(nursery: trio.Nursery, peer: Peer, options: HttpOptions) -> tuple[str, Path]:
-    """Serve the peer's HTTP API in ``nursery``; its URL and token file.
+async def _start_http(nursery: trio.Nursery, peer: Peer, options: HttpOptions, token: str) -> str:
+    """Serve the peer's HTTP API in ``nursery``; its URL.
 
     Raises:
-        ConfigError: the address cannot be bound, or the token file not written.
+        ConfigError: the address cannot be bound.
     """
     from p2pnet.gateway.app import serve_http  # hypercorn and starlette: only when serving
 
-    token, path = http_token(options, peer.peer_id)
     serve = functools.partial(serve_http, peer, options.host, token=token)
     try:
         url: str = await nursery.start(serve, options.port)
@@ -419,7 +491,29 @@ async def _start_http(nursery: trio.Nursery, peer: Peer, options: HttpOptions) -
             ) from None
         log.warning("HTTP port %d: %s; serving on a free port", options.port, exc.strerror)
         url = await nursery.start(serve, 0)
-    return url, path
+    return url
+
+
+async def _start_grpc(nursery: trio.Nursery, peer: Peer, options: GrpcOptions, token: str) -> str:
+    """Serve the Open Inference Protocol over gRPC in ``nursery``; its address.
+
+    Raises:
+        ConfigError: the address cannot be bound.
+    """
+    try:
+        from p2pnet.gateway.oip_grpc import serve_grpc  # grpcio: only when serving
+    except ImportError as exc:
+        raise ConfigError(
+            f"--grpc needs grpcio and tritonclient's gRPC service ({exc.name} is missing): "
+            "pip install 'p2pnet[grpc]'"
+        ) from None
+
+    serve = functools.partial(serve_grpc, peer, options.host, token=token)
+    try:
+        target: str = await nursery.start(serve, options.port)
+    except OSError as exc:
+        raise ConfigError(f"--grpc {options.host}:{options.port}: {exc}") from None
+    return target
 
 
 def _line(text: str) -> Text:

@@ -11,6 +11,10 @@ the raw data of every tensor whose ``parameters.binary_data_size`` is set, in th
 of the tensors in the header: C order, little-endian, BOOL one byte per element, BYTES
 elements each a 4-byte little-endian length then that many bytes.
 
+The gRPC protocol carries tensors one by one (``TensorData``): ``decode_tensors`` reads
+raw contents (the binary layout above) or typed contents (``CONTENTS_FIELDS``), and
+``tensor_to_raw`` writes raw contents.
+
 Every decoder checks ``OipLimits`` before it allocates: the body size, the number of
 tensors, and the elements of each tensor and of the whole body.
 """
@@ -34,18 +38,25 @@ from p2pnet.errors import InvalidInputError, PayloadTooLargeError
 
 __all__ = [
     "BINARY_EXTENSION",
+    "CONTENTS_FIELDS",
     "DATATYPES",
     "DEFAULT_LIMITS",
     "InferReply",
     "InferRequest",
     "OipLimits",
     "RequestedOutput",
+    "TensorData",
+    "check_datatype",
+    "check_requested_outputs",
+    "check_shape",
     "datatype_of",
     "decode_infer_reply",
     "decode_infer_request",
+    "decode_tensors",
     "encode_infer_reply",
     "encode_infer_request",
     "model_metadata",
+    "tensor_to_raw",
 ]
 
 BINARY_EXTENSION: Final = "binary_tensor_data"
@@ -155,6 +166,177 @@ def model_metadata(
     }
 
 
+def check_datatype(datatype: object, where: str) -> str:
+    """``datatype`` when it is one of ``DATATYPES``.
+
+    Raises:
+        InvalidInputError: any other value, with the list of supported ones.
+    """
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInputError(
+            f"{where} has datatype {quote_bounded(str(datatype))}; supported: "
+            + ", ".join(DATATYPES)
+        )
+    return datatype
+
+
+def check_requested_outputs(names: Sequence[str], outputs: Mapping[str, object]) -> None:
+    """Raises:
+    InvalidInputError: a name in ``names`` is not one of ``outputs``.
+    """
+    for name in names:
+        if name not in outputs:
+            raise InvalidInputError(
+                f"requested output {quote_bounded(name)} is not an output of the model; "
+                "it has " + ", ".join(repr(n) for n in outputs)
+            )
+
+
+def tensor_to_raw(arr: npt.NDArray[Any]) -> tuple[str, bytes]:
+    """The OIP datatype of ``arr`` and its elements as raw bytes: C order, little-endian,
+    BOOL one byte each, BYTES each a 4-byte little-endian length then its UTF-8 bytes.
+
+    Raises:
+        InvalidInputError: a dtype OIP has no datatype for.
+    """
+    datatype = datatype_of(dtype_name(arr))
+    if datatype != "BYTES":
+        return datatype, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    parts = []
+    for v in arr.ravel():
+        raw = v if isinstance(v, bytes) else str(v).encode()
+        parts.append(_LENGTH.pack(len(raw)))
+        parts.append(raw)
+    return datatype, b"".join(parts)
+
+
+# --- tensors one by one (the gRPC protocol: p2pnet/gateway/oip_grpc.py) --------------
+
+# The typed contents field (``InferTensorContents`` of KServe's grpc_predict_v2.proto,
+# Triton's grpc_service.proto) that carries each datatype's elements. FP16 has none: its
+# elements travel as raw contents only. INT8 and INT16 ride in int32 fields, UINT8 and
+# UINT16 in uint32 ones: a value outside the datatype's range is refused.
+CONTENTS_FIELDS: Final[dict[str, str | None]] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP16": None,
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorData:
+    """One tensor as the gRPC protocol carries it: its name, datatype and shape, and its
+    elements either as ``raw`` bytes (the layout of ``tensor_to_raw``) or as typed
+    ``contents`` (every non-empty contents field by name, e.g. ``{"fp32_contents": [...]}``);
+    neither: no elements."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+    raw: bytes | memoryview | None = None
+    contents: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+
+def decode_tensors(
+    tensors: Sequence[TensorData], limits: OipLimits = DEFAULT_LIMITS, role: str = "input"
+) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of ``tensors`` by name (``role`` names them in errors).
+
+    Raises:
+        PayloadTooLargeError: the tensor count, a tensor or the elements together over
+            ``limits``.
+        InvalidInputError: a tensor without a name or named twice, an unknown datatype,
+            a bad shape, elements that do not fill the shape, both raw and typed
+            contents, a contents field of another datatype, an integer outside its
+            datatype's range, a BOOL byte other than 0 and 1, BYTES that are not UTF-8.
+    """
+    if len(tensors) > limits.max_tensors:
+        raise PayloadTooLargeError(
+            f"{len(tensors)} {role}s; this gateway accepts at most {limits.max_tensors}"
+        )
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    budget = limits.max_elements
+    for n, tensor in enumerate(tensors):
+        if not tensor.name:
+            raise InvalidInputError(f"{role} {n} has no name")
+        where = f"{role} {quote_bounded(tensor.name)}"
+        if tensor.name in arrays:
+            raise InvalidInputError(f"{where} appears twice")
+        datatype = check_datatype(tensor.datatype, where)
+        shape, size = check_shape(tensor.shape, where, limits)
+        if size > budget:
+            raise PayloadTooLargeError(
+                f"the {role}s have more than {limits.max_elements} elements together; this "
+                "gateway accepts at most that many"
+            )
+        budget -= size
+        if tensor.raw is not None:
+            if tensor.contents:
+                raise InvalidInputError(f"{where} has both raw contents and typed contents")
+            raw = memoryview(tensor.raw)
+            arrays[tensor.name] = _binary_array(raw, datatype, shape, size, where)
+        else:
+            arrays[tensor.name] = _contents_array(tensor.contents, datatype, shape, size, where)
+    return arrays
+
+
+def _contents_array(
+    contents: Mapping[str, Sequence[Any]],
+    datatype: str,
+    shape: tuple[int, ...],
+    size: int,
+    where: str,
+) -> npt.NDArray[Any]:
+    wanted = CONTENTS_FIELDS[datatype]
+    for name in contents:
+        if name != wanted:
+            takes = f"it takes {wanted}" if wanted else "FP16 elements travel as raw contents only"
+            raise InvalidInputError(f"{where} of datatype {datatype} has {name}; {takes}")
+    values = contents.get(wanted, ()) if wanted else ()
+    if len(values) != size:
+        if wanted is None:
+            raise InvalidInputError(
+                f"{where} of shape {list(shape)} has no elements; FP16 elements travel as raw "
+                "contents only"
+            )
+        raise InvalidInputError(
+            f"{where} has {len(values)} elements in {wanted}; shape {list(shape)} needs {size}"
+        )
+    if datatype == "BYTES":
+        out = np.empty(size, dtype=object)
+        for i, v in enumerate(values):
+            try:
+                out[i] = v.decode("utf-8") if isinstance(v, bytes) else str(v)
+            except UnicodeDecodeError:
+                raise InvalidInputError(
+                    f"{where} element {i} is not UTF-8 text; p2pnet carries BYTES as text"
+                ) from None
+        return out.reshape(shape)
+    dtype = np.dtype(DATATYPES[datatype])
+    if dtype.kind in "iu":
+        wide = np.array(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
+        info = np.iinfo(dtype)
+        outside = (wide < info.min) | (wide > info.max) if wide.size else wide.astype(bool)
+        if outside.any():
+            i = int(np.argmax(outside))
+            raise InvalidInputError(
+                f"{where} element {i} is {wide[i]}, outside {datatype}'s range "
+                f"[{info.min}, {info.max}]"
+            )
+        return wide.astype(dtype).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
 # --- decoding -----------------------------------------------------------------------
 
 
@@ -225,6 +407,20 @@ def _shape(entry: Mapping[str, Any], where: str, limits: OipLimits) -> tuple[tup
     shape = entry.get("shape")
     if not isinstance(shape, list):
         raise InvalidInputError(f"{where} field 'shape' is {_kind(shape)}, not an array")
+    return check_shape(shape, where, limits)
+
+
+def check_shape(
+    shape: Sequence[int], where: str, limits: OipLimits = DEFAULT_LIMITS
+) -> tuple[tuple[int, ...], int]:
+    """``shape`` as a tuple, and its element count, for the tensor ``where`` names.
+
+    Raises:
+        InvalidInputError: more than MAX_NDIM dimensions, or one that is not a
+            non-negative integer.
+        PayloadTooLargeError: a dimension or the element count over ``limits``.
+    """
+    shape = list(shape)
     if len(shape) > MAX_NDIM:
         raise InvalidInputError(f"{where} has {len(shape)} dimensions; at most {MAX_NDIM}")
     for d in shape:
@@ -372,12 +568,7 @@ def _decode_tensors(
         where = f"{role} {quote_bounded(name)}"
         if name in tensors:
             raise InvalidInputError(f"{where} appears twice")
-        datatype = _text_field(entry, "datatype", where)
-        if datatype not in DATATYPES:
-            raise InvalidInputError(
-                f"{where} has datatype {quote_bounded(str(datatype))}; supported: "
-                + ", ".join(DATATYPES)
-            )
+        datatype = check_datatype(_text_field(entry, "datatype", where), where)
         shape, size = _shape(entry, where, limits)
         if size > budget:
             raise PayloadTooLargeError(
@@ -498,15 +689,7 @@ def _tensor_entry(
         else:
             entry["data"] = arr.ravel().tolist()
         return entry
-    if datatype == "BYTES":
-        parts = []
-        for v in arr.ravel():
-            raw = str(v).encode()
-            parts.append(_LENGTH.pack(len(raw)))
-            parts.append(raw)
-        data = b"".join(parts)
-    else:
-        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    _, data = tensor_to_raw(arr)
     entry["parameters"] = {"binary_data_size": len(data)}
     chunks.append(data)
     return entry
@@ -566,14 +749,10 @@ def encode_infer_reply(
             output has a dtype OIP has no datatype for.
     """
     wanted = request.outputs or tuple(RequestedOutput(n) for n in outputs)
+    check_requested_outputs([out.name for out in wanted], outputs)
     chunks: list[bytes] = []
     entries = []
     for out in wanted:
-        if out.name not in outputs:
-            raise InvalidInputError(
-                f"requested output {quote_bounded(out.name)} is not an output of the model; "
-                "it has " + ", ".join(repr(n) for n in outputs)
-            )
         binary = request.binary_output if out.binary is None else out.binary
         entries.append(_tensor_entry(out.name, np.asarray(outputs[out.name]), binary, chunks))
     head: dict[str, Any] = {"model_name": model_name}

@@ -10,4 +10,6 @@ settings.py   DEFAULT_HTTP, write_token,     the default address and the token f
 oip.py        oip_routes, ModelBackend,      the Open Inference Protocol v2 REST endpoints
               PeerBackend, status_of         (KServe V2, Triton) as starlette routes; the
                                              tensor codec is p2pnet.core.oip
+oip_grpc.py   serve_grpc, GRPC_STATUS        the Open Inference Protocol over gRPC
+                                             (GRPCInferenceService), on the same backend
 """
