@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -370,6 +371,9 @@ async def _serve(options: PeerOptions) -> None:
                 if options.http is not None:
                     url, token_path = await _start_http(nursery, peer, options.http)
                     out.print(_line(f"http api {url} (token in {token_path})"))
+                    # The token in the fragment: the browser never sends it in the URL.
+                    fragment = urllib.parse.quote(read_token(token_path) or "", safe="")
+                    out.print(_line(f"status page {url}/#token={fragment}"))
                 status_path = await nursery.start(
                     functools.partial(
                         keep_status, peer, role=options.role, swarm=options.swarm.name

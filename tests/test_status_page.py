@@ -1,0 +1,135 @@
+"""The status page (p2pnet/gateway/page/), in a real headless browser: Debian's Chromium
+driven by playwright, against ``serve_http`` of a peer in a memory swarm (on 127.0.0.1).
+The browser runs in a worker thread (playwright's sync API needs a thread of its own)
+while trio serves the page."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from memory_peers import memory_peer
+
+from p2pnet.gateway.app import serve_http
+from p2pnet.net.memory import MemoryNetwork
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "page-token"
+TASK = "iris-species"
+# A provider names its model after this file: what other peers sent must stay text.
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
+    pytest.skip(
+        f"{CHROMIUM} is not installed (apt-get install chromium); CI installs it",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api")
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 20_000
+
+
+def browse(url: str, peer_id: str, own_model: str) -> dict[str, Any]:
+    """Open the page, check what it shows, call iris through the form; what was seen."""
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(f"{url}/#token={TOKEN}")
+            expect = sync_api.expect
+            expect(page.locator("#peer-id")).to_have_text(peer_id, timeout=WAIT_MS)
+            expect(page.locator("#models")).to_contain_text(own_model, timeout=WAIT_MS)
+            # The token left the address bar for the session's storage.
+            assert "token" not in page.url
+            stored = page.evaluate("sessionStorage.getItem('p2pnet-token')")
+
+            page.fill("#task", TASK)
+            page.click("#find")
+            expect(page.locator("#offers")).to_contain_text(HOSTILE, timeout=WAIT_MS)
+            page.click("#call")
+            result = page.locator("#call-result")
+            expect(result).to_contain_text('"label"', timeout=WAIT_MS)
+            row = page.locator("#calls tr", has_text=HOSTILE)
+            expect(row.first).to_contain_text("made", timeout=WAIT_MS)
+            expect(row.first).to_contain_text(TASK, timeout=WAIT_MS)
+            page.wait_for_function(
+                "Number(document.getElementById('chart').dataset.points) >= 1", timeout=WAIT_MS
+            )
+            painted = page.evaluate(
+                """() => {
+                    const c = document.getElementById('chart');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let blue = 0, orange = 0;
+                    for (let i = 0; i < d.length; i += 4) {
+                        if (d[i + 3] < 200) continue;
+                        if (d[i] > 150 && d[i + 1] < 120 && d[i + 2] < 60) orange += 1;
+                        if (d[i] < 40 && d[i + 2] > 180) blue += 1;
+                    }
+                    return {orange, blue};
+                }"""
+            )
+            return {
+                "stored": stored,
+                "result": result.text_content(),
+                "row": row.first.text_content(),
+                "painted": painted,
+                "images": page.locator("img").count(),
+                "pwned": page.evaluate("window.__pwned === undefined ? null : window.__pwned"),
+                "requests": requests,
+            }
+        finally:
+            browser.close()
+
+
+async def test_the_page_shows_the_peer_and_calls_a_model(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    hostile = tmp_path / f"{HOSTILE}.onnx"
+    shutil.copy(models["iris"], hostile)
+    async with MemoryNetwork() as network, memory_peer(network) as peer:
+        peer.serve(models["identity"], tasks=["echo"])
+        provider = memory_peer(network, bootstrap=[peer.addrs[0]])
+        provider.serve(hostile, tasks=[TASK])
+        async with provider, trio.open_nursery() as nursery:
+            assert await provider.announce() > 0
+            url = await nursery.start(serve_http, peer, "127.0.0.1", 0, TOKEN)
+            async with httpx.AsyncClient(base_url=url) as client:
+                opened = await client.get("/")  # open: no token
+                assert opened.status_code == 200
+                assert opened.headers["content-type"].startswith("text/html")
+                policy = opened.headers["content-security-policy"]
+                assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+                assert (await client.get("/api/calls")).status_code == 401
+            seen = await trio.to_thread.run_sync(browse, url, peer.peer_id, "identity")
+            nursery.cancel_scope.cancel()
+
+    assert seen["stored"] == TOKEN
+    assert json.loads(seen["result"])["label"]["data"] == [0]  # iris's first species
+    assert HOSTILE in seen["row"]
+    # The name is text: no image element was made from it, and its handler never ran.
+    assert seen["images"] == 0 and seen["pwned"] is None
+    assert seen["painted"]["orange"] > 0  # a call made, drawn in its colour
+    # Nothing but the peer's own origin was asked for (no CDN, no fonts).
+    assert seen["requests"] and all(r.startswith(url) for r in seen["requests"])
