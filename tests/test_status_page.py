@@ -5,7 +5,6 @@ while trio serves the page."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -71,7 +70,7 @@ def browse(url: str, peer_id: str, own_model: str) -> dict[str, Any]:
             expect(page.locator("#offers")).to_contain_text(HOSTILE, timeout=WAIT_MS)
             page.click("#call")
             result = page.locator("#call-result")
-            expect(result).to_contain_text('"label"', timeout=WAIT_MS)
+            expect(result).to_contain_text("label (int64", timeout=WAIT_MS)
             row = page.locator("#calls tr", has_text=HOSTILE)
             expect(row.first).to_contain_text("made", timeout=WAIT_MS)
             expect(row.first).to_contain_text(TASK, timeout=WAIT_MS)
@@ -127,7 +126,9 @@ async def test_the_page_shows_the_peer_and_calls_a_model(
             nursery.cancel_scope.cancel()
 
     assert seen["stored"] == TOKEN
-    assert json.loads(seen["result"])["label"]["data"] == [0]  # iris's first species
+    # iris's first species, and the probabilities of the three
+    assert "label (int64, shape [1]): [0]\n" in seen["result"]
+    assert "probabilities (float32, shape [1,3]): [[" in seen["result"]
     assert HOSTILE in seen["row"]
     # The name is text: no image element was made from it, and its handler never ran.
     assert seen["images"] == 0 and seen["pwned"] is None

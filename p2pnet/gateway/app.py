@@ -1,7 +1,7 @@
 """The local HTTP API of a running peer (docs/gateways.md, "Local HTTP API and metrics"):
 a starlette app served by hypercorn inside the peer's trio program.
 
-    GET  /             the status page (page.py)                     no token
+    GET  /             the status page (page/)                       no token
     GET  /api/status   the peer's ``status()``                      token
     GET  /api/calls    the recent calls, for the status page        token
     POST /api/find     offers of a task or model                    token

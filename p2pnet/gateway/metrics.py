@@ -1,5 +1,7 @@
-"""Prometheus metrics of a running peer, read from ``Peer.status()`` when scraped: the
-peer keeps its own counters, and nothing here counts twice (docs/gateways.md, "Metrics")."""
+"""Prometheus metrics of a running peer, read when scraped from ``Peer.status()``, the
+peer's call statistics (``CallStats``: calls by model and outcome, latency histograms,
+bytes) and its models' run slots: the peer keeps its own counters, and nothing here
+counts twice (docs/gateways.md, "Metrics")."""
 
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ _DHT_GAUGES = {"network_size"}
 
 
 class PeerCollector(Collector):
-    """A Prometheus collector that reads one peer's ``status()`` at every scrape."""
+    """A Prometheus collector that reads one peer's ``status()``, call statistics and
+    run slots at every scrape."""
 
     def __init__(self, peer: Peer) -> None:
         self._peer = peer
