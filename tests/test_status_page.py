@@ -1,12 +1,20 @@
 """The status page (p2pnet/gateway/page/), in a real headless browser: Debian's Chromium
 driven by playwright, against ``serve_http`` of a peer in a memory swarm (on 127.0.0.1).
 The browser runs in a worker thread (playwright's sync API needs a thread of its own)
-while trio serves the page."""
+while trio serves the page. And the page's URL with its token, as ``p2pnet peer`` prints
+it at start."""
 
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +143,46 @@ async def test_the_page_shows_the_peer_and_calls_a_model(
     assert seen["painted"]["orange"] > 0  # a call made, drawn in its colour
     # Nothing but the peer's own origin was asked for (no CDN, no fonts).
     assert seen["requests"] and all(r.startswith(url) for r in seen["requests"])
+
+
+def test_p2pnet_peer_prints_the_page_url_with_its_token() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pnet.cli", "peer", "--listen", "/ip4/127.0.0.1/tcp/0",
+         "--http", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=os.environ | {"COLUMNS": "80"},  # a narrow terminal: the URL stays one line
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 60
+        seen: list[str] = []
+        while not seen or not seen[-1].startswith("ready"):
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())).strip())
+            except queue.Empty:
+                pytest.fail(f"peer not ready in 60 s; output {seen}")
+        (page,) = [
+            m for line in seen if (m := re.fullmatch(r"status page (\S+)/#token=(\S+)", line))
+        ]
+        url, token = page.group(1), urllib.parse.unquote(page.group(2))
+        assert f"http api {url} (token in " in "\n".join(seen)
+        assert httpx.get(f"{url}/", timeout=10).status_code == 200
+        calls = httpx.get(
+            f"{url}/api/calls", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert calls.status_code == 200 and calls.json()["calls"] == []
+        limit = httpx.get(
+            f"{url}/api/calls?limit=0", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert limit.status_code == 400 and limit.json()["code"] == "usage"
+    finally:
+        proc.kill()
+        proc.wait()
