@@ -65,6 +65,9 @@ def browse(url: str, peer_id: str, own_model: str) -> dict[str, Any]:
             page = browser.new_page()
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
+            # A style or script the Content-Security-Policy refused is logged as an error.
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(f"{url}/#token={TOKEN}")
             expect = sync_api.expect
             expect(page.locator("#peer-id")).to_have_text(peer_id, timeout=WAIT_MS)
@@ -106,6 +109,8 @@ def browse(url: str, peer_id: str, own_model: str) -> dict[str, Any]:
                 "images": page.locator("img").count(),
                 "pwned": page.evaluate("window.__pwned === undefined ? null : window.__pwned"),
                 "requests": requests,
+                "errors": errors,
+                "font": page.evaluate("getComputedStyle(document.body).fontFamily"),
             }
         finally:
             browser.close()
@@ -134,6 +139,8 @@ async def test_the_page_shows_the_peer_and_calls_a_model(
             nursery.cancel_scope.cancel()
 
     assert seen["stored"] == TOKEN
+    assert seen["errors"] == []
+    assert seen["font"].startswith("system-ui")  # the inline style applied
     # iris's first species, and the probabilities of the three
     assert "label (int64, shape [1]): [0]\n" in seen["result"]
     assert "probabilities (float32, shape [1,3]): [[" in seen["result"]
