@@ -78,10 +78,10 @@ def test_call_stats_count_by_model_bucket_latency_and_stay_bounded() -> None:
     assert stats.recent(0) == []
 
 
-def test_tensor_bytes_counts_numbers_by_size_and_text_by_its_utf8_length() -> None:
+def test_tensor_bytes_counts_numbers_by_size_and_text_by_its_length() -> None:
     assert tensor_bytes({"x": np.zeros((2, 4), np.float32), "y": np.zeros(3, np.int64)}) == 56
-    assert tensor_bytes({"t": np.array(["ab", "é"], dtype=object)}) == 4
-    assert tensor_bytes({"t": np.array(["ab", "é"])}) == 4
+    assert tensor_bytes({"t": np.array(["ab", "é", b"xyz"], dtype=object)}) == 6
+    assert tensor_bytes({"t": np.array([["ab"], ["é"]])}) == 3
 
 
 async def test_run_slots_report_the_runs_waiting_and_running() -> None:
