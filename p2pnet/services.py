@@ -36,6 +36,7 @@ from p2pnet.accounting import (
     machine_fingerprint,
 )
 from p2pnet.core.address import transport_part, with_peer_id
+from p2pnet.core.callstats import CallStats
 from p2pnet.core.generation import DEFAULT_SESSION_LIMITS, SessionLimits
 from p2pnet.core.identity import Identity
 from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
@@ -218,12 +219,16 @@ class PeerServices:
                 wall_clock=config.clock,
             )
             receipts = ReceiptKeeper(self.accountant)
+        # The calls this peer serves and makes, for metrics and the status page.
+        self.call_stats = CallStats(config.clock())
         self.remote = InvokeClient(
             looped,
             limits=config.limits,
             max_idle_streams=8 if idle is None else idle,
             observe=hooks.observe_calls,
             accounts=receipts,
+            calls=self.call_stats,
+            clock=config.clock,
         )
         self.local = LocalInvoker(
             identity.peer_id,
@@ -233,7 +238,11 @@ class PeerServices:
         )
         self.invokers = Invokers(self.local, self.remote)
         self.invoke_server = InvokeServer(
-            self.local, limits=config.limits, accounts=self.accountant
+            self.local,
+            limits=config.limits,
+            accounts=self.accountant,
+            calls=self.call_stats,
+            clock=config.clock,
         )
         records: Callable[[], Sequence[bytes]] = self.publisher.envelopes
         if hooks.describe_records is not None:

@@ -212,9 +212,11 @@ async def test_metrics_show_the_call_just_served(models: dict[str, Path]) -> Non
     async with api(models) as (client, _, provider), trio.open_nursery() as nursery:
         # The provider's own API: its metrics count the calls it served.
         url = await nursery.start(serve_http, provider, "127.0.0.1", 0, "other-token")
+        (iris,) = provider.models
+        ok = (("code", ""), ("model", iris), ("outcome", "ok"))
         async with httpx.AsyncClient(base_url=url) as provider_client:
             before = metrics_of((await provider_client.get("/metrics")).text)
-            assert before["p2pnet_calls_served_total"] == {(("code", ""), ("outcome", "ok")): 0.0}
+            assert before["p2pnet_calls_served_total"] == {ok: 0.0}
             called = await client.post(
                 "/api/call", headers=AUTH, json={"task": "iris-species", "inputs": IRIS_INPUT}
             )
@@ -222,7 +224,8 @@ async def test_metrics_show_the_call_just_served(models: dict[str, Path]) -> Non
             scraped = await provider_client.get("/metrics")  # no token needed
         assert scraped.headers["content-type"].startswith("text/plain; version=")
         after = metrics_of(scraped.text)
-        assert after["p2pnet_calls_served_total"] == {(("code", ""), ("outcome", "ok")): 1.0}
+        assert after["p2pnet_calls_served_total"] == {ok: 1.0}
+        assert after["p2pnet_call_served_seconds_count"] == {(("model", iris),): 1.0}
         assert after["p2pnet_models_served"] == {(): 1.0}
         assert after["p2pnet_routing_table_peers"] == {(): float(provider.status().routing_table)}
         assert after["p2pnet_connections"][(("path", "direct"),)] >= 1
@@ -231,12 +234,10 @@ async def test_metrics_show_the_call_just_served(models: dict[str, Path]) -> Non
         caller_metrics = metrics_of((await client.get("/metrics")).text)
         assert caller_metrics["p2pnet_models_served"] == {(): 0.0}
         # The caller's metrics count the call it made, and the time it took.
-        made = caller_metrics["p2pnet_calls_made_total"]
-        assert made == {(("code", ""), ("outcome", "ok")): 1.0}
-        assert 0 < caller_metrics["p2pnet_calls_made_seconds_total"][()] < 20
-        assert metrics_of(scraped.text)["p2pnet_calls_made_total"] == {
-            (("code", ""), ("outcome", "ok")): 0.0
-        }
+        assert caller_metrics["p2pnet_calls_made_total"] == {ok: 1.0}
+        assert caller_metrics["p2pnet_call_made_seconds_count"] == {(("model", iris),): 1.0}
+        assert 0 < caller_metrics["p2pnet_call_made_seconds_sum"][(("model", iris),)] < 20
+        assert "p2pnet_calls_made_total" not in metrics_of(scraped.text)
 
 
 @pytest.mark.network

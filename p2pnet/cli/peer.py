@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -440,6 +441,9 @@ async def _serve(options: PeerOptions) -> None:
                 if options.http is not None:
                     url = await _start_http(nursery, peer, options.http, token)
                     out.print(_line(f"http api {url} (token in {token_path})"))
+                    # The token in the fragment: the browser never sends it in the URL.
+                    fragment = urllib.parse.quote(token, safe="")
+                    out.print(_line(f"status page {url}/#token={fragment}"))
                 if options.grpc is not None:
                     target = await _start_grpc(nursery, peer, options.grpc, token)
                     out.print(_line(f"grpc api {target} (token in {token_path})"))

@@ -59,5 +59,7 @@ spot_check.py  Sampler, compare_outputs, Tolerance,
                checker_order                         the odd one out, who checks
 join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to ask next, backoff
                                                      when alone
+callstats.py   CallStats, CallRecord, Histogram      calls served and made: counts by model and
+                                                     outcome, latency buckets, bytes, recent ones
 kad/           the sans-IO Kademlia core (its own __init__ maps it)
 """

@@ -41,6 +41,7 @@ import numpy.typing as npt
 import trio
 
 from p2pnet.core.address import PeerAddress, transport_part
+from p2pnet.core.callstats import calling_task
 from p2pnet.core.failover import (
     DEFAULT_ATTEMPT_FLOOR,
     DEFAULT_ATTEMPT_SHARE,
@@ -573,9 +574,10 @@ class ModelFinder:
             raise UnknownModelError(
                 f"no peer in the swarm offers {wanted}{silent}; check the bootstrap peers"
             )
-        offer, outputs = await self.call_offers(
-            search.offers, inputs, deadline - trio.current_time()
-        )
+        with calling_task(task):  # the calls are recorded as made for ``task``
+            offer, outputs = await self.call_offers(
+                search.offers, inputs, deadline - trio.current_time()
+            )
         self.answered(offer, search.offers, inputs, outputs)
         return offer, outputs
 

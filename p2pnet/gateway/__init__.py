@@ -3,8 +3,10 @@ people already use (docs/gateways.md).
 
 app.py        build_app, serve_http          the local HTTP API of a peer (status, find,
                                              call) and /metrics, served by hypercorn
-metrics.py    PeerCollector, peer_registry   Prometheus metrics read from ``Peer.status()``
-                                             at scrape time
+metrics.py    PeerCollector, peer_registry   Prometheus metrics read from ``Peer.status()``,
+                                             its call statistics and run slots at scrape time
+page/         page_response, calls_reply     the status page (index.html, served at /) and
+                                             /api/calls
 settings.py   DEFAULT_HTTP, write_token,     the default address and the token file (no
               default_token_path             HTTP server loaded)
 oip.py        oip_routes, ModelBackend,      the Open Inference Protocol v2 REST endpoints

@@ -1,7 +1,9 @@
 """The local HTTP API of a running peer (docs/gateways.md, "Local HTTP API and metrics"):
 a starlette app served by hypercorn inside the peer's trio program.
 
+    GET  /             the status page (page/)                       no token
     GET  /api/status   the peer's ``status()``                      token
+    GET  /api/calls    the recent calls, for the status page        token
     POST /api/find     offers of a task or model                    token
     POST /api/call     call a task or model with JSON tensors       token
     GET  /metrics      Prometheus text format                       no token
@@ -40,6 +42,7 @@ from p2pnet.gateway.errors import http_status
 from p2pnet.gateway.metrics import peer_registry
 from p2pnet.gateway.oip import PeerBackend, oip_routes
 from p2pnet.gateway.openai import openai_routes
+from p2pnet.gateway.page import MAX_CALLS, calls_reply, page_response
 from p2pnet.inputs import tensor_from_json, tensor_to_json
 
 if TYPE_CHECKING:
@@ -163,6 +166,12 @@ def build_app(
     async def status(request: Request) -> Response:
         return JSONResponse(peer.status().to_dict())
 
+    async def calls(request: Request) -> Response:
+        limit = request.query_params.get("limit", str(MAX_CALLS))
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_CALLS:
+            raise _BadRequest(400, f"limit must be a whole number from 1 to {MAX_CALLS}")
+        return JSONResponse(calls_reply(peer, int(limit)))
+
     async def find(request: Request) -> Response:
         body = await _json_body(request, max_body)
         task, model = _target(body)
@@ -198,7 +207,9 @@ def build_app(
 
     return Starlette(
         routes=[
+            Route("/", page_response, methods=["GET"]),
             Route("/api/status", control(status), methods=["GET"]),
+            Route("/api/calls", control(calls), methods=["GET"]),
             Route("/api/find", control(find), methods=["POST"]),
             Route("/api/call", control(call), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),

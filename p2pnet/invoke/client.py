@@ -11,14 +11,16 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy.typing as npt
 import trio
 
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.callstats import CallRecord, CallStats, call_task, tensor_bytes
 from p2pnet.core.generation import GenerationParams, GenerationSummary, Prompt
 from p2pnet.core.messages import (
     Cancel,
@@ -68,7 +70,8 @@ CallObserver = Callable[[str, bool, float, str], None]
 @dataclass(slots=True)
 class ClientStats:
     """Counters of the calls a client made (invoke and forward; streamed generations are
-    not counted here), for status output and metrics.
+    not counted here), for status output and metrics; each call is also recorded in the
+    client's ``calls`` (by model, its latency and bytes: ``CallStats``).
 
     calls: calls made, whatever their outcome.
     errors: calls that ended in an error, by its code.
@@ -117,6 +120,9 @@ class InvokeClient:
         observe: told the outcome and duration of every call (simulations record them).
         accounts: checks and stores the receipt of each result, and sends the
             acknowledgements due; None: receipts are not looked at.
+        calls: where each call made is recorded (the peer's, shared with its server);
+            None: one of its own.
+        clock: the wall clock (unix seconds) the recorded calls are dated by.
     """
 
     def __init__(
@@ -127,8 +133,12 @@ class InvokeClient:
         max_idle_streams: int = 8,
         observe: CallObserver | None = None,
         accounts: CallerAccounts | None = None,
+        calls: CallStats | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._limits = limits
+        self._clock = clock
+        self.calls = calls if calls is not None else CallStats(clock())
         self._accounts = accounts
         self._pool: StreamPool[MessageReader] = StreamPool(
             host, INVOKE_PROTOCOL, lambda: MessageReader(limits), max_idle=max_idle_streams
@@ -195,7 +205,8 @@ class InvokeClient:
                 accounts.asked_to_settle(peer.peer_id)
             return outputs
 
-        return await self._observed("invoke", call())
+        name = record.name if record is not None else ""
+        return await self._observed("invoke", call(), peer, model_id, name, inputs)
 
     async def forward(
         self, peer: PeerAddress, message: Forward, *, timeout: float = 30.0
@@ -230,7 +241,9 @@ class InvokeClient:
                 )
             return result
 
-        return await self._observed("forward", call())
+        return await self._observed(
+            "forward", call(), peer, message.hops[0].model_id, "", message.tensors
+        )
 
     def generate(
         self,
@@ -284,16 +297,29 @@ class InvokeClient:
         )
         self._reply(reply, Done, request_id, peer.peer_id)
 
-    async def _observed(self, kind: str, call: Awaitable[_T]) -> _T:
-        """``await call``, counting it in ``stats`` and telling ``observe`` how it went (a
-        cancelled call is neither)."""
+    async def _observed(
+        self,
+        kind: str,
+        call: Awaitable[_T],
+        peer: PeerAddress,
+        model_id: str,
+        name: str,
+        inputs: Mapping[str, Any],
+    ) -> _T:
+        """``await call``, counting it in ``stats`` and ``calls`` and telling ``observe``
+        how it went (a cancelled call is none of them)."""
         started = trio.current_time()
         try:
             result = await call
         except P2PNetError as exc:
-            self._count(kind, trio.current_time() - started, exc.code)
+            seconds = trio.current_time() - started
+            self._count(kind, seconds, exc.code)
+            self._record(peer, model_id, name, exc.code, seconds, inputs, None)
             raise
-        self._count(kind, trio.current_time() - started, "")
+        seconds = trio.current_time() - started
+        self._count(kind, seconds, "")
+        outputs = result.outputs if isinstance(result, ForwardResult) else result
+        self._record(peer, model_id, name, "", seconds, inputs, cast("Mapping[str, Any]", outputs))
         return result
 
     def _count(self, kind: str, seconds: float, code: str) -> None:
@@ -303,6 +329,34 @@ class InvokeClient:
             self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
         if self._observe is not None:
             self._observe(kind, not code, seconds, code)
+
+    def _record(
+        self,
+        peer: PeerAddress,
+        model_id: str,
+        name: str,
+        code: str,
+        seconds: float,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any] | None,
+    ) -> None:
+        # Bytes are counted for results only (a failed call may have sent nothing).
+        sent = tensor_bytes(inputs) if outputs is not None else 0
+        received = tensor_bytes(outputs) if outputs is not None else 0
+        self.calls.record(
+            CallRecord(
+                self._clock(),
+                "made",
+                model_id,
+                name,
+                call_task.get(),
+                peer.peer_id,
+                code,
+                seconds,
+                received,
+                sent,
+            )
+        )
 
     async def _call(
         self, peer: PeerAddress, request: Callable[[int], Message], timeout: float, what: str
@@ -432,7 +486,6 @@ class GenerationStream:
         self.summary: GenerationSummary | None = None
         self.started_at: float | None = None
         self.first_chunk_at: float | None = None
-
 
     async def __aenter__(self) -> GenerationStream:
         return self

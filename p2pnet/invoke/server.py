@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
@@ -22,6 +23,7 @@ import trio
 
 from p2pnet.accounting import Admission, Issued
 from p2pnet.core.address import PeerAddress
+from p2pnet.core.callstats import OTHER, CallRecord, CallStats, tensor_bytes
 from p2pnet.core.generation import MAX_CHUNK_TOKENS, GenerationSummary, coalesce_pieces
 from p2pnet.core.messages import (
     Cancel,
@@ -69,7 +71,13 @@ MAX_ERROR_MESSAGE_CHARS: Final = 1024
 
 @dataclass
 class ServerStats:
-    """Counters a running server keeps, for status output and tests."""
+    """Counters a running server keeps, for status output and tests; each call is also
+    recorded in ``calls`` (by model, its latency and bytes: ``CallStats``).
+
+    calls: calls answered (invoke, forward and streamed generations).
+    errors: error replies by wire code, those to bytes that broke the protocol and to
+        acknowledgements refused included (they are not calls of a model).
+    """
 
     streams: int = 0
     calls: int = 0
@@ -126,6 +134,9 @@ class InvokeServer:
             worker thread (a 4 MiB head of string tensors takes ~20 ms to decode).
         accounts: admits callers by credit and signs a usage receipt for each result;
             None: results carry no receipt.
+        calls: where each call answered is recorded (the peer's, shared with its
+            client); None: one of its own.
+        clock: the wall clock (unix seconds) the recorded calls are dated by.
     """
 
     def __init__(
@@ -137,9 +148,13 @@ class InvokeServer:
         drain_timeout: float = 2.0,
         offload_head_bytes: int = 64 << 10,
         accounts: ProviderAccounts | None = None,
+        calls: CallStats | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.local = local
         self.accounts = accounts
+        self._clock = clock
+        self.calls = calls if calls is not None else CallStats(clock())
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
@@ -240,6 +255,7 @@ class InvokeServer:
 
         self.stats.calls += 1
         self.stats.generations += 1
+        started = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             nursery.start_soon(writer.run)
@@ -288,6 +304,12 @@ class InvokeServer:
                     reply = ErrorReply(
                         request.request_id, "internal", _bounded(f"internal error: {exc!r}")
                     )
+                self._record(
+                    request.model_id,
+                    caller,
+                    reply.code if isinstance(reply, ErrorReply) else "",
+                    trio.current_time() - started,
+                )
                 await writer.finish(reply)
             except ConnectionLostError as exc:
                 log.debug("caller %s went away during a generation: %s", caller, exc)
@@ -309,6 +331,51 @@ class InvokeServer:
                 RemoteProtocolError(f"expected an invoke message, got {type(message).__name__}"),
             )
         self.stats.calls += 1
+        started = trio.current_time()
+        reply = await self._answer_call(message, caller)
+        seconds = trio.current_time() - started
+        if isinstance(message, Forward):
+            model_id, inputs = message.hops[0].model_id, message.tensors
+        else:
+            model_id, inputs = message.model_id, message.inputs
+        if isinstance(reply, ErrorReply):  # bytes are counted for results only
+            self._record(model_id, caller, reply.code, seconds)
+        else:
+            received, sent = tensor_bytes(inputs), tensor_bytes(reply.outputs)
+            self._record(model_id, caller, "", seconds, received, sent)
+        return reply
+
+    def _record(
+        self,
+        model_id: str,
+        caller: str,
+        code: str,
+        seconds: float,
+        received: int = 0,
+        sent: int = 0,
+    ) -> None:
+        # Calls of models not served here are counted under "other": callers choose
+        # those IDs, and must not fill the labels.
+        model = self.local.models.get(model_id)
+        self.calls.record(
+            CallRecord(
+                self._clock(),
+                "served",
+                model_id,
+                model.info.name if model is not None else "",
+                None,
+                caller,
+                code,
+                seconds,
+                received,
+                sent,
+            ),
+            counted_as=None if model is not None else OTHER,
+        )
+
+    async def _answer_call(
+        self, message: Invoke | Forward, caller: str
+    ) -> Result | ForwardResult | ErrorReply:
         timeout = message.deadline_ms / 1000
         try:
             if isinstance(message, Forward):

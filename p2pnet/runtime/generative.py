@@ -661,6 +661,12 @@ class GenerativeModel:
         output = self.info.schema.outputs[0].name
         return {output: np.array(replies, dtype=object)}
 
+    @property
+    def slots(self) -> RunSlots:
+        """Where its decoding steps wait and run (their number now: ``running``,
+        ``waiting``)."""
+        return self._slots
+
     async def wait_idle(self, timeout: float) -> bool:
         return await self._slots.wait_idle(timeout)
 

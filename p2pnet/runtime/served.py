@@ -92,6 +92,11 @@ class PriorityLimiter:
     def borrowed_tokens(self) -> int:
         return len(self._borrowers)
 
+    @property
+    def waiting(self) -> int:
+        """Borrowers waiting for a slot now."""
+        return sum(1 for waiter in self._waiting if waiter.state == "waiting")
+
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         """Take a slot for ``borrower``, waiting behind better-placed borrowers."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -131,6 +136,16 @@ class RunSlots:
         self._limiter = PriorityLimiter(max_concurrency)
         self._max_in_flight = max_concurrency + max_queue
         self._in_flight = 0
+
+    @property
+    def running(self) -> int:
+        """Runs holding a slot now (abandoned ones still in their thread included)."""
+        return self._limiter.borrowed_tokens
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a free slot now (the queue's depth)."""
+        return self._limiter.waiting
 
     async def run(
         self, fn: Callable[[_A], _R], arg: _A, *, timeout: float, name: str, model_id: str
@@ -201,6 +216,11 @@ class SlottedModel(ABC):
     @property
     def model_id(self) -> str:
         return self.info.model_id
+
+    @property
+    def slots(self) -> RunSlots:
+        """Where its runs wait and run (their number now: ``running``, ``waiting``)."""
+        return self._slots
 
     @abstractmethod
     def _run_checked(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
