@@ -228,6 +228,8 @@ class Peer:
         # The URL of this peer's local HTTP API while one serves it (set by
         # ``p2pnet.gateway.serve_http``); shown in ``status()``.
         self.http_url: str | None = None
+        # Where its OIP gRPC endpoint listens (host:port), set by serve_grpc while it does.
+        self.grpc_address: str | None = None
 
     # --- what it is ----------------------------------------------------------------------
 
@@ -314,8 +316,8 @@ class Peer:
             UsageError: the peer is not running.
         """
         status = self.services.status()
-        if self.http_url is not None:
-            status = dataclasses.replace(status, http=self.http_url)
+        if self.http_url is not None or self.grpc_address is not None:
+            status = dataclasses.replace(status, http=self.http_url, grpc=self.grpc_address)
         plan = self._join_plan
         if plan is None:
             return status

@@ -142,6 +142,7 @@ class PeerStatus:
         (attempts, each provider tried counted once), those that ended in an error by its
         code, and the seconds they took in all.
     http: the URL of the peer's local HTTP API (docs/gateways.md; None: it serves none).
+    grpc: the ``host:port`` of its Open Inference Protocol gRPC endpoint (None: none).
     """
 
     peer_id: str
@@ -167,6 +168,7 @@ class PeerStatus:
     call_failures: Mapping[str, int] = field(default_factory=dict)
     call_seconds: float = 0.0
     http: str | None = None
+    grpc: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (docs/networking.md, "Status")."""
@@ -210,6 +212,7 @@ class PeerStatus:
             "call_failures": dict(self.call_failures),
             "call_seconds": self.call_seconds,
             "http": self.http,
+            "grpc": self.grpc,
         }
 
     @classmethod
@@ -258,6 +261,7 @@ class PeerStatus:
                 call_failures={_text(k): int(v) for k, v in data.get("call_failures", {}).items()},
                 call_seconds=float(data.get("call_seconds", 0.0)),
                 http=None if data.get("http") is None else _text(data["http"]),
+                grpc=None if data.get("grpc") is None else _text(data["grpc"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a peer status: {exc!r}") from None

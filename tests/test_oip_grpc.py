@@ -76,10 +76,12 @@ def served(models: dict[str, Path]) -> Iterator[Served]:
             async with trio.open_nursery() as nursery:
                 serve = functools.partial(serve_grpc, peer, "127.0.0.1", 0, TOKEN, limits=LIMITS)
                 address = await nursery.start(serve)
+                assert peer.status().grpc == address  # shown by `p2pnet status`
                 local = await server.models[iris.model_id].run({"x": IRIS_ROWS})
                 started.put(Served(address, iris.model_id, sentiment.model_id, local))
                 await trio.to_thread.run_sync(stop.wait)
                 nursery.cancel_scope.cancel()
+            assert peer.status().grpc is None  # cleared when it stops
 
     def run() -> None:
         try:

@@ -96,6 +96,8 @@ def status_text(file: StatusFile) -> Text:
     )
     if st.http is not None:
         lines.append(Text("  http api     ") + peer_text(st.http))
+    if st.grpc is not None:
+        lines.append(Text("  grpc api     ") + peer_text(st.grpc))
     if st.join is not None:
         lines.append(Text("  join         ") + join_text(st.join, file.data.get("updated_at")))
     if st.dht:

@@ -23,7 +23,7 @@ from typing import Any, Final
 __all__ = ["LOOPBACK_HOSTS", "OPEN", "TokenGuard"]
 
 # Paths anyone on the allowed hosts may GET (or HEAD) without the token.
-OPEN: Final = frozenset({"/", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"})
+OPEN: Final = frozenset({"/", "/metrics", "/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
 # The Host header values (without the port) a loopback-only app answers.
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 

@@ -21,7 +21,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import grpc  # type: ignore[import-untyped]
 import numpy as np
@@ -360,8 +360,8 @@ async def serve_grpc(
         raise ValueError("the gRPC API needs a token")
     from p2pnet.peer import Peer
 
-    if isinstance(backend, Peer):
-        backend = PeerBackend(backend)
+    peer = backend if isinstance(backend, Peer) else None
+    models: ModelBackend = PeerBackend(peer) if peer is not None else cast(ModelBackend, backend)
     if not version:
         from p2pnet import __version__
 
@@ -378,7 +378,7 @@ async def serve_grpc(
         ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        OipServicer(backend, token, calls, timeout=timeout, limits=limits, version=version),
+        OipServicer(models, token, calls, timeout=timeout, limits=limits, version=version),
         server,
     )
     address = f"[{host}]" if ":" in host else host
@@ -392,10 +392,14 @@ async def serve_grpc(
         raise OSError(f"cannot listen on {address}:{port}")
     server.start()
     log.info("OIP gRPC on %s:%d", address, bound)
+    if peer is not None:
+        peer.grpc_address = f"{address}:{bound}"
     try:
         task_status.started(f"{address}:{bound}")
         await trio.sleep_forever()
     finally:
+        if peer is not None:
+            peer.grpc_address = None
         calls.close()
         with trio.CancelScope(shield=True):
             stopped = server.stop(grace=1.0)
