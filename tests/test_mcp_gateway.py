@@ -1,0 +1,262 @@
+"""The network's models as MCP tools (p2pnet/gateway/mcp.py), called with the ``mcp``
+SDK's client: over Streamable HTTP at ``/mcp`` of a memory-swarm peer's HTTP app, and over
+stdio through ``p2pnet mcp`` processes in a swarm of real peers on 127.0.0.1 (its own
+peer, or bridged to a running peer's API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import mcp_types as types
+import numpy as np
+import pytest
+import trio
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from memory_peers import memory_peer
+
+from p2pnet.core.schema import ModelSchema, TensorSpec
+from p2pnet.errors import InvalidInputError, UsageError
+from p2pnet.gateway.app import serve_http
+from p2pnet.gateway.mcp import (
+    META_CODE,
+    META_MODEL,
+    META_PEER,
+    check_expose,
+    input_schema,
+    tensors_from_arguments,
+)
+from p2pnet.net.memory import MemoryNetwork
+from p2pnet.peer import Peer
+
+TOKEN = "mcp-test-token"
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def mcp_over_http(
+    models: dict[str, Path], **client: Any
+) -> AsyncIterator[tuple[Client, Peer, Peer, str]]:
+    """An MCP client of a gateway peer's /mcp (its HTTP app on 127.0.0.1), the gateway, a
+    provider of iris (iris-species) and sentiment (sentiment-analysis), and the URL."""
+    async with MemoryNetwork() as network, memory_peer(network) as gateway:
+        provider = memory_peer(network, bootstrap=[gateway.addrs[0]])
+        provider.serve(models["iris"], tasks=["iris-species"])
+        provider.serve(models["sentiment"], tasks=["sentiment-analysis"])
+        async with provider, trio.open_nursery() as nursery:
+            await provider.announce()
+            url = await nursery.start(serve_http, gateway, "127.0.0.1", 0, TOKEN)
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with (
+                httpx2.AsyncClient(headers=headers) as http,
+                Client(streamable_http_client(f"{url}/mcp", http_client=http), **client) as mcp,
+            ):
+                yield mcp, gateway, provider, url
+            nursery.cancel_scope.cancel()
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_tools_list_and_call_over_streamable_http(models: dict[str, Path], mode: str) -> None:
+    """The modern protocol (2026-07-28, one POST per request) and the initialize handshake
+    of the earlier versions are both served."""
+    async with mcp_over_http(models, mode=mode) as (mcp, gateway, provider, _):
+        # The gateway has not searched yet: it knows no record, so no tool.
+        assert (await mcp.list_tools()).tools == []
+        await gateway.find(task="iris-species")
+        await gateway.find(task="sentiment-analysis")
+        tools = {t.name: t for t in (await mcp.list_tools()).tools}  # read again
+        assert sorted(tools) == ["iris-species", "sentiment-analysis"]
+
+        iris = tools["iris-species"]
+        assert iris.input_schema == {
+            "type": "object",
+            "properties": {
+                "x": {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "minItems": 4,
+                        "maxItems": 4,
+                    },
+                    "description": "float32[?, 4]",
+                }
+            },
+            "required": ["x"],
+            "additionalProperties": False,
+        }
+        assert iris.output_schema is not None
+        label = iris.output_schema["properties"]["label"]
+        assert label["items"]["type"] == "integer" and label["description"] == "int64[?]"
+        assert "Model 'iris'" in (iris.description or "")
+        assert "Takes x: float32[?, 4]." in (iris.description or "")
+        text = tools["sentiment-analysis"].input_schema["properties"]["text"]
+        assert text["anyOf"][0] == {"type": "string"}
+
+        called = await mcp.call_tool("iris-species", {"x": [IRIS_ROW, [6.7, 3.0, 5.2, 2.3]]})
+        assert not called.is_error, text_of(called)
+        assert called.structured_content is not None
+        assert called.structured_content["label"] == [0, 2]
+        assert len(called.structured_content["probabilities"]) == 2
+        assert json.loads(text_of(called)) == called.structured_content
+        assert called.meta is not None
+        assert called.meta[META_PEER] == provider.peer_id
+        assert called.meta[META_MODEL] == iris.description.split("(")[2].split(")")[0]  # type: ignore[union-attr]
+
+        # A text model: a plain string is the tensor [text]; a list, several texts.
+        one = await mcp.call_tool("sentiment-analysis", {"text": "I love it, works great"})
+        assert not one.is_error, text_of(one)
+        assert one.structured_content is not None
+        assert one.structured_content["label"] == ["positive"]
+        two = await mcp.call_tool(
+            "sentiment-analysis", {"text": ["I love it", "broken on arrival, terrible"]}
+        )
+        assert two.structured_content is not None
+        assert two.structured_content["label"] == ["positive", "negative"]
+
+
+@pytest.mark.network
+async def test_bad_inputs_and_unknown_tasks_are_tool_errors(models: dict[str, Path]) -> None:
+    async with mcp_over_http(models) as (mcp, gateway, _, _):
+        await gateway.find(task="iris-species")
+        await mcp.list_tools()
+        wrong = [
+            ({"x": [[5.1, 3.5, 1.4]]}, "input 'x' has size 3 on axis 1; the model expects 4"),
+            ({"x": [["a", "b", "c", "d"]]}, "input 'x' (x: float32[?, 4]) takes numbers"),
+            ({"x": IRIS_ROW}, "takes nested arrays 2 deep; level 1 is not"),
+            ({"y": [IRIS_ROW]}, "unexpected input 'y'; the model takes x: float32[?, 4]"),
+            ({}, "missing input 'x'; the model takes x: float32[?, 4]"),
+        ]
+        for arguments, message in wrong:
+            result = await mcp.call_tool("iris-species", arguments)
+            assert result.is_error, arguments
+            assert message in text_of(result), text_of(result)
+            assert result.meta is not None and result.meta[META_CODE] == "invalid_input"
+
+        nobody = await mcp.call_tool("no-such-task", {"x": {"data": [1.0]}})
+        assert nobody.is_error
+        assert "no peer in the swarm offers task 'no-such-task'" in text_of(nobody)
+        assert nobody.meta is not None and nobody.meta[META_CODE] == "unknown_model"
+        bad_name = await mcp.call_tool("Not A Task", {})
+        assert bad_name.is_error and "is not a task tag" in text_of(bad_name)
+
+        # The gateway keeps serving.
+        again = await mcp.call_tool("iris-species", {"x": [IRIS_ROW]})
+        assert again.structured_content == {
+            "label": [0],
+            "probabilities": again.structured_content["probabilities"],  # type: ignore[index]
+        }
+
+
+@pytest.mark.network
+async def test_mcp_takes_the_token(models: dict[str, Path]) -> None:
+    async with mcp_over_http(models) as (_, _, _, url):
+        initialize = {
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "test", "version": "0"}},
+        }  # fmt: skip
+        accept = {"Accept": "application/json, text/event-stream"}
+        async with httpx.AsyncClient(base_url=url) as client:
+            for auth in ({}, {"Authorization": "Bearer wrong"}):
+                refused = await client.post("/mcp", json=initialize, headers=accept | auth)
+                assert refused.status_code == 401
+                assert refused.json()["code"] == "unauthorized"
+            # A page whose DNS name points at 127.0.0.1 is refused, token or not.
+            rebound = await client.post(
+                "/mcp",
+                json=initialize,
+                headers=accept | {"Authorization": f"Bearer {TOKEN}", "Host": "evil.example"},
+            )
+            assert rebound.status_code == 403
+            answered = await client.post(
+                "/mcp", json=initialize, headers=accept | {"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert answered.status_code == 200
+            assert answered.headers["mcp-session-id"]
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def test_input_schemas_and_conversion_follow_the_tensor_schema() -> None:
+    schema = ModelSchema(
+        inputs=(
+            TensorSpec("ids", "int8", ("batch", 2)),
+            TensorSpec("mask", "bool", ("batch", 2)),
+            TensorSpec("scale", "float64", ()),
+            TensorSpec("prompt", "string", (1, None)),
+        ),
+        outputs=(TensorSpec("y", "float32", ("batch",)),),
+    )
+    properties = input_schema(schema)["properties"]
+    assert properties["ids"]["items"]["items"] == {
+        "type": "integer",
+        "minimum": -128,
+        "maximum": 127,
+    }
+    assert "dimension 'batch' is the same size" in properties["ids"]["description"]
+    assert properties["mask"]["items"]["items"] == {"type": "boolean"}
+    assert properties["scale"] == {"type": "number", "description": "float64[]"}
+    assert properties["prompt"]["anyOf"][0] == {"type": "string"}
+    nested = properties["prompt"]["anyOf"][1]
+    assert (nested["minItems"], nested["maxItems"]) == (1, 1) and "minItems" not in nested["items"]
+
+    arrays = tensors_from_arguments(
+        schema,
+        {"ids": [[1, -2]], "mask": [[True, False]], "scale": 0.5, "prompt": "hello"},
+    )
+    assert arrays["ids"].dtype == np.int8 and arrays["ids"].tolist() == [[1, -2]]
+    assert arrays["mask"].dtype == np.bool_
+    assert arrays["scale"].shape == () and arrays["scale"].dtype == np.float64
+    assert arrays["prompt"].shape == (1, 1) and arrays["prompt"].tolist() == [["hello"]]
+
+    good = {"mask": [[True, False]], "scale": 1, "prompt": [["a", "b"]]}
+    for ids, message in (
+        ([[1.5, 2]], "takes whole numbers from -128 to 127; got 1.5"),
+        ([[300, 2]], "takes whole numbers from -128 to 127; got 300"),
+        ([[True, 2]], "takes whole numbers"),
+        ([[1, 2], [3]], "the arrays at level 1 differ in length"),
+    ):
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            tensors_from_arguments(schema, {"ids": ids, **good})
+    with pytest.raises(InvalidInputError, match=r"input .mask. .* takes true or false; got 1"):
+        tensors_from_arguments(schema, {**good, "ids": [[1, 2]], "mask": [[1, 0]]})
+
+
+def test_exposed_tasks_are_task_tags_named_once() -> None:
+    assert check_expose(["iris-species", "sentiment-analysis"]) == (
+        "iris-species",
+        "sentiment-analysis",
+    )
+    with pytest.raises(UsageError, match="exposed twice"):
+        check_expose(["iris-species", "iris-species"])
+    for bad in ("Iris", "iris species", "-iris", "x" * 65, ""):
+        with pytest.raises(UsageError, match="is not a task tag"):
+            check_expose([bad])
+
+
+# --- p2pnet mcp on stdio -------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return os.environ | {
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "PYTHONPATH": str(REPO),
+    }
