@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import trio
 from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from memory_peers import memory_peer
 
@@ -253,10 +256,100 @@ def test_exposed_tasks_are_task_tags_named_once() -> None:
 # --- p2pnet mcp on stdio -------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("mcp-home")
     return os.environ | {
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_DATA_HOME": str(home / "data"),
         "PYTHONPATH": str(REPO),
     }
+
+
+class ProviderProcess:
+    """``p2pnet peer`` serving iris (iris-species) with its HTTP API on a free port of
+    127.0.0.1, under the default identity of ``env``'s configuration directory."""
+
+    def __init__(self, env: dict[str, str], models: dict[str, Path]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pnet.cli", "peer", "--listen", "/ip4/127.0.0.1/tcp/0",
+             "--serve", str(models["iris"]), "--task", "iris-species", "--http", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.lines: list[str] = []
+        for line in self.proc.stdout:  # its "ready" line ends the start-up lines
+            self.lines.append(line.strip())
+            if line.startswith("ready"):
+                break
+        else:
+            pytest.fail(f"peer exited {self.proc.wait()}: {self.lines} {self.proc.stderr}")
+        self.address = next(ln.split()[1] for ln in self.lines if ln.startswith("listening"))
+        self.api = next(ln.split()[2] for ln in self.lines if ln.startswith("http api"))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")  # one for the module's tests: a process takes seconds
+def provider_process(env: dict[str, str], models: dict[str, Path]) -> Iterator[ProviderProcess]:
+    provider = ProviderProcess(env, models)
+    yield provider
+    provider.stop()
+
+
+def mcp_command(env: dict[str, str], *args: str) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "p2pnet.cli", "mcp", *args],
+        env={k: env[k] for k in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "PYTHONPATH")},
+    )
+
+
+async def list_and_call(
+    params: StdioServerParameters, errlog: Path, mode: str = "auto"
+) -> tuple[list[types.Tool], types.CallToolResult]:
+    with errlog.open("w") as log:
+        async with Client(stdio_client(params, errlog=log), mode=mode) as mcp:
+            tools = (await mcp.list_tools()).tools
+            called = await mcp.call_tool("iris-species", {"x": [IRIS_ROW]})
+    return tools, called
+
+
+@pytest.mark.slow  # Python processes: two peers and p2pnet mcp
+@pytest.mark.network
+async def test_p2pnet_mcp_on_stdio_with_its_own_peer(
+    provider_process: ProviderProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Another identity than the running peer's: p2pnet mcp joins the swarm itself."""
+    params = mcp_command(
+        env, "--identity", str(tmp_path / "agent.key"), "--bootstrap", provider_process.address,
+        "--expose", "iris-species",
+    )  # fmt: skip
+    tools, called = await list_and_call(params, tmp_path / "mcp.err")
+    assert [t.name for t in tools] == ["iris-species"]
+    assert tools[0].input_schema["properties"]["x"]["items"]["maxItems"] == 4
+    assert not called.is_error, text_of(called)
+    assert called.structured_content is not None
+    assert called.structured_content["label"] == [0]
+    assert "MCP on stdio with peer" in (tmp_path / "mcp.err").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_p2pnet_mcp_bridges_to_the_running_peer_of_its_identity(
+    provider_process: ProviderProcess, env: dict[str, str], tmp_path: Path, mode: str
+) -> None:
+    """The identity of a running peer with its HTTP API: p2pnet mcp forwards to its /mcp
+    (no second peer of the identity); without --expose, its tools are the tasks that peer
+    knows, its own iris-species among them."""
+    tools, called = await list_and_call(mcp_command(env), tmp_path / "mcp.err", mode)
+    stderr = (tmp_path / "mcp.err").read_text()
+    assert f"MCP on stdio through the running peer's API at {provider_process.api}" in stderr
+    assert [t.name for t in tools] == ["iris-species"]
+    assert not called.is_error, text_of(called)
+    assert called.structured_content is not None
+    assert called.structured_content["label"] == [0]
+    assert called.meta is not None and called.meta[META_PEER] in provider_process.address

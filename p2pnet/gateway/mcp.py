@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlencode
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +55,7 @@ __all__ = [
     "TaskTool",
     "bridge_stdio",
     "check_expose",
+    "endpoint_url",
     "input_schema",
     "output_schema",
     "serve_stdio",
@@ -369,13 +371,15 @@ class McpGateway:
         self.timeout = timeout
         self.find_timeout = find_timeout
 
-    async def tools(self) -> list[TaskTool]:
-        """The tools now: from the records the peer knows; an exposed task none of them
-        offers is searched for in the swarm first (for ``find_timeout`` seconds), and if
-        still none is found, its tool takes tensors of any schema."""
+    async def tools(self, expose: Sequence[str] | None = None) -> list[TaskTool]:
+        """The tools now, of ``expose`` (None: the gateway's): from the records the peer
+        knows; an exposed task none of them offers is searched for in the swarm first
+        (for ``find_timeout`` seconds), and if still none is found, its tool takes
+        tensors of any schema."""
+        expose = self.expose if expose is None else expose
         records = self.peer.known_records()
         offered = {t for r in records for t in r.tasks}
-        missing = [task for task in self.expose if task not in offered]
+        missing = [task for task in expose if task not in offered]
         if missing:
             found: list[CapabilityRecord] = []
 
@@ -391,26 +395,45 @@ class McpGateway:
                 for task in missing:
                     nursery.start_soon(find, task)
             records = records + found
-        return task_tools(records, self.expose)
+        return task_tools(records, expose)
 
-    def tool(self, name: str) -> TaskTool:
-        """The tool called ``name``, from the records the peer knows now (no search).
+    def tool(self, name: str, expose: Sequence[str] | None = None) -> TaskTool:
+        """The tool called ``name`` among those of ``expose`` (None: the gateway's), from
+        the records the peer knows now (no search).
 
         Raises:
             UsageError: no such tool: not a task tag, or a task not exposed.
         """
+        expose = self.expose if expose is None else expose
         task = tool_name(name)
-        if self.expose and task not in self.expose:
-            raise UsageError(f"no tool {name!r} here; the tools are {', '.join(self.expose)}")
+        if expose and task not in expose:
+            raise UsageError(f"no tool {name!r} here; the tools are {', '.join(expose)}")
         return task_tools(self.peer.known_records(), (task,))[0]
+
+    def exposed(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, ...]:
+        """The tasks a request exposes: over HTTP, those of the endpoint URL's ``expose``
+        query parameters (``/mcp?expose=TASK&expose=TASK``) if it has any; else the
+        gateway's.
+
+        Raises:
+            UsageError: an ``expose`` value that is not a task tag, or one given twice.
+        """
+        query = getattr(ctx.request, "query_params", None)
+        asked = query.getlist("expose") if query is not None else []
+        return check_expose(asked) if asked else self.expose
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: mcp_types.PaginatedRequestParams | None
     ) -> mcp_types.ListToolsResult:
         import mcp_types as types
+        from mcp.shared.exceptions import MCPError
 
+        try:
+            expose = self.exposed(ctx)
+        except UsageError as exc:
+            raise MCPError(types.INVALID_PARAMS, f"expose: {exc}") from None
         listed = []
-        for tool in await self.tools():
+        for tool in await self.tools(expose):
             record = tool.record
             listed.append(
                 types.Tool(
@@ -431,7 +454,7 @@ class McpGateway:
         import mcp_types as types
 
         try:
-            tool = self.tool(params.name)
+            tool = self.tool(params.name, self.exposed(ctx))
             schema = tool.record.schema if tool.record else None
             inputs = tensors_from_arguments(schema, params.arguments or {})
             offer, outputs = await self.peer.call_with_offer(
@@ -491,9 +514,16 @@ async def serve_stdio(peer: Peer, *, expose: Sequence[str] = (), timeout: float 
         await server.run(read, write, server.create_initialization_options())
 
 
-async def bridge_stdio(url: str, token: str) -> None:
-    """Forward MCP between stdin/stdout and the ``/mcp`` endpoint of a peer's HTTP API at
-    ``url`` (its base URL) with ``token``, message by message, until stdin ends.
+def endpoint_url(api: str, expose: Sequence[str] = ()) -> str:
+    """The URL of the MCP endpoint of the peer's HTTP API at ``api`` (its base URL), with
+    the tasks it should expose (none: every task the peer knows)."""
+    query = urlencode([("expose", task) for task in expose])
+    return api.rstrip("/") + "/mcp" + (f"?{query}" if query else "")
+
+
+async def bridge_stdio(endpoint: str, token: str) -> None:
+    """Forward MCP between stdin/stdout and the MCP ``endpoint`` of a peer's HTTP API
+    (``endpoint_url``) with ``token``, message by message, until stdin ends.
 
     Each request sent on carries the HTTP headers the Streamable HTTP transport needs:
     ``MCP-Protocol-Version`` (the version in the request's ``_meta``, else the one the
@@ -505,7 +535,6 @@ async def bridge_stdio(url: str, token: str) -> None:
     from mcp.server.stdio import stdio_server
     from mcp.shared.message import SessionMessage
 
-    endpoint = url.rstrip("/") + "/mcp"
     agreed: list[str] = []  # the protocol version of the initialize handshake
     initialize_ids: set[Any] = set()
     headers = {"Authorization": f"Bearer {token}"}
