@@ -24,6 +24,7 @@ import trio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from memory_peers import memory_peer
 
 from p2pnet.core.schema import ModelSchema, TensorSpec
@@ -47,10 +48,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 @asynccontextmanager
 async def mcp_over_http(
-    models: dict[str, Path], **client: Any
+    models: dict[str, Path], query: str = "", **client: Any
 ) -> AsyncIterator[tuple[Client, Peer, Peer, str]]:
-    """An MCP client of a gateway peer's /mcp (its HTTP app on 127.0.0.1), the gateway, a
-    provider of iris (iris-species) and sentiment (sentiment-analysis), and the URL."""
+    """An MCP client of a gateway peer's /mcp (its HTTP app on 127.0.0.1; ``query``: the
+    endpoint's query string), the gateway, a provider of iris (iris-species) and
+    sentiment (sentiment-analysis), and the URL."""
     async with MemoryNetwork() as network, memory_peer(network) as gateway:
         provider = memory_peer(network, bootstrap=[gateway.addrs[0]])
         provider.serve(models["iris"], tasks=["iris-species"])
@@ -59,9 +61,10 @@ async def mcp_over_http(
             await provider.announce()
             url = await nursery.start(serve_http, gateway, "127.0.0.1", 0, TOKEN)
             headers = {"Authorization": f"Bearer {TOKEN}"}
+            endpoint = f"{url}/mcp{query}"
             async with (
                 httpx2.AsyncClient(headers=headers) as http,
-                Client(streamable_http_client(f"{url}/mcp", http_client=http), **client) as mcp,
+                Client(streamable_http_client(endpoint, http_client=http), **client) as mcp,
             ):
                 yield mcp, gateway, provider, url
             nursery.cancel_scope.cancel()
@@ -166,7 +169,24 @@ async def test_bad_inputs_and_unknown_tasks_are_tool_errors(models: dict[str, Pa
 
 
 @pytest.mark.network
-async def test_mcp_takes_the_token(models: dict[str, Path]) -> None:
+async def test_the_endpoint_url_chooses_the_tools(models: dict[str, Path]) -> None:
+    """``/mcp?expose=TASK``: those tasks only, a task no known record offers searched for
+    at the list; others are not called."""
+    async with mcp_over_http(models, "?expose=iris-species") as (mcp, gateway, _, _):
+        assert gateway.known_records() == []
+        tools = (await mcp.list_tools()).tools
+        assert [t.name for t in tools] == ["iris-species"]
+        assert tools[0].input_schema["properties"]["x"]["items"]["maxItems"] == 4  # found
+        refused = await mcp.call_tool("sentiment-analysis", {"text": "fine"})
+        assert refused.is_error
+        assert text_of(refused) == "no tool 'sentiment-analysis' here; the tools are iris-species"
+    async with mcp_over_http(models, "?expose=Iris") as (mcp, _, _, _):
+        with pytest.raises(MCPError, match="expose: 'Iris' is not a task tag"):
+            await mcp.list_tools()
+
+
+@pytest.mark.network
+async def test_mcp_takes_the_token_and_bounds_the_body(models: dict[str, Path]) -> None:
     async with mcp_over_http(models) as (_, _, _, url):
         initialize = {
             "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -191,6 +211,15 @@ async def test_mcp_takes_the_token(models: dict[str, Path]) -> None:
             )
             assert answered.status_code == 200
             assert answered.headers["mcp-session-id"]
+            # A body over the app's limit (16 MiB) is refused before it is parsed.
+            big = b'{"pad": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+            oversized = await client.post(
+                "/mcp",
+                content=big,
+                headers=accept
+                | {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
+            assert oversized.status_code == 413
 
 
 # --- pure parts ----------------------------------------------------------------------------
