@@ -266,6 +266,10 @@ def test_input_schemas_and_conversion_follow_the_tensor_schema() -> None:
     ):
         with pytest.raises(InvalidInputError, match=re.escape(message)):
             tensors_from_arguments(schema, {"ids": ids, **good})
+    with pytest.raises(InvalidInputError, match=r"takes whole numbers .*; got an array"):
+        tensors_from_arguments(schema, {"ids": [[[1], 2]], **good})  # deeper than the rank
+    empty = tensors_from_arguments(schema, {**good, "ids": [], "mask": []})
+    assert empty["ids"].shape == (0, 2) and empty["mask"].shape == (0, 2)
     with pytest.raises(InvalidInputError, match=r"input .mask. .* takes true or false; got 1"):
         tensors_from_arguments(schema, {**good, "ids": [[1, 2]], "mask": [[1, 0]]})
 
@@ -382,3 +386,38 @@ async def test_p2pnet_mcp_bridges_to_the_running_peer_of_its_identity(
     assert called.structured_content is not None
     assert called.structured_content["label"] == [0]
     assert called.meta is not None and called.meta[META_PEER] in provider_process.address
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.parametrize("bridged", [False, True])
+def test_p2pnet_mcp_answers_every_request_before_it_exits(
+    provider_process: ProviderProcess, env: dict[str, str], tmp_path: Path, bridged: bool
+) -> None:
+    """A client that writes its requests and closes stdin at once gets every answer, in
+    its own peer's mode and bridged, and the command then exits with status 0."""
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+         "params": {"name": "iris-species", "arguments": {"x": [[6.7, 3.0, 5.2, 2.3]]}}},
+    ]  # fmt: skip
+    own = [] if bridged else ["--identity", str(tmp_path / "agent.key")]
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pnet.cli", "mcp", *own,
+         "--bootstrap", provider_process.address, "--expose", "iris-species"],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        capture_output=True, text=True, env=env, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answers = {a["id"]: a for a in map(json.loads, done.stdout.splitlines())}
+    assert sorted(answers) == [1, 2, 3], done.stdout
+    assert [t["name"] for t in answers[2]["result"]["tools"]] == ["iris-species"]
+    assert answers[3]["result"]["structuredContent"] == {
+        "label": [2],
+        "probabilities": answers[3]["result"]["structuredContent"]["probabilities"],
+    }
+    assert ("through the running peer's API" in done.stderr) is bridged

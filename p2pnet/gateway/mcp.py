@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LIST_FIND_TIMEOUT",
     "MAX_SESSIONS",
+    "STDIO_GRACE",
     "McpGateway",
     "McpHttp",
     "TaskTool",
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a tools/list searches the swarm for an exposed task no known record offers.
 LIST_FIND_TIMEOUT: Final = 5.0
+# Seconds MCP on stdio waits, once stdin has ended, for the answers still due.
+STDIO_GRACE: Final = 60.0
 # MCP sessions one peer's /mcp keeps open at once (the SDK's default is 10 000).
 MAX_SESSIONS: Final = 100
 # Keys of a tool result's ``_meta``.
@@ -279,19 +282,27 @@ def _tensor(spec: TensorSpec, value: Any) -> npt.NDArray[Any]:
     if isinstance(value, str) and spec.dtype == "string" and rank and _ones_allowed(spec):
         return tensor_from_json(spec.name, {"dtype": "string", "shape": [1] * rank, "data": value})
     level, shape = [value], []
-    for axis in range(rank):
+    for axis, dim in enumerate(spec.shape):
         sizes = {len(v) if isinstance(v, list) else -1 for v in level}
         if -1 in sizes:
             raise InvalidInputError(f"{where} takes nested arrays {rank} deep; level {axis} is not")
         if len(sizes) > 1:
             raise InvalidInputError(f"{where}: the arrays at level {axis} differ in length")
-        shape.append(sizes.pop() if sizes else 0)
+        # Under an empty array: the schema's size, else 0.
+        shape.append(sizes.pop() if sizes else dim if isinstance(dim, int) else 0)
         level = [item for v in level for item in v]
     for leaf in level:
         wrong = _leaf_mismatch(spec.dtype, leaf)
         if wrong is not None:
-            raise InvalidInputError(f"{where} takes {wrong}; got {json.dumps(leaf)[:40]}")
+            raise InvalidInputError(f"{where} takes {wrong}; got {_preview(leaf)}")
     return tensor_from_json(spec.name, {"dtype": spec.dtype, "shape": shape, "data": value})
+
+
+def _preview(value: Any) -> str:
+    """A short view of a JSON value for a message (an array or object not spelled out)."""
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    return json.dumps(value[:40] if isinstance(value, str) else value)
 
 
 def _leaf_mismatch(dtype: str, leaf: Any) -> str | None:
@@ -397,9 +408,10 @@ class McpGateway:
             records = records + found
         return task_tools(records, expose)
 
-    def tool(self, name: str, expose: Sequence[str] | None = None) -> TaskTool:
+    async def tool(self, name: str, expose: Sequence[str] | None = None) -> TaskTool:
         """The tool called ``name`` among those of ``expose`` (None: the gateway's), from
-        the records the peer knows now (no search).
+        the records the peer knows now, or (none of them offers its task) those a search
+        finds (``tools``).
 
         Raises:
             UsageError: no such tool: not a task tag, or a task not exposed.
@@ -408,7 +420,7 @@ class McpGateway:
         task = tool_name(name)
         if expose and task not in expose:
             raise UsageError(f"no tool {name!r} here; the tools are {', '.join(expose)}")
-        return task_tools(self.peer.known_records(), (task,))[0]
+        return (await self.tools((task,)))[0]
 
     def exposed(self, ctx: ServerRequestContext[Any, Any]) -> tuple[str, ...]:
         """The tasks a request exposes: over HTTP, those of the endpoint URL's ``expose``
@@ -454,7 +466,7 @@ class McpGateway:
         import mcp_types as types
 
         try:
-            tool = self.tool(params.name, self.exposed(ctx))
+            tool = await self.tool(params.name, self.exposed(ctx))
             schema = tool.record.schema if tool.record else None
             inputs = tensors_from_arguments(schema, params.arguments or {})
             offer, outputs = await self.peer.call_with_offer(
@@ -500,18 +512,28 @@ class McpGateway:
         )
 
 
-async def serve_stdio(peer: Peer, *, expose: Sequence[str] = (), timeout: float = 30.0) -> None:
-    """Serve ``peer``'s MCP tools on stdin and stdout until stdin ends (while serving, a
-    stray write to stdout goes to stderr: see the SDK's ``stdio_server``).
+async def serve_stdio(
+    peer: Peer, *, expose: Sequence[str] = (), timeout: float = 30.0, grace: float = STDIO_GRACE
+) -> None:
+    """Serve ``peer``'s MCP tools on stdin and stdout until stdin ends and every request
+    read is answered (for ``grace`` seconds at most). While serving, a stray write to
+    stdout goes to stderr (the SDK's ``stdio_server``).
 
     Raises:
         UsageError: an exposed task that is not a task tag, or one given twice.
     """
+    import anyio
     from mcp.server.stdio import stdio_server
+    from mcp.shared.message import SessionMessage
 
     server = McpGateway(peer, expose=expose, timeout=timeout).server()
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    server_out, from_server = anyio.create_memory_object_stream[SessionMessage](0)
+    async with stdio_server() as (local_read, local_write), trio.open_nursery() as nursery:
+        options = server.create_initialization_options()
+        nursery.start_soon(server.run, server_in, server_out, options)
+        await _relay(local_read, local_write, from_server, to_server, grace=grace)
+        nursery.cancel_scope.cancel()
 
 
 def endpoint_url(api: str, expose: Sequence[str] = ()) -> str:
@@ -521,30 +543,53 @@ def endpoint_url(api: str, expose: Sequence[str] = ()) -> str:
     return api.rstrip("/") + "/mcp" + (f"?{query}" if query else "")
 
 
-async def bridge_stdio(endpoint: str, token: str) -> None:
+async def bridge_stdio(endpoint: str, token: str, *, grace: float = STDIO_GRACE) -> None:
     """Forward MCP between stdin/stdout and the MCP ``endpoint`` of a peer's HTTP API
-    (``endpoint_url``) with ``token``, message by message, until stdin ends.
+    (``endpoint_url``) with ``token``, message by message, until stdin ends and every
+    request sent on is answered (for ``grace`` seconds at most).
 
     Each request sent on carries the HTTP headers the Streamable HTTP transport needs:
     ``MCP-Protocol-Version`` (the version in the request's ``_meta``, else the one the
-    initialize handshake agreed), ``Mcp-Method`` and ``Mcp-Name``.
+    initialize handshake agreed), ``Mcp-Method`` and ``Mcp-Name``. Nothing is sent on
+    after an ``initialize`` request until it is answered (its answer carries the
+    session ID).
     """
     import httpx2
-    import mcp_types as types
     from mcp.client.streamable_http import streamable_http_client
     from mcp.server.stdio import stdio_server
-    from mcp.shared.message import SessionMessage
 
-    agreed: list[str] = []  # the protocol version of the initialize handshake
-    initialize_ids: set[Any] = set()
     headers = {"Authorization": f"Bearer {token}"}
     timeout = httpx2.Timeout(30.0, read=300.0)  # the SDK's: a reply may stream long
     async with (
         stdio_server() as (local_read, local_write),
         httpx2.AsyncClient(headers=headers, timeout=timeout) as client,
         streamable_http_client(endpoint, http_client=client) as (remote_read, remote_write),
-        trio.open_nursery() as nursery,
     ):
+        log.info("MCP on stdio, bridged to %s", endpoint)
+        await _relay(local_read, local_write, remote_read, remote_write, grace=grace, stamp=True)
+
+
+async def _relay(
+    local_read: Any,
+    local_write: Any,
+    remote_read: Any,
+    remote_write: Any,
+    *,
+    grace: float,
+    stamp: bool = False,
+) -> None:
+    """Forward messages from ``local_read`` to ``remote_write`` and from ``remote_read``
+    to ``local_write`` until ``local_read`` ends and every request sent on is answered
+    (for ``grace`` seconds at most); then close both write streams. Nothing is sent on
+    after an ``initialize`` request until it is answered. ``stamp``: give each message
+    the HTTP headers of the Streamable HTTP transport (``_stamped``)."""
+    import mcp_types as types
+    from mcp.shared.message import SessionMessage
+
+    agreed: list[str] = []  # the protocol version of the initialize handshake
+    initialize_ids: set[Any] = set()
+    pending = _Pending()
+    async with local_write, remote_write, trio.open_nursery() as nursery:
 
         async def upstream() -> None:
             async for message in local_read:
@@ -552,16 +597,24 @@ async def bridge_stdio(endpoint: str, token: str) -> None:
                     log.warning("stdin: not a JSON-RPC message: %s", message)
                     continue
                 inner = message.message
+                if isinstance(inner, types.JSONRPCRequest):
+                    pending.sent(inner.id)
+                if stamp:
+                    message = _stamped(message, agreed[-1] if agreed else None)
+                await remote_write.send(message)
                 if isinstance(inner, types.JSONRPCRequest) and inner.method == "initialize":
                     initialize_ids.add(inner.id)
-                await remote_write.send(_stamped(message, agreed[-1] if agreed else None))
-            log.info("stdin ended: closing the bridge to %s", endpoint)
+                    await pending.empty.wait()  # its answer may carry the session ID
+            with trio.move_on_after(grace):
+                await pending.empty.wait()
+            if pending.ids:
+                log.warning("stdin ended; %d request(s) left unanswered", len(pending.ids))
             nursery.cancel_scope.cancel()
 
         async def downstream() -> None:
             async for message in remote_read:
                 if isinstance(message, Exception):
-                    log.warning("from %s: %s", endpoint, message)
+                    log.warning("MCP: %s", message)
                     continue
                 inner = message.message
                 if isinstance(inner, types.JSONRPCResponse) and inner.id in initialize_ids:
@@ -569,10 +622,30 @@ async def bridge_stdio(endpoint: str, token: str) -> None:
                     if isinstance(version, str):
                         agreed.append(version)
                 await local_write.send(SessionMessage(inner))
+                if isinstance(inner, types.JSONRPCResponse | types.JSONRPCError):
+                    pending.answered(inner.id)
 
-        log.info("MCP on stdio, bridged to %s", endpoint)
         nursery.start_soon(upstream)
         nursery.start_soon(downstream)
+
+
+class _Pending:
+    """The requests sent on and not answered yet; ``empty`` is set while there are none."""
+
+    def __init__(self) -> None:
+        self.ids: set[Any] = set()
+        self.empty = trio.Event()
+        self.empty.set()
+
+    def sent(self, request_id: Any) -> None:
+        self.ids.add(request_id)
+        if self.empty.is_set():
+            self.empty = trio.Event()
+
+    def answered(self, request_id: Any) -> None:
+        self.ids.discard(request_id)
+        if not self.ids:
+            self.empty.set()
 
 
 def _stamped(message: SessionMessage, agreed: str | None) -> SessionMessage:
