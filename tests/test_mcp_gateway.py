@@ -34,6 +34,7 @@ from p2pnet.gateway.mcp import (
     META_CODE,
     META_MODEL,
     META_PEER,
+    STDIO_MAX_LINE,
     check_expose,
     input_schema,
     tensors_from_arguments,
@@ -296,6 +297,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "XDG_CONFIG_HOME": str(home / "config"),
         "XDG_DATA_HOME": str(home / "data"),
         "PYTHONPATH": str(REPO),
+        "COLUMNS": "200",  # log lines on stderr unwrapped
     }
 
 
@@ -395,7 +397,8 @@ def test_p2pnet_mcp_answers_every_request_before_it_exits(
     provider_process: ProviderProcess, env: dict[str, str], tmp_path: Path, bridged: bool
 ) -> None:
     """A client that writes its requests and closes stdin at once gets every answer, in
-    its own peer's mode and bridged, and the command then exits with status 0."""
+    its own peer's mode and bridged, and the command then exits with status 0. A line
+    over the size limit before them is skipped."""
     requests = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize",
          "params": {"protocolVersion": "2025-11-25", "capabilities": {},
@@ -409,7 +412,7 @@ def test_p2pnet_mcp_answers_every_request_before_it_exits(
     done = subprocess.run(
         [sys.executable, "-m", "p2pnet.cli", "mcp", *own,
          "--bootstrap", provider_process.address, "--expose", "iris-species"],
-        input="".join(json.dumps(r) + "\n" for r in requests),
+        input="x" * (STDIO_MAX_LINE + 1) + "\n" + "".join(json.dumps(r) + "\n" for r in requests),
         capture_output=True, text=True, env=env, timeout=90,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -421,3 +424,4 @@ def test_p2pnet_mcp_answers_every_request_before_it_exits(
         "probabilities": answers[3]["result"]["structuredContent"]["probabilities"],
     }
     assert ("through the running peer's API" in done.stderr) is bridged
+    assert f"stdin: a line over {STDIO_MAX_LINE} bytes, skipped" in done.stderr

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlencode
 
 import numpy as np
@@ -51,6 +52,7 @@ __all__ = [
     "LIST_FIND_TIMEOUT",
     "MAX_SESSIONS",
     "STDIO_GRACE",
+    "STDIO_MAX_LINE",
     "McpGateway",
     "McpHttp",
     "TaskTool",
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 LIST_FIND_TIMEOUT: Final = 5.0
 # Seconds MCP on stdio waits, once stdin has ended, for the answers still due.
 STDIO_GRACE: Final = 60.0
+# The longest line (one JSON-RPC message) read from stdin, in bytes: the HTTP API's body limit.
+STDIO_MAX_LINE: Final = 16 * 1024 * 1024
 # MCP sessions one peer's /mcp keeps open at once (the SDK's default is 10 000).
 MAX_SESSIONS: Final = 100
 # Keys of a tool result's ``_meta``.
@@ -532,7 +536,8 @@ async def serve_stdio(
     server = McpGateway(peer, expose=expose, timeout=timeout).server()
     to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     server_out, from_server = anyio.create_memory_object_stream[SessionMessage](0)
-    async with stdio_server() as (local_read, local_write), trio.open_nursery() as nursery:
+    stdin = cast(Any, _StdinLines(STDIO_MAX_LINE))
+    async with stdio_server(stdin) as (local_read, local_write), trio.open_nursery() as nursery:
         options = server.create_initialization_options()
         nursery.start_soon(server.run, server_in, server_out, options)
         await _relay(local_read, local_write, from_server, to_server, grace=grace)
@@ -564,7 +569,7 @@ async def bridge_stdio(endpoint: str, token: str, *, grace: float = STDIO_GRACE)
     headers = {"Authorization": f"Bearer {token}"}
     timeout = httpx2.Timeout(30.0, read=300.0)  # the SDK's: a reply may stream long
     async with (
-        stdio_server() as (local_read, local_write),
+        stdio_server(cast(Any, _StdinLines(STDIO_MAX_LINE))) as (local_read, local_write),
         httpx2.AsyncClient(headers=headers, timeout=timeout) as client,
         streamable_http_client(endpoint, http_client=client) as (remote_read, remote_write),
     ):
@@ -630,6 +635,30 @@ async def _relay(
 
         nursery.start_soon(upstream)
         nursery.start_soon(downstream)
+
+
+class _StdinLines:
+    """The lines of stdin as ``stdio_server`` reads them (``async for``), each at most
+    ``limit`` bytes before its line break: a longer one is skipped, said in the log, and
+    read as an empty line (which is not a JSON-RPC message)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        read = sys.stdin.buffer.readline
+        line: bytes = await trio.to_thread.run_sync(read, self._limit + 1)
+        if not line:
+            raise StopAsyncIteration
+        if len(line) > self._limit and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = await trio.to_thread.run_sync(read, self._limit)
+            log.warning("stdin: a line over %d bytes, skipped", self._limit)
+            return "\n"
+        return line.decode("utf-8", errors="replace")
 
 
 class _Pending:
