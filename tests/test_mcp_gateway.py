@@ -122,7 +122,9 @@ async def test_tools_list_and_call_over_streamable_http(models: dict[str, Path],
         assert json.loads(text_of(called)) == called.structured_content
         assert called.meta is not None
         assert called.meta[META_PEER] == provider.peer_id
-        assert called.meta[META_MODEL] == iris.description.split("(")[2].split(")")[0]  # type: ignore[union-attr]
+        iris_id = next(r.model_id for r in gateway.known_records() if r.name == "iris")
+        assert called.meta[META_MODEL] == iris_id
+        assert f"Model 'iris' ({iris_id}); 1 known provider(s)." in (iris.description or "")
 
         # A text model: a plain string is the tensor [text]; a list, several texts.
         one = await mcp.call_tool("sentiment-analysis", {"text": "I love it, works great"})
