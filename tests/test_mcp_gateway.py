@@ -5,6 +5,7 @@ peer, or bridged to a running peer's API)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,6 +28,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from memory_peers import memory_peer
 
+from p2pnet.core.generation import GenerationCard
+from p2pnet.core.records import CapabilityRecord
 from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.errors import InvalidInputError, UsageError
 from p2pnet.gateway.app import serve_http
@@ -37,10 +40,14 @@ from p2pnet.gateway.mcp import (
     STDIO_MAX_LINE,
     check_expose,
     input_schema,
+    task_tools,
     tensors_from_arguments,
+    tool_description,
 )
+from p2pnet.net.identity import generate_identity
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.peer import Peer
+from p2pnet.runtime.onnx_model import inspect_model
 
 TOKEN = "mcp-test-token"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -427,3 +434,36 @@ def test_p2pnet_mcp_answers_every_request_before_it_exits(
     }
     assert ("through the running peer's API" in done.stderr) is bridged
     assert f"stdin: a line over {STDIO_MAX_LINE} bytes, skipped" in done.stderr
+
+
+def test_tools_are_the_known_tasks_with_the_first_record_s_schema(
+    models: dict[str, Path],
+) -> None:
+    info = inspect_model(models["iris"])
+    own = CapabilityRecord(
+        model_id=info.model_id, peer_id=generate_identity().peer_id, schema=info.schema,
+        tasks=("iris-species",), name=info.name, version="1", runtime="onnxruntime",
+        addrs=(), seq=1, expires_at=2_000_000_000,
+    )  # fmt: skip
+    wider = ModelSchema(info.schema.inputs, info.schema.outputs[:1])
+    other = dataclasses.replace(
+        own, peer_id=generate_identity().peer_id, schema=wider, tasks=("flowers", "iris-species")
+    )
+    card = GenerationCard(2048, (2,), "<u>{content}</u>", "<a>", "sha256:" + "0" * 64)
+    chat = dataclasses.replace(own, tasks=("chat",), generation=card)
+
+    tools = task_tools([own, other, chat])  # a generative model is no tool by itself
+    assert [(t.name, t.providers, t.outputs_agree) for t in tools] == [
+        ("flowers", 1, True),
+        ("iris-species", 2, False),  # two models, other outputs: no output schema
+    ]
+    assert tools[1].record is own and tools[0].record is other
+    assert "2 known provider(s)." in tool_description(tools[1])
+    assert "its other tasks: iris-species." in tool_description(tools[0])
+
+    exposed = task_tools([own, other, chat], ("chat", "nobody-offers-this"))
+    assert [t.record for t in exposed] == [chat, None]
+    assert '{"dtype", "shape", "data"}' in tool_description(exposed[1])
+    assert input_schema(None)["additionalProperties"]["required"] == ["data"]
+    untyped = tensors_from_arguments(None, {"x": {"shape": [1, 2], "data": [1, 2]}})
+    assert untyped["x"].shape == (1, 2) and untyped["x"].dtype == np.float32
