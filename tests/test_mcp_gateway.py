@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -38,6 +39,7 @@ from p2pnet.gateway.mcp import (
     META_MODEL,
     META_PEER,
     STDIO_MAX_LINE,
+    McpGateway,
     check_expose,
     input_schema,
     task_tools,
@@ -467,3 +469,39 @@ def test_tools_are_the_known_tasks_with_the_first_record_s_schema(
     assert input_schema(None)["additionalProperties"]["required"] == ["data"]
     untyped = tensors_from_arguments(None, {"x": {"shape": [1, 2], "data": [1, 2]}})
     assert untyped["x"].shape == (1, 2) and untyped["x"].dtype == np.float32
+
+
+async def test_outputs_unlike_the_listed_ones_are_a_tool_error(models: dict[str, Path]) -> None:
+    """A provider found at call time whose model declares other outputs than the tool's
+    output schema: its outputs come back as text in a tool error, not as structured
+    content that the client would find does not fit."""
+    info = inspect_model(models["iris"])
+    listed = CapabilityRecord(
+        model_id=info.model_id, peer_id=generate_identity().peer_id, schema=info.schema,
+        tasks=("iris-species",), name=info.name, version="1", runtime="onnxruntime",
+        addrs=(), seq=1, expires_at=2_000_000_000,
+    )  # fmt: skip
+    answered = dataclasses.replace(
+        listed,
+        peer_id=generate_identity().peer_id,
+        schema=ModelSchema(info.schema.inputs, (TensorSpec("score", "float32", (None,)),)),
+    )
+
+    class Provider:
+        """What the gateway asks of its peer: the records it knows, and the call."""
+
+        def known_records(self) -> list[CapabilityRecord]:
+            return [listed]
+
+        async def call_with_offer(self, inputs: Any, **_: Any) -> tuple[Any, dict[str, Any]]:
+            assert inputs["x"].dtype == np.float32
+            return SimpleNamespace(record=answered), {"score": np.array([0.5], np.float32)}
+
+    gateway = McpGateway(Provider())  # type: ignore[arg-type]
+    ctx: Any = SimpleNamespace(request=None)
+    params = types.CallToolRequestParams(name="iris-species", arguments={"x": [IRIS_ROW]})
+    result = await gateway.call_tool(ctx, params)
+    assert result.is_error and result.structured_content is None
+    assert result.meta is not None and result.meta[META_CODE] == "bad_output"
+    assert result.meta[META_PEER] == answered.peer_id
+    assert text_of(result).endswith('its outputs:{"score": [0.5]}')
