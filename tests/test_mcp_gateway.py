@@ -435,6 +435,7 @@ def test_p2pnet_mcp_answers_every_request_before_it_exits(
         "probabilities": answers[3]["result"]["structuredContent"]["probabilities"],
     }
     assert ("through the running peer's API" in done.stderr) is bridged
+    assert ("the swarm options are not used" in done.stderr) is bridged
     assert f"stdin: a line over {STDIO_MAX_LINE} bytes, skipped" in done.stderr
 
 

@@ -120,6 +120,8 @@ async def _mcp(options: McpOptions) -> None:
     if api is not None:
         # One peer per identity: use the running one, whose connections are warm.
         err.print(Text(f"MCP on stdio through the running peer's API at {api.url}"))
+        if options.swarm.bootstrap or options.swarm.name or options.swarm.swarm_key:
+            err.print(Text("(the swarm options are not used: that peer is in its swarm)"))
         await bridge_stdio(endpoint_url(api.url, options.expose), api.token)
         return
     join = options.swarm.resolve()
