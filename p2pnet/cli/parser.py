@@ -10,6 +10,7 @@ from p2pnet.cli.chat import add_chat_parser
 from p2pnet.cli.find import add_find_parser
 from p2pnet.cli.id import add_id_parser
 from p2pnet.cli.ledger import add_ledger_parser
+from p2pnet.cli.mcp import add_mcp_parser
 from p2pnet.cli.model import add_model_parsers
 from p2pnet.cli.options import parent_parsers
 from p2pnet.cli.peer import add_peer_parser
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_call_parser,
         add_chat_parser,
         add_find_parser,
+        add_mcp_parser,
         add_pipeline_parsers,
         add_swarm_key_parsers,
         add_status_parser,

@@ -8,6 +8,7 @@ a starlette app served by hypercorn inside the peer's trio program.
     POST /api/call     call a task or model with JSON tensors       token
     GET  /metrics      Prometheus text format                       no token
     /v2/...            the Open Inference Protocol v2 (oip.py)      token, but health
+    /mcp               the Model Context Protocol (mcp.py)          token
 
 Every route but those of ``auth.OPEN`` takes ``Authorization: Bearer <token>``
 (``TokenGuard``); errors are JSON, ``{"error": message, "code": p2pnet wire code}``
@@ -39,6 +40,7 @@ from p2pnet.errors import (
 )
 from p2pnet.gateway.auth import LOOPBACK_HOSTS, TokenGuard
 from p2pnet.gateway.errors import http_status
+from p2pnet.gateway.mcp import McpHttp
 from p2pnet.gateway.metrics import peer_registry
 from p2pnet.gateway.oip import PeerBackend, oip_routes
 from p2pnet.gateway.openai import openai_routes
@@ -148,6 +150,7 @@ def build_app(
     if not token:
         raise ValueError("the HTTP API needs a token")
     registry = peer_registry(peer)
+    mcp = McpHttp(peer, max_body=max_body)
 
     def control(handler: Handler) -> Handler:
         """``handler`` with its refusals and p2pnet errors as JSON (the token is checked
@@ -215,9 +218,11 @@ def build_app(
             Route("/metrics", metrics, methods=["GET"]),
             *oip_routes(PeerBackend(peer)),
             *openai_routes(peer),
+            Route("/mcp", mcp),  # MCP, Streamable HTTP (gateway/mcp.py)
         ],
         exception_handlers={HTTPException: http_error},
         middleware=[Middleware(TokenGuard, token=token, hosts=hosts)],
+        lifespan=mcp.lifespan,
     )
 
 
