@@ -17,6 +17,7 @@ and its code takes that; what is not about the command line lives in the library
     call.py       p2pnet call
     chat.py       p2pnet chat
     find.py       p2pnet find
+    mcp.py        p2pnet mcp
     pipeline.py   p2pnet pipeline check | run
     swarm_key.py  p2pnet swarm-key new | fingerprint
     status.py     p2pnet status

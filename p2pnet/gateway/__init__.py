@@ -20,6 +20,8 @@ oip.py        oip_routes, ModelBackend,      the Open Inference Protocol v2 REST
                                              tensor codec is p2pnet.core.oip
 oip_grpc.py   serve_grpc, GRPC_STATUS        the Open Inference Protocol over gRPC
                                              (GRPCInferenceService), on the same backend
+mcp.py        McpGateway, McpHttp,           the swarm's tasks as MCP tools: /mcp (Streamable
+              serve_stdio, bridge_stdio      HTTP) and ``p2pnet mcp`` (stdio)
 openai.py     openai_routes,                 the OpenAI-style chat API (/v1/models,
               parse_chat_request             /v1/chat/completions, server-sent events)
 """
