@@ -1,0 +1,274 @@
+"""The command line against a running peer: the local API's pipeline, generation and
+chat routes (p2pnet/gateway/app.py), the client the commands use (p2pnet/gateway/
+client.py), and ``p2pnet find``/``call`` next to a running ``p2pnet peer`` of the same
+identity. In-process tests: peers on the in-memory network, the HTTP server on
+127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import trio
+from memory_peers import memory_peer
+
+from p2pnet.core.generation import GenerationParams
+from p2pnet.errors import (
+    ConfigError,
+    InvalidInputError,
+    PipelineSpecError,
+    SessionLimitError,
+    UnknownModelError,
+    UnknownSessionError,
+)
+from p2pnet.gateway.app import NDJSON, REPLY_HEADER, serve_http
+from p2pnet.gateway.chats import ChatTable
+from p2pnet.gateway.client import ApiClient, error_from_api
+from p2pnet.net.memory import MemoryNetwork
+from p2pnet.peer import Peer
+from p2pnet.runtime.generative import GenerativeModel, SessionLimits, SessionStore
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+IRIS = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+ONE_STEP = (
+    "inputs: {x: 'float32[N,4]'}\n"
+    "steps: {species: {task: iris-species, inputs: {x: input.x}}}\n"
+    "outputs: {label: species.label}\n"
+)
+STORY = [("user", "Write a long story about a fox and a lost key.")]
+COLOURS = [("user", "List five colours, one per line.")]
+
+
+@asynccontextmanager
+async def api(
+    served: list[tuple[Path | GenerativeModel, str]],
+) -> AsyncIterator[tuple[str, Peer, Peer]]:
+    """The URL of a caller peer's API (127.0.0.1, port 0), the caller, and a provider of
+    ``served`` (model, task) in the caller's swarm."""
+    async with AsyncExitStack() as stack:
+        network = await stack.enter_async_context(MemoryNetwork(seed=3))
+        caller = await stack.enter_async_context(memory_peer(network))
+        provider = memory_peer(network, bootstrap=[caller.addrs[0]])
+        for model, task in served:
+            provider.serve(model, tasks=[task])
+        await stack.enter_async_context(provider)
+        await provider.announce()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        url = await nursery.start(serve_http, caller, "127.0.0.1", 0, TOKEN)
+        yield url, caller, provider
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def chat_model(dialogue_models: dict[str, Path]) -> GenerativeModel:
+    return GenerativeModel(
+        dialogue_models["smollm2-chat"],
+        sessions=SessionStore(SessionLimits(max_sessions=4, idle_timeout=60)),
+    )
+
+
+@pytest.mark.network
+async def test_find_call_and_pipeline_through_the_client(models: dict[str, Path]) -> None:
+    async with api([(models["iris"], "iris-species")]) as (url, _, provider):
+        async with ApiClient(url, TOKEN) as client:
+            found = await client.find(task="iris-species", timeout=5)
+            assert [o["peer_id"] for o in found.offers] == [provider.peer_id]
+            assert found.unanswered == []
+            model_id = found.offers[0]["model_id"]
+
+            called = await client.call({"x": IRIS}, task="iris-species")
+            assert (called.peer_id, called.model_id, called.name) == (
+                provider.peer_id,
+                model_id,
+                "iris",
+            )
+            assert called.outputs["label"].dtype == np.int64
+            assert called.outputs["label"].tolist() == [0]
+
+            ran = await client.run_pipeline(ONE_STEP, {"x": IRIS}, name="one.yaml")
+            assert ran["mode"] == "orchestrated" and ran["outputs"] == {"label": [0]}
+            (step,) = ran["steps"]
+            assert (step["step"], step["model_id"], step["peer_id"]) == (
+                "species",
+                model_id,
+                provider.peer_id,
+            )
+            assert step["ms"] > 0 and ran["total_ms"] >= step["ms"]
+            assert ran["tensors"]["label"] == {"dtype": "int64", "shape": [1], "data": [0]}
+
+
+@pytest.mark.network
+async def test_errors_are_the_p2pnet_errors_of_their_codes(models: dict[str, Path]) -> None:
+    """What a one-shot command raises, the client raises: same class, same message; the
+    peer keeps serving."""
+    async with api([(models["iris"], "iris-species")]) as (url, _, _):
+        async with ApiClient(url, TOKEN) as client:
+            with pytest.raises(
+                UnknownModelError, match=r"^no peer in the swarm offers task .no-such-task.; check"
+            ):
+                await client.call({"x": IRIS}, task="no-such-task", timeout=2)
+            with pytest.raises(InvalidInputError) as bad_input:
+                await client.call({"y": IRIS}, task="iris-species")
+            assert "x" in bad_input.value.message
+            with pytest.raises(PipelineSpecError, match=r"^one\.yaml: "):
+                await client.run_pipeline("steps: {}\n", {"x": IRIS}, name="one.yaml")
+            with pytest.raises(PipelineSpecError, match="not valid YAML/JSON"):
+                await client.run_pipeline("steps: [", {"x": IRIS})
+            with pytest.raises(InvalidInputError):
+                await client.run_pipeline(ONE_STEP, {"text": np.array(["a"], dtype=object)})
+            with pytest.raises(UnknownSessionError):
+                await client._cancel("no-such-reply")
+            assert (await client.find(task="iris-species", timeout=5)).offers
+        async with ApiClient(url, "wrong-token") as stranger:
+            with pytest.raises(ConfigError, match=r"refused the request \(unauthorized\)"):
+                await stranger.status()
+
+
+def test_an_error_body_that_is_not_the_apis_still_says_what_happened() -> None:
+    assert type(error_from_api(400, b'{"error": "x", "code": "schema_mismatch"}')).__name__ == (
+        "SchemaMismatchError"
+    )
+    failed = error_from_api(500, b"Internal Server Error")
+    assert failed.code == "internal" and "Internal Server Error" in str(failed)
+    unknown = error_from_api(404, b'{"error": "GET /x: Not Found", "code": "not_found"}')
+    assert unknown.code == "usage" and str(unknown) == "[not_found] GET /x: Not Found"
+
+
+def lines_of(body: bytes) -> list[dict[str, Any]]:
+    """The NDJSON events of ``body``, checked to be byte-exact: each line is
+    ``json.dumps(event)`` (default separators, ASCII) and a line feed."""
+    assert body.endswith(b"\n")
+    events = [json.loads(line) for line in body.split(b"\n")[:-1]]
+    assert body == b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    return events
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_generate_streams_ndjson_events_and_a_chat_keeps_its_session(
+    chat_model: GenerativeModel,
+) -> None:
+    async with (
+        api([(chat_model, "chat")]) as (url, _, provider),
+        httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as http,
+    ):
+        body = {"task": "chat", "messages": COLOURS, "params": {"max_tokens": 8}}
+        reply = await http.post("/api/generate", json=body)
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["content-type"] == NDJSON and reply.headers[REPLY_HEADER]
+        events = lines_of(reply.content)
+        assert [e["event"] for e in events[:2]] == ["provider", "chunk"]
+        assert events[0]["peer_id"] == provider.peer_id and events[0]["tasks"] == ["chat"]
+        done = events[-1]
+        assert {e["event"] for e in events[1:-1]} == {"chunk"}
+        assert done["event"] == "done" and done["finish"] == "length"
+        assert done["completion_tokens"] == 8 == sum(len(e["tokens"]) for e in events[1:-1])
+        assert done["ttft_ms"] > 0 and done["session"] is None
+
+        bad = await http.post("/api/generate", json={**body, "params": {"top_p": 0}})
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid_input"
+        nobody = await http.post("/api/generate", json={**body, "task": "none", "timeout": 2})
+        # A stream that failed before its first event: the error is its one event.
+        assert lines_of(nobody.content) == [
+            {"event": "error", "code": "unknown_model", "message": "no provider offers it"}
+        ]
+
+        opened = await http.post("/api/chat", json={"task": "chat", "system": "Be brief."})
+        assert opened.status_code == 201
+        chat = opened.json()["id"]
+        first = lines_of(
+            (
+                await http.post(
+                    f"/api/chat/{chat}", json={"text": "Hi", "params": {"max_tokens": 4}}
+                )
+            ).content
+        )
+        second = lines_of(
+            (
+                await http.post(
+                    f"/api/chat/{chat}", json={"text": "Bye", "params": {"max_tokens": 4}}
+                )
+            ).content
+        )
+        assert first[0]["event"] == "provider" and first[-1]["session"]
+        # The provider is announced when it changes only, as `p2pnet chat` shows it.
+        assert second[0]["event"] == "chunk"
+        assert second[-1]["session"] == first[-1]["session"] and second[-1]["cached_tokens"] > 0
+        closed = await http.delete(f"/api/chat/{chat}")
+        assert closed.status_code == 200
+        gone = await http.post(f"/api/chat/{chat}", json={"text": "Hi"})
+        assert gone.status_code == 404 and gone.json()["code"] == "unknown_session"
+        with trio.fail_after(10):  # its provider's session is closed with it
+            while provider.status().generation.get("sessions"):
+                await trio.sleep(0.01)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_a_client_that_goes_away_stops_the_generation_and_cancel_ends_it(
+    chat_model: GenerativeModel,
+) -> None:
+    async with api([(chat_model, "chat")]) as (url, _, provider):
+        stats = provider.services.invoke_server.stats
+        async with ApiClient(url, TOKEN) as client:
+            # Cancel: the reply ends with finish "cancelled" and what came before.
+            async with client.generate(
+                STORY, task="chat", params=GenerationParams(max_tokens=400)
+            ) as reply:
+                kinds = []
+                async for event in reply:
+                    kinds.append(event["event"])
+                    if event["event"] == "chunk" and kinds.count("chunk") == 1:
+                        assert await reply.cancel()
+            assert kinds[0] == "provider" and kinds[-1] == "done"
+            assert event["finish"] == "cancelled" and event["completion_tokens"] < 400
+
+            # Gone: dropping the connection midway stops the provider.
+            cancelled = stats.cancelled
+            async with client.generate(
+                STORY, task="chat", params=GenerationParams(max_tokens=400)
+            ) as reply:
+                async for event in reply:
+                    if event["event"] == "chunk":
+                        break
+            with trio.fail_after(10):
+                while stats.cancelled <= cancelled:
+                    await trio.sleep(0.01)
+            assert (await client.find(task="chat", timeout=5)).offers  # still serving
+
+
+async def test_chats_are_bounded_and_closed_when_idle() -> None:
+    now = [0.0]
+    closed: list[str] = []
+
+    class Session:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def close(self) -> None:
+            closed.append(self.name)
+
+    table = ChatTable(max_chats=2, idle_timeout=60, clock=lambda: now[0])
+    a = await table.open(Session("a"))  # type: ignore[arg-type]
+    now[0] = 30
+    b = await table.open(Session("b"))  # type: ignore[arg-type]
+    with pytest.raises(SessionLimitError, match="holds 2 chats"):
+        await table.open(Session("c"))  # type: ignore[arg-type]
+    now[0] = 61  # a idle 61 s: closed when the table is next used
+    (await table.get(b)).busy = True
+    c = await table.open(Session("c"))  # type: ignore[arg-type]
+    assert closed == ["a"] and set(table.chats) == {b, c}
+    with pytest.raises(UnknownSessionError):
+        await table.get(a)
+    now[0] = 500  # b is replying: kept however long
+    await table.expire()
+    assert closed == ["a", "c"] and set(table.chats) == {b}
+    await table.close(b)
+    assert closed == ["a", "c", "b"] and not table.chats
