@@ -7,6 +7,8 @@ identity. In-process tests: peers on the in-memory network, the HTTP server on
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import trio
 from memory_peers import memory_peer
+from test_cli import p2pnet, start_peer
 
 from p2pnet.core.generation import GenerationParams
 from p2pnet.errors import (
@@ -272,3 +275,62 @@ async def test_chats_are_bounded_and_closed_when_idle() -> None:
     assert closed == ["a", "c"] and set(table.chats) == {b}
     await table.close(b)
     assert closed == ["a", "c", "b"] and not table.chats
+
+
+@pytest.fixture
+def env(config_home: Path) -> dict[str, str]:
+    return os.environ | {"XDG_CONFIG_HOME": str(config_home), "COLUMNS": "400"}
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_find_and_call_use_the_running_peer_of_their_identity(
+    env: dict[str, str], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """With the default identity, next to a running `p2pnet peer` of it: find and call
+    go through its API (no second peer of the same ID), even given the running peer
+    as --bootstrap; their --json is the one-shot form's."""
+    peer = start_peer(
+        env, "--http", "127.0.0.1:0", "--serve", str(models["iris"]), "--task", "iris-species"
+    )
+    try:
+        (url,) = [line.split()[2] for line in peer.lines if line.startswith("http api ")]
+        iris = ("-i", "x=[[5.1,3.5,1.4,0.2]]")
+        found = p2pnet("find", "--task", "iris-species", "--json", "-v", env=env)
+        assert found.returncode == 0, found.stderr
+        assert "using the running peer" in found.stderr and url in found.stderr
+        through_api = json.loads(found.stdout)
+        (offer,) = through_api["offers"]
+        assert offer["model_id"] == peer.models["iris"] and through_api["unanswered"] == []
+        itself = p2pnet("find", "--task", "iris-species", "--bootstrap", peer.address, env=env)
+        assert itself.returncode == 0, itself.stderr
+        assert "iris-species" in itself.stdout
+        called = p2pnet("call", "--task", "iris-species", *iris, "--json", env=env)
+        assert called.returncode == 0, called.stderr
+        missing = p2pnet("call", "--task", "none", *iris, "--timeout", "2", env=env)
+        assert missing.returncode == 2
+        assert "error (in the call or the configuration): no peer in the swarm offers task" in (
+            missing.stderr
+        )
+
+        # The one-shot form (another identity: a second peer of the same one cannot join).
+        other = ("--identity", str(tmp_path / "other.key"), "--bootstrap", peer.address)
+        alone = p2pnet("find", "--task", "iris-species", *other, "--json", "-v", env=env)
+        assert alone.returncode == 0, alone.stderr
+        assert "no running peer of identity" in alone.stderr
+        one_shot = json.loads(alone.stdout)
+        assert one_shot.keys() == through_api.keys()
+        assert [{**o, "rtt_ms": 0} for o in one_shot["offers"]] == [{**offer, "rtt_ms": 0}]
+        alone_call = p2pnet("call", "--task", "iris-species", *iris, *other, "--json", env=env)
+        assert alone_call.returncode == 0, alone_call.stderr
+        assert alone_call.stdout == called.stdout
+
+        # --standalone forces a peer of the command's own: with this identity, the clash.
+        clash = p2pnet(
+            "find", "--task", "iris-species", "--bootstrap", peer.address, "--standalone",
+            env=env,
+        )  # fmt: skip
+        assert clash.returncode != 0 and "own ID" in clash.stderr
+    finally:
+        peer.proc.send_signal(signal.SIGINT)
+        assert peer.proc.wait(timeout=30) == 0
