@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -334,3 +336,70 @@ def test_find_and_call_use_the_running_peer_of_their_identity(
     finally:
         peer.proc.send_signal(signal.SIGINT)
         assert peer.proc.wait(timeout=30) == 0
+
+
+def cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pnet.cli", *args],
+        input=stdin, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+def replies_of(stdout: str) -> list[tuple[str, Any]]:
+    """The events of a --json reply stream, without what differs between runs (timings,
+    session IDs, the describe round trip): (event, what it says)."""
+    events = []
+    for line in stdout.splitlines():
+        event = json.loads(line)
+        kind = event.pop("event")
+        for key in ("ttft_ms", "tokens_per_s", "rtt_ms", "session", "addrs"):
+            event.pop(key, None)
+        events.append((kind, event))
+    return events
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_chat_and_prompt_through_the_running_peer_print_what_a_peer_of_their_own_does(
+    env: dict[str, str], dialogue_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The running peer of the command's identity is in a swarm with a provider of the
+    chat model (a peer streams others' models only, not its own)."""
+    provider = start_peer(
+        env | {"XDG_CONFIG_HOME": str(tmp_path / "provider")},
+        "--http", "off", "--serve", str(dialogue_models["smollm2-chat"]), "--task", "chat",
+    )  # fmt: skip
+    peer = start_peer(env, "--http", "127.0.0.1:0", "--bootstrap", provider.address)
+    try:
+        short = ("--task", "chat", "--max-tokens", "4", "--json")
+        other = ("--identity", str(tmp_path / "other.key"), "--bootstrap", provider.address)
+        chat = cli("chat", *short, "-v", env=env, stdin="Hi\nName a colour.\n")
+        assert chat.returncode == 0, chat.stderr
+        assert "using the running peer" in chat.stderr
+        events = [json.loads(line) for line in chat.stdout.splitlines()]
+        kinds = [e["event"] for e in events]
+        assert kinds[0] == "provider" and kinds.count("provider") == 1  # shown once
+        first, second = [e for e in events if e["event"] == "done"]
+        assert first["session"] and second["session"] == first["session"]
+        assert second["cached_tokens"] > 0  # the running peer kept the session
+        alone = cli("chat", *short, *other, env=env, stdin="Hi\nName a colour.\n")
+        assert alone.returncode == 0, alone.stderr
+        assert replies_of(alone.stdout) == replies_of(chat.stdout)
+
+        prompt = cli("call", *short, "--prompt", "Hi", env=env)
+        assert prompt.returncode == 0, prompt.stderr
+        assert replies_of(prompt.stdout) == replies_of(
+            cli("call", *short, "--prompt", "Hi", *other, env=env).stdout
+        )
+        assert replies_of(prompt.stdout)[-1][1]["finish"] == "length"
+        bad = cli("call", "--task", "none", "--prompt", "Hi", "--timeout", "2", "--json", env=env)
+        assert bad.returncode == 2
+        assert json.loads(bad.stdout) == {
+            "event": "error",
+            "code": "unknown_model",
+            "message": "no provider offers it",
+        }
+    finally:
+        for running in (peer, provider):
+            running.proc.send_signal(signal.SIGINT)
+            assert running.proc.wait(timeout=30) == 0
