@@ -327,6 +327,21 @@ def test_find_and_call_use_the_running_peer_of_their_identity(
         assert alone_call.returncode == 0, alone_call.stderr
         assert alone_call.stdout == called.stdout
 
+        spec = tmp_path / "one.yaml"
+        spec.write_text(ONE_STEP)
+        runs = [
+            p2pnet("pipeline", "run", str(spec), *iris, "--json", *extra, env=env)
+            for extra in ((), other)
+        ]
+        assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+        piped, alone_piped = (json.loads(r.stdout) for r in runs)
+        for result in (piped, alone_piped):
+            assert result["steps"][0]["ms"] > 0
+            result["total_ms"] = result["steps"][0]["ms"] = 0
+        assert piped == alone_piped and piped["outputs"] == {"label": [0]}
+        text = p2pnet("pipeline", "run", str(spec), *iris, env=env)
+        assert text.returncode == 0 and "species" in text.stdout and "label" in text.stdout
+
         # --standalone forces a peer of the command's own: with this identity, the clash.
         clash = p2pnet(
             "find", "--task", "iris-species", "--bootstrap", peer.address, "--standalone",
