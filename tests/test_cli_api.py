@@ -214,6 +214,30 @@ async def test_generate_streams_ndjson_events_and_a_chat_keeps_its_session(
             while provider.status().generation.get("sessions"):
                 await trio.sleep(0.01)
 
+        # One turn at a time.
+        chat = (await http.post("/api/chat", json={"task": "chat"})).json()["id"]
+        long = {"text": "Write a long story.", "params": {"max_tokens": 200}}
+        async with http.stream("POST", f"/api/chat/{chat}", json=long) as streaming:
+            busy = await http.post(f"/api/chat/{chat}", json={"text": "Hi"})
+            assert busy.status_code == 409 and busy.json()["code"] == "usage"
+            await streaming.aclose()
+        await http.delete(f"/api/chat/{chat}")
+
+        # A chat the peer no longer holds is opened again with the conversation so far.
+        async with ApiClient(url, TOKEN) as client, await client.chat(task="chat") as kept:
+            params = GenerationParams(max_tokens=4)
+            async with kept.send("Hi", params) as reply:
+                (first_done,) = [e async for e in reply if e["event"] == "done"]
+            assert [role for role, _ in kept.history] == ["user", "assistant"]
+            gone_id = kept.id
+            assert (await http.delete(f"/api/chat/{gone_id}")).status_code == 200
+            async with kept.send("Bye", params) as reply:
+                (again,) = [e async for e in reply if e["event"] == "done"]
+            assert kept.id != gone_id and len(kept.history) == 4
+            # The conversation replayed: its first turn is in the new prompt.
+            assert again["prompt_tokens"] > first_done["prompt_tokens"]
+            assert again["cached_tokens"] == 0
+
 
 @pytest.mark.network
 @pytest.mark.slow

@@ -438,7 +438,9 @@ def build_app(
         task, model = _target(body)
         system = _text(body, "system")
         timeout = _number(body, "timeout", 60.0)
+        history = _messages(body).messages if body.get("messages") else ()
         session = peer.chat(task=task, model=model, system=system, timeout=timeout)
+        session.messages = list(history or ())
         chat_id = await chats.open(session)
         return JSONResponse({"id": chat_id}, status_code=201)
 

@@ -35,6 +35,7 @@ from p2pnet.errors import (
     P2PNetError,
     PeerUnreachableError,
     RemoteProtocolError,
+    UnknownSessionError,
     UsageError,
 )
 from p2pnet.inputs import tensor_from_json, tensor_to_json
@@ -303,8 +304,9 @@ class ApiClient:
         body: dict[str, Any] = {**_target(task, model), "timeout": timeout}
         if system is not None:
             body["system"] = system
-        reply = await self._request("POST", "/api/chat", body, timeout)
-        return ApiChat(self, str(reply["id"]), timeout)
+        chat = ApiChat(self, body, timeout)
+        await chat.reopen()
+        return chat
 
     async def _cancel(self, reply_id: str) -> bool:
         reply = await self._request("POST", f"/api/replies/{reply_id}/cancel", None, 10.0)
@@ -313,17 +315,35 @@ class ApiClient:
 
 class ApiChat:
     """A chat the running peer holds for this client: ``send`` a message, ``close``
-    (``async with`` closes it)."""
+    (``async with`` closes it). It keeps the conversation (``history``, as the peer's
+    ChatSession keeps it): when the peer no longer holds the chat (closed after its idle
+    time, or the peer restarted), the next message opens it again with the
+    conversation, which the provider then replays."""
 
-    def __init__(self, client: ApiClient, chat_id: str, timeout: float) -> None:
+    def __init__(self, client: ApiClient, body: dict[str, Any], timeout: float) -> None:
         self._client = client
-        self.id = chat_id
+        self._body = body
         self._timeout = timeout
+        self.id = ""
+        self.history: list[tuple[str, str]] = []
+
+    async def reopen(self) -> None:
+        """Open the chat on the peer (again), with ``history``."""
+        body = {**self._body, "messages": [list(m) for m in self.history]}
+        reply = await self._client._request("POST", "/api/chat", body, self._timeout)
+        self.id = str(reply["id"])
 
     def send(self, text: str, params: GenerationParams | None = None) -> ApiReply:
         """The reply to the user message ``text``, streamed."""
         body = {"text": text, "params": _params(params or GenerationParams())}
-        return ApiReply(self._client, f"/api/chat/{self.id}", body, self._timeout)
+        return ApiReply(self._client, "", body, self._timeout, chat=self, text=text)
+
+    def turn_done(self, text: str, reply: str) -> None:
+        """A turn ended (``done``): keep it, as the peer's ChatSession does."""
+        system = self._body.get("system")
+        if system and not self.history:
+            self.history.append(("system", system))
+        self.history += [("user", text), ("assistant", reply)]
 
     async def close(self) -> None:
         """Close the chat (and its session on its provider).
@@ -352,11 +372,22 @@ class ApiReply:
     the p2pnet error of its code. ``cancel`` asks the provider to stop; ``aclose`` (or
     leaving ``async with``) drops the reply, which ends it on the running peer too."""
 
-    def __init__(self, client: ApiClient, path: str, body: dict[str, Any], timeout: float):
+    def __init__(
+        self,
+        client: ApiClient,
+        path: str,
+        body: dict[str, Any],
+        timeout: float,
+        *,
+        chat: ApiChat | None = None,
+        text: str = "",
+    ) -> None:
         self._client = client
         self._path = path
         self._body = body
         self._timeout = timeout
+        self._chat = chat  # a turn of this chat (``path`` unused), the message ``text``
+        self._text = text
         self._response: httpx.Response | None = None
         self.reply_id: str | None = None
 
@@ -369,10 +400,19 @@ class ApiReply:
         await self.aclose()
 
     async def _open(self) -> httpx.Response:
+        if self._chat is None:
+            return await self._post(self._path)
+        try:
+            return await self._post(f"/api/chat/{self._chat.id}")
+        except UnknownSessionError:  # the peer no longer holds the chat
+            await self._chat.reopen()
+            return await self._post(f"/api/chat/{self._chat.id}")
+
+    async def _post(self, path: str) -> httpx.Response:
         http = self._client._http
         request = http.build_request(
             "POST",
-            self._path,
+            path,
             json=self._body,
             timeout=httpx.Timeout(self._timeout + MARGIN, connect=CONNECT_TIMEOUT),
         )
@@ -391,18 +431,28 @@ class ApiReply:
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         response = self._response or await self._open()
         buffer = b""
+        pieces: list[str] = []
         try:
             async for data in response.aiter_bytes():
                 buffer += data
                 while b"\n" in buffer:
                     line, _, buffer = buffer.partition(b"\n")
-                    yield _event(line)
+                    yield self._seen(_event(line), pieces)
                 if len(buffer) > MAX_LINE:
                     raise RemoteProtocolError(f"an event of the API over {MAX_LINE} bytes")
         except httpx.TransportError as exc:
             raise self._client._unreachable(exc) from None
         if buffer.strip():
-            yield _event(buffer)
+            yield self._seen(_event(buffer), pieces)
+
+    def _seen(self, event: dict[str, Any], pieces: list[str]) -> dict[str, Any]:
+        """``event``, noted: the reply's text so far in ``pieces``; a chat's turn kept
+        once it is done."""
+        if event["event"] == "chunk":
+            pieces.append(str(event["text"]))
+        elif event["event"] == "done" and self._chat is not None:
+            self._chat.turn_done(self._text, "".join(pieces))
+        return event
 
     async def cancel(self) -> bool:
         """Ask the provider to stop the reply: True; False when none answered yet or the
