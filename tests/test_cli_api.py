@@ -226,13 +226,13 @@ async def test_generate_streams_ndjson_events_and_a_chat_keeps_its_session(
         # A chat the peer no longer holds is opened again with the conversation so far.
         async with ApiClient(url, TOKEN) as client, await client.chat(task="chat") as kept:
             params = GenerationParams(max_tokens=4)
-            async with kept.send("Hi", params) as reply:
-                (first_done,) = [e async for e in reply if e["event"] == "done"]
+            async with kept.send("Hi", params) as turn:
+                (first_done,) = [e async for e in turn if e["event"] == "done"]
             assert [role for role, _ in kept.history] == ["user", "assistant"]
             gone_id = kept.id
             assert (await http.delete(f"/api/chat/{gone_id}")).status_code == 200
-            async with kept.send("Bye", params) as reply:
-                (again,) = [e async for e in reply if e["event"] == "done"]
+            async with kept.send("Bye", params) as turn:
+                (again,) = [e async for e in turn if e["event"] == "done"]
             assert kept.id != gone_id and len(kept.history) == 4
             # The conversation replayed: its first turn is in the new prompt.
             assert again["prompt_tokens"] > first_done["prompt_tokens"]
