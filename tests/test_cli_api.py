@@ -6,6 +6,7 @@ identity. In-process tests: peers on the in-memory network, the HTTP server on
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -20,9 +21,11 @@ import httpx
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from memory_peers import memory_peer
 from test_cli import p2pnet, start_peer
 
+from p2pnet.cli.stream import Interrupts, JsonReplies, stream_remote_reply
 from p2pnet.core.generation import GenerationParams
 from p2pnet.errors import (
     ConfigError,
@@ -442,3 +445,80 @@ def test_chat_and_prompt_through_the_running_peer_print_what_a_peer_of_their_own
         for running in (peer, provider):
             running.proc.send_signal(signal.SIGINT)
             assert running.proc.wait(timeout=30) == 0
+
+
+class FakeReply:
+    """A RemoteReply whose events the test sends; ``answered``: what ``cancel`` says."""
+
+    def __init__(self, answered: bool) -> None:
+        self.send, self._receive = trio.open_memory_channel[dict[str, Any]](10)
+        self.answered = answered
+        self.cancelled = self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in self._receive:
+            yield event
+
+    async def cancel(self) -> bool:
+        self.cancelled = True
+        if self.answered:
+            await self.send.send(DONE | {"finish": "cancelled"})
+            await self.send.aclose()
+        return self.answered
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+DONE = {
+    "event": "done", "finish": "length", "prompt_tokens": 3, "completion_tokens": 1,
+    "cached_tokens": 0, "session": None, "ttft_ms": 5.0, "tokens_per_s": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_ctrl_c_during_a_reply_of_the_api_does_what_it_does_in_a_reply_of_its_own(
+    answered: bool,
+) -> None:
+    """Once the provider answered, Ctrl-C asks it to stop and the reply ends "cancelled";
+    before that (the peer says so), it drops the reply: the events are those of
+    ``stream_reply`` (tests/test_cli_chat.py)."""
+    out = io.StringIO()
+    reply = FakeReply(answered)
+    async with trio.open_nursery() as nursery:
+        interrupts = Interrupts(nursery.cancel_scope)
+
+        async def ctrl_c_after_the_first_chunk() -> None:
+            await reply.send.send({"event": "chunk", "text": "Hi", "tokens": [1]})
+            await trio.testing.wait_all_tasks_blocked()
+            await interrupts.handler()
+
+        nursery.start_soon(ctrl_c_after_the_first_chunk)
+        done = await stream_remote_reply(reply, JsonReplies(out), interrupts)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert events[0] == {"event": "chunk", "text": "Hi", "tokens": [1]}
+    assert reply.cancelled and not interrupts.stopped
+    if answered:
+        assert done is not None and done["finish"] == "cancelled" and events[1] == done
+        assert not reply.closed
+    else:
+        assert done is None and reply.closed
+        assert events[1] == {
+            "event": "error",
+            "code": "interrupted",
+            "message": "interrupted before the reply ended",
+        }
+
+
+@pytest.mark.slow
+def test_the_client_path_loads_no_http_server() -> None:
+    """A command that talks to the running peer loads httpx, not starlette or hypercorn."""
+    code = (
+        "import sys, p2pnet.cli.find, p2pnet.cli.call, p2pnet.cli.chat, p2pnet.cli.pipeline, "
+        "p2pnet.gateway.client; "
+        "print(sorted(m for m in ('starlette', 'hypercorn', 'prometheus_client') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
