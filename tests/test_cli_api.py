@@ -406,7 +406,7 @@ def test_chat_and_prompt_through_the_running_peer_print_what_a_peer_of_their_own
     env: dict[str, str], dialogue_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """The running peer of the command's identity is in a swarm with a provider of the
-    chat model (a peer streams others' models only, not its own)."""
+    chat model, another peer."""
     provider = start_peer(
         env | {"XDG_CONFIG_HOME": str(tmp_path / "provider")},
         "--http", "off", "--serve", str(dialogue_models["smollm2-chat"]), "--task", "chat",

@@ -227,10 +227,10 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
     peer of the identity (``running_peer_api``), else a peer of this command's own."""
     discovery = options.discovery
     inputs = dict(parse_input(spec) for spec in options.inputs)
+    direct = _direct(options)  # the caller's mistakes before anything else
+    task, model = discovery.wanted() if direct is None else (None, direct[1])
     api = await running_peer_api(discovery)
     if api is not None:
-        direct = _direct(options)
-        task, model = discovery.wanted() if direct is None else (None, direct[1])
         async with api:
             reply = await api.call(
                 inputs,
@@ -269,6 +269,9 @@ async def _generate(options: CallOptions, interrupts: Interrupts) -> int:
     discovery = options.discovery
     output: TextReplies | JsonReplies = JsonReplies() if discovery.json else TextReplies()
     try:
+        direct = _direct(options)  # the caller's mistakes before anything else
+        if direct is None:
+            discovery.wanted()
         api = await running_peer_api(discovery)
         if api is not None:
             return await _generate_through(api, options, output, interrupts)

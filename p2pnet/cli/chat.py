@@ -86,9 +86,9 @@ async def _chat(options: ChatOptions, interrupts: Interrupts) -> int:
     output: TextReplies | JsonReplies = JsonReplies() if discovery.json else TextReplies()
     interactive = sys.stdin is not None and sys.stdin.isatty()
     try:
+        task, model = discovery.wanted()  # the caller's mistakes before anything else
         api = await running_peer_api(discovery)
         if api is not None:
-            task, model = discovery.wanted()
             async with api:
                 chat = await api.chat(
                     task=task, model=model, system=options.system, timeout=discovery.timeout

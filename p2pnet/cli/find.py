@@ -148,9 +148,9 @@ async def _find(options: DiscoveryOptions) -> dict[str, Any]:
     """What ``--json`` prints: the offers (``Offer.to_dict()``), best first, and the
     providers that did not answer; found by the running peer of the identity
     (``running_peer_api``), else by a peer of this command's own."""
+    task, model = options.wanted()  # the caller's mistakes before anything else
     api = await running_peer_api(options)
     if api is not None:
-        task, model = options.wanted()
         async with api:
             reply = await api.find(
                 task=task, model=model, timeout=options.timeout, max_price=options.max_price
