@@ -25,7 +25,9 @@ import trio.testing
 from memory_peers import memory_peer
 from test_cli import p2pnet, start_peer
 
+from p2pnet.cli.options import DEFAULT_LISTEN, DiscoveryOptions, SwarmOptions, running_peer_api
 from p2pnet.cli.stream import Interrupts, JsonReplies, stream_remote_reply
+from p2pnet.config import runtime_dir
 from p2pnet.core.generation import GenerationParams
 from p2pnet.errors import (
     ConfigError,
@@ -38,9 +40,13 @@ from p2pnet.errors import (
 from p2pnet.gateway.app import NDJSON, REPLY_HEADER, serve_http
 from p2pnet.gateway.chats import ChatTable
 from p2pnet.gateway.client import ApiClient, error_from_api
+from p2pnet.gateway.settings import default_token_path, write_token
+from p2pnet.net.identity import load_or_create_identity
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.net.swarm_key import generate_swarm_key, write_swarm_key_file
 from p2pnet.peer import Peer
 from p2pnet.runtime.generative import GenerativeModel, SessionLimits, SessionStore
+from p2pnet.status import snapshot, write_status
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -522,3 +528,64 @@ def test_the_client_path_loads_no_http_server() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def discovery(key: Path, *bootstrap: str, **options: Any) -> DiscoveryOptions:
+    fields: dict[str, Any] = {
+        "identity": key,
+        "swarm": SwarmOptions(None, options.pop("swarm_key", None), bootstrap),
+        "task": "iris-species",
+        "model": None,
+        "timeout": 10.0,
+        "listen": DEFAULT_LISTEN,
+        "json": True,
+    }
+    return DiscoveryOptions(**(fields | options))
+
+
+@pytest.mark.network
+async def test_a_command_uses_the_running_peer_unless_it_names_a_peer_or_network_of_its_own(
+    models: dict[str, Path], config_home: Path, tmp_path: Path
+) -> None:
+    """docs/cli.md, "A running peer": the rule, decided by its status asked live."""
+    key = tmp_path / "me.key"
+    identity, _ = load_or_create_identity(key)
+    async with AsyncExitStack() as stack:
+        network = await stack.enter_async_context(MemoryNetwork(seed=5))
+        provider = memory_peer(network)
+        provider.serve(models["iris"], tasks=["iris-species"])
+        await stack.enter_async_context(provider)
+        me = Peer(identity, host=network.add_host(identity.peer_id), bootstrap=[provider.addrs[0]])
+        await stack.enter_async_context(me)
+        stranger = await stack.enter_async_context(memory_peer(network))
+        server = await stack.enter_async_context(trio.open_nursery())
+        url = await server.start(serve_http, me, "127.0.0.1", 0, TOKEN)
+        write_token(default_token_path(me.peer_id), TOKEN)
+        status_file = runtime_dir() / f"peer-{os.getpid()}.json"
+        write_status(snapshot(me), status_file)
+
+        async def uses_api(options: DiscoveryOptions) -> bool:
+            api = await running_peer_api(options)
+            if api is None:
+                return False
+            async with api:
+                assert api.url == url
+                return True
+
+        assert await uses_api(discovery(key))
+        assert await uses_api(discovery(key, provider.addrs[0]))  # connected to it
+        assert await uses_api(discovery(key, me.addrs[0]))  # itself
+        assert not await uses_api(discovery(key, stranger.addrs[0]))  # not connected
+        assert not await uses_api(discovery(key, standalone=True))
+        assert not await uses_api(discovery(key, listen_given=True))
+        swarm_key = tmp_path / "swarm.key"
+        write_swarm_key_file(generate_swarm_key(), swarm_key)
+        assert not await uses_api(discovery(key, swarm_key=swarm_key))  # it has none
+        assert not await uses_api(discovery(tmp_path / "other.key"))  # no such identity
+
+        server.cancel_scope.cancel()  # the API goes; its status file stays (a killed peer)
+        with trio.fail_after(5):
+            while me.http_url is not None:
+                await trio.sleep(0.01)
+        assert not await uses_api(discovery(key))
+        status_file.unlink()

@@ -42,6 +42,7 @@ from p2pnet.trust import default_trust_path
 
 if TYPE_CHECKING:
     from p2pnet.gateway.client import ApiClient
+    from p2pnet.status import PeerStatus
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -526,11 +527,11 @@ async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
         log.info("--listen: starting a peer of this command's own, not using %s", found.url)
         return None
     api = ApiClient(found.url, found.token)
-    swarm = options.swarm
-    if swarm.name is None and swarm.swarm_key is None and not swarm.bootstrap:
-        log.info("using the running peer %s (pid %d) at %s", peer_id, found.pid, found.url)
-        return api
-    reason = await _other_network(api, swarm.resolve(), peer_id)
+    try:
+        reason = await _why_not(api, found.url, peer_id, options.swarm)
+    except BaseException:
+        await api.aclose()
+        raise
     if reason is not None:
         await api.aclose()
         log.info("%s: starting a peer of this command's own", reason)
@@ -539,8 +540,42 @@ async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
     return api
 
 
-async def _other_network(api: ApiClient, join: SwarmJoin, peer_id: str) -> str | None:
-    """Why ``join`` is not the network of the running peer behind ``api`` (None: it is):
+async def _why_not(api: ApiClient, url: str, peer_id: str, swarm: SwarmOptions) -> str | None:
+    """Why the command should not use the API ``api`` at ``url`` (None: it should): it
+    does not answer with the status of ``peer_id``, or ``swarm`` names another network.
+
+    Raises:
+        ConfigError: the API refused the token; the swarm cannot be used.
+    """
+    status = await _live_status(api)
+    if status is None:
+        return f"the API at {url} does not answer"
+    if status.peer_id != peer_id:
+        return f"the API at {url} is peer {status.peer_id}'s"
+    if swarm.name is None and swarm.swarm_key is None and not swarm.bootstrap:
+        return None
+    return _other_network(status, swarm.resolve())
+
+
+async def _live_status(api: ApiClient) -> PeerStatus | None:
+    """The running peer's status, asked now; None when its API does not answer, or not
+    with a status (a stale status file, a port another program took since).
+
+    Raises:
+        ConfigError: the API refused the token.
+    """
+    from p2pnet.errors import NetworkError, ProtocolError
+    from p2pnet.status import PeerStatus
+
+    try:
+        return PeerStatus.from_dict(await api.status())
+    except (NetworkError, ProtocolError, KeyError, TypeError, ValueError) as exc:
+        log.debug("the running peer's status: %s", exc)
+        return None
+
+
+def _other_network(status: PeerStatus, join: SwarmJoin) -> str | None:
+    """Why ``join`` is not the network of the running peer of ``status`` (None: it is):
     its swarm key differs, or a bootstrap peer is neither that peer nor connected to it.
 
     Raises:
@@ -549,14 +584,12 @@ async def _other_network(api: ApiClient, join: SwarmJoin, peer_id: str) -> str |
     from p2pnet.core.address import parse_peer_address
     from p2pnet.errors import InvalidAddressError
     from p2pnet.net.swarm_key import load_swarm_key
-    from p2pnet.status import PeerStatus
 
-    status = PeerStatus.from_dict(await api.status())
     theirs = status.swarm_key_fingerprint
     mine = load_swarm_key(join.swarm_key).fingerprint if join.swarm_key is not None else None
     if mine != theirs:
         return f"the running peer's swarm key is {theirs or 'none'}; this one's {mine or 'none'}"
-    connected = {c.peer_id for c in status.connections} | {peer_id}
+    connected = {c.peer_id for c in status.connections} | {status.peer_id}
     for address in join.bootstrap:
         try:
             other = parse_peer_address(address).peer_id

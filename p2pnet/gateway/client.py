@@ -171,9 +171,15 @@ class ApiClient:
         await self._http.aclose()
 
     async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, timeout: float
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        timeout: float,
+        *,
+        margin: float = MARGIN,
     ) -> Any:
-        """The JSON reply to ``method path``, waiting ``timeout`` plus a margin.
+        """The JSON reply to ``method path``, waiting ``timeout`` plus ``margin``.
 
         Raises:
             P2PNetError: the API's error (``error_from_api``); PeerUnreachableError when
@@ -184,7 +190,7 @@ class ApiClient:
                 method,
                 path,
                 json=body,
-                timeout=httpx.Timeout(timeout + MARGIN, connect=CONNECT_TIMEOUT),
+                timeout=httpx.Timeout(timeout + margin, connect=CONNECT_TIMEOUT),
             ) as response:
                 data = await _read(response, MAX_REPLY)
         except httpx.TransportError as exc:
@@ -201,9 +207,10 @@ class ApiClient:
             f"the running peer's API at {self.url}: {type(exc).__name__} {exc}".rstrip()
         )
 
-    async def status(self) -> dict[str, Any]:
-        """``GET /api/status``: the running peer's ``PeerStatus.to_dict()``."""
-        reply: dict[str, Any] = await self._request("GET", "/api/status", None, 10.0)
+    async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """``GET /api/status``: the running peer's ``PeerStatus.to_dict()``, within
+        ``timeout`` seconds."""
+        reply: dict[str, Any] = await self._request("GET", "/api/status", None, timeout, margin=0.0)
         return reply
 
     async def find(
