@@ -248,16 +248,32 @@ def _messages(body: Mapping[str, Any]) -> Prompt:
     return Prompt(messages=tuple((role, text) for role, text in value))
 
 
+class _Streamed(StreamingResponse):
+    """A StreamingResponse that calls ``on_exit`` when it is over: sent, failed, or
+    cancelled because the client went, also before its body iterator started (whose own
+    cleanup then never runs)."""
+
+    def __init__(
+        self, content: AsyncIterator[str], on_exit: Callable[[], None], **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._on_exit = on_exit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_exit()
+
+
 async def _reply_events(
-    generation: Generation,
-    shown: Offer | None = None,
-    on_end: Callable[[], None] | None = None,
+    generation: Generation, shown: Offer | None, on_end: Callable[[], None]
 ) -> AsyncIterator[str]:
     """The NDJSON lines of ``generation`` (p2pnet.gateway.events), as ``p2pnet call
     --json`` writes them: the replay and provider (unless it is ``shown``) before the
     first chunk, the chunks, then done; an error event instead of what did not come.
     The generation is dropped when the lines end or the client goes (which cancels the
-    iteration); ``on_end`` is called then."""
+    iteration); ``on_end`` is called first, before the response's last bytes."""
     try:
         started = False
         try:
@@ -277,8 +293,7 @@ async def _reply_events(
         except P2PNetError as exc:
             yield encode_event(error_event(exc.code, str(exc)))
     finally:
-        if on_end is not None:
-            on_end()
+        on_end()
         with trio.CancelScope(shield=True, deadline=trio.current_time() + 5):
             await generation.aclose()
 
@@ -404,17 +419,25 @@ def build_app(
         reply["tensors"] = {name: tensor_to_json(arr) for name, arr in result.outputs.items()}
         return JSONResponse(reply)
 
-    def streamed(generation: Generation, shown: Offer | None = None, **end: Any) -> Response:
+    def streamed(
+        generation: Generation,
+        shown: Offer | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> Response:
         reply_id = replies.add(generation)
-        after: Callable[[], None] | None = end.get("on_end")
+        over = False
 
         def ended() -> None:
-            replies.remove(reply_id)
-            if after is not None:
-                after()
+            nonlocal over
+            if not over:
+                over = True
+                replies.remove(reply_id)
+                if on_end is not None:
+                    on_end()
 
-        return StreamingResponse(
+        return _Streamed(
             _reply_events(generation, shown, ended),
+            ended,
             media_type=NDJSON,
             headers={REPLY_HEADER: reply_id, "Cache-Control": "no-store"},
         )
