@@ -160,8 +160,12 @@ def test_call_errors_say_what_is_wrong_and_exit_non_zero(
     result = p2pnet("call", running_peer.address, iris, "--input", f"x=@{npy}", "--json", env=env)
     assert json.loads(result.stdout)["label"]["data"] == [0]
 
+    # Another identity (a peer calling its own ID answers itself, whatever the address).
     dead = re.sub(r"/tcp/\d+/", "/tcp/1/", running_peer.address)
-    result = p2pnet("call", dead, iris, "--input", "x=[[1, 2, 3, 4]]", "--timeout", "10", env=env)
+    result = p2pnet(
+        "call", dead, iris, "--input", "x=[[1, 2, 3, 4]]", "--timeout", "10",
+        "--identity", str(tmp_path / "other.key"), env=env,
+    )  # fmt: skip
     assert result.returncode == 1 and "cannot connect to peer" in result.stderr
 
 

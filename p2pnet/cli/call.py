@@ -8,7 +8,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 import trio
@@ -24,15 +24,16 @@ from p2pnet.cli.options import (
     finish_checks,
     generation_params,
     load_identity,
+    running_peer_api,
 )
 from p2pnet.cli.render import exit_status, out, outputs_table, peer_text, tensor_json
 from p2pnet.cli.stream import (
     INTERRUPTED,
     Interrupts,
     JsonReplies,
-    ReplyOutput,
     TextReplies,
     run_interruptible,
+    stream_remote_reply,
     stream_reply,
 )
 from p2pnet.core.generation import ROLES, GenerationParams, Prompt
@@ -41,6 +42,9 @@ from p2pnet.errors import P2PNetError, UsageError
 from p2pnet.inputs import parse_input
 from p2pnet.ledger import default_ledger_path
 from p2pnet.peer import Peer
+
+if TYPE_CHECKING:
+    from p2pnet.gateway.client import ApiClient
 
 __all__ = ["CallOptions", "add_call_parser", "call_model"]
 
@@ -178,10 +182,9 @@ def _target(options: CallOptions) -> _Target:
     discovery = options.discovery
     join = discovery.swarm.resolve()
     identity, _, _ = load_identity(discovery.identity)
-    if options.target:
-        if len(options.target) != 2 or discovery.task is not None or discovery.model is not None:
-            raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
-        address, model_id = options.target[0], parse_model_id(options.target[1])
+    direct = _direct(options)
+    if direct is not None:
+        address, model_id = direct
         peer = Peer(
             identity,
             ledger=default_ledger_path(identity.peer_id),
@@ -194,18 +197,60 @@ def _target(options: CallOptions) -> _Target:
     return _Target(discovery.joining_peer(identity, join), None, task, model)
 
 
+def _direct(options: CallOptions) -> tuple[str, str] | None:
+    """(ADDRESS, MODEL_ID) of a call to a given peer, None for one by --task/--model.
+
+    Raises:
+        UsageError: a target that is not ADDRESS MODEL_ID, or one with --task/--model.
+        InvalidModelIdError: a MODEL_ID that is not a model ID.
+    """
+    discovery = options.discovery
+    if not options.target:
+        return None
+    if len(options.target) != 2 or discovery.task is not None or discovery.model is not None:
+        raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
+    return options.target[0], parse_model_id(options.target[1])
+
+
+def _served_by(model: str, address: str) -> Text:
+    """Who served a call to a given peer."""
+    return peer_text(f"{model} on {address.rsplit('/', 1)[-1]}")
+
+
+def _served_by_offer(name: str, model_id: str, peer_id: str) -> Text:
+    """Who served a call by task or model (all of it from another peer)."""
+    return peer_text(name) + " " + peer_text(model_id) + " on " + peer_text(peer_id)
+
+
 async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
-    """(who served the call, as terminal-safe text; the outputs)."""
+    """(who served the call, as terminal-safe text; the outputs): through the running
+    peer of the identity (``running_peer_api``), else a peer of this command's own."""
     discovery = options.discovery
     inputs = dict(parse_input(spec) for spec in options.inputs)
+    direct = _direct(options)  # the caller's mistakes before anything else
+    task, model = discovery.wanted() if direct is None else (None, direct[1])
+    api = await running_peer_api(discovery)
+    if api is not None:
+        async with api:
+            reply = await api.call(
+                inputs,
+                task=task,
+                model=model,
+                peer=None if direct is None else direct[0],
+                timeout=discovery.timeout,
+                max_price=discovery.max_price,
+            )
+        if direct is not None:
+            return _served_by(direct[1], direct[0]), reply.outputs
+        assert reply.peer_id is not None and reply.name is not None
+        return _served_by_offer(reply.name, reply.model_id, reply.peer_id), reply.outputs
     target = _target(options)
     async with target.peer as peer:
         if target.address is not None and target.model is not None:
             outputs = await peer.invoke(
                 target.address, target.model, inputs, timeout=discovery.timeout
             )
-            served_by = f"{target.model} on {target.address.rsplit('/', 1)[-1]}"
-            return peer_text(served_by), outputs
+            return _served_by(target.model, target.address), outputs
         offer, outputs = await peer.call_with_offer(
             inputs,
             task=target.task,
@@ -214,17 +259,22 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
             max_price=discovery.max_price,
         )
         await finish_checks(peer)
-    record = offer.record  # from another peer
-    served_by_offer = peer_text(record.name) + " " + peer_text(record.model_id)
-    return served_by_offer + " on " + peer_text(record.peer_id), outputs
+    record = offer.record
+    return _served_by_offer(record.name, record.model_id, record.peer_id), outputs
 
 
 async def _generate(options: CallOptions, interrupts: Interrupts) -> int:
     """Stream the reply to ``options.messages``: 0 when it ended, INTERRUPTED when
     Ctrl-C stopped it, the error's status when it failed."""
     discovery = options.discovery
-    output: ReplyOutput = JsonReplies() if discovery.json else TextReplies()
+    output: TextReplies | JsonReplies = JsonReplies() if discovery.json else TextReplies()
     try:
+        direct = _direct(options)  # the caller's mistakes before anything else
+        if direct is None:
+            discovery.wanted()
+        api = await running_peer_api(discovery)
+        if api is not None:
+            return await _generate_through(api, options, output, interrupts)
         target = _target(options)
         async with target.peer as peer:
             generation = peer.generate(
@@ -241,3 +291,32 @@ async def _generate(options: CallOptions, interrupts: Interrupts) -> int:
         output.error(exc)
         return exit_status(exc)
     return INTERRUPTED if summary is None or summary.finish == "cancelled" else 0
+
+
+async def _generate_through(
+    api: ApiClient,
+    options: CallOptions,
+    output: TextReplies | JsonReplies,
+    interrupts: Interrupts,
+) -> int:
+    """``_generate`` by the running peer's API: the same events, the same statuses.
+
+    Raises:
+        P2PNetError: the reply failed.
+    """
+    discovery = options.discovery
+    direct = _direct(options)
+    task, model = discovery.wanted() if direct is None else (None, direct[1])
+    async with (
+        api,
+        api.generate(
+            options.messages,
+            task=task,
+            model=model,
+            peer=None if direct is None else direct[0],
+            params=options.params,
+            timeout=discovery.timeout,
+        ) as reply,
+    ):
+        done = await stream_remote_reply(reply, output, interrupts)
+    return INTERRUPTED if done is None or done["finish"] == "cancelled" else 0

@@ -8,7 +8,7 @@ import argparse
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from p2pnet.cli.options import (
     Subparsers,
     generation_params,
     load_identity,
+    running_peer_api,
 )
 from p2pnet.cli.render import err, exit_status
 from p2pnet.cli.stream import (
@@ -31,6 +32,7 @@ from p2pnet.cli.stream import (
     ReplyOutput,
     TextReplies,
     run_interruptible,
+    stream_remote_reply,
     stream_reply,
 )
 from p2pnet.core.generation import GenerationParams
@@ -81,9 +83,23 @@ def run_chat(options: ChatOptions) -> int:
 
 async def _chat(options: ChatOptions, interrupts: Interrupts) -> int:
     discovery = options.discovery
-    output: ReplyOutput = JsonReplies() if discovery.json else TextReplies()
+    output: TextReplies | JsonReplies = JsonReplies() if discovery.json else TextReplies()
     interactive = sys.stdin is not None and sys.stdin.isatty()
     try:
+        task, model = discovery.wanted()  # the caller's mistakes before anything else
+        api = await running_peer_api(discovery)
+        if api is not None:
+            async with api:
+                chat = await api.chat(
+                    task=task, model=model, system=options.system, timeout=discovery.timeout
+                )
+                async with chat:
+
+                    async def remote_turn(line: str) -> None:
+                        async with chat.send(line, options.params) as reply:
+                            await stream_remote_reply(reply, output, interrupts)
+
+                    return await _converse(remote_turn, output, interrupts, interactive)
         join = discovery.swarm.resolve()
         task, model = discovery.target(join)
         identity, _, _ = load_identity(discovery.identity)
@@ -92,39 +108,58 @@ async def _chat(options: ChatOptions, interrupts: Interrupts) -> int:
                 task=task, model=model, system=options.system, timeout=discovery.timeout
             )
             async with session:
-                return await _converse(session, options.params, output, interrupts, interactive)
+                return await _converse(
+                    _local_turns(session, options.params, output, interrupts),
+                    output,
+                    interrupts,
+                    interactive,
+                )
     except P2PNetError as exc:
         output.error(exc)
         return exit_status(exc)
 
 
+def _local_turns(
+    session: ChatSession, params: GenerationParams, output: ReplyOutput, interrupts: Interrupts
+) -> Callable[[str], Awaitable[None]]:
+    """A turn of ``session``: send a message, stream its reply (the provider shown when
+    it changes)."""
+    shown: Offer | None = None
+
+    async def turn(line: str) -> None:
+        nonlocal shown
+        async with session.send(line, params) as generation:
+            try:
+                await stream_reply(generation, output, interrupts, shown=shown)
+            finally:
+                shown = generation.offer or shown
+
+    return turn
+
+
 async def _converse(
-    session: ChatSession,
-    params: GenerationParams,
+    turn: Callable[[str], Awaitable[None]],
     output: ReplyOutput,
     interrupts: Interrupts,
     interactive: bool,
 ) -> int:
-    """Send each line of stdin and stream the reply, until stdin ends or Ctrl-C at the
-    prompt."""
+    """Send each line of stdin and stream the reply (``turn``), until stdin ends or
+    Ctrl-C at the prompt."""
     lines = StdinLines()
     if interactive:
         err.print(Text("Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt ends the chat", "dim"))
-    shown: Offer | None = None
     while True:
         line = await _prompt(lines, interrupts, interactive)
         if line is None:
             return INTERRUPTED if lines.interrupted else 0
         if not line.strip():
             continue
-        async with session.send(line, params) as generation:
-            try:
-                await stream_reply(generation, output, interrupts, shown=shown)
-            except P2PNetError as exc:
-                output.error(exc)
-                if not interactive:
-                    return exit_status(exc)
-        shown = generation.offer or shown
+        try:
+            await turn(line)
+        except P2PNetError as exc:
+            output.error(exc)
+            if not interactive:
+                return exit_status(exc)
 
 
 async def _prompt(lines: StdinLines, interrupts: Interrupts, interactive: bool) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 from rich.text import Text
@@ -14,11 +16,12 @@ from p2pnet.cli.options import (
     ParentParsers,
     Subparsers,
     load_identity,
+    running_peer_api,
 )
 from p2pnet.cli.render import err, joined_text, out, peer_text, spec_text
-from p2pnet.discovery.service import Offer, Search
+from p2pnet.core.schema import ModelSchema, TensorSpec
 
-__all__ = ["add_find_parser", "find_models", "offers_text", "unanswered_text"]
+__all__ = ["OfferLike", "add_find_parser", "find_models", "offers_text", "unanswered_text"]
 
 
 def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
@@ -33,12 +36,11 @@ def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
 def find_models(options: DiscoveryOptions) -> int:
     """Print the offers found, best first, and the providers that did not answer in time
     (with ``-v``, or in ``--json``); exit status 1 if there are none."""
-    search = trio.run(_find, options)
-    offers = search.offers
-    unanswered = search.unanswered
+    found = trio.run(_find, options)
+    offers = [_OfferView.of(offer) for offer in found["offers"]]
+    unanswered = found["unanswered"]
     if options.json:
         # JSON keeps every value exact: json.dumps escapes control characters itself.
-        found = {"offers": [offer.to_dict() for offer in offers], "unanswered": list(unanswered)}
         print(json.dumps(found, indent=2))
         return 0 if offers else 1
     if options.verbose and unanswered:
@@ -50,7 +52,69 @@ def find_models(options: DiscoveryOptions) -> int:
     return 0
 
 
-def offers_text(offers: Sequence[Offer]) -> Text:
+class _Record(Protocol):
+    """What ``offers_text`` shows of a capability record."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def peer_id(self) -> str: ...
+    @property
+    def tasks(self) -> Sequence[str]: ...
+    @property
+    def addrs(self) -> Sequence[str]: ...
+    @property
+    def schema(self) -> ModelSchema: ...
+
+
+class OfferLike(Protocol):
+    """An offer as ``offers_text`` shows it: an Offer, or its ``--json`` form read back."""
+
+    @property
+    def record(self) -> _Record: ...
+    @property
+    def rtt(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordView:
+    name: str
+    model_id: str
+    peer_id: str
+    tasks: tuple[str, ...]
+    addrs: tuple[str, ...]
+    schema: ModelSchema
+
+
+@dataclass(frozen=True, slots=True)
+class _OfferView:
+    """An offer of ``Offer.to_dict()`` form (this process's, or the running peer's API's),
+    with what ``offers_text`` shows of it."""
+
+    record: _RecordView
+    rtt: float
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> _OfferView:
+        def specs(key: str) -> tuple[TensorSpec, ...]:
+            return tuple(
+                TensorSpec(str(t["name"]), str(t["dtype"]), tuple(t["shape"])) for t in doc[key]
+            )
+
+        record = _RecordView(
+            str(doc["name"]),
+            str(doc["model_id"]),
+            str(doc["peer_id"]),
+            tuple(doc["tasks"]),
+            tuple(doc["addrs"]),
+            ModelSchema(specs("inputs"), specs("outputs")),
+        )
+        return cls(record, float(doc["rtt_ms"]) / 1000)
+
+
+def offers_text(offers: Sequence[OfferLike]) -> Text:
     """The offers as ``p2pnet find`` prints them: per offer its name, model ID and describe
     round trip, then its tasks, peer, addresses, inputs and outputs. Everything in a record
     comes from another peer, so all of it is shown as ``terminal_safe`` text."""
@@ -80,11 +144,26 @@ def unanswered_text(unanswered: Sequence[str]) -> Text:
     )
 
 
-async def _find(options: DiscoveryOptions) -> Search:
+async def _find(options: DiscoveryOptions) -> dict[str, Any]:
+    """What ``--json`` prints: the offers (``Offer.to_dict()``), best first, and the
+    providers that did not answer; found by the running peer of the identity
+    (``running_peer_api``), else by a peer of this command's own."""
+    task, model = options.wanted()  # the caller's mistakes before anything else
+    api = await running_peer_api(options)
+    if api is not None:
+        async with api:
+            reply = await api.find(
+                task=task, model=model, timeout=options.timeout, max_price=options.max_price
+            )
+        return {"offers": reply.offers, "unanswered": reply.unanswered}
     join = options.swarm.resolve()
     task, model = options.target(join)
     identity, _, _ = load_identity(options.identity)
     async with options.joining_peer(identity, join) as peer:
-        return await peer.finder.search(
+        search = await peer.finder.search(
             task=task, model=model, timeout=options.timeout, max_price=options.max_price
         )
+    return {
+        "offers": [offer.to_dict() for offer in search.offers],
+        "unanswered": list(search.unanswered),
+    }

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeAlias, TypeVar
 
 from rich.text import Text
 
@@ -40,6 +40,10 @@ from p2pnet.peer import Peer
 from p2pnet.sqlite_file import FileKind
 from p2pnet.trust import default_trust_path
 
+if TYPE_CHECKING:
+    from p2pnet.gateway.client import ApiClient
+    from p2pnet.status import PeerStatus
+
 __all__ = [
     "DEFAULT_LISTEN",
     "Command",
@@ -52,6 +56,7 @@ __all__ = [
     "identity_path",
     "load_identity",
     "parent_parsers",
+    "running_peer_api",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,6 +148,12 @@ def parent_parsers() -> ParentParsers:
         "--listen", action="append", default=None, metavar="MULTIADDR", help=argparse.SUPPRESS
     )
     finding.add_argument("--json", action="store_true", help="machine-readable output")
+    finding.add_argument(
+        "--standalone",
+        action="store_true",
+        help="start a peer of this command's own even when a peer of this identity is "
+        "running (default: use the running peer's local API; docs/cli.md)",
+    )
     discovery = argparse.ArgumentParser(add_help=False, parents=[finding])
     discovery.add_argument(
         "--max-price",
@@ -410,6 +421,8 @@ class DiscoveryOptions:
     json: bool
     verbose: int = 0
     max_price: Price | None = None
+    standalone: bool = False
+    listen_given: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DiscoveryOptions:
@@ -432,7 +445,20 @@ class DiscoveryOptions:
                 if getattr(args, "max_price", None)
                 else None
             ),
+            standalone=getattr(args, "standalone", False),
+            listen_given=args.listen is not None,
         )
+
+    def wanted(self) -> tuple[str | None, str | None]:
+        """(task, model ID) to find, from ``--task`` or ``--model``.
+
+        Raises:
+            UsageError: neither or both given.
+            InvalidModelIdError: ``--model`` is not a model ID.
+        """
+        if (self.task is None) == (self.model is None):
+            raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
+        return self.task, parse_model_id(self.model) if self.model is not None else None
 
     def target(self, join: SwarmJoin) -> tuple[str | None, str | None]:
         """(task, model ID) to find, from ``--task`` or ``--model``.
@@ -441,14 +467,13 @@ class DiscoveryOptions:
             UsageError: neither or both given, or no bootstrap peer to ask.
             InvalidModelIdError: ``--model`` is not a model ID.
         """
-        if (self.task is None) == (self.model is None):
-            raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
+        task, model = self.wanted()
         if not join.bootstrap:
             raise UsageError(
                 "finding models needs a swarm to ask: give --bootstrap "
                 "/ip4/.../tcp/PORT/p2p/12D3... or --swarm NAME"
             )
-        return self.task, parse_model_id(self.model) if self.model is not None else None
+        return task, model
 
     def joining_peer(self, identity: Identity, join: SwarmJoin) -> Peer:
         """A peer that serves nothing and fails to start unless it joins the swarm; the
@@ -467,3 +492,109 @@ class DiscoveryOptions:
             swarm_key=join.swarm_key,
             require_join=True,
         )
+
+
+async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
+    """The local API of the running peer of the command's identity, when the command
+    should use it rather than start a peer of its own (docs/cli.md, "A running peer"):
+    a peer of that identity runs and serves its API, and the command has no
+    ``--standalone``, no ``--listen``, and no network of its own: a ``--swarm-key`` (or
+    ``--swarm``'s key) other than the running peer's, or a ``--bootstrap`` (or
+    ``--swarm``'s bootstrap peer) that is neither the running peer nor connected to it.
+    Says why not with ``-v``. The client is to be entered (``async with``).
+
+    Raises:
+        ConfigError: the identity, the token file or the swarm cannot be used.
+    """
+    from p2pnet.gateway.client import ApiClient
+    from p2pnet.gateway.settings import running_api
+    from p2pnet.net.identity import load_identity as read_identity
+    from p2pnet.net.identity import peer_id_of
+
+    if options.standalone:
+        log.info("--standalone: starting a peer of this command's own")
+        return None
+    key = options.identity or default_identity_path()
+    if not key.exists():
+        log.info("no running peer of identity %s (no key file yet): starting one", key)
+        return None
+    peer_id = peer_id_of(read_identity(key))
+    found = running_api(peer_id)
+    if found is None:
+        log.info("no running peer of identity %s serves its API: starting one", peer_id)
+        return None
+    if options.listen_given:
+        log.info("--listen: starting a peer of this command's own, not using %s", found.url)
+        return None
+    api = ApiClient(found.url, found.token)
+    try:
+        reason = await _why_not(api, found.url, peer_id, options.swarm)
+    except BaseException:
+        await api.aclose()
+        raise
+    if reason is not None:
+        await api.aclose()
+        log.info("%s: starting a peer of this command's own", reason)
+        return None
+    log.info("using the running peer %s (pid %d) at %s", peer_id, found.pid, found.url)
+    return api
+
+
+async def _why_not(api: ApiClient, url: str, peer_id: str, swarm: SwarmOptions) -> str | None:
+    """Why the command should not use the API ``api`` at ``url`` (None: it should): it
+    does not answer with the status of ``peer_id``, or ``swarm`` names another network.
+
+    Raises:
+        ConfigError: the API refused the token; the swarm cannot be used.
+    """
+    status = await _live_status(api)
+    if status is None:
+        return f"the API at {url} does not answer"
+    if status.peer_id != peer_id:
+        return f"the API at {url} is peer {status.peer_id}'s"
+    if swarm.name is None and swarm.swarm_key is None and not swarm.bootstrap:
+        return None
+    return _other_network(status, swarm.resolve())
+
+
+async def _live_status(api: ApiClient) -> PeerStatus | None:
+    """The running peer's status, asked now; None when its API does not answer, or not
+    with a status (a stale status file, a port another program took since).
+
+    Raises:
+        ConfigError: the API refused the token.
+    """
+    from p2pnet.errors import NetworkError, ProtocolError
+    from p2pnet.status import PeerStatus
+
+    try:
+        return PeerStatus.from_dict(await api.status())
+    except (NetworkError, ProtocolError, KeyError, TypeError, ValueError) as exc:
+        log.debug("the running peer's status: %s", exc)
+        return None
+
+
+def _other_network(status: PeerStatus, join: SwarmJoin) -> str | None:
+    """Why ``join`` is not the network of the running peer of ``status`` (None: it is):
+    its swarm key differs, or a bootstrap peer is neither that peer nor connected to it.
+
+    Raises:
+        ConfigError: the swarm key file cannot be read.
+    """
+    from p2pnet.core.address import parse_peer_address
+    from p2pnet.errors import InvalidAddressError
+    from p2pnet.net.swarm_key import load_swarm_key
+
+    theirs = status.swarm_key_fingerprint
+    mine = load_swarm_key(join.swarm_key).fingerprint if join.swarm_key is not None else None
+    if mine != theirs:
+        return f"the running peer's swarm key is {theirs or 'none'}; this one's {mine or 'none'}"
+    connected = {c.peer_id for c in status.connections} | {status.peer_id}
+    for address in join.bootstrap:
+        try:
+            other = parse_peer_address(address).peer_id
+        except InvalidAddressError:
+            return f"--bootstrap {address!r:.80} is not a peer address"
+        if other not in connected:
+            return f"the running peer is not connected to the bootstrap peer {other}"
+    return None

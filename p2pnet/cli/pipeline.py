@@ -7,7 +7,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import trio
 from rich.table import Table
@@ -21,11 +21,12 @@ from p2pnet.cli.options import (
     add_input_option,
     finish_checks,
     load_identity,
+    running_peer_api,
 )
 from p2pnet.cli.render import joined_text, out, outputs_table, peer_text
 from p2pnet.errors import DeadlineExceededError, UsageError
-from p2pnet.inputs import parse_input
-from p2pnet.pipeline import Mode, Pipeline, PipelineResult
+from p2pnet.inputs import parse_input, tensor_from_json
+from p2pnet.pipeline import Mode, Pipeline, PipelineResult, StepTrace
 
 __all__ = [
     "CheckOptions",
@@ -141,10 +142,26 @@ def run_pipeline(options: RunOptions) -> int:
 
 
 async def _run(options: RunOptions) -> PipelineResult:
+    """Run the pipeline: by the running peer of the identity (``running_peer_api``),
+    else by a peer of this command's own."""
     discovery = options.discovery
     pipeline = Pipeline.from_file(options.spec)
     inputs = dict(parse_input(spec) for spec in options.inputs)
     pipeline.check_inputs(inputs)  # the caller's mistakes before any network work
+    api = await running_peer_api(discovery)
+    if api is not None:
+        # The spec as read above (from_file checked it; the peer checks it again).
+        text = options.spec.read_bytes().decode("utf-8", errors="replace")
+        async with api:
+            reply = await api.run_pipeline(
+                text,
+                inputs,
+                name=str(options.spec),
+                mode=options.mode,
+                timeout=discovery.timeout,
+                max_price=discovery.max_price,
+            )
+        return _result_of(reply)
     join = discovery.swarm.resolve()
     if not join.bootstrap:
         raise UsageError(
@@ -158,3 +175,22 @@ async def _run(options: RunOptions) -> PipelineResult:
             )
         await finish_checks(peer)
         return result
+
+
+def _result_of(reply: dict[str, Any]) -> PipelineResult:
+    """The PipelineResult of a ``POST /api/pipeline`` reply (its ``to_dict()`` and the
+    outputs as JSON tensors, ``tensors``)."""
+    steps = [
+        StepTrace(
+            str(t["step"]),
+            str(t["model_id"]),
+            str(t["model"]),
+            str(t["peer_id"]),
+            float(t["ms"]),
+            tuple((str(f["peer_id"]), str(f["error"])) for f in t["failed"]),
+        )
+        for t in reply["steps"]
+    ]
+    outputs = {name: tensor_from_json(name, value) for name, value in reply["tensors"].items()}
+    mode = cast(Mode, reply["mode"])
+    return PipelineResult(outputs, steps, mode, float(reply["total_ms"]))

@@ -14,12 +14,10 @@ first answers or changes), ``replay`` (the conversation moved to another provide
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TextIO
 
 import trio
@@ -32,40 +30,31 @@ from p2pnet.core.messages import Chunk
 from p2pnet.discovery.generation import Generation, Replay
 from p2pnet.discovery.service import Offer
 from p2pnet.errors import P2PNetError
+from p2pnet.gateway.events import (
+    ReplyTiming,
+    chunk_event,
+    done_event,
+    encode_event,
+    error_event,
+    provider_event,
+    replay_event,
+)
 
 __all__ = [
     "INTERRUPTED",
     "Interrupts",
     "JsonReplies",
+    "RemoteReply",
     "ReplyOutput",
     "ReplyTiming",
     "TextReplies",
     "run_interruptible",
+    "stream_remote_reply",
     "stream_reply",
 ]
 
 INTERRUPTED = 130
 """The exit status of a command that Ctrl-C stopped."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyTiming:
-    """How fast a reply came: milliseconds from asking to the first token (finding the
-    provider included), and tokens per second after it (None with fewer than two)."""
-
-    ttft_ms: float | None
-    tokens_per_s: float | None
-
-    @classmethod
-    def of(cls, generation: Generation, summary: GenerationSummary, ended: float) -> ReplyTiming:
-        """The timing of ``generation``, which ended at ``ended`` (trio clock)."""
-        started, first = generation.started_at, generation.first_chunk_at
-        if started is None or first is None:
-            return cls(None, None)
-        rate = None
-        if summary.completion_tokens > 1 and ended > first:
-            rate = (summary.completion_tokens - 1) / (ended - first)
-        return cls((first - started) * 1000, rate)
 
 
 class ReplyOutput(Protocol):
@@ -94,7 +83,10 @@ class TextReplies:
     """Replies for a person: the reply's text on ``file`` (stdout) as it comes, made
     ``reply_safe`` and flushed per chunk; who answers, replays, how each reply ended and
     errors as lines on ``notes`` (stderr), dim. Text from other peers in the notes
-    (names, IDs, reasons) is ``terminal_safe``, one line each."""
+    (names, IDs, reasons) is ``terminal_safe``, one line each.
+
+    ``event`` shows one event of the ``--json`` form (p2pnet.gateway.events), as the
+    local API streams them; the other methods are that for a reply of this process."""
 
     def __init__(self, file: TextIO | None = None, notes: Console = err) -> None:
         self._file = file
@@ -107,45 +99,58 @@ class TextReplies:
 
     def provider(self, offer: Offer) -> None:
         record = offer.record
-        self._note(
-            peer_text(record.name)
-            + " "
-            + peer_text(record.model_id)
-            + " on "
-            + peer_text(record.peer_id)
-        )
+        self._provider(record.name, record.model_id, record.peer_id)
 
     def replay(self, replay: Replay) -> None:
-        lost = (
-            Text("session on ") + peer_text(replay.from_peer) + " lost"
-            if replay.from_peer is not None
-            else Text("session lost")
-        )
-        self._note(
-            lost
-            + " ("
-            + peer_text(replay.reason)
-            + "); conversation replayed on "
-            + peer_text(replay.to_peer)
-        )
+        self.event(replay_event(replay))
 
     def chunk(self, chunk: Chunk) -> None:
-        if not chunk.text:
-            return
-        self.file.write(reply_safe(chunk.text))
-        self.file.flush()
-        self._line_open = not chunk.text.endswith("\n")
+        self.event(chunk_event(chunk))
 
     def done(self, summary: GenerationSummary, timing: ReplyTiming) -> None:
+        self.event(done_event(summary, timing))
+
+    def event(self, event: dict[str, Any]) -> None:
+        """Show a provider, replay, chunk or done event (others are ignored)."""
+        kind = event.get("event")
+        if kind == "provider":
+            self._provider(str(event["name"]), str(event["model_id"]), str(event["peer_id"]))
+        elif kind == "replay":
+            lost = (
+                Text("session on ") + peer_text(str(event["from_peer"])) + " lost"
+                if event["from_peer"] is not None
+                else Text("session lost")
+            )
+            self._note(
+                lost
+                + " ("
+                + peer_text(str(event["reason"]))
+                + "); conversation replayed on "
+                + peer_text(str(event["to_peer"]))
+            )
+        elif kind == "chunk":
+            text = str(event["text"])
+            if not text:
+                return
+            self.file.write(reply_safe(text))
+            self.file.flush()
+            self._line_open = not text.endswith("\n")
+        elif kind == "done":
+            self._done(event)
+
+    def _provider(self, name: str, model_id: str, peer_id: str) -> None:
+        self._note(peer_text(name) + " " + peer_text(model_id) + " on " + peer_text(peer_id))
+
+    def _done(self, event: dict[str, Any]) -> None:
         self.end_line()
-        parts = [summary.finish, f"{summary.completion_tokens} tokens"]
-        if timing.ttft_ms is not None:
-            parts.append(f"first after {timing.ttft_ms:.0f} ms")
-        if timing.tokens_per_s is not None:
-            parts.append(f"{timing.tokens_per_s:.0f} tokens/s")
-        prompt = f"prompt {summary.prompt_tokens} tokens"
-        if summary.cached_tokens:
-            prompt += f" + {summary.cached_tokens} cached"
+        parts = [str(event["finish"]), f"{event['completion_tokens']} tokens"]
+        if event["ttft_ms"] is not None:
+            parts.append(f"first after {event['ttft_ms']:.0f} ms")
+        if event["tokens_per_s"] is not None:
+            parts.append(f"{event['tokens_per_s']:.0f} tokens/s")
+        prompt = f"prompt {event['prompt_tokens']} tokens"
+        if event["cached_tokens"]:
+            prompt += f" + {event['cached_tokens']} cached"
         parts.append(prompt)
         self._note(Text(" · ".join(parts)))
 
@@ -172,43 +177,34 @@ class TextReplies:
 
 class JsonReplies:
     """Replies for a program: one JSON object per line on ``file`` (stdout), flushed per
-    line. JSON escapes control characters itself; values are exactly as they came."""
+    line (p2pnet.gateway.events). JSON escapes control characters itself; values are
+    exactly as they came."""
 
     def __init__(self, file: TextIO | None = None) -> None:
         self._file = file
 
     def provider(self, offer: Offer) -> None:
-        self._event("provider", **offer.to_dict())
+        self.event(provider_event(offer))
 
     def replay(self, replay: Replay) -> None:
-        self._event(
-            "replay", from_peer=replay.from_peer, to_peer=replay.to_peer, reason=replay.reason
-        )
+        self.event(replay_event(replay))
 
     def chunk(self, chunk: Chunk) -> None:
-        self._event("chunk", text=chunk.text, tokens=list(chunk.tokens))
+        self.event(chunk_event(chunk))
 
     def done(self, summary: GenerationSummary, timing: ReplyTiming) -> None:
-        self._event(
-            "done",
-            finish=summary.finish,
-            prompt_tokens=summary.prompt_tokens,
-            completion_tokens=summary.completion_tokens,
-            cached_tokens=summary.cached_tokens,
-            session=summary.session,
-            ttft_ms=None if timing.ttft_ms is None else round(timing.ttft_ms, 1),
-            tokens_per_s=None if timing.tokens_per_s is None else round(timing.tokens_per_s, 1),
-        )
+        self.event(done_event(summary, timing))
 
     def interrupted(self) -> None:
-        self._event("error", code="interrupted", message="interrupted before the reply ended")
+        self.event(error_event("interrupted", "interrupted before the reply ended"))
 
     def error(self, exc: P2PNetError) -> None:
-        self._event("error", code=exc.code, message=str(exc))
+        self.event(error_event(exc.code, str(exc)))
 
-    def _event(self, event: str, **fields: Any) -> None:
+    def event(self, event: dict[str, Any]) -> None:
+        """Write one event as its line."""
         file = self._file if self._file is not None else sys.stdout
-        file.write(json.dumps({"event": event, **fields}) + "\n")
+        file.write(encode_event(event))
         file.flush()
 
 
@@ -318,3 +314,63 @@ def _announce(generation: Generation, output: ReplyOutput, shown: Offer | None) 
         != (shown.record.peer_id, shown.record.model_id)
     ):
         output.provider(offer)
+
+
+class RemoteReply(Protocol):
+    """A reply streamed by the running peer's local API (``ApiClient.generate``,
+    ``ApiChat.send``): its events, and a way to ask for its end."""
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        """The events (p2pnet.gateway.events) but errors, which it raises as P2PNetError."""
+        ...
+
+    async def cancel(self) -> bool:
+        """Ask the provider to stop the reply; False when no provider answered yet."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drop the reply (the running peer then drops its generation)."""
+        ...
+
+
+async def stream_remote_reply(
+    reply: RemoteReply, output: TextReplies | JsonReplies, interrupts: Interrupts
+) -> dict[str, Any] | None:
+    """``stream_reply`` for a reply of the running peer's API: each event to ``output``;
+    the done event, or None when Ctrl-C dropped the reply. Ctrl-C does what it does in
+    ``stream_reply``: once a provider answered it asks it to stop (the reply ends with
+    finish "cancelled"); before that, or a second time, it drops the reply.
+
+    Raises:
+        P2PNetError: the reply failed (what came before the error was written).
+    """
+    cancelling = False
+    done: dict[str, Any] | None = None
+    with trio.CancelScope() as scope:
+
+        async def interrupt() -> None:
+            nonlocal cancelling
+            if cancelling:
+                scope.cancel()
+                return
+            cancelling = True
+            try:
+                if not await reply.cancel():
+                    scope.cancel()
+            except P2PNetError:
+                scope.cancel()
+
+        previous, interrupts.handler = interrupts.handler, interrupt
+        try:
+            async for event in reply:
+                output.event(event)
+                if event.get("event") == "done":
+                    done = event
+        finally:
+            interrupts.handler = previous
+    if scope.cancelled_caught:
+        with trio.CancelScope(shield=True):
+            await reply.aclose()
+        output.interrupted()
+        return None
+    return done

@@ -172,19 +172,32 @@ class Pipeline:
                 data = f.read(MAX_SPEC_BYTES + 1)
         except OSError as exc:
             raise PipelineSpecError(f"cannot read pipeline {path}: {exc.strerror}") from None
-        if len(data) > MAX_SPEC_BYTES:
-            raise PipelineSpecError(f"pipeline {path} is over {MAX_SPEC_BYTES} bytes")
+        return cls.from_text(data, where=str(path), json_only=path.suffix == ".json")
+
+    @classmethod
+    def from_text(
+        cls, data: str | bytes, *, where: str = "spec", json_only: bool = False
+    ) -> Pipeline:
+        """Parse a spec's YAML (or, with ``json_only``, JSON) text; error messages name it
+        as ``where``.
+
+        Raises:
+            PipelineSpecError: too large, not YAML/JSON, or not a valid spec.
+        """
+        size = len(data.encode() if isinstance(data, str) else data)
+        if size > MAX_SPEC_BYTES:
+            raise PipelineSpecError(f"pipeline {where} is over {MAX_SPEC_BYTES} bytes")
         try:
-            if path.suffix == ".json":
+            if json_only:
                 doc = json.loads(data)
             else:
                 doc = yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader
         except (ValueError, yaml.YAMLError) as exc:
-            raise PipelineSpecError(f"pipeline {path} is not valid YAML/JSON: {exc}") from None
+            raise PipelineSpecError(f"pipeline {where} is not valid YAML/JSON: {exc}") from None
         try:
             return cls.from_dict(doc)
         except PipelineSpecError as exc:
-            raise PipelineSpecError(f"{path}: {exc.message}") from None
+            raise PipelineSpecError(f"{where}: {exc.message}") from None
 
     async def plan(
         self, peer: PipelinePeer, *, timeout: float = 10.0, max_price: Price | None = None
