@@ -141,7 +141,7 @@ class PeerStatus:
     calls_made, call_failures, call_seconds: invoke calls this peer made to other peers
         (attempts, each provider tried counted once), those that ended in an error by its
         code, and the seconds they took in all.
-    http: the URL of the peer's local HTTP API (docs/gateways.md; None: it serves none).
+    http: the URL of the peer's local HTTP API (docs/gateway.md; None: it serves none).
     grpc: the ``host:port`` of its Open Inference Protocol gRPC endpoint (None: none).
     """
 

@@ -21,13 +21,13 @@ The published file is corrected where it contradicts its own prose
   error status (typically 400)" with a ``{"error": string}`` JSON body: every operation
   gets a ``default`` reply of that shape, so an error reply must still be JSON with an
   ``error`` string (p2pnet answers 404 for a model nobody offers, 413 for a body over
-  the limit, 503/504 when providers cannot answer: docs/gateways.md, "Errors").
+  the limit, 503/504 when providers cannot answer: docs/gateway.md, "Errors").
 
 Besides the generated requests, two valid iris requests per model name (so that 200
 inference replies are checked too), and bodies that break the request schema (schemathesis's
 negative mode), which must be refused with a 4xx.
 
-p2pnet's own choices, documented in docs/gateways.md: every route but health and server
+p2pnet's own choices, documented in docs/gateway.md: every route but health and server
 metadata takes a bearer token (sent here); a model name is a task tag or a model ID, a
 version is a model ID (the cases use the served ones, and unknown ones).
 """

@@ -543,10 +543,18 @@ def test_cli_private_grid_swarm_config_access_lists_and_status(
         assert "handshake failed" in outsider.stderr and "private network" in outsider.stderr
         assert "could not join the swarm" in outsider.stderr
 
-        # The bootstrap peer's own identity: a usage error that says so.
+        # The bootstrap peer's own identity: the command goes through that running peer's
+        # local API (no identity clash); a peer of its own is a usage error that says so.
+        boot_env = env | {"XDG_CONFIG_HOME": str(tmp_path / "boot")}
+        through_api = p2pnet(
+            "find", "--task", "iris-species", "--swarm-key", str(key), "--bootstrap",
+            boot.address, "--json", env=boot_env,
+        )  # fmt: skip
+        assert through_api.returncode == 0, through_api.stderr
+        assert json.loads(through_api.stdout)["offers"][0]["name"] == "iris"
         same = p2pnet(
             "find", "--task", "iris-species", "--swarm-key", str(key), "--bootstrap", boot.address,
-            env=env | {"XDG_CONFIG_HOME": str(tmp_path / "boot")},
+            "--standalone", env=boot_env,
         )  # fmt: skip
         assert same.returncode == 2 and "the bootstrap peer is this peer's own ID" in same.stderr
 

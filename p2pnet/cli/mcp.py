@@ -1,5 +1,5 @@
 """``p2pnet mcp``: the swarm's models as Model Context Protocol tools on stdin and stdout,
-for an AI agent that starts it (docs/gateways.md, "MCP"). If the peer of this identity
+for an AI agent that starts it (docs/gateway.md, "MCP"). If the peer of this identity
 already runs with its HTTP API, the messages are forwarded to that peer's ``/mcp``;
 otherwise a peer joins the swarm for the session."""
 

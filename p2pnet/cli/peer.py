@@ -68,7 +68,7 @@ class ServedFile:
 
 @dataclass(frozen=True, slots=True)
 class HttpOptions:
-    """Where the peer serves its local HTTP API (docs/gateways.md).
+    """Where the peer serves its local HTTP API (docs/gateway.md).
 
     default: the address is the default one, not given: a taken port falls back to a
         free one instead of stopping the peer.
@@ -84,7 +84,7 @@ class HttpOptions:
 
 @dataclass(frozen=True, slots=True)
 class GrpcOptions:
-    """Where the peer serves the Open Inference Protocol over gRPC (docs/gateways.md),
+    """Where the peer serves the Open Inference Protocol over gRPC (docs/gateway.md),
     with the HTTP API's token (``token_file``: as ``HttpOptions``)."""
 
     host: str
@@ -350,7 +350,7 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
     p.add_argument(
         "--http",
         metavar="HOST:PORT",
-        help="serve the local HTTP API and /metrics there (docs/gateways.md; default "
+        help="serve the local HTTP API and /metrics there (docs/gateway.md; default "
         f"{DEFAULT_HTTP[0]}:{DEFAULT_HTTP[1]}, a free port if that one is taken; off: none)",
     )
     p.add_argument(
@@ -370,7 +370,7 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         "--grpc",
         metavar="HOST:PORT",
         help="serve the Open Inference Protocol over gRPC there, with the HTTP API's token, "
-        f"e.g. {DEFAULT_GRPC[0]}:{DEFAULT_GRPC[1]} (docs/gateways.md; default: off)",
+        f"e.g. {DEFAULT_GRPC[0]}:{DEFAULT_GRPC[1]} (docs/gateway.md; default: off)",
     )
     p.set_defaults(handler=Command(PeerOptions.from_args, run_peer))
 
@@ -444,6 +444,8 @@ async def _serve(options: PeerOptions) -> None:
                     # The token in the fragment: the browser never sends it in the URL.
                     fragment = urllib.parse.quote(token, safe="")
                     out.print(_line(f"status page {url}/#token={fragment}"))
+                    gateways = f"{url}/v2 (OIP), {url}/v1 (OpenAI-style chat), {url}/mcp (MCP)"
+                    out.print(_line(f"gateways {gateways}"))
                 if options.grpc is not None:
                     target = await _start_grpc(nursery, peer, options.grpc, token)
                     out.print(_line(f"grpc api {target} (token in {token_path})"))

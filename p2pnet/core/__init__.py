@@ -61,5 +61,6 @@ join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to a
                                                      when alone
 callstats.py   CallStats, CallRecord, Histogram      calls served and made: counts by model and
                                                      outcome, latency buckets, bytes, recent ones
+seen.py        SeenRecords                           the verified records a peer was sent lately
 kad/           the sans-IO Kademlia core (its own __init__ maps it)
 """

@@ -6,7 +6,7 @@ Bounded whatever other peers do: at most ``max_models`` distinct models per side
 counted under their own ID, the others under ``OTHER``; error codes are p2pnet's wire
 codes (a fixed set); the recent calls are a ring of ``recent`` entries.
 
-Recording a call costs a few dict updates and one bisect (docs/gateways.md, "Metrics").
+Recording a call costs a few dict updates and one bisect (docs/gateway.md, "Metrics").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The Open Inference Protocol v2 (KServe V2, Triton) tensor codec: request and reply
-bodies, JSON and binary, to and from numpy arrays (docs/gateways.md).
+bodies, JSON and binary, to and from numpy arrays (docs/gateway.md).
 
 Datatypes map to the dtypes p2pnet carries (``DATATYPES``); BYTES is p2pnet's string
 tensor (a numpy object array of str), so a BYTES element must be UTF-8: one that is not

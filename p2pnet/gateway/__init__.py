@@ -1,5 +1,5 @@
 """Gateways: a running peer, and the network's models, reached by the tools people
-already use (docs/gateways.md).
+already use (docs/gateway.md).
 
 app.py        build_app, serve_http          the peer's HTTP app: the local API (status,
                                              find, call, ...), /metrics, the page, OIP,
@@ -12,6 +12,11 @@ metrics.py    PeerCollector, peer_registry   Prometheus metrics read from ``Peer
                                              its call statistics and run slots at scrape time
 page/         page_response, calls_reply     the status page (index.html, served at /) and
                                              /api/calls
+client.py     ApiClient, ApiChat, ApiReply   the local API's client, which the command line
+                                             uses (httpx only: no HTTP server loaded)
+events.py     chunk_event, done_event, ...   the events of a streamed reply, as NDJSON lines
+                                             and ``--json`` output
+chats.py      ChatTable, Replies             chats and replies a peer holds for API clients
 settings.py   DEFAULT_HTTP, write_token,     the default address, the token file, and the
               running_api                    running peer of an identity (no HTTP server
                                              loaded)

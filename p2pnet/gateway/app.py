@@ -1,4 +1,4 @@
-"""The local HTTP API of a running peer (docs/gateways.md, "Local HTTP API and metrics"):
+"""The local HTTP API of a running peer (docs/gateway.md, "Local HTTP API and metrics"):
 a starlette app served by hypercorn inside the peer's trio program.
 
     GET    /                          the status page (page/)                    no token
@@ -564,7 +564,7 @@ async def serve_http(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("p2pnet.gateway.hypercorn")
-    # Slow clients: hypercorn closes a connection idle this long (docs/gateways.md).
+    # Slow clients: hypercorn closes a connection idle this long (docs/gateway.md).
     config.keep_alive_timeout = idle_timeout
     config.read_timeout = math.ceil(idle_timeout)
     config.h11_max_incomplete_size = 64 * 1024

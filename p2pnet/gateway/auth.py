@@ -1,5 +1,5 @@
 """Who may use a peer's HTTP app: one ASGI middleware in front of every route
-(docs/gateways.md, "Who may call").
+(docs/gateway.md, "Who may call").
 
 - Every route takes ``Authorization: Bearer <token>`` except the ``OPEN`` ones (the status
   page, which holds no data of its own, /metrics and the OIP health and server metadata

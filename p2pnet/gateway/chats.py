@@ -1,7 +1,7 @@
 """The conversations the local API holds for its clients (``POST /api/chat``): one
 ``ChatSession`` of the peer per chat ID, at most ``max_chats`` at once, each closed once
 it has been idle ``idle_timeout`` seconds; and the replies streamed now, by reply ID, so
-that a client can ask one to stop (docs/gateways.md, "Local HTTP API and metrics").
+that a client can ask one to stop (docs/gateway.md, "Local HTTP API and metrics").
 
 Idle chats are closed when the table is next used (any chat request), not by a timer:
 a closed chat's ID is unknown from then on, and its provider's session is ended then

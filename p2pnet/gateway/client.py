@@ -1,4 +1,4 @@
-"""A client of a running peer's local HTTP API (docs/gateways.md, "Local HTTP API and
+"""A client of a running peer's local HTTP API (docs/gateway.md, "Local HTTP API and
 metrics"), for the command line: ``p2pnet find``, ``call``, ``pipeline run`` and
 ``chat`` use it when a peer of their identity runs (docs/cli.md).
 

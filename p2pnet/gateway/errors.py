@@ -1,6 +1,6 @@
 """The HTTP status of a p2pnet error: one table for every gateway (the local API, the
 Open Inference Protocol, the OpenAI-style chat API, MCP over HTTP), read from whose
-fault the error is (p2pnet.errors; docs/gateways.md, "Errors")."""
+fault the error is (p2pnet.errors; docs/gateway.md, "Errors")."""
 
 from __future__ import annotations
 

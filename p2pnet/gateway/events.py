@@ -1,6 +1,6 @@
 """The events of a streamed reply, one JSON object a line (NDJSON): what ``p2pnet call
 --prompt --json`` and ``p2pnet chat --json`` print, and what the local API streams from
-``POST /api/generate`` and ``POST /api/chat/{id}`` (docs/gateways.md, "Local HTTP API
+``POST /api/generate`` and ``POST /api/chat/{id}`` (docs/gateway.md, "Local HTTP API
 and metrics"). One set of builders for both, so the two are the same bytes.
 
     {"event": "provider", <Offer.to_dict()>}          the offer that answers

@@ -1,4 +1,4 @@
-"""The network's models as Model Context Protocol tools (docs/gateways.md, "MCP"): one
+"""The network's models as Model Context Protocol tools (docs/gateway.md, "MCP"): one
 tool per task, over a running peer, on the peer's HTTP app (``/mcp``, Streamable HTTP)
 or on stdio (``p2pnet mcp``).
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of a running peer, read when scraped from ``Peer.status()``, the
 peer's call statistics (``CallStats``: calls by model and outcome, latency histograms,
 bytes) and its models' run slots: the peer keeps its own counters, and nothing here
-counts twice (docs/gateways.md, "Metrics")."""
+counts twice (docs/gateway.md, "Metrics")."""
 
 from __future__ import annotations
 

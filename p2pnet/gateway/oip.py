@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 REST endpoints (KServe V2, Triton) as starlette routes
 over a ``ModelBackend``; ``PeerBackend`` routes them through a running ``Peer`` exactly as
-``p2pnet call`` (docs/gateways.md).
+``p2pnet call`` (docs/gateway.md).
 
 A model name is a task tag ("iris-species") or a model ID (bafkrei...). A version, where
 a path has one, is a model ID: for a task, one of the models offered for it; for a

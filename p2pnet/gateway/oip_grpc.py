@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 over gRPC: KServe's and Triton's
 ``inference.GRPCInferenceService``, served by grpcio next to a peer's trio loop
-(docs/gateways.md, "Open Inference Protocol over gRPC").
+(docs/gateway.md, "Open Inference Protocol over gRPC").
 
 The service and its messages are the ones tritonclient ships
 (``tritonclient.grpc.service_pb2_grpc``, ``service_pb2``), so tritonclient's gRPC client

@@ -1,4 +1,4 @@
-"""An OpenAI-style chat API over the generative models of the swarm (docs/gateways.md,
+"""An OpenAI-style chat API over the generative models of the swarm (docs/gateway.md,
 "OpenAI-style chat"), as starlette routes for the peer's HTTP app:
 
     GET  /v1/models                the generative models this peer knows, by task and ID

@@ -1,6 +1,7 @@
 """Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
-Only ``host.py``, ``nat.py``, ``pnet.py`` and ``logs.py`` import py-libp2p; its exceptions
+Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py`` and ``logs.py`` import
+py-libp2p; its exceptions
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
@@ -17,6 +18,10 @@ comment naming it. The other modules load without it.
                                                            Yamux) and its streams
     memory.py      MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
                                                            interface, for tests and simulations
+    loopback.py    LoopbackHost, loopback_pair             streams from a peer to itself, in
+                                                           the process
+    yamux_window.py  install_window_wakeup                 a Yamux writer that wakes on window
+                                                           updates instead of polling
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
                                                            v2, relayed dials, DCUtR hole punching
     nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values

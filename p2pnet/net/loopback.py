@@ -124,9 +124,7 @@ class LoopbackHost(HostWrapper):
             return await super().open_stream(peer, protocol)
         handler = self._handlers.get(protocol)
         if handler is None:
-            raise PeerUnreachableError(
-                f"this peer does not serve {protocol}", peer=self.peer_id
-            )
+            raise PeerUnreachableError(f"this peer does not serve {protocol}", peer=self.peer_id)
         mine, theirs = loopback_pair(self.peer_id)
         self._nursery.start_soon(_serve, handler, theirs)
         return mine

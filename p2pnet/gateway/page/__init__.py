@@ -1,4 +1,4 @@
-"""The peer's status page (docs/gateways.md, "Status page"): one self-contained HTML file,
+"""The peer's status page (docs/gateway.md, "Status page"): one self-contained HTML file,
 ``index.html`` next to this module (inline CSS and JavaScript, nothing loaded from
 elsewhere), served open at ``GET /``; it holds no data, and reads the token-guarded
 routes with the token the URL fragment gives it. ``calls_reply`` is what ``GET
