@@ -3,6 +3,7 @@ once on real libp2p hosts on 127.0.0.1 (the same ``Peer`` on either)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -78,6 +79,35 @@ async def test_call_fails_over_to_another_provider(
     # The failure is remembered: the dead provider now ranks last.
     ranked = await swarm[1].find(task="sentiment-analysis")
     assert ranked[-1].record.peer_id == first
+
+
+async def test_calls_reuse_the_last_search_for_offer_ttl_seconds(swarm: list[Peer]) -> None:
+    caller, lookups = swarm[1], swarm[1].services.dht.stats
+    await caller.call({"text": TEXTS}, task="sentiment-analysis")
+    searched = lookups.lookups
+    for _ in range(3):  # warm calls: no lookup, no describe
+        out = await caller.call({"text": TEXTS}, task="sentiment-analysis")
+        assert out["label"].tolist() == ["positive", "negative"]
+    assert lookups.lookups == searched
+    await caller.call({"x": np.zeros((1, 4), np.float32)}, task="iris-species")
+    assert lookups.lookups == searched + 1  # another task: a search of its own
+    caller.finder.policy = dataclasses.replace(caller.finder.policy, offer_ttl=0.0)
+    await caller.call({"text": TEXTS}, task="sentiment-analysis")
+    assert lookups.lookups == searched + 2  # offer_ttl 0: a search for every call
+
+
+async def test_a_provider_gone_since_the_last_search_is_searched_around(
+    swarm: list[Peer], models: dict[str, Path]
+) -> None:
+    caller = swarm[1]
+    offer, _ = await caller.call_with_offer({"text": TEXTS}, task="sentiment-analysis")
+    assert offer.record.peer_id == swarm[3].peer_id  # the only provider, now remembered
+    swarm[8].serve(models["sentiment"], tasks=["sentiment-analysis"])
+    await swarm[8].announce()
+    swarm[3].host.crash()  # type: ignore[attr-defined]  # a memory host
+    offer, out = await caller.call_with_offer({"text": TEXTS}, task="sentiment-analysis")
+    assert offer.record.peer_id == swarm[8].peer_id  # found by a new search
+    assert out["label"].tolist() == ["positive", "negative"]
 
 
 async def test_nobody_offers_it(swarm: list[Peer]) -> None:

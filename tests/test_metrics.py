@@ -126,12 +126,13 @@ async def test_metrics_after_real_calls(models: dict[str, Path], tmp_path: Path)
 
             calls = 3
             answered = []
-            for _ in range(calls):
-                offer, outputs = await caller.call_with_offer(IRIS_X, task=TASK)
-                answered.append(offer.record.peer_id)
             checker = caller.spot_checker
             assert checker is not None
-            await checker.wait_until(calls)
+            for done in range(1, calls + 1):
+                offer, outputs = await caller.call_with_offer(IRIS_X, task=TASK)
+                answered.append(offer.record.peer_id)
+                # One check at a time (a call while one runs would skip its check).
+                await checker.wait_until(done)
             # A call the provider refuses: inputs of the wrong shape, sent to it directly.
             with pytest.raises(InvalidInputError):
                 await caller.invoke(providers[0].peer_id, iris, {"x": np.zeros((1, 3), np.float32)})

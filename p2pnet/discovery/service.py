@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -95,6 +96,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# What a call searched for: task, model, max price, and its inputs' size (bit length).
+_OfferKey = tuple[str | None, str | None, Price | None, int]
+# Recent searches whose offers calls reuse (FinderPolicy.offer_ttl).
+_MAX_RECENT_SEARCHES: Final = 256
 
 
 class RecordPublisher:
@@ -265,6 +271,10 @@ class FinderPolicy:
     attempt_share: share of the time left an attempt gets when it is not the last
         planned (``p2pnet.core.failover.attempt_timeout``).
     attempt_floor: seconds an attempt gets at least (when that much is left).
+    offer_ttl: seconds ``call`` reuses the offers its last search found for the same
+        task or model (and max price, and inputs of about that size) instead of searching
+        again (0: a search for every call). A call in which a provider failed, and
+        providers marked untrusted since, send the next call to a new search.
     """
 
     max_offers_per_provider: int = 4
@@ -272,12 +282,15 @@ class FinderPolicy:
     describe_grace: float = 0.5
     attempt_share: float = DEFAULT_ATTEMPT_SHARE
     attempt_floor: float = DEFAULT_ATTEMPT_FLOOR
+    offer_ttl: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_offers_per_provider < 1:
             raise ValueError("max_offers_per_provider must be at least 1")
         if not (self.describe_timeout > 0 and self.describe_grace >= 0):
             raise ValueError("describe_timeout must be positive and describe_grace >= 0")
+        if self.offer_ttl < 0:
+            raise ValueError("offer_ttl must be >= 0")
         # Checks attempt_share and attempt_floor.
         attempt_timeout(1.0, 2, share=self.attempt_share, floor=self.attempt_floor)
 
@@ -317,6 +330,8 @@ class ModelFinder:
         self.stats = ProviderStatsTable()
         # Verified records providers sent: what the gateways list without a search.
         self.seen = SeenRecords()
+        # The offers of recent calls' searches, by what was searched: (found at, offers).
+        self._recent: OrderedDict[_OfferKey, tuple[float, list[Offer]]] = OrderedDict()
 
     async def find(
         self,
@@ -543,6 +558,29 @@ class ModelFinder:
         """
         deadline = trio.current_time() + timeout
         size = sum(np.asarray(value).nbytes for value in inputs.values())  # an estimate
+        key: _OfferKey = (task, model, max_price, size.bit_length())
+        recent = self._recent_offers(key)
+        if recent:
+            try:
+                with calling_task(task):
+                    offer, outputs = await self.call_offers(
+                        recent, inputs, deadline - trio.current_time()
+                    )
+            except P2PNetError as exc:
+                if not exc.attempts:
+                    raise  # the caller's fault, or no time: the offers are as they were
+                # Every provider of the last search failed: search again, while time is
+                # left (those that failed are now in backoff: ranked last).
+                self._recent.pop(key, None)
+                if deadline - trio.current_time() <= 0:
+                    raise
+                log.info("the recent offers of %s failed (%s); searching again", key[:2], exc)
+                timeout = deadline - trio.current_time()
+            else:
+                if offer is not recent[0]:
+                    self._recent.pop(key, None)  # a provider failed: search next time
+                self.answered(offer, recent, inputs, outputs)
+                return offer, outputs
         search = await self._search(
             task,
             model,
@@ -578,8 +616,32 @@ class ModelFinder:
             offer, outputs = await self.call_offers(
                 search.offers, inputs, deadline - trio.current_time()
             )
+        if offer is search.offers[0]:
+            self._remember_offers(key, search.offers)
         self.answered(offer, search.offers, inputs, outputs)
         return offer, outputs
+
+    def _recent_offers(self, key: _OfferKey) -> list[Offer]:
+        """The offers a recent search for ``key`` found, if still fresh and none of their
+        providers has been marked untrusted since; else [] (the entry dropped)."""
+        entry = self._recent.get(key)
+        if entry is None:
+            return []
+        found_at, offers = entry
+        checks = self._checks
+        fresh = trio.current_time() - found_at < self.policy.offer_ttl
+        if not fresh or (checks and any(checks.is_untrusted(o.record.peer_id) for o in offers)):
+            del self._recent[key]
+            return []
+        return offers
+
+    def _remember_offers(self, key: _OfferKey, offers: list[Offer]) -> None:
+        if self.policy.offer_ttl <= 0:
+            return
+        self._recent[key] = (trio.current_time(), list(offers))
+        self._recent.move_to_end(key)
+        while len(self._recent) > _MAX_RECENT_SEARCHES:
+            self._recent.popitem(last=False)
 
     def answered(
         self,
