@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import ipaddress
 import logging
 import signal
 import sys
@@ -32,7 +31,13 @@ from p2pnet.cli.render import err, out, peer_text
 from p2pnet.config import load_sessions, load_trust
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import ConfigError, UsageError
-from p2pnet.gateway.settings import DEFAULT_HTTP, default_token_path, read_token, write_token
+from p2pnet.gateway.settings import (
+    DEFAULT_HTTP,
+    default_token_path,
+    is_loopback,
+    read_token,
+    write_token,
+)
 from p2pnet.ledger import default_ledger_path
 from p2pnet.net.nat_config import NatConfig
 from p2pnet.peer import Peer
@@ -92,15 +97,6 @@ class GrpcOptions:
     token_file: Path | None = None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_http(
     value: str | None, *, remote: bool = False, token_file: Path | None = None
 ) -> HttpOptions | None:
@@ -155,7 +151,7 @@ def _address(
         raise UsageError(
             f"{flag} {value!r}: expected HOST:PORT (e.g. {example[0]}:{example[1]}) or off"
         )
-    if not _is_loopback(host) and not (remote and token_file is not None):
+    if not is_loopback(host) and not (remote and token_file is not None):
         raise UsageError(
             f"{flag} {value}: {host} is reachable beyond this machine; serving {what} "
             "there needs --http-remote and --http-token-file FILE (a token only you hold)"

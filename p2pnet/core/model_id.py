@@ -14,7 +14,13 @@ from multiformats import CID, multihash
 from p2pnet.core.text import quote_bounded
 from p2pnet.errors import InvalidModelIdError
 
-__all__ = ["MAX_MODEL_ID_LENGTH", "model_id_from_digest", "model_id_of_bytes", "parse_model_id"]
+__all__ = [
+    "MAX_MODEL_ID_LENGTH",
+    "is_model_id",
+    "model_id_from_digest",
+    "model_id_of_bytes",
+    "parse_model_id",
+]
 
 MODEL_ID_PREFIX: Final = "bafkrei"
 # A model ID is 59 characters; longer text is refused before any parsing, whose cost
@@ -59,3 +65,13 @@ def parse_model_id(text: str) -> str:
             f"{cid.hashfun.name}; model IDs are CIDv1 raw sha2-256 (bafkrei...)"
         )
     return str(cid.set(base="base32"))
+
+
+def is_model_id(text: str) -> bool:
+    """Whether ``text`` is a model ID (``parse_model_id`` takes it): how a name that may
+    be a task tag or a model ID is told apart."""
+    try:
+        parse_model_id(text)
+    except InvalidModelIdError:
+        return False
+    return True

@@ -24,7 +24,6 @@ Every route but those of ``auth.OPEN`` takes ``Authorization: Bearer <token>``
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -67,6 +66,7 @@ from p2pnet.gateway.metrics import peer_registry
 from p2pnet.gateway.oip import PeerBackend, oip_routes
 from p2pnet.gateway.openai import openai_routes
 from p2pnet.gateway.page import MAX_CALLS, calls_reply, page_response
+from p2pnet.gateway.settings import is_loopback
 from p2pnet.inputs import tensor_from_json, tensor_to_json
 from p2pnet.pipeline import Pipeline
 
@@ -558,7 +558,7 @@ async def serve_http(
         OSError: the address cannot be bound (taken, or not this machine's).
         ValueError: an empty token.
     """
-    loopback = _is_loopback(host)
+    loopback = is_loopback(host)
     app = build_app(peer, token, max_body=max_body, hosts=LOOPBACK_HOSTS if loopback else None)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -603,13 +603,3 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether ``host`` (an IP address or "localhost") is this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

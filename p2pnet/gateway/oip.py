@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.model_id import is_model_id
 from p2pnet.core.oip import (
     BINARY_EXTENSION,
     DEFAULT_LIMITS,
@@ -32,7 +32,6 @@ from p2pnet.core.schema import ModelSchema
 from p2pnet.core.text import quote_bounded
 from p2pnet.errors import (
     InvalidInputError,
-    InvalidModelIdError,
     P2PNetError,
     PayloadTooLargeError,
     UnknownModelError,
@@ -90,14 +89,6 @@ class ModelBackend(Protocol):
         ...
 
 
-def _is_model_id(text: str) -> bool:
-    try:
-        parse_model_id(text)
-    except InvalidModelIdError:
-        return False
-    return True
-
-
 class PeerBackend:
     """Models of the swarm a running ``Peer`` sees: metadata from ``peer.find`` (verified
     signed records), inference through ``peer.call`` (discovery, failover, access lists,
@@ -110,14 +101,14 @@ class PeerBackend:
     def _target(self, model: str, version: str | None) -> tuple[str | None, str | None]:
         """(task, model ID) to find or call."""
         if version is not None:
-            if not _is_model_id(version):
+            if not is_model_id(version):
                 raise UnknownModelError(
                     f"version {quote_bounded(version)} is not a model ID; versions are model IDs"
                 )
-            if _is_model_id(model) and model != version:
+            if is_model_id(model) and model != version:
                 raise UnknownModelError(f"model {model} has no version {version}")
             return None, version
-        return (None, model) if _is_model_id(model) else (model, None)
+        return (None, model) if is_model_id(model) else (model, None)
 
     async def describe(self, model: str, version: str | None) -> ModelDescription:
         """Raises:
@@ -126,7 +117,7 @@ class PeerBackend:
         """
         task, model_id = self._target(model, version)
         offers = await self.peer.find(task=task, model=model_id, timeout=self.find_timeout)
-        if version is not None and not _is_model_id(model):
+        if version is not None and not is_model_id(model):
             offers = [o for o in offers if model in o.record.tasks]
         if not offers:
             what = model if version is None else f"{model} version {version}"
@@ -143,7 +134,7 @@ class PeerBackend:
     ) -> dict[str, npt.NDArray[Any]]:
         """Raises: as ``Peer.call``; UnknownModelError when a version is not offered for
         the task."""
-        if version is not None and not _is_model_id(model):
+        if version is not None and not is_model_id(model):
             await self.describe(model, version)  # the version must serve the task
         task, model_id = self._target(model, version)
         return await self.peer.call(inputs, task=task, model=model_id, timeout=timeout)

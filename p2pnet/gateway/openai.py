@@ -28,11 +28,11 @@ from starlette.routing import Route
 
 from p2pnet.core.generation import MAX_GENERATION_TOKENS, GenerationParams, GenerationSummary
 from p2pnet.core.messages import Chunk
-from p2pnet.core.model_id import parse_model_id
+from p2pnet.core.model_id import is_model_id
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.core.text import quote_bounded
 from p2pnet.discovery.generation import Generation
-from p2pnet.errors import InvalidInputError, InvalidModelIdError, P2PNetError, UnknownModelError
+from p2pnet.errors import InvalidInputError, P2PNetError, UnknownModelError
 from p2pnet.gateway.errors import http_status
 
 if TYPE_CHECKING:
@@ -148,14 +148,6 @@ class ChatRequest:
     include_usage: bool = False
     task: str | None = field(default=None)
     model_id: str | None = field(default=None)
-
-
-def _is_model_id(text: str) -> bool:
-    try:
-        parse_model_id(text)
-    except InvalidModelIdError:
-        return False
-    return True
 
 
 def _type_name(value: object) -> str:
@@ -341,7 +333,7 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
         # The message names the parameter ("top_p must be ...", "at most 8 stop strings").
         name = next((key for key in settings if key in exc.message), None)
         raise _bad(exc.message, name) from None
-    is_id = _is_model_id(model)
+    is_id = is_model_id(model)
     return ChatRequest(
         model=model,
         messages=messages,

@@ -3,6 +3,7 @@ command line needs without loading the HTTP server."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_HTTP",
     "RunningApi",
     "default_token_path",
+    "is_loopback",
     "read_token",
     "running_api",
     "write_token",
@@ -23,6 +25,16 @@ __all__ = [
 # Where ``p2pnet peer`` serves its API unless told otherwise: loopback, and a port that
 # neither OIP servers (8000, 8001) nor common development servers use.
 DEFAULT_HTTP = ("127.0.0.1", 8739)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or "localhost") is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_token_path(peer_id: str) -> Path:
