@@ -13,12 +13,17 @@ process so that neither shares a CPU core's event loop with the client:
   p2pnet   this file with --serve: a p2pnet host serving bulk.serve_bulk
 
 in both directions: put (p2pnet client -> server) and get (server -> p2pnet client).
-Runs alternate between the two servers, after an uncounted warm-up (4 transfers of 16 MiB
-each way to each server: a fresh js node's first ones run at half speed while V8 compiles). The whole set is measured twice, each time in a
-fresh child process (this file with --measure): with p2pnet's Yamux window wake-up
-(p2pnet.net.yamux_window, installed by tune_libp2p) and without it (the child, and its
-p2pnet server, get P2PNET_BULK_NO_WINDOW_WAKEUP=1, which this script alone reads: it
-replaces install_window_wakeup with a no-op before the first host opens).
+Runs alternate between the two servers, after an uncounted warm-up (10 transfers of
+16 MiB each way to each server, kept in the JSON as "warm_up": a fresh js node's first
+ones run at half speed or less while V8 compiles). The whole set is measured twice,
+each time in a fresh child process (this file with --measure): with p2pnet's Yamux
+window wake-up (p2pnet.net.yamux_window, installed by tune_libp2p) and without it (the
+child, and its p2pnet server, get P2PNET_BULK_NO_WINDOW_WAKEUP=1, which this script
+alone reads: it replaces install_window_wakeup with a no-op before the first host
+opens).
+
+Also recorded per transfer: CPU seconds of the client and of the server process (Linux
+/proc), and for puts how often p2pnet's Yamux writer found its send window empty.
 
 Figures: MB/s (10^6 bytes per second) of the payload, median over the runs, with min and
 max; "js/p2pnet" is the js median over the p2pnet median (target >= 0.8). Every transfer
@@ -60,7 +65,7 @@ NO_WAKEUP_ENV = "P2PNET_BULK_NO_WINDOW_WAKEUP"
 MIB = 1 << 20
 TRANSFER_TIMEOUT = 180.0
 WARM_UP_SIZE = 16 * MIB
-WARM_UP_RUNS = 4
+WARM_UP_RUNS = 10
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -75,7 +80,8 @@ def _cpu_seconds(pid: int) -> float | None:
 def _skip_wakeup_if_asked() -> bool:
     """Whether the window wake-up is on for this process (off when NO_WAKEUP_ENV is 1)."""
     if os.environ.get(NO_WAKEUP_ENV) == "1":
-        host_module.install_window_wakeup = lambda: None  # tune_libp2p looks it up here
+        # tune_libp2p looks the name up in its module at each call
+        host_module.install_window_wakeup = lambda: None  # type: ignore[attr-defined]
         return False
     return True
 
@@ -144,6 +150,7 @@ async def measure(sizes: list[int], runs: int, js_log: Path) -> dict[str, Any]:
     if node_bin is None or not (NODE_MODULES / "libp2p").is_dir():
         raise SystemExit("bench_bulk: needs `node` and scripts/interop/node_modules (npm ci)")
     transfers: list[dict[str, Any]] = []
+    warm_up: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         js: JsNode = await stack.enter_async_context(run_js_node(node_bin, js_log))
         server, server_pid = await stack.enter_async_context(run_p2pnet_server())
@@ -153,14 +160,18 @@ async def measure(sizes: list[int], runs: int, js_log: Path) -> dict[str, Any]:
         targets = {"js": js.address, "p2pnet": server}
         pids = {"js": js.process.pid, "p2pnet": server_pid}
         # Uncounted warm-up: connect, let identify settle, and let V8 compile the js
-        # node's hot paths (its first 16 MiB transfers run at about half speed).
+        # node's hot paths (its first 16 MiB transfers run at half speed or less).
         warm_payload = make_payload(WARM_UP_SIZE)
-        for _ in range(WARM_UP_RUNS):
-            for peer in targets.values():
+        for run in range(WARM_UP_RUNS):
+            for target, peer in targets.items():
                 for direction in ("put", "get"):
                     warm = await _one(host, peer, direction, warm_payload)
                     if not warm.ok:
-                        raise RuntimeError(f"warm-up {direction} to {peer}: {warm.detail}")
+                        raise RuntimeError(f"warm-up {direction} to {target}: {warm.detail}")
+                    warm_up.append(
+                        {"target": target, "direction": direction, "run": run}
+                        | {"mb_per_s": warm.mb_per_s}
+                    )
         for size in sizes:
             payload = make_payload(size)  # the same random bytes in every put of this size
             for run in range(runs):
@@ -184,6 +195,7 @@ async def measure(sizes: list[int], runs: int, js_log: Path) -> dict[str, Any]:
                                 # CPU seconds of each side during the transfer
                                 "client_cpu": client_cpu,
                                 "server_cpu": server_cpu,
+                                "window_waits": t.window_waits,
                                 "ok": t.ok,
                                 "detail": t.detail,
                             }
@@ -191,11 +203,17 @@ async def measure(sizes: list[int], runs: int, js_log: Path) -> dict[str, Any]:
                         print(
                             f"  wakeup={'on' if wakeup else 'off'} {target:<6} {direction} "
                             f"{size // MIB:>3} MiB run {run}: {t.mb_per_s:7.1f} MB/s"
+                            f" window waits {t.window_waits}"
                             + ("" if t.ok else f" WRONG: {t.detail}"),
                             file=sys.stderr,
                             flush=True,
                         )
-    return {"wakeup": wakeup, "wakeup_installed": _wakeup_installed(), "transfers": transfers}
+    return {
+        "wakeup": wakeup,
+        "wakeup_installed": _wakeup_installed(),
+        "warm_up": warm_up,
+        "transfers": transfers,
+    }
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -230,6 +248,9 @@ def summarize(sets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     "js_server_cpu": _median_of(ts, "server_cpu"),
                     "p2pnet_client_cpu": _median_of(bs, "client_cpu"),
                     "p2pnet_server_cpu": _median_of(bs, "server_cpu"),
+                    # times p2pnet's writer ran out of send window, median (puts only)
+                    "js_window_waits": _median_of(ts, "window_waits"),
+                    "p2pnet_window_waits": _median_of(bs, "window_waits"),
                 }
             )
     return rows
@@ -260,6 +281,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "js/p2pnet",
         "CPU s client/js",
         "CPU s client/p2pnet",
+        "window waits js/p2pnet",
     ):
         table.add_column(column)
     for r in rows:
@@ -273,6 +295,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['ratio']:.2f}",
             _cpu(r, "js"),
             _cpu(r, "p2pnet"),
+            "-"
+            if r["js_window_waits"] is None
+            else f"{r['js_window_waits']:.0f} / {r['p2pnet_window_waits']:.0f}",
         )
     Console(width=max(shutil.get_terminal_size().columns, 150)).print(table)
 

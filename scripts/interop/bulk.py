@@ -54,6 +54,8 @@ class Transfer:
     seconds: float
     ok: bool
     detail: str
+    # Times the sender ran out of Yamux send window (py-libp2p's count; puts only).
+    window_waits: int | None = None
 
     @property
     def mb_per_s(self) -> float:
@@ -111,12 +113,21 @@ async def bulk_put(host: Host, peer: PeerAddress, data: bytes, digest: bytes) ->
         await _write_all(stream, data)
         answer = await _Reader(stream).exactly(8 + _DIGEST)
         seconds = time.perf_counter() - started
+        waits = _window_waits(stream)
     finally:
         await stream.close()
     (count,) = struct.unpack(">Q", answer[:8])
     ok = count == len(data) and answer[8:] == digest
     detail = "" if ok else f"peer received {count} of {len(data)} bytes, sha256 {answer[8:].hex()}"
-    return Transfer("put", len(data), seconds, ok, detail)
+    return Transfer("put", len(data), seconds, ok, detail, waits)
+
+
+def _window_waits(stream: Stream) -> int | None:
+    """py-libp2p's YamuxStream._zero_window_waits: how often the writer found no window
+    (a benchmark figure; None if the stream is not py-libp2p's Yamux)."""
+    muxed = getattr(stream._raw, "muxed_stream", None)
+    waits = getattr(muxed, "_zero_window_waits", None)
+    return waits if isinstance(waits, int) else None
 
 
 async def bulk_get(host: Host, peer: PeerAddress, size: int) -> Transfer:
