@@ -200,6 +200,10 @@ function addrsOf (peerInfo) {
 
 function errText (err) {
   if (err == null) return 'unknown error'
+  // Some libp2p promises reject with the stream's 'close' Event, not an Error.
+  if (typeof Event !== 'undefined' && err instanceof Event) {
+    return `${err.type} event${err.error != null ? `: ${errText(err.error)}` : ''}`
+  }
   return `${err.name ?? 'Error'}: ${err.message ?? String(err)}`
 }
 
