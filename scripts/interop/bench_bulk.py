@@ -299,7 +299,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             if r["js_window_waits"] is None
             else f"{r['js_window_waits']:.0f} / {r['p2pnet_window_waits']:.0f}",
         )
-    Console(width=max(shutil.get_terminal_size().columns, 150)).print(table)
+    Console(width=max(shutil.get_terminal_size().columns, 180)).print(table)
 
 
 def drive(args: argparse.Namespace) -> int:
