@@ -1,5 +1,8 @@
 """p2pnet's DHT against a js-libp2p kad-dht node: scripts/interop/run_js_interop.py as a test.
 
+Besides every kad-dht RPC both ways, the script sends 8 MiB and change each way over
+/p2pnet-interop/bulk/1.0.0; the test checks that both arrive intact (count and sha256).
+
 It needs Node.js >= 20, npm, and the pinned packages in scripts/interop/node_modules.
 The test never downloads them unless P2PNET_INTEROP=1 is set (then it runs `npm ci`,
 ~6-10 s); otherwise it is skipped when they are missing. The run itself takes ~20 s.
@@ -96,6 +99,13 @@ def test_p2pnet_dht_interoperates_with_js_libp2p_kad_dht(tmp_path: Path) -> None
         "interop checks failed:\n"
         + "\n".join(f"  {c['key']}: {c['detail']}" for c in unexpected)
         + f"\n{output}"
+    )
+    # Bulk data crosses intact both ways (byte count and sha256; speed: bench_bulk.py).
+    bulk = {c["key"]: c for c in data["checks"] if c["key"].startswith("bulk.")}
+    assert set(bulk) == {"bulk.p2pnet_to_js", "bulk.js_to_p2pnet"}, output
+    assert all(c["status"] == "PASS" for c in bulk.values()), (
+        "bulk transfer with js-libp2p broke:\n"
+        + "\n".join(f"  {k}: {c['detail']}" for k, c in bulk.items())
     )
     if failed:
         pytest.xfail(

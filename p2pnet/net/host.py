@@ -47,7 +47,7 @@ from p2pnet.net.pnet import (
     recent_failure,
 )
 from p2pnet.net.swarm_key import SwarmKey
-from p2pnet.net.yamux_window import install_window_wakeup
+from p2pnet.net.yamux_window import install_receive_window_cap, install_window_wakeup
 
 __all__ = ["Host", "Stream", "StreamHandler", "open_host", "tune_libp2p"]
 
@@ -321,6 +321,10 @@ def tune_libp2p() -> None:
     install_pnet_hook()
     # py-libp2p's Yamux writer polls every 10 ms for window: p2pnet.net.yamux_window.
     install_window_wakeup()
+    # py-libp2p's Yamux reader can offer more window than the 16 MiB frame limit it
+    # enforces, and js-yamux sends frames as large as the window: a js peer sending us
+    # bulk data broke the connection. p2pnet.net.yamux_window caps what is offered.
+    install_receive_window_cap()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:

@@ -11,6 +11,18 @@ waiting writer when the window grows (py-libp2p raises it in one place per frame
 ``stream.send_window += n``), and replaces ``write`` with upstream's, whose wait is on
 that wake-up. A stream closed while its writer waits is still noticed within 10 ms, as
 upstream does (``closed`` has no wake-up). Everything else in ``write`` is upstream's.
+
+``install_receive_window_cap`` works around py-libp2p 0.8.1 granting more receive window
+than its own maximum: ``_auto_tune_and_send_window_update``'s partial-slack branch
+(``recv_window += delta + bytes_read``) counts bytes just read twice (``delta`` already
+counts them, as they left the buffer), so a stream read in many slices ends up offering
+its sender up to 20 MiB. js-yamux (@chainsafe/libp2p-yamux 8) sends each DATA frame as
+large as its whole send window, and py-libp2p refuses a DATA frame longer than
+``MAX_WINDOW_SIZE`` (16 MiB) by closing the connection ("announced oversized DATA
+frame"): a js peer sending p2pnet 64 MiB broke the connection after 9-20 MiB, on most
+runs (docs/interop.md, "Bulk transfer"). The cap trims each WINDOW_UPDATE so that the
+window offered (``recv_window``, upstream's own count, already raised by the caller)
+never exceeds ``MAX_WINDOW_SIZE``.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import trio
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
-__all__ = ["install_window_wakeup"]
+__all__ = ["install_receive_window_cap", "install_window_wakeup"]
 
 # How often a waiting writer looks at ``closed``, which has no wake-up (upstream's poll).
 _CLOSED_POLL = 0.01
@@ -116,3 +128,26 @@ def install_window_wakeup() -> None:
     stream_class.send_window = property(_get_send_window, _set_send_window)
     stream_class.write = _write
     stream_class._p2pnet_window_wakeup = True
+
+
+async def _capped_send_window_update(self: Any, increment: int, skip_lock: bool = False) -> None:
+    """upstream ``send_window_update``, less whatever would offer the sender more than
+    ``MAX_WINDOW_SIZE``. Its only caller raised ``recv_window`` by ``increment`` first."""
+    excess = self.recv_window - _yamux.MAX_WINDOW_SIZE
+    if excess > 0:
+        increment -= excess
+        self.recv_window = _yamux.MAX_WINDOW_SIZE
+    await _upstream_send_window_update(self, increment, skip_lock)
+
+
+_upstream_send_window_update = _yamux.YamuxStream.send_window_update
+
+
+def install_receive_window_cap() -> None:
+    """Patch py-libp2p's ``YamuxStream.send_window_update`` (see the module docstring);
+    idempotent. Checked against py-libp2p 0.8.1: a new release needs it compared again."""
+    stream_class: Any = _yamux.YamuxStream
+    if getattr(stream_class, "_p2pnet_receive_window_cap", False):
+        return
+    stream_class.send_window_update = _capped_send_window_update
+    stream_class._p2pnet_receive_window_cap = True

@@ -27,6 +27,7 @@
 //   set_validator   namespace mode            mode "accept": take any value under
 //                                             /<namespace>/; "none": js defaults
 //   stop                                      stop the node and exit 0
+// It also serves /p2pnet-interop/bulk/1.0.0 (bulk transfer, see BULK_PROTOCOL below).
 // The process also exits when stdin closes, and after --max-seconds (default 600).
 // Diagnostics go to stderr; set DEBUG=libp2p:kad-dht* for js-libp2p's own logs.
 
@@ -57,6 +58,7 @@ const { publicKeyToProtobuf } = await import('@libp2p/crypto/keys')
 const { CID } = await import('multiformats/cid')
 const Digest = await import('multiformats/hashes/digest')
 const readline = await import('node:readline')
+const { createHash, randomBytes } = await import('node:crypto')
 
 const PROTOCOL = '/p2pnet/kad/1.0.0'
 const RAW_CODEC = 0x55
@@ -73,6 +75,17 @@ function isLoopback (ma) {
   const text = ma.toString()
   return /^\/ip4\/127\.\d+\.\d+\.\d+(\/|$)/.test(text) || /^\/ip6\/::1(\/|$)/.test(text)
 }
+
+// Bulk transfer, p2pnet always the client (docs/interop.md, "Bulk transfer"). The
+// request is 9 bytes: op (1 byte) and n (u64, big-endian, at most BULK_MAX_BYTES).
+//   op 1 (put): the client sends n bytes; the server answers u64 count + sha256 of them.
+//   op 2 (get): the server sends n bytes, then the sha256 of those n bytes.
+// The server closes the stream after its answer; anything else gets the stream aborted.
+const BULK_PROTOCOL = '/p2pnet-interop/bulk/1.0.0'
+const BULK_PUT = 1
+const BULK_GET = 2
+const BULK_MAX_BYTES = 2 ** 30
+const BULK_CHUNK = 1 << 20
 
 const hex = (bytes) => Buffer.from(bytes).toString('hex')
 const unhex = (text) => new Uint8Array(Buffer.from(text, 'hex'))
@@ -110,6 +123,72 @@ const node = await createLibp2p({
 })
 await node.start()
 const dht = node.services.dht
+
+function u64 (n) {
+  const out = new Uint8Array(8)
+  new DataView(out.buffer).setBigUint64(0, BigInt(n))
+  return out
+}
+
+// Send data, waiting for the stream to drain when its write buffer is full.
+async function sendAll (stream, data) {
+  if (!stream.send(data)) await stream.onDrain()
+}
+
+async function serveBulk (stream) {
+  const header = new Uint8Array(9)
+  let have = 0
+  let op = 0
+  let n = 0
+  let got = 0
+  const hash = createHash('sha256')
+  for await (const piece of stream) {
+    let chunk = piece instanceof Uint8Array ? piece : piece.subarray()
+    if (have < 9) {
+      const take = Math.min(9 - have, chunk.length)
+      header.set(chunk.subarray(0, take), have)
+      have += take
+      chunk = chunk.subarray(take)
+      if (have < 9) continue
+      op = header[0]
+      const size = new DataView(header.buffer).getBigUint64(1)
+      if ((op !== BULK_PUT && op !== BULK_GET) || size > BigInt(BULK_MAX_BYTES)) {
+        throw new Error(`bad bulk request: op ${op}, ${size} bytes`)
+      }
+      n = Number(size)
+      if (op === BULK_GET) break
+    }
+    if (chunk.length > n - got) throw new Error(`bulk put: more than the ${n} bytes announced`)
+    hash.update(chunk)
+    got += chunk.length
+    if (got === n) break
+  }
+  if (have < 9) throw new Error('bulk: stream ended inside the request')
+  if (op === BULK_PUT) {
+    if (got < n) throw new Error(`bulk put: stream ended after ${got} of ${n} bytes`)
+    const answer = new Uint8Array(40)
+    answer.set(u64(got), 0)
+    answer.set(hash.digest(), 8)
+    await sendAll(stream, answer)
+  } else {
+    const block = randomBytes(BULK_CHUNK)
+    for (let sent = 0; sent < n;) {
+      const piece = block.subarray(0, Math.min(BULK_CHUNK, n - sent))
+      hash.update(piece)
+      await sendAll(stream, piece)
+      sent += piece.length
+    }
+    await sendAll(stream, hash.digest())
+  }
+  await stream.close()
+}
+
+await node.handle(BULK_PROTOCOL, (stream) => {
+  serveBulk(stream).catch((err) => {
+    log('bulk:', errText(err))
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+  })
+})
 const selfPk = {
   key_hex: hex(new Uint8Array([...Buffer.from('/pk/'), ...node.peerId.toMultihash().bytes])),
   value_hex: hex(publicKeyToProtobuf(node.peerId.publicKey))
@@ -121,6 +200,10 @@ function addrsOf (peerInfo) {
 
 function errText (err) {
   if (err == null) return 'unknown error'
+  // Some libp2p promises reject with the stream's 'close' Event, not an Error.
+  if (typeof Event !== 'undefined' && err instanceof Event) {
+    return `${err.type} event${err.error != null ? `: ${errText(err.error)}` : ''}`
+  }
   return `${err.name ?? 'Error'}: ${err.message ?? String(err)}`
 }
 

@@ -3,7 +3,8 @@
 Starts ``js_node.mjs`` (js-libp2p 3.x with @libp2p/kad-dht on ``/p2pnet/kad/1.0.0``)
 and p2pnet ``DhtNode``s on real libp2p hosts (TCP + Noise + Yamux), everything on
 127.0.0.1, then checks every kad-dht RPC in both directions: FIND_NODE,
-ADD_PROVIDER, GET_PROVIDERS, PING, PUT_VALUE and GET_VALUE. Prints a table of the
+ADD_PROVIDER, GET_PROVIDERS, PING, PUT_VALUE and GET_VALUE, and that bulk data
+crosses intact both ways (bulk.py; its speed is measured by bench_bulk.py). Prints a table of the
 results and exits 0 if nothing failed, 1 if a check failed (or the run broke off),
 2 if it could not run (no ``node``, no scripts/interop/node_modules).
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from bulk import bulk_get, bulk_put, make_payload
 
 from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
@@ -88,6 +90,9 @@ RUN_TIMEOUT = 300.0
 # js kad-dht closes an inbound kad stream that stays idle this long (its
 # incomingMessageTimeout default, in seconds).
 JS_INCOMING_MESSAGE_TIMEOUT = 10.0
+
+# Bytes sent each way by the bulk checks: 8 MiB and an odd tail.
+BULK_CHECK_SIZE = 8 * (1 << 20) + 12_345
 
 MODEL_KEY = key_for_model(model_id_of_bytes(b"p2pnet interop: a model announced by p2pnet"))
 TASK_KEY = key_for_task("interop-js-announced")
@@ -286,10 +291,10 @@ class WireTrace:
 
             set_handler(host, protocol, tagged)
 
-        Stream.read = traced_read  # type: ignore[method-assign]
-        Stream.write = traced_write  # type: ignore[method-assign]
-        Host.open_stream = traced_open  # type: ignore[method-assign]
-        Host.set_stream_handler = traced_set_handler  # type: ignore[method-assign]
+        Stream.read = traced_read  # type: ignore[method-assign,assignment]
+        Stream.write = traced_write  # type: ignore[method-assign,assignment]
+        Host.open_stream = traced_open  # type: ignore[method-assign,assignment]
+        Host.set_stream_handler = traced_set_handler  # type: ignore[method-assign,assignment]
 
     def record(self, stream: Stream, direction: str, data: bytes) -> None:
         if stream.peer_id != self.js_peer_id or not data:
@@ -826,6 +831,40 @@ async def run_checks(
         "FIND_NODE",
         "J still works at the end (findPeer(P4))",
         js_still_fine,
+    )
+
+    # -- bulk transfer (/p2pnet-interop/bulk/1.0.0; speed: bench_bulk.py) ---------------
+    # An odd size, so that the last Yamux frame and the last Noise message are partial.
+    data, digest = make_payload(BULK_CHECK_SIZE)
+
+    async def bulk_to_js() -> tuple[str, str]:
+        with trio.fail_after(60):
+            t = await bulk_put(p0.host, js.address, data, digest)
+        if not t.ok:
+            return FAIL, t.detail
+        return PASS, f"J received {t.size} bytes with the same sha256 ({t.mb_per_s:.0f} MB/s)"
+
+    await report.run(
+        "bulk.p2pnet_to_js",
+        "p2pnet -> js",
+        "(bulk)",
+        f"P0 sends J {BULK_CHECK_SIZE} bytes; J answers with their count and sha256",
+        bulk_to_js,
+    )
+
+    async def bulk_from_js() -> tuple[str, str]:
+        with trio.fail_after(60):
+            t = await bulk_get(p0.host, js.address, BULK_CHECK_SIZE)
+        if not t.ok:
+            return FAIL, t.detail
+        return PASS, f"P0 received {t.size} bytes; their sha256 is J's ({t.mb_per_s:.0f} MB/s)"
+
+    await report.run(
+        "bulk.js_to_p2pnet",
+        "js -> p2pnet",
+        "(bulk)",
+        f"P0 asks J for {BULK_CHECK_SIZE} bytes; they match the sha256 J sends after them",
+        bulk_from_js,
     )
 
 
