@@ -497,6 +497,9 @@ async def _serve(options: PeerOptions) -> None:
                 out.print(_line(f"serving {model.model_id} {model.name} {tasks}".rstrip()))
                 if model.allow is not None:
                     out.print(_line(f"  only for {', '.join(model.allow) or 'this peer'}"))
+                if model.batching is not None:
+                    rows, delay = model.batching["max_batch"], model.batching["max_delay_ms"]
+                    out.print(_line(f"  batching up to {rows:.0f} rows, waiting {delay:g} ms"))
             if status.models:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:
