@@ -23,8 +23,10 @@ from p2pnet.cli.parser import build_parser
 from p2pnet.cli.peer import PeerOptions, ServedFile
 from p2pnet.core.batching import (
     QueuedCall,
+    batched_runtime,
     check_batchable,
     concatenate_rows,
+    is_batched_runtime,
     next_due,
     shape_key,
     split_rows,
@@ -39,7 +41,7 @@ from p2pnet.core.schema import ModelSchema, TensorSpec
 from p2pnet.errors import ModelExecutionError, UsageError
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.runtime.batching import BatchedModel
-from p2pnet.runtime.onnx_model import OnnxModel
+from p2pnet.runtime.onnx_model import ONNX_RUNTIME, OnnxModel
 from p2pnet.runtime.served import SlottedModel
 from tests.memory_peers import memory_peer
 
@@ -157,6 +159,14 @@ def test_any_mix_of_calls_gets_exactly_its_own_rows(
     for i, own in enumerate(inputs):
         np.testing.assert_array_equal(got[i]["y"], own["x"] * 2)
         np.testing.assert_array_equal(got[i]["z"], own["x"][:, :1] - 1)
+
+
+def test_a_batched_runtime_is_never_taken_for_a_bitwise_one() -> None:
+    runtime = batched_runtime("onnxruntime/1.32.0")
+    assert runtime == "onnxruntime/1.32.0 batched"
+    assert is_batched_runtime(runtime) and is_batched_runtime(f"{runtime}; x86_64 avx2; 2 cpus")
+    assert not is_batched_runtime("onnxruntime/1.32.0; x86_64 avx2; 2 cpus")
+    assert not is_batched_runtime("onnxruntime/1.32.0; batched-machine")  # the machine part
 
 
 # --- the batched model ------------------------------------------------------------------
@@ -280,6 +290,9 @@ async def test_concurrent_callers_each_get_exactly_their_own_rows(
             sum(ROWS),
         )
         assert batching["max_batch"] == sum(ROWS) and batching["queued"] == 0
+        # Its record says it runs batched (spot checks then compare within a tolerance).
+        record = provider.known_records()[0]
+        assert record.runtime == f"{ONNX_RUNTIME} batched"
         # One receipt per call, each for its own inputs and outputs.
         ledger = provider.services.accountant.ledger  # type: ignore[union-attr]
         receipts = [verify_receipt(r.envelope) for r in ledger.receipts(role="provider")]
@@ -291,6 +304,7 @@ async def test_concurrent_callers_each_get_exactly_their_own_rows(
             assert receipt.result_hash == tensor_hash(out)
             usage = Usage(tensor_bytes(own), tensor_bytes(out), 0.0)
             assert receipt.units == units_for(PRICE, usage)
+            assert is_batched_runtime(receipt.runtime)
         metrics = _metrics_text(provider)
         assert f'p2pnet_model_batches_total{{model="{info.model_id}"}} 1.0' in metrics
         assert f'p2pnet_model_batch_rows_total{{model="{info.model_id}"}} {sum(ROWS)}.0' in metrics

@@ -19,7 +19,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,12 +28,15 @@ from p2pnet.core.schema import ModelSchema
 from p2pnet.errors import ModelExecutionError, UsageError
 
 __all__ = [
+    "BATCHED",
     "Batching",
     "QueuedCall",
     "ShapeKey",
     "batch_rows",
+    "batched_runtime",
     "check_batchable",
     "concatenate_rows",
+    "is_batched_runtime",
     "next_due",
     "shape_key",
     "split_rows",
@@ -46,6 +49,23 @@ T = TypeVar("T")
 MAX_BATCH_ROWS = 1 << 16
 # Longest a call may be held to fill a batch.
 MAX_DELAY_MS = 10_000.0
+
+
+# What a batched model's runtime says after its runtime's name ("onnxruntime/1.32.0
+# batched"): its results depend on which calls shared its batch (float rounding), so
+# two of them are never compared bitwise by spot checks, even from one machine.
+BATCHED: Final = "batched"
+
+
+def batched_runtime(runtime: str) -> str:
+    """The runtime a capability record states for a model served with batching."""
+    return f"{runtime} {BATCHED}" if runtime else BATCHED
+
+
+def is_batched_runtime(runtime: str) -> bool:
+    """Whether a runtime (a record's, or a receipt's "runtime; machine") is a batched
+    model's, whose results are reproducible within a tolerance only."""
+    return BATCHED in runtime.split(";", 1)[0].split()
 
 
 @dataclass(frozen=True, slots=True)

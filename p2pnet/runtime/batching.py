@@ -18,12 +18,16 @@ slot is busy, calls keep queueing, so batches grow with the load.
   deadline).
 - A call whose inputs differ in their first size (a model with unnamed first
   dimensions allows that) runs alone, as without batching.
+- Its record's runtime is marked batched: results depend on which calls share a
+  batch (float rounding), so spot checks compare them within a tolerance, never
+  bitwise.
 - Each call's share of the batch's run time (split by rows) goes to its receipt
   through ``run_share``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -39,6 +43,7 @@ from p2pnet.core.batching import (
     Batching,
     QueuedCall,
     batch_rows,
+    batched_runtime,
     check_batchable,
     concatenate_rows,
     next_due,
@@ -126,6 +131,8 @@ class BatchedModel:
             )
         check_batchable(model.info.schema, model.info.name)
         self.model = model
+        # Its record says so: its results depend on which calls share a batch.
+        self._info = dataclasses.replace(model.info, runtime=batched_runtime(model.info.runtime))
         self.policy = policy
         self.stats = BatchStats()
         self._queue: list[QueuedCall[_Pending]] = []
@@ -137,7 +144,8 @@ class BatchedModel:
 
     @property
     def info(self) -> ModelInfo:
-        return self.model.info
+        """The wrapped model's, its runtime marked batched ("onnxruntime/1.32.0 batched")."""
+        return self._info
 
     @property
     def model_id(self) -> str:
