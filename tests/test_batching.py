@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,10 +18,12 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from p2pnet import Batching, Peer
 from p2pnet.cli.parser import build_parser
 from p2pnet.cli.peer import PeerOptions, ServedFile
+from p2pnet.cli.status import status_text
 from p2pnet.core.batching import (
     QueuedCall,
     batched_runtime,
@@ -38,11 +41,12 @@ from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.pricing import Price, Usage, units_for
 from p2pnet.core.receipts import tensor_hash, verify_receipt
 from p2pnet.core.schema import ModelSchema, TensorSpec
-from p2pnet.errors import ModelExecutionError, UsageError
+from p2pnet.errors import ModelExecutionError, PeerBusyError, UsageError
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.runtime.batching import BatchedModel
 from p2pnet.runtime.onnx_model import ONNX_RUNTIME, OnnxModel
 from p2pnet.runtime.served import SlottedModel
+from p2pnet.status import PeerStatus, StatusFile
 from tests.memory_peers import memory_peer
 
 ROWS = [1, 3, 7, 2, 5, 1, 4, 6, 1, 2]  # the callers' row counts, mixed
@@ -232,6 +236,29 @@ async def test_a_call_near_its_deadline_runs_before_it() -> None:
     assert inner.runs == [2]
 
 
+async def test_calls_beyond_the_queue_limit_are_refused_as_busy() -> None:
+    inner = Doubler()
+    model = BatchedModel(inner, Batching(max_batch=8, max_delay_ms=10_000, max_queue=2))
+    results: list[Mapping[str, Any]] = []
+
+    async def call(rows: int) -> None:
+        results.append(await model.run(rows_of(rows)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, 4)
+        nursery.start_soon(call, 4)  # 4 + 4 rows: full, so it runs
+    assert len(results) == 2
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, 3)
+        nursery.start_soon(call, 3)  # 3 + 3 rows: they wait for more
+        await trio.testing.wait_all_tasks_blocked()
+        assert model.stats.queued == 2
+        with pytest.raises(PeerBusyError, match="has 2 calls waiting for a batch, its limit"):
+            await model.run(rows_of(1))
+        nursery.cancel_scope.cancel()  # the two waiting callers give up: they leave
+    assert inner.runs == [8] and len(results) == 2 and model.stats.queued == 0
+
+
 async def test_a_bad_call_is_refused_before_it_joins_a_batch() -> None:
     model = BatchedModel(Doubler(), Batching(max_batch=8, max_delay_ms=10_000))
     with pytest.raises(Exception, match=r"input 'x' has size 3 on axis 1"):
@@ -290,6 +317,14 @@ async def test_concurrent_callers_each_get_exactly_their_own_rows(
             sum(ROWS),
         )
         assert batching["max_batch"] == sum(ROWS) and batching["queued"] == 0
+        # What the status file keeps and p2pnet status shows.
+        status = provider.status()
+        assert PeerStatus.from_dict(status.to_dict()) == status
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(status_text(StatusFile(Path("s.json"), {"pid": 1}, status, False, 1.0)))
+        assert "batching up to 32 rows, 10000 ms: 1 batches, 32.0 rows per batch" in (
+            console.export_text()
+        )
         # Its record says it runs batched (spot checks then compare within a tolerance).
         record = provider.known_records()[0]
         assert record.runtime == f"{ONNX_RUNTIME} batched"
