@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -179,7 +180,7 @@ def test_a_batched_runtime_is_never_taken_for_a_bitwise_one() -> None:
 class Doubler(SlottedModel):
     """x float32 [n, 2] -> y = 2x; counts its runs, and fails on a negative input."""
 
-    def __init__(self, *, max_concurrency: int = 1) -> None:
+    def __init__(self, *, max_concurrency: int = 1, seconds: float = 0.0) -> None:
         info = ModelInfo(
             model_id_from_digest(hashlib.sha256(b"doubler").digest()),
             Path("doubler.onnx"),
@@ -189,10 +190,12 @@ class Doubler(SlottedModel):
         )
         super().__init__(info, max_concurrency=max_concurrency, max_queue=16)
         self.runs: list[int] = []
+        self.seconds = seconds  # how long a run takes
 
     def _run_checked(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         x = inputs["x"]
         self.runs.append(len(x))
+        time.sleep(self.seconds)
         if (x < 0).any():
             raise ModelExecutionError("model doubler failed: negative input")
         return {"y": x * 2}
@@ -343,6 +346,43 @@ async def test_concurrent_callers_each_get_exactly_their_own_rows(
         metrics = _metrics_text(provider)
         assert f'p2pnet_model_batches_total{{model="{info.model_id}"}} 1.0' in metrics
         assert f'p2pnet_model_batch_rows_total{{model="{info.model_id}"}} {sum(ROWS)}.0' in metrics
+
+
+async def test_each_caller_is_charged_its_rows_share_of_the_batchs_run(tmp_path: Path) -> None:
+    """CPU seconds on a receipt: the call's rows' share of its batch's run, not the time
+    the caller waited (here one unit is one millisecond of CPU)."""
+    per_ms = Price(per_call=0, per_mb=0, per_cpu_s=1_000)
+    async with AsyncExitStack() as stack:
+        network = await stack.enter_async_context(MemoryNetwork(seed=6))
+        provider = await stack.enter_async_context(
+            memory_peer(network, ledger=tmp_path / "provider.sqlite3")
+        )
+        inner = Doubler(seconds=0.2)
+        info = provider.serve(inner, price=per_ms, batching=Batching(4, max_delay_ms=10_000))
+        caller = await stack.enter_async_context(
+            memory_peer(network, ledger=tmp_path / "caller.sqlite3", bootstrap=[provider.addrs[0]])
+        )
+        waited: dict[int, float] = {}
+
+        async def call(rows: int) -> None:
+            started = trio.current_time()
+            await caller.invoke(provider.addrs[0], info.model_id, rows_of(rows, rows))
+            waited[rows] = trio.current_time() - started
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, 1)
+            nursery.start_soon(call, 3)
+        assert inner.runs == [4]
+        ledger = provider.services.accountant.ledger  # type: ignore[union-attr]
+        by_request = {
+            verify_receipt(r.envelope).request_hash: verify_receipt(r.envelope).units
+            for r in ledger.receipts(role="provider")
+        }
+        units = {rows: by_request[tensor_hash(rows_of(rows, rows))] for rows in (1, 3)}
+        # The run took 200 ms or a little more: a quarter for one row, three for three.
+        assert 50 <= units[1] <= 0.5 * waited[1] * 1000
+        assert abs(units[3] - 3 * units[1]) <= 3  # rounding to whole milliseconds
+        assert units[1] + units[3] <= 1000 * min(waited.values())
 
 
 def _metrics_text(peer: Peer) -> str:

@@ -209,8 +209,8 @@ class BatchedModel:
             raise pending.error
         assert pending.outputs is not None
         share = run_share.get()
-        if share is not None:
-            share.seconds = pending.seconds
+        if share is not None:  # added up: a forwarded pipeline may run several hops here
+            share.seconds = (share.seconds or 0.0) + pending.seconds
         return pending.outputs
 
     async def wait_idle(self, timeout: float) -> bool:

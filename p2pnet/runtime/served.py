@@ -47,9 +47,9 @@ load): the invoke server sets it to the caller's credit standing for each call."
 
 @dataclass
 class RunShare:
-    """The seconds of model run one call accounts for, when its model tells: a batched
-    model sets its share of the batch's run (split by rows); None: the model does not
-    tell, and the call's own time is used."""
+    """The seconds of model run one call accounts for, when its models tell: a batched
+    model adds its share of the batch's run (split by rows); None: no model told, and
+    the call's own time is used."""
 
     seconds: float | None = None
 
