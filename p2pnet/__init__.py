@@ -5,6 +5,7 @@ submodule such as ``p2pnet.core.records`` does not load py-libp2p or onnxruntime
 
     Peer                 peer.py               a running peer: serve models, call others'
     PeerStatus           status.py             a typed snapshot of what a peer is doing
+    Batching             core/batching.py      a served model's dynamic batching policy
     OnnxModel            runtime/              a loaded ONNX model with its ID and schema
     inspect_model        runtime/              ID, size and schema of a model file
     ModelInfo, ModelSchema, TensorSpec         what a model is and takes (core/)
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from p2pnet import errors
     from p2pnet.core.address import PeerAddress
+    from p2pnet.core.batching import Batching
     from p2pnet.core.identity import Identity
     from p2pnet.core.messages import WireLimits
     from p2pnet.core.model_info import ModelInfo
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from p2pnet.status import PeerStatus
 
 __all__ = [
+    "Batching",
     "Identity",
     "ModelInfo",
     "ModelSchema",
@@ -78,6 +81,7 @@ __version__ = "0.1.0"
 # name -> the module it lives in
 _EXPORTS = {
     "errors": "p2pnet.errors",
+    "Batching": "p2pnet.core.batching",
     "Identity": "p2pnet.core.identity",
     "ModelInfo": "p2pnet.core.model_info",
     "ModelSchema": "p2pnet.core.schema",

@@ -23,6 +23,7 @@ import trio
 
 from p2pnet.accounting import DEFAULT_ACCOUNTING, AccountingConfig
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
+from p2pnet.core.batching import Batching
 from p2pnet.core.generation import (
     DEFAULT_SESSION_LIMITS,
     GenerationParams,
@@ -58,8 +59,9 @@ from p2pnet.net.interfaces import StreamHost
 from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig, Reachability
 from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimits
 from p2pnet.net.swarm_key import SwarmKey, load_swarm_key
+from p2pnet.runtime.batching import BatchedModel
 from p2pnet.runtime.catalogue import ModelCatalogue
-from p2pnet.runtime.served import ServedModel
+from p2pnet.runtime.served import ServedModel, SlottedModel
 from p2pnet.services import DEFAULT_LISTEN, PeerConfig, PeerHooks, PeerServices
 from p2pnet.status import JoinState, PeerStatus
 from p2pnet.trust.checker import SpotChecker
@@ -355,6 +357,7 @@ class Peer:
         max_concurrency: int | None = None,
         allow: Sequence[str] | None = None,
         price: Price = FREE,
+        batching: Batching | None = None,
     ) -> ModelInfo:
         """Serve a model under its content ID: an ONNX file (a generative one too:
         docs/models.md), an adapter manifest (a ``.json`` file naming a Python function,
@@ -373,9 +376,15 @@ class Peer:
         micro-units; docs/incentives.md); the record states it, and the receipts of a
         peer with a ledger charge it.
 
+        ``batching`` runs concurrent calls of the model together, up to
+        ``max_batch`` rows per run, holding a call at most ``max_delay_ms`` for others
+        (``BatchedModel``; docs/models.md, "Dynamic batching"). None: one run per call.
+
         Raises:
             ModelFileError: the file cannot be read or loaded.
-            UsageError: a task tag that is not lower-case letters, digits and '-'.
+            UsageError: a task tag that is not lower-case letters, digits and '-'; with
+                ``batching``, a model whose inputs or outputs have a fixed first
+                dimension, or a generative model.
         """
         from p2pnet.runtime.callable_model import CallableModel
 
@@ -389,6 +398,13 @@ class Peer:
                 model = load_model_file(model, max_concurrency=limit, sessions=self.config.sessions)
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
+        if batching is not None and not isinstance(model, BatchedModel):
+            if not isinstance(model, SlottedModel):
+                raise UsageError(
+                    f"model {model.info.name} cannot be batched: only ONNX and adapter "
+                    "models are (a generative model streams its tokens call by call)"
+                )
+            model = BatchedModel(model, batching)
         info = self.catalogue.add(model, tasks, allow, price)
         if self._nursery is not None:
             self._nursery.start_soon(self._announce_reachable, info.model_id)

@@ -61,6 +61,7 @@ from p2pnet.net.interfaces import StreamHost
 from p2pnet.net.loopback import LoopbackHost
 from p2pnet.net.nat_config import DEFAULT_NAT, NatConfig
 from p2pnet.net.resources import DEFAULT_RESOURCES, ResourceLimitedHost, ResourceLimits
+from p2pnet.runtime.batching import BatchedModel
 from p2pnet.runtime.catalogue import ModelCatalogue
 from p2pnet.runtime.generative import GenerativeModel
 from p2pnet.status import ConnectionStatus, PeerStatus, ServedModelStatus
@@ -315,7 +316,17 @@ class PeerServices:
         for info, tasks in self.catalogue.entries():
             allowed = access.allowed(info.model_id)
             allow = None if allowed is None else tuple(sorted(allowed))
-            models.append(ServedModelStatus(info.model_id, info.name, tasks, allow))
+            served = self.catalogue.models[info.model_id]
+            batching = (
+                {
+                    "max_batch": served.policy.max_batch,
+                    "max_delay_ms": served.policy.max_delay_ms,
+                    **served.stats.to_dict(),
+                }
+                if isinstance(served, BatchedModel)
+                else None
+            )
+            models.append(ServedModelStatus(info.model_id, info.name, tasks, allow, batching))
         connections = tuple(
             ConnectionStatus(
                 peer_id,

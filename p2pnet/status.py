@@ -55,12 +55,16 @@ UPDATE_INTERVAL = 5.0
 @dataclass(frozen=True, slots=True)
 class ServedModelStatus:
     """One served model: its ID and name, the tasks it is announced for, and the peers it
-    is served to (None: everyone)."""
+    is served to (None: everyone); ``batching``, for a model served with dynamic
+    batching (None: one run per call): "max_batch", "max_delay_ms", and what it did
+    ("batches" run, "calls" and "rows" they held, "rows_per_batch", "largest" batch
+    in rows, "failed" batches, "queued" calls now; ``BatchStats``)."""
 
     model_id: str
     name: str
     tasks: tuple[str, ...]
     allow: tuple[str, ...] | None
+    batching: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class PeerStatus:
                     "name": m.name,
                     "tasks": list(m.tasks),
                     "allow": list(m.allow) if m.allow is not None else None,
+                    "batching": dict(m.batching) if m.batching is not None else None,
                 }
                 for m in self.models
             ],
@@ -229,6 +234,9 @@ class PeerStatus:
                     _text(m["name"]),
                     tuple(_text(t) for t in m["tasks"]),
                     None if m["allow"] is None else tuple(_text(p) for p in m["allow"]),
+                    None
+                    if m.get("batching") is None
+                    else {_text(k): float(v) for k, v in m["batching"].items()},
                 )
                 for m in data["models"]
             )

@@ -29,6 +29,7 @@ from p2pnet.cli.options import (
 )
 from p2pnet.cli.render import err, out, peer_text
 from p2pnet.config import load_sessions, load_trust
+from p2pnet.core.batching import Batching
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import ConfigError, UsageError
 from p2pnet.gateway.settings import (
@@ -57,6 +58,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# What ``--batch-delay-ms`` is unless given.
+DEFAULT_BATCH_DELAY_MS = 2.0
+
 # The address ``--grpc`` suggests (Triton's gRPC port, on loopback); off unless given.
 DEFAULT_GRPC = ("127.0.0.1", 8001)
 
@@ -64,11 +68,13 @@ DEFAULT_GRPC = ("127.0.0.1", 8001)
 @dataclass(frozen=True, slots=True)
 class ServedFile:
     """One ``--serve FILE``: the tasks it is announced for and the peers it is served to
-    (None: everyone), those given before any ``--serve`` included."""
+    (None: everyone), those given before any ``--serve`` included; its dynamic batching
+    (``--batch``, ``--batch-delay-ms``)."""
 
     path: Path
     tasks: tuple[str, ...]
     allow: tuple[str, ...] | None
+    batching: Batching | None = None  # None: one run per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +213,38 @@ class PeerOptions:
 
 def _served_files(args: argparse.Namespace) -> tuple[ServedFile, ...]:
     """Each ``--serve``, with the ``--task`` and ``--allow`` given before any ``--serve``
-    added to its own."""
+    added to its own, and the ``--batch``/``--batch-delay-ms`` given before any
+    ``--serve`` where it has none of its own.
+
+    Raises:
+        UsageError: ``--batch-delay-ms`` without ``--batch``, or a bound out of range.
+    """
     served = []
-    for path, tasks, allow in args.serve:
+    for path, tasks, allow, batch in args.serve:
         everyone = allow is None and not args.allow
         access = None if everyone else (*args.allow, *(allow or ()))
-        served.append(ServedFile(Path(path), (*args.task, *tasks), access))
+        every = args.batching or {}
+        merged = {part: every.get(part) if batch[part] is None else batch[part] for part in batch}
+        batching = _batching(merged, path)
+        served.append(ServedFile(Path(path), (*args.task, *tasks), access, batching))
     return tuple(served)
+
+
+def _batching(batch: dict[str, Any] | None, path: str) -> Batching | None:
+    """The ``Batching`` of ``--batch ROWS`` and ``--batch-delay-ms MS`` (default 2 ms).
+
+    Raises:
+        UsageError: a delay without rows, or a bound out of range.
+    """
+    if batch is None or (batch["rows"] is None and batch["delay"] is None):
+        return None
+    if batch["rows"] is None:
+        raise UsageError(f"--batch-delay-ms for {path} needs --batch ROWS too")
+    delay = DEFAULT_BATCH_DELAY_MS if batch["delay"] is None else batch["delay"]
+    try:
+        return Batching(max_batch=batch["rows"], max_delay_ms=delay)
+    except UsageError as exc:
+        raise UsageError(f"--batch for {path}: {exc.message}") from None
 
 
 class _ServeAction(argparse.Action):
@@ -223,7 +254,7 @@ class _ServeAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:  # fmt: skip
         served = list(getattr(namespace, "serve", None) or [])
-        served.append([values, [], None])
+        served.append([values, [], None, {"rows": None, "delay": None}])
         namespace.serve = served
 
 
@@ -253,6 +284,22 @@ class _AllowAction(argparse.Action):
             namespace.allow = [*(getattr(namespace, "allow", None) or []), *peers]
 
 
+class _BatchAction(argparse.Action):
+    """``--batch ROWS`` / ``--batch-delay-ms MS``: the dynamic batching of the last
+    ``--serve`` model, or of every model if none came yet."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        part = "rows" if option_string == "--batch" else "delay"
+        served = getattr(namespace, "serve", None) or []
+        if served:
+            served[-1][3][part] = values
+        else:
+            batch = dict(getattr(namespace, "batching", None) or {"rows": None, "delay": None})
+            batch[part] = values
+            namespace.batching = batch
+
+
 def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
     p = sub.add_parser(
         "peer",
@@ -266,6 +313,24 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         metavar="FILE",
         help="ONNX file or adapter manifest (.json, docs/adapters.md) to serve (repeatable)",
     )
+    p.add_argument(
+        "--batch",
+        action=_BatchAction,
+        type=int,
+        metavar="ROWS",
+        help="run concurrent calls of the model of the --serve before it together, up to "
+        "ROWS rows per run (dynamic batching, docs/models.md; every input and output needs "
+        "a symbolic first dimension; before any --serve: for every model)",
+    )
+    p.add_argument(
+        "--batch-delay-ms",
+        action=_BatchAction,
+        type=float,
+        metavar="MS",
+        help="with --batch: hold a call at most MS milliseconds for others to join its "
+        f"batch (default {DEFAULT_BATCH_DELAY_MS:g})",
+    )
+    p.set_defaults(batching=None)
     p.add_argument(
         "--listen",
         action="append",
@@ -409,7 +474,13 @@ async def _serve(options: PeerOptions) -> None:
             ),
         )
         for served in options.served:
-            peer.serve(served.path, tasks=served.tasks, allow=served.allow, price=options.price)
+            peer.serve(
+                served.path,
+                tasks=served.tasks,
+                allow=served.allow,
+                price=options.price,
+                batching=served.batching,
+            )
         async with peer:
             status = peer.status()
             role = " (bootstrap)" if options.role == "bootstrap" else ""
@@ -426,6 +497,9 @@ async def _serve(options: PeerOptions) -> None:
                 out.print(_line(f"serving {model.model_id} {model.name} {tasks}".rstrip()))
                 if model.allow is not None:
                     out.print(_line(f"  only for {', '.join(model.allow) or 'this peer'}"))
+                if model.batching is not None:
+                    rows, delay = model.batching["max_batch"], model.batching["max_delay_ms"]
+                    out.print(_line(f"  batching up to {rows:.0f} rows, waiting {delay:g} ms"))
             if status.models:
                 out.print(f"announced to {await peer.announce()} peers")
             async with trio.open_nursery() as nursery:

@@ -159,6 +159,15 @@ def status_text(file: StatusFile) -> Text:
         if m.allow is not None:
             allowed = joined_text([peer_text(p) for p in m.allow], empty="this peer only")
             lines.append(Text("               only for ") + allowed)
+        if m.batching is not None:
+            b = m.batching
+            lines.append(
+                Text(
+                    f"               batching up to {b.get('max_batch', 0):.0f} rows, "
+                    f"{b.get('max_delay_ms', 0):g} ms: {b.get('batches', 0):.0f} batches, "
+                    f"{b.get('rows_per_batch', 0):.1f} rows per batch"
+                )
+            )
     return Text("\n").join(lines)
 
 

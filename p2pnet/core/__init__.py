@@ -18,6 +18,9 @@ generation.py  GenerationParams, choose_token,
 schema.py      TensorSpec, ModelSchema, check_inputs,
                tensor_mismatch                       a model's I/O; the input checks and the
                                                      per-tensor check declared outputs use too
+batching.py    Batching, check_batchable,
+               take_batch, next_due, split_rows      dynamic batching: which queued calls run
+                                                     together and when, outputs split by rows
 model_id.py    model_id_of_bytes, parse_model_id     CIDv1 raw sha2-256 model IDs
 model_info.py  ModelInfo                             what a model is: ID, size, schema, name,
                                                      version, runtime

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from p2pnet.core.callstats import CallStats
+from p2pnet.runtime.batching import BatchedModel
 from p2pnet.runtime.served import RunSlots
 
 if TYPE_CHECKING:
@@ -202,19 +203,37 @@ def _call_metrics(calls: CallStats, served_ids: list[str]) -> Iterator[Metric]:
 def _queue_metrics(peer: Peer) -> Iterator[Metric]:
     """Runs waiting for a slot and running, for each model served."""
     waiting = GaugeMetricFamily(
-        "p2pnet_model_queue_depth", "Calls waiting for a free run slot, by model ID",
+        "p2pnet_model_queue_depth", "Calls waiting for a free run slot (or a batch), by model ID",
         labels=["model"],
     )  # fmt: skip
     running = GaugeMetricFamily(
         "p2pnet_model_runs_active", "Runs holding a slot now, by model ID", labels=["model"]
     )
+    batches = CounterMetricFamily(
+        "p2pnet_model_batches",
+        "Batches a model served with dynamic batching ran, by model ID",
+        labels=["model"],
+    )
+    rows = CounterMetricFamily(
+        "p2pnet_model_batch_rows",
+        "Rows the batches of a model served with dynamic batching held, by model ID "
+        "(rows per batch: this over p2pnet_model_batches_total)",
+        labels=["model"],
+    )
     for model_id, model in sorted(peer.models.items()):
         slots = getattr(model, "slots", None)
+        # Calls queued for a batch wait for a run as much as those queued for a slot.
+        queued = model.stats.queued if isinstance(model, BatchedModel) else 0
         if isinstance(slots, RunSlots):
-            waiting.add_metric([model_id], slots.waiting)
+            waiting.add_metric([model_id], slots.waiting + queued)
             running.add_metric([model_id], slots.running)
+        if isinstance(model, BatchedModel):
+            batches.add_metric([model_id], model.stats.batches)
+            rows.add_metric([model_id], model.stats.rows)
     yield waiting
     yield running
+    yield batches
+    yield rows
 
 
 def _le(bound: float) -> str:

@@ -55,7 +55,7 @@ from p2pnet.errors import (
 from p2pnet.invoke.local import LocalInvoker
 from p2pnet.invoke.protocol import write_message
 from p2pnet.net.interfaces import ByteStream
-from p2pnet.runtime.served import caller_priority
+from p2pnet.runtime.served import RunShare, caller_priority, run_share
 
 __all__ = ["MAX_ERROR_MESSAGE_CHARS", "InvokeServer", "ProviderAccounts", "ServerStats"]
 
@@ -444,12 +444,17 @@ class InvokeServer:
             return await run(0), NOT_ISSUED
         admission = accounts.admit(caller, model_id, inputs)
         started = trio.current_time()
+        share = RunShare()
+        token = run_share.set(share)
         try:
             result = await run(admission.priority)
         except BaseException:
             accounts.release(caller, admission.held)
             raise
-        run_s = trio.current_time() - started
+        finally:
+            run_share.reset(token)
+        # A batched model tells this call's share of its batch's run; others, its time.
+        run_s = trio.current_time() - started if share.seconds is None else share.seconds
         issued = accounts.issue(caller, model_id, inputs, outputs_of(result), run_s, admission.held)
         return result, issued
 

@@ -5,6 +5,9 @@ served.py         ServedModel                what the invoke server and Peer nee
                                              timeouts: shared by every kind of model
                   SlottedModel               the shell both models below share: checked
                                              inputs, run/run_sync/wait_idle on RunSlots
+batching.py       BatchedModel               a SlottedModel served with dynamic batching:
+                                             concurrent calls run as one batch, each gets
+                                             its rows back (decisions: core/batching.py)
 catalogue.py      ModelCatalogue             what a peer serves: models by ID, their tasks and
                                              access lists
 onnx_model.py     inspect_model              a model file's ModelInfo: ID, size, schema

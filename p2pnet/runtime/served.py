@@ -30,11 +30,35 @@ from p2pnet.errors import DeadlineExceededError, PeerBusyError
 if TYPE_CHECKING:
     from p2pnet.core.model_info import ModelInfo
 
-__all__ = ["PriorityLimiter", "RunSlots", "ServedModel", "SlottedModel", "caller_priority"]
+__all__ = [
+    "PriorityLimiter",
+    "RunShare",
+    "RunSlots",
+    "ServedModel",
+    "SlottedModel",
+    "caller_priority",
+    "run_share",
+]
 
 caller_priority: contextvars.ContextVar[int] = contextvars.ContextVar("caller_priority", default=0)
 """The priority of the calls the current task makes (higher is admitted first under
 load): the invoke server sets it to the caller's credit standing for each call."""
+
+
+@dataclass
+class RunShare:
+    """The seconds of model run one call accounts for, when its models tell: a batched
+    model adds its share of the batch's run (split by rows); None: no model told, and
+    the call's own time is used."""
+
+    seconds: float | None = None
+
+
+run_share: contextvars.ContextVar[RunShare | None] = contextvars.ContextVar(
+    "run_share", default=None
+)
+"""Where the current task's call learns its share of a run (the invoke server sets a
+fresh ``RunShare`` per call, for its receipt; a batched model fills it)."""
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -136,6 +160,11 @@ class RunSlots:
         self._limiter = PriorityLimiter(max_concurrency)
         self._max_in_flight = max_concurrency + max_queue
         self._in_flight = 0
+
+    @property
+    def max_concurrency(self) -> int:
+        """Runs at most at a time."""
+        return self._limiter.total_tokens
 
     @property
     def running(self) -> int:

@@ -32,6 +32,7 @@ import trio
 
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.address_filter import ip_groups
+from p2pnet.core.batching import is_batched_runtime
 from p2pnet.core.receipts import Receipt, tensor_hash
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.core.spot_check import (
@@ -329,7 +330,9 @@ class SpotChecker:
 
     def _compare(self, a: _Heard, b: _Heard, tolerance: Any) -> Comparison:
         ra, rb = a.opinion.runtime, b.opinion.runtime
-        return compare_outputs(a.outputs, b.outputs, bool(ra) and ra == rb, tolerance)
+        # A batched model's results depend on its batches: within a tolerance only.
+        bitwise = bool(ra) and ra == rb and not is_batched_runtime(ra)
+        return compare_outputs(a.outputs, b.outputs, bitwise, tolerance)
 
     async def _next_opinion(
         self,
