@@ -446,6 +446,7 @@ async def test_announced_addresses_and_status(models: dict[str, Path], tmp_path:
                 "name": "iris",
                 "tasks": ["iris-species"],
                 "allow": [other.peer_id],
+                "batching": None,
             }
         ]
         assert data["connections"]["total"] >= 1
