@@ -21,7 +21,8 @@ _LEVELS = {
 
 
 def configure_logging(verbosity: int) -> None:
-    """0: warnings from p2pnet only; -v: info; -vv: debug plus py-libp2p warnings; -vvv: all."""
+    """0: warnings from p2pnet only; -v: info; -vv: debug plus py-libp2p warnings and the
+    HTTP client's requests; -vvv: all."""
     ours, theirs = _LEVELS[max(0, min(verbosity, 3))]
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     handler.addFilter(Libp2pRecordFilter(theirs))
@@ -29,4 +30,7 @@ def configure_logging(verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(min(ours, theirs))
     logging.getLogger("p2pnet").setLevel(ours)
+    # httpx logs every request of the local API's client at INFO: with -vv only.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
     set_libp2p_log_level(theirs)
