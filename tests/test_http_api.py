@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -361,3 +362,26 @@ async def test_the_running_api_of_an_identity_is_found_by_its_status_file(
         token_path.chmod(0o644)
         with pytest.raises(ConfigError, match="readable by others"):
             running_api(caller.peer_id, statuses=statuses)
+
+
+@pytest.mark.network
+async def test_non_finite_outputs_come_back_as_python_json_writes_them(
+    models: dict[str, Path],
+) -> None:
+    """NaN and infinities in a model's outputs are a reply, not a server error: written as
+    ``p2pnet call --json`` writes them (NaN, Infinity), which Python's json reads back."""
+    async with MemoryNetwork() as network, memory_peer(network) as caller:
+        provider = memory_peer(network, bootstrap=[caller.addrs[0]])
+        provider.serve(models["identity"], tasks=["identity"])
+        async with provider, trio.open_nursery() as nursery:
+            await provider.announce()
+            url = await nursery.start(serve_http, caller, "127.0.0.1", 0, TOKEN)
+            async with httpx.AsyncClient(base_url=url, timeout=20) as client:
+                x = b'{"dtype": "float32", "data": [NaN, -Infinity, 1.5]}'
+                body = b'{"task": "identity", "inputs": {"x": ' + x + b"}}"
+                reply = await client.post("/api/call", headers=AUTH, content=body)
+                assert reply.status_code == 200
+                assert b'"data":[NaN,-Infinity,1.5]' in reply.content
+                data = reply.json()["outputs"]["y"]["data"]
+                assert math.isnan(data[0]) and data[1:] == [-math.inf, 1.5]
+            nursery.cancel_scope.cancel()

@@ -38,7 +38,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse as _StrictJSONResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from p2pnet.core.generation import GenerationParams, Prompt
@@ -90,6 +91,15 @@ NDJSON = "application/x-ndjson"
 REPLY_HEADER = "P2PNet-Reply"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class JSONResponse(_StrictJSONResponse):
+    """JSON as ``p2pnet call --json`` writes it: a non-finite float of a model's output
+    is ``NaN``, ``Infinity`` or ``-Infinity`` (Python's json; what Python's, and most
+    clients', parsers read), not a failed reply (starlette's own refuses them)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
