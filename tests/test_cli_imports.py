@@ -148,6 +148,16 @@ def test_parsing_any_command_line_loads_no_peer_and_no_trio(tmp_path: Path) -> N
         assert set(loaded(added, PARSING_MODULES)) == set(loaded(added, own)), argv
 
 
+@pytest.mark.slow
+def test_the_api_client_loads_no_numpy_until_tensors_are_sent() -> None:
+    """``p2pnet find`` through the API sends and receives no tensor."""
+    code = "import json, sys, p2pnet.gateway.client; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    modules = json.loads(done.stdout)
+    assert loaded(modules, ("numpy", "trio", "starlette", "hypercorn", "p2pnet.inputs")) == []
+
+
 def test_reply_streams_quiet_the_generation_logger_by_its_name() -> None:
     """stream.py names p2pnet.discovery.generation's logger without importing it."""
     assert stream._GENERATION_LOGGER == Generation.__module__
