@@ -108,7 +108,7 @@ def test_bad_generation_options_are_usage_errors_before_anything_is_dialled(
         raise AssertionError("a peer was started")
 
     monkeypatch.setattr(DiscoveryOptions, "joining_peer", no_peer)
-    monkeypatch.setattr("p2pnet.cli.call.Peer", no_peer)
+    monkeypatch.setattr(DiscoveryOptions, "calling_peer", no_peer)
     with pytest.raises(SystemExit) as exit_:
         main([*argv, "--task", "chat", "--bootstrap", BOOTSTRAP])
     assert exit_.value.code == 2

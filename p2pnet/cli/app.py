@@ -10,7 +10,6 @@ from p2pnet.cli.options import Command
 from p2pnet.cli.parser import build_parser
 from p2pnet.cli.render import TerminalSafeLogs, err, error_text, exit_status
 from p2pnet.errors import P2PNetError, UsageError
-from p2pnet.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -18,7 +17,9 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and --version end here, having loaded little
+    from p2pnet.logs import configure_logging
+
     configure_logging(args.verbose)
     for handler in logging.getLogger().handlers:  # log lines quote other peers' text
         handler.addFilter(TerminalSafeLogs())

@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy.typing as npt
-import trio
 from rich.text import Text
 
 from p2pnet.cli.options import (
@@ -19,32 +17,25 @@ from p2pnet.cli.options import (
     DiscoveryOptions,
     ParentParsers,
     Subparsers,
-    accounting_config,
     add_input_option,
     finish_checks,
     generation_params,
     load_identity,
     running_peer_api,
 )
-from p2pnet.cli.render import exit_status, out, outputs_table, peer_text, tensor_json
-from p2pnet.cli.stream import (
-    INTERRUPTED,
-    Interrupts,
-    JsonReplies,
-    TextReplies,
-    run_interruptible,
-    stream_remote_reply,
-    stream_reply,
-)
-from p2pnet.core.generation import ROLES, GenerationParams, Prompt
-from p2pnet.core.model_id import parse_model_id
+from p2pnet.cli.render import exit_status, peer_text
+from p2pnet.core.generation import ROLES, GenerationParams
 from p2pnet.errors import P2PNetError, UsageError
-from p2pnet.inputs import parse_input
-from p2pnet.ledger import default_ledger_path
-from p2pnet.peer import Peer
 
+# numpy, trio and the streaming of replies are imported where they are used, and a peer
+# of the command's own only when there is no running peer to go through
+# (tests/test_cli_imports.py).
 if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from p2pnet.cli.stream import Interrupts, JsonReplies, TextReplies
     from p2pnet.gateway.client import ApiClient
+    from p2pnet.peer import Peer
 
 __all__ = ["CallOptions", "add_call_parser", "call_model"]
 
@@ -143,6 +134,11 @@ def add_call_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def call_model(options: CallOptions) -> int:
     """Call the model and print its outputs (a table, or JSON); or stream its reply."""
+    import trio
+
+    from p2pnet.cli.render import out, outputs_table, tensor_json
+    from p2pnet.cli.stream import run_interruptible
+
     if options.generates:
         return run_interruptible(
             functools.partial(_generate, options), verbose=options.discovery.verbose
@@ -185,14 +181,7 @@ def _target(options: CallOptions) -> _Target:
     direct = _direct(options)
     if direct is not None:
         address, model_id = direct
-        peer = Peer(
-            identity,
-            ledger=default_ledger_path(identity.peer_id),
-            accounting=accounting_config(),
-            listen=discovery.listen,
-            swarm_key=join.swarm_key,
-        )
-        return _Target(peer, address, None, model_id)
+        return _Target(discovery.calling_peer(identity, join), address, None, model_id)
     task, model = discovery.target(join)
     return _Target(discovery.joining_peer(identity, join), None, task, model)
 
@@ -209,6 +198,8 @@ def _direct(options: CallOptions) -> tuple[str, str] | None:
         return None
     if len(options.target) != 2 or discovery.task is not None or discovery.model is not None:
         raise UsageError("give ADDRESS MODEL_ID, or --task/--model with --bootstrap")
+    from p2pnet.core.model_id import parse_model_id
+
     return options.target[0], parse_model_id(options.target[1])
 
 
@@ -225,6 +216,8 @@ def _served_by_offer(name: str, model_id: str, peer_id: str) -> Text:
 async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
     """(who served the call, as terminal-safe text; the outputs): through the running
     peer of the identity (``running_peer_api``), else a peer of this command's own."""
+    from p2pnet.inputs import parse_input
+
     discovery = options.discovery
     inputs = dict(parse_input(spec) for spec in options.inputs)
     direct = _direct(options)  # the caller's mistakes before anything else
@@ -266,6 +259,9 @@ async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]
 async def _generate(options: CallOptions, interrupts: Interrupts) -> int:
     """Stream the reply to ``options.messages``: 0 when it ended, INTERRUPTED when
     Ctrl-C stopped it, the error's status when it failed."""
+    from p2pnet.cli.stream import INTERRUPTED, JsonReplies, TextReplies, stream_reply
+    from p2pnet.core.generation import Prompt
+
     discovery = options.discovery
     output: TextReplies | JsonReplies = JsonReplies() if discovery.json else TextReplies()
     try:
@@ -304,6 +300,8 @@ async def _generate_through(
     Raises:
         P2PNetError: the reply failed.
     """
+    from p2pnet.cli.stream import INTERRUPTED, stream_remote_reply
+
     discovery = options.discovery
     direct = _direct(options)
     task, model = discovery.wanted() if direct is None else (None, direct[1])

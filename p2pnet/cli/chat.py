@@ -10,9 +10,8 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import trio
 from rich.text import Text
 
 from p2pnet.cli.options import (
@@ -25,20 +24,15 @@ from p2pnet.cli.options import (
     running_peer_api,
 )
 from p2pnet.cli.render import err, exit_status
-from p2pnet.cli.stream import (
-    INTERRUPTED,
-    Interrupts,
-    JsonReplies,
-    ReplyOutput,
-    TextReplies,
-    run_interruptible,
-    stream_remote_reply,
-    stream_reply,
-)
-from p2pnet.core.generation import GenerationParams
-from p2pnet.discovery.generation import ChatSession
-from p2pnet.discovery.service import Offer
 from p2pnet.errors import P2PNetError
+
+# trio and the streaming of replies are imported where they are used, a peer of the
+# command's own only when there is no running peer to go through.
+if TYPE_CHECKING:
+    from p2pnet.cli.stream import Interrupts, JsonReplies, ReplyOutput, TextReplies
+    from p2pnet.core.generation import GenerationParams
+    from p2pnet.discovery.generation import ChatSession
+    from p2pnet.discovery.service import Offer
 
 __all__ = ["ChatOptions", "StdinLines", "add_chat_parser", "run_chat"]
 
@@ -78,10 +72,14 @@ def run_chat(options: ChatOptions) -> int:
     """Chat until stdin ends (Ctrl-D) or Ctrl-C at the prompt; 0 then, INTERRUPTED after
     Ctrl-C. A failed turn ends a chat whose stdin is not a terminal with that error's
     status; at a terminal the chat goes on."""
+    from p2pnet.cli.stream import run_interruptible
+
     return run_interruptible(functools.partial(_chat, options), verbose=options.discovery.verbose)
 
 
 async def _chat(options: ChatOptions, interrupts: Interrupts) -> int:
+    from p2pnet.cli.stream import JsonReplies, TextReplies, stream_remote_reply
+
     discovery = options.discovery
     output: TextReplies | JsonReplies = JsonReplies() if discovery.json else TextReplies()
     interactive = sys.stdin is not None and sys.stdin.isatty()
@@ -124,6 +122,8 @@ def _local_turns(
 ) -> Callable[[str], Awaitable[None]]:
     """A turn of ``session``: send a message, stream its reply (the provider shown when
     it changes)."""
+    from p2pnet.cli.stream import stream_reply
+
     shown: Offer | None = None
 
     async def turn(line: str) -> None:
@@ -145,6 +145,8 @@ async def _converse(
 ) -> int:
     """Send each line of stdin and stream the reply (``turn``), until stdin ends or
     Ctrl-C at the prompt."""
+    from p2pnet.cli.stream import INTERRUPTED
+
     lines = StdinLines()
     if interactive:
         err.print(Text("Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt ends the chat", "dim"))
@@ -165,6 +167,8 @@ async def _converse(
 async def _prompt(lines: StdinLines, interrupts: Interrupts, interactive: bool) -> str | None:
     """The next message: a line of stdin after a prompt marker (on stderr, when stdin is
     a terminal); None at its end or after Ctrl-C."""
+    import trio
+
     if interactive:
         err.print(Text("> ", style="bold"), end="")
     with trio.CancelScope() as scope:
@@ -216,5 +220,7 @@ class StdinLines:
 async def _in_thread(read: Callable[[], T]) -> T:
     """``read()`` in a worker thread, left to finish alone if the caller is cancelled (a
     read of stdin cannot be interrupted)."""
+    import trio
+
     # (trio-typing's stubs, pulled in by py-libp2p, predate abandon_on_cancel)
     return await trio.to_thread.run_sync(read, abandon_on_cancel=True)  # type: ignore[call-arg]

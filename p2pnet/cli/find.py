@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
 from rich.text import Text
 
 from p2pnet.cli.options import (
@@ -19,7 +18,9 @@ from p2pnet.cli.options import (
     running_peer_api,
 )
 from p2pnet.cli.render import err, joined_text, out, peer_text, spec_text
-from p2pnet.core.schema import ModelSchema, TensorSpec
+
+if TYPE_CHECKING:
+    from p2pnet.core.schema import ModelSchema, TensorSpec
 
 __all__ = ["OfferLike", "add_find_parser", "find_models", "offers_text", "unanswered_text"]
 
@@ -36,6 +37,8 @@ def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
 def find_models(options: DiscoveryOptions) -> int:
     """Print the offers found, best first, and the providers that did not answer in time
     (with ``-v``, or in ``--json``); exit status 1 if there are none."""
+    import trio
+
     found = trio.run(_find, options)
     offers = [_OfferView.of(offer) for offer in found["offers"]]
     unanswered = found["unanswered"]
@@ -98,6 +101,8 @@ class _OfferView:
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> _OfferView:
+        from p2pnet.core.schema import ModelSchema, TensorSpec
+
         def specs(key: str) -> tuple[TensorSpec, ...]:
             return tuple(
                 TensorSpec(str(t["name"]), str(t["dtype"]), tuple(t["shape"])) for t in doc[key]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers, identity_path, load_identity
 from p2pnet.cli.render import err, out
-from p2pnet.net.identity import peer_id_of
 
 __all__ = ["IdOptions", "add_id_parser", "show_id"]
 
@@ -34,6 +33,8 @@ def add_id_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def show_id(options: IdOptions) -> int:
     """Print the peer ID (its key file on stderr), creating the identity if needed."""
+    from p2pnet.net.identity import peer_id_of
+
     identity, path, created = load_identity(options.identity)
     if options.json:
         print(

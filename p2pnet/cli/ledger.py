@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.table import Table
 from rich.text import Text
@@ -16,17 +16,10 @@ from rich.text import Text
 from p2pnet.cli.options import Command, ParentParsers, PeerFile, Subparsers
 from p2pnet.cli.render import err, out, peer_text
 from p2pnet.errors import LedgerError
-from p2pnet.ledger import (
-    Ledger,
-    LedgerTotals,
-    StoredReceipt,
-    default_ledger_path,
-    receipt_fields,
-    stored_acknowledgement,
-    stored_receipt,
-    verify_log,
-)
-from p2pnet.ledger.store import Role
+
+if TYPE_CHECKING:  # the ledger (SQLite, receipts) is imported when the command runs
+    from p2pnet.ledger import Ledger, LedgerTotals, StoredReceipt
+    from p2pnet.ledger.store import Role
 
 __all__ = [
     "BalancesOptions",
@@ -44,6 +37,8 @@ __all__ = [
 
 def ledger_file(args: argparse.Namespace) -> PeerFile:
     """``--ledger FILE``, else the ledger of ``--identity`` (or the default identity)."""
+    from p2pnet.ledger import Ledger, default_ledger_path
+
     return PeerFile.from_args(args, "ledger", Ledger.kind, default_ledger_path)
 
 
@@ -163,6 +158,8 @@ def units_text(micro_units: int) -> str:
 
 def _open(file: PeerFile) -> Ledger | None:
     """The ledger, or None if there is none yet (said on stderr)."""
+    from p2pnet.ledger import Ledger
+
     path = file.existing("this peer has recorded no receipts")
     return None if path is None else Ledger.open(path, create=False)
 
@@ -180,6 +177,8 @@ def _totals_json(totals: LedgerTotals) -> dict[str, int]:
 
 def show_balances(options: BalancesOptions) -> int:
     """Print the balance with each peer and the ledger's totals (micro-units in JSON)."""
+    from p2pnet.ledger import LedgerTotals
+
     ledger = _open(options.file)
     if ledger is None:
         totals = LedgerTotals(0, 0, 0, 0, 0, 0)
@@ -220,6 +219,8 @@ def show_balances(options: BalancesOptions) -> int:
 
 def show_receipts(options: ReceiptsOptions) -> int:
     """Print the receipts of the pairs with ``--peer``."""
+    from p2pnet.ledger import receipt_fields
+
     ledger = _open(options.file)
     receipts: list[StoredReceipt] = []
     if ledger is not None:
@@ -246,6 +247,8 @@ def show_receipts(options: ReceiptsOptions) -> int:
 
 def export_receipts(options: ExportOptions) -> int:
     """Write the receipt log to ``--out`` or stdout."""
+    from p2pnet.ledger import Ledger
+
     path = options.file.path()
     with Ledger.open(path, create=False) as ledger:
         if options.out is None:
@@ -263,6 +266,8 @@ def export_receipts(options: ExportOptions) -> int:
 def verify_receipts(options: VerifyOptions) -> int:
     """Check the receipt log's signatures, chain links and totals; exit status 1 if it
     fails."""
+    from p2pnet.ledger import stored_acknowledgement, stored_receipt, verify_log
+
     try:
         fh = options.log.open(encoding="utf-8", errors="strict")
     except OSError as exc:

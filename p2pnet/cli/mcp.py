@@ -9,7 +9,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
 from rich.text import Text
 
 from p2pnet.cli.options import (
@@ -107,6 +106,8 @@ def add_mcp_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def run_mcp(options: McpOptions) -> int:
     """Serve MCP on stdio until stdin ends; 0 then."""
+    import trio
+
     trio.run(_mcp, options)
     return 0
 

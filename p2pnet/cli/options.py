@@ -13,15 +13,11 @@ from typing import TYPE_CHECKING, Final, Generic, TypeAlias, TypeVar
 
 from rich.text import Text
 
-from p2pnet.accounting import AccountingConfig
 from p2pnet.cli.render import err
 from p2pnet.config import (
     SwarmJoin,
     config_path,
     default_identity_path,
-    load_credit,
-    load_dht,
-    load_trust,
     resolve_swarm,
 )
 from p2pnet.core.generation import (
@@ -30,18 +26,19 @@ from p2pnet.core.generation import (
     MAX_TEMPERATURE,
     GenerationParams,
 )
-from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.pricing import Price
-from p2pnet.dht.node import DhtConfig, DhtDefences
 from p2pnet.errors import InvalidInputError, UsageError
-from p2pnet.ledger import default_ledger_path
-from p2pnet.net.identity import Identity, load_or_create_identity
-from p2pnet.peer import Peer
-from p2pnet.sqlite_file import FileKind
-from p2pnet.trust import default_trust_path
 
+# What starts a peer of the command's own (py-libp2p, the DHT, accounting, the ledger)
+# is imported where it is used: parsing the command line, and a command that goes
+# through the running peer's API, load none of it (tests/test_cli_imports.py).
 if TYPE_CHECKING:
+    from p2pnet.accounting import AccountingConfig
+    from p2pnet.dht.node import DhtConfig
     from p2pnet.gateway.client import ApiClient
+    from p2pnet.net.identity import Identity
+    from p2pnet.peer import Peer
+    from p2pnet.sqlite_file import FileKind
     from p2pnet.status import PeerStatus
 
 __all__ = [
@@ -272,6 +269,9 @@ def accounting_config() -> AccountingConfig:
     Raises:
         ConfigError: a ``[credit]`` table that is wrong (the message says where).
     """
+    from p2pnet.accounting import AccountingConfig
+    from p2pnet.config import load_credit
+
     credit = load_credit()
     return AccountingConfig(
         credit=credit.policy,
@@ -287,6 +287,9 @@ def dht_config() -> DhtConfig:
     Raises:
         ConfigError: a ``[dht]`` table that is wrong (the message says where).
     """
+    from p2pnet.config import load_dht
+    from p2pnet.dht.node import DhtConfig, DhtDefences
+
     settings = load_dht()
     return DhtConfig(defences=DhtDefences(diversity=settings.diversity, paths=settings.paths))
 
@@ -376,6 +379,8 @@ def load_identity(path: Path | None) -> tuple[Identity, Path, bool]:
     Raises:
         ConfigError: the key file cannot be read, used or created.
     """
+    from p2pnet.net.identity import load_or_create_identity
+
     path = path or default_identity_path()
     identity, created = load_or_create_identity(path)
     if created:
@@ -458,7 +463,11 @@ class DiscoveryOptions:
         """
         if (self.task is None) == (self.model is None):
             raise UsageError("give exactly one of --task TAG or --model MODEL_ID")
-        return self.task, parse_model_id(self.model) if self.model is not None else None
+        if self.model is None:
+            return self.task, None
+        from p2pnet.core.model_id import parse_model_id
+
+        return self.task, parse_model_id(self.model)
 
     def target(self, join: SwarmJoin) -> tuple[str | None, str | None]:
         """(task, model ID) to find, from ``--task`` or ``--model``.
@@ -480,6 +489,11 @@ class DiscoveryOptions:
         receipts of its calls go to the identity's ledger, and a sample of them is
         spot-checked as ``[trust]`` says (``finish_checks`` before it stops); it skips
         the providers the identity's trust store marks untrusted."""
+        from p2pnet.config import load_trust
+        from p2pnet.ledger import default_ledger_path
+        from p2pnet.peer import Peer
+        from p2pnet.trust import default_trust_path
+
         return Peer(
             identity,
             ledger=default_ledger_path(identity.peer_id),
@@ -491,6 +505,20 @@ class DiscoveryOptions:
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,
             require_join=True,
+        )
+
+    def calling_peer(self, identity: Identity, join: SwarmJoin) -> Peer:
+        """A peer that joins nothing, to call a given peer (ADDRESS MODEL_ID): the
+        receipts of its calls go to the identity's ledger."""
+        from p2pnet.ledger import default_ledger_path
+        from p2pnet.peer import Peer
+
+        return Peer(
+            identity,
+            ledger=default_ledger_path(identity.peer_id),
+            accounting=accounting_config(),
+            listen=self.listen,
+            swarm_key=join.swarm_key,
         )
 
 

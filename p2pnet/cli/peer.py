@@ -10,9 +10,8 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-import trio
 from rich.text import Text
 
 from p2pnet.cli.options import (
@@ -28,8 +27,6 @@ from p2pnet.cli.options import (
     parse_price,
 )
 from p2pnet.cli.render import err, out, peer_text
-from p2pnet.config import load_sessions, load_trust
-from p2pnet.core.batching import Batching
 from p2pnet.core.pricing import FREE, Price
 from p2pnet.errors import ConfigError, UsageError
 from p2pnet.gateway.settings import (
@@ -39,10 +36,14 @@ from p2pnet.gateway.settings import (
     read_token,
     write_token,
 )
-from p2pnet.ledger import default_ledger_path
-from p2pnet.net.nat_config import NatConfig
-from p2pnet.peer import Peer
-from p2pnet.trust import default_trust_path
+
+# The peer and what it runs on are imported by the code that starts it: parsing the
+# command line loads none of it (tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    import trio
+
+    from p2pnet.core.batching import Batching
+    from p2pnet.peer import Peer
 
 __all__ = [
     "DEFAULT_GRPC",
@@ -240,6 +241,8 @@ def _batching(batch: dict[str, Any] | None, path: str) -> Batching | None:
         return None
     if batch["rows"] is None:
         raise UsageError(f"--batch-delay-ms for {path} needs --batch ROWS too")
+    from p2pnet.core.batching import Batching
+
     delay = DEFAULT_BATCH_DELAY_MS if batch["delay"] is None else batch["delay"]
     try:
         return Batching(max_batch=batch["rows"], max_delay_ms=delay)
@@ -438,13 +441,22 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def run_peer(options: PeerOptions) -> int:
     """Serve until SIGINT or SIGTERM, then stop cleanly."""
+    import trio
+
     trio.run(_serve, options)
     err.print("stopped")
     return 0
 
 
 async def _serve(options: PeerOptions) -> None:
+    import trio
+
+    from p2pnet.config import load_sessions, load_trust
+    from p2pnet.ledger import default_ledger_path
+    from p2pnet.net.nat_config import NatConfig
+    from p2pnet.peer import Peer
     from p2pnet.status import keep_status
+    from p2pnet.trust import default_trust_path
 
     join = options.swarm.resolve()
     identity, _, _ = load_identity(options.identity)

@@ -7,9 +7,8 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import trio
 from rich.table import Table
 from rich.text import Text
 
@@ -25,8 +24,11 @@ from p2pnet.cli.options import (
 )
 from p2pnet.cli.render import joined_text, out, outputs_table, peer_text
 from p2pnet.errors import DeadlineExceededError, UsageError
-from p2pnet.inputs import parse_input, tensor_from_json
-from p2pnet.pipeline import Mode, Pipeline, PipelineResult, StepTrace
+
+# Pipelines, trio and numpy are imported where they are used: parsing the command line
+# loads none of them.
+if TYPE_CHECKING:
+    from p2pnet.pipeline import Mode, PipelineResult
 
 __all__ = [
     "CheckOptions",
@@ -61,7 +63,7 @@ class RunOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
         return cls(
-            DiscoveryOptions.from_args(args), args.spec, tuple(args.input), cast(Mode, args.mode)
+            DiscoveryOptions.from_args(args), args.spec, tuple(args.input), cast("Mode", args.mode)
         )
 
 
@@ -95,6 +97,8 @@ def add_pipeline_parsers(sub: Subparsers, parents: ParentParsers) -> None:
 
 def check_pipeline(options: CheckOptions) -> int:
     """Print the checked spec's steps and outputs."""
+    from p2pnet.pipeline import Pipeline
+
     pipeline = Pipeline.from_file(options.spec)
     spec = pipeline.spec
     if options.json:
@@ -116,6 +120,8 @@ def run_pipeline(options: RunOptions) -> int:
     Raises:
         DeadlineExceededError: it did not finish within ``--timeout``.
     """
+    import trio
+
     try:
         result = trio.run(_run, options)
     except trio.TooSlowError:
@@ -144,6 +150,11 @@ def run_pipeline(options: RunOptions) -> int:
 async def _run(options: RunOptions) -> PipelineResult:
     """Run the pipeline: by the running peer of the identity (``running_peer_api``),
     else by a peer of this command's own."""
+    import trio
+
+    from p2pnet.inputs import parse_input
+    from p2pnet.pipeline import Pipeline
+
     discovery = options.discovery
     pipeline = Pipeline.from_file(options.spec)
     inputs = dict(parse_input(spec) for spec in options.inputs)
@@ -180,6 +191,9 @@ async def _run(options: RunOptions) -> PipelineResult:
 def _result_of(reply: dict[str, Any]) -> PipelineResult:
     """The PipelineResult of a ``POST /api/pipeline`` reply (its ``to_dict()`` and the
     outputs as JSON tensors, ``tensors``)."""
+    from p2pnet.inputs import tensor_from_json
+    from p2pnet.pipeline import PipelineResult, StepTrace
+
     steps = [
         StepTrace(
             str(t["step"]),
@@ -192,5 +206,5 @@ def _result_of(reply: dict[str, Any]) -> PipelineResult:
         for t in reply["steps"]
     ]
     outputs = {name: tensor_from_json(name, value) for name, value in reply["tensors"].items()}
-    mode = cast(Mode, reply["mode"])
+    mode = cast("Mode", reply["mode"])
     return PipelineResult(outputs, steps, mode, float(reply["total_ms"]))

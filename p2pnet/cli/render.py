@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import numpy as np
-import numpy.typing as npt
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from p2pnet.core.generation import GenerationCard
-from p2pnet.core.model_info import ModelInfo
-from p2pnet.core.schema import Dim, TensorSpec
-from p2pnet.core.tensor import dtype_name
 from p2pnet.errors import P2PNetError, UsageError
+
+# numpy and rich's tables are imported by the functions that show tensors and tables: a
+# command that prints neither (``p2pnet find --json``, ``--help``) loads neither.
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from rich.table import Table
+
+    from p2pnet.core.generation import GenerationCard
+    from p2pnet.core.model_info import ModelInfo
+    from p2pnet.core.schema import Dim, TensorSpec
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -133,11 +136,15 @@ def joined_text(parts: Sequence[Text | str], separator: str = ", ", empty: str =
 
 def tensor_json(arr: npt.NDArray[Any]) -> dict[str, Any]:
     """A tensor as JSON: dtype, shape and data."""
+    from p2pnet.core.tensor import dtype_name
+
     return {"dtype": dtype_name(arr), "shape": list(arr.shape), "data": arr.tolist()}
 
 
 def schema_table(info: ModelInfo) -> Table:
     """A model's inputs and outputs: name, dtype and shape (``?`` for a free dimension)."""
+    from rich.table import Table
+
     title = peer_text(info.name) + f" ({info.size:,} bytes)"
     table = Table(title=title, title_justify="left")
     for column in ("", "name", "dtype", "shape"):
@@ -163,6 +170,11 @@ def generation_text(card: GenerationCard) -> Text:
 def outputs_table(title: str | Text, outputs: Mapping[str, npt.NDArray[Any]]) -> Table:
     """Output tensors: name, dtype, shape and values (long ones elided); the title (if a
     ``str``), names and values are shown as ``terminal_safe`` text, never as markup."""
+    import numpy as np
+    from rich.table import Table
+
+    from p2pnet.core.tensor import dtype_name
+
     if isinstance(title, str):
         title = peer_text(title, limit=None)
     table = Table(title=title, title_justify="left")

@@ -10,10 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
 
 __all__ = ["SimulateOptions", "add_simulate_parser", "simulate"]
@@ -90,6 +86,10 @@ def add_simulate_parser(sub: Subparsers, parents: ParentParsers) -> None:
 def simulate(options: SimulateOptions) -> int:
     """Run the scenario with progress on stderr, print the report, write it to ``out``;
     exit status 1 if any forged record was accepted."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     from p2pnet.simulate.report import (
         PlotsUnavailableError,
         render,

@@ -7,12 +7,15 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
 from p2pnet.cli.render import err, joined_text, out, peer_text
-from p2pnet.status import JoinState, StatusFile, read_statuses
+
+if TYPE_CHECKING:  # p2pnet.status loads trio: imported when the command runs
+    from p2pnet.status import JoinState, StatusFile
 
 __all__ = [
     "StatusOptions",
@@ -49,6 +52,8 @@ def add_status_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def show_status(options: StatusOptions) -> int:
     """Print each running peer's status; exit status 1 if none is running."""
+    from p2pnet.status import read_statuses
+
     statuses = [s for s in read_statuses() if options.pid is None or s.pid == options.pid]
     if options.json:
         print(json.dumps([s.data | {"age_s": round(s.age, 1)} for s in statuses], indent=2))

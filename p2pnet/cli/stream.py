@@ -18,17 +18,13 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import trio
 from rich.console import Console
 from rich.text import Text
 
 from p2pnet.cli.render import err, error_text, peer_text, reply_safe
-from p2pnet.core.generation import GenerationSummary
-from p2pnet.core.messages import Chunk
-from p2pnet.discovery.generation import Generation, Replay
-from p2pnet.discovery.service import Offer
 from p2pnet.errors import P2PNetError
 from p2pnet.gateway.events import (
     ReplyTiming,
@@ -39,6 +35,14 @@ from p2pnet.gateway.events import (
     provider_event,
     replay_event,
 )
+
+# A reply streamed by the running peer's API needs none of what a peer of the command's
+# own streams its replies with.
+if TYPE_CHECKING:
+    from p2pnet.core.generation import GenerationSummary
+    from p2pnet.core.messages import Chunk
+    from p2pnet.discovery.generation import Generation, Replay
+    from p2pnet.discovery.service import Offer
 
 __all__ = [
     "INTERRUPTED",
@@ -55,6 +59,9 @@ __all__ = [
 
 INTERRUPTED = 130
 """The exit status of a command that Ctrl-C stopped."""
+
+# The logger of p2pnet.discovery.generation (Generation), named so as not to load it.
+_GENERATION_LOGGER = "p2pnet.discovery.generation"
 
 
 class ReplyOutput(Protocol):
@@ -235,7 +242,7 @@ def run_interruptible(command: Callable[[Interrupts], Awaitable[int]], *, verbos
     The command notes replays itself (``ReplyOutput.replay``), so the library's warning
     of one is logged with ``-v`` (``verbose``) only."""
     if not verbose:
-        logging.getLogger(Generation.__module__).setLevel(logging.ERROR)
+        logging.getLogger(_GENERATION_LOGGER).setLevel(logging.ERROR)
 
     async def main() -> int:
         with trio.open_signal_receiver(signal.SIGINT) as signals:

@@ -7,14 +7,16 @@ import argparse
 import datetime
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, PeerFile, Subparsers
 from p2pnet.cli.render import err, out, peer_text
-from p2pnet.trust.store import StoredVerdict, TrustStore, default_trust_path
+
+if TYPE_CHECKING:  # the trust store (SQLite) is imported when the command runs
+    from p2pnet.trust.store import StoredVerdict, TrustStore
 
 __all__ = [
     "ForgetOptions",
@@ -27,6 +29,8 @@ __all__ = [
 
 def trust_file(args: argparse.Namespace) -> PeerFile:
     """``--trust FILE``, else the trust store of ``--identity`` (or the default one)."""
+    from p2pnet.trust.store import TrustStore, default_trust_path
+
     return PeerFile.from_args(args, "trust", TrustStore.kind, default_trust_path)
 
 
@@ -101,6 +105,8 @@ def _trust_options(parser: argparse.ArgumentParser, *, nested: bool) -> None:
 
 def _open(file: PeerFile) -> TrustStore | None:
     """The trust store, or None if there is none yet (said on stderr)."""
+    from p2pnet.trust.store import TrustStore
+
     path = file.existing("this peer has made no spot check")
     return None if path is None else TrustStore.open(path, create=False)
 
@@ -179,6 +185,8 @@ def show_trust(options: TrustOptions) -> int:
 
 def forget_peer(options: ForgetOptions) -> int:
     """Clear the mark of a provider; exit status 1 if it was not marked."""
+    from p2pnet.trust.store import TrustStore
+
     path = options.file.path()
     with TrustStore.open(path, create=False) as store:
         forgotten = store.forget(options.peer)

@@ -12,7 +12,8 @@ An error reply of the API (``{"error": message, "code": code}``) is raised as th
 error class of that code (``error_from_api``), so a command prints the same message
 and exits with the same status as with a peer of its own.
 
-Cheap to import: httpx, numpy and p2pnet's pure modules; not the HTTP server's.
+Cheap to import: httpx and p2pnet's pure modules; not the HTTP server's, and numpy and
+the generation settings only when a call or a reply needs them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy.typing as npt
 
-from p2pnet.core.generation import GenerationParams
 from p2pnet.core.pricing import Price, price_to_wire
 from p2pnet.errors import (
     ConfigError,
@@ -38,7 +37,11 @@ from p2pnet.errors import (
     UnknownSessionError,
     UsageError,
 )
-from p2pnet.inputs import tensor_from_json, tensor_to_json
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from p2pnet.core.generation import GenerationParams
 
 __all__ = [
     "ApiChat",
@@ -144,6 +147,8 @@ def _price(body: dict[str, Any], max_price: Price | None) -> dict[str, Any]:
 
 
 def _outputs(doc: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+    from p2pnet.inputs import tensor_from_json
+
     return {name: tensor_from_json(name, value) for name, value in doc.items()}
 
 
@@ -239,6 +244,8 @@ class ApiClient:
     ) -> CallReply:
         """Call ``task`` or ``model`` (on the peer at address ``peer``, if given: then
         ``model`` only) with ``inputs``."""
+        from p2pnet.inputs import tensor_to_json
+
         body = _price(
             {
                 **_target(task, model),
@@ -266,6 +273,8 @@ class ApiClient:
         """Run the pipeline ``spec`` (its YAML/JSON text, named ``name`` in errors, or
         its object) on ``inputs``: ``PipelineResult.to_dict()``, and ``tensors``, the
         outputs as JSON tensors (dtype kept)."""
+        from p2pnet.inputs import tensor_to_json
+
         body = _price(
             {
                 "spec": spec,
@@ -290,6 +299,8 @@ class ApiClient:
         timeout: float = 60.0,
     ) -> ApiReply:
         """The reply to ``messages`` ((role, text) turns), streamed (``ApiReply``)."""
+        from p2pnet.core.generation import GenerationParams
+
         body = {
             **_target(task, model),
             **({"peer": peer} if peer is not None else {}),
@@ -342,6 +353,8 @@ class ApiChat:
 
     def send(self, text: str, params: GenerationParams | None = None) -> ApiReply:
         """The reply to the user message ``text``, streamed."""
+        from p2pnet.core.generation import GenerationParams
+
         body = {"text": text, "params": _params(params or GenerationParams())}
         return ApiReply(self._client, "", body, self._timeout, chat=self, text=text)
 

@@ -5,12 +5,20 @@ process each time. Two peers on 127.0.0.1: a provider of iris (task iris-species
 running peer, joined to it, serving its API on a free port. docs/benchmarks.md, "CLI
 against a running peer".
 
+Each case runs once unmeasured first, so that Python's bytecode of p2pnet is cached as in
+an installed copy (and the running peer's first search is not counted). Also measured in
+the same run: the interpreter's own start (``python -c pass``), ``--version`` and
+``--help``, and where a ``find`` through the API spends its imports (``-X importtime``,
+each module's own time added up by package). Target: ``find`` and ``call`` through the
+API within TARGET_MS at the median.
+
     python scripts/bench/cli_api.py [--runs 5] [--model build/models/iris.onnx]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -20,11 +28,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine_info
+from _common import git_state, machine_info, targets_table
 
 IRIS = ("-i", "x=[[5.1,3.5,1.4,0.2]]")
+# The goal of `p2pnet find` and `p2pnet call` through a running peer's API: median wall
+# time of the whole command, process start included.
+TARGET_MS = 300
 
 
 def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], list[str]]:
@@ -43,16 +57,41 @@ def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], list[
 
 
 def wall_ms(env: dict[str, str], args: list[str], runs: int) -> list[float]:
+    """Wall time of ``runs`` processes of ``python -m p2pnet.cli args`` (``args`` starting
+    with "-c": of ``python args``)."""
+    command = (
+        [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "p2pnet.cli", *args]
+    )
     times = []
-    for _ in range(runs):
+    for _ in range(runs + 1):  # the first one warms the caches (bytecode, files)
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "p2pnet.cli", *args], capture_output=True, text=True, env=env
-        )
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         times.append((time.perf_counter() - started) * 1000)
         if done.returncode != 0:
             raise SystemExit(f"{args}: exit {done.returncode}: {done.stderr}")
-    return times
+    return times[1:]
+
+
+def import_ms(env: dict[str, str], args: list[str], top: int = 14) -> dict[str, Any]:
+    """Where ``p2pnet args`` spends its imports: ``-X importtime``'s own time of each
+    module, added up by package (p2pnet's by subpackage), the ``top`` largest first, and
+    the total (importtime's own bookkeeping makes it somewhat higher than without)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "p2pnet.cli", *args],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    by_package: collections.Counter[str] = collections.Counter()
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        own, _, name = (part.strip() for part in line[len("import time:") :].split("|"))
+        parts = name.split(".")
+        package = ".".join(parts[:2]) if parts[0] == "p2pnet" and len(parts) > 1 else parts[0]
+        by_package[package] += int(own)
+    return {
+        "total_ms": round(sum(by_package.values()) / 1000),
+        "packages_ms": {k: round(v / 1000, 1) for k, v in by_package.most_common(top)},
+    }
 
 
 def main() -> None:
@@ -61,7 +100,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("build/models/iris.onnx"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        base = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+        # As a user's installed p2pnet runs: with its bytecode cached (the first,
+        # unmeasured run of each case writes it if PYTHONDONTWRITEBYTECODE kept it from
+        # being written before).
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("XDG_RUNTIME_DIR", "PYTHONDONTWRITEBYTECODE")
+        }
         provider_env = base | {"XDG_CONFIG_HOME": f"{tmp}/provider"}
         env = base | {"XDG_CONFIG_HOME": f"{tmp}/me"}
         provider, lines = start(
@@ -70,14 +116,18 @@ def main() -> None:
         address = next(line.split()[1] for line in lines if line.startswith("listening"))
         running, _ = start(env, "--http", "127.0.0.1:0", "--bootstrap", address)
         other = ["--identity", f"{tmp}/other.key", "--bootstrap", address]
+        find = ["find", "--task", "iris-species", "--json"]
         cases = {
-            "find, through the API": ["find", "--task", "iris-species", "--json"],
+            "find, through the API": find,
             "find, one-shot": ["find", "--task", "iris-species", "--json", *other],
             "call, through the API": ["call", "--task", "iris-species", *IRIS, "--json"],
             "call, one-shot": ["call", "--task", "iris-species", *IRIS, "--json", *other],
             "p2pnet --version": ["--version"],
+            "p2pnet --help": ["--help"],
+            "python -c pass": ["-c", "pass"],
         }
         results = {}
+        load_at_start = os.getloadavg()
         try:
             for name, case in cases.items():
                 times = wall_ms(env, case, args.runs)
@@ -91,12 +141,37 @@ def main() -> None:
                     f"{name:24} p50 {shown['p50_ms']:5d} ms  "
                     f"(min {shown['min_ms']}, max {shown['max_ms']})"
                 )
+            imports = import_ms(env, find)
         finally:
             for proc in (running, provider):
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=30)
-    report = {"runs": args.runs, "results": results, "machine": machine_info(), **git_state()}
+    targets = [
+        {
+            "name": f"{name} (p50)",
+            "value": results[name]["p50_ms"],
+            "target": TARGET_MS,
+            "unit": "ms",
+            "pass": results[name]["p50_ms"] <= TARGET_MS,
+        }
+        for name in ("find, through the API", "call, through the API")
+    ]
+    report = {
+        "runs": args.runs,
+        "results": results,
+        "imports_of_find_through_the_api": imports,
+        "targets": targets,
+        "load_at_start": [round(x, 2) for x in load_at_start],
+        "machine": machine_info(),
+        **git_state(),
+    }
     print(json.dumps(report, indent=2))
+    console = Console()
+    console.print(
+        f"imports of find through the API: {imports['total_ms']} ms under -X importtime; "
+        + ", ".join(f"{k} {v:g}" for k, v in imports["packages_ms"].items())
+    )
+    console.print(targets_table(targets, lambda v: f"{v:.0f}"))
 
 
 if __name__ == "__main__":
