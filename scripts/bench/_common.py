@@ -1,8 +1,10 @@
-"""What every benchmark script reports about the machine and the code it measured."""
+"""What every benchmark script reports about the machine and the code it measured, and
+the small helpers they share (quantiles, stopping a child process)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -57,3 +59,22 @@ def targets_table(targets: list[dict[str, Any]], value: Callable[[Any], str]) ->
             t["name"], f"{value(t['value'])} {t['unit']}", f"{t['target']} {t['unit']}", result
         )
     return table
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (the nearest rank); nan when there are none."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def stop_child(proc: subprocess.Popen[str]) -> None:
+    """End a child that serves until its stdin closes: close it, wait 10 s, then kill."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -47,7 +47,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine_info, targets_table
+from _common import git_state, machine_info, pct, stop_child, targets_table
 
 from p2pnet.gateway.app import serve_http
 from p2pnet.gateway.oip_grpc import serve_grpc
@@ -171,16 +171,6 @@ def bulk() -> np.ndarray:
     return np.random.default_rng(0).random(BULK_MIB << 18, dtype=np.float32)
 
 
-def stop_child(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # ---------------------------------------------------------------- clients
 
 
@@ -244,11 +234,6 @@ class TritonClients:
     def close(self) -> None:
         self.http.close()
         self.grpc.close()
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run(plan: Plan, child: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, git_state, machine_info, targets_table
+from _common import REPO_ROOT, git_state, machine_info, pct, stop_child, targets_table
 
 from p2pnet.core.address import parse_peer_address
 from p2pnet.core.messages import ErrorReply, MessageReader, Result, WireLimits
@@ -209,24 +209,13 @@ class ServerChild:
         return stats
 
     def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc)
 
 
 # ---------------------------------------------------------------- hostile messages
 
 
 # ---------------------------------------------------------------- figures
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def latency(samples: list[float]) -> dict[str, float]:

@@ -58,7 +58,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, targets_table
+from _common import machine_info, pct, stop_child, targets_table
 
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.identity import Identity
@@ -210,16 +210,6 @@ def start_child(models_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]
     return proc, json.loads(line)
 
 
-def stop_child(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 class CpuMeter:
     """CPU seconds spent by this process and the serving child between start() and stop()."""
 
@@ -306,11 +296,6 @@ async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
         await call()
         out.append(time.perf_counter() - start)
     return out
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def latency(name: str, samples: list[float], figures: dict[str, float]) -> None:

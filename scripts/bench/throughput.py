@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import select
 import subprocess
@@ -49,7 +48,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine_info, targets_table
+from _common import git_state, machine_info, pct, stop_child, targets_table
 
 from p2pnet.core.batching import Batching
 from p2pnet.peer import Peer
@@ -151,24 +150,10 @@ class Child:
         return self._line(30)
 
     def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc)
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def pct(samples: list[float], q: float) -> float:
-    """The ``q`` quantile of ``samples`` (nan when none: no call ended in the window)."""
-    if not samples:
-        return math.nan
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def load(
