@@ -41,7 +41,7 @@ Figures (per scenario and N):
 Targets: 100% lookup success; p50 <= 20 ms at N = 100 real peers; a 100-peer real swarm
 bootstrapped in <= 20 s; 10,000 in-memory peers in <= 2 GB (peak RSS of that process).
 
-Writes <out>/dht.json and prints a table. --quick (real 25, baseline 10, memory 300)
+Writes <out>/dht.json and prints a table. --quick (real 20, baseline 10, memory 150)
 finishes in < 90 s, for CI.
 """
 
@@ -130,7 +130,7 @@ class Plan:
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
         if quick:
-            return cls((25,), (10,), (300,), 10, 100, 300, 9)
+            return cls((20,), (10,), (150,), 10, 100, 150, 9)
         return cls((10, 50, 100), (10, 50), (1000, 10_000), 10, 100, 1000, 20)
 
     @staticmethod
