@@ -99,21 +99,17 @@ class PeerCollector(Collector):
             if name in _DHT_GAUGES:
                 yield _gauge(f"p2pnet_dht_{name}", f"DHT {name.replace('_', ' ')}", number)
             else:
-                counter = CounterMetricFamily(
-                    f"p2pnet_dht_{name}", f"DHT counter {name.replace('_', ' ')}"
+                yield _counter(
+                    f"p2pnet_dht_{name}", f"DHT counter {name.replace('_', ' ')}", number
                 )
-                counter.add_metric([], number)
-                yield counter
 
         for name, count in sorted(status.generation.items()):
             if name == "sessions":
                 yield _gauge("p2pnet_generation_sessions", "Generation sessions open", count)
             else:
-                counter = CounterMetricFamily(
-                    f"p2pnet_generation_{name}", f"Streamed generation {name} served"
+                yield _counter(
+                    f"p2pnet_generation_{name}", f"Streamed generation {name} served", count
                 )
-                counter.add_metric([], count)
-                yield counter
 
         if status.receipts:
             receipts = CounterMetricFamily(
@@ -156,9 +152,7 @@ class PeerCollector(Collector):
             if name == "untrusted":
                 yield _gauge("p2pnet_spot_checks_untrusted", doc, count)
             else:
-                checks = CounterMetricFamily(f"p2pnet_spot_checks_{name}", doc)
-                checks.add_metric([], count)
-                yield checks
+                yield _counter(f"p2pnet_spot_checks_{name}", doc, count)
 
 
 def _call_metrics(calls: CallStats, served_ids: list[str]) -> Iterator[Metric]:
@@ -243,6 +237,10 @@ def _le(bound: float) -> str:
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
 
 
 def peer_registry(peer: Peer) -> CollectorRegistry:
