@@ -1,11 +1,14 @@
 """What every benchmark script reports about the machine and the code it measured, and
-the small helpers they share (quantiles, stopping a child process)."""
+the small helpers they share (quantiles, starting and stopping a serving child)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
+import select
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,28 @@ def pct(samples: list[float], q: float) -> float:
         return math.nan
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def start_child(
+    script: str, models_dir: Path, timeout: float
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start ``script --serve-child --models DIR`` and read the JSON line it prints once
+    it serves (within ``timeout`` seconds); it serves until its stdin closes
+    (``stop_child``)."""
+    proc = subprocess.Popen(
+        [sys.executable, script, "--serve-child", "--models", str(models_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        raise SystemExit("the serving child process did not start (see its error above)")
+    child: dict[str, Any] = json.loads(line)
+    return proc, child
 
 
 def stop_child(proc: subprocess.Popen[str]) -> None:

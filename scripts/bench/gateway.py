@@ -35,7 +35,6 @@ import datetime
 import functools
 import importlib.util
 import json
-import select
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine_info, pct, stop_child, targets_table
+from _common import git_state, machine_info, pct, start_child, stop_child, targets_table
 
 from p2pnet.gateway.app import serve_http
 from p2pnet.gateway.oip_grpc import serve_grpc
@@ -109,22 +108,6 @@ async def child_main(models_dir: Path) -> None:
         with trio.move_on_after(CHILD_LIFETIME):
             # The parent closes our stdin when it is done (or dies).
             await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)  # type: ignore[call-arg]
-
-
-def start_child(models_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-child", "--models", str(models_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], CHILD_START_TIMEOUT)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        raise SystemExit("the serving child process did not start (see its error above)")
-    return proc, json.loads(line)
 
 
 def start_client(http_url: str, grpc_target: str) -> subprocess.Popen[str]:
@@ -398,7 +381,7 @@ def main() -> None:
     ensure_models(args.models)
     plan = Plan.for_mode(args.quick)
     machine = machine_info("grpcio", "tritonclient", "hypercorn", "onnxruntime")
-    proc, child = start_child(args.models)
+    proc, child = start_child(__file__, args.models, CHILD_START_TIMEOUT)
     try:
         result = trio.run(run, plan, child)
     finally:

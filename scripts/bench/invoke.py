@@ -43,9 +43,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import select
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +56,7 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, pct, stop_child, targets_table
+from _common import machine_info, pct, start_child, stop_child, targets_table
 
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.identity import Identity
@@ -192,22 +190,6 @@ async def child_main(models_dir: Path) -> None:
                 # The parent closes our stdin when it is done (or dies).
                 await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)  # type: ignore[call-arg]
             nursery.cancel_scope.cancel()
-
-
-def start_child(models_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-child", "--models", str(models_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], CHILD_START_TIMEOUT)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        raise SystemExit("the serving child process did not start (see its error above)")
-    return proc, json.loads(line)
 
 
 class CpuMeter:
@@ -572,7 +554,7 @@ def main() -> None:
     paths = ensure_models(args.models)
     plan = Plan.for_mode(args.quick)
     machine = machine_info("onnxruntime", "numpy", "msgpack")
-    proc, child = start_child(args.models)
+    proc, child = start_child(__file__, args.models, CHILD_START_TIMEOUT)
     try:
         result = trio.run(run, plan, paths, child, proc.pid)
     finally:
