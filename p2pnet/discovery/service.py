@@ -562,10 +562,7 @@ class ModelFinder:
         recent = self._recent_offers(key)
         if recent:
             try:
-                with calling_task(task):
-                    offer, outputs = await self.call_offers(
-                        recent, inputs, deadline - trio.current_time()
-                    )
+                return await self._call_and_keep(key, task, recent, inputs, deadline, found=False)
             except P2PNetError as exc:
                 if not exc.attempts:
                     raise  # the caller's fault, or no time: the offers are as they were
@@ -576,11 +573,6 @@ class ModelFinder:
                     raise
                 log.info("the recent offers of %s failed (%s); searching again", key[:2], exc)
                 timeout = deadline - trio.current_time()
-            else:
-                if offer is not recent[0]:
-                    self._recent.pop(key, None)  # a provider failed: search next time
-                self.answered(offer, recent, inputs, outputs)
-                return offer, outputs
         search = await self._search(
             task,
             model,
@@ -612,13 +604,29 @@ class ModelFinder:
             raise UnknownModelError(
                 f"no peer in the swarm offers {wanted}{silent}; check the bootstrap peers"
             )
-        with calling_task(task):  # the calls are recorded as made for ``task``
-            offer, outputs = await self.call_offers(
-                search.offers, inputs, deadline - trio.current_time()
-            )
-        if offer is search.offers[0]:
-            self._remember_offers(key, search.offers)
-        self.answered(offer, search.offers, inputs, outputs)
+        return await self._call_and_keep(key, task, search.offers, inputs, deadline, found=True)
+
+    async def _call_and_keep(
+        self,
+        key: _OfferKey,
+        task: str | None,
+        offers: list[Offer],
+        inputs: Mapping[str, Any],
+        deadline: float,
+        *,
+        found: bool,
+    ) -> tuple[Offer, dict[str, npt.NDArray[Any]]]:
+        """Call ``offers`` (recorded as made for ``task``), tell the spot checks, and keep
+        them for the next calls of ``key`` while the first answers: offers just ``found``
+        by a search are remembered from now; remembered ones keep the time they were
+        found. A provider that failed sends the next call to a new search."""
+        with calling_task(task):
+            offer, outputs = await self.call_offers(offers, inputs, deadline - trio.current_time())
+        if offer is not offers[0]:
+            self._recent.pop(key, None)
+        elif found:
+            self._remember_offers(key, offers)
+        self.answered(offer, offers, inputs, outputs)
         return offer, outputs
 
     def _recent_offers(self, key: _OfferKey) -> list[Offer]:
