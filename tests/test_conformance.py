@@ -1,0 +1,325 @@
+"""``p2pnet conformance``: every check passes against p2pnet's own peer, and a peer that
+breaks one rule fails that rule's check and no other (peers on the in-memory network;
+the broken ones are p2pnet's peer with one protocol handler tampered with)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from p2pnet.conformance import checks as c
+from p2pnet.conformance.client import DESCRIBE, INVOKE, KAD, run_checks
+from p2pnet.conformance.golden import load_vectors, vector
+from p2pnet.core.address import PeerAddress
+from p2pnet.core.describe import RecordsReply, encode_describe_message
+from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
+from p2pnet.core.messages import ErrorReply, encode_message
+from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
+from p2pnet.core.varint import try_decode_uvarint
+from p2pnet.net.identity import Identity, generate_identity
+from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, HostWrapper, StreamHost
+from p2pnet.net.memory import MemoryNetwork
+from p2pnet.peer import Peer
+
+CHECKS = load_vectors("checks_v1")
+INVOKE_VECTORS = load_vectors("invoke_v1")
+KAD_VECTORS = load_vectors("kad_v1")
+DESCRIBE_VECTORS = load_vectors("describe_v1")
+TIMEOUT = 0.5  # what the checker waits for a stream that must end, in these tests
+
+
+def _case_request(protocol: str, name: str) -> bytes:
+    (case,) = [k for k in c.cases(protocol, CHECKS, _vectors(protocol)) if k.check.name == name]
+    return case.request
+
+
+def _vectors(protocol: str) -> dict[str, object]:
+    return {"invoke": INVOKE_VECTORS, "describe": DESCRIBE_VECTORS, "kad": KAD_VECTORS}[protocol]
+
+
+# --- broken peers: one protocol handler tampered with ----------------------------------------
+
+Respond = Callable[[ByteStream, bytes, "Tamper"], Awaitable[None]]
+
+
+@dataclasses.dataclass
+class Tamper:
+    """On ``protocol``, a stream whose first bytes ``trigger`` picks gets ``respond``
+    instead of the real handler; every other stream is the real handler's."""
+
+    protocol: str
+    trigger: Callable[[bytes], bool]
+    respond: Respond
+    identity: Identity | None = None
+    record: CapabilityRecord | None = None
+    real: ByteStreamHandler | None = None
+
+
+class _Replay:
+    """A stream whose first reads return bytes already read from it."""
+
+    def __init__(self, stream: ByteStream, buffered: bytes) -> None:
+        self._stream = stream
+        self._buffered = buffered
+
+    @property
+    def peer_id(self) -> str:
+        return self._stream.peer_id
+
+    async def read(self) -> bytes:
+        if self._buffered:
+            data, self._buffered = self._buffered, b""
+            return data
+        return await self._stream.read()
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def reset(self) -> None:
+        await self._stream.reset()
+
+
+class TamperingHost(HostWrapper):
+    def __init__(self, host: StreamHost, tamper: Tamper) -> None:
+        super().__init__(host)
+        self.tamper = tamper
+
+    def set_stream_handler(self, protocol: str, handler: ByteStreamHandler) -> None:
+        if protocol != self.tamper.protocol:
+            super().set_stream_handler(protocol, handler)
+            return
+        self.tamper.real = handler
+
+        async def tampered(stream: ByteStream) -> None:
+            data = b""
+            while True:
+                length = try_decode_uvarint(data)
+                if length is not None and len(data) >= length[1] + length[0]:
+                    break
+                chunk = await stream.read()
+                if not chunk:
+                    break
+                data += chunk
+            if self.tamper.trigger(data):
+                await self.tamper.respond(stream, data, self.tamper)
+            else:
+                await handler(_Replay(stream, data))
+
+        super().set_stream_handler(protocol, tampered)
+
+
+async def wrong_code(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await stream.write(b"".join(encode_message(ErrorReply(5, "unknown_model", "no")).frames()))
+    await _serve_rest(stream, tamper)
+
+
+async def keeps_id(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await stream.write(b"".join(encode_message(ErrorReply(6, "protocol_error", "no")).frames()))
+    await stream.reset()
+
+
+async def no_reset(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await stream.write(b"".join(encode_message(ErrorReply(0, "protocol_error", "no")).frames()))
+    await _serve_rest(stream, tamper)  # and reads the next request
+
+
+async def _serve_rest(stream: ByteStream, tamper: Tamper) -> None:
+    assert tamper.real is not None
+    await tamper.real(stream)
+
+
+async def ignores_filters(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    assert tamper.real is not None
+    describe_all = bytes.fromhex(vector(DESCRIBE_VECTORS, "describe-all")["hex"])
+    await tamper.real(_Replay(stream, describe_all))
+
+
+def _signed(tamper: Tamper, **changes: object) -> bytes:
+    """The peer's own record, re-signed with ``changes``."""
+    assert tamper.identity is not None and tamper.record is not None
+    record = dataclasses.replace(tamper.record, **changes)  # type: ignore[arg-type]
+    return sign_record(record, tamper.identity.signing_key)
+
+
+async def expired_record(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    envelope = _signed(tamper, expires_at=int(time.time()) - 60)
+    await stream.write(encode_describe_message(RecordsReply((envelope,))))
+    await _serve_rest(stream, tamper)
+
+
+async def forged_record(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    envelope = bytearray(_signed(tamper))
+    envelope[-1] ^= 1  # the last byte of the signature
+    await stream.write(encode_describe_message(RecordsReply((bytes(envelope),))))
+    await _serve_rest(stream, tamper)
+
+
+async def junk_find_node(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await stream.write(bytes.fromhex("03ffffff"))
+    await _serve_rest(stream, tamper)
+
+
+async def silent_on_malformed(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    while await stream.read():  # neither answers nor resets: waits for the caller
+        pass
+
+
+async def keeps_any_provider(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    reader = KadMessageReader()
+    reader.receive_data(data)
+    add = reader.next_message()
+    assert add is not None
+    while (ask := reader.next_message()) is None:
+        reader.receive_data(await stream.read())
+    reply = KadMessage(MessageType.GET_PROVIDERS, ask.key, provider_peers=add.provider_peers)
+    await stream.write(encode_kad_message(reply))
+
+
+def starts_with(request: bytes) -> Callable[[bytes], bool]:
+    return lambda data: data.startswith(request)
+
+
+def is_add_provider(data: bytes) -> bool:
+    reader = KadMessageReader()
+    reader.receive_data(data)
+    message = reader.next_message()
+    return message is not None and message.type == MessageType.ADD_PROVIDER
+
+
+def first(protocol: str, case: str) -> Callable[[bytes], bool]:
+    """Picks the streams that open with the request of ``case``."""
+    return starts_with(_case_request(protocol, case))
+
+
+# why the peer is broken, how, and the checks that must fail (no others)
+BROKEN = [
+    ("wrong error code", Tamper(INVOKE, first("invoke", "invoke-invalid-model-id"), wrong_code),
+     {"invoke-invalid-model-id"}),
+    ("keeps the id of a message error", Tamper(
+        INVOKE, first("invoke", "invoke-deadline-zero"), keeps_id), {"invoke-deadline-zero"}),
+    ("reads on after a message error", Tamper(
+        INVOKE, first("invoke", "invoke-version-2"), no_reset), {"invoke-version-2"}),
+    ("ignores describe filters", Tamper(
+        DESCRIBE, first("describe", "describe-filtered"), ignores_filters),
+     {"describe-filtered"}),
+    ("describes an expired record", Tamper(
+        DESCRIBE, first("describe", "describe-all"), expired_record),
+     {"describe-records-verify"}),
+    ("describes a badly signed record", Tamper(
+        DESCRIBE, first("describe", "describe-all"), forged_record),
+     {"describe-records-verify"}),
+    ("answers FIND_NODE with junk", Tamper(
+        KAD, first("kad", "kad-find-node"), junk_find_node), {"kad-find-node"}),
+    ("neither answers nor resets malformed kad", Tamper(
+        KAD, first("kad", "kad-malformed"), silent_on_malformed), {"kad-malformed"}),
+    ("keeps providers that name another peer", Tamper(
+        KAD, is_add_provider, keeps_any_provider), {"kad-add-provider-other"}),
+]  # fmt: skip
+
+
+@asynccontextmanager
+async def serving_peer(
+    network: MemoryNetwork, iris: Path, tamper: Tamper | None = None
+) -> AsyncIterator[Peer]:
+    identity = generate_identity()
+    host: StreamHost = network.add_host(identity.peer_id)
+    if tamper is not None:
+        tamper.identity = identity
+        host = TamperingHost(host, tamper)
+    peer = Peer(identity, host=host)
+    peer.serve(iris, tasks=("tabular-classification",))
+    async with peer:
+        if tamper is not None:
+            tamper.record = peer.services.publisher.records()[0]
+        yield peer
+
+
+def _failed(verdicts: list[c.Verdict]) -> set[str]:
+    return {v.check.name for v in verdicts if v.outcome == c.Outcome.FAIL}
+
+
+async def test_every_check_passes_against_p2pnets_own_peer(models: dict[str, Path]) -> None:
+    async with MemoryNetwork(seed=1) as network, serving_peer(network, models["iris"]) as peer:
+        verdicts = await run_checks(network.add_host(), PeerAddress(peer.peer_id))
+    outcomes = {v.check.name: v.outcome for v in verdicts}
+    assert outcomes.pop("generate") == c.Outcome.SKIP  # iris is no generative model
+    assert set(outcomes.values()) == {c.Outcome.PASS}, [v for v in verdicts if v.outcome != "pass"]
+    assert len(outcomes) >= 25
+    assert c.exit_status(verdicts) == 0
+
+
+@pytest.mark.parametrize(("why", "tamper", "caught_by"), BROKEN, ids=[b[0] for b in BROKEN])
+async def test_a_peer_breaking_one_rule_fails_that_check_only(
+    models: dict[str, Path], why: str, tamper: Tamper, caught_by: set[str]
+) -> None:
+    async with MemoryNetwork(seed=2) as network:
+        async with serving_peer(network, models["iris"], tamper) as peer:
+            verdicts = await run_checks(
+                network.add_host(), PeerAddress(peer.peer_id), timeout=TIMEOUT
+            )
+    assert _failed(verdicts) == caught_by
+    assert c.exit_status(verdicts) == 1
+
+
+async def test_a_client_only_peer_has_its_serving_checks_skipped(
+    models: dict[str, Path],
+) -> None:
+    async with MemoryNetwork(seed=3) as network:
+        host = network.add_host()
+        served = network.add_host()
+
+        async def describe_only(stream: ByteStream) -> None:
+            await stream.write(encode_describe_message(RecordsReply(())))
+            await stream.reset()
+
+        served.set_stream_handler(DESCRIBE, describe_only)
+        verdicts = await run_checks(host, PeerAddress(served.peer_id), timeout=TIMEOUT)
+    skipped = {v.check.name for v in verdicts if v.outcome == c.Outcome.SKIP}
+    assert {"invoke-unknown-model", "kad-find-node", "kad-add-provider"} <= skipped
+    assert "describe-all" not in skipped
+
+
+def test_the_cases_send_the_golden_vectors_and_judge_records_by_the_spec() -> None:
+    # The spec, the tests and the checker read the same bytes: each case's request is
+    # a golden vector or a head built from the table, never a copy.
+    invoke_case = c.cases("invoke", CHECKS, INVOKE_VECTORS)[0]
+    assert invoke_case.request.hex() == vector(INVOKE_VECTORS, "invoke-float32")["hex"]
+    records = load_vectors("records_v1")
+    envelope = bytes.fromhex(vector(records, "record-minimal")["envelope_hex"])
+    verdict, _ = c.judge_records(c.RECORDS_VERIFY, [envelope], "12D3KooWnot", 0.0)
+    assert verdict.outcome == c.Outcome.FAIL  # it names another peer
+    assert verify_record(envelope, now=0.0).peer_id != "12D3KooWnot"
+
+
+async def test_a_caller_ends_the_stream_after_an_error_reply_with_id_0() -> None:
+    # §invoke/Limits and errors rule 4: ErrorReply id 0 ends the stream for the caller
+    # too, even when the server (against rule 2) keeps reading it.
+    from p2pnet.errors import LocalProtocolError
+    from p2pnet.invoke.client import InvokeClient
+
+    streams = 0
+
+    async def rejects_everything(stream: ByteStream) -> None:
+        nonlocal streams
+        streams += 1
+        reply = b"".join(encode_message(ErrorReply(0, "protocol_error", "no")).frames())
+        while await stream.read():
+            await stream.write(reply)
+
+    async with MemoryNetwork(seed=4) as network:
+        server = network.add_host()
+        server.set_stream_handler(INVOKE, rejects_everything)
+        client = InvokeClient(network.add_host())
+        model = vector(INVOKE_VECTORS, "invoke-float32")["model"]
+        for _ in range(2):
+            with pytest.raises(LocalProtocolError):
+                await client.invoke(PeerAddress(server.peer_id), model, {}, timeout=5)
+    assert streams == 2
