@@ -346,10 +346,15 @@ ADD_PROVIDER_OTHER = Check(
 
 def still_serving(protocol: str) -> Check:
     """The check that the peer answers a new stream of ``protocol`` after the bad ones."""
+    section = {
+        "invoke": "§invoke/Limits and errors (last paragraph)",
+        "describe": "§describe/Errors",
+        "kad": "§kad/Streams and frames rule 5",
+    }[protocol]
     return Check(
         f"{protocol}-still-serving",
         protocol,
-        "§invoke/Limits and errors; §describe/Errors; §kad/Streams and frames rule 5",
+        section,
         Level.MUST,
         "after every bad request above, a new stream is answered: bad bytes cost at most "
         "their own stream",
