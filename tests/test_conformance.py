@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from memory_peers import memory_peer
 
 from p2pnet.conformance import checks as c
 from p2pnet.conformance.client import DESCRIBE, INVOKE, KAD, run_checks
@@ -18,7 +19,7 @@ from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.describe import RecordsReply, encode_describe_message
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
-from p2pnet.core.messages import ErrorReply, encode_message
+from p2pnet.core.messages import ErrorReply, Invoke, encode_message
 from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
 from p2pnet.core.varint import try_decode_uvarint
 from p2pnet.net.identity import Identity, generate_identity
@@ -323,3 +324,136 @@ async def test_a_caller_ends_the_stream_after_an_error_reply_with_id_0() -> None
             with pytest.raises(LocalProtocolError):
                 await client.invoke(PeerAddress(server.peer_id), model, {}, timeout=5)
     assert streams == 2
+
+
+# --- --as-provider: what a client under test sends ------------------------------------------
+
+
+async def test_p2pnets_own_client_passes_every_client_check(models: dict[str, Path]) -> None:
+    from p2pnet.conformance.provider import ClientObserver, ObservingHost
+    from p2pnet.discovery import DescribeClient
+
+    observer = ClientObserver()
+    async with MemoryNetwork(seed=5) as network:
+        identity = generate_identity()
+        provider = Peer(identity, host=ObservingHost(network.add_host(identity.peer_id), observer))
+        info = provider.serve(models["iris"], tasks=("tabular-classification",))
+        async with provider, memory_peer(network) as client:
+            address = PeerAddress(provider.peer_id)
+            described = await DescribeClient(client.host).describe(address, models=[info.model_id])
+            assert len(described.records) == 1
+            inputs = c.inputs_for(info.schema)
+            for _ in range(2):
+                await client.invoke(address, info.model_id, inputs)
+    outcomes = {v.check.name: v.outcome for v in observer.verdicts()}
+    assert set(outcomes) == set(c.CLIENT_CHECKS)
+    assert set(outcomes.values()) == {c.Outcome.PASS}, observer.breaches
+
+
+def _invoke(request_id: int, deadline_ms: int = 1000) -> bytes:
+    model = vector(INVOKE_VECTORS, "invoke-float32")["model"]
+    return b"".join(encode_message(Invoke(request_id, model, {}, deadline_ms)).frames())
+
+
+@pytest.mark.parametrize(
+    ("why", "invoke_bytes", "describe_bytes", "caught_by"),
+    [
+        ("uses id 0", _invoke(0), b"", {"client-invoke-id-nonzero"}),
+        ("a second request before the reply", _invoke(1) + _invoke(2), b"",
+         {"client-invoke-one-at-a-time"}),
+        ("an hour's deadline", _invoke(1, 3_600_000), b"", {"client-invoke-deadline"}),
+        ("sends a reply", bytes.fromhex(vector(INVOKE_VECTORS, "error")["hex"]), b"",
+         {"client-invoke-requests"}),
+        ("sends bytes that are not msgpack", b"\x01\xc1", b"", {"client-invoke-decodes"}),
+        ("describes without a filter", _invoke(1),
+         bytes.fromhex(vector(DESCRIBE_VECTORS, "describe-all")["hex"]),
+         {"client-describe-filter"}),
+        ("sends a reply on describe", _invoke(1),
+         bytes.fromhex(vector(DESCRIBE_VECTORS, "records-empty")["hex"]),
+         {"client-describe-decodes"}),
+    ],
+)  # fmt: skip
+def test_a_client_breaking_one_rule_fails_that_check_only(
+    why: str, invoke_bytes: bytes, describe_bytes: bytes, caught_by: set[str]
+) -> None:
+    from p2pnet.conformance.provider import ClientObserver
+
+    observer = ClientObserver()
+    stream = observer.invoke_stream()
+    for i in range(0, len(invoke_bytes), 7):  # as the bytes come, in pieces
+        stream.received(invoke_bytes[i : i + 7])
+    if describe_bytes:
+        observer.describe_stream().received(describe_bytes)
+    assert set(observer.breaches) == caught_by
+    assert c.exit_status(observer.verdicts()) == (
+        1 if any(CLIENT_LEVEL[name] == c.Level.MUST for name in caught_by) else 0
+    )
+
+
+CLIENT_LEVEL = {name: check.level for name, check in c.CLIENT_CHECKS.items()}
+
+
+def test_a_request_after_its_reply_ended_is_in_order() -> None:
+    from p2pnet.conformance.provider import ClientObserver
+
+    observer = ClientObserver()
+    stream = observer.invoke_stream()
+    stream.received(_invoke(1))
+    stream.sent(b"".join(encode_message(ErrorReply(1, "unknown_model", "no")).frames()))
+    stream.received(_invoke(2))
+    assert observer.breaches == {}
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+@pytest.mark.network
+async def test_the_command_checks_a_libp2p_peer_and_prints_json(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import trio
+
+    from p2pnet.cli.app import main
+
+    async with Peer(nat=None) as peer:
+        peer.serve(models["iris"], tasks=("tabular-classification",))
+        argv = ["conformance", peer.addrs[0], "--json", "--timeout", "2"]
+        status = await trio.to_thread.run_sync(main, argv)
+    doc = json.loads(capsys.readouterr().out)
+    outcomes = {check["name"]: check["outcome"] for check in doc["checks"]}
+    assert status == doc["exit_status"] == 0
+    assert outcomes.pop("generate") == "skip"
+    assert set(outcomes.values()) == {"pass"}, doc
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["conformance"],
+        ["conformance", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWnot", "--as-provider"],
+        ["conformance", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWnot", "--for", "3"],
+        ["conformance", "--as-provider", "--timeout", "0"],
+    ],
+)
+def test_the_command_refuses_options_that_do_not_go_together(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pnet.cli.app import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "p2pnet: error: " in capsys.readouterr().err
+
+
+def test_the_table_shows_what_a_peer_sent_as_plain_text() -> None:
+    from p2pnet.cli.conformance import verdicts_table
+    from p2pnet.cli.render import out
+
+    check = c.CLIENT_CHECKS["client-invoke-requests"]
+    verdict = c.Verdict(check, c.Outcome.FAIL, "[bold]x\x1b[2J")
+    with out.capture() as captured:
+        out.print(verdicts_table([verdict]))
+    assert "[bold]x" in captured.get() and "\x1b[2J" not in captured.get()
