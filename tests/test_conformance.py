@@ -457,3 +457,16 @@ def test_the_table_shows_what_a_peer_sent_as_plain_text() -> None:
     with out.capture() as captured:
         out.print(verdicts_table([verdict]))
     assert "[bold]x" in captured.get() and "\x1b[2J" not in captured.get()
+
+
+def test_the_protocol_doc_lists_every_check_with_its_level_and_section() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### Conformance") : doc.index("## Model IDs")]
+    checks = [case.check for p in ("invoke", "describe", "kad") for case in
+              c.cases(p, CHECKS, _vectors(p))]  # fmt: skip
+    checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.GENERATE]
+    checks += [c.ADD_PROVIDER, c.ADD_PROVIDER_OTHER, *c.CLIENT_CHECKS.values()]
+    checks += [c.still_serving(p) for p in ("invoke", "describe", "kad")]
+    for check in checks:
+        row = f"| `{check.name}` | {check.level.value} | {check.section.lstrip('§')} |"
+        assert row in section, row

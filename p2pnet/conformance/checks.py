@@ -488,7 +488,7 @@ CLIENT_CHECKS: dict[str, Check] = {
             "invoke",
             "§invoke/Messages (deadline_ms); Constants",
             Level.SHOULD,
-            "deadline_ms is at most the 300 s cap servers may apply",
+            "deadline_ms is at most an hour (3,600,000 ms); servers may cap their wait lower",
         ),
         Check(
             "client-describe-decodes",

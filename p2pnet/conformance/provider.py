@@ -38,7 +38,7 @@ __all__ = [
 
 INVOKE = "/p2pnet/invoke/1.0.0"
 DESCRIBE = "/p2pnet/describe/1.0.0"
-DEADLINE_CAP_MS = 300_000  # the cap a server may put on deadline_ms (Constants)
+DEADLINE_CAP_MS = 3_600_000  # the longest deadline_ms a caller should send (Constants)
 _REQUESTS = (Invoke, Forward, Generate, Cancel, CloseSession)
 _REPLY_ENDS = (Result, ErrorReply, Done, ForwardResult)
 
