@@ -470,3 +470,18 @@ def test_the_protocol_doc_lists_every_check_with_its_level_and_section() -> None
     for check in checks:
         row = f"| `{check.name}` | {check.level.value} | {check.section.lstrip('§')} |"
         assert row in section, row
+
+
+async def test_a_generative_peer_passes_the_generate_check(
+    dialogue_models: dict[str, Path],
+) -> None:
+    async with MemoryNetwork(seed=6) as network:
+        identity = generate_identity()
+        peer = Peer(identity, host=network.add_host(identity.peer_id))
+        peer.serve(dialogue_models["smollm2-chat"], tasks=("chat",))
+        async with peer:
+            verdicts = await run_checks(network.add_host(), PeerAddress(peer.peer_id), timeout=30)
+    outcomes = {v.check.name: v for v in verdicts}
+    assert outcomes["generate"].outcome == c.Outcome.PASS, outcomes["generate"]
+    assert "Done" in outcomes["generate"].detail
+    assert c.exit_status(verdicts) == 0

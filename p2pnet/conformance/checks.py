@@ -21,7 +21,7 @@ import numpy as np
 
 from p2pnet.core.describe import DescribeErrorReply, DescribeReader, DescribeRequest, RecordsReply
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType
-from p2pnet.core.messages import ErrorReply, Invoke, Result
+from p2pnet.core.messages import Chunk, Done, ErrorReply, Invoke, Result
 from p2pnet.core.records import CapabilityRecord, decode_record, verify_record
 from p2pnet.core.schema import ModelSchema
 from p2pnet.core.varint import encode_uvarint
@@ -51,6 +51,7 @@ __all__ = [
     "judge_call",
     "judge_case",
     "judge_describe_model",
+    "judge_generation",
     "judge_records",
     "provider_key",
     "still_serving",
@@ -431,6 +432,22 @@ def judge_call(check: Check, request: Invoke, schema: ModelSchema, got: Exchange
             check, Outcome.FAIL, f"outputs {sorted(reply.outputs)}, not {sorted(wanted)}"
         )
     return Verdict(check, Outcome.PASS, f"a Result with id {reply.request_id}")
+
+
+def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange]) -> Verdict:
+    """The messages a Generate got, in order: Chunks with its id, then a Done with it."""
+    chunks = 0
+    for got in replies:
+        reply = got.reply
+        if isinstance(reply, Chunk) and reply.request_id == request_id:
+            chunks += 1
+            continue
+        if isinstance(reply, Done) and reply.request_id == request_id:
+            return Verdict(
+                check, Outcome.PASS, f"{chunks} Chunk(s), then Done ({reply.summary.finish})"
+            )
+        return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
+    return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
 
 
 def provider_key(seed: bytes) -> bytes:

@@ -18,9 +18,10 @@ from p2pnet.conformance import checks as c
 from p2pnet.conformance.golden import load_vectors
 from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.describe import DescribeReader, DescribeRequest, encode_describe_message
+from p2pnet.core.generation import GenerationParams, Prompt
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, KadPeer, MessageType
 from p2pnet.core.kad.wire import encode_kad_message as encode_kad
-from p2pnet.core.messages import Invoke, MessageReader, encode_message
+from p2pnet.core.messages import Chunk, Generate, Invoke, MessageReader, encode_message
 from p2pnet.core.peer_id import peer_id_from_public_key
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
@@ -71,9 +72,10 @@ class _Runner:
     async def send(
         self, stream: ByteStream, reader: MessageSource[Any], data: bytes, *, end: bool = False
     ) -> c.Exchange:
-        """Write ``data`` (then close this side if ``end``) and read one message."""
+        """Write ``data`` if any (then close this side if ``end``) and read one message."""
         try:
-            await stream.write(data)
+            if data:
+                await stream.write(data)
         except ConnectionLostError:
             pass  # the peer may have ended the stream already: the read says how
         if end:
@@ -251,13 +253,33 @@ async def _served_models(
                 c.Verdict(c.INVOKE_INPUT, c.Outcome.PASS if ok else c.Outcome.FAIL, detail)
             )
     if generative:
-        verdicts.append(
-            c.Verdict(c.GENERATE, c.Outcome.SKIP, "streamed generation is not checked yet")
-        )
+        verdicts.append(await _generate(runner, generative[0]))
     else:
         verdicts.append(
             c.Verdict(c.GENERATE, c.Outcome.SKIP, "the peer serves no generative model")
         )
+
+
+async def _generate(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """A Generate of a few tokens: Chunks with its id, then Done."""
+    request = Generate(
+        43, record.model_id, Prompt(messages=(("user", "Hello"),)), GenerationParams(4), 30_000
+    )
+    stream = await runner.open("invoke")
+    if stream is None:
+        return runner.skip(c.GENERATE)
+    replies: list[c.Exchange] = []
+    try:
+        reader = MessageReader()
+        await stream.write(b"".join(encode_message(request).frames()))
+        for _ in range(4 * request.params.max_tokens + 2):  # Chunks, Done, and some slack
+            got = await runner.send(stream, reader, b"")
+            replies.append(got)
+            if not isinstance(got.reply, Chunk):
+                break
+    finally:
+        await stream.reset()
+    return c.judge_generation(c.GENERATE, request.request_id, replies)
 
 
 async def _add_provider(runner: _Runner, verdicts: list[c.Verdict]) -> None:
