@@ -1,5 +1,6 @@
 """Protocol 1.0 conformance: the checks docs/protocol.md states with MUST and SHOULD, run
-against any serving peer, p2pnet or not (``p2pnet conformance MULTIADDR``).
+against any serving peer, p2pnet or not (``p2pnet conformance MULTIADDR``), or against
+a client that calls a peer of its own (``--as-provider``).
 
 Map:
 
@@ -11,4 +12,7 @@ Map:
   ``Case``s, and the ``Verdict`` on what came back; no I/O.
 - ``client.py``: ``run_checks``: sends the checks' requests to a peer over any
   ``StreamHost`` (libp2p, or the in-memory network) and collects the verdicts.
+- ``provider.py``: ``--as-provider``: ``ClientObserver`` (pure) judges the bytes a
+  client sends; ``ObservingHost`` shows it every invoke and describe stream of a serving
+  peer; ``write_identity_model``, the model served when none is given.
 """

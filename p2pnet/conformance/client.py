@@ -168,7 +168,7 @@ async def run_checks(
     if len(runner.unspoken) == len(_PROTOCOLS):
         raise PeerUnreachableError(
             f"peer {peer.peer_id} answers none of {', '.join(_PROTOCOLS.values())}: "
-            + "; ".join(runner.unspoken.values()),
+            + "; ".join(dict.fromkeys(runner.unspoken.values())),
             peer=peer.peer_id,
         )
     for protocol in _PROTOCOLS:
