@@ -485,3 +485,17 @@ async def test_a_generative_peer_passes_the_generate_check(
     assert outcomes["generate"].outcome == c.Outcome.PASS, outcomes["generate"]
     assert "Done" in outcomes["generate"].detail
     assert c.exit_status(verdicts) == 0
+
+
+def test_the_checks_and_verdicts_do_no_io() -> None:
+    import ast
+
+    import p2pnet.conformance.checks as pure
+
+    tree = ast.parse(Path(pure.__file__).read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}  # fmt: skip
+    imported |= {
+        (n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+    }
+    assert not imported & {"trio", "libp2p", "socket", "os", "time", "onnxruntime"}
