@@ -348,7 +348,7 @@ ADD_PROVIDER_OTHER = Check(
 def still_serving(protocol: str) -> Check:
     """The check that the peer answers a new stream of ``protocol`` after the bad ones."""
     section = {
-        "invoke": "§invoke/Limits and errors (last paragraph)",
+        "invoke": "§invoke/Limits and errors rule 7",
         "describe": "§describe/Errors",
         "kad": "§kad/Streams and frames rule 5",
     }[protocol]
