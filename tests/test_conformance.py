@@ -499,3 +499,44 @@ def test_the_checks_and_verdicts_do_no_io() -> None:
         (n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
     }
     assert not imported & {"trio", "libp2p", "socket", "os", "time", "onnxruntime"}
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_the_command_as_provider_judges_a_client_that_calls_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+    import re
+
+    import numpy as np
+    import trio
+
+    from p2pnet.cli.app import main
+
+    argv = ["conformance", "--as-provider", "--for", "15", "--json"]  # ample for one call
+    async with trio.open_nursery() as nursery:
+        done = trio.Event()
+        status: list[int] = []
+
+        async def command() -> None:
+            status.append(await trio.to_thread.run_sync(main, argv))
+            done.set()
+
+        nursery.start_soon(command)
+        out = err = ""
+        while "/p2p/" not in out or "bafk" not in err:  # the address, then the model ID
+            await trio.sleep(0.05)
+            captured = capsys.readouterr()
+            out, err = out + captured.out, err + captured.err
+        address = out.split()[0]
+        (model,) = re.findall(r"bafk\w+", err)
+        async with Peer(nat=None) as client:
+            outputs = await client.invoke(address, model, {"x": np.arange(3, dtype="float32")})
+        assert outputs["y"].tolist() == [0, 1, 2]
+        await done.wait()
+    report = json.loads(capsys.readouterr().out)
+    outcomes = {c["name"]: c["outcome"] for c in report["checks"]}
+    assert status == [0]
+    assert outcomes["client-invoke-decodes"] == "pass"
+    assert outcomes["client-describe-filter"] == "skip"  # the client described nothing
