@@ -184,8 +184,9 @@ async def run_checks(
 
 
 def _fresh_request(protocol: str, own_peer_id: str) -> bytes:
-    """A valid request unlike any the cases send, so that a peer cannot pass the
-    still-serving checks by recognising it."""
+    """A valid request unlike any a case sends, so that what a peer does with a case's
+    request (a broken peer in the tests answers one of them wrongly) does not decide
+    whether it still serves."""
     if protocol == "invoke":
         unknown = "bafkreidmdvwo34tw5i75osdkeex5mkzs7o46zksn5jyfivegonyztxje5u"  # of "conformance"
         return b"".join(encode_message(Invoke(9, unknown, {}, 5000)).frames())

@@ -5,9 +5,10 @@ and p2pnet ``DhtNode``s on real libp2p hosts (TCP + Noise + Yamux), everything o
 127.0.0.1, then checks every kad-dht RPC in both directions: FIND_NODE,
 ADD_PROVIDER, GET_PROVIDERS, PING, PUT_VALUE and GET_VALUE, and that bulk data
 crosses intact both ways (bulk.py; its speed is measured by bench_bulk.py); then runs
-the DHT-server checks of ``p2pnet conformance`` (p2pnet.conformance) against the js node. Prints a table of the
-results and exits 0 if nothing failed, 1 if a check failed (or the run broke off),
-2 if it could not run (no ``node``, no scripts/interop/node_modules).
+the DHT-server checks of ``p2pnet conformance`` (p2pnet.conformance) against the js
+node. Prints a table of the results and exits 0 if nothing failed, 1 if a check
+failed (or the run broke off), 2 if it could not run (no ``node``, no
+scripts/interop/node_modules).
 
 Results: PASS; FAIL; NOT IMPLEMENTED (p2pnet lacks it by design or not yet: does not
 fail the run); INFO (a fact about the js side worth knowing, e.g. that its default
