@@ -17,7 +17,7 @@ from p2pnet.conformance import checks as c
 from p2pnet.conformance.client import DESCRIBE, INVOKE, KAD, run_checks
 from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.address import PeerAddress
-from p2pnet.core.describe import RecordsReply, encode_describe_message
+from p2pnet.core.describe import DescribeErrorReply, RecordsReply, encode_describe_message
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
 from p2pnet.core.messages import ErrorReply, Invoke, encode_message
 from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
@@ -163,6 +163,13 @@ async def forged_record(stream: ByteStream, data: bytes, tamper: Tamper) -> None
     await _serve_rest(stream, tamper)
 
 
+async def old_filter_bound(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    # The bound before 1.0: a models entry over 100 characters was refused.
+    error = DescribeErrorReply("protocol_error", "models[0] is 128 characters; at most 100")
+    await stream.write(encode_describe_message(error))
+    await stream.reset()
+
+
 async def junk_find_node(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
     await stream.write(bytes.fromhex("03ffffff"))
     await _serve_rest(stream, tamper)
@@ -211,6 +218,9 @@ BROKEN = [
     ("ignores describe filters", Tamper(
         DESCRIBE, first("describe", "describe-filtered"), ignores_filters),
      {"describe-filtered"}),
+    ("refuses a model filter of 128 characters", Tamper(
+        DESCRIBE, first("describe", "describe-model-filter-128"), old_filter_bound),
+     {"describe-model-filter-128"}),
     ("describes an expired record", Tamper(
         DESCRIBE, first("describe", "describe-all"), expired_record),
      {"describe-records-verify"}),
