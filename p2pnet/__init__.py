@@ -40,6 +40,7 @@ point downwards only):
                      the Open Inference Protocol v2 routes
     localswarm.py    peer processes on 127.0.0.1 (demo, benchmarks)
     simulate/        multi-peer simulations
+    conformance/     Protocol 1.0 checks against any peer, or any client that calls one
     cli/             the ``p2pnet`` command
 """
 

@@ -43,7 +43,7 @@ from p2pnet.core.tensor import decode_inline_tensor, decode_tensor_header  # noq
 from p2pnet.core.varint import decode_uvarint, encode_uvarint  # noqa: E402
 from p2pnet.errors import P2PNetError  # noqa: E402
 
-VECTORS = REPO_ROOT / "tests" / "vectors"
+VECTORS = REPO_ROOT / "p2pnet" / "conformance" / "vectors"
 TARGET_MS = 10.0
 # msgpack type bytes that declare lengths, and other values that find edges.
 INTERESTING = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x90, 0xC0, 0xC7, 0xC9, 0xDC, 0xDD, 0xDE, 0xDF, 0x0D)
@@ -85,7 +85,7 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
 
 
 def seeds() -> dict[str, list[bytes]]:
-    """Valid inputs per decoder, from the golden vectors (tests/vectors)."""
+    """Valid inputs per decoder, from the golden vectors (p2pnet/conformance/vectors)."""
     invoke = json.loads((VECTORS / "invoke_v1.json").read_text())["vectors"]
     kad = json.loads((VECTORS / "kad_v1.json").read_text())["vectors"]
     records = json.loads((VECTORS / "records_v1.json").read_text())["vectors"]

@@ -1,6 +1,5 @@
 """The describe wire format: golden vectors both ways, property tests, every rejection path."""
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.describe import (
     DEFAULT_DESCRIBE_LIMITS,
     MAX_MODEL_FILTER_LENGTH,
@@ -30,56 +30,25 @@ from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
 
 DOC = Path(__file__).parent.parent / "docs" / "protocol.md"
-RECORDS = json.loads((Path(__file__).parent / "vectors" / "records_v1.json").read_text())
-MINIMAL_ENVELOPE = bytes.fromhex(
-    next(v for v in RECORDS["vectors"] if v["name"] == "record-minimal")["envelope_hex"]
-)
-SENTIMENT_ENVELOPE = bytes.fromhex(
-    next(v for v in RECORDS["vectors"] if v["name"] == "record-sentiment")["envelope_hex"]
-)
+RECORDS = load_vectors("records_v1")
+MINIMAL_ENVELOPE = bytes.fromhex(vector(RECORDS, "record-minimal")["envelope_hex"])
+SENTIMENT_ENVELOPE = bytes.fromhex(vector(RECORDS, "record-sentiment")["envelope_hex"])
 HELLO = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 
-# name, what it shows (as in docs/protocol.md), message, frame bytes.
+
+def _message(entry: dict[str, Any]) -> DescribeMessage:
+    """The message a ``describe_v1.json`` entry holds, decoded."""
+    if entry["type"] == "describe":
+        return DescribeRequest(tuple(entry["models"]), tuple(entry["tasks"]))
+    if entry["type"] == "records":
+        return RecordsReply(tuple(bytes.fromhex(r) for r in entry["records_hex"]))
+    return DescribeErrorReply(entry["code"], entry["message"])
+
+
+# name, what it shows (as in docs/protocol.md), message, frame bytes: the vectors of
+# p2pnet/conformance/vectors/describe_v1.json, which the conformance checker sends too.
 VECTORS: list[tuple[str, str, DescribeMessage, str]] = [
-    (
-        "describe-all",
-        "DescribeRequest with no filters: every record of the peer.",
-        DescribeRequest(),
-        "2184a17601a474797065a86465736372696265a66d6f64656c7390a57461736b7390",
-    ),
-    (
-        "describe-filtered",
-        "DescribeRequest for the model `hello` and two task tags.",
-        DescribeRequest((HELLO,), ("sentiment-analysis", "text-classification")),
-        "850184a17601a474797065a86465736372696265a66d6f64656c7391d93b6261666b726569626d"
-        "366a673375783571756d68636e326233666c633374797536646d6c62347861377535626634347965"
-        "676e726a686334796571a57461736b7392b273656e74696d656e742d616e616c79736973b3746578"
-        "742d636c617373696669636174696f6e",
-    ),
-    (
-        "records-empty",
-        "RecordsReply with no records (nothing matched).",
-        RecordsReply(()),
-        "1a83a17601a474797065a77265636f726473a77265636f72647390",
-    ),
-    (
-        "records-one",
-        "RecordsReply holding the `record-minimal` envelope (348 bytes, bin16).",
-        RecordsReply((MINIMAL_ENVELOPE,)),
-        "f90283a17601a474797065a77265636f726473a77265636f72647391c5015c" + MINIMAL_ENVELOPE.hex(),
-    ),
-    (
-        "error",
-        "DescribeErrorReply with code payload_too_large.",
-        DescribeErrorReply(
-            "payload_too_large",
-            "frame of 2000000 bytes; this side accepts at most 1048576 bytes per frame",
-        ),
-        "7984a17601a474797065a56572726f72a4636f6465b17061796c6f61645f746f6f5f6c61726765a7"
-        "6d657373616765d9496672616d65206f6620323030303030302062797465733b2074686973207369"
-        "64652061636365707473206174206d6f7374203130343835373620627974657320706572206672616d"
-        "65",
-    ),
+    (v["name"], v["note"], _message(v), v["hex"]) for v in load_vectors("describe_v1")["vectors"]
 ]
 IDS = [v[0] for v in VECTORS]
 
@@ -185,7 +154,7 @@ def test_missing_filters_mean_all() -> None:
         ),
         (
             {"v": 1, "type": "describe", "models": ["b" * (MAX_MODEL_FILTER_LENGTH + 1)]},
-            r"models\[0\] is 101 characters; at most 100",
+            r"models\[0\] is 129 characters; at most 128",
         ),
         (
             {"v": 1, "type": "describe", "tasks": ["t" * 65]},

@@ -2,6 +2,7 @@
 
 Besides every kad-dht RPC both ways, the script sends 8 MiB and change each way over
 /p2pnet-interop/bulk/1.0.0; the test checks that both arrive intact (count and sha256).
+It also runs the DHT-server checks of ``p2pnet conformance`` against the js node.
 
 It needs Node.js >= 20, npm, and the pinned packages in scripts/interop/node_modules.
 The test never downloads them unless P2PNET_INTEROP=1 is set (then it runs `npm ci`,
@@ -106,6 +107,15 @@ def test_p2pnet_dht_interoperates_with_js_libp2p_kad_dht(tmp_path: Path) -> None
     assert all(c["status"] == "PASS" for c in bulk.values()), (
         "bulk transfer with js-libp2p broke:\n"
         + "\n".join(f"  {k}: {c['detail']}" for k, c in bulk.items())
+    )
+    # The DHT-server checks of `p2pnet conformance` against J: each passes, or is a js
+    # difference the script names (JS_DIFFERENCES).
+    conformance = {c["key"]: c for c in data["checks"] if c["key"].startswith("conformance.")}
+    assert {"conformance.kad-find-node", "conformance.kad-add-provider-other"} <= set(conformance)
+    differs = {k for k, c in conformance.items() if c["status"] != "PASS"}
+    assert differs <= {f"conformance.{name}" for name in data["js_differences"]}, (
+        "js-libp2p fails conformance checks the script does not name:\n"
+        + "\n".join(f"  {k}: {conformance[k]['detail']}" for k in sorted(differs))
     )
     if failed:
         pytest.xfail(

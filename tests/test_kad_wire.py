@@ -2,7 +2,6 @@
 generated protobuf, property tests, and every rejection and leniency path."""
 
 import ipaddress
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from libp2p.kad_dht.pb import kademlia_pb2
 from multiaddr import Multiaddr
 from multiformats import multibase
 
+from p2pnet.conformance.golden import load_vectors
 from p2pnet.core.kad import dht_pb2
 from p2pnet.core.kad.wire import (
     MAX_MESSAGE_SIZE,
@@ -30,7 +30,7 @@ from p2pnet.core.kad.wire import (
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import InvalidAddressError, PayloadTooLargeError, RemoteProtocolError
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "kad_v1.json").read_text())
+VECTORS = load_vectors("kad_v1")
 PEER_A = "12D3KooW9tJMax94Lrqw7Y5Qw36viGQAS2gTEPQ5Wg1vTk7xPfQs"
 PEER_C = "QmZQRHh2qYHVvbN7NKdnxTJMwjmpCLehACvWNSGJaJD6U3"
 ADDR_TCP = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001

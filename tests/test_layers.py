@@ -129,6 +129,7 @@ LAYERS: dict[str, int] = {
     "localswarm": 8,
     "inputs": 8,
     "simulate": 8,
+    "conformance": 8,
     "cli": 9,
 }
 

@@ -1,6 +1,5 @@
 """The invoke wire format: golden vectors both ways, property tests, every rejection path."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from p2pnet.conformance.golden import load_vectors
 from p2pnet.core.generation import GenerationParams, GenerationSummary, Prompt
 from p2pnet.core.messages import (
     MAX_SIGNED_BLOB_BYTES,
@@ -34,7 +34,7 @@ from p2pnet.core.messages import (
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "invoke_v1.json").read_text())
+VECTORS = load_vectors("invoke_v1")
 LIMITS = WireLimits(**VECTORS["limits"])
 MODEL = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"
 

@@ -1,8 +1,5 @@
 """Ed25519 peer IDs without py-libp2p: golden keys both ways, and py-libp2p agrees."""
 
-import json
-from pathlib import Path
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
@@ -12,6 +9,7 @@ from libp2p.crypto.secp256k1 import create_new_key_pair as create_secp256k1_key_
 from libp2p.peer.id import ID
 from multiformats import multibase
 
+from p2pnet.conformance.golden import load_vectors
 from p2pnet.core.peer_id import (
     MAX_PEER_ID_LENGTH,
     is_valid_peer_id,
@@ -20,7 +18,7 @@ from p2pnet.core.peer_id import (
 )
 from p2pnet.errors import InvalidAddressError
 
-KEYS = json.loads((Path(__file__).parent / "vectors" / "records_v1.json").read_text())["keys"]
+KEYS = load_vectors("records_v1")["keys"]
 
 
 @pytest.mark.parametrize("name", sorted(KEYS))

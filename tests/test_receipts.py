@@ -1,7 +1,7 @@
 """Usage receipts and acknowledgements: golden vectors both ways, round trips, chain checks,
 every rejection path, and the canonical tensor hash.
 
-The vectors in tests/vectors/receipts.json are written by this file:
+The vectors in p2pnet/conformance/vectors/receipts.json are written by this file:
 ``PYTHONPATH=$PWD python tests/test_receipts.py --write`` (then check the diff: a changed
 vector is a changed wire format).
 """
@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from p2pnet.conformance.golden import VECTOR_DIR as GOLDEN_DIR
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.peer_id import peer_id_from_public_key
 from p2pnet.core.receipts import (
@@ -62,7 +63,7 @@ from p2pnet.errors import (
     ReplayedReceiptError,
 )
 
-VECTOR_DIR = Path(__file__).parent / "vectors"
+VECTOR_DIR = GOLDEN_DIR
 VECTOR_FILE = VECTOR_DIR / "receipts.json"
 RECORDS = json.loads((VECTOR_DIR / "records_v1.json").read_text())
 KEYS = {

@@ -1,7 +1,6 @@
 """Signed capability records: golden vectors both ways, round trips, every rejection path."""
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pnet.conformance.golden import load_vectors
 from p2pnet.core.generation import GenerationCard
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.core.peer_id import peer_id_from_public_key
@@ -37,7 +37,7 @@ from p2pnet.errors import (
     StaleRecordError,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "records_v1.json").read_text())
+VECTORS = load_vectors("records_v1")
 KEYS = {
     name: Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key["seed_hex"]))
     for name, key in VECTORS["keys"].items()

@@ -24,6 +24,7 @@ and its code takes that; what is not about the command line lives in the library
     ledger.py     p2pnet ledger [receipts | export | verify]
     trust.py      p2pnet trust [forget PEER]
     simulate.py   p2pnet simulate
+    conformance.py  p2pnet conformance: check a peer or a client against Protocol 1.0
 """
 
 from p2pnet.cli.app import main

@@ -7,6 +7,7 @@ import argparse
 from p2pnet import __version__
 from p2pnet.cli.call import add_call_parser
 from p2pnet.cli.chat import add_chat_parser
+from p2pnet.cli.conformance import add_conformance_parser
 from p2pnet.cli.find import add_find_parser
 from p2pnet.cli.id import add_id_parser
 from p2pnet.cli.ledger import add_ledger_parser
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_ledger_parser,
         add_trust_parser,
         add_simulate_parser,
+        add_conformance_parser,
     ):
         add_parser(sub, parents)
     return parser

@@ -26,6 +26,7 @@ from typing import Any, Final
 import msgpack
 
 from p2pnet.core.framing import FrameReader, encode_frame
+from p2pnet.core.model_id import MAX_MODEL_ID_LENGTH
 from p2pnet.core.records import MAX_TASK_LENGTH, CapabilityRecord
 from p2pnet.errors import PayloadTooLargeError, RemoteProtocolError
 
@@ -46,8 +47,9 @@ __all__ = [
 ]
 
 DESCRIBE_VERSION: Final = 1
-# A model ID is 59 characters; longer text is refused before anything compares it.
-MAX_MODEL_FILTER_LENGTH: Final = 100
+# A model ID is 59 characters; longer text is refused before anything compares it, at
+# the bound an invoke head's ``model`` has (Protocol 1.0: one bound for both).
+MAX_MODEL_FILTER_LENGTH: Final = MAX_MODEL_ID_LENGTH
 MIN_COLLECTION_LEN: Final = 64  # arrays and maps a describe message may hold, at least
 
 

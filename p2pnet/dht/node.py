@@ -63,7 +63,13 @@ from p2pnet.core.kad.region import (
     region_prefix_bits,
 )
 from p2pnet.core.kad.routing import Ignored, PingOldest, RoutingTable
-from p2pnet.core.kad.store import ProviderStore, RecordValidator, ValueStore
+from p2pnet.core.kad.store import (
+    DEFAULT_PROVIDER_TTL,
+    DEFAULT_VALUE_TTL,
+    ProviderStore,
+    RecordValidator,
+    ValueStore,
+)
 from p2pnet.core.kad.wire import (
     KadMessage,
     KadMessageReader,
@@ -182,8 +188,8 @@ class DhtConfig:
     alpha: int = 3
     rpc_timeout: float = 5.0
     max_queries: int = 200
-    provider_ttl: float = 24 * 3600.0
-    value_ttl: float = 24 * 3600.0
+    provider_ttl: float = DEFAULT_PROVIDER_TTL
+    value_ttl: float = DEFAULT_VALUE_TTL
     republish_interval: float = 11 * 3600.0
     refresh_interval: float = 10 * 60.0
     maintenance_interval: float = 60.0

@@ -407,7 +407,10 @@ class InvokeClient:
         is marked out of step."""
         if not request.streamed:
             await write_message(channel.stream, request)
-            return await self._read_reply(channel)
+            reply = await self._read_reply(channel)
+            if isinstance(reply, ErrorReply) and reply.request_id == 0:
+                channel.in_step = False  # a message error: the peer ends the stream
+            return reply
         # A large request: read while writing, so that a peer rejecting it early (too
         # large, unknown model) is heard at once instead of after the whole upload.
         sent = False
@@ -424,7 +427,7 @@ class InvokeClient:
             nursery.start_soon(send)
             reply = await self._read_reply(channel)
             nursery.cancel_scope.cancel()
-        channel.in_step = sent
+        channel.in_step = sent and not (isinstance(reply, ErrorReply) and reply.request_id == 0)
         return reply
 
     async def _read_reply(self, channel: Channel[MessageReader]) -> Message:

@@ -4,9 +4,11 @@ Starts ``js_node.mjs`` (js-libp2p 3.x with @libp2p/kad-dht on ``/p2pnet/kad/1.0.
 and p2pnet ``DhtNode``s on real libp2p hosts (TCP + Noise + Yamux), everything on
 127.0.0.1, then checks every kad-dht RPC in both directions: FIND_NODE,
 ADD_PROVIDER, GET_PROVIDERS, PING, PUT_VALUE and GET_VALUE, and that bulk data
-crosses intact both ways (bulk.py; its speed is measured by bench_bulk.py). Prints a table of the
-results and exits 0 if nothing failed, 1 if a check failed (or the run broke off),
-2 if it could not run (no ``node``, no scripts/interop/node_modules).
+crosses intact both ways (bulk.py; its speed is measured by bench_bulk.py); then runs
+the DHT-server checks of ``p2pnet conformance`` (p2pnet.conformance) against the js
+node. Prints a table of the results and exits 0 if nothing failed, 1 if a check
+failed (or the run broke off), 2 if it could not run (no ``node``, no
+scripts/interop/node_modules).
 
 Results: PASS; FAIL; NOT IMPLEMENTED (p2pnet lacks it by design or not yet: does not
 fail the run); INFO (a fact about the js side worth knowing, e.g. that its default
@@ -47,6 +49,8 @@ from typing import Any
 import trio
 from bulk import bulk_get, bulk_put, make_payload
 
+from p2pnet.conformance.checks import Outcome, Verdict
+from p2pnet.conformance.client import run_checks as conformance_run_checks
 from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.kad.keys import PeerInfo, key_for_model, key_for_task
 from p2pnet.core.kad.wire import (
@@ -867,6 +871,40 @@ async def run_checks(
         bulk_from_js,
     )
 
+    await _conformance_checks(js, p0, report)
+
+
+# What js-libp2p's kad-dht does otherwise than docs/protocol.md says, by conformance check.
+JS_DIFFERENCES: dict[str, str] = {}
+
+
+async def _conformance_checks(js: JsNode, p0: P2pnetPeer, report: Report) -> None:
+    """The DHT-server checks of ``p2pnet conformance`` (docs/protocol.md), run by P0's host
+    against J. They hold js-libp2p to p2pnet's spec: one it fails is INFO (a js
+    difference, JS_DIFFERENCES says which), never a p2pnet failure."""
+    verdicts = await conformance_run_checks(p0.host, js.address, timeout=3.0)
+    for verdict in verdicts:
+        if verdict.check.protocol != "kad":
+            continue  # J speaks neither invoke nor describe: those are skipped
+
+        async def result(v: Verdict = verdict) -> tuple[str, str]:
+            if v.outcome == Outcome.PASS:
+                return PASS, v.detail
+            if v.outcome == Outcome.SKIP:
+                return INFO, f"skipped: {v.detail}"
+            why = JS_DIFFERENCES.get(v.check.name, "")
+            return INFO, f"js differs ({v.check.level} rule): {v.detail}" + (
+                f"; {why}" if why else ""
+            )
+
+        await report.run(
+            f"conformance.{verdict.check.name}",
+            "p2pnet -> js",
+            "(conformance)",
+            f"{verdict.check.section}: {verdict.check.what}",
+            result,
+        )
+
 
 def capability_record(peer: P2pnetPeer, model_id: str) -> tuple[bytes, bytes]:
     """A signed capability record of ``peer`` for ``model_id``: (DHT key, value)."""
@@ -1224,6 +1262,7 @@ def main(argv: list[str] | None = None) -> int:
                     "js_versions": js_versions(),
                     "node_version": _node_version(),
                     "known_p2pnet_bugs": KNOWN_P2PNET_BUGS,
+                    "js_differences": JS_DIFFERENCES,
                 },
                 indent=2,
             )

@@ -31,7 +31,9 @@ __all__ = [
 ]
 
 DEFAULT_PROVIDER_TTL: Final = 24 * 3600.0  # the kad-dht spec's default for provider records
-DEFAULT_VALUE_TTL: Final = 36 * 3600.0  # go-libp2p-kad-dht's MaxRecordAge
+# Protocol 1.0 has one TTL for values, as for providers (go-libp2p-kad-dht keeps values
+# 36 h, its MaxRecordAge; a capability record lives 24 h anyway).
+DEFAULT_VALUE_TTL: Final = 24 * 3600.0
 
 
 # --- Providers ------------------------------------------------------------------------------
