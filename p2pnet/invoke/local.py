@@ -149,13 +149,15 @@ class LocalInvoker:
             raise UnknownModelError("this peer does not forward pipelines to other peers")
         branches: list[ForwardResult] = []
         if split.branches and onward is not None:
-            outputs, branches = await _run_with_branches(
+            outputs, ran_until, branches = await _run_with_branches(
                 model, hop.step, inputs, deadline, onward, split.branches
             )
         else:
             outputs = await _run_hop(model, hop.step, inputs, deadline)
+            ran_until = trio.current_time()
+        # The trace tells this hop's run, not the time spent waiting for the branches.
+        own = TraceEntry(hop.step, model.model_id, self.peer_id, (ran_until - started) * 1000)
         now = trio.current_time()
-        own = TraceEntry(hop.step, model.model_id, self.peer_id, (now - started) * 1000)
         following = after_hop(
             message, outputs, own, remaining=deadline - now, split=split, branches=branches
         )
@@ -222,16 +224,19 @@ async def _run_with_branches(
     deadline: float,
     onward: Invokers,
     branches: tuple[Forward, ...],
-) -> tuple[dict[str, npt.NDArray[Any]], list[ForwardResult]]:
-    """Run the hop here while each branch runs from its providers; the first failure
-    (its message naming the step) cancels the others and is raised."""
+) -> tuple[dict[str, npt.NDArray[Any]], float, list[ForwardResult]]:
+    """Run the hop here while each branch runs from its providers: the hop's outputs,
+    when its run ended, and the branches' results. The first failure (its message
+    naming the step) cancels the others and is raised."""
     outputs: dict[str, npt.NDArray[Any]] = {}
+    ran_until: list[float] = []
     results: list[ForwardResult | None] = [None] * len(branches)
     failures: list[P2PNetError] = []
 
     async def run_here(cancel: trio.CancelScope) -> None:
         try:
             outputs.update(await _run_hop(model, step, inputs, deadline))
+            ran_until.append(trio.current_time())
         except P2PNetError as exc:
             failures.append(exc)
             cancel.cancel()
@@ -251,7 +256,7 @@ async def _run_with_branches(
         nursery.start_soon(run_here, nursery.cancel_scope)
     if failures:
         raise failures[0]
-    return outputs, [r for r in results if r is not None]
+    return outputs, ran_until[0], [r for r in results if r is not None]
 
 
 class Invokers:
