@@ -105,7 +105,15 @@ def test_independent_steps_branch_off_and_join_at_the_next_step() -> None:
     assert isinstance(join, Forward) and join.deadline_ms == 1000
     assert sorted(join.tensors) == ["emotion.label", "retrieve.answer", "retrieve.article"]
     assert join.hops[-1].keep == RETURNS
-    # At the join, route branches off while reply runs; nothing is left after them.
+    # The peer that joined sends reply and route on at once, each with what it reads.
+    level = split_forward(join, here=False)
+    assert [[h.step for h in b.hops] for b in level.branches] == [["reply"], ["route"]]
+    assert [sorted(b.tensors) for b in level.branches] == [
+        ["emotion.label", "retrieve.answer"],
+        ["emotion.label", "retrieve.article"],
+    ]
+    assert level.rest == () and level.branch_returns == (("reply.reply",), ("route.queue",))
+    # Sent on whole instead, the join's peer runs reply while route branches off.
     second = split_forward(join)
     assert [b.hops[0].step for b in second.branches] == ["route"] and second.rest == ()
     assert sorted(second.branches[0].tensors) == ["emotion.label", "retrieve.article"]
@@ -158,26 +166,38 @@ def graphs(draw: st.DrawFn) -> tuple[list[Hop], tuple[str, ...]]:
     return hops, returns
 
 
-def run_forward(message: Forward, ran: list[str]) -> ForwardResult:
-    """Run ``message`` as peers do, with step i computing i + the sum of its inputs."""
+def run_forward(message: Forward, ran: list[str], *, passed_on: bool) -> ForwardResult:
+    """Run ``message`` as peers do, with step i computing i + the sum of its inputs: the
+    hops left after a join are split again here, or (``passed_on``) sent on whole to
+    the next peer, which splits them there."""
     split = split_forward(message)
     first = message.hops[0]
     inputs = hop_inputs(message)
     outputs = {"y": sum(inputs.values(), np.zeros(1)) + int(first.step[1:])}
     ran.append(first.step)
-    branches = [run_forward(b, ran) for b in split.branches]
+    branches = [run_forward(b, ran, passed_on=passed_on) for b in split.branches]
     own = TraceEntry(first.step, A, "p", 0.0)
     following = after_hop(message, outputs, own, remaining=1.0, split=split, branches=branches)
-    if isinstance(following, ForwardResult):
-        return following
-    assert len(following.hops) < len(message.hops)
-    return with_trace(message, own, run_forward(following, ran), branches)
+    if passed_on:
+        if isinstance(following, ForwardResult):
+            return following
+        assert len(following.hops) < len(message.hops)
+        downstream = run_forward(following, ran, passed_on=True)
+        return with_trace(message, own, downstream, branches)
+    trace = [own, *(t for b in branches for t in b.trace)]
+    while isinstance(following, Forward):
+        level = split_forward(following, here=False)
+        assert level.branches  # the first remaining hop can always start
+        branches = [run_forward(b, ran, passed_on=False) for b in level.branches]
+        following = after_hop(following, {}, None, remaining=1.0, split=level, branches=branches)
+        trace += [t for b in branches for t in b.trace]
+    return ForwardResult(message.request_id, following.outputs, tuple(trace))
 
 
 @settings(max_examples=150)
-@given(graphs())
+@given(graphs(), st.booleans())
 def test_a_graph_split_at_every_peer_gives_the_results_of_running_it_in_order(
-    graph: tuple[list[Hop], tuple[str, ...]],
+    graph: tuple[list[Hop], tuple[str, ...]], passed_on: bool
 ) -> None:
     hops, returns = graph
     values: dict[str, Any] = {"input.x": np.ones(1)}
@@ -187,9 +207,44 @@ def test_a_graph_split_at_every_peer_gives_the_results_of_running_it_in_order(
         )
     hops[-1] = hop(hops[-1].step, hops[-1].inputs, returns)
     ran: list[str] = []
-    result = run_forward(Forward(1, tuple(hops), {"input.x": values["input.x"]}, 1000), ran)
+    message = Forward(1, tuple(hops), {"input.x": values["input.x"]}, 1000)
+    result = run_forward(message, ran, passed_on=passed_on)
     assert sorted(ran) == sorted(h.step for h in hops)  # every step once
     assert sorted(t.step for t in result.trace) == sorted(ran)
     assert tuple(sorted(result.outputs)) == returns
     for name in returns:
         np.testing.assert_array_equal(result.outputs[name], values[name])
+
+
+names = st.text("ab.", min_size=1, max_size=4)
+any_hops = st.lists(
+    st.builds(
+        Hop,
+        st.sampled_from(["a", "b", "c", "input"]),
+        st.just(A),
+        st.just((("p", ()),)),
+        st.dictionaries(names, names, max_size=3),
+        st.lists(names, max_size=3).map(tuple),
+    ),
+    min_size=1,
+    max_size=6,
+).map(tuple)
+
+
+@settings(max_examples=200)
+@given(any_hops, st.sets(names, max_size=3), st.booleans())
+def test_any_hops_split_or_raise_a_precise_error(
+    hops: tuple[Hop, ...], carried: set[str], here: bool
+) -> None:
+    """Whatever hops a Forward names, splitting it raises InvalidInputError or gives
+    smaller Forwards that hold every hop once."""
+    message = Forward(1, hops, dict.fromkeys(carried, X), 100)
+    try:
+        split = split_forward(message, here=here)
+    except InvalidInputError:
+        return
+    sent = [h.step for b in split.branches for h in b.hops] + [h.step for h in split.rest]
+    assert sorted(sent) == sorted(h.step for h in hops[1 if here else 0 :])
+    assert all(len(b.hops) < len(hops) or not here for b in split.branches)
+    for branch in split.branches:
+        assert set(branch.tensors) <= carried

@@ -8,9 +8,10 @@ nothing from that run (the branches: each a ``Forward`` of its own, for its firs
 hop's providers, sent while the first hop runs); once the run and every branch are
 done, ``after_hop`` says what follows: the result, when no hop is left, or the
 ``Forward`` of the remaining hops (the join and what comes after it), carrying only
-the tensors they need. Executing it (running models, sending messages, failing over
-between providers) is ``p2pnet.invoke.local``'s job; nothing here does I/O or reads
-a clock.
+the tensors they need, which the peer splits again (``split_forward(...,
+here=False)``: every hop whose inputs it now has is a branch) until none is left.
+Executing it (running models, sending messages, failing over between providers) is
+``p2pnet.invoke.local``'s job; nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ class ForwardSplit:
     returns: tuple[str, ...]
 
 
-def split_forward(message: Forward) -> ForwardSplit:
-    """Split ``message`` after its first hop: the branches that can start now, and the rest.
+def split_forward(message: Forward, *, here: bool = True) -> ForwardSplit:
+    """Split ``message`` after its first hop (``here``: the hop this peer runs; without
+    it, every hop is sent on): the branches that can start now, and the rest.
 
-    A later hop whose inputs are all carried by the message starts a branch; a hop
+    A hop (after the first) whose inputs are all carried by the message starts a branch; a hop
     whose inputs come from one branch's hops (and the carried tensors) joins that
     branch, running after it on the branch's peers; every other hop waits for the
     join. Each branch, and the rest, carries exactly the tensors its hops and the
@@ -76,7 +78,7 @@ def split_forward(message: Forward) -> ForwardSplit:
                     "carry and no earlier step produces"
                 )
         seen.add(hop.step)
-    later = message.hops[1:]
+    later = message.hops[1:] if here else message.hops
     returns = message.hops[-1].keep
     groups: list[list[Hop]] = []
     group_of: dict[str, int] = {}
@@ -130,27 +132,31 @@ def hop_inputs(message: Forward) -> dict[str, Any]:
 def after_hop(
     message: Forward,
     outputs: Mapping[str, Any],
-    own: TraceEntry,
+    own: TraceEntry | None,
     *,
     remaining: float,
     split: ForwardSplit | None = None,
     branches: Sequence[ForwardResult] = (),
 ) -> ForwardResult | Forward:
-    """What follows the first hop, which gave ``outputs`` (traced as ``own``), and the
-    branches of ``split`` (``split_forward(message)`` unless given), which gave
-    ``branches``, with ``remaining`` seconds of the deadline left: the result, if no hop
-    is left, else the message for the remaining hops' first providers, carrying only
-    the tensors they and the result need. The result's trace is this hop's entry, then
-    the branches' in order.
+    """What follows the first hop, which gave ``outputs`` (traced as ``own``; None
+    when this peer ran no hop of ``message``, ``split`` being
+    ``split_forward(message, here=False)``), and the branches of ``split``
+    (``split_forward(message)`` unless given), which gave ``branches``, with
+    ``remaining`` seconds of the deadline left: the result, if no hop is left, else a
+    ``Forward`` of the remaining hops, carrying only the tensors they and the result
+    need (to split again, or to send to the first one's providers). The result's
+    trace is this hop's entry, then the branches' in order.
 
     Raises:
         InvalidInputError: the results name a tensor that no step produced.
         RemoteProtocolError: a branch's reply lacks a tensor it was to give back.
         DeadlineExceededError: hops remain and no time is left for them.
     """
-    split = split or split_forward(message)
+    split = split or split_forward(message, here=own is not None)
     hop = message.hops[0]
-    available = {**message.tensors, **{f"{hop.step}.{k}": v for k, v in outputs.items()}}
+    available = dict(message.tensors)
+    if own is not None:
+        available |= {f"{hop.step}.{k}": v for k, v in outputs.items()}
     for result, gives, branch in zip(branches, split.branch_returns, split.branches, strict=True):
         lacking = [t for t in gives if t not in result.outputs]
         if lacking:
@@ -158,7 +164,8 @@ def after_hop(
                 f"step {branch.hops[0].step!r}: the reply lacks tensor {lacking[0]!r}"
             )
         available |= {t: result.outputs[t] for t in gives}
-    trace = (own, *(entry for result in branches for entry in result.trace))
+    mine = (own,) if own is not None else ()
+    trace = (*mine, *(entry for result in branches for entry in result.trace))
     rest = split.rest
     if not rest:
         unknown = [name for name in split.returns if name not in available]

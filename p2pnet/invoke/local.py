@@ -5,10 +5,10 @@ the execution of forwarded pipelines.
 (no network), ``InvokeClient`` (``client.py``) calls another peer. ``Invokers`` picks
 the one for a peer ID. A forwarded pipeline runs its hops where the providers are:
 ``LocalInvoker.forward`` runs the first hop here while the branches that need nothing
-from it (``p2pnet.core.forwarding.split_forward``) run from their providers, asks
-``p2pnet.core.forwarding`` what follows, and hands the remaining hops to
-``send_forward``, which tries a hop's providers in order, through whichever invoker
-reaches each.
+from it (``p2pnet.core.forwarding.split_forward``) run from their providers, then,
+join after join, sends on the remaining hops whose inputs it has, as
+``p2pnet.core.forwarding`` decides; ``send_forward`` tries a branch's providers in
+order, through whichever invoker reaches each.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import trio
 
 from p2pnet.core.access import AccessPolicy
 from p2pnet.core.address import PeerAddress
-from p2pnet.core.forwarding import after_hop, hop_inputs, split_forward, step_error, with_trace
+from p2pnet.core.forwarding import after_hop, hop_inputs, split_forward, step_error
 from p2pnet.core.messages import Forward, ForwardResult, TraceEntry
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.records import CapabilityRecord
@@ -128,8 +128,9 @@ class LocalInvoker:
         caller: str | None = None,
     ) -> ForwardResult:
         """Run the first hop of ``message`` here for ``caller`` while its branches (the
-        hops needing nothing from it) run from their providers, then send the rest on
-        (``send_forward``); return what the last hop keeps, traced.
+        hops needing nothing from it) run from their providers (``send_forward``); after
+        that join, and each later one, send on every remaining hop whose inputs are
+        here, until none is left; return what the last hop keeps, traced.
 
         Raises:
             The failing step's error, its message naming the step;
@@ -161,10 +162,22 @@ class LocalInvoker:
         following = after_hop(
             message, outputs, own, remaining=deadline - now, split=split, branches=branches
         )
-        if isinstance(following, ForwardResult):
-            return following
-        assert onward is not None  # checked above: the rest is not empty
-        return with_trace(message, own, await send_forward(onward, following), branches)
+        # After each join, every remaining hop whose inputs are here is sent on at once
+        # (with the hops that read only from it): the pipeline's depth in round trips
+        # is that of its graph, not its number of steps.
+        trace = [own, *(entry for result in branches for entry in result.trace)]
+        while isinstance(following, Forward):
+            assert onward is not None  # checked above: there were hops to send on
+            level = split_forward(following, here=False)
+            _, _, branches = await _run_with_branches(
+                None, "", {}, deadline, onward, level.branches
+            )
+            remaining = deadline - trio.current_time()
+            following = after_hop(
+                following, {}, None, remaining=remaining, split=level, branches=branches
+            )
+            trace += [entry for result in branches for entry in result.trace]
+        return ForwardResult(message.request_id, following.outputs, tuple(trace))
 
     def generative(self, model_id: str, caller: str) -> GenerativeModel:
         """The served generative model ``model_id``, if ``caller`` may call it.
@@ -218,22 +231,22 @@ async def _run_hop(
 
 
 async def _run_with_branches(
-    model: ServedModel,
+    model: ServedModel | None,
     step: str,
     inputs: Mapping[str, Any],
     deadline: float,
     onward: Invokers,
     branches: tuple[Forward, ...],
 ) -> tuple[dict[str, npt.NDArray[Any]], float, list[ForwardResult]]:
-    """Run the hop here while each branch runs from its providers: the hop's outputs,
-    when its run ended, and the branches' results. The first failure (its message
-    naming the step) cancels the others and is raised."""
+    """Run the hop here (unless ``model`` is None) while each branch runs from its
+    providers: the hop's outputs, when its run ended, and the branches' results. The
+    first failure (its message naming the step) cancels the others and is raised."""
     outputs: dict[str, npt.NDArray[Any]] = {}
     ran_until: list[float] = []
     results: list[ForwardResult | None] = [None] * len(branches)
     failures: list[P2PNetError] = []
 
-    async def run_here(cancel: trio.CancelScope) -> None:
+    async def run_here(model: ServedModel, cancel: trio.CancelScope) -> None:
         try:
             outputs.update(await _run_hop(model, step, inputs, deadline))
             ran_until.append(trio.current_time())
@@ -253,10 +266,12 @@ async def _run_with_branches(
     async with trio.open_nursery() as nursery:
         for index in range(len(branches)):
             nursery.start_soon(run_branch, index, nursery.cancel_scope)
-        nursery.start_soon(run_here, nursery.cancel_scope)
+        if model is not None:
+            nursery.start_soon(run_here, model, nursery.cancel_scope)
     if failures:
         raise failures[0]
-    return outputs, ran_until[0], [r for r in results if r is not None]
+    ended = ran_until[0] if ran_until else trio.current_time()
+    return outputs, ended, [r for r in results if r is not None]
 
 
 class Invokers:
