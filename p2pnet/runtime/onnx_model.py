@@ -128,16 +128,9 @@ class OnnxModel(SlottedModel):
     """
 
     def __init__(
-        self,
-        info: ModelInfo,
-        *,
-        max_concurrency: int = 2,
-        max_queue: int = 64,
-        threads: int = 0,
-        spin: bool = False,
+        self, info: ModelInfo, *, max_concurrency: int = 2, max_queue: int = 64, threads: int = 0
     ) -> None:
-        """Load the session for ``info`` (threads=0 lets onnxruntime choose; ``spin``:
-        let onnxruntime's worker threads spin between runs, as it does by default).
+        """Load the session for ``info`` (threads=0 lets onnxruntime choose).
 
         Raises:
             ModelFileError: onnxruntime cannot load the model.
@@ -146,13 +139,6 @@ class OnnxModel(SlottedModel):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
-        if not spin:
-            # onnxruntime's intra-op threads spin for a while after each run by default,
-            # taking CPU from every other session and process on the machine: with four
-            # peers and a caller on 2 cores, the customer-service pipeline cost 46.5 ms of
-            # CPU per run with spinning and 22.5 without (scripts/bench/pipeline.py,
-            # docs/benchmarks.md "Pipelines").
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         extensions = _extensions_library()
         if extensions is not None:
             # Always: about 2 ms once per process, then ~0.1 ms per session (measured).
