@@ -32,6 +32,12 @@ A second, synthetic pipeline shows where forwarding pays: ``expand`` turns a flo
 into a 16 MiB tensor on one peer, ``reduce`` sums it on another; orchestrated, the
 16 MiB travel through the caller twice, forwarded once, peer to peer.
 
+A third, the diamond, has the customer-service pipeline's shape with steps that
+take a fixed time and no CPU (adapters sleeping 100 ms: a and b read the input, c
+and d read both): run one step after another it takes 400 ms, as a graph 200 ms, so
+its figures show whether a mode runs independent steps at the same time whatever
+the machine's load.
+
 Writes <out>/pipeline.json and prints a table.
 """
 
@@ -129,6 +135,64 @@ def build_synthetic(out_dir: Path) -> dict[str, Path]:
         model.ir_version = 8
         paths[name] = out_dir / f"{name}.onnx"
         paths[name].write_bytes(model.SerializeToString(deterministic=True))
+    return paths
+
+
+DIAMOND_STEP_MS = 100
+DIAMOND_CODE = f"""
+import time
+import numpy as np
+
+
+def _after(value):
+    time.sleep({DIAMOND_STEP_MS} / 1000)
+    return {{"y": np.asarray(value, dtype=np.float32)}}
+
+
+def a(inputs):
+    return _after(inputs["x"] + 1)
+
+
+def b(inputs):
+    return _after(inputs["x"] * 2)
+
+
+def c(inputs):
+    return _after(inputs["p"] + inputs["q"])
+
+
+def d(inputs):
+    return _after(inputs["p"] * inputs["q"])
+"""
+DIAMOND_SPEC = {
+    "pipeline": "diamond",
+    "inputs": {"x": "float32[n]"},
+    "steps": {
+        "a": {"task": "bench-diamond-a", "inputs": {"x": "input.x"}},
+        "b": {"task": "bench-diamond-b", "inputs": {"x": "input.x"}},
+        "c": {"task": "bench-diamond-c", "inputs": {"p": "a.y", "q": "b.y"}},
+        "d": {"task": "bench-diamond-d", "inputs": {"p": "a.y", "q": "b.y"}},
+    },
+    "outputs": {"c": "c.y", "d": "d.y"},
+}
+
+
+def build_diamond(out_dir: Path) -> dict[str, Path]:
+    """Four adapters (``diamond.py``: a, b, c, d), each sleeping DIAMOND_STEP_MS."""
+    (out_dir / "diamond.py").write_text(DIAMOND_CODE)
+    paths = {}
+    for step in "abcd":
+        names = ["x"] if step in "ab" else ["p", "q"]
+        manifest = {
+            "format": "p2pnet-adapter/1",
+            "name": f"bench-diamond-{step}",
+            "entry": f"diamond.py:{step}",
+            "tasks": [f"bench-diamond-{step}"],
+            "inputs": [{"name": n, "dtype": "float32", "shape": ["n"]} for n in names],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": ["n"]}],
+        }
+        paths[step] = out_dir / f"diamond_{step}.json"
+        paths[step].write_text(json.dumps(manifest))
     return paths
 
 
@@ -251,6 +315,19 @@ async def measure(
             stats, results = await timed(10, 2, scall, pids)
             ok = all(abs(float(r.outputs["s"][0]) - 0.5 * EXPAND_FLOATS) < 1 for r in results)
             figures[f"synthetic_{mode}"] = {**stats, "correct": ok}
+
+        diamond = Pipeline.from_dict(DIAMOND_SPEC)
+        dplan = await diamond.plan(caller)
+        dx = np.array([1.0, 2.0], np.float32)
+        want = {"c": (dx + 1) + dx * 2, "d": (dx + 1) * (dx * 2)}
+        for mode in ("orchestrated", "forwarded"):
+
+            async def dcall(i: int, mode: str = mode) -> Any:
+                return await diamond.run(caller, {"x": dx}, mode=mode, plan=dplan)  # type: ignore[arg-type]
+
+            stats, results = await timed(10, 2, dcall, pids)
+            ok = all(np.array_equal(r.outputs[k], want[k]) for r in results for k in ("c", "d"))
+            figures[f"diamond_{mode}"] = {**stats, "correct": ok}
     return figures
 
 
@@ -271,14 +348,18 @@ def main() -> None:
     peers: list[PeerProcess] = []
     with tempfile.TemporaryDirectory(prefix="p2pnet-bench-") as tmp:
         synthetic = build_synthetic(Path(tmp))
+        diamond = build_diamond(Path(tmp))
         try:
             boot = start_peer(
-                ["--role", "bootstrap", "--serve", str(ADAPTER)], identity=Path(tmp) / "boot.key"
+                ["--role", "bootstrap", "--serve", str(ADAPTER), "--serve", str(diamond["d"])],
+                identity=Path(tmp) / "boot.key",
             )
             peers.append(boot)
             extra = {"emotion": "expand", "retrieval": "reduce"}
+            diamond_step = {"emotion": "a", "retrieval": "b", "reply": "c"}
             for name, task in CS_MODELS.items():
                 serve = ["--serve", str(paths[name]), "--task", task]
+                serve += ["--serve", str(diamond[diamond_step[name]])]
                 if name in extra:
                     serve += [
                         "--serve",
@@ -346,6 +427,17 @@ def render(report: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "how" else "right")
     for mode in ("orchestrated", "forwarded"):
         r = report[f"synthetic_{mode}"]
+        table.add_row(mode, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["correct"]))
+    console.print(table)
+    table = Table(
+        title=f"diamond: a, b -> c, d, each step {DIAMOND_STEP_MS} ms asleep "
+        f"(in order {4 * DIAMOND_STEP_MS} ms, as a graph {2 * DIAMOND_STEP_MS} ms)",
+        title_justify="left",
+    )
+    for column in ("how", "p50 ms", "p95 ms", "correct"):
+        table.add_column(column, justify="left" if column == "how" else "right")
+    for mode in ("orchestrated", "forwarded"):
+        r = report[f"diamond_{mode}"]
         table.add_row(mode, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["correct"]))
     console.print(table)
     m = report["machine"]
