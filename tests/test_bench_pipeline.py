@@ -33,5 +33,6 @@ def test_quick_run_writes_figures_and_matches_the_floor(
         assert report[mode]["vs_floor_p50"] == report[mode]["p50_ms"] / report["floor"]["p50_ms"]
         assert report[mode]["cpu_ms_per_run"] > 0
         assert report[f"synthetic_{mode}"]["correct"] is True
+        assert report[f"diamond_{mode}"]["correct"] is True
     assert report["distinct_step_peers"] == 4
     assert report["peer_exit_codes"] == [0, 0, 0, 0]
