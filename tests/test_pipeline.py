@@ -380,4 +380,4 @@ async def test_a_hanging_branch_ends_the_forwarded_run_at_its_deadline(
         await pipeline.run(swarm[0], {"x": X}, mode="forwarded", plan=plan)
     assert hanging.started.is_set()
     # The pipeline's deadline is its steps' together: 1.2 s.
-    assert 1.2 <= trio.current_time() - started < 3.0
+    assert 1.2 <= trio.current_time() - started < 5.0
