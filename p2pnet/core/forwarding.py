@@ -54,10 +54,10 @@ def split_forward(message: Forward, *, here: bool = True) -> ForwardSplit:
     """Split ``message`` after its first hop (``here``: the hop this peer runs; without
     it, every hop is sent on): the branches that can start now, and the rest.
 
-    A hop (after the first) whose inputs are all carried by the message starts a branch; a hop
-    whose inputs come from one branch's hops (and the carried tensors) joins that
-    branch, running after it on the branch's peers; every other hop waits for the
-    join. Each branch, and the rest, carries exactly the tensors its hops and the
+    A hop (other than the one run here) whose inputs are all carried by the message
+    starts a branch; a hop whose inputs come from one branch's hops (and the carried
+    tensors) joins that branch, running after it on the branch's peers; every other
+    hop waits for the join. Each branch, and the rest, carries exactly the tensors its hops and the
     results need; every hop's ``keep`` is worked out again from the graph, the last
     hop's ``keep`` of ``message`` being what it returns (a 1.0 sender's keep lists
     give the same results run one after another or split).
