@@ -331,8 +331,9 @@ async def test_a_forwarded_pipeline_leaves_a_receipt_at_every_hop(
     tmp_path: Path,
     arith: dict[str, Path],  # noqa: F811  (test_pipeline's fixture, imported above)
 ) -> None:
-    """caller -> plus1's peer -> times2's peer -> add's peer: each hop's provider signs a
-    receipt to the peer that forwarded to it, and every one is stored on both sides."""
+    """caller -> plus1's peer, which sends times2 (a branch) and then add (the join) on:
+    each hop's provider signs a receipt to the peer that forwarded to it, and every one
+    is stored on both sides."""
     async with open_swarm(tmp_path) as swarm:
         steps = {}
         for name, task in (("plus1", "plus-one"), ("times2", "times-two"), ("add", "add")):
@@ -344,8 +345,8 @@ async def test_a_forwarded_pipeline_leaves_a_receipt_at_every_hop(
         result = await Pipeline.from_dict(SPEC).run(caller, {"x": x}, mode="forwarded")
         np.testing.assert_allclose(result.outputs["y"], expected(x))
         ran = [t.peer_id for t in result.steps]
-        # Who forwarded to whom: the caller to the first hop, each hop to the next.
-        forwarders = [caller.peer_id, *ran[:-1]]
+        # Who forwarded to whom: the caller to the first hop, which sent the others on.
+        forwarders = [caller.peer_id, ran[0], ran[0]]
         by_peer = {p.peer_id: p for p in steps.values()}
         for forwarder, provider in zip(forwarders, ran, strict=True):
             issued = ledger_of(by_peer[provider]).receipts(peer=forwarder, role="provider")

@@ -30,6 +30,9 @@ def test_quick_run_writes_figures_and_matches_the_floor(
         assert 0 < report[key]["p50_ms"] <= report[key]["p95_ms"]
     for mode in ("orchestrated", "forwarded"):
         assert report[mode]["mismatches_vs_floor"] == 0
+        assert report[mode]["vs_floor_p50"] == report[mode]["p50_ms"] / report["floor"]["p50_ms"]
+        assert report[mode]["cpu_ms_per_run"] > 0
         assert report[f"synthetic_{mode}"]["correct"] is True
+        assert report[f"diamond_{mode}"]["correct"] is True
     assert report["distinct_step_peers"] == 4
     assert report["peer_exit_codes"] == [0, 0, 0, 0]

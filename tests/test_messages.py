@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from p2pnet.conformance.golden import load_vectors
+from p2pnet.core.forwarding import split_forward
 from p2pnet.core.generation import GenerationParams, GenerationSummary, Prompt
 from p2pnet.core.messages import (
     MAX_SIGNED_BLOB_BYTES,
@@ -239,6 +240,18 @@ def test_forward_round_trip(
     assert isinstance(decoded, Forward)
     assert decoded.hops == hop_list and decoded.deadline_ms == deadline
     assert list(decoded.tensors) == list(carried)
+
+
+def test_the_branch_vector_is_what_the_first_peer_of_the_graph_vector_sends() -> None:
+    """``forward-graph``'s first peer sends ``forward-graph-branch`` on while it runs
+    emotion (docs/protocol.md, forward), and reply after both."""
+    by_name = {v["name"]: v for v in VECTORS["vectors"]}
+    graph = _message(by_name["forward-graph"])
+    assert isinstance(graph, Forward)
+    split = split_forward(graph)
+    (branch,) = split.branches
+    assert _encode(branch).hex() == by_name["forward-graph-branch"]["hex"]
+    assert [h.step for h in split.rest] == ["reply"]
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from p2pnet import Peer
 from p2pnet.core.messages import MessageReader
 from p2pnet.errors import (
+    DeadlineExceededError,
     InvalidInputError,
     ModelExecutionError,
     SchemaMismatchError,
@@ -144,7 +145,9 @@ class HangingModel(OnnxModel):
 
     started: trio.Event
 
-    async def run(self, inputs: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+    async def run(
+        self, inputs: Mapping[str, Any], *, timeout: float = 30.0
+    ) -> dict[str, npt.NDArray[Any]]:
         self.started.set()
         await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -278,3 +281,103 @@ async def test_a_failing_step_is_named_and_peers_keep_serving(
     assert failed.value.peer in {swarm[1].peer_id, swarm[3].peer_id}
     result = await Pipeline.from_dict(SPEC).run(swarm[0], {"x": X}, mode=mode)  # type: ignore[arg-type]
     np.testing.assert_allclose(result.outputs["y"], expected(X))
+
+
+class MeetingModel(OnnxModel):
+    """Runs only once its partner has started: two steps run one after another never
+    meet, and the pipeline runs out of time."""
+
+    started: trio.Event
+    partner: MeetingModel
+
+    async def run(
+        self, inputs: Mapping[str, Any], *, timeout: float = 30.0
+    ) -> dict[str, npt.NDArray[Any]]:
+        self.started.set()
+        await self.partner.started.wait()
+        return await super().run(inputs, timeout=timeout)
+
+
+def _dag_spec(first: str, second: str, deadline: float) -> dict[str, Any]:
+    """``first`` and ``second`` (tasks) both read x and ``add`` joins them."""
+    steps = {
+        "plus1": {"task": first, "inputs": {"x": "input.x"}, "deadline": deadline},
+        "times2": {"task": second, "inputs": {"x": "input.x"}, "deadline": deadline},
+        "add": {"task": "add", "inputs": {"a": "plus1.y", "b": "times2.y"}, "deadline": deadline},
+    }
+    return {**SPEC, "steps": steps}
+
+
+def _renamed(arith: dict[str, Path], name: str, tmp_path: Path) -> Path:
+    """The same computation as arith's ``name``, under another model ID."""
+    f = TensorProto.FLOAT
+    op = "Add" if name == "plus1" else "Mul"
+    arg = "one" if name == "plus1" else "two"
+    node = helper.make_node(op, ["x", arg], ["y"])
+    return _model(tmp_path / f"other_{name}.onnx", [node], ["x"], f)
+
+
+async def test_forwarded_independent_steps_run_at_the_same_time_and_join(
+    swarm: list[Peer], arith: dict[str, Path], tmp_path: Path
+) -> None:
+    """The first hop's peer sends times2 on while it runs plus1 (each waits for the other
+    to start), then sends add, the join, the outputs of both."""
+    plus1 = MeetingModel.load(_renamed(arith, "plus1", tmp_path))
+    times2 = MeetingModel.load(_renamed(arith, "times2", tmp_path))
+    assert isinstance(plus1, MeetingModel) and isinstance(times2, MeetingModel)
+    plus1.started, times2.started = trio.Event(), trio.Event()
+    plus1.partner, times2.partner = times2, plus1
+    swarm[1].serve(plus1, tasks=["meet-plus-one"])
+    swarm[2].serve(times2, tasks=["meet-times-two"])
+    for peer in swarm[1:3]:
+        await peer.announce()
+    pipeline = Pipeline.from_dict(_dag_spec("meet-plus-one", "meet-times-two", 3))
+    result = await pipeline.run(swarm[0], {"x": X}, mode="forwarded")
+    np.testing.assert_allclose(result.outputs["y"], expected(X))
+    assert [(t.step, t.peer_id) for t in result.steps] == [
+        ("plus1", swarm[1].peer_id),
+        ("times2", swarm[2].peer_id),
+        ("add", swarm[3].peer_id),
+    ]
+    assert plus1.started.is_set() and times2.started.is_set()
+
+
+async def test_a_failing_branch_is_named_and_peers_keep_serving(
+    swarm: list[Peer], models: dict[str, Path]
+) -> None:
+    """reshape (a branch, beside plus1) fails unless len(x) is a multiple of 3."""
+    swarm[3].serve(models["reshape3"], tasks=["reshape-three"])
+    await swarm[3].announce()
+    doc = {
+        "inputs": {"x": "float32[n]"},
+        "steps": {
+            "plus1": SPEC["steps"]["plus1"],
+            "reshape": {"task": "reshape-three", "inputs": {"x": "input.x"}},
+        },
+        "outputs": {"y": "reshape.y", "plus1": "plus1.y"},
+    }
+    pipeline = Pipeline.from_dict(doc)
+    with pytest.raises(ModelExecutionError, match="step 'reshape'") as failed:
+        await pipeline.run(swarm[0], {"x": np.ones(4, np.float32)}, mode="forwarded")
+    assert failed.value.peer in {swarm[1].peer_id, swarm[3].peer_id}
+    result = await pipeline.run(swarm[0], {"x": X}, mode="forwarded")
+    np.testing.assert_allclose(result.outputs["y"], X.reshape(3, 1))
+    np.testing.assert_allclose(result.outputs["plus1"], X + 1)
+
+
+async def test_a_hanging_branch_ends_the_forwarded_run_at_its_deadline(
+    swarm: list[Peer], arith: dict[str, Path], tmp_path: Path
+) -> None:
+    hanging = HangingModel.load(_renamed(arith, "times2", tmp_path))
+    assert isinstance(hanging, HangingModel)
+    hanging.started = trio.Event()
+    swarm[2].serve(hanging, tasks=["hang"])
+    await swarm[2].announce()
+    pipeline = Pipeline.from_dict(_dag_spec("plus-one", "hang", 0.4))
+    plan = await pipeline.plan(swarm[0])
+    started = trio.current_time()
+    with pytest.raises(DeadlineExceededError, match=r"step '(plus1|times2)'"):
+        await pipeline.run(swarm[0], {"x": X}, mode="forwarded", plan=plan)
+    assert hanging.started.is_set()
+    # The pipeline's deadline is its steps' together: 1.2 s.
+    assert 1.2 <= trio.current_time() - started < 5.0

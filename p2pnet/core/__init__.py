@@ -55,7 +55,8 @@ failover.py    attempt_timeout, attempt_order,       calling one of several prov
                failure_report, output_mismatch       deadline split, order, error reported
 pipeline.py    parse_pipeline, PipelineSpec,
                check_schemas, forward_plan           pipeline specs and their static checks
-forwarding.py  hop_inputs, after_hop, with_trace     what a peer on a forwarded chain does next
+forwarding.py  split_forward, ForwardSplit,          what a peer does with a forwarded
+               hop_inputs, after_hop, with_trace     pipeline: branches, joins, what's next
 spot_check.py  Sampler, compare_outputs, Tolerance,
                three_way, odd_one_out,               spot checks: which calls, comparing two
                wants_another_opinion,                results (bitwise or within a tolerance),

@@ -5,7 +5,8 @@ named outputs of earlier steps (or the pipeline's own inputs) to named inputs of
 later ones. Everything here is pure: ``parse_pipeline`` takes the decoded document
 (a dict from YAML or JSON), ``check_schemas`` takes the schemas of the models chosen
 for the steps, and ``forward_plan`` says which tensors each hop of a forwarded run
-must carry on. The executor (``p2pnet.pipeline``) does the I/O.
+carries on when the hops run one after another. The executor (``p2pnet.pipeline``)
+does the I/O.
 
 References are text: ``input.<name>`` is a pipeline input, ``<step>.<output>`` a
 step's output.
@@ -215,8 +216,10 @@ def check_schemas(spec: PipelineSpec, schemas: Mapping[str, ModelSchema]) -> Non
 
 
 def forward_plan(spec: PipelineSpec) -> list[tuple[str, ...]]:
-    """For a forwarded run (steps one after another, each peer passing the tensors on):
-    the references still needed after each step, in ``spec.steps`` order, as text.
+    """For a forwarded run: the references still needed after each step, in
+    ``spec.steps`` order, as text, were the steps run one after another (each hop's
+    ``keep``: what a peer that does not split a Forward follows; one that splits works
+    its own out from the graph, ``p2pnet.core.forwarding``).
 
     After the last step that is exactly what the pipeline returns.
     """

@@ -4,14 +4,18 @@ the execution of forwarded pipelines.
 ``Invoker`` has two implementations: ``LocalInvoker`` runs the models this peer serves
 (no network), ``InvokeClient`` (``client.py``) calls another peer. ``Invokers`` picks
 the one for a peer ID. A forwarded pipeline runs its hops where the providers are:
-``LocalInvoker.forward`` runs the first hop here, asks ``p2pnet.core.forwarding`` what
-follows, and hands the next hop to ``send_forward``, which tries that hop's providers
-in order, through whichever invoker reaches each.
+``LocalInvoker.forward`` runs the first hop here while the branches that need nothing
+from it (``p2pnet.core.forwarding.split_forward``) run from their providers, then,
+join after join, sends on the remaining hops whose inputs it has, as
+``p2pnet.core.forwarding`` decides; ``send_forward`` tries a branch's providers in
+order, through whichever invoker reaches each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -20,7 +24,7 @@ import trio
 
 from p2pnet.core.access import AccessPolicy
 from p2pnet.core.address import PeerAddress
-from p2pnet.core.forwarding import after_hop, hop_inputs, step_error, with_trace
+from p2pnet.core.forwarding import after_hop, hop_inputs, split_forward, step_error
 from p2pnet.core.messages import Forward, ForwardResult, TraceEntry
 from p2pnet.core.model_id import parse_model_id
 from p2pnet.core.records import CapabilityRecord
@@ -123,8 +127,10 @@ class LocalInvoker:
         timeout: float = 30.0,
         caller: str | None = None,
     ) -> ForwardResult:
-        """Run the first hop of ``message`` here for ``caller``, then send the rest on
-        (``send_forward``); return what the last hop keeps, traced.
+        """Run the first hop of ``message`` here for ``caller`` while its branches (the
+        hops needing nothing from it) run from their providers (``send_forward``); after
+        that join, and each later one, send on every remaining hop whose inputs are
+        here, until none is left; return what the last hop keeps, traced.
 
         Raises:
             The failing step's error, its message naming the step;
@@ -133,23 +139,45 @@ class LocalInvoker:
         hop = message.hops[0]
         started = trio.current_time()
         deadline = started + min(message.deadline_ms / 1000, timeout, self.max_deadline)
+        split = split_forward(message)
         inputs = hop_inputs(message)
         try:
             model = self.model(hop.model_id, caller or self.peer_id)
         except PermissionDeniedError as exc:
             raise PermissionDeniedError(f"step {hop.step!r}: {exc.message}") from None
-        try:
-            outputs = await model.run(inputs, timeout=deadline - started)
-        except P2PNetError as exc:
-            raise type(exc)(f"step {hop.step!r}: {exc.message}") from None
-        now = trio.current_time()
-        own = TraceEntry(hop.step, model.model_id, self.peer_id, (now - started) * 1000)
-        following = after_hop(message, outputs, own, remaining=deadline - now)
-        if isinstance(following, ForwardResult):
-            return following
-        if self._onward is None:
+        onward = self._onward
+        if onward is None and (split.branches or split.rest):
             raise UnknownModelError("this peer does not forward pipelines to other peers")
-        return with_trace(message, own, await send_forward(self._onward, following))
+        branches: list[ForwardResult] = []
+        if split.branches and onward is not None:
+            outputs, ran_until, branches = await _run_with_branches(
+                model, hop.step, inputs, deadline, onward, split.branches
+            )
+        else:
+            outputs = await _run_hop(model, hop.step, inputs, deadline)
+            ran_until = trio.current_time()
+        # The trace tells this hop's run, not the time spent waiting for the branches.
+        own = TraceEntry(hop.step, model.model_id, self.peer_id, (ran_until - started) * 1000)
+        now = trio.current_time()
+        following = after_hop(
+            message, outputs, own, remaining=deadline - now, split=split, branches=branches
+        )
+        # After each join, every remaining hop whose inputs are here is sent on at once
+        # (with the hops that read only from it): the pipeline's depth in round trips
+        # is that of its graph, not its number of steps.
+        trace = [own, *(entry for result in branches for entry in result.trace)]
+        while isinstance(following, Forward):
+            assert onward is not None  # checked above: there were hops to send on
+            level = split_forward(following, here=False)
+            _, _, branches = await _run_with_branches(
+                None, "", {}, deadline, onward, level.branches
+            )
+            remaining = deadline - trio.current_time()
+            following = after_hop(
+                following, {}, None, remaining=remaining, split=level, branches=branches
+            )
+            trace += [entry for result in branches for entry in result.trace]
+        return ForwardResult(message.request_id, following.outputs, tuple(trace))
 
     def generative(self, model_id: str, caller: str) -> GenerativeModel:
         """The served generative model ``model_id``, if ``caller`` may call it.
@@ -191,6 +219,59 @@ class LocalInvoker:
         raise UnknownModelError(
             f"this peer does not serve model {canonical}; it serves: {served or 'nothing'}"
         )
+
+
+async def _run_hop(
+    model: ServedModel, step: str, inputs: Mapping[str, Any], deadline: float
+) -> dict[str, npt.NDArray[Any]]:
+    try:
+        return await model.run(inputs, timeout=deadline - trio.current_time())
+    except P2PNetError as exc:
+        raise type(exc)(f"step {step!r}: {exc.message}") from None
+
+
+async def _run_with_branches(
+    model: ServedModel | None,
+    step: str,
+    inputs: Mapping[str, Any],
+    deadline: float,
+    onward: Invokers,
+    branches: tuple[Forward, ...],
+) -> tuple[dict[str, npt.NDArray[Any]], float, list[ForwardResult]]:
+    """Run the hop here (unless ``model`` is None) while each branch runs from its
+    providers: the hop's outputs, when its run ended, and the branches' results. The
+    first failure (its message naming the step) cancels the others and is raised."""
+    outputs: dict[str, npt.NDArray[Any]] = {}
+    ran_until: list[float] = []
+    results: list[ForwardResult | None] = [None] * len(branches)
+    failures: list[P2PNetError] = []
+
+    async def run_here(model: ServedModel, cancel: trio.CancelScope) -> None:
+        try:
+            outputs.update(await _run_hop(model, step, inputs, deadline))
+            ran_until.append(trio.current_time())
+        except P2PNetError as exc:
+            failures.append(exc)
+            cancel.cancel()
+
+    async def run_branch(index: int, cancel: trio.CancelScope) -> None:
+        remaining_ms = math.ceil((deadline - trio.current_time()) * 1000)
+        branch = dataclasses.replace(branches[index], deadline_ms=max(1, remaining_ms))
+        try:
+            results[index] = await send_forward(onward, branch)
+        except P2PNetError as exc:
+            failures.append(step_error(branch.hops[0], exc))
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(branches)):
+            nursery.start_soon(run_branch, index, nursery.cancel_scope)
+        if model is not None:
+            nursery.start_soon(run_here, model, nursery.cancel_scope)
+    if failures:
+        raise failures[0]
+    ended = ran_until[0] if ran_until else trio.current_time()
+    return outputs, ended, [r for r in results if r is not None]
 
 
 class Invokers:

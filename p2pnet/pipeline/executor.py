@@ -5,12 +5,13 @@ Orchestrated: this peer calls each step's provider and routes every tensor itsel
 steps whose inputs are ready run concurrently. Each step's call is offered to the
 peer's spot checks, as a call through the finder is (docs/security.md, "Spot checks").
 
-Forwarded: the steps run one after another along a chain of peers. This peer sends
-the pipeline's inputs and the whole plan to the first step's provider, which runs its
-step and forwards the tensors still needed to the next step's provider, and so on; the
-last one's reply travels back along the chain. Intermediate tensors never come back
-to the caller, at the price of running independent steps one at a time; nor can the
-caller spot-check a step, never holding both its inputs and its outputs.
+Forwarded: this peer sends the pipeline's inputs and the whole plan (its graph: the
+steps in dependency order, each naming the tensors it reads) to the first step's
+provider, which runs its step while it sends the steps needing nothing from it on to
+their providers, and after that join sends on the steps whose inputs it then has
+(``p2pnet.core.forwarding``, ``LocalInvoker.forward``); one reply comes back with every
+step's trace. Intermediate tensors never come back to the caller; nor can the caller
+spot-check a step, never holding both its inputs and its outputs.
 """
 
 from __future__ import annotations

@@ -16,14 +16,27 @@ scripts/data/customer_service/messages.tsv, one message at a time:
 
   floor         the four steps in this process (onnxruntime, the adapter's function),
                 one after another
-  orchestrated  this peer calls the three steps (emotion and retrieval at once)
-  forwarded     the inputs go to the emotion peer, which forwards to retrieval, then
-                reply; the result comes back along the chain
+  orchestrated  this peer calls the four steps (emotion and retrieval at once, then
+                reply and routing at once)
+  forwarded     the inputs go to the emotion peer, which sends retrieval on to its
+                peer while it runs emotion, then reply and routing (the join) to the
+                reply peer, which sends routing on while it runs reply; the results
+                come back the same way
 
-Every pipeline result is checked against the floor's. A second, synthetic pipeline
-shows where forwarding pays: ``expand`` turns a float into a 16 MiB tensor on one
-peer, ``reduce`` sums it on another; orchestrated, the 16 MiB travel through the
-caller twice, forwarded once, peer to peer.
+Every pipeline result is checked against the floor's. Besides the wall time of a
+run, each mode reports its ratio to the floor's p50 and the CPU time a run costs,
+this process and the four peers' together (from /proc; the floor's is this process's
+alone): on a loaded machine the wall times move, the CPU times much less.
+
+A second, synthetic pipeline shows where forwarding pays: ``expand`` turns a float
+into a 16 MiB tensor on one peer, ``reduce`` sums it on another; orchestrated, the
+16 MiB travel through the caller twice, forwarded once, peer to peer.
+
+A third, the diamond, has the customer-service pipeline's shape with steps that
+take a fixed time and no CPU (adapters sleeping 100 ms: a and b read the input, c
+and d read both): run one step after another it takes 400 ms, as a graph 200 ms, so
+its figures show whether a mode runs independent steps at the same time whatever
+the machine's load.
 
 Writes <out>/pipeline.json and prints a table.
 """
@@ -56,6 +69,7 @@ from p2pnet.peer import Peer
 from p2pnet.pipeline import Pipeline
 from p2pnet.runtime.callable_model import CallableModel
 from p2pnet.runtime.onnx_model import OnnxModel
+from p2pnet.simulate.procstats import process_cpu_seconds
 
 SPEC = REPO_ROOT / "examples" / "customer_service.yaml"
 ADAPTER = REPO_ROOT / "examples" / "adapters" / "ticket_router.json"
@@ -124,6 +138,64 @@ def build_synthetic(out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+DIAMOND_STEP_MS = 100
+DIAMOND_CODE = f"""
+import time
+import numpy as np
+
+
+def _after(value):
+    time.sleep({DIAMOND_STEP_MS} / 1000)
+    return {{"y": np.asarray(value, dtype=np.float32)}}
+
+
+def a(inputs):
+    return _after(inputs["x"] + 1)
+
+
+def b(inputs):
+    return _after(inputs["x"] * 2)
+
+
+def c(inputs):
+    return _after(inputs["p"] + inputs["q"])
+
+
+def d(inputs):
+    return _after(inputs["p"] * inputs["q"])
+"""
+DIAMOND_SPEC = {
+    "pipeline": "diamond",
+    "inputs": {"x": "float32[n]"},
+    "steps": {
+        "a": {"task": "bench-diamond-a", "inputs": {"x": "input.x"}},
+        "b": {"task": "bench-diamond-b", "inputs": {"x": "input.x"}},
+        "c": {"task": "bench-diamond-c", "inputs": {"p": "a.y", "q": "b.y"}},
+        "d": {"task": "bench-diamond-d", "inputs": {"p": "a.y", "q": "b.y"}},
+    },
+    "outputs": {"c": "c.y", "d": "d.y"},
+}
+
+
+def build_diamond(out_dir: Path) -> dict[str, Path]:
+    """Four adapters (``diamond.py``: a, b, c, d), each sleeping DIAMOND_STEP_MS."""
+    (out_dir / "diamond.py").write_text(DIAMOND_CODE)
+    paths = {}
+    for step in "abcd":
+        names = ["x"] if step in "ab" else ["p", "q"]
+        manifest = {
+            "format": "p2pnet-adapter/1",
+            "name": f"bench-diamond-{step}",
+            "entry": f"diamond.py:{step}",
+            "tasks": [f"bench-diamond-{step}"],
+            "inputs": [{"name": n, "dtype": "float32", "shape": ["n"]} for n in names],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": ["n"]}],
+        }
+        paths[step] = out_dir / f"diamond_{step}.json"
+        paths[step].write_text(json.dumps(manifest))
+    return paths
+
+
 SYNTHETIC_SPEC = {
     "pipeline": "expand-reduce",
     "inputs": {"x": "float32[1]"},
@@ -179,28 +251,37 @@ def floor(
     for text in texts[:warmup]:
         run(text)
     samples, results = [], []
+    cpu0 = time.process_time()
     for text in texts:
         t0 = time.perf_counter()
         results.append(run(text))
         samples.append((time.perf_counter() - t0) * 1000)
-    return summary(samples), results
+    cpu_ms = (time.process_time() - cpu0) * 1000 / len(texts)
+    return {**summary(samples), "cpu_ms_per_run": cpu_ms}, results
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time so far of this process and of the processes ``pids``, in seconds."""
+    return time.process_time() + sum(process_cpu_seconds(pid) for pid in pids)
 
 
 async def timed(
-    runs: int, warmup: int, call: Callable[[int], Awaitable[Any]]
+    runs: int, warmup: int, call: Callable[[int], Awaitable[Any]], pids: list[int]
 ) -> tuple[dict[str, float], list[Any]]:
     for i in range(warmup):
         await call(i)
     samples, results = [], []
+    cpu0 = cpu_seconds(pids)
     for i in range(runs):
         t0 = time.perf_counter()
         results.append(await call(i))
         samples.append((time.perf_counter() - t0) * 1000)
-    return summary(samples), results
+    cpu_ms = (cpu_seconds(pids) - cpu0) * 1000 / runs
+    return {**summary(samples), "cpu_ms_per_run": cpu_ms}, results
 
 
 async def measure(
-    bootstrap: str, texts: list[str], expected: list[Any], warmup: int
+    bootstrap: str, texts: list[str], expected: list[Any], warmup: int, pids: list[int]
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     async with Peer(bootstrap=[bootstrap]) as caller:
@@ -216,7 +297,7 @@ async def measure(
                 x = np.array([texts[i % len(texts)]], dtype=object)
                 return await pipeline.run(caller, {"text": x}, mode=mode, plan=plan)  # type: ignore[arg-type]
 
-            stats, results = await timed(len(texts), warmup, call)
+            stats, results = await timed(len(texts), warmup, call, pids)
             mismatches = sum(
                 any(r.outputs[k].tolist() != e[k].tolist() for k in OUTPUTS)
                 for r, e in zip(results, expected, strict=True)
@@ -231,9 +312,22 @@ async def measure(
             async def scall(i: int, mode: str = mode) -> Any:
                 return await synthetic.run(caller, {"x": x}, mode=mode, plan=splan)  # type: ignore[arg-type]
 
-            stats, results = await timed(10, 2, scall)
+            stats, results = await timed(10, 2, scall, pids)
             ok = all(abs(float(r.outputs["s"][0]) - 0.5 * EXPAND_FLOATS) < 1 for r in results)
             figures[f"synthetic_{mode}"] = {**stats, "correct": ok}
+
+        diamond = Pipeline.from_dict(DIAMOND_SPEC)
+        dplan = await diamond.plan(caller)
+        dx = np.array([1.0, 2.0], np.float32)
+        want = {"c": (dx + 1) + dx * 2, "d": (dx + 1) * (dx * 2)}
+        for mode in ("orchestrated", "forwarded"):
+
+            async def dcall(i: int, mode: str = mode) -> Any:
+                return await diamond.run(caller, {"x": dx}, mode=mode, plan=dplan)  # type: ignore[arg-type]
+
+            stats, results = await timed(10, 2, dcall, pids)
+            ok = all(np.array_equal(r.outputs[k], want[k]) for r in results for k in ("c", "d"))
+            figures[f"diamond_{mode}"] = {**stats, "correct": ok}
     return figures
 
 
@@ -254,14 +348,18 @@ def main() -> None:
     peers: list[PeerProcess] = []
     with tempfile.TemporaryDirectory(prefix="p2pnet-bench-") as tmp:
         synthetic = build_synthetic(Path(tmp))
+        diamond = build_diamond(Path(tmp))
         try:
             boot = start_peer(
-                ["--role", "bootstrap", "--serve", str(ADAPTER)], identity=Path(tmp) / "boot.key"
+                ["--role", "bootstrap", "--serve", str(ADAPTER), "--serve", str(diamond["d"])],
+                identity=Path(tmp) / "boot.key",
             )
             peers.append(boot)
             extra = {"emotion": "expand", "retrieval": "reduce"}
+            diamond_step = {"emotion": "a", "retrieval": "b", "reply": "c"}
             for name, task in CS_MODELS.items():
                 serve = ["--serve", str(paths[name]), "--task", task]
+                serve += ["--serve", str(diamond[diamond_step[name]])]
                 if name in extra:
                     serve += [
                         "--serve",
@@ -274,9 +372,12 @@ def main() -> None:
                         [*serve, "--bootstrap", boot.address], identity=Path(tmp) / f"{name}.key"
                     )
                 )
-            figures = trio.run(measure, boot.address, texts, expected, warmup)
+            pids = [p.process.pid for p in peers]
+            figures = trio.run(measure, boot.address, texts, expected, warmup, pids)
         finally:
             codes = [p.stop() for p in reversed(peers)]
+    for mode in ("orchestrated", "forwarded"):
+        figures[mode]["vs_floor_p50"] = figures[mode]["p50_ms"] / floor_stats["p50_ms"]
     report = {
         "benchmark": "pipeline",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -305,7 +406,8 @@ def render(report: dict[str, Any]) -> None:
         f"(plan once: {report['plan_ms']:.0f} ms)",
         title_justify="left",
     )
-    for column in ("how", "p50 ms", "p95 ms", "mean ms", "vs floor p50", "results = floor"):
+    columns = ("how", "p50 ms", "p95 ms", "mean ms", "vs floor p50", "CPU ms/run", "= floor")
+    for column in columns:
         table.add_column(column, justify="left" if column == "how" else "right")
     base = report["floor"]["p50_ms"]
     for key, label in (
@@ -317,7 +419,7 @@ def render(report: dict[str, Any]) -> None:
         same = "-" if key == "floor" else f"{r['n'] - r['mismatches_vs_floor']}/{r['n']}"
         table.add_row(
             label, f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['mean_ms']:.2f}",
-            f"+{r['p50_ms'] - base:.2f} ms", same,
+            f"{r['p50_ms'] / base:.2f}x", f"{r['cpu_ms_per_run']:.1f}", same,
         )  # fmt: skip
     console.print(table)
     table = Table(title="expand (16 MiB out) -> reduce, on two peers", title_justify="left")
@@ -325,6 +427,17 @@ def render(report: dict[str, Any]) -> None:
         table.add_column(column, justify="left" if column == "how" else "right")
     for mode in ("orchestrated", "forwarded"):
         r = report[f"synthetic_{mode}"]
+        table.add_row(mode, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["correct"]))
+    console.print(table)
+    table = Table(
+        title=f"diamond: a, b -> c, d, each step {DIAMOND_STEP_MS} ms asleep "
+        f"(in order {4 * DIAMOND_STEP_MS} ms, as a graph {2 * DIAMOND_STEP_MS} ms)",
+        title_justify="left",
+    )
+    for column in ("how", "p50 ms", "p95 ms", "correct"):
+        table.add_column(column, justify="left" if column == "how" else "right")
+    for mode in ("orchestrated", "forwarded"):
+        r = report[f"diamond_{mode}"]
         table.add_row(mode, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["correct"]))
     console.print(table)
     m = report["machine"]
