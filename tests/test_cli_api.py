@@ -25,13 +25,20 @@ import trio.testing
 from memory_peers import memory_peer
 from test_cli import p2pnet, start_peer
 
-from p2pnet.cli.options import DEFAULT_LISTEN, DiscoveryOptions, SwarmOptions, running_peer_api
+from p2pnet.cli.options import (
+    DEFAULT_LISTEN,
+    DiscoveryOptions,
+    SwarmOptions,
+    running_peer_api,
+    running_peer_client,
+)
 from p2pnet.cli.stream import Interrupts, JsonReplies, stream_remote_reply
 from p2pnet.config import runtime_dir
 from p2pnet.core.generation import GenerationParams
 from p2pnet.errors import (
     ConfigError,
     InvalidInputError,
+    PeerUnreachableError,
     PipelineSpecError,
     SessionLimitError,
     UnknownModelError,
@@ -39,7 +46,13 @@ from p2pnet.errors import (
 )
 from p2pnet.gateway.app import NDJSON, REPLY_HEADER, serve_http
 from p2pnet.gateway.chats import ChatTable
-from p2pnet.gateway.client import ApiClient, error_from_api
+from p2pnet.gateway.client import (
+    ApiClient,
+    BlockingApiClient,
+    CallReply,
+    FindReply,
+    error_from_api,
+)
 from p2pnet.gateway.settings import default_token_path, write_token
 from p2pnet.net.identity import load_or_create_identity
 from p2pnet.net.memory import MemoryNetwork
@@ -143,6 +156,61 @@ async def test_errors_are_the_p2pnet_errors_of_their_codes(models: dict[str, Pat
         async with ApiClient(url, "wrong-token") as stranger:
             with pytest.raises(ConfigError, match=r"refused the request \(unauthorized\)"):
                 await stranger.status()
+
+
+@pytest.mark.network
+async def test_the_blocking_client_answers_and_fails_as_the_streaming_one_does(
+    models: dict[str, Path],
+) -> None:
+    """BlockingApiClient (http.client: what find and call use, without trio): the
+    replies and errors of ApiClient, its connection still usable after an error reply;
+    an API that is gone is PeerUnreachableError, a URL that is not http:// ConfigError."""
+    async with api([(models["iris"], "iris-species")]) as (url, caller, provider):
+        async with ApiClient(url, TOKEN) as client:
+            expected = await client.call({"x": IRIS}, task="iris-species")
+
+        def ask() -> tuple[dict[str, Any], FindReply, CallReply, FindReply]:
+            with BlockingApiClient(url, TOKEN) as blocking:
+                status = blocking.status()
+                found = blocking.find(task="iris-species", timeout=5)
+                called = blocking.call({"x": IRIS}, task="iris-species")
+                with pytest.raises(
+                    UnknownModelError, match=r"^no peer in the swarm offers task .no-such-task."
+                ):
+                    blocking.call({"x": IRIS}, task="no-such-task", timeout=2)
+                with pytest.raises(InvalidInputError, match="x"):
+                    blocking.call({"y": IRIS}, task="iris-species")
+                again = blocking.find(task="iris-species", timeout=5)
+            with (
+                BlockingApiClient(url, "wrong-token") as stranger,
+                pytest.raises(ConfigError, match=r"refused the request \(unauthorized\)"),
+            ):
+                stranger.status()
+            return status, found, called, again
+
+        status, found, called, again = await trio.to_thread.run_sync(ask)
+    assert status["peer_id"] == caller.peer_id
+    assert (
+        [o["peer_id"] for o in found.offers]
+        == [provider.peer_id]
+        == [o["peer_id"] for o in again.offers]
+    )
+    assert (called.peer_id, called.model_id, called.name) == (
+        expected.peer_id,
+        expected.model_id,
+        expected.name,
+    )
+    assert called.outputs.keys() == expected.outputs.keys()
+    for name, arr in expected.outputs.items():
+        assert called.outputs[name].dtype == arr.dtype
+        assert np.array_equal(called.outputs[name], arr)
+    with (
+        BlockingApiClient(url, TOKEN) as gone,
+        pytest.raises(PeerUnreachableError, match=f"^the running peer's API at {url}: "),
+    ):
+        gone.status()
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
+        BlockingApiClient("https://127.0.0.1:1", TOKEN)
 
 
 def test_an_error_body_that_is_not_the_apis_still_says_what_happened() -> None:
@@ -564,12 +632,24 @@ async def test_a_command_uses_the_running_peer_unless_it_names_a_peer_or_network
         status_file = runtime_dir() / f"peer-{os.getpid()}.json"
         write_status(snapshot(me), status_file)
 
+        def uses_client(options: DiscoveryOptions) -> bool:
+            client = running_peer_client(options)
+            if client is None:
+                return False
+            with client:
+                assert client.url == url
+                return True
+
         async def uses_api(options: DiscoveryOptions) -> bool:
+            """Whether ``running_peer_api`` goes through the API; ``running_peer_client``
+            (find and call, without trio) decides the same."""
             api = await running_peer_api(options)
+            blocking = await trio.to_thread.run_sync(uses_client, options)
             if api is None:
+                assert not blocking
                 return False
             async with api:
-                assert api.url == url
+                assert api.url == url and blocking
                 return True
 
         assert await uses_api(discovery(key))

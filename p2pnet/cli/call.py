@@ -22,6 +22,7 @@ from p2pnet.cli.options import (
     generation_params,
     load_identity,
     running_peer_api,
+    running_peer_client,
 )
 from p2pnet.cli.render import exit_status, peer_text
 from p2pnet.core.generation import ROLES, GenerationParams
@@ -134,17 +135,24 @@ def add_call_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def call_model(options: CallOptions) -> int:
     """Call the model and print its outputs (a table, or JSON); or stream its reply."""
-    import trio
-
     from p2pnet.cli.render import out, outputs_table, tensor_json
-    from p2pnet.cli.stream import run_interruptible
 
     if options.generates:
+        from p2pnet.cli.stream import run_interruptible
+
         return run_interruptible(
             functools.partial(_generate, options), verbose=options.discovery.verbose
         )
+    from p2pnet.inputs import parse_input
+
     started = time.perf_counter()
-    served_by, outputs = trio.run(_call, options)
+    inputs = dict(parse_input(spec) for spec in options.inputs)
+    called = _call_through_running_peer(options, inputs)
+    if called is None:
+        import trio
+
+        called = trio.run(_call, options, inputs)
+    served_by, outputs = called
     elapsed_ms = (time.perf_counter() - started) * 1000
     if options.discovery.json:
         print(json.dumps({name: tensor_json(arr) for name, arr in outputs.items()}))
@@ -213,30 +221,39 @@ def _served_by_offer(name: str, model_id: str, peer_id: str) -> Text:
     return peer_text(name) + " " + peer_text(model_id) + " on " + peer_text(peer_id)
 
 
-async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
-    """(who served the call, as terminal-safe text; the outputs): through the running
-    peer of the identity (``running_peer_api``), else a peer of this command's own."""
-    from p2pnet.inputs import parse_input
-
+def _call_through_running_peer(
+    options: CallOptions, inputs: dict[str, npt.NDArray[Any]]
+) -> tuple[Text, dict[str, npt.NDArray[Any]]] | None:
+    """(who served the call, as terminal-safe text; the outputs) through the running peer
+    of the identity (``running_peer_client``: no trio, no peer of this command's own);
+    None when there is none to use."""
     discovery = options.discovery
-    inputs = dict(parse_input(spec) for spec in options.inputs)
     direct = _direct(options)  # the caller's mistakes before anything else
     task, model = discovery.wanted() if direct is None else (None, direct[1])
-    api = await running_peer_api(discovery)
-    if api is not None:
-        async with api:
-            reply = await api.call(
-                inputs,
-                task=task,
-                model=model,
-                peer=None if direct is None else direct[0],
-                timeout=discovery.timeout,
-                max_price=discovery.max_price,
-            )
-        if direct is not None:
-            return _served_by(direct[1], direct[0]), reply.outputs
-        assert reply.peer_id is not None and reply.name is not None
-        return _served_by_offer(reply.name, reply.model_id, reply.peer_id), reply.outputs
+    api = running_peer_client(discovery)
+    if api is None:
+        return None
+    with api:
+        reply = api.call(
+            inputs,
+            task=task,
+            model=model,
+            peer=None if direct is None else direct[0],
+            timeout=discovery.timeout,
+            max_price=discovery.max_price,
+        )
+    if direct is not None:
+        return _served_by(direct[1], direct[0]), reply.outputs
+    assert reply.peer_id is not None and reply.name is not None
+    return _served_by_offer(reply.name, reply.model_id, reply.peer_id), reply.outputs
+
+
+async def _call(
+    options: CallOptions, inputs: dict[str, npt.NDArray[Any]]
+) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
+    """(who served the call, as terminal-safe text; the outputs), by a peer of this
+    command's own."""
+    discovery = options.discovery
     target = _target(options)
     async with target.peer as peer:
         if target.address is not None and target.model is not None:
