@@ -1,7 +1,8 @@
 """The command line loads only what a command needs: parsing any command line (``--help``,
 ``--version``, the typed options of every command) loads no peer, no py-libp2p, no DHT,
-no accounting, no model runtime and no trio; ``p2pnet find`` and ``p2pnet call`` that go
-through the running peer's local API load none of what starts a peer of their own
+no accounting, no model runtime, no trio, no httpx and no numpy (but for ``peer
+--batch``); ``p2pnet find`` and ``p2pnet call`` that go through the running peer's local
+API load none of what starts a peer of their own, nor trio, httpx, multiformats or numpy
 (docs/benchmarks.md, "CLI against a running peer"). Each check runs in a fresh
 interpreter: this one has loaded everything already."""
 
@@ -59,14 +60,11 @@ PARSING_MODULES = (
     "p2pnet.status",
     "p2pnet.gateway.client",
 )
-# What ``find`` and ``call`` through the running peer's API do without: the HTTP client
-# is the standard library's, the peer ID is made without multiformats, and nothing runs
-# under trio; ``find`` sends and receives no tensor (docs/benchmarks.md, "CLI against a
-# running peer").
-API_PATH_MODULES = {
-    "find": (*PEER_MODULES, "trio", "httpx", "httpcore", "h2", "multiformats", "numpy"),
-    "call": (*PEER_MODULES, "trio", "httpx", "httpcore", "h2", "multiformats"),
-}
+# What ``find`` and ``call --json`` (of small JSON inputs) through the running peer's
+# API do without: the HTTP client is the standard library's, the peer ID is made without
+# multiformats, nothing runs under trio, and tensors stay JSON (docs/benchmarks.md, "CLI
+# against a running peer"). ``call`` without ``--json`` prints its table with numpy.
+API_PATH_MODULES = (*PEER_MODULES, "trio", "httpx", "httpcore", "h2", "multiformats", "numpy")
 
 # Runs the command line of its arguments as ``p2pnet`` does, then writes the exit status
 # and the modules loaded to the file named by P2PNET_TEST_MODULES.
@@ -191,8 +189,8 @@ async def test_find_and_call_through_the_running_peer_load_no_peer_of_their_own(
 ) -> None:
     """``p2pnet find`` and ``call`` in a fresh interpreter, next to a running peer of
     their identity (its API on 127.0.0.1, its status file, its token): they answer
-    through the API, and load none of PEER_MODULES, nor trio, httpx or multiformats
-    (nor numpy, for ``find``: API_PATH_MODULES)."""
+    through the API, and load none of PEER_MODULES, nor trio, httpx, multiformats or
+    numpy (API_PATH_MODULES)."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     identity, _ = load_or_create_identity(default_identity_path())
     env = os.environ | {
@@ -227,7 +225,7 @@ async def test_find_and_call_through_the_running_peer_load_no_peer_of_their_own(
             assert result["status"] == 0, stderr
             assert "using the running peer" in stderr, stderr
             assert "http.client" in result["modules"]
-            assert loaded(result["modules"], API_PATH_MODULES[argv[0]]) == [], argv
+            assert loaded(result["modules"], API_PATH_MODULES) == [], argv
             outputs.append(json.loads(done.stdout))
         server.cancel_scope.cancel()
     found, called = outputs

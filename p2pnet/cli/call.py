@@ -143,22 +143,75 @@ def call_model(options: CallOptions) -> int:
         return run_interruptible(
             functools.partial(_generate, options), verbose=options.discovery.verbose
         )
-    from p2pnet.inputs import parse_input
+    from p2pnet.inputs import tensor_from_json
 
     started = time.perf_counter()
-    inputs = dict(parse_input(spec) for spec in options.inputs)
-    called = _call_through_running_peer(options, inputs)
-    if called is None:
+    tensors = _inputs_as_json(options.inputs)
+    arrays = None if tensors is not None else _parsed(options.inputs)
+    through_api = _call_through_running_peer(options, tensors, arrays)
+    if through_api is not None:
+        served_by, replied = through_api
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if options.discovery.json:
+            print(json.dumps({name: _output_json(name, v) for name, v in replied.items()}))
+            return 0
+        outputs = {name: tensor_from_json(name, value) for name, value in replied.items()}
+    else:
         import trio
 
-        called = trio.run(_call, options, inputs)
-    served_by, outputs = called
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    if options.discovery.json:
-        print(json.dumps({name: tensor_json(arr) for name, arr in outputs.items()}))
-        return 0
+        served_by, outputs = trio.run(
+            _call, options, arrays if arrays is not None else _parsed(options.inputs)
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if options.discovery.json:
+            print(json.dumps({name: tensor_json(arr) for name, arr in outputs.items()}))
+            return 0
     out.print(outputs_table(served_by + f" ({elapsed_ms:.0f} ms)", outputs))
     return 0
+
+
+def _parsed(specs: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
+    """The inputs ``NAME=VALUE`` as arrays (``parse_input``).
+
+    Raises:
+        InvalidInputError: one cannot be read as a tensor.
+    """
+    from p2pnet.inputs import parse_input
+
+    return dict(parse_input(spec) for spec in specs)
+
+
+def _inputs_as_json(specs: tuple[str, ...]) -> dict[str, dict[str, Any]] | None:
+    """The inputs as the API's JSON tensors, made without numpy (``input_as_json``:
+    exactly what ``tensor_to_json`` makes of ``parse_input``'s arrays); None unless
+    every one can be made so."""
+    from p2pnet.inputs import input_as_json
+
+    tensors = {}
+    for spec in specs:
+        made = input_as_json(spec)
+        if made is None:
+            return None
+        tensors[made[0]] = made[1]
+    return tensors
+
+
+def _output_json(name: str, value: Any) -> dict[str, Any]:
+    """An output of the API as ``--json`` prints it: ``tensor_json`` of its array, taken
+    without numpy where that is the same (``exact_tensor_json``).
+
+    Raises:
+        InvalidInputError: not a tensor.
+    """
+    from p2pnet.inputs import exact_tensor_json
+
+    exact = exact_tensor_json(value)
+    if exact is not None:
+        return exact
+    from p2pnet.cli.render import tensor_json
+    from p2pnet.inputs import tensor_from_json
+
+    return tensor_json(tensor_from_json(name, value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,20 +275,28 @@ def _served_by_offer(name: str, model_id: str, peer_id: str) -> Text:
 
 
 def _call_through_running_peer(
-    options: CallOptions, inputs: dict[str, npt.NDArray[Any]]
-) -> tuple[Text, dict[str, npt.NDArray[Any]]] | None:
-    """(who served the call, as terminal-safe text; the outputs) through the running peer
-    of the identity (``running_peer_client``: no trio, no peer of this command's own);
-    None when there is none to use."""
+    options: CallOptions,
+    tensors: dict[str, dict[str, Any]] | None,
+    arrays: dict[str, npt.NDArray[Any]] | None,
+) -> tuple[Text, dict[str, Any]] | None:
+    """(who served the call, as terminal-safe text; the outputs as the API's JSON
+    tensors) through the running peer of the identity (``running_peer_client``: no
+    trio, no peer of this command's own); None when there is none to use. The inputs:
+    ``tensors`` if made, else ``arrays``."""
     discovery = options.discovery
     direct = _direct(options)  # the caller's mistakes before anything else
     task, model = discovery.wanted() if direct is None else (None, direct[1])
     api = running_peer_client(discovery)
     if api is None:
         return None
+    if tensors is None:
+        from p2pnet.inputs import tensor_to_json
+
+        assert arrays is not None
+        tensors = {name: tensor_to_json(arr) for name, arr in arrays.items()}
     with api:
-        reply = api.call(
-            inputs,
+        reply = api.call_tensors(
+            tensors,
             task=task,
             model=model,
             peer=None if direct is None else direct[0],

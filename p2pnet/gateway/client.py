@@ -59,6 +59,7 @@ __all__ = [
     "BlockingApiClient",
     "CallReply",
     "FindReply",
+    "TensorCallReply",
     "error_from_api",
     "error_of",
 ]
@@ -133,6 +134,16 @@ class CallReply:
     peer_id: str | None
     name: str | None
     outputs: dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorCallReply:
+    """``CallReply`` with the outputs as the API sent them: JSON tensors by name."""
+
+    model_id: str
+    peer_id: str | None
+    name: str | None
+    outputs: dict[str, Any]
 
 
 def _params(params: GenerationParams) -> dict[str, Any]:
@@ -505,8 +516,29 @@ class BlockingApiClient:
         from p2pnet.inputs import tensor_to_json
 
         tensors = {name: tensor_to_json(arr) for name, arr in inputs.items()}
+        reply = self.call_tensors(
+            tensors, task=task, model=model, peer=peer, timeout=timeout, max_price=max_price
+        )
+        return CallReply(reply.model_id, reply.peer_id, reply.name, _outputs(reply.outputs))
+
+    def call_tensors(
+        self,
+        tensors: Mapping[str, dict[str, Any]],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        peer: str | None = None,
+        timeout: float = 30.0,
+        max_price: Price | None = None,
+    ) -> TensorCallReply:
+        """``call`` with the inputs and outputs as the API's JSON tensors
+        (``{"dtype", "shape", "data"}``), not arrays: no numpy is needed for them."""
         body = _call_body(tensors, task, model, peer, timeout, max_price)
-        return _call_reply(self._request("POST", "/api/call", body, timeout))
+        reply = self._request("POST", "/api/call", body, timeout)
+        outputs = reply["outputs"]
+        if not isinstance(outputs, dict):
+            raise RemoteProtocolError("the running peer's API sent outputs that are not an object")
+        return TensorCallReply(reply["model_id"], reply.get("peer_id"), reply.get("name"), outputs)
 
 
 def _read_blocking(response: http.client.HTTPResponse, limit: int) -> bytes:
