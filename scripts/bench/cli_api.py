@@ -11,7 +11,9 @@ apply to that case. ``find`` and ``call`` through the API are measured a second 
 "p2pnet not compiled": a copy of the p2pnet package without bytecode, run with
 PYTHONDONTWRITEBYTECODE=1, so that p2pnet's own modules are compiled in every run (the
 libraries keep their cached bytecode), as in an environment that sets it over a source
-checkout. Each result says which (``bytecode``). Also measured in the same run: the
+checkout. Each result says which (``bytecode``), and gives the median CPU time (user and
+system) of the command's process next to its wall time: other load on the machine changes
+it less. Also measured in the same run: the
 interpreter's own start (``python -c pass``), ``--version`` and ``--help``, and where a
 ``find`` and a ``call`` through the API spend their imports (``-X importtime``, each
 module's own time added up by package). Target: ``find`` and ``call`` through the API
@@ -26,6 +28,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -64,21 +67,28 @@ def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], list[
     raise SystemExit(f"peer exited {proc.wait()}: {lines}")
 
 
-def wall_ms(env: dict[str, str], args: list[str], runs: int, cwd: str | None = None) -> list[float]:
-    """Wall time of ``runs`` processes of ``python -m p2pnet.cli args`` (``args`` starting
-    with "-c": of ``python args``), in the directory ``cwd`` (default: this one), which
-    comes first in their ``sys.path``."""
+def wall_ms(
+    env: dict[str, str], args: list[str], runs: int, cwd: str | None = None
+) -> tuple[list[float], list[float]]:
+    """Wall time and CPU time (user and system: less changed by other load on the machine
+    than wall time) of ``runs`` processes of ``python -m p2pnet.cli args`` (``args``
+    starting with "-c": of ``python args``), in the directory ``cwd`` (default: this
+    one), which comes first in their ``sys.path``."""
     command = (
         [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "p2pnet.cli", *args]
     )
-    times = []
+    times, cpu = [], []
     for _ in range(runs + 1):  # the first one warms the caches (bytecode, files)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
         times.append((time.perf_counter() - started) * 1000)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        cpu.append(used * 1000)
         if done.returncode != 0:
             raise SystemExit(f"{args}: exit {done.returncode}: {done.stderr}")
-    return times[1:]
+    return times[1:], cpu[1:]
 
 
 def import_ms(env: dict[str, str], args: list[str], top: int = 14) -> dict[str, Any]:
@@ -151,17 +161,19 @@ def main() -> None:
         try:
             for name, (case, case_env) in cases.items():
                 uncompiled = case_env is uncompiled_env
-                times = wall_ms(case_env, case, args.runs, source if uncompiled else None)
+                times, cpu = wall_ms(case_env, case, args.runs, source if uncompiled else None)
                 results[name] = {
                     "p50_ms": round(statistics.median(times)),
                     "min_ms": round(min(times)),
                     "max_ms": round(max(times)),
+                    "cpu_p50_ms": round(statistics.median(cpu)),
                     "bytecode": NOT_COMPILED if uncompiled else CACHED,
                 }
                 shown = results[name]
                 print(
                     f"{name:44} p50 {shown['p50_ms']:5d} ms  "
-                    f"(min {shown['min_ms']}, max {shown['max_ms']})"
+                    f"(min {shown['min_ms']}, max {shown['max_ms']}), "
+                    f"CPU p50 {shown['cpu_p50_ms']} ms"
                 )
             imports = {"find": import_ms(env, find), "call": import_ms(env, call)}
         finally:
