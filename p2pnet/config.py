@@ -7,21 +7,21 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2pnet.core.credit import DEFAULT_CREDIT_POLICY, CreditPolicy
-from p2pnet.core.generation import SessionLimits
-from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
-from p2pnet.core.kad.lookup import DEFAULT_LOOKUP_PATHS
-from p2pnet.core.spot_check import (
-    DEFAULT_SPOT_CHECKS,
-    SpotCheckPolicy,
-    Tolerance,
-    TolerancePolicy,
-)
 from p2pnet.errors import ConfigError
+
+# The types of the tables' values are imported where a table is read (and by the
+# default factories below), not here: the command line finds its directories, its
+# identity and its swarms without loading the DHT core or numpy
+# (tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    from p2pnet.core.credit import CreditPolicy
+    from p2pnet.core.generation import SessionLimits
+    from p2pnet.core.kad.diversity import DiversityLimits
+    from p2pnet.core.spot_check import SpotCheckPolicy, Tolerance
 
 __all__ = [
     "CreditConfig",
@@ -133,13 +133,19 @@ _CREDIT_KEYS = (
 )
 
 
+def _default_credit_policy() -> CreditPolicy:
+    from p2pnet.core.credit import DEFAULT_CREDIT_POLICY
+
+    return DEFAULT_CREDIT_POLICY
+
+
 @dataclass(frozen=True, slots=True)
 class CreditConfig:
     """The ``[credit]`` table: what callers may owe a peer that keeps accounts, and how
     often it acknowledges what it owes others (docs/incentives.md has the defaults and
     why)."""
 
-    policy: CreditPolicy = DEFAULT_CREDIT_POLICY
+    policy: CreditPolicy = field(default_factory=_default_credit_policy)
     ack_every_calls: int = 16
     ack_every_units: int = 1_000_000
 
@@ -160,11 +166,13 @@ def load_credit(path: Path | None = None) -> CreditConfig:
         ConfigError: the file is not TOML, or a key is unknown or not a whole number in
             range; the message names the file and the key.
     """
+    from p2pnet.core.credit import CreditPolicy
+
     table, where = _section(path or config_path(), "credit", _CREDIT_KEYS)
     for key, value in table.items():
         if type(value) is not int or value < 0:
             raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
-    default = DEFAULT_CREDIT_POLICY
+    default = _default_credit_policy()
     soft = table.get("soft_threshold", default.soft_threshold)
     try:
         policy = CreditPolicy(
@@ -215,6 +223,8 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
         ConfigError: the file is not TOML, or a key is unknown or out of range; the
             message names the file and the key.
     """
+    from p2pnet.core.spot_check import DEFAULT_SPOT_CHECKS, SpotCheckPolicy, TolerancePolicy
+
     path = path or config_path()
     table, where = _section(path, "trust", _TRUST_KEYS)
     default = DEFAULT_SPOT_CHECKS
@@ -244,6 +254,15 @@ def load_trust(path: Path | None = None) -> SpotCheckPolicy:
 # --- config.toml: dht ------------------------------------------------------------------------
 
 _DHT_KEYS = ("diversity", "local_addresses", "paths")
+# core.kad.lookup.DEFAULT_LOOKUP_PATHS, written out so that reading the config file needs
+# no DHT code (tests/test_dht_disjoint.py checks that they agree).
+_DEFAULT_LOOKUP_PATHS = 1
+
+
+def _default_diversity() -> DiversityLimits:
+    from p2pnet.core.kad.diversity import DiversityLimits
+
+    return DiversityLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +271,8 @@ class DhtSettings:
     ``DhtDefences.diversity``, and the disjoint paths each lookup runs over, for
     ``DhtDefences.paths``."""
 
-    diversity: DiversityLimits | None = DiversityLimits()
-    paths: int = DEFAULT_LOOKUP_PATHS
+    diversity: DiversityLimits | None = field(default_factory=_default_diversity)
+    paths: int = _DEFAULT_LOOKUP_PATHS
 
 
 def load_dht(path: Path | None = None) -> DhtSettings:
@@ -273,6 +292,8 @@ def load_dht(path: Path | None = None) -> DhtSettings:
         ConfigError: the file is not TOML, or a key is unknown or of the wrong value or
             out of range; the message names the file and the key.
     """
+    from p2pnet.core.kad.diversity import LOCAL_ADDRESSES, DiversityLimits
+
     table, where = _section(path or config_path(), "dht", _DHT_KEYS)
     diversity = table.get("diversity", True)
     if not isinstance(diversity, bool):
@@ -282,7 +303,7 @@ def load_dht(path: Path | None = None) -> DhtSettings:
         raise ConfigError(
             f'{where}: local_addresses must be "exempt" or "grouped", not {local!r:.40}'
         )
-    paths = table.get("paths", DEFAULT_LOOKUP_PATHS)
+    paths = table.get("paths", _DEFAULT_LOOKUP_PATHS)
     if type(paths) is not int or not 1 <= paths <= 16:
         raise ConfigError(f"{where}: paths must be a whole number from 1 to 16, not {paths!r:.40}")
     return DhtSettings(DiversityLimits(local_addresses=local) if diversity else None, paths)
@@ -309,6 +330,8 @@ def load_sessions(path: Path | None = None) -> SessionLimits:
         ConfigError: the file is not TOML, or a key is unknown or out of range; the
             message names the file and the key.
     """
+    from p2pnet.core.generation import SessionLimits
+
     table, where = _section(path or config_path(), "sessions", _SESSION_KEYS)
     default = SessionLimits()
     for key in ("max_sessions", "max_session_mib"):
@@ -364,6 +387,8 @@ def _tolerance(
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table (atol = ..., rtol = ...)")
     _refuse_unknown_keys(where, table, allowed, listed_as=None)
+    from p2pnet.core.spot_check import Tolerance
+
     return Tolerance(
         atol=_number(where, table, "atol", base.atol),
         rtol=_number(where, table, "rtol", base.rtol),

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from p2pnet import __version__
 from p2pnet.config import runtime_dir
 from p2pnet.errors import ConfigError
@@ -325,14 +323,20 @@ async def keep_status(
     swarm: str | None = None,
     interval: float = UPDATE_INTERVAL,
     path: Path | None = None,
-    task_status: TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[Path] | None = None,
 ) -> None:
     """Write the peer's status now and every ``interval`` seconds until cancelled;
-    remove the file then."""
+    remove the file then. ``nursery.start(keep_status, ...)`` returns once the first is
+    written, with its path."""
+    # trio is imported here, not by the module: the command line reads status files
+    # without loading trio (tests/test_cli_imports.py).
+    import trio
+
     path = path or status_file()
     try:
         write_status(snapshot(peer, role=role, swarm=swarm), path)
-        task_status.started(path)
+        if task_status is not None:
+            task_status.started(path)
         while True:
             await trio.sleep(interval)
             try:

@@ -18,20 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from memory_peers import memory_peer
 from test_cli import p2pnet, start_peer
 
-from p2pnet.cli.options import DEFAULT_LISTEN, DiscoveryOptions, SwarmOptions, running_peer_api
+from p2pnet.cli.options import (
+    DEFAULT_LISTEN,
+    DiscoveryOptions,
+    SwarmOptions,
+    running_peer_api,
+    running_peer_client,
+)
+from p2pnet.cli.render import tensor_json
 from p2pnet.cli.stream import Interrupts, JsonReplies, stream_remote_reply
 from p2pnet.config import runtime_dir
 from p2pnet.core.generation import GenerationParams
 from p2pnet.errors import (
     ConfigError,
     InvalidInputError,
+    PeerUnreachableError,
     PipelineSpecError,
     SessionLimitError,
     UnknownModelError,
@@ -39,8 +50,21 @@ from p2pnet.errors import (
 )
 from p2pnet.gateway.app import NDJSON, REPLY_HEADER, serve_http
 from p2pnet.gateway.chats import ChatTable
-from p2pnet.gateway.client import ApiClient, error_from_api
+from p2pnet.gateway.client import (
+    ApiClient,
+    BlockingApiClient,
+    CallReply,
+    FindReply,
+    error_from_api,
+)
 from p2pnet.gateway.settings import default_token_path, write_token
+from p2pnet.inputs import (
+    exact_tensor_json,
+    input_as_json,
+    parse_input,
+    tensor_from_json,
+    tensor_to_json,
+)
 from p2pnet.net.identity import load_or_create_identity
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.net.swarm_key import generate_swarm_key, write_swarm_key_file
@@ -143,6 +167,159 @@ async def test_errors_are_the_p2pnet_errors_of_their_codes(models: dict[str, Pat
         async with ApiClient(url, "wrong-token") as stranger:
             with pytest.raises(ConfigError, match=r"refused the request \(unauthorized\)"):
                 await stranger.status()
+
+
+@pytest.mark.network
+async def test_the_blocking_client_answers_and_fails_as_the_streaming_one_does(
+    models: dict[str, Path],
+) -> None:
+    """BlockingApiClient (http.client: what find and call use, without trio): the
+    replies and errors of ApiClient, its connection still usable after an error reply;
+    an API that is gone is PeerUnreachableError, a URL that is not http:// ConfigError."""
+    async with api([(models["iris"], "iris-species")]) as (url, caller, provider):
+        async with ApiClient(url, TOKEN) as client:
+            expected = await client.call({"x": IRIS}, task="iris-species")
+
+        def ask() -> tuple[dict[str, Any], FindReply, CallReply, FindReply]:
+            with BlockingApiClient(url, TOKEN) as blocking:
+                status = blocking.status()
+                found = blocking.find(task="iris-species", timeout=5)
+                called = blocking.call({"x": IRIS}, task="iris-species")
+                with pytest.raises(
+                    UnknownModelError, match=r"^no peer in the swarm offers task .no-such-task."
+                ):
+                    blocking.call({"x": IRIS}, task="no-such-task", timeout=2)
+                with pytest.raises(InvalidInputError, match="x"):
+                    blocking.call({"y": IRIS}, task="iris-species")
+                again = blocking.find(task="iris-species", timeout=5)
+            with (
+                BlockingApiClient(url, "wrong-token") as stranger,
+                pytest.raises(ConfigError, match=r"refused the request \(unauthorized\)"),
+            ):
+                stranger.status()
+            return status, found, called, again
+
+        status, found, called, again = await trio.to_thread.run_sync(ask)
+    assert status["peer_id"] == caller.peer_id
+    assert (
+        [o["peer_id"] for o in found.offers]
+        == [provider.peer_id]
+        == [o["peer_id"] for o in again.offers]
+    )
+    assert (called.peer_id, called.model_id, called.name) == (
+        expected.peer_id,
+        expected.model_id,
+        expected.name,
+    )
+    assert called.outputs.keys() == expected.outputs.keys()
+    for name, arr in expected.outputs.items():
+        assert called.outputs[name].dtype == arr.dtype
+        assert np.array_equal(called.outputs[name], arr)
+    with (
+        BlockingApiClient(url, TOKEN) as gone,
+        pytest.raises(PeerUnreachableError, match=f"^the running peer's API at {url}: "),
+    ):
+        gone.status()
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
+        BlockingApiClient("https://127.0.0.1:1", TOKEN)
+
+
+# JSON values of NAME=VALUE: numbers, text, booleans, nulls, in lists that may be empty
+# or ragged.
+_LEAVES = (
+    st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=True, allow_infinity=True, width=64)
+    | st.floats(width=32)
+    | st.text(max_size=3)
+    | st.booleans()
+    | st.none()
+)
+_VALUES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3), max_leaves=12)
+_DTYPES = ("", "float32", "float64", "int64", "string", "int32", "bool", "float16", "uint8")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(_DTYPES),
+    _VALUES.map(json.dumps) | st.text(max_size=8),
+    st.lists(st.sampled_from([1, 2, 3]), min_size=1, max_size=3),
+)
+def test_inputs_made_without_numpy_are_what_numpy_makes_of_them(
+    dtype: str, value: str, shape: list[int]
+) -> None:
+    """``input_as_json`` (what ``call`` through the API sends, without numpy) is the JSON
+    tensor of ``parse_input``'s array, to the byte, or None; ``exact_tensor_json`` (the
+    outputs ``call --json`` prints) is ``tensor_json`` of ``tensor_from_json``, or None."""
+    spec = f"x:{dtype}={value}" if dtype else f"x={value}"
+    made = input_as_json(spec)
+    try:
+        with np.errstate(all="ignore"):  # numpy's casts of what does not fit warn
+            name, array = parse_input(spec)
+    except InvalidInputError:
+        assert made is None
+    else:
+        if made is not None:
+            assert made[0] == name
+            assert json.dumps(made[1]) == json.dumps(tensor_to_json(array))
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        data = value
+    for tensor in (
+        {"dtype": dtype or "float32", "shape": shape, "data": data},
+        {"dtype": dtype or "float32", "shape": [], "data": data},
+        {"dtype": dtype, "data": data},
+    ):
+        exact = exact_tensor_json(tensor)
+        try:
+            with np.errstate(all="ignore"):
+                expected = tensor_json(tensor_from_json("y", tensor))
+        except InvalidInputError:
+            assert exact is None
+            continue
+        if exact is not None:
+            assert json.dumps(exact) == json.dumps(expected)
+
+
+def _finite_arrays(dtype: str) -> st.SearchStrategy[Any]:
+    # uint64 up to 2**63 - 1: numpy itself reads larger ones mixed with others as float64.
+    elements = (
+        st.integers(0, 2**63 - 1)
+        if dtype == "uint64"
+        else {"allow_nan": False, "allow_infinity": False}
+    )
+    shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3)
+    return hnp.arrays(dtype, shapes, elements=elements)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["float32", "float64", "float16", "int64", "int8", "uint64", "bool"]).flatmap(
+        _finite_arrays
+    )
+)
+def test_the_outputs_of_a_model_are_printed_without_numpy_as_with_it(array: Any) -> None:
+    """Every finite output tensor the API sends (``tensor_to_json``) is printed by
+    ``call --json`` without numpy, exactly as with it."""
+    sent = json.loads(json.dumps(tensor_to_json(array)))
+    exact = exact_tensor_json(sent)
+    assert exact is not None
+    assert json.dumps(exact) == json.dumps(tensor_json(tensor_from_json("y", sent)))
+
+
+def test_small_json_inputs_are_made_without_numpy_and_the_rest_with_it() -> None:
+    assert input_as_json("x=[[5.1,3.5,1.4,0.2]]") == (
+        "x",
+        {
+            "dtype": "float32",
+            "shape": [1, 4],
+            "data": [[float(np.float32(v)) for v in (5.1, 3.5, 1.4, 0.2)]],
+        },
+    )
+    assert input_as_json("t=hello") == ("t", {"dtype": "string", "shape": [1], "data": ["hello"]})
+    assert input_as_json("n:int64=[1,2]") == ("n", {"dtype": "int64", "shape": [2], "data": [1, 2]})
+    for numpy_made in ("x=@in.npy", "x=[true]", "x=[[1],[2,3]]", "x=[]", "x:int8=[1]", "x=1e39"):
+        assert input_as_json(numpy_made) is None, numpy_made
 
 
 def test_an_error_body_that_is_not_the_apis_still_says_what_happened() -> None:
@@ -564,12 +741,24 @@ async def test_a_command_uses_the_running_peer_unless_it_names_a_peer_or_network
         status_file = runtime_dir() / f"peer-{os.getpid()}.json"
         write_status(snapshot(me), status_file)
 
+        def uses_client(options: DiscoveryOptions) -> bool:
+            client = running_peer_client(options)
+            if client is None:
+                return False
+            with client:
+                assert client.url == url
+                return True
+
         async def uses_api(options: DiscoveryOptions) -> bool:
+            """Whether ``running_peer_api`` goes through the API; ``running_peer_client``
+            (find and call, without trio) decides the same."""
             api = await running_peer_api(options)
+            blocking = await trio.to_thread.run_sync(uses_client, options)
             if api is None:
+                assert not blocking
                 return False
             async with api:
-                assert api.url == url
+                assert api.url == url and blocking
                 return True
 
         assert await uses_api(discovery(key))

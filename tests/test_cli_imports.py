@@ -1,7 +1,8 @@
 """The command line loads only what a command needs: parsing any command line (``--help``,
 ``--version``, the typed options of every command) loads no peer, no py-libp2p, no DHT,
-no accounting, no model runtime and no trio; ``p2pnet find`` and ``p2pnet call`` that go
-through the running peer's local API load none of what starts a peer of their own
+no accounting, no model runtime, no trio, no httpx and no numpy (but for ``peer
+--batch``); ``p2pnet find`` and ``p2pnet call`` that go through the running peer's local
+API load none of what starts a peer of their own, nor trio, httpx, multiformats or numpy
 (docs/benchmarks.md, "CLI against a running peer"). Each check runs in a fresh
 interpreter: this one has loaded everything already."""
 
@@ -51,7 +52,19 @@ PEER_MODULES = (
     "hypercorn",
 )
 # ... and what parsing alone does not need either.
-PARSING_MODULES = (*PEER_MODULES, "trio", "httpx", "p2pnet.status", "p2pnet.gateway.client")
+PARSING_MODULES = (
+    *PEER_MODULES,
+    "trio",
+    "httpx",
+    "numpy",
+    "p2pnet.status",
+    "p2pnet.gateway.client",
+)
+# What ``find`` and ``call --json`` (of small JSON inputs) through the running peer's
+# API do without: the HTTP client is the standard library's, the peer ID is made without
+# multiformats, nothing runs under trio, and tensors stay JSON (docs/benchmarks.md, "CLI
+# against a running peer"). ``call`` without ``--json`` prints its table with numpy.
+API_PATH_MODULES = (*PEER_MODULES, "trio", "httpx", "httpcore", "h2", "multiformats", "numpy")
 
 # Runs the command line of its arguments as ``p2pnet`` does, then writes the exit status
 # and the modules loaded to the file named by P2PNET_TEST_MODULES.
@@ -100,6 +113,7 @@ print(json.dumps(added))
 # Every command, with what its options may load: the ledger's and the trust store's
 # files are found by their kinds; mcp checks --expose with the MCP gateway's rule.
 EVERY_COMMAND: list[tuple[list[str], tuple[str, ...]]] = [
+    (["peer", "--serve", "m.onnx", "--task", "t", "--batch", "8", "--price", "10,0,0"], ("numpy",)),
     (["ledger"], ("p2pnet.ledger",)),
     (["trust"], ("p2pnet.trust",)),
     (["mcp"], ("trio",)),
@@ -107,7 +121,7 @@ EVERY_COMMAND: list[tuple[list[str], tuple[str, ...]]] = [
 COMMANDS = [
     ["id"],
     ["model", "inspect", "m.onnx"],
-    ["peer", "--serve", "m.onnx", "--task", "t", "--batch", "8", "--price", "10,0,0"],
+    ["peer", "--serve", "m.onnx", "--task", "t", "--price", "10,0,0"],
     ["call", "--task", "t", "-i", "x=[1]", "--max-price", "5,0,0"],
     ["call", "--prompt", "Hi", "--task", "chat", "--max-tokens", "8"],
     ["chat", "--task", "chat"],
@@ -150,12 +164,14 @@ def test_parsing_any_command_line_loads_no_peer_and_no_trio(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_the_api_client_loads_no_numpy_until_tensors_are_sent() -> None:
-    """``p2pnet find`` through the API sends and receives no tensor."""
+    """``p2pnet find`` through the API sends and receives no tensor; httpx is loaded by
+    the client that streams (``ApiClient``), not by the module."""
     code = "import json, sys, p2pnet.gateway.client; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     modules = json.loads(done.stdout)
-    assert loaded(modules, ("numpy", "trio", "starlette", "hypercorn", "p2pnet.inputs")) == []
+    unwanted = ("numpy", "trio", "httpx", "starlette", "hypercorn", "p2pnet.inputs")
+    assert loaded(modules, unwanted) == []
 
 
 def test_reply_streams_quiet_the_generation_logger_by_its_name() -> None:
@@ -173,7 +189,8 @@ async def test_find_and_call_through_the_running_peer_load_no_peer_of_their_own(
 ) -> None:
     """``p2pnet find`` and ``call`` in a fresh interpreter, next to a running peer of
     their identity (its API on 127.0.0.1, its status file, its token): they answer
-    through the API, and load none of PEER_MODULES."""
+    through the API, and load none of PEER_MODULES, nor trio, httpx, multiformats or
+    numpy (API_PATH_MODULES)."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     identity, _ = load_or_create_identity(default_identity_path())
     env = os.environ | {
@@ -207,8 +224,8 @@ async def test_find_and_call_through_the_running_peer_load_no_peer_of_their_own(
             result = json.loads(Path(env["P2PNET_TEST_MODULES"]).read_text())
             assert result["status"] == 0, stderr
             assert "using the running peer" in stderr, stderr
-            assert "httpx" in result["modules"]
-            assert loaded(result["modules"], PEER_MODULES) == [], argv
+            assert "http.client" in result["modules"]
+            assert loaded(result["modules"], API_PATH_MODULES) == [], argv
             outputs.append(json.loads(done.stdout))
         server.cancel_scope.cancel()
     found, called = outputs

@@ -22,6 +22,7 @@ from p2pnet.cli.options import (
     generation_params,
     load_identity,
     running_peer_api,
+    running_peer_client,
 )
 from p2pnet.cli.render import exit_status, peer_text
 from p2pnet.core.generation import ROLES, GenerationParams
@@ -134,23 +135,83 @@ def add_call_parser(sub: Subparsers, parents: ParentParsers) -> None:
 
 def call_model(options: CallOptions) -> int:
     """Call the model and print its outputs (a table, or JSON); or stream its reply."""
-    import trio
-
     from p2pnet.cli.render import out, outputs_table, tensor_json
-    from p2pnet.cli.stream import run_interruptible
 
     if options.generates:
+        from p2pnet.cli.stream import run_interruptible
+
         return run_interruptible(
             functools.partial(_generate, options), verbose=options.discovery.verbose
         )
+    from p2pnet.inputs import tensor_from_json
+
     started = time.perf_counter()
-    served_by, outputs = trio.run(_call, options)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    if options.discovery.json:
-        print(json.dumps({name: tensor_json(arr) for name, arr in outputs.items()}))
-        return 0
+    tensors = _inputs_as_json(options.inputs)
+    arrays = None if tensors is not None else _parsed(options.inputs)
+    through_api = _call_through_running_peer(options, tensors, arrays)
+    if through_api is not None:
+        served_by, replied = through_api
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if options.discovery.json:
+            print(json.dumps({name: _output_json(name, v) for name, v in replied.items()}))
+            return 0
+        outputs = {name: tensor_from_json(name, value) for name, value in replied.items()}
+    else:
+        import trio
+
+        served_by, outputs = trio.run(
+            _call, options, arrays if arrays is not None else _parsed(options.inputs)
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if options.discovery.json:
+            print(json.dumps({name: tensor_json(arr) for name, arr in outputs.items()}))
+            return 0
     out.print(outputs_table(served_by + f" ({elapsed_ms:.0f} ms)", outputs))
     return 0
+
+
+def _parsed(specs: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
+    """The inputs ``NAME=VALUE`` as arrays (``parse_input``).
+
+    Raises:
+        InvalidInputError: one cannot be read as a tensor.
+    """
+    from p2pnet.inputs import parse_input
+
+    return dict(parse_input(spec) for spec in specs)
+
+
+def _inputs_as_json(specs: tuple[str, ...]) -> dict[str, dict[str, Any]] | None:
+    """The inputs as the API's JSON tensors, made without numpy (``input_as_json``:
+    exactly what ``tensor_to_json`` makes of ``parse_input``'s arrays); None unless
+    every one can be made so."""
+    from p2pnet.inputs import input_as_json
+
+    tensors = {}
+    for spec in specs:
+        made = input_as_json(spec)
+        if made is None:
+            return None
+        tensors[made[0]] = made[1]
+    return tensors
+
+
+def _output_json(name: str, value: Any) -> dict[str, Any]:
+    """An output of the API as ``--json`` prints it: ``tensor_json`` of its array, taken
+    without numpy where that is the same (``exact_tensor_json``).
+
+    Raises:
+        InvalidInputError: not a tensor.
+    """
+    from p2pnet.inputs import exact_tensor_json
+
+    exact = exact_tensor_json(value)
+    if exact is not None:
+        return exact
+    from p2pnet.cli.render import tensor_json
+    from p2pnet.inputs import tensor_from_json
+
+    return tensor_json(tensor_from_json(name, value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,30 +274,47 @@ def _served_by_offer(name: str, model_id: str, peer_id: str) -> Text:
     return peer_text(name) + " " + peer_text(model_id) + " on " + peer_text(peer_id)
 
 
-async def _call(options: CallOptions) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
-    """(who served the call, as terminal-safe text; the outputs): through the running
-    peer of the identity (``running_peer_api``), else a peer of this command's own."""
-    from p2pnet.inputs import parse_input
-
+def _call_through_running_peer(
+    options: CallOptions,
+    tensors: dict[str, dict[str, Any]] | None,
+    arrays: dict[str, npt.NDArray[Any]] | None,
+) -> tuple[Text, dict[str, Any]] | None:
+    """(who served the call, as terminal-safe text; the outputs as the API's JSON
+    tensors) through the running peer of the identity (``running_peer_client``: no
+    trio, no peer of this command's own); None when there is none to use. The inputs:
+    ``tensors`` if made, else ``arrays``."""
     discovery = options.discovery
-    inputs = dict(parse_input(spec) for spec in options.inputs)
     direct = _direct(options)  # the caller's mistakes before anything else
     task, model = discovery.wanted() if direct is None else (None, direct[1])
-    api = await running_peer_api(discovery)
-    if api is not None:
-        async with api:
-            reply = await api.call(
-                inputs,
-                task=task,
-                model=model,
-                peer=None if direct is None else direct[0],
-                timeout=discovery.timeout,
-                max_price=discovery.max_price,
-            )
-        if direct is not None:
-            return _served_by(direct[1], direct[0]), reply.outputs
-        assert reply.peer_id is not None and reply.name is not None
-        return _served_by_offer(reply.name, reply.model_id, reply.peer_id), reply.outputs
+    api = running_peer_client(discovery)
+    if api is None:
+        return None
+    if tensors is None:
+        from p2pnet.inputs import tensor_to_json
+
+        assert arrays is not None
+        tensors = {name: tensor_to_json(arr) for name, arr in arrays.items()}
+    with api:
+        reply = api.call_tensors(
+            tensors,
+            task=task,
+            model=model,
+            peer=None if direct is None else direct[0],
+            timeout=discovery.timeout,
+            max_price=discovery.max_price,
+        )
+    if direct is not None:
+        return _served_by(direct[1], direct[0]), reply.outputs
+    assert reply.peer_id is not None and reply.name is not None
+    return _served_by_offer(reply.name, reply.model_id, reply.peer_id), reply.outputs
+
+
+async def _call(
+    options: CallOptions, inputs: dict[str, npt.NDArray[Any]]
+) -> tuple[Text, dict[str, npt.NDArray[Any]]]:
+    """(who served the call, as terminal-safe text; the outputs), by a peer of this
+    command's own."""
+    discovery = options.discovery
     target = _target(options)
     async with target.peer as peer:
         if target.address is not None and target.model is not None:

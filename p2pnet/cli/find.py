@@ -15,12 +15,12 @@ from p2pnet.cli.options import (
     ParentParsers,
     Subparsers,
     load_identity,
-    running_peer_api,
+    running_peer_client,
 )
-from p2pnet.cli.render import err, joined_text, out, peer_text, spec_text
+from p2pnet.cli.render import SpecLike, err, joined_text, out, peer_text, spec_text
 
 if TYPE_CHECKING:
-    from p2pnet.core.schema import ModelSchema, TensorSpec
+    from p2pnet.core.schema import Dim
 
 __all__ = ["OfferLike", "add_find_parser", "find_models", "offers_text", "unanswered_text"]
 
@@ -37,9 +37,11 @@ def add_find_parser(sub: Subparsers, parents: ParentParsers) -> None:
 def find_models(options: DiscoveryOptions) -> int:
     """Print the offers found, best first, and the providers that did not answer in time
     (with ``-v``, or in ``--json``); exit status 1 if there are none."""
-    import trio
+    found = _find_through_running_peer(options)
+    if found is None:
+        import trio
 
-    found = trio.run(_find, options)
+        found = trio.run(_find, options)
     offers = [_OfferView.of(offer) for offer in found["offers"]]
     unanswered = found["unanswered"]
     if options.json:
@@ -53,6 +55,15 @@ def find_models(options: DiscoveryOptions) -> int:
         return 1
     out.print(offers_text(offers))
     return 0
+
+
+class _Schema(Protocol):
+    """What ``offers_text`` shows of a schema (a ModelSchema, or its JSON form)."""
+
+    @property
+    def inputs(self) -> Sequence[SpecLike]: ...
+    @property
+    def outputs(self) -> Sequence[SpecLike]: ...
 
 
 class _Record(Protocol):
@@ -69,7 +80,7 @@ class _Record(Protocol):
     @property
     def addrs(self) -> Sequence[str]: ...
     @property
-    def schema(self) -> ModelSchema: ...
+    def schema(self) -> _Schema: ...
 
 
 class OfferLike(Protocol):
@@ -81,6 +92,21 @@ class OfferLike(Protocol):
     def rtt(self) -> float: ...
 
 
+# Views of an offer's JSON form: plain values, as shown (core.schema's types would load
+# numpy, which ``p2pnet find`` does not need; tests/test_cli_imports.py).
+@dataclass(frozen=True, slots=True)
+class _SpecView:
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _SchemaView:
+    inputs: tuple[_SpecView, ...]
+    outputs: tuple[_SpecView, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class _RecordView:
     name: str
@@ -88,7 +114,7 @@ class _RecordView:
     peer_id: str
     tasks: tuple[str, ...]
     addrs: tuple[str, ...]
-    schema: ModelSchema
+    schema: _SchemaView
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +127,9 @@ class _OfferView:
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> _OfferView:
-        from p2pnet.core.schema import ModelSchema, TensorSpec
-
-        def specs(key: str) -> tuple[TensorSpec, ...]:
+        def specs(key: str) -> tuple[_SpecView, ...]:
             return tuple(
-                TensorSpec(str(t["name"]), str(t["dtype"]), tuple(t["shape"])) for t in doc[key]
+                _SpecView(str(t["name"]), str(t["dtype"]), tuple(t["shape"])) for t in doc[key]
             )
 
         record = _RecordView(
@@ -114,7 +138,7 @@ class _OfferView:
             str(doc["peer_id"]),
             tuple(doc["tasks"]),
             tuple(doc["addrs"]),
-            ModelSchema(specs("inputs"), specs("outputs")),
+            _SchemaView(specs("inputs"), specs("outputs")),
         )
         return cls(record, float(doc["rtt_ms"]) / 1000)
 
@@ -149,18 +173,24 @@ def unanswered_text(unanswered: Sequence[str]) -> Text:
     )
 
 
+def _find_through_running_peer(options: DiscoveryOptions) -> dict[str, Any] | None:
+    """What ``--json`` prints, found by the running peer of the identity
+    (``running_peer_client``: no trio, no peer of this command's own); None when there
+    is none to use."""
+    task, model = options.wanted()  # the caller's mistakes before anything else
+    api = running_peer_client(options)
+    if api is None:
+        return None
+    with api:
+        reply = api.find(
+            task=task, model=model, timeout=options.timeout, max_price=options.max_price
+        )
+    return {"offers": reply.offers, "unanswered": reply.unanswered}
+
+
 async def _find(options: DiscoveryOptions) -> dict[str, Any]:
     """What ``--json`` prints: the offers (``Offer.to_dict()``), best first, and the
-    providers that did not answer; found by the running peer of the identity
-    (``running_peer_api``), else by a peer of this command's own."""
-    task, model = options.wanted()  # the caller's mistakes before anything else
-    api = await running_peer_api(options)
-    if api is not None:
-        async with api:
-            reply = await api.find(
-                task=task, model=model, timeout=options.timeout, max_price=options.max_price
-            )
-        return {"offers": reply.offers, "unanswered": reply.unanswered}
+    providers that did not answer, found by a peer of this command's own."""
     join = options.swarm.resolve()
     task, model = options.target(join)
     identity, _, _ = load_identity(options.identity)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rich.table import Table
 from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, PeerFile, Subparsers
@@ -199,6 +198,8 @@ def show_balances(options: BalancesOptions) -> int:
         ]
         print(json.dumps({"balances": rows, "totals": _totals_json(totals)}, indent=2))
         return 0
+    from rich.table import Table
+
     table = Table("peer", "served", "consumed", "balance", title="balances (units)")
     for b in balances:
         table.add_row(
@@ -229,6 +230,8 @@ def show_receipts(options: ReceiptsOptions) -> int:
     if options.json:
         print(json.dumps([receipt_fields(r) for r in receipts], indent=2))
         return 0
+    from rich.table import Table
+
     table = Table("provider", "caller", "seq", "units", "model", "receipt")
     for r in receipts:
         table.add_row(

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rich.table import Table
 from rich.text import Text
 
 from p2pnet.cli.options import Command, ParentParsers, Subparsers
@@ -252,6 +251,8 @@ def quantize_model_file(options: QuantizeOptions) -> int:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     before, after = report.before, report.after
+    from rich.table import Table
+
     shapes = ", ".join(f"{k} {list(v)}" for k, v in report.sample_shapes.items())
     table = Table(
         title=f"dynamic int8 quantization ({report.weight_type} weights, "

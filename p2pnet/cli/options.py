@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar
 
 from rich.text import Text
 
@@ -35,7 +35,8 @@ from p2pnet.errors import InvalidInputError, UsageError
 if TYPE_CHECKING:
     from p2pnet.accounting import AccountingConfig
     from p2pnet.dht.node import DhtConfig
-    from p2pnet.gateway.client import ApiClient
+    from p2pnet.gateway.client import ApiClient, BlockingApiClient
+    from p2pnet.gateway.settings import RunningApi
     from p2pnet.net.identity import Identity
     from p2pnet.peer import Peer
     from p2pnet.sqlite_file import FileKind
@@ -54,6 +55,7 @@ __all__ = [
     "load_identity",
     "parent_parsers",
     "running_peer_api",
+    "running_peer_client",
 ]
 
 log = logging.getLogger(__name__)
@@ -522,19 +524,14 @@ class DiscoveryOptions:
         )
 
 
-async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
-    """The local API of the running peer of the command's identity, when the command
-    should use it rather than start a peer of its own (docs/cli.md, "A running peer"):
-    a peer of that identity runs and serves its API, and the command has no
-    ``--standalone``, no ``--listen``, and no network of its own: a ``--swarm-key`` (or
-    ``--swarm``'s key) other than the running peer's, or a ``--bootstrap`` (or
-    ``--swarm``'s bootstrap peer) that is neither the running peer nor connected to it.
-    Says why not with ``-v``. The client is to be entered (``async with``).
+def _running_api(options: DiscoveryOptions) -> tuple[RunningApi, str] | None:
+    """The API of the running peer of the command's identity, and its peer ID, when the
+    command may use it: a peer of that identity runs and serves its API, and the command
+    has no ``--standalone`` and no ``--listen``. Says why not with ``-v``.
 
     Raises:
-        ConfigError: the identity, the token file or the swarm cannot be used.
+        ConfigError: the identity or the token file cannot be used.
     """
-    from p2pnet.gateway.client import ApiClient
     from p2pnet.gateway.settings import running_api
     from p2pnet.net.identity import load_identity as read_identity
     from p2pnet.net.identity import peer_id_of
@@ -554,9 +551,30 @@ async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
     if options.listen_given:
         log.info("--listen: starting a peer of this command's own, not using %s", found.url)
         return None
+    return found, peer_id
+
+
+async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
+    """The local API of the running peer of the command's identity, when the command
+    should use it rather than start a peer of its own (docs/cli.md, "A running peer"):
+    a peer of that identity runs and serves its API, and the command has no
+    ``--standalone``, no ``--listen``, and no network of its own: a ``--swarm-key`` (or
+    ``--swarm``'s key) other than the running peer's, or a ``--bootstrap`` (or
+    ``--swarm``'s bootstrap peer) that is neither the running peer nor connected to it.
+    Says why not with ``-v``. The client is to be entered (``async with``).
+
+    Raises:
+        ConfigError: the identity, the token file or the swarm cannot be used.
+    """
+    from p2pnet.gateway.client import ApiClient
+
+    running = _running_api(options)
+    if running is None:
+        return None
+    found, peer_id = running
     api = ApiClient(found.url, found.token)
     try:
-        reason = await _why_not(api, found.url, peer_id, options.swarm)
+        reason = _why_not(await _live_status(api.status), found.url, peer_id, options.swarm)
     except BaseException:
         await api.aclose()
         raise
@@ -568,14 +586,42 @@ async def running_peer_api(options: DiscoveryOptions) -> ApiClient | None:
     return api
 
 
-async def _why_not(api: ApiClient, url: str, peer_id: str, swarm: SwarmOptions) -> str | None:
-    """Why the command should not use the API ``api`` at ``url`` (None: it should): it
-    does not answer with the status of ``peer_id``, or ``swarm`` names another network.
+def running_peer_client(options: DiscoveryOptions) -> BlockingApiClient | None:
+    """``running_peer_api`` without trio: the same rule, decided by the same status asked
+    live, for the one-shot ``find`` and ``call`` (a ``BlockingApiClient``, to be closed:
+    ``with``).
 
     Raises:
-        ConfigError: the API refused the token; the swarm cannot be used.
+        ConfigError: the identity, the token file or the swarm cannot be used.
     """
-    status = await _live_status(api)
+    from p2pnet.gateway.client import BlockingApiClient
+
+    running = _running_api(options)
+    if running is None:
+        return None
+    found, peer_id = running
+    api = BlockingApiClient(found.url, found.token)
+    try:
+        reason = _why_not(_live_status_now(api.status), found.url, peer_id, options.swarm)
+    except BaseException:
+        api.close()
+        raise
+    if reason is not None:
+        api.close()
+        log.info("%s: starting a peer of this command's own", reason)
+        return None
+    log.info("using the running peer %s (pid %d) at %s", peer_id, found.pid, found.url)
+    return api
+
+
+def _why_not(status: PeerStatus | None, url: str, peer_id: str, swarm: SwarmOptions) -> str | None:
+    """Why the command should not use the API at ``url`` that answered with ``status``
+    (None: it should): it did not answer with the status of ``peer_id``, or ``swarm``
+    names another network.
+
+    Raises:
+        ConfigError: the swarm cannot be used.
+    """
     if status is None:
         return f"the API at {url} does not answer"
     if status.peer_id != peer_id:
@@ -585,21 +631,38 @@ async def _why_not(api: ApiClient, url: str, peer_id: str, swarm: SwarmOptions) 
     return _other_network(status, swarm.resolve())
 
 
-async def _live_status(api: ApiClient) -> PeerStatus | None:
-    """The running peer's status, asked now; None when its API does not answer, or not
-    with a status (a stale status file, a port another program took since).
+async def _live_status(ask: Callable[[], Awaitable[dict[str, Any]]]) -> PeerStatus | None:
+    """The running peer's status, asked now (``ask``: ``ApiClient.status``); None when
+    its API does not answer, or not with a status (a stale status file, a port another
+    program took since).
 
     Raises:
         ConfigError: the API refused the token.
     """
     from p2pnet.errors import NetworkError, ProtocolError
-    from p2pnet.status import PeerStatus
 
     try:
-        return PeerStatus.from_dict(await api.status())
+        return _peer_status(await ask())
     except (NetworkError, ProtocolError, KeyError, TypeError, ValueError) as exc:
         log.debug("the running peer's status: %s", exc)
         return None
+
+
+def _live_status_now(ask: Callable[[], dict[str, Any]]) -> PeerStatus | None:
+    """``_live_status`` of a ``BlockingApiClient.status``."""
+    from p2pnet.errors import NetworkError, ProtocolError
+
+    try:
+        return _peer_status(ask())
+    except (NetworkError, ProtocolError, KeyError, TypeError, ValueError) as exc:
+        log.debug("the running peer's status: %s", exc)
+        return None
+
+
+def _peer_status(data: dict[str, Any]) -> PeerStatus:
+    from p2pnet.status import PeerStatus
+
+    return PeerStatus.from_dict(data)
 
 
 def _other_network(status: PeerStatus, join: SwarmJoin) -> str | None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from rich.table import Table
 from rich.text import Text
 
 from p2pnet.cli.options import (
@@ -131,6 +130,8 @@ def run_pipeline(options: RunOptions) -> int:
     if options.discovery.json:
         print(json.dumps(result.to_dict()))
         return 0
+    from rich.table import Table
+
     title = peer_text(str(options.spec)) + f" ({result.mode}, {result.total_ms:.0f} ms)"
     steps = Table(title=title, title_justify="left")
     for column in ("step", "model", "peer", "ms", "failed over"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from rich.console import Console
 from rich.text import Text
@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 
     from p2pnet.core.generation import GenerationCard
     from p2pnet.core.model_info import ModelInfo
-    from p2pnet.core.schema import Dim, TensorSpec
+    from p2pnet.core.schema import Dim
 
 __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_NAME_CHARS",
+    "SpecLike",
     "TerminalSafeLogs",
     "err",
     "error_text",
@@ -121,7 +122,19 @@ def shape_text(shape: Iterable[Dim]) -> str:
     return f"[{dims}]"
 
 
-def spec_text(spec: TensorSpec) -> Text:
+class SpecLike(Protocol):
+    """A tensor of a schema as ``spec_text`` shows it: a TensorSpec, or its JSON form
+    read back (``p2pnet find`` through the running peer's API)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[Dim]: ...
+
+
+def spec_text(spec: SpecLike) -> Text:
     """One tensor of a schema as ``name: dtype[n, 4]``."""
     return peer_text(spec.name) + ": " + peer_text(spec.dtype) + shape_text(spec.shape)
 

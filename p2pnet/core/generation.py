@@ -19,13 +19,16 @@ import json
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from p2pnet.core.text import quote_bounded
 from p2pnet.errors import InvalidInputError, ModelFileError
+
+# numpy is imported by the token choice that uses it: the command line takes
+# GenerationParams without loading numpy (tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_SESSION_LIMITS",
@@ -410,6 +413,8 @@ class GenerationParams:
 
     def rng(self) -> np.random.Generator:
         """The random source of one generation: a fresh generator seeded with ``seed``."""
+        import numpy as np
+
         return np.random.Generator(np.random.PCG64(self.seed))
 
 
@@ -423,6 +428,8 @@ def choose_token(
     probabilities in descending order (ties: lower ID first), so the choice depends on
     the logits, the parameters and the draw alone.
     """
+    import numpy as np
+
     if params.greedy:
         return int(np.argmax(logits))
     scores = np.asarray(logits, dtype=np.float64) / params.temperature

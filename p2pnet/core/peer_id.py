@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import Final
 
 import base58
-from multiformats import multihash
 
 from p2pnet.errors import InvalidAddressError
 
@@ -28,6 +27,10 @@ __all__ = [
 
 # The libp2p PublicKey protobuf up to the key bytes: Type = Ed25519 (1), Data = 32 bytes.
 ED25519_KEY_PREFIX: Final = b"\x08\x01\x12\x20"
+# Its identity multihash's header: code 0x00 (identity), length 36 (the protobuf). Written
+# out, so that a peer ID is made without loading multiformats (the command line finds
+# its running peer by it; tests/test_cli_imports.py).
+_IDENTITY_MULTIHASH: Final = b"\x00\x24"
 # An Ed25519 peer ID is 52 characters; anything much longer is refused before decoding
 # (base58 decoding is quadratic in the length).
 MAX_PEER_ID_LENGTH: Final = 128
@@ -70,11 +73,13 @@ def is_valid_peer_id(text: str) -> bool:
 # ~75 us to decode); records name the same peers again and again, so both are cached.
 @lru_cache(maxsize=4096)
 def _encode(public_key: bytes) -> str:
-    return base58.b58encode(multihash.wrap(ED25519_KEY_PREFIX + public_key, "identity")).decode()
+    return base58.b58encode(_IDENTITY_MULTIHASH + ED25519_KEY_PREFIX + public_key).decode()
 
 
 @lru_cache(maxsize=4096)
 def _decode(peer_id: str) -> bytes:
+    from multiformats import multihash
+
     try:
         bad = next((c for c in peer_id if not (c.isascii() and c.isalnum())), None)
         if bad is not None:  # b58decode would strip surrounding whitespace

@@ -1,6 +1,6 @@
-"""A client of a running peer's local HTTP API (docs/gateway.md, "Local HTTP API and
+"""Clients of a running peer's local HTTP API (docs/gateway.md, "Local HTTP API and
 metrics"), for the command line: ``p2pnet find``, ``call``, ``pipeline run`` and
-``chat`` use it when a peer of their identity runs (docs/cli.md).
+``chat`` use them when a peer of their identity runs (docs/cli.md).
 
     async with ApiClient(url, token) as api:
         found = await api.find(task="iris-species")
@@ -8,12 +8,20 @@ metrics"), for the command line: ``p2pnet find``, ``call``, ``pipeline run`` and
         async with api.generate([("user", "Hi")], task="chat") as stream:
             async for event in stream: ...
 
-An error reply of the API (``{"error": message, "code": code}``) is raised as the p2pnet
-error class of that code (``error_from_api``), so a command prints the same message
-and exits with the same status as with a peer of its own.
+    with BlockingApiClient(url, token) as api:       # no trio, no httpx
+        found = api.find(task="iris-species")
 
-Cheap to import: httpx and p2pnet's pure modules; not the HTTP server's, and numpy and
-the generation settings only when a call or a reply needs them.
+``ApiClient`` (httpx, under trio) streams replies; ``BlockingApiClient`` (the standard
+library's http.client) asks for one JSON reply at a time, what the one-shot ``find`` and
+``call`` need, without loading trio or httpx (docs/benchmarks.md, "CLI against a
+running peer"). An error reply of the API (``{"error": message, "code": code}``) is
+raised by both as the p2pnet error class of that code (``error_from_api``), so a
+command prints the same message and exits with the same status as with a peer of its
+own.
+
+Cheap to import: p2pnet's pure modules; not the HTTP server's; httpx when an
+``ApiClient`` is made, numpy and the generation settings only when a call or a reply
+needs them (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -24,8 +32,6 @@ from dataclasses import dataclass
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from p2pnet.core.pricing import Price, price_to_wire
 from p2pnet.errors import (
@@ -39,6 +45,9 @@ from p2pnet.errors import (
 )
 
 if TYPE_CHECKING:
+    import http.client
+
+    import httpx
     import numpy.typing as npt
 
     from p2pnet.core.generation import GenerationParams
@@ -47,8 +56,10 @@ __all__ = [
     "ApiChat",
     "ApiClient",
     "ApiReply",
+    "BlockingApiClient",
     "CallReply",
     "FindReply",
+    "TensorCallReply",
     "error_from_api",
     "error_of",
 ]
@@ -125,6 +136,16 @@ class CallReply:
     outputs: dict[str, npt.NDArray[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class TensorCallReply:
+    """``CallReply`` with the outputs as the API sent them: JSON tensors by name."""
+
+    model_id: str
+    peer_id: str | None
+    name: str | None
+    outputs: dict[str, Any]
+
+
 def _params(params: GenerationParams) -> dict[str, Any]:
     return {
         "max_tokens": params.max_tokens,
@@ -146,16 +167,69 @@ def _price(body: dict[str, Any], max_price: Price | None) -> dict[str, Any]:
     return body
 
 
+def _find_body(
+    task: str | None, model: str | None, count: int, timeout: float, max_price: Price | None
+) -> dict[str, Any]:
+    return _price({**_target(task, model), "count": count, "timeout": timeout}, max_price)
+
+
+def _find_reply(reply: Any) -> FindReply:
+    return FindReply(list(reply["offers"]), list(reply.get("unanswered", [])))
+
+
+def _call_body(
+    tensors: Mapping[str, Any],
+    task: str | None,
+    model: str | None,
+    peer: str | None,
+    timeout: float,
+    max_price: Price | None,
+) -> dict[str, Any]:
+    """The body of ``POST /api/call``; ``tensors``: the inputs as JSON tensors."""
+    return _price(
+        {
+            **_target(task, model),
+            **({"peer": peer} if peer is not None else {}),
+            "timeout": timeout,
+            "inputs": dict(tensors),
+        },
+        max_price,
+    )
+
+
+def _call_reply(reply: Any) -> CallReply:
+    return CallReply(
+        reply["model_id"], reply.get("peer_id"), reply.get("name"), _outputs(reply["outputs"])
+    )
+
+
 def _outputs(doc: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     from p2pnet.inputs import tensor_from_json
 
     return {name: tensor_from_json(name, value) for name, value in doc.items()}
 
 
+def _json_reply(status: int, data: bytes, path: str) -> Any:
+    """The JSON of a reply with HTTP ``status`` and body ``data`` to a request of ``path``.
+
+    Raises:
+        P2PNetError: an error reply (``error_from_api``).
+        RemoteProtocolError: a body that is not JSON.
+    """
+    if status >= 400:
+        raise error_from_api(status, data)
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise RemoteProtocolError(f"the running peer's API sent no JSON for {path}") from None
+
+
 class ApiClient:
     """The local API at ``url`` with ``token``; ``async with`` opens its connection."""
 
     def __init__(self, url: str, token: str) -> None:
+        import httpx
+
         self.url = url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.url,
@@ -190,6 +264,8 @@ class ApiClient:
             P2PNetError: the API's error (``error_from_api``); PeerUnreachableError when
                 it cannot be reached.
         """
+        import httpx
+
         try:
             async with self._http.stream(
                 method,
@@ -200,12 +276,7 @@ class ApiClient:
                 data = await _read(response, MAX_REPLY)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
-        if response.status_code >= 400:
-            raise error_from_api(response.status_code, data)
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise RemoteProtocolError(f"the running peer's API sent no JSON for {path}") from None
+        return _json_reply(response.status_code, data, path)
 
     def _unreachable(self, exc: Exception) -> P2PNetError:
         return PeerUnreachableError(
@@ -228,9 +299,8 @@ class ApiClient:
         max_price: Price | None = None,
     ) -> FindReply:
         """The offers of ``task`` or ``model`` in the running peer's swarm."""
-        body = _price({**_target(task, model), "count": count, "timeout": timeout}, max_price)
-        reply = await self._request("POST", "/api/find", body, timeout)
-        return FindReply(list(reply["offers"]), list(reply.get("unanswered", [])))
+        body = _find_body(task, model, count, timeout, max_price)
+        return _find_reply(await self._request("POST", "/api/find", body, timeout))
 
     async def call(
         self,
@@ -246,19 +316,9 @@ class ApiClient:
         ``model`` only) with ``inputs``."""
         from p2pnet.inputs import tensor_to_json
 
-        body = _price(
-            {
-                **_target(task, model),
-                **({"peer": peer} if peer is not None else {}),
-                "timeout": timeout,
-                "inputs": {name: tensor_to_json(arr) for name, arr in inputs.items()},
-            },
-            max_price,
-        )
-        reply = await self._request("POST", "/api/call", body, timeout)
-        return CallReply(
-            reply["model_id"], reply.get("peer_id"), reply.get("name"), _outputs(reply["outputs"])
-        )
+        tensors = {name: tensor_to_json(arr) for name, arr in inputs.items()}
+        body = _call_body(tensors, task, model, peer, timeout, max_price)
+        return _call_reply(await self._request("POST", "/api/call", body, timeout))
 
     async def run_pipeline(
         self,
@@ -329,6 +389,170 @@ class ApiClient:
     async def _cancel(self, reply_id: str) -> bool:
         reply = await self._request("POST", f"/api/replies/{reply_id}/cancel", None, 10.0)
         return bool(reply["cancelled"])
+
+
+class BlockingApiClient:
+    """The local API at ``url`` (``http://HOST:PORT``) with ``token``, asked one JSON
+    request at a time over one connection of the standard library's http.client: what
+    the one-shot ``p2pnet find`` and ``call`` need, without trio and httpx (and the TLS
+    context httpx makes even for a plain http:// URL). ``with`` closes the connection.
+    Requests and replies are those of ``ApiClient``: the same bodies, the same errors.
+
+    Raises:
+        ConfigError: ``url`` is not an http:// URL (the API serves no TLS).
+    """
+
+    def __init__(self, url: str, token: str) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        self.url = url.rstrip("/")
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "http" or not parts.hostname or port is None:
+            raise ConfigError(
+                f"the running peer's API at {self.url!r:.80}: expected http://HOST:PORT"
+            )
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "*/*",
+        }
+        self._connection = http.client.HTTPConnection(parts.hostname, port, timeout=CONNECT_TIMEOUT)
+
+    def __enter__(self) -> BlockingApiClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        timeout: float,
+        *,
+        margin: float = MARGIN,
+    ) -> Any:
+        """The JSON reply to ``method path``: connecting within CONNECT_TIMEOUT, then
+        waiting ``timeout`` plus ``margin`` for each read.
+
+        Raises:
+            P2PNetError: the API's error (``error_from_api``); PeerUnreachableError when
+                it cannot be reached; ReplyTooLargeError: a reply over MAX_REPLY bytes.
+            InvalidInputError: a body that JSON cannot carry (NaN or infinity).
+        """
+        import http.client
+
+        content = None
+        if body is not None:
+            try:
+                # As httpx encodes a json= body.
+                text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            except ValueError as exc:
+                from p2pnet.errors import InvalidInputError
+
+                raise InvalidInputError(f"the request cannot be sent as JSON: {exc}") from None
+            content = text.encode("utf-8")
+        connection = self._connection
+        try:
+            if connection.sock is None:
+                connection.connect()
+            connection.sock.settimeout(timeout + margin)
+            connection.request(method, path, body=content, headers=self._headers)
+            response = connection.getresponse()
+            data = _read_blocking(response, MAX_REPLY)
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise self._unreachable(exc) from None
+        return _json_reply(response.status, data, path)
+
+    def _unreachable(self, exc: Exception) -> P2PNetError:
+        return PeerUnreachableError(
+            f"the running peer's API at {self.url}: {type(exc).__name__} {exc}".rstrip()
+        )
+
+    def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """``GET /api/status``: the running peer's ``PeerStatus.to_dict()``, within
+        ``timeout`` seconds."""
+        reply: dict[str, Any] = self._request("GET", "/api/status", None, timeout, margin=0.0)
+        return reply
+
+    def find(
+        self,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        count: int = 20,
+        timeout: float = 10.0,
+        max_price: Price | None = None,
+    ) -> FindReply:
+        """The offers of ``task`` or ``model`` in the running peer's swarm."""
+        body = _find_body(task, model, count, timeout, max_price)
+        return _find_reply(self._request("POST", "/api/find", body, timeout))
+
+    def call(
+        self,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        peer: str | None = None,
+        timeout: float = 30.0,
+        max_price: Price | None = None,
+    ) -> CallReply:
+        """Call ``task`` or ``model`` (on the peer at address ``peer``, if given: then
+        ``model`` only) with ``inputs``."""
+        from p2pnet.inputs import tensor_to_json
+
+        tensors = {name: tensor_to_json(arr) for name, arr in inputs.items()}
+        reply = self.call_tensors(
+            tensors, task=task, model=model, peer=peer, timeout=timeout, max_price=max_price
+        )
+        return CallReply(reply.model_id, reply.peer_id, reply.name, _outputs(reply.outputs))
+
+    def call_tensors(
+        self,
+        tensors: Mapping[str, dict[str, Any]],
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        peer: str | None = None,
+        timeout: float = 30.0,
+        max_price: Price | None = None,
+    ) -> TensorCallReply:
+        """``call`` with the inputs and outputs as the API's JSON tensors
+        (``{"dtype", "shape", "data"}``), not arrays: no numpy is needed for them."""
+        body = _call_body(tensors, task, model, peer, timeout, max_price)
+        reply = self._request("POST", "/api/call", body, timeout)
+        outputs = reply["outputs"]
+        if not isinstance(outputs, dict):
+            raise RemoteProtocolError("the running peer's API sent outputs that are not an object")
+        return TensorCallReply(reply["model_id"], reply.get("peer_id"), reply.get("name"), outputs)
+
+
+def _read_blocking(response: http.client.HTTPResponse, limit: int) -> bytes:
+    """The body of ``response``, up to ``limit`` bytes.
+
+    Raises:
+        ReplyTooLargeError: over the limit.
+    """
+    from p2pnet.errors import ReplyTooLargeError
+
+    data = response.read(limit + 1)
+    if len(data) > limit:
+        raise ReplyTooLargeError(f"the running peer's API replied over {limit} bytes")
+    return data
 
 
 class ApiChat:
@@ -429,6 +653,8 @@ class ApiReply:
             return await self._post(f"/api/chat/{self._chat.id}")
 
     async def _post(self, path: str) -> httpx.Response:
+        import httpx
+
         http = self._client._http
         request = http.build_request(
             "POST",
@@ -449,6 +675,8 @@ class ApiReply:
         return response
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        import httpx
+
         response = self._response or await self._open()
         buffer = b""
         pieces: list[str] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,8 @@ def write_token(path: Path, token: str | None = None) -> str:
     Raises:
         ConfigError: the file or its directory cannot be written.
     """
+    import secrets  # here: the command line reads tokens far more often than it makes one
+
     token = token or secrets.token_urlsafe(32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

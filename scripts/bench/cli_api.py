@@ -6,11 +6,18 @@ running peer, joined to it, serving its API on a free port. docs/benchmarks.md, 
 against a running peer".
 
 Each case runs once unmeasured first, so that Python's bytecode of p2pnet is cached as in
-an installed copy (and the running peer's first search is not counted). Also measured in
-the same run: the interpreter's own start (``python -c pass``), ``--version`` and
-``--help``, and where a ``find`` through the API spends its imports (``-X importtime``,
-each module's own time added up by package). Target: ``find`` and ``call`` through the
-API within TARGET_MS at the median.
+an installed copy (and the running peer's first search is not counted): the targets
+apply to that case. ``find`` and ``call`` through the API are measured a second way too,
+"p2pnet not compiled": a copy of the p2pnet package without bytecode, run with
+PYTHONDONTWRITEBYTECODE=1, so that p2pnet's own modules are compiled in every run (the
+libraries keep their cached bytecode), as in an environment that sets it over a source
+checkout. Each result says which (``bytecode``), and gives the median CPU time (user and
+system) of the command's process next to its wall time: other load on the machine changes
+it less. Also measured in the same run: the
+interpreter's own start (``python -c pass``), ``--version`` and ``--help``, and where a
+``find`` and a ``call`` through the API spend their imports (``-X importtime``, each
+module's own time added up by package). Target: ``find`` and ``call`` through the API
+within TARGET_MS at the median.
 
     python scripts/bench/cli_api.py [--runs 5] [--model build/models/iris.onnx]
 """
@@ -21,6 +28,8 @@ import argparse
 import collections
 import json
 import os
+import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -33,12 +42,14 @@ from typing import Any
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_state, machine_info, targets_table
+from _common import REPO_ROOT, git_state, machine_info, targets_table
 
 IRIS = ("-i", "x=[[5.1,3.5,1.4,0.2]]")
 # The goal of `p2pnet find` and `p2pnet call` through a running peer's API: median wall
-# time of the whole command, process start included.
+# time of the whole command, process start included, with p2pnet's bytecode cached.
 TARGET_MS = 300
+CACHED = "cached"
+NOT_COMPILED = "p2pnet compiled in every run (PYTHONDONTWRITEBYTECODE=1, no __pycache__)"
 
 
 def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], list[str]]:
@@ -56,20 +67,28 @@ def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], list[
     raise SystemExit(f"peer exited {proc.wait()}: {lines}")
 
 
-def wall_ms(env: dict[str, str], args: list[str], runs: int) -> list[float]:
-    """Wall time of ``runs`` processes of ``python -m p2pnet.cli args`` (``args`` starting
-    with "-c": of ``python args``)."""
+def wall_ms(
+    env: dict[str, str], args: list[str], runs: int, cwd: str | None = None
+) -> tuple[list[float], list[float]]:
+    """Wall time and CPU time (user and system: less changed by other load on the machine
+    than wall time) of ``runs`` processes of ``python -m p2pnet.cli args`` (``args``
+    starting with "-c": of ``python args``), in the directory ``cwd`` (default: this
+    one), which comes first in their ``sys.path``."""
     command = (
         [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "p2pnet.cli", *args]
     )
-    times = []
+    times, cpu = [], []
     for _ in range(runs + 1):  # the first one warms the caches (bytecode, files)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
         times.append((time.perf_counter() - started) * 1000)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        cpu.append(used * 1000)
         if done.returncode != 0:
             raise SystemExit(f"{args}: exit {done.returncode}: {done.stderr}")
-    return times[1:]
+    return times[1:], cpu[1:]
 
 
 def import_ms(env: dict[str, str], args: list[str], top: int = 14) -> dict[str, Any]:
@@ -110,6 +129,14 @@ def main() -> None:
         }
         provider_env = base | {"XDG_CONFIG_HOME": f"{tmp}/provider"}
         env = base | {"XDG_CONFIG_HOME": f"{tmp}/me"}
+        # The same p2pnet as a copy without bytecode, kept from writing any; its commands
+        # run in the copy's directory, so that it is the p2pnet they import.
+        source = f"{tmp}/src"
+        shutil.copytree(
+            REPO_ROOT / "p2pnet", f"{source}/p2pnet", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        path = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+        uncompiled_env = env | {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": path}
         provider, lines = start(
             provider_env, "--http", "off", "--serve", str(args.model), "--task", "iris-species"
         )
@@ -117,31 +144,40 @@ def main() -> None:
         running, _ = start(env, "--http", "127.0.0.1:0", "--bootstrap", address)
         other = ["--identity", f"{tmp}/other.key", "--bootstrap", address]
         find = ["find", "--task", "iris-species", "--json"]
+        call = ["call", "--task", "iris-species", *IRIS, "--json"]
+        # Through the API first: a one-shot command's peer joins the running peer's swarm
+        # and is gone when it ends, and later searches would ask it in vain.
         cases = {
-            "find, through the API": find,
-            "find, one-shot": ["find", "--task", "iris-species", "--json", *other],
-            "call, through the API": ["call", "--task", "iris-species", *IRIS, "--json"],
-            "call, one-shot": ["call", "--task", "iris-species", *IRIS, "--json", *other],
-            "p2pnet --version": ["--version"],
-            "p2pnet --help": ["--help"],
-            "python -c pass": ["-c", "pass"],
+            "find, through the API": (find, env),
+            "call, through the API": (call, env),
+            "find, through the API, p2pnet not compiled": (find, uncompiled_env),
+            "call, through the API, p2pnet not compiled": (call, uncompiled_env),
+            "find, one-shot": ([*find, *other], env),
+            "call, one-shot": ([*call, *other], env),
+            "p2pnet --version": (["--version"], env),
+            "p2pnet --help": (["--help"], env),
+            "python -c pass": (["-c", "pass"], env),
         }
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         load_at_start = os.getloadavg()
         try:
-            for name, case in cases.items():
-                times = wall_ms(env, case, args.runs)
+            for name, (case, case_env) in cases.items():
+                uncompiled = case_env is uncompiled_env
+                times, cpu = wall_ms(case_env, case, args.runs, source if uncompiled else None)
                 results[name] = {
                     "p50_ms": round(statistics.median(times)),
                     "min_ms": round(min(times)),
                     "max_ms": round(max(times)),
+                    "cpu_p50_ms": round(statistics.median(cpu)),
+                    "bytecode": NOT_COMPILED if uncompiled else CACHED,
                 }
                 shown = results[name]
                 print(
-                    f"{name:24} p50 {shown['p50_ms']:5d} ms  "
-                    f"(min {shown['min_ms']}, max {shown['max_ms']})"
+                    f"{name:44} p50 {shown['p50_ms']:5d} ms  "
+                    f"(min {shown['min_ms']}, max {shown['max_ms']}), "
+                    f"CPU p50 {shown['cpu_p50_ms']} ms"
                 )
-            imports = import_ms(env, find)
+            imports = {"find": import_ms(env, find), "call": import_ms(env, call)}
         finally:
             for proc in (running, provider):
                 proc.send_signal(signal.SIGINT)
@@ -159,18 +195,22 @@ def main() -> None:
     report = {
         "runs": args.runs,
         "results": results,
-        "imports_of_find_through_the_api": imports,
+        "imports_through_the_api": imports,
         "targets": targets,
         "load_at_start": [round(x, 2) for x in load_at_start],
+        "load_at_end": [round(x, 2) for x in os.getloadavg()],
         "machine": machine_info(),
         **git_state(),
     }
     print(json.dumps(report, indent=2))
     console = Console()
-    console.print(
-        f"imports of find through the API: {imports['total_ms']} ms under -X importtime; "
-        + ", ".join(f"{k} {v:g}" for k, v in imports["packages_ms"].items())
-    )
+    for command, spent in imports.items():
+        console.print(
+            f"imports of {command} through the API: {spent['total_ms']} ms under -X "
+            "importtime; " + ", ".join(f"{k} {v:g}" for k, v in spent["packages_ms"].items())
+        )
+    console.print(f"load average at the start {load_at_start[0]:.2f}, at the end "
+                  f"{report['load_at_end'][0]:.2f}")  # fmt: skip
     console.print(targets_table(targets, lambda v: f"{v:.0f}"))
 
 
