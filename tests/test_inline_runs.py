@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from p2pnet import OnnxModel
-from p2pnet.runtime.served import INLINE_AFTER_RUNS, InlineRuns
+from p2pnet.runtime.served import INLINE_AFTER_RUNS, INLINE_SPIKE_FACTOR, InlineRuns
 
 
 def test_inline_after_enough_fast_runs_for_inputs_no_larger_than_theirs() -> None:
@@ -24,7 +24,21 @@ def test_inline_after_enough_fast_runs_for_inputs_no_larger_than_theirs() -> Non
     runs.observe(0.0001, 256)
     assert runs.allows(64) and runs.allows(256)
     assert not runs.allows(257)
-    runs.observe(0.002, 64)  # one slow run: back to worker threads
+    # A run stretched by load now and then: still inline.
+    runs.observe(0.005, 64)
+    assert runs.allows(64)
+    # One run over INLINE_SPIKE_FACTOR times the bound: back to worker threads, until it
+    # has left the window of runs judged.
+    runs.observe(0.001 * INLINE_SPIKE_FACTOR + 0.001, 64)
+    assert not runs.allows(64)
+    for _ in range(INLINE_AFTER_RUNS - 1):
+        runs.observe(0.0001, 64)
+    assert not runs.allows(64)
+    runs.observe(0.0001, 64)
+    assert runs.allows(64) and not runs.allows(256)
+    # Slow at the median: worker threads.
+    for _ in range(INLINE_AFTER_RUNS // 2 + 1):
+        runs.observe(0.002, 64)
     assert not runs.allows(64)
     assert not InlineRuns(max_s=0).allows(0)
     with pytest.raises(ValueError):

@@ -7,10 +7,10 @@ Tiny runs on the event loop: handing a run to a worker thread and back costs ~0.
 on an idle machine and more under load (the GIL changes hands twice), while iris or
 digits run in ~0.015 ms. ``InlineRuns`` decides, from the model's own measured runs,
 when a run is cheaper done where the call is: after ``INLINE_AFTER_RUNS`` runs in a
-row each under ``inline_max_s``, calls whose inputs are no larger than those runs'
-run inline while a slot is free and nobody waits for one; any run over
-``inline_max_s`` sends the model back to worker threads until it has shown again that
-it is fast.
+row with a median under ``inline_max_s`` (and none ten times over it), calls whose
+inputs are no larger than those runs' run inline while a slot is free and nobody waits
+for one; runs that turn slow send the model back to worker threads until it has shown
+again that it is fast.
 
 Admission under load: while a model's runs fill its slots, the calls waiting for one
 are admitted best ``caller_priority`` first (the caller's standing in this peer's
@@ -21,6 +21,7 @@ while idle, and under load the most respected first.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
 import heapq
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_INLINE_MAX_S",
     "INLINE_AFTER_RUNS",
+    "INLINE_SPIKE_FACTOR",
     "InlineRuns",
     "PriorityLimiter",
     "RunShare",
@@ -80,36 +82,46 @@ _R = TypeVar("_R")
 # Runs of at most this long may run on the event loop (seconds): below what a
 # worker-thread hop costs, so that the loop is blocked no longer than the hop would take.
 DEFAULT_INLINE_MAX_S = 0.0002
-# Consecutive runs under the bound a model needs before its runs go inline.
+# Runs a model is judged on (the last ones) before its runs may go inline.
 INLINE_AFTER_RUNS = 16
+# No run of those may take longer than this many times the bound.
+INLINE_SPIKE_FACTOR = 10
 
 
 class InlineRuns:
     """Whether a model's next run may run on the event loop, from its measured runs.
 
-    ``observe`` is told every run's duration and input size; ``allows`` says yes once the
-    last ``INLINE_AFTER_RUNS`` runs each took at most ``max_s`` seconds, for inputs no
-    larger than the largest of those runs'. A run over ``max_s`` starts the count
-    again. ``max_s`` 0 never allows.
+    ``observe`` is told every run's duration (wall seconds) and input size; ``allows``
+    says yes once the last ``INLINE_AFTER_RUNS`` runs took at most ``max_s`` seconds at
+    the median and none over ``INLINE_SPIKE_FACTOR`` times that (a run stretched by the
+    machine's load now and then does not send the model back to worker threads; a
+    model that is slow sometimes does), for inputs no larger than the largest of those
+    runs'. ``max_s`` 0 never allows.
     """
 
     def __init__(self, max_s: float = DEFAULT_INLINE_MAX_S) -> None:
         if not max_s >= 0:
             raise ValueError(f"inline max_s must be >= 0, got {max_s!r}")
         self.max_s = max_s
-        self._fast_runs = 0
-        self._largest_input = 0
+        self._runs: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=INLINE_AFTER_RUNS
+        )
+        self._largest_input = -1  # -1: not allowed
 
     def allows(self, input_bytes: int) -> bool:
-        return self._fast_runs >= INLINE_AFTER_RUNS and input_bytes <= self._largest_input
+        return input_bytes <= self._largest_input
 
     def observe(self, seconds: float, input_bytes: int) -> None:
-        if seconds > self.max_s:
-            self._fast_runs = 0
-            self._largest_input = 0
+        runs = self._runs
+        runs.append((seconds, input_bytes))
+        if len(runs) < INLINE_AFTER_RUNS or self.max_s <= 0:
             return
-        self._fast_runs += 1
-        self._largest_input = max(self._largest_input, input_bytes)
+        durations = sorted(d for d, _ in runs)
+        fast = (
+            durations[len(durations) // 2] <= self.max_s
+            and durations[-1] <= INLINE_SPIKE_FACTOR * self.max_s
+        )
+        self._largest_input = max(size for _, size in runs) if fast else -1
 
 
 class ServedModel(Protocol):
