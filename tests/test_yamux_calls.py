@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import struct
+from typing import Any
 
 import trio
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 from p2pnet.net.host import tune_libp2p
+from p2pnet.net.yamux_window import take
 
 
 class BufferedConnection:
@@ -92,3 +94,34 @@ async def test_frames_reach_the_connection_unchanged_with_debug_logging_on_and_o
     finally:
         _yamux.logger.setLevel(level)
     assert secured.written == [frame, frame]
+
+
+async def test_a_free_lock_is_taken_without_yielding_and_a_held_one_is_waited_for() -> None:
+    lock = trio.Lock()
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await take(lock)  # free: no trip through the scheduler, so `other` has not run
+        assert ran == []
+        lock.release()
+    assert ran == ["other"]
+
+    holder_may_release = trio.Event()
+
+    async def holder(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with lock:
+            task_status.started()
+            await holder_may_release.wait()
+            ran.append("released")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder)
+        nursery.start_soon(trio.lowlevel.checkpoint)
+        holder_may_release.set()
+        await take(lock)
+        assert ran[-1] == "released"
+        lock.release()

@@ -35,17 +35,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
 from libp2p.stream_muxer.yamux import yamux as _yamux
+
+from p2pnet.net.yamux_window import take
 
 __all__ = ["install_call_patches", "install_half_window_credit", "install_quiet_frame_write"]
 
 
 async def _half_window_credit(self: Any, *, bytes_read: int = 0) -> None:
     """upstream ``YamuxStream._auto_tune_and_send_window_update`` (py-libp2p 0.8.1)
-    without its partial-slack branch (see the module docstring)."""
+    without its partial-slack branch (see the module docstring), its lock taken at once
+    when free (``yamux_window.take``)."""
     total_delta = 0
-    async with self.window_lock:
+    await take(self.window_lock)
+    try:
         if bytes_read > 0:
             self._pending_recv_release += bytes_read
         buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
@@ -69,6 +72,8 @@ async def _half_window_credit(self: Any, *, bytes_read: int = 0) -> None:
             self._pending_recv_release -= bytes_read
             self._window_update_bytes_read_only += 1
             total_delta += self._apply_autotune_epoch(buffered)
+    finally:
+        self.window_lock.release()
     if total_delta > 0:
         await self.send_window_update(total_delta, skip_lock=True)
 
@@ -87,13 +92,17 @@ _upstream_write_frame = _yamux.Yamux._write_frame
 
 
 async def _quiet_write_frame(self: Any, data: bytes) -> None:
-    """upstream ``Yamux._write_frame``, its debug line built only when it is logged."""
+    """upstream ``Yamux._write_frame``, its debug line built only when it is logged, its
+    lock taken at once when free (``yamux_window.take``), and without upstream's
+    ``trio.lowlevel.checkpoint()`` after the write: the socket write is one already."""
     if _yamux.logger.isEnabledFor(logging.DEBUG):
         await _upstream_write_frame(self, data)
         return
-    async with self._write_lock:
+    await take(self._write_lock)
+    try:
         await self.secured_conn.write(data)
-    await trio.lowlevel.checkpoint()
+    finally:
+        self._write_lock.release()
 
 
 def install_quiet_frame_write() -> None:
