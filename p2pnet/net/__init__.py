@@ -1,7 +1,7 @@
 """Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
-Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``, ``yamux_calls.py`` and
-``logs.py`` import py-libp2p; its exceptions
+Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``, ``yamux_calls.py``,
+``noise_writes.py`` and ``logs.py`` import py-libp2p; its exceptions
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
@@ -25,6 +25,8 @@ comment naming it. The other modules load without it.
     yamux_calls.py   install_call_patches                  Yamux credit per half window (no
                                                            WINDOW_UPDATE per read), frames
                                                            written without debug strings
+    noise_writes.py  install_coalesced_writes              a long write's Noise messages sent
+                                                           in one socket write
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
                                                            v2, relayed dials, DCUtR hole punching
     nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values

@@ -326,7 +326,8 @@ def tune_libp2p() -> None:
     # enforces, and js-yamux sends frames as large as the window: a js peer sending us
     # bulk data broke the connection. p2pnet.net.yamux_window caps what is offered.
     install_receive_window_cap()
-    # Per-read WINDOW_UPDATE frames and per-frame debug strings: p2pnet.net.yamux_calls.
+    # Per-read WINDOW_UPDATE frames, per-frame debug strings, a socket write per Noise
+    # message: p2pnet.net.yamux_calls.
     install_call_patches()
 
 

@@ -26,6 +26,7 @@ before ``logger.debug`` looks at the level). The patched method does exactly
 upstream's write (under ``_write_lock``, then a checkpoint) and only calls
 upstream's, with its log line, when py-libp2p's Yamux logger has DEBUG on.
 
+``install_call_patches`` installs both, and ``noise_writes.install_coalesced_writes``.
 Both are checked against py-libp2p 0.8.1 (pinned in pyproject.toml): a new
 release needs them compared again.
 """
@@ -37,6 +38,7 @@ from typing import Any
 
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
+from p2pnet.net.noise_writes import install_coalesced_writes
 from p2pnet.net.yamux_window import take
 
 __all__ = ["install_call_patches", "install_half_window_credit", "install_quiet_frame_write"]
@@ -115,6 +117,8 @@ def install_quiet_frame_write() -> None:
 
 
 def install_call_patches() -> None:
-    """Both patches above; idempotent."""
+    """The call path's patches: both above, and ``noise_writes.install_coalesced_writes``
+    (a long write's Noise messages in one socket write); idempotent."""
     install_half_window_credit()
     install_quiet_frame_write()
+    install_coalesced_writes()
