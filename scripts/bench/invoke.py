@@ -175,7 +175,7 @@ async def child_main(models_dir: Path) -> None:
 
         async def handle_tcp(sock: trio.SocketStream) -> None:
             try:
-                await server.handle_stream(TcpStream(sock, "tcp-client"))  # type: ignore[arg-type]
+                await server.handle_stream(TcpStream(sock, "tcp-client"))
             except Exception as exc:  # one bad connection must not end the benchmark server
                 print(f"plain TCP handler failed: {exc!r}", file=sys.stderr)
 
@@ -435,7 +435,7 @@ async def run(
             async def without_receipt() -> None:
                 await free_caller.invoke(without_addr, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
 
-            floor = ReceiptFloor(Path(tmp))
+            receipt_floor = ReceiptFloor(Path(tmp))
             await timed(plan.warmup, with_receipt)
             await timed(plan.warmup, without_receipt)
             on: list[float] = []
@@ -447,8 +447,8 @@ async def run(
                 off += await timed(block, without_receipt)
                 for _ in range(block):  # between calls, as a peer's receipt work runs
                     await without_receipt()
-                    floor_s.append(floor.once())
-            floor.close()
+                    floor_s.append(receipt_floor.once())
+            receipt_floor.close()
             latency("receipts_on", on, figures)
             latency("receipts_off", off, figures)
             latency("receipt_floor", floor_s, figures)
