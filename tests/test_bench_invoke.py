@@ -22,6 +22,8 @@ FIGURES = (
             "warm",
             "warm_same_process",
             "cold",
+            "cold_dial_stream",
+            "cold_new_stream_call",
             "floor_warm",
             "floor_cold",
         )

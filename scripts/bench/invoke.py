@@ -16,6 +16,10 @@ Figures:
   warm_same_process  the same with both peers in this process and one trio loop
   cold           a fresh client Peer per sample: dial, Noise, Yamux, stream, call
                  (timed from invoke start to result; Peer start and stop not timed)
+  cold_dial_stream, cold_new_stream_call
+                 the same in two parts, with another fresh Peer per sample: opening
+                 an invoke stream (dial, Noise, Yamux, multistream-select), then a call
+                 on a new stream of that connection
   floor_warm     the same call over a plain TCP connection (same client/server code)
   floor_cold     the same with a new TCP connection per call
   receipts_on    warm_same_process between two peers with ledgers (the provider signs and
@@ -58,12 +62,13 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, pct, start_child, stop_child, targets_table
 
-from p2pnet.core.address import PeerAddress
+from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.identity import Identity
 from p2pnet.core.pricing import REFERENCE_PRICE
 from p2pnet.core.receipts import Receipt, Signer, sign_receipt, verify_receipt
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
+from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.ledger import Ledger
 from p2pnet.ledger.signed import stored_form
 from p2pnet.ledger.store import ZERO_HASH
@@ -403,6 +408,26 @@ async def run(
     latency("cold", cold, figures)
     samples["cold"] = plan.cold
 
+    # (c') where a cold call's time goes: a fresh Peer opens an invoke stream (dial,
+    # Noise, Yamux, multistream-select; the provider runs identify on the new connection
+    # meanwhile) and closes it; then calls, on a new stream of that connection.
+    address = parse_peer_address(addr)
+    dial_stream: list[float] = []
+    new_stream_call: list[float] = []
+    for i in range(plan.cold + 1):
+        async with Peer() as fresh:
+            start = time.perf_counter()
+            stream = await fresh.services.host.open_stream(address, INVOKE_PROTOCOL)
+            opened = time.perf_counter()
+            await stream.close()
+            called = time.perf_counter()
+            await fresh.invoke(address, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
+            if i:
+                dial_stream.append(opened - start)
+                new_stream_call.append(time.perf_counter() - called)
+    latency("cold_dial_stream", dial_stream, figures)
+    latency("cold_new_stream_call", new_stream_call, figures)
+
     # (b') both peers in this process, one trio loop.
     async with Peer() as server, Peer() as client:
         server.serve(paths["iris"])
@@ -508,6 +533,8 @@ def render(report: dict[str, Any]) -> None:
         ("receipt_floor", "sign + verify + a committed ledger insert on each side"),
         ("floor_cold", "plain TCP, new connection per call"),
         ("cold", "p2pnet, new client Peer per call (dial+Noise+Yamux+stream)"),
+        ("cold_dial_stream", "  of which: dial and open the first stream (another Peer)"),
+        ("cold_new_stream_call", "  and: a new stream on that connection, and the call"),
     ]
     for name, what in rows:
         lat.add_row(name, f"{f[name + '_p50_ms']:.3f}", f"{f[name + '_p95_ms']:.3f}", what)
