@@ -19,6 +19,7 @@ FIGURES = (
         for name in (
             "local",
             "local_async",
+            "local_thread",
             "warm",
             "warm_same_process",
             "cold",

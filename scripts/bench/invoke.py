@@ -11,7 +11,9 @@ our own code (codec, framing, thread offload, trio) without libp2p.
 
 Figures:
   local          OnnxModel.run_sync on iris in this process (no I/O, no thread)
-  local_async    await OnnxModel.run on iris (adds the worker-thread hop the server uses)
+  local_async    await OnnxModel.run on iris, as the server runs it: on the event loop
+                 once the model has shown its runs take microseconds (InlineRuns)
+  local_thread   the same with every run in a worker thread (the hop it saves)
   warm           p2pnet call of iris to the child process on an open connection and stream
   warm_same_process  the same with both peers in this process and one trio loop
   cold           a fresh client Peer per sample: dial, Noise, Yamux, stream, call
@@ -75,6 +77,7 @@ from p2pnet.ledger.store import ZERO_HASH
 from p2pnet.net.host import READ_SIZE
 from p2pnet.peer import Peer
 from p2pnet.runtime.onnx_model import OnnxModel
+from p2pnet.runtime.served import InlineRuns
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("iris", "identity")
@@ -320,6 +323,11 @@ async def run(
     await timed(plan.warmup, local_async)
     latency("local_async", await timed(plan.local // 4, local_async), figures)
     samples["local_async"] = plan.local // 4
+    on_loop, model.inline = model.inline, InlineRuns(max_s=0)
+    await timed(plan.warmup, local_async)
+    latency("local_thread", await timed(plan.local // 4, local_async), figures)
+    samples["local_thread"] = plan.local // 4
+    model.inline = on_loop
 
     async with Peer() as client:
 
@@ -524,7 +532,8 @@ def render(report: dict[str, Any]) -> None:
         lat.add_column(col, justify="left" if col in ("call", "what it is") else "right")
     rows = [
         ("local", "OnnxModel.run_sync, no I/O"),
-        ("local_async", "await OnnxModel.run (worker-thread hop)"),
+        ("local_async", "await OnnxModel.run (on the loop once seen tiny)"),
+        ("local_thread", "the same, every run in a worker thread"),
         ("floor_warm", "same client/server code, plain TCP, open connection"),
         ("warm", "p2pnet, server in another process, open stream"),
         ("warm_same_process", "p2pnet, both peers in one trio loop"),

@@ -347,9 +347,9 @@ def render(report: dict[str, Any]) -> None:
         f"{parts['model_run_per_row_in_32_ms']:.4f} ms per row in a batch of 32; invoke codec "
         f"{parts['codec_ms']:.4f} ms; CPU per call through the network at {report['top']} in "
         f"flight (caller + provider): {parts['cpu_off_ms']:.3f} ms off, {parts['cpu_on_ms']:.3f} "
-        f"ms on. Batching saves at most the model's run and its worker-thread hop per call: "
-        f"on / off <= {parts['bound']:.2f} at this CPU per call (the model's whole run "
-        "saved), whatever the batch size."
+        f"ms on. Batching can save at most the model's run per call (a model this small runs "
+        f"on the event loop, without a worker-thread hop, batched or not): on / off <= "
+        f"{parts['bound']:.2f} at this CPU per call, whatever the batch size."
     )
     console.print(targets_table(report["targets"], lambda v: f"{v:.2f}"))
     m = report["machine"]
