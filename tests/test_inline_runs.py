@@ -80,3 +80,24 @@ async def test_a_fast_model_runs_on_the_event_loop_unless_a_run_waits(
         await trio.testing.wait_all_tasks_blocked()
         release.set()
     assert threads == [False, False]
+
+
+async def test_calls_run_on_the_event_loop_still_let_other_tasks_run(
+    models: dict[str, Path],
+) -> None:
+    model = OnnxModel.load(models["identity"])
+    model.inline = InlineRuns(max_s=10.0)
+    x = {"x": np.ones(4, np.float32)}
+    for _ in range(INLINE_AFTER_RUNS):
+        await model.run(x)
+    order: list[str] = []
+
+    async def other() -> None:
+        order.append("other")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(3):
+            await model.run(x)
+            order.append("run")
+    assert order.index("other") < len(order) - 1

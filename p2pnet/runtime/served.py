@@ -274,7 +274,13 @@ class RunSlots:
         limiter = self._limiter
         if inline and timeout > 0 and limiter.borrowed_tokens < limiter.total_tokens:
             if not limiter.waiting:
-                return self._run_inline(fn, arg)
+                # A checkpoint like any trio operation that completes: cancellable
+                # before the run, and other tasks get their turn after it (a caller
+                # running a model in a loop must not keep the event loop to itself).
+                await trio.lowlevel.checkpoint_if_cancelled()
+                result = self._run_inline(fn, arg)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return result
         self._in_flight += 1
         try:
             with trio.move_on_after(timeout) as scope:
