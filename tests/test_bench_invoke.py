@@ -19,9 +19,12 @@ FIGURES = (
         for name in (
             "local",
             "local_async",
+            "local_thread",
             "warm",
             "warm_same_process",
             "cold",
+            "cold_dial_stream",
+            "cold_new_stream_call",
             "floor_warm",
             "floor_cold",
         )

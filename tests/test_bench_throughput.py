@@ -36,8 +36,13 @@ def test_quick_run_writes_every_figure(
             for key in ("calls_per_s", "p50_ms", "p99_ms"):
                 assert math.isfinite(cell[key]) and cell[key] > 0, (mode, key)
             assert cell["p50_ms"] <= cell["p99_ms"]
+            assert math.isfinite(cell["cpu_ms_per_call"]) and cell["cpu_ms_per_call"] > 0
     # Batching on: the provider's own counters say how many rows its batches held.
     assert all(cell["rows_per_batch"] >= 1 for cell in digits["on"].values())
     assert report["local"]["digits"]["on_calls_per_s"] > 0
+    # What a call costs by part, and the most batching could gain at that cost.
+    parts = report["components"]
+    assert 0 < parts["model_run_ms"] < parts["cpu_off_ms"]
+    assert parts["codec_ms"] > 0 and parts["bound"] > 1
     assert report["load_at_start"] and report["machine"]["cpu_count"]
     assert all(isinstance(t["pass"], bool) for t in report["targets"])

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from trio.testing import MockClock
 
 from p2pnet import Peer, WireLimits
-from p2pnet.core.address import parse_peer_address
-from p2pnet.core.messages import ErrorReply, Invoke, MessageReader, encode_message
+from p2pnet.core.address import PeerAddress, parse_peer_address
+from p2pnet.core.messages import ErrorReply, Invoke, MessageReader, Result, encode_message
 from p2pnet.core.varint import encode_uvarint
 from p2pnet.errors import (
     ConnectionLostError,
@@ -26,6 +27,7 @@ from p2pnet.errors import (
     PeerUnreachableError,
     UnknownModelError,
 )
+from p2pnet.invoke.client import InvokeClient
 from p2pnet.invoke.protocol import INVOKE_PROTOCOL, read_message
 from p2pnet.net.host import Stream
 
@@ -302,3 +304,58 @@ async def test_a_stream_the_server_closed_while_idle_is_replaced_transparently(
     out = await call(client, server, "iris", {"x": IRIS_ROW})
     assert out["label"].tolist() == [0]
     assert server.services.invoke_server.stats.streams == 2
+
+
+class _AnsweringStream:
+    """A stream whose other end answers each Invoke with an empty Result, keeping the
+    requests it read."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.requests: list[Invoke] = []
+        self._reader = MessageReader()
+        self._replies: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self._reader.receive_data(data)
+        while (message := self._reader.next_message()) is not None:
+            assert isinstance(message, Invoke)
+            self.requests.append(message)
+            for frame in encode_message(Result(message.request_id, {})).frames():
+                self._replies.append(frame)
+
+    async def read(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self._replies.pop(0) if self._replies else b""
+
+    async def close(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+class _SlowHost:
+    """Opens one stream per call, after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.streams: list[_AnsweringStream] = []
+
+    async def open_stream(self, peer: PeerAddress, protocol: str) -> _AnsweringStream:
+        await trio.sleep(self.delay)
+        self.streams.append(_AnsweringStream(peer.peer_id))
+        return self.streams[-1]
+
+
+@pytest.mark.parametrize("delay", [0.0, 2.5])
+async def test_a_request_tells_the_time_left_when_it_leaves(
+    delay: float, autojump_clock: MockClock
+) -> None:
+    host = _SlowHost(delay)
+    client = InvokeClient(host, max_idle_streams=0)  # type: ignore[arg-type]
+    x = {"x": np.ones((1, 4), np.float32)}
+    await client.invoke(PeerAddress("peer"), MISSING_ID, x, timeout=30.0)
+    (request,) = host.streams[0].requests
+    assert request.deadline_ms == 30_000 - int(delay * 1000)
+    assert request.inputs["x"].tolist() == x["x"].tolist()

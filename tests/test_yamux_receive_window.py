@@ -36,8 +36,9 @@ async def test_reading_a_full_window_in_slices_offers_the_sender_no_more_than_th
     tune_libp2p()  # what open_host applies
     limit = _yamux.MAX_WINDOW_SIZE
     # The sender filled the window of a stream whose window had grown to the limit; what
-    # it sent is a little more than one read slice.
-    received = b"x" * (_yamux.MAX_MESSAGE_SIZE + 100)
+    # it sent is a little more than half of it, so credit is due (p2pnet.net.yamux_calls
+    # gives it back per half window).
+    received = b"x" * (limit // 2 + _yamux.MAX_MESSAGE_SIZE + 100)
     connection = BufferedConnection(1, received)
     stream = YamuxStream(1, connection, True)  # type: ignore[arg-type]
     stream.target_recv_window = limit
@@ -51,7 +52,8 @@ async def test_reading_a_full_window_in_slices_offers_the_sender_no_more_than_th
         for frame in connection.frames
         if frame[1] == _yamux.TYPE_WINDOW_UPDATE
     )
-    # The sender's window is back to the limit, not above it (py-libp2p 0.8.1 alone
-    # offered the first slice twice: MAX_MESSAGE_SIZE - 100 bytes over the limit).
-    assert limit - len(received) + offered == limit
-    assert stream.recv_window == limit
+    # Credit went back, and the sender's window is at most the limit (py-libp2p 0.8.1
+    # alone offered each slice twice: over the limit).
+    assert offered > 0
+    assert limit - len(received) + offered <= limit
+    assert stream.recv_window <= limit

@@ -369,11 +369,16 @@ class InvokeClient:
         request leaves.
         """
         deadline = trio.current_time() + timeout
-        # Encode once up front: inputs that cannot be sent fail here, before any I/O.
-        encode_message(request(1), self._limits)
+        # Encode up front: inputs that cannot be sent fail here, before any I/O. The
+        # request carries the milliseconds left when it leaves: on a pooled stream that
+        # is nearly always the same whole number, and these bytes go as they are.
+        first_ms = max(1, math.ceil(timeout * 1000))
+        first = encode_message(request(first_ms), self._limits)
 
         async def exchange(channel: Channel[MessageReader]) -> Message:
             remaining_ms = max(1, math.ceil((deadline - trio.current_time()) * 1000))
+            if remaining_ms == first_ms:
+                return await self._exchange(channel, first)
             encoded = encode_message(request(remaining_ms), self._limits)
             return await self._exchange(channel, encoded)
 

@@ -47,6 +47,7 @@ from p2pnet.net.pnet import (
     recent_failure,
 )
 from p2pnet.net.swarm_key import SwarmKey
+from p2pnet.net.yamux_calls import install_call_patches
 from p2pnet.net.yamux_window import install_receive_window_cap, install_window_wakeup
 
 __all__ = ["Host", "Stream", "StreamHandler", "open_host", "tune_libp2p"]
@@ -325,6 +326,9 @@ def tune_libp2p() -> None:
     # enforces, and js-yamux sends frames as large as the window: a js peer sending us
     # bulk data broke the connection. p2pnet.net.yamux_window caps what is offered.
     install_receive_window_cap()
+    # Per-read WINDOW_UPDATE frames, per-frame debug strings, a socket write per Noise
+    # message: p2pnet.net.yamux_calls.
+    install_call_patches()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:

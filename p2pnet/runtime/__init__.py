@@ -5,6 +5,8 @@ served.py         ServedModel                what the invoke server and Peer nee
                                              timeouts: shared by every kind of model
                   SlottedModel               the shell both models below share: checked
                                              inputs, run/run_sync/wait_idle on RunSlots
+                  InlineRuns                 when a model's measured runs are tiny enough
+                                             to run on the event loop, without a thread hop
 batching.py       BatchedModel               a SlottedModel served with dynamic batching:
                                              concurrent calls run as one batch, each gets
                                              its rows back (decisions: core/batching.py)

@@ -11,11 +11,17 @@ our own code (codec, framing, thread offload, trio) without libp2p.
 
 Figures:
   local          OnnxModel.run_sync on iris in this process (no I/O, no thread)
-  local_async    await OnnxModel.run on iris (adds the worker-thread hop the server uses)
+  local_async    await OnnxModel.run on iris, as the server runs it: on the event loop
+                 once the model has shown its runs take microseconds (InlineRuns)
+  local_thread   the same with every run in a worker thread (the hop it saves)
   warm           p2pnet call of iris to the child process on an open connection and stream
   warm_same_process  the same with both peers in this process and one trio loop
   cold           a fresh client Peer per sample: dial, Noise, Yamux, stream, call
                  (timed from invoke start to result; Peer start and stop not timed)
+  cold_dial_stream, cold_new_stream_call
+                 the same in two parts, with another fresh Peer per sample: opening
+                 an invoke stream (dial, Noise, Yamux, multistream-select), then a call
+                 on a new stream of that connection
   floor_warm     the same call over a plain TCP connection (same client/server code)
   floor_cold     the same with a new TCP connection per call
   receipts_on    warm_same_process between two peers with ledgers (the provider signs and
@@ -58,18 +64,20 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, pct, start_child, stop_child, targets_table
 
-from p2pnet.core.address import PeerAddress
+from p2pnet.core.address import PeerAddress, parse_peer_address
 from p2pnet.core.identity import Identity
 from p2pnet.core.pricing import REFERENCE_PRICE
 from p2pnet.core.receipts import Receipt, Signer, sign_receipt, verify_receipt
 from p2pnet.errors import ConnectionLostError
 from p2pnet.invoke.client import InvokeClient
+from p2pnet.invoke.protocol import INVOKE_PROTOCOL
 from p2pnet.ledger import Ledger
 from p2pnet.ledger.signed import stored_form
 from p2pnet.ledger.store import ZERO_HASH
 from p2pnet.net.host import READ_SIZE
 from p2pnet.peer import Peer
 from p2pnet.runtime.onnx_model import OnnxModel
+from p2pnet.runtime.served import InlineRuns
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("iris", "identity")
@@ -175,7 +183,7 @@ async def child_main(models_dir: Path) -> None:
 
         async def handle_tcp(sock: trio.SocketStream) -> None:
             try:
-                await server.handle_stream(TcpStream(sock, "tcp-client"))  # type: ignore[arg-type]
+                await server.handle_stream(TcpStream(sock, "tcp-client"))
             except Exception as exc:  # one bad connection must not end the benchmark server
                 print(f"plain TCP handler failed: {exc!r}", file=sys.stderr)
 
@@ -315,6 +323,11 @@ async def run(
     await timed(plan.warmup, local_async)
     latency("local_async", await timed(plan.local // 4, local_async), figures)
     samples["local_async"] = plan.local // 4
+    on_loop, model.inline = model.inline, InlineRuns(max_s=0)
+    await timed(plan.warmup, local_async)
+    latency("local_thread", await timed(plan.local // 4, local_async), figures)
+    samples["local_thread"] = plan.local // 4
+    model.inline = on_loop
 
     async with Peer() as client:
 
@@ -403,6 +416,26 @@ async def run(
     latency("cold", cold, figures)
     samples["cold"] = plan.cold
 
+    # (c') where a cold call's time goes: a fresh Peer opens an invoke stream (dial,
+    # Noise, Yamux, multistream-select; the provider runs identify on the new connection
+    # meanwhile) and closes it; then calls, on a new stream of that connection.
+    address = parse_peer_address(addr)
+    dial_stream: list[float] = []
+    new_stream_call: list[float] = []
+    for i in range(plan.cold + 1):
+        async with Peer() as fresh:
+            start = time.perf_counter()
+            stream = await fresh.services.host.open_stream(address, INVOKE_PROTOCOL)
+            opened = time.perf_counter()
+            await stream.close()
+            called = time.perf_counter()
+            await fresh.invoke(address, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
+            if i:
+                dial_stream.append(opened - start)
+                new_stream_call.append(time.perf_counter() - called)
+    latency("cold_dial_stream", dial_stream, figures)
+    latency("cold_new_stream_call", new_stream_call, figures)
+
     # (b') both peers in this process, one trio loop.
     async with Peer() as server, Peer() as client:
         server.serve(paths["iris"])
@@ -435,7 +468,7 @@ async def run(
             async def without_receipt() -> None:
                 await free_caller.invoke(without_addr, iris_id, iris_inputs, timeout=CALL_TIMEOUT)
 
-            floor = ReceiptFloor(Path(tmp))
+            receipt_floor = ReceiptFloor(Path(tmp))
             await timed(plan.warmup, with_receipt)
             await timed(plan.warmup, without_receipt)
             on: list[float] = []
@@ -447,8 +480,8 @@ async def run(
                 off += await timed(block, without_receipt)
                 for _ in range(block):  # between calls, as a peer's receipt work runs
                     await without_receipt()
-                    floor_s.append(floor.once())
-            floor.close()
+                    floor_s.append(receipt_floor.once())
+            receipt_floor.close()
             latency("receipts_on", on, figures)
             latency("receipts_off", off, figures)
             latency("receipt_floor", floor_s, figures)
@@ -499,7 +532,8 @@ def render(report: dict[str, Any]) -> None:
         lat.add_column(col, justify="left" if col in ("call", "what it is") else "right")
     rows = [
         ("local", "OnnxModel.run_sync, no I/O"),
-        ("local_async", "await OnnxModel.run (worker-thread hop)"),
+        ("local_async", "await OnnxModel.run (on the loop once seen tiny)"),
+        ("local_thread", "the same, every run in a worker thread"),
         ("floor_warm", "same client/server code, plain TCP, open connection"),
         ("warm", "p2pnet, server in another process, open stream"),
         ("warm_same_process", "p2pnet, both peers in one trio loop"),
@@ -508,6 +542,8 @@ def render(report: dict[str, Any]) -> None:
         ("receipt_floor", "sign + verify + a committed ledger insert on each side"),
         ("floor_cold", "plain TCP, new connection per call"),
         ("cold", "p2pnet, new client Peer per call (dial+Noise+Yamux+stream)"),
+        ("cold_dial_stream", "  of which: dial and open the first stream (another Peer)"),
+        ("cold_new_stream_call", "  and: a new stream on that connection, and the call"),
     ]
     for name, what in rows:
         lat.add_row(name, f"{f[name + '_p50_ms']:.3f}", f"{f[name + '_p95_ms']:.3f}", what)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import select
 import subprocess
@@ -49,8 +50,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import git_state, machine_info, pct, stop_child, targets_table
+from invoke import process_cpu_seconds
 
 from p2pnet.core.batching import Batching
+from p2pnet.core.messages import Invoke, MessageReader, Result, encode_message
 from p2pnet.peer import Peer
 from p2pnet.runtime.batching import BatchedModel
 from p2pnet.runtime.onnx_model import OnnxModel
@@ -157,13 +160,32 @@ class Child:
 
 
 async def load(
-    call: Any, name: str, in_flight: int, seconds: float, warmup: float
+    call: Any,
+    name: str,
+    in_flight: int,
+    seconds: float,
+    warmup: float,
+    pids: tuple[int, ...] = (),
 ) -> dict[str, float]:
     """Keep ``in_flight`` calls going for ``warmup`` then ``seconds`` seconds; the calls
-    completed in the window: calls/s, p50 and p99 latency (ms)."""
+    completed in the window: calls/s, p50 and p99 latency (ms), and with ``pids`` the
+    CPU those processes spent in the window per call (ms)."""
     latencies: list[float] = []
     start_at = trio.current_time() + warmup
     stop_at = start_at + seconds
+    cpu: list[float] = []
+
+    def cpu_now() -> float | None:
+        readings = [process_cpu_seconds(pid) for pid in pids]
+        return None if None in readings else sum(r for r in readings if r is not None)
+
+    async def meter() -> None:
+        await trio.sleep_until(start_at)
+        before = cpu_now()
+        await trio.sleep_until(stop_at)
+        after = cpu_now()
+        if before is not None and after is not None:
+            cpu.append(after - before)
 
     async def worker(k: int) -> None:
         i = k
@@ -177,15 +199,20 @@ async def load(
             i += in_flight
 
     async with trio.open_nursery() as nursery:
+        if pids:
+            nursery.start_soon(meter)
         for k in range(in_flight):
             nursery.start_soon(worker, k)
     elapsed = seconds
-    return {
+    figures = {
         "calls": len(latencies),
         "calls_per_s": len(latencies) / elapsed,
         "p50_ms": pct(latencies, 0.50) * 1e3,
         "p99_ms": pct(latencies, 0.99) * 1e3,
     }
+    if cpu and latencies:
+        figures["cpu_ms_per_call"] = cpu[0] / len(latencies) * 1e3
+    return figures
 
 
 async def measure_peer(
@@ -209,7 +236,8 @@ async def measure_peer(
                         await caller.invoke(addr, model_id, inputs, timeout=CALL_TIMEOUT)
 
                     before = child.stats().get(name)
-                    cell = await load(call, name, n, seconds, warmup=min(1.0, seconds / 2))
+                    pids = (os.getpid(), child.proc.pid)
+                    cell = await load(call, name, n, seconds, min(1.0, seconds / 2), pids)
                     after = child.stats().get(name)
                     if before is not None and after is not None:
                         batches = after["batches"] - before["batches"]
@@ -239,6 +267,40 @@ async def measure_local(
     return out
 
 
+def components(path: Path, repeats: int) -> dict[str, float]:
+    """What one digits call costs in parts this process can time alone (ms, medians):
+    the model's run on one row, its run per row in a batch of 32, and the invoke codec
+    (encode and decode the request and the reply)."""
+    model = OnnxModel.load(path)
+    one = inputs_for("digits", 0)
+    batch = {"x": np.concatenate([inputs_for("digits", i)["x"] for i in range(32)])}
+
+    def timed(fn: Any) -> float:
+        for _ in range(repeats // 10):
+            fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return pct(samples, 0.5) * 1e3
+
+    outputs = model.run_sync(one)
+
+    def codec() -> None:
+        for message in (Invoke(1, model.model_id, one, 30_000), Result(1, outputs)):
+            reader = MessageReader()
+            for frame in encode_message(message).frames():
+                reader.receive_data(frame)
+            assert reader.next_message() is not None
+
+    return {
+        "model_run_ms": timed(lambda: model.run_sync(one)),
+        "model_run_per_row_in_32_ms": timed(lambda: model.run_sync(batch)) / 32,
+        "codec_ms": timed(codec),
+    }
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -253,7 +315,8 @@ def render(report: dict[str, Any]) -> None:
             title_justify="left",
         )
         for col in ("in flight", "off calls/s", "on calls/s", "on / off", "off p50 ms",
-                    "on p50 ms", "off p99 ms", "on p99 ms", "rows/batch"):  # fmt: skip
+                    "on p50 ms", "off p99 ms", "on p99 ms", "rows/batch",
+                    "off CPU ms/call", "on CPU ms/call"):  # fmt: skip
             table.add_column(col, justify="right")
         for n, off in modes["off"].items():
             on = modes["on"][n]
@@ -267,6 +330,8 @@ def render(report: dict[str, Any]) -> None:
                 f"{off['p99_ms']:.2f}",
                 f"{on['p99_ms']:.2f}",
                 f"{on.get('rows_per_batch', 0):.1f}",
+                f"{off.get('cpu_ms_per_call', math.nan):.3f}",
+                f"{on.get('cpu_ms_per_call', math.nan):.3f}",
             )
         console.print(table)
     local = Table(title="the model alone, 64 tasks in this process: calls/s", title_justify="left")
@@ -276,6 +341,16 @@ def render(report: dict[str, Any]) -> None:
         off, on = cell["off_calls_per_s"], cell["on_calls_per_s"]
         local.add_row(name, f"{off:.0f}", f"{on:.0f}", f"{on / off:.2f}")
     console.print(local)
+    parts = report["components"]
+    console.print(
+        f"digits, per call: model run {parts['model_run_ms']:.4f} ms alone, "
+        f"{parts['model_run_per_row_in_32_ms']:.4f} ms per row in a batch of 32; invoke codec "
+        f"{parts['codec_ms']:.4f} ms; CPU per call through the network at {report['top']} in "
+        f"flight (caller + provider): {parts['cpu_off_ms']:.3f} ms off, {parts['cpu_on_ms']:.3f} "
+        f"ms on. Batching can save at most the model's run per call (a model this small runs "
+        f"on the event loop, without a worker-thread hop, batched or not): on / off <= "
+        f"{parts['bound']:.2f} at this CPU per call, whatever the batch size."
+    )
     console.print(targets_table(report["targets"], lambda v: f"{v:.2f}"))
     m = report["machine"]
     console.print(
@@ -322,6 +397,12 @@ def main() -> None:
     # 64 emotion calls in flight take ~0.3 s each: the floor's window is 1 s at least.
     local = trio.run(measure_local, paths, policy, max(1.0, seconds))
     top = str(max(concurrency))
+    parts: dict[str, float] = components(paths["digits"], 200 if args.quick else 2000)
+    cpu_off = peer["digits"]["off"][top].get("cpu_ms_per_call", math.nan)
+    parts["cpu_off_ms"] = cpu_off
+    parts["cpu_on_ms"] = peer["digits"]["on"][top].get("cpu_ms_per_call", math.nan)
+    # If batching made the model's run free, each call would still cost the rest.
+    parts["bound"] = cpu_off / (cpu_off - parts["model_run_ms"])
     speedup = peer["digits"]["on"][top]["calls_per_s"] / peer["digits"]["off"][top]["calls_per_s"]
     targets = [
         {
@@ -347,6 +428,8 @@ def main() -> None:
         "units": {"calls_per_s": "calls completed per second", "latency": "ms"},
         "peer": peer,
         "local": local,
+        "top": top,
+        "components": parts,
         "targets": targets,
         "notes": notes,
     }

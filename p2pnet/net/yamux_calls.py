@@ -1,0 +1,124 @@
+"""Fewer Yamux frames and less work per frame for small calls on an open stream.
+
+Two workarounds for py-libp2p 0.8.1's Yamux, measured in docs/benchmarks.md
+("Invoke"):
+
+``install_half_window_credit``: py-libp2p's ``_auto_tune_and_send_window_update``
+(the go-yamux-style credit hysteresis of libp2p/py-libp2p#1269) has a third,
+"partial slack" branch that py-libp2p added on top of go-yamux's rule: whenever
+some credit is owed but less than half a window (``0 < delta < threshold``), it
+sends a WINDOW_UPDATE after every read anyway. So every small message read
+costs a WINDOW_UPDATE frame back (a Noise message, a socket write, and a frame
+the other side must parse): a warm call was 2 DATA + 2 WINDOW_UPDATE frames
+instead of 2. That branch also counts the bytes just read twice (the reason for
+``yamux_window.install_receive_window_cap``). The patched method is upstream's
+without that branch: credit goes back once half the window is owed, as in
+go-yamux (``sendWindowUpdate`` with ``GrowTo``'s hysteresis) and rust-yamux
+(libp2p/rust-yamux#100). Upstream's ``PY_YAMUX_RELEASE_ON_READ=1`` branch is
+kept (p2pnet sets it to 0 by default; a user who sets 1 still gets credit per
+read). No upstream issue names the partial-slack branch (searched
+libp2p/py-libp2p issues, 2026-12-05).
+
+``install_quiet_frame_write``: py-libp2p's ``Yamux._write_frame`` unpacks every
+frame's header, builds the list of flag names and formats a debug f-string
+before each write, whether or not debug logging is on (f-strings are built
+before ``logger.debug`` looks at the level). The patched method does exactly
+upstream's write (under ``_write_lock``, then a checkpoint) and only calls
+upstream's, with its log line, when py-libp2p's Yamux logger has DEBUG on.
+
+``install_call_patches`` installs both, and ``noise_writes.install_coalesced_writes``.
+Both are checked against py-libp2p 0.8.1 (pinned in pyproject.toml): a new
+release needs them compared again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from libp2p.stream_muxer.yamux import yamux as _yamux
+
+from p2pnet.net.noise_writes import install_coalesced_writes
+from p2pnet.net.yamux_window import take
+
+__all__ = ["install_call_patches", "install_half_window_credit", "install_quiet_frame_write"]
+
+
+async def _half_window_credit(self: Any, *, bytes_read: int = 0) -> None:
+    """upstream ``YamuxStream._auto_tune_and_send_window_update`` (py-libp2p 0.8.1)
+    without its partial-slack branch (see the module docstring), its lock taken at once
+    when free (``yamux_window.take``)."""
+    total_delta = 0
+    await take(self.window_lock)
+    try:
+        if bytes_read > 0:
+            self._pending_recv_release += bytes_read
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        threshold = self._grow_threshold()
+        pending = self._pending_recv_release
+        if delta >= threshold and delta > 0:
+            self._window_update_full_grow += 1
+            total_delta = self._grow_to_delta(buffered)
+            total_delta += self._apply_autotune_epoch(buffered)
+            self._pending_recv_release = 0
+        elif pending >= threshold:
+            self.recv_window += pending
+            total_delta = pending
+            self._pending_recv_release = 0
+            self._window_update_pending_flush += 1
+            total_delta += self._apply_autotune_epoch(buffered)
+        elif _yamux._yamux_release_on_read() and bytes_read > 0:
+            self.recv_window += bytes_read
+            total_delta = bytes_read
+            self._pending_recv_release -= bytes_read
+            self._window_update_bytes_read_only += 1
+            total_delta += self._apply_autotune_epoch(buffered)
+    finally:
+        self.window_lock.release()
+    if total_delta > 0:
+        await self.send_window_update(total_delta, skip_lock=True)
+
+
+def install_half_window_credit() -> None:
+    """Patch py-libp2p's ``YamuxStream._auto_tune_and_send_window_update`` (see the
+    module docstring); idempotent."""
+    stream_class: Any = _yamux.YamuxStream
+    if getattr(stream_class, "_p2pnet_half_window_credit", False):
+        return
+    stream_class._auto_tune_and_send_window_update = _half_window_credit
+    stream_class._p2pnet_half_window_credit = True
+
+
+_upstream_write_frame = _yamux.Yamux._write_frame
+
+
+async def _quiet_write_frame(self: Any, data: bytes) -> None:
+    """upstream ``Yamux._write_frame``, its debug line built only when it is logged, its
+    lock taken at once when free (``yamux_window.take``), and without upstream's
+    ``trio.lowlevel.checkpoint()`` after the write: the socket write is one already."""
+    if _yamux.logger.isEnabledFor(logging.DEBUG):
+        await _upstream_write_frame(self, data)
+        return
+    await take(self._write_lock)
+    try:
+        await self.secured_conn.write(data)
+    finally:
+        self._write_lock.release()
+
+
+def install_quiet_frame_write() -> None:
+    """Patch py-libp2p's ``Yamux._write_frame`` (see the module docstring); idempotent."""
+    muxer_class: Any = _yamux.Yamux
+    if getattr(muxer_class, "_p2pnet_quiet_frame_write", False):
+        return
+    muxer_class._write_frame = _quiet_write_frame
+    muxer_class._p2pnet_quiet_frame_write = True
+
+
+def install_call_patches() -> None:
+    """The call path's patches: both above, and ``noise_writes.install_coalesced_writes``
+    (a long write's Noise messages in one socket write); idempotent."""
+    install_half_window_credit()
+    install_quiet_frame_write()
+    install_coalesced_writes()

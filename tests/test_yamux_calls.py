@@ -1,0 +1,127 @@
+"""Yamux credit goes back per half window, not per read, and frames are written without
+building debug strings (p2pnet/net/yamux_calls.py)."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import trio
+from libp2p.stream_muxer.yamux import yamux as _yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+from p2pnet.net.host import tune_libp2p
+from p2pnet.net.yamux_window import take
+
+
+class BufferedConnection:
+    """The connection side of one YamuxStream: its receive buffer, and the frames it sends."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_buffers = {stream_id: bytearray()}
+        self.stream_events = {stream_id: trio.Event()}
+        self.event_shutting_down = trio.Event()
+        self.frames: list[bytes] = []
+
+    async def _write_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    async def _finalize_stream(self, stream: YamuxStream, fully_closed: bool) -> None:
+        pass
+
+    def rtt(self) -> float:
+        return 0.0  # not measured yet: py-libp2p assumes 1 ms
+
+    def arrive(self, stream: YamuxStream, data: bytes) -> None:
+        """What py-libp2p's reader does with a DATA frame for the stream."""
+        self.stream_buffers[stream.stream_id] += data
+        stream.recv_window -= len(data)
+
+
+def credit_offered(frames: list[bytes]) -> list[int]:
+    return [
+        struct.unpack(_yamux.YAMUX_HEADER_FORMAT, frame[: _yamux.HEADER_SIZE])[4]
+        for frame in frames
+        if frame[1] == _yamux.TYPE_WINDOW_UPDATE
+    ]
+
+
+async def test_small_messages_are_read_without_a_window_update_each() -> None:
+    tune_libp2p()  # what open_host applies
+    connection = BufferedConnection(1)
+    stream = YamuxStream(1, connection, True)  # type: ignore[arg-type]
+    window = stream.target_recv_window
+    message = b"m" * 200
+    for _ in range(10):
+        connection.arrive(stream, message)
+        assert await stream.read() == message
+    # py-libp2p 0.8.1 alone sends a WINDOW_UPDATE after each of these reads.
+    assert credit_offered(connection.frames) == []
+    # Half a window read: all of it is given back in one update (plus what py-libp2p's
+    # auto-tuning adds, if it grew the window), and no more.
+    connection.arrive(stream, b"x" * (window // 2))
+    while connection.stream_buffers[1]:
+        await stream.read()
+    offered = credit_offered(connection.frames)
+    grown = stream.target_recv_window - window
+    assert offered == [10 * len(message) + window // 2 + grown]
+    assert stream.recv_window == stream.target_recv_window
+
+
+class RecordingSecuredConnection:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+async def test_frames_reach_the_connection_unchanged_with_debug_logging_on_and_off() -> None:
+    tune_libp2p()
+    muxer = Yamux.__new__(Yamux)  # only what _write_frame touches
+    secured = RecordingSecuredConnection()
+    muxer.secured_conn = secured  # type: ignore[assignment]
+    muxer._write_lock = trio.Lock()
+    muxer.is_initiator_value = True
+    frame = struct.pack(_yamux.YAMUX_HEADER_FORMAT, 0, _yamux.TYPE_DATA, 0, 3, 2) + b"hi"
+    level = _yamux.logger.level
+    try:
+        _yamux.logger.setLevel(logging.WARNING)
+        await muxer._write_frame(frame)
+        _yamux.logger.setLevel(logging.DEBUG)
+        await muxer._write_frame(frame)
+    finally:
+        _yamux.logger.setLevel(level)
+    assert secured.written == [frame, frame]
+
+
+async def test_a_free_lock_is_taken_without_yielding_and_a_held_one_is_waited_for() -> None:
+    lock = trio.Lock()
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await take(lock)  # free: no trip through the scheduler, so `other` has not run
+        assert ran == []
+        lock.release()
+    assert ran == ["other"]
+
+    holder_may_release = trio.Event()
+
+    async def holder(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with lock:
+            task_status.started()
+            await holder_may_release.wait()
+            ran.append("released")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(holder)
+        nursery.start_soon(trio.lowlevel.checkpoint)
+        holder_may_release.set()
+        await take(lock)
+        assert ran[-1] == "released"
+        lock.release()
