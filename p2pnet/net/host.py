@@ -36,6 +36,7 @@ from p2pnet.errors import (
     InvalidAddressError,
     PeerUnreachableError,
 )
+from p2pnet.net.dial_fixes import install_dial_fixes
 from p2pnet.net.logs import inherit_libp2p_log_level
 from p2pnet.net.nat import NatTraversal
 from p2pnet.net.nat_config import NatConfig, is_circuit_addr
@@ -325,6 +326,9 @@ def tune_libp2p() -> None:
     # enforces, and js-yamux sends frames as large as the window: a js peer sending us
     # bulk data broke the connection. p2pnet.net.yamux_window caps what is offered.
     install_receive_window_cap()
+    # py-libp2p trusts closed connections and dials a peer's oldest address only:
+    # p2pnet.net.dial_fixes.
+    install_dial_fixes()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:

@@ -437,15 +437,31 @@ def main() -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
-    trio.run(
-        worker_main,
-        args.scenario,
-        args.peers,
-        args.seed,
-        args.worker,
-        args.workers,
-        tuple(args.overrides),
-    )
+
+    def run() -> None:
+        trio.run(
+            worker_main,
+            args.scenario,
+            args.peers,
+            args.seed,
+            args.worker,
+            args.workers,
+            tuple(args.overrides),
+        )
+
+    profile_dir = os.environ.get("P2PNET_SIM_PROFILE")  # cProfile each worker to this directory
+    if not profile_dir:
+        run()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(Path(profile_dir) / f"worker{args.worker}.prof"))
 
 
 if __name__ == "__main__":
