@@ -1,7 +1,7 @@
 """Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
-Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``, ``dial_fixes.py`` and
-``logs.py`` import py-libp2p; its exceptions
+Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``, ``dial_fixes.py``,
+``multistream.py`` and ``logs.py`` import py-libp2p; its exceptions
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
@@ -24,6 +24,8 @@ comment naming it. The other modules load without it.
                                                            updates instead of polling
     dial_fixes.py  install_dial_fixes                      dials that skip closed connections and
                                                            try the caller's address first
+    multistream.py install_pipelined_select                multistream-select's header and protocol
+                                                           in one write, as go and rust send them
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
                                                            v2, relayed dials, DCUtR hole punching
     nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values

@@ -38,6 +38,7 @@ from p2pnet.errors import (
 )
 from p2pnet.net.dial_fixes import install_dial_fixes
 from p2pnet.net.logs import inherit_libp2p_log_level
+from p2pnet.net.multistream import install_pipelined_select
 from p2pnet.net.nat import NatTraversal
 from p2pnet.net.nat_config import NatConfig, is_circuit_addr
 from p2pnet.net.pnet import (
@@ -329,6 +330,9 @@ def tune_libp2p() -> None:
     # py-libp2p trusts closed connections and dials a peer's oldest address only:
     # p2pnet.net.dial_fixes.
     install_dial_fixes()
+    # py-libp2p's dialer waits a round trip between multistream-select's header and
+    # protocol: p2pnet.net.multistream sends both at once.
+    install_pipelined_select()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
