@@ -1,6 +1,8 @@
 """A peer stays reachable after a cancelled connection close and after a restart on another
 port (p2pnet/net/dial_fixes.py): py-libp2p 0.8.1 alone fails both with "No valid
-connections available" and "no addresses established a successful connection"."""
+connections available" and "no addresses established a successful connection". And
+``Host.connections``, which the DHT reads on every request, describes each connection
+once."""
 
 from __future__ import annotations
 
@@ -64,3 +66,18 @@ async def test_a_peer_restarted_on_another_port_is_dialled_at_the_new_one() -> N
                 assert await round_trip(client, address(server)) == b"ping"
         known = client.peer_addrs(identity.peer_id)
         assert len(known) == 2  # both ports stay known; the caller's is dialled first
+
+
+async def test_each_connection_is_described_once() -> None:
+    async with open_host(generate_identity()) as client, open_host(generate_identity()) as server:
+        server.set_stream_handler(ECHO, echo)
+        assert await round_trip(client, address(server)) == b"ping"
+        described = client.connections()
+        assert [peer for peer, _ in described] == [server.peer_id]
+        [connection] = swarm_connections(client, server.peer_id)
+
+        def unreadable() -> list[Any]:
+            raise AssertionError("the connection's addresses were read again")
+
+        connection.get_transport_addresses = unreadable
+        assert client.connections() == described

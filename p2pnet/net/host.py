@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import libp2p.stream_muxer.yamux.yamux as _yamux
 import multiaddr
@@ -165,6 +167,13 @@ class Host:
         # what keeps the connections within limits, when open_host got limits.
         self.last_active: dict[str, float] = {}
         self.trimmer: ConnectionTrimmer | None = None
+        # (peer ID, remote address) of each connection, worked out once: the DHT asks for
+        # them on every request served and every answer received, and with a hundred
+        # connections turning each py-libp2p peer ID and multiaddr into text again cost
+        # more CPU than the request itself.
+        self._described: weakref.WeakKeyDictionary[Any, tuple[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def addrs(self) -> list[str]:
@@ -317,11 +326,15 @@ class Host:
         for conn in self._raw.get_network().get_connections():
             if conn.is_closed:
                 continue
-            try:
-                addrs = [str(a) for a in conn.get_transport_addresses()]
-            except Exception:  # a transport that does not know its addresses
-                addrs = []
-            out.append((str(conn.muxed_conn.peer_id), addrs[0] if addrs else ""))
+            described = self._described.get(conn)
+            if described is None:
+                try:
+                    addrs = [str(a) for a in conn.get_transport_addresses()]
+                except Exception:  # a transport that does not know its addresses
+                    addrs = []
+                described = (str(conn.muxed_conn.peer_id), addrs[0] if addrs else "")
+                self._described[conn] = described
+            out.append(described)
         return sorted(out)
 
 
