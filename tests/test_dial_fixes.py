@@ -81,3 +81,25 @@ async def test_each_connection_is_described_once() -> None:
 
         connection.get_transport_addresses = unreadable
         assert client.connections() == described
+
+
+async def test_a_connection_that_closes_while_a_stream_is_being_opened_is_replaced() -> None:
+    async with open_host(generate_identity()) as client, open_host(generate_identity()) as server:
+        server.set_stream_handler(ECHO, echo)
+        assert await round_trip(client, address(server)) == b"ping"
+        [connection] = swarm_connections(client, server.peer_id)
+        swarm: Any = client._raw.get_network()
+
+        class ClosingSemaphore:
+            """py-libp2p's stream semaphore, during whose wait the connection closes."""
+
+            async def acquire(self) -> None:
+                connection.event_closed.set()  # as a close cancelled before its clean-up
+                swarm._stream_semaphore = None  # the next attempt waits for nothing
+
+            def release(self) -> None:
+                pass
+
+        swarm._stream_semaphore = ClosingSemaphore()
+        assert await round_trip(client, PeerAddress(server.peer_id, ())) == b"ping"
+        assert connection not in swarm_connections(client, server.peer_id)

@@ -11,7 +11,9 @@ peer, closed or not, and ``Swarm.new_stream`` dials only when it holds none: wit
 closed one left there, it filters it out and raises "No valid connections available"
 instead of dialling. Every later request to that peer fails the same way, though the
 peer is up and its address known. ``forget_closed_connections`` drops them first, so
-both dial.
+both dial; and a connection that closes while ``new_stream`` waits (for its stream
+semaphore, or for the connection to be ready) gets the stream opened once more, on a
+new connection, instead of the same error. No upstream issue found for either.
 
 **The oldest address dialled.** ``Swarm.dial_peer`` dials at most one address per
 transport (TCP, QUIC, ...), the first the peerstore lists, and the peerstore lists
@@ -32,6 +34,7 @@ from functools import wraps
 from typing import Any
 
 from libp2p.host.basic_host import BasicHost
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 
@@ -86,6 +89,15 @@ def _new_stream(upstream: Callable[[Any, ID], Awaitable[Any]]) -> Callable[[Any,
     @wraps(upstream)
     async def new_stream(self: Any, peer_id: ID) -> Any:
         forget_closed_connections(self, peer_id)
+        try:
+            return await upstream(self, peer_id)
+        except SwarmException:
+            # The connection closed while upstream waited (for its stream semaphore, or
+            # for a connection to become ready): it raises "No valid / ready connections
+            # available" rather than dialling. Once more, with the closed ones gone. A
+            # failed dial leaves no connection behind, so it is not tried again here.
+            if not forget_closed_connections(self, peer_id):
+                raise
         return await upstream(self, peer_id)
 
     return new_stream
