@@ -1,7 +1,8 @@
 """Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
-Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``, ``yamux_calls.py``,
-``noise_writes.py`` and ``logs.py`` import py-libp2p; its exceptions
+Only ``host.py``, ``connmgr.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``,
+``yamux_calls.py``, ``noise_writes.py``, ``dial_fixes.py``, ``multistream.py`` and
+``logs.py`` import py-libp2p; its exceptions
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
@@ -16,6 +17,8 @@ comment naming it. The other modules load without it.
                                                            manager)
     host.py        open_host, Host, Stream, tune_libp2p    a running libp2p host (TCP, Noise,
                                                            Yamux) and its streams
+    connmgr.py     ConnectionTrimmer                       closes a libp2p host's idle
+                                                           connections above its limits
     memory.py      MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
                                                            interface, for tests and simulations
     loopback.py    LoopbackHost, loopback_pair             streams from a peer to itself, in
@@ -27,6 +30,10 @@ comment naming it. The other modules load without it.
                                                            written without debug strings
     noise_writes.py  install_coalesced_writes              a long write's Noise messages sent
                                                            in one socket write
+    dial_fixes.py  install_dial_fixes                      dials that skip closed connections and
+                                                           try the caller's address first
+    multistream.py install_pipelined_select                multistream-select's header and protocol
+                                                           in one write, as go and rust send them
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
                                                            v2, relayed dials, DCUtR hole punching
     nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values

@@ -400,13 +400,26 @@ async def _run_events(
         candidates = swarm.alive_local()
         return candidates[swarm.rng.randrange(len(candidates))] if candidates else None
 
+    # A peer that joins during the run exists once its host has started, which on a busy
+    # machine can take longer than the plan leaves before the peer's first query or its
+    # departure: those events wait for the start (and are dropped if it failed).
+    started: dict[int, trio.Event] = {}
+
     async def run_event(kind: str, g: int, via: int, task: str, model: int, t: float) -> None:
+        if kind == "join":
+            try:
+                await swarm.add(g, await start_host(g))
+            finally:
+                started.setdefault(g, trio.Event()).set()
+            await swarm.join(g, via, kind="join", t=t)
+            return
+        if g not in swarm.peers:
+            await started.setdefault(g, trio.Event()).wait()
+            if g not in swarm.peers:
+                return
         if kind == "query":
             if swarm.peers[g].alive:
                 await swarm.query(g, task, t)
-        elif kind == "join":
-            await swarm.add(g, await start_host(g))
-            await swarm.join(g, via, kind="join", t=t)
         elif kind == "rejoin":
             await swarm.restart(g, await start_host(g), via, t)
         elif kind in ("leave", "crash"):
@@ -437,15 +450,31 @@ def main() -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
-    trio.run(
-        worker_main,
-        args.scenario,
-        args.peers,
-        args.seed,
-        args.worker,
-        args.workers,
-        tuple(args.overrides),
-    )
+
+    def run() -> None:
+        trio.run(
+            worker_main,
+            args.scenario,
+            args.peers,
+            args.seed,
+            args.worker,
+            args.workers,
+            tuple(args.overrides),
+        )
+
+    profile_dir = os.environ.get("P2PNET_SIM_PROFILE")  # cProfile each worker to this directory
+    if not profile_dir:
+        run()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(Path(profile_dir) / f"worker{args.worker}.prof"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""A peer stays reachable after a cancelled connection close and after a restart on another
+port (p2pnet/net/dial_fixes.py): py-libp2p 0.8.1 alone fails both with "No valid
+connections available" and "no addresses established a successful connection". And
+``Host.connections``, which the DHT reads on every request, describes each connection
+once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from libp2p.peer.id import ID
+
+from p2pnet.core.address import PeerAddress, transport_part
+from p2pnet.core.identity import Identity
+from p2pnet.net.host import Host, Stream, open_host
+from p2pnet.net.identity import generate_identity
+
+pytestmark = pytest.mark.network
+
+ECHO = "/p2pnet-test/echo/1"
+
+
+async def echo(stream: Stream) -> None:
+    await stream.write(await stream.read())
+    await stream.close()
+
+
+def address(host: Host) -> PeerAddress:
+    return PeerAddress(host.peer_id, tuple(transport_part(a) for a in host.addrs))
+
+
+async def round_trip(client: Host, server: PeerAddress) -> bytes:
+    stream = await client.open_stream(server, ECHO)
+    await stream.write(b"ping")
+    reply = await stream.read()
+    await stream.close()
+    return reply
+
+
+def swarm_connections(host: Host, peer_id: str) -> list[Any]:
+    return list(host._raw.get_network().connections.get(ID.from_base58(peer_id), []))
+
+
+async def test_a_connection_whose_close_was_cancelled_does_not_block_new_streams() -> None:
+    async with open_host(generate_identity()) as client, open_host(generate_identity()) as server:
+        server.set_stream_handler(ECHO, echo)
+        assert await round_trip(client, address(server)) == b"ping"
+        [connection] = swarm_connections(client, server.peer_id)
+        # A timeout fires while the connection closes: py-libp2p marks it closed at once
+        # but leaves its table only at the end of a clean-up that sleeps twice.
+        with trio.move_on_after(0.05):
+            await connection.close()
+        assert connection.is_closed
+        assert await round_trip(client, address(server)) == b"ping"
+        assert all(not c.is_closed for c in swarm_connections(client, server.peer_id))
+
+
+async def test_a_peer_restarted_on_another_port_is_dialled_at_the_new_one() -> None:
+    identity: Identity = generate_identity()
+    async with open_host(generate_identity()) as client:
+        for _ in range(2):  # the same identity, each time on a port of its own
+            async with open_host(identity) as server:
+                server.set_stream_handler(ECHO, echo)
+                assert await round_trip(client, address(server)) == b"ping"
+        known = client.peer_addrs(identity.peer_id)
+        assert len(known) == 2  # both ports stay known; the caller's is dialled first
+
+
+async def test_each_connection_is_described_once() -> None:
+    async with open_host(generate_identity()) as client, open_host(generate_identity()) as server:
+        server.set_stream_handler(ECHO, echo)
+        assert await round_trip(client, address(server)) == b"ping"
+        described = client.connections()
+        assert [peer for peer, _ in described] == [server.peer_id]
+        [connection] = swarm_connections(client, server.peer_id)
+
+        def unreadable() -> list[Any]:
+            raise AssertionError("the connection's addresses were read again")
+
+        connection.get_transport_addresses = unreadable
+        assert client.connections() == described
+
+
+async def test_a_connection_that_closes_while_a_stream_is_being_opened_is_replaced() -> None:
+    async with open_host(generate_identity()) as client, open_host(generate_identity()) as server:
+        server.set_stream_handler(ECHO, echo)
+        assert await round_trip(client, address(server)) == b"ping"
+        [connection] = swarm_connections(client, server.peer_id)
+        swarm: Any = client._raw.get_network()
+
+        class ClosingSemaphore:
+            """py-libp2p's stream semaphore, during whose wait the connection closes."""
+
+            async def acquire(self) -> None:
+                connection.event_closed.set()  # as a close cancelled before its clean-up
+                swarm._stream_semaphore = None  # the next attempt waits for nothing
+
+            def release(self) -> None:
+                pass
+
+        swarm._stream_semaphore = ClosingSemaphore()
+        assert await round_trip(client, PeerAddress(server.peer_id, ())) == b"ping"
+        assert connection not in swarm_connections(client, server.peer_id)
