@@ -12,8 +12,10 @@ metrics.py    PeerCollector, peer_registry   Prometheus metrics read from ``Peer
                                              its call statistics and run slots at scrape time
 page/         page_response, calls_reply     the status page (index.html, served at /) and
                                              /api/calls
-client.py     ApiClient, ApiChat, ApiReply   the local API's client, which the command line
-                                             uses (httpx only: no HTTP server loaded)
+client.py     ApiClient, ApiChat, ApiReply,  the local API's clients, which the command line
+              BlockingApiClient              uses: httpx and trio (chat, generation,
+                                             pipelines); the standard library's http.client
+                                             without trio (find, call)
 events.py     chunk_event, done_event, ...   the events of a streamed reply, as NDJSON lines
                                              and ``--json`` output
 chats.py      ChatTable, Replies             chats and replies a peer holds for API clients
