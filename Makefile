@@ -44,8 +44,12 @@ quick: $(STAMP)
 
 bench: models
 	$(BIN)/python scripts/bench/invoke.py --models build/models --out build/bench
+	$(BIN)/python scripts/bench/throughput.py --models build/models --out build/bench
+	$(BIN)/python scripts/bench/connect.py --out build/bench
 	$(BIN)/python scripts/bench/dht.py --out build/bench
 	$(BIN)/python scripts/bench/pipeline.py --models build/models --out build/bench
+	$(BIN)/python scripts/bench/gateway.py --models build/models --out build/bench
+	$(BIN)/python scripts/bench/cli_api.py --out build/bench
 	$(BIN)/python scripts/bench/generate.py --model build/models/smollm2-chat.onnx --out build/bench
 
 lint: $(STAMP)

@@ -117,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", type=Path, default=Path("build/models/iris.onnx"))
+    parser.add_argument("--out", type=Path, default=None, help="also write cli_api.json here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         # As a user's installed p2pnet runs: with its bytecode cached (the first,
@@ -203,6 +204,9 @@ def main() -> None:
         **git_state(),
     }
     print(json.dumps(report, indent=2))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cli_api.json").write_text(json.dumps(report, indent=2) + "\n")
     console = Console()
     for command, spent in imports.items():
         console.print(
