@@ -14,6 +14,7 @@ from p2pnet.core.join import (
     JoinPlan,
     JoinPolicy,
     Wait,
+    buckets_to_fill,
 )
 
 POLICY = JoinPolicy(request_timeout=3.0, per_attempt=2, first_backoff=1.0, max_backoff=60.0)
@@ -175,3 +176,32 @@ def test_peers_that_joined_through_this_one_make_it_joined() -> None:
     assert plan.next(0.0) == Wait(None)
     plan.has_peers()
     assert plan.next(1.0) == Joined() and plan.status().state == "joined"
+
+
+def test_a_new_peer_looks_only_into_buckets_still_short_of_peers() -> None:
+    # Bucket 250 is the closest non-empty one: nothing closer is looked for; of 250..255
+    # those holding fewer than ``wanted`` are, the farthest first.
+    sizes = {250: 3, 251: 0, 252: 1, 253: 5, 255: 20}
+    assert buckets_to_fill(sizes, wanted=1) == [254, 251]
+    assert buckets_to_fill(sizes, wanted=2) == [254, 252, 251]
+    assert buckets_to_fill({}, wanted=1) == []  # nobody known: nothing to look into
+    assert buckets_to_fill({251: 0}, wanted=1) == []
+    with pytest.raises(ValueError):
+        buckets_to_fill(sizes, wanted=0)
+
+
+@given(
+    sizes=st.dictionaries(st.integers(0, 255), st.integers(0, 30), max_size=40),
+    wanted=st.integers(1, 20),
+)
+def test_buckets_to_fill_are_exactly_the_short_ones_from_the_closest_known_out(
+    sizes: dict[int, int], wanted: int
+) -> None:
+    chosen = buckets_to_fill(sizes, wanted=wanted)
+    assert chosen == sorted(chosen, reverse=True)
+    filled = [i for i, n in sizes.items() if n > 0]
+    if not filled:
+        assert chosen == []
+        return
+    expected = {i for i in range(min(filled), 256) if sizes.get(i, 0) < wanted}
+    assert set(chosen) == expected

@@ -60,8 +60,12 @@ spot_check.py  Sampler, compare_outputs, Tolerance,
                three_way, odd_one_out,               spot checks: which calls, comparing two
                wants_another_opinion,                results (bitwise or within a tolerance),
                checker_order                         the odd one out, who checks
-join.py        JoinPlan, JoinPolicy, JoinStatus       joining a swarm: whom to ask next, backoff
-                                                     when alone
+join.py        JoinPlan, JoinPolicy, JoinStatus,
+               buckets_to_fill                       joining a swarm: whom to ask next, backoff
+                                                     when alone, which buckets to fill after
+connections.py ConnectionLimits, ConnectionFacts,
+               connections_to_close                  which idle connections to close when a
+                                                     peer holds too many
 callstats.py   CallStats, CallRecord, Histogram      calls served and made: counts by model and
                                                      outcome, latency buckets, bytes, recent ones
 seen.py        SeenRecords                           the verified records a peer was sent lately

@@ -13,6 +13,7 @@ backoff so that one that never answers is asked less and less often.
     Wait         decision: nothing to do before ``until`` (None: nobody to ask at all)
     Joined       decision: joined; nothing to do until the routing table empties
     JoinStatus   what ``p2pnet status`` shows of it
+    buckets_to_fill  decision: which buckets a peer that just joined looks into
 
 An answer is *useful* when it added at least one peer other than the responder to the
 routing table: then the peer has joined. Answers that were not useful leave the plan to
@@ -22,7 +23,7 @@ the peer counts as joined (a swarm of two has nobody else to name).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +38,7 @@ __all__ = [
     "JoinStatus",
     "Joined",
     "Wait",
+    "buckets_to_fill",
 ]
 
 # Learned peers kept as candidates: enough to get past a few dead ones.
@@ -267,3 +269,25 @@ class JoinPlan:
 def _merged(known: PeerAddress, fresh: PeerAddress) -> PeerAddress:
     addrs = tuple(dict.fromkeys((*fresh.addrs, *known.addrs)))
     return PeerAddress(known.peer_id, addrs)
+
+
+def buckets_to_fill(
+    bucket_sizes: Mapping[int, int], *, wanted: int = 1, key_bits: int = 256
+) -> list[int]:
+    """The buckets a peer looks into right after the lookup of its own key, farthest first.
+
+    ``bucket_sizes``: peers per bucket index (0: the closest to us, ``key_bits - 1``: the
+    half of the keyspace farthest from us); missing indices are empty. The lookup of our
+    own key fills the buckets near us; of the buckets from the closest non-empty one out
+    to the farthest, those holding fewer than ``wanted`` peers get a lookup that stops as
+    soon as they hold ``wanted``. Buckets closer than the closest non-empty one stay
+    empty: nobody that close is known. The others fill with traffic (peers that talk to
+    us, peers that answer our lookups) and with the periodic refresh: a join costs a few
+    new connections per empty bucket instead of a full lookup per bucket.
+    """
+    if wanted < 1:
+        raise ValueError(f"wanted must be at least 1, got {wanted}")
+    filled = [i for i, size in bucket_sizes.items() if size > 0]
+    if not filled:
+        return []
+    return [i for i in range(key_bits - 1, min(filled) - 1, -1) if bucket_sizes.get(i, 0) < wanted]

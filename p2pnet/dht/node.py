@@ -39,6 +39,7 @@ from p2pnet.core.address_filter import (
     addrs_seen_at,
     scope_seen_at,
 )
+from p2pnet.core.join import buckets_to_fill
 from p2pnet.core.kad.diversity import (
     DiversityLimits,
     GroupOf,
@@ -47,7 +48,9 @@ from p2pnet.core.kad.diversity import (
 )
 from p2pnet.core.kad.jobs import RepublishSchedule
 from p2pnet.core.kad.keys import (
+    KEY_BITS,
     PeerInfo,
+    bucket_index,
     common_prefix_length,
     key_of,
     random_preimage_in_bucket,
@@ -160,7 +163,14 @@ class DhtConfig:
     max_queries: requests one lookup may send (per path, with ``defences.paths`` > 1).
     provider_ttl: how long a provider announcement is kept (spec: 24 h... 48 h).
     republish_interval: how often our own announcements are renewed (< provider_ttl).
-    refresh_interval: a bucket not looked into for this long gets a random lookup.
+    refresh_interval: a bucket not looked into for this long gets a random lookup (a
+        lookup that ran its course counts for its key's bucket, as in Kademlia).
+    join_bucket_fill: after the lookup of its own key, a joining peer looks into each
+        bucket holding fewer peers than this, until it holds this many
+        (``p2pnet.core.join.buckets_to_fill``); the rest fill with traffic and the
+        periodic refresh. None: a full lookup in every bucket, as go-libp2p and
+        rust-libp2p bootstrap (about twice the connections; docs/networking.md,
+        "Joining").
     maintenance_interval: how often expiry, republishing and refresh run.
     value_ttl: how long a stored value is kept.
     add_provider_rate, add_provider_burst: per-peer rate of ADD_PROVIDER and PUT_VALUE
@@ -186,6 +196,7 @@ class DhtConfig:
     value_ttl: float = 24 * 3600.0
     republish_interval: float = 11 * 3600.0
     refresh_interval: float = 10 * 60.0
+    join_bucket_fill: int | None = 1
     maintenance_interval: float = 60.0
     add_provider_rate: float = 10.0
     add_provider_burst: float = 100.0
@@ -606,7 +617,8 @@ class DhtNode:
 
     async def bootstrap(self, peers: Sequence[PeerAddress]) -> int:
         """Join through ``peers`` (asked at once, each for up to the RPC timeout), then
-        refresh every bucket. Returns the number of peers in the routing table afterwards.
+        fill the routing table (``fill_after_join``). Returns the number of peers in the
+        routing table afterwards.
         """
         await self.join_through(peers, timeout=self.config.rpc_timeout)
         return len(self.table)
@@ -614,9 +626,9 @@ class DhtNode:
     async def join_through(self, peers: Sequence[PeerAddress], *, timeout: float) -> JoinAnswers:
         """Ask ``peers`` concurrently for the peers closest to our own key, each for at
         most ``timeout`` seconds (one that never answers holds the join no longer); if
-        any answered, refresh every bucket so that each part of the keyspace has peers
-        we know. Says who answered, who did not, whom they named, and whether the
-        routing table gained a peer other than those who answered.
+        any answered, fill the routing table (``fill_after_join``). Says who answered,
+        who did not, whom they named, and whether the routing table gained a peer other
+        than those who answered.
         """
         before = {p.peer_id for p in self.table}
         answered: list[str] = []
@@ -647,9 +659,43 @@ class DhtNode:
                 if address.peer_id != self.local.peer_id:
                     nursery.start_soon(ask, address)
         if answered or len(self.table):
-            await self.refresh(trio.current_time(), everything=True)
+            await self.fill_after_join()
         gained = {p.peer_id for p in self.table} - before - set(answered)
         return JoinAnswers(tuple(answered), tuple(failed), tuple(named.values()), bool(gained))
+
+    async def fill_after_join(self) -> None:
+        """Fill the routing table of a peer that just joined: look up our own key (our
+        neighbours learn of us, we of them, and the buckets near us fill), then look
+        into each bucket ``buckets_to_fill`` names, stopping as soon as it holds
+        ``join_bucket_fill`` peers. Every bucket from the closest non-empty one out then
+        counts as refreshed: the periodic refresh looks into them ``refresh_interval``
+        later, and lookups meanwhile fill them with the peers that answer.
+
+        With ``join_bucket_fill`` None, every bucket gets a full lookup instead.
+        """
+        wanted = self.config.join_bucket_fill
+        if wanted is None:
+            await self.refresh(trio.current_time(), everything=True)
+            return
+        await self.find_closest(self.local.key)
+        local = key_of(self.local.key)
+        sizes = {i: len(self.table.bucket(i)) for i in range(KEY_BITS)}
+        for index in buckets_to_fill(sizes, wanted=wanted):
+            if len(self.table.bucket(index)) >= wanted:  # an earlier lookup filled it
+                continue
+            target = random_preimage_in_bucket(
+                local, index, self.rng, max_attempts=REFRESH_SEARCH_TRIES
+            )
+            if target is None:
+                continue
+
+            def filled(_peer: PeerInfo, _response: KadMessage, index: int = index) -> bool:
+                return len(self.table.bucket(index)) >= wanted
+
+            await self._iterate(target, KadMessage(MessageType.FIND_NODE, target), filled)
+        now = trio.current_time()
+        for index in self.table.stale_buckets(now, 0.0):
+            self.table.mark_refreshed(index, now)
 
     async def find_closest(self, key: bytes) -> LookupResult:
         """The k peers closest to ``key`` that answered, by an iterative FIND_NODE lookup."""
@@ -910,6 +956,12 @@ class DhtNode:
                 with trio.move_on_at(min(deadline, math.inf if timeout_at is None else timeout_at)):
                     await done_receive.receive()
             nursery.cancel_scope.cancel()
+        target_key = key_of(target)
+        if not stopped and target_key != self.local.kad_key:
+            # It asked the peers closest to a key of this bucket: as good as a refresh.
+            self.table.mark_refreshed(
+                bucket_index(self.local.kad_key, target_key), trio.current_time()
+            )
         return lookup, not stopped
 
     async def request(self, peer: PeerInfo, request: KadMessage) -> KadMessage:

@@ -1,7 +1,7 @@
 """Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
-Only ``host.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py`` and ``logs.py`` import
-py-libp2p; its exceptions
+Only ``host.py``, ``connmgr.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py`` and
+``logs.py`` import py-libp2p; its exceptions
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
@@ -16,6 +16,8 @@ comment naming it. The other modules load without it.
                                                            manager)
     host.py        open_host, Host, Stream, tune_libp2p    a running libp2p host (TCP, Noise,
                                                            Yamux) and its streams
+    connmgr.py     ConnectionTrimmer                       closes a libp2p host's idle
+                                                           connections above its limits
     memory.py      MemoryNetwork, MemoryHost, MemoryStream an in-memory network with the same
                                                            interface, for tests and simulations
     loopback.py    LoopbackHost, loopback_pair             streams from a peer to itself, in

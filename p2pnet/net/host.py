@@ -29,6 +29,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH as _NOISE_MAX_PLAINTEXT
 
 from p2pnet.core.address import PeerAddress, with_peer_id
+from p2pnet.core.connections import DEFAULT_CONNECTION_LIMITS, ConnectionLimits
 from p2pnet.core.identity import Identity
 from p2pnet.errors import (
     ConfigError,
@@ -36,6 +37,7 @@ from p2pnet.errors import (
     InvalidAddressError,
     PeerUnreachableError,
 )
+from p2pnet.net.connmgr import ConnectionTrimmer
 from p2pnet.net.logs import inherit_libp2p_log_level
 from p2pnet.net.nat import NatTraversal
 from p2pnet.net.nat_config import NatConfig, is_circuit_addr
@@ -62,11 +64,20 @@ HOST_CLOSE_TIMEOUT = 5.0
 
 
 class Stream:
-    """A bidirectional byte stream to one peer, speaking one protocol."""
+    """A bidirectional byte stream to one peer, speaking one protocol.
 
-    def __init__(self, raw: INetStream, peer_id: str) -> None:
+    ``last_active``: when data last went either way with each peer (trio time), for the
+    connection trimmer; this stream records its own in it.
+    """
+
+    def __init__(
+        self, raw: INetStream, peer_id: str, last_active: dict[str, float] | None = None
+    ) -> None:
         self._raw = raw
         self.peer_id = peer_id
+        self._last_active = last_active
+        if last_active is not None:
+            last_active[peer_id] = trio.current_time()
 
     async def read(self) -> bytes:
         """Some bytes (at most READ_SIZE), or b"" at a clean end of stream.
@@ -75,7 +86,7 @@ class Stream:
             ConnectionLostError: the stream was reset or the connection broke.
         """
         try:
-            return await self._raw.read(READ_SIZE)
+            data = await self._raw.read(READ_SIZE)
         except StreamEOF:
             # py-libp2p raises at end of stream instead of returning b"".
             return b""
@@ -83,6 +94,9 @@ class Stream:
             raise ConnectionLostError(
                 f"stream to peer {self.peer_id} broke while reading: {exc or type(exc).__name__}"
             ) from None
+        if self._last_active is not None:
+            self._last_active[self.peer_id] = trio.current_time()
+        return data
 
     async def write(self, data: bytes) -> None:
         """Send ``data``.
@@ -102,6 +116,8 @@ class Stream:
             raise ConnectionLostError(
                 f"stream to peer {self.peer_id} broke while writing: {exc or type(exc).__name__}"
             ) from None
+        if self._last_active is not None:
+            self._last_active[self.peer_id] = trio.current_time()
 
     async def close(self) -> None:
         """Close both directions; never raises (a broken stream is already closed).
@@ -143,6 +159,10 @@ class Host:
         self._psk = psk  # what py-libp2p got: p2pnet.net.pnet keeps handshake failures in it
         # NAT traversal (reachability, relays, hole punching), when open_host got a config.
         self.nat: NatTraversal | None = None
+        # When data last went either way with each peer (its streams record it), and
+        # what keeps the connections within limits, when open_host got limits.
+        self.last_active: dict[str, float] = {}
+        self.trimmer: ConnectionTrimmer | None = None
 
     @property
     def addrs(self) -> list[str]:
@@ -163,6 +183,12 @@ class Host:
             return self.nat.path(peer_id)
         return "direct" if self.connection_count(peer_id) else None
 
+    def protect_peer(self, peer_id: str) -> None:
+        """Never close the connection to ``peer_id`` to stay within the connection
+        limits (a bootstrap peer, a relay)."""
+        if self.trimmer is not None:
+            self.trimmer.protect(peer_id)
+
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol`` with ``handler``, one call per inbound stream.
 
@@ -172,7 +198,7 @@ class Host:
         """
 
         async def guarded(raw: INetStream) -> None:
-            stream = Stream(raw, str(raw.muxed_conn.peer_id))
+            stream = Stream(raw, str(raw.muxed_conn.peer_id), self.last_active)
             try:
                 await handler(stream)
             except Exception:
@@ -222,7 +248,7 @@ class Host:
             raise PeerUnreachableError(
                 f"cannot open a {protocol} stream to peer {peer}: {_reason(exc)}"
             ) from None
-        return Stream(raw, peer.peer_id)
+        return Stream(raw, peer.peer_id, self.last_active)
 
     def _dial_failure(self, exc: BaseException, peer: PeerAddress) -> str:
         """Why a dial failed, saying so when a private network is the likely cause."""
@@ -430,12 +456,15 @@ async def open_host(
     dial_timeout: float = 10.0,
     swarm_key: SwarmKey | None = None,
     nat: NatConfig | None = None,
+    connections: ConnectionLimits | None = DEFAULT_CONNECTION_LIMITS,
 ) -> AsyncIterator[Host]:
     """Run a libp2p host (TCP, Noise, Yamux) listening on ``listen`` until the block exits.
 
     mDNS, UPnP and bootstrap discovery stay off: nothing is dialled or announced that
     the caller did not ask for. With ``swarm_key``, every connection carries the
     private network layer (p2pnet.net.pnet): only peers with the same key connect.
+    With ``connections``, idle connections are closed when there are too many
+    (``ConnectionTrimmer``; None: never).
 
     Raises:
         InvalidAddressError: a listen address that is not a multiaddr.
@@ -483,9 +512,14 @@ async def open_host(
                 services = await stack.enter_async_context(trio.open_nursery())
                 stack.callback(services.cancel_scope.cancel)
                 await services.start(traversal.run)
+            host = Host(raw, identity, swarm_key, psk)
+            host.nat = traversal
+            if connections is not None:
+                host.trimmer = ConnectionTrimmer(raw.get_network(), connections, host.last_active)
+                trimming = await stack.enter_async_context(trio.open_nursery())
+                stack.callback(trimming.cancel_scope.cancel)
+                await trimming.start(host.trimmer.run)
             try:
-                host = Host(raw, identity, swarm_key, psk)
-                host.nat = traversal
                 yield host
             finally:
                 # Leaving host.run() stops the swarm by cancelling it, and its clean-up

@@ -1,6 +1,11 @@
 """Benchmark p2pnet's Kademlia DHT against py-libp2p's own KadDHT, all measured in one run.
 
-Usage: python scripts/bench/dht.py [--out build/bench] [--quick] [--seed 1]
+Usage: python scripts/bench/dht.py [--out build/bench] [--quick] [--seed 1] [--full-join]
+                                  [--real-sizes 10,50,100] [--memory-sizes 1000,10000]
+
+``--full-join`` joins as before 2026-12 (``DhtConfig(join_bucket_fill=None)``: a full
+lookup in every bucket) instead of filling only the empty buckets; run the script with
+and without it to compare the two joins on the same machine.
 
 Everything runs on 127.0.0.1 or on the in-memory network; nothing else is dialled.
 
@@ -28,6 +33,9 @@ Figures (per scenario and N):
   bootstrap_s         wall time until every peer's join returned (whole swarm)
   bootstrap_virtual_s simulated time of the same (memory only)
   join_p50/p95_ms     one peer's join: bootstrap() (real: wall; memory: virtual)
+  cpu_s_per_join      CPU seconds of the whole swarm's processes during the bootstrap,
+                      divided by the joins (both sides of every connection count)
+  connections_after_join  open connections per peer once every peer has joined
   joins_failed        joins that raised or timed out
   success_rate        lookups that found the provider / lookups attempted
   lookup_p50/p95_ms   one find_providers(key, count=1) (memory: virtual time)
@@ -105,6 +113,8 @@ BASELINE_LOOKUP_DEADLINE = 90.0  # all lookups of one swarm
 PROVIDE_TIMEOUT = 60.0
 MEMORY_CHILD_TIMEOUT = 1800.0
 MEMORY_GC_THRESHOLDS = (10_000, 10, 10)  # Python's default: (700, 10, 10)
+# The join every node of a run uses (``--full-join``: None, a full lookup in every bucket).
+JOIN_BUCKET_FILL: int | None = DhtConfig().join_bucket_fill
 
 TARGET_SUCCESS = 1.0
 TARGET_P50_MS = 20.0
@@ -203,7 +213,8 @@ class P2pnetSwarmlet:
 
     async def start(self, stack: AsyncExitStack, nursery: trio.Nursery, seed: int) -> None:
         for i, host in enumerate(self.hosts):
-            node = DhtNode(host, DhtConfig(), rng=random.Random(seed * 1000 + i), nursery=nursery)
+            config = DhtConfig(join_bucket_fill=JOIN_BUCKET_FILL)
+            node = DhtNode(host, config, rng=random.Random(seed * 1000 + i), nursery=nursery)
             node.start()
             await nursery.start(node.run_maintenance)
             stack.push_async_callback(node.aclose)
@@ -448,9 +459,23 @@ class Worker(JsonLinesWorker):
     def __init__(self, impl: str, n: int, seed: int, log_path: Path) -> None:
         self.n = n
         super().__init__(
-            [sys.executable, __file__, "--worker", impl, "--peers", str(n), "--seed", str(seed)],
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                impl,
+                "--peers",
+                str(n),
+                "--seed",
+                str(seed),
+                *_join_flag(),
+            ],
             log_path,
         )
+
+
+def _join_flag() -> list[str]:
+    return ["--full-join"] if JOIN_BUCKET_FILL is None else []
 
 
 def run_real(impl: str, n: int, plan: Plan, seed: int, log_dir: Path) -> dict[str, Any]:
@@ -504,6 +529,9 @@ def run_real(impl: str, n: int, plan: Plan, seed: int, log_dir: Path) -> dict[st
         ms_stats("join", ok_joins, out)
         errors = sorted({r["error"] for r in join_results if r.get("error")})
         out["join_errors"] = errors[:5]
+        joined_stats = [worker.call({"cmd": "stats"}, REPLY_SLACK) for worker in workers]
+        out["connections_after_join"] = sum(s["connections"] for s in joined_stats) / n
+        out["table_after_join"] = statistics.mean(t for s in joined_stats for t in s["tables"])
 
         # One provider announces the task key.
         provider = rng.randrange(n)
@@ -601,7 +629,11 @@ async def memory_main(n: int, batch: int, lookups: int, seed: int) -> dict[str, 
     async with MemoryNetwork(latency=LATENCY_S, seed=seed) as network:
         hosts = [network.add_host() for _ in range(n)]
         nodes = [
-            DhtNode(h, DhtConfig(), rng=random.Random(seed * 100_000 + i))
+            DhtNode(
+                h,
+                DhtConfig(join_bucket_fill=JOIN_BUCKET_FILL),
+                rng=random.Random(seed * 100_000 + i),
+            )
             for i, h in enumerate(hosts)
         ]
         for node in nodes:
@@ -638,6 +670,7 @@ async def memory_main(n: int, batch: int, lookups: int, seed: int) -> dict[str, 
         out["rss_after_bootstrap_mb"] = rss_kb() / 1024
         out["tasks_per_peer"] = trio.lowlevel.current_statistics().tasks_living / n
         out["streams_opened_per_peer"] = network.streams_opened / n
+        out["connections_after_join"] = statistics.mean(len(h.connections()) for h in hosts)
         tables = [len(node.table) for node in nodes]
         out["table_mean"] = statistics.mean(tables)
         out["table_min"] = min(tables)
@@ -697,6 +730,7 @@ def run_memory(n: int, plan: Plan, seed: int) -> dict[str, Any]:
             str(plan.memory_lookups),
             "--seed",
             str(seed),
+            *_join_flag(),
         ],
         capture_output=True,
         text=True,
@@ -800,7 +834,8 @@ def render(report: dict[str, Any]) -> None:
     boot = Table(title="bootstrap and memory (in-memory joins: virtual ms)", title_justify="left")
     for col in (
         "swarm", "N", "procs", "bootstrap s", "virtual s", "CPU s/join", "join p50 ms",
-        "join p95 ms", "failed", "table mean", "RSS/peer MB", "marginal MB",
+        "join p95 ms", "failed", "table mean", "conns/peer", "RSS/peer MB",
+        "marginal MB",
     ):  # fmt: skip
         boot.add_column(col, justify="left" if col == "swarm" else "right")
     for label, n, r in rows:
@@ -815,6 +850,7 @@ def render(report: dict[str, Any]) -> None:
             _fmt(r.get("join_p95_ms"), 0),
             _fmt(r.get("joins_failed")),
             _fmt(r.get("table_mean")),
+            _fmt(r.get("connections_after_join")),
             _fmt(r.get("rss_per_peer_mb"), 2),
             _fmt(r.get("rss_marginal_per_peer_mb"), 2),
         )
@@ -872,12 +908,22 @@ def main() -> None:
     parser.add_argument(
         "--real-batch", type=int, help="peers joining at once in a real swarm (default: 10)"
     )
+    parser.add_argument(
+        "--full-join",
+        action="store_true",
+        help="join with a full lookup in every bucket (the join before 2026-12)",
+    )
+    parser.add_argument("--real-sizes", help="comma-separated N of the real swarms")
+    parser.add_argument("--memory-sizes", help="comma-separated N of the in-memory swarms")
     parser.add_argument("--worker", choices=("p2pnet", "kaddht"), help=argparse.SUPPRESS)
     parser.add_argument("--peers", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lookups", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global JOIN_BUCKET_FILL
+    if args.full_join:
+        JOIN_BUCKET_FILL = None
     if args.worker:
         trio.run(worker_main, args.worker, args.peers, args.seed)
         return
@@ -902,6 +948,10 @@ def main() -> None:
     plan = Plan.for_mode(args.quick)
     if args.real_batch:
         plan = dataclasses.replace(plan, real_batch=args.real_batch)
+    if args.real_sizes:
+        plan = dataclasses.replace(plan, real=tuple(int(n) for n in args.real_sizes.split(",")))
+    if args.memory_sizes:
+        plan = dataclasses.replace(plan, memory=tuple(int(n) for n in args.memory_sizes.split(",")))
     machine = machine_info()
     log_dir = args.out / "dht-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -941,7 +991,11 @@ def main() -> None:
             "memory_lookups": plan.memory_lookups,
             "baseline_lookups": plan.baseline_lookups,
             "memory_latency_one_way_s": LATENCY_S,
-            "dht_config": {"k": K, "alpha": DhtConfig().alpha},
+            "dht_config": {
+                "k": K,
+                "alpha": DhtConfig().alpha,
+                "join_bucket_fill": JOIN_BUCKET_FILL,
+            },
         },
         "units": {
             "real latency": "ms, wall clock",
