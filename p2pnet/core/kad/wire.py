@@ -519,8 +519,8 @@ def _multihash_problem(raw: bytes) -> str | None:
 
 # The ``base58`` package encodes a peer ID in ~12 us (multiformats' takes ~320 us, more
 # than the rest of a 20-peer answer); the caches make repeats free. They hold every peer
-# of a 100,000-peer simulation (CACHED_PEERS): with 4,096 places, a 10,000-peer swarm
-# missed half the time and a 20-peer answer cost 4x as much to encode and decode. A
+# of a 100,000-peer simulation (CACHED_PEERS): with 4,096 places, answers naming peers
+# of an 8,000-peer swarm missed half the time and cost 4x as much to encode and decode. A
 # repeat also returns the same str and bytes objects, so the peers that routing tables
 # and stores hold share their IDs and addresses instead of each holding a copy.
 @lru_cache(maxsize=CACHED_PEERS)
