@@ -441,8 +441,8 @@ async def test_invoke_server_and_client_over_the_memory_network(models: dict[str
     identity = OnnxModel.load(models["identity"])
     async with MemoryNetwork(latency=0.001, seed=1) as network:
         caller, serving = network.add_host(), network.add_host()
-        models = {iris.model_id: iris, identity.model_id: identity}
-        server = InvokeServer(LocalInvoker(serving.peer_id, models))
+        served = {iris.model_id: iris, identity.model_id: identity}
+        server = InvokeServer(LocalInvoker(serving.peer_id, served))
         serving.set_stream_handler(INVOKE_PROTOCOL, server.handle_stream)
         client = InvokeClient(caller)
         peer = parse_peer_address(serving.addrs[0])
