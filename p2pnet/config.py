@@ -18,6 +18,7 @@ from p2pnet.errors import ConfigError
 # identity and its swarms without loading the DHT core or numpy
 # (tests/test_cli_imports.py).
 if TYPE_CHECKING:
+    from p2pnet.core.connections import ConnectionLimits
     from p2pnet.core.credit import CreditPolicy
     from p2pnet.core.generation import SessionLimits
     from p2pnet.core.kad.diversity import DiversityLimits
@@ -343,6 +344,44 @@ def load_sessions(path: Path | None = None) -> SessionLimits:
             max_sessions=table.get("max_sessions", default.max_sessions),
             max_session_bytes=table.get("max_session_mib", default.max_session_bytes >> 20) << 20,
             idle_timeout=_number(where, table, "idle_timeout", default.idle_timeout),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+# --- config.toml: connections ----------------------------------------------------------------
+
+_CONNECTION_KEYS = ("low_water", "high_water", "grace_period")
+
+
+def load_connections(path: Path | None = None) -> ConnectionLimits:
+    """The ``[connections]`` table of the config file: how many connections the peer
+    keeps open (the defaults if there is none; docs/networking.md, "Connections").
+
+    ::
+
+        [connections]
+        low_water = 64                # idle connections are closed down to this many...
+        high_water = 96               # ...once there are more than this many
+        grace_period = 20.0           # seconds a connection is kept after its last use
+
+    Raises:
+        ConfigError: the file is not TOML, or a key is unknown or out of range; the
+            message names the file and the key.
+    """
+    from p2pnet.core.connections import ConnectionLimits
+
+    table, where = _section(path or config_path(), "connections", _CONNECTION_KEYS)
+    default = ConnectionLimits()
+    for key in ("low_water", "high_water"):
+        value = table.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
+    try:
+        return ConnectionLimits(
+            low_water=table.get("low_water", default.low_water),
+            high_water=table.get("high_water", default.high_water),
+            grace_period=_number(where, table, "grace_period", default.grace_period),
         )
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None

@@ -24,6 +24,7 @@ import trio
 from p2pnet.accounting import DEFAULT_ACCOUNTING, AccountingConfig
 from p2pnet.core.address import PeerAddress, parse_peer_address, split_peer_id
 from p2pnet.core.batching import Batching
+from p2pnet.core.connections import DEFAULT_CONNECTION_LIMITS, ConnectionLimits
 from p2pnet.core.generation import (
     DEFAULT_SESSION_LIMITS,
     GenerationParams,
@@ -159,6 +160,11 @@ class Peer:
             sessions: how many at once, cache memory per session, idle time
             (``p2pnet.core.generation.SessionLimits``; the ``[sessions]`` table of
             config.toml; docs/models.md, "Sessions").
+        connections: how many connections a libp2p host keeps open: above the high water
+            mark, idle ones are closed, least recently used first, down to the low water
+            mark; bootstrap peers are kept (``p2pnet.core.connections.ConnectionLimits``;
+            the ``[connections]`` table of config.toml; docs/networking.md,
+            "Connections"). None: no limit. Not used with a given ``host``.
     """
 
     def __init__(
@@ -189,6 +195,7 @@ class Peer:
         spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS,
         joining: JoinPolicy = DEFAULT_JOINING,
         sessions: SessionLimits = DEFAULT_SESSION_LIMITS,
+        connections: ConnectionLimits | None = DEFAULT_CONNECTION_LIMITS,
     ) -> None:
         self._identity = identity or generate_identity()
         if swarm_key is not None and not isinstance(swarm_key, SwarmKey):
@@ -216,6 +223,7 @@ class Peer:
             spot_checks=spot_checks,
             joining=joining,
             sessions=sessions,
+            connections=connections,
         )
         self._bootstrap = [parse_peer_address(a) for a in bootstrap if not is_dnsaddr(a)]
         self._given_host = host
@@ -639,15 +647,23 @@ class Peer:
         config = self.config
         async with AsyncExitStack() as stack:
             host = self._given_host
+            # Peers whose connections the connection limits never close (a given host
+            # keeps its own connections).
+            protect: Callable[[str], None] = _keep_nothing
             if host is None:
                 from p2pnet.net.host import open_host
 
                 opened = await stack.enter_async_context(
                     open_host(
-                        self._identity, config.listen, nat=config.nat, swarm_key=config.swarm_key
+                        self._identity,
+                        config.listen,
+                        nat=config.nat,
+                        swarm_key=config.swarm_key,
+                        connections=config.connections,
                     )
                 )
                 self._nat = opened.nat
+                protect = opened.protect_peer
                 host = opened
             # Closed after the background work below has stopped.
             stack.push_async_callback(self._close_services)
@@ -666,6 +682,8 @@ class Peer:
             dns = [a for a in config.bootstrap if is_dnsaddr(a)]
             if dns:
                 bootstrap += await resolve_bootstrap(dns)
+            for address in bootstrap:  # the swarm's way in, and its relays: kept connected
+                protect(address.peer_id)
             if bootstrap:
                 joined = await self.join(bootstrap)
                 log.info("joined the swarm: %d peers in the routing table", joined)
@@ -878,3 +896,7 @@ def _announce_addr(text: str) -> str:
     except Exception as exc:
         raise InvalidAddressError(f"announce address {text!r} is not a multiaddr: {exc}") from None
     return text
+
+
+def _keep_nothing(peer_id: str) -> None:
+    """No connection limits to exempt ``peer_id`` from (the peer was given its host)."""

@@ -37,6 +37,7 @@ from p2pnet.accounting import (
 )
 from p2pnet.core.address import transport_part, with_peer_id
 from p2pnet.core.callstats import CallStats
+from p2pnet.core.connections import DEFAULT_CONNECTION_LIMITS, ConnectionLimits
 from p2pnet.core.generation import DEFAULT_SESSION_LIMITS, SessionLimits
 from p2pnet.core.identity import Identity
 from p2pnet.core.join import DEFAULT_JOINING, JoinPolicy
@@ -98,6 +99,7 @@ class PeerConfig:
     spot_checks: rate, tolerances and limits of spot checks, when there is a trust store.
     joining: how the peer joins and, alone, keeps trying (``p2pnet.core.join.JoinPolicy``).
     sessions: what the generative models it serves keep for generation sessions.
+    connections: the open connections a libp2p host keeps (None: no limit).
     """
 
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -122,6 +124,7 @@ class PeerConfig:
     spot_checks: SpotCheckPolicy = DEFAULT_SPOT_CHECKS
     joining: JoinPolicy = DEFAULT_JOINING
     sessions: SessionLimits = DEFAULT_SESSION_LIMITS
+    connections: ConnectionLimits | None = DEFAULT_CONNECTION_LIMITS
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 from hypothesis import given
@@ -121,19 +123,26 @@ async def test_trimming_a_real_host_closes_idle_connections_and_keeps_a_busy_one
     ):
         for other in (busy, idle_1, idle_2):
             other.set_stream_handler(protocol, echo)
-        busy_stream = await host.open_stream(PeerAddress(busy.peer_id, busy.addrs), protocol)
+        busy_stream = await host.open_stream(PeerAddress(busy.peer_id, tuple(busy.addrs)), protocol)
         await busy_stream.write(b"ping")
         assert await busy_stream.read() == b"ping"
         for other in (idle_1, idle_2):
-            stream = await host.open_stream(PeerAddress(other.peer_id, other.addrs), protocol)
+            stream = await host.open_stream(
+                PeerAddress(other.peer_id, tuple(other.addrs)), protocol
+            )
             await stream.write(b"once")
             assert await stream.read() == b"once"
             await stream.close()
             assert await stream.read() == b""  # the other side closed too: the stream is gone
         assert host.trimmer is not None
         # py-libp2p's identify streams end on their own shortly after a connection opens.
+        trimmer = host.trimmer
         with trio.fail_after(10):
-            while any(f.open_streams for f in host.trimmer.facts(trio.current_time()) if f.peer_id != busy.peer_id):
+            while any(
+                f.open_streams
+                for f in trimmer.facts(trio.current_time())
+                if f.peer_id != busy.peer_id
+            ):
                 await trio.sleep(0.01)
         closed = await host.trimmer.trim()
         assert sorted(closed) == sorted([idle_1.peer_id, idle_2.peer_id])
@@ -142,6 +151,20 @@ async def test_trimming_a_real_host_closes_idle_connections_and_keeps_a_busy_one
         await busy_stream.write(b"still here")  # the busy connection works as before
         assert await busy_stream.read() == b"still here"
         # A closed connection is only closed: the peer is dialled again when needed.
-        again = await host.open_stream(PeerAddress(idle_1.peer_id, idle_1.addrs), protocol)
+        again = await host.open_stream(PeerAddress(idle_1.peer_id, tuple(idle_1.addrs)), protocol)
         await again.write(b"back")
         assert await again.read() == b"back"
+
+
+def test_the_connections_table_of_config_toml(tmp_path: Path) -> None:
+    from p2pnet.config import load_connections
+    from p2pnet.errors import ConfigError
+
+    path = tmp_path / "config.toml"
+    assert load_connections(path) == ConnectionLimits()  # no file: the defaults
+    path.write_text("[connections]\nlow_water = 8\nhigh_water = 12\ngrace_period = 5\n")
+    assert load_connections(path) == ConnectionLimits(8, 12, 5.0)
+    for bad in ("low_water = 20\nhigh_water = 10", "high_water = -1", "grace = 3"):
+        path.write_text(f"[connections]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"\[connections\]"):
+            load_connections(path)

@@ -441,8 +441,8 @@ async def test_invoke_server_and_client_over_the_memory_network(models: dict[str
     identity = OnnxModel.load(models["identity"])
     async with MemoryNetwork(latency=0.001, seed=1) as network:
         caller, serving = network.add_host(), network.add_host()
-        models = {iris.model_id: iris, identity.model_id: identity}
-        server = InvokeServer(LocalInvoker(serving.peer_id, models))
+        served = {iris.model_id: iris, identity.model_id: identity}
+        server = InvokeServer(LocalInvoker(serving.peer_id, served))
         serving.set_stream_handler(INVOKE_PROTOCOL, server.handle_stream)
         client = InvokeClient(caller)
         peer = parse_peer_address(serving.addrs[0])
@@ -593,3 +593,28 @@ async def test_nat_reached_through_its_relay_then_directly_after_hole_punching(
         assert await _rtt(back) == pytest.approx(2 * L)
         assert network.nat_stats.relayed == 2 and network.nat_stats.punched == 1
         assert network.nat_stats.punch_failed == 1 and network.nat_stats.unreachable == 1
+
+
+async def test_connections_stay_sorted_and_a_crash_takes_its_own_out(
+    autojump_clock: trio.testing.MockClock, network: MemoryNetwork
+) -> None:
+    hub = network.add_host()
+    others = [network.add_host() for _ in range(12)]
+    for host in [hub, *others]:
+        host.set_stream_handler(ECHO, echo)
+    for host in others[::2]:  # hub dials half of them, the other half dial hub
+        await hub.open_stream(address(host), ECHO)
+    for host in others[1::2]:
+        await host.open_stream(address(hub), ECHO)
+    await hub.open_stream(address(others[0]), ECHO)  # a second stream: no second connection
+    expected = sorted((h.peer_id, h.transport_addr) for h in others)
+    assert hub.connections() == expected
+    assert all(h.connections() == [(hub.peer_id, hub.transport_addr)] for h in others)
+
+    crashed = others[3]
+    crashed.crash()
+    assert hub.connections() == [c for c in expected if c[0] != crashed.peer_id]
+    assert crashed.connections() == [] and hub.supports(crashed.peer_id, ECHO) is None
+    crashed.restart()
+    await crashed.open_stream(address(hub), ECHO)
+    assert hub.connections() == expected and hub.supports(crashed.peer_id, ECHO) is True

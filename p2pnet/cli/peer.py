@@ -451,7 +451,7 @@ def run_peer(options: PeerOptions) -> int:
 async def _serve(options: PeerOptions) -> None:
     import trio
 
-    from p2pnet.config import load_sessions, load_trust
+    from p2pnet.config import load_connections, load_sessions, load_trust
     from p2pnet.ledger import default_ledger_path
     from p2pnet.net.nat_config import NatConfig
     from p2pnet.peer import Peer
@@ -475,6 +475,7 @@ async def _serve(options: PeerOptions) -> None:
             spot_checks=load_trust(),
             dht=dht_config(),
             sessions=load_sessions(),
+            connections=load_connections(),
             listen=options.listen,
             max_concurrency=options.max_concurrency,
             bootstrap=join.bootstrap,

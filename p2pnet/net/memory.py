@@ -57,6 +57,7 @@ host fails to dial instead of reaching any socket.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import logging
@@ -415,7 +416,7 @@ class MemoryNetwork:
                 f"cannot connect to peer {peer}: no answer within {self.dial_timeout:g} s "
                 "(simulated partition); check that it is running and that the address is right"
             )
-        connected = src._connections is not None and dst.peer_id in src._connections
+        connected = src._connected_to(dst.peer_id)
         if self._nat and not connected and dst.peer_id in self._nat and dst._alive:
             await self._through_nat(src, dst, peer)
         rtt = self.one_way_latency(src.peer_id, dst.peer_id) + self.one_way_latency(
@@ -490,17 +491,21 @@ class MemoryHost:
 
     # fmt: off
     __slots__ = ("_alive", "_connections", "_handlers", "_index", "_network", "_scopes",
-                 "_streams", "peer_id")
+                 "_streams", "_transport_addr", "peer_id")
     # fmt: on
 
     def __init__(self, network: MemoryNetwork, peer_id: str, index: int) -> None:
         self._network = network
         self.peer_id = peer_id
         self._index = index
+        self._transport_addr = f"/memory/{index}"
         self._alive = True
         # Each None until first needed, to keep an idle host small.
         self._handlers: dict[str, ByteStreamHandler] | None = None
-        self._connections: set[str] | None = None  # peer IDs connected to this incarnation
+        # Peer IDs connected to this incarnation, sorted: connections() is asked for on
+        # every request a DHT node answers or gets answered, and a host of a large swarm
+        # has hundreds of connections (a set of them cost more memory and a sort each time).
+        self._connections: list[str] | None = None
         self._streams: set[MemoryStream] | None = None  # this side of streams not yet finished
         self._scopes: set[trio.CancelScope] | None = None  # running handlers
 
@@ -516,7 +521,7 @@ class MemoryHost:
     @property
     def transport_addr(self) -> str:
         """``/memory/<n>``: the address without the peer ID."""
-        return f"/memory/{self._index}"
+        return self._transport_addr
 
     @property
     def network(self) -> MemoryNetwork:
@@ -559,26 +564,26 @@ class MemoryHost:
     def connection_count(self, peer_id: str) -> int:
         """1 if a stream was opened between this host and ``peer_id`` since either last
         crashed, else 0."""
-        return int(self._connections is not None and peer_id in self._connections)
+        return int(self._connected_to(peer_id))
 
     def supports(self, peer_id: str, protocol: str) -> bool | None:
         """Whether ``peer_id`` has a handler for ``protocol`` (identify, instantly);
         None for a peer this host has no connection to."""
-        if self._connections is None or peer_id not in self._connections:
+        if not self._connected_to(peer_id):
             return None
         handlers = self._network._hosts[peer_id]._handlers
         return handlers is not None and protocol in handlers
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         """The ``/memory/<n>`` address of ``peer_id`` if connected to it, else []."""
-        if self._connections is None or peer_id not in self._connections:
+        if not self._connected_to(peer_id):
             return []
         return [self._network._hosts[peer_id].transport_addr]
 
     def connections(self) -> list[tuple[str, str]]:
         """(peer ID, ``/memory/<n>`` address) of every host connected to this one."""
         hosts = self._network._hosts
-        return sorted((p, hosts[p].transport_addr) for p in self._connections or ())
+        return [(p, hosts[p]._transport_addr) for p in self._connections or ()]
 
     def path(self, peer_id: str) -> str | None:
         """ "relayed" while the NAT model routes ``peer_id`` through a relay, else "direct";
@@ -610,24 +615,35 @@ class MemoryHost:
         scopes, self._scopes = self._scopes or set(), None
         for scope in scopes:
             scope.cancel()
-        connections, self._connections = self._connections or set(), None
+        connections, self._connections = self._connections or [], None
         for peer_id in connections:
-            peer = network._hosts[peer_id]
-            if peer._connections is not None:
-                peer._connections.discard(self.peer_id)
+            network._hosts[peer_id]._disconnect(self.peer_id)
 
     def restart(self) -> None:
         """Crash if running, then come back with the same peer ID, address and handlers."""
         self.crash()
         self._alive = True
 
+    def _connected_to(self, peer_id: str) -> bool:
+        connections = self._connections
+        if connections is None:
+            return False
+        i = bisect.bisect_left(connections, peer_id)
+        return i < len(connections) and connections[i] == peer_id
+
     def _connect(self, other: MemoryHost) -> None:
-        if self._connections is None:
-            self._connections = set()
-        if other._connections is None:
-            other._connections = set()
-        self._connections.add(other.peer_id)
-        other._connections.add(self.peer_id)
+        for a, b in ((self, other), (other, self)):
+            if a._connections is None:
+                a._connections = [b.peer_id]
+            elif not a._connected_to(b.peer_id):
+                bisect.insort(a._connections, b.peer_id)
+
+    def _disconnect(self, peer_id: str) -> None:
+        connections = self._connections
+        if connections is not None and self._connected_to(peer_id):
+            del connections[bisect.bisect_left(connections, peer_id)]
+            if not connections:
+                self._connections = None
 
     def _add_stream(self, endpoint: MemoryStream) -> None:
         if self._streams is None:

@@ -218,6 +218,11 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             "joins_failed": failed,
             "table_mean": round(sum(tables) / len(tables), 2),
             "table_min": min(tables),
+            # Connections are never closed in memory: what each host holds after its join
+            # and the joins after it (they set the cost of DHT answers and of memory).
+            "connections_mean": round(
+                sum(len(h.connections()) for h in hosts.values()) / len(hosts), 1
+            ),
             "messages_per_peer": round(network.messages_sent / len(hosts), 1),
             "kbytes_per_peer": round(network.bytes_sent / len(hosts) / 1024, 2),
         }

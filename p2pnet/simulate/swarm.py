@@ -83,7 +83,7 @@ def model_id(index: int) -> str:
     return model_id_of_bytes(b"p2pnet simulation model %d" % index)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SimPeer:
     """One simulated peer: a ``Peer`` (None for a sybil) and its DHT node, what it serves
     (kept across restarts), and the task it runs in."""

@@ -35,8 +35,7 @@ Figures (per scenario and N):
   join_p50/p95_ms     one peer's join: bootstrap() (real: wall; memory: virtual)
   cpu_s_per_join      CPU seconds of the whole swarm's processes during the bootstrap,
                       divided by the joins (both sides of every connection count)
-  connections_after_join  open connections per peer once every peer has joined (real);
-                      streams_opened_per_peer: streams opened per peer (memory)
+  connections_after_join  open connections per peer once every peer has joined
   joins_failed        joins that raised or timed out
   success_rate        lookups that found the provider / lookups attempted
   lookup_p50/p95_ms   one find_providers(key, count=1) (memory: virtual time)
@@ -671,6 +670,7 @@ async def memory_main(n: int, batch: int, lookups: int, seed: int) -> dict[str, 
         out["rss_after_bootstrap_mb"] = rss_kb() / 1024
         out["tasks_per_peer"] = trio.lowlevel.current_statistics().tasks_living / n
         out["streams_opened_per_peer"] = network.streams_opened / n
+        out["connections_after_join"] = statistics.mean(len(h.connections()) for h in hosts)
         tables = [len(node.table) for node in nodes]
         out["table_mean"] = statistics.mean(tables)
         out["table_min"] = min(tables)
@@ -834,7 +834,7 @@ def render(report: dict[str, Any]) -> None:
     boot = Table(title="bootstrap and memory (in-memory joins: virtual ms)", title_justify="left")
     for col in (
         "swarm", "N", "procs", "bootstrap s", "virtual s", "CPU s/join", "join p50 ms",
-        "join p95 ms", "failed", "table mean", "conns/peer (mem: streams)", "RSS/peer MB",
+        "join p95 ms", "failed", "table mean", "conns/peer", "RSS/peer MB",
         "marginal MB",
     ):  # fmt: skip
         boot.add_column(col, justify="left" if col == "swarm" else "right")
@@ -850,7 +850,7 @@ def render(report: dict[str, Any]) -> None:
             _fmt(r.get("join_p95_ms"), 0),
             _fmt(r.get("joins_failed")),
             _fmt(r.get("table_mean")),
-            _fmt(r.get("connections_after_join", r.get("streams_opened_per_peer"))),
+            _fmt(r.get("connections_after_join")),
             _fmt(r.get("rss_per_peer_mb"), 2),
             _fmt(r.get("rss_marginal_per_peer_mb"), 2),
         )

@@ -173,7 +173,9 @@ class RoutingTable:
         self.limits = limits
         self._buckets: dict[int, _Bucket] = {}  # only non-empty buckets
         self._groups = GroupCounts()  # entries of each IP group in the whole table
-        self._refreshed_at: list[float | None] = [None] * KEY_BITS
+        # Bucket index -> when it was last refreshed; only buckets ever refreshed (a list
+        # of 256 slots is 2 KB per table, for ~15 buckets that are ever refreshed).
+        self._refreshed_at: dict[int, float] = {}
 
     def update(self, peer: PeerInfo, now: float) -> UpdateDecision:
         """Record that ``peer`` was heard from directly at ``now``.
@@ -303,7 +305,7 @@ class RoutingTable:
         return [
             i
             for i in range(min(self._buckets), KEY_BITS)
-            if (last := self._refreshed_at[i]) is None or now - last >= refresh_interval
+            if (last := self._refreshed_at.get(i)) is None or now - last >= refresh_interval
         ]
 
     def mark_refreshed(self, index: int, now: float) -> None:
