@@ -32,8 +32,11 @@ async def swarm_with_sybils(
     network: MemoryNetwork, honest: int, sybils: int, defences: DhtDefences
 ) -> SybilSwarm:
     """``honest`` nodes and ``sybils`` bare nodes with IDs ground near TARGET that hide
-    its providers; all join through node 0, then every honest node refreshes once."""
-    config = DhtConfig(defences=defences)
+    its providers; all join through node 0, then every honest node refreshes once.
+    Every node joins with a full lookup in every bucket (``join_bucket_fill=None``), so
+    that the sybils, which do not refresh, are in every table they can get into: the
+    attack at its strongest, as docs/security.md measured it."""
+    config = DhtConfig(defences=defences, join_bucket_fill=None)
     lookups: list[tuple[MessageType, bytes, LookupResult]] = []
 
     def observe(kind: MessageType, key: bytes, result: LookupResult) -> None:
