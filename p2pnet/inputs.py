@@ -70,12 +70,7 @@ def parse_input(spec: str) -> tuple[str, npt.NDArray[Any]]:
                 f"--input {name}: cannot load {path} as a .npy file: {exc}"
             ) from None
         return name, arr.astype(dtype, copy=False) if dtype and dtype != "string" else arr
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError:
-        data = [value]
-    if isinstance(data, (int, float, str, bool)):
-        data = [data]
+    data = _json_or_text(value)
     if dtype == "string" or _all_strings(data):
         return name, np.array(data, dtype=object)
     try:
@@ -212,12 +207,7 @@ def input_as_json(spec: str) -> tuple[str, dict[str, Any]] | None:
     name, _, dtype = name.partition(":")
     if not sep or not name or value.startswith("@") or len(value) > _MAX_JSON_INPUT:
         return None
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError:
-        data = [value]
-    if isinstance(data, (int, float, str, bool)):
-        data = [data]
+    data = _json_or_text(value)
     strings = _shape_of(data, lambda v: type(v) is str)
     if strings is not None and dtype in ("", "string"):
         return name, {"dtype": "string", "shape": strings, "data": data}
@@ -297,3 +287,15 @@ def exact_tensor_json(value: Any) -> dict[str, Any] | None:
     if not all(type(d) is int and d >= 0 for d in shape) or not _fits(data, shape, leaf):
         return None
     return {"dtype": dtype, "shape": list(shape), "data": data}
+
+
+def _json_or_text(value: str) -> Any:
+    """An ``--input`` value as data: JSON if it parses (a lone number, string or boolean
+    as a list of one), else the text itself as a list of one string."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        return [value]
+    if isinstance(data, (int, float, str, bool)):
+        return [data]
+    return data
