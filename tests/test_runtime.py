@@ -40,6 +40,16 @@ def test_bad_model_files(tmp_path: Path) -> None:
         inspect_model(junk)
 
 
+def test_sessions_do_not_spin_between_runs(models: dict[str, Path]) -> None:
+    # Spinning intra-op threads take the cores a peer's network stack and other models
+    # need (docs/benchmarks.md, "Pipelines").
+    session = OnnxModel.load(models["iris"])._session
+    assert (
+        session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        == "0"
+    )
+
+
 def test_run_sync_checks_inputs_and_reports_runtime_failures(models: dict[str, Path]) -> None:
     model = OnnxModel.load(models["reshape3"])
     assert model.run_sync({"x": np.arange(6, dtype=np.float32)})["y"].shape == (3, 2)

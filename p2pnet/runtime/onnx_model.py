@@ -139,6 +139,12 @@ class OnnxModel(SlottedModel):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
+        # onnxruntime's intra-op threads spin after each run by default, waiting for the
+        # next; in a peer they take the cores its network stack and its other models need.
+        # Off: the customer-service floor took 5.5-5.8 ms and 8 ms of CPU per run instead
+        # of 7.2-7.8 ms and 16 ms, and the pipeline over four peers 9.8-12.4 ms instead of
+        # 16-19 ms (scripts/bench/pipeline.py, docs/benchmarks.md "Pipelines").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         extensions = _extensions_library()
         if extensions is not None:
             # Always: about 2 ms once per process, then ~0.1 ms per session (measured).
