@@ -31,7 +31,7 @@ COMMON = (
     "table_mean",
 )
 REAL = (*COMMON, "bootstrap_cpu_s", "connections_per_peer", "tasks_per_peer")
-P2PNET_REAL = (*REAL, "again_success_rate", "again_lookup_p50_ms", "first_queries_mean")
+P2PNET_REAL = (*REAL, "again_success_rate", "again_lookup_p50_ms")
 MEMORY = (
     *COMMON,
     "bootstrap_virtual_s",
@@ -77,6 +77,13 @@ def test_quick_run_writes_every_figure(tmp_path: pathlib.Path) -> None:
         assert result["first_success_rate"] == 1.0, result["first_errors"]
         assert result["again_success_rate"] == 1.0, result["again_errors"]
         assert result["first_lookup_p50_ms"] <= result["first_lookup_p95_ms"]
+        # In a swarm this small a provider's records may reach every peer, so that
+        # every lookup is answered from the peer's own store: network figures exist
+        # only for lookups that went over the network.
+        if result["first_local_answers"] < result["first_lookups"]:
+            _check_numbers(f"real N={n}", result, ("first_queries_mean",))
+        else:
+            assert result["first_queries_mean"] is None
     for n, result in results["memory"].items():
         _check_numbers(f"memory N={n}", result, MEMORY)
         assert result["joins_failed"] == 0
