@@ -191,6 +191,18 @@ async def keeps_any_provider(stream: ByteStream, data: bytes, tamper: Tamper) ->
     await stream.write(encode_kad_message(reply))
 
 
+async def refuses_after_the_body(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    # The refusal is right, but late: the tampered handler read on, waiting for the body
+    # of the oversized frame, until the caller closed its side.
+    if tamper.protocol == INVOKE:
+        reply = b"".join(encode_message(ErrorReply(0, "payload_too_large", "too large")).frames())
+        await stream.write(reply)
+    elif tamper.protocol == DESCRIBE:
+        error = DescribeErrorReply("payload_too_large", "too large")
+        await stream.write(encode_describe_message(error))
+    await stream.reset()
+
+
 def starts_with(request: bytes) -> Callable[[bytes], bool]:
     return lambda data: data.startswith(request)
 
@@ -231,6 +243,15 @@ BROKEN = [
         KAD, first("kad", "kad-find-node"), junk_find_node), {"kad-find-node"}),
     ("neither answers nor resets malformed kad", Tamper(
         KAD, first("kad", "kad-malformed"), silent_on_malformed), {"kad-malformed"}),
+    ("waits for the body of an oversized invoke frame", Tamper(
+        INVOKE, first("invoke", "invoke-frame-too-large"), refuses_after_the_body),
+     {"invoke-frame-too-large"}),
+    ("waits for the body of an oversized describe frame", Tamper(
+        DESCRIBE, first("describe", "describe-frame-too-large"), refuses_after_the_body),
+     {"describe-frame-too-large"}),
+    ("waits for the body of an oversized kad frame", Tamper(
+        KAD, first("kad", "kad-frame-too-large"), refuses_after_the_body),
+     {"kad-frame-too-large"}),
     ("keeps providers that name another peer", Tamper(
         KAD, is_add_provider, keeps_any_provider), {"kad-add-provider-other"}),
 ]  # fmt: skip

@@ -235,6 +235,8 @@ def _first_problem(protocol: str, expect: Mapping[str, Any], got: Exchange) -> s
     if wanted is None:
         if reply is not None or got.unreadable is not None:
             return f"expected no response, got {got.seen()}"
+        if expect.get("ended") and got.ending == "timeout":
+            return "the stream stayed open: the peer waited instead of resetting it"
         return None
     if not isinstance(reply, KadMessage) or reply.type.name != wanted:
         return f"expected a {wanted} response, got {got.seen()}"
