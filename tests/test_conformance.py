@@ -19,9 +19,10 @@ from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.describe import DescribeErrorReply, RecordsReply, encode_describe_message
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
-from p2pnet.core.messages import ErrorReply, Invoke, encode_message
+from p2pnet.core.messages import ErrorReply, Invoke, MessageReader, encode_message
 from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
 from p2pnet.core.varint import try_decode_uvarint
+from p2pnet.errors import P2PNetError
 from p2pnet.net.identity import Identity, generate_identity
 from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, HostWrapper, StreamHost
 from p2pnet.net.memory import MemoryNetwork
@@ -88,6 +89,9 @@ class _Replay:
         await self._stream.reset()
 
 
+_LARGEST_LIMIT = 4 << 20  # the largest frame limit of the three protocols (Constants)
+
+
 class TamperingHost(HostWrapper):
     def __init__(self, host: StreamHost, tamper: Tamper) -> None:
         super().__init__(host)
@@ -105,6 +109,8 @@ class TamperingHost(HostWrapper):
                 length = try_decode_uvarint(data)
                 if length is not None and len(data) >= length[1] + length[0]:
                     break
+                if length is not None and length[0] > _LARGEST_LIMIT:
+                    break  # as a conforming peer, without waiting for the body
                 chunk = await stream.read()
                 if not chunk:
                     break
@@ -192,8 +198,10 @@ async def keeps_any_provider(stream: ByteStream, data: bytes, tamper: Tamper) ->
 
 
 async def refuses_after_the_body(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
-    # The refusal is right, but late: the tampered handler read on, waiting for the body
-    # of the oversized frame, until the caller closed its side.
+    # The refusal is right, but late: it waits for the body of the oversized frame,
+    # until the caller closes its side.
+    while await stream.read():
+        pass
     if tamper.protocol == INVOKE:
         reply = b"".join(encode_message(ErrorReply(0, "payload_too_large", "too large")).frames())
         await stream.write(reply)
@@ -201,6 +209,36 @@ async def refuses_after_the_body(stream: ByteStream, data: bytes, tamper: Tamper
         error = DescribeErrorReply("payload_too_large", "too large")
         await stream.write(encode_describe_message(error))
     await stream.reset()
+
+
+class _OneReply(_Replay):
+    """A stream that reads as ended once one reply was written on it."""
+
+    replied = False
+
+    async def read(self) -> bytes:
+        return b"" if self.replied else await super().read()
+
+    async def write(self, data: bytes) -> None:
+        await super().write(data)
+        self.replied = True
+
+
+async def one_call_per_stream(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await _serve_rest(_OneReply(stream, data), tamper)  # then ends the stream
+
+
+def invoke_id(request_id: int) -> Callable[[bytes], bool]:
+    def picks(data: bytes) -> bool:
+        reader = MessageReader()
+        reader.receive_data(data)
+        try:
+            message = reader.next_message()
+        except P2PNetError:
+            return False
+        return isinstance(message, Invoke) and message.request_id == request_id
+
+    return picks
 
 
 def starts_with(request: bytes) -> Callable[[bytes], bool]:
@@ -252,6 +290,8 @@ BROKEN = [
     ("waits for the body of an oversized kad frame", Tamper(
         KAD, first("kad", "kad-frame-too-large"), refuses_after_the_body),
      {"kad-frame-too-large"}),
+    ("answers one call per stream", Tamper(INVOKE, invoke_id(44), one_call_per_stream),
+     {"invoke-stream-reuse"}),
     ("keeps providers that name another peer", Tamper(
         KAD, is_add_provider, keeps_any_provider), {"kad-add-provider-other"}),
 ]  # fmt: skip
@@ -495,7 +535,8 @@ def test_the_protocol_doc_lists_every_check_with_its_level_and_section() -> None
     section = doc[doc.index("### Conformance") : doc.index("## Model IDs")]
     checks = [case.check for p in ("invoke", "describe", "kad") for case in
               c.cases(p, CHECKS, _vectors(p))]  # fmt: skip
-    checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.GENERATE]
+    checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE]
+    checks += [c.GENERATE]
     checks += [c.ADD_PROVIDER, c.ADD_PROVIDER_OTHER, *c.CLIENT_CHECKS.values()]
     checks += [c.still_serving(p) for p in ("invoke", "describe", "kad")]
     for check in checks:

@@ -35,6 +35,7 @@ __all__ = [
     "GENERATE",
     "INVOKE_CALL",
     "INVOKE_INPUT",
+    "INVOKE_REUSE",
     "RECORDS_VERIFY",
     "Case",
     "Check",
@@ -53,6 +54,7 @@ __all__ = [
     "judge_describe_model",
     "judge_generation",
     "judge_records",
+    "judge_reuse",
     "provider_key",
     "still_serving",
 ]
@@ -323,6 +325,14 @@ INVOKE_INPUT = Check(
     Level.MUST,
     "an Invoke of a served model without its inputs gets invalid_input with its id",
 )
+INVOKE_REUSE = Check(
+    "invoke-stream-reuse",
+    "invoke",
+    "§invoke/Limits and errors rules 3, 5",
+    Level.MUST,
+    "two Invokes of a served model sent one after another on one stream, the second "
+    "once the first's Result is read, each get a Result with their own id",
+)
 GENERATE = Check(
     "generate",
     "invoke",
@@ -434,6 +444,23 @@ def judge_call(check: Check, request: Invoke, schema: ModelSchema, got: Exchange
             check, Outcome.FAIL, f"outputs {sorted(reply.outputs)}, not {sorted(wanted)}"
         )
     return Verdict(check, Outcome.PASS, f"a Result with id {reply.request_id}")
+
+
+def judge_reuse(
+    check: Check, requests: Sequence[Invoke], schema: ModelSchema, replies: Sequence[Exchange]
+) -> Verdict:
+    """The replies, in order, to ``requests`` sent one after another on one stream: each a
+    Result with its request's id and the schema's outputs (``replies`` stops at the
+    first that is not)."""
+    for number, (request, got) in enumerate(zip(requests, replies, strict=False), 1):
+        verdict = judge_call(check, request, schema, got)
+        if verdict.outcome != Outcome.PASS:
+            return Verdict(check, Outcome.FAIL, f"request {number} of {len(requests)}: "
+                           f"{verdict.detail}")  # fmt: skip
+    if len(replies) < len(requests):
+        return Verdict(check, Outcome.FAIL, f"{len(replies)} of {len(requests)} replies")
+    ids = ", ".join(str(r.request_id) for r in requests)
+    return Verdict(check, Outcome.PASS, f"Results with ids {ids} on one stream")
 
 
 def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange]) -> Verdict:

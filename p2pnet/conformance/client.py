@@ -218,7 +218,7 @@ async def _served_models(
     generative = [r for r in records if r.generation is not None]
     serves_none = "the peer describes no model it serves"
     if not records:
-        for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.GENERATE):
+        for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE, c.GENERATE):
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, serves_none))
         return
     model = records[0].model_id
@@ -231,6 +231,8 @@ async def _served_models(
         for check in (c.INVOKE_CALL, c.INVOKE_INPUT):
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no model but "
                                       "generative ones"))  # fmt: skip
+        verdicts.append(c.Verdict(c.INVOKE_REUSE, c.Outcome.SKIP, "the peer serves no model "
+                                  "but generative ones"))  # fmt: skip
     else:
         record = plain[0]
         request = Invoke(41, record.model_id, c.inputs_for(record.schema), 30_000)
@@ -253,12 +255,35 @@ async def _served_models(
             verdicts.append(
                 c.Verdict(c.INVOKE_INPUT, c.Outcome.PASS if ok else c.Outcome.FAIL, detail)
             )
+        verdicts.append(await _reuse(runner, record))
     if generative:
         verdicts.append(await _generate(runner, generative[0]))
     else:
         verdicts.append(
             c.Verdict(c.GENERATE, c.Outcome.SKIP, "the peer serves no generative model")
         )
+
+
+async def _reuse(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """Two Invokes on one stream, the second sent once the first's reply is read."""
+    requests = [
+        Invoke(request_id, record.model_id, c.inputs_for(record.schema), 30_000)
+        for request_id in (44, 45)
+    ]
+    stream = await runner.open("invoke")
+    if stream is None:
+        return runner.skip(c.INVOKE_REUSE)
+    replies: list[c.Exchange] = []
+    try:
+        reader = MessageReader()
+        for request in requests:
+            got = await runner.send(stream, reader, b"".join(encode_message(request).frames()))
+            replies.append(got)
+            if got.reply is None:
+                break
+    finally:
+        await stream.reset()
+    return c.judge_reuse(c.INVOKE_REUSE, requests, record.schema, replies)
 
 
 async def _generate(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
