@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from memory_peers import memory_peer
 
@@ -19,7 +20,7 @@ from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.describe import DescribeErrorReply, RecordsReply, encode_describe_message
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
-from p2pnet.core.messages import ErrorReply, Invoke, MessageReader, encode_message
+from p2pnet.core.messages import ErrorReply, Forward, Invoke, MessageReader, encode_message
 from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
 from p2pnet.core.varint import try_decode_uvarint
 from p2pnet.errors import P2PNetError
@@ -228,6 +229,36 @@ async def one_call_per_stream(stream: ByteStream, data: bytes, tamper: Tamper) -
     await _serve_rest(_OneReply(stream, data), tamper)  # then ends the stream
 
 
+def _forward_in(data: bytes) -> Forward | None:
+    reader = MessageReader()
+    reader.receive_data(data)
+    try:
+        message = reader.next_message()
+    except P2PNetError:
+        return None
+    return message if isinstance(message, Forward) else None
+
+
+def is_forward(data: bytes) -> bool:
+    return _forward_in(data) is not None
+
+
+async def refuses_forward_as_unreadable(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    forward = _forward_in(data)
+    assert forward is not None
+    error = ErrorReply(forward.request_id, "protocol_error", "no")
+    await stream.write(b"".join(encode_message(error).frames()))
+    await _serve_rest(stream, tamper)
+
+
+async def forwards_other_tensors(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    forward = _forward_in(data)
+    assert forward is not None
+    tensors = {name: np.full_like(value, 3) for name, value in forward.tensors.items()}
+    changed = dataclasses.replace(forward, tensors=tensors)
+    await _serve_rest(_Replay(stream, b"".join(encode_message(changed).frames())), tamper)
+
+
 def invoke_id(request_id: int) -> Callable[[bytes], bool]:
     def picks(data: bytes) -> bool:
         reader = MessageReader()
@@ -292,6 +323,10 @@ BROKEN = [
      {"kad-frame-too-large"}),
     ("answers one call per stream", Tamper(INVOKE, invoke_id(44), one_call_per_stream),
      {"invoke-stream-reuse"}),
+    ("refuses a Forward as unreadable", Tamper(INVOKE, is_forward,
+        refuses_forward_as_unreadable), {"invoke-forward-one-hop"}),
+    ("forwards other tensors than the carried ones", Tamper(INVOKE, is_forward,
+        forwards_other_tensors), {"invoke-forward-one-hop"}),
     ("keeps providers that name another peer", Tamper(
         KAD, is_add_provider, keeps_any_provider), {"kad-add-provider-other"}),
 ]  # fmt: skip
@@ -536,7 +571,7 @@ def test_the_protocol_doc_lists_every_check_with_its_level_and_section() -> None
     checks = [case.check for p in ("invoke", "describe", "kad") for case in
               c.cases(p, CHECKS, _vectors(p))]  # fmt: skip
     checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE]
-    checks += [c.GENERATE]
+    checks += [c.INVOKE_FORWARD, c.GENERATE]
     checks += [c.ADD_PROVIDER, c.ADD_PROVIDER_OTHER, *c.CLIENT_CHECKS.values()]
     checks += [c.still_serving(p) for p in ("invoke", "describe", "kad")]
     for check in checks:

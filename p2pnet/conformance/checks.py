@@ -21,7 +21,7 @@ import numpy as np
 
 from p2pnet.core.describe import DescribeErrorReply, DescribeReader, DescribeRequest, RecordsReply
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType
-from p2pnet.core.messages import Chunk, Done, ErrorReply, Invoke, Result
+from p2pnet.core.messages import Chunk, Done, ErrorReply, Forward, ForwardResult, Invoke, Result
 from p2pnet.core.records import CapabilityRecord, decode_record, verify_record
 from p2pnet.core.schema import ModelSchema
 from p2pnet.core.varint import encode_uvarint
@@ -34,6 +34,7 @@ __all__ = [
     "DESCRIBE_MODEL",
     "GENERATE",
     "INVOKE_CALL",
+    "INVOKE_FORWARD",
     "INVOKE_INPUT",
     "INVOKE_REUSE",
     "RECORDS_VERIFY",
@@ -52,6 +53,7 @@ __all__ = [
     "judge_call",
     "judge_case",
     "judge_describe_model",
+    "judge_forward",
     "judge_generation",
     "judge_records",
     "judge_reuse",
@@ -333,6 +335,15 @@ INVOKE_REUSE = Check(
     "two Invokes of a served model sent one after another on one stream, the second "
     "once the first's Result is read, each get a Result with their own id",
 )
+INVOKE_FORWARD = Check(
+    "invoke-forward-one-hop",
+    "invoke",
+    "§invoke/Messages (Forward); Implementing p2pnet in another language",
+    Level.MUST,
+    "a Forward of one hop, a served model on this peer, gets a ForwardResult with its id, "
+    "the outputs of the plain Invoke with the same inputs (named <step>.<output>) and a "
+    "trace of that hop; or, from a peer that does not forward, unknown_model with its id",
+)
 GENERATE = Check(
     "generate",
     "invoke",
@@ -461,6 +472,36 @@ def judge_reuse(
         return Verdict(check, Outcome.FAIL, f"{len(replies)} of {len(requests)} replies")
     ids = ", ".join(str(r.request_id) for r in requests)
     return Verdict(check, Outcome.PASS, f"Results with ids {ids} on one stream")
+
+
+def judge_forward(check: Check, request: Forward, plain: Exchange, got: Exchange) -> Verdict:
+    """A one-hop ``request``'s reply (``got``), against the plain Invoke's (``plain``) of
+    the same model and inputs."""
+    (hop,) = request.hops
+    if not isinstance(plain.reply, Result):
+        return Verdict(check, Outcome.SKIP, f"the plain call got {plain.seen()}")
+    reply = got.reply
+    if isinstance(reply, ErrorReply) and reply.request_id == request.request_id:
+        if reply.code == "unknown_model":
+            return Verdict(check, Outcome.PASS, "unknown_model: the peer does not forward")
+        return Verdict(check, Outcome.FAIL, f"expected a ForwardResult or unknown_model, got "
+                       f"{got.seen()}")  # fmt: skip
+    if not isinstance(reply, ForwardResult) or reply.request_id != request.request_id:
+        return Verdict(check, Outcome.FAIL, f"expected a ForwardResult with id "
+                       f"{request.request_id}, got {got.seen()}")  # fmt: skip
+    wanted = {f"{hop.step}.{name}": value for name, value in plain.reply.outputs.items()}
+    if set(reply.outputs) != set(wanted):
+        return Verdict(check, Outcome.FAIL, f"outputs {sorted(reply.outputs)}, not "
+                       f"{sorted(wanted)}")  # fmt: skip
+    for name, value in wanted.items():
+        other = np.asarray(reply.outputs[name])
+        mine = np.asarray(value)
+        if other.dtype != mine.dtype or not np.array_equal(other, mine):
+            return Verdict(check, Outcome.FAIL, f"{name} differs from the plain call's")
+    steps = [(t.step, t.model_id) for t in reply.trace]
+    if steps != [(hop.step, hop.model_id)]:
+        return Verdict(check, Outcome.FAIL, f"a trace of {steps}, not of the one hop")
+    return Verdict(check, Outcome.PASS, "a ForwardResult with the plain call's outputs")
 
 
 def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange]) -> Verdict:

@@ -21,7 +21,15 @@ from p2pnet.core.describe import DescribeReader, DescribeRequest, encode_describ
 from p2pnet.core.generation import GenerationParams, Prompt
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, KadPeer, MessageType
 from p2pnet.core.kad.wire import encode_kad_message as encode_kad
-from p2pnet.core.messages import Chunk, Generate, Invoke, MessageReader, encode_message
+from p2pnet.core.messages import (
+    Chunk,
+    Forward,
+    Generate,
+    Hop,
+    Invoke,
+    MessageReader,
+    encode_message,
+)
 from p2pnet.core.peer_id import peer_id_from_public_key
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
@@ -218,7 +226,8 @@ async def _served_models(
     generative = [r for r in records if r.generation is not None]
     serves_none = "the peer describes no model it serves"
     if not records:
-        for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE, c.GENERATE):
+        for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE,
+                      c.INVOKE_FORWARD, c.GENERATE):  # fmt: skip
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, serves_none))
         return
     model = records[0].model_id
@@ -231,8 +240,9 @@ async def _served_models(
         for check in (c.INVOKE_CALL, c.INVOKE_INPUT):
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no model but "
                                       "generative ones"))  # fmt: skip
-        verdicts.append(c.Verdict(c.INVOKE_REUSE, c.Outcome.SKIP, "the peer serves no model "
-                                  "but generative ones"))  # fmt: skip
+        for check in (c.INVOKE_REUSE, c.INVOKE_FORWARD):
+            verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no model but "
+                                      "generative ones"))  # fmt: skip
     else:
         record = plain[0]
         request = Invoke(41, record.model_id, c.inputs_for(record.schema), 30_000)
@@ -256,6 +266,7 @@ async def _served_models(
                 c.Verdict(c.INVOKE_INPUT, c.Outcome.PASS if ok else c.Outcome.FAIL, detail)
             )
         verdicts.append(await _reuse(runner, record))
+        verdicts.append(await _forward(runner, record))
     if generative:
         verdicts.append(await _generate(runner, generative[0]))
     else:
@@ -284,6 +295,28 @@ async def _reuse(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
     finally:
         await stream.reset()
     return c.judge_reuse(c.INVOKE_REUSE, requests, record.schema, replies)
+
+
+async def _forward(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """A plain Invoke, then a one-hop Forward of the same model and inputs."""
+    inputs = c.inputs_for(record.schema)
+    plain = await runner.one(
+        "invoke", *encode_message(Invoke(46, record.model_id, inputs, 30_000)).frames()
+    )
+    step = "conformance"
+    hop = Hop(
+        step,
+        record.model_id,
+        ((runner.peer.peer_id, ()),),
+        {name: f"input.{name}" for name in inputs},
+        tuple(f"{step}.{spec.name}" for spec in record.schema.outputs),
+    )
+    tensors = {f"input.{name}": value for name, value in inputs.items()}
+    request = Forward(47, (hop,), tensors, 30_000)
+    got = await runner.one("invoke", *encode_message(request).frames())
+    if plain is None or got is None:
+        return runner.skip(c.INVOKE_FORWARD)
+    return c.judge_forward(c.INVOKE_FORWARD, request, plain, got)
 
 
 async def _generate(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
