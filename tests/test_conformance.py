@@ -20,7 +20,15 @@ from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.describe import DescribeErrorReply, RecordsReply, encode_describe_message
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
-from p2pnet.core.messages import ErrorReply, Forward, Invoke, MessageReader, encode_message
+from p2pnet.core.messages import (
+    Cancel,
+    ErrorReply,
+    Forward,
+    Generate,
+    Invoke,
+    MessageReader,
+    encode_message,
+)
 from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
 from p2pnet.core.varint import try_decode_uvarint
 from p2pnet.errors import P2PNetError
@@ -259,7 +267,25 @@ async def forwards_other_tensors(stream: ByteStream, data: bytes, tamper: Tamper
     await _serve_rest(_Replay(stream, b"".join(encode_message(changed).frames())), tamper)
 
 
-def invoke_id(request_id: int) -> Callable[[bytes], bool]:
+class _DropsCancel(_Replay):
+    """A stream from which the Cancels a caller sends are never read."""
+
+    async def read(self) -> bytes:
+        while True:
+            data = await super().read()
+            reader = MessageReader()
+            reader.receive_data(data)
+            if not data or not isinstance(reader.next_message(), Cancel):
+                return data
+
+
+async def ignores_cancel(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await _serve_rest(_DropsCancel(stream, data), tamper)
+
+
+def request_id_is(request_id: int) -> Callable[[bytes], bool]:
+    """Picks the streams whose first message is an Invoke or a Generate with that id."""
+
     def picks(data: bytes) -> bool:
         reader = MessageReader()
         reader.receive_data(data)
@@ -267,7 +293,7 @@ def invoke_id(request_id: int) -> Callable[[bytes], bool]:
             message = reader.next_message()
         except P2PNetError:
             return False
-        return isinstance(message, Invoke) and message.request_id == request_id
+        return isinstance(message, Invoke | Generate) and message.request_id == request_id
 
     return picks
 
@@ -321,7 +347,7 @@ BROKEN = [
     ("waits for the body of an oversized kad frame", Tamper(
         KAD, first("kad", "kad-frame-too-large"), refuses_after_the_body),
      {"kad-frame-too-large"}),
-    ("answers one call per stream", Tamper(INVOKE, invoke_id(44), one_call_per_stream),
+    ("answers one call per stream", Tamper(INVOKE, request_id_is(44), one_call_per_stream),
      {"invoke-stream-reuse"}),
     ("refuses a Forward as unreadable", Tamper(INVOKE, is_forward,
         refuses_forward_as_unreadable), {"invoke-forward-one-hop"}),
@@ -334,7 +360,10 @@ BROKEN = [
 
 @asynccontextmanager
 async def serving_peer(
-    network: MemoryNetwork, iris: Path, tamper: Tamper | None = None
+    network: MemoryNetwork,
+    model: Path,
+    tamper: Tamper | None = None,
+    tasks: tuple[str, ...] = ("tabular-classification",),
 ) -> AsyncIterator[Peer]:
     identity = generate_identity()
     host: StreamHost = network.add_host(identity.peer_id)
@@ -342,7 +371,7 @@ async def serving_peer(
         tamper.identity = identity
         host = TamperingHost(host, tamper)
     peer = Peer(identity, host=host)
-    peer.serve(iris, tasks=("tabular-classification",))
+    peer.serve(model, tasks=tasks)
     async with peer:
         if tamper is not None:
             tamper.record = peer.services.publisher.records()[0]
@@ -358,6 +387,7 @@ async def test_every_check_passes_against_p2pnets_own_peer(models: dict[str, Pat
         verdicts = await run_checks(network.add_host(), PeerAddress(peer.peer_id))
     outcomes = {v.check.name: v.outcome for v in verdicts}
     assert outcomes.pop("generate") == c.Outcome.SKIP  # iris is no generative model
+    assert outcomes.pop("generate-cancel") == c.Outcome.SKIP
     assert set(outcomes.values()) == {c.Outcome.PASS}, [v for v in verdicts if v.outcome != "pass"]
     assert len(outcomes) >= 25
     assert c.exit_status(verdicts) == 0
@@ -530,7 +560,7 @@ async def test_the_command_checks_a_libp2p_peer_and_prints_json(
     doc = json.loads(capsys.readouterr().out)
     outcomes = {check["name"]: check["outcome"] for check in doc["checks"]}
     assert status == doc["exit_status"] == 0
-    assert outcomes.pop("generate") == "skip"
+    assert outcomes.pop("generate") == outcomes.pop("generate-cancel") == "skip"
     assert set(outcomes.values()) == {"pass"}, doc
 
 
@@ -571,7 +601,7 @@ def test_the_protocol_doc_lists_every_check_with_its_level_and_section() -> None
     checks = [case.check for p in ("invoke", "describe", "kad") for case in
               c.cases(p, CHECKS, _vectors(p))]  # fmt: skip
     checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE]
-    checks += [c.INVOKE_FORWARD, c.GENERATE]
+    checks += [c.INVOKE_FORWARD, c.GENERATE, c.GENERATE_CANCEL]
     checks += [c.ADD_PROVIDER, c.ADD_PROVIDER_OTHER, *c.CLIENT_CHECKS.values()]
     checks += [c.still_serving(p) for p in ("invoke", "describe", "kad")]
     for check in checks:
@@ -591,7 +621,22 @@ async def test_a_generative_peer_passes_the_generate_check(
     outcomes = {v.check.name: v for v in verdicts}
     assert outcomes["generate"].outcome == c.Outcome.PASS, outcomes["generate"]
     assert "Done" in outcomes["generate"].detail
+    assert outcomes["generate-cancel"].outcome == c.Outcome.PASS, outcomes["generate-cancel"]
     assert c.exit_status(verdicts) == 0
+
+
+async def test_a_generative_peer_that_ignores_cancel_fails_that_check_only(
+    dialogue_models: dict[str, Path],
+) -> None:
+    tamper = Tamper(INVOKE, request_id_is(48), ignores_cancel)
+    async with MemoryNetwork(seed=7) as network:
+        async with serving_peer(
+            network, dialogue_models["smollm2-chat"], tamper, ("chat",)
+        ) as peer:
+            verdicts = await run_checks(network.add_host(), PeerAddress(peer.peer_id), timeout=30)
+    assert _failed(verdicts) == {"generate-cancel"}
+    (cancel,) = [v for v in verdicts if v.check.name == "generate-cancel"]
+    assert "ran to max_tokens" in cancel.detail
 
 
 def test_the_checks_and_verdicts_do_no_io() -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "CLIENT_CHECKS",
     "DESCRIBE_MODEL",
     "GENERATE",
+    "GENERATE_CANCEL",
     "INVOKE_CALL",
     "INVOKE_FORWARD",
     "INVOKE_INPUT",
@@ -51,6 +52,7 @@ __all__ = [
     "inputs_for",
     "judge_add_provider",
     "judge_call",
+    "judge_cancel",
     "judge_case",
     "judge_describe_model",
     "judge_forward",
@@ -351,6 +353,14 @@ GENERATE = Check(
     Level.MUST,
     "a Generate of a served generative model gets Chunks and a Done with its id",
 )
+GENERATE_CANCEL = Check(
+    "generate-cancel",
+    "invoke",
+    "§invoke/Streamed generation (Cancel); Done",
+    Level.MUST,
+    "a Cancel sent after the first Chunk of a Generate ends the reply with Done, finish "
+    "cancelled (or how it ended, if it ended of itself first)",
+)
 ADD_PROVIDER = Check(
     "kad-add-provider",
     "kad",
@@ -517,6 +527,34 @@ def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange])
                 check, Outcome.PASS, f"{chunks} Chunk(s), then Done ({reply.summary.finish})"
             )
         return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
+    return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
+
+
+def judge_cancel(
+    check: Check, request_id: int, max_tokens: int, replies: Sequence[Exchange]
+) -> Verdict:
+    """The messages a Generate of at most ``max_tokens`` got, a Cancel having been sent
+    after the first Chunk: Chunks with its id, then Done, finish ``cancelled``. A reply
+    that ended of itself first (an end token, a stop string, a full context) is allowed:
+    the check is then skipped; one that ran to ``max_tokens`` ignored the Cancel."""
+    chunks = 0
+    for got in replies:
+        reply = got.reply
+        if isinstance(reply, Chunk) and reply.request_id == request_id:
+            chunks += 1
+            continue
+        if not isinstance(reply, Done) or reply.request_id != request_id:
+            return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
+        finish = reply.summary.finish
+        if finish == "cancelled":
+            return Verdict(check, Outcome.PASS, f"{chunks} Chunk(s), then Done (cancelled)")
+        if finish == "length":
+            return Verdict(check, Outcome.FAIL, f"the reply ran to max_tokens ({max_tokens}) "
+                           f"after the Cancel: Done ({finish})")  # fmt: skip
+        return Verdict(check, Outcome.SKIP, f"the reply ended of itself ({finish}) before the "
+                       "Cancel took effect")  # fmt: skip
+    if chunks == 0:
+        return Verdict(check, Outcome.SKIP, "no Chunk came to send the Cancel after")
     return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
 
 

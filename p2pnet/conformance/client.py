@@ -22,6 +22,7 @@ from p2pnet.core.generation import GenerationParams, Prompt
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, KadPeer, MessageType
 from p2pnet.core.kad.wire import encode_kad_message as encode_kad
 from p2pnet.core.messages import (
+    Cancel,
     Chunk,
     Forward,
     Generate,
@@ -227,7 +228,7 @@ async def _served_models(
     serves_none = "the peer describes no model it serves"
     if not records:
         for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE,
-                      c.INVOKE_FORWARD, c.GENERATE):  # fmt: skip
+                      c.INVOKE_FORWARD, c.GENERATE, c.GENERATE_CANCEL):  # fmt: skip
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, serves_none))
         return
     model = records[0].model_id
@@ -269,10 +270,11 @@ async def _served_models(
         verdicts.append(await _forward(runner, record))
     if generative:
         verdicts.append(await _generate(runner, generative[0]))
+        verdicts.append(await _cancel(runner, generative[0]))
     else:
-        verdicts.append(
-            c.Verdict(c.GENERATE, c.Outcome.SKIP, "the peer serves no generative model")
-        )
+        for check in (c.GENERATE, c.GENERATE_CANCEL):
+            verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no generative "
+                                      "model"))  # fmt: skip
 
 
 async def _reuse(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
@@ -339,6 +341,32 @@ async def _generate(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
     finally:
         await stream.reset()
     return c.judge_generation(c.GENERATE, request.request_id, replies)
+
+
+async def _cancel(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """A Generate asking for a long reply, and a Cancel once its first Chunk is read."""
+    ask = "Tell a long story about the sea, with many details."
+    request = Generate(
+        48, record.model_id, Prompt(messages=(("user", ask),)), GenerationParams(64), 30_000
+    )
+    stream = await runner.open("invoke")
+    if stream is None:
+        return runner.skip(c.GENERATE_CANCEL)
+    replies: list[c.Exchange] = []
+    try:
+        reader = MessageReader()
+        await stream.write(b"".join(encode_message(request).frames()))
+        cancel = b"".join(encode_message(Cancel(request.request_id)).frames())
+        for _ in range(4 * request.params.max_tokens + 2):  # Chunks, Done, and some slack
+            got = await runner.send(stream, reader, b"")
+            replies.append(got)
+            if not isinstance(got.reply, Chunk):
+                break
+            if len(replies) == 1:
+                await stream.write(cancel)
+    finally:
+        await stream.reset()
+    return c.judge_cancel(c.GENERATE_CANCEL, request.request_id, request.params.max_tokens, replies)
 
 
 async def _add_provider(runner: _Runner, verdicts: list[c.Verdict]) -> None:
