@@ -692,3 +692,34 @@ async def test_the_command_as_provider_judges_a_client_that_calls_it(
     assert status == [0]
     assert outcomes["client-invoke-decodes"] == "pass"
     assert outcomes["client-describe-filter"] == "skip"  # the client described nothing
+
+
+@pytest.mark.parametrize(
+    ("replies", "outcome"),
+    [
+        (["chunk", "chunk", "cancelled"], c.Outcome.PASS),
+        (["chunk", "length"], c.Outcome.FAIL),  # ran to max_tokens: the Cancel was ignored
+        (["chunk", "eos"], c.Outcome.SKIP),  # ended of itself first, as the rule allows
+        (["length"], c.Outcome.SKIP),  # no Chunk came, so no Cancel was sent
+        (["chunk", "chunk"], c.Outcome.FAIL),  # no Done in time
+        (["chunk", "error"], c.Outcome.FAIL),
+    ],
+)
+def test_the_cancel_judge_tells_a_cancelled_reply_from_an_ignored_cancel(
+    replies: list[str], outcome: c.Outcome
+) -> None:
+    from p2pnet.core.generation import GenerationSummary
+    from p2pnet.core.messages import Chunk, Done
+
+    def exchange(kind: str) -> c.Exchange:
+        if kind == "chunk":
+            return c.Exchange(reply=Chunk(48, "a", (1,)))
+        if kind == "error":
+            return c.Exchange(reply=ErrorReply(48, "internal", "no"))
+        return c.Exchange(reply=Done(48, GenerationSummary(kind, 5, 2)))  # type: ignore[arg-type]
+
+    exchanges = [exchange(kind) for kind in replies]
+    if replies[-1] == "chunk":
+        exchanges.append(c.Exchange(ending="timeout"))
+    verdict = c.judge_cancel(c.GENERATE_CANCEL, 48, 64, exchanges)
+    assert verdict.outcome == outcome, verdict

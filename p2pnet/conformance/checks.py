@@ -546,6 +546,9 @@ def judge_cancel(
         if not isinstance(reply, Done) or reply.request_id != request_id:
             return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
         finish = reply.summary.finish
+        if chunks == 0:
+            return Verdict(check, Outcome.SKIP, f"Done ({finish}) before any Chunk: no Cancel "
+                           "was sent")  # fmt: skip
         if finish == "cancelled":
             return Verdict(check, Outcome.PASS, f"{chunks} Chunk(s), then Done (cancelled)")
         if finish == "length":

@@ -363,7 +363,10 @@ async def _cancel(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
             if not isinstance(got.reply, Chunk):
                 break
             if len(replies) == 1:
-                await stream.write(cancel)
+                try:
+                    await stream.write(cancel)
+                except ConnectionLostError:
+                    pass  # the peer ended the stream: the next read says how
     finally:
         await stream.reset()
     return c.judge_cancel(c.GENERATE_CANCEL, request.request_id, request.params.max_tokens, replies)
