@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from memory_peers import memory_peer
 
@@ -19,9 +20,18 @@ from p2pnet.conformance.golden import load_vectors, vector
 from p2pnet.core.address import PeerAddress
 from p2pnet.core.describe import DescribeErrorReply, RecordsReply, encode_describe_message
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType, encode_kad_message
-from p2pnet.core.messages import ErrorReply, Invoke, encode_message
+from p2pnet.core.messages import (
+    Cancel,
+    ErrorReply,
+    Forward,
+    Generate,
+    Invoke,
+    MessageReader,
+    encode_message,
+)
 from p2pnet.core.records import CapabilityRecord, sign_record, verify_record
 from p2pnet.core.varint import try_decode_uvarint
+from p2pnet.errors import P2PNetError
 from p2pnet.net.identity import Identity, generate_identity
 from p2pnet.net.interfaces import ByteStream, ByteStreamHandler, HostWrapper, StreamHost
 from p2pnet.net.memory import MemoryNetwork
@@ -88,6 +98,9 @@ class _Replay:
         await self._stream.reset()
 
 
+_LARGEST_LIMIT = 4 << 20  # the largest frame limit of the three protocols (Constants)
+
+
 class TamperingHost(HostWrapper):
     def __init__(self, host: StreamHost, tamper: Tamper) -> None:
         super().__init__(host)
@@ -105,6 +118,8 @@ class TamperingHost(HostWrapper):
                 length = try_decode_uvarint(data)
                 if length is not None and len(data) >= length[1] + length[0]:
                     break
+                if length is not None and length[0] > _LARGEST_LIMIT:
+                    break  # as a conforming peer, without waiting for the body
                 chunk = await stream.read()
                 if not chunk:
                     break
@@ -191,6 +206,98 @@ async def keeps_any_provider(stream: ByteStream, data: bytes, tamper: Tamper) ->
     await stream.write(encode_kad_message(reply))
 
 
+async def refuses_after_the_body(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    # The refusal is right, but late: it waits for the body of the oversized frame,
+    # until the caller closes its side.
+    while await stream.read():
+        pass
+    if tamper.protocol == INVOKE:
+        reply = b"".join(encode_message(ErrorReply(0, "payload_too_large", "too large")).frames())
+        await stream.write(reply)
+    elif tamper.protocol == DESCRIBE:
+        error = DescribeErrorReply("payload_too_large", "too large")
+        await stream.write(encode_describe_message(error))
+    await stream.reset()
+
+
+class _OneReply(_Replay):
+    """A stream that reads as ended once one reply was written on it."""
+
+    replied = False
+
+    async def read(self) -> bytes:
+        return b"" if self.replied else await super().read()
+
+    async def write(self, data: bytes) -> None:
+        await super().write(data)
+        self.replied = True
+
+
+async def one_call_per_stream(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await _serve_rest(_OneReply(stream, data), tamper)  # then ends the stream
+
+
+def _forward_in(data: bytes) -> Forward | None:
+    reader = MessageReader()
+    reader.receive_data(data)
+    try:
+        message = reader.next_message()
+    except P2PNetError:
+        return None
+    return message if isinstance(message, Forward) else None
+
+
+def is_forward(data: bytes) -> bool:
+    return _forward_in(data) is not None
+
+
+async def refuses_forward_as_unreadable(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    forward = _forward_in(data)
+    assert forward is not None
+    error = ErrorReply(forward.request_id, "protocol_error", "no")
+    await stream.write(b"".join(encode_message(error).frames()))
+    await _serve_rest(stream, tamper)
+
+
+async def forwards_other_tensors(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    forward = _forward_in(data)
+    assert forward is not None
+    tensors = {name: np.full_like(value, 3) for name, value in forward.tensors.items()}
+    changed = dataclasses.replace(forward, tensors=tensors)
+    await _serve_rest(_Replay(stream, b"".join(encode_message(changed).frames())), tamper)
+
+
+class _DropsCancel(_Replay):
+    """A stream from which the Cancels a caller sends are never read."""
+
+    async def read(self) -> bytes:
+        while True:
+            data = await super().read()
+            reader = MessageReader()
+            reader.receive_data(data)
+            if not data or not isinstance(reader.next_message(), Cancel):
+                return data
+
+
+async def ignores_cancel(stream: ByteStream, data: bytes, tamper: Tamper) -> None:
+    await _serve_rest(_DropsCancel(stream, data), tamper)
+
+
+def request_id_is(request_id: int) -> Callable[[bytes], bool]:
+    """Picks the streams whose first message is an Invoke or a Generate with that id."""
+
+    def picks(data: bytes) -> bool:
+        reader = MessageReader()
+        reader.receive_data(data)
+        try:
+            message = reader.next_message()
+        except P2PNetError:
+            return False
+        return isinstance(message, Invoke | Generate) and message.request_id == request_id
+
+    return picks
+
+
 def starts_with(request: bytes) -> Callable[[bytes], bool]:
     return lambda data: data.startswith(request)
 
@@ -231,6 +338,21 @@ BROKEN = [
         KAD, first("kad", "kad-find-node"), junk_find_node), {"kad-find-node"}),
     ("neither answers nor resets malformed kad", Tamper(
         KAD, first("kad", "kad-malformed"), silent_on_malformed), {"kad-malformed"}),
+    ("waits for the body of an oversized invoke frame", Tamper(
+        INVOKE, first("invoke", "invoke-frame-too-large"), refuses_after_the_body),
+     {"invoke-frame-too-large"}),
+    ("waits for the body of an oversized describe frame", Tamper(
+        DESCRIBE, first("describe", "describe-frame-too-large"), refuses_after_the_body),
+     {"describe-frame-too-large"}),
+    ("waits for the body of an oversized kad frame", Tamper(
+        KAD, first("kad", "kad-frame-too-large"), refuses_after_the_body),
+     {"kad-frame-too-large"}),
+    ("answers one call per stream", Tamper(INVOKE, request_id_is(44), one_call_per_stream),
+     {"invoke-stream-reuse"}),
+    ("refuses a Forward as unreadable", Tamper(INVOKE, is_forward,
+        refuses_forward_as_unreadable), {"invoke-forward-one-hop"}),
+    ("forwards other tensors than the carried ones", Tamper(INVOKE, is_forward,
+        forwards_other_tensors), {"invoke-forward-one-hop"}),
     ("keeps providers that name another peer", Tamper(
         KAD, is_add_provider, keeps_any_provider), {"kad-add-provider-other"}),
 ]  # fmt: skip
@@ -238,7 +360,10 @@ BROKEN = [
 
 @asynccontextmanager
 async def serving_peer(
-    network: MemoryNetwork, iris: Path, tamper: Tamper | None = None
+    network: MemoryNetwork,
+    model: Path,
+    tamper: Tamper | None = None,
+    tasks: tuple[str, ...] = ("tabular-classification",),
 ) -> AsyncIterator[Peer]:
     identity = generate_identity()
     host: StreamHost = network.add_host(identity.peer_id)
@@ -246,7 +371,7 @@ async def serving_peer(
         tamper.identity = identity
         host = TamperingHost(host, tamper)
     peer = Peer(identity, host=host)
-    peer.serve(iris, tasks=("tabular-classification",))
+    peer.serve(model, tasks=tasks)
     async with peer:
         if tamper is not None:
             tamper.record = peer.services.publisher.records()[0]
@@ -262,6 +387,7 @@ async def test_every_check_passes_against_p2pnets_own_peer(models: dict[str, Pat
         verdicts = await run_checks(network.add_host(), PeerAddress(peer.peer_id))
     outcomes = {v.check.name: v.outcome for v in verdicts}
     assert outcomes.pop("generate") == c.Outcome.SKIP  # iris is no generative model
+    assert outcomes.pop("generate-cancel") == c.Outcome.SKIP
     assert set(outcomes.values()) == {c.Outcome.PASS}, [v for v in verdicts if v.outcome != "pass"]
     assert len(outcomes) >= 25
     assert c.exit_status(verdicts) == 0
@@ -434,7 +560,7 @@ async def test_the_command_checks_a_libp2p_peer_and_prints_json(
     doc = json.loads(capsys.readouterr().out)
     outcomes = {check["name"]: check["outcome"] for check in doc["checks"]}
     assert status == doc["exit_status"] == 0
-    assert outcomes.pop("generate") == "skip"
+    assert outcomes.pop("generate") == outcomes.pop("generate-cancel") == "skip"
     assert set(outcomes.values()) == {"pass"}, doc
 
 
@@ -474,7 +600,8 @@ def test_the_protocol_doc_lists_every_check_with_its_level_and_section() -> None
     section = doc[doc.index("### Conformance") : doc.index("## Model IDs")]
     checks = [case.check for p in ("invoke", "describe", "kad") for case in
               c.cases(p, CHECKS, _vectors(p))]  # fmt: skip
-    checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.GENERATE]
+    checks += [c.RECORDS_VERIFY, c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE]
+    checks += [c.INVOKE_FORWARD, c.GENERATE, c.GENERATE_CANCEL]
     checks += [c.ADD_PROVIDER, c.ADD_PROVIDER_OTHER, *c.CLIENT_CHECKS.values()]
     checks += [c.still_serving(p) for p in ("invoke", "describe", "kad")]
     for check in checks:
@@ -494,7 +621,22 @@ async def test_a_generative_peer_passes_the_generate_check(
     outcomes = {v.check.name: v for v in verdicts}
     assert outcomes["generate"].outcome == c.Outcome.PASS, outcomes["generate"]
     assert "Done" in outcomes["generate"].detail
+    assert outcomes["generate-cancel"].outcome == c.Outcome.PASS, outcomes["generate-cancel"]
     assert c.exit_status(verdicts) == 0
+
+
+async def test_a_generative_peer_that_ignores_cancel_fails_that_check_only(
+    dialogue_models: dict[str, Path],
+) -> None:
+    tamper = Tamper(INVOKE, request_id_is(48), ignores_cancel)
+    async with MemoryNetwork(seed=7) as network:
+        async with serving_peer(
+            network, dialogue_models["smollm2-chat"], tamper, ("chat",)
+        ) as peer:
+            verdicts = await run_checks(network.add_host(), PeerAddress(peer.peer_id), timeout=30)
+    assert _failed(verdicts) == {"generate-cancel"}
+    (cancel,) = [v for v in verdicts if v.check.name == "generate-cancel"]
+    assert "ran to max_tokens" in cancel.detail
 
 
 def test_the_checks_and_verdicts_do_no_io() -> None:
@@ -550,3 +692,34 @@ async def test_the_command_as_provider_judges_a_client_that_calls_it(
     assert status == [0]
     assert outcomes["client-invoke-decodes"] == "pass"
     assert outcomes["client-describe-filter"] == "skip"  # the client described nothing
+
+
+@pytest.mark.parametrize(
+    ("replies", "outcome"),
+    [
+        (["chunk", "chunk", "cancelled"], c.Outcome.PASS),
+        (["chunk", "length"], c.Outcome.FAIL),  # ran to max_tokens: the Cancel was ignored
+        (["chunk", "eos"], c.Outcome.SKIP),  # ended of itself first, as the rule allows
+        (["length"], c.Outcome.SKIP),  # no Chunk came, so no Cancel was sent
+        (["chunk", "chunk"], c.Outcome.FAIL),  # no Done in time
+        (["chunk", "error"], c.Outcome.FAIL),
+    ],
+)
+def test_the_cancel_judge_tells_a_cancelled_reply_from_an_ignored_cancel(
+    replies: list[str], outcome: c.Outcome
+) -> None:
+    from p2pnet.core.generation import GenerationSummary
+    from p2pnet.core.messages import Chunk, Done
+
+    def exchange(kind: str) -> c.Exchange:
+        if kind == "chunk":
+            return c.Exchange(reply=Chunk(48, "a", (1,)))
+        if kind == "error":
+            return c.Exchange(reply=ErrorReply(48, "internal", "no"))
+        return c.Exchange(reply=Done(48, GenerationSummary(kind, 5, 2)))  # type: ignore[arg-type]
+
+    exchanges = [exchange(kind) for kind in replies]
+    if replies[-1] == "chunk":
+        exchanges.append(c.Exchange(ending="timeout"))
+    verdict = c.judge_cancel(c.GENERATE_CANCEL, 48, 64, exchanges)
+    assert verdict.outcome == outcome, verdict

@@ -21,7 +21,7 @@ import numpy as np
 
 from p2pnet.core.describe import DescribeErrorReply, DescribeReader, DescribeRequest, RecordsReply
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, MessageType
-from p2pnet.core.messages import Chunk, Done, ErrorReply, Invoke, Result
+from p2pnet.core.messages import Chunk, Done, ErrorReply, Forward, ForwardResult, Invoke, Result
 from p2pnet.core.records import CapabilityRecord, decode_record, verify_record
 from p2pnet.core.schema import ModelSchema
 from p2pnet.core.varint import encode_uvarint
@@ -33,8 +33,11 @@ __all__ = [
     "CLIENT_CHECKS",
     "DESCRIBE_MODEL",
     "GENERATE",
+    "GENERATE_CANCEL",
     "INVOKE_CALL",
+    "INVOKE_FORWARD",
     "INVOKE_INPUT",
+    "INVOKE_REUSE",
     "RECORDS_VERIFY",
     "Case",
     "Check",
@@ -49,10 +52,13 @@ __all__ = [
     "inputs_for",
     "judge_add_provider",
     "judge_call",
+    "judge_cancel",
     "judge_case",
     "judge_describe_model",
+    "judge_forward",
     "judge_generation",
     "judge_records",
+    "judge_reuse",
     "provider_key",
     "still_serving",
 ]
@@ -235,6 +241,8 @@ def _first_problem(protocol: str, expect: Mapping[str, Any], got: Exchange) -> s
     if wanted is None:
         if reply is not None or got.unreadable is not None:
             return f"expected no response, got {got.seen()}"
+        if expect.get("ended") and got.ending == "timeout":
+            return "the stream stayed open: the peer waited instead of resetting it"
         return None
     if not isinstance(reply, KadMessage) or reply.type.name != wanted:
         return f"expected a {wanted} response, got {got.seen()}"
@@ -321,12 +329,37 @@ INVOKE_INPUT = Check(
     Level.MUST,
     "an Invoke of a served model without its inputs gets invalid_input with its id",
 )
+INVOKE_REUSE = Check(
+    "invoke-stream-reuse",
+    "invoke",
+    "§invoke/Limits and errors rules 3, 5",
+    Level.MUST,
+    "two Invokes of a served model sent one after another on one stream, the second "
+    "once the first's Result is read, each get a Result with their own id",
+)
+INVOKE_FORWARD = Check(
+    "invoke-forward-one-hop",
+    "invoke",
+    "§invoke/Messages (Forward); Implementing p2pnet in another language",
+    Level.MUST,
+    "a Forward of one hop, a served model on this peer, gets a ForwardResult with its id, "
+    "the outputs of the plain Invoke with the same inputs (named <step>.<output>) and a "
+    "trace of that hop; or, from a peer that does not forward, unknown_model with its id",
+)
 GENERATE = Check(
     "generate",
     "invoke",
     "§invoke/Streamed generation",
     Level.MUST,
     "a Generate of a served generative model gets Chunks and a Done with its id",
+)
+GENERATE_CANCEL = Check(
+    "generate-cancel",
+    "invoke",
+    "§invoke/Streamed generation (Cancel); Done",
+    Level.MUST,
+    "a Cancel sent after the first Chunk of a Generate ends the reply with Done, finish "
+    "cancelled (or how it ended, if it ended of itself first)",
 )
 ADD_PROVIDER = Check(
     "kad-add-provider",
@@ -434,6 +467,53 @@ def judge_call(check: Check, request: Invoke, schema: ModelSchema, got: Exchange
     return Verdict(check, Outcome.PASS, f"a Result with id {reply.request_id}")
 
 
+def judge_reuse(
+    check: Check, requests: Sequence[Invoke], schema: ModelSchema, replies: Sequence[Exchange]
+) -> Verdict:
+    """The replies, in order, to ``requests`` sent one after another on one stream: each a
+    Result with its request's id and the schema's outputs (``replies`` stops at the
+    first that is not)."""
+    for number, (request, got) in enumerate(zip(requests, replies, strict=False), 1):
+        verdict = judge_call(check, request, schema, got)
+        if verdict.outcome != Outcome.PASS:
+            return Verdict(check, Outcome.FAIL, f"request {number} of {len(requests)}: "
+                           f"{verdict.detail}")  # fmt: skip
+    if len(replies) < len(requests):
+        return Verdict(check, Outcome.FAIL, f"{len(replies)} of {len(requests)} replies")
+    ids = ", ".join(str(r.request_id) for r in requests)
+    return Verdict(check, Outcome.PASS, f"Results with ids {ids} on one stream")
+
+
+def judge_forward(check: Check, request: Forward, plain: Exchange, got: Exchange) -> Verdict:
+    """A one-hop ``request``'s reply (``got``), against the plain Invoke's (``plain``) of
+    the same model and inputs."""
+    (hop,) = request.hops
+    if not isinstance(plain.reply, Result):
+        return Verdict(check, Outcome.SKIP, f"the plain call got {plain.seen()}")
+    reply = got.reply
+    if isinstance(reply, ErrorReply) and reply.request_id == request.request_id:
+        if reply.code == "unknown_model":
+            return Verdict(check, Outcome.PASS, "unknown_model: the peer does not forward")
+        return Verdict(check, Outcome.FAIL, f"expected a ForwardResult or unknown_model, got "
+                       f"{got.seen()}")  # fmt: skip
+    if not isinstance(reply, ForwardResult) or reply.request_id != request.request_id:
+        return Verdict(check, Outcome.FAIL, f"expected a ForwardResult with id "
+                       f"{request.request_id}, got {got.seen()}")  # fmt: skip
+    wanted = {f"{hop.step}.{name}": value for name, value in plain.reply.outputs.items()}
+    if set(reply.outputs) != set(wanted):
+        return Verdict(check, Outcome.FAIL, f"outputs {sorted(reply.outputs)}, not "
+                       f"{sorted(wanted)}")  # fmt: skip
+    for name, value in wanted.items():
+        other = np.asarray(reply.outputs[name])
+        mine = np.asarray(value)
+        if other.dtype != mine.dtype or not np.array_equal(other, mine):
+            return Verdict(check, Outcome.FAIL, f"{name} differs from the plain call's")
+    steps = [(t.step, t.model_id) for t in reply.trace]
+    if steps != [(hop.step, hop.model_id)]:
+        return Verdict(check, Outcome.FAIL, f"a trace of {steps}, not of the one hop")
+    return Verdict(check, Outcome.PASS, "a ForwardResult with the plain call's outputs")
+
+
 def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange]) -> Verdict:
     """The messages a Generate got, in order: Chunks with its id, then a Done with it."""
     chunks = 0
@@ -447,6 +527,37 @@ def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange])
                 check, Outcome.PASS, f"{chunks} Chunk(s), then Done ({reply.summary.finish})"
             )
         return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
+    return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
+
+
+def judge_cancel(
+    check: Check, request_id: int, max_tokens: int, replies: Sequence[Exchange]
+) -> Verdict:
+    """The messages a Generate of at most ``max_tokens`` got, a Cancel having been sent
+    after the first Chunk: Chunks with its id, then Done, finish ``cancelled``. A reply
+    that ended of itself first (an end token, a stop string, a full context) is allowed:
+    the check is then skipped; one that ran to ``max_tokens`` ignored the Cancel."""
+    chunks = 0
+    for got in replies:
+        reply = got.reply
+        if isinstance(reply, Chunk) and reply.request_id == request_id:
+            chunks += 1
+            continue
+        if not isinstance(reply, Done) or reply.request_id != request_id:
+            return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
+        finish = reply.summary.finish
+        if chunks == 0:
+            return Verdict(check, Outcome.SKIP, f"Done ({finish}) before any Chunk: no Cancel "
+                           "was sent")  # fmt: skip
+        if finish == "cancelled":
+            return Verdict(check, Outcome.PASS, f"{chunks} Chunk(s), then Done (cancelled)")
+        if finish == "length":
+            return Verdict(check, Outcome.FAIL, f"the reply ran to max_tokens ({max_tokens}) "
+                           f"after the Cancel: Done ({finish})")  # fmt: skip
+        return Verdict(check, Outcome.SKIP, f"the reply ended of itself ({finish}) before the "
+                       "Cancel took effect")  # fmt: skip
+    if chunks == 0:
+        return Verdict(check, Outcome.SKIP, "no Chunk came to send the Cancel after")
     return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
 
 

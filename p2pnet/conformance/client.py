@@ -21,7 +21,16 @@ from p2pnet.core.describe import DescribeReader, DescribeRequest, encode_describ
 from p2pnet.core.generation import GenerationParams, Prompt
 from p2pnet.core.kad.wire import KadMessage, KadMessageReader, KadPeer, MessageType
 from p2pnet.core.kad.wire import encode_kad_message as encode_kad
-from p2pnet.core.messages import Chunk, Generate, Invoke, MessageReader, encode_message
+from p2pnet.core.messages import (
+    Cancel,
+    Chunk,
+    Forward,
+    Generate,
+    Hop,
+    Invoke,
+    MessageReader,
+    encode_message,
+)
 from p2pnet.core.peer_id import peer_id_from_public_key
 from p2pnet.core.records import CapabilityRecord
 from p2pnet.errors import (
@@ -218,7 +227,8 @@ async def _served_models(
     generative = [r for r in records if r.generation is not None]
     serves_none = "the peer describes no model it serves"
     if not records:
-        for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.GENERATE):
+        for check in (c.DESCRIBE_MODEL, c.INVOKE_CALL, c.INVOKE_INPUT, c.INVOKE_REUSE,
+                      c.INVOKE_FORWARD, c.GENERATE, c.GENERATE_CANCEL):  # fmt: skip
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, serves_none))
         return
     model = records[0].model_id
@@ -229,6 +239,9 @@ async def _served_models(
         verdicts.append(c.judge_describe_model(c.DESCRIBE_MODEL, model, got, runner.now()))
     if not plain:
         for check in (c.INVOKE_CALL, c.INVOKE_INPUT):
+            verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no model but "
+                                      "generative ones"))  # fmt: skip
+        for check in (c.INVOKE_REUSE, c.INVOKE_FORWARD):
             verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no model but "
                                       "generative ones"))  # fmt: skip
     else:
@@ -253,12 +266,59 @@ async def _served_models(
             verdicts.append(
                 c.Verdict(c.INVOKE_INPUT, c.Outcome.PASS if ok else c.Outcome.FAIL, detail)
             )
+        verdicts.append(await _reuse(runner, record))
+        verdicts.append(await _forward(runner, record))
     if generative:
         verdicts.append(await _generate(runner, generative[0]))
+        verdicts.append(await _cancel(runner, generative[0]))
     else:
-        verdicts.append(
-            c.Verdict(c.GENERATE, c.Outcome.SKIP, "the peer serves no generative model")
-        )
+        for check in (c.GENERATE, c.GENERATE_CANCEL):
+            verdicts.append(c.Verdict(check, c.Outcome.SKIP, "the peer serves no generative "
+                                      "model"))  # fmt: skip
+
+
+async def _reuse(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """Two Invokes on one stream, the second sent once the first's reply is read."""
+    requests = [
+        Invoke(request_id, record.model_id, c.inputs_for(record.schema), 30_000)
+        for request_id in (44, 45)
+    ]
+    stream = await runner.open("invoke")
+    if stream is None:
+        return runner.skip(c.INVOKE_REUSE)
+    replies: list[c.Exchange] = []
+    try:
+        reader = MessageReader()
+        for request in requests:
+            got = await runner.send(stream, reader, b"".join(encode_message(request).frames()))
+            replies.append(got)
+            if got.reply is None:
+                break
+    finally:
+        await stream.reset()
+    return c.judge_reuse(c.INVOKE_REUSE, requests, record.schema, replies)
+
+
+async def _forward(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """A plain Invoke, then a one-hop Forward of the same model and inputs."""
+    inputs = c.inputs_for(record.schema)
+    plain = await runner.one(
+        "invoke", *encode_message(Invoke(46, record.model_id, inputs, 30_000)).frames()
+    )
+    step = "conformance"
+    hop = Hop(
+        step,
+        record.model_id,
+        ((runner.peer.peer_id, ()),),
+        {name: f"input.{name}" for name in inputs},
+        tuple(f"{step}.{spec.name}" for spec in record.schema.outputs),
+    )
+    tensors = {f"input.{name}": value for name, value in inputs.items()}
+    request = Forward(47, (hop,), tensors, 30_000)
+    got = await runner.one("invoke", *encode_message(request).frames())
+    if plain is None or got is None:
+        return runner.skip(c.INVOKE_FORWARD)
+    return c.judge_forward(c.INVOKE_FORWARD, request, plain, got)
 
 
 async def _generate(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
@@ -281,6 +341,35 @@ async def _generate(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
     finally:
         await stream.reset()
     return c.judge_generation(c.GENERATE, request.request_id, replies)
+
+
+async def _cancel(runner: _Runner, record: CapabilityRecord) -> c.Verdict:
+    """A Generate asking for a long reply, and a Cancel once its first Chunk is read."""
+    ask = "Tell a long story about the sea, with many details."
+    request = Generate(
+        48, record.model_id, Prompt(messages=(("user", ask),)), GenerationParams(64), 30_000
+    )
+    stream = await runner.open("invoke")
+    if stream is None:
+        return runner.skip(c.GENERATE_CANCEL)
+    replies: list[c.Exchange] = []
+    try:
+        reader = MessageReader()
+        await stream.write(b"".join(encode_message(request).frames()))
+        cancel = b"".join(encode_message(Cancel(request.request_id)).frames())
+        for _ in range(4 * request.params.max_tokens + 2):  # Chunks, Done, and some slack
+            got = await runner.send(stream, reader, b"")
+            replies.append(got)
+            if not isinstance(got.reply, Chunk):
+                break
+            if len(replies) == 1:
+                try:
+                    await stream.write(cancel)
+                except ConnectionLostError:
+                    pass  # the peer ended the stream: the next read says how
+    finally:
+        await stream.reset()
+    return c.judge_cancel(c.GENERATE_CANCEL, request.request_id, request.params.max_tokens, replies)
 
 
 async def _add_provider(runner: _Runner, verdicts: list[c.Verdict]) -> None:
