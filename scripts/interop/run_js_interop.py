@@ -875,7 +875,12 @@ async def run_checks(
 
 
 # What js-libp2p's kad-dht does otherwise than docs/protocol.md says, by conformance check.
-JS_DIFFERENCES: dict[str, str] = {}
+JS_DIFFERENCES: dict[str, str] = {
+    # Seen with kad-dht 16.4.5: after a length prefix of 2^40 bytes J neither answers,
+    # resets nor closes the stream; it still serves other streams (kad-still-serving).
+    "kad-frame-too-large": "js-libp2p keeps the stream open after an oversized length "
+    "prefix (it serves other streams)",
+}
 
 
 async def _conformance_checks(js: JsNode, p0: P2pnetPeer, report: Report) -> None:
