@@ -553,3 +553,18 @@ async def test_the_routing_table_keeps_a_peer_only_where_it_is_seen(
         DhtNode(host).start()  # both serve the DHT: only addresses keep them out
         await _ask(host, PeerAddress(node.host.peer_id), KadMessage(MessageType.PING))
     assert {p.peer_id: p.addrs for p in node.table} == {honest.peer_id: ("/ip4/8.8.8.8/tcp/4001",)}
+
+
+async def test_upkeep_after_the_nodes_nursery_closed_is_dropped_not_raised() -> None:
+    # A lookup of a stopped peer can finish in its caller's task and learn of a full
+    # bucket; the ping it would start has no nursery left to run in.
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        node = DhtNode(network.add_host(), DhtConfig(), nursery=nursery)
+    started: list[str] = []
+
+    async def upkeep() -> None:
+        started.append("ran")
+
+    node._spawn(upkeep)
+    assert started == []

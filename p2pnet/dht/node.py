@@ -608,8 +608,16 @@ class DhtNode:
         self.table.on_ping_result(decision.oldest, alive, trio.current_time())
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        if self._nursery is not None:
+        """Start background upkeep (a ping of a full bucket's oldest peer) in the peer's
+        nursery; dropped once that nursery has closed: a lookup of a stopped peer may still
+        finish in its caller's task (seen in a pipeline-churn run, where it crashed the
+        process), and upkeep of a stopped node is moot."""
+        if self._nursery is None:
+            return
+        try:
             self._nursery.start_soon(fn, *args)
+        except RuntimeError:  # trio: the nursery's block has exited
+            log.debug("not starting %s: the node's nursery has closed", fn.__name__)
 
     # --- requests ----------------------------------------------------------------------------
 
