@@ -107,9 +107,7 @@ def seeds() -> dict[str, list[bytes]]:
         "varint": [encode_uvarint(n) for n in (0, 127, 128, 300, 1 << 40, (1 << 63) - 1)],
         "framing": [encode_frame(b"hello", 1 << 20), encode_frame(bytes(300), 1 << 20)],
         "receipt": [bytes.fromhex(v["envelope_hex"]) for v in receipts["receipts"]],
-        "acknowledgement": [
-            bytes.fromhex(v["envelope_hex"]) for v in receipts["acknowledgements"]
-        ],
+        "acknowledgement": [bytes.fromhex(v["envelope_hex"]) for v in receipts["acknowledgements"]],
     }
 
 

@@ -1,6 +1,5 @@
 """Length-prefixed frames: exact bytes, any split of the input, every rejection path."""
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -22,9 +22,7 @@ IMPURE = {"libp2p", "onnxruntime", "onnx", "trio", "time", "socket", "os", "date
 
 
 def core_modules() -> list[str]:
-    return sorted(
-        m.name for m in pkgutil.walk_packages(p2pnet.core.__path__, "p2pnet.core.")
-    )
+    return sorted(m.name for m in pkgutil.walk_packages(p2pnet.core.__path__, "p2pnet.core."))
 
 
 def direct_imports(module: str) -> set[str]:
