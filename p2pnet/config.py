@@ -170,9 +170,8 @@ def load_credit(path: Path | None = None) -> CreditConfig:
     from p2pnet.core.credit import CreditPolicy
 
     table, where = _section(path or config_path(), "credit", _CREDIT_KEYS)
-    for key, value in table.items():
-        if type(value) is not int or value < 0:
-            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
+    for key in table:
+        _whole_number(where, table, key, 0)
     default = _default_credit_policy()
     soft = table.get("soft_threshold", default.soft_threshold)
     try:
@@ -335,14 +334,13 @@ def load_sessions(path: Path | None = None) -> SessionLimits:
 
     table, where = _section(path or config_path(), "sessions", _SESSION_KEYS)
     default = SessionLimits()
-    for key in ("max_sessions", "max_session_mib"):
-        value = table.get(key, 0)
-        if type(value) is not int or value < 0:
-            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
     try:
         return SessionLimits(
-            max_sessions=table.get("max_sessions", default.max_sessions),
-            max_session_bytes=table.get("max_session_mib", default.max_session_bytes >> 20) << 20,
+            max_sessions=_whole_number(where, table, "max_sessions", default.max_sessions),
+            max_session_bytes=_whole_number(
+                where, table, "max_session_mib", default.max_session_bytes >> 20
+            )
+            << 20,
             idle_timeout=_number(where, table, "idle_timeout", default.idle_timeout),
         )
     except ValueError as exc:
@@ -373,14 +371,10 @@ def load_connections(path: Path | None = None) -> ConnectionLimits:
 
     table, where = _section(path or config_path(), "connections", _CONNECTION_KEYS)
     default = ConnectionLimits()
-    for key in ("low_water", "high_water"):
-        value = table.get(key, 0)
-        if type(value) is not int or value < 0:
-            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
     try:
         return ConnectionLimits(
-            low_water=table.get("low_water", default.low_water),
-            high_water=table.get("high_water", default.high_water),
+            low_water=_whole_number(where, table, "low_water", default.low_water),
+            high_water=_whole_number(where, table, "high_water", default.high_water),
             grace_period=_number(where, table, "grace_period", default.grace_period),
         )
     except ValueError as exc:
@@ -411,6 +405,13 @@ def _refuse_unknown_keys(
     if unknown:
         listing = f"; {listed_as}: {', '.join(allowed)}" if listed_as else ""
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}{listing}")
+
+
+def _whole_number(where: str, table: dict[str, Any], key: str, default: int) -> int:
+    value = table.get(key, default)
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r:.40}")
+    return value
 
 
 def _number(where: str, table: dict[str, object], key: str, default: float) -> float:
