@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import struct
 
-import trio
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from yamux_fakes import BufferedConnection
 
 from p2pnet.net.host import tune_libp2p
-
-
-class BufferedConnection:
-    """The connection side of one YamuxStream: its receive buffer, and the frames it sends."""
-
-    def __init__(self, stream_id: int, received: bytes) -> None:
-        self.stream_buffers = {stream_id: bytearray(received)}
-        self.stream_events = {stream_id: trio.Event()}
-        self.event_shutting_down = trio.Event()
-        self.frames: list[bytes] = []
-
-    async def _write_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    async def _finalize_stream(self, stream: YamuxStream, fully_closed: bool) -> None:
-        pass
-
-    def rtt(self) -> float:
-        return 0.0  # not measured yet: py-libp2p assumes 1 ms
 
 
 async def test_reading_a_full_window_in_slices_offers_the_sender_no_more_than_the_limit() -> None:
