@@ -514,8 +514,12 @@ def judge_forward(check: Check, request: Forward, plain: Exchange, got: Exchange
     return Verdict(check, Outcome.PASS, "a ForwardResult with the plain call's outputs")
 
 
-def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange]) -> Verdict:
-    """The messages a Generate got, in order: Chunks with its id, then a Done with it."""
+def _chunks_then_done(
+    request_id: int, replies: Sequence[Exchange]
+) -> tuple[int, Done | None, Exchange | None]:
+    """The Chunks with ``request_id`` at the start of ``replies``, counted, then what came
+    next: its Done (and None), or the first other message (None and its exchange), or
+    neither if the replies ended there."""
     chunks = 0
     for got in replies:
         reply = got.reply
@@ -523,10 +527,18 @@ def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange])
             chunks += 1
             continue
         if isinstance(reply, Done) and reply.request_id == request_id:
-            return Verdict(
-                check, Outcome.PASS, f"{chunks} Chunk(s), then Done ({reply.summary.finish})"
-            )
-        return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
+            return chunks, reply, None
+        return chunks, None, got
+    return chunks, None, None
+
+
+def judge_generation(check: Check, request_id: int, replies: Sequence[Exchange]) -> Verdict:
+    """The messages a Generate got, in order: Chunks with its id, then a Done with it."""
+    chunks, done, other = _chunks_then_done(request_id, replies)
+    if done is not None:
+        return Verdict(check, Outcome.PASS, f"{chunks} Chunk(s), then Done ({done.summary.finish})")
+    if other is not None:
+        return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {other.seen()}")
     return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
 
 
@@ -537,28 +549,24 @@ def judge_cancel(
     after the first Chunk: Chunks with its id, then Done, finish ``cancelled``. A reply
     that ended of itself first (an end token, a stop string, a full context) is allowed:
     the check is then skipped; one that ran to ``max_tokens`` ignored the Cancel."""
-    chunks = 0
-    for got in replies:
-        reply = got.reply
-        if isinstance(reply, Chunk) and reply.request_id == request_id:
-            chunks += 1
-            continue
-        if not isinstance(reply, Done) or reply.request_id != request_id:
-            return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {got.seen()}")
-        finish = reply.summary.finish
+    chunks, done, other = _chunks_then_done(request_id, replies)
+    if other is not None:
+        return Verdict(check, Outcome.FAIL, f"after {chunks} Chunk(s): {other.seen()}")
+    if done is None:
         if chunks == 0:
-            return Verdict(check, Outcome.SKIP, f"Done ({finish}) before any Chunk: no Cancel "
-                           "was sent")  # fmt: skip
-        if finish == "cancelled":
-            return Verdict(check, Outcome.PASS, f"{chunks} Chunk(s), then Done (cancelled)")
-        if finish == "length":
-            return Verdict(check, Outcome.FAIL, f"the reply ran to max_tokens ({max_tokens}) "
-                           f"after the Cancel: Done ({finish})")  # fmt: skip
-        return Verdict(check, Outcome.SKIP, f"the reply ended of itself ({finish}) before the "
-                       "Cancel took effect")  # fmt: skip
+            return Verdict(check, Outcome.SKIP, "no Chunk came to send the Cancel after")
+        return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
+    finish = done.summary.finish
     if chunks == 0:
-        return Verdict(check, Outcome.SKIP, "no Chunk came to send the Cancel after")
-    return Verdict(check, Outcome.FAIL, f"{chunks} Chunk(s) and no Done")
+        return Verdict(check, Outcome.SKIP, f"Done ({finish}) before any Chunk: no Cancel "
+                       "was sent")  # fmt: skip
+    if finish == "cancelled":
+        return Verdict(check, Outcome.PASS, f"{chunks} Chunk(s), then Done (cancelled)")
+    if finish == "length":
+        return Verdict(check, Outcome.FAIL, f"the reply ran to max_tokens ({max_tokens}) "
+                       f"after the Cancel: Done ({finish})")  # fmt: skip
+    return Verdict(check, Outcome.SKIP, f"the reply ended of itself ({finish}) before the "
+                   "Cancel took effect")  # fmt: skip
 
 
 def provider_key(seed: bytes) -> bytes:
