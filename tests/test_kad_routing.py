@@ -41,8 +41,8 @@ def peers_in_bucket(index: int, count: int, seed: int = 0) -> list[PeerInfo]:
     return out
 
 
-def full_table(k: int = 4) -> tuple[RoutingTable, list[PeerInfo]]:
-    table = RoutingTable(LOCAL, k=k)
+def full_table(k: int = 4, known_alive_for: float = 0.0) -> tuple[RoutingTable, list[PeerInfo]]:
+    table = RoutingTable(LOCAL, k=k, known_alive_for=known_alive_for)
     peers = peers_in_bucket(255, k + 3)
     for t, peer in enumerate(peers[:k]):
         assert table.update(peer, now=float(t)) == Added(peer)
@@ -55,6 +55,22 @@ def test_full_bucket_asks_to_ping_its_oldest_peer() -> None:
     assert decision == PingOldest(candidate=peers[4], oldest=peers[0])
     assert table.pending_ping(255) == decision
     assert peers[4] not in table and len(table) == 4
+
+
+def test_full_bucket_heard_from_recently_ignores_a_newcomer_without_a_ping() -> None:
+    table, peers = full_table(known_alive_for=900.0)  # the oldest was heard from at 0
+    decision = table.update(peers[4], now=899.0)
+    assert isinstance(decision, Ignored) and "heard from recently" in decision.reason
+    assert table.pending_ping(255) is None
+    assert peers[4] not in table and len(table) == 4
+    # Once the oldest has not been heard from for known_alive_for, it gets its ping.
+    assert table.update(peers[5], now=900.0) == PingOldest(candidate=peers[5], oldest=peers[0])
+
+
+def test_full_bucket_pings_an_oldest_peer_that_failed_since_it_was_heard_from() -> None:
+    table, peers = full_table(known_alive_for=900.0)
+    table.record_failure(peers[0], now=5.0)
+    assert table.update(peers[4], now=10.0) == PingOldest(candidate=peers[4], oldest=peers[0])
 
 
 def test_alive_oldest_stays_and_candidate_is_dropped() -> None:
@@ -198,7 +214,9 @@ def random_operations(
 def test_table_invariants_hold_under_any_operations(
     k: int, rnd: random.Random, target: int
 ) -> None:
-    table = RoutingTable(POOL[0].key, k=k, max_failures=2)
+    # Operations come one per second: some tables ping at every full bucket, others
+    # only once the oldest peer has gone unheard for a while.
+    table = RoutingTable(POOL[0].key, k=k, max_failures=2, known_alive_for=rnd.choice([0.0, 20.0]))
     ops = ["update", "update", "ping", "fail", "remove"]
     decisions = random_operations(table, rnd, ops, lambda: rnd.choice(POOL))
     event(f"evictions: {any(isinstance(d, Evicted) for d in decisions)}")
@@ -230,6 +248,7 @@ def limited_table(k: int = 4, per_bucket: int = 2, per_table: int = 3) -> Routin
     return RoutingTable(
         LOCAL,
         k=k,
+        known_alive_for=0.0,
         group_of=address_groups("grouped"),
         limits=DiversityLimits(per_bucket=per_bucket, per_table=per_table),
     )
@@ -350,7 +369,14 @@ def test_no_ip_group_ever_exceeds_its_limits(
 ) -> None:
     limits = DiversityLimits(per_bucket=per_bucket, per_table=per_table)
     group_of = address_groups("grouped")
-    table = RoutingTable(POOL[0].key, k=k, max_failures=2, group_of=group_of, limits=limits)
+    table = RoutingTable(
+        POOL[0].key,
+        k=k,
+        max_failures=2,
+        known_alive_for=rnd.choice([0.0, 20.0]),
+        group_of=group_of,
+        limits=limits,
+    )
     ops = ["update", "update", "update", "ping", "fail", "remove"]
     decisions = random_operations(table, rnd, ops, lambda: rnd.choice(rnd.choice(GROUPED_POOL)))
     in_table: Counter[str] = Counter()

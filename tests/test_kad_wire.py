@@ -15,6 +15,7 @@ from multiformats import multibase
 from p2pnet.conformance.golden import load_vectors
 from p2pnet.core.kad import dht_pb2
 from p2pnet.core.kad.wire import (
+    DEFAULT_LIMITS,
     MAX_MESSAGE_SIZE,
     ConnectionType,
     KadLimits,
@@ -293,6 +294,64 @@ def test_round_trip(message: KadMessage, step: int) -> None:
     (decoded,) = _decode_all(frame, step=step)
     assert decoded == message
     assert _body(frame) == _libp2p_message(message).SerializeToString()
+
+
+plain_messages = st.builds(
+    KadMessage,
+    st.sampled_from(MessageType),
+    st.binary(max_size=100),
+    st.none(),
+    st.lists(kad_peers, max_size=25).map(tuple),
+    st.lists(kad_peers, max_size=3).map(tuple),
+    st.integers(0, 127),
+)
+
+
+def _outcome(data: bytes, limits: KadLimits) -> tuple[object, ...]:
+    reader = KadMessageReader(limits=limits)
+    reader.receive_data(data)
+    try:
+        message = reader.next_message()
+    except (RemoteProtocolError, PayloadTooLargeError) as exc:
+        return (type(exc), str(exc))
+    return (message, reader.dropped_addrs, reader.dropped_peers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_messages, st.data())
+def test_plain_messages_read_and_write_as_protobuf_does(
+    message: KadMessage, data: st.DataObject
+) -> None:
+    """The default limits take a path without protobuf for plain messages (no record, a
+    small cluster level): the same bytes out, and for any bytes in (mutated too) the same
+    message, drop counts or error as the protobuf path (taken for equal limits that are
+    not the default object)."""
+    protobuf_limits = KadLimits()
+    assert protobuf_limits is not DEFAULT_LIMITS
+    frame = encode_kad_message(message)
+    assert frame == encode_kad_message(message, limits=protobuf_limits)
+    assert _outcome(frame, DEFAULT_LIMITS) == (message, 0, 0)
+    body = bytearray(_body(frame))
+    for _ in range(data.draw(st.integers(0, 3))):
+        if body:
+            at = data.draw(st.integers(0, len(body) - 1))
+            body[at] = data.draw(st.integers(0, 255))
+    if body and data.draw(st.booleans()):
+        del body[data.draw(st.integers(0, len(body) - 1)) :]
+    mutated = encode_uvarint(len(body)) + bytes(body)
+    assert _outcome(mutated, DEFAULT_LIMITS) == _outcome(mutated, protobuf_limits)
+
+
+def test_plain_messages_over_the_limits_are_refused_as_protobuf_refuses_them() -> None:
+    key = b"\x12" + encode_uvarint(1025) + b"k" * 1025
+    raw_id = peer_id_bytes(PEER_A)
+    peer = b"\x0a" + encode_uvarint(len(raw_id)) + raw_id + b"\x18\x01"
+    peers = (b"\x42" + encode_uvarint(len(peer)) + peer) * 101
+    for body in (key, peers):
+        frame = encode_uvarint(len(body)) + body
+        assert _outcome(frame, DEFAULT_LIMITS) == _outcome(frame, KadLimits())
+    assert _outcome(encode_uvarint(len(key)) + key, DEFAULT_LIMITS)[0] is PayloadTooLargeError
+    assert _outcome(encode_uvarint(len(peers)) + peers, DEFAULT_LIMITS)[2] == 1
 
 
 @settings(max_examples=100, deadline=None)

@@ -128,6 +128,37 @@ async def test_per_pair_latency_function(autojump_clock: trio.testing.MockClock)
             assert trio.current_time() - start == pytest.approx(one_way_out + 0.01)
 
 
+async def test_a_time_grain_rounds_arrivals_up_to_its_multiples(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    delays = iter([0.0101, 0.0101, 0.0123, 0.0102, 0.0119, 0.0301, 0.001])
+    reads: list[tuple[float, bytes]] = []
+    done = trio.Event()
+
+    async def record(stream: ByteStream) -> None:
+        while data := await stream.read():
+            reads.append((trio.current_time(), data))
+        done.set()
+
+    async with MemoryNetwork(latency=lambda src, dst: next(delays), time_grain=0.01) as net:
+        a, b = net.add_host(), net.add_host()
+        b.set_stream_handler(SINK, record)
+        stream = await a.open_stream(address(b), SINK)  # a round trip of 0.0202 s
+        opened = trio.current_time()
+        assert opened == pytest.approx(0.03)
+        # Three writes whose delays (0.0123, 0.0102, 0.0119) end in the same grain
+        # arrive together, in order, and one read takes all three.
+        for data in (b"a", b"b", b"c"):
+            await stream.write(data)
+        await trio.sleep(0.03)
+        await stream.write(b"d")  # at opened + 0.03, 0.0301 s: due at opened + 0.0601
+        await stream.close()
+        await done.wait()
+    assert reads == [(pytest.approx(opened + 0.02), b"abc"), (pytest.approx(opened + 0.07), b"d")]
+    with pytest.raises(ValueError, match="time_grain"):
+        MemoryNetwork(time_grain=-1)
+
+
 async def test_order_is_kept_under_random_latency(autojump_clock: trio.testing.MockClock) -> None:
     rng = random.Random(3)
     async with MemoryNetwork(latency=lambda src, dst: rng.uniform(0, 0.1)) as network:

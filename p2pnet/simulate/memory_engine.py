@@ -34,6 +34,10 @@ __all__ = ["EPOCH", "Progress", "run_memory", "seed_trio_scheduler"]
 log = logging.getLogger(__name__)
 
 EPOCH: Final = 1_800_000_000.0  # the unix time a simulated run starts at
+# Arrivals land on whole milliseconds of virtual time (MemoryNetwork's time_grain): a
+# delay is at most 1 ms longer, and messages due within the same millisecond share one
+# wake-up of the scheduler.
+TIME_GRAIN: Final = 0.001
 GC_THRESHOLDS: Final = (10_000, 10, 10)  # fewer full collections (see scripts/bench/dht.py)
 
 Progress = Callable[[str, float, float], None]
@@ -134,6 +138,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             transmit=transmit if model.bandwidth_mbps is not None else None,
             holepunch_s=scenario.nat.holepunch_s,
             holepunch_success=scenario.nat.holepunch_success,
+            time_grain=TIME_GRAIN,
         ) as network,
         trio.open_nursery() as nursery,
     ):

@@ -5,7 +5,10 @@ something), never for peers we were only told about. In a full bucket the table
 does not evict on its own: it returns ``PingOldest``, keeps the newcomer pending,
 and waits for ``on_ping_result``. A live oldest peer stays (long-lived peers are the
 reliable ones); a dead one is replaced by the newcomer. Only one ping per bucket
-is outstanding; newcomers arriving meanwhile are ignored.
+is outstanding; newcomers arriving meanwhile are ignored. No ping is asked for while
+the oldest peer was heard from within ``known_alive_for`` and has not failed since
+(BEP 5's "good" node: heard from within 15 minutes): every peer of the bucket is then
+known to be alive, and the newcomer is ignored.
 
 Given ``group_of`` (``p2pnet.core.kad.diversity``), the table also keeps IP groups
 apart: a peer whose group already has ``limits.per_bucket`` peers in its bucket, or
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from p2pnet.core.kad.diversity import DiversityLimits, GroupCounts, GroupOf
 from p2pnet.core.kad.keys import KEY_BITS, Key, PeerInfo, key_of
@@ -33,6 +37,10 @@ __all__ = [
     "RoutingTable",
     "UpdateDecision",
 ]
+
+
+# BEP 5 (BitTorrent's Kademlia): a node is "good" if it was heard from within 15 minutes.
+KNOWN_ALIVE_FOR: Final = 15 * 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +154,9 @@ class RoutingTable:
     max_failures: consecutive failed requests after which a peer is dropped.
     ping_timeout: seconds after which an unanswered ``PingOldest`` is abandoned, so a
         lost ping result cannot block its bucket forever.
+    known_alive_for: seconds a peer heard from counts as alive: a full bucket whose
+        oldest peer was heard from more recently (and has not failed since) ignores a
+        newcomer without a ping. 0: ping whenever a full bucket meets a newcomer.
     group_of: the IP groups of a peer; with it, ``limits`` caps each group per bucket
         and per table. Without it, nothing is limited.
     """
@@ -157,9 +168,12 @@ class RoutingTable:
         k: int = 20,
         max_failures: int = 3,
         ping_timeout: float = 60.0,
+        known_alive_for: float = KNOWN_ALIVE_FOR,
         group_of: GroupOf | None = None,
         limits: DiversityLimits = DiversityLimits(),
     ) -> None:
+        if known_alive_for < 0:
+            raise ValueError(f"known_alive_for must be >= 0, got {known_alive_for}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if max_failures < 1:
@@ -169,6 +183,7 @@ class RoutingTable:
         self.k = k
         self.max_failures = max_failures
         self.ping_timeout = ping_timeout
+        self.known_alive_for = known_alive_for
         self.group_of = group_of
         self.limits = limits
         self._buckets: dict[int, _Bucket] = {}  # only non-empty buckets
@@ -210,7 +225,12 @@ class RoutingTable:
                 pending.candidate_seen = now
                 return Ignored(peer, "already waiting for the ping of its bucket's oldest peer")
             return Ignored(peer, f"bucket {index} is full and already pinging its oldest peer")
-        oldest = bucket.oldest().peer
+        entry = bucket.oldest()
+        if entry.failures == 0 and now - entry.last_seen < self.known_alive_for:
+            return Ignored(
+                peer, f"bucket {index} is full and its oldest peer was heard from recently"
+            )
+        oldest = entry.peer
         bucket.pending = _Pending(peer, now, oldest, now)
         return PingOldest(peer, oldest)
 

@@ -195,6 +195,13 @@ def encode_kad_message(
     if not _INT32_MIN <= message.cluster_level <= _INT32_MAX:
         raise ValueError(f"cluster_level {message.cluster_level} does not fit an int32")
     _check_key("key", message.key, limits)
+    if message.record is None and 0 <= message.cluster_level < 0x80 and limits is DEFAULT_LIMITS:
+        body = _plain_body(message)
+        if len(body) > max_size:
+            raise PayloadTooLargeError(
+                f"kad message is {len(body)} bytes; the limit is {max_size} bytes"
+            )
+        return encode_uvarint(len(body)) + body
     pb = dht_pb2.Message(
         type=_PB_TYPE[message.type], key=message.key, clusterLevelRaw=message.cluster_level
     )
@@ -289,6 +296,12 @@ class KadMessageReader:
         return self._decode(body)
 
     def _decode(self, body: bytes) -> KadMessage:
+        if self.limits is DEFAULT_LIMITS:
+            plain = _read_plain_body(body)
+            if plain is not None:
+                message, dropped_addrs = plain
+                self.dropped_addrs += dropped_addrs
+                return message
         # protobuf builds every entry of a repeated field before anything can be checked.
         max_fields = self.limits.max_fields
         if _count_fields(body, max_fields) > max_fields:
@@ -498,6 +511,228 @@ def _encode_peers(
         out.add(
             id=_peer_id_bytes(peer.peer_id), addrs=addrs, connection=_PB_CONNECTION[peer.connection]
         )
+
+
+# --- the plain shape, without protobuf ---------------------------------------------------
+#
+# Nearly every kad message is "plain": no record, a small non-negative clusterLevelRaw,
+# and peers that carry only an ID, addresses and a connection type. A DHT node spends
+# much of each request building and reading protobuf objects for those (a 20-peer
+# answer is 20 Peer objects each way), so for the default limits both directions handle
+# the plain shape by hand, and one peer's Peer submessage, the same bytes in every
+# answer that names it, is encoded and decoded once. The bytes are those protobuf
+# writes (fields in number order, defaults left out: the golden vectors and a property
+# test hold both paths to it). Anything else, and anything malformed, goes to protobuf,
+# which keeps the last word on errors.
+
+_TAG_TYPE: Final = 0x08  # field 1, varint
+_TAG_KEY: Final = 0x12  # field 2, bytes
+_TAG_CLOSER: Final = 0x42  # field 8, bytes (Peer)
+_TAG_PROVIDER: Final = 0x4A  # field 9, bytes (Peer)
+_TAG_CLUSTER_LEVEL: Final = 0x50  # field 10, varint
+_TAG_PEER_ID: Final = 0x0A  # Peer field 1, bytes
+_TAG_PEER_ADDR: Final = 0x12  # Peer field 2, bytes
+_TAG_PEER_CONNECTION: Final = 0x18  # Peer field 3, varint
+
+# Peer submessages, each with its length prefix, by the peer they encode; and decoded
+# peers (with the addresses dropped) by the submessage bytes they came from. Each is
+# emptied when full: refilling costs what one miss costs.
+_encoded_peers: dict[KadPeer, bytes] = {}
+_decoded_peers: dict[bytes, tuple[KadPeer, int, int]] = {}  # peer, dropped, fields
+
+
+def _plain_body(message: KadMessage) -> bytes:
+    parts: list[bytes] = []
+    if message.type:
+        parts.append(bytes((_TAG_TYPE, message.type)))
+    key = message.key
+    if key:
+        parts.append(bytes((_TAG_KEY,)) + encode_uvarint(len(key)) + key)
+    limits = DEFAULT_LIMITS
+    for tag, field, peers, cap in (
+        (_TAG_CLOSER, "closer_peers", message.closer_peers, limits.max_closer_peers),
+        (_TAG_PROVIDER, "provider_peers", message.provider_peers, limits.max_provider_peers),
+    ):
+        if len(peers) > cap:
+            raise PayloadTooLargeError(
+                f"{field} has {len(peers)} peers; receivers keep at most {cap}"
+            )
+        prefix = bytes((tag,))
+        for i, peer in enumerate(peers):
+            encoded = _encoded_peers.get(peer)
+            if encoded is None:
+                encoded = _encode_plain_peer(field, i, peer)
+                if len(_encoded_peers) >= CACHED_PEERS:
+                    _encoded_peers.clear()
+                _encoded_peers[peer] = encoded
+            parts.append(prefix)
+            parts.append(encoded)
+    if message.cluster_level:
+        parts.append(bytes((_TAG_CLUSTER_LEVEL, message.cluster_level)))
+    return b"".join(parts)
+
+
+def _encode_plain_peer(field: str, i: int, peer: KadPeer) -> bytes:
+    """The Peer submessage of ``peer``, length prefix first, checked as ``_encode_peers``
+    checks it."""
+    limits = DEFAULT_LIMITS
+    if len(peer.addrs) > limits.max_addrs_per_peer:
+        raise PayloadTooLargeError(
+            f"{field}[{i}] has {len(peer.addrs)} addresses; receivers keep at most "
+            f"{limits.max_addrs_per_peer}"
+        )
+    raw_id = _peer_id_bytes(peer.peer_id)
+    parts = [bytes((_TAG_PEER_ID,)), encode_uvarint(len(raw_id)), raw_id]
+    for addr in peer.addrs:
+        raw = _addr_bytes(addr)
+        if raw is None:
+            raise InvalidAddressError(
+                f"{field}[{i}] address {addr!r:.100} is not a multiaddr p2pnet can send"
+            )
+        if len(raw) > limits.max_addr_bytes:
+            raise PayloadTooLargeError(
+                f"{field}[{i}] address {addr!r:.100} is {len(raw)} bytes; receivers "
+                f"drop addresses over {limits.max_addr_bytes}"
+            )
+        parts += (bytes((_TAG_PEER_ADDR,)), encode_uvarint(len(raw)), raw)
+    if peer.connection:
+        parts.append(bytes((_TAG_PEER_CONNECTION, peer.connection)))
+    sub = b"".join(parts)
+    return encode_uvarint(len(sub)) + sub
+
+
+def _read_plain_body(body: bytes) -> tuple[KadMessage, int] | None:
+    """The message and the addresses dropped, if ``body`` has the plain shape and the
+    default limits keep every peer; else None."""
+    limits = DEFAULT_LIMITS
+    kind = key = cluster_level = None
+    closer: list[KadPeer] = []
+    providers: list[KadPeer] = []
+    dropped_addrs = 0
+    end = len(body)
+    pos = fields = 0
+    while pos < end:
+        fields += 1
+        tag = body[pos]
+        pos += 1
+        if tag == _TAG_CLOSER or tag == _TAG_PROVIDER or tag == _TAG_KEY:
+            length, pos = _plain_length(body, pos, end)
+            if length < 0:
+                return None
+            stop = pos + length
+            if tag == _TAG_KEY:
+                if key is not None or length > limits.max_key_bytes:
+                    return None
+                key = body[pos:stop]
+            else:
+                out, cap = (
+                    (closer, limits.max_closer_peers)
+                    if tag == _TAG_CLOSER
+                    else (providers, limits.max_provider_peers)
+                )
+                if len(out) >= cap:
+                    return None  # protobuf checks what is dropped, too
+                sub = body[pos:stop]
+                decoded = _decoded_peers.get(sub)
+                if decoded is None:
+                    decoded = _read_plain_peer(sub)
+                    if decoded is None:
+                        return None
+                    if len(_decoded_peers) >= CACHED_PEERS:
+                        _decoded_peers.clear()
+                    _decoded_peers[sub] = decoded
+                peer, dropped, peer_fields = decoded
+                out.append(peer)
+                dropped_addrs += dropped
+                fields += peer_fields
+            pos = stop
+        elif tag == _TAG_TYPE or tag == _TAG_CLUSTER_LEVEL:
+            if pos >= end or body[pos] >= 0x80:
+                return None
+            value = body[pos]
+            pos += 1
+            if tag == _TAG_TYPE:
+                if kind is not None or value not in _MESSAGE_TYPES:
+                    return None
+                kind = _MESSAGE_TYPES[value]
+            else:
+                if cluster_level is not None:
+                    return None
+                cluster_level = value
+        else:
+            return None
+        if fields > limits.max_fields:
+            return None
+    message = KadMessage(
+        MessageType.PUT_VALUE if kind is None else kind,
+        b"" if key is None else key,
+        None,
+        tuple(closer),
+        tuple(providers),
+        cluster_level or 0,
+    )
+    return message, dropped_addrs
+
+
+def _plain_length(body: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A length of one or two varint bytes at ``pos`` that fits before ``end``, and the
+    position after it; -1 for anything else."""
+    if pos >= end:
+        return -1, pos
+    length = body[pos]
+    pos += 1
+    if length >= 0x80:
+        if pos >= end or body[pos] >= 0x80 or body[pos] == 0:
+            return -1, pos
+        length = (length & 0x7F) | body[pos] << 7
+        pos += 1
+    return (length, pos) if pos + length <= end else (-1, pos)
+
+
+def _read_plain_peer(sub: bytes) -> tuple[KadPeer, int, int] | None:
+    """A plain Peer submessage (ID once, addresses, connection type at most once): the
+    peer, the addresses dropped, and the fields it holds."""
+    limits = DEFAULT_LIMITS
+    raw_id: bytes | None = None
+    connection: int | None = None
+    addrs: list[str] = []
+    dropped = fields = 0
+    end = len(sub)
+    pos = 0
+    while pos < end:
+        fields += 1
+        tag = sub[pos]
+        pos += 1
+        if tag == _TAG_PEER_ID or tag == _TAG_PEER_ADDR:
+            length, pos = _plain_length(sub, pos, end)
+            if length < 0:
+                return None
+            raw = sub[pos : pos + length]
+            pos += length
+            if tag == _TAG_PEER_ID:
+                if raw_id is not None:
+                    return None
+                raw_id = raw
+                continue
+            text = None
+            if len(addrs) < limits.max_addrs_per_peer and len(raw) <= limits.max_addr_bytes:
+                text = _addr_text(raw)
+            if text is None:
+                dropped += 1
+            else:
+                addrs.append(text)
+        elif tag == _TAG_PEER_CONNECTION:
+            if connection is not None or pos >= end or sub[pos] >= 0x80:
+                return None
+            connection = sub[pos]
+            pos += 1
+        else:
+            return None
+    peer_id = _peer_id_text_or_none(raw_id or b"")
+    if peer_id is None:
+        return None  # protobuf's path says what is wrong with it
+    kind = _CONNECTION_TYPES.get(connection or 0, ConnectionType.NOT_CONNECTED)
+    return KadPeer(peer_id, tuple(addrs), kind), dropped, fields
 
 
 def _multihash_problem(raw: bytes) -> str | None:
