@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.simulate.memory_engine import Progress
 from p2pnet.simulate.metrics import (
     ChurnRecord,
@@ -285,7 +286,7 @@ async def worker_main(
     moved_dir: where the workers of the run tell each other the new address of a peer
     restarted on a new port (one file per peer).
     """
-    from p2pnet.core.address import PeerAddress, transport_part
+    from p2pnet.core.address import transport_part
     from p2pnet.core.identity import Identity
     from p2pnet.errors import ConfigError
     from p2pnet.net.host import open_host
@@ -341,7 +342,7 @@ async def worker_main(
                     moved.append(g)
                     log.warning("peer %d restarted on a new port: %s", g, listen[g])
                     if moved_dir is not None:
-                        _tell_moved(moved_dir, g, host)
+                        _tell_moved(moved_dir, g, PeerAddress.of(host.peer_id, host.addrs))
 
                 async def stop_host() -> None:
                     stop.set()
@@ -431,11 +432,8 @@ async def worker_main(
                     reply({"error": f"unknown command {kind!r}"})
 
 
-def _tell_moved(moved_dir: Path, g: int, host: Host) -> None:
+def _tell_moved(moved_dir: Path, g: int, address: PeerAddress) -> None:
     """Write peer ``g``'s new address for the other workers (whole or not at all)."""
-    from p2pnet.core.address import PeerAddress
-
-    address = PeerAddress.of(host.peer_id, host.addrs)
     part = moved_dir / f"{g}.json.part"
     part.write_text(json.dumps([address.peer_id, list(address.addrs)]))
     part.replace(moved_dir / f"{g}.json")
@@ -443,8 +441,6 @@ def _tell_moved(moved_dir: Path, g: int, host: Host) -> None:
 
 def _locate_moved(swarm: SimSwarm, moved_dir: Path | None, g: int) -> None:
     """If another worker restarted peer ``g`` on a new port, use that address."""
-    from p2pnet.core.address import PeerAddress
-
     if moved_dir is None or g in swarm.peers:  # a peer of this worker: located at its start
         return
     try:
