@@ -21,8 +21,8 @@ from p2pnet.core.kad.keys import PeerInfo
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.adversaries import grind_peer_ids
 from p2pnet.simulate.groups import PeerGroups
-from p2pnet.simulate.libp2p_engine import _locate_moved, _tell_moved
-from p2pnet.simulate.metrics import QueryRecord, percentile, summarize
+from p2pnet.simulate.libp2p_engine import _locate_moved, _run_joins, _tell_moved
+from p2pnet.simulate.metrics import ChurnRecord, QueryRecord, percentile, summarize
 from p2pnet.simulate.plan import make_plan
 from p2pnet.simulate.report import PlotsUnavailableError, write_plots
 from p2pnet.simulate.runner import run_scenario
@@ -568,3 +568,26 @@ async def test_a_peer_restarted_on_a_new_port_is_joined_through_there_by_every_w
         _locate_moved(swarm, tmp_path, 3)
         assert swarm.addresses[3] == new
         assert [p.name for p in tmp_path.iterdir()] == ["3.json"]
+
+
+def test_run_joins_count_the_retries_that_joined_before_the_end() -> None:
+    churn = [
+        ChurnRecord(10.0, "join", 60, ok=False),
+        ChurnRecord(20.0, "rejoin", 7, ok=False),
+        ChurnRecord(280.0, "join", 61, ok=False),
+        ChurnRecord(30.0, "join", 62),
+        ChurnRecord(40.0, "crash", 7),
+    ]
+    # (peer, seconds after the failed attempt, seconds into the run) from two workers
+    results = [
+        {"late_joins": [(60, 4.0, 17.0), (61, 30.0, 313.0)], "moved": 1},
+        {"late_joins": [(7, 9.5, 32.5)], "moved": 0},
+    ]
+    assert _run_joins(churn, results, 300.0) == {
+        "joins": 4,
+        "failed_first_attempt": 3,
+        "joined_later": 2,
+        "not_joined_in_run": 1,
+        "joined_later_max_s": 9.5,
+        "restarts_on_new_port": 1,
+    }

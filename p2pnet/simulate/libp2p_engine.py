@@ -244,7 +244,7 @@ def _run_joins(
     ``joins_failed`` counts), how many of those the peer's own retries joined before the
     run ended, and how long after the failed attempt; restarts that took a new port."""
     failed = sum(1 for c in churn if c.kind in ("join", "rejoin") and not c.ok)
-    late = sorted(s for r in results for t, _, s in r["late_joins"] if t + s <= duration)
+    late = sorted(after for r in results for _, after, at in r["late_joins"] if at <= duration)
     return {
         "joins": sum(1 for c in churn if c.kind in ("join", "rejoin")),
         "failed_first_attempt": failed,

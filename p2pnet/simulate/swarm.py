@@ -170,11 +170,12 @@ class SimSwarm:
         self.fresh: list[FreshRecord] = []
         self.run_started = 0.0  # trio time of the run phase's start (for invocation times)
         self.pipelines: list[PipelineRecord] = []
-        # Joins during the run whose first attempt failed, as (planned at, peer, seconds
-        # until the peer's own retries filled its table): recorded when the retries work,
-        # if ``watch_late_joins`` (the libp2p engine, where time passes for real).
+        # Joins during the run whose first attempt failed, as (peer, seconds from the
+        # failed attempt until the peer's own retries filled its table, seconds into the
+        # run then): recorded when the retries work, if ``watch_late_joins`` (the libp2p
+        # engine, where time passes for real).
         self.watch_late_joins = False
-        self.late_joins: list[tuple[float, int, float]] = []
+        self.late_joins: list[tuple[int, float, float]] = []
         self.invocations: list[InvocationRecord] = []
         spec = scenario.pipeline.spec
         self.pipeline = Pipeline(spec) if spec is not None else None
@@ -353,17 +354,18 @@ class SimSwarm:
         if kind:
             self.churn.append(ChurnRecord(t, kind, index, ok))
             if not ok and self.watch_late_joins:
-                self.nursery.start_soon(self._watch_late_join, sim, t)
+                self.nursery.start_soon(self._watch_late_join, sim)
         return ok
 
-    async def _watch_late_join(self, sim: SimPeer, t: float) -> None:
-        """Record when peer ``sim``, whose join at ``t`` failed, fills its table through
-        its own retries (``Peer.join`` keeps asking); give up once it stops."""
+    async def _watch_late_join(self, sim: SimPeer) -> None:
+        """Record when peer ``sim``, whose join failed, fills its table through its own
+        retries (``Peer.join`` keeps asking); give up once it stops."""
         assert sim.node is not None
         start = trio.current_time()
         while sim.alive and self.peers.get(sim.index) is sim:
+            now = trio.current_time()
             if len(sim.node.table) > 0:
-                self.late_joins.append((t, sim.index, trio.current_time() - start))
+                self.late_joins.append((sim.index, now - start, now - self.run_started))
                 return
             await trio.sleep(LATE_JOIN_CHECK)
 
