@@ -1,11 +1,13 @@
 """A peer stays reachable after a cancelled connection close and after a restart on another
 port (p2pnet/net/dial_fixes.py): py-libp2p 0.8.1 alone fails both with "No valid
-connections available" and "no addresses established a successful connection". And
-``Host.connections``, which the DHT reads on every request, describes each connection
-once."""
+connections available" and "no addresses established a successful connection". A peer
+restarted at once gets its own port back (p2pnet/net/host.py), also after a close cut
+short (dial_fixes.py). And ``Host.connections``, which the DHT reads on every request,
+describes each connection once."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -14,6 +16,8 @@ from libp2p.peer.id import ID
 
 from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.identity import Identity
+from p2pnet.errors import ConfigError
+from p2pnet.net import host as host_module
 from p2pnet.net.host import Host, Stream, open_host
 from p2pnet.net.identity import generate_identity
 
@@ -103,3 +107,48 @@ async def test_a_connection_that_closes_while_a_stream_is_being_opened_is_replac
         swarm._stream_semaphore = ClosingSemaphore()
         assert await round_trip(client, PeerAddress(server.peer_id, ())) == b"ping"
         assert connection not in swarm_connections(client, server.peer_id)
+
+
+async def test_a_peer_restarted_at_once_gets_its_own_port_back() -> None:
+    """The connections a stopping peer closes stay in TIME_WAIT on its port for 60 s; a
+    restart on that port within them (the libp2p engine's churn does it after 60 s, a
+    user at once) gets the port, and callers reach the peer at the address they know."""
+    identity = generate_identity()
+    async with open_host(generate_identity()) as client:
+        async with open_host(identity) as server:
+            server.set_stream_handler(ECHO, echo)
+            before = address(server)
+            assert await round_trip(client, before) == b"ping"
+        async with open_host(identity, before.addrs) as server:
+            server.set_stream_handler(ECHO, echo)
+            assert address(server) == before
+            assert await round_trip(client, before) == b"ping"
+
+
+async def test_a_port_another_peer_listens_on_stays_refused() -> None:
+    async with open_host(generate_identity()) as first:
+        with pytest.raises(ConfigError, match="cannot listen"):
+            async with open_host(generate_identity(), address(first).addrs):
+                pass
+
+
+async def test_a_host_whose_close_is_cut_short_stops_listening(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """py-libp2p closes connections one by one before its listeners; a close cut short by
+    the host's deadline (a peer with dozens of connections) left the port listening."""
+    monkeypatch.setattr(host_module, "HOST_CLOSE_TIMEOUT", 0.2)
+    async with open_host(generate_identity()) as client:
+        async with open_host(generate_identity()) as server:
+            server.set_stream_handler(ECHO, echo)
+            assert await round_trip(client, address(server)) == b"ping"
+            [connection] = swarm_connections(server, client.peer_id)
+
+            async def slow_close() -> None:  # as closing dozens of connections
+                await trio.sleep(10)
+
+            connection.close = slow_close
+            port = int(address(server).addrs[0].rsplit("/", 1)[1])
+        with socket.socket() as probe:  # what a restart on the port does
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))

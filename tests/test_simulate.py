@@ -15,17 +15,20 @@ import pytest
 import trio
 
 from p2pnet.cli import main as cli_main
+from p2pnet.core.address import PeerAddress
 from p2pnet.core.address_filter import ip_group
 from p2pnet.core.kad.keys import PeerInfo
 from p2pnet.net.memory import MemoryNetwork
 from p2pnet.simulate.adversaries import grind_peer_ids
 from p2pnet.simulate.groups import PeerGroups
-from p2pnet.simulate.metrics import QueryRecord, percentile, summarize
+from p2pnet.simulate.libp2p_engine import _locate_moved, _run_joins, _tell_moved
+from p2pnet.simulate.metrics import ChurnRecord, QueryRecord, percentile, summarize
 from p2pnet.simulate.plan import make_plan
 from p2pnet.simulate.report import PlotsUnavailableError, write_plots
 from p2pnet.simulate.runner import run_scenario
 from p2pnet.simulate.scenario import ScenarioError, load_scenario, parse_scenario
 from p2pnet.simulate.standins import expected_outputs, stand_in_schema
+from p2pnet.simulate.swarm import SimSwarm
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SIMULATIONS = REPO_ROOT / "simulations"
@@ -545,3 +548,46 @@ def test_peers_may_be_given_several_bootstrap_peers_without_changing_the_rest() 
             assert len(set(chosen)) == len(chosen) == min(3, len(earlier))
             assert set(chosen) <= earlier
         earlier |= set(batch)
+
+
+async def test_a_peer_restarted_on_a_new_port_is_joined_through_there_by_every_worker(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A libp2p-engine worker restarts a peer on a new port (its old one was taken); a
+    worker that knew the old port looks the peer up before a join through it."""
+    scenario = load_scenario(SMOKE)
+    plan = make_plan(scenario, 6, initial_via=True)
+    async with trio.open_nursery() as nursery:
+        swarm = SimSwarm(scenario, plan, scenario.seed, nursery, wall_clock=lambda: 0.0)
+        old = PeerAddress(swarm.peer_id(3), ("/ip4/127.0.0.1/tcp/40001",))
+        swarm.locate(3, old)
+        _locate_moved(swarm, tmp_path, 3)
+        assert swarm.addresses[3] == old  # it has not moved
+        new = PeerAddress(old.peer_id, ("/ip4/127.0.0.1/tcp/40002",))
+        _tell_moved(tmp_path, 3, new)
+        _locate_moved(swarm, tmp_path, 3)
+        assert swarm.addresses[3] == new
+        assert [p.name for p in tmp_path.iterdir()] == ["3.json"]
+
+
+def test_run_joins_count_the_retries_that_joined_before_the_end() -> None:
+    churn = [
+        ChurnRecord(10.0, "join", 60, ok=False),
+        ChurnRecord(20.0, "rejoin", 7, ok=False),
+        ChurnRecord(280.0, "join", 61, ok=False),
+        ChurnRecord(30.0, "join", 62),
+        ChurnRecord(40.0, "crash", 7),
+    ]
+    # (peer, seconds after the failed attempt, seconds into the run) from two workers
+    results = [
+        {"late_joins": [(60, 4.0, 17.0), (61, 30.0, 313.0)], "moved": 1},
+        {"late_joins": [(7, 9.5, 32.5)], "moved": 0},
+    ]
+    assert _run_joins(churn, results, 300.0) == {
+        "joins": 4,
+        "failed_first_attempt": 3,
+        "joined_later": 2,
+        "not_joined_in_run": 1,
+        "joined_later_max_s": 9.5,
+        "restarts_on_new_port": 1,
+    }

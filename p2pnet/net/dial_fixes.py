@@ -1,4 +1,4 @@
-"""Dials that reach a peer whenever its address is known: two py-libp2p 0.8.1 behaviours
+"""Dials that reach a peer whenever its address is known: three py-libp2p 0.8.1 behaviours
 that made joins fail with "No valid connections available" under churn.
 
 **Closed connections trusted.** A ``SwarmConn`` marks itself closed first and leaves the
@@ -22,13 +22,26 @@ identity) is dialled at its old address, which refuses, even when the caller nam
 new one: ``BasicHost.connect`` adds the caller's addresses after the old ones. Here the
 caller's addresses go first.
 
-``install_dial_fixes`` wraps ``BasicHost.connect`` and ``Swarm.new_stream``; upstream's
-code runs unchanged after the fix-up. Checked against py-libp2p 0.8.1 (pinned in
-pyproject.toml): a new release needs both compared again.
+**The listener closed last.** ``Swarm.close`` closes every connection, one after another
+(each clean-up ends in ``trio.sleep(0.1)``), before it closes its listeners, and the
+listeners run in a trio system task that nothing else cancels. A close cut short by its
+caller's deadline (p2pnet's host gives it ``HOST_CLOSE_TIMEOUT``, 5 s: a peer with ~45
+connections needs more) leaves the listener open for good, and a second ``close`` is a
+no-op: the stopped peer's port stays bound, its dead swarm accepts connections there
+and drops their streams ("fail to read from multiselect communicator", "Connection is
+shutting down"), and the peer restarted with the same identity cannot take its port
+back. ``close_listeners_first`` closes them before the connections. No upstream issue
+found.
+
+``install_dial_fixes`` wraps ``BasicHost.connect``, ``Swarm.new_stream`` and
+``Swarm.close``; upstream's code runs unchanged after the fix-up. Checked against
+py-libp2p 0.8.1 (pinned in pyproject.toml): a new release needs all three compared
+again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -37,8 +50,11 @@ from libp2p.host.basic_host import BasicHost
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from multiaddr import Multiaddr
 
-__all__ = ["forget_closed_connections", "install_dial_fixes"]
+__all__ = ["close_listeners_first", "forget_closed_connections", "install_dial_fixes"]
+
+log = logging.getLogger(__name__)
 
 _INSTALLED = "_p2pnet_dial_fixes"
 
@@ -103,13 +119,36 @@ def _new_stream(upstream: Callable[[Any, ID], Awaitable[Any]]) -> Callable[[Any,
     return new_stream
 
 
+async def close_listeners_first(swarm: Any) -> None:
+    """Close ``swarm``'s listeners (and tell its listeners' watchers, as upstream's close
+    does); upstream's close then finds none left."""
+    for listen_addr, listener in list(swarm.listeners.items()):
+        del swarm.listeners[listen_addr]
+        await listener.close()
+        try:
+            await swarm.notify_listen_close(Multiaddr(listen_addr))
+        except Exception as exc:  # a watcher's failure; upstream only logs it too
+            log.debug("notifying the close of %s: %r", listen_addr, exc)
+
+
+def _close(upstream: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Any]:
+    @wraps(upstream)
+    async def close(self: Any) -> None:
+        if not self._closing:
+            await close_listeners_first(self)
+        await upstream(self)
+
+    return close
+
+
 def install_dial_fixes() -> None:
-    """Patch py-libp2p's ``BasicHost.connect`` and ``Swarm.new_stream`` (see the module
-    docstring); idempotent. Every host in the process gets them."""
+    """Patch py-libp2p's ``BasicHost.connect``, ``Swarm.new_stream`` and ``Swarm.close``
+    (see the module docstring); idempotent. Every host in the process gets them."""
     host_class: Any = BasicHost
     swarm_class: Any = Swarm
     if getattr(swarm_class, _INSTALLED, False):
         return
     host_class.connect = _connect(host_class.connect)
     swarm_class.new_stream = _new_stream(swarm_class.new_stream)
+    swarm_class.close = _close(swarm_class.close)
     setattr(swarm_class, _INSTALLED, True)

@@ -385,6 +385,11 @@ def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
     peer on a taken port starts without error and the kernel splits incoming
     connections between the two. A probe bind without SO_REUSEPORT still fails on a
     taken port, which turns that into a clear error.
+
+    The probe sets SO_REUSEADDR, as the listener does: a port whose only sockets are
+    connections in TIME_WAIT (for 60 s after a peer that stopped closed them) is free
+    to listen on again, and a peer restarting on its port gets it back. Without it the
+    probe failed there, and a restarted peer could not take its own port for a minute.
     """
     for addr in addrs:
         protocols = [p.name for p in addr.protocols()]
@@ -393,6 +398,7 @@ def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
         family = socket.AF_INET6 if "ip6" in protocols else socket.AF_INET
         host = addr.value_for_protocol("ip6" if family == socket.AF_INET6 else "ip4")
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, int(addr.value_for_protocol("tcp"))))
             except OSError as exc:

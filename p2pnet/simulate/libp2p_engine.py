@@ -7,7 +7,9 @@ addresses (everyone's), join (a bootstrap batch), publish, run (each worker play
 peers' events from a common start time and sends back what it recorded), stats.
 Peers that join during the run do so through initial peers; a peer that leaves stops
 its host; a restarted peer comes back with the same identity on its old port (a new
-one if another socket took it meanwhile).
+one if another socket took it meanwhile: its worker then writes the new address to the
+run's directory of moved peers, which every worker reads before a join through that
+peer, so no join dials a port its bootstrap peer has left).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from p2pnet.core.address import PeerAddress
 from p2pnet.simulate.memory_engine import Progress
 from p2pnet.simulate.metrics import (
     ChurnRecord,
@@ -85,6 +89,9 @@ def run_libp2p(
     plan = make_plan(scenario, n, seed, initial_via=True, max_batch=JOIN_BATCH)
     w = min(workers_for(plan.total), n)
     log_dir.mkdir(parents=True, exist_ok=True)
+    moved_dir = log_dir / f"{scenario.name}-{n}-moved"
+    shutil.rmtree(moved_dir, ignore_errors=True)  # a previous run's addresses
+    moved_dir.mkdir()
     wall0 = time.perf_counter()
     workers = [
         JsonLinesWorker(
@@ -100,6 +107,8 @@ def run_libp2p(
                 str(n),
                 "--seed",
                 str(seed),
+                "--moved",
+                str(moved_dir),
                 *(arg for override in scenario.overrides for arg in ("--set", override)),
                 scenario.source,
             ],
@@ -171,6 +180,7 @@ def run_libp2p(
         progress("run", scenario.duration, scenario.duration)
         queries = [QueryRecord(**q) for r in results for q in r["queries"]]
         churn = [ChurnRecord(**c) for r in results for c in r["churn"]]
+        out["run_joins"] = _run_joins(churn, results, scenario.duration)
         fresh = [FreshRecord(**f) for r in results for f in r["fresh"]]
         out["metrics"] = summarize(
             queries,
@@ -227,6 +237,24 @@ def _all(
     return [worker.receive(STEP_TIMEOUT) for worker in busy]
 
 
+def _run_joins(
+    churn: list[ChurnRecord], results: list[dict[str, Any]], duration: float
+) -> dict[str, Any]:
+    """Joins and rejoins of the run phase: how many failed their first attempt (what
+    ``joins_failed`` counts), how many of those the peer's own retries joined before the
+    run ended, and how long after the failed attempt; restarts that took a new port."""
+    failed = sum(1 for c in churn if c.kind in ("join", "rejoin") and not c.ok)
+    late = sorted(after for r in results for _, after, at in r["late_joins"] if at <= duration)
+    return {
+        "joins": sum(1 for c in churn if c.kind in ("join", "rejoin")),
+        "failed_first_attempt": failed,
+        "joined_later": len(late),
+        "not_joined_in_run": failed - len(late),
+        "joined_later_max_s": round(late[-1], 1) if late else None,
+        "restarts_on_new_port": sum(r["moved"] for r in results),
+    }
+
+
 def _alive_at(plan: Plan, n: int) -> list[tuple[float, int]]:
     alive = n
     out = [(0.0, alive)]
@@ -245,10 +273,20 @@ def _alive_at(plan: Plan, n: int) -> list[tuple[float, int]]:
 
 
 async def worker_main(
-    path: str, n: int, seed: int, j: int, w: int, overrides: tuple[str, ...] = ()
+    path: str,
+    n: int,
+    seed: int,
+    j: int,
+    w: int,
+    overrides: tuple[str, ...] = (),
+    moved_dir: Path | None = None,
 ) -> None:
-    """Run this worker's peers; obey JSON commands on stdin, answer on stdout."""
-    from p2pnet.core.address import PeerAddress, transport_part
+    """Run this worker's peers; obey JSON commands on stdin, answer on stdout.
+
+    moved_dir: where the workers of the run tell each other the new address of a peer
+    restarted on a new port (one file per peer).
+    """
+    from p2pnet.core.address import transport_part
     from p2pnet.core.identity import Identity
     from p2pnet.errors import ConfigError
     from p2pnet.net.host import open_host
@@ -273,6 +311,8 @@ async def worker_main(
             swarm = SimSwarm(
                 scenario, plan, seed, nursery, wall_clock=time.time, join_timeout=JOIN_TIMEOUT
             )
+            swarm.watch_late_joins = True
+            moved: list[int] = []  # this worker's peers restarted on a new port
             stops: dict[int, Callable[[], Awaitable[None]]] = {}
             listen: dict[int, str] = {}  # a restarted peer listens where it did before
 
@@ -299,6 +339,10 @@ async def worker_main(
                 except ConfigError:  # the old port was taken meanwhile: a new one
                     stopped = trio.Event()
                     host = await nursery.start(run_host, any_port)
+                    moved.append(g)
+                    log.warning("peer %d restarted on a new port: %s", g, listen[g])
+                    if moved_dir is not None:
+                        _tell_moved(moved_dir, g, PeerAddress.of(host.peer_id, host.addrs))
 
                 async def stop_host() -> None:
                     stop.set()
@@ -357,7 +401,9 @@ async def worker_main(
                             pub.start_soon(publish, g, taken)
                     reply({"taken": taken})
                 elif kind == "run":
-                    await _run_events(swarm, plan, j, w, command["start_at"], start_host, stops)
+                    await _run_events(
+                        swarm, plan, j, w, command["start_at"], start_host, stops, moved_dir
+                    )
                     reply(
                         {
                             "queries": [asdict(q) for q in swarm.queries],
@@ -365,6 +411,8 @@ async def worker_main(
                             "fresh": [asdict(f) for f in swarm.fresh],
                             "pipelines": [asdict(p) for p in swarm.pipelines],
                             "invocations": [asdict(c) for c in swarm.invocations],
+                            "late_joins": swarm.late_joins,
+                            "moved": len(moved),
                         }
                     )
                 elif kind == "stats":
@@ -384,6 +432,24 @@ async def worker_main(
                     reply({"error": f"unknown command {kind!r}"})
 
 
+def _tell_moved(moved_dir: Path, g: int, address: PeerAddress) -> None:
+    """Write peer ``g``'s new address for the other workers (whole or not at all)."""
+    part = moved_dir / f"{g}.json.part"
+    part.write_text(json.dumps([address.peer_id, list(address.addrs)]))
+    part.replace(moved_dir / f"{g}.json")
+
+
+def _locate_moved(swarm: SimSwarm, moved_dir: Path | None, g: int) -> None:
+    """If another worker restarted peer ``g`` on a new port, use that address."""
+    if moved_dir is None or g in swarm.peers:  # a peer of this worker: located at its start
+        return
+    try:
+        peer_id, addrs = json.loads((moved_dir / f"{g}.json").read_text())
+    except FileNotFoundError:
+        return
+    swarm.locate(g, PeerAddress(peer_id, tuple(addrs)))
+
+
 async def _run_events(
     swarm: SimSwarm,
     plan: Plan,
@@ -392,6 +458,7 @@ async def _run_events(
     start_at: float,
     start_host: Callable[[int], Awaitable[Host]],
     stops: dict[int, Callable[[], Awaitable[None]]],
+    moved_dir: Path | None = None,
 ) -> None:
     scenario = swarm.scenario
     start = trio.current_time() + (start_at - time.time())
@@ -406,6 +473,8 @@ async def _run_events(
     started: dict[int, trio.Event] = {}
 
     async def run_event(kind: str, g: int, via: int, task: str, model: int, t: float) -> None:
+        if kind in ("join", "rejoin"):
+            _locate_moved(swarm, moved_dir, via)
         if kind == "join":
             try:
                 await swarm.add(g, await start_host(g))
@@ -449,6 +518,7 @@ def main() -> None:
     parser.add_argument("--peers", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--moved", type=Path, default=None, help="directory of moved peers")
     args = parser.parse_args()
 
     def run() -> None:
@@ -460,6 +530,7 @@ def main() -> None:
             args.worker,
             args.workers,
             tuple(args.overrides),
+            args.moved,
         )
 
     profile_dir = os.environ.get("P2PNET_SIM_PROFILE")  # cProfile each worker to this directory

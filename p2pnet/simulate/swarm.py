@@ -70,6 +70,7 @@ SCHEMA: Final = ModelSchema(
     (TensorSpec("text", "string", (None,)),), (TensorSpec("label", "int64", (None,)),)
 )
 RECORD_TTL: Final = 30 * 86400  # seconds; longer than any run
+LATE_JOIN_CHECK: Final = 0.5  # seconds between two looks at a late joiner's table
 
 
 def honest_key(seed: int, peer: int) -> Ed25519PrivateKey:
@@ -169,6 +170,12 @@ class SimSwarm:
         self.fresh: list[FreshRecord] = []
         self.run_started = 0.0  # trio time of the run phase's start (for invocation times)
         self.pipelines: list[PipelineRecord] = []
+        # Joins during the run whose first attempt failed, as (peer, seconds from the
+        # failed attempt until the peer's own retries filled its table, seconds into the
+        # run then): recorded when the retries work, if ``watch_late_joins`` (the libp2p
+        # engine, where time passes for real).
+        self.watch_late_joins = False
+        self.late_joins: list[tuple[int, float, float]] = []
         self.invocations: list[InvocationRecord] = []
         spec = scenario.pipeline.spec
         self.pipeline = Pipeline(spec) if spec is not None else None
@@ -346,7 +353,21 @@ class SimSwarm:
                 log.info("peer %d did not join: %s", index, exc)
         if kind:
             self.churn.append(ChurnRecord(t, kind, index, ok))
+            if not ok and self.watch_late_joins:
+                self.nursery.start_soon(self._watch_late_join, sim)
         return ok
+
+    async def _watch_late_join(self, sim: SimPeer) -> None:
+        """Record when peer ``sim``, whose join failed, fills its table through its own
+        retries (``Peer.join`` keeps asking); give up once it stops."""
+        assert sim.node is not None
+        start = trio.current_time()
+        while sim.alive and self.peers.get(sim.index) is sim:
+            now = trio.current_time()
+            if len(sim.node.table) > 0:
+                self.late_joins.append((sim.index, now - start, now - self.run_started))
+                return
+            await trio.sleep(LATE_JOIN_CHECK)
 
     async def leave(
         self, index: int, *, crash: bool, t: float, stop: Callable[[], Awaitable[None]]
