@@ -31,7 +31,8 @@ comment naming it. The other modules load without it.
     noise_writes.py  install_coalesced_writes              a long write's Noise messages sent
                                                            in one socket write
     dial_fixes.py  install_dial_fixes                      dials that skip closed connections and
-                                                           try the caller's address first
+                                                           try the caller's address first; a
+                                                           closing swarm's listeners closed first
     multistream.py install_pipelined_select                multistream-select's header and protocol
                                                            in one write, as go and rust send them
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
