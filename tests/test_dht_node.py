@@ -401,14 +401,17 @@ class SeenAtHost:
         claimed: dict[str, list[str]] | None = None,
     ) -> None:
         self._host = host
-        self.seen_at = seen_at
+        self.seen_from = seen_at
         self.claimed = claimed or {}
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._host, name)
 
     def connections(self) -> list[tuple[str, str]]:
-        return sorted((p, self.seen_at.get(p, a)) for p, a in self._host.connections())
+        return sorted((p, self.seen_from.get(p, a)) for p, a in self._host.connections())
+
+    def seen_at(self, peer_id: str) -> list[str]:
+        return [a for p, a in self.connections() if p == peer_id]
 
     def peer_addrs(self, peer_id: str) -> list[str]:
         return self.claimed.get(peer_id) or self._host.peer_addrs(peer_id)

@@ -4,7 +4,7 @@ import hashlib
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pnet.core.kad.keys import (
@@ -104,6 +104,20 @@ def test_random_preimage_lands_in_the_bucket(index: int) -> None:
     preimage = random_preimage_in_bucket(local, index, rng)
     assert preimage is not None
     assert bucket_index(local, key_of(preimage)) == index
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys, st.integers(246, 255), st.integers(0, 1 << 32))
+def test_preimages_of_far_buckets_come_from_the_pool_without_a_search(
+    local: Key, index: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    """With no attempt to search allowed, the far buckets (down to 246: the pool holds
+    ~64 preimages in each) still get a preimage, and different draws differ."""
+    drawn = {random_preimage_in_bucket(local, index, rng, max_attempts=0) for _ in range(8)}
+    assert None not in drawn
+    assert all(bucket_index(local, key_of(p)) == index for p in drawn if p is not None)
+    assert len(drawn) > 1
 
 
 def test_random_preimage_gives_up_on_unreachable_buckets() -> None:

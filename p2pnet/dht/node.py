@@ -563,7 +563,7 @@ class DhtNode:
 
     def _seen_at(self, peer_id: str) -> tuple[str, ...]:
         """The remote addresses of our connections to ``peer_id``."""
-        return tuple(addr for peer, addr in self.host.connections() if peer == peer_id and addr)
+        return tuple(addr for addr in self.host.seen_at(peer_id) if addr)
 
     def _saw(self, peer_id: str, seen_at: Sequence[str]) -> None:
         """A peer talked to us: it may go into the routing table, if we can dial it back
@@ -1020,8 +1020,21 @@ class DhtNode:
         await self._pool.aclose()
 
 
+# PeerInfo of each (peer ID, addresses) seen: every answer names up to k peers, and
+# the same peers recur across answers; building one hashes its key. Emptied when full.
+_PEER_INFOS: dict[tuple[str, tuple[str, ...]], PeerInfo] = {}
+_CACHED_PEER_INFOS = 1 << 17
+
+
 def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
-    return PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(transport_part(a) for a in addrs))
+    cache_key = (peer_id, addrs if type(addrs) is tuple else tuple(addrs))
+    info = _PEER_INFOS.get(cache_key)
+    if info is None:
+        info = PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(transport_part(a) for a in addrs))
+        if len(_PEER_INFOS) >= _CACHED_PEER_INFOS:
+            _PEER_INFOS.clear()
+        _PEER_INFOS[cache_key] = info
+    return info
 
 
 def _in_scope(response: KadMessage, scope: AddressScope) -> KadMessage:

@@ -323,20 +323,27 @@ class Host:
     def connections(self) -> list[tuple[str, str]]:
         """(peer ID, remote transport address) of every open connection; a relayed
         connection's address holds ``/p2p-circuit``."""
-        out = []
-        for conn in self._raw.get_network().get_connections():
-            if conn.is_closed:
-                continue
-            described = self._described.get(conn)
-            if described is None:
-                try:
-                    addrs = [str(a) for a in conn.get_transport_addresses()]
-                except Exception:  # a transport that does not know its addresses
-                    addrs = []
-                described = (str(conn.muxed_conn.peer_id), addrs[0] if addrs else "")
-                self._described[conn] = described
-            out.append(described)
-        return sorted(out)
+        conns = self._raw.get_network().get_connections()
+        return sorted(self._describe(conn) for conn in conns if not conn.is_closed)
+
+    def seen_at(self, peer_id: str) -> list[str]:
+        """The remote transport addresses of the open connections to ``peer_id``."""
+        try:
+            conns = self._raw.get_network().get_connections(ID.from_base58(peer_id))
+        except Exception:  # not a peer ID py-libp2p can parse: no connection to it
+            return []
+        return [self._describe(conn)[1] for conn in conns if not conn.is_closed]
+
+    def _describe(self, conn: Any) -> tuple[str, str]:
+        described = self._described.get(conn)
+        if described is None:
+            try:
+                addrs = [str(a) for a in conn.get_transport_addresses()]
+            except Exception:  # a transport that does not know its addresses
+                addrs = []
+            described = (str(conn.muxed_conn.peer_id), addrs[0] if addrs else "")
+            self._described[conn] = described
+        return described
 
 
 def tune_libp2p() -> None:

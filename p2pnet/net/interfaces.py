@@ -120,6 +120,11 @@ class StreamHost(Protocol):
         """(peer ID, remote address) of every open connection, sorted."""
         ...
 
+    def seen_at(self, peer_id: str) -> list[str]:
+        """The remote addresses of the open connections to ``peer_id`` (those of
+        ``connections()`` for that peer, without the others)."""
+        ...
+
     def path(self, peer_id: str) -> str | None:
         """How this host reaches ``peer_id``: "direct", "relayed", or None (no connection)."""
         ...
@@ -170,6 +175,9 @@ class HostWrapper:
 
     def connections(self) -> list[tuple[str, str]]:
         return self._host.connections()
+
+    def seen_at(self, peer_id: str) -> list[str]:
+        return self._host.seen_at(peer_id)
 
     def path(self, peer_id: str) -> str | None:
         return self._host.path(peer_id)

@@ -602,6 +602,10 @@ class MemoryHost:
         hosts = self._network._hosts
         return [(p, hosts[p]._transport_addr) for p in self._connections or ()]
 
+    def seen_at(self, peer_id: str) -> list[str]:
+        """``[/memory/<n>]`` of ``peer_id`` if connected to it, else []."""
+        return self.peer_addrs(peer_id)
+
     def path(self, peer_id: str) -> str | None:
         """ "relayed" while the NAT model routes ``peer_id`` through a relay, else "direct";
         None without a connection."""
