@@ -177,8 +177,9 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
                 relay = plan.relays[peer.index % len(plan.relays)]
                 network.reserve(peer.host.peer_id, hosts[relay].peer_id)
 
-        # Upkeep starts with the run: the bootstrap squeezes the growth of a swarm into
-        # minutes of virtual time, and its peers' first refreshes would repeat the joins.
+        # Upkeep starts with the run, from a steady state (_stagger_refreshes): the bootstrap
+        # squeezes the growth of a swarm into minutes of virtual time, and its peers'
+        # first refreshes would repeat the joins.
         swarm = SimSwarm(
             scenario,
             plan,
@@ -235,6 +236,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         if scenario.dht.settle:
             out["settle"] = await _settle(swarm, scenario.join_batch, network, progress)
 
+        _stagger_refreshes(swarm, random.Random(seed * 31 + 11))
         swarm.start_maintenance()
 
         # Publishing: providers, then forgers (whose forgeries name providers).
@@ -401,6 +403,27 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         }
         nursery.cancel_scope.cancel()
     return out
+
+
+def _stagger_refreshes(swarm: SimSwarm, rng: random.Random) -> None:
+    """Spread the last refresh of every peer's buckets over the past ``refresh_interval``,
+    as in a swarm that has kept itself up for a while: each maintenance round then
+    refreshes the share of buckets a steady swarm refreshes (a tenth per minute, with
+    the defaults).
+
+    The bootstrap squeezes the growth of the swarm into virtual minutes (hours at
+    100,000 peers), and a join counts its buckets as refreshed when it ends: without
+    this, every peer that joined over ``refresh_interval`` before the run would look
+    into all its buckets at once in the run's first minute, a burst no steady swarm
+    sees, costing more than the whole bootstrap at 100,000 peers.
+    """
+    now = trio.current_time()
+    for sim in swarm.peers.values():
+        if sim.node is None or not sim.alive:
+            continue
+        table, interval = sim.node.table, sim.node.config.refresh_interval
+        for index in table.stale_buckets(now, 0.0):
+            table.mark_refreshed(index, now - rng.uniform(0.0, interval))
 
 
 async def _settle(
