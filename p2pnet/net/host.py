@@ -53,6 +53,7 @@ from p2pnet.net.pnet import (
     recent_failure,
 )
 from p2pnet.net.swarm_key import SwarmKey
+from p2pnet.net.tcp_reads import install_read_patches
 from p2pnet.net.yamux_calls import install_call_patches
 from p2pnet.net.yamux_window import install_receive_window_cap, install_window_wakeup
 
@@ -376,6 +377,9 @@ def tune_libp2p() -> None:
     # py-libp2p's dialer waits a round trip between multistream-select's header and
     # protocol: p2pnet.net.multistream sends both at once.
     install_pipelined_select()
+    # py-libp2p reads each frame in pieces, a socket read and two lock trips each:
+    # p2pnet.net.tcp_reads serves them from one receive.
+    install_read_patches()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:
