@@ -119,6 +119,8 @@ async def test_a_read_returns_at_most_what_it_asks_for_and_the_rest_stays() -> N
         await trio.testing.wait_all_tasks_blocked()
         assert await stream.read(3) == b"abc"
         assert await stream.read(0) == b""
+        with pytest.raises(ValueError):
+            await stream.read(-1)
         assert await stream.read(2) == b"de"
         assert await stream.read() == b"fgh"  # without a count: everything held
         assert reader.receives == 1

@@ -98,8 +98,10 @@ def _holds_bytes(stream: Any) -> bool:
 async def _buffered_read(self: Any, n: int | None = None) -> bytes:
     """upstream ``TrioTCPStream.read``, served from the bytes of the last receive while
     any are left (see the module docstring)."""
-    if n is not None and n == 0:
-        return b""
+    if n is not None and n <= 0:
+        if n == 0:
+            return b""
+        raise ValueError("max_bytes must be >= 1")  # as trio's receive_some, upstream's
     if _holds_bytes(self):
         return _serve_buffered(self, n)
     if self.__dict__.get(_ENDED):
