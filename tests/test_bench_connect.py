@@ -1,4 +1,4 @@
-"""scripts/bench/connect.py runs both modes and writes every figure."""
+"""scripts/bench/connect.py runs every mode and writes every figure."""
 
 from __future__ import annotations
 
@@ -35,11 +35,12 @@ def test_a_short_run_writes_every_figure(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "connect.json").read_text())
-    for mode in ("p2pnet", "upstream_select"):
+    for mode in ("p2pnet", "upstream_select", "upstream_reads"):
         figures = result["modes"][mode]
         both = figures["both_sides_ms"]
         assert 0 < both["request"] < both["new_stream"] < both["connection"]
         for side in ("client", "server"):
             assert figures["stages_median_ms"][side]["connect"] > 0
-    assert set(result["pipelined_select_saves"]) == {"connection", "new_stream"}
+    assert set(result["saves_ms"]) == {"upstream_select", "upstream_reads"}
+    assert set(result["saves_ms"]["upstream_reads"]) == {"connection", "new_stream", "request"}
     assert result["load_before"] and result["code"]["commit"]

@@ -1,8 +1,8 @@
 """Hosts and streams: the libp2p host, the in-memory network, and what both offer services.
 
 Only ``host.py``, ``connmgr.py``, ``nat.py``, ``pnet.py``, ``yamux_window.py``,
-``yamux_calls.py``, ``noise_writes.py``, ``dial_fixes.py``, ``multistream.py`` and
-``logs.py`` import py-libp2p; its exceptions
+``yamux_calls.py``, ``noise_writes.py``, ``dial_fixes.py``, ``multistream.py``,
+``tcp_reads.py`` and ``logs.py`` import py-libp2p; its exceptions
 become p2pnet errors there, and every workaround for its behaviour lives there with a
 comment naming it. The other modules load without it.
 
@@ -35,6 +35,8 @@ comment naming it. The other modules load without it.
                                                            closing swarm's listeners closed first
     multistream.py install_pipelined_select                multistream-select's header and protocol
                                                            in one write, as go and rust send them
+    tcp_reads.py   install_read_patches                    a connection's frames read from one
+                                                           socket receive, not a read per piece
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
                                                            v2, relayed dials, DCUtR hole punching
     nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values

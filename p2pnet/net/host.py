@@ -53,6 +53,7 @@ from p2pnet.net.pnet import (
     recent_failure,
 )
 from p2pnet.net.swarm_key import SwarmKey
+from p2pnet.net.tcp_reads import install_read_patches
 from p2pnet.net.yamux_calls import install_call_patches
 from p2pnet.net.yamux_window import install_receive_window_cap, install_window_wakeup
 
@@ -383,6 +384,10 @@ def tune_libp2p() -> None:
     # py-libp2p's dialer waits a round trip between multistream-select's header and
     # protocol: p2pnet.net.multistream sends both at once.
     install_pipelined_select()
+    # py-libp2p reads each frame in pieces, a socket read and two lock trips each, and
+    # reads a closed connection 100 more times: p2pnet.net.tcp_reads serves the pieces
+    # from one receive and gives up at the end of the stream.
+    install_read_patches()
 
 
 def _check_tcp_ports_free(addrs: Sequence[multiaddr.Multiaddr]) -> None:

@@ -15,9 +15,11 @@ process dials, a child process listens and echoes. Each of ``--connections`` rou
 Each process's CPU time (``time.process_time``) is read at every stage boundary, the
 child's over its stdin/stdout pipe. The baselines, measured in the same run on one
 connection kept open: a new stream with a 1-byte echo, and a 1-byte echo on a stream
-kept open. Each figure is measured twice in the same run: with p2pnet's hosts as they
-are, and with py-libp2p's own multistream-select dialer (``upstream_select``: the patch
-of p2pnet/net/multistream.py left out, in both processes). Writes ``connect.json`` to
+kept open. Each figure is measured in each of ``--modes`` in the same run, the modes
+taking turns: ``p2pnet`` (the hosts as they are), ``upstream_select`` (py-libp2p's own
+multistream-select dialer: the patch of p2pnet/net/multistream.py left out, in both
+processes) and ``upstream_reads`` (py-libp2p's own reads: the patches of
+p2pnet/net/tcp_reads.py left out, in both processes). Writes ``connect.json`` to
 ``--out``.
 """
 
@@ -63,6 +65,22 @@ def leave_out_pipelined_select() -> None:
     from libp2p.protocol_muxer.multiselect_client import MultiselectClient
 
     MultiselectClient._p2pnet_pipelined_select = True  # type: ignore[attr-defined]
+
+
+def leave_out_read_patches() -> None:
+    """Keep py-libp2p's own read path: ``tune_libp2p`` calls nothing for
+    p2pnet/net/tcp_reads.py's patches."""
+    import p2pnet.net.host
+
+    setattr(p2pnet.net.host, "install_read_patches", lambda: None)  # noqa: B010
+
+
+def leave_out(mode: str) -> None:
+    """Before any host is opened: leave out the patches ``mode`` measures without."""
+    if mode == "upstream_select":
+        leave_out_pipelined_select()
+    elif mode == "upstream_reads":
+        leave_out_read_patches()
 
 
 async def serve() -> None:
@@ -188,7 +206,12 @@ def report(meter: Meter, connections: int, settle: float) -> dict[str, Any]:
     return out
 
 
-MODES = ("p2pnet", "upstream_select")
+MODES = ("p2pnet", "upstream_select", "upstream_reads")
+# What each mode other than p2pnet leaves out, for the printed summary.
+LEFT_OUT = {
+    "upstream_select": "pipelined multistream-select",
+    "upstream_reads": "buffered reads (tcp_reads)",
+}
 
 
 def run_mode(mode: str, connections: int, settle: float, out: Path) -> dict[str, Any]:
@@ -218,12 +241,9 @@ def run_mode(mode: str, connections: int, settle: float, out: Path) -> dict[str,
 
 def measure_mode(mode: str, connections: int, settle: float, out: Path) -> dict[str, Any]:
     """Both hosts, this process dialling and a child listening, in ``mode``."""
-    if mode == "upstream_select":
-        leave_out_pipelined_select()
+    leave_out(mode)
     set_libp2p_log_level(100)
-    argv = [sys.executable, __file__, "--serve-child"]
-    if mode == "upstream_select":
-        argv.append("--upstream-select")
+    argv = [sys.executable, __file__, "--serve-child", "--leave-out", mode]
     child = JsonLinesWorker(argv, out / f"connect-{mode}-child.log")
     try:
         target = parse_peer_address(child.receive(START_TIMEOUT)["addr"])
@@ -273,40 +293,54 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.05, help="seconds idle per stage")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--upstream-select", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated, p2pnet first (default {','.join(MODES)})",
+    )
+    parser.add_argument("--leave-out", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--mode-child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_child:
-        if args.upstream_select:
-            leave_out_pipelined_select()
+        leave_out(args.leave_out or "p2pnet")
         trio.run(serve)
         return
     if args.mode_child:
         print(json.dumps(measure_mode(args.mode_child, args.connections, args.settle, args.out)))
         return
+    modes_run = tuple(args.modes.split(","))
+    if modes_run[0] != "p2pnet" or not set(modes_run) <= set(MODES):
+        parser.error(f"--modes: p2pnet first, then any of {', '.join(MODES[1:])}")
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     # The modes take turns, so that a change in the machine's load falls on both.
-    rounds = {mode: [] for mode in MODES}  # type: dict[str, list[dict[str, Any]]]
+    rounds = {mode: [] for mode in modes_run}  # type: dict[str, list[dict[str, Any]]]
     for _ in range(args.rounds):
-        for mode in MODES:
+        for mode in modes_run:
             rounds[mode].append(run_mode(mode, args.connections, args.settle, args.out))
-    modes = {mode: _median_of(rounds[mode]) for mode in MODES}
-    ours, upstream = modes["p2pnet"], modes["upstream_select"]
+    modes = {mode: _median_of(rounds[mode]) for mode in modes_run}
+    ours = modes["p2pnet"]
     result: dict[str, Any] = {
         "rounds": args.rounds,
         "modes": modes,
-        # Saved CPU, each operation counted in requests of the same process and round (a
-        # request on an open stream costs the same in both modes), so that load changes
-        # between the modes' turns cancel out.
-        "pipelined_select_saves": {
-            k: round(1 - ours["in_requests"][k] / upstream["in_requests"][k], 3)
-            for k in ("connection", "new_stream")
+        # Per mode left out, the CPU p2pnet's patches save in plain CPU milliseconds
+        # (medians over rounds), and counted in requests of the same process and round:
+        # where the patches also make a request cheaper (tcp_reads does), that figure
+        # understates the saving; where they do not, it cancels load changes between
+        # the modes' turns.
+        "saves_ms": {
+            mode: {
+                k: round(1 - ours["both_sides_ms"][k] / modes[mode]["both_sides_ms"][k], 3)
+                for k in ("connection", "new_stream", "request")
+            }
+            for mode in modes_run[1:]
         },
-        # The same in plain CPU milliseconds (medians over rounds).
-        "pipelined_select_saves_ms": {
-            k: round(1 - ours["both_sides_ms"][k] / upstream["both_sides_ms"][k], 3)
-            for k in ("connection", "new_stream")
+        "saves_in_requests": {
+            mode: {
+                k: round(1 - ours["in_requests"][k] / modes[mode]["in_requests"][k], 3)
+                for k in ("connection", "new_stream")
+            }
+            for mode in modes_run[1:]
         },
         "machine": machine_info("libp2p", "trio"),
         "load_before": [round(x, 2) for x in load_before],
@@ -315,15 +349,15 @@ def main() -> None:
     }
     (args.out / "connect.json").write_text(json.dumps(result, indent=2) + "\n")
     print("CPU ms, median per connection (stages) or per operation; client / server")
-    print(f"{'stage':14} " + " ".join(f"{mode:>22}" for mode in MODES))
+    print(f"{'stage':14} " + " ".join(f"{mode:>22}" for mode in modes_run))
     for stage in (*STAGES, "new_stream", "request"):
         cells = []
-        for mode in MODES:
+        for mode in modes_run:
             c = modes[mode]["stages_median_ms"]["client"][stage]
             s = modes[mode]["stages_median_ms"]["server"][stage]
             cells.append(f"{c:10.2f} / {s:9.2f}")
         print(f"{stage:14} " + " ".join(cells))
-    for mode in MODES:
+    for mode in modes_run:
         both = modes[mode]["both_sides_ms"]
         print(
             f"{mode}: a connection {both['connection']:.2f} ms (both sides), a new stream "
@@ -331,13 +365,16 @@ def main() -> None:
             f"a connection {modes[mode]['in_requests']['connection']}, a new stream "
             f"{modes[mode]['in_requests']['new_stream']}"
         )
-    saves = result["pipelined_select_saves"]
+    for mode in modes_run[1:]:
+        ms, counted = result["saves_ms"][mode], result["saves_in_requests"][mode]
+        print(
+            f"{LEFT_OUT[mode]} saves {ms['connection']:.0%} of a connection's CPU, "
+            f"{ms['new_stream']:.0%} of a new stream's, {ms['request']:.0%} of a request's "
+            f"(counted in requests: {counted['connection']:.0%} and "
+            f"{counted['new_stream']:.0%})"
+        )
     print(
-        f"pipelined multistream-select saves {saves['connection']:.0%} of a connection's CPU "
-        f"and {saves['new_stream']:.0%} of a new stream's counted in requests "
-        f"({result['pipelined_select_saves_ms']['connection']:.0%} and "
-        f"{result['pipelined_select_saves_ms']['new_stream']:.0%} in plain ms); load "
-        f"{result['load_before'][0]} -> {result['load_after'][0]}; "
+        f"load {result['load_before'][0]} -> {result['load_after'][0]}; "
         f"wrote {args.out / 'connect.json'}"
     )
 
