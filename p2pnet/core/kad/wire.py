@@ -495,22 +495,34 @@ def _encode_peers(
                 f"{field}[{i}] has {len(peer.addrs)} addresses; receivers keep at most "
                 f"{limits.max_addrs_per_peer}"
             )
-        addrs: list[bytes] = []
-        for addr in peer.addrs:
-            raw = _addr_bytes(addr)
-            if raw is None:
-                raise InvalidAddressError(
-                    f"{field}[{i}] address {addr!r:.100} is not a multiaddr p2pnet can send"
-                )
-            if len(raw) > limits.max_addr_bytes:
-                raise PayloadTooLargeError(
-                    f"{field}[{i}] address {addr!r:.100} is {len(raw)} bytes; receivers "
-                    f"drop addresses over {limits.max_addr_bytes}"
-                )
-            addrs.append(raw)
         out.add(
-            id=_peer_id_bytes(peer.peer_id), addrs=addrs, connection=_PB_CONNECTION[peer.connection]
+            id=_peer_id_bytes(peer.peer_id),
+            addrs=_sendable_addrs(field, i, peer, limits),
+            connection=_PB_CONNECTION[peer.connection],
         )
+
+
+def _sendable_addrs(field: str, i: int, peer: KadPeer, limits: KadLimits) -> list[bytes]:
+    """The binary multiaddrs of ``peer.addrs``, each one a receiver keeps.
+
+    Raises:
+        InvalidAddressError: an address p2pnet cannot send.
+        PayloadTooLargeError: an address over ``limits.max_addr_bytes``.
+    """
+    out: list[bytes] = []
+    for addr in peer.addrs:
+        raw = _addr_bytes(addr)
+        if raw is None:
+            raise InvalidAddressError(
+                f"{field}[{i}] address {addr!r:.100} is not a multiaddr p2pnet can send"
+            )
+        if len(raw) > limits.max_addr_bytes:
+            raise PayloadTooLargeError(
+                f"{field}[{i}] address {addr!r:.100} is {len(raw)} bytes; receivers "
+                f"drop addresses over {limits.max_addr_bytes}"
+            )
+        out.append(raw)
+    return out
 
 
 # --- the plain shape, without protobuf ---------------------------------------------------
@@ -583,17 +595,7 @@ def _encode_plain_peer(field: str, i: int, peer: KadPeer) -> bytes:
         )
     raw_id = _peer_id_bytes(peer.peer_id)
     parts = [bytes((_TAG_PEER_ID,)), encode_uvarint(len(raw_id)), raw_id]
-    for addr in peer.addrs:
-        raw = _addr_bytes(addr)
-        if raw is None:
-            raise InvalidAddressError(
-                f"{field}[{i}] address {addr!r:.100} is not a multiaddr p2pnet can send"
-            )
-        if len(raw) > limits.max_addr_bytes:
-            raise PayloadTooLargeError(
-                f"{field}[{i}] address {addr!r:.100} is {len(raw)} bytes; receivers "
-                f"drop addresses over {limits.max_addr_bytes}"
-            )
+    for raw in _sendable_addrs(field, i, peer, limits):
         parts += (bytes((_TAG_PEER_ADDR,)), encode_uvarint(len(raw)), raw)
     if peer.connection:
         parts.append(bytes((_TAG_PEER_CONNECTION, peer.connection)))
