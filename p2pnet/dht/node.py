@@ -706,7 +706,10 @@ class DhtNode:
             def filled(_peer: PeerInfo, _response: KadMessage, index: int = index) -> bool:
                 return len(self.table.bucket(index)) >= wanted
 
-            await self._iterate(target, KadMessage(MessageType.FIND_NODE, target), filled)
+            # One request at a time: the peer closest to a key of the bucket nearly
+            # always names peers in it, and those asked at once besides would be dials
+            # for nothing.
+            await self._iterate(target, KadMessage(MessageType.FIND_NODE, target), filled, alpha=1)
         now = trio.current_time()
         for index in self.table.stale_buckets(now, 0.0):
             self.table.mark_refreshed(index, now)
@@ -905,10 +908,12 @@ class DhtNode:
         on_response: Callable[[PeerInfo, KadMessage], bool] | None = None,
         *,
         deadline: float = math.inf,
+        alpha: int | None = None,
     ) -> tuple[DisjointLookup, bool]:
         """Run one iterative lookup for ``target``, sending ``request`` to each peer asked,
         until it finishes or ``deadline`` (trio time) passes. Returns the lookup and
         whether it ran its course (not stopped by ``on_response`` nor the deadline).
+        ``alpha``: requests in flight at once, if not ``config.alpha``.
 
         With ``defences.region``, the lookup covers the key's region as well as its k
         closest peers, the region's size set by our estimate of the network's. It runs
@@ -927,7 +932,7 @@ class DhtNode:
             now=trio.current_time(),
             paths=defences.paths,
             k=config.k,
-            alpha=config.alpha,
+            alpha=config.alpha if alpha is None else alpha,
             rpc_timeout=config.rpc_timeout,
             max_queries=config.max_queries * defences.paths,
             local_key=self.local.key,
