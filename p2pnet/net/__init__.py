@@ -37,6 +37,8 @@ comment naming it. The other modules load without it.
                                                            in one write, as go and rust send them
     tcp_reads.py   install_read_patches                    a connection's frames read from one
                                                            socket receive, not a read per piece
+    patching.py    replace_attribute                       the workarounds' one-time replacement
+                                                           of a py-libp2p attribute
     nat.py         NatTraversal                            NAT traversal: AutoNAT, circuit relay
                                                            v2, relayed dials, DCUtR hole punching
     nat_config.py  NatConfig, Reachability, DEFAULT_NAT    NAT settings and verdicts, plain values

@@ -31,6 +31,8 @@ from libp2p.protocol_muxer.exceptions import (
 )
 from libp2p.utils import encode_delim
 
+from p2pnet.net.patching import replace_attribute
+
 __all__ = ["install_pipelined_select"]
 
 _HEADER = _client.MULTISELECT_PROTOCOL_ID
@@ -90,8 +92,4 @@ async def _select_one_of(
 def install_pipelined_select() -> None:
     """Patch py-libp2p's ``MultiselectClient.select_one_of`` (see the module docstring);
     idempotent."""
-    client_class: Any = _client.MultiselectClient
-    if getattr(client_class, "_p2pnet_pipelined_select", False):
-        return
-    client_class.select_one_of = _select_one_of
-    client_class._p2pnet_pipelined_select = True
+    replace_attribute(_client.MultiselectClient, "select_one_of", _select_one_of)

@@ -21,6 +21,8 @@ from typing import Any
 
 from libp2p.security.noise import io as _noise_io
 
+from p2pnet.net.patching import replace_attribute
+
 __all__ = ["install_coalesced_writes"]
 
 _MAX_PLAINTEXT = _noise_io.MAX_PLAINTEXT_LENGTH
@@ -46,8 +48,4 @@ async def _coalesced_write_msg(self: Any, msg: bytes, prefix_encoded: bool = Fal
 def install_coalesced_writes() -> None:
     """Patch py-libp2p's ``NoiseTransportReadWriter.write_msg`` (see the module
     docstring); idempotent."""
-    writer_class: Any = _noise_io.NoiseTransportReadWriter
-    if getattr(writer_class, "_p2pnet_coalesced_writes", False):
-        return
-    writer_class.write_msg = _coalesced_write_msg
-    writer_class._p2pnet_coalesced_writes = True
+    replace_attribute(_noise_io.NoiseTransportReadWriter, "write_msg", _coalesced_write_msg)

@@ -54,6 +54,7 @@ from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError
 from libp2p.security.noise import io as _noise_io
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
+from p2pnet.net.patching import replace_attribute
 from p2pnet.net.yamux_window import take
 
 __all__ = [
@@ -136,11 +137,7 @@ async def _buffered_read(self: Any, n: int | None = None) -> bytes:
 
 def install_buffered_tcp_reads() -> None:
     """Patch py-libp2p's ``TrioTCPStream.read`` (see the module docstring); idempotent."""
-    stream_class: Any = _io_trio.TrioTCPStream
-    if getattr(stream_class, "_p2pnet_buffered_reads", False):
-        return
-    stream_class.read = _buffered_read
-    stream_class._p2pnet_buffered_reads = True
+    replace_attribute(_io_trio.TrioTCPStream, "read", _buffered_read)
 
 
 async def _direct_read_exactly(
@@ -203,11 +200,7 @@ async def _quiet_noise_read_msg(self: Any, prefix_encoded: bool = False) -> byte
 def install_quiet_noise_reads() -> None:
     """Patch py-libp2p's ``BaseNoiseMsgReadWriter.read_msg`` (see the module docstring);
     idempotent."""
-    reader_class: Any = _noise_io.BaseNoiseMsgReadWriter
-    if getattr(reader_class, "_p2pnet_quiet_reads", False):
-        return
-    reader_class.read_msg = _quiet_noise_read_msg
-    reader_class._p2pnet_quiet_reads = True
+    replace_attribute(_noise_io.BaseNoiseMsgReadWriter, "read_msg", _quiet_noise_read_msg)
 
 
 def install_read_patches() -> None:

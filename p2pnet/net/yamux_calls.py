@@ -39,6 +39,7 @@ from typing import Any
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
 from p2pnet.net.noise_writes import install_coalesced_writes
+from p2pnet.net.patching import replace_attribute
 from p2pnet.net.yamux_window import take
 
 __all__ = ["install_call_patches", "install_half_window_credit", "install_quiet_frame_write"]
@@ -83,11 +84,7 @@ async def _half_window_credit(self: Any, *, bytes_read: int = 0) -> None:
 def install_half_window_credit() -> None:
     """Patch py-libp2p's ``YamuxStream._auto_tune_and_send_window_update`` (see the
     module docstring); idempotent."""
-    stream_class: Any = _yamux.YamuxStream
-    if getattr(stream_class, "_p2pnet_half_window_credit", False):
-        return
-    stream_class._auto_tune_and_send_window_update = _half_window_credit
-    stream_class._p2pnet_half_window_credit = True
+    replace_attribute(_yamux.YamuxStream, "_auto_tune_and_send_window_update", _half_window_credit)
 
 
 _upstream_write_frame = _yamux.Yamux._write_frame
@@ -109,11 +106,7 @@ async def _quiet_write_frame(self: Any, data: bytes) -> None:
 
 def install_quiet_frame_write() -> None:
     """Patch py-libp2p's ``Yamux._write_frame`` (see the module docstring); idempotent."""
-    muxer_class: Any = _yamux.Yamux
-    if getattr(muxer_class, "_p2pnet_quiet_frame_write", False):
-        return
-    muxer_class._write_frame = _quiet_write_frame
-    muxer_class._p2pnet_quiet_frame_write = True
+    replace_attribute(_yamux.Yamux, "_write_frame", _quiet_write_frame)
 
 
 def install_call_patches() -> None:

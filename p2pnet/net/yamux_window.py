@@ -34,6 +34,8 @@ import trio
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
+from p2pnet.net.patching import replace_attribute
+
 __all__ = ["install_receive_window_cap", "install_window_wakeup", "take"]
 
 # How often a waiting writer looks at ``closed``, which has no wake-up (upstream's poll).
@@ -170,8 +172,4 @@ _upstream_send_window_update = _yamux.YamuxStream.send_window_update
 def install_receive_window_cap() -> None:
     """Patch py-libp2p's ``YamuxStream.send_window_update`` (see the module docstring);
     idempotent. Checked against py-libp2p 0.8.1: a new release needs it compared again."""
-    stream_class: Any = _yamux.YamuxStream
-    if getattr(stream_class, "_p2pnet_receive_window_cap", False):
-        return
-    stream_class.send_window_update = _capped_send_window_update
-    stream_class._p2pnet_receive_window_cap = True
+    replace_attribute(_yamux.YamuxStream, "send_window_update", _capped_send_window_update)

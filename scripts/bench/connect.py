@@ -60,11 +60,11 @@ async def _echo(stream: Stream) -> None:
 
 
 def leave_out_pipelined_select() -> None:
-    """Keep py-libp2p's own multistream-select dialer: mark p2pnet's patch as installed
-    before any host is opened, so that ``tune_libp2p`` skips it."""
-    from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+    """Keep py-libp2p's own multistream-select dialer: ``tune_libp2p`` calls nothing for
+    p2pnet/net/multistream.py's patch."""
+    import p2pnet.net.host
 
-    MultiselectClient._p2pnet_pipelined_select = True  # type: ignore[attr-defined]
+    setattr(p2pnet.net.host, "install_pipelined_select", lambda: None)  # noqa: B010
 
 
 def leave_out_read_patches() -> None:
