@@ -209,6 +209,13 @@ def _outputs(doc: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     return {name: tensor_from_json(name, value) for name, value in doc.items()}
 
 
+def _unreachable(url: str, exc: Exception) -> P2PNetError:
+    """The error of a request to the running peer's API at ``url`` that failed below HTTP."""
+    return PeerUnreachableError(
+        f"the running peer's API at {url}: {type(exc).__name__} {exc}".rstrip()
+    )
+
+
 def _json_reply(status: int, data: bytes, path: str) -> Any:
     """The JSON of a reply with HTTP ``status`` and body ``data`` to a request of ``path``.
 
@@ -275,13 +282,8 @@ class ApiClient:
             ) as response:
                 data = await _read(response, MAX_REPLY)
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+            raise _unreachable(self.url, exc) from None
         return _json_reply(response.status_code, data, path)
-
-    def _unreachable(self, exc: Exception) -> P2PNetError:
-        return PeerUnreachableError(
-            f"the running peer's API at {self.url}: {type(exc).__name__} {exc}".rstrip()
-        )
 
     async def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """``GET /api/status``: the running peer's ``PeerStatus.to_dict()``, within
@@ -474,13 +476,8 @@ class BlockingApiClient:
             data = _read_blocking(response, MAX_REPLY)
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise self._unreachable(exc) from None
+            raise _unreachable(self.url, exc) from None
         return _json_reply(response.status, data, path)
-
-    def _unreachable(self, exc: Exception) -> P2PNetError:
-        return PeerUnreachableError(
-            f"the running peer's API at {self.url}: {type(exc).__name__} {exc}".rstrip()
-        )
 
     def status(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """``GET /api/status``: the running peer's ``PeerStatus.to_dict()``, within
@@ -665,7 +662,7 @@ class ApiReply:
         try:
             response = await http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise self._client._unreachable(exc) from None
+            raise _unreachable(self._client.url, exc) from None
         self._response = response
         if response.status_code >= 400:
             data = await _read(response, MAX_REPLY)
@@ -689,7 +686,7 @@ class ApiReply:
                 if len(buffer) > MAX_LINE:
                     raise RemoteProtocolError(f"an event of the API over {MAX_LINE} bytes")
         except httpx.TransportError as exc:
-            raise self._client._unreachable(exc) from None
+            raise _unreachable(self._client.url, exc) from None
         if buffer.strip():
             yield self._seen(_event(buffer), pieces)
 
