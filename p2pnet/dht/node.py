@@ -74,6 +74,7 @@ from p2pnet.core.kad.store import (
     ValueStore,
 )
 from p2pnet.core.kad.wire import (
+    CACHED_PEERS,
     KadMessage,
     KadMessageReader,
     KadPeer,
@@ -1026,9 +1027,9 @@ class DhtNode:
 
 
 # PeerInfo of each (peer ID, addresses) seen: every answer names up to k peers, and
-# the same peers recur across answers; building one hashes its key. Emptied when full.
+# the same peers recur across answers; building one hashes its key. Emptied when it
+# holds CACHED_PEERS, as the wire codec's caches are.
 _PEER_INFOS: dict[tuple[str, tuple[str, ...]], PeerInfo] = {}
-_CACHED_PEER_INFOS = 1 << 17
 
 
 def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
@@ -1036,7 +1037,7 @@ def _peer_info(peer_id: str, addrs: Sequence[str]) -> PeerInfo:
     info = _PEER_INFOS.get(cache_key)
     if info is None:
         info = PeerInfo(peer_id, peer_id_bytes(peer_id), tuple(transport_part(a) for a in addrs))
-        if len(_PEER_INFOS) >= _CACHED_PEER_INFOS:
+        if len(_PEER_INFOS) >= CACHED_PEERS:
             _PEER_INFOS.clear()
         _PEER_INFOS[cache_key] = info
     return info

@@ -35,7 +35,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, cast
+from typing import Final, TypeVar, cast
 
 import base58
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -352,8 +352,6 @@ class KadMessageReader:
         if len(peers) > cap:
             self.dropped_peers += len(peers) - cap
             peers = peers[:cap]
-        max_addrs = self.limits.max_addrs_per_peer
-        max_addr_bytes = self.limits.max_addr_bytes
         out = []
         for i, p in enumerate(peers):
             peer_id = _peer_id_text_or_none(p.id)
@@ -364,9 +362,7 @@ class KadMessageReader:
                 )
             addrs: list[str] = []
             for raw in p.addrs:
-                text = None
-                if len(addrs) < max_addrs and len(raw) <= max_addr_bytes:
-                    text = _addr_text(raw)
+                text = _kept_addr_text(raw, len(addrs), self.limits)
                 if text is None:
                     self.dropped_addrs += 1
                 else:
@@ -487,28 +483,33 @@ def _encode_peers(
     cap: int,
     limits: KadLimits,
 ) -> None:
+    _check_peer_count(field, peers, cap)
+    for i, peer in enumerate(peers):
+        raw_id, addrs = _sendable_peer(field, i, peer, limits)
+        out.add(id=raw_id, addrs=addrs, connection=_PB_CONNECTION[peer.connection])
+
+
+def _check_peer_count(field: str, peers: tuple[KadPeer, ...], cap: int) -> None:
     if len(peers) > cap:
         raise PayloadTooLargeError(f"{field} has {len(peers)} peers; receivers keep at most {cap}")
-    for i, peer in enumerate(peers):
-        if len(peer.addrs) > limits.max_addrs_per_peer:
-            raise PayloadTooLargeError(
-                f"{field}[{i}] has {len(peer.addrs)} addresses; receivers keep at most "
-                f"{limits.max_addrs_per_peer}"
-            )
-        out.add(
-            id=_peer_id_bytes(peer.peer_id),
-            addrs=_sendable_addrs(field, i, peer, limits),
-            connection=_PB_CONNECTION[peer.connection],
-        )
 
 
-def _sendable_addrs(field: str, i: int, peer: KadPeer, limits: KadLimits) -> list[bytes]:
-    """The binary multiaddrs of ``peer.addrs``, each one a receiver keeps.
+def _sendable_peer(
+    field: str, i: int, peer: KadPeer, limits: KadLimits
+) -> tuple[bytes, list[bytes]]:
+    """The binary peer ID of ``peer`` and its binary multiaddrs, each one a receiver keeps.
 
     Raises:
-        InvalidAddressError: an address p2pnet cannot send.
-        PayloadTooLargeError: an address over ``limits.max_addr_bytes``.
+        PayloadTooLargeError: more addresses than ``limits.max_addrs_per_peer``, or one
+            over ``limits.max_addr_bytes``.
+        InvalidAddressError: a peer ID or an address p2pnet cannot send.
     """
+    if len(peer.addrs) > limits.max_addrs_per_peer:
+        raise PayloadTooLargeError(
+            f"{field}[{i}] has {len(peer.addrs)} addresses; receivers keep at most "
+            f"{limits.max_addrs_per_peer}"
+        )
+    raw_id = _peer_id_bytes(peer.peer_id)
     out: list[bytes] = []
     for addr in peer.addrs:
         raw = _addr_bytes(addr)
@@ -522,7 +523,7 @@ def _sendable_addrs(field: str, i: int, peer: KadPeer, limits: KadLimits) -> lis
                 f"drop addresses over {limits.max_addr_bytes}"
             )
         out.append(raw)
-    return out
+    return raw_id, out
 
 
 # --- the plain shape, without protobuf ---------------------------------------------------
@@ -536,6 +537,9 @@ def _sendable_addrs(field: str, i: int, peer: KadPeer, limits: KadLimits) -> lis
 # writes (fields in number order, defaults left out: the golden vectors and a property
 # test hold both paths to it). Anything else, and anything malformed, goes to protobuf,
 # which keeps the last word on errors.
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _TAG_TYPE: Final = 0x08  # field 1, varint
 _TAG_KEY: Final = 0x12  # field 2, bytes
@@ -565,18 +569,12 @@ def _plain_body(message: KadMessage) -> bytes:
         (_TAG_CLOSER, "closer_peers", message.closer_peers, limits.max_closer_peers),
         (_TAG_PROVIDER, "provider_peers", message.provider_peers, limits.max_provider_peers),
     ):
-        if len(peers) > cap:
-            raise PayloadTooLargeError(
-                f"{field} has {len(peers)} peers; receivers keep at most {cap}"
-            )
+        _check_peer_count(field, peers, cap)
         prefix = bytes((tag,))
         for i, peer in enumerate(peers):
             encoded = _encoded_peers.get(peer)
             if encoded is None:
-                encoded = _encode_plain_peer(field, i, peer)
-                if len(_encoded_peers) >= CACHED_PEERS:
-                    _encoded_peers.clear()
-                _encoded_peers[peer] = encoded
+                encoded = _kept(_encoded_peers, peer, _encode_plain_peer(field, i, peer))
             parts.append(prefix)
             parts.append(encoded)
     if message.cluster_level:
@@ -587,15 +585,9 @@ def _plain_body(message: KadMessage) -> bytes:
 def _encode_plain_peer(field: str, i: int, peer: KadPeer) -> bytes:
     """The Peer submessage of ``peer``, length prefix first, checked as ``_encode_peers``
     checks it."""
-    limits = DEFAULT_LIMITS
-    if len(peer.addrs) > limits.max_addrs_per_peer:
-        raise PayloadTooLargeError(
-            f"{field}[{i}] has {len(peer.addrs)} addresses; receivers keep at most "
-            f"{limits.max_addrs_per_peer}"
-        )
-    raw_id = _peer_id_bytes(peer.peer_id)
+    raw_id, addrs = _sendable_peer(field, i, peer, DEFAULT_LIMITS)
     parts = [bytes((_TAG_PEER_ID,)), encode_uvarint(len(raw_id)), raw_id]
-    for raw in _sendable_addrs(field, i, peer, limits):
+    for raw in addrs:
         parts += (bytes((_TAG_PEER_ADDR,)), encode_uvarint(len(raw)), raw)
     if peer.connection:
         parts.append(bytes((_TAG_PEER_CONNECTION, peer.connection)))
@@ -637,12 +629,10 @@ def _read_plain_body(body: bytes) -> tuple[KadMessage, int] | None:
                 sub = body[pos:stop]
                 decoded = _decoded_peers.get(sub)
                 if decoded is None:
-                    decoded = _read_plain_peer(sub)
-                    if decoded is None:
+                    read = _read_plain_peer(sub)
+                    if read is None:
                         return None
-                    if len(_decoded_peers) >= CACHED_PEERS:
-                        _decoded_peers.clear()
-                    _decoded_peers[sub] = decoded
+                    decoded = _kept(_decoded_peers, sub, read)
                 peer, dropped, peer_fields = decoded
                 out.append(peer)
                 dropped_addrs += dropped
@@ -674,6 +664,15 @@ def _read_plain_body(body: bytes) -> tuple[KadMessage, int] | None:
         cluster_level or 0,
     )
     return message, dropped_addrs
+
+
+def _kept(cache: dict[K, V], key: K, value: V) -> V:
+    """``value``, kept in ``cache`` under ``key``; a full cache (CACHED_PEERS) is emptied
+    first."""
+    if len(cache) >= CACHED_PEERS:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _plain_length(body: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -716,9 +715,7 @@ def _read_plain_peer(sub: bytes) -> tuple[KadPeer, int, int] | None:
                     return None
                 raw_id = raw
                 continue
-            text = None
-            if len(addrs) < limits.max_addrs_per_peer and len(raw) <= limits.max_addr_bytes:
-                text = _addr_text(raw)
+            text = _kept_addr_text(raw, len(addrs), limits)
             if text is None:
                 dropped += 1
             else:
@@ -735,6 +732,15 @@ def _read_plain_peer(sub: bytes) -> tuple[KadPeer, int, int] | None:
         return None  # protobuf's path says what is wrong with it
     kind = _CONNECTION_TYPES.get(connection or 0, ConnectionType.NOT_CONNECTED)
     return KadPeer(peer_id, tuple(addrs), kind), dropped, fields
+
+
+def _kept_addr_text(raw: bytes, kept: int, limits: KadLimits) -> str | None:
+    """The text of a peer's address ``raw`` received after ``kept`` of its addresses, or
+    None when it is dropped: past ``max_addrs_per_peer``, over ``max_addr_bytes``, or
+    not a multiaddr."""
+    if kept >= limits.max_addrs_per_peer or len(raw) > limits.max_addr_bytes:
+        return None
+    return _addr_text(raw)
 
 
 def _multihash_problem(raw: bytes) -> str | None:
