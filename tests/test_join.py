@@ -128,5 +128,27 @@ async def test_a_peer_left_alone_rejoins_through_a_peer_it_learned(
             assert second.peer_id in {p.peer_id for p in table}
 
 
+async def test_a_joined_peer_whose_table_empties_rejoins_at_once(
+    autojump_clock: trio.testing.MockClock, network: MemoryNetwork
+) -> None:
+    async with memory_peer(network) as first, memory_peer(network) as second:
+        await second.join([_address(first)])
+        async with memory_peer(network, bootstrap=[first.addrs[0]]) as joiner:
+            dht, table = joiner.services.dht, joiner.services.dht.table
+            assert len(table) == 2
+            # Cut off, its lookups fail until the routing table drops everyone.
+            network.partition([joiner.peer_id], [first.peer_id, second.peer_id])
+            while len(table):
+                await dht.find_closest(b"any key")
+            network.heal()
+            # The DHT tells the peer its table emptied: it rejoins at once (or, had it asked
+            # before the heal, after one request timeout and its first backoff), not at
+            # its next once-a-minute relearning.
+            policy = JoinPolicy()
+            with trio.fail_after(policy.request_timeout + policy.first_backoff * 3):
+                await wait_joined(joiner)
+            assert {first.peer_id, second.peer_id} <= {p.peer_id for p in table}
+
+
 def _address(peer: Peer) -> PeerAddress:
     return parse_peer_address(peer.addrs[0])

@@ -54,8 +54,9 @@ class JoinPolicy:
     per_attempt: peers asked at once.
     first_backoff: seconds before a peer that did not answer is asked again; doubled at
         each further failure, up to ``max_backoff``.
-    check_interval: seconds between checks, once joined, that the routing table still
-        holds peers (a peer left alone starts trying again).
+    check_interval: seconds between checks, while alone and waiting for a backoff to end,
+        that others have joined through this peer (a joined peer is told when its routing
+        table empties, and starts trying again).
     """
 
     request_timeout: float = 3.0

@@ -339,6 +339,9 @@ class DhtNode:
         self._sizes = SizeEstimator()
         self.requests_served = 0
         self.requests_dropped = 0
+        # Called when a failure or a failed ping leaves the routing table empty (the peer
+        # watches for it to rejoin, instead of polling the table's size).
+        self.on_table_empty: Callable[[], None] | None = None
 
     # --- serving --------------------------------------------------------------------------
 
@@ -607,6 +610,12 @@ class DhtNode:
     async def _ping_oldest(self, decision: PingOldest) -> None:
         alive = await self.ping(decision.oldest)
         self.table.on_ping_result(decision.oldest, alive, trio.current_time())
+        if not alive:
+            self._tell_if_empty()
+
+    def _tell_if_empty(self) -> None:
+        if self.on_table_empty is not None and len(self.table) == 0:
+            self.on_table_empty()
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start background upkeep (a ping of a full bucket's oldest peer) in the peer's
@@ -949,7 +958,8 @@ class DhtNode:
             except (P2PNetError, trio.TooSlowError) as exc:
                 log.debug("%s to %s failed: %s", request.type.name, peer.peer_id, exc)
                 lookup.on_failure(peer, trio.current_time())
-                self.table.record_failure(peer, trio.current_time())
+                if self.table.record_failure(peer, trio.current_time()):
+                    self._tell_if_empty()
             else:
                 response = _in_scope(response, scope_seen_at(self._seen_at(peer.peer_id)))
                 self._update(peer)
