@@ -762,7 +762,7 @@ class Peer:
         # in a simulated swarm of 100,000 peers, every joined peer's wake-up every
         # check_interval was a large share of the bootstrap's CPU.
         dht.on_table_empty = self._wake_join
-        learned_size, learned_at = -1, -math.inf
+        learned_size, relearn_at = -1, -math.inf
         while True:
             now = trio.current_time()
             if len(table):
@@ -773,12 +773,14 @@ class Peer:
                 # Remember peers again when the table grew or shrank, else once every
                 # RELEARN_AFTER: a check costs little, the learning ~0.1 ms (in a
                 # simulated swarm of thousands, every peer's every 10 s added up).
-                if len(table) != learned_size or now - learned_at >= RELEARN_AFTER:
+                # (One sum for the test and the wait: with ``now - learned_at`` in the test,
+                # rounding could leave the wait's end at ``now``, a loop that never waits.)
+                if len(table) != learned_size or now >= relearn_at:
                     plan.learn(
                         PeerAddress(p.peer_id, p.addrs) for p in islice(table, LEARN_FROM_TABLE)
                     )
-                    learned_size, learned_at = len(table), now
-                until = learned_at + RELEARN_AFTER
+                    learned_size, relearn_at = len(table), now + RELEARN_AFTER
+                until = relearn_at
             elif plan.joined:
                 log.warning("the routing table is empty: this peer is alone, rejoining")
                 plan.alone(now)
