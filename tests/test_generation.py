@@ -75,10 +75,12 @@ def address(peer: Peer) -> PeerAddress:
     return PeerAddress(peer.peer_id, ())
 
 
-async def assert_still_answers(caller: Peer, provider: Peer, model: GenerativeModel) -> None:
-    """``provider`` still streams a reply to ``caller``."""
+async def assert_still_answers(
+    caller: Peer, provider: Peer, model: GenerativeModel, timeout: float = 60.0
+) -> None:
+    """``provider`` still streams a reply to ``caller`` (within ``timeout`` seconds)."""
     stream = caller.services.remote.generate(
-        address(provider), model.model_id, QUESTION, GenerationParams(max_tokens=2)
+        address(provider), model.model_id, QUESTION, GenerationParams(max_tokens=2), timeout=timeout
     )
     assert await stream.text()
 
@@ -484,9 +486,10 @@ async def test_a_pooled_stream_the_provider_closed_while_idle_is_replaced(
     swarm: tuple[Peer, Peer, GenerativeModel],
 ) -> None:
     provider, caller, model = swarm
-    await assert_still_answers(caller, provider, model)
     provider.services.invoke_server.idle_timeout = 0.2
+    # After a generation the provider waits the idle timeout plus the call's deadline.
+    await assert_still_answers(caller, provider, model, timeout=2.0)
     (idle,) = caller.services.remote._pool.idle(provider.peer_id)
-    assert await idle.stream.read() == b""  # the provider closed it after 0.2 s idle
+    assert await idle.stream.read() == b""  # the provider closed it once idle
     await assert_still_answers(caller, provider, model)
     assert provider.services.invoke_server.stats.streams == 2
