@@ -179,7 +179,7 @@ class JoinPlan:
             known = self._candidates.pop(address.peer_id, None)
             if known is None:
                 known = _Candidate(address, bootstrap=False)
-            else:
+            elif known.address.addrs != address.addrs:  # (a joined peer relearns the same)
                 known.address = _merged(known.address, address)
             self._candidates[address.peer_id] = known  # newest last
         learned = [pid for pid, c in self._candidates.items() if not c.bootstrap]
