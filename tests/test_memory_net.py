@@ -577,6 +577,35 @@ async def test_stream_pool_closes_streams_idle_too_long(
     assert pool.idle(server.peer_id) == []
 
 
+async def test_stream_pool_prune_closes_expired_streams_of_an_unused_pool(
+    network: MemoryNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A pool nobody checks out from keeps its streams until pruned; prune closes only
+    those idle for longer than max_idle_time."""
+    from p2pnet.core.messages import MessageReader
+    from p2pnet.net.channels import StreamPool
+
+    server, other, client = network.add_host(), network.add_host(), network.add_host()
+    closed = trio.Event()
+
+    async def serve_until_closed(stream: ByteStream) -> None:
+        await echo(stream)
+        closed.set()
+
+    server.set_stream_handler(ECHO, serve_until_closed)
+    other.set_stream_handler(ECHO, echo)
+    pool: StreamPool[MessageReader] = StreamPool(client, ECHO, MessageReader, max_idle_time=10)
+    await pool.checkin(await pool.checkout(address(server)))
+    await trio.sleep(2)
+    await pool.checkin(await pool.checkout(address(other)))
+    await trio.sleep(9)
+    await pool.prune()
+    with trio.fail_after(1):
+        await closed.wait()  # idle 11 s: closed, and the server saw it
+    assert pool.idle(server.peer_id) == []
+    assert len(pool.idle(other.peer_id)) == 1  # idle 9 s: kept
+
+
 # --- NATs -------------------------------------------------------------------------------
 
 

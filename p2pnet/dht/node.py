@@ -617,6 +617,11 @@ class DhtNode:
         if self.on_table_empty is not None and len(self.table) == 0:
             self.on_table_empty()
 
+    async def close_idle_streams(self) -> None:
+        """Close this node's pooled streams idle for longer than it keeps them (each
+        request does it too; a node that sends none keeps them until this)."""
+        await self._pool.prune()
+
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start background upkeep (a ping of a full bucket's oldest peer) in the peer's
         nursery; dropped once that nursery has closed: a lookup of a stopped peer may still

@@ -134,7 +134,7 @@ class StreamPool(Generic[R]):
         Raises:
             PeerUnreachableError: no stream could be opened.
         """
-        await self._prune()
+        await self.prune()
         idle = self._idle.get(peer.peer_id)
         if idle:
             channel = idle.pop()
@@ -196,9 +196,10 @@ class StreamPool(Generic[R]):
             return
         await channel.stream.close()
 
-    async def _prune(self) -> None:
+    async def prune(self) -> None:
         """Close the streams idle for longer than ``max_idle_time``; runs at most twice
-        per ``max_idle_time``, so that a busy pool does not scan on every request."""
+        per ``max_idle_time``, so that a busy pool does not scan on every request. Every
+        checkout prunes; a pool that is not used keeps its streams until pruned."""
         now = trio.current_time()
         if now < self._next_prune:
             return

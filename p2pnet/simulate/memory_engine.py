@@ -207,6 +207,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         failed = 0
         total_joins = sum(len(b) for b in plan.batches)
         progress("bootstrap", 0, total_joins)
+        prune_at = trio.current_time() + swarm.config.stream_idle_timeout / 2
         for batch in plan.batches:
             results: list[bool] = []
 
@@ -221,6 +222,16 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
             failed += results.count(False)
             joined += len(batch)
             progress("bootstrap", joined - 1, total_joins)
+            if trio.current_time() >= prune_at:
+                # A peer's pooled streams are closed when it next sends a request, or by
+                # its upkeep (once a minute); the upkeep starts after the bootstrap, and a
+                # peer that only answers would keep the streams of its join (~70, whose
+                # other ends the peers asked have closed) to the end: at 10,000 peers,
+                # hundreds of MB.
+                for sim in swarm.peers.values():
+                    if sim.node is not None:
+                        await sim.node.close_idle_streams()
+                prune_at = trio.current_time() + swarm.config.stream_idle_timeout / 2
             # The swarm built so far lives to the end: full collections need not walk it
             # again (with 10,000 peers each one took seconds).
             gc.freeze()
