@@ -8,6 +8,8 @@ describes each connection once."""
 from __future__ import annotations
 
 import socket
+from contextlib import AsyncExitStack
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from p2pnet.core.address import PeerAddress, transport_part
 from p2pnet.core.identity import Identity
 from p2pnet.errors import ConfigError
 from p2pnet.net import host as host_module
+from p2pnet.net.dial_fixes import close_connections_together
 from p2pnet.net.host import Host, Stream, open_host
 from p2pnet.net.identity import generate_identity
 
@@ -152,3 +155,41 @@ async def test_a_host_whose_close_is_cut_short_stops_listening(
         with socket.socket() as probe:  # what a restart on the port does
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+
+
+async def test_a_stopping_swarm_closes_its_connections_together() -> None:
+    """Each connection's clean-up sleeps 0.1 s upstream; closed one after another, a peer
+    with dozens of connections took seconds to stop. Here no close can end before every
+    close has started: one after another, the first would wait for good."""
+    started, everyone = 0, trio.Event()
+
+    class Connection:
+        async def close(self) -> None:
+            nonlocal started
+            started += 1
+            if started == 3:
+                everyone.set()
+            await everyone.wait()
+
+    swarm = SimpleNamespace(connections={"a": [Connection(), Connection()], "b": [Connection()]})
+    with trio.fail_after(5):
+        await close_connections_together(swarm)
+    assert started == 3
+
+
+async def test_a_host_with_many_connections_stops_and_its_peers_see_it() -> None:
+    async with open_host(generate_identity()) as server:
+        server.set_stream_handler(ECHO, echo)
+        async with AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(open_host(generate_identity())) for _ in range(6)
+            ]
+            for client in clients:
+                assert await round_trip(client, address(server)) == b"ping"
+            assert len(server.connections()) == 6
+            await server._raw.get_network().close()
+            assert server.connections() == []
+            for client in clients:  # each learns the connection is gone
+                with trio.fail_after(5):
+                    while server.peer_id in {peer for peer, _ in client.connections()}:
+                        await trio.sleep(0.01)
