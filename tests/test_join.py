@@ -4,6 +4,7 @@ in virtual time (pytest-trio's ``autojump_clock``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -111,43 +112,51 @@ async def test_a_peer_alone_keeps_trying_and_joins_once_its_bootstrap_peer_appea
 async def test_a_peer_left_alone_rejoins_through_a_peer_it_learned(
     autojump_clock: trio.testing.MockClock, network: MemoryNetwork
 ) -> None:
-    async with memory_peer(network) as first, memory_peer(network) as second:
-        await second.join([_address(first)])
-        async with memory_peer(network, bootstrap=[first.addrs[0]]) as joiner:
-            assert second.peer_id in {p.peer_id for p in joiner.services.dht.table}
-            await trio.sleep(JoinPolicy().check_interval * 2)  # it remembers some peers
-            # Everyone it knows is forgotten, and its bootstrap peer is gone.
-            network_host = first.host
-            assert hasattr(network_host, "crash")
-            network_host.crash()
-            table = joiner.services.dht.table
-            for peer in list(table):
-                table.remove(peer)
-            with trio.fail_after(JoinPolicy().max_backoff + 20):
-                await wait_joined(joiner)
-            assert second.peer_id in {p.peer_id for p in table}
+    async with _joined_through_first(network) as (first, second, joiner):
+        assert second.peer_id in {p.peer_id for p in joiner.services.dht.table}
+        await trio.sleep(JoinPolicy().check_interval * 2)  # it remembers some peers
+        # Everyone it knows is forgotten, and its bootstrap peer is gone.
+        network_host = first.host
+        assert hasattr(network_host, "crash")
+        network_host.crash()
+        table = joiner.services.dht.table
+        for peer in list(table):
+            table.remove(peer)
+        with trio.fail_after(JoinPolicy().max_backoff + 20):
+            await wait_joined(joiner)
+        assert second.peer_id in {p.peer_id for p in table}
 
 
 async def test_a_joined_peer_whose_table_empties_rejoins_at_once(
     autojump_clock: trio.testing.MockClock, network: MemoryNetwork
 ) -> None:
+    async with _joined_through_first(network) as (first, second, joiner):
+        dht, table = joiner.services.dht, joiner.services.dht.table
+        assert len(table) == 2
+        # Cut off, its lookups fail until the routing table drops everyone.
+        network.partition([joiner.peer_id], [first.peer_id, second.peer_id])
+        while len(table):
+            await dht.find_closest(b"any key")
+        network.heal()
+        # The DHT tells the peer its table emptied: it rejoins at once (or, had it asked
+        # before the heal, after one request timeout and its first backoff), not at
+        # its next once-a-minute relearning.
+        policy = JoinPolicy()
+        with trio.fail_after(policy.request_timeout + policy.first_backoff * 3):
+            await wait_joined(joiner)
+        assert {first.peer_id, second.peer_id} <= {p.peer_id for p in table}
+
+
+@asynccontextmanager
+async def _joined_through_first(
+    network: MemoryNetwork,
+) -> AsyncIterator[tuple[Peer, Peer, Peer]]:
+    """Two peers of a swarm (the second joined through the first), and a third that
+    joined through the first."""
     async with memory_peer(network) as first, memory_peer(network) as second:
         await second.join([_address(first)])
         async with memory_peer(network, bootstrap=[first.addrs[0]]) as joiner:
-            dht, table = joiner.services.dht, joiner.services.dht.table
-            assert len(table) == 2
-            # Cut off, its lookups fail until the routing table drops everyone.
-            network.partition([joiner.peer_id], [first.peer_id, second.peer_id])
-            while len(table):
-                await dht.find_closest(b"any key")
-            network.heal()
-            # The DHT tells the peer its table emptied: it rejoins at once (or, had it asked
-            # before the heal, after one request timeout and its first backoff), not at
-            # its next once-a-minute relearning.
-            policy = JoinPolicy()
-            with trio.fail_after(policy.request_timeout + policy.first_backoff * 3):
-                await wait_joined(joiner)
-            assert {first.peer_id, second.peer_id} <= {p.peer_id for p in table}
+            yield first, second, joiner
 
 
 def _address(peer: Peer) -> PeerAddress:
