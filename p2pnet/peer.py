@@ -726,7 +726,7 @@ class Peer:
                     "(p2pnet status shows it)",
                     len(peers),
                 )
-        self._join_wakeup.set()
+        self._wake_join()
         await self._join_nat(peers)
         return len(dht.table)
 

@@ -207,7 +207,8 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
         failed = 0
         total_joins = sum(len(b) for b in plan.batches)
         progress("bootstrap", 0, total_joins)
-        prune_at = trio.current_time() + swarm.config.stream_idle_timeout / 2
+        prune_every = swarm.config.stream_idle_timeout / 2
+        prune_at = trio.current_time() + prune_every
         for batch in plan.batches:
             results: list[bool] = []
 
@@ -231,7 +232,7 @@ async def _run(scenario: Scenario, n: int, seed: int, progress: Progress) -> dic
                 for sim in swarm.peers.values():
                     if sim.node is not None:
                         await sim.node.close_idle_streams()
-                prune_at = trio.current_time() + swarm.config.stream_idle_timeout / 2
+                prune_at = trio.current_time() + prune_every
             # The swarm built so far lives to the end: full collections need not walk it
             # again (with 10,000 peers each one took seconds).
             gc.freeze()
