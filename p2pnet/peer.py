@@ -103,6 +103,9 @@ class Peer:
         listen: multiaddrs to listen on. The default listens on loopback only.
         limits: message and frame sizes, for requests and replies alike.
         max_concurrency: default number of concurrent runs per served model.
+        threads: default onnxruntime threads per run of a served ONNX model (None: the
+            CPUs shared among its ``max_concurrency`` runs; 0: onnxruntime chooses, a
+            thread per core for every run; docs/models.md, "Threads").
         bootstrap: multiaddrs (with /p2p/) of peers to join the DHT through, or
             ``/dnsaddr/`` names, resolved when it starts; none makes this peer the first
             of its swarm.
@@ -177,6 +180,7 @@ class Peer:
         listen: Sequence[str] = DEFAULT_LISTEN,
         limits: WireLimits = WireLimits(),
         max_concurrency: int = 2,
+        threads: int | None = None,
         bootstrap: Sequence[str] = (),
         dht: DhtConfig = DhtConfig(),
         shutdown_grace: float = 30.0,
@@ -209,6 +213,7 @@ class Peer:
             announce=tuple(_announce_addr(a) for a in announce),
             limits=limits,
             max_concurrency=max_concurrency,
+            threads=threads,
             dht=dht,
             shutdown_grace=shutdown_grace,
             forward=forward,
@@ -366,6 +371,7 @@ class Peer:
         *,
         tasks: Sequence[str] = (),
         max_concurrency: int | None = None,
+        threads: int | None = None,
         allow: Sequence[str] | None = None,
         price: Price = FREE,
         batching: Batching | None = None,
@@ -378,6 +384,9 @@ class Peer:
 
         Works before and after the peer starts; once running, the model and its tasks
         are announced in the DHT in the background.
+
+        ``max_concurrency`` and ``threads`` (runs at once, onnxruntime threads per run
+        of an ONNX file) override the peer's defaults for this model.
 
         ``allow`` (peer IDs) serves the model to those peers only (and to this one):
         others get PermissionDeniedError, and its record is described to allowed peers
@@ -406,7 +415,12 @@ class Peer:
             else:
                 from p2pnet.runtime.generative import load_model_file
 
-                model = load_model_file(model, max_concurrency=limit, sessions=self.config.sessions)
+                model = load_model_file(
+                    model,
+                    max_concurrency=limit,
+                    threads=self.config.threads if threads is None else threads,
+                    sessions=self.config.sessions,
+                )
         if not tasks and isinstance(model, CallableModel):
             tasks = model.manifest.tasks
         if batching is not None and not isinstance(model, BatchedModel):

@@ -107,6 +107,7 @@ class PeerConfig:
     announce: tuple[str, ...] = ()
     limits: WireLimits = WireLimits()
     max_concurrency: int = 2
+    threads: int | None = None
     dht: DhtConfig = DhtConfig()
     shutdown_grace: float = 30.0
     forward: bool = True

@@ -244,6 +244,8 @@ def test_peer_options_give_each_served_file_its_tasks_and_access_list() -> None:
     options = typed_options("peer", "--serve", "a.onnx", "--listen", "/ip4/0.0.0.0/tcp/4001")
     assert options.served == (ServedFile(Path("a.onnx"), (), None),)  # served to everyone
     assert options.listen == ("/ip4/0.0.0.0/tcp/4001",)
+    assert options.threads is None  # the CPUs shared among the runs (OnnxModel)
+    assert typed_options("peer", "--threads", "0").threads == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.listen = ()
 
@@ -280,6 +282,12 @@ def test_an_option_the_parser_cannot_check_is_a_usage_error(
         main(["peer", "--max-concurrency", "0"])
     assert exit_.value.code == 2
     assert "p2pnet: error: --max-concurrency must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["peer", "--threads", "-1"])
+    assert exit_.value.code == 2
+    assert "p2pnet: error: --threads must be 0 (onnxruntime chooses) or more" in (
+        capsys.readouterr().err
+    )
 
 
 def test_main_returns_2_for_usage_errors(

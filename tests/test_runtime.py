@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
-from p2pnet import OnnxModel, inspect_model
+from p2pnet import OnnxModel, Peer, inspect_model
 from p2pnet.core.model_id import model_id_of_bytes
 from p2pnet.errors import (
     DeadlineExceededError,
@@ -15,6 +17,7 @@ from p2pnet.errors import (
     ModelFileError,
     PeerBusyError,
 )
+from p2pnet.runtime.served import threads_per_run, usable_cpus
 
 
 def test_inspect_reads_id_size_and_schema_from_the_graph(models: dict[str, Path]) -> None:
@@ -48,6 +51,45 @@ def test_sessions_do_not_spin_between_runs(models: dict[str, Path]) -> None:
         session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
         == "0"
     )
+
+
+def _threads(model: OnnxModel) -> int:
+    return int(model._session.get_session_options().intra_op_num_threads)
+
+
+def test_runs_at_once_ask_for_no_more_threads_than_there_are_cpus(
+    models: dict[str, Path],
+) -> None:
+    # onnxruntime's own choice, a thread per core for every run, made two runs at once
+    # on two cores cost a third more CPU for no less time (docs/models.md, "Threads").
+    cpus = usable_cpus()
+    assert _threads(OnnxModel.load(models["iris"])) == max(1, cpus // 2)
+    assert _threads(OnnxModel.load(models["iris"], max_concurrency=1)) == cpus
+    assert _threads(OnnxModel.load(models["iris"], max_concurrency=cpus + 1)) == 1
+    assert _threads(OnnxModel.load(models["iris"], threads=3)) == 3
+    assert _threads(OnnxModel.load(models["iris"], threads=0)) == 0  # onnxruntime chooses
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        OnnxModel.load(models["iris"], threads=-1)
+
+
+@given(st.integers(1, 256), st.integers(1, 512))
+def test_threads_per_run_shares_the_cpus_among_the_runs(concurrency: int, cpus: int) -> None:
+    threads = threads_per_run(concurrency, cpus)
+    assert threads >= 1
+    assert threads * concurrency <= cpus or threads == 1
+    assert (threads + 1) * concurrency > cpus  # no CPU left idle that a thread could use
+
+
+async def test_a_peer_passes_its_threads_to_the_models_it_loads(
+    models: dict[str, Path],
+) -> None:
+    async with Peer(threads=1) as peer:
+        peer.serve(models["iris"])
+        peer.serve(models["digits"], threads=2)
+        threads = {
+            m.info.name: _threads(m) for m in peer.models.values() if isinstance(m, OnnxModel)
+        }
+    assert threads == {"iris": 1, "digits": 2}
 
 
 def test_run_sync_checks_inputs_and_reports_runtime_failures(models: dict[str, Path]) -> None:

@@ -176,6 +176,7 @@ class PeerOptions:
     listen: tuple[str, ...]
     announce: tuple[str, ...]
     max_concurrency: int
+    threads: int | None
     role: Literal["peer", "bootstrap"]
     reachability: Literal["auto", "public", "private"]
     ledger: Path | None = None  # None: the identity's default ledger
@@ -189,12 +190,14 @@ class PeerOptions:
         """The parsed arguments as typed options.
 
         Raises:
-            UsageError: ``--max-concurrency`` below 1, a ``--price`` that is not three
-            whole numbers of micro-units, or ``--http`` or ``--grpc`` options that do
-            not fit (``parse_http``, ``parse_grpc``).
+            UsageError: ``--max-concurrency`` below 1, ``--threads`` below 0, a
+            ``--price`` that is not three whole numbers of micro-units, or ``--http`` or
+            ``--grpc`` options that do not fit (``parse_http``, ``parse_grpc``).
         """
         if args.max_concurrency < 1:
             raise UsageError("--max-concurrency must be at least 1")
+        if args.threads is not None and args.threads < 0:
+            raise UsageError("--threads must be 0 (onnxruntime chooses) or more")
         return cls(
             identity=identity_path(args),
             swarm=SwarmOptions.from_args(args),
@@ -202,6 +205,7 @@ class PeerOptions:
             listen=tuple(args.listen or DEFAULT_LISTEN),
             announce=tuple(args.announce),
             max_concurrency=args.max_concurrency,
+            threads=args.threads,
             role=cast(Literal["peer", "bootstrap"], args.role),
             reachability=cast(Literal["auto", "public", "private"], args.reachability),
             ledger=args.ledger,
@@ -348,6 +352,14 @@ def add_peer_parser(sub: Subparsers, parents: ParentParsers) -> None:
         help="concurrent runs per model (default 2)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="onnxruntime threads per run of an ONNX model (default: the CPUs shared "
+        "among --max-concurrency runs; 0: onnxruntime chooses, one per core)",
+    )
+    p.add_argument(
         "--task",
         action=_TaskAction,
         default=[],
@@ -478,6 +490,7 @@ async def _serve(options: PeerOptions) -> None:
             connections=load_connections(),
             listen=options.listen,
             max_concurrency=options.max_concurrency,
+            threads=options.threads,
             bootstrap=join.bootstrap,
             swarm_key=join.swarm_key,
             announce=options.announce,

@@ -104,12 +104,17 @@ def _metadata(proto: onnx.ModelProto) -> dict[str, str]:
 
 
 def load_model_file(
-    path: str | Path, *, max_concurrency: int = 2, sessions: SessionLimits = DEFAULT_SESSION_LIMITS
+    path: str | Path,
+    *,
+    max_concurrency: int = 2,
+    threads: int | None = None,
+    sessions: SessionLimits = DEFAULT_SESSION_LIMITS,
 ) -> OnnxModel | GenerativeModel:
     """Load an ONNX model file: a GenerativeModel if its metadata says it generates
     (``max_concurrency`` decoding steps at once, of one thread each: steps of concurrent
     generations take turns; its sessions kept within ``sessions``), an OnnxModel
-    otherwise (``max_concurrency`` runs at once).
+    otherwise (``max_concurrency`` runs at once, of ``threads`` threads each: see
+    ``OnnxModel``).
 
     Raises:
         ModelFileError: the file cannot be read or loaded.
@@ -123,7 +128,7 @@ def load_model_file(
             sessions=SessionStore(sessions),
             max_concurrency=max_concurrency,
         )
-    return OnnxModel(inspect_model(path, proto), max_concurrency=max_concurrency)
+    return OnnxModel(inspect_model(path, proto), max_concurrency=max_concurrency, threads=threads)
 
 
 @dataclass(frozen=True, slots=True)

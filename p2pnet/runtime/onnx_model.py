@@ -19,7 +19,7 @@ from p2pnet.core.model_info import ModelInfo
 from p2pnet.core.schema import Dim, ModelSchema, TensorSpec
 from p2pnet.core.tensor import dtype_name
 from p2pnet.errors import InternalPeerError, ModelExecutionError, ModelFileError
-from p2pnet.runtime.served import SlottedModel
+from p2pnet.runtime.served import SlottedModel, threads_per_run, usable_cpus
 
 __all__ = ["ONNX_RUNTIME", "ModelInfo", "OnnxModel", "inspect_model", "read_model_proto"]
 
@@ -128,16 +128,31 @@ class OnnxModel(SlottedModel):
     """
 
     def __init__(
-        self, info: ModelInfo, *, max_concurrency: int = 2, max_queue: int = 64, threads: int = 0
+        self,
+        info: ModelInfo,
+        *,
+        max_concurrency: int = 2,
+        max_queue: int = 64,
+        threads: int | None = None,
     ) -> None:
-        """Load the session for ``info`` (threads=0 lets onnxruntime choose).
+        """Load the session for ``info``, each run using ``threads`` threads: None, the
+        CPUs shared among ``max_concurrency`` runs (``threads_per_run``); 0, as many as
+        onnxruntime chooses (one per core).
 
         Raises:
             ModelFileError: onnxruntime cannot load the model.
         """
         super().__init__(info, max_concurrency=max_concurrency, max_queue=max_queue)
+        if threads is None:
+            threads = threads_per_run(max_concurrency, usable_cpus())
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        self.threads = threads
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # onnxruntime's own choice is a thread per core for each run: two runs at once on
+        # two cores then ran four threads, and the customer-service models took a third
+        # more CPU for no less time (docs/models.md, "Threads").
         options.intra_op_num_threads = threads
         # onnxruntime's intra-op threads spin after each run by default, waiting for the
         # next; in a peer they take the cores its network stack and its other models need.

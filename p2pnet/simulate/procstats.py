@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p2pnet.runtime.served import usable_cpus
+
 __all__ = ["machine_info", "pct", "peak_rss_kb", "process_cpu_seconds", "rss_kb"]
 
 
@@ -64,10 +66,7 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
+    usable = usable_cpus()
     try:
         mem_total_mb: int | None = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     except (OSError, ValueError, IndexError):
