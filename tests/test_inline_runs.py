@@ -13,7 +13,12 @@ import trio
 import trio.testing
 
 from p2pnet import OnnxModel
-from p2pnet.runtime.served import INLINE_AFTER_RUNS, INLINE_SPIKE_FACTOR, InlineRuns
+from p2pnet.runtime.served import (
+    INLINE_AFTER_RUNS,
+    INLINE_MAX_STRINGS,
+    INLINE_SPIKE_FACTOR,
+    InlineRuns,
+)
 
 
 def test_inline_after_enough_fast_runs_for_inputs_no_larger_than_theirs() -> None:
@@ -80,6 +85,35 @@ async def test_a_fast_model_runs_on_the_event_loop_unless_a_run_waits(
         await trio.testing.wait_all_tasks_blocked()
         release.set()
     assert threads == [False, False]
+
+
+async def test_a_fast_string_model_runs_inline_for_strings_no_longer_than_its_runs(
+    models: dict[str, Path],
+) -> None:
+    # A string tensor's run time follows its characters, not its array's bytes (which
+    # are pointers): those are what a call is compared with.
+    model = OnnxModel.load(models["sentiment"], max_concurrency=1)
+    model.inline = InlineRuns(max_s=10.0)  # every run counts as fast
+    original = model._run_checked
+    on_loop: list[bool] = []
+
+    def tracked(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return original(inputs)
+
+    model._run_checked = tracked  # type: ignore[method-assign]
+    seen = np.array(["great product", "terrible service"], dtype=object)
+    for _ in range(INLINE_AFTER_RUNS):
+        await model.run({"text": seen})
+    assert not any(on_loop)
+    await model.run({"text": np.array(["fine", "so so", "bad"], dtype=object)})  # 12 chars
+    assert on_loop[-1] is True
+    await model.run({"text": np.array(["great product" * 3], dtype=object)})  # longer
+    assert on_loop[-1] is False
+    # Too many strings to count: a worker thread, however short.
+    many = np.array([""] * (INLINE_MAX_STRINGS + 1), dtype=object)
+    await model.run({"text": many})
+    assert on_loop[-1] is False
 
 
 async def test_calls_run_on_the_event_loop_still_let_other_tasks_run(

@@ -8,9 +8,9 @@ on an idle machine and more under load (the GIL changes hands twice), while iris
 digits run in ~0.015 ms. ``InlineRuns`` decides, from the model's own measured runs,
 when a run is cheaper done where the call is: after ``INLINE_AFTER_RUNS`` runs in a
 row with a median under ``inline_max_s`` (and none ten times over it), calls whose
-inputs are no larger than those runs' run inline while a slot is free and nobody waits
-for one; runs that turn slow send the model back to worker threads until it has shown
-again that it is fast.
+inputs are no larger than those runs' (bytes of numbers, characters of strings) run
+inline while a slot is free and nobody waits for one; runs that turn slow send the
+model back to worker threads until it has shown again that it is fast.
 
 Admission under load: while a model's runs fill its slots, the calls waiting for one
 are admitted best ``caller_priority`` first (the caller's standing in this peer's
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_INLINE_MAX_S",
     "INLINE_AFTER_RUNS",
+    "INLINE_MAX_STRINGS",
     "INLINE_SPIKE_FACTOR",
     "InlineRuns",
     "PriorityLimiter",
@@ -89,6 +90,9 @@ DEFAULT_INLINE_MAX_S = 0.0002
 INLINE_AFTER_RUNS = 16
 # No run of those may take longer than this many times the bound.
 INLINE_SPIKE_FACTOR = 10
+# A string tensor of more elements never runs inline (its size is counted element by
+# element, in Python).
+INLINE_MAX_STRINGS = 1024
 
 
 def usable_cpus() -> int:
@@ -400,7 +404,7 @@ class SlottedModel(ABC):
             PeerBusyError: ``max_queue`` calls are already waiting.
         """
         checked = check_inputs(self.info.schema, inputs)
-        size = _numeric_bytes(checked)
+        size = _input_size(checked)
         return await self._slots.run(
             functools.partial(self._run_timed, size),
             checked,
@@ -425,12 +429,17 @@ class SlottedModel(ABC):
         return await self._slots.wait_idle(timeout)
 
 
-def _numeric_bytes(inputs: Mapping[str, npt.NDArray[Any]]) -> int:
-    """Bytes of numeric ``inputs``, or -1 if any is a string tensor (whose run time its
-    byte count does not bound: such models always run in a worker thread)."""
+def _input_size(inputs: Mapping[str, npt.NDArray[Any]]) -> int:
+    """What ``inputs`` weigh for ``InlineRuns``: the bytes of numeric tensors plus the
+    characters of string tensors (an object array's own bytes are its pointers, which
+    bound nothing). -1, never inline, with a string tensor of more than
+    ``INLINE_MAX_STRINGS`` elements, whose counting would cost more than a hop saves."""
     total = 0
     for arr in inputs.values():
         if arr.dtype.kind == "O":
-            return -1
-        total += arr.nbytes
+            if arr.size > INLINE_MAX_STRINGS:
+                return -1
+            total += sum(len(item) for item in arr.flat)
+        else:
+            total += arr.nbytes
     return total
