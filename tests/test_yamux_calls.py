@@ -1,5 +1,5 @@
-"""Yamux credit goes back per half window, not per read, and frames are written without
-building debug strings (p2pnet/net/yamux_calls.py)."""
+"""Yamux credit goes back per half window, not per read, frames are written without
+building debug strings, and an idle connection pings rarely (p2pnet/net/yamux_calls.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import struct
 from typing import Any
 
 import trio
+import trio.testing
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from yamux_fakes import BufferedConnection
 
 from p2pnet.net.host import tune_libp2p
+from p2pnet.net.yamux_calls import RTT_MEASURE_INTERVAL
 from p2pnet.net.yamux_window import take
 
 
@@ -102,3 +104,38 @@ async def test_a_free_lock_is_taken_without_yielding_and_a_held_one_is_waited_fo
         await take(lock)
         assert ran[-1] == "released"
         lock.release()
+
+
+class PingRecorder:
+    """What ``Yamux._measure_rtt_loop`` touches: its frames are recorded, and every PING
+    is answered at once (as the pong's arrival would set the event)."""
+
+    def __init__(self) -> None:
+        self.pings_at: list[float] = []
+        self.event_shutting_down = trio.Event()
+        self._ping_id = 0
+        self._ping_event = trio.Event()
+        self._ping_sent_time = 0.0
+
+    async def _write_frame(self, frame: bytes) -> None:
+        assert frame[1] == _yamux.TYPE_PING
+        self.pings_at.append(trio.current_time())
+        self._ping_event.set()
+
+
+async def test_an_idle_connection_measures_its_rtt_every_five_minutes_not_every_30_s(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # py-libp2p pings every connection from both ends every 30 s for an RTT that only
+    # the window auto-tuning reads; 200 idle peers on two cores spent half their CPU
+    # on it (docs/simulations.md).
+    tune_libp2p()
+    muxer = PingRecorder()
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Yamux._measure_rtt_loop, muxer)  # type: ignore[arg-type]
+        await trio.sleep(20 * 60)
+        muxer.event_shutting_down.set()
+    # The first 0.5 s after the connection opens, then every RTT_MEASURE_INTERVAL.
+    assert [round(t - start, 1) for t in muxer.pings_at] == [0.5, 300.5, 600.5, 900.5]
+    assert RTT_MEASURE_INTERVAL == 300

@@ -27,7 +27,8 @@ comment naming it. The other modules load without it.
                                                            updates instead of polling
     yamux_calls.py   install_call_patches                  Yamux credit per half window (no
                                                            WINDOW_UPDATE per read), frames
-                                                           written without debug strings
+                                                           written without debug strings,
+                                                           RTT pings every 5 min, not 30 s
     noise_writes.py  install_coalesced_writes              a long write's Noise messages sent
                                                            in one socket write
     dial_fixes.py  install_dial_fixes                      dials that skip closed connections and
