@@ -168,3 +168,34 @@ def test_the_connections_table_of_config_toml(tmp_path: Path) -> None:
         path.write_text(f"[connections]\n{bad}\n")
         with pytest.raises(ConfigError, match=r"\[connections\]"):
             load_connections(path)
+
+
+@pytest.mark.network
+async def test_py_libp2p_s_own_pruner_closes_nothing_of_a_p2pnet_host() -> None:
+    # Connections are p2pnet's ConnectionTrimmer's to close; py-libp2p's pruner, run
+    # after every new connection, only cost CPU (p2pnet/net/host.py).
+    from p2pnet.net.host import Stream, open_host
+    from p2pnet.net.identity import generate_identity
+
+    async def echo(stream: Stream) -> None:
+        while data := await stream.read():
+            await stream.write(data)
+        await stream.close()
+
+    async with (
+        open_host(generate_identity(), connections=None) as host,
+        open_host(generate_identity()) as other,
+    ):
+        other.set_stream_handler("/p2pnet-test/echo/1.0.0", echo)
+        stream = await host.open_stream(
+            PeerAddress(other.peer_id, tuple(other.addrs)), "/p2pnet-test/echo/1.0.0"
+        )
+        await stream.write(b"hi")
+        assert await stream.read() == b"hi"
+        await stream.close()
+        swarm = host._raw.get_network()
+        swarm.connection_config.high_watermark = 0  # py-libp2p would prune everything
+        swarm.connection_config.low_watermark = 0
+        swarm.connection_config.grace_period = 0.0
+        await swarm.connection_pruner.maybe_prune_connections()
+        assert host.connection_count(other.peer_id) == 1

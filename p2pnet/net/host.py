@@ -549,6 +549,12 @@ async def open_host(
             # peer ever told us about) whenever there are fewer than 50 connections.
             # p2pnet dials only what it is asked to: stop it before anything connects.
             await raw.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+            # Its ConnectionPruner runs (debounced to once a second) after every new
+            # connection, and each run copies the tag entry of every peer the swarm ever
+            # tagged before it looks at the count: 5% of the CPU of 200 peers at 5
+            # discoveries a second. p2pnet's ConnectionTrimmer bounds the connections
+            # (``connections``; None: no limit), so py-libp2p's pruner is stopped too.
+            await raw.get_network().connection_pruner.stop()  # type: ignore[attr-defined]
             traversal = None
             if nat is not None:
                 traversal = NatTraversal(raw, nat)
