@@ -31,6 +31,8 @@ comment naming it. The other modules load without it.
                                                            RTT pings every 5 min, not 30 s
     noise_writes.py  install_coalesced_writes              a long write's Noise messages sent
                                                            in one socket write
+    notifees.py    install_quiet_notify                    swarm events only to notifees that
+                                                           do something with them
     dial_fixes.py  install_dial_fixes                      dials that skip closed connections and
                                                            try the caller's address first; a
                                                            closing swarm's listeners closed first

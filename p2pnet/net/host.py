@@ -45,6 +45,7 @@ from p2pnet.net.logs import inherit_libp2p_log_level
 from p2pnet.net.multistream import install_pipelined_select
 from p2pnet.net.nat import NatTraversal
 from p2pnet.net.nat_config import NatConfig, is_circuit_addr
+from p2pnet.net.notifees import install_quiet_notify
 from p2pnet.net.pnet import (
     PnetHandshakeError,
     install_pnet_hook,
@@ -381,6 +382,9 @@ def tune_libp2p() -> None:
     # py-libp2p trusts closed connections and dials a peer's oldest address only:
     # p2pnet.net.dial_fixes.
     install_dial_fixes()
+    # py-libp2p starts a task per notifee for every stream opened and closed, for
+    # notifees that do nothing with streams: p2pnet.net.notifees.
+    install_quiet_notify()
     # py-libp2p's dialer waits a round trip between multistream-select's header and
     # protocol: p2pnet.net.multistream sends both at once.
     install_pipelined_select()

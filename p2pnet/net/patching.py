@@ -1,7 +1,7 @@
 """One attribute of a py-libp2p class or module replaced by p2pnet's, once.
 
-The net layer's workarounds (``multistream.py``, ``noise_writes.py``, ``tcp_reads.py``,
-``yamux_calls.py``, ``yamux_window.py``) each put a function of their own where
+The net layer's workarounds (``multistream.py``, ``noise_writes.py``, ``notifees.py``,
+``tcp_reads.py``, ``yamux_calls.py``, ``yamux_window.py``) each put a function of their own where
 py-libp2p has one; installing one twice must change nothing.
 """
 
