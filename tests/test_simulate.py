@@ -19,6 +19,7 @@ from p2pnet.core.address import PeerAddress
 from p2pnet.core.address_filter import ip_group
 from p2pnet.core.kad.keys import PeerInfo
 from p2pnet.net.memory import MemoryNetwork
+from p2pnet.runtime.served import usable_cpus
 from p2pnet.simulate.adversaries import grind_peer_ids
 from p2pnet.simulate.groups import PeerGroups
 from p2pnet.simulate.libp2p_engine import _locate_moved, _run_joins, _tell_moved
@@ -360,6 +361,10 @@ def test_libp2p_smoke(tmp_path: pathlib.Path) -> None:
     assert run["adversaries"]["forged_values_stored"] == 0
     assert summary["pipeline_runs"] >= 3 and summary["pipeline_wrong"] == 0
     assert summary["pipeline_success_rate"] >= 0.9
+    # The workers' CPU per phase: all of them worked, and no more CPUs than exist.
+    assert run["bootstrap"]["cpu_s"] > 0 and run["publish"]["cpu_s"] > 0
+    assert run["run_phase"]["cpu_s"] > 0
+    assert 0 < run["run_phase"]["cpus_busy"] <= usable_cpus() * 1.05
 
 
 def test_stand_ins_take_the_schema_the_spec_implies() -> None:

@@ -40,7 +40,7 @@ from p2pnet.simulate.metrics import (
     summarize,
 )
 from p2pnet.simulate.plan import FORGER, Plan, make_plan
-from p2pnet.simulate.procstats import rss_kb
+from p2pnet.simulate.procstats import process_cpu_seconds, rss_kb
 from p2pnet.simulate.scenario import Scenario, ScenarioError, load_scenario
 from p2pnet.simulate.workers import JsonLinesWorker
 
@@ -125,11 +125,15 @@ def run_libp2p(
         for worker in workers:
             worker.call({"cmd": "addrs", "addrs": addresses}, STEP_TIMEOUT)
 
+        def workers_cpu_s() -> float:
+            return sum(process_cpu_seconds(worker.proc.pid) for worker in workers)
+
         total_joins = sum(len(b) for b in plan.batches)
         progress("bootstrap", 0, total_joins)
         done = 0
         failed = 0
         t0 = time.perf_counter()
+        cpu0 = workers_cpu_s()
         for batch in plan.batches:
             replies = _all(workers, w, batch, lambda peers: {"cmd": "join", "peers": peers})
             failed += sum(r["failed"] for r in replies)
@@ -137,8 +141,10 @@ def run_libp2p(
             progress("bootstrap", done, total_joins)
         stats = [worker.call({"cmd": "stats"}, STEP_TIMEOUT) for worker in workers]
         tables = [t for s in stats for t in s["tables"]]
+        cpu1 = workers_cpu_s()
         out["bootstrap"] = {
             "wall_s": round(time.perf_counter() - t0, 2),
+            "cpu_s": round(cpu1 - cpu0, 2),
             "joins_failed": failed,
             "table_mean": round(sum(tables) / len(tables), 2),
             "table_min": min(tables),
@@ -153,8 +159,10 @@ def run_libp2p(
         replies = _all(workers, w, publishers, lambda peers: {"cmd": "publish", "peers": peers})
         taken = [x for r in replies for x in r["taken"]]
         progress("publish", len(publishers), len(publishers))
+        cpu2 = workers_cpu_s()
         out["publish"] = {
             "wall_s": round(time.perf_counter() - t1, 2),
+            "cpu_s": round(cpu2 - cpu1, 2),
             "publishers": len(publishers),
             "announcements_mean": round(sum(taken) / max(1, len(taken)), 2),
         }
@@ -164,10 +172,22 @@ def run_libp2p(
             worker.send({"cmd": "run", "start_at": start_at})
         progress("run", 0, scenario.duration)
         deadline = time.monotonic() + RUN_START_DELAY + scenario.duration
+        # The workers' CPU through the run phase (read within 0.5 s of its start, and at
+        # its end: the last queries' ends after it are not counted), and the CPUs that
+        # kept busy: 2.0 is both cores of the development machine all the time.
+        run_cpu: tuple[float, float] | None = None
         while time.monotonic() < deadline:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            if run_cpu is None and time.monotonic() >= deadline - scenario.duration:
+                run_cpu = (time.monotonic(), workers_cpu_s())
             elapsed = scenario.duration - max(0.0, deadline - time.monotonic())
             progress("run", min(elapsed, scenario.duration), scenario.duration)
+        if run_cpu is not None:
+            span, spent = time.monotonic() - run_cpu[0], workers_cpu_s() - run_cpu[1]
+            out["run_phase"] = {
+                "cpu_s": round(spent, 2),
+                "cpus_busy": round(spent / span, 3) if span > 0 else None,
+            }
         limit = (
             max(
                 scenario.workload.query_timeout,
