@@ -127,8 +127,8 @@ async def test_an_idle_connection_measures_its_rtt_every_five_minutes_not_every_
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # py-libp2p pings every connection from both ends every 30 s for an RTT that only
-    # the window auto-tuning reads; 200 idle peers on two cores spent half their CPU
-    # on it (docs/simulations.md).
+    # the window auto-tuning reads: about half of what a profile of 200 idle peers on
+    # two cores was busy with (docs/simulations.md).
     tune_libp2p()
     muxer = PingRecorder()
     start = trio.current_time()

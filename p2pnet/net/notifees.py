@@ -14,8 +14,9 @@ notifees whose method for the event is a bare return (the same instructions as
 ``async def m(*args): pass``, whatever its docstring): those are not called at all,
 and no nursery opens when none is left. Every other notifee, a user's or a later
 py-libp2p's, is called exactly as upstream calls it. Checked against py-libp2p 0.8.1
-(pinned in pyproject.toml). No upstream issue names it (searched libp2p/py-libp2p
-issues, 2026-12-06).
+(pinned in pyproject.toml). go-libp2p removed the stream events from its notifiee
+interface, which nobody used (libp2p/go-libp2p-core#250); no py-libp2p issue names
+their cost (searched 2026-12-06).
 """
 
 from __future__ import annotations

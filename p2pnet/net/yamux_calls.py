@@ -31,11 +31,13 @@ upstream's, with its log line, when py-libp2p's Yamux logger has DEBUG on.
 connection every 30 s (``RTT_MEASURE_INTERVAL``, as go-yamux's ``measureRTTInterval``),
 from both ends, to keep an RTT estimate that only the receive window's auto-tuning
 reads (``_apply_autotune_epoch``, which assumes 1 ms until a first measurement). In
-Python a ping costs both sides two Noise frames and a few timers, ~0.5 ms of CPU:
-200 peers on two cores, idle, spent ~0.2 cores of their ~0.4 on it. The first
-measurement still comes 0.5 s after the connection opens; later ones every
-``RTT_MEASURE_INTERVAL`` seconds here (5 minutes). No upstream issue asks for it
-(searched libp2p/py-libp2p issues, 2026-12-06).
+Python a ping costs both sides two Yamux frames (each ~0.3 ms of CPU for both sides
+together, docs/benchmarks.md "Connection setup") and a few timers: a profile of 200
+idle peers on two cores had about half its busy samples in those timers and frames
+(docs/simulations.md). The first measurement still comes 0.5 s after the connection
+opens; later ones every ``RTT_MEASURE_INTERVAL`` seconds here (5 minutes).
+rust-yamux, for comparison, measures only on connections that carry data
+(libp2p/rust-yamux#176). No py-libp2p issue names it (searched 2026-12-06).
 
 ``install_call_patches`` installs all three, and ``noise_writes.install_coalesced_writes``.
 They are checked against py-libp2p 0.8.1 (pinned in pyproject.toml): a new
