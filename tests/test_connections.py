@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from echo_streams import ECHO_PROTOCOL, echo
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -103,15 +104,10 @@ def test_limits_check_themselves() -> None:
 
 @pytest.mark.network
 async def test_trimming_a_real_host_closes_idle_connections_and_keeps_a_busy_one() -> None:
-    from p2pnet.net.host import Stream, open_host
+    from p2pnet.net.host import open_host
     from p2pnet.net.identity import generate_identity
 
-    protocol = "/p2pnet-test/echo/1.0.0"
-
-    async def echo(stream: Stream) -> None:
-        while data := await stream.read():
-            await stream.write(data)
-        await stream.close()
+    protocol = ECHO_PROTOCOL
 
     # Checked by hand (trim() below), never by the trimmer's own loop.
     limits = ConnectionLimits(low_water=1, high_water=2, grace_period=0.0, check_interval=3600)
@@ -174,21 +170,16 @@ def test_the_connections_table_of_config_toml(tmp_path: Path) -> None:
 async def test_py_libp2p_s_own_pruner_closes_nothing_of_a_p2pnet_host() -> None:
     # Connections are p2pnet's ConnectionTrimmer's to close; py-libp2p's pruner, run
     # after every new connection, only cost CPU (p2pnet/net/host.py).
-    from p2pnet.net.host import Stream, open_host
+    from p2pnet.net.host import open_host
     from p2pnet.net.identity import generate_identity
-
-    async def echo(stream: Stream) -> None:
-        while data := await stream.read():
-            await stream.write(data)
-        await stream.close()
 
     async with (
         open_host(generate_identity(), connections=None) as host,
         open_host(generate_identity()) as other,
     ):
-        other.set_stream_handler("/p2pnet-test/echo/1.0.0", echo)
+        other.set_stream_handler(ECHO_PROTOCOL, echo)
         stream = await host.open_stream(
-            PeerAddress(other.peer_id, tuple(other.addrs)), "/p2pnet-test/echo/1.0.0"
+            PeerAddress(other.peer_id, tuple(other.addrs)), ECHO_PROTOCOL
         )
         await stream.write(b"hi")
         assert await stream.read() == b"hi"

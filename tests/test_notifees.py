@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+from echo_streams import ECHO_PROTOCOL, echo
 from libp2p.host.basic_host import _IdentifyNotifee
 from libp2p.network.tag_store import TagStoreNotifee
 
@@ -61,17 +62,12 @@ def test_a_method_does_nothing_only_if_its_body_is_a_bare_return() -> None:
 
 @pytest.mark.network
 async def test_notifees_that_act_still_get_every_event_of_a_real_host() -> None:
-    from p2pnet.net.host import Stream, open_host
+    from p2pnet.net.host import open_host
     from p2pnet.net.identity import generate_identity
-
-    async def echo(stream: Stream) -> None:
-        while data := await stream.read():
-            await stream.write(data)
-        await stream.close()
 
     recorder = Recorder()
     async with open_host(generate_identity()) as host, open_host(generate_identity()) as other:
-        other.set_stream_handler("/p2pnet-test/echo/1.0.0", echo)
+        other.set_stream_handler(ECHO_PROTOCOL, echo)
         swarm = host._raw.get_network()
         # Its own notifees do nothing with streams: an event costs no task.
         spawned = TaskCounter()
@@ -84,7 +80,7 @@ async def test_notifees_that_act_still_get_every_event_of_a_real_host() -> None:
         assert spawned.count == 0
         swarm.register_notifee(recorder)
         address = PeerAddress(other.peer_id, tuple(other.addrs))
-        stream = await host.open_stream(address, "/p2pnet-test/echo/1.0.0")
+        stream = await host.open_stream(address, ECHO_PROTOCOL)
         await stream.write(b"hi")
         assert await stream.read() == b"hi"
         await stream.close()
