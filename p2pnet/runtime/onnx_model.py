@@ -147,7 +147,6 @@ class OnnxModel(SlottedModel):
             threads = threads_per_run(max_concurrency, usable_cpus())
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
-        self.threads = threads
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # onnxruntime's own choice is a thread per core for each run: two runs at once on
